@@ -1,0 +1,30 @@
+# Two entry points (README quick start): `make demo` and `make test`. Each sets itself up.
+VENV ?= .venv
+PY   := $(VENV)/bin/python
+PIP  := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: demo test bench clean
+
+$(VENV)/.core: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+# Tests need torch (calibration, replay) and ray (distributed sweeps). Without a GPU pick the
+# CPU build of torch, which installs from a local wheel in seconds instead of ~5 GB of CUDA.
+$(VENV)/.full: $(VENV)/.core
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) torch; else $(PIP) torch==2.13.0; fi
+	$(PIP) -e '.[test,torch,ray]'
+	touch $@
+
+demo: $(VENV)/.core
+	$(VENV)/bin/simhete demo
+
+test: $(VENV)/.full
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+bench: $(VENV)/.full
+	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) out results .pytest_cache .hypothesis

@@ -1,0 +1,81 @@
+"""The one vocabulary of op kinds and task categories.
+
+Shared by workload/ (which emits ops), hw/ (which prices them), calibrate/ (which measures them),
+engine/ and replay/ (which execute them). Never spell an op kind as a bare string elsewhere.
+
+Shape conventions for :class:`simhete.schedule.Op` (``shape`` and ``n`` fields):
+
+=================  ===============================================  ==========================
+kind               shape                                            n
+=================  ===============================================  ==========================
+GEMM               (M, N, K): one M×K @ K×N product, 2·M·N·K FLOPs  0
+ATTN_FWD/ATTN_BWD  (batch, heads, seq_q, seq_kv, head_dim, causal)  0
+ELEMENTWISE        ()                                               bytes read + written
+NORM               ()                                               bytes read + written
+SOFTMAX_CE         (tokens, vocab)                                  bytes read + written
+EMBED              (tokens, hidden)                                 bytes read + written
+H2D / D2H / D2D    ()                                               bytes moved
+MEMCPY_CPU         ()                                               bytes moved (host to host)
+ADAM_CPU/ADAM_GPU  ()                                               parameters updated (fp32)
+ALLREDUCE,
+REDUCE_SCATTER,
+ALLGATHER          (ranks,)                                         bytes per rank (full tensor)
+=================  ===============================================  ==========================
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OpKind(StrEnum):
+    GEMM = "GEMM"
+    ATTN_FWD = "ATTN_FWD"
+    ATTN_BWD = "ATTN_BWD"
+    ELEMENTWISE = "ELEMENTWISE"
+    NORM = "NORM"
+    SOFTMAX_CE = "SOFTMAX_CE"
+    EMBED = "EMBED"
+    H2D = "H2D"
+    D2H = "D2H"
+    D2D = "D2D"
+    MEMCPY_CPU = "MEMCPY_CPU"
+    ADAM_CPU = "ADAM_CPU"
+    ADAM_GPU = "ADAM_GPU"
+    ALLREDUCE = "ALLREDUCE"
+    REDUCE_SCATTER = "REDUCE_SCATTER"
+    ALLGATHER = "ALLGATHER"
+
+
+COPY_KINDS = frozenset({OpKind.H2D, OpKind.D2H, OpKind.D2D, OpKind.MEMCPY_CPU})
+COLLECTIVE_KINDS = frozenset({OpKind.ALLREDUCE, OpKind.REDUCE_SCATTER, OpKind.ALLGATHER})
+COMPUTE_KINDS = frozenset(
+    {OpKind.GEMM, OpKind.ATTN_FWD, OpKind.ATTN_BWD, OpKind.ELEMENTWISE, OpKind.NORM,
+     OpKind.SOFTMAX_CE, OpKind.EMBED}
+)
+
+
+class TaskCat(StrEnum):
+    """What a scheduled task is, for reports and for joining predicted with measured totals."""
+
+    FWD = "fwd"
+    BWD = "bwd"
+    RECOMPUTE = "recompute"
+    H2D = "h2d"
+    D2H = "d2h"
+    OPTIM_CPU = "optim_cpu"
+    OPTIM_GPU = "optim_gpu"
+    COMM = "comm"
+    OTHER = "other"
+
+
+class MemClass(StrEnum):
+    """What a buffer holds, for the memory breakdown in reports."""
+
+    WEIGHTS = "weights"          # 16-bit (or working-precision) parameters
+    GRADS = "grads"              # 16-bit gradients
+    GRADS32 = "grads32"          # fp32 gradients (CPU side of ZeRO-Offload)
+    MASTER = "master"            # fp32 master parameters
+    OPTIM = "optim"              # Adam m and v
+    ACTIVATIONS = "activations"
+    BUFFERS = "buffers"          # staging, gather/bucket buffers, workspace

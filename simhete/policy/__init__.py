@@ -1,0 +1,1 @@
+"""simhete.policy"""

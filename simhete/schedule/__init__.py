@@ -1,0 +1,8 @@
+"""Schedule: plain data shared by the engine and the replay (see model.py)."""
+
+from simhete.schedule.check import check_schedule, dependency_graph
+from simhete.schedule.model import Alloc, Op, Schedule, Task
+from simhete.schedule.text import format_schedule, parse_schedule
+
+__all__ = ["Alloc", "Op", "Schedule", "Task", "check_schedule", "dependency_graph",
+           "format_schedule", "parse_schedule"]

@@ -1,0 +1,109 @@
+"""The Schedule: the plain-data contract between policy/, engine/ and replay/.
+
+A :class:`Task` runs on one exclusive stream, after all its ``deps`` finish. Ready tasks on a stream
+are served in ascending ``prio`` (smaller runs first), ties broken by position in
+``Schedule.tasks``. At its start a task allocates ``allocs`` (it waits until all of them fit in
+their pools); at its end it frees the buffers named in ``frees``. Buffers in
+``Schedule.initial`` are resident from time 0 (model states that live across iterations).
+
+Task names are stable and are the join key between simulated and measured timelines, e.g.
+``it1.F.b12``, ``it1.H2D.w.b13``, ``it2.ADAM.cpu.b3``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from simhete.opkinds import MemClass, OpKind, TaskCat
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-\[\]@#]+$")
+STREAM_RE = re.compile(r"^(gpu\d+\.(compute|h2d|d2h|comm)|cpu\.optim|nvlink|nvme)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One priced unit of work; see :mod:`simhete.opkinds` for shape conventions."""
+
+    kind: OpKind
+    shape: tuple[int, ...] = ()
+    n: int = 0
+    dtype: str = "bf16"
+    pinned: bool = True
+    count: int = 1
+
+    @property
+    def flops(self) -> float:
+        """Floating-point operations of this op (count included); 0 for non-compute ops."""
+        if self.kind is OpKind.GEMM:
+            m, n, k = self.shape
+            return 2.0 * m * n * k * self.count  # 2·M·N·K: one multiply and one add per MAC
+        if self.kind in (OpKind.ATTN_FWD, OpKind.ATTN_BWD):
+            b, h, sq, skv, d, causal = self.shape
+            # QK^T and PV: 2 GEMMs of 2·sq·skv·d each per head (FlashAttention paper, §3.1 / App. B);
+            # causal masking halves the useful work. Backward recomputes nothing here: 2.5× forward
+            # (5 GEMM-sized products: dV, dP, dS->dQ, dK, plus recomputed S) as in FlashAttention-2.
+            f = 4.0 * b * h * sq * skv * d * (0.5 if causal else 1.0)
+            return f * (2.5 if self.kind is OpKind.ATTN_BWD else 1.0) * self.count
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Alloc:
+    """A buffer of ``bytes`` in ``pool`` (``gpu0``, ``gpu1``, ..., ``cpu``) holding ``cls``.
+
+    ``persist`` marks a buffer allocated by a task that legitimately outlives the simulated window
+    (for example a chunk still cached on the GPU at the end); the checker does not report it.
+    """
+
+    buf: str
+    pool: str
+    bytes: int
+    cls: MemClass
+    persist: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    name: str
+    stream: str
+    cat: TaskCat
+    ops: tuple[Op, ...] = ()
+    deps: tuple[str, ...] = ()
+    prio: int = 0
+    allocs: tuple[Alloc, ...] = ()
+    frees: tuple[str, ...] = ()
+    it: int = 0
+    block: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    tasks: tuple[Task, ...]
+    pools: Mapping[str, int]                 # capacity in bytes per memory pool
+    initial: tuple[Alloc, ...] = ()          # resident at time 0
+    iterations: int = 1
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """Streams in order of first use."""
+        return tuple(dict.fromkeys(t.stream for t in self.tasks))
+
+    def index(self) -> dict[str, int]:
+        return {t.name: i for i, t in enumerate(self.tasks)}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return (self.tasks == other.tasks and dict(self.pools) == dict(other.pools)
+                and self.initial == other.initial and self.iterations == other.iterations
+                and dict(self.meta) == dict(other.meta))
+
+    __hash__ = None  # type: ignore[assignment]
