@@ -1,0 +1,49 @@
+"""`simhete` command line: a thin dispatcher over simhete/commands/*.
+
+Any :class:`SimheteError` (bad config, unknown name, out of memory where that is an error) is
+printed as one line on stderr with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from simhete import __version__
+from simhete.errors import SimheteError
+
+COMMANDS = ["demo", "simulate", "compare", "calibrate", "validate", "sweep", "plan"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simhete", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"simhete {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"simhete.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"simhete.commands.{name}":
+                continue  # not built yet
+            raise
+        sp = sub.add_parser(name.replace("_", "-"), help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(sp)
+        sp.set_defaults(_run=mod.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SimheteError as e:
+        print(f"simhete: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simhete: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
