@@ -1,0 +1,214 @@
+"""Summary metrics of one Timeline: iteration time, throughput, MFU, stream busy, PCIe bytes, memory.
+
+Every figure is derived from the flat :class:`~simhete.engine.timeline.Timeline` record type plus
+what the caller knows about the workload (tokens, FLOPs per iteration) and the hardware (peak
+FLOP/s, pool capacities). Definitions, formulas and units are in ``docs/reports.md``.
+
+The *steady-state window* is the last iteration: from the end of the previous iteration to the end
+of the last one (iteration labels > 0; iteration 0 is setup). With fewer than two such iterations
+the window is the whole run, ``[0, makespan]``. This is the same rule as
+:meth:`Timeline.steady_iteration_time`, whose value is the window length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from simhete.engine.timeline import Timeline
+from simhete.opkinds import OpKind
+from simhete.schedule.model import Schedule
+
+SIG_DIGITS = 6          # floats in to_dict() are rounded to this many significant digits
+PCIE_DIRECTIONS = ("h2d", "d2h")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPeak:
+    """Peak memory of one pool: bytes at the peak, capacity, and the peak's MemClass breakdown."""
+
+    capacity_bytes: int
+    peak_bytes: int
+    peak_by_class_bytes: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The figures reported for one Timeline. Rates are ``None`` when the run does not fit."""
+
+    fits: bool
+    oom: str | None
+    window_start_s: float | None
+    window_end_s: float | None
+    iter_time_s: float | None
+    tokens_per_s: float | None
+    samples_per_s: float | None
+    tflops_per_gpu: float | None
+    tflops_total: float | None
+    mfu: float | None
+    stream_busy_frac: dict[str, float] | None
+    pcie_bytes_per_iter: dict[str, int] | None
+    memory: dict[str, PoolPeak]
+    uncalibrated: tuple[str, ...]
+    tokens_per_iter: int
+    samples_per_iter: int
+    model_flops_per_iter: float
+    peak_flops_per_gpu: float
+    n_gpus: int
+    meta: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict: field order as declared, nested keys sorted, floats rounded."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "memory":
+                v = {p: {"capacity_bytes": m.capacity_bytes, "peak_bytes": m.peak_bytes,
+                         "peak_by_class_bytes": dict(sorted(m.peak_by_class_bytes.items()))}
+                     for p, m in sorted(v.items())}
+            elif f.name == "uncalibrated":
+                v = list(v)
+            out[f.name] = _json_safe(v)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Summary:
+        """Inverse of :meth:`to_dict` (up to float rounding), e.g. to compare saved summaries."""
+        kw = dict(d)
+        kw["memory"] = {p: PoolPeak(**m) for p, m in d["memory"].items()}
+        kw["uncalibrated"] = tuple(d["uncalibrated"])
+        return cls(**kw)
+
+
+def summarize(timeline: Timeline, *, tokens_per_iter: int, samples_per_iter: int,
+              model_flops_per_iter: float, peak_flops_per_gpu: float, n_gpus: int,
+              pool_capacity: Mapping[str, int], task_bytes: Mapping[str, int] | None = None,
+              flags: tuple[str, ...] | list[str] = (),
+              meta: Mapping[str, Any] | None = None) -> Summary:
+    """Summarize ``timeline``.
+
+    ``task_bytes`` maps task name to bytes moved (see :func:`copy_bytes`); with it, records on
+    ``*.h2d`` / ``*.d2h`` streams of the steady iteration are summed per direction into
+    ``pcie_bytes_per_iter``; without it that figure is ``None``. ``flags`` are the cost model's
+    provenance flags (numbers not calibrated by measurement); they are reported sorted, once each.
+    """
+    if n_gpus < 1 or peak_flops_per_gpu <= 0:
+        raise ValueError(f"n_gpus must be >= 1 and peak_flops_per_gpu > 0, "
+                         f"got {n_gpus} and {peak_flops_per_gpu}")
+    memory = _memory(timeline, pool_capacity)
+    merged_meta = dict(timeline.meta)
+    if timeline.engine:
+        merged_meta["engine"] = timeline.engine
+    merged_meta.update({k: str(v) for k, v in (meta or {}).items()})
+    common = dict(memory=memory, uncalibrated=tuple(sorted(set(flags))),
+                  tokens_per_iter=tokens_per_iter, samples_per_iter=samples_per_iter,
+                  model_flops_per_iter=float(model_flops_per_iter),
+                  peak_flops_per_gpu=float(peak_flops_per_gpu), n_gpus=n_gpus,
+                  meta=dict(sorted(merged_meta.items())))
+    window = steady_window(timeline)
+    t = timeline.steady_iteration_time()
+    if timeline.oom is not None or window is None or t <= 0:
+        return Summary(fits=timeline.oom is None,
+                       oom=timeline.oom.message() if timeline.oom is not None else None,
+                       window_start_s=None, window_end_s=None, iter_time_s=None,
+                       tokens_per_s=None, samples_per_s=None, tflops_per_gpu=None,
+                       tflops_total=None, mfu=None, stream_busy_frac=None,
+                       pcie_bytes_per_iter=None, **common)
+    flops_per_s = model_flops_per_iter / t
+    return Summary(
+        fits=True, oom=None, window_start_s=window[0], window_end_s=window[1], iter_time_s=t,
+        tokens_per_s=tokens_per_iter / t, samples_per_s=samples_per_iter / t,
+        tflops_per_gpu=flops_per_s / n_gpus / 1e12, tflops_total=flops_per_s / 1e12,
+        mfu=flops_per_s / (n_gpus * peak_flops_per_gpu),
+        stream_busy_frac=stream_busy(timeline, window),
+        pcie_bytes_per_iter=None if task_bytes is None else pcie_bytes(timeline, task_bytes),
+        **common)
+
+
+def steady_window(timeline: Timeline) -> tuple[float, float] | None:
+    """(start, end) of the steady-state window in seconds; ``None`` for an empty timeline."""
+    if not timeline.records:
+        return None
+    ends = timeline.iteration_ends()
+    its = sorted(i for i in ends if i > 0)
+    if len(its) >= 2:
+        return ends[its[-2]], ends[its[-1]]
+    return 0.0, timeline.makespan
+
+
+def steady_iterations(timeline: Timeline) -> set[int] | None:
+    """Iteration labels whose tasks make up the steady iteration (``None``: every record counts)."""
+    its = sorted({r.it for r in timeline.records if r.it > 0})
+    return {its[-1]} if len(its) >= 2 else None
+
+
+def stream_busy(timeline: Timeline, window: tuple[float, float]) -> dict[str, float]:
+    """Per stream: length of the union of its records' intervals clipped to ``window``, divided by
+    the window length. Every stream that has a record appears (0.0 if idle in the window)."""
+    t0, t1 = window
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for r in timeline.records:
+        spans.setdefault(r.stream, []).append((max(r.start, t0), min(r.end, t1)))
+    out: dict[str, float] = {}
+    for stream in sorted(spans):
+        busy, reach = 0.0, t0
+        for a, b in sorted(spans[stream]):
+            a = max(a, reach)
+            if b > a:
+                busy += b - a
+                reach = b
+        out[stream] = busy / (t1 - t0)
+    return out
+
+
+def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int]) -> dict[str, int]:
+    """Bytes moved per PCIe direction (``h2d``, ``d2h``; all GPUs summed) by the steady iteration's
+    records on ``gpuN.h2d`` / ``gpuN.d2h`` streams. A copy record missing from ``task_bytes`` is an
+    error: silently counting it as zero would understate traffic."""
+    its = steady_iterations(timeline)
+    out = dict.fromkeys(PCIE_DIRECTIONS, 0)
+    for r in timeline.records:
+        direction = r.stream.rpartition(".")[2]
+        if direction not in out or (its is not None and r.it not in its):
+            continue
+        if r.name not in task_bytes:
+            raise ValueError(f"task_bytes has no entry for copy task {r.name!r} on {r.stream}")
+        out[direction] += task_bytes[r.name]
+    return out
+
+
+def copy_bytes(schedule: Schedule) -> dict[str, int]:
+    """``task_bytes`` for :func:`summarize`: per task, bytes moved by its H2D/D2H ops
+    (``op.n`` bytes × ``op.count``, as in :mod:`simhete.opkinds`); tasks moving nothing omitted."""
+    out: dict[str, int] = {}
+    for task in schedule.tasks:
+        n = sum(op.n * op.count for op in task.ops if op.kind in (OpKind.H2D, OpKind.D2H))
+        if n:
+            out[task.name] = n
+    return out
+
+
+def _memory(timeline: Timeline, pool_capacity: Mapping[str, int]) -> dict[str, PoolPeak]:
+    missing = sorted(set(timeline.peak) - set(pool_capacity))
+    if missing:
+        raise ValueError(f"pool_capacity has no entry for pool(s) {', '.join(missing)}")
+    return {pool: PoolPeak(capacity_bytes=int(cap), peak_bytes=int(timeline.peak.get(pool, 0)),
+                           peak_by_class_bytes=dict(sorted(
+                               timeline.peak_by_class.get(pool, {}).items())))
+            for pool, cap in sorted(pool_capacity.items())}
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.{SIG_DIGITS}g}")
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
+        return v
+    if isinstance(v, float):
+        return _round(v)
+    if isinstance(v, Mapping):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    raise TypeError(f"not JSON-safe: {v!r}")

@@ -1,0 +1,115 @@
+"""rich tables of Summaries: one run (:func:`render_summary`) or several side by side
+(:func:`render_comparison`). Rows and units are explained in ``docs/reports.md``."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from rich.table import Table
+
+from simhete.report.metrics import PCIE_DIRECTIONS, Summary
+
+GIB = 2**30     # memory is shown in GiB (binary), as in OOM messages
+GB = 1e9        # PCIe traffic is shown in GB (decimal), like link bandwidths in GB/s
+DASH = "—"
+
+
+def render_summary(summary: Summary, title: str = "simhete summary") -> Table:
+    """Two-column table (figure, value) of one Summary."""
+    return _table({"value": summary}, title, named_notes=False)
+
+
+def render_comparison(summaries: Mapping[str, Summary], title: str = "simhete comparison") -> Table:
+    """One column per named Summary, one row per figure; rows for streams and pools are the union
+    over all summaries (``—`` where a summary has none)."""
+    return _table(summaries, title, named_notes=True)
+
+
+def _table(summaries: Mapping[str, Summary], title: str, named_notes: bool) -> Table:
+    table = Table(title=title, title_justify="left", caption_justify="left")
+    table.add_column("figure", no_wrap=True)
+    for name in summaries:
+        table.add_column(name, justify="right")
+    for label, cell in _rows(list(summaries.values())):
+        table.add_row(label, *(cell(s) for s in summaries.values()))
+    notes = _notes(summaries, named_notes)
+    if notes:
+        table.caption = "\n".join(notes)
+    return table
+
+
+Cell = Callable[[Summary], str]
+
+
+def _rows(summaries: list[Summary]) -> list[tuple[str, Cell]]:
+    rows: list[tuple[str, Cell]] = [
+        ("fits", lambda s: "yes" if s.fits else "NO (out of memory)"),
+        ("iteration time", lambda s: _opt(s.iter_time_s, lambda t: f"{_g(t)} s")),
+        ("tokens/s", lambda s: _opt(s.tokens_per_s, _g)),
+        ("samples/s", lambda s: _opt(s.samples_per_s, _g)),
+        ("model TFLOPS per GPU", lambda s: _opt(s.tflops_per_gpu, _g)),
+        ("model TFLOPS total", lambda s: _opt(s.tflops_total, _g)),
+        ("MFU", lambda s: _opt(s.mfu, lambda m: f"{100 * m:.1f} %")),
+    ]
+    streams = sorted({k for s in summaries for k in (s.stream_busy_frac or {})})
+    rows += [(f"busy {st}", _busy(st)) for st in streams]
+    if any(s.pcie_bytes_per_iter is not None for s in summaries):
+        rows += [(f"PCIe {d.upper()} per iteration", _pcie(d)) for d in PCIE_DIRECTIONS]
+    pools = sorted({p for s in summaries for p in s.memory})
+    for pool in pools:
+        rows.append((f"peak {pool} memory", _peak(pool)))
+        classes = sorted({c for s in summaries if pool in s.memory
+                          for c in s.memory[pool].peak_by_class_bytes})
+        rows += [(f"  {pool} {c}", _peak_class(pool, c)) for c in classes]
+    return rows
+
+
+def _notes(summaries: Mapping[str, Summary], named: bool) -> list[str]:
+    """OOM messages and uncalibrated flags, prefixed by the column name when ``named``."""
+    def prefix(name: str) -> str:
+        return f"{name}: " if named else ""
+    notes = [f"{prefix(n)}{s.oom}" for n, s in summaries.items() if s.oom]
+    notes += [f"{prefix(n)}uncalibrated: {', '.join(s.uncalibrated)}"
+              for n, s in summaries.items() if s.uncalibrated]
+    return notes
+
+
+def _busy(stream: str) -> Cell:
+    return lambda s: _opt((s.stream_busy_frac or {}).get(stream), lambda b: f"{100 * b:.1f} %")
+
+
+def _pcie(direction: str) -> Cell:
+    def cell(s: Summary) -> str:
+        if s.pcie_bytes_per_iter is None:
+            return DASH
+        n = s.pcie_bytes_per_iter[direction]
+        rate = f" ({_g(n / GB / s.iter_time_s)} GB/s)" if s.iter_time_s else ""
+        return f"{_g(n / GB)} GB{rate}"
+    return cell
+
+
+def _peak(pool: str) -> Cell:
+    def cell(s: Summary) -> str:
+        m = s.memory.get(pool)
+        if m is None:
+            return DASH
+        pct = f" ({100 * m.peak_bytes / m.capacity_bytes:.1f} %)" if m.capacity_bytes else ""
+        return f"{m.peak_bytes / GIB:.2f} / {m.capacity_bytes / GIB:.2f} GiB{pct}"
+    return cell
+
+
+def _peak_class(pool: str, cls: str) -> Cell:
+    def cell(s: Summary) -> str:
+        m = s.memory.get(pool)
+        n = None if m is None else m.peak_by_class_bytes.get(cls)
+        return _opt(n, lambda b: f"{b / GIB:.2f} GiB")
+    return cell
+
+
+def _opt(x: float | None, fmt: Callable[[float], str]) -> str:
+    return DASH if x is None else fmt(x)
+
+
+def _g(x: float) -> str:
+    """4 significant digits, thousands separated for large values (12,345 not 1.234e+04)."""
+    return f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:.4g}"

@@ -1,0 +1,137 @@
+import json
+
+import pytest
+
+from simhete.engine.timeline import Timeline
+from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.report.metrics import Summary, copy_bytes, steady_window, stream_busy, summarize
+from simhete.schedule.model import Alloc, Op, Schedule, Task
+from test_report_data import GIB, POOLS, TASK_BYTES, oom_timeline, rec, two_iterations
+
+ARGS = dict(tokens_per_iter=4096, samples_per_iter=8, model_flops_per_iter=8e12,
+            peak_flops_per_gpu=1e13, n_gpus=1, pool_capacity=POOLS)
+
+
+def test_steady_state_figures_by_hand():
+    s = summarize(two_iterations(), task_bytes=TASK_BYTES, **ARGS)
+    assert s.fits and s.oom is None
+    # window: end of it1 (4 s) .. end of it2 (8 s)
+    assert (s.window_start_s, s.window_end_s, s.iter_time_s) == (4.0, 8.0, 4.0)
+    assert s.tokens_per_s == 4096 / 4 == 1024.0
+    assert s.samples_per_s == 8 / 4 == 2.0
+    assert s.tflops_total == 8e12 / 4 / 1e12 == 2.0
+    assert s.tflops_per_gpu == 2.0
+    assert s.mfu == 2e12 / 1e13 == 0.2
+    assert s.stream_busy_frac == {
+        "cpu.optim": 0.5 / 4,            # it2 Adam [7.5, 8]
+        "gpu0.compute": 3.0 / 4,         # it2 F [4, 5] + B [5, 7]
+        "gpu0.d2h": 1.5 / 4,             # it2 D2H [6, 7.5]
+        "gpu0.h2d": 0.25 / 4,            # it2 prefetch [3.75, 4.25] clipped to [4, 4.25]
+    }
+    # only the steady iteration's copies count: it2 H2D 1 GB (not it1's 7 GB), it2 D2H 3 GB
+    assert s.pcie_bytes_per_iter == {"h2d": 10**9, "d2h": 3 * 10**9}
+    assert s.memory["gpu0"].peak_bytes == 6 * GIB
+    assert s.memory["gpu0"].capacity_bytes == 8 * GIB
+    assert s.memory["cpu"].peak_by_class_bytes == {"grads32": 2 * GIB, "master": 2 * GIB,
+                                                   "optim": 8 * GIB}
+    assert s.meta == {"engine": "simpy", "policy": "zero-offload"}
+
+
+def test_multi_gpu_divides_tflops_and_mfu():
+    s = summarize(two_iterations(), **{**ARGS, "n_gpus": 4})
+    assert s.tflops_total == 2.0
+    assert s.tflops_per_gpu == 0.5
+    assert s.mfu == 2e12 / (4 * 1e13)
+
+
+def test_single_iteration_window_is_whole_run():
+    tl = Timeline(records=(rec("it1.F.b0", "gpu0.compute", TaskCat.FWD, 1, 0.5, 2.0),
+                           rec("it1.B.b0", "gpu0.compute", TaskCat.BWD, 1, 2.0, 2.5)),
+                  mem_events={}, peak={}, peak_by_class={})
+    s = summarize(tl, **ARGS)
+    assert (s.window_start_s, s.window_end_s, s.iter_time_s) == (0.0, 2.5, 2.5)
+    assert s.stream_busy_frac == {"gpu0.compute": 2.0 / 2.5}
+    assert s.pcie_bytes_per_iter is None
+
+
+def test_busy_is_union_of_overlapping_records():
+    tl = Timeline(records=(rec("a", "cpu.optim", TaskCat.OPTIM_CPU, 1, 0.0, 2.0),
+                           rec("b", "cpu.optim", TaskCat.OPTIM_CPU, 1, 1.0, 3.0),
+                           rec("c", "cpu.optim", TaskCat.OPTIM_CPU, 1, 1.5, 2.5),
+                           rec("d", "gpu0.compute", TaskCat.FWD, 1, 0.0, 8.0)),
+                  mem_events={}, peak={}, peak_by_class={})
+    assert stream_busy(tl, steady_window(tl)) == {"cpu.optim": 3.0 / 8, "gpu0.compute": 1.0}
+    assert stream_busy(tl, (2.0, 4.0)) == {"cpu.optim": 0.5, "gpu0.compute": 1.0}
+
+
+def test_no_copies_means_zero_pcie_bytes():
+    tl = Timeline(records=(rec("it1.F.b0", "gpu0.compute", TaskCat.FWD, 1, 0.0, 1.0),),
+                  mem_events={}, peak={}, peak_by_class={})
+    assert summarize(tl, task_bytes={}, **ARGS).pcie_bytes_per_iter == {"h2d": 0, "d2h": 0}
+
+
+def test_copy_record_without_bytes_is_an_error():
+    with pytest.raises(ValueError, match="no entry for copy task 'it2.D2H.g.b0' on gpu0.d2h"):
+        summarize(two_iterations(), task_bytes={"it2.H2D.w.b1": 1}, **ARGS)
+
+
+def test_pool_without_capacity_is_an_error():
+    with pytest.raises(ValueError, match="no entry for pool.*cpu"):
+        summarize(two_iterations(), **{**ARGS, "pool_capacity": {"gpu0": 8 * GIB}})
+
+
+def test_oom_does_not_fit_and_has_no_rates():
+    s = summarize(oom_timeline(), **ARGS)
+    assert not s.fits
+    assert s.oom == oom_timeline().oom.message()
+    assert s.oom.startswith("out of memory in gpu0 at t=1.000000s: task it1.F.b1 asks 4.00 GiB")
+    assert (s.iter_time_s, s.tokens_per_s, s.mfu, s.stream_busy_frac) == (None, None, None, None)
+    assert s.memory["gpu0"].peak_bytes == 6 * GIB
+    assert s.memory["cpu"].peak_bytes == 0          # a pool with capacity but no use
+
+
+def test_flags_sorted_once_each():
+    s = summarize(two_iterations(), flags=["pcie:datasheet", "gemm:datasheet", "pcie:datasheet"],
+                  **ARGS)
+    assert s.uncalibrated == ("gemm:datasheet", "pcie:datasheet")
+
+
+def test_to_dict_is_json_safe_ordered_and_rounded():
+    s = summarize(two_iterations(), task_bytes=TASK_BYTES, meta={"model": "tiny"}, **ARGS)
+    d = s.to_dict()
+    assert list(d)[:6] == ["fits", "oom", "window_start_s", "window_end_s", "iter_time_s",
+                           "tokens_per_s"]
+    assert list(d["memory"]) == ["cpu", "gpu0"]
+    assert d["memory"]["gpu0"] == {"capacity_bytes": 8 * GIB, "peak_bytes": 6 * GIB,
+                                   "peak_by_class_bytes": {"activations": 4 * GIB,
+                                                           "weights": 2 * GIB}}
+    assert d["meta"] == {"engine": "simpy", "model": "tiny", "policy": "zero-offload"}
+    # floats keep 6 significant digits
+    tl = Timeline(records=(rec("x", "gpu0.compute", TaskCat.FWD, 1, 0.0, 3.0),),
+                  mem_events={}, peak={}, peak_by_class={})
+    d3 = summarize(tl, **ARGS).to_dict()
+    assert d3["tokens_per_s"] == 1365.33      # 4096 / 3 = 1365.333...
+    assert d3["mfu"] == 0.266667              # 8e12 / 3 / 1e13 = 0.2666...
+
+
+def test_json_is_byte_identical_and_round_trips():
+    def dump(s: Summary) -> str:
+        return json.dumps(s.to_dict(), indent=2)
+    a = summarize(two_iterations(), task_bytes=TASK_BYTES, flags=["x"], **ARGS)
+    b = summarize(two_iterations(), task_bytes=TASK_BYTES, flags=["x"], **ARGS)
+    assert dump(a) == dump(b)
+    back = Summary.from_dict(json.loads(dump(a)))
+    assert back == a                           # all values here are exact in 6 digits
+    assert dump(back) == dump(a)
+
+
+def test_copy_bytes_from_schedule():
+    sched = Schedule(
+        tasks=(Task("it1.H2D.w.b0", "gpu0.h2d", TaskCat.H2D,
+                    ops=(Op(OpKind.H2D, n=1000, count=3),),
+                    allocs=(Alloc("w.b0", "gpu0", 3000, MemClass.WEIGHTS),)),
+               Task("it1.F.b0", "gpu0.compute", TaskCat.FWD, ops=(Op(OpKind.GEMM, (2, 2, 2)),)),
+               Task("it1.D2H.g.b0", "gpu0.d2h", TaskCat.D2H,
+                    ops=(Op(OpKind.D2H, n=500), Op(OpKind.D2H, n=250)))),
+        pools={"gpu0": 10**6})
+    assert copy_bytes(sched) == {"it1.H2D.w.b0": 3000, "it1.D2H.g.b0": 750}
