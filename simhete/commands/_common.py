@@ -1,0 +1,59 @@
+"""Helpers shared by commands: engine flag, safe output writing, console."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from simhete.errors import SimheteError
+
+ENGINES = ("fast", "simpy")
+
+
+def console() -> Console:
+    return Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
+
+
+def add_engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="fast",
+                   help="fast (default) or simpy, the reference engine; both give identical timelines")
+
+
+def check_writable(path: str | None, flag: str) -> Path | None:
+    """Fail early (before any work) if an output path cannot be written."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise SimheteError(f"{flag} {path}: is a directory; give a file path")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SimheteError(f"{flag} {path}: cannot create directory {parent}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise SimheteError(f"{flag} {path}: directory {parent} is not writable")
+    return p
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temporary file and rename, so an interrupted write never leaves half a file."""
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"

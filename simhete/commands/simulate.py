@@ -1,0 +1,41 @@
+"""simhete simulate SCENARIO: does it fit, how fast, where the time and memory go."""
+
+from __future__ import annotations
+
+import argparse
+
+from simhete.commands._common import add_engine_arg, check_writable, console, dump_json, write_atomic
+from simhete.scenario import load_scenario
+from simhete.schedule import format_schedule
+
+HELP = "Simulate one scenario and print whether it fits, iteration time, throughput, MFU, stream busy %, PCIe bytes and peak memory."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", help="scenario YAML (see docs/scenarios.md)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace (open in ui.perfetto.dev)")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG timeline and memory plot")
+    p.add_argument("--schedule", metavar="PATH", help="write the schedule in its text form")
+    add_engine_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simhete.sim import run as run_scenario
+
+    outs = {flag: check_writable(getattr(args, flag), f"--{flag}") for flag in ("trace", "plot", "schedule")}
+    res = run_scenario(load_scenario(args.scenario), engine=args.engine)
+    if outs["schedule"]:
+        write_atomic(outs["schedule"], format_schedule(res.schedule))
+    if outs["trace"]:
+        from simhete.report.trace import write_trace
+        write_trace(outs["trace"], res.timeline)
+    if outs["plot"]:
+        from simhete.report.plot import plot_timeline
+        plot_timeline(res.timeline, outs["plot"], pools=dict(res.schedule.pools), title=res.scenario.name)
+    if args.json:
+        print(dump_json(res.summary.to_dict()), end="")
+    else:
+        from simhete.report.table import render_summary
+        console().print(render_summary(res.summary, title=res.scenario.name))
+    return 0

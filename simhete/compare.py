@@ -1,0 +1,32 @@
+"""Run one scenario under every applicable policy (``simhete compare`` and the demo).
+
+Knobs the scenario sets carry over to each policy that has a knob of that name (activation
+checkpointing, pin_memory, ...); knobs foreign to a policy are dropped for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simhete.policy import get_policy, list_policies
+from simhete.scenario import Scenario
+
+
+def knobs_for(s: Scenario, policy: str) -> dict[str, Any]:
+    fields = get_policy(policy).Knobs.model_fields
+    return {k: v for k, v in s.data.knobs.items() if k in fields}
+
+
+def compare_policies(s: Scenario, engine: str = "fast", policies: list[str] | None = None) -> dict[str, Any]:
+    """{policy: Result} for every policy that can run this scenario, the scenario's own first."""
+    from simhete.sim import resolve_profile, run
+
+    names = policies or [s.data.policy] + [p for p in list_policies() if p != s.data.policy]
+    prof = resolve_profile(s)
+    out: dict[str, Any] = {}
+    for name in names:
+        cls = get_policy(name)
+        if prof.gpu.count > 1 and not cls.multi_gpu:
+            continue
+        out[name] = run(s.with_changes(policy=name, knobs=knobs_for(s, name)), engine=engine, profile=prof)
+    return out

@@ -1,0 +1,112 @@
+"""What every policy shares: the build context, the Policy base class and a Schedule builder.
+
+A policy is a function from (model, hardware, knobs) to a Schedule. It reads everything it needs
+from :class:`Context` and never prices anything the cost model would not (it may *ask* the cost
+model, as a solver does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
+
+from simhete.config import Strict, validate
+from simhete.opkinds import MemClass, TaskCat
+from simhete.schedule import Alloc, Op, Schedule, Task
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a policy may read: the resolved scenario."""
+
+    scenario: Any            # simhete.scenario.Scenario
+    spec: Any                # simhete.workload.ModelSpec
+    workload: Any            # simhete.workload.Workload
+    profile: Any             # simhete.hw.profile.HardwareProfile
+    cost: Any                # simhete.hw.cost.CostModel
+    n_gpus: int
+    iterations: int
+
+    @property
+    def blocks(self) -> tuple[Any, ...]:
+        return self.workload.blocks
+
+    @property
+    def gpu_capacity(self) -> int:
+        g = self.profile.gpu
+        return g.memory_bytes - g.reserved_bytes
+
+    @property
+    def cpu_capacity(self) -> int:
+        return self.profile.host.memory_bytes
+
+    def pools(self) -> dict[str, int]:
+        pools = {f"gpu{g}": self.gpu_capacity for g in range(self.n_gpus)}
+        pools["cpu"] = self.cpu_capacity
+        return pools
+
+
+class Policy:
+    """Base class. Subclasses set ``Knobs`` (a Strict pydantic model) and implement ``build``."""
+
+    name: ClassVar[str] = ""
+    Knobs: ClassVar[type[Strict]] = Strict
+    multi_gpu: ClassVar[bool] = False     # whether build() handles n_gpus > 1
+
+    @classmethod
+    def knobs(cls, raw: dict[str, Any], file: str | None = None) -> Strict:
+        return validate(cls.Knobs, raw, file, prefix="knobs")
+
+    def __init__(self, knobs: Strict) -> None:
+        self.k = knobs
+
+    def build(self, ctx: Context) -> Schedule:
+        raise NotImplementedError
+
+
+class Builder:
+    """Accumulates tasks in order; ``add`` returns the task name so callers can chain deps."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def add(self, name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...] = (),
+            deps: Iterable[str] = (), prio: int = 0, allocs: Iterable[Alloc] = (),
+            frees: Iterable[str] = (), it: int = 0, block: int = -1) -> str:
+        self.tasks.append(Task(name, stream, cat, tuple(ops), tuple(d for d in deps if d), prio,
+                               tuple(allocs), tuple(frees), it, block))
+        return name
+
+    def build(self, pools: dict[str, int], initial: Iterable[Alloc], iterations: int,
+              meta: dict[str, str]) -> Schedule:
+        return Schedule(tuple(self.tasks), pools, tuple(initial), iterations, meta)
+
+
+def model_states(ctx: Context, pool_of: dict[MemClass, str], gpu: int = 0,
+                 exclude: Iterable[MemClass] = (), blocks: Iterable[int] | None = None) -> list[Alloc]:
+    """Initial buffers for persistent model states of each block, placed per class.
+
+    Mixed-precision Adam keeps per parameter 2 B of 16-bit weights, 2 B of 16-bit grads, 4 B of
+    fp32 master weights and 8 B of Adam m and v (Rajbhandari et al. 2020, ZeRO, §3.1).
+    """
+    sizes = {
+        MemClass.WEIGHTS: lambda b: b.weight_bytes,
+        MemClass.MASTER: lambda b: b.master_bytes,
+        MemClass.OPTIM: lambda b: b.optim_bytes,
+        MemClass.GRADS32: lambda b: b.grad32_bytes,
+    }
+    skip = set(exclude)
+    out = []
+    chosen = set(blocks) if blocks is not None else None
+    for b in ctx.blocks:
+        if chosen is not None and b.index not in chosen:
+            continue
+        for cls, pool in pool_of.items():
+            if cls in skip or cls not in sizes:
+                continue
+            n = sizes[cls](b)
+            if n:
+                pool_name = f"gpu{gpu}" if pool == "gpu" else pool
+                out.append(Alloc(f"{cls.value}.g{gpu}.{b.name}" if pool == "gpu" else f"{cls.value}.{b.name}",
+                                 pool_name, n, cls))
+    return out

@@ -1,0 +1,184 @@
+"""Forward/backward of one iteration on one GPU, shared by every training policy.
+
+Per block (``embed``, ``b0`` … ``b{L-1}``, ``head``) the compute stream runs F in order, then
+(R and) B in reverse order. What each policy adds around that skeleton — where weights come
+from, where gradients go, who runs the optimizer — enters through dependency lists and the
+returned task names.
+
+Activation modes per block (a knob shared by several policies):
+
+- ``keep``: F allocates the block's saved activations; B frees them.
+- ``recompute``: F keeps only the block input (checkpoint); R re-runs the forward just before B
+  and allocates the rest (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
+- ``swap``: F keeps everything; a D2H copies it to host memory and frees the GPU copy; an H2D
+  brings it back one block ahead of its backward (Capuchin/SwapAdvisor-style swapping).
+
+Priorities: smaller runs first. A task's priority is the position in the iteration of the
+compute task that needs it, so every stream serves its queue in the order the GPU will consume
+it; iteration ``k`` adds ``k * PRIO_IT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from simhete.config import Strict
+from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.policy.base import Builder, Context
+from simhete.schedule import Alloc, Op
+
+PRIO_IT = 1_000_000
+ActMode = Literal["keep", "recompute", "swap"]
+
+
+class ActivationKnobs(Strict):
+    """Activation memory knobs shared by every training policy."""
+
+    checkpointing: Literal["none", "full", "every"] = "none"
+    """``full``: recompute every transformer block; ``every``: one block in each ``checkpoint_every``."""
+    checkpoint_every: int = Field(2, ge=1)
+    activations: list[ActMode] | None = None
+    """Per transformer block: keep, recompute or swap. Overrides ``checkpointing`` when given."""
+    pin_memory: bool = True
+    """Pinned host buffers (DeepSpeed ``pin_memory``). Pageable copies block the host and do not
+    overlap compute, as CUDA behaves: they are placed on the compute stream at pageable bandwidth."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ActivationKnobs":
+        if self.activations is not None and self.checkpointing != "none":
+            raise ValueError("give either checkpointing or a per-block activations list, not both")
+        return self
+
+
+def act_modes(ctx: Context, k: ActivationKnobs) -> dict[int, ActMode]:
+    """Activation mode per block index; embedding and head always keep."""
+    blocks = [b for b in ctx.blocks if b.name.startswith("b")]
+    if k.activations is not None and len(k.activations) != len(blocks):
+        from simhete.errors import ConfigError
+        raise ConfigError(ctx.scenario.file, "knobs.activations", f"{len(k.activations)} entries",
+                          allowed=f"one entry per transformer block ({len(blocks)})")
+    modes: dict[int, ActMode] = {b.index: "keep" for b in ctx.blocks}
+    for j, b in enumerate(blocks):
+        if k.activations is not None:
+            modes[b.index] = k.activations[j]
+        elif k.checkpointing == "full" or (k.checkpointing == "every" and j % k.checkpoint_every == 0):
+            modes[b.index] = "recompute"
+    return modes
+
+
+def tname(it: int, what: str, blk: str, gpu: int = 0, n_gpus: int = 1) -> str:
+    """Stable task name, e.g. ``it1.F.b12``; on multi-GPU runs ``it1.F.b12@g3``."""
+    return f"it{it}.{what}.{blk}" + (f"@g{gpu}" if n_gpus > 1 else "")
+
+
+def copy_stream(gpu: int, direction: str, pinned: bool) -> str:
+    """Pinned copies use the copy engine's stream; pageable ones serialise with compute."""
+    return f"gpu{gpu}.{direction}" if pinned else f"gpu{gpu}.compute"
+
+
+def fwd_prio(it: int, idx: int) -> int:
+    return it * PRIO_IT + 2 * idx
+
+
+def bwd_prio(it: int, idx: int, n_blocks: int) -> int:
+    return it * PRIO_IT + 2 * n_blocks + 2 * (n_blocks - 1 - idx)
+
+
+@dataclass
+class IterTasks:
+    F: dict[int, str] = field(default_factory=dict)
+    B: dict[int, str] = field(default_factory=dict)
+    R: dict[int, str] = field(default_factory=dict)
+    grads: dict[int, str] = field(default_factory=dict)   # gradient buffer per block (on the GPU)
+    first_F: str = ""
+    last_B: str = ""
+
+
+def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode], *,
+                     gpu: int = 0, start_deps: list[str] = (),
+                     fwd_weight_deps: dict[int, list[str]] | None = None,
+                     bwd_weight_deps: dict[int, list[str]] | None = None,
+                     pinned: bool = True, grad_pool: str | None = None) -> IterTasks:
+    """Emit one iteration's forward and backward for ``gpu``; return the task names.
+
+    ``fwd_weight_deps[i]`` / ``bwd_weight_deps[i]``: tasks that must finish before block i's
+    forward / recompute+backward may use its weights. B allocates the block's 16-bit gradient
+    buffer (named in the result) in ``grad_pool`` (default the GPU); the policy frees it.
+    """
+    n = ctx.n_gpus
+    pool = f"gpu{gpu}"
+    comp = f"gpu{gpu}.compute"
+    blocks = ctx.blocks
+    nb = len(blocks)
+    fw = fwd_weight_deps or {}
+    bw = bwd_weight_deps or {}
+    out = IterTasks()
+    prev = list(start_deps)
+    for blk in blocks:
+        i, mode = blk.index, modes[blk.index]
+        act = tname(it, "act", blk.name, gpu, n)
+        keep = blk.ckpt_bytes if mode == "recompute" else blk.act_bytes
+        allocs = [Alloc(act, pool, keep, MemClass.ACTIVATIONS)]
+        frees = []
+        if blk.workspace_bytes:
+            ws = tname(it, "ws.F", blk.name, gpu, n)
+            allocs.append(Alloc(ws, pool, blk.workspace_bytes, MemClass.BUFFERS))
+            frees.append(ws)
+        f = b.add(tname(it, "F", blk.name, gpu, n), comp, TaskCat.FWD, blk.fwd_ops,
+                  deps=prev + fw.get(i, []), prio=fwd_prio(it, i), allocs=allocs, frees=frees,
+                  it=it, block=i)
+        out.F[i] = f
+        prev = [f]
+        if mode == "swap":
+            st = copy_stream(gpu, "d2h", pinned)
+            b.add(tname(it, "D2H.act", blk.name, gpu, n), st, TaskCat.D2H,
+                  (Op(OpKind.D2H, n=blk.act_bytes, pinned=pinned),), deps=[f],
+                  prio=fwd_prio(it, i) + 1,
+                  allocs=[Alloc(tname(it, "cact", blk.name, gpu, n), "cpu", blk.act_bytes, MemClass.ACTIVATIONS)],
+                  frees=[act], it=it, block=i)
+    out.first_F = out.F[blocks[0].index]
+
+    prev = [out.F[blocks[-1].index]]
+    bwd_order = list(reversed(blocks))
+    for pos, blk in enumerate(bwd_order):
+        i, mode = blk.index, modes[blk.index]
+        act = tname(it, "act", blk.name, gpu, n)
+        p = bwd_prio(it, i, nb)
+        deps = prev + bw.get(i, [])
+        frees = [act]
+        if mode == "recompute":
+            ract = tname(it, "ract", blk.name, gpu, n)
+            r = b.add(tname(it, "R", blk.name, gpu, n), comp, TaskCat.RECOMPUTE, blk.fwd_ops, deps=deps,
+                      prio=p, allocs=[Alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, MemClass.ACTIVATIONS)],
+                      it=it, block=i)
+            out.R[i] = r
+            deps = [r]
+            frees.append(ract)
+        elif mode == "swap":
+            # bring activations back while the previous backward block computes (one block ahead)
+            ahead = [out.B[bwd_order[pos - 2].index]] if pos >= 2 else [out.F[blocks[-1].index]]
+            sact = tname(it, "sact", blk.name, gpu, n)
+            h = b.add(tname(it, "H2D.act", blk.name, gpu, n), copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
+                      (Op(OpKind.H2D, n=blk.act_bytes, pinned=pinned),),
+                      deps=[tname(it, "D2H.act", blk.name, gpu, n)] + ahead, prio=p,
+                      allocs=[Alloc(sact, pool, blk.act_bytes, MemClass.ACTIVATIONS)],
+                      frees=[tname(it, "cact", blk.name, gpu, n)], it=it, block=i)
+            deps = deps + [h]
+            frees = [sact]
+        grad = tname(it, "grad", blk.name, gpu, n)
+        allocs = [Alloc(grad, grad_pool or pool, blk.grad_bytes, MemClass.GRADS)] if blk.grad_bytes else []
+        if blk.workspace_bytes:
+            ws = tname(it, "ws.B", blk.name, gpu, n)
+            allocs.append(Alloc(ws, pool, blk.workspace_bytes, MemClass.BUFFERS))
+            frees.append(ws)
+        bt = b.add(tname(it, "B", blk.name, gpu, n), comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=p + 1,
+                   allocs=allocs, frees=frees, it=it, block=i)
+        out.B[i] = bt
+        if blk.grad_bytes:
+            out.grads[i] = grad
+        prev = [bt]
+    out.last_B = prev[0]
+    return out

@@ -1,0 +1,109 @@
+"""Scenario files: model + hardware + training shape + policy and knobs, as one YAML.
+
+    name: LLaMA-2-13B on one H100 PCIe with ZeRO-Offload
+    model: llama2-13b                 # preset | {preset: ..., n_layers: 4, ...} | {hf_config: path}
+    hardware: h100-pcie               # profile name or path | {profile: ..., gpus: 4, host_memory: 512GiB}
+    train: {micro_batch: 4, seq_len: 4096, dtype: bf16}
+    iterations: 3
+    policy: zero-offload
+    knobs: {pin_memory: true}
+
+Loaded in stages: parse YAML → validate the shape (pydantic) → resolve names (model preset,
+hardware profile, policy) → validate the policy's knobs. Every error names the file and key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from simhete.config import Strict, load_yaml, parse_bytes, validate
+from simhete.errors import ConfigError
+
+
+class ModelRef(Strict):
+    preset: str | None = None
+    hf_config: str | None = None
+    n_layers: int | None = Field(None, gt=0)
+    hidden: int | None = Field(None, gt=0)
+    n_heads: int | None = Field(None, gt=0)
+    n_kv_heads: int | None = Field(None, gt=0)
+    ffn_hidden: int | None = Field(None, gt=0)
+    vocab: int | None = Field(None, gt=0)
+
+
+class HardwareRef(Strict):
+    profile: str
+    gpus: int | None = Field(None, ge=1, le=8)
+    gpu_memory: int | None = None
+    host_memory: int | None = None
+
+    @field_validator("gpu_memory", "host_memory", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        return None if v is None else parse_bytes(v)
+
+
+class TrainShape(Strict):
+    micro_batch: int = Field(gt=0, le=4096)
+    seq_len: int = Field(gt=0, le=1_048_576)
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+
+
+class ScenarioFile(Strict):
+    name: str = ""
+    description: str = ""
+    model: str | ModelRef
+    hardware: str | HardwareRef
+    train: TrainShape
+    iterations: int = Field(3, ge=1, le=100)
+    policy: str = "gpu-only"
+    knobs: dict[str, Any] = Field(default_factory=dict)
+    replay: dict[str, Any] | None = None   # validated by simhete.replay (scaled-down shape for validate)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario; ``file`` is kept so later errors (knobs, replay) can name it."""
+
+    data: ScenarioFile
+    file: str | None
+
+    @property
+    def name(self) -> str:
+        return self.data.name or (Path(self.file).stem if self.file else "scenario")
+
+    def with_changes(self, **changes: Any) -> "Scenario":
+        """A copy with top-level keys or dotted keys (``train.micro_batch``) replaced, re-validated."""
+        raw = self.data.model_dump(exclude_none=True)
+        for key, value in changes.items():
+            set_dotted(raw, key, value)
+        return Scenario(validate(ScenarioFile, raw, self.file), self.file)
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if isinstance(nxt, str) and p in ("model", "hardware"):
+            nxt = {"preset" if p == "model" else "profile": nxt}
+        if not isinstance(nxt, dict):
+            nxt = {}
+        cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    data = load_yaml(path, "scenario file")
+    return Scenario(validate(ScenarioFile, data, str(path)), str(path))
+
+
+def scenario_from_dict(data: dict[str, Any], file: str | None = None) -> Scenario:
+    if not isinstance(data, dict):
+        raise ConfigError(file, None, problem="expected a mapping")
+    return Scenario(validate(ScenarioFile, data, file), file)

@@ -1,0 +1,108 @@
+"""The pipeline, one direction of flow: scenario → workload + profile → policy → Schedule →
+engine → Timeline → Summary. Every command (simulate, compare, sweep, plan, validate) goes
+through :func:`resolve` and :func:`run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simhete.engine import simulate
+from simhete.engine.timeline import Timeline
+from simhete.errors import ConfigError, SimheteError
+from simhete.hw.cost import CostModel
+from simhete.hw.profile import load_profile
+from simhete.policy import Context, get_policy
+from simhete.report.metrics import Summary, copy_bytes, summarize
+from simhete.scenario import HardwareRef, ModelRef, Scenario
+from simhete.schedule import Schedule, check_schedule
+from simhete.workload import build_workload, from_hf_config, get_model
+
+
+@dataclass(frozen=True)
+class Result:
+    scenario: Scenario
+    context: Context
+    schedule: Schedule
+    timeline: Timeline
+    summary: Summary
+
+
+def resolve_model(s: Scenario) -> Any:
+    m = s.data.model
+    if isinstance(m, str):
+        return get_model(m, file=s.file, key="model")
+    if (m.preset is None) == (m.hf_config is None):
+        raise ConfigError(s.file, "model", problem="give exactly one of model.preset or model.hf_config")
+    if m.hf_config is not None:
+        p = Path(m.hf_config)
+        if not p.is_absolute() and s.file:
+            p = Path(s.file).parent / p
+        spec = from_hf_config(p)
+    else:
+        spec = get_model(m.preset, file=s.file, key="model.preset")
+    over = {k: v for k, v in m.model_dump(exclude_none=True).items() if k not in ("preset", "hf_config")}
+    if over:
+        try:
+            spec = dataclasses.replace(spec, name=spec.name + "*", **over)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(s.file, "model", over, allowed=str(e)) from None
+    return spec
+
+
+def resolve_profile(s: Scenario) -> Any:
+    h = s.data.hardware
+    ref = h if isinstance(h, HardwareRef) else HardwareRef(profile=h)
+    base = Path(s.file).parent if s.file else None
+    name = ref.profile
+    if base is not None and (name.endswith(".yaml") or "/" in name) and not Path(name).is_absolute():
+        cand = base / name
+        name = str(cand) if cand.exists() else name
+    prof = load_profile(name, file=s.file, key="hardware" if isinstance(h, str) else "hardware.profile")
+    if ref.gpus or ref.gpu_memory or ref.host_memory:
+        prof = prof.with_overrides(gpus=ref.gpus, gpu_memory=ref.gpu_memory, host_memory=ref.host_memory)
+    return prof
+
+
+def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
+    """Build the policy's Context (and the policy instance) for a scenario."""
+    spec = resolve_model(s)
+    prof = profile if profile is not None else resolve_profile(s)
+    tr = s.data.train
+    wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype)
+    cls = get_policy(s.data.policy, s.file)
+    policy = cls(cls.knobs(s.data.knobs, s.file))
+    n_gpus = prof.gpu.count
+    if n_gpus > 1 and not cls.multi_gpu:
+        raise ConfigError(s.file, "hardware", f"{n_gpus} GPUs",
+                          allowed=f"policy {cls.name} is single-GPU here; use gpus: 1")
+    ctx = Context(s, spec, wl, prof, CostModel(prof), n_gpus, s.data.iterations)
+    return ctx, policy
+
+
+def run(s: Scenario, engine: str = "fast", profile: Any = None) -> Result:
+    ctx, policy = resolve(s, profile)
+    sched = policy.build(ctx)
+    problems = check_schedule(sched)
+    if problems:  # a policy bug, not a user error: say exactly what is wrong
+        raise SimheteError(f"policy {policy.name} built an invalid schedule: {problems[0]}"
+                           + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return run_schedule(s, ctx, sched, engine)
+
+
+def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast") -> Result:
+    cost = ctx.cost
+    tl = simulate(sched, cost.durations(sched), cost.interference(), engine=engine)
+    wl = ctx.workload
+    summary = summarize(
+        tl, tokens_per_iter=wl.tokens_per_iter * ctx.n_gpus,
+        samples_per_iter=s.data.train.micro_batch * ctx.n_gpus,
+        model_flops_per_iter=wl.model_flops_per_iter * ctx.n_gpus,
+        peak_flops_per_gpu=cost.peak_flops(s.data.train.dtype), n_gpus=ctx.n_gpus,
+        pool_capacity=dict(sched.pools), task_bytes=copy_bytes(sched),
+        flags=sorted(cost.flags), meta={"scenario": s.name, "policy": s.data.policy,
+                                         "model": ctx.spec.name, "hardware": ctx.profile.name})
+    return Result(s, ctx, sched, tl, summary)
