@@ -1,0 +1,293 @@
+"""CostModel: seconds for an op, a task or a whole schedule, from a HardwareProfile. No torch.
+
+Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full table):
+
+- GEMM: launch + max(FLOPs / rate, bytes / memory bandwidth) — a roofline in which the compute
+  rate is a measured table point or peak × efficiency(M, N, K) (tile/wave quantisation, NVIDIA
+  "Matrix Multiplication Background User's Guide" §3).
+- ATTN_FWD/ATTN_BWD: the same roofline with FLOPs from :attr:`Op.flops` and the attention
+  efficiency (or a measured exact-shape rate).
+- ELEMENTWISE/NORM/SOFTMAX_CE/EMBED: memory-bound, launch + n / (bandwidth × efficiency).
+- H2D/D2H: α-β on the pinned or pageable link (or n / curve(n) inside a measured curve); on a
+  ``device_type: cpu`` profile without links they are host memcpys.
+- D2D: launch + 2n / device bandwidth (a copy reads and writes n bytes).
+- MEMCPY_CPU: n / host memcpy bandwidth. ADAM_CPU: n / params_per_s.
+- ADAM_GPU: launch + 28 n / (bandwidth × efficiency).
+- ALLREDUCE/REDUCE_SCATTER/ALLGATHER: α + n · factor / bus bandwidth (nccl-tests factors).
+
+``task_seconds`` is cached by the task's ops tuple, so identical blocks are priced once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Callable
+
+from simhete.errors import ConfigError
+from simhete.hw.gemm import GemmInterpolator
+from simhete.hw.profile import (ADAM_CPU_BYTES_PER_PARAM, DTYPES, HardwareProfile, Link,
+                                Provenance)
+from simhete.opkinds import OpKind
+from simhete.schedule.model import Op, Schedule, Task
+
+# Bytes per element of each compute dtype (tf32 is stored as fp32).
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
+
+# Fused/multi-tensor GPU Adam moves the same fp32 state as CPU Adam: reads p, g, m, v and writes
+# p, m, v — 7 × 4 = 28 bytes per parameter (REFERENCES.md, "CPU Adam is DRAM-bound").
+ADAM_GPU_BYTES_PER_PARAM = 28
+
+# nccl-tests doc/PERFORMANCE.md: busbw = algbw × factor, with r ranks.
+_BUS_FACTOR: dict[OpKind, Callable[[int], float]] = {
+    OpKind.ALLREDUCE: lambda r: 2.0 * (r - 1) / r,
+    OpKind.REDUCE_SCATTER: lambda r: (r - 1) / r,
+    OpKind.ALLGATHER: lambda r: (r - 1) / r,
+}
+
+
+class CostModel:
+    """Prices ops against one profile. Cheap to build; caches everything it prices."""
+
+    def __init__(self, profile: HardwareProfile) -> None:
+        self.profile = profile
+        g, h = profile.gpu, profile.host
+        self._launch = g.launch_overhead_us.value * 1e-6
+        self._mem_bps = g.mem_bandwidth_gbps.value * 1e9
+        self._mb_eff = g.memory_bound_efficiency.value
+        self._max_eff, self._max_eff_prov, self._max_eff_key = g.max_efficiency()
+        self._adam = h.adam_params_per_s()
+        self._tables: dict[str, GemmInterpolator] = {}
+        if g.gemm.model == "table" and g.gemm.table is not None:
+            self._tables = {dt: GemmInterpolator(rows) for dt, rows in g.gemm.table.points.items()}
+        attn_table = g.attention.table if g.attention else None
+        self._attn_exact: dict[tuple[OpKind, str, tuple[int, ...]], float] = {}
+        if attn_table is not None:
+            for kind, part in ((OpKind.ATTN_FWD, attn_table.fwd), (OpKind.ATTN_BWD, attn_table.bwd)):
+                for dt, rows in part.items():
+                    for r in rows:
+                        self._attn_exact[(kind, dt, tuple(int(x) for x in r[:6]))] = float(r[6])
+        self._op_cache: dict[Op, float] = {}
+        self._task_cache: dict[tuple[Op, ...], float] = {}
+        self._flags: set[str] = set()
+        self._roofline_shapes: set[tuple[str, int, int, int]] = set()
+        self._price: dict[OpKind, Callable[[Op], float]] = {
+            OpKind.GEMM: self._gemm,
+            OpKind.ATTN_FWD: self._attention,
+            OpKind.ATTN_BWD: self._attention,
+            OpKind.ELEMENTWISE: self._memory_bound,
+            OpKind.NORM: self._memory_bound,
+            OpKind.SOFTMAX_CE: self._memory_bound,
+            OpKind.EMBED: self._memory_bound,
+            OpKind.H2D: self._transfer,
+            OpKind.D2H: self._transfer,
+            OpKind.D2D: self._d2d,
+            OpKind.MEMCPY_CPU: self._memcpy_cpu,
+            OpKind.ADAM_CPU: self._adam_cpu,
+            OpKind.ADAM_GPU: self._adam_gpu,
+            OpKind.ALLREDUCE: self._collective,
+            OpKind.REDUCE_SCATTER: self._collective,
+            OpKind.ALLGATHER: self._collective,
+        }
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def op_seconds(self, op: Op) -> float:
+        """Seconds one op (``op.count`` repetitions included) takes on this hardware."""
+        t = self._op_cache.get(op)
+        if t is None:
+            t = self._price[op.kind](op) * op.count
+            self._op_cache[op] = t
+        return t
+
+    def task_seconds(self, task: Task) -> float:
+        """Sum of the task's ops; identical ops tuples share one cached value."""
+        t = self._task_cache.get(task.ops)
+        if t is None:
+            t = math.fsum(self.op_seconds(op) for op in task.ops)
+            self._task_cache[task.ops] = t
+        return t
+
+    def durations(self, schedule: Schedule) -> list[float]:
+        """Seconds for each task, in ``schedule.tasks`` order."""
+        return [self.task_seconds(t) for t in schedule.tasks]
+
+    def interference(self) -> tuple[tuple[str, str, float], ...]:
+        """(victim glob, aggressor glob, slowdown factor) rules from the profile."""
+        rules = self.profile.interference
+        for i, r in enumerate(rules):
+            self._use(f"interference[{i}].slowdown", r.slowdown)
+        return tuple((r.victim, r.aggressor, r.slowdown.value) for r in rules)
+
+    @property
+    def flags(self) -> set[str]:
+        """Uncalibrated (not measured) numbers that the ops priced so far rest on."""
+        out = set(self._flags)
+        if self._roofline_shapes:
+            what = "roofline fallback" if self._tables else "roofline model"
+            out.add(f"gpu.gemm ({what} for {len(self._roofline_shapes)} shapes)")
+        return out
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype`` (for MFU)."""
+        return self._peak(dtype)[0]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _use(self, key: str, prov: Provenance) -> None:
+        if not prov.calibrated:
+            self._flags.add(f"{key} ({prov.source})")
+
+    def _peak(self, dtype: str) -> tuple[float, Provenance]:
+        q = getattr(self.profile.gpu.peak_tflops, dtype, None) if dtype in DTYPES else None
+        if q is None:
+            raise ConfigError(self.profile.file, f"gpu.peak_tflops.{dtype}",
+                              problem=f"profile {self.profile.name} has no peak rate for dtype "
+                                      f"{dtype!r}; it has: "
+                                      + ", ".join(self.profile.gpu.peak_tflops.available()))
+        return q.value * 1e12, q
+
+    def _launch_s(self) -> float:
+        self._use("gpu.launch_overhead_us", self.profile.gpu.launch_overhead_us)
+        return self._launch
+
+    def _mem_seconds(self, nbytes: float, efficiency: bool = True) -> float:
+        g = self.profile.gpu
+        self._use("gpu.mem_bandwidth_gbps", g.mem_bandwidth_gbps)
+        if efficiency:
+            self._use("gpu.memory_bound_efficiency", g.memory_bound_efficiency)
+            return nbytes / (self._mem_bps * self._mb_eff)
+        return nbytes / self._mem_bps
+
+    def _roofline(self, flops: float, rate: float, nbytes: float) -> float:
+        """launch + max(compute, memory); memory provenance is flagged only when it binds."""
+        compute = flops / rate
+        memory = nbytes / (self._mem_bps * self._mb_eff)
+        if memory > compute:
+            return self._launch_s() + self._mem_seconds(nbytes)
+        return self._launch_s() + compute
+
+    # -- pricing per kind (one repetition) ----------------------------------------------------
+
+    def _gemm(self, op: Op) -> float:
+        m, n, k = op.shape
+        flops = 2.0 * m * n * k  # one multiply-add per (m, n, k)
+        nbytes = float(m * k + k * n + m * n) * DTYPE_BYTES[op.dtype]  # read A, B; write C
+        table = self._tables.get(op.dtype)
+        if table is not None:
+            tflops = table.tflops(m, n, k)
+            if tflops is not None:
+                assert self.profile.gpu.gemm.table is not None
+                self._use("gpu.gemm.table", self.profile.gpu.gemm.table)
+                # Table rates are end to end per call (launch included): no separate launch term.
+                return max(flops / (tflops * 1e12), nbytes / (self._mem_bps * self._mb_eff))
+        return self._roofline(flops, self._gemm_rate(op.dtype, m, n, k), nbytes)
+
+    def _gemm_rate(self, dtype: str, m: int, n: int, k: int) -> float:
+        g = self.profile.gpu
+        peak, peak_q = self._peak(dtype)
+        self._roofline_shapes.add((dtype, m, n, k))
+        anchor = g.gemm.anchor
+        if anchor is None or anchor.dtype != dtype:
+            self._use(f"gpu.peak_tflops.{dtype}", peak_q)  # an anchor of this dtype cancels the peak
+        self._use(self._max_eff_key, self._max_eff_prov)
+        self._use("gpu.gemm.k_half", g.gemm.k_half)
+        return peak * self._max_eff * g.shape_factor(m, n, k)
+
+    def _attention(self, op: Op) -> float:
+        b, h, sq, skv, d, causal = op.shape
+        flops = op.flops / op.count
+        db = DTYPE_BYTES[op.dtype]
+        if op.kind is OpKind.ATTN_FWD:
+            nbytes = float(b * h * d * (2 * sq + 2 * skv)) * db   # read Q, K, V; write O
+        else:
+            nbytes = float(b * h * d * (4 * sq + 4 * skv)) * db   # read Q, K, V, O, dO; write dQ, dK, dV
+        att = self.profile.gpu.attention
+        exact = self._attn_exact.get((op.kind, op.dtype, tuple(op.shape)))
+        if exact is not None and att is not None and att.table is not None:
+            self._use("gpu.attention.table", att.table)
+            return max(flops / (exact * 1e12), nbytes / (self._mem_bps * self._mb_eff))
+        peak, peak_q = self._peak(op.dtype)
+        self._use(f"gpu.peak_tflops.{op.dtype}", peak_q)
+        if att is None:
+            self._flags.add(f"gpu.attention (absent: {self._max_eff_key} used)")
+            self._use(self._max_eff_key, self._max_eff_prov)
+            eff = self._max_eff
+        else:
+            key = "fwd_efficiency" if op.kind is OpKind.ATTN_FWD else "bwd_efficiency"
+            q = getattr(att, key)
+            self._use(f"gpu.attention.{key}", q)
+            eff = q.value
+        return self._roofline(flops, peak * eff, nbytes)
+
+    def _memory_bound(self, op: Op) -> float:
+        return self._launch_s() + self._mem_seconds(op.n)
+
+    def _transfer(self, op: Op) -> float:
+        links = self.profile.links
+        if links is None:  # device_type cpu without links: the "device" shares host memory
+            return self._memcpy_cpu(op)
+        direction = "h2d" if op.kind is OpKind.H2D else "d2h"
+        kind = "pinned" if op.pinned else "pageable"
+        link = getattr(getattr(links, direction), kind)
+        return self._link_seconds(f"links.{direction}.{kind}", link, op.n)
+
+    def _link_seconds(self, key: str, link: Link, nbytes: int) -> float:
+        if link.curve is not None:
+            self._use(f"{key}.curve", link.curve)
+            pts = link.curve.points
+            sizes = [p[0] for p in pts]
+            if nbytes <= sizes[0]:
+                return sizes[0] / (pts[0][1] * 1e9)  # below the curve: latency-bound floor
+            if nbytes >= sizes[-1]:
+                return nbytes / (pts[-1][1] * 1e9)
+            i = bisect.bisect_right(sizes, nbytes)
+            (b0, g0), (b1, g1) = pts[i - 1], pts[i]
+            w = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return nbytes / ((g0 + w * (g1 - g0)) * 1e9)
+        self._use(f"{key}.latency_us", link.latency_us)
+        self._use(f"{key}.bandwidth_gbps", link.bandwidth_gbps)
+        return link.latency_us.value * 1e-6 + nbytes / (link.bandwidth_gbps.value * 1e9)
+
+    def _d2d(self, op: Op) -> float:
+        return self._launch_s() + self._mem_seconds(2.0 * op.n, efficiency=False)  # read + write
+
+    def _memcpy_cpu(self, op: Op) -> float:
+        q = self.profile.host.memcpy_gbps
+        self._use("host.memcpy_gbps", q)
+        return op.n / (q.value * 1e9)
+
+    def _adam_cpu(self, op: Op) -> float:
+        if self.profile.host.adam.params_per_s is None:
+            self._flags.add("host.adam.params_per_s (assumed: dram_bandwidth/28)")
+            self._use("host.dram_bandwidth_gbps", self.profile.host.dram_bandwidth_gbps)
+        else:
+            self._use("host.adam.params_per_s", self._adam)
+        return op.n / self._adam.value
+
+    def _adam_gpu(self, op: Op) -> float:
+        return self._launch_s() + self._mem_seconds(float(op.n) * ADAM_GPU_BYTES_PER_PARAM)
+
+    def _collective(self, op: Op) -> float:
+        (ranks,) = op.shape
+        if ranks <= 1:
+            return 0.0
+        factor = _BUS_FACTOR[op.kind](ranks)
+        p = self.profile
+        if p.collectives is not None:
+            self._use("collectives.latency_us", p.collectives.latency_us)
+            self._use("collectives.bus_bandwidth_gbps", p.collectives.bus_bandwidth_gbps)
+            alpha, beta = p.collectives.latency_us.value, p.collectives.bus_bandwidth_gbps.value
+        elif p.links is not None and p.links.nvlink is not None:
+            self._flags.add("collectives (absent: links.nvlink used as bus bandwidth)")
+            return self._link_seconds("links.nvlink", p.links.nvlink, round(op.n * factor))
+        elif p.links is not None:
+            # No NVLink: a ring over PCIe moves each byte D2H and H2D through the host.
+            self._flags.add("collectives (absent: links.d2h.pinned used as bus bandwidth)")
+            return self._link_seconds("links.d2h.pinned", p.links.d2h.pinned, round(op.n * factor))
+        else:
+            q = p.host.memcpy_gbps
+            self._flags.add("collectives (absent: host.memcpy_gbps used as bus bandwidth)")
+            self._use("host.memcpy_gbps", q)
+            alpha, beta = 0.0, q.value
+        return alpha * 1e-6 + op.n * factor / (beta * 1e9)

@@ -1,0 +1,52 @@
+"""Measured GEMM tables: interpolation of TFLOP/s over (M, N, K) in log space.
+
+Points are interpolated linearly (scipy ``LinearNDInterpolator`` over a Delaunay triangulation)
+in (log M, log N, log K) → log TFLOP/s. When the measured shapes do not span three dimensions
+(for example only square sizes), the rate is interpolated in log FLOPs along the measured sizes
+instead. A shape outside the measured hull returns ``None`` and the caller falls back to the
+roofline model (and flags it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy.interpolate import LinearNDInterpolator
+from scipy.spatial import QhullError
+
+
+class GemmInterpolator:
+    def __init__(self, rows: Sequence[tuple[int, int, int, float]]) -> None:
+        pts = np.log(np.array([r[:3] for r in rows], dtype=float))
+        vals = np.log(np.array([r[3] for r in rows], dtype=float))
+        self._exact = {(int(r[0]), int(r[1]), int(r[2])): float(r[3]) for r in rows}
+        self._nd: LinearNDInterpolator | None = None
+        self._line: tuple[np.ndarray, np.ndarray] | None = None
+        if len(rows) >= 4 and np.linalg.matrix_rank(pts - pts.mean(axis=0)) == 3:
+            try:
+                self._nd = LinearNDInterpolator(pts, vals)
+            except QhullError:
+                self._nd = None
+        if self._nd is None:
+            # Degenerate point set: interpolate along log FLOPs (2·M·N·K), averaging repeats.
+            lf = pts.sum(axis=1)
+            order = np.unique(lf)
+            mean = np.array([vals[lf == x].mean() for x in order])
+            self._line = (order, mean)
+
+    def tflops(self, m: int, n: int, k: int) -> float | None:
+        """Interpolated TFLOP/s for (m, n, k), or None outside the measured range."""
+        hit = self._exact.get((m, n, k))
+        if hit is not None:
+            return hit
+        if self._nd is not None:
+            v = float(self._nd(math.log(m), math.log(n), math.log(k))[()])
+            return None if math.isnan(v) else math.exp(v)
+        assert self._line is not None
+        xs, ys = self._line
+        x = math.log(m) + math.log(n) + math.log(k)
+        if len(xs) < 2 or x < xs[0] or x > xs[-1]:
+            return None
+        return math.exp(float(np.interp(x, xs, ys)))
