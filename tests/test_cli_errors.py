@@ -1,0 +1,90 @@
+"""Bad input: one line naming the file and dotted key, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SCENARIOS
+from simhete.cli import main
+
+GOOD = (SCENARIOS / "llama2-7b_rtx4090_zero-offload.yaml").read_text()
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("old,new,pattern", [
+    ("model: llama2-7b", "model: llama9-7b", r"s\.yaml: model: bad value 'llama9-7b'; allowed: one of the models: .*llama2-7b"),
+    ("hardware: rtx4090-desktop", "hardware: rtx9090", r"s\.yaml: hardware: bad value 'rtx9090'; allowed: one of the .*h100-sxm"),
+    ("policy: zero-offload", "policy: zero-everything", r"s\.yaml: policy: bad value 'zero-everything'; allowed: one of the policies: .*gpu-only"),
+    ("micro_batch: 1", "micro_batch: -1", r"s\.yaml: train\.micro_batch: bad value -1; allowed: greater than 0"),
+    ("micro_batch: 1", "micro_batch: 0", r"s\.yaml: train\.micro_batch: bad value 0"),
+    ("micro_batch: 1", "micro_batch: many", r"s\.yaml: train\.micro_batch: bad value 'many'; allowed: a valid integer"),
+    ("dtype: bf16", "dtype: int3", r"s\.yaml: train\.dtype: bad value 'int3'; allowed: 'bf16', 'fp16' or 'fp32'"),
+    ("iterations: 3", "iterations: 3\nwarp: 9", r"s\.yaml: warp: unknown key; allowed keys here: .*iterations"),
+    ("checkpointing: full", "checkpointing: sometimes", r"s\.yaml: knobs\.checkpointing: bad value 'sometimes'"),
+    ("checkpointing: full", "checkpointing: full\n  bucket: 3", r"s\.yaml: knobs\.bucket: unknown key; allowed keys here: .*reduce_bucket_size"),
+    ("checkpointing: full", "checkpointing: full\n  reduce_bucket_size: -5", r"s\.yaml: knobs\.reduce_bucket_size: bad value -5"),
+])
+def test_bad_values(tmp_path, capsys, old, new, pattern):
+    assert old in GOOD
+    p = write(tmp_path, GOOD.replace(old, new))
+    code, err = run_cli(capsys, "simulate", str(p))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("simhete: error: ")
+    import re
+    assert re.search(pattern, err), err
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    p = write(tmp_path, "model: [llama2-7b\nhardware: x\n")
+    code, err = run_cli(capsys, "simulate", str(p))
+    assert code == 2 and "s.yaml: malformed YAML at line" in err and err.count("\n") == 1
+
+
+def test_top_level_not_mapping(tmp_path, capsys):
+    p = write(tmp_path, "- a\n- b\n")
+    code, err = run_cli(capsys, "simulate", str(p))
+    assert code == 2 and "expected a mapping at the top level, got list" in err
+
+
+def test_missing_file(tmp_path, capsys):
+    code, err = run_cli(capsys, "simulate", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "nope.yaml: scenario file not found" in err
+
+
+def test_missing_required_key(tmp_path, capsys):
+    p = write(tmp_path, "model: llama2-7b\nhardware: h100-sxm\n")
+    code, err = run_cli(capsys, "simulate", str(p))
+    assert code == 2 and "s.yaml: train: required key is missing" in err
+
+
+def test_unwritable_output_fails_before_work_and_keeps_files(tmp_path, capsys):
+    keep = tmp_path / "trace.json"
+    keep.write_text("mine")
+    p = write(tmp_path, GOOD.replace("model: llama2-7b", "model: llama9-7b"))
+    code, _ = run_cli(capsys, "simulate", str(p), "--trace", str(keep))
+    assert code == 2 and keep.read_text() == "mine"   # bad input: nothing overwritten
+    code, err = run_cli(capsys, "simulate", str(SCENARIOS / "llama2-7b_rtx4090_zero-offload.yaml"),
+                        "--trace", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+
+def test_no_traceback_in_a_real_process(tmp_path):
+    p = write(tmp_path, GOOD.replace("micro_batch: 1", "micro_batch: -1"))
+    r = subprocess.run([sys.executable, "-m", "simhete.cli", "simulate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1

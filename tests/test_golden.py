@@ -1,0 +1,48 @@
+"""Golden summaries: `simhete simulate --json` of every shipped scenario is pinned.
+
+Regenerate after an intended change with ``SIMHETE_REGEN_GOLDEN=1 pytest tests/test_golden.py``
+and review the diff: every changed figure must be explained in the commit message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import GOLDEN, SCENARIOS
+from simhete.scenario import load_scenario
+from simhete.sim import run
+
+SCENARIO_FILES = sorted(SCENARIOS.glob("*.yaml"))
+REGEN = os.environ.get("SIMHETE_REGEN_GOLDEN") == "1"
+
+
+def summary_json(path, engine="fast") -> str:
+    return json.dumps(run(load_scenario(path), engine=engine).summary.to_dict(), indent=2) + "\n"
+
+
+def test_scenarios_are_shipped():
+    assert len(SCENARIO_FILES) >= 6
+
+
+@pytest.mark.parametrize("path", SCENARIO_FILES, ids=lambda p: p.stem)
+def test_golden_summary(path):
+    got = summary_json(path)
+    golden = GOLDEN / f"{path.stem}.json"
+    if REGEN:
+        golden.write_text(got)
+    assert golden.exists(), f"no golden for {path.name}; run with SIMHETE_REGEN_GOLDEN=1"
+    assert got == golden.read_text()
+
+
+@pytest.mark.parametrize("path", SCENARIO_FILES[:3], ids=lambda p: p.stem)
+def test_deterministic_and_engines_agree(path):
+    """Same inputs give byte-identical output, and the SimPy reference engine agrees exactly."""
+    a = summary_json(path)
+    assert a == summary_json(path)
+    ref = json.loads(summary_json(path, engine="simpy"))
+    fast = json.loads(a)
+    ref["meta"].pop("engine"), fast["meta"].pop("engine")
+    assert ref == fast
