@@ -21,7 +21,7 @@ def bars(ax) -> list[tuple[float, float]]:
 
 def test_one_bar_per_record_and_one_axes_per_pool():
     tl = two_iterations()
-    fig = timeline_figure(tl, pool_capacity=POOLS)
+    fig = timeline_figure(tl, pools=POOLS)
     gantt, *mem = fig.axes
     assert len(mem) == len(tl.mem_events) == 2
     assert sorted(bars(gantt)) == sorted((r.start, r.dur) for r in tl.records)
@@ -40,7 +40,7 @@ def test_bars_coloured_by_category():
 
 
 def test_memory_axes_show_usage_capacity_and_iteration_ends():
-    fig = timeline_figure(two_iterations(), pool_capacity=POOLS)
+    fig = timeline_figure(two_iterations(), pools=POOLS)
     cpu, gpu = fig.axes[1], fig.axes[2]                 # pools in sorted order
     assert gpu.get_ylabel() == "gpu0 (GiB)"
     step, cap, *ends = gpu.get_lines()
@@ -52,8 +52,8 @@ def test_memory_axes_show_usage_capacity_and_iteration_ends():
 
 
 def test_png_written_deterministic_and_reasonable(tmp_path):
-    a = plot_timeline(tmp_path / "a.png", two_iterations(), pool_capacity=POOLS, title="t")
-    b = plot_timeline(tmp_path / "b.png", two_iterations(), pool_capacity=POOLS, title="t")
+    a = plot_timeline(two_iterations(), tmp_path / "a.png", pools=POOLS, title="t")
+    b = plot_timeline(two_iterations(), tmp_path / "b.png", pools=POOLS, title="t")
     data = a.read_bytes()
     assert data.startswith(PNG_MAGIC)
     assert 10_000 < len(data) < 1_000_000

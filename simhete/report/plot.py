@@ -27,19 +27,20 @@ CAT_COLOURS = {
 }
 
 
-def timeline_figure(timeline: Timeline, *, pool_capacity: Mapping[str, int] | None = None,
+def timeline_figure(timeline: Timeline, *, pools: Mapping[str, int] | None = None,
                     title: str = "") -> Figure:
-    """The figure: axes 0 is the Gantt chart, then one axes per pool in sorted order."""
+    """The figure: axes 0 is the Gantt chart, then one axes per pool of ``timeline.mem_events`` in
+    sorted order, with a capacity line where ``pools`` (capacity in bytes per pool) names it."""
     streams = list(dict.fromkeys(r.stream for r in timeline.records))
-    pools = sorted(timeline.mem_events)
-    fig = Figure(figsize=(14, 1.2 + 0.45 * len(streams) + 1.8 * len(pools)), layout="constrained")
+    names = sorted(timeline.mem_events)
+    fig = Figure(figsize=(14, 1.2 + 0.45 * len(streams) + 1.8 * len(names)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1 + len(pools), 1, sharex=True, squeeze=False,
-                        height_ratios=[max(len(streams), 1) * 0.45] + [1.8] * len(pools))[:, 0]
+    axes = fig.subplots(1 + len(names), 1, sharex=True, squeeze=False,
+                        height_ratios=[max(len(streams), 1) * 0.45] + [1.8] * len(names))[:, 0]
     _gantt(axes[0], timeline, streams)
     end = timeline.makespan
-    for ax, pool in zip(axes[1:], pools):
-        _memory(ax, pool, timeline.mem_events[pool], end, (pool_capacity or {}).get(pool))
+    for ax, pool in zip(axes[1:], names):
+        _memory(ax, pool, timeline.mem_events[pool], end, (pools or {}).get(pool))
     for ax in axes:
         for t in sorted(timeline.iteration_ends().values()):
             ax.axvline(t, color="black", linestyle=":", linewidth=0.8)
@@ -49,11 +50,11 @@ def timeline_figure(timeline: Timeline, *, pool_capacity: Mapping[str, int] | No
     return fig
 
 
-def plot_timeline(path: str | Path, timeline: Timeline, *,
-                  pool_capacity: Mapping[str, int] | None = None, title: str = "") -> Path:
+def plot_timeline(timeline: Timeline, path: str | Path, *, pools: Mapping[str, int] | None = None,
+                  title: str = "") -> Path:
     """Write :func:`timeline_figure` as a PNG (byte-identical for identical inputs)."""
     path = Path(path)
-    timeline_figure(timeline, pool_capacity=pool_capacity, title=title).savefig(
+    timeline_figure(timeline, pools=pools, title=title).savefig(
         path, format="png", dpi=100, metadata={"Software": None})
     return path
 
