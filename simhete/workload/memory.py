@@ -1,0 +1,130 @@
+"""Activation, checkpoint and workspace bytes per block (eager PyTorch autograd, fused kernels).
+
+Starting point: Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+Models", §4.1 eq. 1: a GPT layer saves s·b·h·(34 + 5·a·s/h) bytes in 16-bit without tensor or
+sequence parallelism. Per token, in units of h bytes: attention 11 (QKV input 2, Q and K 4, V 2,
+output-projection input 2, dropout mask 1) + 5·a·s/h (softmax output 2, dropout mask 1, dropout
+output 2 per score); MLP 19 (fc1 input 2, GeLU input 8, fc2 input 8, dropout mask 1); two
+LayerNorm inputs 4.
+
+Adapted here to the model variant, with e bytes per element (2 for bf16/fp16) and t = b·s tokens:
+
+- The LayerNorm inputs (e·h each) are counted as in eq. 1; so are their outputs, which are the
+  QKV and fc1 GEMM inputs. Fused norms also save per-token fp32 statistics: mean and rstd for
+  LayerNorm (8 bytes), rstd for RMSNorm (4 bytes) — eq. 1 omits these.
+- Q, K, V are saved at their real widths: e·(h + 2·kv), kv = n_kv_heads·head_dim (GQA shrinks K,V).
+- Attention output O: e·h, one tensor saved by both the attention kernel and the output GEMM.
+- Flash attention (``flash_attention=True``, what torch SDPA runs on GPU): the s² softmax and
+  dropout tensors are not stored (recomputed in backward, dropout from the RNG state); it saves a
+  per-query, per-head fp32 log-sum-exp (4·a bytes per token). Without flash attention the s² term
+  is e (softmax output) + (1 + e) (dropout mask and output) per score when the model has dropout,
+  e without dropout, and K, V are saved expanded to all heads (e·3h for Q, K, V).
+- MLP: GeLU saves its input (fc1 output) and fc2 saves its input (GeLU output): 2·e·f. ReLU saves
+  its output, which is also fc2's input: e·f. SwiGLU (eager: silu(g), then silu(g)·u) saves g,
+  silu(g), u and the product (fc3 input): 4·e·f.
+- Dropout masks (1 byte per element) after attention and after the MLP only if the model uses
+  dropout (LLaMA does not).
+
+Checkpointed (fully recomputed) block: keeps only its input, e·t·h bytes.
+
+Workspace: the peak of transient tensors during the block's forward or backward that are not in
+act_bytes (gradients in flight, kernel accumulators); documented per block below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simhete.workload.spec import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Activations:
+    spec: ModelSpec
+    b: int
+    s: int
+    e: int
+    flash: bool
+
+    @property
+    def t(self) -> int:
+        return self.b * self.s
+
+    def _norm_stats(self) -> int:
+        """fp32 per-token statistics a fused norm saves: mean and rstd, or rstd only."""
+        return 8 if self.spec.norm == "layernorm" else 4
+
+    def _mlp_elems(self) -> int:
+        """Elements of width f saved per token by the MLP activation (see module docstring)."""
+        return {"gelu": 2, "relu": 1, "swiglu": 4}[self.spec.mlp]
+
+    def block_act(self) -> int:
+        """Bytes a transformer block saves for backward without recomputation."""
+        sp, e, t = self.spec, self.e, self.t
+        h, kv, f, a = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads
+        drop = 1 if sp.dropout else 0
+        per_token = (
+            e * h + e * h                            # ln1 input, ln1 output (QKV GEMM input)
+            + e * (h + 2 * (kv if self.flash else h))  # Q, K, V (math attention: K, V expanded)
+            + e * h + drop * h                       # attention output O; dropout mask
+            + e * h + e * h                          # ln2 input, ln2 output (fc1 input)
+            + self._mlp_elems() * e * f + drop * h   # MLP activation tensors; dropout mask
+            + 2 * self._norm_stats()                 # two norms' statistics
+        )
+        if self.flash:
+            return t * (per_token + 4 * a)           # fp32 log-sum-exp per query and head
+        s2 = e + drop * (1 + e)                      # softmax output (+ dropout mask and output)
+        return t * per_token + self.b * a * self.s * self.s * s2
+
+    def block_ckpt(self) -> int:
+        """A checkpointed block keeps its input only."""
+        return self.e * self.t * self.spec.hidden
+
+    def block_workspace(self) -> int:
+        """Peak of gradients in flight during the block's backward, beyond act_bytes.
+
+        MLP backward: incoming and residual gradient (2·e·h per token) plus the intermediate
+        gradients alive at once: 2·e·f (GeLU/ReLU: d(fc2 input), d(fc1 output)), 3·e·f (SwiGLU:
+        d(product) or d(silu g), du, dg). Attention backward: 2·e·h plus dQ, dK, dV at full head
+        count (3·e·h) plus FlashAttention-2's fp32 dQ accumulator (4·h), or without flash the
+        gradients of the probabilities and scores (2·e per score). The forward's transients are
+        smaller (its outputs are saved and so already in act_bytes), except the pre-softmax
+        scores without flash (e per score), which the backward's 2·e per score exceeds.
+        """
+        sp, e, t = self.spec, self.e, self.t
+        h, f = sp.hidden, sp.ffn_hidden
+        mlp = t * e * (2 * h + (3 if sp.mlp == "swiglu" else 2) * f)
+        if self.flash:
+            attn = t * (e * 5 * h + 4 * h)
+        else:
+            attn = t * e * 5 * h + 2 * e * self.b * sp.n_heads * self.s * self.s
+        return max(mlp, attn)
+
+    def embed_act(self) -> int:
+        """int64 token ids (needed by the embedding backward) and the dropout mask, if any."""
+        return 8 * self.t + (self.t * self.spec.hidden if self.spec.dropout else 0)
+
+    def embed_ckpt(self) -> int:
+        """The embedding's input: the int64 token ids."""
+        return 8 * self.t
+
+    def embed_workspace(self) -> int:
+        """The gradient arriving at the embedding (its dense V×h weight gradient is grad_bytes)."""
+        return self.e * self.t * self.spec.hidden
+
+    def head_act(self) -> int:
+        """Final norm input and statistics, its output (LM-head GEMM input), and the fp32
+        log-probabilities the cross-entropy saves: t·V·4 bytes — usually the largest tensor of
+        the whole model (e.g. LLaMA-3: V = 128256, so 0.5 MB per token)."""
+        sp, e, t = self.spec, self.e, self.t
+        return t * (2 * e * sp.hidden + self._norm_stats() + 4 * sp.vocab)
+
+    def head_ckpt(self) -> int:
+        """A recomputed head keeps its input (the last block's output)."""
+        return self.e * self.t * self.spec.hidden
+
+    def head_workspace(self) -> int:
+        """Transient logit-sized tensors: forward holds the e-byte logits and their fp32 upcast
+        ((e + 4)·t·V); backward holds the fp32 gradient of the log-probabilities and of the
+        logits at once (8·t·V) — the larger of the two."""
+        return max(self.e + 4, 8) * self.t * self.spec.vocab

@@ -1,0 +1,219 @@
+"""From a ModelSpec to a Workload: per-block ops (forward and backward) and per-block memory.
+
+Blocks in execution order: ``embed`` (token + position embedding), ``b0`` … ``b{L-1}``
+(transformer blocks), ``head`` (final norm, LM head, softmax cross-entropy). Shapes follow
+:mod:`simhete.opkinds`. With T = micro_batch · seq_len tokens, h hidden, f ffn width, kv the
+K/V projection width, e the bytes per element of ``dtype``:
+
+Forward of a transformer block (pre-norm; biases fused into the GEMM epilogue, dropout fused into
+the residual add):
+  NORM ln1 · GEMM qkv (T, h+2kv, h) · [ELEMENTWISE rope on q, k] · ATTN_FWD (b, a, s, s, d, 1) ·
+  GEMM out (T, h, h) · ELEMENTWISE residual · NORM ln2 · GEMM fc1 (T, f, h) ×1 (×2 gate+up for
+  SwiGLU) · ELEMENTWISE activation (SwiGLU: silu, then mul) · GEMM fc2 (T, h, f) ·
+  ELEMENTWISE residual.
+Backward, in reverse: every GEMM (M, N, K) with weight W gives an input-gradient GEMM and a
+weight-gradient GEMM of the same FLOPs, so backward GEMM FLOPs are exactly 2× forward.
+
+Memory accounting and the FLOP totals are in :mod:`simhete.workload.memory` and the docstring of
+:class:`Workload`; the derivations are in docs/workload.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from simhete.config import one_of
+from simhete.errors import ConfigError
+from simhete.opkinds import OpKind
+from simhete.schedule import Op
+from simhete.workload import memory
+from simhete.workload.spec import ModelSpec
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class BlockWork:
+    """One schedulable block: its ops, its parameters and its memory by class (all ints, bytes)."""
+
+    name: str
+    index: int
+    params: int
+    fwd_ops: tuple[Op, ...]
+    bwd_ops: tuple[Op, ...]
+    weight_bytes: int      # working-precision weights (dtype)
+    grad_bytes: int        # working-precision gradients (dtype)
+    master_bytes: int      # fp32 master weights (0 when dtype is fp32: the weights are the master)
+    optim_bytes: int       # Adam m and v, fp32
+    grad32_bytes: int      # fp32 gradients for the optimizer (0 when dtype is fp32)
+    act_bytes: int         # saved for backward when the block is not recomputed
+    ckpt_bytes: int        # kept when the block is checkpointed (recomputed in backward)
+    workspace_bytes: int   # peak transient memory during its forward or backward, beyond act_bytes
+    tied_to: int | None = None
+    """Index of the block owning weights this block's ops also use (the LM head tied to ``embed``)."""
+
+    @property
+    def fwd_flops(self) -> float:
+        return sum(op.flops for op in self.fwd_ops)
+
+    @property
+    def bwd_flops(self) -> float:
+        return sum(op.flops for op in self.bwd_ops)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A model at one micro-batch size, sequence length and dtype.
+
+    ``fwd_flops`` / ``bwd_flops`` are what the ops execute (causal attention counted at half,
+    attention backward at 2.5× forward as FlashAttention-2 does, no recomputation).
+    ``model_flops_per_iter`` is the MFU numerator: 3 × forward matmul FLOPs, attention counted
+    non-causal, no recomputation — for a GPT (MHA, f = 4h) exactly Narayanan et al. 2021 /
+    Korthikanti et al. 2022's 72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)).
+    ``tokens_per_iter`` is micro_batch · seq_len (one micro-batch per iteration).
+    """
+
+    spec: ModelSpec
+    micro_batch: int
+    seq_len: int
+    dtype: str
+    flash_attention: bool
+    blocks: tuple[BlockWork, ...]
+    params: int
+    fwd_flops: float
+    bwd_flops: float
+    model_flops_per_iter: int
+    tokens_per_iter: int
+
+
+def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype: str = "bf16",
+                   flash_attention: bool = True) -> Workload:
+    """The Workload of ``spec`` (a ModelSpec or a preset name); cached, so cheap to call again."""
+    if isinstance(spec, str):
+        from simhete.workload.presets import get_model
+        spec = get_model(spec)
+    return _build(spec, micro_batch, seq_len, dtype, flash_attention)
+
+
+@lru_cache(maxsize=4096)
+def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload:
+    for key, v in (("micro_batch", b), ("seq_len", s)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(None, key, v, allowed="a positive integer")
+    one_of(dtype, tuple(DTYPE_BYTES), None, "dtype", "dtypes")
+    if not isinstance(flash, bool):
+        raise ConfigError(None, "flash_attention", flash, allowed="true or false")
+    if spec.pos == "learned" and s > spec.max_seq:
+        raise ConfigError(None, "seq_len", s, problem=(
+            f"seq_len={s} exceeds {spec.name}'s {spec.max_seq} learned positions"))
+    e = DTYPE_BYTES[dtype]
+    acts = memory.Activations(spec, b, s, e, flash)
+    blocks = [_embed(spec, b, s, e, dtype, acts)]
+    fwd, bwd = _block_ops(spec, b, s, e, dtype)  # identical (==) for every transformer block
+    for i in range(spec.n_layers):
+        blocks.append(_blockwork(f"b{i}", i + 1, spec.block_params(), fwd, bwd, e,
+                                 acts.block_act(), acts.block_ckpt(), acts.block_workspace()))
+    blocks.append(_head(spec, b, s, e, dtype, acts))
+    model_fwd = sum(op.flops for op in fwd if op.kind is OpKind.GEMM) * spec.n_layers
+    model_fwd += 2 * b * s * spec.vocab * spec.hidden  # LM head GEMM
+    # Attention QK^T and PV, 2·b·s²·h FLOPs each per layer, counted non-causal (Narayanan et al.
+    # 2021 §5.1 / Korthikanti et al. 2022 §6 convention for model FLOPs).
+    model_fwd += 4 * b * s * s * spec.hidden * spec.n_layers
+    return Workload(
+        spec=spec, micro_batch=b, seq_len=s, dtype=dtype, flash_attention=flash,
+        blocks=tuple(blocks), params=sum(bw.params for bw in blocks),
+        fwd_flops=sum(bw.fwd_flops for bw in blocks), bwd_flops=sum(bw.bwd_flops for bw in blocks),
+        model_flops_per_iter=3 * int(model_fwd), tokens_per_iter=b * s)
+
+
+def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tuple[Op, ...], e: int,
+               act: int, ckpt: int, workspace: int, tied_to: int | None = None) -> BlockWork:
+    # Model states per parameter for mixed-precision Adam (Rajbhandari et al. 2020, "ZeRO", §3.1):
+    # 2 bytes 16-bit weights + 2 bytes 16-bit gradients + 12 bytes optimizer state (fp32 master
+    # 4 + Adam m 4 + v 4); ZeRO-Offload keeps a further fp32 gradient (4) on the CPU side.
+    # In fp32 training the weights and gradients are themselves fp32: no master copy, no grad32.
+    mixed = e < 4
+    return BlockWork(name=name, index=index, params=params, fwd_ops=fwd, bwd_ops=bwd,
+                     weight_bytes=params * e, grad_bytes=params * e,
+                     master_bytes=4 * params if mixed else 0, optim_bytes=8 * params,
+                     grad32_bytes=4 * params if mixed else 0,
+                     act_bytes=act, ckpt_bytes=ckpt, workspace_bytes=workspace, tied_to=tied_to)
+
+
+def _gemm(m: int, n: int, k: int, dtype: str, count: int = 1) -> Op:
+    return Op(OpKind.GEMM, (m, n, k), dtype=dtype, count=count)
+
+
+def _ew(n: int, dtype: str) -> Op:
+    return Op(OpKind.ELEMENTWISE, (), n, dtype=dtype)
+
+
+def _linear(t: int, n_out: int, n_in: int, dtype: str, count: int = 1) -> tuple[Op, tuple[Op, Op]]:
+    """Forward GEMM of a linear layer on t tokens, and its (input-grad, weight-grad) GEMMs."""
+    fwd = _gemm(t, n_out, n_in, dtype, count)          # Y = X·Wᵀ: (t×n_in)·(n_in×n_out)
+    dgrad = _gemm(t, n_in, n_out, dtype, count)        # dX = dY·W: (t×n_out)·(n_out×n_in)
+    wgrad = _gemm(n_out, n_in, t, dtype, count)        # dW = dYᵀ·X: (n_out×t)·(t×n_in)
+    return fwd, (dgrad, wgrad)
+
+
+def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    t, h, f, kv = b * s, spec.hidden, spec.ffn_hidden, spec.kv_dim
+    drop = 1 if spec.dropout else 0
+    norm_fwd = Op(OpKind.NORM, (), 2 * e * t * h, dtype=dtype)     # read x, write y
+    norm_bwd = Op(OpKind.NORM, (), 3 * e * t * h, dtype=dtype)     # read dy and x, write dx
+    # residual add with fused dropout: read 2 inputs, write 1 output (+ 1-byte mask)
+    resid_fwd = _ew(3 * e * t * h + drop * t * h, dtype)
+    # backward: dropout backward (read grad and mask, write grad) and the residual gradient sum
+    resid_bwd = _ew(3 * e * t * h + drop * (2 * e + 1) * t * h, dtype)
+    attn = (b, spec.n_heads, s, s, spec.head_dim, 1)
+    qkv, qkv_b = _linear(t, h + 2 * kv, h, dtype)
+    out, out_b = _linear(t, h, h, dtype)
+    fc1, fc1_b = _linear(t, f, h, dtype, spec.n_mlp_in)
+    fc2, fc2_b = _linear(t, h, f, dtype)
+    rope = (_ew(2 * e * t * (h + kv), dtype),) if spec.pos == "rope" else ()  # read+write q and k
+    if spec.mlp == "swiglu":
+        act_fwd = (_ew(2 * e * t * f, dtype), _ew(3 * e * t * f, dtype))   # silu(g); silu(g)·u
+        act_bwd = (_ew(5 * e * t * f, dtype), _ew(3 * e * t * f, dtype))   # mul bwd; silu bwd
+        fc1_sum = (_ew(3 * e * t * h, dtype),)  # dX = dg·Wg + du·Wu: sum of the two input grads
+    else:
+        act_fwd = (_ew(2 * e * t * f, dtype),)   # read x, write act(x)
+        act_bwd = (_ew(3 * e * t * f, dtype),)   # read dy and x, write dx
+        fc1_sum = ()
+    fwd = (norm_fwd, qkv, *rope, Op(OpKind.ATTN_FWD, attn, dtype=dtype), out, resid_fwd,
+           norm_fwd, fc1, *act_fwd, fc2, resid_fwd)
+    bwd = (resid_bwd, *fc2_b, *act_bwd, *fc1_b, *fc1_sum, norm_bwd,
+           resid_bwd, *out_b, Op(OpKind.ATTN_BWD, attn, dtype=dtype), *rope, *qkv_b, norm_bwd)
+    return fwd, bwd
+
+
+def _embed(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Activations) -> BlockWork:
+    t, h = b * s, spec.hidden
+    drop = 1 if spec.dropout else 0
+    # gather: read 8-byte token ids and T rows, write T rows
+    fwd = [Op(OpKind.EMBED, (t, h), 8 * t + 2 * e * t * h, dtype=dtype)]
+    # embedding backward: read ids and dY, zero-fill and scatter-add into the dense V×h gradient
+    bwd = [Op(OpKind.EMBED, (t, h), 8 * t + 2 * e * t * h + e * spec.vocab * h, dtype=dtype)]
+    if spec.pos == "learned":
+        fwd.append(_ew(2 * e * t * h + e * s * h + drop * t * h, dtype))  # + pos rows (+ dropout)
+        # dropout backward, then the position gradient: sum dY over the batch into s×h
+        bwd.insert(0, _ew(drop * (2 * e + 1) * t * h + e * t * h + e * s * h, dtype))
+    elif drop:
+        fwd.append(_ew(2 * e * t * h + t * h, dtype))
+        bwd.insert(0, _ew((2 * e + 1) * t * h, dtype))
+    return _blockwork("embed", 0, spec.embed_params(), tuple(fwd), tuple(bwd), e,
+                      acts.embed_act(), acts.embed_ckpt(), acts.embed_workspace())
+
+
+def _head(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Activations) -> BlockWork:
+    t, h, v = b * s, spec.hidden, spec.vocab
+    lm, lm_b = _linear(t, v, h, dtype)
+    # Cross-entropy: forward reads the e-byte logits and writes fp32 log-probabilities (saved);
+    # backward reads them and writes the e-byte logit gradient.
+    ce_fwd = Op(OpKind.SOFTMAX_CE, (t, v), (e + 4) * t * v, dtype=dtype)
+    ce_bwd = Op(OpKind.SOFTMAX_CE, (t, v), (4 + e) * t * v, dtype=dtype)
+    fwd = (Op(OpKind.NORM, (), 2 * e * t * h, dtype=dtype), lm, ce_fwd)
+    bwd = (ce_bwd, *lm_b, Op(OpKind.NORM, (), 3 * e * t * h, dtype=dtype))
+    return _blockwork("head", spec.n_layers + 1, spec.head_params(), fwd, bwd, e,
+                      acts.head_act(), acts.head_ckpt(), acts.head_workspace(),
+                      tied_to=0 if spec.tied_embeddings else None)
