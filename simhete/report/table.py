@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from simhete.report.metrics import PCIE_DIRECTIONS, Summary
 
@@ -14,28 +16,28 @@ GB = 1e9        # PCIe traffic is shown in GB (decimal), like link bandwidths in
 DASH = "—"
 
 
-def render_summary(summary: Summary, title: str = "simhete summary") -> Table:
-    """Two-column table (figure, value) of one Summary."""
+def render_summary(summary: Summary, title: str = "simhete summary") -> RenderableType:
+    """Two-column table (figure, value) of one Summary, followed by its notes (out-of-memory
+    message, ``uncalibrated: ...`` flags) wrapped at the console's width."""
     return _table({"value": summary}, title, named_notes=False)
 
 
-def render_comparison(summaries: Mapping[str, Summary], title: str = "simhete comparison") -> Table:
+def render_comparison(summaries: Mapping[str, Summary],
+                      title: str = "simhete comparison") -> RenderableType:
     """One column per named Summary, one row per figure; rows for streams and pools are the union
-    over all summaries (``—`` where a summary has none)."""
+    over all summaries (``—`` where a summary has none). Notes are prefixed by the column name."""
     return _table(summaries, title, named_notes=True)
 
 
-def _table(summaries: Mapping[str, Summary], title: str, named_notes: bool) -> Table:
-    table = Table(title=title, title_justify="left", caption_justify="left")
+def _table(summaries: Mapping[str, Summary], title: str, named_notes: bool) -> RenderableType:
+    table = Table(title=title, title_justify="left")
     table.add_column("figure", no_wrap=True)
     for name in summaries:
         table.add_column(name, justify="right")
     for label, cell in _rows(list(summaries.values())):
         table.add_row(label, *(cell(s) for s in summaries.values()))
     notes = _notes(summaries, named_notes)
-    if notes:
-        table.caption = "\n".join(notes)
-    return table
+    return Group(table, *notes) if notes else table
 
 
 Cell = Callable[[Summary], str]
@@ -64,12 +66,13 @@ def _rows(summaries: list[Summary]) -> list[tuple[str, Cell]]:
     return rows
 
 
-def _notes(summaries: Mapping[str, Summary], named: bool) -> list[str]:
-    """OOM messages and uncalibrated flags, prefixed by the column name when ``named``."""
+def _notes(summaries: Mapping[str, Summary], named: bool) -> list[Text]:
+    """OOM messages (red) and uncalibrated flags (yellow), prefixed by the column name when
+    ``named``."""
     def prefix(name: str) -> str:
         return f"{name}: " if named else ""
-    notes = [f"{prefix(n)}{s.oom}" for n, s in summaries.items() if s.oom]
-    notes += [f"{prefix(n)}uncalibrated: {', '.join(s.uncalibrated)}"
+    notes = [Text(f"{prefix(n)}{s.oom}", style="red") for n, s in summaries.items() if s.oom]
+    notes += [Text(f"{prefix(n)}uncalibrated: {', '.join(s.uncalibrated)}", style="yellow")
               for n, s in summaries.items() if s.uncalibrated]
     return notes
 
