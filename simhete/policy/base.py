@@ -34,7 +34,7 @@ class Context:
     @property
     def gpu_capacity(self) -> int:
         g = self.profile.gpu
-        return g.memory_bytes - g.reserved_bytes
+        return g.memory_bytes - g.reserved_bytes.value
 
     @property
     def cpu_capacity(self) -> int:

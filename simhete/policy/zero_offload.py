@@ -28,7 +28,8 @@ class ZeroOffloadKnobs(ActivationKnobs):
     reduce_bucket_size: float = Field(5e8, gt=0)
     """Elements per gradient bucket sent D2H during backward (DeepSpeed ``reduce_bucket_size``)."""
     overlap_comm: bool = True
-    """Send each bucket as soon as it is full (True) or all gradients after backward (False)."""
+    """True: a full bucket goes D2H on the copy engine while backward goes on, with two bucket
+    buffers. False: each bucket is copied synchronously inside the backward (compute stream)."""
     delayed_update: bool = False
     """One-step delayed parameter update (DPU)."""
 
@@ -71,19 +72,28 @@ class ZeroOffload(Policy):
         pinned = k.pin_memory
         for it in range(1, ctx.iterations + 1):
             lag = 2 if k.delayed_update else 1
-            fwd_deps = {i: [n] for i, n in h2d.get(it - lag, {}).items()}
-            t = forward_backward(b, ctx, it, modes, start_deps=[last_B] if last_B else [],
-                                 fwd_weight_deps=fwd_deps, pinned=pinned)
+            # optimizer.step() returns only when every updated weight is back on the GPU, so the
+            # next forward waits for the whole step (with DPU: the step before the previous one)
+            step_done = sorted(h2d.get(it - lag, {}).values())
+            bucket_name = [tname(it, "D2H.g", f"k{j}") for j in range(len(buckets))]
+            # Two bucket buffers (DeepSpeed's double-buffered ipg bucket with overlap_comm): the
+            # backward that starts bucket j+2 waits until bucket j has left the GPU.
+            bwd_deps = {bk[0]: [bucket_name[j - 2]] for j, bk in enumerate(buckets) if j >= 2} \
+                if k.overlap_comm else {}
+            t = forward_backward(b, ctx, it, modes, start_deps=([last_B] if last_B else []) + step_done,
+                                 bwd_weight_deps=bwd_deps, pinned=pinned)
             d2h_of: dict[int, str] = {}
             for j, bucket in enumerate(buckets):
                 first_bwd = bucket[0]
-                deps = [t.B[i] for i in bucket] if k.overlap_comm else [t.last_B]
+                deps = [t.B[i] for i in bucket]
                 # the fp32 gradient buffer this iteration writes must have been consumed
                 reuse = adam.get(it - (2 if k.delayed_update else 1), {})
                 deps += [reuse[i] for i in bucket if i in reuse]
-                name = tname(it, "D2H.g", f"k{j}")
+                name = bucket_name[j]
                 nbytes = sum(by_idx[i].grad_bytes for i in bucket)
-                b.add(name, copy_stream(0, "d2h", pinned), TaskCat.D2H,
+                # without overlap_comm the reduction runs inside the backward hook, on the compute stream
+                stream = copy_stream(0, "d2h", pinned) if k.overlap_comm else "gpu0.compute"
+                b.add(name, stream, TaskCat.D2H,
                       (Op(OpKind.D2H, n=nbytes, pinned=pinned),), deps=deps,
                       prio=it * PRIO_IT + PRIO_IT // 4 + j, frees=[t.grads[i] for i in bucket],
                       it=it, block=first_bwd)
