@@ -1,0 +1,64 @@
+"""Memory bookkeeping both engines report the same way: breakdowns by class and the OOM report."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from simhete.engine.timeline import OOMReport, Timeline
+from simhete.errors import SimheteError
+from simhete.opkinds import MemClass
+
+CLASSES: tuple[MemClass, ...] = tuple(MemClass)
+CLASS_INDEX = {c: k for k, c in enumerate(CLASSES)}
+
+
+def by_class(counts: Iterable[int]) -> dict[str, int]:
+    """Per-class byte counts (indexed like ``CLASSES``) as ``{class value: bytes}``, zeros left out."""
+    return {c.value: n for c, n in zip(CLASSES, counts) if n}
+
+
+def oom_report(task: str, pool: str, asked: int, in_use: int, capacity: int,
+               live: Iterable[tuple[str, str, int]], time: float) -> OOMReport:
+    """``live``: (buffer, pool, bytes) of every resident buffer; holders are those in ``pool``."""
+    held = sorted(((b, n) for b, p, n in live if p == pool), key=lambda x: (-x[1], x[0]))
+    return OOMReport(task, pool, asked, capacity - in_use, capacity, tuple(held[:10]), time)
+
+
+def double_alloc(task: str, buf: str) -> SimheteError:
+    return SimheteError(f"task {task} allocates buffer {buf}, which is still live")
+
+
+def free_unknown(task: str, buf: str) -> SimheteError:
+    return SimheteError(f"task {task} frees buffer {buf}, which is not live")
+
+
+def stuck(unfinished: Iterable[str], time: float) -> SimheteError:
+    names = list(unfinished)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return SimheteError(f"at t={time:.6f}s nothing runs and no task is ready although {len(names)} "
+                        f"remain ({shown}); the dependency graph has a cycle")
+
+
+def pool_needs(allocs: Iterable) -> tuple[tuple[str, int], ...]:
+    """Bytes a task asks per pool, pools in order of first appearance among its allocs."""
+    need: dict[str, int] = {}
+    for a in allocs:
+        need[a.pool] = need.get(a.pool, 0) + a.bytes
+    return tuple(need.items())
+
+
+def initial_overflow(schedule) -> OOMReport | None:
+    """An OOMReport if the initial buffers alone do not fit their pools (first such pool), else None."""
+    for pool, cap in schedule.pools.items():
+        held = [(a.buf, a.pool, a.bytes) for a in schedule.initial if a.pool == pool]
+        total = sum(n for _, _, n in held)
+        if total > cap:
+            return oom_report("(initial)", pool, total, 0, cap, held, 0.0)
+    return None
+
+
+def empty_timeline(schedule, oom: OOMReport, engine: str) -> Timeline:
+    """The Timeline of a schedule whose initial buffers already overflow a pool: nothing ran."""
+    pools = list(schedule.pools)
+    return Timeline((), {p: () for p in pools}, dict.fromkeys(pools, 0), {p: {} for p in pools},
+                    oom, engine=engine)
