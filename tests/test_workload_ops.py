@@ -245,7 +245,10 @@ def _total_act(m: ModelSpec, b: int, s: int) -> int:
        s=st.sampled_from([128, 512, 1024]), flash=st.booleans())
 def test_params_and_activations_monotone(h: int, dh: int, layers: int, dl: int, b: int, s: int,
                                          flash: bool) -> None:
-    small, wider, deeper = gpt_like(h, layers), gpt_like(h + dh, layers), gpt_like(h, layers + dl)
+    # Fixed head_dim 64: with the default heads rule (h/128, else h/64) widening 576 → 640 drops
+    # the heads from 9 to 5, and without flash the a·s² term then shrinks — not a monotone pair.
+    small, wider = gpt_like(h, layers, h // 64), gpt_like(h + dh, layers, (h + dh) // 64)
+    deeper = gpt_like(h, layers + dl, h // 64)
     assert small.n_params() < wider.n_params() and small.n_params() < deeper.n_params()
     w = build_workload(small, b, s, flash_attention=flash)
     ww = build_workload(wider, b, s, flash_attention=flash)
@@ -268,6 +271,7 @@ def test_block_params_sum_and_model_states(layers: int, heads: int, kv_div: int,
     w = build_workload(m, b, s)
     assert sum(blk.params for blk in w.blocks) == m.n_params() == w.params
     for blk in w.blocks:
+        assert blk.act_bytes >= blk.ckpt_bytes > 0  # policies allocate act − ckpt on recompute
         assert blk.weight_bytes == blk.grad_bytes == 2 * blk.params
         assert blk.optim_bytes == 2 * blk.master_bytes == 8 * blk.params
         gemm_f = sum(op.flops for op in blk.fwd_ops if op.kind is OpKind.GEMM)
