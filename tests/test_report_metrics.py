@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from simhete.engine.timeline import Timeline
 from simhete.opkinds import MemClass, OpKind, TaskCat
@@ -135,3 +137,19 @@ def test_copy_bytes_from_schedule():
                     ops=(Op(OpKind.D2H, n=500), Op(OpKind.D2H, n=250)))),
         pools={"gpu0": 10**6})
     assert copy_bytes(sched) == {"it1.H2D.w.b0": 3000, "it1.D2H.g.b0": 750}
+
+
+intervals = st.lists(st.tuples(st.integers(0, 100), st.integers(0, 30)), min_size=1, max_size=20)
+
+
+@given(intervals, st.integers(0, 100), st.integers(1, 100))
+def test_busy_matches_a_unit_grid_count(spans, t0, length):
+    """Integer endpoints: busy time equals the number of unit cells [k, k+1) covered by any record
+    inside the window, an independent count of the union."""
+    recs = tuple(rec(f"t{i}", "gpu0.compute", TaskCat.FWD, 1, float(a), float(a + d))
+                 for i, (a, d) in enumerate(spans))
+    tl = Timeline(records=recs, mem_events={}, peak={}, peak_by_class={})
+    covered = {k for a, d in spans for k in range(a, a + d) if t0 <= k < t0 + length}
+    busy = stream_busy(tl, (float(t0), float(t0 + length)))["gpu0.compute"]
+    assert busy == pytest.approx(len(covered) / length, abs=1e-12)
+    assert 0.0 <= busy <= 1.0
