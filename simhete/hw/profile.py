@@ -438,8 +438,10 @@ def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Provenance]]:
 # -------------------------------------------------------------------------------- loader ----
 
 def list_profiles() -> list[str]:
-    """Names of the shipped profiles (``hwprofiles/*.yaml``), sorted."""
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    """Profile names: ``hwprofiles/*.yaml`` by stem, calibrated ones as ``measured/<stem>``."""
+    names = [p.stem for p in PROFILES_DIR.glob("*.yaml")]
+    names += [f"measured/{p.stem}" for p in (PROFILES_DIR / "measured").glob("*.yaml")]
+    return sorted(names)
 
 
 def load_profile(name_or_path: str | Path, file: str | None = None, key: str | None = None) -> HardwareProfile:
@@ -449,12 +451,13 @@ def load_profile(name_or_path: str | Path, file: str | None = None, key: str | N
     name is unknown.
     """
     s = str(name_or_path)
-    path = Path(s)
-    if not (s.endswith((".yaml", ".yml")) or "/" in s or path.is_file()):
-        valid = list_profiles()
-        if s not in valid:
-            raise ConfigError(file, key, s, allowed="a profile path or one of: " + ", ".join(valid))
+    valid = list_profiles()
+    if s in valid:
         path = PROFILES_DIR / f"{s}.yaml"
+    elif s.endswith((".yaml", ".yml")) or Path(s).is_file():
+        path = Path(s)
+    else:
+        raise ConfigError(file, key, s, allowed="a profile path or one of: " + ", ".join(valid))
     data = load_yaml(path, "hardware profile")
     prof = validate(HardwareProfile, data, str(path))
     for k, p in prof.quantities():

@@ -1,0 +1,222 @@
+"""Hardware profiles: every shipped profile loads with provenance on every number; bad input is a
+one-line ConfigError naming file, dotted key, value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from simhete.errors import ConfigError
+from simhete.hw.profile import (PROFILES_DIR, HardwareProfile, Provenance, list_profiles,
+                                load_profile)
+
+SHIPPED = ["a100-40gb-pcie-epyc7713", "a100-80gb-sxm", "h100-pcie", "h100-sxm", "h200-sxm", "l40",
+           "rtx4090-desktop", "t4", "v100-32gb-dgx2"]
+
+# Integer leaves that are structure or spec (cited by the section's `ref`), not measured rates.
+STRUCTURAL = {"count", "sms", "sockets", "cores", "memory_bytes", "tile_m", "tile_n", "m", "n", "k",
+              "gpus_per_pcie_switch"}
+
+
+def raw_profile(name: str = "h100-sxm") -> dict:
+    return yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
+
+
+def write(tmp_path: Path, data: dict, name: str = "p.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_list_profiles_has_the_shipped_set():
+    assert set(SHIPPED) <= set(list_profiles())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profile_loads_with_provenance_everywhere(name):
+    prof = load_profile(name)
+    assert prof.name == name
+    assert prof.validated is False  # none has been checked end to end against hardware
+    numeric_outside: list[str] = []
+
+    def walk(node, key):
+        if isinstance(node, Provenance):
+            assert node.ref.strip(), key
+            if node.source == "measured":
+                assert node.raw and node.device and node.torch and node.date, key
+                assert (Path(prof.file).parent / node.raw).is_file(), key
+            return
+        if isinstance(node, BaseModel):
+            for f in type(node).model_fields:
+                walk(getattr(node, f), f"{key}.{f}" if key else f)
+        elif isinstance(node, list):
+            for i, x in enumerate(node):
+                walk(x, f"{key}[{i}]")
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            if key.rsplit(".", 1)[-1] not in STRUCTURAL:
+                numeric_outside.append(key)
+
+    walk(prof, "")
+    assert numeric_outside == []
+    assert prof.gpu.ref and prof.host.ref
+    assert len(list(prof.quantities())) >= 20
+
+
+def test_bf16_absent_where_the_hardware_lacks_it():
+    assert load_profile("v100-32gb-dgx2").gpu.peak_tflops.available() == ["fp16", "fp32"]
+    assert load_profile("t4").gpu.peak_tflops.available() == ["fp16", "fp32"]
+
+
+def test_autohete_testbed_matches_the_paper():
+    p = load_profile("a100-40gb-pcie-epyc7713")
+    assert (p.gpu.count, p.host.cpu_model, p.host.memory_bytes) == (4, "AMD EPYC 7713", 440 * 10**9)
+
+
+def test_load_by_path_and_by_name_agree(tmp_path):
+    by_path = load_profile(str(PROFILES_DIR / "h100-sxm.yaml"))
+    assert by_path == load_profile("h100-sxm")
+    assert by_path.file == str(PROFILES_DIR / "h100-sxm.yaml")
+
+
+def test_unknown_profile_name_lists_valid_ones():
+    with pytest.raises(ConfigError, match=r"scen.yaml: hardware: bad value 'h100-sxn'; allowed: "
+                                          r"a profile path or one of: .*h100-pcie, h100-sxm, h200-sxm"):
+        load_profile("h100-sxn", file="scen.yaml", key="hardware")
+
+
+def test_negative_bandwidth_names_the_dotted_key(tmp_path):
+    d = raw_profile()
+    d["links"]["h2d"]["pinned"]["bandwidth_gbps"]["value"] = -5
+    p = write(tmp_path, d)
+    with pytest.raises(ConfigError) as e:
+        load_profile(p)
+    assert str(e.value) == (f"{p}: links.h2d.pinned.bandwidth_gbps.value: bad value -5; "
+                            "allowed: greater than 0")
+
+
+def test_wrong_type_is_one_line(tmp_path):
+    d = raw_profile()
+    d["gpu"]["peak_tflops"]["bf16"]["value"] = "fast"
+    p = write(tmp_path, d)
+    with pytest.raises(ConfigError, match=r"gpu\.peak_tflops\.bf16\.value: bad value 'fast'; "
+                                          r"allowed: a valid number") as e:
+        load_profile(p)
+    assert "\n" not in str(e.value)
+
+
+def test_numeric_string_is_not_coerced(tmp_path):
+    d = raw_profile()
+    d["gpu"]["launch_overhead_us"]["value"] = "5"
+    with pytest.raises(ConfigError, match=r"gpu\.launch_overhead_us\.value: bad value '5'"):
+        load_profile(write(tmp_path, d))
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    d = raw_profile()
+    d["gpu"]["hbm_gbps"] = 3
+    with pytest.raises(ConfigError, match=r"gpu\.hbm_gbps: unknown key; allowed keys here: .*"
+                                          r"mem_bandwidth_gbps"):
+        load_profile(write(tmp_path, d))
+
+
+def test_unknown_source_is_rejected(tmp_path):
+    d = raw_profile()
+    d["gpu"]["peak_tflops"]["fp32"]["source"] = "guessed"
+    with pytest.raises(ConfigError, match=r"gpu\.peak_tflops\.fp32\.source: bad value 'guessed'; "
+                                          r"allowed: 'measured', 'datasheet', 'paper' or 'assumed'"):
+        load_profile(write(tmp_path, d))
+
+
+def test_measured_requires_raw_device_torch_date(tmp_path):
+    d = raw_profile()
+    q = d["gpu"]["mem_bandwidth_gbps"]
+    del q["raw"], q["date"]
+    with pytest.raises(ConfigError, match=r"gpu\.mem_bandwidth_gbps: .*source measured needs raw, "
+                                          r"device, torch and date; missing: raw, date"):
+        load_profile(write(tmp_path, d))
+
+
+def test_measured_raw_file_must_exist(tmp_path):
+    d = raw_profile()
+    d["gpu"]["mem_bandwidth_gbps"]["raw"] = "nowhere.csv"
+    with pytest.raises(ConfigError, match=r"gpu\.mem_bandwidth_gbps\.raw: bad value 'nowhere.csv'"):
+        load_profile(write(tmp_path, d))
+
+
+def test_efficiency_above_one_is_rejected(tmp_path):
+    d = raw_profile()
+    d["gpu"]["memory_bound_efficiency"]["value"] = 1.2
+    with pytest.raises(ConfigError, match=r"gpu\.memory_bound_efficiency\.value: bad value 1\.2; "
+                                          r"allowed: less than or equal to 1"):
+        load_profile(write(tmp_path, d))
+
+
+def test_anchor_faster_than_peak_is_rejected(tmp_path):
+    d = raw_profile()
+    d["gpu"]["gemm"]["anchor"]["tflops"]["value"] = 2000
+    with pytest.raises(ConfigError, match=r"gpu: .*gemm\.anchor implies efficiency 2\.10\d > 1"):
+        load_profile(write(tmp_path, d))
+
+
+def test_interference_glob_must_match_a_stream(tmp_path):
+    d = raw_profile()
+    d["interference"][0]["aggressor"] = "gpu*.pcie"
+    with pytest.raises(ConfigError, match=r"interference\[0\]\.aggressor 'gpu\*\.pcie' matches no stream"):
+        load_profile(write(tmp_path, d))
+
+
+def test_cuda_profile_needs_links(tmp_path):
+    d = raw_profile()
+    del d["links"]
+    with pytest.raises(ConfigError, match="device_type cuda needs links"):
+        load_profile(write(tmp_path, d))
+
+
+def test_byte_sizes_parse():
+    p = load_profile("h100-sxm")
+    assert p.gpu.memory_bytes == 80 * 2**30
+    assert p.gpu.reserved_bytes.value == 2 * 2**30
+    assert p.host.memory_bytes == 2 * 2**40
+
+
+def test_provenance_flags_name_uncalibrated_numbers_only():
+    flags = load_profile("h100-sxm").provenance_flags()
+    assert "gpu.peak_tflops.bf16 (datasheet)" in flags
+    assert "links.h2d.pageable.bandwidth_gbps (assumed)" in flags
+    assert "host.adam.params_per_s (assumed: dram_bandwidth/28)" in flags
+    assert not any(f.startswith("gpu.mem_bandwidth_gbps") for f in flags)   # measured
+    assert not any(f.startswith("gpu.gemm.anchor") for f in flags)           # measured
+    assert flags == sorted(flags)
+
+
+def test_with_overrides_scales_and_marks_what_if():
+    base = load_profile("h100-pcie")
+    p = base.with_overrides(gpus=4, gpu_memory=40 * 2**30, host_memory=512 * 2**30, pcie_gbps=25)
+    assert (p.gpu.count, p.gpu.memory_bytes, p.host.memory_bytes) == (4, 40 * 2**30, 512 * 2**30)
+    assert p.links.h2d.pinned.bandwidth_gbps.value == 25.0
+    assert p.links.d2h.pinned.bandwidth_gbps.source == "assumed"
+    assert p.links.h2d.pageable == base.links.h2d.pageable
+    assert p.file == base.file
+    assert base.gpu.count == 1  # the original is unchanged
+
+
+def test_with_overrides_revalidates():
+    with pytest.raises(ConfigError, match="reserved_bytes .* must be below memory_bytes"):
+        load_profile("h100-sxm").with_overrides(gpu_memory=2**30)
+
+
+def test_profiles_are_frozen():
+    p = load_profile("t4")
+    with pytest.raises(Exception):
+        p.gpu.count = 2  # type: ignore[misc]
+    assert isinstance(p, HardwareProfile)
+
+
+def test_deep_copy_of_raw_data_roundtrips(tmp_path):
+    d = copy.deepcopy(raw_profile("l40"))
+    p = write(tmp_path, d, "l40.yaml")
+    assert load_profile(p).model_dump() == load_profile("l40").model_dump()
