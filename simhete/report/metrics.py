@@ -1,4 +1,4 @@
-"""Summary metrics of one Timeline: iteration time, throughput, MFU, stream busy, PCIe bytes, memory.
+"""Summary metrics of a Timeline: iteration time, throughput, MFU, stream busy, PCIe bytes, memory.
 
 Every figure is derived from the flat :class:`~simhete.engine.timeline.Timeline` record type plus
 what the caller knows about the workload (tokens, FLOPs per iteration) and the hardware (peak
