@@ -13,9 +13,10 @@ from simhete.opkinds import OpKind
 from simhete.schedule import Op
 from simhete.workload import ModelSpec, build_workload, get_model, gpt_like
 
-# A tiny GPT: h = 8, 2 heads (d = 4), f = 32, V = 16, 4 positions, LayerNorm, GeLU, dropout.
+# A tiny GPT: h = 8, 2 heads (d = 4), f = 32, V = 16, 4 positions, LayerNorm, GeLU, dropout
+# (residual and attention).
 TINY_GPT = ModelSpec(name="tiny-gpt", family="t", n_layers=2, hidden=8, n_heads=2, n_kv_heads=2,
-                     ffn_hidden=32, vocab=16, max_seq=4, dropout=True)
+                     ffn_hidden=32, vocab=16, max_seq=4, dropout=True, attn_dropout=True)
 # A tiny LLaMA: h = 8, 4 heads (d = 2), 2 KV heads (kv = 4), f = 12, RMSNorm, SwiGLU, no dropout.
 TINY_LLAMA = ModelSpec(name="tiny-llama", family="t", n_layers=3, hidden=8, n_heads=4, n_kv_heads=2,
                        ffn_hidden=12, vocab=16, max_seq=64, norm="rmsnorm", mlp="swiglu", bias=False,
@@ -180,6 +181,10 @@ def test_tiny_gpt_activation_bytes_by_hand() -> None:
     # b·a·s² = 2·2·16 = 64 scores × (softmax 2 + mask 1 + dropout output 2) = 320.
     # Korthikanti: s·b·h·(34 + 5·a·s/h) = 4·2·8·(34 + 5) = 2496, + 8·16 norm stats = 2624.
     assert build_workload(TINY_GPT, 2, 4, flash_attention=False).blocks[1].act_bytes == 8 * 288 + 320 == 2624
+    # Residual dropout but none on the attention probabilities (OPT): 64 scores × 2 bytes only.
+    opt_like = dataclasses.replace(TINY_GPT, attn_dropout=False)
+    assert build_workload(opt_like, 2, 4, flash_attention=False).blocks[1].act_bytes == 8 * 288 + 128
+    assert build_workload(opt_like, 2, 4).blocks[1].act_bytes == 2368  # flash: no difference
     # embed: int64 ids 8·8 + dropout mask 8·8; checkpointed: the ids only
     assert (w.blocks[0].act_bytes, w.blocks[0].ckpt_bytes) == (128, 64)
     # head: final-norm input 16 + stats 8 + its output 16 + fp32 log-probs 4·16 = 104 per token

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from simhete.errors import ConfigError
-from simhete.workload import (ModelSpec, family_models, from_hf_config, get_model, gpt_like,
-                              list_families, list_models)
+from simhete.workload import (ModelSpec, build_workload, family_models, from_hf_config, get_model,
+                              gpt_like, list_families, list_models)
 
 HF = Path(__file__).parent / "data" / "hf"
 
@@ -110,6 +110,7 @@ def _spec(**kw: object) -> ModelSpec:
     (dict(mlp="geglu"), r"^mlp: bad value 'geglu'; allowed: one of gelu, relu, swiglu$"),
     (dict(pos="alibi"), r"^pos: bad value 'alibi'"),
     (dict(bias=1), r"^bias: bad value 1; allowed: true or false$"),
+    (dict(attn_dropout="yes"), r"^attn_dropout: bad value 'yes'; allowed: true or false$"),
     (dict(pos="rope", pos_offset=2), r"^pos_offset: pos_offset only applies to learned"),
 ])
 def test_spec_validation(kw: dict[str, object], pattern: str) -> None:
@@ -134,6 +135,26 @@ def test_hf_round_trip_matches_preset(folder: str, preset: str) -> None:
     assert {f: getattr(got, f) for f in ARCH} == {f: getattr(want, f) for f in ARCH}
     assert got.n_params() == want.n_params()
     assert got.name == folder  # no _name_or_path: the folder name
+
+
+def test_hf_round_trip_same_workload() -> None:
+    hf = from_hf_config(HF / "llama-2-7b")
+    assert build_workload(hf, 2, 512).blocks == build_workload("llama2-7b", 2, 512).blocks
+
+
+def test_hf_mistral_name_and_dropout(tmp_path: Path) -> None:
+    # Mistral-7B-v0.1's public config: a LLaMA layout with GQA and a sliding window (ignored).
+    data = {"model_type": "mistral", "_name_or_path": "mistralai/Mistral-7B-v0.1", "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 32768,
+            "hidden_act": "silu", "sliding_window": 4096, "tie_word_embeddings": False, "head_dim": 128}
+    m = from_hf_config(_write(tmp_path, data))
+    assert (m.name, m.family, m.n_kv_heads) == ("mistralai/Mistral-7B-v0.1", "mistral", 8)
+    assert m.n_params() == 7_241_732_096  # Mistral-7B-v0.1
+    assert (m.dropout, m.attn_dropout) == (False, False)
+    assert from_hf_config(_write(tmp_path, data | {"attention_dropout": 0.1})).attn_dropout is True
+    assert from_hf_config(HF / "opt-1.3b").attn_dropout is False  # OPT: attention_dropout 0.0
+    assert from_hf_config(HF / "gpt2").attn_dropout is True         # attn_pdrop 0.1
 
 
 def test_hf_gpt2_and_neox_published_counts() -> None:

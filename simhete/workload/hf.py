@@ -5,14 +5,14 @@ Supported ``model_type`` values and the keys read (defaults as in the transforme
 - ``llama``, ``mistral``: hidden_size, num_hidden_layers, num_attention_heads,
   num_key_value_heads (default: num_attention_heads), intermediate_size, vocab_size,
   max_position_embeddings, tie_word_embeddings (false), attention_bias and mlp_bias (false),
-  attention_dropout (0), hidden_act (must be silu), head_dim (must be hidden/heads if present).
+  attention_dropout (0; LLaMA has no residual dropout), hidden_act (must be silu), head_dim (must be hidden/heads if present).
   RMSNorm, SwiGLU, rotary positions. Mistral's sliding window does not change the parameters and
   is ignored (attention is priced as full causal).
 - ``gpt2``: n_embd, n_layer, n_head, n_inner (null: 4·n_embd), vocab_size, n_positions,
-  tie_word_embeddings (true), resid/embd/attn_pdrop (0.1). LayerNorm, GeLU, learned positions, biases.
+  tie_word_embeddings (true), resid_pdrop/embd_pdrop and attn_pdrop (0.1). LayerNorm, GeLU, learned positions, biases.
 - ``opt``: hidden_size, num_hidden_layers, num_attention_heads, ffn_dim, vocab_size,
   max_position_embeddings (+2 position rows), activation_function (relu or gelu), enable_bias
-  (true), tie_word_embeddings (true), dropout (0.1); word_embed_proj_dim must equal hidden_size
+  (true), tie_word_embeddings (true), dropout (0.1), attention_dropout (0); word_embed_proj_dim must equal hidden_size
   and do_layer_norm_before must be true (OPT-350m's projections and post-norm are not modelled).
 - ``gpt_neox``: hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
   vocab_size, max_position_embeddings, tie_word_embeddings (false), hidden_act (gelu),
@@ -114,7 +114,7 @@ def _llama(cfg: _Cfg) -> dict[str, Any]:
                 max_seq=cfg.get("max_position_embeddings", field="max_seq"),
                 norm="rmsnorm", mlp="swiglu", bias=attn_bias, pos="rope",
                 tied_embeddings=cfg.get("tie_word_embeddings", False, kind=bool),
-                dropout=_dropout(cfg, ("attention_dropout", 0.0)))
+                attn_dropout=_dropout(cfg, ("attention_dropout", 0.0)))
 
 
 def _gpt2(cfg: _Cfg) -> dict[str, Any]:
@@ -127,7 +127,8 @@ def _gpt2(cfg: _Cfg) -> dict[str, Any]:
                 max_seq=cfg.get("n_positions", field="max_seq"),
                 norm="layernorm", mlp="gelu", bias=True, pos="learned",
                 tied_embeddings=cfg.get("tie_word_embeddings", True, kind=bool),
-                dropout=_dropout(cfg, ("resid_pdrop", 0.1), ("embd_pdrop", 0.1), ("attn_pdrop", 0.1)))
+                dropout=_dropout(cfg, ("resid_pdrop", 0.1), ("embd_pdrop", 0.1)),
+                attn_dropout=_dropout(cfg, ("attn_pdrop", 0.1)))
 
 
 def _opt(cfg: _Cfg) -> dict[str, Any]:
@@ -145,7 +146,8 @@ def _opt(cfg: _Cfg) -> dict[str, Any]:
                 norm="layernorm", mlp=act, bias=cfg.get("enable_bias", True, kind=bool),
                 pos="learned", pos_offset=2,  # OPTLearnedPositionalEmbedding's padding offset
                 tied_embeddings=cfg.get("tie_word_embeddings", True, kind=bool),
-                dropout=_dropout(cfg, ("dropout", 0.1), ("attention_dropout", 0.0)))
+                dropout=_dropout(cfg, ("dropout", 0.1)),
+                attn_dropout=_dropout(cfg, ("attention_dropout", 0.0)))
 
 
 def _neox(cfg: _Cfg) -> dict[str, Any]:
@@ -158,4 +160,5 @@ def _neox(cfg: _Cfg) -> dict[str, Any]:
                 max_seq=cfg.get("max_position_embeddings", field="max_seq"),
                 norm="layernorm", mlp="gelu", bias=cfg.get("attention_bias", True, kind=bool),
                 pos="rope", tied_embeddings=cfg.get("tie_word_embeddings", False, kind=bool),
-                dropout=_dropout(cfg, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)))
+                dropout=_dropout(cfg, ("hidden_dropout", 0.0)),
+                attn_dropout=_dropout(cfg, ("attention_dropout", 0.0)))

@@ -17,13 +17,13 @@ Adapted here to the model variant, with e bytes per element (2 for bf16/fp16) an
 - Flash attention (``flash_attention=True``, what torch SDPA runs on GPU): the s² softmax and
   dropout tensors are not stored (recomputed in backward, dropout from the RNG state); it saves a
   per-query, per-head fp32 log-sum-exp (4·a bytes per token). Without flash attention the s² term
-  is e (softmax output) + (1 + e) (dropout mask and output) per score when the model has dropout,
-  e without dropout, and K, V are saved expanded to all heads (e·3h for Q, K, V).
+  is e (softmax output) + (1 + e) (dropout mask and output) per score when the model has attention
+  dropout, e without, and K, V are saved expanded to all heads (e·3h for Q, K, V).
 - MLP: GeLU saves its input (fc1 output) and fc2 saves its input (GeLU output): 2·e·f. ReLU saves
   its output, which is also fc2's input: e·f. SwiGLU (eager: silu(g), then silu(g)·u) saves g,
   silu(g), u and the product (fc3 input): 4·e·f.
-- Dropout masks (1 byte per element) after attention and after the MLP only if the model uses
-  dropout (LLaMA does not).
+- Residual dropout masks (1 byte per element) after attention and after the MLP only if the model
+  uses dropout (LLaMA does not).
 
 Checkpointed (fully recomputed) block: keeps only its input, e·t·h bytes.
 
@@ -73,7 +73,7 @@ class Activations:
         )
         if self.flash:
             return t * (per_token + 4 * a)           # fp32 log-sum-exp per query and head
-        s2 = e + drop * (1 + e)                      # softmax output (+ dropout mask and output)
+        s2 = e + (1 + e if sp.attn_dropout else 0)   # softmax output (+ dropout mask and output)
         return t * per_token + self.b * a * self.s * self.s * s2
 
     def block_ckpt(self) -> int:

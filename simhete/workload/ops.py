@@ -28,6 +28,7 @@ from simhete.errors import ConfigError
 from simhete.opkinds import OpKind
 from simhete.schedule import Op
 from simhete.workload import memory
+from simhete.workload.presets import get_model
 from simhete.workload.spec import ModelSpec
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -91,7 +92,6 @@ def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype:
                    flash_attention: bool = True) -> Workload:
     """The Workload of ``spec`` (a ModelSpec or a preset name); cached, so cheap to call again."""
     if isinstance(spec, str):
-        from simhete.workload.presets import get_model
         spec = get_model(spec)
     return _build(spec, micro_batch, seq_len, dtype, flash_attention)
 

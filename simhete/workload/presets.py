@@ -38,7 +38,7 @@ def gpt_like(hidden: int, layers: int, heads: int | None = None, max_seq: int = 
     return ModelSpec(name=name, family="gpt-like", n_layers=layers, hidden=hidden, n_heads=heads,
                      n_kv_heads=heads, ffn_hidden=4 * hidden, vocab=GPT2_VOCAB, max_seq=max_seq,
                      norm="layernorm", mlp="gelu", bias=True, pos="learned",
-                     tied_embeddings=True, dropout=True)
+                     tied_embeddings=True, dropout=True, attn_dropout=True)
 
 
 def _default_heads(hidden: int) -> int:
@@ -48,17 +48,19 @@ def _default_heads(hidden: int) -> int:
 def _gpt3(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
     # Brown et al. 2020, "Language Models are Few-Shot Learners", §2.1: GPT-2 architecture
     # (pre-LayerNorm, GeLU, learned positions, tied embeddings), context 2048, ffn = 4·d_model,
-    # GPT-2 BPE vocabulary. The alternating locally banded sparse attention is not modelled.
+    # GPT-2 BPE vocabulary, GPT-2's dropout (residual, embedding and attention). The alternating
+    # locally banded sparse attention is not modelled.
     return ModelSpec(name=name, family="gpt3", n_layers=layers, hidden=hidden, n_heads=heads,
                      n_kv_heads=heads, ffn_hidden=4 * hidden, vocab=GPT2_VOCAB, max_seq=2048,
                      norm="layernorm", mlp="gelu", bias=True, pos="learned",
-                     tied_embeddings=True, dropout=True)
+                     tied_embeddings=True, dropout=True, attn_dropout=True)
 
 
 def _opt(name: str, layers: int, heads: int, hidden: int) -> ModelSpec:
     # Zhang et al. 2022, "OPT: Open Pre-trained Transformer Language Models", Table 1 (layers,
-    # heads, d_model); §2.2: ReLU, dropout 0.1, context 2048; ffn = 4·d_model, vocab 50272 and
-    # 2 extra learned position rows (padding offset) from the released Hugging Face config.json.
+    # heads, d_model); §2.2: ReLU, dropout 0.1, context 2048; ffn = 4·d_model, vocab 50272,
+    # attention_dropout 0.0 and 2 extra learned position rows (padding offset) from the released
+    # Hugging Face config.json.
     return ModelSpec(name=name, family="opt", n_layers=layers, hidden=hidden, n_heads=heads,
                      n_kv_heads=heads, ffn_hidden=4 * hidden, vocab=50272, max_seq=2048,
                      norm="layernorm", mlp="relu", bias=True, pos="learned",
@@ -69,7 +71,7 @@ def _llama(name: str, family: str, layers: int, hidden: int, heads: int, kv_head
            vocab: int, max_seq: int) -> ModelSpec:
     # LLaMA architecture: pre-RMSNorm, SwiGLU, rotary positions, no biases, untied LM head,
     # no dropout (Touvron et al. 2023, "Llama 2", §2.2 and Table 1; Dubey et al. 2024, "The Llama 3
-    # Herd of Models", Table 3). ffn and vocab as in the released config.json files.
+    # Herd of Models", Table 3). ffn, vocab and attention_dropout 0.0 as in the released config.json.
     return ModelSpec(name=name, family=family, n_layers=layers, hidden=hidden, n_heads=heads,
                      n_kv_heads=kv_heads, ffn_hidden=ffn, vocab=vocab, max_seq=max_seq,
                      norm="rmsnorm", mlp="swiglu", bias=False, pos="rope",

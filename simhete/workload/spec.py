@@ -49,7 +49,9 @@ class ModelSpec:
     pos: Literal["learned", "rope"] = "learned"
     tied_embeddings: bool = True
     dropout: bool = False
-    """Whether training applies dropout (masks are saved for backward, 1 byte per element)."""
+    """Dropout on the embedding and residual branches (1-byte masks saved for backward)."""
+    attn_dropout: bool = False
+    """Dropout on the attention probabilities (stored only without flash attention)."""
     pos_offset: int = 0
     """Extra learned position rows (OPT reserves 2 for padding: 2050 rows for 2048 positions)."""
 
@@ -71,7 +73,7 @@ class ModelSpec:
         for f, allowed in (("norm", NORMS), ("mlp", MLPS), ("pos", POSITIONS)):
             if getattr(self, f) not in allowed:
                 raise ConfigError(None, f, getattr(self, f), allowed="one of " + ", ".join(allowed))
-        for f in ("bias", "tied_embeddings", "dropout"):
+        for f in ("bias", "tied_embeddings", "dropout", "attn_dropout"):
             if not isinstance(getattr(self, f), bool):
                 raise ConfigError(None, f, getattr(self, f), allowed="true or false")
         if self.pos_offset and self.pos != "learned":
