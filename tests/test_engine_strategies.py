@@ -57,7 +57,8 @@ def schedules(draw, max_tasks: int = 12, with_memory: bool = True, with_ops: boo
             for k in range(draw(st.integers(0, 2))):
                 pool = draw(st.sampled_from(POOLS))
                 persist = draw(st.integers(0, 9)) == 0
-                a = Alloc(f"b{i}_{k}", pool, draw(st.integers(0, caps[pool])),
+                size = draw(st.integers(0, caps[pool] // 4) if draw(st.integers(0, 3)) else st.integers(0, caps[pool]))
+                a = Alloc(f"b{i}_{k}", pool, size,
                           draw(st.sampled_from(list(MemClass))), persist)
                 allocs[i].append(a)
                 if not persist:
