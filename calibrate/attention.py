@@ -1,0 +1,52 @@
+"""Causal fused attention forward and backward (torch scaled_dot_product_attention).
+
+Shapes are (batch, heads, seq, head_dim) with seq_q = seq_kv. FLOPs follow
+simhete.schedule.Op.flops (4·b·h·s²·d halved for causal; backward 2.5× forward). The backward is
+timed alone, by re-running autograd over a retained graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from simhete.opkinds import OpKind
+from simhete.schedule.model import Op
+
+from calibrate.common import TORCH_DTYPES, Ctx, missing, ok, rand, seed
+from calibrate.timing import measure
+
+NAME = "attention"
+COLUMNS = ("pass", "dtype", "batch", "heads", "seq", "head_dim", "causal", "flops", "split")
+
+
+def points(ctx: Ctx) -> list[dict[str, object]]:
+    g = ctx.grid
+    out: list[dict[str, object]] = []
+    for shapes, split in ((g.attn_shapes, "fit"), (g.attn_holdout, "holdout")):
+        for b, h, s, d in shapes:
+            for pas, kind in (("fwd", OpKind.ATTN_FWD), ("bwd", OpKind.ATTN_BWD)):
+                flops = Op(kind, (b, h, s, s, d, 1)).flops
+                out.append({"pass": pas, "dtype": g.attn_dtype, "batch": b, "heads": h, "seq": s,
+                            "head_dim": d, "causal": 1, "flops": int(flops), "split": split})
+    return out
+
+
+def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
+    dev, dt = ctx.target.device, TORCH_DTYPES[str(p["dtype"])]
+    shape = (int(p["batch"]), int(p["heads"]), int(p["seq"]), int(p["head_dim"]))  # (B, nh, T, hs)
+    seed()
+    q, k, v = (rand(shape, dt, dev).requires_grad_(p["pass"] == "bwd") for _ in range(3))
+    try:
+        if p["pass"] == "fwd":
+            with torch.no_grad():
+                fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+                fn()
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            go = rand(shape, dt, dev)
+            fn = lambda: torch.autograd.grad(o, (q, k, v), go, retain_graph=True)  # noqa: E731
+            fn()
+    except (RuntimeError, NotImplementedError) as e:
+        return missing(p, f"attention unsupported here ({str(e).splitlines()[0][:80]})")
+    return ok(p, measure(fn, ctx.grid.methodology, ctx.cuda))

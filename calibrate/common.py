@@ -1,0 +1,52 @@
+"""What every suite shares: the run context, dtype names, random inputs and the row format.
+
+A suite is a module with ``NAME``, ``COLUMNS`` (its parameter columns), ``points(ctx)`` (the list of
+parameter dicts to measure, each with ``split`` = ``fit`` or ``holdout``) and ``run(ctx, point)``,
+which returns the point's row: its parameters, the timing columns and ``status`` (``ok`` or
+``missing: <why>`` — a piece that cannot run here is recorded as missing, never invented).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from calibrate.device import Target
+from calibrate.grids import Grid
+from calibrate.timing import STAT_COLUMNS, Stat
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32,
+                "fp32": torch.float32}
+ROW_TAIL = (*STAT_COLUMNS, "status")
+SEED = 1234
+
+
+@dataclass(frozen=True)
+class Ctx:
+    target: Target
+    grid: Grid
+
+    @property
+    def cuda(self) -> torch.device | None:
+        """The device to time with CUDA events, or None to time on the host clock."""
+        return self.target.device if self.target.is_cuda else None
+
+
+def rand(shape: tuple[int, ...] | int, dtype: torch.dtype, device: torch.device,
+         pin: bool = False) -> torch.Tensor:
+    """Normal random values (never zeros: some kernels and copies short-cut on zero pages)."""
+    t = torch.randn(shape, dtype=torch.float32, device=device).to(dtype)
+    return t.pin_memory() if pin else t
+
+
+def ok(point: dict[str, object], stat: Stat, **extra: object) -> dict[str, object]:
+    return {**point, **extra, **stat.row(), "status": "ok"}
+
+
+def missing(point: dict[str, object], why: str) -> dict[str, object]:
+    return {**point, **{c: "" for c in STAT_COLUMNS}, "status": f"missing: {why}"}
+
+
+def seed() -> None:
+    torch.manual_seed(SEED)

@@ -1,0 +1,85 @@
+"""Run the chosen suites with a progress bar per suite and write one raw CSV per suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from simhete.hw.fit import SYSTEM, write_raw
+
+from calibrate import adam, attention, collectives, copies, gemm, interference, membw
+from calibrate.common import ROW_TAIL, Ctx
+from calibrate.device import Target, host_cpu, host_memory_bytes, provenance
+from calibrate.grids import Grid
+
+SUITES: dict[str, ModuleType] = {m.NAME: m for m in (gemm, attention, membw, copies, adam,
+                                                     interference, collectives)}
+
+
+def _sockets() -> int:
+    try:
+        with open("/proc/cpuinfo") as f:
+            ids = {line.split(":", 1)[1].strip() for line in f if line.startswith("physical id")}
+        return max(1, len(ids))
+    except OSError:
+        return 1
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def system_rows(target: Target, grid: Grid) -> list[dict[str, object]]:
+    """Facts queried (not timed) about the device and host, for the profile's non-fitted fields."""
+    host_mem = host_memory_bytes()
+    if target.is_cuda:
+        free, total = torch.cuda.mem_get_info(target.device)
+        reserved, how = total - free, "cudaMemGetInfo total - free after CUDA context creation"
+        sms, tile = torch.cuda.get_device_properties(0).multi_processor_count, 128
+        pinned, pinned_how = host_mem // 2, ("not measured; assumed half of host memory (pinning "
+                                             "more starves the OS and page cache)")
+    else:
+        avail = _mem_available()
+        reserved = host_mem - avail if avail is not None else 0
+        how = "host memory in use at calibration time (MemTotal - MemAvailable, /proc/meminfo)"
+        sms, tile = os.cpu_count() or 1, 1  # a CPU has no tile/wave quantisation: 1x1 "tiles"
+        pinned, pinned_how = 0, "not applicable: a CPU device has no pinned memory"
+    items = {"device_type": target.kind, "device": target.name, "count": max(1, target.gpu_count),
+             "memory_bytes": target.memory_bytes, "reserved_bytes": reserved, "reserved_how": how,
+             "sms": sms, "gemm_tile": tile, "host_cpu": host_cpu(), "host_sockets": _sockets(),
+             "host_cores": os.cpu_count() or 1, "host_memory_bytes": host_mem,
+             "pinned_limit_bytes": pinned, "pinned_limit_how": pinned_how, "grid": grid.level}
+    return [{"item": k, "value": v, "status": "ok"} for k, v in items.items()]
+
+
+def run_suites(target: Target, grid: Grid, names: list[str], raw_dir: Path,
+               console: Console | None = None) -> None:
+    """Measure ``names`` (in the order of SUITES) into ``raw_dir``/<suite>.csv."""
+    ctx = Ctx(target, grid)
+    meth = grid.methodology.header()
+    write_raw(raw_dir / f"{SYSTEM}.csv", provenance(target, SYSTEM, {"grid": grid.level}),
+              ("item", "value", "status"), system_rows(target, grid))
+    columns = (TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as prog:
+        plans = [(n, SUITES[n], SUITES[n].points(ctx)) for n in SUITES if n in names]
+        tasks = {n: prog.add_task(n, total=len(pts)) for n, _, pts in plans}
+        for name, mod, pts in plans:
+            rows = []
+            for p in pts:
+                rows.append(mod.run(ctx, p))
+                prog.advance(tasks[name])
+            write_raw(raw_dir / f"{name}.csv", provenance(target, name, {**meth, "grid": grid.level}),
+                      (*mod.COLUMNS, *ROW_TAIL), rows)

@@ -1,0 +1,152 @@
+"""`simhete calibrate`: measure this machine and write a fitted hardware profile.
+
+Writes ``X.yaml`` (the profile), ``X.raw/`` (one CSV per suite, with provenance) and ``X.fit.md``
+(fitted parameters, held-out error, noise) side by side. Everything is built in a staging
+directory next to ``X.yaml`` and moved into place at the end, so an interrupted or failed run
+leaves what was there before untouched. ``--refit RAW_DIR`` refits existing raw data with no
+device and no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simhete.errors import SimheteError
+from simhete.hw.fit import SUITES, fit
+
+HELP = "measure this machine (GPU, or the CPU as the device) and write a fitted hardware profile"
+NEEDED = ("gemm", "membw", "copy")   # what a profile cannot do without
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="X.yaml",
+                   help="profile to write; X.raw/ and X.fit.md are written beside it")
+    p.add_argument("--quick", action="store_true", help="reduced grid (about a minute on a CPU)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="device to calibrate (auto: CUDA if available, else the CPU)")
+    p.add_argument("--suites", default=",".join(SUITES),
+                   help=f"comma-separated subset of: {', '.join(SUITES)} (default: all)")
+    p.add_argument("--force", action="store_true", help="replace an existing profile and its data")
+    p.add_argument("--refit", metavar="RAW_DIR",
+                   help="no measuring: refit the raw CSVs in RAW_DIR (no device, no torch needed)")
+
+
+def parse_suites(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in SUITES]
+    if bad or not names:
+        raise SimheteError(f"--suites: unknown suite {bad[0] if bad else text!r}; allowed: "
+                           f"{', '.join(SUITES)}")
+    lacking = [s for s in NEEDED if s not in names]
+    if lacking:
+        raise SimheteError(f"--suites {text}: a profile needs {', '.join(NEEDED)}; add "
+                           f"{', '.join(lacking)}")
+    return names
+
+
+class _FlowDumper(yaml.SafeDumper):
+    """Lists of numbers on one line ([M, N, K, tflops]); everything else block style."""
+
+
+def _repr_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_FlowDumper.add_representer(list, _repr_list)
+
+
+def dump_profile(profile: dict[str, Any], how: str) -> str:
+    head = (f"# Fitted hardware profile written by `simhete calibrate` ({how}).\n"
+            "# Every measured number names its raw CSV; docs/calibration.md explains the fits.\n")
+    return head + yaml.dump(profile, Dumper=_FlowDumper, sort_keys=False, width=100,
+                            allow_unicode=True)
+
+
+def _check_targets(paths: list[Path], force: bool) -> None:
+    for p in paths:
+        if p.exists() and not force:
+            raise SimheteError(f"{p} exists; pass --force to replace it (nothing was changed)")
+    parent = paths[0].parent
+    if not parent.is_dir():
+        raise SimheteError(f"--out {paths[0]}: directory {parent} does not exist")
+
+
+def _staging(parent: Path) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix=".calibrate-", dir=parent))
+    except OSError as e:
+        raise SimheteError(f"--out: cannot write in {parent}: {e.strerror}") from None
+
+
+def _install(staged: list[tuple[Path, Path]]) -> None:
+    """Move staged files into place, replacing what --force allowed to replace."""
+    for src, dst in staged:
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        src.replace(dst)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise SimheteError(f"--out {out}: a profile file ends in .yaml or .yml")
+    if args.refit:
+        return _refit(Path(args.refit), out, args.force)
+    suites = parse_suites(args.suites)
+    raw_dir, report = out.with_suffix(".raw"), out.with_suffix(".fit.md")
+    _check_targets([out, raw_dir, report], args.force)
+    try:
+        from rich.console import Console
+
+        from calibrate.device import select
+        from calibrate.grids import grid
+        from calibrate.runner import run_suites
+    except ModuleNotFoundError as e:
+        raise SimheteError(f"calibrate needs torch ({e.name} not installed): "
+                           "pip install 'simhete[torch]'") from None
+    target = select(args.device)
+    g = grid("quick" if args.quick else "full", target.kind)
+    console = Console(stderr=True)
+    console.print(f"calibrating {target.name} ({target.kind}), {g.level} grid, suites: "
+                  f"{', '.join(suites)}")
+    t0 = time.perf_counter()
+    stage = _staging(out.parent)
+    try:
+        s_raw = stage / raw_dir.name
+        s_raw.mkdir()
+        run_suites(target, g, suites, s_raw, console)
+        result = fit(s_raw, out.stem, stage)
+        (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
+        (stage / report.name).write_text(result.report)
+        _install([(s_raw, raw_dir), (stage / report.name, report), (stage / out.name, out)])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print(f"wrote {out}, {raw_dir}/ and {report} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _refit(raw_dir: Path, out: Path, force: bool) -> int:
+    if not raw_dir.is_dir():
+        raise SimheteError(f"--refit {raw_dir}: raw data directory not found")
+    report = raw_dir.with_suffix(".fit.md")
+    _check_targets([out, report], force)
+    result = fit(raw_dir, out.stem, out.parent)
+    stage = _staging(out.parent)
+    try:
+        (stage / out.name).write_text(dump_profile(result.profile, f"refit from {raw_dir.name}"))
+        (stage / report.name).write_text(result.report)
+        _install([(stage / report.name, report), (stage / out.name, out)])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print(f"wrote {out} and {report} (refit from {raw_dir})")
+    return 0

@@ -1,0 +1,559 @@
+"""Fitting raw calibration data into a hardware profile. No torch: a profile is refitted anywhere.
+
+Raw data is one CSV per suite (written by :mod:`calibrate`), each starting with ``# key: value``
+provenance lines (suite, device, driver, torch, host, date, methodology), then a header row and one
+row per measured point with its timing statistics and ``status`` (``ok`` or ``missing: <why>``).
+Points are split into ``fit`` and ``holdout``; fits use only ``fit`` rows, and the error of the
+fitted profile *as priced by* :class:`simhete.hw.cost.CostModel` is reported on the held-out rows.
+
+Fits (docs/calibration.md has the details):
+
+- GEMM: the measured rates as a table (interpolated in log space by
+  :class:`simhete.hw.gemm.GemmInterpolator`); peak = best measured rate; the roofline fallback's
+  ``k_half`` by least squares in log space.
+- Attention: the measured exact shapes as a table; fwd/bwd efficiency = median of rate / peak.
+- Memory-bound ops: α-β over all ops (T = α + bytes/β): β → ``mem_bandwidth_gbps``,
+  α → ``launch_overhead_us``.
+- Links and host memcpy: α-β per direction and memory kind, plus the measured curve.
+- CPU Adam: α-β per thread count (β = params/s).
+- Interference: slowdown = median(victim with aggressor) / median(victim alone).
+
+Every fitted number is a ``measured`` quantity carrying the raw file, device, driver, torch
+version, host and date of the data it came from. Output is deterministic: the same raw files give
+the same profile, byte for byte.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from scipy.optimize import lsq_linear, minimize_scalar
+
+from simhete.config import validate
+from simhete.errors import ConfigError
+from simhete.hw.gemm import GemmInterpolator
+from simhete.opkinds import OpKind
+from simhete.schedule.model import Op
+
+SUITES = ("gemm", "attention", "membw", "copy", "adam", "interference", "collectives")
+SYSTEM = "system"   # facts queried from the OS/driver, not timed; always written
+SIG = 4             # significant digits kept in fitted numbers (measurements are noisier)
+
+
+# ------------------------------------------------------------------------------ raw CSV ----
+
+@dataclass(frozen=True)
+class RawTable:
+    """One raw CSV: provenance header, column names, and rows of strings."""
+
+    meta: dict[str, str]
+    columns: tuple[str, ...]
+    rows: tuple[dict[str, str], ...]
+    path: Path
+
+    def ok(self, **match: str) -> list[dict[str, str]]:
+        """Rows measured successfully whose columns equal ``match``."""
+        return [r for r in self.rows if r["status"] == "ok"
+                and all(r[k] == v for k, v in match.items())]
+
+
+def _fmt(v: object) -> str:
+    return repr(v) if isinstance(v, float) else str(v)  # repr round-trips floats exactly
+
+
+def write_raw(path: str | Path, meta: dict[str, str], columns: Iterable[str],
+              rows: Iterable[dict[str, object]]) -> None:
+    cols = list(columns)
+    buf = io.StringIO()
+    buf.write("# simhete raw calibration data (docs/calibration.md)\n")
+    for k, v in meta.items():
+        buf.write(f"# {k}: {' '.join(str(v).split())}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([_fmt(r.get(c, "")) for c in cols])
+    Path(path).write_text(buf.getvalue())
+
+
+def read_raw(path: str | Path) -> RawTable:
+    p = Path(path)
+    meta: dict[str, str] = {}
+    lines = p.read_text().splitlines()
+    body = []
+    for line in lines:
+        if line.startswith("#"):
+            key, sep, val = line[1:].partition(":")
+            if sep and not body:
+                meta[key.strip()] = val.strip()
+        else:
+            body.append(line)
+    reader = csv.reader(body)
+    try:
+        columns = tuple(next(reader))
+    except StopIteration:
+        raise ConfigError(str(p), None, problem="raw CSV has no header row") from None
+    rows = []
+    for i, rec in enumerate(reader):
+        if len(rec) != len(columns):
+            raise ConfigError(str(p), f"row {i + 1}", problem=f"has {len(rec)} fields, header has "
+                                                               f"{len(columns)}")
+        rows.append(dict(zip(columns, rec)))
+    if "status" not in columns:
+        raise ConfigError(str(p), None, problem="raw CSV lacks the status column")
+    return RawTable(meta, columns, tuple(rows), p)
+
+
+# ------------------------------------------------------------------------------ helpers ----
+
+def sig(x: float) -> float:
+    return float(f"{x:.{SIG}g}")
+
+
+def alpha_beta(sizes: list[float], times: list[float]) -> tuple[float, float]:
+    """Least squares of T = α + n/β in relative error (each row divided by its T), α ≥ 0.
+
+    Returns (α seconds, β units per second). One size fits β through the origin.
+    """
+    n = np.asarray(sizes, dtype=float)
+    t = np.asarray(times, dtype=float)
+    if len(n) == 1:
+        return 0.0, float(n[0] / t[0])
+    a = np.column_stack([1.0 / t, n / t])
+    res = lsq_linear(a, np.ones_like(t), bounds=([0.0, 1e-30], [np.inf, np.inf]), method="bvls")
+    alpha, inv_beta = (float(x) for x in res.x)
+    return alpha, 1.0 / inv_beta
+
+
+def rel_errors(pred: Iterable[float], meas: Iterable[float]) -> list[float]:
+    return [abs(p - m) / m for p, m in zip(pred, meas)]
+
+
+def err_text(errs: list[float]) -> str:
+    if not errs:
+        return "no held-out points"
+    return (f"median {100 * float(np.median(errs)):.1f}%, max {100 * max(errs):.1f}% "
+            f"over {len(errs)} held-out points")
+
+
+def _f(r: dict[str, str], k: str) -> float:
+    return float(r[k])
+
+
+@dataclass
+class Fit:
+    """The fitted profile (a dict ready for YAML) and the fit report (Markdown)."""
+
+    profile: dict[str, Any]
+    report: str
+
+
+@dataclass
+class _State:
+    raw_dir: Path
+    profile_dir: Path
+    tables: dict[str, RawTable]
+    sections: list[str] = field(default_factory=list)
+    holdout: dict[str, list[tuple[Op, float]]] = field(default_factory=dict)
+
+    def q(self, suite: str, value: float, ref: str) -> dict[str, Any]:
+        """A measured Quantity backed by ``suite``'s raw file."""
+        t = self.tables[suite]
+        m = t.meta
+        raw = os.path.relpath(t.path, self.profile_dir).replace(os.sep, "/")
+        out: dict[str, Any] = {"value": value, "source": "measured", "ref": ref, "raw": raw,
+                               "device": m.get("device", "?"), "driver": m.get("driver", "?"),
+                               "torch": m.get("torch", "?"), "date": m.get("date", "?"),
+                               "host": m.get("host", "?")}
+        return out
+
+    def prov(self, suite: str, ref: str) -> dict[str, Any]:
+        out = self.q(suite, 0.0, ref)
+        del out["value"]
+        return out
+
+
+# -------------------------------------------------------------------------------- fits -----
+
+def _system(st: _State) -> dict[str, str]:
+    t = st.tables[SYSTEM]
+    return {r["item"]: r["value"] for r in t.rows}
+
+
+def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
+    t = st.tables["gemm"]
+    rows = [r for r in t.ok() if r["split"] == "fit"]
+    if not rows:
+        raise ConfigError(str(t.path), None, problem="no measured GEMM points to fit")
+    points: dict[str, list[list[float]]] = {}
+    for r in rows:
+        tflops = _f(r, "flops") / _f(r, "median_s") / 1e12
+        points.setdefault(r["dtype"], []).append([int(r["M"]), int(r["N"]), int(r["K"]), sig(tflops)])
+    peak = {dt: max(p[3] for p in pts) for dt, pts in points.items()}
+    sms, tile = int(sysinfo["sms"]), int(sysinfo["gemm_tile"])
+
+    def shape_factor(m: float, n: float, k: float, k_half: float) -> float:
+        # Mirrors simhete.hw.profile.Gpu.shape_factor (tile + wave quantisation, small-K factor).
+        tiles = math.ceil(m / tile) * math.ceil(n / tile)
+        waves = math.ceil(tiles / sms)
+        return (m * n) / (waves * sms * tile * tile) * k / (k + k_half)
+
+    def loss(log_kh: float) -> float:
+        kh = math.exp(log_kh)
+        return sum((math.log(p[3] / peak[dt]) - math.log(shape_factor(p[0], p[1], p[2], kh))) ** 2
+                   for dt, pts in points.items() for p in pts)
+
+    best = minimize_scalar(loss, bounds=(0.0, math.log(1e5)), method="bounded",
+                           options={"xatol": 1e-6})
+    k_half = sig(math.exp(float(best.x)))
+    for dt in points:
+        points[dt].sort()
+    gpu["peak_tflops"] = {dt: st.q("gemm", peak[dt], f"best measured {dt} GEMM rate over the grid "
+                                   "(used as peak; not a datasheet number)") for dt in sorted(peak)}
+    gpu["gemm"] = {
+        "model": "table",
+        "max_efficiency": st.q("gemm", 1.0, "1 by construction: peak_tflops is the best measured rate"),
+        "tile_m": tile, "tile_n": tile,
+        "k_half": st.q("gemm", k_half, "least squares of log(rate/peak) against the roofline "
+                                       "shape factor over the fit points"),
+        "table": {**st.prov("gemm", "torch.mm end to end per call, median of repeats; fit points "
+                                    "only (held-out shapes are in the raw file)"),
+                  "points": {dt: points[dt] for dt in sorted(points)}},
+    }
+    st.holdout["gemm"] = [(Op(OpKind.GEMM, (int(r["M"]), int(r["N"]), int(r["K"])), dtype=r["dtype"]),
+                           _f(r, "median_s")) for r in t.ok(split="holdout")]
+    roof = [sig(math.exp(float(best.x)))]
+    st.sections.append(
+        f"## gemm\n\n- fit points: {sum(len(p) for p in points.values())} "
+        f"({', '.join(f'{dt}: {len(p)}' for dt, p in sorted(points.items()))})\n"
+        f"- peak (best measured) TFLOP/s: "
+        f"{', '.join(f'{dt} {peak[dt]}' for dt in sorted(peak))}\n"
+        f"- roofline fallback: tile {tile}, units {sms}, k_half {roof[0]} "
+        f"(log-space residual {math.sqrt(best.fun / max(1, len(rows))):.3f})\n")
+
+
+def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
+    t = st.tables["attention"]
+    rows = [r for r in t.ok() if r["split"] == "fit"]
+    if not rows:
+        return
+    peak = {dt: q["value"] for dt, q in gpu["peak_tflops"].items()}
+    table: dict[str, dict[str, list[list[float]]]] = {"fwd": {}, "bwd": {}}
+    effs: dict[str, list[float]] = {"fwd": [], "bwd": []}
+    for r in rows:
+        dt = r["dtype"]
+        tflops = _f(r, "flops") / _f(r, "median_s") / 1e12
+        s = int(r["seq"])
+        table[r["pass"]].setdefault(dt, []).append(
+            [int(r["batch"]), int(r["heads"]), s, s, int(r["head_dim"]), int(r["causal"]), sig(tflops)])
+        if dt in peak:
+            effs[r["pass"]].append(tflops / peak[dt])
+    eff = {p: sig(min(1.0, float(np.median(v)))) for p, v in effs.items() if v}
+    if set(eff) != {"fwd", "bwd"}:
+        return
+    gpu["attention"] = {
+        f"{p}_efficiency": st.q("attention", eff[p], f"median over {len(effs[p])} fit shapes of "
+                                f"measured rate / peak_tflops (capped at 1)") for p in ("fwd", "bwd")}
+    gpu["attention"]["table"] = {
+        **st.prov("attention", "scaled_dot_product_attention, causal, end to end per call"),
+        **{p: {dt: sorted(v) for dt, v in sorted(table[p].items())} for p in ("fwd", "bwd")}}
+    st.holdout["attention"] = [
+        (Op(OpKind.ATTN_FWD if r["pass"] == "fwd" else OpKind.ATTN_BWD,
+            (int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]), int(r["head_dim"]),
+             int(r["causal"])), dtype=r["dtype"]), _f(r, "median_s"))
+        for r in t.ok(split="holdout")]
+    st.sections.append(f"## attention\n\n- fit shapes: {len(rows)}; efficiency of peak: "
+                       f"fwd {eff['fwd']}, bwd {eff['bwd']}\n")
+
+
+def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
+    t = st.tables["membw"]
+    rows = [r for r in t.ok() if r["split"] == "fit"]
+    if not rows:
+        raise ConfigError(str(t.path), None, problem="no measured memory-bound points to fit")
+    alpha, beta = alpha_beta([_f(r, "bytes") for r in rows], [_f(r, "median_s") for r in rows])
+    per_op = []
+    for op in sorted({r["op"] for r in rows}):
+        sub = [r for r in rows if r["op"] == op]
+        a, b = alpha_beta([_f(r, "bytes") for r in sub], [_f(r, "median_s") for r in sub])
+        per_op.append(f"{op} {b / 1e9:.1f} GB/s + {a * 1e6:.1f} us")
+    gpu["mem_bandwidth_gbps"] = st.q("membw", sig(beta / 1e9), "alpha-beta fit over all "
+                                     "memory-bound ops (bytes read + written): achievable bandwidth")
+    gpu["memory_bound_efficiency"] = st.q("membw", 1.0, "1 by construction: mem_bandwidth_gbps "
+                                          "is the achieved bandwidth of these ops")
+    gpu["launch_overhead_us"] = st.q("membw", sig(alpha * 1e6), "alpha (intercept) of the same "
+                                     "alpha-beta fit: per-op fixed cost")
+    st.holdout["membw"] = [(Op(OpKind.ELEMENTWISE, n=int(r["bytes"])), _f(r, "median_s"))
+                           for r in t.ok(split="holdout")]
+    st.sections.append(f"## membw\n\n- pooled alpha-beta: {beta / 1e9:.2f} GB/s, "
+                       f"{alpha * 1e6:.2f} us per op\n- per op: {'; '.join(per_op)}\n")
+
+
+def _link(st: _State, rows: list[dict[str, str]], what: str) -> dict[str, Any]:
+    sizes = [_f(r, "bytes") for r in rows]
+    times = [_f(r, "median_s") for r in rows]
+    a, b = alpha_beta(sizes, times)
+    curve = sorted({int(s): sig(s / t / 1e9) for s, t in zip(sizes, times)}.items())
+    out: dict[str, Any] = {
+        "bandwidth_gbps": st.q("copy", sig(b / 1e9), f"alpha-beta fit of {what} time vs bytes"),
+        "latency_us": st.q("copy", sig(a * 1e6), f"alpha of the {what} alpha-beta fit"),
+    }
+    if len(curve) >= 2:
+        out["curve"] = {**st.prov("copy", f"{what}: bytes / median time at each fit size"),
+                        "points": [[s, g] for s, g in curve]}
+    return out
+
+
+def _fit_copy(st: _State, device_type: str, host: dict[str, Any]) -> dict[str, Any] | None:
+    t = st.tables["copy"]
+    lines = []
+    memcpy = [r for r in t.ok(kind="memcpy", memory="host") if r["split"] == "fit"]
+    stream = [r for r in t.ok(kind="stream_add", memory="host") if r["split"] == "fit"]
+    if not memcpy or not stream:
+        raise ConfigError(str(t.path), None, problem="no measured host memcpy/stream_add points")
+    a, b = alpha_beta([_f(r, "bytes") for r in memcpy], [_f(r, "median_s") for r in memcpy])
+    host["memcpy_gbps"] = st.q("copy", sig(b / 1e9), "alpha-beta fit of host-to-host copy_ "
+                               "(bytes copied / time)")
+    lines.append(f"- host memcpy: {b / 1e9:.2f} GB/s, alpha {a * 1e6:.2f} us")
+    sa, sb = alpha_beta([3 * _f(r, "bytes") for r in stream], [_f(r, "median_s") for r in stream])
+    host["dram_bandwidth_gbps"] = st.q("copy", sig(sb / 1e9), "alpha-beta fit of STREAM add "
+                                       "(3 x bytes: read a, b; write c) on host fp32 tensors")
+    lines.append(f"- host STREAM add: {sb / 1e9:.2f} GB/s, alpha {sa * 1e6:.2f} us")
+    links: dict[str, Any] | None
+    singles: dict[str, dict[int, float]] = {}
+    if device_type == "cuda":
+        links = {}
+        for d in ("h2d", "d2h"):
+            links[d] = {}
+            for mem in ("pinned", "pageable"):
+                rows = [r for r in t.ok(kind=d, memory=mem) if r["split"] == "fit"]
+                if not rows:
+                    return None  # a cuda profile needs every link; the report says which is missing
+                links[d][mem] = _link(st, rows, f"{d} {mem}")
+                lines.append(f"- {d} {mem}: {links[d][mem]['bandwidth_gbps']['value']} GB/s, "
+                             f"latency {links[d][mem]['latency_us']['value']} us")
+                st.holdout.setdefault("copy", []).extend(
+                    (Op(OpKind.H2D if d == "h2d" else OpKind.D2H, n=int(r["bytes"]),
+                        pinned=mem == "pinned"), _f(r, "median_s"))
+                    for r in t.ok(kind=d, memory=mem, split="holdout"))
+            singles[d] = {int(r["bytes"]): _f(r, "median_s") for r in t.ok(kind=d, memory="pinned")}
+    else:
+        # A CPU device has no copy engine and no pinned memory: an H2D or D2H there is a host
+        # memcpy, whatever its memory kind, so both kinds of both directions get the memcpy fit.
+        what = "host memcpy (CPU device: H2D/D2H are host memcpy; pinned is not applicable)"
+        link = _link(st, memcpy, what)
+        links = {d: {"pinned": link, "pageable": link} for d in ("h2d", "d2h")}
+        st.holdout["copy"] = [(Op(OpKind.H2D, n=int(r["bytes"])), _f(r, "median_s"))
+                              for r in t.ok(kind="memcpy", memory="host", split="holdout")]
+        single = {int(r["bytes"]): _f(r, "median_s") for r in t.ok(kind="memcpy", memory="host")}
+        singles = {"h2d": single, "d2h": single}
+    dmem = "pinned" if device_type == "cuda" else "host"
+    ratios = []
+    for r in t.ok(kind="duplex", memory=dmem):
+        n = int(r["bytes"])
+        if all(n in singles[d] for d in ("h2d", "d2h")):
+            one = (singles["h2d"][n] + singles["d2h"][n]) / 2
+            ratios.append((n, one / _f(r, "median_s")))
+    if ratios:
+        n, frac = max(ratios)  # the largest size: copies long enough to overlap fully
+        frac_c = sig(min(1.0, frac))
+        note = "" if frac <= 1 else f" (measured {frac:.3f} > 1, within noise; capped at 1)"
+        lines.append(f"- duplex at {n} bytes: each direction keeps {frac:.3f} of its bandwidth")
+        links["duplex_factor"] = st.q("copy", frac_c, f"single-direction time / time of both "
+                                      f"directions at once, {n} bytes{note}")
+    if "duplex_factor" not in links:
+        if device_type == "cuda":
+            raise ConfigError(str(t.path), None, problem="no duplex measurement with matching "
+                                                         "single-direction sizes; links need one")
+        links = None  # CPU device: the cost model then prices copies with host.memcpy_gbps
+    missing = sorted({f"{r['kind']} {r['memory']}: {r['status']}" for r in t.rows
+                      if r["status"] != "ok"})
+    lines += [f"- {m}" for m in missing]
+    st.sections.append("## copy\n\n" + "\n".join(lines) + "\n")
+    return links
+
+
+def _fit_adam(st: _State, host: dict[str, Any], cores: int) -> None:
+    t = st.tables["adam"]
+    by: dict[int, float] = {}
+    lines = []
+    impls = sorted({r["impl"] for r in t.ok()})
+    for th in sorted({int(r["threads"]) for r in t.ok()}):
+        rows = [r for r in t.ok(threads=str(th)) if r["split"] == "fit"]
+        if not rows:
+            continue
+        a, b = alpha_beta([_f(r, "params") for r in rows], [_f(r, "median_s") for r in rows])
+        by[th] = b
+        ho = t.ok(threads=str(th), split="holdout")
+        errs = rel_errors([a + _f(r, "params") / b for r in ho], [_f(r, "median_s") for r in ho])
+        lines.append(f"- {th} threads: {b / 1e6:.1f} M params/s, alpha {a * 1e6:.1f} us; "
+                     f"held-out {err_text(errs)}")
+    if not by:
+        return
+    th = cores if cores in by else max(by)
+    host["adam"] = {
+        "params_per_s": st.q("adam", sig(by[th]), f"alpha-beta fit of torch AdamW ({', '.join(impls)})"
+                             f" step time vs fp32 params at {th} threads"),
+        "by_threads": {**st.prov("adam", "beta of the alpha-beta fit per thread count"),
+                       "points": [[k, sig(v)] for k, v in sorted(by.items())]},
+    }
+    st.holdout["adam"] = [(Op(OpKind.ADAM_CPU, n=int(r["params"])), _f(r, "median_s"))
+                          for r in t.ok(threads=str(th), split="holdout")]
+    st.sections.append(f"## adam\n\n- implementation: {', '.join(impls)}\n" + "\n".join(lines) + "\n")
+
+
+# Interference workloads → the schedule streams they stand for (simhete.schedule.model.STREAM_RE).
+_STREAMS = {
+    "cpu": {"gemm": ("gpu*.compute",), "memcpy": ("gpu*.h2d", "gpu*.d2h"), "adam": ("cpu.optim",)},
+    "cuda": {"gemm": ("gpu*.compute",), "h2d_pinned": ("gpu*.h2d",), "d2h_pinned": ("gpu*.d2h",),
+             "adam": ("cpu.optim",)},
+}
+
+
+def _fit_interference(st: _State, device_type: str, out: list[dict[str, Any]]) -> None:
+    t = st.tables["interference"]
+    lines = []
+    streams = _STREAMS[device_type]
+    for r in t.ok(condition="concurrent"):
+        v, ag = r["victim"], r["aggressor"]
+        alone = t.ok(victim=v, aggressor=ag, condition="alone")
+        if not alone:
+            continue
+        ratio = _f(r, "median_s") / _f(alone[0], "median_s")
+        unstable = r["unstable"] == "1" or alone[0]["unstable"] == "1"
+        lines.append(f"- {v} while {ag} runs: x{ratio:.3f}{' (unstable)' if unstable else ''}")
+        if v not in streams or ag not in streams:
+            lines[-1] += " (not in the profile: its stream cannot be told apart)"
+            continue
+        note = "" if ratio >= 1 else f"; measured {ratio:.3f} < 1, within noise: recorded as 1"
+        for vs in streams[v]:
+            for ags in streams[ag]:
+                out.append({"victim": vs, "aggressor": ags, "slowdown": st.q(
+                    "interference", sig(max(1.0, ratio)),
+                    f"median time of {v} while {ag} loops on another thread / alone{note}")})
+    st.sections.append("## interference\n\n" + "\n".join(lines) + "\n")
+
+
+def _fit_collectives(st: _State) -> dict[str, Any] | None:
+    t = st.tables["collectives"]
+    rows = [r for r in t.ok() if r["split"] == "fit" and r["op"] != "peer_copy"]
+    if not rows:
+        why = sorted({r["status"] for r in t.rows if r["status"] != "ok"})
+        st.sections.append("## collectives\n\n- " + ("; ".join(why) or "no data") + "\n")
+        return None
+    factor = {"all_reduce": lambda r: 2 * (r - 1) / r, "reduce_scatter": lambda r: (r - 1) / r,
+              "all_gather": lambda r: (r - 1) / r}  # nccl-tests doc/PERFORMANCE.md bus factors
+    sizes = [_f(r, "bytes") * factor[r["op"]](int(r["ranks"])) for r in rows]
+    a, b = alpha_beta(sizes, [_f(r, "median_s") for r in rows])
+    st.sections.append(f"## collectives\n\n- bus bandwidth {b / 1e9:.1f} GB/s, "
+                       f"latency {a * 1e6:.1f} us over {len(rows)} points\n")
+    return {"bus_bandwidth_gbps": st.q("collectives", sig(b / 1e9), "alpha-beta fit of NCCL "
+                                       "collective time vs bytes x nccl-tests bus factor"),
+            "latency_us": st.q("collectives", sig(a * 1e6), "alpha of the same fit")}
+
+
+def _noise(st: _State) -> str:
+    lines = ["## noise\n", "| suite | points | remeasured | unstable | median spread (IQR/median) |",
+             "|---|---|---|---|---|"]
+    for name in SUITES:
+        t = st.tables.get(name)
+        if t is None:
+            continue
+        ok = t.ok()
+        spreads = [(_f(r, "q3_s") - _f(r, "q1_s")) / _f(r, "median_s") for r in ok]
+        rem = sum(r["remeasured"] == "1" for r in ok)
+        uns = sum(r["unstable"] == "1" for r in ok)
+        med = f"{100 * float(np.median(spreads)):.1f}%" if spreads else "-"
+        lines.append(f"| {name} | {len(ok)} | {rem} | {uns} | {med} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- refit -----
+
+def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | None = None) -> Fit:
+    """Fit the raw CSVs in ``raw_dir`` into a profile dict and a report.
+
+    ``raw`` references in the profile are relative to ``profile_dir`` (default: the parent of
+    ``raw_dir``, where ``simhete calibrate`` puts the profile); ``name`` defaults to the raw
+    directory's name without ``.raw``.
+    """
+    from simhete.hw.cost import CostModel
+    from simhete.hw.profile import HardwareProfile
+
+    rd = Path(raw_dir)
+    if not rd.is_dir():
+        raise ConfigError(str(rd), None, problem="raw data directory not found")
+    tables = {p.stem: read_raw(p) for p in sorted(rd.glob("*.csv"))}
+    for need in (SYSTEM, "gemm", "membw", "copy"):
+        if need not in tables:
+            raise ConfigError(str(rd / f"{need}.csv"), None,
+                              problem=f"missing; a profile needs at least the {need} data")
+    st = _State(rd, Path(profile_dir) if profile_dir is not None else rd.parent, tables)
+    sysinfo = _system(st)
+    device_type = sysinfo["device_type"]
+    sys_ref = (f"queried from the OS and torch on {tables[SYSTEM].meta.get('date', '?')} "
+               f"(raw {os.path.relpath(tables[SYSTEM].path, st.profile_dir)})")
+    gpu: dict[str, Any] = {
+        "ref": sys_ref, "model": sysinfo["device"], "count": int(sysinfo["count"]),
+        "memory_bytes": int(sysinfo["memory_bytes"]),
+        "reserved_bytes": st.q(SYSTEM, int(sysinfo["reserved_bytes"]), sysinfo["reserved_how"]),
+        "sms": int(sysinfo["sms"]),
+    }
+    host: dict[str, Any] = {
+        "ref": sys_ref, "cpu_model": sysinfo["host_cpu"], "sockets": int(sysinfo["host_sockets"]),
+        "cores": int(sysinfo["host_cores"]), "memory_bytes": int(sysinfo["host_memory_bytes"]),
+    }
+    interference: list[dict[str, Any]] = []
+    _fit_gemm(st, sysinfo, gpu)
+    if "attention" in tables:
+        _fit_attention(st, gpu)
+    _fit_membw(st, gpu)
+    links = _fit_copy(st, device_type, host)
+    pinned = int(sysinfo["pinned_limit_bytes"])
+    host["pinned_limit_bytes"] = {"value": pinned, "source": "assumed",
+                                  "ref": sysinfo["pinned_limit_how"]}
+    if "adam" in tables:
+        _fit_adam(st, host, int(sysinfo["host_cores"]))
+    if "interference" in tables:
+        _fit_interference(st, device_type, interference)
+    coll = _fit_collectives(st) if "collectives" in tables else None
+    prof_name = name or rd.name.removesuffix(".raw")
+    profile: dict[str, Any] = {
+        "name": prof_name,
+        "description": f"calibrated by simhete calibrate on {sysinfo['device']} "
+                       f"({tables[SYSTEM].meta.get('date', '?')}, grid {sysinfo['grid']})",
+        "validated": False, "device_type": device_type, "gpu": gpu, "host": host,
+    }
+    if links is not None:
+        profile["links"] = links
+    if coll is not None:
+        profile["collectives"] = coll
+    profile["interference"] = interference
+    prof = validate(HardwareProfile, profile, str(rd))
+    cm = CostModel(prof)
+    errs_lines = ["## held-out error (the fitted profile priced by CostModel)\n",
+                  "| suite | error |", "|---|---|"]
+    for suite in SUITES:
+        if suite in st.holdout:
+            pts = st.holdout[suite]
+            errs = rel_errors([cm.op_seconds(op) for op, _ in pts], [m for _, m in pts])
+            errs_lines.append(f"| {suite} | {err_text(errs)} |")
+    head = (f"# Fit report: {prof_name}\n\n- device: {sysinfo['device']} ({device_type})\n"
+            f"- raw data: {rd.name}/ ({', '.join(sorted(tables))})\n"
+            f"- torch {tables[SYSTEM].meta.get('torch', '?')}, date "
+            f"{tables[SYSTEM].meta.get('date', '?')}, grid {sysinfo['grid']}\n"
+            f"- held-out points were never used by the fits\n")
+    report = "\n".join([head, "\n".join(errs_lines) + "\n", *st.sections, _noise(st)])
+    return Fit(profile, report)
+
+
+def refit(raw_dir: str | Path, name: str | None = None,
+          profile_dir: str | Path | None = None) -> dict[str, Any]:
+    """The profile dict fitted from raw CSV alone (no torch, no device)."""
+    return fit(raw_dir, name, profile_dir).profile
