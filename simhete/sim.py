@@ -86,7 +86,7 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
 def run(s: Scenario, engine: str = "fast", profile: Any = None) -> Result:
     ctx, policy = resolve(s, profile)
     sched = policy.build(ctx)
-    problems = check_schedule(sched)
+    problems = check_schedule(sched, capacity=False)
     if problems:  # a policy bug, not a user error: say exactly what is wrong
         raise SimheteError(f"policy {policy.name} built an invalid schedule: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

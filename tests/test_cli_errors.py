@@ -27,8 +27,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("old,new,pattern", [
-    ("model: llama2-7b", "model: llama9-7b", r"s\.yaml: model: bad value 'llama9-7b'; allowed: one of the models: .*llama2-7b"),
-    ("hardware: rtx4090-desktop", "hardware: rtx9090", r"s\.yaml: hardware: bad value 'rtx9090'; allowed: one of the .*h100-sxm"),
+    ("model: llama2-7b", "model: llama9-7b", r"s\.yaml: model: bad value 'llama9-7b'; allowed: one of the models .*llama2-7b"),
+    ("hardware: rtx4090-desktop", "hardware: rtx9090", r"s\.yaml: hardware: bad value 'rtx9090'; allowed: a profile path or one of: .*h100-sxm"),
     ("policy: zero-offload", "policy: zero-everything", r"s\.yaml: policy: bad value 'zero-everything'; allowed: one of the policies: .*gpu-only"),
     ("micro_batch: 1", "micro_batch: -1", r"s\.yaml: train\.micro_batch: bad value -1; allowed: greater than 0"),
     ("micro_batch: 1", "micro_batch: 0", r"s\.yaml: train\.micro_batch: bad value 0"),

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     plot_timeline(res.timeline, out / "timeline.png", pools=dict(res.schedule.pools), title=base.name)
     con.print(f"\nZeRO-Offload timeline: {out / 'trace.json'} (open in ui.perfetto.dev), {out / 'timeline.png'}\n")
 
-    what_if = {hw: run_scenario(base.with_changes(hardware=hw), engine=args.engine).summary for hw in HARDWARE}
+    what_if = {hw: run_scenario(base.with_changes(hardware={"profile": hw, "gpus": 1}), engine=args.engine).summary
+               for hw in HARDWARE}
     con.print(render_comparison(what_if, title="What if: the same ZeRO-Offload job on other GPUs"))
     return 0

@@ -72,8 +72,15 @@ def _notes(summaries: Mapping[str, Summary], named: bool) -> list[Text]:
     def prefix(name: str) -> str:
         return f"{name}: " if named else ""
     notes = [Text(f"{prefix(n)}{s.oom}", style="red") for n, s in summaries.items() if s.oom]
-    notes += [Text(f"{prefix(n)}uncalibrated: {', '.join(s.uncalibrated)}", style="yellow")
-              for n, s in summaries.items() if s.uncalibrated]
+    # numbers every column rests on are listed once; a column's own extras after its name
+    shared = set.intersection(*(set(s.uncalibrated) for s in summaries.values())) if summaries else set()
+    if shared and named and len(summaries) > 1:
+        notes.append(Text(f"uncalibrated (every column): {', '.join(sorted(shared))}", style="yellow"))
+    else:
+        shared = set()
+    notes += [Text(f"{prefix(n)}uncalibrated: {', '.join(f for f in s.uncalibrated if f not in shared)}",
+                   style="yellow")
+              for n, s in summaries.items() if set(s.uncalibrated) - shared]
     return notes
 
 
