@@ -181,18 +181,17 @@ class CostModel:
                 self._use("gpu.gemm.table", self.profile.gpu.gemm.table)
                 # Table rates are end to end per call (launch included): no separate launch term.
                 return max(flops / (tflops * 1e12), nbytes / (self._mem_bps * self._mb_eff))
-        return self._roofline(flops, self._gemm_rate(op.dtype, m, n, k), nbytes)
-
-    def _gemm_rate(self, dtype: str, m: int, n: int, k: int) -> float:
+        # Roofline: quantised FLOPs at max_efficiency × peak (= FLOPs / (peak × efficiency(M, N, K)),
+        # written without the M·N cancellation so rounding cannot make a bigger GEMM faster).
         g = self.profile.gpu
-        peak, peak_q = self._peak(dtype)
-        self._roofline_shapes.add((dtype, m, n, k))
+        peak, peak_q = self._peak(op.dtype)
+        self._roofline_shapes.add((op.dtype, m, n, k))
         anchor = g.gemm.anchor
-        if anchor is None or anchor.dtype != dtype:
-            self._use(f"gpu.peak_tflops.{dtype}", peak_q)  # an anchor of this dtype cancels the peak
+        if anchor is None or anchor.dtype != op.dtype:
+            self._use(f"gpu.peak_tflops.{op.dtype}", peak_q)  # an anchor of this dtype cancels the peak
         self._use(self._max_eff_key, self._max_eff_prov)
         self._use("gpu.gemm.k_half", g.gemm.k_half)
-        return peak * self._max_eff * g.shape_factor(m, n, k)
+        return self._roofline(g.quantised_flops(m, n, k), peak * self._max_eff, nbytes)
 
     def _attention(self, op: Op) -> float:
         b, h, sq, skv, d, causal = op.shape

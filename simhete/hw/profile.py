@@ -215,12 +215,18 @@ class Gpu(Strict):
                 raise ValueError(f"gemm.anchor implies efficiency {eff:.3f} > 1 of peak_tflops.{a.dtype}")
         return self
 
-    def shape_factor(self, m: int, n: int, k: int) -> float:
-        """Tile/wave quantisation × small-K factor in (0, 1] (see :class:`GemmModel`)."""
+    def quantised_flops(self, m: int, n: int, k: int) -> float:
+        """FLOPs the device spends on an (m, n, k) GEMM: every SM computes a full tile in every
+        wave, and each tile pays ``k_half`` extra steps of K (see :class:`GemmModel`).
+        Non-decreasing in m, n and k, so a bigger GEMM is never priced faster."""
         g = self.gemm
         tiles = math.ceil(m / g.tile_m) * math.ceil(n / g.tile_n)
         waves = math.ceil(tiles / self.sms)
-        return (m * n) / (waves * self.sms * g.tile_m * g.tile_n) * k / (k + g.k_half.value)
+        return 2.0 * waves * self.sms * g.tile_m * g.tile_n * (k + g.k_half.value)
+
+    def shape_factor(self, m: int, n: int, k: int) -> float:
+        """Tile/wave quantisation × small-K factor in (0, 1]: useful / quantised FLOPs."""
+        return 2.0 * m * n * k / self.quantised_flops(m, n, k)
 
     def anchor_efficiency(self) -> float:
         a = self.gemm.anchor

@@ -1,0 +1,244 @@
+"""CostModel: known answers per op kind, caching, flags, and monotonicity properties."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simhete.config import validate
+from simhete.errors import ConfigError
+from simhete.hw.cost import CostModel
+from simhete.hw.profile import HardwareProfile, load_profile
+from simhete.opkinds import OpKind, TaskCat
+from simhete.schedule import Op, Schedule, Task
+
+GiB = 2**30
+PROFILES = ["h100-sxm", "h100-pcie", "a100-40gb-pcie-epyc7713", "rtx4090-desktop", "v100-32gb-dgx2"]
+MODELS = {name: CostModel(load_profile(name)) for name in PROFILES}
+
+
+def q(value, source="assumed"):
+    return {"value": value, "source": source, "ref": "test"}
+
+
+def cpu_profile(gemm: dict | None = None, links: dict | None = None) -> HardwareProfile:
+    """A device_type cpu profile shaped like calibration's output, built in the test."""
+    data = {
+        "name": "cpu-test", "device_type": "cpu",
+        "gpu": {"ref": "test", "model": "cpu", "count": 1, "memory_bytes": "8GiB",
+                "reserved_bytes": q("1GiB"), "sms": 4,
+                "peak_tflops": {"fp32": q(1.0)}, "mem_bandwidth_gbps": q(2000.0),
+                "memory_bound_efficiency": q(0.5), "launch_overhead_us": q(10.0),
+                "gemm": gemm or {"model": "roofline", "max_efficiency": q(0.5), "tile_m": 16,
+                                 "tile_n": 16, "k_half": q(0.0)}},
+        "host": {"ref": "test", "cpu_model": "x", "sockets": 1, "cores": 4, "memory_bytes": "16GiB",
+                 "dram_bandwidth_gbps": q(28.0), "memcpy_gbps": q(8.0), "pinned_limit_bytes": q("4GiB"),
+                 "adam": {"params_per_s": q(1e8)}},
+    }
+    if links:
+        data["links"] = links
+    return validate(HardwareProfile, data, "cpu-test.yaml")
+
+
+# -- known answers ------------------------------------------------------------------------------
+
+def test_gemm_8192_bf16_on_h100_sxm_is_the_measured_rate_plus_launch():
+    cm = CostModel(load_profile("h100-sxm"))
+    t = cm.op_seconds(Op(OpKind.GEMM, (8192, 8192, 8192), dtype="bf16"))
+    assert t == pytest.approx(5e-6 + 2 * 8192**3 / 798e12, rel=1e-12)
+    # The anchor's dtype cancels the datasheet peak: only assumed k_half/launch are flagged.
+    assert "gpu.peak_tflops.bf16 (datasheet)" not in cm.flags
+    assert "gpu.gemm (roofline model for 1 shapes)" in cm.flags
+
+
+def test_gemm_of_other_dtype_uses_its_peak_and_flags_it():
+    cm = CostModel(load_profile("h100-sxm"))
+    p = cm.profile.gpu
+    t = cm.op_seconds(Op(OpKind.GEMM, (8192, 8192, 8192), dtype="fp32"))
+    eff = 798 / (989 * p.shape_factor(8192, 8192, 8192))
+    assert t == pytest.approx(5e-6 + 2 * 8192**3 / (67e12 * eff * p.shape_factor(8192, 8192, 8192)),
+                              rel=1e-12)
+    assert "gpu.peak_tflops.fp32 (datasheet)" in cm.flags
+
+
+def test_wave_quantisation_one_tile_more_costs_a_whole_wave():
+    # 132 SMs, 128x128 tiles: 132 tiles fill one wave exactly, 133 need a second.
+    cm = CostModel(load_profile("h100-sxm"))
+    g = cm.profile.gpu
+    assert g.shape_factor(128 * 132, 128, 4096) == pytest.approx(4096 / (4096 + 64))
+    assert g.shape_factor(128 * 133, 128, 4096) == pytest.approx(133 / 264 * 4096 / (4096 + 64))
+
+
+def test_small_gemm_is_memory_or_launch_bound():
+    cm = CostModel(load_profile("h100-sxm"))
+    t = cm.op_seconds(Op(OpKind.GEMM, (1, 1, 1)))
+    assert t > 5e-6 and t < 6e-6
+
+
+def test_h2d_one_gib_pinned_gen5_is_alpha_beta():
+    cm = CostModel(load_profile("h100-pcie"))
+    assert cm.op_seconds(Op(OpKind.H2D, n=GiB)) == pytest.approx(10e-6 + GiB / 55e9, rel=1e-12)
+    assert cm.op_seconds(Op(OpKind.H2D, n=GiB, pinned=False)) == pytest.approx(20e-6 + GiB / 10e9)
+    assert cm.op_seconds(Op(OpKind.D2H, n=GiB, pinned=False)) == pytest.approx(20e-6 + GiB / 6.1e9)
+    assert "links.h2d.pageable.bandwidth_gbps (assumed)" in cm.flags
+    assert "links.h2d.pinned.bandwidth_gbps (paper)" in cm.flags
+
+
+def test_adam_cpu_is_linear_and_dram_bound_by_default():
+    cm = CostModel(load_profile("a100-40gb-pcie-epyc7713"))
+    one = cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**9))
+    assert one == pytest.approx(10**9 * 28 / 204.8e9, rel=1e-12)
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=2 * 10**9)) == pytest.approx(2 * one, rel=1e-12)
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**9, count=3)) == pytest.approx(3 * one, rel=1e-12)
+    assert "host.adam.params_per_s (assumed: dram_bandwidth/28)" in cm.flags
+
+
+def test_adam_gpu_and_memory_bound_ops():
+    cm = CostModel(load_profile("h100-sxm"))
+    bw = 3000e9 * 0.9
+    assert cm.op_seconds(Op(OpKind.ADAM_GPU, n=10**9)) == pytest.approx(5e-6 + 28e9 / bw)
+    for kind in (OpKind.ELEMENTWISE, OpKind.NORM, OpKind.SOFTMAX_CE, OpKind.EMBED):
+        assert cm.op_seconds(Op(kind, n=10**9)) == pytest.approx(5e-6 + 1e9 / bw)
+    assert cm.op_seconds(Op(OpKind.D2D, n=10**9)) == pytest.approx(5e-6 + 2e9 / 3000e9)
+
+
+def test_attention_uses_op_flops_and_efficiency():
+    cm = CostModel(load_profile("a100-40gb-pcie-epyc7713"))
+    op = Op(OpKind.ATTN_FWD, (4, 32, 2048, 2048, 128, 1))
+    assert cm.op_seconds(op) == pytest.approx(5e-6 + op.flops / (312e12 * 0.6))
+    bwd = Op(OpKind.ATTN_BWD, (4, 32, 2048, 2048, 128, 1))
+    assert cm.op_seconds(bwd) == pytest.approx(5e-6 + bwd.flops / (312e12 * 0.5))
+
+
+def test_collectives_use_nccl_bus_factors():
+    cm = CostModel(load_profile("h100-sxm"))  # no collectives section: NVLink link as bus
+    n = 10**9
+    ar = cm.op_seconds(Op(OpKind.ALLREDUCE, (8,), n=n))
+    rs = cm.op_seconds(Op(OpKind.REDUCE_SCATTER, (8,), n=n))
+    assert ar == pytest.approx(10e-6 + n * 2 * 7 / 8 / 380e9, rel=1e-9)
+    assert rs == pytest.approx(10e-6 + n * 7 / 8 / 380e9, rel=1e-9)
+    assert cm.op_seconds(Op(OpKind.ALLGATHER, (8,), n=n)) == rs
+    assert cm.op_seconds(Op(OpKind.ALLREDUCE, (1,), n=n)) == 0.0
+    assert "collectives (absent: links.nvlink used as bus bandwidth)" in cm.flags
+
+
+def test_dtype_without_peak_is_a_config_error():
+    cm = CostModel(load_profile("v100-32gb-dgx2"))
+    with pytest.raises(ConfigError, match=r"gpu\.peak_tflops\.bf16: profile v100-32gb-dgx2 has no "
+                                          r"peak rate for dtype 'bf16'; it has: fp16, fp32"):
+        cm.op_seconds(Op(OpKind.GEMM, (1024, 1024, 1024), dtype="bf16"))
+    assert cm.peak_flops("fp16") == 125e12
+
+
+def test_peak_flops_for_mfu():
+    assert CostModel(load_profile("h100-sxm")).peak_flops("bf16") == 989e12
+
+
+# -- cpu device and measured tables ------------------------------------------------------------
+
+def test_cpu_device_without_links_prices_copies_as_host_memcpy():
+    cm = CostModel(cpu_profile())
+    assert cm.op_seconds(Op(OpKind.H2D, n=8 * 10**9)) == pytest.approx(1.0)
+    assert cm.op_seconds(Op(OpKind.D2H, n=4 * 10**9, pinned=False)) == pytest.approx(0.5)
+    assert cm.op_seconds(Op(OpKind.MEMCPY_CPU, n=8 * 10**9)) == pytest.approx(1.0)
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**8)) == pytest.approx(1.0)
+    assert "host.adam.params_per_s (assumed)" in cm.flags
+
+
+def test_gemm_table_exact_interpolated_and_fallback():
+    rows = [[m, n, k, float(m) / 64] for m in (64, 256) for n in (64, 256) for k in (64, 256)]
+    gemm = {"model": "table", "max_efficiency": q(0.5), "tile_m": 16, "tile_n": 16, "k_half": q(0.0),
+            "table": {"source": "measured", "ref": "t", "raw": "x.csv", "device": "cpu",
+                      "torch": "2.13", "date": "2026-11-21", "points": {"fp32": rows}}}
+    cm = CostModel(cpu_profile(gemm))
+    # Exact point: 2·M·N·K / rate, no extra launch term (table rates are end to end).
+    assert cm.op_seconds(Op(OpKind.GEMM, (256, 64, 64), dtype="fp32")) == pytest.approx(
+        2 * 256 * 64 * 64 / 4e12)
+    # Inside the hull: rate interpolated in log space, between the neighbours (1 and 4 TFLOP/s).
+    t = cm.op_seconds(Op(OpKind.GEMM, (128, 128, 128), dtype="fp32"))
+    assert 2 * 128**3 / 4e12 < t < 2 * 128**3 / 1e12
+    assert cm.flags == set()
+    # Outside the hull: roofline fallback, counted once per shape.
+    big = Op(OpKind.GEMM, (1024, 1024, 1024), dtype="fp32")
+    assert cm.op_seconds(big) == pytest.approx(10e-6 + 2 * 1024**3 / (1e12 * 0.5))
+    assert "gpu.gemm (roofline fallback for 1 shapes)" in cm.flags
+
+
+def test_gemm_table_of_square_sizes_interpolates_along_flops():
+    rows = [[s, s, s, r] for s, r in ((128, 0.1), (512, 0.4), (2048, 0.8))]
+    gemm = {"model": "table", "max_efficiency": q(0.5), "tile_m": 16, "tile_n": 16, "k_half": q(0.0),
+            "table": {"source": "assumed", "ref": "t", "points": {"fp32": rows}}}
+    cm = CostModel(cpu_profile(gemm))
+    t = cm.op_seconds(Op(OpKind.GEMM, (512, 512, 2048), dtype="fp32"))  # flops of 812.7^3
+    rate = 2 * 512 * 512 * 2048 / t / 1e12
+    assert 0.4 < rate < 0.8
+    assert "gpu.gemm.table (assumed)" in cm.flags
+
+
+def test_link_curve_interpolates_in_log_bytes():
+    link = {"bandwidth_gbps": q(10.0), "latency_us": q(0.0),
+            "curve": {"source": "assumed", "ref": "t", "points": [[1000, 1.0], [100000, 3.0]]}}
+    links = {"h2d": {"pinned": link, "pageable": link}, "d2h": {"pinned": link, "pageable": link},
+             "duplex_factor": q(1.0)}
+    cm = CostModel(cpu_profile(links=links))
+    assert cm.op_seconds(Op(OpKind.H2D, n=10000)) == pytest.approx(10000 / 2e9)   # midway in log
+    assert cm.op_seconds(Op(OpKind.H2D, n=10)) == pytest.approx(1000 / 1e9)        # floor
+    assert cm.op_seconds(Op(OpKind.D2H, n=10**6)) == pytest.approx(10**6 / 3e9)    # last rate
+
+
+# -- caching, schedule API ---------------------------------------------------------------------
+
+def _task(name, ops, stream="gpu0.compute"):
+    return Task(name=name, stream=stream, cat=TaskCat.FWD, ops=ops)
+
+
+def test_identical_blocks_share_one_cached_value():
+    cm = CostModel(load_profile("h100-sxm"))
+    ops = (Op(OpKind.GEMM, (4096, 4096, 4096)), Op(OpKind.NORM, n=10**8))
+    a, b = _task("it1.F.b0", ops), _task("it1.F.b1", tuple(ops))
+    ta, tb = cm.task_seconds(a), cm.task_seconds(b)
+    assert ta == tb and ta == math.fsum(cm.op_seconds(o) for o in ops)
+    assert len(cm._task_cache) == 1
+
+
+def test_durations_in_task_order_and_interference_rules():
+    cm = CostModel(load_profile("h100-sxm"))
+    sched = Schedule(tasks=(_task("a", (Op(OpKind.H2D, n=GiB),), "gpu0.h2d"),
+                            _task("b", (Op(OpKind.ADAM_CPU, n=10**6),), "cpu.optim")),
+                     pools={"gpu0": 80 * GiB, "cpu": 2**40})
+    assert cm.durations(sched) == [cm.op_seconds(Op(OpKind.H2D, n=GiB)),
+                                   cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**6))]
+    assert cm.interference() == (("cpu.optim", "gpu*.d2h", 1.1), ("cpu.optim", "gpu*.h2d", 1.1))
+    assert "interference[0].slowdown (assumed)" in cm.flags
+
+
+# -- properties --------------------------------------------------------------------------------
+
+dims = st.integers(min_value=1, max_value=1 << 15)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(PROFILES), dims, dims, dims, st.sampled_from([0, 1, 2]), st.integers(1, 4096))
+def test_bigger_gemm_is_never_faster(name, m, n, k, axis, grow):
+    cm = MODELS[name]
+    dtype = "fp16" if name == "v100-32gb-dgx2" else "bf16"
+    shape = [m, n, k]
+    bigger = list(shape)
+    bigger[axis] += grow
+    assert cm.op_seconds(Op(OpKind.GEMM, tuple(bigger), dtype=dtype)) >= \
+        cm.op_seconds(Op(OpKind.GEMM, tuple(shape), dtype=dtype))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(PROFILES),
+       st.sampled_from([OpKind.H2D, OpKind.D2H, OpKind.D2D, OpKind.MEMCPY_CPU, OpKind.ELEMENTWISE,
+                        OpKind.ADAM_CPU, OpKind.ADAM_GPU, OpKind.ALLREDUCE]),
+       st.booleans(), st.integers(0, 1 << 40), st.integers(1, 1 << 30))
+def test_more_bytes_is_never_faster(name, kind, pinned, n, more):
+    cm = MODELS[name]
+    shape = (4,) if kind is OpKind.ALLREDUCE else ()
+    small = cm.op_seconds(Op(kind, shape, n=n, pinned=pinned))
+    assert cm.op_seconds(Op(kind, shape, n=n + more, pinned=pinned)) >= small >= 0.0
