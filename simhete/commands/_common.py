@@ -57,3 +57,27 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
+def add_set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key, e.g. --set train.micro_batch=8 --set knobs.checkpointing=full "
+                        "(VALUE is read as YAML; repeatable)")
+
+
+def apply_sets(scenario, sets: list[str]):
+    """Apply ``--set key=value`` overrides (values parsed as YAML) and re-validate."""
+    import yaml
+
+    if not sets:
+        return scenario
+    changes = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SimheteError(f"--set {item!r}: expected KEY=VALUE, e.g. train.micro_batch=8")
+        try:
+            changes[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SimheteError(f"--set {item!r}: VALUE is not valid YAML") from None
+    return scenario.with_changes(**changes)

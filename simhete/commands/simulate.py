@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from simhete.commands._common import add_engine_arg, check_writable, console, dump_json, write_atomic
+from simhete.commands._common import (add_engine_arg, add_set_arg, apply_sets, check_writable, console,
+                                      dump_json, write_atomic)
 from simhete.scenario import load_scenario
 from simhete.schedule import format_schedule
 
@@ -17,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace (open in ui.perfetto.dev)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG timeline and memory plot")
     p.add_argument("--schedule", metavar="PATH", help="write the schedule in its text form")
+    add_set_arg(p)
     add_engine_arg(p)
 
 
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from simhete.sim import run as run_scenario
 
     outs = {flag: check_writable(getattr(args, flag), f"--{flag}") for flag in ("trace", "plot", "schedule")}
-    res = run_scenario(load_scenario(args.scenario), engine=args.engine)
+    res = run_scenario(apply_sets(load_scenario(args.scenario), args.set), engine=args.engine)
     if outs["schedule"]:
         write_atomic(outs["schedule"], format_schedule(res.schedule))
     if outs["trace"]:
