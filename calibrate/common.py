@@ -26,6 +26,7 @@ SEED = 1234
 class Ctx:
     target: Target
     grid: Grid
+    threads: int      # torch intra-op threads of every measuring thread (recorded in each header)
 
     @property
     def cuda(self) -> torch.device | None:

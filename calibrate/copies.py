@@ -93,7 +93,8 @@ def _duplex_cuda(n: int, dev: torch.device):
 def _duplex_host(ctx: Ctx, p: dict[str, object], n: int) -> dict[str, object]:
     """Two host memcpys of ``n`` floats at once on two threads (torch releases the GIL in copy_)."""
     pairs = [(rand(n, torch.float32, _CPU), torch.empty(n)) for _ in range(2)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads,
+                            initargs=(ctx.threads,)) as pool:
         def fn() -> None:
             futs = [pool.submit(d.copy_, s) for s, d in pairs]
             for f in futs:

@@ -60,12 +60,13 @@ def _work(ctx: Ctx, name: str) -> tuple[Callable[[], object], bool]:
 class _Aggressor:
     """Loops ``fn`` on a background thread (and its own CUDA stream) until the block exits."""
 
-    def __init__(self, fn: Callable[[], object], device: torch.device | None) -> None:
-        self.fn, self.device = fn, device
+    def __init__(self, fn: Callable[[], object], device: torch.device | None, threads: int) -> None:
+        self.fn, self.device, self.threads = fn, device, threads
         self.stop, self.started = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
+        torch.set_num_threads(self.threads)  # a new thread does not inherit the caller's setting
         if self.device is None:
             while not self.stop.is_set():
                 self.fn()
@@ -95,5 +96,5 @@ def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
     if p["condition"] == "alone":
         return ok(p, measure(victim, ctx.grid.methodology, clock))
     aggressor, a_dev = _work(ctx, str(p["aggressor"]))
-    with _Aggressor(aggressor, ctx.target.device if a_dev else None):
+    with _Aggressor(aggressor, ctx.target.device if a_dev else None, ctx.threads):
         return ok(p, measure(victim, ctx.grid.methodology, clock))

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="device to calibrate (auto: CUDA if available, else the CPU)")
     p.add_argument("--suites", default=",".join(SUITES),
                    help=f"comma-separated subset of: {', '.join(SUITES)} (default: all)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads per measuring thread (default: 1 on a CPU "
+                        "device, torch's default with CUDA); replay should use the same")
     p.add_argument("--force", action="store_true", help="replace an existing profile and its data")
     p.add_argument("--refit", metavar="RAW_DIR",
                    help="no measuring: refit the raw CSVs in RAW_DIR (no device, no torch needed)")
@@ -103,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     if args.refit:
         return _refit(Path(args.refit), out, args.force)
     suites = parse_suites(args.suites)
+    if args.threads is not None and args.threads < 1:
+        raise SimheteError(f"--threads: bad value {args.threads}; allowed: an integer >= 1")
     raw_dir, report = out.with_suffix(".raw"), out.with_suffix(".fit.md")
     _check_targets([out, raw_dir, report], args.force)
     try:
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         s_raw = stage / raw_dir.name
         s_raw.mkdir()
-        run_suites(target, g, suites, s_raw, console)
+        run_suites(target, g, suites, s_raw, console, args.threads)
         result = fit(s_raw, out.stem, stage)
         (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
         (stage / report.name).write_text(result.report)

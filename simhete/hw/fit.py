@@ -117,17 +117,23 @@ def sig(x: float) -> float:
 
 
 def alpha_beta(sizes: list[float], times: list[float]) -> tuple[float, float]:
-    """Least squares of T = α + n/β in relative error (each row divided by its T), α ≥ 0.
+    """Least squares of T = α + n/β in relative error (each row divided by its T).
 
-    Returns (α seconds, β units per second). One size fits β through the origin.
+    0 ≤ α ≤ the fastest measured time (a fixed cost cannot exceed a whole call). If the fit still
+    leaves no per-unit cost (noise made a larger size as fast as a smaller one), β comes from the
+    largest size alone, through the origin. Returns (α seconds, β units per second).
     """
     n = np.asarray(sizes, dtype=float)
     t = np.asarray(times, dtype=float)
+    big = int(np.argmax(n))
     if len(n) == 1:
-        return 0.0, float(n[0] / t[0])
+        return 0.0, float(n[big] / t[big])
     a = np.column_stack([1.0 / t, n / t])
-    res = lsq_linear(a, np.ones_like(t), bounds=([0.0, 1e-30], [np.inf, np.inf]), method="bvls")
+    res = lsq_linear(a, np.ones_like(t), bounds=([0.0, 0.0], [float(t.min()), np.inf]),
+                     method="bvls")
     alpha, inv_beta = (float(x) for x in res.x)
+    if inv_beta * n[big] < 1e-6 * t[big]:
+        return 0.0, float(n[big] / t[big])
     return alpha, 1.0 / inv_beta
 
 
@@ -289,7 +295,9 @@ def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
                                           "is the achieved bandwidth of these ops")
     gpu["launch_overhead_us"] = st.q("membw", sig(alpha * 1e6), "alpha (intercept) of the same "
                                      "alpha-beta fit: per-op fixed cost")
-    st.holdout["membw"] = [(Op(OpKind.ELEMENTWISE, n=int(r["bytes"])), _f(r, "median_s"))
+    kinds = {"add": OpKind.ELEMENTWISE, "mul": OpKind.ELEMENTWISE, "layernorm": OpKind.NORM,
+             "rmsnorm": OpKind.NORM, "softmax": OpKind.SOFTMAX_CE}
+    st.holdout["membw"] = [(Op(kinds[r["op"]], n=int(r["bytes"])), _f(r, "median_s"))
                            for r in t.ok(split="holdout")]
     st.sections.append(f"## membw\n\n- pooled alpha-beta: {beta / 1e9:.2f} GB/s, "
                        f"{alpha * 1e6:.2f} us per op\n- per op: {'; '.join(per_op)}\n")
@@ -379,7 +387,9 @@ def _fit_copy(st: _State, device_type: str, host: dict[str, Any]) -> dict[str, A
     return links
 
 
-def _fit_adam(st: _State, host: dict[str, Any], cores: int) -> None:
+def _fit_adam(st: _State, host: dict[str, Any], threads: int) -> None:
+    """Throughput per thread count = params / time at the largest fit size (what the cost
+    model's n / params_per_s prices); the α-β fit per thread count goes to the report."""
     t = st.tables["adam"]
     by: dict[int, float] = {}
     lines = []
@@ -388,19 +398,23 @@ def _fit_adam(st: _State, host: dict[str, Any], cores: int) -> None:
         rows = [r for r in t.ok(threads=str(th)) if r["split"] == "fit"]
         if not rows:
             continue
+        big = max(rows, key=lambda r: _f(r, "params"))
+        by[th] = _f(big, "params") / _f(big, "median_s")
         a, b = alpha_beta([_f(r, "params") for r in rows], [_f(r, "median_s") for r in rows])
-        by[th] = b
         ho = t.ok(threads=str(th), split="holdout")
-        errs = rel_errors([a + _f(r, "params") / b for r in ho], [_f(r, "median_s") for r in ho])
-        lines.append(f"- {th} threads: {b / 1e6:.1f} M params/s, alpha {a * 1e6:.1f} us; "
-                     f"held-out {err_text(errs)}")
+        errs = rel_errors([_f(r, "params") / by[th] for r in ho], [_f(r, "median_s") for r in ho])
+        lines.append(f"- {th} threads: {by[th] / 1e6:.1f} M params/s at {big['params']} params "
+                     f"(alpha-beta: {b / 1e6:.1f} M params/s + {a * 1e6:.1f} us); held-out "
+                     f"{err_text(errs)}")
     if not by:
         return
-    th = cores if cores in by else max(by)
+    th = threads if threads in by else max(by)
     host["adam"] = {
-        "params_per_s": st.q("adam", sig(by[th]), f"alpha-beta fit of torch AdamW ({', '.join(impls)})"
-                             f" step time vs fp32 params at {th} threads"),
-        "by_threads": {**st.prov("adam", "beta of the alpha-beta fit per thread count"),
+        "params_per_s": st.q("adam", sig(by[th]), f"torch AdamW ({', '.join(impls)}) fp32 params / "
+                             f"step time at the largest fit size, {th} threads (the calibration's "
+                             f"threads per stream)"),
+        "by_threads": {**st.prov("adam", "params / step time at the largest fit size, per "
+                                         "thread count"),
                        "points": [[k, sig(v)] for k, v in sorted(by.items())]},
     }
     st.holdout["adam"] = [(Op(OpKind.ADAM_CPU, n=int(r["params"])), _f(r, "median_s"))
@@ -519,7 +533,7 @@ def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | 
     host["pinned_limit_bytes"] = {"value": pinned, "source": "assumed",
                                   "ref": sysinfo["pinned_limit_how"]}
     if "adam" in tables:
-        _fit_adam(st, host, int(sysinfo["host_cores"]))
+        _fit_adam(st, host, int(sysinfo.get("torch_threads", sysinfo["host_cores"])))
     if "interference" in tables:
         _fit_interference(st, device_type, interference)
     coll = _fit_collectives(st) if "collectives" in tables else None
@@ -527,7 +541,8 @@ def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | 
     profile: dict[str, Any] = {
         "name": prof_name,
         "description": f"calibrated by simhete calibrate on {sysinfo['device']} "
-                       f"({tables[SYSTEM].meta.get('date', '?')}, grid {sysinfo['grid']})",
+                       f"({tables[SYSTEM].meta.get('date', '?')}, grid {sysinfo['grid']}, torch threads "
+                       f"{sysinfo.get('torch_threads', '?')} per stream)",
         "validated": False, "device_type": device_type, "gpu": gpu, "host": host,
     }
     if links is not None:
@@ -547,7 +562,8 @@ def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | 
     head = (f"# Fit report: {prof_name}\n\n- device: {sysinfo['device']} ({device_type})\n"
             f"- raw data: {rd.name}/ ({', '.join(sorted(tables))})\n"
             f"- torch {tables[SYSTEM].meta.get('torch', '?')}, date "
-            f"{tables[SYSTEM].meta.get('date', '?')}, grid {sysinfo['grid']}\n"
+            f"{tables[SYSTEM].meta.get('date', '?')}, grid {sysinfo['grid']}, torch threads "
+            f"{sysinfo.get('torch_threads', '?')} per measuring thread\n"
             f"- held-out points were never used by the fits\n")
     report = "\n".join([head, "\n".join(errs_lines) + "\n", *st.sections, _noise(st)])
     return Fit(profile, report)
