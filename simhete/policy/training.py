@@ -101,12 +101,18 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
                      gpu: int = 0, start_deps: list[str] = (),
                      fwd_weight_deps: dict[int, list[str]] | None = None,
                      bwd_weight_deps: dict[int, list[str]] | None = None,
-                     pinned: bool = True, grad_pool: str | None = None) -> IterTasks:
+                     pinned: bool = True, grad_pool: str | None = None,
+                     fwd_frees: dict[int, list[str]] | None = None,
+                     bwd_frees: dict[int, list[str]] | None = None,
+                     grad_buffers: bool = True) -> IterTasks:
     """Emit one iteration's forward and backward for ``gpu``; return the task names.
 
     ``fwd_weight_deps[i]`` / ``bwd_weight_deps[i]``: tasks that must finish before block i's
     forward / recompute+backward may use its weights. B allocates the block's 16-bit gradient
     buffer (named in the result) in ``grad_pool`` (default the GPU); the policy frees it.
+    ``fwd_frees[i]`` / ``bwd_frees[i]``: extra buffers (fetched weights) that block i's F / B
+    releases when it ends. ``grad_buffers=False``: gradients overwrite their parameters in place
+    (PatrickStar's chunk reuse), so B allocates no gradient buffer.
     """
     n = ctx.n_gpus
     pool = f"gpu{gpu}"
@@ -115,6 +121,8 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     nb = len(blocks)
     fw = fwd_weight_deps or {}
     bw = bwd_weight_deps or {}
+    ff = fwd_frees or {}
+    bf = bwd_frees or {}
     out = IterTasks()
     prev = list(start_deps)
     for blk in blocks:
@@ -122,7 +130,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         act = tname(it, "act", blk.name, gpu, n)
         keep = blk.ckpt_bytes if mode == "recompute" else blk.act_bytes
         allocs = [Alloc(act, pool, keep, MemClass.ACTIVATIONS)]
-        frees = []
+        frees = list(ff.get(i, []))
         if blk.workspace_bytes:
             ws = tname(it, "ws.F", blk.name, gpu, n)
             allocs.append(Alloc(ws, pool, blk.workspace_bytes, MemClass.BUFFERS))
@@ -169,7 +177,9 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
             deps = deps + [h]
             frees = [sact]
         grad = tname(it, "grad", blk.name, gpu, n)
-        allocs = [Alloc(grad, grad_pool or pool, blk.grad_bytes, MemClass.GRADS)] if blk.grad_bytes else []
+        grads = grad_buffers and blk.grad_bytes
+        allocs = [Alloc(grad, grad_pool or pool, blk.grad_bytes, MemClass.GRADS)] if grads else []
+        frees += bf.get(i, [])
         if blk.workspace_bytes:
             ws = tname(it, "ws.B", blk.name, gpu, n)
             allocs.append(Alloc(ws, pool, blk.workspace_bytes, MemClass.BUFFERS))
@@ -177,7 +187,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         bt = b.add(tname(it, "B", blk.name, gpu, n), comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=p + 1,
                    allocs=allocs, frees=frees, it=it, block=i)
         out.B[i] = bt
-        if blk.grad_bytes:
+        if grads:
             out.grads[i] = grad
         prev = [bt]
     out.last_B = prev[0]

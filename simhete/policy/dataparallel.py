@@ -1,0 +1,110 @@
+"""Data-parallel building blocks shared by the offloading policies (1–8 GPUs).
+
+Every GPU runs the same forward/backward on its own micro-batch (streams ``gpu{g}.*``). Model
+states that live in host memory are *sharded* ZeRO-style: GPU g owns 1/N of every offloaded
+tensor and moves only that shard over its own PCIe link (ZeRO-Infinity's bandwidth-centric
+partitioning, Rajbhandari et al. 2021 §6.1; ZeRO-Offload's multi-GPU mode, Ren et al. 2021 §4.1).
+The shards meet over NVLink:
+
+- to the GPU: each GPU copies its shard H2D, then an all-gather on ``gpu{g}.comm`` assembles the
+  full tensor on every GPU;
+- from the GPU: a reduce-scatter on ``gpu{g}.comm`` sums the gradients of all GPUs and leaves
+  GPU g the sum of its shard, which it copies D2H;
+- gradients of GPU-resident optimizer states are all-reduced (PyTorch DDP / Megatron).
+
+A collective is one task per GPU that depends on every GPU's producer, so all ranks enter it
+together, as NCCL requires. Its time is the cost model's α-β price with nccl-tests bus-bandwidth
+factors (ALLREDUCE 2(r−1)/r, REDUCE_SCATTER and ALLGATHER (r−1)/r; op ``n`` = bytes of the
+full tensor per rank). With one GPU none of these collectives is emitted.
+
+Contention between GPUs that share a PCIe switch or host DRAM bandwidth is not built here: the
+profile's interference rules (``gpu*.h2d`` vs ``cpu.optim``, ...) apply to these stream names.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from simhete.opkinds import OpKind, TaskCat
+from simhete.policy.base import Builder, Context
+from simhete.policy.training import copy_stream, tname
+from simhete.schedule import Alloc, Op
+
+
+def shard(total: int, n: int, g: int) -> int:
+    """Bytes (or elements) of shard ``g`` when ``total`` is split over ``n`` ranks; the shards sum
+    to ``total`` exactly (the first ``total % n`` ranks take one more)."""
+    q, r = divmod(total, n)
+    return q + (1 if g < r else 0)
+
+
+class DataParallel:
+    """Emits copies and collectives for all GPUs of a context; one instance per schedule."""
+
+    def __init__(self, b: Builder, ctx: Context, pinned: bool) -> None:
+        self.b = b
+        self.ctx = ctx
+        self.n = ctx.n_gpus
+        self.pinned = pinned
+
+    @property
+    def gpus(self) -> range:
+        return range(self.n)
+
+    def name(self, it: int, what: str, blk: str, g: int) -> str:
+        return tname(it, what, blk, g, self.n)
+
+    def _per_gpu(self, deps: dict[int, list[str]] | Iterable[str], g: int) -> list[str]:
+        return list(deps.get(g, [])) if isinstance(deps, dict) else list(deps)
+
+    def to_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]] | list[str],
+               prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None,
+               frees: dict[int, list[str]] | None = None) -> dict[int, str]:
+        """Host → every GPU: shard H2D on each GPU's link (+ all-gather). Returns, per GPU, the task
+        after which the full ``nbytes`` are on that GPU. ``allocs[g]`` are allocated by the H2D."""
+        h2d = {}
+        for g in self.gpus:
+            h2d[g] = self.b.add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
+                                (Op(OpKind.H2D, n=shard(nbytes, self.n, g), pinned=self.pinned),),
+                                deps=self._per_gpu(deps, g), prio=prio, allocs=(allocs or {}).get(g, ()),
+                                frees=(frees or {}).get(g, ()) if self.n == 1 else (), it=it, block=block)
+        if self.n == 1:
+            return h2d
+        every = [h2d[g] for g in self.gpus]
+        return {g: self.b.add(self.name(it, what + ".ag", blk, g), f"gpu{g}.comm", TaskCat.COMM,
+                              (Op(OpKind.ALLGATHER, (self.n,), n=nbytes),), deps=every, prio=prio,
+                              frees=(frees or {}).get(g, ()), it=it, block=block)
+                for g in self.gpus}
+
+    def from_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
+                 prio: int, block: int, frees: dict[int, list[str]] | None = None) -> dict[int, str]:
+        """Every GPU → host: (reduce-scatter +) shard D2H. Returns the D2H task per GPU, which
+        frees ``frees[g]`` (the GPU gradient buffers) when it ends."""
+        src = deps
+        if self.n > 1:
+            every = sorted({d for g in self.gpus for d in deps.get(g, [])})
+            src = {g: [self.b.add(self.name(it, what + ".rs", blk, g), f"gpu{g}.comm", TaskCat.COMM,
+                                  (Op(OpKind.REDUCE_SCATTER, (self.n,), n=nbytes),), deps=every,
+                                  prio=prio, it=it, block=block)] for g in self.gpus}
+        return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "d2h", self.pinned), TaskCat.D2H,
+                              (Op(OpKind.D2H, n=shard(nbytes, self.n, g), pinned=self.pinned),),
+                              deps=src.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
+                for g in self.gpus}
+
+    def shard_d2h(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
+                  prio: int, block: int) -> dict[int, str]:
+        """Each GPU copies its own shard D2H (no collective: e.g. updated weights to their host home)."""
+        return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "d2h", self.pinned), TaskCat.D2H,
+                              (Op(OpKind.D2H, n=shard(nbytes, self.n, g), pinned=self.pinned),),
+                              deps=deps.get(g, []), prio=prio, it=it, block=block)
+                for g in self.gpus}
+
+    def collective(self, kind: OpKind, it: int, what: str, blk: str, nbytes: int,
+                   deps: dict[int, list[str]], prio: int, block: int) -> dict[int, str]:
+        """One collective over all GPUs (nothing with one GPU): per GPU the task name."""
+        if self.n == 1:
+            return {}
+        every = sorted({d for g in self.gpus for d in deps.get(g, [])})
+        return {g: self.b.add(self.name(it, what, blk, g), f"gpu{g}.comm", TaskCat.COMM,
+                              (Op(kind, (self.n,), n=nbytes),), deps=every, prio=prio, it=it, block=block)
+                for g in self.gpus}
