@@ -40,6 +40,8 @@ class HardwareRef(Strict):
     gpus: int | None = Field(None, ge=1, le=8)
     gpu_memory: int | None = None
     host_memory: int | None = None
+    pcie_gbps: float | None = Field(None, gt=0)
+    """What-if: pinned H2D/D2H bandwidth per direction (marked assumed in the output)."""
 
     @field_validator("gpu_memory", "host_memory", mode="before")
     @classmethod

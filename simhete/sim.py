@@ -62,8 +62,9 @@ def resolve_profile(s: Scenario) -> Any:
         cand = base / name
         name = str(cand) if cand.exists() else name
     prof = load_profile(name, file=s.file, key="hardware" if isinstance(h, str) else "hardware.profile")
-    if ref.gpus or ref.gpu_memory or ref.host_memory:
-        prof = prof.with_overrides(gpus=ref.gpus, gpu_memory=ref.gpu_memory, host_memory=ref.host_memory)
+    if ref.gpus or ref.gpu_memory or ref.host_memory or ref.pcie_gbps:
+        prof = prof.with_overrides(gpus=ref.gpus, gpu_memory=ref.gpu_memory, host_memory=ref.host_memory,
+                                   pcie_gbps=ref.pcie_gbps)
     return prof
 
 
