@@ -79,7 +79,7 @@ def _check_targets(paths: list[Path], force: bool) -> None:
             raise SimheteError(f"{p} exists; pass --force to replace it (nothing was changed)")
     parent = paths[0].parent
     if not parent.is_dir():
-        raise SimheteError(f"--out {paths[0]}: directory {parent} does not exist")
+        raise SimheteError(f"--out {paths[0]}: {parent} is not an existing directory")
 
 
 def _staging(parent: Path) -> Path:

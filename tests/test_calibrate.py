@@ -1,0 +1,153 @@
+"""`simhete calibrate`: the measuring run on a tiny grid, its outputs, and its refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simhete.cli import main
+from simhete.hw.cost import CostModel
+from simhete.hw.fit import SUITES, read_raw, refit
+from simhete.hw.profile import load_profile
+from simhete.opkinds import OpKind
+from simhete.schedule.model import Op
+
+PROVENANCE = ("suite", "device_type", "device", "driver", "torch", "host", "host_cpu", "date",
+              "torch_threads")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One calibration of the CPU device on the test-only tiny grid (a few seconds)."""
+    pytest.importorskip("torch")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIMHETE_CALIBRATE_GRID", "tiny")
+    out = tmp_path_factory.mktemp("cal") / "tiny.yaml"
+    try:
+        rc = main(["calibrate", "--quick", "--device", "cpu", "--out", str(out)])
+    finally:
+        mp.undo()
+    return rc, out
+
+
+@pytest.mark.torch
+def test_tiny_calibration_writes_a_profile_the_cost_model_prices(tiny_run):
+    rc, out = tiny_run
+    assert rc == 0
+    prof = load_profile(out)
+    assert (prof.name, prof.device_type, prof.gpu.count) == ("tiny", "cpu", 1)
+    cm = CostModel(prof)
+    for op in (Op(OpKind.GEMM, (100, 100, 100), dtype="fp32"), Op(OpKind.H2D, n=10**5),
+               Op(OpKind.D2H, n=10**5), Op(OpKind.ADAM_CPU, n=10**5),
+               Op(OpKind.ELEMENTWISE, n=10**5)):
+        assert cm.op_seconds(op) > 0
+    assert {(r.victim, r.aggressor) for r in prof.interference} >= {
+        ("gpu*.compute", "gpu*.h2d"), ("gpu*.h2d", "gpu*.compute"), ("cpu.optim", "gpu*.d2h"),
+        ("gpu*.compute", "cpu.optim"), ("cpu.optim", "gpu*.compute")}
+
+
+@pytest.mark.torch
+def test_tiny_calibration_raw_data_carries_provenance_and_refits_to_the_profile(tiny_run):
+    _, out = tiny_run
+    raw = out.with_suffix(".raw")
+    assert sorted(p.stem for p in raw.glob("*.csv")) == sorted((*SUITES, "system"))
+    for suite in SUITES:
+        t = read_raw(raw / f"{suite}.csv")
+        assert all(t.meta.get(k) for k in PROVENANCE), suite
+        assert t.meta["suite"] == suite and t.meta["grid"] == "tiny"
+        assert t.meta["repeats"] == "3" and t.meta["warmup"] == "1"
+        for r in t.ok():
+            assert float(r["min_s"]) <= float(r["q1_s"]) <= float(r["median_s"]) \
+                <= float(r["q3_s"]) <= float(r["max_s"])
+    coll = read_raw(raw / "collectives.csv")
+    assert {r["status"] for r in coll.rows} == {"missing: needs 2 GPUs (found 0)"}
+    copies = read_raw(raw / "copy.csv")
+    pinned = [r for r in copies.rows if r["memory"] == "pinned"]
+    assert pinned and all(r["status"].startswith("missing: not applicable") for r in pinned)
+    assert refit(raw, "tiny") == yaml.safe_load(out.read_text())
+    report = out.with_suffix(".fit.md").read_text()
+    assert "held-out error" in report and "| gemm | median " in report
+
+
+@pytest.mark.torch
+def test_cuda_requested_without_cuda_is_a_clean_refusal(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "g.yaml"
+    assert main(["calibrate", "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("simhete: error: --device cuda: cannot calibrate a GPU here: ")
+    assert err.count("\n") == 1 and "use --device cpu" in err
+    assert list(tmp_path.iterdir()) == []   # nothing written, no staging left behind
+
+
+def test_existing_out_without_force_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    out.write_text("mine\n")
+    assert main(["calibrate", "--quick", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"simhete: error: {out} exists; pass --force to replace "
+                                       "it (nothing was changed)\n")
+    assert out.read_text() == "mine\n"
+
+
+def test_existing_raw_dir_without_force_is_refused(tmp_path, capsys):
+    (tmp_path / "p.raw").mkdir()
+    assert main(["calibrate", "--out", str(tmp_path / "p.yaml")]) == 2
+    assert "p.raw exists; pass --force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suites, msg", [
+    ("gemm,bogus,copy,membw", "--suites: unknown suite 'bogus'; allowed: gemm, attention, "
+                              "membw, copy, adam, interference, collectives"),
+    ("adam", "--suites adam: a profile needs gemm, membw, copy; add gemm, membw, copy"),
+])
+def test_bad_suites_is_a_one_line_error(tmp_path, capsys, suites, msg):
+    assert main(["calibrate", "--suites", suites, "--out", str(tmp_path / "p.yaml")]) == 2
+    assert capsys.readouterr().err == f"simhete: error: {msg}\n"
+
+
+@pytest.mark.parametrize("sub", ["missing-dir/p.yaml", "afile/p.yaml"])
+def test_unwritable_out_is_a_one_line_error(tmp_path, capsys, sub):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / sub
+    assert main(["calibrate", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"simhete: error: --out {out}: {out.parent} is not an existing directory\n"
+
+
+def test_out_must_be_yaml(tmp_path, capsys):
+    assert main(["calibrate", "--out", str(tmp_path / "p.json")]) == 2
+    assert "a profile file ends in .yaml or .yml" in capsys.readouterr().err
+
+
+def test_holdout_gemm_shapes_lie_inside_the_grid_and_off_it():
+    pytest.importorskip("torch")
+    from calibrate.gemm import holdout_shapes
+    sizes = (64, 256, 1024)
+    shapes = holdout_shapes(sizes, 3)
+    assert shapes == holdout_shapes(sizes, 3)   # fixed seed
+    assert len(set(shapes)) == 3
+    for s in shapes:
+        assert all(64 < x < 1024 and x not in sizes and x % 16 == 0 for x in s)
+
+
+@pytest.mark.torch
+def test_noisy_point_is_remeasured_and_flagged():
+    pytest.importorskip("torch")
+    import time
+
+    from calibrate.timing import Methodology, measure
+    calls = []
+
+    def bimodal() -> None:   # every other call sleeps 2 ms: IQR/median far above 10 %
+        calls.append(1)
+        if len(calls) % 2:
+            time.sleep(0.002)
+    m = Methodology(warmup=1, repeats=6, min_sample_s=1e-9, noise_threshold=0.10)
+    stat = measure(bimodal, m)
+    assert (stat.remeasured, stat.unstable, stat.repeats, stat.inner) == (True, True, 12, 1)
+    assert len(calls) == 1 + 6 + 12
+    assert stat.min_s <= stat.q1_s <= stat.median_s <= stat.q3_s <= stat.max_s
