@@ -1,0 +1,62 @@
+"""Engine speed: the fast engine against the SimPy reference on a real 13B ZeRO-Offload schedule.
+
+Builds the schedule of scenarios/llama2-13b_h100-pcie_zero-offload.yaml (3 iterations, 40 blocks)
+through the normal pipeline (scenario -> policy -> schedule, cost model -> durations and
+interference), checks that both engines give the identical timeline, then times them interleaved
+(warm-up first, median of repeats) and prints tasks/s for each and the ratio. Target: >= 25x.
+
+    .venv/bin/python benchmarks/engine_speed.py [scenario.yaml] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from simhete.engine import simulate_fast, simulate_simpy
+from simhete.scenario import load_scenario
+from simhete.sim import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 25.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scenario", nargs="?", default=str(ROOT / "scenarios/llama2-13b_h100-pcie_zero-offload.yaml"))
+    ap.add_argument("--repeats", type=int, default=15)
+    args = ap.parse_args()
+
+    ctx, policy = resolve(load_scenario(args.scenario))
+    sched = policy.build(ctx)
+    durs = ctx.cost.durations(sched)
+    rules = tuple(ctx.cost.interference())
+    n = len(sched.tasks)
+    print(f"schedule: {Path(args.scenario).name}: {n} tasks on {len(sched.streams)} streams "
+          f"{sched.streams}, interference rules {rules}")
+
+    fast, ref = simulate_fast(sched, durs, rules), simulate_simpy(sched, durs, rules)   # warm-up
+    same = (fast.records, fast.mem_events, fast.peak, fast.peak_by_class, fast.oom) == \
+           (ref.records, ref.mem_events, ref.peak, ref.peak_by_class, ref.oom)
+    print(f"identical timelines: {same}; makespan {fast.makespan:.6f} s, oom {fast.oom is not None}")
+
+    times: dict[str, list[float]] = {"simpy": [], "fast": []}
+    for _ in range(args.repeats):                     # interleaved, so load drifts hit both alike
+        for name, fn in (("simpy", simulate_simpy), ("fast", simulate_fast)):
+            t0 = time.perf_counter()
+            fn(sched, durs, rules)
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k in ("simpy", "fast"):
+        print(f"{k:>6}: median {med[k] * 1e3:8.3f} ms  ({n / med[k]:10.0f} tasks/s, "
+              f"min {min(times[k]) * 1e3:.3f} ms, {args.repeats} repeats)")
+    ratio = med["simpy"] / med["fast"]
+    print(f"ratio: fast is {ratio:.1f}x the SimPy engine (target >= {TARGET:.0f}x)")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
