@@ -1,0 +1,152 @@
+"""simhete sweep SWEEP.yaml: run a policy/scenario sweep into a resumable results store."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from simhete.commands._common import add_engine_arg, check_writable, console
+from simhete.errors import SimheteError
+
+HELP = ("Run a sweep (axes over scenario keys and policy knobs; grid, random or optimize) on a local "
+        "process pool or Ray, storing each point as it finishes; report the best configurations and "
+        "Pareto fronts.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="sweep YAML (see docs/sweeps.md)")
+    p.add_argument("--out", metavar="PATH", help="results store (SQLite; default results/<sweep>.sqlite)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue into an existing --out, skipping points already stored")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes (local) or CPUs of a local Ray instance (default 1)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local process pool (default) or ray")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--deepspeed", metavar="JSON", help="apply a DeepSpeed config to the base scenario")
+    p.add_argument("--csv", metavar="PATH", help="also export the results as CSV")
+    p.add_argument("--parquet", metavar="PATH", help="also export the results as Parquet (needs pyarrow)")
+    p.add_argument("--plot", metavar="PATH", help="PNG of the Pareto fronts (default <out>.pareto.png)")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="best configurations to list (default 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simhete.search import analysis
+    from simhete.search.backends import make_backend
+    from simhete.search.runner import Progress, Runner, planned_points
+    from simhete.search.space import load_sweep
+    from simhete.search.store import ResultStore
+
+    if args.workers < 1:
+        raise SimheteError(f"--workers {args.workers}: must be at least 1")
+    hook = None
+    if args.deepspeed:
+        from simhete.deepspeed import import_deepspeed
+
+        def hook(base):  # type: ignore[no-untyped-def]
+            imp = import_deepspeed(base, args.deepspeed)
+            imp.print_notes()
+            return imp.scenario
+    sweep = load_sweep(args.sweep, hook)
+    out = check_writable(args.out or f"results/{Path(args.sweep).stem}.sqlite", "--out")
+    plot = check_writable(args.plot or str(out.with_suffix(".pareto.png")), "--plot")
+    csv = check_writable(args.csv, "--csv")
+    parquet = check_writable(args.parquet, "--parquet")
+    if parquet is not None:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise SimheteError("--parquet needs pyarrow, which is not installed (pip install pyarrow); "
+                               "use --csv instead") from None
+    if out.exists() and not args.resume:
+        with ResultStore(out) as st:
+            n = st.count()
+        if n:
+            raise SimheteError(f"--out {out}: holds {n} results already; pass --resume to continue "
+                               "that sweep, or give a new --out")
+    con = console()
+    total = planned_points(sweep)
+    con.print(f"[bold]{sweep.name}[/]: {sweep.strategy.name} over {sweep.grid_size} grid points "
+              f"({len(sweep.axes)} axes: {', '.join(sweep.keys)}); {total} to evaluate with "
+              f"{args.workers} {args.backend} worker(s) → {out}")
+    backend = make_backend(args.backend, args.workers, args.ray_address)
+    t0 = time.perf_counter()
+    try:
+        with ResultStore(out) as store:
+            store.set_meta(sweep=sweep.name, file=str(sweep.file), keys=list(sweep.keys))
+            with _progress(con, total, args.quiet) as progress:
+                outcome = Runner(sweep, store, backend, args.engine, progress).run()
+            if csv is not None:
+                store.to_csv(csv)
+            if parquet is not None:
+                store.to_parquet(parquet)
+    finally:
+        backend.close()
+    dt = time.perf_counter() - t0
+    rows = outcome.rows
+    counts = analysis.status_counts(rows)
+    con.print(f"{len(rows)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+              f"{outcome.ran} simulated, {outcome.skipped} already in the store; {dt:.1f} s")
+    keys = list(sweep.keys)
+    top = analysis.best(rows, sweep.limits, args.top)
+    if top:
+        con.print(analysis.rows_table(top, keys, f"Best {len(top)} by throughput (fits"
+                                      + (", within the sweep's limits" if _has_limits(sweep) else "") + ")"))
+        for col, (_, label) in analysis.FRONTS.items():
+            front = analysis.pareto(rows, sweep.limits, analysis.FRONTS[col][0])
+            con.print(analysis.rows_table(front, keys, f"Pareto front: throughput vs {label}"))
+        analysis.plot_fronts(rows, sweep.limits, plot, title=sweep.name)
+        con.print(f"Pareto plot: {plot}")
+    else:
+        con.print("[bold red]No configuration fits[/]" + (" within the sweep's limits" if _has_limits(sweep) else ""))
+    fails = analysis.failures_table(rows)
+    if fails is not None:
+        con.print(fails)
+    if csv is not None:
+        con.print(f"CSV: {csv}")
+    if parquet is not None:
+        con.print(f"Parquet: {parquet}")
+    return 1 if counts.get("error") else 0
+
+
+def _has_limits(sweep) -> bool:  # type: ignore[no-untyped-def]
+    return sweep.limits.gpu_memory is not None or sweep.limits.host_memory is not None
+
+
+class _progress:
+    """A rich progress bar (points done / total, rate, ETA) wired to the runner's Progress."""
+
+    def __init__(self, con, total: int, quiet: bool) -> None:  # type: ignore[no-untyped-def]
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        from simhete.search.runner import Progress
+
+        self.bar = None if quiet else Bar(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} points/s"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=con, transient=False)
+        self.task = None
+        self.t0 = time.perf_counter()
+        self.ran = 0
+        self.progress = Progress(total, self._advance)
+        if self.bar is not None:
+            self.task = self.bar.add_task("sweep", total=total, rate="-")
+
+    def _advance(self, ran: int, skipped: int) -> None:
+        self.ran += ran
+        if self.bar is not None and self.task is not None:
+            dt = time.perf_counter() - self.t0
+            rate = f"{self.ran / dt:,.0f}" if dt > 0 and self.ran else "-"
+            self.bar.update(self.task, advance=ran + skipped, rate=rate)
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if self.bar is not None:
+            self.bar.start()
+        return self.progress
+
+    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        if self.bar is not None:
+            self.bar.stop()

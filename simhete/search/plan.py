@@ -1,0 +1,234 @@
+"""Capacity planning: does a model fit, under which policy, how fast, how big can it get.
+
+Every answer is a simulation verdict (the engine's out-of-memory check on the policy's schedule),
+not a separate formula, so ``plan`` and ``simulate`` never disagree. Searches:
+
+- *policies*: each registered policy that can run on the hardware, with each combination of the
+  planning knobs it has (:data:`PLAN_KNOBS`); the best is the highest throughput that fits.
+- *largest micro-batch*: for a fixed policy and knobs, memory in use at every instant grows with
+  the micro-batch (activations and workspaces scale with batch × sequence; model states do not
+  depend on it), so fit/no-fit is monotone in the batch: doubling finds a bracket, bisection the
+  edge.
+- *largest model of the family*: the family's presets, largest first, the first that fits under
+  any policy (its leanest knobs); for the open-ended ``gpt-like`` family, the most layers at the
+  same width (bisection: state and activations grow with depth).
+- *smallest hardware for a target throughput*: every shipped profile (with the requested GPU
+  count), ordered smallest first by (GPUs, GPU memory, dense bf16 peak, host memory).
+
+Each answer carries the provenance of the numbers behind it: the capacities it was decided
+against, and the uncalibrated (datasheet/assumed) numbers the throughput rests on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from simhete.errors import ConfigError
+from simhete.scenario import Scenario
+
+# Knob values tried per policy, where the policy has a knob of that name (others keep defaults).
+PLAN_KNOBS: dict[str, tuple[Any, ...]] = {
+    "checkpointing": ("none", "full"),
+    "delayed_update": (False, True),
+}
+# The leanest value of each planning knob (least GPU memory), for "does anything fit" questions.
+LEAN_KNOBS: dict[str, Any] = {"checkpointing": "full"}
+MAX_MICRO_BATCH = 4096      # scenario.TrainShape's bound
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One simulated configuration."""
+
+    policy: str
+    knobs: dict[str, Any]
+    fits: bool
+    tokens_per_s: float | None
+    peak_gpu_bytes: int
+    peak_host_bytes: int
+    reason: str                       # OOM message or why the combination is invalid
+    uncalibrated: tuple[str, ...]
+
+
+@dataclass
+class Planner:
+    """Runs trials for one base scenario; caches profiles and trial results."""
+
+    base: Scenario
+    engine: str = "fast"
+    policies: tuple[str, ...] | None = None
+    fixed_knobs: dict[str, Any] | None = None        # from --deepspeed: evaluate exactly these
+    _profiles: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, Trial] = field(default_factory=dict)
+
+    def trial(self, s: Scenario) -> Trial:
+        import json
+
+        from simhete.sim import resolve_profile, run
+
+        key = json.dumps(s.data.model_dump(mode="json", exclude_none=True), sort_keys=True)
+        if key in self._cache:
+            return self._cache[key]
+        pol, knobs = s.data.policy, dict(s.data.knobs)
+        hkey = json.dumps(s.data.model_dump(mode="json")["hardware"], sort_keys=True)
+        try:
+            if hkey not in self._profiles:
+                self._profiles[hkey] = resolve_profile(s)
+            res = run(s, engine=self.engine, profile=self._profiles[hkey])
+        except ConfigError as e:
+            t = Trial(pol, knobs, False, None, 0, 0, str(e), ())
+        else:
+            sm = res.summary
+            gpu = max((m.peak_bytes for p, m in sm.memory.items() if p.startswith("gpu")), default=0)
+            host = sm.memory["cpu"].peak_bytes if "cpu" in sm.memory else 0
+            t = Trial(pol, knobs, sm.fits, sm.tokens_per_s, gpu, host, sm.oom or "", sm.uncalibrated)
+        self._cache[key] = t
+        return t
+
+    # -- policies ---------------------------------------------------------------------------------
+
+    def variants(self, policy: str, lean: bool = False) -> list[dict[str, Any]]:
+        """Knob combinations tried for ``policy`` (the scenario's own knobs the policy has kept)."""
+        from simhete.policy import get_policy
+
+        fields = get_policy(policy).Knobs.model_fields
+        if self.fixed_knobs is not None:
+            return [dict(self.fixed_knobs)]
+        own = {k: v for k, v in self.base.data.knobs.items() if k in fields and k not in PLAN_KNOBS}
+        if "activations" in own:      # a per-block list fixes the activation policy
+            own.pop("activations")
+        names = [k for k in PLAN_KNOBS if k in fields]
+        if lean:
+            return [{**own, **{k: LEAN_KNOBS[k] for k in names if k in LEAN_KNOBS}}]
+        out = []
+        for combo in itertools.product(*(PLAN_KNOBS[k] for k in names)):
+            out.append({**own, **dict(zip(names, combo))})
+        return out
+
+    def policy_names(self, s: Scenario) -> list[str]:
+        from simhete.policy import get_policy, list_policies
+
+        names = list(self.policies or list_policies())
+        prof = self._profile(s)
+        return [p for p in names if prof.gpu.count == 1 or get_policy(p).multi_gpu]
+
+    def _profile(self, s: Scenario) -> Any:
+        import json
+
+        from simhete.sim import resolve_profile
+
+        hkey = json.dumps(s.data.model_dump(mode="json")["hardware"], sort_keys=True)
+        if hkey not in self._profiles:
+            self._profiles[hkey] = resolve_profile(s)
+        return self._profiles[hkey]
+
+    def by_policy(self, s: Scenario | None = None, lean: bool = False) -> dict[str, list[Trial]]:
+        s = s or self.base
+        return {p: [self.trial(s.with_changes(policy=p, knobs=k)) for k in self.variants(p, lean)]
+                for p in self.policy_names(s)}
+
+    def best(self, s: Scenario | None = None) -> Trial | None:
+        trials = [t for ts in self.by_policy(s).values() for t in ts if t.fits and t.tokens_per_s]
+        return max(trials, key=lambda t: t.tokens_per_s or 0.0, default=None)
+
+    def fits_anywhere(self, s: Scenario) -> bool:
+        return any(t.fits for ts in self.by_policy(s, lean=True).values() for t in ts)
+
+    # -- largest micro-batch ------------------------------------------------------------------------
+
+    def largest_micro_batch(self, policy: str, knobs: dict[str, Any]) -> tuple[int, int]:
+        """(largest micro-batch that fits or 0, number of trials) for a fixed policy and knobs."""
+        probes = []
+
+        def fits(b: int) -> bool:
+            probes.append(b)
+            return self.trial(self.base.with_changes(policy=policy, knobs=knobs,
+                                                     **{"train.micro_batch": b})).fits
+        if not fits(1):
+            return 0, len(probes)
+        lo, hi = 1, 2
+        while hi <= MAX_MICRO_BATCH and fits(hi):
+            lo, hi = hi, hi * 2
+        if hi > MAX_MICRO_BATCH:
+            return lo, len(probes)
+        while hi - lo > 1:          # invariant: fits(lo), not fits(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo, len(probes)
+
+    def lean(self, policy: str, knobs: dict[str, Any]) -> dict[str, Any]:
+        """``knobs`` with the planning knobs set to their leanest value where the policy has them."""
+        from simhete.policy import get_policy
+
+        if self.fixed_knobs is not None:
+            return dict(knobs)
+        fields = get_policy(policy).Knobs.model_fields
+        return {**knobs, **{k: v for k, v in LEAN_KNOBS.items() if k in fields}}
+
+    # -- largest model of the family ------------------------------------------------------------------
+
+    def largest_model(self) -> tuple[str | None, str]:
+        """(name of the largest family member that fits, family description)."""
+        from simhete.sim import resolve_model
+        from simhete.workload import family_models, list_families
+
+        spec = resolve_model(self.base)
+        fam = spec.family
+        if fam == "gpt-like":
+            return self._largest_gpt_like(spec.hidden, spec.n_heads), f"gpt-like (hidden {spec.hidden}, by depth)"
+        if fam not in list_families():
+            return None, f"{fam} (not a preset family)"
+        for m in reversed(family_models(fam)):
+            if self.fits_anywhere(self.base.with_changes(model=m.name)):
+                return m.name, fam
+        return None, fam
+
+    def _largest_gpt_like(self, hidden: int, heads: int) -> str | None:
+        def name(layers: int) -> str:
+            return f"gpt-like-h{hidden}-l{layers}-a{heads}"
+
+        def fits(layers: int) -> bool:
+            return self.fits_anywhere(self.base.with_changes(model=name(layers)))
+        if not fits(1):
+            return None
+        lo, hi = 1, 2
+        while hi <= 4096 and fits(hi):
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return name(lo)
+
+    # -- smallest hardware --------------------------------------------------------------------------
+
+    def smallest_hardware(self, target: float, gpus: int) -> tuple[str | None, list[tuple[str, Trial | None]]]:
+        """(smallest shipped profile whose best throughput ≥ target, [(profile, best trial)])."""
+        from simhete.hw import list_profiles
+
+        rows: list[tuple[tuple[Any, ...], str, Trial | None]] = []
+        for name in list_profiles():
+            s = self.base.with_changes(hardware={"profile": name, "gpus": gpus})
+            prof = self._profile(s)
+            size = (prof.gpu.count, prof.gpu.memory_bytes,
+                    getattr(prof.gpu.peak_tflops, "bf16", None).value
+                    if getattr(prof.gpu.peak_tflops, "bf16", None) else 0.0,
+                    prof.host.memory_bytes, name)
+            rows.append((size, name, self.best(s)))
+        rows.sort(key=lambda r: r[0])
+        table = [(name, t) for _, name, t in rows]
+        hit = next((name for _, name, t in rows if t is not None and (t.tokens_per_s or 0) >= target), None)
+        return hit, table
+
+
+def capacity_provenance(profile: Any) -> list[str]:
+    """Where the capacities behind a fit verdict come from."""
+    g, h = profile.gpu, profile.host
+    return [f"gpu.memory_bytes = {g.memory_bytes} (spec: {g.ref})",
+            f"gpu.reserved_bytes = {int(g.reserved_bytes.value)} ({g.reserved_bytes.source}: {g.reserved_bytes.ref})",
+            f"host.memory_bytes = {h.memory_bytes} (spec: {h.ref})"]
+
+
+def dedupe(flags: Iterable[str]) -> list[str]:
+    return sorted(set(flags))

@@ -1,0 +1,148 @@
+"""Run a sweep: strategy proposes grid indices → points → skip finished → backend → store.
+
+This is the one code path for every backend and strategy. A point whose id is already in the
+store is not run again (``--resume``), an invalid combination is recorded without being shipped,
+and each chunk of rows is committed as soon as the backend returns it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from simhete.search.backends import Backend
+from simhete.search.evaluate import Row, failed_row
+from simhete.search.points import Point, Resolver
+from simhete.search.space import Limits, Sweep
+from simhete.search.store import ResultStore
+from simhete.search.strategies import coordinate_search, decode, grid, random_sample
+
+MAX_CHUNK = 32
+
+
+@dataclass
+class Progress:
+    """What the runner reports as it goes (the CLI draws it as a rich progress bar)."""
+
+    total: int
+    on_advance: Callable[[int, int], None] | None = None   # (points run, points skipped)
+
+    def advance(self, run: int = 0, skipped: int = 0) -> None:
+        if self.on_advance is not None:
+            self.on_advance(run, skipped)
+
+
+@dataclass
+class SweepOutcome:
+    rows: list[Row]          # this sweep's points, in grid order, one per distinct id
+    ran: int                 # points simulated in this invocation
+    skipped: int             # points found in the store (resumed)
+    best_idx: int | None     # optimize only: the best point found
+
+
+class Runner:
+    def __init__(self, sweep: Sweep, store: ResultStore, backend: Backend, engine: str = "fast",
+                 progress: Progress | None = None) -> None:
+        self.sweep, self.store, self.backend, self.engine = sweep, store, backend, engine
+        self.sizes = [len(v) for _, v in sweep.axes]
+        self.values = [v for _, v in sweep.axes]
+        self.resolver = Resolver(sweep.base, sweep.keys)
+        self.progress = progress or Progress(planned_points(sweep))
+        self.ran = self.skipped = 0
+        self._points: dict[int, Point] = {}
+
+    def point(self, idx: int) -> Point:
+        p = self._points.get(idx)
+        if p is None:
+            v = decode(idx, self.sizes)
+            p = self._points[idx] = self.resolver.point(idx, [vals[j] for vals, j in zip(self.values, v)])
+        return p
+
+    def evaluate(self, idxs: Sequence[int]) -> list[Row]:
+        """Rows for the grid indices ``idxs`` (in order), running only those not yet stored."""
+        points = [self.point(i) for i in idxs]
+        by_id: dict[str, Row] = self.store.get(p.id for p in points)
+        skipped = {p.id for p in points if p.id in by_id}
+        invalid: list[Row] = []
+        todo: dict[str, Point] = {}
+        for p in points:
+            if p.id in by_id or p.id in todo:
+                continue
+            if p.scenario is None:
+                row = failed_row(p.id, p.idx, p.params, "invalid", p.error or "",
+                                 str(p.params.get("policy", self.sweep.base.data.policy)))
+                by_id[p.id] = row
+                invalid.append(row)
+            else:
+                todo[p.id] = p
+        if invalid:
+            self.store.put(invalid)
+        self.ran += len(invalid)
+        self.skipped += len(skipped)
+        self.progress.advance(len(invalid), len(skipped))
+        if todo:
+            work = list(todo.values())
+            size = max(1, min(MAX_CHUNK, math.ceil(len(work) / (4 * self.backend.workers))))
+            chunks = [[(p.id, p.idx, p.params, p.scenario) for p in work[k:k + size]]
+                      for k in range(0, len(work), size)]
+            for rows in self.backend.map(chunks, self.engine):
+                self.store.put(rows)
+                for r in rows:
+                    by_id[r.id] = r
+                self.ran += len(rows)
+                self.progress.advance(len(rows), 0)
+        return [by_id[p.id] for p in points]
+
+    def run(self) -> SweepOutcome:
+        st = self.sweep.strategy
+        best = None
+        out: dict[str, Row] = {}
+        if st.name == "optimize":
+            def score(idxs: list[int]) -> list[float]:
+                rows = self.evaluate(idxs)
+                out.update((r.id, r) for r in rows)
+                return [objective(r, self.sweep.limits) for r in rows]
+            budget = st.budget or self.sweep.grid_size
+            best, _ = coordinate_search(self.sizes, score, self.start(), budget, st.restarts, st.seed)
+        else:
+            batches = grid(self.sizes) if st.name == "grid" else random_sample(self.sizes, st.samples or 0, st.seed)
+            for idxs in batches:
+                out.update((r.id, r) for r in self.evaluate(idxs))
+        rows = sorted(out.values(), key=lambda r: (r.idx, r.id))
+        return SweepOutcome(rows, self.ran, self.skipped, best)
+
+    def start(self) -> tuple[int, ...]:
+        """The optimizer's first point: the base scenario's value on each axis where the axis has it."""
+        raw = self.sweep.base.data.model_dump(mode="json", exclude_none=True)
+        out = []
+        for key, vals in self.sweep.axes:
+            cur: Any = raw
+            for part in key.split("."):
+                cur = cur.get(part) if isinstance(cur, dict) else None
+            out.append(vals.index(cur) if cur in vals else 0)
+        return tuple(out)
+
+
+def planned_points(sweep: Sweep) -> int:
+    st = sweep.strategy
+    if st.name == "random":
+        return min(st.samples or 0, sweep.grid_size)
+    if st.name == "optimize":
+        return min(st.budget or sweep.grid_size, sweep.grid_size)
+    return sweep.grid_size
+
+
+def feasible(r: Row, limits: Limits) -> bool:
+    """Fits the hardware, and the sweep's own memory limits if it sets any."""
+    if r.status != "ok" or r.tokens_per_s is None:
+        return False
+    if limits.gpu_memory is not None and (r.peak_gpu_bytes or 0) > limits.gpu_memory:
+        return False
+    if limits.host_memory is not None and (r.peak_host_bytes or 0) > limits.host_memory:
+        return False
+    return True
+
+
+def objective(r: Row, limits: Limits) -> float:
+    return float(r.tokens_per_s) if feasible(r, limits) else -math.inf
