@@ -1,0 +1,151 @@
+"""simhete validate SCENARIO --profile P.yaml: simulate the scenario's (scaled-down) schedule, run
+that same Schedule for real with torch on this machine, and report predicted vs measured.
+
+Pipeline (:func:`validate_scenario`): apply the scenario's ``replay:`` shape → build the Schedule
+with the policy → simulate it with the given profile → refuse if the predicted peak does not fit
+in free memory → replay it (simhete.replay) → run the plain in-memory training loop of the same
+model, data and seed → join the two timelines on task names (simhete.replay.compare).
+Exit status: 0, or 1 when the replayed losses differ from the reference loop (the schedule moved
+data wrongly), 2 for user errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from simhete.commands._common import add_engine_arg, check_writable, console, dump_json
+from simhete.errors import SimheteError
+
+HELP = ("Replay a scenario's simulated schedule for real with torch (CPU or CUDA) and report "
+        "predicted vs measured iteration time, per-category times, peak memory and loss parity.")
+
+# Loss parity tolerance, relative to the reference loss: the replay runs the reference's ops on
+# the same device, so fp32 agrees to rounding; bf16 leaves room for a different summation order
+# of the tied-embedding gradient and of CPU vs device Adam on CUDA.
+LOSS_RTOL = {"fp32": 1e-4, "bf16": 1e-2}
+
+
+@dataclass(frozen=True)
+class Validation:
+    scenario: Any          # the scaled Scenario that was simulated and replayed
+    predicted: Any         # simhete.sim.Result
+    replayed: Any          # simhete.replay.executor.Replayed
+    comparison: Any        # simhete.replay.compare.Comparison
+    parity: bool | None    # losses within LOSS_RTOL of the reference (None: no reference run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", help="scenario YAML; its replay: section scales the model down")
+    p.add_argument("--profile", required=True, metavar="P.yaml",
+                   help="hardware profile of THIS machine (from `simhete calibrate`)")
+    p.add_argument("--iterations", type=int, default=4, metavar="N",
+                   help="training iterations to simulate and replay (default 4; steady state is 2..N)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where to replay (default: the profile's device_type)")
+    p.add_argument("--trace", metavar="PATH",
+                   help="write one Perfetto trace with the simulated and measured timelines")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the in-memory reference loop (loss parity), e.g. when it would not fit")
+    add_engine_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simhete.hw.profile import load_profile
+    from simhete.scenario import load_scenario
+
+    if not 1 <= args.iterations <= 100:
+        raise SimheteError(f"--iterations: bad value {args.iterations}; allowed: 1 to 100")
+    trace = check_writable(args.trace, "--trace")
+    scenario = load_scenario(args.scenario)
+    profile = load_profile(args.profile)
+    con = console()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cols = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, console=con, transient=True, disable=args.json) as prog:
+        bars: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = prog.add_task(stage, total=total)
+            prog.update(bars[stage], completed=done)
+
+        v = validate_scenario(scenario, profile, iterations=args.iterations, device=args.device,
+                              engine=args.engine, reference=not args.no_reference, progress=progress)
+    if trace is not None:
+        from simhete.report.trace import write_trace
+        write_trace(trace, {"simulated": v.predicted.timeline, "measured": v.replayed.timeline})
+    if args.json:
+        d = v.comparison.to_dict()
+        d["loss_parity"] = v.parity
+        d["profile"] = profile.name
+        d["uncalibrated"] = sorted(v.predicted.summary.flags) if hasattr(v.predicted.summary, "flags") else []
+        print(dump_json(d), end="")
+    else:
+        from simhete.replay.table import render_validation
+        con.print(render_validation(v.comparison, v.parity, profile=profile.name))
+        if trace is not None:
+            con.print(f"trace: {trace} (open in ui.perfetto.dev; simulated and measured side by side)")
+    return 1 if v.parity is False else 0
+
+
+def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | None = None,
+                      engine: str = "fast", reference: bool = True,
+                      progress: Callable[[str, int, int], None] | None = None) -> Validation:
+    """Simulate, replay and compare one scenario; see the module docstring."""
+    from simhete.replay.compare import compare
+    from simhete.replay.config import replay_shape, scaled_scenario
+    from simhete.replay.device import check_fits, open_device
+    from simhete.replay.executor import Executor
+    from simhete.replay.reference import reference_losses
+    from simhete.sim import run as simulate
+
+    kind = device or profile.device_type
+    if kind != profile.device_type:
+        raise SimheteError(f"--device {kind}: the profile {profile.name} describes a "
+                           f"{profile.device_type} device; predictions for one device cannot be "
+                           "checked on another (calibrate this device with `simhete calibrate`)")
+    shape = replay_shape(scenario)
+    scaled = scaled_scenario(scenario, iterations)
+    pred = simulate(scaled, engine=engine, profile=profile)
+    if pred.timeline.oom is not None:
+        raise SimheteError(f"replay refused: the simulator predicts {pred.timeline.oom.message()}")
+    dev = open_device(kind)
+    check_fits(dict(pred.timeline.peak), dev)
+    ex = Executor(pred.schedule, pred.context.workload, dev, seed=shape.seed, lr=shape.lr)
+    n_tasks = len(pred.schedule.tasks)
+    done = [0]
+
+    def tick(_task: Any) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress("replay", done[0], n_tasks)
+
+    replayed = ex.run({r.name: r.start for r in pred.timeline.records}, on_task=tick)
+    ref: list[float] = []
+    parity = None
+    if reference:
+        if progress is not None:
+            progress("reference", 0, 1)
+        ref = reference_losses(pred.context.workload, iterations, seed=shape.seed, lr=shape.lr,
+                               device=dev.dev)
+        if progress is not None:
+            progress("reference", 1, 1)
+        tol = LOSS_RTOL[scaled.data.train.dtype]
+        parity = len(ref) == len(replayed.losses) and all(
+            math.isfinite(a) and abs(a - b) <= tol * abs(b) for a, b in zip(replayed.losses, ref))
+    notes = _notes(dev.kind)
+    comp = compare(pred.timeline, replayed.timeline, scenario=scenario.name, device=replayed.device,
+                   losses=tuple(replayed.losses), reference_losses=tuple(ref), notes=notes)
+    return Validation(scaled, pred, replayed, comp, parity)
+
+
+def _notes(kind: str) -> tuple[str, ...]:
+    if kind == "cpu":
+        return ("measured peak memory on the CPU device: the replay's own tensor accounting at task "
+                "ends (transient memory inside a task not seen)",)
+    return ("measured device peak: torch.cuda.max_memory_allocated",)

@@ -1,0 +1,595 @@
+"""Execute a simulated Schedule for real with torch and return the measured Timeline.
+
+Every task is dispatched by the operation in its name (``it{k}.{what}.{block}``, the names
+:func:`simhete.policy.training.tname` gives) and runs on the real blocks of the workload's model:
+
+==============  ==========================================================================
+``F``           forward of the block; with a ``R`` task in the schedule it runs without a
+                graph and keeps only its input (checkpoint), otherwise it records the saved
+                tensors through saved-tensor hooks
+``R``           recompute: the forward again, from the checkpointed input, with its graph
+``B``           backward: gradients of the block input and weights (``torch.autograd.grad``)
+``D2H.act``     swap out: every saved activation copied to a host buffer, device copy dropped
+``H2D.act``     swap in: the saved activations copied back to the device
+``D2H.g``       gradients of the blocks whose gradient buffers the task frees, to the host
+``ADAM.cpu``    torch's Adam on the block's fp32 master weights on the CPU (host gradients),
+                then its working-precision host copy refreshed for the next ``H2D.w``
+``ADAM.gpu``    torch's Adam on the device, then the working weights refreshed from the master
+``H2D.w``       the block's working weights copied from the host into its device leaves (fresh
+                storage when they were released); a weight buffer the task allocates is bound
+                to them, and the task that frees that buffer releases them
+==============  ==========================================================================
+
+Order: tasks are issued in a topological order of the dependencies, earliest predicted start
+first (the simulated start order). Each stream runs its tasks in that order, each after its
+dependencies. On the CPU device every stream is a host thread with one intra-op thread, as the
+CPU calibration measures them, sharing the cores (the profile's interference entries describe
+that sharing). On CUDA each device stream is a ``torch.cuda.Stream`` fed by the main thread, a
+dependency on another stream is a ``wait_event``, and CPU tasks (``cpu.optim``) run on a host
+thread that first waits for the device tasks they depend on.
+
+Memory: on CUDA the measured peak is ``torch.cuda.max_memory_allocated``. On the CPU device it is
+the executor's own accounting (:meth:`State.pool_bytes`: weights, optimizer states, gradients and
+every saved activation, storages counted once) sampled at each task's end before its frees —
+transient memory inside a task is not seen.
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import re
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from simhete.engine.timeline import Record, Timeline
+from simhete.opkinds import MemClass
+from simhete.replay.device import CPU_STREAM, Device
+from simhete.replay.model import TORCH_DTYPES, Step, adam, data, forward, init_master, kind_of
+from simhete.replay.state import Act, BlockState, ReplayError, State
+from simhete.schedule import Schedule, Task
+
+NAME_RE = re.compile(r"^it(\d+)\.(.+)\.([A-Za-z0-9_]+)$")
+STREAMS = ("gpu0.compute", "gpu0.h2d", "gpu0.d2h", CPU_STREAM)
+CPU_THREADS_PER_STREAM = 1
+
+
+@dataclass(frozen=True)
+class Replayed:
+    timeline: Timeline
+    losses: list[float]          # per iteration, in order
+    device: str
+
+
+def parse_name(name: str) -> tuple[int, str, str]:
+    """``it2.H2D.w.b3`` -> (2, "H2D.w", "b3")."""
+    m = NAME_RE.match(name)
+    if m is None:
+        raise ReplayError(f"task {name}: the replay needs names it<k>.<what>.<block> "
+                          "(single-GPU schedules from simhete.policy)")
+    return int(m.group(1)), m.group(2), m.group(3)
+
+
+def issue_order(schedule: Schedule, start: dict[str, float] | None = None) -> list[int]:
+    """Task indices in a dependency-respecting order, earliest (predicted) start first."""
+    idx = schedule.index()
+    n = len(schedule.tasks)
+    indeg = [0] * n
+    users: list[list[int]] = [[] for _ in range(n)]
+    for i, t in enumerate(schedule.tasks):
+        for d in t.deps:
+            users[idx[d]].append(i)
+            indeg[i] += 1
+    key = (lambda i: (start.get(schedule.tasks[i].name, float("inf")), i)) if start else (lambda i: (0.0, i))
+    heap = [(key(i), i) for i in range(n) if indeg[i] == 0]
+    heapq.heapify(heap)
+    out: list[int] = []
+    while heap:
+        _, i = heapq.heappop(heap)
+        out.append(i)
+        for u in users[i]:
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                heapq.heappush(heap, (key(u), u))
+    if len(out) != n:
+        raise ReplayError("the schedule's dependencies have a cycle")
+    return out
+
+
+class Executor:
+    """Runs one Schedule of one workload on one device. Build, then :meth:`run` once."""
+
+    def __init__(self, schedule: Schedule, workload, device: Device, *, seed: int = 0,
+                 lr: float = 1e-2) -> None:
+        self.sched = schedule
+        self.wl = workload
+        self.spec = workload.spec
+        self.dev = device
+        self.seed = seed
+        self.dtype = TORCH_DTYPES[workload.dtype]
+        bad = sorted({t.stream for t in schedule.tasks} - set(STREAMS))
+        if bad:
+            raise ReplayError(f"stream {bad[0]}: the replay runs single-device schedules on "
+                              f"{', '.join(STREAMS)}")
+        self.names = {b.index: b.name for b in workload.blocks}
+        self.index_of = {b.name: b.index for b in workload.blocks}
+        self.parsed = [parse_name(t.name) for t in schedule.tasks]
+        for (it, what, blk), t in zip(self.parsed, schedule.tasks):
+            if what not in HANDLERS:
+                raise ReplayError(f"task {t.name}: no replay for operation {what!r}; known: "
+                                  + ", ".join(sorted(HANDLERS)))
+        ops = {(it, what, blk) for it, what, blk in self.parsed}
+        self.recompute = {(it, self.index_of[b]) for it, w, b in ops if w == "R"}
+        self.swapped = {(it, self.index_of[b]) for it, w, b in ops if w == "D2H.act"}
+        self.bound: dict[str, Callable[[], None]] = {}
+        tokens = data(self.spec, schedule.iterations, workload.micro_batch, workload.seq_len, seed)
+        self.tokens = tokens.to(device.dev)
+        self.state = State({b.index: self._block_state(b, lr) for b in workload.blocks if b.params})
+        self.mem_events: dict[str, list[tuple[float, int]]] = {"gpu0": [], "cpu": []}
+        self.peak: dict[str, int] = {"gpu0": 0, "cpu": 0}
+        self.peak_by_class: dict[str, dict[str, int]] = {"gpu0": {}, "cpu": {}}
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _block_state(self, b, lr: float) -> BlockState:
+        """Model states placed as ``Schedule.initial`` says: ``{cls}.g0.{block}`` on the device,
+        ``{cls}.{block}`` on the host. Without a master buffer (fp32 training) the optimizer's
+        fp32 parameters live with the Adam states."""
+        pool: dict[str, str] = {}
+        for a in self.sched.initial:
+            if a.buf.rsplit(".", 1)[-1] == b.name:
+                pool.setdefault(a.cls.value, a.pool)
+        opt_pool = pool.get(MemClass.OPTIM.value)
+        if opt_pool is None:
+            raise ReplayError(f"block {b.name}: the schedule places no Adam states "
+                              f"({MemClass.OPTIM.value}.{b.name}) in Schedule.initial")
+        master_pool = pool.get(MemClass.MASTER.value, opt_pool)
+        on_dev = pool.get(MemClass.WEIGHTS.value) == "gpu0"
+        dev, dtype = self.dev.dev, self.dtype
+        init = init_master(self.spec, b.name, b.index, self.seed)
+        where = dev if master_pool == "gpu0" else torch.device("cpu")
+        master = {k: v.to(where) for k, v in init.items()}
+        dev_is_master = dtype == torch.float32 and master_pool == "gpu0" and on_dev
+        if dev_is_master:
+            leaves = {k: v.requires_grad_() for k, v in master.items()}
+        else:
+            leaves = {k: v.to(device=dev, dtype=dtype).requires_grad_() for k, v in init.items()}
+        bs = BlockState(b.name, b.index, master, master_pool, adam(list(master.values()), lr), leaves,
+                        {k: v.shape for k, v in init.items()}, resident=True, dev_is_master=dev_is_master)
+        if not on_dev:
+            bs.release()
+        if any(w in ("H2D.w", "ADAM.cpu") and blk == b.name for _, w, blk in self.parsed):
+            if master_pool == "cpu" and dtype == torch.float32:
+                bs.host_w = master
+            else:
+                pinned = self._pinned_h2d(b.name)
+                bs.host_w = {}
+                for k, v in init.items():
+                    h = self.dev.host_empty(v, pinned, dtype)
+                    h.copy_(v)
+                    bs.host_w[k] = h
+        return bs
+
+    def _pinned_h2d(self, blk: str) -> bool:
+        for (_, what, b), t in zip(self.parsed, self.sched.tasks):
+            if what == "H2D.w" and b == blk:
+                return all(op.pinned for op in t.ops)
+        return True
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, start: dict[str, float] | None = None,
+            on_task: Callable[[Task], None] | None = None) -> Replayed:
+        """Execute every task once; ``start`` (predicted start per task name) sets the issue order,
+        ``on_task`` is called as each task finishes (from the thread that ran it)."""
+        order = issue_order(self.sched, start)
+        threaded = set(STREAMS) if self.dev.kind == "cpu" else {CPU_STREAM}
+        self.on_task = on_task
+        self.done: dict[str, threading.Event] = {}
+        self.failed = threading.Event()
+        self.error: BaseException | None = None
+        workers = {s: _Worker(self, s) for s in self.sched.streams if s in threaded}
+        before = torch.get_num_threads()
+        if self.dev.kind == "cpu":
+            torch.set_num_threads(CPU_THREADS_PER_STREAM)
+        try:
+            self.dev.start()
+            self.device_name = self.dev.name
+            for w in workers.values():
+                w.start()
+            for i in order:
+                t = self.sched.tasks[i]
+                if self.failed.is_set():
+                    break
+                if t.stream in workers:
+                    self.done[t.name] = threading.Event()
+                    workers[t.stream].queue.put(i)
+                    continue
+                try:
+                    for d in t.deps:
+                        self._wait(d)
+                    self._run(i)
+                except _Aborted:
+                    break
+                except BaseException as e:
+                    self._fail(e)
+                    break
+            for w in workers.values():
+                w.queue.put(None)
+            for w in workers.values():
+                w.join()
+            if self.error is not None:
+                raise self.error
+            times = self.dev.times()
+        finally:
+            torch.set_num_threads(before)
+        return self._result(times)
+
+    def _wait(self, dep: str) -> None:
+        """Block until a task run by a worker thread has finished (device tasks need no wait here)."""
+        ev = self.done.get(dep)
+        if ev is None:
+            return
+        while not ev.wait(0.05):
+            if self.failed.is_set():
+                raise _Aborted()
+
+    def _fail(self, e: BaseException) -> None:
+        if self.error is None:
+            self.error = e
+        self.failed.set()
+
+    def _run(self, i: int) -> None:
+        """Issue a task on its stream: wait for its dependencies on other streams, run, time it."""
+        t = self.sched.tasks[i]
+        it, what, blk = self.parsed[i]
+        with self.dev.stream(t.stream):
+            self.dev.wait(list(t.deps))
+            mark = self.dev.begin(t.name)
+            HANDLERS[what](self, t, it, blk)
+            self.dev.end(t.name, mark)
+        self._after(t)
+
+    def _run_host(self, i: int) -> None:
+        """A CPU task next to a CUDA device: wait for the device work it needs, stamp with the host clock."""
+        t = self.sched.tasks[i]
+        it, what, blk = self.parsed[i]
+        self.dev.wait_host(list(t.deps))  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        HANDLERS[what](self, t, it, blk)
+        self.dev.host_task(t.name, t0, time.perf_counter())  # type: ignore[attr-defined]
+        self._after(t)
+
+    def _after(self, t: Task) -> None:
+        if self.dev.kind == "cpu":
+            self._sample()
+        for buf in t.frees:
+            release = self.bound.pop(buf, None)
+            if release is not None:
+                release()
+        if self.on_task is not None:
+            self.on_task(t)
+
+    def _sample(self) -> None:
+        by = self.state.pool_bytes()
+        now = self.dev.now()
+        for pool, classes in by.items():
+            total = sum(classes.values())
+            self.mem_events[pool].append((now, total))
+            if total > self.peak[pool]:
+                self.peak[pool] = total
+                self.peak_by_class[pool] = dict(sorted(classes.items()))
+
+    def _result(self, times: dict[str, tuple[float, float]]) -> Replayed:
+        recs = []
+        for t, (it, _, _) in zip(self.sched.tasks, self.parsed):
+            s, e = times[t.name]
+            recs.append(Record(t.name, t.stream, t.cat, t.it or it, t.block, s, e))
+        t0 = min((r.start for r in recs), default=0.0)
+        recs = [Record(r.name, r.stream, r.cat, r.it, r.block, r.start - t0, r.end - t0) for r in recs]
+        peak, by_class = dict(self.peak), dict(self.peak_by_class)
+        measured = self.dev.peak_bytes()
+        if measured is not None:
+            peak["gpu0"] = measured
+            by_class["gpu0"] = {}
+        events = {p: tuple((max(0.0, a - t0), b) for a, b in ev) for p, ev in self.mem_events.items() if ev}
+        tl = Timeline(tuple(recs), events, peak, by_class, engine=f"replay-{self.dev.kind}",
+                      meta={"device": self.device_name})
+        losses = [float(self.state.losses[k]) for k in sorted(self.state.losses)]
+        return Replayed(tl, losses, self.device_name)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _step(self, it: int, i: int) -> Step:
+        toks = self.tokens[it - 1]
+        return Step(it, i, self.seed, toks[:, :-1], toks[:, 1:])
+
+    def _weights(self, t: Task, i: int) -> tuple[dict, dict | None]:
+        """The block's device weights (and the tied embedding for the head); they must be resident."""
+        need = [i]
+        tied = None
+        if kind_of(self.names[i]) == "head" and self.spec.tied_embeddings:
+            need.append(self.index_of["embed"])
+        for j in need:
+            b = self.state.blocks.get(j)
+            if b is not None and not b.resident:
+                raise ReplayError(f"{t.name}: weights of block {self.names[j]} are not on the device "
+                                  "(no H2D brought them, or they were released)")
+        if len(need) > 1:
+            tied = self.state.blocks[need[1]].dev
+        own = self.state.blocks[i].dev if i in self.state.blocks else {}
+        return own, tied
+
+    @contextmanager
+    def _saving(self, t: Task, act: Act, i: int) -> Iterator[None]:
+        """Record what autograd saves: weights as references to their leaf, the rest into ``act``."""
+        leaves: dict[int, tuple[int, str]] = {}
+        for j in {i, self.index_of.get("embed", -1)}:
+            b = self.state.blocks.get(j)
+            if b is not None and b.resident:
+                for k, v in b.dev.items():
+                    leaves[v.untyped_storage().data_ptr()] = (j, k)
+
+        def pack(x: torch.Tensor) -> object:
+            ref = leaves.get(x.untyped_storage().data_ptr())
+            if ref is not None:
+                return ("w", ref[0], ref[1], x.size(), x.stride(), x.storage_offset())
+            act.saved.append(x)
+            return ("a", len(act.saved) - 1)
+
+        def unpack(p: tuple) -> torch.Tensor:
+            if p[0] == "w":
+                b = self.state.blocks[p[1]]
+                if not b.resident:
+                    raise ReplayError(f"{t.name}: backward of block {self.names[i]} needs the weights "
+                                      f"of block {b.name}, which are not on the device")
+                return b.dev[p[2]].as_strided(p[3], p[4], p[5])
+            if act.where != "device":
+                raise ReplayError(f"{t.name}: backward of block {self.names[i]} needs activations "
+                                  "that are still swapped out to the host (no H2D.act brought them back)")
+            return act.saved[p[1]]
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+
+    def _copy_stream(self, t: Task) -> str:
+        return "gpu0.compute" if t.stream == CPU_STREAM else t.stream
+
+    def _blocks_freed(self, t: Task, it: int, what: str) -> list[int]:
+        """Blocks whose ``it{k}.{what}.{block}`` buffers the task frees (e.g. gradient buckets)."""
+        out = []
+        for buf in t.frees:
+            m = NAME_RE.match(buf)
+            if m and m.group(2) == what and m.group(3) in self.index_of:
+                out.append(self.index_of[m.group(3)])
+        return out
+
+
+class _Aborted(Exception):
+    """Another thread failed; stop waiting."""
+
+
+class _Worker(threading.Thread):
+    """One schedule stream run by a host thread: its tasks in issue order, each after its deps.
+
+    On the CPU device every stream is one (the calibration measures each CPU "stream" as a thread
+    with one intra-op thread, sharing the cores with the others: calibrate/runner.py
+    ``default_threads``); next to a CUDA device only ``cpu.optim`` is.
+    """
+
+    def __init__(self, x: Executor, stream: str) -> None:
+        super().__init__(name=f"replay-{stream}", daemon=True)
+        self.x, self.stream = x, stream
+        self.queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        x = self.x
+        if x.dev.kind == "cpu":
+            torch.set_num_threads(CPU_THREADS_PER_STREAM)  # not inherited by a new thread
+        while (i := self.queue.get()) is not None:
+            if x.failed.is_set():
+                continue
+            t = x.sched.tasks[i]
+            try:
+                for d in t.deps:
+                    x._wait(d)
+                if x.dev.kind == "cpu":
+                    x._run(i)
+                else:
+                    x._run_host(i)
+            except _Aborted:
+                continue
+            except BaseException as e:
+                x._fail(e)
+                continue
+            x.done[t.name].set()
+
+
+# -- handlers: one per operation -------------------------------------------------------------
+
+def _fwd(x: Executor, t: Task, it: int, blk: str) -> None:
+    i = x.index_of[blk]
+    w, tied = x._weights(t, i)
+    kind = kind_of(blk)
+    if kind == "embed":
+        inp = None
+    else:
+        if it not in x.state.carry:
+            raise ReplayError(f"{t.name}: no input (the previous block's forward has not run)")
+        inp = x.state.carry.pop(it)
+    step = x._step(it, i)
+    if (it, i) in x.recompute:
+        with torch.no_grad():
+            y = forward(x.spec, blk, w, inp, step, tied)
+        x.state.acts[(it, i)] = Act(inp)
+    else:
+        if inp is not None:
+            inp.requires_grad_()
+        act = Act(inp)
+        with x._saving(t, act, i):
+            y = forward(x.spec, blk, w, inp, step, tied)
+        act.out = y
+        x.state.acts[(it, i)] = act
+    if kind == "head":
+        x.state.losses[it] = y.detach()
+    else:
+        x.state.carry[it] = y.detach()
+
+
+def _recompute(x: Executor, t: Task, it: int, blk: str) -> None:
+    i = x.index_of[blk]
+    act = x.state.acts.get((it, i))
+    if act is None:
+        raise ReplayError(f"{t.name}: no checkpointed input of block {blk} (its forward did not run)")
+    w, tied = x._weights(t, i)
+    if act.x_in is not None:
+        act.x_in.requires_grad_()
+    act.saved = []
+    with x._saving(t, act, i):
+        act.out = forward(x.spec, blk, w, act.x_in, x._step(it, i), tied)
+
+
+def _bwd(x: Executor, t: Task, it: int, blk: str) -> None:
+    i = x.index_of[blk]
+    act = x.state.acts.get((it, i))
+    if act is None or act.out is None:
+        raise ReplayError(f"{t.name}: block {blk} has no forward graph to differentiate "
+                          "(forward or recompute missing)")
+    w, tied = x._weights(t, i)
+    kind = kind_of(blk)
+    grad_out = None
+    if kind != "head":
+        grad_out = x.state.gcarry.pop(it, None)
+        if grad_out is None:
+            raise ReplayError(f"{t.name}: no output gradient (the next block's backward has not run)")
+    keys = list(w)
+    inputs = ([act.x_in] if act.x_in is not None else []) + [w[k] for k in keys]
+    if tied is not None:
+        inputs.append(tied["wte"])
+    grads = list(torch.autograd.grad(act.out, inputs, grad_out))
+    del x.state.acts[(it, i)]
+    if act.x_in is not None:
+        x.state.gcarry[it] = grads.pop(0)
+    if tied is not None:
+        x.state.tied_grad[x.index_of["embed"]] = grads.pop()
+    g = dict(zip(keys, grads))
+    if i in x.state.tied_grad:
+        g["wte"] = g["wte"] + x.state.tied_grad.pop(i)
+    if g:
+        x.state.dev_grads[i] = g
+
+
+def _swap_out(x: Executor, t: Task, it: int, blk: str) -> None:
+    act = x.state.acts.get((it, x.index_of[blk]))
+    if act is None or act.where != "device":
+        raise ReplayError(f"{t.name}: no activations of block {blk} on the device to swap out")
+    pinned = all(op.pinned for op in t.ops)
+    host = []
+    for s in act.saved:
+        h = x.dev.host_empty(s, pinned)
+        h.copy_(s, non_blocking=pinned)
+        x.dev.keep_alive(s, x._copy_stream(t))
+        host.append(h)
+    act.saved, act.where = host, "host"
+
+
+def _swap_in(x: Executor, t: Task, it: int, blk: str) -> None:
+    act = x.state.acts.get((it, x.index_of[blk]))
+    if act is None or act.where != "host":
+        raise ReplayError(f"{t.name}: no activations of block {blk} on the host to swap in")
+    back = [s.to(x.dev.dev, non_blocking=True) if x.dev.kind == "cuda" else s.clone() for s in act.saved]
+    for s in back:
+        x.dev.keep_alive(s, "gpu0.compute")
+    act.saved, act.where = back, "device"
+
+
+def _grads_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
+    blocks = x._blocks_freed(t, it, "grad") or [x.index_of[blk]]
+    pinned = all(op.pinned for op in t.ops)
+    for j in blocks:
+        g = x.state.dev_grads.pop(j, None)
+        if g is None:
+            raise ReplayError(f"{t.name}: block {x.names[j]} has no gradient on the device "
+                              "(its backward has not run, or it was already sent)")
+        out = {}
+        for k, v in g.items():
+            h = x.dev.host_empty(v, pinned)
+            h.copy_(v, non_blocking=pinned)
+            x.dev.keep_alive(v, x._copy_stream(t))
+            out[k] = h
+        x.state.host_grads[j] = out
+
+
+def _adam_cpu(x: Executor, t: Task, it: int, blk: str) -> None:
+    i = x.index_of[blk]
+    b = x.state.blocks[i]
+    if b.master_pool != "cpu":
+        raise ReplayError(f"{t.name}: the schedule places the master weights of {blk} on the device "
+                          "but runs their Adam on the CPU")
+    g = x.state.host_grads.pop(i, None)
+    if g is None:
+        raise ReplayError(f"{t.name}: no gradient of block {blk} on the host (a D2H is missing)")
+    with torch.no_grad():
+        for k, m in b.master.items():
+            m.grad = g[k].to(torch.float32)
+        b.opt.step()
+        for m in b.master.values():
+            m.grad = None
+        if b.host_w is not None and b.host_w is not b.master:
+            for k, h in b.host_w.items():
+                h.copy_(b.master[k])
+
+
+def _adam_gpu(x: Executor, t: Task, it: int, blk: str) -> None:
+    i = x.index_of[blk]
+    b = x.state.blocks[i]
+    if b.master_pool != "gpu0":
+        raise ReplayError(f"{t.name}: the schedule places the master weights of {blk} on the host "
+                          "but runs their Adam on the device")
+    g = x.state.dev_grads.pop(i, None)
+    if g is None:
+        raise ReplayError(f"{t.name}: no gradient of block {blk} on the device")
+    with torch.no_grad():
+        for k, m in b.master.items():
+            m.grad = g[k].to(torch.float32)
+        b.opt.step()
+        for m in b.master.values():
+            m.grad = None
+        if not b.dev_is_master:
+            if not b.resident:
+                raise ReplayError(f"{t.name}: weights of block {blk} are not on the device to update")
+            for k, v in b.dev.items():
+                v.copy_(b.master[k])
+
+
+def _weights_h2d(x: Executor, t: Task, it: int, blk: str) -> None:
+    i = x.index_of[blk]
+    b = x.state.blocks[i]
+    if b.host_w is None:
+        raise ReplayError(f"{t.name}: block {blk} has no host copy of its weights to send")
+    pinned = all(op.pinned for op in t.ops)
+    with torch.no_grad():
+        if b.resident:
+            for k, v in b.dev.items():
+                v.copy_(b.host_w[k], non_blocking=pinned)
+        else:
+            for k, v in b.dev.items():
+                fresh = torch.empty(b.shapes[k], dtype=x.dtype, device=x.dev.dev)
+                fresh.copy_(b.host_w[k], non_blocking=pinned)
+                x.dev.keep_alive(fresh, "gpu0.compute")
+                v.data = fresh
+            b.resident = True
+    for a in t.allocs:
+        if a.cls is MemClass.WEIGHTS and a.pool == "gpu0":
+            x.bound[a.buf] = b.release
+
+
+HANDLERS: dict[str, Callable[[Executor, Task, int, str], None]] = {
+    "F": _fwd, "R": _recompute, "B": _bwd, "D2H.act": _swap_out, "H2D.act": _swap_in,
+    "D2H.g": _grads_d2h, "ADAM.cpu": _adam_cpu, "ADAM.gpu": _adam_gpu, "H2D.w": _weights_h2d,
+}

@@ -1,0 +1,179 @@
+"""Real transformer blocks for the replay, written as functions of explicit weight dicts.
+
+The replay moves weights between host and device buffers itself, so a block is a pure function
+``forward(weights, x)`` rather than an ``nn.Module`` that owns its parameters. Blocks match the
+:class:`simhete.workload.ModelSpec` exactly (the parameter count equals ``block_params()``):
+
+- ``embed``: token embedding ``wte`` (+ learned positions ``wpe``), dropout.
+- transformer block (pre-norm, GPT-2 / LLaMA layout): norm → fused QKV projection → rotary
+  positions (``rope``) → causal ``scaled_dot_product_attention`` (grouped K/V heads when
+  ``n_kv_heads < n_heads``) → output projection → dropout → residual; norm → MLP (GeLU, ReLU or
+  SwiGLU with fused gate+up) → dropout → residual.
+- ``head``: final norm → LM head (the token embedding when tied) → cross-entropy in fp32.
+
+Dropout (p = 0.1, GPT-2's rate; Radford et al. 2019 released config ``resid_pdrop``/``embd_pdrop``)
+draws its mask from a generator seeded by (seed, iteration, block, site), so a recomputation
+reproduces the forward exactly and the plain reference loop draws the same masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from simhete.workload.spec import ModelSpec
+
+DROPOUT_P = 0.1
+INIT_STD = 0.02   # GPT-2 / Megatron-LM initialisation std of every weight matrix
+ROPE_BASE = 10000.0  # Su et al. 2021, "RoFormer", §3.2.2; LLaMA uses the same base
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+Weights = dict[str, torch.Tensor]
+
+
+def kind_of(name: str) -> str:
+    """``embed``, ``head`` or ``block`` for a workload block name."""
+    return name if name in ("embed", "head") else "block"
+
+
+def init_master(spec: ModelSpec, name: str, index: int, seed: int) -> Weights:
+    """fp32 initial weights of one block, on the CPU, deterministic in (seed, index)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + index)
+    h, f, kv = spec.hidden, spec.ffn_hidden, spec.kv_dim
+
+    def mat(rows: int, cols: int) -> torch.Tensor:
+        return torch.randn(rows, cols, generator=g) * INIT_STD
+
+    def norm(prefix: str) -> Weights:
+        out = {f"{prefix}.w": torch.ones(h)}
+        if spec.norm == "layernorm":
+            out[f"{prefix}.b"] = torch.zeros(h)
+        return out
+
+    w: Weights = {}
+    kind = kind_of(name)
+    if kind == "embed":
+        w["wte"] = mat(spec.vocab, h)
+        if spec.pos == "learned":
+            w["wpe"] = mat(spec.max_seq + spec.pos_offset, h)
+    elif kind == "head":
+        w.update(norm("lnf"))
+        if not spec.tied_embeddings:
+            w["lm"] = mat(spec.vocab, h)
+    else:
+        w.update(norm("ln1"))
+        w["qkv.w"] = mat(h + 2 * kv, h)
+        w["out.w"] = mat(h, h)
+        w.update(norm("ln2"))
+        w["fc1.w"] = mat(spec.n_mlp_in * f, h)
+        w["fc2.w"] = mat(h, f)
+        if spec.bias:
+            w["qkv.b"] = torch.zeros(h + 2 * kv)
+            w["out.b"] = torch.zeros(h)
+            w["fc1.b"] = torch.zeros(spec.n_mlp_in * f)
+            w["fc2.b"] = torch.zeros(h)
+    return w
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a forward needs besides weights and input: where it is (for dropout seeds) and the data."""
+
+    it: int
+    index: int
+    seed: int
+    tokens: torch.Tensor     # (micro_batch, seq_len) int64, on the device
+    targets: torch.Tensor    # (micro_batch, seq_len) int64, on the device
+
+
+def forward(spec: ModelSpec, name: str, w: Weights, x: torch.Tensor | None, step: Step,
+            tied: Weights | None = None) -> torch.Tensor:
+    """One block's forward; the head returns the scalar mean cross-entropy loss (fp32)."""
+    kind = kind_of(name)
+    if kind == "embed":
+        s = step.tokens.shape[1]
+        y = F.embedding(step.tokens, w["wte"])
+        if "wpe" in w:
+            y = y + w["wpe"][spec.pos_offset:spec.pos_offset + s]
+        return _dropout(spec, y, step, 0)
+    if kind == "head":
+        h = _norm(spec, x, w, "lnf")
+        lm = w["lm"] if "lm" in w else (tied or {}).get("wte")
+        if lm is None:
+            raise KeyError("wte")
+        logits = F.linear(h, lm)
+        return F.cross_entropy(logits.float().flatten(0, 1), step.targets.flatten())
+    return _block(spec, w, x, step)
+
+
+def _block(spec: ModelSpec, w: Weights, x: torch.Tensor, step: Step) -> torch.Tensor:
+    b, s, hid = x.shape
+    nh, nkv, d = spec.n_heads, spec.n_kv_heads, spec.head_dim
+    h = _norm(spec, x, w, "ln1")
+    qkv = F.linear(h, w["qkv.w"], w.get("qkv.b"))
+    q, k, v = qkv.split([hid, nkv * d, nkv * d], dim=-1)
+    q = q.view(b, s, nh, d).transpose(1, 2)
+    k = k.view(b, s, nkv, d).transpose(1, 2)
+    v = v.view(b, s, nkv, d).transpose(1, 2)
+    if spec.pos == "rope":
+        cos, sin = _rope_tables(s, d, x.device, x.dtype)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nkv != nh)
+    a = F.linear(a.transpose(1, 2).reshape(b, s, hid), w["out.w"], w.get("out.b"))
+    x = x + _dropout(spec, a, step, 1)
+    h = F.linear(_norm(spec, x, w, "ln2"), w["fc1.w"], w.get("fc1.b"))
+    if spec.mlp == "swiglu":
+        gate, up = h.chunk(2, dim=-1)   # Shazeer 2020, "GLU Variants Improve Transformer"
+        h = F.silu(gate) * up
+    elif spec.mlp == "gelu":
+        h = F.gelu(h, approximate="tanh")  # GPT-2's tanh approximation
+    else:
+        h = F.relu(h)
+    h = F.linear(h, w["fc2.w"], w.get("fc2.b"))
+    return x + _dropout(spec, h, step, 2)
+
+
+def _norm(spec: ModelSpec, x: torch.Tensor, w: Weights, prefix: str) -> torch.Tensor:
+    if spec.norm == "layernorm":
+        return F.layer_norm(x, (x.shape[-1],), w[f"{prefix}.w"], w[f"{prefix}.b"], eps=1e-5)
+    return F.rms_norm(x, (x.shape[-1],), w[f"{prefix}.w"], eps=1e-5)
+
+
+def _dropout(spec: ModelSpec, x: torch.Tensor, step: Step, site: int) -> torch.Tensor:
+    if not spec.dropout:
+        return x
+    g = torch.Generator(device=x.device)
+    g.manual_seed(((step.seed * 1_000_003 + step.it) * 4099 + step.index) * 4 + site)
+    keep = torch.empty(x.shape, device=x.device, dtype=x.dtype).bernoulli_(1.0 - DROPOUT_P, generator=g)
+    return x * keep * (1.0 / (1.0 - DROPOUT_P))
+
+
+def _rope_tables(s: int, d: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / (ROPE_BASE ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
+    ang = torch.outer(torch.arange(s, device=device, dtype=torch.float32), inv)
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def data(spec: ModelSpec, iterations: int, micro_batch: int, seq_len: int, seed: int) -> torch.Tensor:
+    """Token ids (iterations, micro_batch, seq_len + 1) drawn uniformly, deterministic in seed."""
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    return torch.randint(0, spec.vocab, (iterations, micro_batch, seq_len + 1), generator=g)
+
+
+def n_params(w: Weights) -> int:
+    return sum(t.numel() for t in w.values())
+
+
+def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """The optimizer the replay and the reference both use: torch's Adam (single-tensor path, the
+    same code on the CPU and on the device), one instance per block over its fp32 master weights."""
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+

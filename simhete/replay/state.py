@@ -1,0 +1,123 @@
+"""What the replay holds between tasks: per-block weights, optimizer and gradients; per-(iteration,
+block) activations; and the byte accounting of all of it per memory pool.
+
+Weights on the device are persistent leaf tensors, one per parameter of a block, whose storage
+comes and goes: a fetch (``H2D.w``) gives a released leaf fresh storage, a release (the schedule
+freeing the weight buffer) points it at an empty tensor, as ZeRO-3 does with ``param.data``.
+Autograd never keeps weights alive by itself: saved weights are packed as references to the leaf
+and looked up again in backward (see :class:`Act`), so a backward whose weights are not on the
+device fails instead of silently reading stale memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from simhete.errors import SimheteError
+from simhete.opkinds import MemClass
+from simhete.replay.model import Weights
+
+
+class ReplayError(SimheteError):
+    """The schedule asked the replay for something that is not where it should be."""
+
+
+@dataclass
+class BlockState:
+    """One block's model states. ``dev`` leaves are resident when ``resident`` is true."""
+
+    name: str
+    index: int
+    master: Weights                  # fp32 master weights (the optimizer's parameters)
+    master_pool: str                 # "gpu0" or "cpu": where master and Adam m, v live
+    opt: torch.optim.Adam
+    dev: Weights                     # working-precision leaves used by compute
+    shapes: dict[str, torch.Size]
+    resident: bool
+    host_w: Weights | None = None    # working-precision copy on the host that H2D.w reads
+    dev_is_master: bool = False      # fp32 with master on the device: one set of tensors
+
+    def release(self) -> None:
+        empty = {k: torch.empty(0, dtype=v.dtype, device=v.device) for k, v in self.dev.items()}
+        for k, v in self.dev.items():
+            v.data = empty[k]
+        self.resident = False
+
+
+@dataclass
+class Act:
+    """Activations of one block in one iteration.
+
+    ``saved``: the tensors autograd saved in forward (through saved-tensor hooks), on the device
+    (``where == "device"``) or swapped to the host. ``x_in``: the block input (a leaf, so backward
+    yields its gradient); ``out``: the forward output with its graph (``None`` after a
+    no-grad checkpointed forward until the recompute runs).
+    """
+
+    x_in: torch.Tensor | None
+    out: torch.Tensor | None = None
+    saved: list[torch.Tensor] = field(default_factory=list)
+    where: str = "device"
+
+
+class State:
+    def __init__(self, blocks: dict[int, BlockState]) -> None:
+        self.blocks = blocks
+        self.acts: dict[tuple[int, int], Act] = {}
+        self.carry: dict[int, torch.Tensor] = {}        # iteration -> next forward's input
+        self.gcarry: dict[int, torch.Tensor] = {}       # iteration -> next backward's output grad
+        self.dev_grads: dict[int, Weights] = {}
+        self.host_grads: dict[int, Weights] = {}
+        self.tied_grad: dict[int, torch.Tensor] = {}    # embed's weight grad from the tied head
+        self.losses: dict[int, torch.Tensor] = {}
+
+    def pool_bytes(self) -> dict[str, dict[str, int]]:
+        """Bytes per pool and MemClass of every tensor the replay holds (storages counted once)."""
+        seen: set[int] = set()
+        out: dict[str, dict[str, int]] = {"gpu0": {}, "cpu": {}}
+        for pool, cls, t in self._tensors():
+            st = t.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr == 0 or ptr in seen:
+                continue
+            seen.add(ptr)
+            out[pool][cls] = out[pool].get(cls, 0) + st.nbytes()
+        return out
+
+    def _tensors(self) -> Iterator[tuple[str, str, torch.Tensor]]:
+        W, M, O = MemClass.WEIGHTS.value, MemClass.MASTER.value, MemClass.OPTIM.value
+        G, G32, A = MemClass.GRADS.value, MemClass.GRADS32.value, MemClass.ACTIVATIONS.value
+        for b in self.blocks.values():
+            if b.resident:
+                for t in b.dev.values():
+                    yield "gpu0", W, t
+            if not b.dev_is_master:
+                for t in b.master.values():
+                    yield b.master_pool, M, t
+            for st in b.opt.state.values():
+                for k in ("exp_avg", "exp_avg_sq"):
+                    if k in st:
+                        yield b.master_pool, O, st[k]
+            if b.host_w is not None and b.host_w is not b.master:
+                for t in b.host_w.values():
+                    yield "cpu", W, t
+        for g in self.dev_grads.values():
+            for t in g.values():
+                yield "gpu0", G, t
+        for t in self.tied_grad.values():
+            yield "gpu0", G, t
+        for g in self.host_grads.values():
+            for t in g.values():
+                yield "cpu", G32, t
+        for a in self.acts.values():
+            for t in (a.x_in, a.out):
+                if t is not None:
+                    yield "gpu0", A, t
+            for t in a.saved:
+                yield ("gpu0" if a.where == "device" else "cpu"), A, t
+        for d in (self.carry, self.gcarry):
+            for t in d.values():
+                yield "gpu0", A, t
