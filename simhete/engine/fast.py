@@ -57,8 +57,7 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
         key[i] = t.prio * n + i
         deps = t.deps
         if deps:
-            if len(deps) > 1:
-                deps = dict.fromkeys(deps)
+            # a dependency listed twice is counted twice and released twice: same as deduplicating
             waiting_on[i] = len(deps)
             try:
                 for d in deps:
@@ -66,10 +65,16 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
             except KeyError:
                 raise bad_dep(t, index) from None
         if t.allocs:
+            own = []
             for a in t.allocs:
-                check_alloc(t, a, pool_id)
-            allocs[i] = tuple((a.buf, pool_id[a.pool], a.bytes, cls_of[a.cls]) for a in t.allocs)
-            needs[i] = tuple((pool_id[p], b) for p, b in memory.pool_needs(t.allocs))
+                if a.bytes < 0 or a.pool not in pool_id:
+                    check_alloc(t, a, pool_id)
+                own.append((a.buf, pool_id[a.pool], a.bytes, cls_of[a.cls]))
+            allocs[i] = own
+            if len(own) == 1:
+                needs[i] = ((own[0][1], own[0][2]),)
+            else:
+                needs[i] = tuple((pool_id[p], b) for p, b in memory.pool_needs(t.allocs))
         if t.frees:
             frees[i] = t.frees
     streams = list(stream_id)
