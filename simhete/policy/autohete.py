@@ -1,0 +1,190 @@
+"""``autohete``: AutoHete (Zeng et al., "AutoHete: An Automatic and Efficient Heterogeneous Training
+System for LLMs", arXiv 2503.01890).
+
+Plan: per transformer block, checkpoint or not and 16-bit weights offloaded or not; per block with
+parameters, optimizer offloaded or not — chosen by the MILP of :mod:`simhete.policy.autohete_milp`
+(minimum predicted iteration time under the GPU memory limit, priced by the same cost model).
+Any decision can be pinned with a knob (a bool for every block, or a list); pinning all of them
+gives AutoHete's special cases (everything on the GPU; ZeRO-Offload-like: weights on the GPU,
+optimizer on the CPU).
+
+Schedule: an offloaded block's weights are fetched H2D one block ahead of its forward and again
+one block ahead of its backward, and released after use. After a block's backward its gradients
+go D2H at once (optimizer offloaded: the CPU steps it and, if its weights live on the GPU, copies
+them back H2D) or wait on the GPU for the GPU Adam that follows the backward. Priority
+scheduling across iterations: there is no global step barrier — the next iteration's forward of
+block i waits only for block i's own update, and the CPU Adam and the H2D copies of updated
+weights are served in the order the next forward needs them (priority = position of that
+forward), so block 0 (whose gradient arrives last) is updated first while later blocks' updates
+overlap the next forward.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from simhete.config import Strict
+from simhete.errors import ConfigError
+from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.policy.autohete_milp import Plan, block_costs, predict, solve
+from simhete.policy.base import Builder, Context, Policy, model_states
+from simhete.policy.dataparallel import DataParallel
+from simhete.policy.layout import uses
+from simhete.policy.registry import register
+from simhete.policy.training import PRIO_IT, bwd_prio, forward_backward, fwd_prio, tname
+from simhete.schedule import Alloc, Op, Schedule
+
+Choice = bool | list[bool] | None
+
+
+class AutoHeteKnobs(Strict):
+    checkpoint: Choice = None
+    """Pin activation checkpointing: a bool for every transformer block or one per block."""
+    offload_param: Choice = None
+    """Pin weight offloading: a bool for every transformer block or one per block."""
+    offload_optimizer: Choice = None
+    """Pin optimizer offloading: a bool for every block with parameters (embed, b0 …, head) or a list."""
+    headroom: float = Field(0.05, ge=0, lt=1)
+    """Fraction of GPU memory the planner leaves free (allocator fragmentation, transients)."""
+    solver_time_limit: float = Field(30.0, gt=0)
+    """Seconds HiGHS may spend on the MILP."""
+    pin_memory: bool = True
+    """Pinned host buffers (pageable copies block the host and run on the compute stream)."""
+
+
+def pinned_decisions(ctx: Context, k: AutoHeteKnobs) -> dict[str, dict[int, bool]]:
+    trans = [blk for blk in ctx.blocks if blk.name.startswith("b")]
+    withp = [blk for blk in ctx.blocks if blk.params]
+    out: dict[str, dict[int, bool]] = {}
+    for var, blocks in (("checkpoint", trans), ("offload_param", trans), ("offload_optimizer", withp)):
+        v = getattr(k, var)
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            v = [v] * len(blocks)
+        if len(v) != len(blocks):
+            raise ConfigError(ctx.scenario.file, f"knobs.{var}", f"{len(v)} entries",
+                              allowed=f"a bool or one per block ({len(blocks)})")
+        out[var] = {blk.index: bool(x) for blk, x in zip(blocks, v)}
+    return out
+
+
+@register("autohete")
+class AutoHete(Policy):
+    Knobs = AutoHeteKnobs
+    multi_gpu = True
+
+    def plan(self, ctx: Context) -> tuple[Plan, bool]:
+        """The MILP's plan and whether it was feasible; if no plan fits, the most memory-frugal
+        one (everything offloaded and checkpointed), so the simulation reports what overflows."""
+        fixed = pinned_decisions(ctx, self.k)
+        plan = solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
+                     time_limit=self.k.solver_time_limit)
+        if plan is not None:
+            return plan, True
+        trans = {blk.index for blk in ctx.blocks if blk.name.startswith("b")}
+        ck = {blk.index: fixed.get("checkpoint", {}).get(blk.index, blk.index in trans) for blk in ctx.blocks}
+        op = {blk.index: fixed.get("offload_param", {}).get(blk.index, blk.index in trans) for blk in ctx.blocks}
+        oo = {blk.index: fixed.get("offload_optimizer", {}).get(blk.index, bool(blk.params)) for blk in ctx.blocks}
+        loads = predict(ctx, block_costs(ctx, self.k.pin_memory), ck, op, oo)
+        return Plan(ck, op, oo, max(loads.values()), loads), False
+
+    def build(self, ctx: Context) -> Schedule:
+        plan, feasible = self.plan(ctx)
+        return self.schedule(ctx, plan, {"milp": "optimal" if feasible else "infeasible"})
+
+    def schedule(self, ctx: Context, plan: Plan, meta: dict[str, str]) -> Schedule:
+        k = self.k
+        b = Builder()
+        dp = DataParallel(b, ctx, k.pin_memory)
+        n, nb = ctx.n_gpus, len(ctx.blocks)
+        by = {blk.index: blk for blk in ctx.blocks}
+        ck, op, oo = plan.checkpoint, plan.offload_param, plan.offload_optimizer
+        modes = {i: "recompute" if ck[i] else "keep" for i in by}
+        gpu_w = {i for i in by if not op[i]}
+        host_w = {i for i in by if op[i] or oo[i]}
+        gpu_opt = {i for i in by if by[i].params and not oo[i]}
+        cpu_opt = {i for i in by if by[i].params and oo[i]}
+        initial = model_states(ctx, {MemClass.WEIGHTS: "cpu"}, blocks=host_w)
+        initial += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"},
+                                blocks=cpu_opt)
+        for g in dp.gpus:
+            initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g, blocks=gpu_w)
+            initial += model_states(ctx, {MemClass.MASTER: "gpu", MemClass.OPTIM: "gpu"}, gpu=g, blocks=gpu_opt)
+
+        trace = uses(ctx.blocks)
+        update: dict[int, dict[int, str]] = {}    # block -> gpu -> task after which its new weights are usable
+        last_B: dict[int, str] = {}
+        for it in range(1, ctx.iterations + 1):
+            fdeps = {g: {} for g in dp.gpus}
+            bdeps = {g: {} for g in dp.gpus}
+            ffrees = {g: {} for g in dp.gpus}
+            bfrees = {g: {} for g in dp.gpus}
+            for u, (phase, blk) in enumerate(trace):
+                i = blk.index
+                if phase == "F" and not op[i]:
+                    for g in dp.gpus:
+                        if i in update:
+                            fdeps[g].setdefault(i, []).append(update[i][g])
+                if not op[i]:
+                    continue
+                if u >= 2:   # one block ahead: issued when the use before the previous one ends
+                    p2, b2 = trace[u - 2]
+                    trig = {g: [tname(it, p2, b2.name, g, n)] for g in dp.gpus}
+                else:
+                    trig = {g: [last_B[g]] if g in last_B else [] for g in dp.gpus}
+                if phase == "F" and i in update:
+                    for g in dp.gpus:
+                        trig[g].append(update[i][g])
+                what = "H2D.wf" if phase == "F" else "H2D.wb"
+                buf = {g: dp.name(it, what[3:], blk.name, g) for g in dp.gpus}
+                prio = fwd_prio(it, i) if phase == "F" else bwd_prio(it, i, nb)
+                ready = dp.to_gpu(it, what, blk.name, blk.weight_bytes, trig, prio, i,
+                                  allocs={g: [Alloc(buf[g], f"gpu{g}", blk.weight_bytes, MemClass.WEIGHTS)]
+                                          for g in dp.gpus})
+                deps, frees = (fdeps, ffrees) if phase == "F" else (bdeps, bfrees)
+                for g in dp.gpus:
+                    deps[g].setdefault(i, []).append(ready[g])
+                    frees[g].setdefault(i, []).append(buf[g])
+            t = {g: forward_backward(b, ctx, it, modes, gpu=g, start_deps=[last_B[g]] if g in last_B else [],
+                                     fwd_weight_deps=fdeps[g], bwd_weight_deps=bdeps[g], fwd_frees=ffrees[g],
+                                     bwd_frees=bfrees[g], pinned=k.pin_memory)
+                 for g in dp.gpus}
+            update = {}
+            for blk in reversed(ctx.blocks):            # in the order the gradients appear
+                i = blk.index
+                if i not in cpu_opt:
+                    continue
+                d2h = dp.from_gpu(it, "D2H.g", blk.name, blk.grad_bytes, {g: [t[g].B[i]] for g in dp.gpus},
+                                  it * PRIO_IT + PRIO_IT // 4 + (nb - i), i,
+                                  frees={g: [t[g].grads[i]] for g in dp.gpus})
+                a = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
+                          (Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32"),), deps=sorted(d2h.values()),
+                          prio=fwd_prio(it + 1, i), it=it, block=i)
+                if op[i]:
+                    update[i] = {g: a for g in dp.gpus}
+                else:
+                    update[i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, [a], fwd_prio(it + 1, i), i)
+            for blk in ctx.blocks:                       # GPU Adam after the backward, forward order
+                i = blk.index
+                if i not in gpu_opt:
+                    continue
+                ar = dp.collective(OpKind.ALLREDUCE, it, "AR.g", blk.name, blk.grad_bytes,
+                                   {g: [t[g].B[i]] for g in dp.gpus}, it * PRIO_IT + PRIO_IT // 4 + (nb - i), i)
+                adam = {g: b.add(tname(it, "ADAM.gpu", blk.name, g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
+                                 (Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32"),),
+                                 deps=[t[g].last_B] + ([ar[g]] if ar else []),
+                                 prio=it * PRIO_IT + PRIO_IT // 2 + i, frees=[t[g].grads[i]], it=it, block=i)
+                        for g in dp.gpus}
+                update[i] = adam if not op[i] else dp.shard_d2h(it, "D2H.w", blk.name, blk.weight_bytes,
+                                                                {g: [adam[g]] for g in dp.gpus},
+                                                                fwd_prio(it + 1, i), i)
+            last_B = {g: t[g].last_B for g in dp.gpus}
+        meta = dict(meta, policy=self.name, predicted_iter_s=f"{plan.predicted_s:.6g}",
+                    checkpoint=_bits(plan.checkpoint), offload_param=_bits(plan.offload_param),
+                    offload_optimizer=_bits(plan.offload_optimizer))
+        return b.build(ctx.pools(), initial, ctx.iterations, meta)
+
+
+def _bits(d: dict[int, bool]) -> str:
+    return "".join("1" if d[i] else "0" for i in sorted(d))
