@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from simhete.engine import simulate
 from simhete.engine.timeline import Timeline
 from simhete.errors import ConfigError, SimheteError
 from simhete.hw.cost import CostModel
-from simhete.hw.profile import load_profile
+from simhete.hw.profile import PROFILES_DIR, load_profile
 from simhete.policy import Context, get_policy
 from simhete.report.metrics import Summary, copy_bytes, summarize
 from simhete.scenario import HardwareRef, ModelRef, Scenario
@@ -53,7 +54,23 @@ def resolve_model(s: Scenario) -> Any:
     return spec
 
 
+@lru_cache(maxsize=64)
+def _profile(name: str, mtime: float, file: str | None, key: str) -> Any:
+    return load_profile(name, file=file, key=key)
+
+
+@lru_cache(maxsize=256)
+def _profile_with(name: str, mtime: float, file: str | None, key: str, gpus: int | None,
+                  gpu_memory: int | None, host_memory: int | None, pcie_gbps: float | None) -> Any:
+    prof = _profile(name, mtime, file, key)
+    if gpus or gpu_memory or host_memory or pcie_gbps:
+        prof = prof.with_overrides(gpus=gpus, gpu_memory=gpu_memory, host_memory=host_memory, pcie_gbps=pcie_gbps)
+    return prof
+
+
 def resolve_profile(s: Scenario) -> Any:
+    """The scenario's profile; parsed profiles are cached per file and modification time (sweeps
+    resolve the same profile thousands of times; profiles are immutable)."""
     h = s.data.hardware
     ref = h if isinstance(h, HardwareRef) else HardwareRef(profile=h)
     base = Path(s.file).parent if s.file else None
@@ -61,11 +78,10 @@ def resolve_profile(s: Scenario) -> Any:
     if base is not None and (name.endswith(".yaml") or "/" in name) and not Path(name).is_absolute():
         cand = base / name
         name = str(cand) if cand.exists() else name
-    prof = load_profile(name, file=s.file, key="hardware" if isinstance(h, str) else "hardware.profile")
-    if ref.gpus or ref.gpu_memory or ref.host_memory or ref.pcie_gbps:
-        prof = prof.with_overrides(gpus=ref.gpus, gpu_memory=ref.gpu_memory, host_memory=ref.host_memory,
-                                   pcie_gbps=ref.pcie_gbps)
-    return prof
+    key = "hardware" if isinstance(h, str) else "hardware.profile"
+    path = Path(name) if (name.endswith((".yaml", ".yml")) or "/" in name) else PROFILES_DIR / f"{name}.yaml"
+    mtime = path.stat().st_mtime if path.is_file() else -1.0
+    return _profile_with(name, mtime, s.file, key, ref.gpus, ref.gpu_memory, ref.host_memory, ref.pcie_gbps)
 
 
 def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
@@ -84,10 +100,12 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     return ctx, policy
 
 
-def run(s: Scenario, engine: str = "fast", profile: Any = None) -> Result:
+def run(s: Scenario, engine: str = "fast", profile: Any = None, check: bool = True) -> Result:
+    """Simulate a scenario. ``check`` runs the dry-run checker on the policy's schedule first
+    (sweeps turn it off for speed; every policy is property-tested to build valid schedules)."""
     ctx, policy = resolve(s, profile)
     sched = policy.build(ctx)
-    problems = check_schedule(sched, capacity=False)
+    problems = check_schedule(sched, capacity=False) if check else []
     if problems:  # a policy bug, not a user error: say exactly what is wrong
         raise SimheteError(f"policy {policy.name} built an invalid schedule: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -43,6 +43,10 @@ class Context:
     def pools(self) -> dict[str, int]:
         pools = {f"gpu{g}": self.gpu_capacity for g in range(self.n_gpus)}
         pools["cpu"] = self.cpu_capacity
+        if self.profile.device_type == "cpu":
+            # the CPU acting as the device: "device" and host memory are one RAM, so the host pool
+            # gets what the device budget leaves and the two never add up to more than exists
+            pools["cpu"] = max(0, self.cpu_capacity - self.n_gpus * self.profile.gpu.memory_bytes)
         return pools
 
 

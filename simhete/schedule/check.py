@@ -28,6 +28,7 @@ def check_schedule(s: Schedule, capacity: bool = True) -> list[str]:
     """
     problems: list[str] = []
     names: set[str] = set()
+    all_names = {t.name for t in s.tasks}
     for t in s.tasks:
         if t.name in names:
             problems.append(f"duplicate task name {t.name}")
@@ -37,13 +38,25 @@ def check_schedule(s: Schedule, capacity: bool = True) -> list[str]:
         if not STREAM_RE.match(t.stream):
             problems.append(f"task {t.name}: unknown stream {t.stream!r}")
         for d in t.deps:
-            if d not in names and d not in {x.name for x in s.tasks}:
+            if d not in all_names:
                 problems.append(f"task {t.name}: dependency {d} does not exist")
     g = dependency_graph(s)
     if not nx.is_directed_acyclic_graph(g):
         cycle = nx.find_cycle(g)
         problems.append("dependency cycle: " + " -> ".join(u for u, _ in cycle) + f" -> {cycle[0][0]}")
         return problems
+
+    # reachability by ancestor bitsets (one big-int OR per edge), instead of a graph search per query
+    bit = {name: 1 << i for i, name in enumerate(g.nodes)}
+    anc: dict[str, int] = {}
+    for n in nx.topological_sort(g):
+        a = 0
+        for d in g.predecessors(n):
+            a |= anc[d] | bit[d]
+        anc[n] = a
+
+    def has_path(u: str, v: str) -> bool:
+        return u == v or bool(anc[v] & bit[u])
 
     pools = s.pools
     alloc_by: dict[str, list[str]] = {}   # buffer -> allocating task names ('' for initial)
@@ -87,11 +100,11 @@ def check_schedule(s: Schedule, capacity: bool = True) -> list[str]:
             # re-allocation of the same name is allowed only after a free ordered between them
             order = sorted(allocs, key=lambda n: -1 if n == "" else 0)
             for prev, nxt in zip(order, order[1:]):
-                if not any((prev == "" or nx.has_path(g, prev, f)) and nx.has_path(g, f, nxt) for f in frees):
+                if not any((prev == "" or has_path(prev, f)) and has_path(f, nxt) for f in frees):
                     problems.append(f"buffer {buf} is allocated by {prev or 'initial'} and again by {nxt} "
                                     "with no free ordered between them")
         for f in frees:
-            if not any(a == "" or a == f or nx.has_path(g, a, f) for a in allocs):
+            if not any(a == "" or has_path(a, f) for a in allocs):
                 problems.append(f"buffer {buf} is freed by {f}, which is not ordered after its allocation")
     for buf, frees in freed_by.items():
         if buf not in alloc_by:
