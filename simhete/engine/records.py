@@ -3,7 +3,7 @@
 ``Record(...)`` on a frozen slots dataclass runs ``object.__setattr__`` once per field, which costs
 about as much as simulating the task. Records carry no ``__post_init__``, so setting the slot
 descriptors of a bare instance builds an equal object (same fields, same ``==`` and hash) at about
-half the cost; tests/test_engine_log.py compares against ``Record(...)``.
+half the cost; tests/test_engine_props.py checks them equal to the SimPy engine's ``Record(...)``.
 """
 
 from __future__ import annotations
