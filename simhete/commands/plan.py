@@ -1,0 +1,135 @@
+"""simhete plan --model M --hardware H --seq S: does it fit, under which policy, how fast, how big."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from simhete.commands._common import add_engine_arg, console
+from simhete.errors import SimheteError
+
+HELP = ("Capacity planning: which policies fit a model on a machine, the best policy and knobs and its "
+        "throughput, the largest micro-batch and the largest model of the family that fit, and (with "
+        "--min-tokens-per-s) the smallest shipped hardware that reaches a target.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model preset (e.g. llama2-13b) or gpt-like-h{H}-l{L}")
+    p.add_argument("--hardware", required=True, help="hardware profile name or path (e.g. h100-pcie)")
+    p.add_argument("--seq", type=int, required=True, help="sequence length")
+    p.add_argument("--micro-batch", type=int, default=1, help="micro-batch per GPU (default 1)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of the profile to use (default 1)")
+    p.add_argument("--min-tokens-per-s", type=float, metavar="N",
+                   help="target throughput: also find the smallest shipped hardware reaching it")
+    p.add_argument("--policy", action="append", metavar="NAME",
+                   help="consider only this policy (repeatable; default: every registered policy)")
+    p.add_argument("--deepspeed", metavar="JSON", help="evaluate this DeepSpeed config's policy and knobs")
+    p.add_argument("--json", action="store_true", help="print the answers as JSON")
+    add_engine_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simhete.policy import get_policy
+    from simhete.scenario import scenario_from_dict
+    from simhete.search.plan import Planner, capacity_provenance, dedupe
+
+    for flag in ("seq", "micro_batch", "gpus"):
+        if getattr(args, flag) < 1:
+            raise SimheteError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    base = scenario_from_dict({
+        "name": f"{args.model} on {args.hardware}", "model": args.model,
+        "hardware": {"profile": args.hardware, "gpus": args.gpus},
+        "train": {"micro_batch": args.micro_batch, "seq_len": args.seq, "dtype": args.dtype},
+        "policy": "gpu-only"}, "command line")
+    fixed = None
+    policies = tuple(args.policy) if args.policy else None
+    for p in policies or ():
+        get_policy(p, None, "--policy")
+    if args.deepspeed:
+        from simhete.deepspeed import import_deepspeed
+        imp = import_deepspeed(base, args.deepspeed)
+        imp.print_notes()
+        base, fixed, policies = imp.scenario, dict(imp.scenario.data.knobs), (imp.policy,)
+    pl = Planner(base, args.engine, policies, fixed)
+    from simhete.sim import resolve_model
+    spec = resolve_model(base)
+    prof = pl._profile(base)
+
+    per_policy = pl.by_policy()
+    best = pl.best()
+    out: dict = {"question": {"model": spec.name, "params": spec.n_params(), "hardware": prof.name,
+                              "gpus": prof.gpu.count, "seq_len": args.seq, "micro_batch": base.data.train.micro_batch,
+                              "dtype": base.data.train.dtype},
+                 "capacity_provenance": capacity_provenance(prof)}
+    out["policies"] = {p: [_trial(t) for t in ts] for p, ts in per_policy.items()}
+    out["fits_under"] = [p for p, ts in per_policy.items() if any(t.fits for t in ts)]
+    out["best"] = _trial(best) if best else None
+    if best is not None:
+        lean = pl.lean(best.policy, best.knobs)
+        mb, n = pl.largest_micro_batch(best.policy, lean)
+        out["largest_micro_batch"] = {"policy": best.policy, "knobs": lean, "micro_batch": mb,
+                                      "trials": n, "monotone": "fit/no-fit is monotone in the micro-batch "
+                                      "for a fixed policy and knobs (activation memory grows with it), so "
+                                      "doubling then bisection finds the edge"}
+    largest, fam = pl.largest_model()
+    out["largest_model"] = {"family": fam, "model": largest,
+                            "note": "fits under some policy with its leanest knobs at this seq and micro-batch"}
+    if args.min_tokens_per_s is not None:
+        hit, table = pl.smallest_hardware(args.min_tokens_per_s, args.gpus)
+        out["target"] = {"min_tokens_per_s": args.min_tokens_per_s, "smallest_hardware": hit,
+                         "order": "GPUs, GPU memory, bf16 peak, host memory",
+                         "candidates": [{"hardware": h, "best": _trial(t) if t else None} for h, t in table]}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    _render(out, best, dedupe(best.uncalibrated) if best else [])
+    return 0
+
+
+def _trial(t) -> dict:  # type: ignore[no-untyped-def]
+    return {"policy": t.policy, "knobs": t.knobs, "fits": t.fits, "tokens_per_s": t.tokens_per_s,
+            "peak_gpu_bytes": t.peak_gpu_bytes, "peak_host_bytes": t.peak_host_bytes,
+            "reason": t.reason, "uncalibrated": list(t.uncalibrated)}
+
+
+def _render(out: dict, best, flags: list[str]) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    con = console()
+    q = out["question"]
+    con.print(f"[bold]Plan[/]: {q['model']} ({q['params'] / 1e9:.2f} B params) on {q['gpus']}× {q['hardware']}, "
+              f"seq {q['seq_len']}, micro-batch {q['micro_batch']}, {q['dtype']}")
+    t = Table(title="Does it fit? (each policy, each planning knob combination)", title_justify="left")
+    for c in ("policy", "knobs", "fits", "tokens/s", "GPU GiB", "host GiB", "why not"):
+        t.add_column(c, justify="right" if c in ("tokens/s", "GPU GiB", "host GiB") else "left",
+                     overflow="fold")
+    for p, trials in out["policies"].items():
+        for tr in trials:
+            t.add_row(p, json.dumps(tr["knobs"], separators=(",", ":")), "yes" if tr["fits"] else "[red]no[/]",
+                      f"{tr['tokens_per_s']:,.0f}" if tr["tokens_per_s"] else "",
+                      f"{tr['peak_gpu_bytes'] / 2**30:.1f}", f"{tr['peak_host_bytes'] / 2**30:.1f}",
+                      tr["reason"].split(";")[0][:90])
+    con.print(t)
+    con.print("Fits under: " + (", ".join(out["fits_under"]) or "[red]no policy[/]"))
+    if best is not None:
+        b = out["best"]
+        con.print(f"Best: [bold]{b['policy']}[/] {json.dumps(b['knobs'])} at [bold]{b['tokens_per_s']:,.0f} "
+                  "tokens/s[/]")
+        lm = out["largest_micro_batch"]
+        con.print(f"Largest micro-batch that fits ({lm['policy']}, {json.dumps(lm['knobs'])}): "
+                  f"[bold]{lm['micro_batch']}[/] ({lm['trials']} trials; {lm['monotone']})")
+    lm = out["largest_model"]
+    con.print(f"Largest {lm['family']} model that fits: [bold]{lm['model'] or 'none'}[/] ({lm['note']})")
+    if "target" in out:
+        tg = out["target"]
+        con.print(f"Smallest shipped hardware reaching {tg['min_tokens_per_s']:,.0f} tokens/s "
+                  f"(ordered by {tg['order']}): [bold]{tg['smallest_hardware'] or 'none'}[/]")
+        for c in tg["candidates"]:
+            b = c["best"]
+            con.print(f"  {c['hardware']}: " + (f"{b['tokens_per_s']:,.0f} tokens/s ({b['policy']})" if b else "does not fit"))
+    con.print("\n[bold]Provenance[/] — fit verdicts are decided against: " + "; ".join(out["capacity_provenance"]))
+    if flags:
+        con.print("The best throughput rests on uncalibrated numbers: " + "; ".join(flags))
+    else:
+        con.print("The best throughput rests only on calibrated (measured) numbers.")

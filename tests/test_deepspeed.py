@@ -1,0 +1,102 @@
+"""DeepSpeed config import: policy and knob mapping, "auto" values, unsupported keys, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simhete.deepspeed import apply_deepspeed, import_deepspeed, map_deepspeed
+from simhete.errors import ConfigError
+from simhete.scenario import load_scenario
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data" / "deepspeed"
+BASE = load_scenario(REPO / "scenarios" / "llama2-13b_h100-pcie_zero-offload.yaml")  # mb 4, bf16, ckpt full
+HIDDEN = 5120   # LLaMA-2-13B
+
+
+def test_hf_trainer_style_config_with_auto_values():
+    imp = import_deepspeed(BASE, DATA / "zero2_offload_hf.json")
+    d = imp.scenario.data
+    assert imp.policy == "zero-offload" and d.policy == "zero-offload"
+    # "auto" reduce_bucket_size = hidden² (Hugging Face Trainer rule); batch and dtype keep the scenario's
+    assert d.knobs == {"checkpointing": "full", "pin_memory": True, "overlap_comm": True,
+                       "reduce_bucket_size": float(HIDDEN * HIDDEN)}
+    assert (d.train.micro_batch, d.train.dtype) == (4, "bf16")
+    assert imp.unsupported == []
+    assert "zero_optimization.allgather_bucket_size (single GPU: no data-parallel communication)" in imp.no_effect
+    assert "optimizer.params.lr" in imp.no_effect and "gradient_clipping" in imp.no_effect
+
+
+def test_explicit_config_maps_batch_dtype_pinning_overlap_and_checkpointing():
+    imp = import_deepspeed(BASE.with_changes(knobs={}), DATA / "zero2_offload_explicit.json")
+    d = imp.scenario.data
+    assert (d.train.micro_batch, d.train.dtype) == (2, "fp16")
+    assert d.knobs == {"pin_memory": False, "overlap_comm": False, "reduce_bucket_size": 2e8,
+                       "checkpointing": "full"}
+    assert imp.unsupported == []
+
+
+def test_unsupported_keys_are_listed_not_ignored():
+    imp = import_deepspeed(BASE, DATA / "unsupported.json")
+    assert [k for k, _ in imp.unsupported] == [
+        "activation_checkpointing.cpu_checkpointing", "gradient_accumulation_steps", "optimizer.type",
+        "sparse_attention.mode", "sparse_attention.block"]
+    lines = imp.notes()
+    assert sum(1 for l in lines if l.startswith("deepspeed: UNSUPPORTED")) == 5
+    assert "zero_optimization.offload_optimizer.fast_init" in imp.no_effect
+    # DeepSpeed's overlap_comm default is false below stage 3
+    assert imp.scenario.data.knobs["overlap_comm"] is False
+
+
+def test_every_key_lands_in_exactly_one_list():
+    from simhete.deepspeed import _flatten
+    for f in ("zero2_offload_hf", "zero2_offload_explicit", "unsupported", "no_offload"):
+        ds = json.loads((DATA / f"{f}.json").read_text())
+        imp = map_deepspeed(BASE, ds)
+        said = " ".join(imp.notes())
+        for key, _ in _flatten(ds):
+            assert key in said, (f, key)
+
+
+def test_no_offload_is_gpu_only_and_offload_param_is_zero_infinity():
+    imp = import_deepspeed(BASE, DATA / "no_offload.json")
+    assert imp.policy == "gpu-only" and imp.scenario.data.knobs == {"checkpointing": "full"}
+    ds = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu", "pin_memory": True},
+                                "offload_optimizer": {"device": "cpu", "pin_memory": True}}}
+    assert map_deepspeed(BASE, ds).policy == "zero-infinity"
+    assert map_deepspeed(BASE, {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}).policy \
+        == "zero-offload"
+
+
+@pytest.mark.parametrize("name, key", [
+    ("nvme", "zero_optimization.offload_param.device: bad value 'nvme'"),
+    ("bad_batch", "train_batch_size: bad value 16; allowed: train_micro_batch_size_per_gpu"),
+])
+def test_errors_name_file_and_key(name, key):
+    path = DATA / f"{name}.json"
+    with pytest.raises(ConfigError, match=f"^{path}: {key}"):
+        import_deepspeed(BASE, path)
+
+
+def test_inline_errors(tmp_path):
+    for ds, msg in [({"zero_optimization": {"stage": 4}}, "zero_optimization.stage: bad value 4"),
+                    ({"bf16": {"enabled": True}, "fp16": {"enabled": True}}, "bf16.enabled"),
+                    ({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}},
+                     "zero_optimization.offload_param.device"),
+                    ({"train_micro_batch_size_per_gpu": 0}, "train_micro_batch_size_per_gpu: bad value 0")]:
+        with pytest.raises(ConfigError, match=msg):
+            map_deepspeed(BASE, ds, "ds.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    with pytest.raises(ConfigError, match=rf"^{bad}: malformed JSON at line 1"):
+        import_deepspeed(BASE, bad)
+
+
+def test_apply_deepspeed_returns_the_scenario_and_reports_on_stderr(capsys):
+    s = apply_deepspeed(BASE, DATA / "unsupported.json")
+    assert s.data.train.micro_batch == 1
+    err = capsys.readouterr().err
+    assert "deepspeed: UNSUPPORTED optimizer.type: Lamb" in err

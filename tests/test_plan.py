@@ -1,0 +1,94 @@
+"""Capacity planning: fit verdicts against hand-computed memory accounting, the micro-batch bisection,
+family and hardware searches, and the CLI on shipped presets."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from simhete.cli import main
+from simhete.scenario import scenario_from_dict
+from simhete.search.plan import Planner
+from simhete.workload import get_model
+
+GIB = 2**30
+
+
+def base(model="gpt-like-h256-l4-a4", hardware="h100-pcie", mb=1, seq=256, **hw):
+    return scenario_from_dict({"model": model, "hardware": {"profile": hardware, **hw},
+                               "train": {"micro_batch": mb, "seq_len": seq}, "iterations": 2,
+                               "policy": "gpu-only"})
+
+
+def test_llama2_13b_gpu_only_cannot_hold_its_model_states_on_an_80gb_gpu():
+    # gpu-only keeps 2 (bf16 weights) + 4 (fp32 master) + 8 (Adam m, v) = 14 B/param resident
+    # (ZeRO paper §3.1): 14 × 13.0 B params = 182 GB > 78 GiB usable (80 GiB − 2 GiB reserved).
+    n = get_model("llama2-13b").n_params()
+    assert 14 * n > 78 * GIB
+    pl = Planner(base("llama2-13b", seq=4096), policies=("gpu-only",))
+    trials = pl.by_policy()["gpu-only"]
+    assert [t.knobs["checkpointing"] for t in trials] == ["none", "full"]
+    assert not any(t.fits for t in trials)
+    assert all(t.reason.startswith("out of memory in gpu0") for t in trials)
+
+
+@pytest.mark.parametrize("delayed, per_param", [(False, 16), (True, 20)])
+def test_zero_offload_fits_exactly_when_host_memory_holds_its_model_states(delayed, per_param):
+    # ZeRO-Offload keeps fp32 master (4), Adam m, v (8) and fp32 gradients (4) on the host: 16 B/param;
+    # the delayed update (DPU) double-buffers the fp32 gradients: 20 B/param.
+    n = get_model("gpt-like-h256-l4-a4").n_params()
+    need = per_param * n
+
+    def trials(host):
+        ts = Planner(base(host_memory=host), policies=("zero-offload",)).by_policy()["zero-offload"]
+        return [t for t in ts if t.knobs["delayed_update"] is delayed]
+    at, below = trials(need), trials(need - 1)
+    assert len(at) == 2 and all(t.fits and t.peak_host_bytes == need for t in at)
+    assert not any(t.fits for t in below)
+    assert all(t.reason.startswith("out of memory in cpu") for t in below)
+
+
+def test_largest_micro_batch_is_the_fit_edge_of_a_linear_scan():
+    s = base(gpu_memory="2600MiB")            # 552 MiB usable after the 2 GiB reserve
+    pl = Planner(s, policies=("gpu-only",))
+    knobs = {"checkpointing": "none"}
+    mb, probes = pl.largest_micro_batch("gpu-only", knobs)
+    fits = [pl.trial(s.with_changes(knobs=knobs, **{"train.micro_batch": b})).fits for b in range(1, mb + 2)]
+    assert mb >= 2 and fits == [True] * mb + [False]       # monotone, and mb is the edge
+    assert probes <= 2 * (mb.bit_length() + 1)               # doubling + bisection, not a scan
+
+
+def test_largest_model_of_the_family_and_gpt_like_depth():
+    pl = Planner(base("llama2-7b", "rtx4090-desktop", seq=1024), policies=("gpu-only", "zero-offload"))
+    name, fam = pl.largest_model()
+    assert fam == "llama2"
+    # 13B under ZeRO-Offload needs 2 B/param of bf16 weights on the GPU: 26 GB > 22 GiB usable
+    assert 2 * get_model("llama2-13b").n_params() > 22 * GIB
+    assert name == "llama2-7b"
+    g = Planner(base("gpt-like-h256-l4-a4", gpu_memory="2600MiB", seq=256), policies=("gpu-only",))
+    deepest, _ = g.largest_model()
+    layers = int(re.search(r"-l(\d+)-", deepest).group(1))
+    fits = [g.fits_anywhere(base(f"gpt-like-h256-l{n}-a4", gpu_memory="2600MiB")) for n in (layers, layers + 1)]
+    assert layers > 4 and fits == [True, False]
+
+
+def test_plan_cli_json_on_shipped_presets(capsys):
+    rc = main(["plan", "--model", "llama2-7b", "--hardware", "rtx4090-desktop", "--seq", "2048",
+               "--policy", "gpu-only", "--policy", "zero-offload", "--min-tokens-per-s", "1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits_under"] == ["zero-offload"]
+    assert out["best"]["policy"] == "zero-offload" and out["best"]["tokens_per_s"] > 0
+    assert out["largest_micro_batch"]["micro_batch"] >= 1
+    assert out["largest_model"]["model"] == "llama2-7b"
+    assert out["target"]["smallest_hardware"] is not None
+    assert any("gpu.reserved_bytes" in p for p in out["capacity_provenance"])
+    assert out["best"]["uncalibrated"]          # datasheet/assumed numbers are named
+
+
+def test_plan_cli_bad_input_is_exit_2(capsys):
+    assert main(["plan", "--model", "llama9", "--hardware", "h100-pcie", "--seq", "1024"]) == 2
+    assert "model" in capsys.readouterr().err
+    assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "0"]) == 2
