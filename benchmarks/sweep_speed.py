@@ -1,0 +1,96 @@
+"""Sweep throughput: configurations per second per core for a 13B-class model sweep (issue 7).
+
+Runs a grid over LLaMA-2-13B (seq 4096) on one H100 PCIe — ZeRO-Offload, micro-batch ×
+checkpointing × delayed update × bucket size, 3 iterations per point — through the real sweep path
+(point resolution and hashing, policy build, schedule check, cost model, fast engine, summary,
+SQLite store) in ONE process, so the figure is per core. Then prints where the time goes
+(cProfile, grouped by stage). Target: ≥ 500 configurations/s/core.
+
+    .venv/bin/python benchmarks/sweep_speed.py [--points N] [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+from simhete.search.backends import LocalBackend
+from simhete.search.runner import Runner
+from simhete.search.space import sweep_from_dict
+from simhete.search.store import ResultStore
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 500.0
+SWEEP = {
+    "name": "13B sweep-speed benchmark",
+    "base": str(REPO / "scenarios" / "llama2-13b_h100-pcie_zero-offload.yaml"),
+    "axes": {
+        "train.micro_batch": [1, 2, 3, 4, 6, 8],
+        "knobs.checkpointing": ["none", "full"],
+        "knobs.delayed_update": [False, True],
+        "knobs.reduce_bucket_size": [5e7, 1e8, 2e8, 5e8, 1e9],
+    },
+}
+# Stages of the per-point path, by the function that is their entry point.
+STAGES = [
+    ("point resolution + id hash (search/points.py)", "points.py", "point"),
+    ("policy build (policy/*)", "", "build"),
+    ("schedule check (schedule/check.py)", "check.py", "check_schedule"),
+    ("cost model durations (hw/cost.py)", "cost.py", "durations"),
+    ("engine (engine/fast.py)", "fast.py", "simulate_fast"),
+    ("summarize (report/metrics.py)", "metrics.py", "summarize"),
+    ("copy_bytes (report/metrics.py)", "metrics.py", "copy_bytes"),
+    ("row reduction (search/evaluate.py)", "evaluate.py", "summary_row"),
+    ("results store (search/store.py)", "store.py", "put"),
+]
+
+
+def run_once(n_points: int | None) -> tuple[int, float]:
+    data = dict(SWEEP)
+    if n_points is not None:
+        data["strategy"] = {"name": "random", "samples": n_points, "seed": 0}
+    sweep = sweep_from_dict(data, str(REPO / "benchmarks" / "sweep_speed.yaml"))
+    with tempfile.TemporaryDirectory() as d:
+        backend = LocalBackend(1)
+        with ResultStore(Path(d) / "bench.sqlite") as st:
+            t0 = time.perf_counter()
+            out = Runner(sweep, st, backend).run()
+            dt = time.perf_counter() - t0
+    return len(out.rows), dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=None, help="random subset of the 120-point grid")
+    ap.add_argument("--no-profile", action="store_true")
+    args = ap.parse_args()
+    run_once(4)                                   # warm imports and profile files
+    n, dt = run_once(args.points)
+    rate = n / dt
+    print(f"sweep: {n} configurations of LLaMA-2-13B (seq 4096, 3 iterations, ~690 tasks each) "
+          f"on 1 core in {dt:.2f} s")
+    print(f"throughput: {rate:.1f} configurations/s/core (target {TARGET:.0f}; "
+          f"{'met' if rate >= TARGET else f'{TARGET / rate:.0f}x short'})")
+    if args.no_profile:
+        return
+    pr = cProfile.Profile()
+    pr.enable()
+    n, dt = run_once(args.points)
+    pr.disable()
+    st = pstats.Stats(pr)
+    total = sum(v[3] for k, v in st.stats.items() if k[2] == "run" and k[0].endswith("runner.py"))
+    print(f"\nwhere the time goes (cProfile, cumulative per stage, % of the sweep's {total:.2f} s under the profiler):")
+    for label, file_end, func in STAGES:
+        cum = sum(v[3] for k, v in st.stats.items() if k[2] == func and k[0].endswith(file_end or ".py")
+                  and ("policy" in k[0] if func == "build" else True))
+        print(f"  {label:52s} {cum:7.3f} s  {100 * cum / total:5.1f} %")
+    print("\ntop functions by own time:")
+    st.sort_stats("tottime").print_stats(12)
+
+
+if __name__ == "__main__":
+    main()
