@@ -1,3 +1,3 @@
 """Imports every shipped policy so the registry knows it."""
 
-from simhete.policy import autohete, gpu_only, stronghold, zero_infinity, zero_offload  # noqa: F401
+from simhete.policy import autohete, chunked, gpu_only, stronghold, zero_infinity, zero_offload  # noqa: F401

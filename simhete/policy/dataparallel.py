@@ -58,8 +58,7 @@ class DataParallel:
         return list(deps.get(g, [])) if isinstance(deps, dict) else list(deps)
 
     def to_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]] | list[str],
-               prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None,
-               frees: dict[int, list[str]] | None = None) -> dict[int, str]:
+               prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None) -> dict[int, str]:
         """Host → every GPU: shard H2D on each GPU's link (+ all-gather). Returns, per GPU, the task
         after which the full ``nbytes`` are on that GPU. ``allocs[g]`` are allocated by the H2D."""
         h2d = {}
@@ -67,13 +66,13 @@ class DataParallel:
             h2d[g] = self.b.add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
                                 (Op(OpKind.H2D, n=shard(nbytes, self.n, g), pinned=self.pinned),),
                                 deps=self._per_gpu(deps, g), prio=prio, allocs=(allocs or {}).get(g, ()),
-                                frees=(frees or {}).get(g, ()) if self.n == 1 else (), it=it, block=block)
+                                it=it, block=block)
         if self.n == 1:
             return h2d
         every = [h2d[g] for g in self.gpus]
         return {g: self.b.add(self.name(it, what + ".ag", blk, g), f"gpu{g}.comm", TaskCat.COMM,
                               (Op(OpKind.ALLGATHER, (self.n,), n=nbytes),), deps=every, prio=prio,
-                              frees=(frees or {}).get(g, ()), it=it, block=block)
+                              it=it, block=block)
                 for g in self.gpus}
 
     def from_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
@@ -92,11 +91,12 @@ class DataParallel:
                 for g in self.gpus}
 
     def shard_d2h(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
-                  prio: int, block: int) -> dict[int, str]:
-        """Each GPU copies its own shard D2H (no collective: e.g. updated weights to their host home)."""
+                  prio: int, block: int, frees: dict[int, list[str]] | None = None) -> dict[int, str]:
+        """Each GPU copies its own shard D2H (no collective: e.g. updated weights to their host
+        home, or a chunk moved out), freeing ``frees[g]`` when done."""
         return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "d2h", self.pinned), TaskCat.D2H,
                               (Op(OpKind.D2H, n=shard(nbytes, self.n, g), pinned=self.pinned),),
-                              deps=deps.get(g, []), prio=prio, it=it, block=block)
+                              deps=deps.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 
     def collective(self, kind: OpKind, it: int, what: str, blk: str, nbytes: int,

@@ -56,3 +56,20 @@ def activation_peak(blocks: Sequence[Any], modes: dict[int, str]) -> int:
     transient = max([blk.act_bytes - blk.ckpt_bytes for blk in blocks if modes[blk.index] == "recompute"]
                     + [blk.act_bytes for blk in blocks if modes[blk.index] == "swap"] + [0])
     return kept + transient + max(blk.workspace_bytes for blk in blocks)
+
+
+def nonmodel_by_step(blocks: Sequence[Any], modes: dict[int, str]) -> list[int]:
+    """Activation and workspace bytes live while each step of :func:`uses` runs (what a warm-up
+    iteration traces as non-model memory): what earlier blocks keep, plus the running block's
+    activations (all of them during its backward: recomputed or swapped back) and workspace."""
+    kept = {blk.index: blk.ckpt_bytes if modes[blk.index] == "recompute" else 0 if modes[blk.index] == "swap"
+            else blk.act_bytes for blk in blocks}
+    out, held = [], 0
+    for blk in blocks:
+        out.append(held + max(kept[blk.index], blk.act_bytes if modes[blk.index] == "swap" else 0)
+                   + blk.workspace_bytes)
+        held += kept[blk.index]
+    for blk in reversed(blocks):
+        held -= kept[blk.index]
+        out.append(held + blk.act_bytes + blk.workspace_bytes)
+    return out
