@@ -100,7 +100,7 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
     from simhete.replay.compare import compare
     from simhete.replay.config import replay_shape, scaled_scenario
     from simhete.replay.device import check_fits, open_device
-    from simhete.replay.executor import Executor
+    from simhete.replay.executor import CPU_THREADS_PER_STREAM, Executor
     from simhete.replay.reference import reference_losses
     from simhete.sim import run as simulate
 
@@ -132,7 +132,7 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
         if progress is not None:
             progress("reference", 0, 1)
         ref = reference_losses(pred.context.workload, iterations, seed=shape.seed, lr=shape.lr,
-                               device=dev.dev)
+                               device=dev.dev, threads=CPU_THREADS_PER_STREAM if dev.kind == "cpu" else None)
         if progress is not None:
             progress("reference", 1, 1)
         tol = LOSS_RTOL[scaled.data.train.dtype]

@@ -48,7 +48,7 @@ from typing import Callable, Iterator
 import torch
 
 from simhete.engine.timeline import Record, Timeline
-from simhete.opkinds import MemClass
+from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.replay.device import CPU_STREAM, Device
 from simhete.replay.model import TORCH_DTYPES, Step, adam, data, forward, init_master, kind_of
 from simhete.replay.state import Act, BlockState, ReplayError, State
@@ -120,7 +120,7 @@ class Executor:
         self.index_of = {b.name: b.index for b in workload.blocks}
         self.parsed = [parse_name(t.name) for t in schedule.tasks]
         for (it, what, blk), t in zip(self.parsed, schedule.tasks):
-            if what not in HANDLERS:
+            if handler(what) is None:
                 raise ReplayError(f"task {t.name}: no replay for operation {what!r}; known: "
                                   + ", ".join(sorted(HANDLERS)))
         ops = {(it, what, blk) for it, what, blk in self.parsed}
@@ -130,6 +130,11 @@ class Executor:
         tokens = data(self.spec, schedule.iterations, workload.micro_batch, workload.seq_len, seed)
         self.tokens = tokens.to(device.dev)
         self.state = State({b.index: self._block_state(b, lr) for b in workload.blocks if b.params})
+        self.groups = self._groups()
+        for a in schedule.initial:   # a schedule may free an initially resident weight buffer
+            j = self.index_of.get(a.buf.rsplit(".", 1)[-1])
+            if a.cls is MemClass.WEIGHTS and a.pool == "gpu0" and j in self.state.blocks:
+                self.bound[a.buf] = self.state.blocks[j].release
         self.mem_events: dict[str, list[tuple[float, int]]] = {"gpu0": [], "cpu": []}
         self.peak: dict[str, int] = {"gpu0": 0, "cpu": 0}
         self.peak_by_class: dict[str, dict[str, int]] = {"gpu0": {}, "cpu": {}}
@@ -139,35 +144,38 @@ class Executor:
     def _block_state(self, b, lr: float) -> BlockState:
         """Model states placed as ``Schedule.initial`` says: ``{cls}.g0.{block}`` on the device,
         ``{cls}.{block}`` on the host. Without a master buffer (fp32 training) the optimizer's
-        fp32 parameters live with the Adam states."""
-        pool: dict[str, str] = {}
+        fp32 parameters live with the Adam states. Weights may have a device copy, a host home,
+        or both (StrongHold's window)."""
+        pools: dict[str, set[str]] = {}
         for a in self.sched.initial:
             if a.buf.rsplit(".", 1)[-1] == b.name:
-                pool.setdefault(a.cls.value, a.pool)
-        opt_pool = pool.get(MemClass.OPTIM.value)
-        if opt_pool is None:
+                pools.setdefault(a.cls.value, set()).add(a.pool)
+        opt = pools.get(MemClass.OPTIM.value)
+        if not opt:
             raise ReplayError(f"block {b.name}: the schedule places no Adam states "
                               f"({MemClass.OPTIM.value}.{b.name}) in Schedule.initial")
-        master_pool = pool.get(MemClass.MASTER.value, opt_pool)
-        on_dev = pool.get(MemClass.WEIGHTS.value) == "gpu0"
+        master_pool = min(pools.get(MemClass.MASTER.value, opt))
+        weights = pools.get(MemClass.WEIGHTS.value, set())
+        on_dev, home = "gpu0" in weights, "cpu" in weights
         dev, dtype = self.dev.dev, self.dtype
         init = init_master(self.spec, b.name, b.index, self.seed)
         where = dev if master_pool == "gpu0" else torch.device("cpu")
-        master = {k: v.to(where) for k, v in init.items()}
-        dev_is_master = dtype == torch.float32 and master_pool == "gpu0" and on_dev
+        master = {k: v.to(where, copy=True) for k, v in init.items()}
+        dev_is_master = dtype == torch.float32 and master_pool == "gpu0" and on_dev and not home
         if dev_is_master:
             leaves = {k: v.requires_grad_() for k, v in master.items()}
         else:
-            leaves = {k: v.to(device=dev, dtype=dtype).requires_grad_() for k, v in init.items()}
+            leaves = {k: v.to(device=dev, dtype=dtype, copy=True).requires_grad_() for k, v in init.items()}
         bs = BlockState(b.name, b.index, master, master_pool, adam(list(master.values()), lr), leaves,
                         {k: v.shape for k, v in init.items()}, resident=True, dev_is_master=dev_is_master)
+        bs.home_dev = on_dev
         if not on_dev:
             bs.release()
-        if any(w in ("H2D.w", "ADAM.cpu") and blk == b.name for _, w, blk in self.parsed):
+        if home or master_pool == "cpu":
             if master_pool == "cpu" and dtype == torch.float32:
                 bs.host_w = master
             else:
-                pinned = self._pinned_h2d(b.name)
+                pinned = self._pinned_h2d()
                 bs.host_w = {}
                 for k, v in init.items():
                     h = self.dev.host_empty(v, pinned, dtype)
@@ -175,11 +183,30 @@ class Executor:
                     bs.host_w[k] = h
         return bs
 
-    def _pinned_h2d(self, blk: str) -> bool:
-        for (_, what, b), t in zip(self.parsed, self.sched.tasks):
-            if what == "H2D.w" and b == blk:
-                return all(op.pinned for op in t.ops)
-        return True
+    def _pinned_h2d(self) -> bool:
+        """Host weight buffers are pinned when the schedule's H2D copies are."""
+        return all(op.pinned for t in self.sched.tasks if t.cat is TaskCat.H2D for op in t.ops)
+
+    def _groups(self) -> dict[tuple[int, str], list[int]]:
+        """Blocks of each optimizer sub-group label (``ADAM.cpu.s0``): consecutive blocks from the
+        task's ``block`` whose parameters add up to its Adam op's ``n``."""
+        order = [b.index for b in self.wl.blocks if b.params]
+        params = {b.index: b.params for b in self.wl.blocks}
+        out: dict[tuple[int, str], list[int]] = {}
+        for (it, what, blk), t in zip(self.parsed, self.sched.tasks):
+            if not what.startswith("ADAM.") or blk in self.index_of:
+                continue
+            n = sum(op.n for op in t.ops if op.kind in (OpKind.ADAM_CPU, OpKind.ADAM_GPU))
+            grp, total = [], 0
+            for i in order[order.index(t.block):] if t.block in order else []:
+                grp.append(i)
+                total += params[i]
+                if total >= n:
+                    break
+            if total != n:
+                raise ReplayError(f"task {t.name}: cannot tell which blocks its {n} parameters are")
+            out[(it, blk)] = grp
+        return out
 
     # -- running ----------------------------------------------------------------------------
 
@@ -251,7 +278,7 @@ class Executor:
         with self.dev.stream(t.stream):
             self.dev.wait(list(t.deps))
             mark = self.dev.begin(t.name)
-            HANDLERS[what](self, t, it, blk)
+            handler(what)(self, t, it, blk)
             self.dev.end(t.name, mark)
         self._after(t)
 
@@ -261,7 +288,7 @@ class Executor:
         it, what, blk = self.parsed[i]
         self.dev.wait_host(list(t.deps))  # type: ignore[attr-defined]
         t0 = time.perf_counter()
-        HANDLERS[what](self, t, it, blk)
+        handler(what)(self, t, it, blk)
         self.dev.host_task(t.name, t0, time.perf_counter())  # type: ignore[attr-defined]
         self._after(t)
 
@@ -359,6 +386,17 @@ class Executor:
 
     def _copy_stream(self, t: Task) -> str:
         return "gpu0.compute" if t.stream == CPU_STREAM else t.stream
+
+    def _task_blocks(self, t: Task, it: int, blk: str) -> list[int]:
+        """Blocks a task works on: its named block, its sub-group, or the gradients it frees."""
+        if blk in self.index_of:
+            return [self.index_of[blk]]
+        if (it, blk) in self.groups:
+            return self.groups[(it, blk)]
+        freed = self._blocks_freed(t, it, "grad")
+        if freed:
+            return freed
+        raise ReplayError(f"task {t.name}: cannot tell which blocks {blk!r} covers")
 
     def _blocks_freed(self, t: Task, it: int, what: str) -> list[int]:
         """Blocks whose ``it{k}.{what}.{block}`` buffers the task frees (e.g. gradient buckets)."""
@@ -509,7 +547,7 @@ def _swap_in(x: Executor, t: Task, it: int, blk: str) -> None:
 
 
 def _grads_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
-    blocks = x._blocks_freed(t, it, "grad") or [x.index_of[blk]]
+    blocks = x._blocks_freed(t, it, "grad") or x._task_blocks(t, it, blk)
     pinned = all(op.pinned for op in t.ops)
     for j in blocks:
         g = x.state.dev_grads.pop(j, None)
@@ -526,70 +564,110 @@ def _grads_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
 
 
 def _adam_cpu(x: Executor, t: Task, it: int, blk: str) -> None:
-    i = x.index_of[blk]
-    b = x.state.blocks[i]
-    if b.master_pool != "cpu":
-        raise ReplayError(f"{t.name}: the schedule places the master weights of {blk} on the device "
-                          "but runs their Adam on the CPU")
-    g = x.state.host_grads.pop(i, None)
-    if g is None:
-        raise ReplayError(f"{t.name}: no gradient of block {blk} on the host (a D2H is missing)")
-    with torch.no_grad():
-        for k, m in b.master.items():
-            m.grad = g[k].to(torch.float32)
-        b.opt.step()
-        for m in b.master.values():
-            m.grad = None
-        if b.host_w is not None and b.host_w is not b.master:
-            for k, h in b.host_w.items():
-                h.copy_(b.master[k])
+    for i in x._task_blocks(t, it, blk):
+        b = x.state.blocks[i]
+        if b.master_pool != "cpu":
+            raise ReplayError(f"{t.name}: the schedule places the master weights of {b.name} on the "
+                              "device but runs their Adam on the CPU")
+        g = x.state.host_grads.pop(i, None)
+        if g is None:
+            raise ReplayError(f"{t.name}: no gradient of block {b.name} on the host (a D2H is missing)")
+        with torch.no_grad():
+            for k, m in b.master.items():
+                m.grad = g[k].to(torch.float32)
+            b.opt.step()
+            for m in b.master.values():
+                m.grad = None
+            if b.host_w is not None and b.host_w is not b.master:
+                for k, h in b.host_w.items():
+                    h.copy_(b.master[k])
 
 
 def _adam_gpu(x: Executor, t: Task, it: int, blk: str) -> None:
-    i = x.index_of[blk]
-    b = x.state.blocks[i]
-    if b.master_pool != "gpu0":
-        raise ReplayError(f"{t.name}: the schedule places the master weights of {blk} on the host "
-                          "but runs their Adam on the device")
-    g = x.state.dev_grads.pop(i, None)
-    if g is None:
-        raise ReplayError(f"{t.name}: no gradient of block {blk} on the device")
-    with torch.no_grad():
-        for k, m in b.master.items():
-            m.grad = g[k].to(torch.float32)
-        b.opt.step()
-        for m in b.master.values():
-            m.grad = None
-        if not b.dev_is_master:
-            if not b.resident:
-                raise ReplayError(f"{t.name}: weights of block {blk} are not on the device to update")
-            for k, v in b.dev.items():
-                v.copy_(b.master[k])
+    for i in x._task_blocks(t, it, blk):
+        b = x.state.blocks[i]
+        if b.master_pool != "gpu0":
+            raise ReplayError(f"{t.name}: the schedule places the master weights of {b.name} on the "
+                              "host but runs their Adam on the device")
+        g = x.state.dev_grads.pop(i, None)
+        if g is None:
+            raise ReplayError(f"{t.name}: no gradient of block {b.name} on the device")
+        with torch.no_grad():
+            for k, m in b.master.items():
+                m.grad = g[k].to(torch.float32)
+            b.opt.step()
+            for m in b.master.values():
+                m.grad = None
+            if b.dev_is_master:
+                continue
+            if b.resident:
+                for k, v in b.dev.items():
+                    v.copy_(b.master[k])
+            elif b.host_w is not None:   # weights homed on the host: a D2H.w takes them home
+                x.state.pending_w[i] = {k: m.to(x.dtype) for k, m in b.master.items()}
+            else:
+                raise ReplayError(f"{t.name}: weights of block {b.name} are neither on the device nor "
+                                  "homed on the host")
 
 
 def _weights_h2d(x: Executor, t: Task, it: int, blk: str) -> None:
-    i = x.index_of[blk]
-    b = x.state.blocks[i]
-    if b.host_w is None:
-        raise ReplayError(f"{t.name}: block {blk} has no host copy of its weights to send")
-    pinned = all(op.pinned for op in t.ops)
-    with torch.no_grad():
-        if b.resident:
-            for k, v in b.dev.items():
-                v.copy_(b.host_w[k], non_blocking=pinned)
-        else:
-            for k, v in b.dev.items():
-                fresh = torch.empty(b.shapes[k], dtype=x.dtype, device=x.dev.dev)
-                fresh.copy_(b.host_w[k], non_blocking=pinned)
-                x.dev.keep_alive(fresh, "gpu0.compute")
-                v.data = fresh
-            b.resident = True
+    """Weights to the device: the owners named by the weight buffers the task allocates
+    (``{task}.{owner}``, else the task's block), or the device-resident blocks of its sub-group."""
+    targets: dict[int, str | None] = {}
     for a in t.allocs:
         if a.cls is MemClass.WEIGHTS and a.pool == "gpu0":
-            x.bound[a.buf] = b.release
+            suffix = a.buf[len(t.name) + 1:] if a.buf.startswith(t.name + ".") else blk
+            if suffix not in x.index_of:
+                raise ReplayError(f"{t.name}: cannot tell whose weights buffer {a.buf} holds")
+            targets[x.index_of[suffix]] = a.buf
+    if not targets:
+        targets = {j: None for j in x._task_blocks(t, it, blk)
+                   if blk in x.index_of or x.state.blocks[j].home_dev}
+    pinned = all(op.pinned for op in t.ops)
+    for j, buf in targets.items():
+        b = x.state.blocks[j]
+        if b.host_w is None:
+            raise ReplayError(f"{t.name}: block {b.name} has no host copy of its weights to send")
+        with torch.no_grad():
+            if b.resident:
+                for k, v in b.dev.items():
+                    v.copy_(b.host_w[k], non_blocking=pinned)
+            else:
+                for k, v in b.dev.items():
+                    fresh = torch.empty(b.shapes[k], dtype=x.dtype, device=x.dev.dev)
+                    fresh.copy_(b.host_w[k], non_blocking=pinned)
+                    x.dev.keep_alive(fresh, "gpu0.compute")
+                    v.data = fresh
+                b.resident = True
+        if buf is not None:
+            x.bound[buf] = b.release
+
+
+def _weights_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
+    """Device-updated weights to their host home (before an eviction, or after a device step)."""
+    pinned = all(op.pinned for op in t.ops)
+    for j in x._task_blocks(t, it, blk):
+        b = x.state.blocks[j]
+        if b.host_w is None:
+            continue
+        src = x.state.pending_w.pop(j, None)
+        if src is None:
+            if not b.resident:
+                raise ReplayError(f"{t.name}: weights of block {b.name} are not on the device to send home")
+            src = b.dev
+        with torch.no_grad():
+            for k, h in b.host_w.items():
+                h.copy_(src[k], non_blocking=pinned)
+                x.dev.keep_alive(src[k], x._copy_stream(t))
+
+
+def handler(what: str) -> Callable[[Executor, Task, int, str], None] | None:
+    """The handler of an operation; numbered variants (``H2D.wf2``) share their base's."""
+    return HANDLERS.get(what) or HANDLERS.get(what.rstrip("0123456789"))
 
 
 HANDLERS: dict[str, Callable[[Executor, Task, int, str], None]] = {
     "F": _fwd, "R": _recompute, "B": _bwd, "D2H.act": _swap_out, "H2D.act": _swap_in,
     "D2H.g": _grads_d2h, "ADAM.cpu": _adam_cpu, "ADAM.gpu": _adam_gpu, "H2D.w": _weights_h2d,
+    "H2D.wf": _weights_h2d, "H2D.wb": _weights_h2d, "D2H.w": _weights_d2h,
 }

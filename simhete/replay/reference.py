@@ -13,9 +13,20 @@ from simhete.replay.model import TORCH_DTYPES, Step, adam, data, forward, init_m
 
 
 def reference_losses(workload, iterations: int, *, seed: int = 0, lr: float = 1e-2,
-                     device: str | torch.device = "cpu") -> list[float]:
+                     device: str | torch.device = "cpu", threads: int | None = None) -> list[float]:
+    """Losses per iteration. ``threads``: intra-op threads to run with (the replay's, so CPU
+    reductions split the same way); unset keeps torch's setting."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(workload, iterations, seed, lr, torch.device(device))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(workload, iterations: int, seed: int, lr: float, dev: torch.device) -> list[float]:
     spec = workload.spec
-    dev = torch.device(device)
     dtype = TORCH_DTYPES[workload.dtype]
     blocks = [b for b in workload.blocks if b.params]
     master = {b.index: {k: v.to(dev) for k, v in init_master(spec, b.name, b.index, seed).items()}

@@ -39,6 +39,7 @@ class BlockState:
     resident: bool
     host_w: Weights | None = None    # working-precision copy on the host that H2D.w reads
     dev_is_master: bool = False      # fp32 with master on the device: one set of tensors
+    home_dev: bool = True            # resident on the device at the start (Schedule.initial)
 
     def release(self) -> None:
         empty = {k: torch.empty(0, dtype=v.dtype, device=v.device) for k, v in self.dev.items()}
@@ -73,6 +74,7 @@ class State:
         self.host_grads: dict[int, Weights] = {}
         self.tied_grad: dict[int, torch.Tensor] = {}    # embed's weight grad from the tied head
         self.losses: dict[int, torch.Tensor] = {}
+        self.pending_w: dict[int, Weights] = {}         # device-updated weights awaiting D2H.w
 
     def pool_bytes(self) -> dict[str, dict[str, int]]:
         """Bytes per pool and MemClass of every tensor the replay holds (storages counted once)."""
@@ -109,6 +111,9 @@ class State:
                 yield "gpu0", G, t
         for t in self.tied_grad.values():
             yield "gpu0", G, t
+        for w in self.pending_w.values():
+            for t in w.values():
+                yield "gpu0", W, t
         for g in self.host_grads.values():
             for t in g.values():
                 yield "cpu", G32, t
