@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace (open in ui.perfetto.dev)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG timeline and memory plot")
     p.add_argument("--schedule", metavar="PATH", help="write the schedule in its text form")
+    p.add_argument("--deepspeed", metavar="JSON", help="take policy, knobs, micro-batch and dtype from a DeepSpeed "
+                   "config (docs/deepspeed.md); unsupported keys are listed")
     add_set_arg(p)
     add_engine_arg(p)
 
@@ -26,7 +28,11 @@ def run(args: argparse.Namespace) -> int:
     from simhete.sim import run as run_scenario
 
     outs = {flag: check_writable(getattr(args, flag), f"--{flag}") for flag in ("trace", "plot", "schedule")}
-    res = run_scenario(apply_sets(load_scenario(args.scenario), args.set), engine=args.engine)
+    scenario = load_scenario(args.scenario)
+    if args.deepspeed:
+        from simhete.deepspeed import apply_deepspeed
+        scenario = apply_deepspeed(scenario, args.deepspeed)
+    res = run_scenario(apply_sets(scenario, args.set), engine=args.engine)
     if outs["schedule"]:
         write_atomic(outs["schedule"], format_schedule(res.schedule))
     if outs["trace"]:

@@ -78,7 +78,7 @@ def evaluate(pid: str, idx: int, params: dict[str, Any], s: Scenario, engine: st
 
     policy = s.data.policy
     try:
-        res = run(s, engine=engine, profile=_profile(s))
+        res = run(s, engine=engine, profile=_profile(s), check=False)
     except ConfigError as e:
         return failed_row(pid, idx, params, "invalid", str(e), policy)
     except SimheteError as e:
