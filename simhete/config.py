@@ -90,7 +90,10 @@ def validate(model: type[M], data: Any, file: str | None, prefix: str = "") -> M
             raise ConfigError(file, key, problem="required key is missing") from None
         msg = err["msg"]
         msg = msg.removeprefix("Value error, ").removeprefix("Input should be ")
-        raise ConfigError(file, key, err.get("input"), allowed=msg) from None
+        value = err.get("input")
+        if isinstance(value, (dict, list)):   # a check across several keys: say what is wrong, not the mapping
+            raise ConfigError(file, key, problem=msg) from None
+        raise ConfigError(file, key, value, allowed=msg) from None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -64,7 +64,12 @@ def _profile_with(name: str, mtime: float, file: str | None, key: str, gpus: int
                   gpu_memory: int | None, host_memory: int | None, pcie_gbps: float | None) -> Any:
     prof = _profile(name, mtime, file, key)
     if gpus or gpu_memory or host_memory or pcie_gbps:
-        prof = prof.with_overrides(gpus=gpus, gpu_memory=gpu_memory, host_memory=host_memory, pcie_gbps=pcie_gbps)
+        try:
+            prof = prof.with_overrides(gpus=gpus, gpu_memory=gpu_memory, host_memory=host_memory,
+                                       pcie_gbps=pcie_gbps)
+        except ConfigError as e:   # the override is the scenario's doing: name the scenario
+            raise ConfigError(file, "hardware", problem=f"override does not fit profile {name}: "
+                              f"{e.key}: {e.problem or f'bad value {e.value!r}; allowed: {e.allowed}'}") from None
     return prof
 
 

@@ -88,3 +88,11 @@ def test_no_traceback_in_a_real_process(tmp_path):
     r = subprocess.run([sys.executable, "-m", "simhete.cli", "simulate", str(p)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_hardware_override_error_names_the_scenario(capsys):
+    code, err = run_cli(capsys, "simulate", str(SCENARIOS / "llama2-7b_rtx4090_zero-offload.yaml"),
+                        "--set", "hardware.gpu_memory=1GB")
+    assert code == 2 and err.count("\n") == 1
+    assert ("llama2-7b_rtx4090_zero-offload.yaml: hardware: override does not fit profile rtx4090-desktop: "
+            "gpu: reserved_bytes 1610612736 must be below memory_bytes 1000000000") in err
