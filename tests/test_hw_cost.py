@@ -242,3 +242,82 @@ def test_more_bytes_is_never_faster(name, kind, pinned, n, more):
     shape = (4,) if kind is OpKind.ALLREDUCE else ()
     small = cm.op_seconds(Op(kind, shape, n=n, pinned=pinned))
     assert cm.op_seconds(Op(kind, shape, n=n + more, pinned=pinned)) >= small >= 0.0
+
+
+# -- per-kind memory-bound pricing, CPU Adam threads and overhead ------------------------------
+
+def _with(prof: HardwareProfile, path: tuple[str, ...], value) -> HardwareProfile:
+    data = prof.model_dump(exclude_none=True)
+    node = data
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+    node[path[-1]] = value
+    return validate(HardwareProfile, data, "cpu-test.yaml")
+
+
+def test_memory_bound_kind_without_curve_is_its_overhead_plus_bandwidth():
+    prof = _with(cpu_profile(), ("gpu", "memory_bound"),
+                 {"NORM": {"bandwidth_gbps": q(4.0), "overhead_us": q(3.0)},
+                  "SOFTMAX_CE": {"bandwidth_gbps": q(8.0)}})
+    cm = CostModel(prof)
+    assert cm.op_seconds(Op(OpKind.NORM, n=4 * 10**9)) == pytest.approx(3e-6 + 1.0)
+    # No overhead of its own: the device's launch overhead (10 us).
+    assert cm.op_seconds(Op(OpKind.SOFTMAX_CE, (1, 1), n=8 * 10**9)) == pytest.approx(10e-6 + 1.0)
+    # A kind left out keeps the single bandwidth × efficiency (2000 GB/s × 0.5).
+    assert cm.op_seconds(Op(OpKind.ELEMENTWISE, n=10**9)) == pytest.approx(10e-6 + 1e-3)
+    assert {"gpu.memory_bound.NORM.bandwidth_gbps (assumed)", "gpu.memory_bound.NORM.overhead_us "
+            "(assumed)", "gpu.memory_bound.SOFTMAX_CE.bandwidth_gbps (assumed)"} <= cm.flags
+
+
+def test_memory_bound_curve_is_log_log_in_time_floored_and_monotone():
+    # Times: 1000 B in 1 us, 4000 B in 1 us (noise made it 0.5 us: raised to 1 us), 16000 B in 4 us.
+    curve = {"source": "assumed", "ref": "t", "points": [[1000, 1.0], [4000, 8.0], [16000, 4.0]]}
+    prof = _with(cpu_profile(), ("gpu", "memory_bound"),
+                 {"ELEMENTWISE": {"bandwidth_gbps": q(4.0), "curve": curve}})
+    cm = CostModel(prof)
+    t = lambda n: cm.op_seconds(Op(OpKind.ELEMENTWISE, n=n))  # noqa: E731
+    assert t(10) == pytest.approx(1e-6)          # below the curve: its smallest time
+    assert t(1000) == pytest.approx(1e-6)
+    assert t(2000) == pytest.approx(1e-6)        # between equal (raised) times
+    assert t(8000) == pytest.approx(2e-6)        # log-log midway between 1 and 4 us
+    assert t(16000) == pytest.approx(4e-6)
+    assert t(32000) == pytest.approx(8e-6)       # above: the largest size's rate (4 GB/s)
+    assert cm.flags == {"gpu.memory_bound.ELEMENTWISE.curve (assumed)"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 10**9), st.floats(0.01, 1000.0)), min_size=2, max_size=6,
+                unique_by=lambda p: p[0]),
+       st.integers(0, 2 * 10**9), st.integers(0, 10**9))
+def test_memory_bound_curve_never_prices_more_bytes_faster(points, n, more):
+    curve = {"source": "assumed", "ref": "t", "points": sorted([b, g] for b, g in points)}
+    cm = CostModel(_with(cpu_profile(), ("gpu", "memory_bound"),
+                         {"EMBED": {"bandwidth_gbps": q(1.0), "curve": curve}}))
+    small = cm.op_seconds(Op(OpKind.EMBED, (1, 1), n=n))
+    assert cm.op_seconds(Op(OpKind.EMBED, (1, 1), n=n + more)) >= small > 0.0
+
+
+def _adam(**adam) -> CostModel:
+    by = {"source": "assumed", "ref": "t", "points": [[1, 1e8], [4, 3e8]]}
+    return CostModel(_with(cpu_profile(), ("host", "adam"),
+                           {"params_per_s": q(5e7), "by_threads": by, **adam}))
+
+
+def test_adam_rate_is_by_threads_at_the_optimizer_threads():
+    n = 10**8
+    assert _adam().op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(2.0)   # no threads: params_per_s
+    assert _adam(threads=1).op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(1.0)
+    assert _adam(threads=2).op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(n / (1e8 + 2e8 / 3))
+    assert _adam(threads=4).op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(1 / 3)
+    cm = _adam(threads=8)                       # beyond the measured counts: the nearest, flagged
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(1 / 3)
+    assert "host.adam.by_threads (no point at 8 threads: 4 used)" in cm.flags
+    assert "host.adam.params_per_s (assumed)" not in cm.flags
+
+
+def test_adam_overhead_is_paid_once_per_call():
+    cm = _adam(threads=1, overhead_us=q(50.0))
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**8)) == pytest.approx(50e-6 + 1.0)
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**8, count=3)) == pytest.approx(3 * (50e-6 + 1.0))
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=0)) == pytest.approx(50e-6)
+    assert "host.adam.overhead_us (assumed)" in cm.flags

@@ -19,7 +19,7 @@ SHIPPED = ["a100-40gb-pcie-epyc7713", "a100-80gb-sxm", "h100-pcie", "h100-sxm", 
 
 # Integer leaves that are structure or spec (cited by the section's `ref`), not measured rates.
 STRUCTURAL = {"count", "sms", "sockets", "cores", "memory_bytes", "tile_m", "tile_n", "m", "n", "k",
-              "gpus_per_pcie_switch"}
+              "gpus_per_pcie_switch", "threads"}
 
 
 def raw_profile(name: str = "h100-sxm") -> dict:
@@ -220,3 +220,25 @@ def test_deep_copy_of_raw_data_roundtrips(tmp_path):
     d = copy.deepcopy(raw_profile("l40"))
     p = write(tmp_path, d, "l40.yaml")
     assert load_profile(p).model_dump() == load_profile("l40").model_dump()
+
+
+def _cpu_local() -> dict:
+    return yaml.safe_load((PROFILES_DIR / "cpu-local.yaml").read_text())
+
+
+def test_pinned_limit_is_optional_and_new_keys_are_checked(tmp_path):
+    d = _cpu_local()
+    d["host"].pop("pinned_limit_bytes", None)
+    (tmp_path / "measured").symlink_to(PROFILES_DIR / "measured")
+    prof = load_profile(write(tmp_path, d))
+    assert prof.host.pinned_limit_bytes is None
+    bad = copy.deepcopy(d)
+    bad["gpu"]["memory_bound"] = {"GEMM": {"bandwidth_gbps": {"value": 1.0, "source": "assumed",
+                                                              "ref": "x"}}}
+    with pytest.raises(ConfigError, match=r"b\.yaml: gpu\.memory_bound\.GEMM: unknown key; allowed "
+                                          r"keys here: ELEMENTWISE, EMBED, NORM, SOFTMAX_CE$"):
+        load_profile(write(tmp_path, bad, "b.yaml"))
+    bad = copy.deepcopy(d)
+    bad["host"]["adam"]["threads"] = 0
+    with pytest.raises(ConfigError, match=r"host\.adam\.threads: bad value 0"):
+        load_profile(write(tmp_path, bad, "c.yaml"))

@@ -7,11 +7,14 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
   "Matrix Multiplication Background User's Guide" §3).
 - ATTN_FWD/ATTN_BWD: the same roofline with FLOPs from :attr:`Op.flops` and the attention
   efficiency (or a measured exact-shape rate).
-- ELEMENTWISE/NORM/SOFTMAX_CE/EMBED: memory-bound, launch + n / (bandwidth × efficiency).
+- ELEMENTWISE/NORM/SOFTMAX_CE/EMBED: memory-bound. With a ``gpu.memory_bound`` entry for the
+  kind: its measured curve (time log-log between points, never decreasing with size), else its
+  overhead + n / its bandwidth; without one: launch + n / (bandwidth × efficiency).
 - H2D/D2H: α-β on the pinned or pageable link (or n / curve(n) inside a measured curve); on a
   ``device_type: cpu`` profile without links they are host memcpys.
 - D2D: launch + 2n / device bandwidth (a copy reads and writes n bytes).
-- MEMCPY_CPU: n / host memcpy bandwidth. ADAM_CPU: n / params_per_s.
+- MEMCPY_CPU: n / host memcpy bandwidth. ADAM_CPU: overhead + n / rate, the rate taken from
+  ``host.adam.by_threads`` at ``host.adam.threads`` when both are given, else ``params_per_s``.
 - ADAM_GPU: launch + 28 n / (bandwidth × efficiency).
 - ALLREDUCE/REDUCE_SCATTER/ALLGATHER: α + n · factor / bus bandwidth (nccl-tests factors).
 
@@ -26,7 +29,7 @@ from typing import Callable
 
 from simhete.errors import ConfigError
 from simhete.hw.gemm import GemmInterpolator
-from simhete.hw.profile import (ADAM_CPU_BYTES_PER_PARAM, DTYPES, HardwareProfile, Link,
+from simhete.hw.profile import (ADAM_CPU_BYTES_PER_PARAM, DTYPES, Curve, HardwareProfile, Link,
                                 Provenance)
 from simhete.opkinds import OpKind
 from simhete.schedule.model import Op, Schedule, Task
@@ -57,6 +60,8 @@ class CostModel:
         self._mb_eff = g.memory_bound_efficiency.value
         self._max_eff, self._max_eff_prov, self._max_eff_key = g.max_efficiency()
         self._adam = h.adam_params_per_s()
+        self._adam_rate, self._adam_flag = self._adam_by_threads()
+        self._mb_curves: dict[str, tuple[list[int], list[float]]] = {}
         self._tables: dict[str, GemmInterpolator] = {}
         if g.gemm.model == "table" and g.gemm.table is not None:
             self._tables = {dt: GemmInterpolator(rows) for dt, rows in g.gemm.table.points.items()}
@@ -220,7 +225,42 @@ class CostModel:
         return self._roofline(flops, peak * eff, nbytes)
 
     def _memory_bound(self, op: Op) -> float:
-        return self._launch_s() + self._mem_seconds(op.n)
+        mb = self.profile.gpu.memory_bound
+        entry = getattr(mb, op.kind.value) if mb is not None else None
+        if entry is None:
+            return self._launch_s() + self._mem_seconds(op.n)
+        key = f"gpu.memory_bound.{op.kind.value}"
+        if entry.curve is not None:
+            self._use(f"{key}.curve", entry.curve)
+            return self._curve_seconds(key, entry.curve, op.n)
+        self._use(f"{key}.bandwidth_gbps", entry.bandwidth_gbps)
+        if entry.overhead_us is None:
+            fixed = self._launch_s()
+        else:
+            self._use(f"{key}.overhead_us", entry.overhead_us)
+            fixed = entry.overhead_us.value * 1e-6
+        return fixed + op.n / (entry.bandwidth_gbps.value * 1e9)
+
+    def _curve_seconds(self, key: str, curve: Curve, n: int) -> float:
+        """Seconds for n bytes on a measured [bytes, GB/s] curve: the points' times made
+        non-decreasing (a bigger op is never priced faster; noise can invert neighbours), log-log
+        between them, the smallest time below them, the largest size's rate above them."""
+        pts = self._mb_curves.get(key)
+        if pts is None:
+            sizes = [p[0] for p in curve.points]
+            times: list[float] = []
+            for b, g in curve.points:
+                times.append(max(b / (g * 1e9), times[-1] if times else 0.0))
+            pts = self._mb_curves[key] = (sizes, times)
+        sizes, times = pts
+        if n <= sizes[0]:
+            return times[0]
+        if n >= sizes[-1]:
+            return times[-1] * (n / sizes[-1])
+        i = bisect.bisect_right(sizes, n)
+        w = (math.log(n) - math.log(sizes[i - 1])) / (math.log(sizes[i]) - math.log(sizes[i - 1]))
+        t = math.exp(math.log(times[i - 1]) + w * (math.log(times[i]) - math.log(times[i - 1])))
+        return min(max(t, times[i - 1]), times[i])   # exp/log rounding must not break monotonicity
 
     def _transfer(self, op: Op) -> float:
         links = self.profile.links
@@ -256,13 +296,44 @@ class CostModel:
         self._use("host.memcpy_gbps", q)
         return op.n / (q.value * 1e9)
 
+    def _adam_by_threads(self) -> tuple[float | None, str | None]:
+        """(params/s from ``by_threads`` at ``threads``, flag if outside the measured threads), or
+        (None, None) when either is absent. Linear in threads between measured counts; outside
+        them the nearest measured count (flagged: the curve is not extrapolated)."""
+        adam = self.profile.host.adam
+        if adam.threads is None or adam.by_threads is None:
+            return None, None
+        pts = sorted(adam.by_threads.points)
+        th = adam.threads
+        if th <= pts[0][0] or th >= pts[-1][0]:
+            near = pts[0] if th <= pts[0][0] else pts[-1]
+            flag = None if near[0] == th else (f"host.adam.by_threads (no point at {th} threads: "
+                                               f"{near[0]} used)")
+            return near[1], flag
+        i = bisect.bisect_left([p[0] for p in pts], th)
+        (t0, r0), (t1, r1) = pts[i - 1], pts[i]
+        return r0 + (th - t0) / (t1 - t0) * (r1 - r0), None
+
     def _adam_cpu(self, op: Op) -> float:
-        if self.profile.host.adam.params_per_s is None:
+        adam = self.profile.host.adam
+        if self._adam_rate is not None:
+            assert adam.by_threads is not None
+            self._use("host.adam.by_threads", adam.by_threads)
+            if self._adam_flag:
+                self._flags.add(self._adam_flag)
+            rate = self._adam_rate
+        elif adam.params_per_s is None:
             self._flags.add("host.adam.params_per_s (assumed: dram_bandwidth/28)")
             self._use("host.dram_bandwidth_gbps", self.profile.host.dram_bandwidth_gbps)
+            rate = self._adam.value
         else:
             self._use("host.adam.params_per_s", self._adam)
-        return op.n / self._adam.value
+            rate = self._adam.value
+        fixed = 0.0
+        if adam.overhead_us is not None:
+            self._use("host.adam.overhead_us", adam.overhead_us)
+            fixed = adam.overhead_us.value * 1e-6
+        return fixed + op.n / rate
 
     def _adam_gpu(self, op: Op) -> float:
         return self._launch_s() + self._mem_seconds(float(op.n) * ADAM_GPU_BYTES_PER_PARAM)

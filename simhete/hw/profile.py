@@ -184,6 +184,46 @@ class AttentionModel(Strict):
     table: AttnTable | None = None
 
 
+class Curve(Provenance):
+    """Size-dependent rate measured end to end: ``points = [[size, rate], ...]`` — bytes and GB/s
+    for links and memory-bound ops."""
+
+    points: list[tuple[int, float]] = Field(min_length=2)
+
+    @field_validator("points")
+    @classmethod
+    def _sorted_positive(cls, v: list[tuple[int, float]]) -> Any:
+        sizes = [p[0] for p in v]
+        if any(b <= 0 or g <= 0 for b, g in v):
+            raise ValueError("bytes and gbps must be > 0")
+        if sizes != sorted(set(sizes)):
+            raise ValueError("points must be sorted by bytes, without repeats")
+        return v
+
+
+class MemoryBoundKind(Strict):
+    """Achieved bandwidth of one memory-bound OpKind (bytes read + written per second).
+
+    Without a curve: ``overhead_us + n / bandwidth_gbps`` (overhead default: the device's
+    ``launch_overhead_us``). With a measured ``curve`` (calls timed end to end, fixed cost
+    included): time interpolated log-log between its points, made non-decreasing in size; below its
+    smallest size the smallest size's time; above its largest size the largest size's rate.
+    """
+
+    bandwidth_gbps: PositiveQ
+    overhead_us: NonNegQ | None = None
+    curve: Curve | None = None
+
+
+class MemoryBound(Strict):
+    """Per-OpKind memory-bound pricing; a kind left out uses mem_bandwidth_gbps × efficiency."""
+
+    ELEMENTWISE: MemoryBoundKind | None = None
+    NORM: MemoryBoundKind | None = None
+    SOFTMAX_CE: MemoryBoundKind | None = None
+    EMBED: MemoryBoundKind | None = None
+
+
 class Gpu(Strict):
     """The device. For ``device_type: cpu`` this describes the CPU acting as the device."""
 
@@ -197,6 +237,7 @@ class Gpu(Strict):
     mem_bandwidth_gbps: PositiveQ
     memory_bound_efficiency: FractionQ
     launch_overhead_us: NonNegQ
+    memory_bound: MemoryBound | None = None
     gemm: GemmModel
     attention: AttentionModel | None = None
 
@@ -252,12 +293,19 @@ class AdamThreads(Provenance):
 
 
 class AdamModel(Strict):
-    """CPU Adam throughput. Without ``params_per_s`` it is derived as DRAM-bound:
-    dram_bandwidth / 28 bytes per parameter (reads p, g, m, v, writes p, m, v in fp32;
-    REFERENCES.md "CPU Adam is DRAM-bound"), and flagged as assumed."""
+    """CPU Adam: one call over n parameters takes ``overhead_us + n / rate``.
+
+    ``rate`` is ``by_threads`` at ``threads`` — the intra-op threads the CPU optimizer runs with
+    (linear in threads between measured points, the nearest end outside them) — when both are
+    given, else ``params_per_s``. Without either it is derived as DRAM-bound: dram_bandwidth / 28
+    bytes per parameter (reads p, g, m, v, writes p, m, v in fp32; REFERENCES.md "CPU Adam is
+    DRAM-bound"), and flagged as assumed. ``overhead_us`` (default 0) is the fixed cost of one
+    call; a schedule issues one ADAM_CPU op per block, so it is paid once per block."""
 
     params_per_s: PositiveQ | None = None
     by_threads: AdamThreads | None = None
+    threads: int | None = Field(None, ge=1)
+    overhead_us: NonNegQ | None = None
 
 
 class Host(Strict):
@@ -268,11 +316,12 @@ class Host(Strict):
     memory_bytes: Bytes
     dram_bandwidth_gbps: PositiveQ
     memcpy_gbps: PositiveQ
-    pinned_limit_bytes: BytesQ
+    pinned_limit_bytes: BytesQ | None = None   # absent: no pinned memory (a CPU device)
     adam: AdamModel = Field(default_factory=AdamModel)
 
     def adam_params_per_s(self) -> PositiveQ:
-        """The Adam throughput used for pricing (given, or derived DRAM-bound and marked assumed)."""
+        """The Adam throughput used for pricing (given, or derived DRAM-bound and marked assumed);
+        ``by_threads`` at ``threads`` is :meth:`adam_rate`."""
         if self.adam.params_per_s is not None:
             return self.adam.params_per_s
         d = self.dram_bandwidth_gbps
@@ -287,22 +336,6 @@ ADAM_CPU_BYTES_PER_PARAM = 28
 
 
 # --------------------------------------------------------------------------------- links ----
-
-class Curve(Provenance):
-    """Size-dependent bandwidth: ``points = [[bytes, gbps], ...]`` (measured end to end)."""
-
-    points: list[tuple[int, float]] = Field(min_length=2)
-
-    @field_validator("points")
-    @classmethod
-    def _sorted_positive(cls, v: list[tuple[int, float]]) -> Any:
-        sizes = [p[0] for p in v]
-        if any(b <= 0 or g <= 0 for b, g in v):
-            raise ValueError("bytes and gbps must be > 0")
-        if sizes != sorted(set(sizes)):
-            raise ValueError("points must be sorted by bytes, without repeats")
-        return v
-
 
 class Link(Strict):
     """α-β link: T(n) = latency + n / bandwidth, or n / curve(n) inside a measured curve."""
