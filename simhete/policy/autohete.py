@@ -4,7 +4,8 @@ System for LLMs", arXiv 2503.01890).
 Plan: per transformer block, checkpoint or not and 16-bit weights offloaded or not; per block with
 parameters, optimizer offloaded or not — chosen by the MILP of :mod:`simhete.policy.autohete_milp`
 (minimum predicted iteration time under the GPU memory limit, priced by the same cost model).
-Any decision can be pinned with a knob (a bool for every block, or a list); pinning all of them
+Any decision can be pinned with a knob (``checkpointing``/``activations`` as in every policy;
+``offload_param``/``offload_optimizer`` a bool for every block, or a list); pinning all of them
 gives AutoHete's special cases (everything on the GPU; ZeRO-Offload-like: weights on the GPU,
 optimizer on the CPU).
 
@@ -21,9 +22,10 @@ overlap the next forward.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
 
-from simhete.config import Strict
+from pydantic import Field, model_validator
+
 from simhete.errors import ConfigError
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.autohete_milp import Plan, block_costs, predict, solve
@@ -31,15 +33,17 @@ from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
 from simhete.policy.registry import register
-from simhete.policy.training import PRIO_IT, bwd_prio, forward_backward, fwd_prio, tname
+from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, forward_backward,
+                                     fwd_prio, tname)
 from simhete.schedule import Alloc, Op, Schedule
 
 Choice = bool | list[bool] | None
 
 
-class AutoHeteKnobs(Strict):
-    checkpoint: Choice = None
-    """Pin activation checkpointing: a bool for every transformer block or one per block."""
+class AutoHeteKnobs(ActivationKnobs):
+    checkpointing: Literal["auto", "none", "full", "every"] = "auto"
+    """``auto``: the MILP decides per block; any other value (or a per-block ``activations`` list
+    of keep/recompute) pins the checkpoint decisions as in the other policies."""
     offload_param: Choice = None
     """Pin weight offloading: a bool for every transformer block or one per block."""
     offload_optimizer: Choice = None
@@ -48,15 +52,26 @@ class AutoHeteKnobs(Strict):
     """Fraction of GPU memory the planner leaves free (allocator fragmentation, transients)."""
     solver_time_limit: float = Field(30.0, gt=0)
     """Seconds HiGHS may spend on the MILP."""
-    pin_memory: bool = True
-    """Pinned host buffers (pageable copies block the host and run on the compute stream)."""
+    verify: bool = True
+    """Simulate the MILP's plan and the special cases it generalises (everything on the GPU;
+    ZeRO-Offload-like), each with the MILP's checkpointing and with full checkpointing, and keep
+    the fastest that fits — the MILP's busiest-stream model can be optimistic (docs/policies.md)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AutoHeteKnobs":   # replaces ActivationKnobs' check: "auto" is unset
+        if self.activations is not None and self.checkpointing not in ("auto", "none"):
+            raise ValueError("give either checkpointing or a per-block activations list, not both")
+        return self
 
 
 def pinned_decisions(ctx: Context, k: AutoHeteKnobs) -> dict[str, dict[int, bool]]:
     trans = [blk for blk in ctx.blocks if blk.name.startswith("b")]
     withp = [blk for blk in ctx.blocks if blk.params]
     out: dict[str, dict[int, bool]] = {}
-    for var, blocks in (("checkpoint", trans), ("offload_param", trans), ("offload_optimizer", withp)):
+    if k.checkpointing != "auto" or k.activations is not None:
+        modes = act_modes(ctx, k.model_copy(update={"checkpointing": "none"}) if k.checkpointing == "auto" else k)
+        out["checkpoint"] = {blk.index: modes[blk.index] == "recompute" for blk in trans}
+    for var, blocks in (("offload_param", trans), ("offload_optimizer", withp)):
         v = getattr(k, var)
         if v is None:
             continue
@@ -78,20 +93,52 @@ class AutoHete(Policy):
         """The MILP's plan and whether it was feasible; if no plan fits, the most memory-frugal
         one (everything offloaded and checkpointed), so the simulation reports what overflows."""
         fixed = pinned_decisions(ctx, self.k)
+        swap = self.swapped(ctx)
         plan = solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
-                     time_limit=self.k.solver_time_limit)
+                     time_limit=self.k.solver_time_limit, swap=swap)
         if plan is not None:
             return plan, True
         trans = {blk.index for blk in ctx.blocks if blk.name.startswith("b")}
         ck = {blk.index: fixed.get("checkpoint", {}).get(blk.index, blk.index in trans) for blk in ctx.blocks}
         op = {blk.index: fixed.get("offload_param", {}).get(blk.index, blk.index in trans) for blk in ctx.blocks}
         oo = {blk.index: fixed.get("offload_optimizer", {}).get(blk.index, bool(blk.params)) for blk in ctx.blocks}
-        loads = predict(ctx, block_costs(ctx, self.k.pin_memory), ck, op, oo)
+        ck = {i: ck[i] and i not in swap for i in ck}
+        loads = predict(ctx, block_costs(ctx, self.k.pin_memory), ck, op, oo, swap)
         return Plan(ck, op, oo, max(loads.values()), loads), False
+
+    def swapped(self, ctx: Context) -> frozenset[int]:
+        """Blocks whose activations the user's ``activations`` list swaps to the host."""
+        if self.k.activations is None:
+            return frozenset()
+        return frozenset(i for i, m in act_modes(ctx, self.k).items() if m == "swap")
 
     def build(self, ctx: Context) -> Schedule:
         plan, feasible = self.plan(ctx)
-        return self.schedule(ctx, plan, {"milp": "optimal" if feasible else "infeasible"})
+        meta = {"milp": "optimal" if feasible else "infeasible", "milp_predicted_s": f"{plan.predicted_s:.6g}"}
+        if not self.k.verify:
+            return self.schedule(ctx, plan, dict(meta, chosen="milp"))
+        from simhete.engine import simulate   # the same engine the user runs, as a profiler would
+
+        user = pinned_decisions(ctx, self.k)
+        cands = [("milp", plan)] if feasible else []
+        for name, w, o in (("all-gpu", False, False), ("zero-offload-like", False, True)):
+            for full in (False, True):
+                fixed = {"offload_param": {blk.index: w for blk in ctx.blocks if blk.name.startswith("b")},
+                         "offload_optimizer": {blk.index: o for blk in ctx.blocks if blk.params}}
+                if full:
+                    fixed["checkpoint"] = {blk.index: True for blk in ctx.blocks if blk.name.startswith("b")}
+                fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in set(fixed) | set(user)}
+                p = solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
+                          time_limit=self.k.solver_time_limit, swap=self.swapped(ctx))
+                if p is not None and all(p != c for _, c in cands):
+                    cands.append((name + ("-full-checkpointing" if full else ""), p))
+        best = None
+        for name, p in cands:
+            sched = self.schedule(ctx, p, dict(meta, chosen=name))
+            tl = simulate(sched, ctx.cost.durations(sched), ctx.cost.interference())
+            if tl.oom is None and (best is None or tl.steady_iteration_time() < best[0]):
+                best = (tl.steady_iteration_time(), sched)
+        return best[1] if best is not None else self.schedule(ctx, plan, dict(meta, chosen="milp"))
 
     def schedule(self, ctx: Context, plan: Plan, meta: dict[str, str]) -> Schedule:
         k = self.k
@@ -100,7 +147,8 @@ class AutoHete(Policy):
         n, nb = ctx.n_gpus, len(ctx.blocks)
         by = {blk.index: blk for blk in ctx.blocks}
         ck, op, oo = plan.checkpoint, plan.offload_param, plan.offload_optimizer
-        modes = {i: "recompute" if ck[i] else "keep" for i in by}
+        swap = self.swapped(ctx)
+        modes = {i: "swap" if i in swap else "recompute" if ck[i] else "keep" for i in by}
         gpu_w = {i for i in by if not op[i]}
         host_w = {i for i in by if op[i] or oo[i]}
         gpu_opt = {i for i in by if by[i].params and not oo[i]}

@@ -66,6 +66,8 @@ class BlockCosts:
     ar: float
     rs: float
     ag: float
+    act_up: float
+    act_down: float
 
 
 def block_costs(ctx: Context, pinned: bool) -> dict[int, BlockCosts]:
@@ -83,14 +85,18 @@ def block_costs(ctx: Context, pinned: bool) -> dict[int, BlockCosts]:
             w_down=s(Op(OpKind.D2H, n=shard(blk.weight_bytes, n, 0), pinned=pinned)),
             g_down=s(Op(OpKind.D2H, n=shard(blk.grad_bytes, n, 0), pinned=pinned)),
             ar=coll(OpKind.ALLREDUCE, blk.grad_bytes), rs=coll(OpKind.REDUCE_SCATTER, blk.grad_bytes),
-            ag=coll(OpKind.ALLGATHER, blk.weight_bytes))
+            ag=coll(OpKind.ALLGATHER, blk.weight_bytes),
+            act_up=s(Op(OpKind.H2D, n=blk.act_bytes, pinned=pinned)),
+            act_down=s(Op(OpKind.D2H, n=blk.act_bytes, pinned=pinned)))
     return out
 
 
 def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[int, bool]],
-          time_limit: float) -> Plan | None:
+          time_limit: float, swap: frozenset[int] = frozenset()) -> Plan | None:
     """Solve the MILP; ``fixed[var][block]`` pins a decision (var in checkpoint, offload_param,
-    offload_optimizer). ``None`` if no plan fits the memory limits."""
+    offload_optimizer). Blocks in ``swap`` have their activations swapped to the host (a user's
+    choice, not planned): not checkpointed, nothing held on the GPU between their forward and
+    backward, their D2H and H2D added to the copy streams. ``None`` if no plan fits."""
     blocks = ctx.blocks
     nb = len(blocks)
     c = block_costs(ctx, pinned)
@@ -108,6 +114,8 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
     for k, blk in enumerate(blocks):
         if blk.index not in trans:
             ub[X + k] = ub[Y + k] = 0
+        if blk.index in swap:
+            ub[X + k] = 0
         if not blk.params:
             ub[Z + k] = 0
         for var, off in (("checkpoint", X), ("offload_param", Y), ("offload_optimizer", Z)):
@@ -134,9 +142,9 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
     # T ≥ compute
     row({T: 1} | {j: -a for j, a in comp.items()}, low=comp_const)
     row({T: 1} | {Y + k: -2 * c[i].w_up for k, i in enumerate(idx)} | {V + k: -c[i].w_up for k, i in enumerate(idx)},
-        low=0)
+        low=sum(c[i].act_up for i in swap))
     row({T: 1} | {Z + k: -c[i].g_down for k, i in enumerate(idx)} | {Q + k: -c[i].w_down for k, i in enumerate(idx)},
-        low=0)
+        low=sum(c[i].act_down for i in swap))
     row({T: 1} | {Z + k: -c[i].adam_cpu for k, i in enumerate(idx)}, low=0)
     if ctx.n_gpus > 1:
         r = {T: 1.0}
@@ -166,6 +174,8 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
         r = dict(base)
         cj = const
         for k, blk in enumerate(blocks[:j]):      # activations held by earlier blocks
+            if blk.index in swap:
+                continue
             cj += blk.act_bytes
             r[X + k] = r.get(X + k, 0.0) - (blk.act_bytes - blk.ckpt_bytes)
         bj = blocks[j]
@@ -193,19 +203,21 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
     ck = {i: bool(x[X + k]) for k, i in enumerate(idx)}
     op = {i: bool(x[Y + k]) for k, i in enumerate(idx)}
     oo = {i: bool(x[Z + k]) for k, i in enumerate(idx)}
-    loads = predict(ctx, c, ck, op, oo)
+    loads = predict(ctx, c, ck, op, oo, swap)
     return Plan(ck, op, oo, max(loads.values()), loads)
 
 
 def predict(ctx: Context, c: dict[int, BlockCosts], ck: dict[int, bool], op: dict[int, bool],
-            oo: dict[int, bool]) -> dict[str, float]:
+            oo: dict[int, bool], swap: frozenset[int] = frozenset()) -> dict[str, float]:
     """The MILP's time terms evaluated for a plan: per stream load and the worst end chain."""
     idx = [blk.index for blk in ctx.blocks]
     comp = sum(c[i].F + c[i].B + ck[i] * c[i].F + (not oo[i]) * c[i].adam_gpu for i in idx)
     loads = {
         "compute": comp,
-        "h2d": sum(2 * op[i] * c[i].w_up + (oo[i] and not op[i]) * c[i].w_up for i in idx),
-        "d2h": sum(oo[i] * c[i].g_down + (op[i] and not oo[i]) * c[i].w_down for i in idx),
+        "h2d": sum(2 * op[i] * c[i].w_up + (oo[i] and not op[i]) * c[i].w_up + (i in swap) * c[i].act_up
+                   for i in idx),
+        "d2h": sum(oo[i] * c[i].g_down + (op[i] and not oo[i]) * c[i].w_down + (i in swap) * c[i].act_down
+                   for i in idx),
         "cpu": sum(oo[i] * c[i].adam_cpu for i in idx),
     }
     if ctx.n_gpus > 1:
