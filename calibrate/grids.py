@@ -31,10 +31,12 @@ class Grid:
     attn_holdout: tuple[tuple[int, int, int, int], ...]
     mem_dtype: str
     mem_hidden: int                        # row length of norm/softmax inputs
-    mem_elems: tuple[int, ...]             # even index: fit, odd index: held out
+    mem_elems: tuple[int, ...]             # even index: fit, odd index: held out; the smallest
+                                           # sizes time the per-op fixed cost (launch_overhead_us)
     copy_bytes: tuple[int, ...]            # even index: fit, odd index: held out
     duplex_bytes: tuple[int, ...]
-    adam_params: tuple[int, ...]           # even index: fit, odd index: held out
+    adam_params: tuple[int, ...]           # even index: fit, odd index: held out; small sizes
+                                           # time the per-call overhead (one Adam call per block)
     adam_threads: tuple[int, ...]
     interf_gemm: int                       # square GEMM size of the compute stream
     interf_copy_bytes: int
@@ -82,9 +84,11 @@ def grid(level: str, device_type: str, cores: int | None = None) -> Grid:
                         gemm_sizes=(64, 256, 1024), gemm_dtypes=("fp32", "bf16"), gemm_holdout=3,
                         attn_dtype="fp32", attn_shapes=((1, 4, 128, 64), (1, 4, 512, 64)),
                         attn_holdout=((1, 4, 256, 64),),
-                        mem_dtype="fp32", mem_hidden=1024, mem_elems=_pow4(2**14, 2**22),
+                        mem_dtype="fp32", mem_hidden=1024,
+                        mem_elems=tuple(2**i for i in range(6, 23)),
                         copy_bytes=_pow4(4 * KiB, 64 * MiB), duplex_bytes=(16 * MiB,),
-                        adam_params=(2**18, 2**20, 2**22), adam_threads=_threads(cores),
+                        adam_params=(2**12, 2**14, 2**16, 2**18, 2**20, 2**21, 2**22),
+                        adam_threads=_threads(cores),
                         interf_gemm=512, interf_copy_bytes=16 * MiB, interf_adam_params=2**20,
                         coll_bytes=(MiB,))
         return Grid("full", Methodology(warmup=2, repeats=10, min_sample_s=5e-3,
@@ -94,9 +98,11 @@ def grid(level: str, device_type: str, cores: int | None = None) -> Grid:
                     attn_shapes=tuple((b, 8, s, d) for b in (1, 4) for s in (128, 512, 1024)
                                       for d in (64, 128)),
                     attn_holdout=((2, 8, 256, 64), (2, 8, 768, 128)),
-                    mem_dtype="fp32", mem_hidden=1024, mem_elems=_pow4(2**12, 2**26),
+                    mem_dtype="fp32", mem_hidden=1024,
+                    mem_elems=tuple(2**i for i in range(6, 27)),
                     copy_bytes=_pow4(4 * KiB, 256 * MiB), duplex_bytes=(16 * MiB, 64 * MiB),
-                    adam_params=(2**16, 2**18, 2**20, 2**22, 2**24), adam_threads=_threads(cores),
+                    adam_params=(2**12, 2**14, 2**16, 2**18, 2**20, 2**22, 2**24),
+                    adam_threads=_threads(cores),
                     interf_gemm=1024, interf_copy_bytes=64 * MiB, interf_adam_params=2**22,
                     coll_bytes=(MiB,))
     if level == "quick":
@@ -106,9 +112,10 @@ def grid(level: str, device_type: str, cores: int | None = None) -> Grid:
                     gemm_holdout=3, attn_dtype="bf16",
                     attn_shapes=((4, 16, 512, 128), (4, 16, 2048, 128)),
                     attn_holdout=((4, 16, 1024, 128),),
-                    mem_dtype="bf16", mem_hidden=4096, mem_elems=_pow4(2**18, 2**26),
+                    mem_dtype="bf16", mem_hidden=4096, mem_elems=_pow4(2**10, 2**26),
                     copy_bytes=_pow4(4 * KiB, 256 * MiB), duplex_bytes=(64 * MiB,),
-                    adam_params=(2**20, 2**22, 2**24), adam_threads=(1, cores),
+                    adam_params=(2**16, 2**18, 2**20, 2**22, 2**24),
+                    adam_threads=(1, cores),
                     interf_gemm=4096, interf_copy_bytes=256 * MiB, interf_adam_params=2**22,
                     coll_bytes=_pow4(MiB, 64 * MiB))
     return Grid("full", Methodology(warmup=3, repeats=10, min_sample_s=1e-3, noise_threshold=0.05),
@@ -117,8 +124,9 @@ def grid(level: str, device_type: str, cores: int | None = None) -> Grid:
                 attn_shapes=tuple((b, h, s, d) for b, h in ((1, 32), (8, 16))
                                   for s in (512, 1024, 2048, 4096, 8192) for d in (64, 128)),
                 attn_holdout=((2, 32, 1536, 128), (4, 16, 3072, 64), (1, 32, 6144, 128)),
-                mem_dtype="bf16", mem_hidden=4096, mem_elems=_pow4(2**16, 2**28),
+                mem_dtype="bf16", mem_hidden=4096, mem_elems=_pow4(2**8, 2**28),
                 copy_bytes=_pow4(4 * KiB, GiB), duplex_bytes=(64 * MiB, 256 * MiB, GiB),
-                adam_params=(2**18, 2**20, 2**22, 2**24, 2**26), adam_threads=_threads(cores),
+                adam_params=(2**14, 2**16, 2**18, 2**20, 2**22, 2**24, 2**26),
+                adam_threads=_threads(cores),
                 interf_gemm=8192, interf_copy_bytes=GiB, interf_adam_params=2**24,
                 coll_bytes=_pow4(MiB, GiB))

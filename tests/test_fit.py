@@ -62,10 +62,13 @@ def test_refitting_the_shipped_raw_data_reproduces_the_shipped_profile():
 def test_shipped_profile_loads_and_is_priced_from_measurements():
     prof = load_profile("cpu-local")
     assert prof.device_type == "cpu"
-    assert prof.provenance_flags() == ["host.pinned_limit_bytes (assumed)"]
+    assert prof.provenance_flags() == []   # a CPU device has no pinned memory: no limit to assume
+    assert prof.host.pinned_limit_bytes is None
     cm = CostModel(prof)
     ops = [Op(OpKind.GEMM, (256, 256, 256), dtype="fp32"), Op(OpKind.H2D, n=2**20),
            Op(OpKind.ADAM_CPU, n=2**20), Op(OpKind.NORM, n=2**20),
+           Op(OpKind.ELEMENTWISE, n=2**20), Op(OpKind.SOFTMAX_CE, (1, 1), n=2**20),
+           Op(OpKind.EMBED, (1, 1), n=2**20),
            Op(OpKind.ATTN_FWD, (1, 4, 128, 128, 64, 1), dtype="fp32")]
     assert all(cm.op_seconds(op) > 0 for op in ops)
     assert cm.flags == set()   # every number used came from the raw data
@@ -105,3 +108,104 @@ def test_refit_of_a_missing_directory_is_a_one_line_error(tmp_path, capsys):
     assert main(["calibrate", "--refit", str(tmp_path / "nope.raw"), "--out",
                  str(tmp_path / "x.yaml")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# -- fits with known answers on synthetic raw data -----------------------------------------------
+
+STATS = ("median_s", "q1_s", "q3_s", "min_s", "max_s")
+
+
+def _rows(params: list[dict], time) -> list[dict]:
+    out = []
+    for p in params:
+        t = time(p)
+        out.append({**p, **{c: t for c in STATS}, "repeats": 5, "inner": 1, "remeasured": 0,
+                    "unstable": 0, "status": "ok"})
+    return out
+
+
+def _synthetic_raw(tmp_path: Path, norm_ops=("layernorm", "rmsnorm")) -> Path:
+    """A CPU device's raw data whose times follow known formulas."""
+    raw = tmp_path / "syn.raw"
+    raw.mkdir()
+    meta = {"device": "synthetic cpu", "driver": "n/a", "torch": "2.13.0+cpu", "host": "h",
+            "date": "2026-11-21"}
+    system = {"device_type": "cpu", "device": "synthetic cpu", "count": 1, "memory_bytes": 2**33,
+              "reserved_bytes": 2**30, "reserved_how": "t", "sms": 2, "gemm_tile": 1,
+              "host_cpu": "x", "host_sockets": 1, "host_cores": 2, "host_memory_bytes": 2**33,
+              "pinned_limit_bytes": 0, "pinned_limit_how": "not applicable", "grid": "quick",
+              "torch_threads": 1}
+    write_raw(raw / "system.csv", meta, ("item", "value", "status"),
+              [{"item": k, "value": v, "status": "ok"} for k, v in system.items()])
+    tail = (*STATS, "repeats", "inner", "remeasured", "unstable", "status")
+    gemm = [{"dtype": "fp32", "M": m, "N": n, "K": k, "flops": 2 * m * n * k, "split": "fit"}
+            for m in (64, 128) for n in (64, 128) for k in (64, 128)]
+    write_raw(raw / "gemm.csv", meta, ("dtype", "M", "N", "K", "flops", "split", *tail),
+              _rows(gemm, lambda p: 2e-6 + p["flops"] / 1e11))
+    # add/mul: 1.5 us + bytes / 20 GB/s; layernorm 4 us + bytes / 5 GB/s, rmsnorm 16 us +
+    # bytes / 1.25 GB/s (the NORM curve keeps the geometric mean of their times at each size).
+    mem = []
+    for op in ("add", "mul", *norm_ops, "softmax"):
+        for i, e in enumerate(4**j for j in range(3, 9)):
+            b = (3 if op in ("add", "mul") else 2) * 4 * e
+            mem.append({"op": op, "dtype": "fp32", "elems": e, "bytes": b,
+                        "split": "fit" if i % 2 == 0 else "holdout"})
+    law = {"add": (1.5e-6, 20e9), "mul": (1.5e-6, 20e9), "layernorm": (4e-6, 5e9),
+           "rmsnorm": (16e-6, 1.25e9), "softmax": (3e-6, 4e9)}
+    write_raw(raw / "membw.csv", meta, ("op", "dtype", "elems", "bytes", "split", *tail),
+              _rows(mem, lambda p: law[p["op"]][0] + p["bytes"] / law[p["op"]][1]))
+    copy = [{"kind": k, "memory": "host", "bytes": b, "split": "fit"}
+            for k in ("memcpy", "stream_add") for b in (4096, 2**20, 2**24)]
+    write_raw(raw / "copy.csv", meta, ("kind", "memory", "bytes", "split", *tail),
+              _rows(copy, lambda p: 1e-6 + p["bytes"] / 10e9))
+    adam = [{"impl": "fused", "threads": th, "params": n, "split": "fit" if i % 2 == 0 else "holdout"}
+            for th in (1, 2) for i, n in enumerate((2**12, 2**14, 2**16, 2**18, 2**20))]
+    law_adam = {1: (50e-6, 1e9), 2: (40e-6, 1.5e9)}
+    write_raw(raw / "adam.csv", meta, ("impl", "threads", "params", "split", *tail),
+              _rows(adam, lambda p: law_adam[p["threads"]][0] + p["params"] / law_adam[p["threads"]][1]))
+    return raw
+
+
+def test_fit_recovers_known_membw_launch_and_adam_laws(tmp_path):
+    raw = _synthetic_raw(tmp_path)
+    f = fit(raw, "syn")
+    gpu, host = f.profile["gpu"], f.profile["host"]
+    assert gpu["launch_overhead_us"]["value"] == 1.5                # alpha of the small add/mul
+    mb = gpu["memory_bound"]
+    assert set(mb) == {"ELEMENTWISE", "NORM", "SOFTMAX_CE"}          # no embedding rows: no EMBED
+    big = 3 * 4 * 4**7                                               # largest fit size of add
+    assert mb["ELEMENTWISE"]["bandwidth_gbps"]["value"] == pytest.approx(
+        big / (1.5e-6 + big / 20e9) / 1e9, rel=5e-4)
+    assert gpu["mem_bandwidth_gbps"]["value"] == mb["ELEMENTWISE"]["bandwidth_gbps"]["value"]
+    for b, gbps in mb["NORM"]["curve"]["points"]:                    # geometric mean of the norms
+        t = ((4e-6 + b / 5e9) * (16e-6 + b / 1.25e9)) ** 0.5
+        assert gbps == pytest.approx(b / t / 1e9, rel=5e-4)
+    adam = host["adam"]
+    assert (adam["threads"], adam["overhead_us"]["value"], adam["params_per_s"]["value"]) == \
+        (1, 50.0, 1e9)
+    assert adam["by_threads"]["points"] == [[1, 1e9], [2, 1.5e9]]
+    assert "pinned_limit_bytes" not in host
+    # Held out: Adam follows its law exactly; add and mul do between fit sizes (linear in n is
+    # exact for a fixed cost + n / bandwidth) and lose 11% only above the largest fit size,
+    # priced at that size's rate; the norms pay for sharing one NORM curve.
+    assert "| adam | median 0.0%, max 0.0% over 2 held-out points |" in f.report
+    assert "add 0.0% (max 11.0%); mul 0.0% (max 11.0%); layernorm 100.0%" in f.report
+    cm = CostModel(load_profile(_write_profile(tmp_path, f.profile)))
+    n = 3 * 4 * 4**4                                                 # a held-out add size
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=2**14)) == pytest.approx(50e-6 + 2**14 / 1e9)
+    assert cm.op_seconds(Op(OpKind.ELEMENTWISE, n=n)) == pytest.approx(1.5e-6 + n / 20e9, rel=1e-3)
+
+
+def _write_profile(tmp_path: Path, profile: dict) -> Path:
+    out = tmp_path / "syn.yaml"
+    out.write_text(yaml.safe_dump(profile, sort_keys=False))
+    return out
+
+
+def test_fit_of_membw_data_without_norms_leaves_norm_on_the_single_bandwidth(tmp_path):
+    f = fit(_synthetic_raw(tmp_path, norm_ops=()), "syn")
+    assert set(f.profile["gpu"]["memory_bound"]) == {"ELEMENTWISE", "SOFTMAX_CE"}
+    cm = CostModel(load_profile(_write_profile(tmp_path, f.profile)))
+    g = cm.profile.gpu
+    assert cm.op_seconds(Op(OpKind.NORM, n=10**6)) == pytest.approx(
+        g.launch_overhead_us.value * 1e-6 + 10**6 / (g.mem_bandwidth_gbps.value * 1e9))

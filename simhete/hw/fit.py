@@ -12,10 +12,12 @@ Fits (docs/calibration.md has the details):
   :class:`simhete.hw.gemm.GemmInterpolator`); peak = best measured rate; the roofline fallback's
   ``k_half`` by least squares in log space.
 - Attention: the measured exact shapes as a table; fwd/bwd efficiency = median of rate / peak.
-- Memory-bound ops: α-β over all ops (T = α + bytes/β): β → ``mem_bandwidth_gbps``,
-  α → ``launch_overhead_us``.
+- Memory-bound ops: per OpKind the measured (bytes, GB/s) curve → ``gpu.memory_bound``; the
+  ELEMENTWISE rate at the largest size → ``mem_bandwidth_gbps``; α of an α-β fit over the smallest
+  add/mul → ``launch_overhead_us``.
 - Links and host memcpy: α-β per direction and memory kind, plus the measured curve.
-- CPU Adam: α-β per thread count (β = params/s).
+- CPU Adam: α-β per thread count (β → ``by_threads``; at the calibration's threads per stream
+  β → ``params_per_s``, α → ``overhead_us``, and ``threads`` records that count).
 - Interference: slowdown = median(victim with aggressor) / median(victim alone).
 
 Every fitted number is a ``measured`` quantity carrying the raw file, device, driver, torch
@@ -167,6 +169,7 @@ class _State:
     tables: dict[str, RawTable]
     sections: list[str] = field(default_factory=list)
     holdout: dict[str, list[tuple[Op, float]]] = field(default_factory=dict)
+    holdout_by: dict[str, list[str]] = field(default_factory=dict)   # a label per held-out point
 
     def q(self, suite: str, value: float, ref: str) -> dict[str, Any]:
         """A measured Quantity backed by ``suite``'s raw file."""
@@ -235,13 +238,23 @@ def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
     st.holdout["gemm"] = [(Op(OpKind.GEMM, (int(r["M"]), int(r["N"]), int(r["K"])), dtype=r["dtype"]),
                            _f(r, "median_s")) for r in t.ok(split="holdout")]
     roof = [sig(math.exp(float(best.x)))]
+    # Cross-check of launch_overhead_us (fitted from membw): alpha of time vs FLOPs over the
+    # smallest shapes (at most 4x the FLOPs of the smallest) of each dtype.
+    small = []
+    for dt in sorted(points):
+        sub = [r for r in rows if r["dtype"] == dt]
+        least = min(_f(r, "flops") for r in sub)
+        sub = [r for r in sub if _f(r, "flops") <= 4 * least]
+        a, _ = alpha_beta([_f(r, "flops") for r in sub], [_f(r, "median_s") for r in sub])
+        small.append(f"{dt} {a * 1e6:.2f} us over {len(sub)} shapes")
     st.sections.append(
         f"## gemm\n\n- fit points: {sum(len(p) for p in points.values())} "
         f"({', '.join(f'{dt}: {len(p)}' for dt, p in sorted(points.items()))})\n"
         f"- peak (best measured) TFLOP/s: "
         f"{', '.join(f'{dt} {peak[dt]}' for dt in sorted(peak))}\n"
         f"- roofline fallback: tile {tile}, units {sms}, k_half {roof[0]} "
-        f"(log-space residual {math.sqrt(best.fun / max(1, len(rows))):.3f})\n")
+        f"(log-space residual {math.sqrt(best.fun / max(1, len(rows))):.3f})\n"
+        f"- small-shape alpha (cross-check of launch_overhead_us): {'; '.join(small)}\n")
 
 
 def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
@@ -278,29 +291,67 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
                        f"fwd {eff['fwd']}, bwd {eff['bwd']}\n")
 
 
+# Memory-bound microbenchmark ops → the OpKind they price (calibrate/membw.py has the byte counts).
+MEMBW_KINDS = {"add": OpKind.ELEMENTWISE, "mul": OpKind.ELEMENTWISE, "layernorm": OpKind.NORM,
+               "rmsnorm": OpKind.NORM, "softmax": OpKind.SOFTMAX_CE, "embedding": OpKind.EMBED}
+LAUNCH_FIT_SIZES = 3   # launch_overhead_us: alpha over the smallest fit sizes of add and mul
+
+
 def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
+    """Per OpKind, the measured curve (bytes, GB/s) of its ops — several ops of one kind (add and
+    mul; layernorm and rmsnorm) by the geometric mean of their times at each size — and its
+    bandwidth at the largest size; the ELEMENTWISE one is also ``mem_bandwidth_gbps``. The per-op
+    fixed cost ``launch_overhead_us`` is alpha of an alpha-beta fit over the smallest add/mul."""
     t = st.tables["membw"]
-    rows = [r for r in t.ok() if r["split"] == "fit"]
+    rows = [r for r in t.ok() if r["split"] == "fit" and r["op"] in MEMBW_KINDS]
     if not rows:
         raise ConfigError(str(t.path), None, problem="no measured memory-bound points to fit")
-    alpha, beta = alpha_beta([_f(r, "bytes") for r in rows], [_f(r, "median_s") for r in rows])
-    per_op = []
-    for op in sorted({r["op"] for r in rows}):
-        sub = [r for r in rows if r["op"] == op]
-        a, b = alpha_beta([_f(r, "bytes") for r in sub], [_f(r, "median_s") for r in sub])
-        per_op.append(f"{op} {b / 1e9:.1f} GB/s + {a * 1e6:.1f} us")
-    gpu["mem_bandwidth_gbps"] = st.q("membw", sig(beta / 1e9), "alpha-beta fit over all "
-                                     "memory-bound ops (bytes read + written): achievable bandwidth")
+    lines = []
+    per_kind: dict[str, dict[str, Any]] = {}
+    for kind in dict.fromkeys(MEMBW_KINDS.values()):
+        sub = [r for r in rows if MEMBW_KINDS[r["op"]] is kind]
+        ops = sorted({r["op"] for r in sub})
+        by_size: dict[int, list[float]] = {}
+        for r in sub:
+            by_size.setdefault(int(r["bytes"]), []).append(math.log(_f(r, "median_s")))
+        if not by_size:
+            continue
+        curve = [[b, sig(b / math.exp(sum(v) / len(v)) / 1e9)] for b, v in sorted(by_size.items())]
+        what = " and ".join(ops) + (" (geometric mean of their times per size)" if len(ops) > 1
+                                    else "")
+        entry: dict[str, Any] = {"bandwidth_gbps": st.q(
+            "membw", curve[-1][1], f"{what}: bytes read + written / time at the largest fit size")}
+        if len(curve) >= 2:
+            entry["curve"] = {**st.prov("membw", f"{what}: bytes read + written / median time per "
+                                        "call (fixed cost included) at each fit size"),
+                              "points": curve}
+        per_kind[kind.value] = entry
+        lines.append(f"- {kind.value} ({', '.join(ops)}): {curve[0][1]} GB/s at {curve[0][0]} B "
+                     f"... {curve[-1][1]} GB/s at {curve[-1][0]} B "
+                     f"(peak {max(g for _, g in curve)} GB/s)")
+    if "ELEMENTWISE" not in per_kind:
+        raise ConfigError(str(t.path), None, problem="no measured add/mul points to fit")
+    ew = sorted((r for r in rows if MEMBW_KINDS[r["op"]] is OpKind.ELEMENTWISE),
+                key=lambda r: int(r["bytes"]))
+    small = sorted({int(r["bytes"]) for r in ew})[:LAUNCH_FIT_SIZES]
+    pts = [r for r in ew if int(r["bytes"]) in small]
+    alpha, beta = alpha_beta([_f(r, "bytes") for r in pts], [_f(r, "median_s") for r in pts])
+    gpu["mem_bandwidth_gbps"] = st.q("membw", per_kind["ELEMENTWISE"]["bandwidth_gbps"]["value"],
+                                     "add and mul (bytes read + written) at the largest fit size: "
+                                     "achievable streaming bandwidth")
     gpu["memory_bound_efficiency"] = st.q("membw", 1.0, "1 by construction: mem_bandwidth_gbps "
                                           "is the achieved bandwidth of these ops")
-    gpu["launch_overhead_us"] = st.q("membw", sig(alpha * 1e6), "alpha (intercept) of the same "
-                                     "alpha-beta fit: per-op fixed cost")
-    kinds = {"add": OpKind.ELEMENTWISE, "mul": OpKind.ELEMENTWISE, "layernorm": OpKind.NORM,
-             "rmsnorm": OpKind.NORM, "softmax": OpKind.SOFTMAX_CE}
-    st.holdout["membw"] = [(Op(kinds[r["op"]], n=int(r["bytes"])), _f(r, "median_s"))
-                           for r in t.ok(split="holdout")]
-    st.sections.append(f"## membw\n\n- pooled alpha-beta: {beta / 1e9:.2f} GB/s, "
-                       f"{alpha * 1e6:.2f} us per op\n- per op: {'; '.join(per_op)}\n")
+    gpu["launch_overhead_us"] = st.q("membw", sig(alpha * 1e6), f"alpha (intercept) of an "
+                                     f"alpha-beta fit over add and mul at the {len(small)} "
+                                     f"smallest fit sizes ({small[0]}-{small[-1]} bytes): per-op "
+                                     f"fixed cost")
+    gpu["memory_bound"] = per_kind
+    st.holdout["membw"] = [(Op(MEMBW_KINDS[r["op"]], n=int(r["bytes"])), _f(r, "median_s"))
+                           for r in t.ok(split="holdout") if r["op"] in MEMBW_KINDS]
+    st.holdout_by["membw"] = [r["op"] for r in t.ok(split="holdout") if r["op"] in MEMBW_KINDS]
+    st.sections.append(f"## membw\n\n- launch overhead: {alpha * 1e6:.2f} us (alpha-beta over "
+                       f"add and mul at {', '.join(map(str, small))} bytes; beta "
+                       f"{beta / 1e9:.1f} GB/s)\n" + "\n".join(lines) + "\n")
 
 
 def _link(st: _State, rows: list[dict[str, str]], what: str) -> dict[str, Any]:
@@ -388,38 +439,40 @@ def _fit_copy(st: _State, device_type: str, host: dict[str, Any]) -> dict[str, A
 
 
 def _fit_adam(st: _State, host: dict[str, Any], threads: int) -> None:
-    """Throughput per thread count = params / time at the largest fit size (what the cost
-    model's n / params_per_s prices); the α-β fit per thread count goes to the report."""
+    """Per thread count, an alpha-beta fit of step time against parameters (relative error):
+    beta → ``by_threads``; at the calibration's threads per stream (the threads the CPU optimizer
+    runs with) beta → ``params_per_s`` and alpha → ``overhead_us``, the fixed cost of one call."""
     t = st.tables["adam"]
-    by: dict[int, float] = {}
+    fits: dict[int, tuple[float, float]] = {}
     lines = []
     impls = sorted({r["impl"] for r in t.ok()})
     for th in sorted({int(r["threads"]) for r in t.ok()}):
         rows = [r for r in t.ok(threads=str(th)) if r["split"] == "fit"]
         if not rows:
             continue
-        big = max(rows, key=lambda r: _f(r, "params"))
-        by[th] = _f(big, "params") / _f(big, "median_s")
         a, b = alpha_beta([_f(r, "params") for r in rows], [_f(r, "median_s") for r in rows])
+        fits[th] = (sig(a * 1e6), sig(b))
         ho = t.ok(threads=str(th), split="holdout")
-        errs = rel_errors([_f(r, "params") / by[th] for r in ho], [_f(r, "median_s") for r in ho])
-        lines.append(f"- {th} threads: {by[th] / 1e6:.1f} M params/s at {big['params']} params "
-                     f"(alpha-beta: {b / 1e6:.1f} M params/s + {a * 1e6:.1f} us); held-out "
-                     f"{err_text(errs)}")
-    if not by:
+        errs = rel_errors([a + _f(r, "params") / b for r in ho], [_f(r, "median_s") for r in ho])
+        lines.append(f"- {th} threads: {b / 1e6:.1f} M params/s + {a * 1e6:.1f} us per call over "
+                     f"{len(rows)} sizes; held-out {err_text(errs)}")
+    if not fits:
         return
-    th = threads if threads in by else max(by)
+    th = threads if threads in fits else max(fits)
+    how = (f"alpha-beta fit of torch AdamW ({', '.join(impls)}) fp32 step time vs parameters, "
+           f"{th} threads (the calibration's threads per stream)")
     host["adam"] = {
-        "params_per_s": st.q("adam", sig(by[th]), f"torch AdamW ({', '.join(impls)}) fp32 params / "
-                             f"step time at the largest fit size, {th} threads (the calibration's "
-                             f"threads per stream)"),
-        "by_threads": {**st.prov("adam", "params / step time at the largest fit size, per "
-                                         "thread count"),
-                       "points": [[k, sig(v)] for k, v in sorted(by.items())]},
+        "params_per_s": st.q("adam", fits[th][1], f"beta of the {how}"),
+        "by_threads": {**st.prov("adam", "beta of the alpha-beta fit of step time vs parameters, "
+                                         "per thread count"),
+                       "points": [[k, v[1]] for k, v in sorted(fits.items())]},
+        "threads": th,
+        "overhead_us": st.q("adam", fits[th][0], f"alpha of the {how}: fixed cost per call"),
     }
     st.holdout["adam"] = [(Op(OpKind.ADAM_CPU, n=int(r["params"])), _f(r, "median_s"))
                           for r in t.ok(threads=str(th), split="holdout")]
-    st.sections.append(f"## adam\n\n- implementation: {', '.join(impls)}\n" + "\n".join(lines) + "\n")
+    st.sections.append(f"## adam\n\n- implementation: {', '.join(impls)}; priced at {th} "
+                       f"threads\n" + "\n".join(lines) + "\n")
 
 
 # Interference workloads → the schedule streams they stand for (simhete.schedule.model.STREAM_RE).
@@ -530,8 +583,9 @@ def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | 
     _fit_membw(st, gpu)
     links = _fit_copy(st, device_type, host)
     pinned = int(sysinfo["pinned_limit_bytes"])
-    host["pinned_limit_bytes"] = {"value": pinned, "source": "assumed",
-                                  "ref": sysinfo["pinned_limit_how"]}
+    if device_type == "cuda" or pinned > 0:   # a CPU device has no pinned memory: key left out
+        host["pinned_limit_bytes"] = {"value": pinned, "source": "assumed",
+                                      "ref": sysinfo["pinned_limit_how"]}
     if "adam" in tables:
         _fit_adam(st, host, int(sysinfo.get("torch_threads", sysinfo["host_cores"])))
     if "interference" in tables:
@@ -554,11 +608,21 @@ def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | 
     cm = CostModel(prof)
     errs_lines = ["## held-out error (the fitted profile priced by CostModel)\n",
                   "| suite | error |", "|---|---|"]
+    by_label = []
     for suite in SUITES:
         if suite in st.holdout:
             pts = st.holdout[suite]
             errs = rel_errors([cm.op_seconds(op) for op, _ in pts], [m for _, m in pts])
             errs_lines.append(f"| {suite} | {err_text(errs)} |")
+            labels = st.holdout_by.get(suite)
+            if labels:
+                parts = []
+                for lab in dict.fromkeys(labels):
+                    e = [x for x, y in zip(errs, labels) if y == lab]
+                    parts.append(f"{lab} {100 * float(np.median(e)):.1f}% (max {100 * max(e):.1f}%)")
+                by_label.append(f"- {suite} by op, median: {'; '.join(parts)}")
+    if by_label:
+        errs_lines.append("\n" + "\n".join(by_label))
     head = (f"# Fit report: {prof_name}\n\n- device: {sysinfo['device']} ({device_type})\n"
             f"- raw data: {rd.name}/ ({', '.join(sorted(tables))})\n"
             f"- torch {tables[SYSTEM].meta.get('torch', '?')}, date "
