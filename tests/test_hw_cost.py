@@ -269,17 +269,18 @@ def test_memory_bound_kind_without_curve_is_its_overhead_plus_bandwidth():
             "(assumed)", "gpu.memory_bound.SOFTMAX_CE.bandwidth_gbps (assumed)"} <= cm.flags
 
 
-def test_memory_bound_curve_is_log_log_in_time_floored_and_monotone():
-    # Times: 1000 B in 1 us, 4000 B in 1 us (noise made it 0.5 us: raised to 1 us), 16000 B in 4 us.
-    curve = {"source": "assumed", "ref": "t", "points": [[1000, 1.0], [4000, 8.0], [16000, 4.0]]}
+def test_memory_bound_curve_is_linear_between_points_floored_and_monotone():
+    # Times: 1000 B in 1 us, 2000 B in 0.5 us (noise: raised to 1 us), 4000 B in 2 us, 16000 B in 4 us.
+    curve = {"source": "assumed", "ref": "t",
+             "points": [[1000, 1.0], [2000, 4.0], [4000, 2.0], [16000, 4.0]]}
     prof = _with(cpu_profile(), ("gpu", "memory_bound"),
                  {"ELEMENTWISE": {"bandwidth_gbps": q(4.0), "curve": curve}})
     cm = CostModel(prof)
     t = lambda n: cm.op_seconds(Op(OpKind.ELEMENTWISE, n=n))  # noqa: E731
     assert t(10) == pytest.approx(1e-6)          # below the curve: its smallest time
-    assert t(1000) == pytest.approx(1e-6)
-    assert t(2000) == pytest.approx(1e-6)        # between equal (raised) times
-    assert t(8000) == pytest.approx(2e-6)        # log-log midway between 1 and 4 us
+    assert t(1500) == pytest.approx(1e-6)        # between equal (raised) times
+    assert t(3000) == pytest.approx(1.5e-6)      # linear in n
+    assert t(10000) == pytest.approx(3e-6)
     assert t(16000) == pytest.approx(4e-6)
     assert t(32000) == pytest.approx(8e-6)       # above: the largest size's rate (4 GB/s)
     assert cm.flags == {"gpu.memory_bound.ELEMENTWISE.curve (assumed)"}

@@ -8,7 +8,7 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
 - ATTN_FWD/ATTN_BWD: the same roofline with FLOPs from :attr:`Op.flops` and the attention
   efficiency (or a measured exact-shape rate).
 - ELEMENTWISE/NORM/SOFTMAX_CE/EMBED: memory-bound. With a ``gpu.memory_bound`` entry for the
-  kind: its measured curve (time log-log between points, never decreasing with size), else its
+  kind: its measured curve (time linear in n between points, never decreasing with size), else its
   overhead + n / its bandwidth; without one: launch + n / (bandwidth × efficiency).
 - H2D/D2H: α-β on the pinned or pageable link (or n / curve(n) inside a measured curve); on a
   ``device_type: cpu`` profile without links they are host memcpys.
@@ -243,8 +243,9 @@ class CostModel:
 
     def _curve_seconds(self, key: str, curve: Curve, n: int) -> float:
         """Seconds for n bytes on a measured [bytes, GB/s] curve: the points' times made
-        non-decreasing (a bigger op is never priced faster; noise can invert neighbours), log-log
-        between them, the smallest time below them, the largest size's rate above them."""
+        non-decreasing (a bigger op is never priced faster; noise can invert neighbours), linear in
+        n between them (exact for a fixed cost + n / bandwidth law), the smallest time below them,
+        the largest size's rate above them."""
         pts = self._mb_curves.get(key)
         if pts is None:
             sizes = [p[0] for p in curve.points]
@@ -258,9 +259,8 @@ class CostModel:
         if n >= sizes[-1]:
             return times[-1] * (n / sizes[-1])
         i = bisect.bisect_right(sizes, n)
-        w = (math.log(n) - math.log(sizes[i - 1])) / (math.log(sizes[i]) - math.log(sizes[i - 1]))
-        t = math.exp(math.log(times[i - 1]) + w * (math.log(times[i]) - math.log(times[i - 1])))
-        return min(max(t, times[i - 1]), times[i])   # exp/log rounding must not break monotonicity
+        (n0, n1), (t0, t1) = sizes[i - 1:i + 1], times[i - 1:i + 1]
+        return min(max(t0 + (n - n0) * (t1 - t0) / (n1 - n0), t0), t1)   # clamp: float rounding
 
     def _transfer(self, op: Op) -> float:
         links = self.profile.links

@@ -206,7 +206,7 @@ class MemoryBoundKind(Strict):
 
     Without a curve: ``overhead_us + n / bandwidth_gbps`` (overhead default: the device's
     ``launch_overhead_us``). With a measured ``curve`` (calls timed end to end, fixed cost
-    included): time interpolated log-log between its points, made non-decreasing in size; below its
+    included): time linear in n between its points, made non-decreasing in size; below its
     smallest size the smallest size's time; above its largest size the largest size's rate.
     """
 
