@@ -1,0 +1,63 @@
+"""`simhete compare`: every applicable policy side by side, and the largest model that fits."""
+
+from __future__ import annotations
+
+import json
+
+from simhete.cli import main
+from simhete.commands.compare import candidates
+from simhete.scenario import load_scenario
+from simhete.sim import run
+from simhete.workload import get_model
+
+SCENARIO = """\
+name: tiny GPT-like on a small GPU
+model: gpt-like-h512-l8
+hardware: {profile: a100-40gb-pcie-epyc7713, gpus: 1, gpu_memory: 2600MiB}
+train: {micro_batch: 2, seq_len: 256}
+iterations: 3
+policy: zero-offload
+knobs: {checkpointing: full}
+"""
+
+
+def write(tmp_path, text=SCENARIO):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_compare_json_lists_every_policy_and_largest_models(tmp_path, capsys):
+    path = write(tmp_path)
+    assert main(["compare", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["summaries"]) == ["zero-offload", "autohete", "chunked", "gpu-only", "stronghold",
+                                      "zero-infinity"]
+    family, names = candidates(load_scenario(path))
+    assert family == "gpt-like" and names == [f"gpt-like-h512-l{d}" for d in (2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128)]
+    s = load_scenario(path)
+    for policy in ("gpu-only", "zero-infinity", "chunked"):
+        name = out["largest_fitting"][policy]
+        # the answer fits and the next size in the family does not (or it is the largest searched)
+        from simhete.compare import knobs_for
+        def fits(model):
+            return run(s.with_changes(model=model, policy=policy, knobs=knobs_for(s, policy),
+                                      iterations=2)).summary.fits
+        assert name is not None and fits(name)
+        nxt = names.index(name) + 1
+        assert nxt == len(names) or not fits(names[nxt])
+    size = {p: get_model(n).n_params() for p, n in out["largest_fitting"].items()}
+    assert size["zero-offload"] >= size["gpu-only"] and size["zero-infinity"] >= size["zero-offload"]
+
+
+def test_compare_table_prints_side_by_side(tmp_path, capsys):
+    assert main(["compare", str(write(tmp_path)), "--policies", "gpu-only,stronghold", "--no-largest"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu-only" in out and "stronghold" in out and "zero-infinity" not in out
+    assert "iteration time" in out and "peak gpu0 memory" in out
+
+
+def test_compare_unknown_policy_is_one_line_error(tmp_path, capsys):
+    assert main(["compare", str(write(tmp_path)), "--policies", "gpu-only,zero-magic"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--policies: bad value 'zero-magic'" in err
