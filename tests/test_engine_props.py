@@ -7,9 +7,11 @@ import dataclasses
 from hypothesis import given, settings
 
 from simhete.engine import simulate, simulate_fast, simulate_simpy
+from simhete.engine.fast import jit_available
 from simhete.schedule import Schedule
 from test_engine_strategies import runs
 
+LOOPS = ["python"] + (["jit"] if jit_available() else [])
 SETTINGS = settings(max_examples=120, deadline=2000)   # deadline: a hang fails, not stalls
 
 
@@ -25,16 +27,21 @@ def _same(a, b) -> None:
 @given(runs())
 def test_fast_equals_simpy_exactly(run):
     s, durs, rules = run
-    fast, ref = simulate_fast(s, durs, rules), simulate_simpy(s, durs, rules)
-    assert (fast.engine, ref.engine) == ("fast", "simpy")
-    _same(fast, ref)
+    ref = simulate_simpy(s, durs, rules)
+    assert ref.engine == "simpy"
+    for loop in LOOPS:
+        fast = simulate_fast(s, durs, rules, loop=loop)
+        assert fast.engine == "fast"
+        _same(fast, ref)
 
 
 @settings(max_examples=40, deadline=2000)
 @given(runs(max_tasks=40))
 def test_fast_equals_simpy_on_larger_schedules(run):
     s, durs, rules = run
-    _same(simulate_fast(s, durs, rules), simulate_simpy(s, durs, rules))
+    ref = simulate_simpy(s, durs, rules)
+    for loop in LOOPS:
+        _same(simulate_fast(s, durs, rules, loop=loop), ref)
 
 
 @settings(max_examples=60, deadline=2000)

@@ -1,29 +1,37 @@
 """Input checks shared by both engines: what a Schedule must satisfy before it can be simulated.
 
-:func:`check_inputs` checks what is cheap to check up front; the engines find unknown dependencies
-and bad allocations while they index the schedule and report them with :func:`bad_dep` and
-:func:`bad_alloc`, so both say the same thing.
+:func:`check_durations` (every call) and :func:`check_inputs` (the SimPy engine; the fast engine
+makes the same schedule checks once per schedule in :mod:`simhete.engine.indexed`) check what is
+cheap to check up front; the engines find unknown dependencies and bad allocations while they index
+the schedule and report them with :func:`bad_dep` and :func:`check_alloc`, so both say the same thing.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
+
+import numpy as np
 
 from simhete.errors import SimheteError
 from simhete.schedule import Alloc, Schedule, Task
 
 
+def check_durations(tasks: Sequence[Task], durations: Sequence[float]) -> np.ndarray:
+    """The durations as a float64 array; a one-line SimheteError for a wrong count or a bad value."""
+    if len(durations) != len(tasks):
+        raise SimheteError(f"durations has {len(durations)} entries for {len(tasks)} tasks")
+    out = np.array(durations, dtype=np.float64)
+    good = np.isfinite(out) & (out >= 0.0)
+    if not good.all():
+        k = int(np.argmin(good))
+        raise SimheteError(f"task {tasks[k].name}: duration {float(out[k])!r} must be a finite number >= 0")
+    return out
+
+
 def check_inputs(schedule: Schedule, durations: Sequence[float]) -> tuple[list[float], dict[str, int]]:
     """Return the durations as floats and the name -> index map; raise a one-line SimheteError."""
     tasks = schedule.tasks
-    if len(durations) != len(tasks):
-        raise SimheteError(f"durations has {len(durations)} entries for {len(tasks)} tasks")
-    out = list(map(float, durations))
-    if out and not (math.isfinite(sum(out)) and min(out) >= 0.0):   # NaN makes the sum NaN
-        for t, d in zip(tasks, out):
-            if not (math.isfinite(d) and d >= 0.0):
-                raise SimheteError(f"task {t.name}: duration {d!r} must be a finite number >= 0")
+    out = check_durations(tasks, durations).tolist()
     index = schedule.index()
     if len(index) != len(tasks):
         dup = next(t.name for k, t in enumerate(tasks) if index[t.name] != k)

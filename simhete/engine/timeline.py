@@ -1,8 +1,19 @@
-"""Timeline: what an engine (or the replay) returns. One flat record type; every report derives from it."""
+"""Timeline: what an engine (or the replay) returns. One flat record type; every report derives from it.
+
+A Timeline is built either from ``Record`` objects (the SimPy engine, the replay, tests) or, by the
+fast engine, from :class:`Columns`: the start and end of every finished task as arrays plus the
+schedule's tasks. Records (and the ``mem_events`` tuples) are then built only when first read, so a
+sweep that only needs summary figures never builds one object per task; :class:`Columns` also
+answers the summary queries (makespan, iteration ends, per-stream spans) from the arrays, with the
+same floats as the record-based code.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from simhete.opkinds import TaskCat
 
@@ -43,7 +54,66 @@ class OOMReport:
                 f"{self.capacity / 2**30:.2f} GiB; largest holders: {held}")
 
 
-@dataclass(frozen=True, slots=True)
+_SETTERS = tuple(getattr(Record, f).__set__ for f in Record.__slots__)
+
+
+@dataclass(frozen=True, eq=False)
+class Columns:
+    """The finished tasks of a run as arrays, in schedule task order.
+
+    ``rows[k]`` is the schedule index of the k-th finished task, which ran on
+    ``streams[stream_of[k]]`` from ``start[k]`` to ``end[k]`` and belongs to iteration ``it[k]``.
+    """
+
+    tasks: Sequence[Any]             # the schedule's Task objects (name, stream, cat, it, block)
+    rows: np.ndarray
+    streams: tuple[str, ...]
+    stream_of: np.ndarray
+    it: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    def records(self) -> tuple[Record, ...]:
+        # Setting the slot descriptors of a bare instance builds a Record equal to Record(...)
+        # (no __post_init__) at about half the cost of the frozen dataclass __init__.
+        set_name, set_stream, set_cat, set_it, set_block, set_start, set_end = _SETTERS
+        new, tasks, out = object.__new__, self.tasks, []
+        append = out.append
+        for k, s, e in zip(self.rows.tolist(), self.start.tolist(), self.end.tolist()):
+            t = tasks[k]
+            r = new(Record)
+            set_name(r, t.name)
+            set_stream(r, t.stream)
+            set_cat(r, t.cat)
+            set_it(r, t.it)
+            set_block(r, t.block)
+            set_start(r, s)
+            set_end(r, e)
+            append(r)
+        return tuple(out)
+
+    def makespan(self) -> float:
+        return float(self.end.max()) if len(self.end) else 0.0
+
+    def iteration_ends(self) -> dict[int, float]:
+        """As :meth:`Timeline.iteration_ends`: keys in order of first appearance."""
+        if not len(self.it):
+            return {}
+        labels, first, inv = np.unique(self.it, return_index=True, return_inverse=True)
+        ends = np.full(len(labels), -np.inf)
+        np.maximum.at(ends, inv, self.end)
+        # the record-based version starts every maximum at 0.0
+        return {int(labels[j]): max(0.0, float(ends[j])) for j in np.argsort(first, kind="stable")}
+
+    def busy(self) -> dict[str, float]:
+        """As :meth:`Timeline.busy`: per stream, ``end - start`` summed in record order."""
+        out: dict[str, float] = {}
+        for s, a, b in zip(self.stream_of.tolist(), self.start.tolist(), self.end.tolist()):
+            name = self.streams[s]
+            out[name] = out.get(name, 0.0) + (b - a)
+        return out
+
+
 class Timeline:
     """Result of running a Schedule.
 
@@ -51,23 +121,74 @@ class Timeline:
     ``mem_events`` per pool: (time, bytes in use after the change), in time order, one entry per
     change (ties in event order). ``peak`` per pool: the maximum bytes in use, and ``peak_by_class``
     the breakdown by MemClass value at the first moment that maximum was reached.
+
+    ``columns`` (fast engine) holds the records as arrays and ``mem_events`` may be given as a
+    function that builds them; both are then materialised on first access.
     """
 
-    records: tuple[Record, ...]
-    mem_events: dict[str, tuple[tuple[float, int], ...]]
-    peak: dict[str, int]
-    peak_by_class: dict[str, dict[str, int]]
-    oom: OOMReport | None = None
-    engine: str = ""
-    meta: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("_records", "_mem_events", "peak", "peak_by_class", "oom", "engine", "meta",
+                 "columns")
+
+    def __init__(self, records: tuple[Record, ...] | None = None,
+                 mem_events: Mapping[str, tuple[tuple[float, int], ...]]
+                 | Callable[[], dict[str, tuple[tuple[float, int], ...]]] | None = None,
+                 peak: dict[str, int] | None = None, peak_by_class: dict[str, dict[str, int]] | None = None,
+                 oom: OOMReport | None = None, engine: str = "", meta: dict[str, str] | None = None,
+                 *, columns: Columns | None = None) -> None:
+        if (records is None) == (columns is None):
+            raise TypeError("Timeline needs exactly one of records and columns")
+        self._records = records
+        self._mem_events = {} if mem_events is None else mem_events
+        self.peak = {} if peak is None else peak
+        self.peak_by_class = {} if peak_by_class is None else peak_by_class
+        self.oom = oom
+        self.engine = engine
+        self.meta = {} if meta is None else meta
+        self.columns = columns
+
+    @property
+    def records(self) -> tuple[Record, ...]:
+        if self._records is None:
+            self._records = self.columns.records()
+        return self._records
+
+    @property
+    def mem_events(self) -> dict[str, tuple[tuple[float, int], ...]]:
+        if callable(self._mem_events):
+            self._mem_events = self._mem_events()
+        return self._mem_events
+
+    def _key(self) -> tuple:
+        return (self.records, self.mem_events, self.peak, self.peak_by_class, self.oom,
+                self.engine, self.meta)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Timeline):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        n = len(self.columns.rows) if self._records is None else len(self._records)
+        return (f"Timeline({n} records, pools {sorted(self.peak)}, oom={self.oom is not None}, "
+                f"engine={self.engine!r})")
+
+    def __reduce__(self):
+        return (_rebuild, (self.records, self.mem_events, self.peak, self.peak_by_class, self.oom,
+                           self.engine, self.meta))
 
     @property
     def makespan(self) -> float:
-        return max((r.end for r in self.records), default=0.0)
+        if self._records is None:
+            return self.columns.makespan()
+        return max((r.end for r in self._records), default=0.0)
 
     def iteration_ends(self) -> dict[int, float]:
+        if self._records is None:
+            return self.columns.iteration_ends()
         ends: dict[int, float] = {}
-        for r in self.records:
+        for r in self._records:
             ends[r.it] = max(ends.get(r.it, 0.0), r.end)
         return ends
 
@@ -81,7 +202,14 @@ class Timeline:
 
     def busy(self) -> dict[str, float]:
         """Busy seconds per stream."""
+        if self._records is None:
+            return self.columns.busy()
         out: dict[str, float] = {}
-        for r in self.records:
+        for r in self._records:
             out[r.stream] = out.get(r.stream, 0.0) + r.dur
         return out
+
+
+def _rebuild(*args: Any) -> Timeline:
+    return Timeline(*args)
+

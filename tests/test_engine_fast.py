@@ -1,0 +1,110 @@
+"""The fast engine's machinery: the indexed-schedule cache, lazily built records and their array
+fast paths, and timeline equality with the SimPy reference on every shipped scenario."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+
+from simhete.engine import simulate_fast, simulate_simpy
+from simhete.engine.fast import jit_available
+from simhete.engine.indexed import CACHE_SIZE, indexed
+from simhete.engine.timeline import Timeline
+from simhete.errors import SimheteError
+from simhete.opkinds import MemClass, TaskCat
+from simhete.scenario import load_scenario
+from simhete.schedule import Alloc, Schedule, Task
+from simhete.sim import resolve
+from test_engine_strategies import runs
+
+LOOPS = ["python"] + (["jit"] if jit_available() else [])
+SCENARIOS = sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.yaml"))
+
+
+def _same(a: Timeline, b: Timeline) -> None:
+    assert a.records == b.records
+    assert a.mem_events == b.mem_events
+    assert a.peak == b.peak and a.peak_by_class == b.peak_by_class and a.oom == b.oom
+
+
+def _chain() -> Schedule:
+    tasks = (Task("a", "gpu0.compute", TaskCat.FWD, it=1, allocs=(Alloc("x", "gpu0", 4, MemClass.ACTIVATIONS),)),
+             Task("b", "gpu0.d2h", TaskCat.OTHER, deps=("a",), it=1, frees=("x",)),
+             Task("c", "gpu0.compute", TaskCat.BWD, deps=("a",), it=2))
+    return Schedule(tasks, {"gpu0": 10})
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_every_shipped_scenario_is_identical_to_simpy(path):
+    try:
+        ctx, policy = resolve(load_scenario(path))
+        sched = policy.build(ctx)
+    except SimheteError as e:   # not an engine matter; test_golden reports scenarios that do not build
+        pytest.skip(f"scenario does not build: {e}")
+    durs, rules = ctx.cost.durations(sched), tuple(ctx.cost.interference())
+    ref = simulate_simpy(sched, durs, rules)
+    for loop in LOOPS:
+        tl = simulate_fast(sched, durs, rules, loop=loop)
+        _same(tl, ref)
+        assert (tl.makespan, tl.iteration_ends(), tl.busy()) == \
+               (ref.makespan, ref.iteration_ends(), ref.busy())
+
+
+@settings(max_examples=150, deadline=2000)
+@given(runs())
+def test_array_answers_equal_the_record_answers(run):
+    s, durs, rules = run
+    for loop in LOOPS:
+        lazy = simulate_fast(s, durs, rules, loop=loop)
+        if lazy.columns is None:      # initial buffers overflow: nothing ran
+            continue
+        answers = (lazy.makespan, lazy.iteration_ends(), lazy.busy(), lazy.steady_iteration_time())
+        eager = Timeline(lazy.records, lazy.mem_events, lazy.peak, lazy.peak_by_class, lazy.oom, "fast")
+        assert answers == (eager.makespan, eager.iteration_ends(), eager.busy(),
+                           eager.steady_iteration_time())
+        assert list(answers[1]) == list(eager.iteration_ends())         # same key order too
+        assert all(type(r.start) is float and type(r.end) is float for r in lazy.records)
+        assert all(type(v) is int for v in lazy.peak.values())
+        assert lazy == eager and pickle.loads(pickle.dumps(lazy)) == eager
+
+
+def test_records_are_built_only_when_read():
+    tl = simulate_fast(_chain(), [1.0, 2.0, 3.0])
+    assert tl._records is None and callable(tl._mem_events)
+    assert tl.makespan == 4.0 and tl.busy() == {"gpu0.compute": 4.0, "gpu0.d2h": 2.0}
+    assert tl.iteration_ends() == {1: 3.0, 2: 4.0} and tl._records is None
+    assert [(r.name, r.start, r.end) for r in tl.records] == [("a", 0.0, 1.0), ("b", 1.0, 3.0), ("c", 1.0, 4.0)]
+    assert tl.mem_events == {"gpu0": ((0.0, 0), (0.0, 4), (3.0, 0))}
+
+
+def test_a_schedule_is_indexed_once_and_repriced_with_new_durations():
+    s = _chain()
+    first = indexed(s)
+    assert indexed(s) is first
+    assert simulate_fast(s, [1.0, 2.0, 3.0]).makespan == 4.0
+    assert simulate_fast(s, [2.0, 0.5, 0.5]).makespan == 2.5      # same index, new durations
+    assert indexed(s) is first
+    twin = Schedule(s.tasks, s.pools)                                # equal, but another object
+    assert indexed(twin) is not first
+
+
+def test_the_cache_is_bounded_and_keeps_its_schedules_alive():
+    kept = [_chain() for _ in range(CACHE_SIZE + 3)]
+    entries = [indexed(s) for s in kept]
+    assert all(e.schedule is s for e, s in zip(entries, kept))
+    assert indexed(kept[-1]) is entries[-1] and indexed(kept[0]) is not entries[0]   # evicted, rebuilt
+
+
+def test_a_bad_schedule_raises_every_time():
+    bad = Schedule((Task("a", "gpu0.compute", TaskCat.FWD, deps=("zz",)),), {"gpu0": 10})
+    for _ in range(2):
+        with pytest.raises(SimheteError, match="task a: dependency zz does not exist"):
+            simulate_fast(bad, [1.0])
+
+
+def test_unknown_loop_is_refused():
+    with pytest.raises(ValueError, match="loop must be one of"):
+        simulate_fast(_chain(), [1.0, 1.0, 1.0], loop="turbo")
