@@ -111,6 +111,7 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
                            "checked on another (calibrate this device with `simhete calibrate`)")
     shape = replay_shape(scenario)
     scaled = scaled_scenario(scenario, iterations)
+    profile = _with_scenario_overrides(scenario, profile)
     pred = simulate(scaled, engine=engine, profile=profile)
     if pred.timeline.oom is not None:
         raise SimheteError(f"replay refused: the simulator predicts {pred.timeline.oom.message()}")
@@ -142,6 +143,17 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
     comp = compare(pred.timeline, replayed.timeline, scenario=scenario.name, device=replayed.device,
                    losses=tuple(replayed.losses), reference_losses=tuple(ref), notes=notes)
     return Validation(scaled, pred, replayed, comp, parity)
+
+
+def _with_scenario_overrides(scenario, profile):
+    """The scenario's ``hardware:`` overrides (e.g. ``gpu_memory``: how much of the RAM the CPU
+    device may use as "device" memory) applied to the measured profile, as simulate does."""
+    from simhete.scenario import HardwareRef
+
+    h = scenario.data.hardware
+    if isinstance(h, HardwareRef) and (h.gpus or h.gpu_memory or h.host_memory):
+        return profile.with_overrides(gpus=h.gpus, gpu_memory=h.gpu_memory, host_memory=h.host_memory)
+    return profile
 
 
 def _notes(kind: str) -> tuple[str, ...]:

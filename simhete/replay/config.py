@@ -62,8 +62,11 @@ def scaled_scenario(s: Scenario, iterations: int | None = None) -> Scenario:
         heads = max(1, hidden // spec.head_dim) if hidden % spec.head_dim == 0 else 1
     else:
         heads = spec.n_heads
-    group = spec.n_heads // spec.n_kv_heads
-    kv = r.kv_heads or (heads // group if heads % group == 0 and heads >= group else heads)
+    kv = r.kv_heads
+    if kv is None:   # keep the query heads per K/V head (at least one K/V head, dividing heads)
+        kv = max(1, heads * spec.n_kv_heads // spec.n_heads)
+        while heads % kv:
+            kv -= 1
     ffn = r.ffn_hidden or max(1, round(hidden * spec.ffn_hidden / spec.hidden))
     if hidden % heads:
         raise ConfigError(s.file, "replay.heads", heads, allowed=f"a divisor of hidden={hidden}")

@@ -11,9 +11,11 @@ The replay moves weights between host and device buffers itself, so a block is a
   SwiGLU with fused gate+up) → dropout → residual.
 - ``head``: final norm → LM head (the token embedding when tied) → cross-entropy in fp32.
 
-Dropout (p = 0.1, GPT-2's rate; Radford et al. 2019 released config ``resid_pdrop``/``embd_pdrop``)
-draws its mask from a generator seeded by (seed, iteration, block, site), so a recomputation
-reproduces the forward exactly and the plain reference loop draws the same masks.
+Dropout (p = 0.1, GPT-2's rate; released config ``resid_pdrop``/``embd_pdrop``/``attn_pdrop``) is
+torch's own (``F.dropout``, and ``dropout_p`` inside ``scaled_dot_product_attention`` when the
+spec has attention dropout), with the default generator re-seeded from (seed, iteration, block,
+site) just before each site, so a recomputation reproduces the forward's masks exactly and the
+plain reference loop draws the same ones. Forward and recomputation run on one thread.
 """
 
 from __future__ import annotations
@@ -120,7 +122,11 @@ def _block(spec: ModelSpec, w: Weights, x: torch.Tensor, step: Step) -> torch.Te
     if spec.pos == "rope":
         cos, sin = _rope_tables(s, d, x.device, x.dtype)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-    a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nkv != nh)
+    p = 0.0
+    if spec.attn_dropout:
+        _seed(step, 3)
+        p = DROPOUT_P
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, enable_gqa=nkv != nh)
     a = F.linear(a.transpose(1, 2).reshape(b, s, hid), w["out.w"], w.get("out.b"))
     x = x + _dropout(spec, a, step, 1)
     h = F.linear(_norm(spec, x, w, "ln2"), w["fc1.w"], w.get("fc1.b"))
@@ -144,10 +150,12 @@ def _norm(spec: ModelSpec, x: torch.Tensor, w: Weights, prefix: str) -> torch.Te
 def _dropout(spec: ModelSpec, x: torch.Tensor, step: Step, site: int) -> torch.Tensor:
     if not spec.dropout:
         return x
-    g = torch.Generator(device=x.device)
-    g.manual_seed(((step.seed * 1_000_003 + step.it) * 4099 + step.index) * 4 + site)
-    keep = torch.empty(x.shape, device=x.device, dtype=x.dtype).bernoulli_(1.0 - DROPOUT_P, generator=g)
-    return x * keep * (1.0 / (1.0 - DROPOUT_P))
+    _seed(step, site)
+    return F.dropout(x, DROPOUT_P, training=True)
+
+
+def _seed(step: Step, site: int) -> None:
+    torch.manual_seed(((step.seed * 1_000_003 + step.it) * 4099 + step.index) * 4 + site)
 
 
 def _rope_tables(s: int, d: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +181,12 @@ def n_params(w: Weights) -> int:
 
 
 def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """The optimizer the replay and the reference both use: torch's Adam (single-tensor path, the
-    same code on the CPU and on the device), one instance per block over its fp32 master weights."""
-    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    """The optimizer the replay and the reference both use: torch's Adam, one instance per block
+    over its fp32 master weights, with the fused implementation (the one calibration measures,
+    calibrate/adam.py) where this torch has it for the device, else the foreach one."""
+    try:
+        opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    except (RuntimeError, ValueError):
+        opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    return opt
 
