@@ -3,6 +3,7 @@ fast paths, and timeline equality with the SimPy reference on every shipped scen
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from simhete.engine.indexed import CACHE_SIZE, indexed
 from simhete.engine.timeline import Timeline
 from simhete.errors import SimheteError
 from simhete.opkinds import MemClass, TaskCat
+from simhete.report.metrics import summarize
 from simhete.scenario import load_scenario
 from simhete.schedule import Alloc, Schedule, Task
 from simhete.sim import resolve
@@ -51,6 +53,7 @@ def test_every_shipped_scenario_is_identical_to_simpy(path):
         _same(tl, ref)
         assert (tl.makespan, tl.iteration_ends(), tl.busy()) == \
                (ref.makespan, ref.iteration_ends(), ref.busy())
+        assert _summary(tl, sched) == dataclasses.replace(_summary(ref, sched), meta={"engine": "fast"})
 
 
 @settings(max_examples=150, deadline=2000)
@@ -69,6 +72,14 @@ def test_array_answers_equal_the_record_answers(run):
         assert all(type(r.start) is float and type(r.end) is float for r in lazy.records)
         assert all(type(v) is int for v in lazy.peak.values())
         assert lazy == eager and pickle.loads(pickle.dumps(lazy)) == eager
+        assert _summary(lazy, s) == _summary(eager, s)
+
+
+def _summary(tl: Timeline, s: Schedule):
+    """summarize() with every figure it has: from the arrays (fast engine) or from the records."""
+    return summarize(tl, tokens_per_iter=4096, samples_per_iter=2, model_flops_per_iter=1e15,
+                     peak_flops_per_gpu=1e14, n_gpus=1, pool_capacity=dict(s.pools),
+                     task_bytes={t.name: 1 + k for k, t in enumerate(s.tasks)})
 
 
 def test_records_are_built_only_when_read():

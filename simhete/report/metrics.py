@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+import numpy as np
+
 from simhete.engine.timeline import Timeline
 from simhete.opkinds import OpKind
 from simhete.schedule.model import Schedule
@@ -127,7 +129,8 @@ def summarize(timeline: Timeline, *, tokens_per_iter: int, samples_per_iter: int
 
 def steady_window(timeline: Timeline) -> tuple[float, float] | None:
     """(start, end) of the steady-state window in seconds; ``None`` for an empty timeline."""
-    if not timeline.records:
+    cols = timeline.columns
+    if not (len(cols.rows) if cols is not None else timeline.records):
         return None
     ends = timeline.iteration_ends()
     its = sorted(i for i in ends if i > 0)
@@ -138,7 +141,11 @@ def steady_window(timeline: Timeline) -> tuple[float, float] | None:
 
 def steady_iterations(timeline: Timeline) -> set[int] | None:
     """Iteration labels whose tasks make up the steady iteration (``None``: every record counts)."""
-    its = sorted({r.it for r in timeline.records if r.it > 0})
+    cols = timeline.columns
+    if cols is not None:       # the fast engine's arrays: no Record objects needed
+        its = np.unique(cols.it[cols.it > 0]).tolist()
+    else:
+        its = sorted({r.it for r in timeline.records if r.it > 0})
     return {its[-1]} if len(its) >= 2 else None
 
 
@@ -147,12 +154,23 @@ def stream_busy(timeline: Timeline, window: tuple[float, float]) -> dict[str, fl
     the window length. Every stream that has a record appears (0.0 if idle in the window)."""
     t0, t1 = window
     spans: dict[str, list[tuple[float, float]]] = {}
-    for r in timeline.records:
-        spans.setdefault(r.stream, []).append((max(r.start, t0), min(r.end, t1)))
+    cols = timeline.columns
+    if cols is not None:
+        a_all, b_all = np.maximum(cols.start, t0), np.minimum(cols.end, t1)
+        for s in np.unique(cols.stream_of).tolist():
+            on = cols.stream_of == s
+            a, b = a_all[on], b_all[on]
+            by = np.lexsort((b, a))                 # the order of sorted((a, b) pairs)
+            spans[cols.streams[s]] = list(zip(a[by].tolist(), b[by].tolist()))
+    else:
+        for r in timeline.records:
+            spans.setdefault(r.stream, []).append((max(r.start, t0), min(r.end, t1)))
+        for v in spans.values():
+            v.sort()
     out: dict[str, float] = {}
     for stream in sorted(spans):
         busy, reach = 0.0, t0
-        for a, b in sorted(spans[stream]):
+        for a, b in spans[stream]:
             a = max(a, reach)
             if b > a:
                 busy += b - a
@@ -167,13 +185,22 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int]) -> dict[str, i
     error: silently counting it as zero would understate traffic."""
     its = steady_iterations(timeline)
     out = dict.fromkeys(PCIE_DIRECTIONS, 0)
-    for r in timeline.records:
-        direction = r.stream.rpartition(".")[2]
-        if direction not in out or (its is not None and r.it not in its):
-            continue
-        if r.name not in task_bytes:
-            raise ValueError(f"task_bytes has no entry for copy task {r.name!r} on {r.stream}")
-        out[direction] += task_bytes[r.name]
+    cols = timeline.columns
+    if cols is not None:       # only the copy records of the steady iteration, from the arrays
+        copy = np.array([s.rpartition(".")[2] in out for s in cols.streams], dtype=bool)
+        keep = copy[cols.stream_of]
+        if its is not None:
+            keep &= np.isin(cols.it, list(its))
+        rows = cols.rows[keep].tolist()
+        stream_of = cols.stream_of[keep].tolist()
+        selected = ((cols.tasks[k].name, cols.streams[s]) for k, s in zip(rows, stream_of))
+    else:
+        selected = ((r.name, r.stream) for r in timeline.records
+                    if r.stream.rpartition(".")[2] in out and (its is None or r.it in its))
+    for name, stream in selected:
+        if name not in task_bytes:
+            raise ValueError(f"task_bytes has no entry for copy task {name!r} on {stream}")
+        out[stream.rpartition(".")[2]] += task_bytes[name]
     return out
 
 
