@@ -322,3 +322,22 @@ def test_adam_overhead_is_paid_once_per_call():
     assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**8, count=3)) == pytest.approx(3 * (50e-6 + 1.0))
     assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=0)) == pytest.approx(50e-6)
     assert "host.adam.overhead_us (assumed)" in cm.flags
+
+
+def test_on_a_cpu_device_d2d_is_memcpy_and_device_adam_is_cpu_adam():
+    cm = CostModel(cpu_profile())
+    assert cm.op_seconds(Op(OpKind.D2D, n=8 * 10**9)) == pytest.approx(1.0)        # memcpy 8 GB/s
+    assert cm.op_seconds(Op(OpKind.ADAM_GPU, n=10**8)) == cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**8))
+    assert cm.op_seconds(Op(OpKind.ADAM_GPU, n=10**8)) == pytest.approx(1.0)
+
+
+def test_a_measured_table_point_is_its_measurement_even_where_bandwidth_would_bind():
+    # 1e-3 TFLOP/s measured for a shape whose bytes at 2000 GB/s × 0.5 would take longer still:
+    # the end-to-end measurement wins (bandwidth measured on other ops is not a bound on it).
+    rows = [[m, n, k, 1e-3] for m in (64, 256) for n in (64, 256) for k in (64, 256)]
+    gemm = {"model": "table", "max_efficiency": q(0.5), "tile_m": 16, "tile_n": 16, "k_half": q(0.0),
+            "table": {"source": "assumed", "ref": "t", "points": {"fp32": rows}}}
+    prof = _with(cpu_profile(gemm), ("gpu", "mem_bandwidth_gbps"), q(1e-6))
+    cm = CostModel(prof)
+    assert cm.op_seconds(Op(OpKind.GEMM, (256, 256, 256), dtype="fp32")) == pytest.approx(
+        2 * 256**3 / 1e9)

@@ -2,17 +2,20 @@
 
 Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full table):
 
-- GEMM: launch + max(FLOPs / rate, bytes / memory bandwidth) — a roofline in which the compute
-  rate is a measured table point or peak × efficiency(M, N, K) (tile/wave quantisation, NVIDIA
-  "Matrix Multiplication Background User's Guide" §3).
-- ATTN_FWD/ATTN_BWD: the same roofline with FLOPs from :attr:`Op.flops` and the attention
-  efficiency (or a measured exact-shape rate).
+- GEMM: FLOPs / rate inside a measured table (end to end per call); otherwise launch +
+  max(FLOPs / rate, bytes / memory bandwidth) — a roofline whose compute rate is peak ×
+  efficiency(M, N, K) (tile/wave quantisation, NVIDIA "Matrix Multiplication Background User's
+  Guide" §3).
+- ATTN_FWD/ATTN_BWD: an exact measured shape at its rate, else the same roofline with FLOPs from
+  :attr:`Op.flops` and the attention efficiency.
 - ELEMENTWISE/NORM/SOFTMAX_CE/EMBED: memory-bound. With a ``gpu.memory_bound`` entry for the
   kind: its measured curve (time linear in n between points, never decreasing with size), else its
   overhead + n / its bandwidth; without one: launch + n / (bandwidth × efficiency).
 - H2D/D2H: α-β on the pinned or pageable link (or n / curve(n) inside a measured curve); on a
   ``device_type: cpu`` profile without links they are host memcpys.
 - D2D: launch + 2n / device bandwidth (a copy reads and writes n bytes).
+- On a ``device_type: cpu`` profile the device is the host: D2D is a host memcpy and ADAM_GPU is
+  priced as ADAM_CPU.
 - MEMCPY_CPU: n / host memcpy bandwidth. ADAM_CPU: overhead + n / rate, the rate taken from
   ``host.adam.by_threads`` at ``host.adam.threads`` when both are given, else ``params_per_s``.
 - ADAM_GPU: launch + 28 n / (bandwidth × efficiency).
@@ -184,8 +187,10 @@ class CostModel:
             if tflops is not None:
                 assert self.profile.gpu.gemm.table is not None
                 self._use("gpu.gemm.table", self.profile.gpu.gemm.table)
-                # Table rates are end to end per call (launch included): no separate launch term.
-                return max(flops / (tflops * 1e12), nbytes / (self._mem_bps * self._mb_eff))
+                # Table rates are end to end per call (launch and memory traffic included): no
+                # launch term and no memory bound (a bandwidth measured on other ops could only
+                # price a measured point above its own measurement).
+                return flops / (tflops * 1e12)
         # Roofline: quantised FLOPs at max_efficiency × peak (= FLOPs / (peak × efficiency(M, N, K)),
         # written without the M·N cancellation so rounding cannot make a bigger GEMM faster).
         g = self.profile.gpu
@@ -210,7 +215,7 @@ class CostModel:
         exact = self._attn_exact.get((op.kind, op.dtype, tuple(op.shape)))
         if exact is not None and att is not None and att.table is not None:
             self._use("gpu.attention.table", att.table)
-            return max(flops / (exact * 1e12), nbytes / (self._mem_bps * self._mb_eff))
+            return flops / (exact * 1e12)   # measured end to end, like the GEMM table
         peak, peak_q = self._peak(op.dtype)
         self._use(f"gpu.peak_tflops.{op.dtype}", peak_q)
         if att is None:
@@ -289,6 +294,8 @@ class CostModel:
         return link.latency_us.value * 1e-6 + nbytes / (link.bandwidth_gbps.value * 1e9)
 
     def _d2d(self, op: Op) -> float:
+        if self.profile.device_type == "cpu":   # the device is the host: a device copy is a memcpy
+            return self._memcpy_cpu(op)
         return self._launch_s() + self._mem_seconds(2.0 * op.n, efficiency=False)  # read + write
 
     def _memcpy_cpu(self, op: Op) -> float:
@@ -336,6 +343,8 @@ class CostModel:
         return fixed + op.n / rate
 
     def _adam_gpu(self, op: Op) -> float:
+        if self.profile.device_type == "cpu":   # the device is the host: a device Adam is CPU Adam
+            return self._adam_cpu(op)
         return self._launch_s() + self._mem_seconds(float(op.n) * ADAM_GPU_BYTES_PER_PARAM)
 
     def _collective(self, op: Op) -> float:
