@@ -2,32 +2,86 @@
 
 Builds the schedule of scenarios/llama2-13b_h100-pcie_zero-offload.yaml (3 iterations, 40 blocks)
 through the normal pipeline (scenario -> policy -> schedule, cost model -> durations and
-interference), checks that both engines give the identical timeline, then times them interleaved
-(warm-up first, median of repeats) and prints tasks/s for each and the ratio. Target: >= 25x.
+interference), checks that every engine variant gives the identical timeline, then times them
+interleaved (warm-up first, median of repeats) and prints tasks/s for each and the ratio to SimPy.
+Target: >= 25x.
 
-    .venv/bin/python benchmarks/engine_speed.py [scenario.yaml] [--repeats N]
+- cold: a Schedule object the fast engine has not seen (its indexing is included);
+- warm: the same Schedule re-simulated with new durations, as a hardware sweep re-prices it.
+
+The fast engine returns a Timeline whose Record objects are built on first read; the line
+"+ records" also reads ``timeline.records`` (what a caller that walks every record pays).
+``--jit-start`` also measures the compiled loop's start-up in fresh processes: first compile
+(empty numba cache) and a later process (cache on disk).
+
+    .venv/bin/python benchmarks/engine_speed.py [scenario.yaml] [--repeats N] [--jit-start]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from simhete.engine import simulate_fast, simulate_simpy
+from simhete.engine.fast import jit_available
 from simhete.scenario import load_scenario
+from simhete.schedule import Schedule
 from simhete.sim import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "scenarios/llama2-13b_h100-pcie_zero-offload.yaml"
 TARGET = 25.0
+
+START_UP = """
+import time
+c0, w0 = time.process_time(), time.perf_counter()
+from simhete.engine.fast import jit_available
+assert jit_available()
+from simhete.engine.jit import run_loop
+c1, w1 = time.process_time(), time.perf_counter()
+from simhete.engine import simulate_fast
+from simhete.schedule import Schedule, Task
+from simhete.opkinds import TaskCat
+c2, w2 = time.process_time(), time.perf_counter()
+simulate_fast(Schedule((Task("a", "s", TaskCat.OTHER),), {}), [1.0], loop="jit")
+c3, w3 = time.process_time(), time.perf_counter()
+print(f"{c1 - c0:.3f} {w1 - w0:.3f} {c3 - c2:.3f} {w3 - w2:.3f}")
+"""
+
+
+def same(a, b) -> bool:
+    return (a.records, a.mem_events, a.peak, a.peak_by_class, a.oom) == \
+           (b.records, b.mem_events, b.peak, b.peak_by_class, b.oom)
+
+
+def copy_of(s: Schedule) -> Schedule:
+    """An equal Schedule the engine has not seen (same Task objects, a new Schedule object)."""
+    return Schedule(s.tasks, s.pools, s.initial, s.iterations, s.meta)
+
+
+def jit_start_up() -> None:
+    """Import + first call of the compiled loop in fresh processes, numba cache empty then warm."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("first compile (empty cache)", "later process (cache on disk)"):
+            out = subprocess.run([sys.executable, "-c", START_UP], env=env, check=True,
+                                 capture_output=True, text=True).stdout.split()
+            ic, iw, fc, fw = map(float, out)
+            print(f"jit start-up, {label}: import numba {ic:.2f} s CPU ({iw:.2f} s wall), "
+                  f"first call {fc:.2f} s CPU ({fw:.2f} s wall)")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("scenario", nargs="?", default=str(ROOT / "scenarios/llama2-13b_h100-pcie_zero-offload.yaml"))
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("scenario", nargs="?", default=str(DEFAULT))
+    ap.add_argument("--repeats", type=int, default=31)
+    ap.add_argument("--jit-start", action="store_true", help="also time the JIT's start-up")
     args = ap.parse_args()
 
     ctx, policy = resolve(load_scenario(args.scenario))
@@ -37,30 +91,53 @@ def main() -> int:
     n = len(sched.tasks)
     print(f"schedule: {Path(args.scenario).name}: {n} tasks on {len(sched.streams)} streams "
           f"{sched.streams}, interference rules {rules}")
+    loops = (["jit"] if jit_available() else []) + ["python"]
+    if "jit" not in loops:
+        print("numba not installed (pip install 'simhete[fast]'): only the pure-Python loop is timed")
 
-    fast, ref = simulate_fast(sched, durs, rules), simulate_simpy(sched, durs, rules)   # warm-up
-    same = (fast.records, fast.mem_events, fast.peak, fast.peak_by_class, fast.oom) == \
-           (ref.records, ref.mem_events, ref.peak, ref.peak_by_class, ref.oom)
-    print(f"identical timelines: {same}; makespan {fast.makespan:.6f} s, oom {fast.oom is not None}")
+    ref = simulate_simpy(sched, durs, rules)                       # also warms everything up
+    ok = all(same(simulate_fast(copy_of(sched), durs, rules, loop=lp), ref) for lp in loops)
+    print(f"identical timelines (fast {'+'.join(loops)} vs simpy): {ok}; "
+          f"makespan {ref.makespan:.6f} s, oom {ref.oom is not None}")
+
+    # Variants: name -> fn(k) running repeat k. Cold runs get a new Schedule object per repeat;
+    # warm runs re-price the one indexed schedule with durations scaled per repeat.
+    scaled = [[d * (1.0 + 1e-3 * k) for d in durs] for k in range(args.repeats + 1)]
+    variants = {"simpy": lambda k: simulate_simpy(sched, durs, rules)}
+    for lp in loops:
+        fresh = [copy_of(sched) for _ in range(args.repeats + 1)]
+        fresh2 = [copy_of(sched) for _ in range(args.repeats + 1)]
+        variants[f"fast/{lp} cold"] = lambda k, lp=lp, f=fresh: simulate_fast(f[k], durs, rules, loop=lp)
+        variants[f"fast/{lp} warm"] = lambda k, lp=lp: simulate_fast(sched, scaled[k], rules, loop=lp)
+        variants[f"fast/{lp} cold + records"] = \
+            lambda k, lp=lp, f=fresh2: simulate_fast(f[k], durs, rules, loop=lp).records
+    for fn in variants.values():                                     # warm-up (k = last)
+        fn(args.repeats)
 
     # CPU time is the headline (the machine is shared; wall time includes time others ran),
-    # wall time is shown alongside. Interleaved, so load drifts hit both engines alike.
-    cpu: dict[str, list[float]] = {"simpy": [], "fast": []}
-    wall: dict[str, list[float]] = {"simpy": [], "fast": []}
-    for _ in range(args.repeats):
-        for name, fn in (("simpy", simulate_simpy), ("fast", simulate_fast)):
+    # wall time is shown alongside. Interleaved, so load drifts hit every variant alike.
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    for k in range(args.repeats):
+        for name, fn in variants.items():
             c0, w0 = time.process_time(), time.perf_counter()
-            fn(sched, durs, rules)
+            fn(k)
             cpu[name].append(time.process_time() - c0)
             wall[name].append(time.perf_counter() - w0)
     med = {k: statistics.median(v) for k, v in cpu.items()}
-    for k in ("simpy", "fast"):
-        w = statistics.median(wall[k])
-        print(f"{k:>6}: median CPU {med[k] * 1e3:8.3f} ms ({n / med[k]:9.0f} tasks/s); "
-              f"median wall {w * 1e3:8.3f} ms ({n / w:9.0f} tasks/s); {args.repeats} repeats")
-    ratio = med["simpy"] / med["fast"]
-    print(f"ratio (CPU time): fast is {ratio:.1f}x the SimPy engine (target >= {TARGET:.0f}x)")
-    return 0 if same else 1
+    medw = {k: statistics.median(v) for k, v in wall.items()}
+    print(f"medians of {args.repeats} interleaved repeats:")
+    for k in variants:
+        print(f"  {k:>24}: CPU {med[k] * 1e3:8.3f} ms ({n / med[k]:10.0f} tasks/s, "
+              f"{med['simpy'] / med[k]:6.1f}x simpy); wall {medw[k] * 1e3:8.3f} ms "
+              f"({n / medw[k]:10.0f} tasks/s, {medw['simpy'] / medw[k]:6.1f}x)")
+    best = loops[0]
+    for mode in ("cold", "warm"):
+        r = med["simpy"] / med[f"fast/{best} {mode}"]
+        print(f"ratio {mode} (CPU time, fast/{best}): {r:.1f}x the SimPy engine (target >= {TARGET:.0f}x)")
+    if args.jit_start and "jit" in loops:
+        jit_start_up()
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -166,6 +166,21 @@ def test_bad_inputs_are_one_line_errors(engine):
         run([task("a", "gpu0.compute", deps=["zz"])], [1.0], engine)
     with pytest.raises(SimheteError, match="task a frees buffer q, which is not live"):
         run([task("a", "gpu0.compute", frees=["q"])], [1.0], engine)
+    with pytest.raises(SimheteError, match="task a allocates buffer x, which is still live"):
+        run([task("a", "gpu0.compute", allocs=[("x", "cpu", 1), ("x", "cpu", 1)])], [1.0], engine)
+    with pytest.raises(SimheteError, match="duplicate task name a"):
+        run([task("a", "gpu0.compute"), task("a", "gpu0.h2d")], [1.0, 1.0], engine)
+
+
+@ENGINE
+def test_the_first_bad_task_in_list_order_is_reported_dependencies_before_allocations(engine):
+    neg, nowhere, dep = ("x", "cpu", -1), ("y", "nvme", 1), ["zz"]
+    with pytest.raises(SimheteError, match="task a: buffer x has negative size -1"):
+        run([task("a", "gpu0.compute", allocs=[neg]), task("b", "gpu0.compute", deps=dep)], [1.0] * 2, engine)
+    with pytest.raises(SimheteError, match="task b: buffer y in unknown pool 'nvme'"):
+        run([task("a", "gpu0.compute"), task("b", "gpu0.h2d", allocs=[nowhere, neg])], [1.0] * 2, engine)
+    with pytest.raises(SimheteError, match="task b: dependency zz does not exist"):
+        run([task("a", "gpu0.compute"), task("b", "gpu0.h2d", deps=dep, allocs=[neg])], [1.0] * 2, engine)
 
 
 def test_unknown_engine_lists_both():

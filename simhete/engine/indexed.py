@@ -111,50 +111,51 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     if oom is not None:
         return Indexed(schedule, oom)
     pools = tuple(schedule.pools)
-    streams = tuple(dict.fromkeys(t.stream for t in tasks))
+    stream_names = [t.stream for t in tasks]
+    streams = tuple(dict.fromkeys(stream_names))
     ix = Indexed(schedule, None, pools, streams)
     ix.interference(rules)
 
     pool_id = {p: k for k, p in enumerate(pools)}
     stream_id = {s: k for k, s in enumerate(streams)}
-    cls_of = memory.CLASS_INDEX
-    buf_id: dict[str, int] = {}
-    parent: list[int] = []              # one entry per dependency edge
-    child: list[int] = []
-    ndeps = [0] * n
-    a_ptr, a_buf, a_pool, a_bytes, a_cls = [0] * (n + 1), [], [], [], []
-    nd_ptr, nd_pool, nd_bytes = [0] * (n + 1), [], []
-    f_ptr, f_buf = [0] * (n + 1), []
-    for i, t in enumerate(tasks):
-        deps = t.deps
-        if deps:
-            ndeps[i] = len(deps)
-            try:
-                parent.extend([index[d] for d in deps])
-            except KeyError:
-                raise bad_dep(t, index) from None
-            child.extend([i] * len(deps))
-        if t.allocs:
+    # one flat list per kind of item, in task order; per-task counts become CSR pointers
+    deps = [t.deps for t in tasks]
+    ndeps = list(map(len, deps))
+    try:
+        parent = list(map(index.__getitem__, [d for ds in deps for d in ds]))
+    except KeyError:
+        parent = None
+    allocs = [t.allocs for t in tasks]
+    n_alloc = list(map(len, allocs))
+    flat = [a for al in allocs for a in al]
+    a_pool = list(map(pool_id.get, [a.pool for a in flat]))
+    a_bytes = [a.bytes for a in flat]
+    if parent is None or None in a_pool or (a_bytes and min(a_bytes) < 0):
+        _raise_first_error(tasks, index, pool_id)
+    frees = [t.frees for t in tasks]
+    f_names = [b for fr in frees for b in fr]
+    a_names = [a.buf for a in flat]
+    buf_id = {b: k for k, b in enumerate(dict.fromkeys(a_names + f_names + [a.buf for a in schedule.initial]))}
+    nd_count, nd_pool, nd_bytes = [], [], []       # bytes asked per pool, first appearance first
+    k = 0
+    for c in n_alloc:
+        if c == 1:
+            nd_pool.append(a_pool[k])
+            nd_bytes.append(a_bytes[k])
+            nd_count.append(1)
+        elif c:
             need: dict[int, int] = {}
-            for a in t.allocs:
-                p = pool_id.get(a.pool)
-                if p is None or a.bytes < 0:
-                    check_alloc(t, a, pool_id)
-                b = buf_id.setdefault(a.buf, len(buf_id))
-                a_buf.append(b)
-                a_pool.append(p)
-                a_bytes.append(a.bytes)
-                a_cls.append(cls_of[a.cls])
-                need[p] = need.get(p, 0) + a.bytes
+            for q in range(k, k + c):
+                need[a_pool[q]] = need.get(a_pool[q], 0) + a_bytes[q]
             nd_pool.extend(need)
             nd_bytes.extend(need.values())
-        if t.frees:
-            f_buf.extend([buf_id.setdefault(b, len(buf_id)) for b in t.frees])
-        a_ptr[i + 1], nd_ptr[i + 1], f_ptr[i + 1] = len(a_buf), len(nd_pool), len(f_buf)
+            nd_count.append(len(need))
+        else:
+            nd_count.append(0)
+        k += c
 
     # memory at t = 0
-    for a in schedule.initial:
-        buf_id.setdefault(a.buf, len(buf_id))
+    cls_of = memory.CLASS_INDEX
     nb = len(buf_id)
     live_pool, live_bytes, live_cls = [-1] * nb, [0] * nb, [0] * nb
     in_use = [0] * len(pools)
@@ -168,25 +169,43 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
         in_use[p] += a.bytes
         class0[p, c] += a.bytes
 
-    i64, i32 = np.int64, np.int32
+    i64 = np.int64
     parent_a = np.array(parent, dtype=i64)
-    by_parent = np.argsort(parent_a, kind="stable")
     ix.buffers = tuple(buf_id)
     ix.cap = np.array([schedule.pools[p] for p in pools], dtype=i64)
-    ix.stream_of = np.array([stream_id[t.stream] for t in tasks], dtype=i64)
+    ix.stream_of = np.array(list(map(stream_id.__getitem__, stream_names)), dtype=i64)
     ix.it = np.array([t.it for t in tasks], dtype=i64)
-    ix.order = np.argsort(np.array([t.prio for t in tasks], dtype=i64), kind="stable").astype(i64)
+    ix.order = np.argsort(np.array([t.prio for t in tasks], dtype=i64), kind="stable")
     ix.rank = np.empty(n, dtype=i64)
     ix.rank[ix.order] = np.arange(n, dtype=i64)
-    ix.succ = np.array(child, dtype=i64)[by_parent]
-    ix.succ_ptr = np.zeros(n + 1, dtype=i64)
-    np.cumsum(np.bincount(parent_a, minlength=n), out=ix.succ_ptr[1:])
     ix.ndeps = np.array(ndeps, dtype=i64)
-    ix.a_ptr, ix.a_buf, ix.a_pool = np.array(a_ptr, i64), np.array(a_buf, i64), np.array(a_pool, i64)
-    ix.a_bytes, ix.a_cls = np.array(a_bytes, i64), np.array(a_cls, i64)
-    ix.nd_ptr, ix.nd_pool, ix.nd_bytes = np.array(nd_ptr, i64), np.array(nd_pool, i64), np.array(nd_bytes, i64)
-    ix.f_ptr, ix.f_buf = np.array(f_ptr, i64), np.array(f_buf, i64)
+    ix.succ = np.repeat(np.arange(n, dtype=i64), ix.ndeps)[np.argsort(parent_a, kind="stable")]
+    ix.succ_ptr = _ptr(np.bincount(parent_a, minlength=n))
+    ix.a_ptr = _ptr(n_alloc)
+    ix.a_buf = np.array(list(map(buf_id.__getitem__, a_names)), dtype=i64)
+    ix.a_pool, ix.a_bytes = np.array(a_pool, dtype=i64), np.array(a_bytes, dtype=i64)
+    ix.a_cls = np.array(list(map(cls_of.__getitem__, [a.cls for a in flat])), dtype=i64)
+    ix.nd_ptr, ix.nd_pool, ix.nd_bytes = _ptr(nd_count), np.array(nd_pool, i64), np.array(nd_bytes, i64)
+    ix.f_ptr = _ptr(list(map(len, frees)))
+    ix.f_buf = np.array(list(map(buf_id.__getitem__, f_names)), dtype=i64)
     ix.in_use0, ix.class0 = np.array(in_use, dtype=i64), class0
     ix.live_pool0, ix.live_bytes0 = np.array(live_pool, i64), np.array(live_bytes, i64)
     ix.live_cls0 = np.array(live_cls, i64)
     return ix
+
+
+def _ptr(counts) -> np.ndarray:
+    """CSR pointers: ``ptr[i]:ptr[i + 1]`` are item i's entries."""
+    ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    return ptr
+
+
+def _raise_first_error(tasks, index: dict[str, int], pool_id: dict[str, int]) -> None:
+    """Raise the error the reference engine reports first: tasks in order, dependencies first."""
+    for t in tasks:
+        if any(d not in index for d in t.deps):
+            raise bad_dep(t, index)
+        for a in t.allocs:
+            check_alloc(t, a, pool_id)
+    raise AssertionError("no bad dependency or allocation found")   # unreachable by construction
