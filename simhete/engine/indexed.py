@@ -107,9 +107,11 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     for a in schedule.initial:
         if a.pool not in schedule.pools:
             raise SimheteError(f"initial buffer {a.buf}: unknown pool {a.pool!r}")
-    oom = memory.initial_overflow(schedule)
-    if oom is not None:
-        return Indexed(schedule, oom)
+    held = dict.fromkeys(schedule.pools, 0)
+    for a in schedule.initial:
+        held[a.pool] += a.bytes
+    if any(held[p] > c for p, c in schedule.pools.items()):
+        return Indexed(schedule, memory.initial_overflow(schedule))
     pools = tuple(schedule.pools)
     stream_names = [t.stream for t in tasks]
     streams = tuple(dict.fromkeys(stream_names))
@@ -135,7 +137,8 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     frees = [t.frees for t in tasks]
     f_names = [b for fr in frees for b in fr]
     a_names = [a.buf for a in flat]
-    buf_id = {b: k for k, b in enumerate(dict.fromkeys(a_names + f_names + [a.buf for a in schedule.initial]))}
+    bufs = dict.fromkeys(a_names + f_names + [a.buf for a in schedule.initial])
+    buf_id = dict(zip(bufs, range(len(bufs))))
     nd_count, nd_pool, nd_bytes = [], [], []       # bytes asked per pool, first appearance first
     k = 0
     for c in n_alloc:

@@ -22,14 +22,14 @@ def _lists(ix: Indexed) -> tuple:
     if ix.lists is None:
         n = len(ix.stream_of)
         sp, succ = ix.succ_ptr.tolist(), ix.succ.tolist()
-        ap, ab, apl, aby, acl = (x.tolist() for x in (ix.a_ptr, ix.a_buf, ix.a_pool, ix.a_bytes, ix.a_cls))
-        np_, ndp, ndb = ix.nd_ptr.tolist(), ix.nd_pool.tolist(), ix.nd_bytes.tolist()
-        fp, fb = ix.f_ptr.tolist(), ix.f_buf.tolist()
-        allocs = [tuple(zip(ab[ap[i]:ap[i + 1]], apl[ap[i]:ap[i + 1]], aby[ap[i]:ap[i + 1]],
-                            acl[ap[i]:ap[i + 1]])) or None for i in range(n)]
-        needs = [tuple(zip(ndp[np_[i]:np_[i + 1]], ndb[np_[i]:np_[i + 1]])) or None for i in range(n)]
+        ap, np_, fp = ix.a_ptr.tolist(), ix.nd_ptr.tolist(), ix.f_ptr.tolist()
+        alloc = list(zip(*(x.tolist() for x in (ix.a_buf, ix.a_pool, ix.a_bytes, ix.a_cls))))
+        need = list(zip(ix.nd_pool.tolist(), ix.nd_bytes.tolist()))
+        fb = ix.f_buf.tolist()
         ix.lists = (ix.stream_of.tolist(), ix.order.tolist(), ix.rank.tolist(),
-                    [succ[sp[i]:sp[i + 1]] for i in range(n)], ix.ndeps.tolist(), allocs, needs,
+                    [succ[sp[i]:sp[i + 1]] for i in range(n)], ix.ndeps.tolist(),
+                    [tuple(alloc[ap[i]:ap[i + 1]]) or None for i in range(n)],
+                    [tuple(need[np_[i]:np_[i + 1]]) or None for i in range(n)],
                     [tuple(fb[fp[i]:fp[i + 1]]) or None for i in range(n)])
     return ix.lists
 
