@@ -32,8 +32,7 @@ from typing import Callable
 
 from simhete.errors import ConfigError
 from simhete.hw.gemm import GemmInterpolator
-from simhete.hw.profile import (ADAM_CPU_BYTES_PER_PARAM, DTYPES, Curve, HardwareProfile, Link,
-                                Provenance)
+from simhete.hw.profile import DTYPES, Curve, HardwareProfile, Link, Provenance
 from simhete.opkinds import OpKind
 from simhete.schedule.model import Op, Schedule, Task
 

@@ -13,8 +13,8 @@ Fits (docs/calibration.md has the details):
   ``k_half`` by least squares in log space.
 - Attention: the measured exact shapes as a table; fwd/bwd efficiency = median of rate / peak.
 - Memory-bound ops: per OpKind the measured (bytes, GB/s) curve → ``gpu.memory_bound``; the
-  ELEMENTWISE rate at the largest size → ``mem_bandwidth_gbps``; α of an α-β fit over the smallest
-  add/mul → ``launch_overhead_us``.
+  ELEMENTWISE rate at the largest size → ``mem_bandwidth_gbps``; α of an α-β fit over the
+  smallest add/mul → ``launch_overhead_us``.
 - Links and host memcpy: α-β per direction and memory kind, plus the measured curve.
 - CPU Adam: α-β per thread count (β → ``by_threads``; at the calibration's threads per stream
   β → ``params_per_s``, α → ``overhead_us``, and ``threads`` records that count).
@@ -40,7 +40,6 @@ from scipy.optimize import lsq_linear, minimize_scalar
 
 from simhete.config import validate
 from simhete.errors import ConfigError
-from simhete.hw.gemm import GemmInterpolator
 from simhete.opkinds import OpKind
 from simhete.schedule.model import Op
 
@@ -291,7 +290,7 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
                        f"fwd {eff['fwd']}, bwd {eff['bwd']}\n")
 
 
-# Memory-bound microbenchmark ops → the OpKind they price (calibrate/membw.py has the byte counts).
+# Memory-bound microbenchmark ops → the OpKind they price (byte counts: calibrate/membw.py).
 MEMBW_KINDS = {"add": OpKind.ELEMENTWISE, "mul": OpKind.ELEMENTWISE, "layernorm": OpKind.NORM,
                "rmsnorm": OpKind.NORM, "softmax": OpKind.SOFTMAX_CE, "embedding": OpKind.EMBED}
 LAUNCH_FIT_SIZES = 3   # launch_overhead_us: alpha over the smallest fit sizes of add and mul
@@ -441,7 +440,7 @@ def _fit_copy(st: _State, device_type: str, host: dict[str, Any]) -> dict[str, A
 def _fit_adam(st: _State, host: dict[str, Any], threads: int) -> None:
     """Per thread count, an alpha-beta fit of step time against parameters (relative error):
     beta → ``by_threads``; at the calibration's threads per stream (the threads the CPU optimizer
-    runs with) beta → ``params_per_s`` and alpha → ``overhead_us``, the fixed cost of one call."""
+    runs with) beta → ``params_per_s`` and alpha → ``overhead_us``, the fixed cost of a call."""
     t = st.tables["adam"]
     fits: dict[int, tuple[float, float]] = {}
     lines = []
@@ -619,7 +618,8 @@ def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | 
                 parts = []
                 for lab in dict.fromkeys(labels):
                     e = [x for x, y in zip(errs, labels) if y == lab]
-                    parts.append(f"{lab} {100 * float(np.median(e)):.1f}% (max {100 * max(e):.1f}%)")
+                    parts.append(f"{lab} {100 * float(np.median(e)):.1f}% "
+                                 f"(max {100 * max(e):.1f}%)")
                 by_label.append(f"- {suite} by op, median: {'; '.join(parts)}")
     if by_label:
         errs_lines.append("\n" + "\n".join(by_label))
