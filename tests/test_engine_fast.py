@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 
 from simhete.engine import simulate_fast, simulate_simpy
+from simhete.engine import fast
 from simhete.engine.fast import jit_available
 from simhete.engine.indexed import CACHE_SIZE, indexed
 from simhete.engine.timeline import Timeline
@@ -119,3 +120,15 @@ def test_a_bad_schedule_raises_every_time():
 def test_unknown_loop_is_refused():
     with pytest.raises(ValueError, match="loop must be one of"):
         simulate_fast(_chain(), [1.0, 1.0, 1.0], loop="turbo")
+
+
+def test_simhete_jit_picks_the_loop(monkeypatch):
+    compiled = "jit" if jit_available() else "python"
+    monkeypatch.setattr(fast, "_tasks_run", 0)
+    monkeypatch.setenv("SIMHETE_JIT", "auto")          # first JIT_AFTER_TASKS tasks in Python
+    assert fast.choose_loop(fast.JIT_AFTER_TASKS) == "python" and fast.choose_loop(1) == compiled
+    monkeypatch.setenv("SIMHETE_JIT", "0")
+    assert fast.choose_loop(1) == "python"
+    monkeypatch.setattr(fast, "_tasks_run", 0)
+    monkeypatch.setenv("SIMHETE_JIT", "1")
+    assert fast.choose_loop(1) == compiled

@@ -4,12 +4,17 @@ Three steps:
 
 1. :func:`~simhete.engine.indexed.indexed`: the schedule as flat arrays, cached per Schedule object
    (re-pricing one schedule with new durations skips this step);
-2. the event loop: compiled with numba (:mod:`simhete.engine.jit`) when numba is installed, else
-   the same loop in pure Python (:mod:`simhete.engine.pyloop`); both give identical results;
+2. the event loop: compiled with numba (:mod:`simhete.engine.jit`, ``pip install simhete[fast]``)
+   or the same loop in pure Python (:mod:`simhete.engine.pyloop`); both give identical results;
 3. a :class:`Timeline` over the loop's arrays (:class:`~simhete.engine.timeline.Columns`): Record
    objects and memory-event tuples are built only if someone reads them.
 
-``SIMHETE_JIT=0`` in the environment selects the pure-Python loop even when numba is installed.
+Which loop runs (:func:`choose_loop`): loading numba and its cached machine code costs a process
+about a second of CPU (compiling it the first time on a machine, several seconds), while the
+Python loop is a few microseconds per task slower. So by default (``SIMHETE_JIT=auto``) a process
+runs its first ``JIT_AFTER_TASKS`` simulated tasks on the Python loop (a single ``simulate`` never
+pays for numba) and switches to the compiled loop after that (sweeps, plans). ``SIMHETE_JIT=1``
+uses the compiled loop from the first call, ``SIMHETE_JIT=0`` never.
 """
 
 from __future__ import annotations
@@ -27,21 +32,31 @@ from simhete.engine.timeline import Columns, Timeline
 from simhete.schedule import Schedule
 
 LOOPS = ("jit", "python")
+JIT_AFTER_TASKS = 200_000    # about break-even: ~1 s of numba start-up / 3-5 us saved per task
 _jit = None
+_tasks_run = 0               # tasks this process has simulated
 
 
 def jit_available() -> bool:
-    """Whether the compiled loop can be used (numba importable and ``SIMHETE_JIT`` is not ``0``)."""
+    """Whether the compiled loop can be used: numba is installed (imported on first ask)."""
     global _jit
     if _jit is None:
-        _jit = False
-        if os.environ.get("SIMHETE_JIT", "1") != "0":
-            try:
-                from simhete.engine import jit
-                _jit = jit.run_loop
-            except ImportError:
-                pass
+        try:
+            from simhete.engine import jit
+            _jit = jit.run_loop
+        except ImportError:
+            _jit = False
     return _jit is not False
+
+
+def choose_loop(n_tasks: int) -> str:
+    """The loop for the next run of ``n_tasks`` tasks under ``SIMHETE_JIT`` (module docstring)."""
+    global _tasks_run
+    _tasks_run += n_tasks
+    mode = os.environ.get("SIMHETE_JIT", "auto")
+    if mode == "0" or (mode != "1" and _tasks_run <= JIT_AFTER_TASKS):
+        return "python"
+    return "jit" if jit_available() else "python"
 
 
 def simulate_fast(schedule: Schedule, durations: Sequence[float],
@@ -49,7 +64,7 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
                   ) -> Timeline:
     """Run ``schedule`` with ``durations[i]`` full-speed seconds for ``schedule.tasks[i]``.
 
-    ``loop``: ``"jit"``, ``"python"`` or ``None`` (the compiled loop if available)."""
+    ``loop``: ``"jit"``, ``"python"`` or ``None`` (:func:`choose_loop` decides)."""
     durs = check_durations(schedule.tasks, durations)
     rules = tuple(interference)
     ix = indexed(schedule, rules)
@@ -57,7 +72,7 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
         return memory.empty_timeline(schedule, ix.oom, "fast")
     matrix, fluid = ix.interference(rules)
     if loop is None:
-        loop = "jit" if jit_available() else "python"
+        loop = choose_loop(len(durs))
     if loop == "jit":
         if not jit_available():
             raise RuntimeError("the compiled loop needs numba (pip install 'simhete[fast]')")
