@@ -11,7 +11,11 @@ kind               shape                                            n
 GEMM               (M, N, K): one M×K @ K×N product, 2·M·N·K FLOPs  0
 ATTN_FWD/ATTN_BWD  (batch, heads, seq_q, seq_kv, head_dim, causal)  0
 ELEMENTWISE        ()                                               bytes read + written
-NORM               ()                                               bytes read + written
+NORM               ()                                               bytes read + written (LayerNorm)
+RMSNORM            ()                                               bytes read + written
+GELU / RELU        ()                                               bytes read + written
+SWIGLU             ()                                               bytes read + written (silu(a)·b)
+DROPOUT            ()                                               bytes read + written (mask included)
 SOFTMAX_CE         (tokens, vocab)                                  bytes read + written
 EMBED              (tokens, hidden)                                 bytes read + written
 H2D / D2H / D2D    ()                                               bytes moved
@@ -34,6 +38,11 @@ class OpKind(StrEnum):
     ATTN_BWD = "ATTN_BWD"
     ELEMENTWISE = "ELEMENTWISE"
     NORM = "NORM"
+    RMSNORM = "RMSNORM"
+    GELU = "GELU"
+    RELU = "RELU"
+    SWIGLU = "SWIGLU"
+    DROPOUT = "DROPOUT"
     SOFTMAX_CE = "SOFTMAX_CE"
     EMBED = "EMBED"
     H2D = "H2D"
@@ -47,10 +56,17 @@ class OpKind(StrEnum):
     ALLGATHER = "ALLGATHER"
 
 
+# Memory-bound kinds: priced by bytes moved. On a GPU they run near memory bandwidth; on a CPU
+# the transcendental ones (GELU, SWIGLU's sigmoid, DROPOUT's random mask) are compute-bound, which
+# is why each has its own kind and its own calibrated curve rather than one "elementwise" rate.
+MEMORY_BOUND_KINDS = frozenset({"ELEMENTWISE", "NORM", "RMSNORM", "GELU", "RELU", "SWIGLU", "DROPOUT",
+                                "SOFTMAX_CE", "EMBED"})
+
 COPY_KINDS = frozenset({OpKind.H2D, OpKind.D2H, OpKind.D2D, OpKind.MEMCPY_CPU})
 COLLECTIVE_KINDS = frozenset({OpKind.ALLREDUCE, OpKind.REDUCE_SCATTER, OpKind.ALLGATHER})
 COMPUTE_KINDS = frozenset(
     {OpKind.GEMM, OpKind.ATTN_FWD, OpKind.ATTN_BWD, OpKind.ELEMENTWISE, OpKind.NORM,
+     OpKind.RMSNORM, OpKind.GELU, OpKind.RELU, OpKind.SWIGLU, OpKind.DROPOUT,
      OpKind.SOFTMAX_CE, OpKind.EMBED}
 )
 
