@@ -207,9 +207,15 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int]) -> dict[str, i
 def copy_bytes(schedule: Schedule) -> dict[str, int]:
     """``task_bytes`` for :func:`summarize`: per task, bytes moved by its H2D/D2H ops
     (``op.n`` bytes × ``op.count``, as in :mod:`simhete.opkinds`); tasks moving nothing omitted."""
+    h2d, d2h = OpKind.H2D, OpKind.D2H
+    copies = (h2d, d2h)
     out: dict[str, int] = {}
     for task in schedule.tasks:
-        n = sum(op.n * op.count for op in task.ops if op.kind in (OpKind.H2D, OpKind.D2H))
+        n = 0
+        for op in task.ops:
+            kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
+            if kind is h2d or kind is d2h or (type(kind) is not OpKind and kind in copies):
+                n += op.n * op.count
         if n:
             out[task.name] = n
     return out
