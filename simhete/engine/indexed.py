@@ -22,6 +22,7 @@ Layout (``n`` tasks, ``S`` streams, ``P`` pools, ``C`` memory classes), all nump
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import chain
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,51 +119,44 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     ix = Indexed(schedule, None, pools, streams)
     ix.interference(rules)
 
+    i64 = np.int64
+    n_pools = len(pools)
     pool_id = {p: k for k, p in enumerate(pools)}
     stream_id = {s: k for k, s in enumerate(streams)}
-    # one flat list per kind of item, in task order; per-task counts become CSR pointers
+    # one flat sequence per kind of item, in task order; per-task counts become CSR pointers
     deps = [t.deps for t in tasks]
-    ndeps = list(map(len, deps))
-    try:
-        parent = list(map(index.__getitem__, [d for ds in deps for d in ds]))
-    except KeyError:
-        parent = None
+    ndeps = np.fromiter(map(len, deps), i64, n)
     allocs = [t.allocs for t in tasks]
-    n_alloc = list(map(len, allocs))
-    flat = [a for al in allocs for a in al]
+    flat = list(chain.from_iterable(allocs))
     a_pool = list(map(pool_id.get, [a.pool for a in flat]))
     a_bytes = [a.bytes for a in flat]
+    try:
+        parent = np.fromiter(map(index.__getitem__, chain.from_iterable(deps)), i64, int(ndeps.sum()))
+    except KeyError:
+        parent = None
     if parent is None or None in a_pool or (a_bytes and min(a_bytes) < 0):
         _raise_first_error(tasks, index, pool_id)
     frees = [t.frees for t in tasks]
-    f_names = [b for fr in frees for b in fr]
+    f_names = list(chain.from_iterable(frees))
     a_names = [a.buf for a in flat]
     bufs = dict.fromkeys(a_names + f_names + [a.buf for a in schedule.initial])
     buf_id = dict(zip(bufs, range(len(bufs))))
-    nd_count, nd_pool, nd_bytes = [], [], []       # bytes asked per pool, first appearance first
-    k = 0
-    for c in n_alloc:
-        if c == 1:
-            nd_pool.append(a_pool[k])
-            nd_bytes.append(a_bytes[k])
-            nd_count.append(1)
-        elif c:
-            need: dict[int, int] = {}
-            for q in range(k, k + c):
-                need[a_pool[q]] = need.get(a_pool[q], 0) + a_bytes[q]
-            nd_pool.extend(need)
-            nd_bytes.extend(need.values())
-            nd_count.append(len(need))
-        else:
-            nd_count.append(0)
-        k += c
+    n_alloc = np.fromiter(map(len, allocs), i64, n)
+    a_pool, a_bytes = np.array(a_pool, dtype=i64), np.array(a_bytes, dtype=i64)
+    # needs: bytes per (task, pool), pools in order of first appearance among the task's allocs
+    # (a task's allocs are contiguous, so ordering groups by first alloc keeps tasks in order)
+    key = np.repeat(np.arange(n, dtype=i64), n_alloc) * n_pools + a_pool
+    groups, first, member = np.unique(key, return_index=True, return_inverse=True)
+    need = np.zeros(len(groups), dtype=i64)
+    np.add.at(need, member, a_bytes)
+    by_first = np.argsort(first, kind="stable")
 
     # memory at t = 0
     cls_of = memory.CLASS_INDEX
     nb = len(buf_id)
     live_pool, live_bytes, live_cls = [-1] * nb, [0] * nb, [0] * nb
-    in_use = [0] * len(pools)
-    class0 = np.zeros((len(pools), len(memory.CLASSES)), dtype=np.int64)
+    in_use = [0] * n_pools
+    class0 = np.zeros((n_pools, len(memory.CLASSES)), dtype=i64)
     for a in schedule.initial:
         b = buf_id[a.buf]
         if live_pool[b] >= 0:
@@ -172,25 +166,24 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
         in_use[p] += a.bytes
         class0[p, c] += a.bytes
 
-    i64 = np.int64
-    parent_a = np.array(parent, dtype=i64)
     ix.buffers = tuple(buf_id)
     ix.cap = np.array([schedule.pools[p] for p in pools], dtype=i64)
-    ix.stream_of = np.array(list(map(stream_id.__getitem__, stream_names)), dtype=i64)
-    ix.it = np.array([t.it for t in tasks], dtype=i64)
-    ix.order = np.argsort(np.array([t.prio for t in tasks], dtype=i64), kind="stable")
+    ix.stream_of = np.fromiter(map(stream_id.__getitem__, stream_names), i64, n)
+    ix.it = np.fromiter([t.it for t in tasks], i64, n)
+    ix.order = np.argsort(np.fromiter([t.prio for t in tasks], i64, n), kind="stable")
     ix.rank = np.empty(n, dtype=i64)
     ix.rank[ix.order] = np.arange(n, dtype=i64)
-    ix.ndeps = np.array(ndeps, dtype=i64)
-    ix.succ = np.repeat(np.arange(n, dtype=i64), ix.ndeps)[np.argsort(parent_a, kind="stable")]
-    ix.succ_ptr = _ptr(np.bincount(parent_a, minlength=n))
-    ix.a_ptr = _ptr(n_alloc)
-    ix.a_buf = np.array(list(map(buf_id.__getitem__, a_names)), dtype=i64)
-    ix.a_pool, ix.a_bytes = np.array(a_pool, dtype=i64), np.array(a_bytes, dtype=i64)
-    ix.a_cls = np.array(list(map(cls_of.__getitem__, [a.cls for a in flat])), dtype=i64)
-    ix.nd_ptr, ix.nd_pool, ix.nd_bytes = _ptr(nd_count), np.array(nd_pool, i64), np.array(nd_bytes, i64)
-    ix.f_ptr = _ptr(list(map(len, frees)))
-    ix.f_buf = np.array(list(map(buf_id.__getitem__, f_names)), dtype=i64)
+    ix.ndeps = ndeps
+    ix.succ = np.repeat(np.arange(n, dtype=i64), ndeps)[np.argsort(parent, kind="stable")]
+    ix.succ_ptr = _ptr(np.bincount(parent, minlength=n))
+    ix.a_ptr, ix.a_pool, ix.a_bytes = _ptr(n_alloc), a_pool, a_bytes
+    ix.a_buf = np.fromiter(map(buf_id.__getitem__, a_names), i64, len(a_names))
+    cls_id = {c._name_: k for k, c in enumerate(memory.CLASSES)}    # str keys: an Enum's hash is slow
+    ix.a_cls = np.fromiter(map(cls_id.__getitem__, [a.cls._name_ for a in flat]), i64, len(flat))
+    ix.nd_ptr = _ptr(np.bincount(groups // n_pools, minlength=n))
+    ix.nd_pool, ix.nd_bytes = (groups % n_pools)[by_first], need[by_first]
+    ix.f_ptr = _ptr(np.fromiter(map(len, frees), i64, n))
+    ix.f_buf = np.fromiter(map(buf_id.__getitem__, f_names), i64, len(f_names))
     ix.in_use0, ix.class0 = np.array(in_use, dtype=i64), class0
     ix.live_pool0, ix.live_bytes0 = np.array(live_pool, i64), np.array(live_bytes, i64)
     ix.live_cls0 = np.array(live_cls, i64)
