@@ -36,7 +36,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from simhete.opkinds import OpKind
-from simhete.policy.base import Context
+from simhete.policy.base import Context, host_fp32_bytes
 from simhete.policy.dataparallel import shard
 from simhete.policy.layout import seconds
 from simhete.schedule import Op
@@ -187,7 +187,7 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
     # host memory: offloaded optimizer states and fp32 grads, 16-bit homes of y or z blocks
     r = {}
     for k, blk in enumerate(blocks):
-        r[Z + k] = blk.master_bytes + blk.optim_bytes + blk.grad32_bytes + blk.weight_bytes
+        r[Z + k] = 2 * host_fp32_bytes(blk) + blk.optim_bytes + blk.weight_bytes   # master + grads32
         r[Y + k] = blk.weight_bytes
     row(r, high=ctx.cpu_capacity)
 

@@ -32,6 +32,11 @@ class Context:
         return self.workload.blocks
 
     @property
+    def grad_accum(self) -> int:
+        """Micro-steps of forward and backward per optimizer step (``train.grad_accum``)."""
+        return self.scenario.data.train.grad_accum
+
+    @property
     def gpu_capacity(self) -> int:
         g = self.profile.gpu
         return g.memory_bytes - g.reserved_bytes.value
@@ -86,18 +91,34 @@ class Builder:
         return Schedule(tuple(self.tasks), pools, tuple(initial), iterations, meta)
 
 
+def host_fp32_bytes(blk: Any) -> int:
+    """fp32 master weights (or fp32 gradients) of a block whose optimizer runs in host memory.
+
+    An offloaded optimizer keeps its own fp32 copy of the parameters and an fp32 gradient buffer
+    in host memory whatever the working precision: with fp32 training the GPU still holds the
+    working weights, so the host copy is a second one (DeepSpeed ZeRO-Offload's
+    ``single_partition_of_fp32_groups`` is a separate fp32 tensor; replay measured 16 B/param of
+    host memory for fp32 ZeRO-Offload: 4 master + 4 gradients + 8 Adam m, v). For bf16/fp16 this
+    equals the workload's ``master_bytes`` / ``grad32_bytes`` (4 B/param).
+    """
+    return 4 * blk.params
+
+
 def model_states(ctx: Context, pool_of: dict[MemClass, str], gpu: int = 0,
                  exclude: Iterable[MemClass] = (), blocks: Iterable[int] | None = None) -> list[Alloc]:
     """Initial buffers for persistent model states of each block, placed per class.
 
     Mixed-precision Adam keeps per parameter 2 B of 16-bit weights, 2 B of 16-bit grads, 4 B of
-    fp32 master weights and 8 B of Adam m and v (Rajbhandari et al. 2020, ZeRO, §3.1).
+    fp32 master weights and 8 B of Adam m and v (Rajbhandari et al. 2020, ZeRO, §3.1). fp32 master
+    weights and fp32 gradients placed in host memory are sized by :func:`host_fp32_bytes` (a
+    separate host copy also when the working precision is fp32).
     """
+    on_host = {cls for cls, pool in pool_of.items() if pool == "cpu"}
     sizes = {
         MemClass.WEIGHTS: lambda b: b.weight_bytes,
-        MemClass.MASTER: lambda b: b.master_bytes,
+        MemClass.MASTER: lambda b: host_fp32_bytes(b) if MemClass.MASTER in on_host else b.master_bytes,
         MemClass.OPTIM: lambda b: b.optim_bytes,
-        MemClass.GRADS32: lambda b: b.grad32_bytes,
+        MemClass.GRADS32: lambda b: host_fp32_bytes(b) if MemClass.GRADS32 in on_host else b.grad32_bytes,
     }
     skip = set(exclude)
     out = []

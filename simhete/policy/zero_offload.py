@@ -17,7 +17,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, Policy, model_states
+from simhete.policy.base import Builder, Context, Policy, host_fp32_bytes, model_states
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, copy_stream, forward_backward,
                                      fwd_prio, tname)
@@ -62,8 +62,8 @@ class ZeroOffload(Policy):
         initial = model_states(ctx, {MemClass.WEIGHTS: "gpu", MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu",
                                      MemClass.GRADS32: "cpu"})
         if k.delayed_update:   # second fp32 gradient buffer so step k reads while k+1 writes
-            initial += [Alloc(f"grads32b.{blk.name}", "cpu", blk.grad32_bytes, MemClass.GRADS32)
-                        for blk in ctx.blocks if blk.grad32_bytes]
+            initial += [Alloc(f"grads32b.{blk.name}", "cpu", host_fp32_bytes(blk), MemClass.GRADS32)
+                        for blk in ctx.blocks if blk.params]
         by_idx = {blk.index: blk for blk in ctx.blocks}
         buckets = self.buckets(ctx)
         h2d: dict[int, dict[int, str]] = {}    # it -> block -> H2D of updated weights
