@@ -14,7 +14,7 @@ $(VENV)/.core: pyproject.toml
 # CPU build of torch, which installs from a local wheel in seconds instead of ~5 GB of CUDA.
 $(VENV)/.full: $(VENV)/.core
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) torch; else $(PIP) torch==2.13.0; fi
-	$(PIP) -e '.[test,torch,ray]'
+	$(PIP) -e '.[test,torch,ray,fast]'
 	touch $@
 
 demo: $(VENV)/.core

@@ -9,7 +9,7 @@ from simhete.commands._common import (add_engine_arg, add_set_arg, apply_sets, c
 from simhete.scenario import load_scenario
 from simhete.schedule import format_schedule
 
-HELP = "Simulate one scenario and print whether it fits, iteration time, throughput, MFU, stream busy %, PCIe bytes and peak memory."
+HELP = "Simulate one scenario and print whether it fits, iteration time, throughput, MFU, how busy each stream is, PCIe bytes and peak memory."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

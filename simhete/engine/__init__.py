@@ -9,10 +9,18 @@ from __future__ import annotations
 from typing import Callable, Iterable, Sequence
 
 from simhete.engine.fast import simulate_fast
-from simhete.engine.simpy_engine import simulate_simpy
 from simhete.engine.timeline import OOMReport, Record, Timeline
 from simhete.errors import ConfigError
 from simhete.schedule import Schedule
+
+
+def simulate_simpy(schedule: Schedule, durations: Sequence[float],
+                   interference: Iterable[tuple[str, str, float]] = ()) -> Timeline:
+    """The SimPy reference engine, imported on first use so that importing the Timeline type
+    (as replay/ does, which must not depend on simpy) does not import simpy."""
+    from simhete.engine.simpy_engine import simulate_simpy as run
+    return run(schedule, durations, interference)
+
 
 ENGINES: dict[str, Callable[..., Timeline]] = {"fast": simulate_fast, "simpy": simulate_simpy}
 

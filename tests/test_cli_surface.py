@@ -1,0 +1,37 @@
+"""The CLI surface is frozen: a changed command or flag must change this test on purpose."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from simhete.cli import build_parser, main
+
+FLAGS = {
+    "demo": {"--out", "--engine"},
+    "simulate": {"--json", "--trace", "--plot", "--schedule", "--deepspeed", "--set", "--engine"},
+}
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    p = build_parser()
+    action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_command_is_there():
+    assert set(subparsers()) == {"demo", "simulate", "compare", "calibrate", "validate", "sweep", "plan"}
+
+
+@pytest.mark.parametrize("cmd", sorted(FLAGS))
+def test_flags_are_frozen(cmd):
+    opts = {o for a in subparsers()[cmd]._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
+    assert opts == FLAGS[cmd]
+
+
+@pytest.mark.parametrize("cmd", [None, "demo", "simulate", "compare", "calibrate", "validate", "sweep", "plan"])
+def test_help_works(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"] if cmd is None else [cmd, "--help"])
+    assert e.value.code == 0 and "usage: simhete" in capsys.readouterr().out

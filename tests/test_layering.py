@@ -1,0 +1,32 @@
+"""Dependencies point one way: the simulator never imports torch; replay never imports simpy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def imported_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True).stdout
+    return {m.split(".")[0] for m in out.split()}
+
+
+@pytest.mark.parametrize("module", ["simhete.sim", "simhete.engine", "simhete.cli", "simhete.search.plan",
+                                    "simhete.policy.autohete", "simhete.report.plot"])
+def test_simulator_runs_without_torch(module):
+    assert "torch" not in imported_after(f"import {module}")
+
+
+def test_a_whole_simulation_imports_no_torch():
+    code = ("from simhete.scenario import load_scenario; from simhete.sim import run\n"
+            "run(load_scenario('scenarios/llama2-13b_h100-pcie_zero-offload.yaml'))")
+    assert "torch" not in imported_after(code)
+
+
+@pytest.mark.torch
+def test_replay_never_imports_simpy():
+    mods = imported_after("import simhete.replay.executor, simhete.replay.compare, simhete.commands.validate")
+    assert "torch" in mods and "simpy" not in mods
