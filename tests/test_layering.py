@@ -30,3 +30,18 @@ def test_a_whole_simulation_imports_no_torch():
 def test_replay_never_imports_simpy():
     mods = imported_after("import simhete.replay.executor, simhete.replay.compare, simhete.commands.validate")
     assert "torch" in mods and "simpy" not in mods
+
+
+def test_ops_hash_consistently_after_crossing_a_process():
+    """Ops cache their hash; a pickled op must re-hash in the receiving process (string hashes are
+    randomised per process), or cost-model caches there would miss equal ops."""
+    code = ("import pickle, sys; from simhete.schedule import Op; from simhete.opkinds import OpKind\n"
+            "op = pickle.loads(sys.stdin.buffer.read())\n"
+            "fresh = Op(OpKind.GEMM, (4, 5, 6), dtype='fp16')\n"
+            "assert op == fresh and hash(op) == hash(fresh) and {fresh: 1}[op] == 1")
+    import pickle
+
+    from simhete.opkinds import OpKind
+    from simhete.schedule import Op
+    blob = pickle.dumps(Op(OpKind.GEMM, (4, 5, 6), dtype="fp16"))
+    subprocess.run([sys.executable, "-c", code], input=blob, check=True, env={"PYTHONHASHSEED": "123"})

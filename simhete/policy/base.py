@@ -82,7 +82,7 @@ class Builder:
     def add(self, name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...] = (),
             deps: Iterable[str] = (), prio: int = 0, allocs: Iterable[Alloc] = (),
             frees: Iterable[str] = (), it: int = 0, block: int = -1) -> str:
-        self.tasks.append(Task(name, stream, cat, tuple(ops), tuple(d for d in deps if d), prio,
+        self.tasks.append(Task(name, stream, cat, tuple(ops), tuple(filter(None, deps)), prio,
                                tuple(allocs), tuple(frees), it, block))
         return name
 

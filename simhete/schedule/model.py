@@ -33,6 +33,18 @@ class Op:
     dtype: str = "bf16"
     pinned: bool = True
     count: int = 1
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        # ops are dictionary keys on the hot path (cost-model caches); hash once, not per lookup
+        object.__setattr__(self, "_hash", hash((self.kind, self.shape, self.n, self.dtype, self.pinned, self.count)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple:
+        # string hashes differ between processes: rebuild (and re-hash) on unpickling
+        return (Op, (self.kind, self.shape, self.n, self.dtype, self.pinned, self.count))
 
     @property
     def flops(self) -> float:
