@@ -1,5 +1,6 @@
 """Run one scenario under every applicable policy (``simhete compare`` and the demo).
 
+Policies that cannot run the scenario's shape (several GPUs, gradient accumulation) are left out.
 Knobs the scenario sets carry over to each policy that has a knob of that name (activation
 checkpointing, pin_memory, ...); knobs foreign to a policy are dropped for it.
 """
@@ -26,7 +27,7 @@ def compare_policies(s: Scenario, engine: str = "fast", policies: list[str] | No
     out: dict[str, Any] = {}
     for name in names:
         cls = get_policy(name)
-        if prof.gpu.count > 1 and not cls.multi_gpu:
+        if (prof.gpu.count > 1 and not cls.multi_gpu) or (s.data.train.grad_accum > 1 and not cls.accumulates):
             continue
         out[name] = run(s.with_changes(policy=name, knobs=knobs_for(s, name)), engine=engine, profile=prof)
     return out

@@ -15,7 +15,7 @@ integration, which fills them from its own arguments and the model config
 (transformers ``HfTrainerDeepSpeedConfig.trainer_config_finalize``): ``reduce_bucket_size`` =
 hidden², ``stage3_prefetch_bucket_size`` = 0.9·hidden², ``stage3_param_persistence_threshold`` =
 10·hidden; batch sizes, gradient accumulation and bf16/fp16 come from the Trainer's arguments —
-here they keep the scenario's values (gradient accumulation: 1, the Trainer's default).
+here they keep the scenario's values (``train.micro_batch``, ``train.grad_accum``, ``train.dtype``).
 """
 
 from __future__ import annotations
@@ -228,21 +228,23 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
 
     changes: dict[str, Any] = {"policy": policy}
     mb = m.batch("train_micro_batch_size_per_gpu", scenario.data.train.micro_batch)
-    gas = m.batch("gradient_accumulation_steps", 1)
+    gas = m.batch("gradient_accumulation_steps", scenario.data.train.grad_accum)
     if mb is not None:
         changes["train.micro_batch"] = mb
+    if gas is not None:
+        changes["train.grad_accum"] = gas
     if m.has("train_batch_size"):
+        from simhete.sim import resolve_profile
+
         tbs = m.take("train_batch_size", None, lambda v: v == AUTO or (isinstance(v, int) and v > 0),
                      "a positive integer or \"auto\"")
-        world = 1
-        if tbs != AUTO and tbs != (mb or scenario.data.train.micro_batch) * (gas or 1) * world:
+        world = resolve_profile(scenario).gpu.count
+        mb_, gas_ = mb or scenario.data.train.micro_batch, gas or scenario.data.train.grad_accum
+        if tbs != AUTO and tbs != mb_ * gas_ * world:
             raise ConfigError(file, "train_batch_size", tbs,
                               allowed=f"train_micro_batch_size_per_gpu × gradient_accumulation_steps × "
-                                      f"GPUs = {(mb or scenario.data.train.micro_batch)} × {gas or 1} × {world}")
-        m.mapped.append(("train_batch_size", "consistent with micro-batch × accumulation (checked)"))
-    if gas not in (None, 1):
-        m.unsupported.append(("gradient_accumulation_steps", f"{gas}: simhete simulates one optimizer "
-                              "step per micro-batch (no gradient accumulation yet)"))
+                                      f"GPUs = {mb_} × {gas_} × {world}")
+        m.mapped.append(("train_batch_size", "consistent with micro-batch × accumulation × GPUs (checked)"))
 
     dtype = m.dtype(scenario.data.train.dtype)
     if dtype is not None:
@@ -318,7 +320,7 @@ class _Mapper:
             self.mapped.append((key, f"\"auto\" = {auto} (kept from the scenario, as the Trainer fills it "
                                      "from its own arguments)"))
             return auto
-        self.mapped.append((key, f"train.micro_batch = {v}" if "micro" in key else f"{v} (one optimizer step per micro-batch)"))
+        self.mapped.append((key, f"train.micro_batch = {v}" if "micro" in key else f"train.grad_accum = {v}"))
         return v
 
     def dtype(self, current: str) -> str | None:

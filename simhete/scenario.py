@@ -53,6 +53,9 @@ class TrainShape(Strict):
     micro_batch: int = Field(gt=0, le=4096)
     seq_len: int = Field(gt=0, le=1_048_576)
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    grad_accum: int = Field(1, ge=1, le=4096)
+    """Micro-steps of forward and backward per optimizer step (DeepSpeed
+    ``gradient_accumulation_steps``); tokens and samples per iteration scale with it."""
 
 
 class ScenarioFile(Strict):

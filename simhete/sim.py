@@ -121,10 +121,11 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
     cost = ctx.cost
     tl = simulate(sched, cost.durations(sched), cost.interference(), engine=engine)
     wl = ctx.workload
+    per_iter = ctx.n_gpus * ctx.grad_accum   # micro-batches per iteration, all GPUs together
     summary = summarize(
-        tl, tokens_per_iter=wl.tokens_per_iter * ctx.n_gpus,
-        samples_per_iter=s.data.train.micro_batch * ctx.n_gpus,
-        model_flops_per_iter=wl.model_flops_per_iter * ctx.n_gpus,
+        tl, tokens_per_iter=wl.tokens_per_iter * per_iter,
+        samples_per_iter=s.data.train.micro_batch * per_iter,
+        model_flops_per_iter=wl.model_flops_per_iter * per_iter,
         peak_flops_per_gpu=cost.peak_flops(s.data.train.dtype), n_gpus=ctx.n_gpus,
         pool_capacity=dict(sched.pools), task_bytes=copy_bytes(sched),
         flags=sorted(cost.flags), meta={"scenario": s.name, "policy": s.data.policy,

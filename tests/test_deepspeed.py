@@ -42,10 +42,13 @@ def test_explicit_config_maps_batch_dtype_pinning_overlap_and_checkpointing():
 def test_unsupported_keys_are_listed_not_ignored():
     imp = import_deepspeed(BASE, DATA / "unsupported.json")
     assert [k for k, _ in imp.unsupported] == [
-        "activation_checkpointing.cpu_checkpointing", "gradient_accumulation_steps", "optimizer.type",
+        "activation_checkpointing.cpu_checkpointing", "optimizer.type",
         "sparse_attention.mode", "sparse_attention.block"]
     lines = imp.notes()
-    assert sum(1 for l in lines if l.startswith("deepspeed: UNSUPPORTED")) == 5
+    assert sum(1 for l in lines if l.startswith("deepspeed: UNSUPPORTED")) == 4
+    # gradient accumulation is simulated: 8 micro-steps per optimizer step
+    assert imp.scenario.data.train.grad_accum == 8
+    assert "deepspeed: gradient_accumulation_steps → train.grad_accum = 8" in lines
     assert "zero_optimization.offload_optimizer.fast_init" in imp.no_effect
     # DeepSpeed's overlap_comm default is false below stage 3
     assert imp.scenario.data.knobs["overlap_comm"] is False

@@ -80,3 +80,212 @@ def test_fp32_delayed_update_second_gradient_buffer():
 
 def test_every_policy_is_listed_here():
     assert set(list_policies()) == set(OFFLOADING) | {"gpu-only"}
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient accumulation and data parallel: gpu-only, zero-offload
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from simhete.engine import simulate  # noqa: E402
+from simhete.opkinds import OpKind, TaskCat  # noqa: E402
+from simhete.report.metrics import copy_bytes  # noqa: E402
+from simhete.sim import run  # noqa: E402
+
+FAST = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FB = (TaskCat.FWD, TaskCat.BWD, TaskCat.RECOMPUTE)
+
+
+def durations(ctx, sched):
+    return dict(zip((t.name for t in sched.tasks), ctx.cost.durations(sched)))
+
+
+def per_iter(sched, it, pred):
+    return [t for t in sched.tasks if t.it == it and pred(t)]
+
+
+def pcie(sched, it, gpu=None):
+    """(H2D, D2H) bytes of iteration ``it`` (on GPU ``gpu`` only, if given)."""
+    nb = copy_bytes(sched)
+    out = {OpKind.H2D: 0, OpKind.D2H: 0}
+    for t in sched.tasks:
+        if t.it != it or (gpu is not None and not t.stream.startswith(f"gpu{gpu}.")):
+            continue
+        for op in t.ops:
+            if op.kind in out:
+                out[op.kind] += op.n * op.count
+        assert sum(op.n for op in t.ops if op.kind in out) == nb.get(t.name, 0)
+    return out[OpKind.H2D], out[OpKind.D2H]
+
+
+@FAST
+@given(k=st.integers(1, 4), layers=st.integers(2, 4), ckpt=st.sampled_from(["none", "full"]))
+def test_gpu_only_accumulation_iteration_is_k_micro_steps_then_one_step(k, layers, ckpt):
+    """One GPU, nothing moves: the steady iteration is exactly k × (forward + backward) plus one
+    optimizer step (the compute stream is the whole critical path)."""
+    ctx, sched = build(scenario("gpu-only", {"checkpointing": ckpt}, layers=layers, grad_accum=k))
+    d = durations(ctx, sched)
+    fb = sum(d[t.name] for t in per_iter(sched, 2, lambda t: t.cat in FB))
+    adam = [t for t in per_iter(sched, 2, lambda t: t.cat is TaskCat.OPTIM_GPU)]
+    assert len(adam) == sum(1 for b in ctx.blocks if b.params)
+    ctx1, sched1 = build(scenario("gpu-only", {"checkpointing": ckpt}, layers=layers))
+    d1 = durations(ctx1, sched1)
+    assert fb == pytest.approx(k * sum(d1[t.name] for t in per_iter(sched1, 2, lambda t: t.cat in FB)), rel=1e-12)
+    tl = simulate(sched, ctx.cost.durations(sched), ctx.cost.interference())
+    assert tl.steady_iteration_time() == pytest.approx(fb + sum(d[t.name] for t in adam), rel=1e-9)
+
+
+def test_accumulation_names_are_stable_and_unique():
+    """Micro-step 1 keeps the plain names; later micro-steps are it{i}.m{m}.…; grad_accum 1 gives the
+    very schedule of before (no m-names at all)."""
+    _, s1 = build(scenario("zero-offload"))
+    _, s3 = build(scenario("zero-offload", grad_accum=3))
+    n1, n3 = {t.name for t in s1.tasks}, [t.name for t in s3.tasks]
+    assert len(n3) == len(set(n3))
+    assert not any(".m" in x for x in n1)
+    assert {"it1.F.b0", "it1.m2.F.b0", "it1.m3.B.b3", "it2.m3.D2H.g.k0", "it1.m2.D2H.g.ga.k0"} <= set(n3)
+    assert n1 <= set(n3)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_zero_offload_accumulation_pcie_bytes(k):
+    """DeepSpeed ZeRO-2 offload with k micro-steps (stage_1_and_2.py, async_accumulate_grad_in_cpu_via_gpu):
+    every micro-step's 16-bit gradients go D2H (k × 2P); micro-steps after the first first bring the
+    16-bit sum back H2D to add to it ((k−1) × 2P); the step sends the new weights H2D (2P)."""
+    ctx, sched = build(scenario("zero-offload", grad_accum=k))
+    W = sum(b.weight_bytes for b in ctx.blocks)
+    assert pcie(sched, 2) == ((k - 1) * W + W, k * W)
+    assert len(per_iter(sched, 2, lambda t: t.cat is TaskCat.OPTIM_CPU)) == sum(1 for b in ctx.blocks if b.params)
+    host_acc = sum(a.bytes for a in sched.initial if a.pool == "cpu" and a.cls is MemClass.GRADS)
+    assert host_acc == (W if k > 1 else 0)
+
+
+@pytest.mark.parametrize("gpus", [2, 3, 4])
+@pytest.mark.parametrize("k", [1, 2])
+def test_zero_offload_data_parallel_moves_one_nth_per_gpu(gpus, k):
+    """ZeRO-Offload's multi-GPU schedule (Ren et al. 2021 §4.1): reduce-scatter, each GPU moves its
+    1/N gradient partition D2H and its 1/N of the new weights H2D over its own link (then all-gather):
+    per-GPU PCIe bytes are 1/N of one GPU's, summing exactly to it."""
+    ctx1, s1 = build(scenario("zero-offload", grad_accum=k))
+    ctx, s = build(scenario("zero-offload", gpus=gpus, grad_accum=k))
+    h, d = pcie(s1, 2)
+    per = [pcie(s, 2, g) for g in range(gpus)]
+    assert sum(x[0] for x in per) == h and sum(x[1] for x in per) == d
+    ntasks = len(per_iter(s, 2, lambda t: t.stream in ("gpu0.d2h", "gpu0.h2d")))   # ≤ 1 B rounding each
+    for x in per:
+        assert abs(x[0] - h / gpus) <= ntasks and abs(x[1] - d / gpus) <= ntasks
+    kinds = {op.kind for t in s.tasks if t.stream.endswith(".comm") for op in t.ops}
+    assert kinds == {OpKind.REDUCE_SCATTER, OpKind.ALLGATHER}
+    # the whole host holds every rank's partition once; every GPU its 16-bit weights
+    P = sum(b.params for b in ctx.blocks)
+    assert host_bytes(s, MemClass.OPTIM) == 8 * P
+    for g in range(gpus):
+        assert sum(a.bytes for a in s.initial if a.pool == f"gpu{g}") == sum(b.weight_bytes for b in ctx.blocks)
+
+
+@pytest.mark.parametrize("gpus", [2, 4])
+def test_gpu_only_ddp_allreduces_every_gradient_once_per_iteration(gpus):
+    """DDP: no PCIe traffic; each GPU all-reduces every gradient byte once per iteration, in the
+    last micro-step only (no_sync before); the reducer's bucket copy of the gradients is on each GPU
+    unless gradient_as_bucket_view."""
+    for k in (1, 3):
+        ctx, s = build(scenario("gpu-only", gpus=gpus, grad_accum=k))
+        G = sum(b.grad_bytes for b in ctx.blocks)
+        assert pcie(s, 2) == (0, 0)
+        for g in range(gpus):
+            ar = [t for t in s.tasks if t.it == 2 and t.stream == f"gpu{g}.comm"]
+            assert {op.kind for t in ar for op in t.ops} == {OpKind.ALLREDUCE}
+            assert sum(op.n for t in ar for op in t.ops) == G
+            assert all(".m" not in t.name or f".m{k}." in t.name for t in ar)
+            assert sum(a.bytes for a in s.initial if a.pool == f"gpu{g}" and a.cls is MemClass.BUFFERS) == G
+        _, s = build(scenario("gpu-only", {"gradient_as_bucket_view": True}, gpus=gpus, grad_accum=k))
+        assert not any(a.cls is MemClass.BUFFERS for a in s.initial)
+
+
+def test_gpu_only_one_gpu_has_no_collective_and_no_bucket_copy():
+    _, s = build(scenario("gpu-only"))
+    assert not any(t.stream.endswith(".comm") for t in s.tasks)
+    assert not any(a.cls is MemClass.BUFFERS for a in s.initial)
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "zero-offload"])
+def test_tokens_and_samples_per_iteration_scale_with_accumulation_and_gpus(policy):
+    r = run(scenario(policy, gpus=2, grad_accum=3, batch=2, seq=128))
+    assert r.summary.tokens_per_iter == 2 * 128 * 3 * 2
+    assert r.summary.samples_per_iter == 2 * 3 * 2
+    assert r.summary.tokens_per_s == pytest.approx(r.summary.tokens_per_iter / r.summary.iter_time_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient accumulation in every policy
+
+from simhete.errors import ConfigError  # noqa: E402
+
+PINNED = {"zero-offload": {}, "zero-infinity": {}, "stronghold": {"window_size": 2},
+          "autohete": {"offload_param": True, "offload_optimizer": True, "checkpointing": "full", "verify": False},
+          "gpu-only": {}}
+
+
+def grad_bytes(sched, it, tag, kind):
+    """Bytes of ``kind`` copies in iteration ``it``'s tasks named ….{tag}.…"""
+    return sum(op.n for t in sched.tasks if t.it == it and f".{tag}." in t.name for op in t.ops if op.kind is kind)
+
+
+@pytest.mark.parametrize("policy", sorted(PINNED))
+@pytest.mark.parametrize("gpus", [1, 2])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_every_policy_builds_valid_accumulating_schedules_that_fit(policy, gpus, k):
+    ctx, s = build(scenario(policy, PINNED[policy], gpus=gpus, grad_accum=k, iterations=2))
+    names = [t.name for t in s.tasks]
+    assert len(names) == len(set(names))
+    tl = simulate(s, ctx.cost.durations(s), ctx.cost.interference())
+    assert tl.oom is None
+    for pool, cap in s.pools.items():
+        assert tl.peak.get(pool, 0) <= cap
+
+
+@pytest.mark.parametrize("policy", sorted(PINNED))
+def test_accumulation_known_answers(policy):
+    """k micro-steps: k × one micro-step's forward/backward compute, the same optimizer tasks once;
+    gradients bound for the host leave every micro-step (k × the D2H of one) and micro-steps after
+    the first bring the 16-bit sum back to add to it ((k − 1) × that, as DeepSpeed does)."""
+    k = 3
+    ctx1, s1 = build(scenario(policy, PINNED[policy]))
+    ctx, s = build(scenario(policy, PINNED[policy], grad_accum=k))
+    d1, d = durations(ctx1, s1), durations(ctx, s)
+    fb1 = sum(d1[t.name] for t in per_iter(s1, 2, lambda t: t.cat in FB))
+    fb = sum(d[t.name] for t in per_iter(s, 2, lambda t: t.cat in FB))
+    assert fb == pytest.approx(k * fb1, rel=1e-12)
+    opt = (TaskCat.OPTIM_CPU, TaskCat.OPTIM_GPU)
+    assert sorted(t.name for t in per_iter(s, 2, lambda t: t.cat in opt)) == \
+        sorted(t.name for t in per_iter(s1, 2, lambda t: t.cat in opt))
+    g1 = grad_bytes(s1, 2, "D2H.g", OpKind.D2H)
+    assert (g1 > 0) == (policy != "gpu-only")
+    assert grad_bytes(s, 2, "D2H.g", OpKind.D2H) == k * g1
+    assert grad_bytes(s, 2, "D2H.g.ga", OpKind.H2D) == (k - 1) * g1
+
+
+@pytest.mark.parametrize("policy", ["zero-infinity", "stronghold", "autohete"])
+def test_accumulating_data_parallel_splits_offload_traffic(policy):
+    """With N GPUs each GPU moves 1/N of what one GPU moves (shards sum exactly), micro-steps included."""
+    _, s1 = build(scenario(policy, PINNED[policy], grad_accum=2))
+    _, s = build(scenario(policy, PINNED[policy], gpus=2, grad_accum=2))
+    h, d = pcie(s1, 2)
+    per = [pcie(s, 2, g) for g in range(2)]
+    assert (sum(x[0] for x in per), sum(x[1] for x in per)) == (h, d)
+    assert all(abs(x[0] - h / 2) <= 1000 and abs(x[1] - d / 2) <= 1000 for x in per)
+
+
+def test_chunked_refuses_accumulation_and_compare_leaves_it_out():
+    with pytest.raises(ConfigError, match="train.grad_accum"):
+        build(scenario("chunked", grad_accum=2))
+    from simhete.compare import compare_policies
+    out = compare_policies(scenario("gpu-only", grad_accum=2, iterations=2), policies=["gpu-only", "chunked"])
+    assert list(out) == ["gpu-only"]
+
+
+def test_accumulation_bound_by_priority_bands():
+    """102 blocks: the compute band (PRIO_IT/4 = 250000) holds 250000 // (4 · 102) = 612 micro-steps."""
+    with pytest.raises(ConfigError, match="train.grad_accum: bad value 613; allowed: at most 612"):
+        build(scenario("gpu-only", layers=100, grad_accum=613))

@@ -33,8 +33,8 @@ from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, forward_backward,
-                                     fwd_prio, tname)
+from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
+                                     forward_backward, fwd_prio, grad_prio, tname)
 from simhete.schedule import Alloc, Op, Schedule
 
 Choice = bool | list[bool] | None
@@ -161,53 +161,39 @@ class AutoHete(Policy):
             initial += model_states(ctx, {MemClass.MASTER: "gpu", MemClass.OPTIM: "gpu"}, gpu=g, blocks=gpu_opt)
 
         trace = uses(ctx.blocks)
+        ga = accum_steps(ctx)
+        if ga > 1:   # 16-bit host accumulation buffers of CPU-optimised blocks (as DeepSpeed's)
+            initial += [Alloc(f"gacc.{by[i].name}", "cpu", by[i].grad_bytes, MemClass.GRADS)
+                        for i in sorted(cpu_opt) if by[i].grad_bytes]
         update: dict[int, dict[int, str]] = {}    # block -> gpu -> task after which its new weights are usable
         last_B: dict[int, str] = {}
         for it in range(1, ctx.iterations + 1):
-            fdeps = {g: {} for g in dp.gpus}
-            bdeps = {g: {} for g in dp.gpus}
-            ffrees = {g: {} for g in dp.gpus}
-            bfrees = {g: {} for g in dp.gpus}
-            for u, (phase, blk) in enumerate(trace):
-                i = blk.index
-                if phase == "F" and not op[i]:
-                    for g in dp.gpus:
-                        if i in update:
-                            fdeps[g].setdefault(i, []).append(update[i][g])
-                if not op[i]:
-                    continue
-                if u >= 2:   # one block ahead: issued when the use before the previous one ends
-                    p2, b2 = trace[u - 2]
-                    trig = {g: [tname(it, p2, b2.name, g, n)] for g in dp.gpus}
-                else:
-                    trig = {g: [last_B[g]] if g in last_B else [] for g in dp.gpus}
-                if phase == "F" and i in update:
-                    for g in dp.gpus:
-                        trig[g].append(update[i][g])
-                what = "H2D.wf" if phase == "F" else "H2D.wb"
-                buf = {g: dp.name(it, what[3:], blk.name, g) for g in dp.gpus}
-                prio = fwd_prio(it, i) if phase == "F" else bwd_prio(it, i, nb)
-                ready = dp.to_gpu(it, what, blk.name, blk.weight_bytes, trig, prio, i,
-                                  allocs={g: [Alloc(buf[g], f"gpu{g}", blk.weight_bytes, MemClass.WEIGHTS)]
-                                          for g in dp.gpus})
-                deps, frees = (fdeps, ffrees) if phase == "F" else (bdeps, bfrees)
-                for g in dp.gpus:
-                    deps[g].setdefault(i, []).append(ready[g])
-                    frees[g].setdefault(i, []).append(buf[g])
-            t = {g: forward_backward(b, ctx, it, modes, gpu=g, start_deps=[last_B[g]] if g in last_B else [],
-                                     fwd_weight_deps=fdeps[g], bwd_weight_deps=bdeps[g], fwd_frees=ffrees[g],
-                                     bwd_frees=bfrees[g], pinned=k.pin_memory)
-                 for g in dp.gpus}
+            out: dict[int, dict[int, str]] = {}    # block -> gpu -> its gradients' latest D2H
+            for m in range(1, ga + 1):
+                dp.m = m
+                t = self._micro(b, ctx, dp, it, m, trace, op, modes, update if m == 1 else {}, last_B,
+                                True if m == 1 else cpu_opt)
+                for blk in reversed(ctx.blocks):        # in the order the gradients appear
+                    i = blk.index
+                    if i not in cpu_opt:
+                        continue
+                    deps = {g: [t[g].B[i]] for g in dp.gpus}
+                    frees = {g: [t[g].grads[i]] for g in dp.gpus}
+                    prio = grad_prio(it, nb - i, nb, m)
+                    out[i] = dp.from_gpu(it, "D2H.g", blk.name, blk.grad_bytes, deps, prio, i, frees=frees) \
+                        if m == 1 else dp.accumulate(it, "D2H.g", blk.name, blk.grad_bytes, deps, out[i], prio, i,
+                                                     frees=frees)
+                if m == 1:
+                    grads = {g: t[g].grads for g in dp.gpus}
+                last_B = {g: t[g].last_B for g in dp.gpus}
+            dp.m = 1
             update = {}
             for blk in reversed(ctx.blocks):            # in the order the gradients appear
                 i = blk.index
                 if i not in cpu_opt:
                     continue
-                d2h = dp.from_gpu(it, "D2H.g", blk.name, blk.grad_bytes, {g: [t[g].B[i]] for g in dp.gpus},
-                                  it * PRIO_IT + PRIO_IT // 4 + (nb - i), i,
-                                  frees={g: [t[g].grads[i]] for g in dp.gpus})
                 a = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
-                          (Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32"),), deps=sorted(d2h.values()),
+                          (Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32"),), deps=sorted(out[i].values()),
                           prio=fwd_prio(it + 1, i), it=it, block=i)
                 if op[i]:
                     update[i] = {g: a for g in dp.gpus}
@@ -218,20 +204,61 @@ class AutoHete(Policy):
                 if i not in gpu_opt:
                     continue
                 ar = dp.collective(OpKind.ALLREDUCE, it, "AR.g", blk.name, blk.grad_bytes,
-                                   {g: [t[g].B[i]] for g in dp.gpus}, it * PRIO_IT + PRIO_IT // 4 + (nb - i), i)
+                                   {g: [t[g].B[i]] for g in dp.gpus}, grad_prio(it, nb - i, nb), i)
                 adam = {g: b.add(tname(it, "ADAM.gpu", blk.name, g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
                                  (Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32"),),
                                  deps=[t[g].last_B] + ([ar[g]] if ar else []),
-                                 prio=it * PRIO_IT + PRIO_IT // 2 + i, frees=[t[g].grads[i]], it=it, block=i)
+                                 prio=it * PRIO_IT + PRIO_IT // 2 + i, frees=[grads[g][i]], it=it, block=i)
                         for g in dp.gpus}
                 update[i] = adam if not op[i] else dp.shard_d2h(it, "D2H.w", blk.name, blk.weight_bytes,
                                                                 {g: [adam[g]] for g in dp.gpus},
                                                                 fwd_prio(it + 1, i), i)
-            last_B = {g: t[g].last_B for g in dp.gpus}
         meta = dict(meta, policy=self.name, predicted_iter_s=f"{plan.predicted_s:.6g}",
                     checkpoint=_bits(plan.checkpoint), offload_param=_bits(plan.offload_param),
                     offload_optimizer=_bits(plan.offload_optimizer))
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
+
+    def _micro(self, b: Builder, ctx: Context, dp: DataParallel, it: int, m: int, trace: list, op: dict[int, bool],
+               modes: dict, update: dict[int, dict[int, str]], last_B: dict[int, str],
+               grad_buffers: bool | set[int]) -> dict:
+        """One micro-step: weight fetches one block ahead and forward/backward on every GPU; the
+        forward of a block waits for ``update`` (the previous step's, micro-step 1 only)."""
+        k = self.k
+        n, nb = ctx.n_gpus, len(ctx.blocks)
+        fdeps = {g: {} for g in dp.gpus}
+        bdeps = {g: {} for g in dp.gpus}
+        ffrees = {g: {} for g in dp.gpus}
+        bfrees = {g: {} for g in dp.gpus}
+        for u, (phase, blk) in enumerate(trace):
+            i = blk.index
+            if phase == "F" and not op[i]:
+                for g in dp.gpus:
+                    if i in update:
+                        fdeps[g].setdefault(i, []).append(update[i][g])
+            if not op[i]:
+                continue
+            if u >= 2:   # one block ahead: issued when the use before the previous one ends
+                p2, b2 = trace[u - 2]
+                trig = {g: [tname(it, p2, b2.name, g, n, m)] for g in dp.gpus}
+            else:
+                trig = {g: [last_B[g]] if g in last_B else [] for g in dp.gpus}
+            if phase == "F" and i in update:
+                for g in dp.gpus:
+                    trig[g].append(update[i][g])
+            what = "H2D.wf" if phase == "F" else "H2D.wb"
+            buf = {g: dp.name(it, what[3:], blk.name, g) for g in dp.gpus}
+            prio = fwd_prio(it, i, m, nb) if phase == "F" else bwd_prio(it, i, nb, m)
+            ready = dp.to_gpu(it, what, blk.name, blk.weight_bytes, trig, prio, i,
+                              allocs={g: [Alloc(buf[g], f"gpu{g}", blk.weight_bytes, MemClass.WEIGHTS)]
+                                      for g in dp.gpus})
+            deps, frees = (fdeps, ffrees) if phase == "F" else (bdeps, bfrees)
+            for g in dp.gpus:
+                deps[g].setdefault(i, []).append(ready[g])
+                frees[g].setdefault(i, []).append(buf[g])
+        return {g: forward_backward(b, ctx, it, modes, gpu=g, start_deps=[last_B[g]] if g in last_B else [],
+                                    fwd_weight_deps=fdeps[g], bwd_weight_deps=bdeps[g], fwd_frees=ffrees[g],
+                                    bwd_frees=bfrees[g], pinned=k.pin_memory, m=m, grad_buffers=grad_buffers)
+                for g in dp.gpus}
 
 
 def _bits(d: dict[int, bool]) -> str:

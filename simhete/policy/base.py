@@ -61,6 +61,7 @@ class Policy:
     name: ClassVar[str] = ""
     Knobs: ClassVar[type[Strict]] = Strict
     multi_gpu: ClassVar[bool] = False     # whether build() handles n_gpus > 1
+    accumulates: ClassVar[bool] = True    # whether build() handles train.grad_accum > 1
 
     @classmethod
     def knobs(cls, raw: dict[str, Any], file: str | None = None) -> Strict:

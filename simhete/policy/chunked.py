@@ -38,6 +38,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from simhete.errors import ConfigError
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy
 from simhete.policy.dataparallel import DataParallel, shard
@@ -70,9 +71,15 @@ class ChunkedKnobs(ActivationKnobs):
 class Chunked(Policy):
     Knobs = ChunkedKnobs
     multi_gpu = True
+    accumulates = False
 
     def build(self, ctx: Context) -> Schedule:
         k = self.k
+        if ctx.grad_accum > 1:
+            raise ConfigError(ctx.scenario.file, "train.grad_accum", ctx.grad_accum,
+                              allowed="1 with chunked: a gradient overwrites its parameter in the chunk, so "
+                                      "micro-steps cannot accumulate (Gemini's separate gradient chunks, "
+                                      "enable_gradient_accumulation, are not modelled)")
         b = Builder()
         dp = DataParallel(b, ctx, k.pin_memory)
         n, nb = ctx.n_gpus, len(ctx.blocks)

@@ -19,13 +19,17 @@ full tensor per rank). With one GPU none of these collectives is emitted.
 
 Contention between GPUs that share a PCIe switch or host DRAM bandwidth is not built here: the
 profile's interference rules (``gpu*.h2d`` vs ``cpu.optim``, ...) apply to these stream names.
+
+Gradient accumulation: ``m`` (set by the policy per micro-step) names the tasks of micro-step m;
+:meth:`DataParallel.accumulate` is how a micro-step after the first adds its gradients into the
+16-bit host accumulation buffer of an offloaded optimizer.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from simhete.opkinds import OpKind, TaskCat
+from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context
 from simhete.policy.training import copy_stream, tname
 from simhete.schedule import Alloc, Op
@@ -46,13 +50,14 @@ class DataParallel:
         self.ctx = ctx
         self.n = ctx.n_gpus
         self.pinned = pinned
+        self.m = 1            # micro-step whose tasks are being emitted (names)
 
     @property
     def gpus(self) -> range:
         return range(self.n)
 
     def name(self, it: int, what: str, blk: str, g: int) -> str:
-        return tname(it, what, blk, g, self.n)
+        return tname(it, what, blk, g, self.n, self.m)
 
     def _per_gpu(self, deps: dict[int, list[str]] | Iterable[str], g: int) -> list[str]:
         return list(deps.get(g, [])) if isinstance(deps, dict) else list(deps)
@@ -75,8 +80,14 @@ class DataParallel:
                               it=it, block=block)
                 for g in self.gpus}
 
+    def stream(self, g: int, direction: str, sync: bool = False) -> str:
+        """The copy engine's stream, or the compute stream for a pageable copy or one made
+        synchronously inside the backward (``sync``: DeepSpeed without ``overlap_comm``)."""
+        return f"gpu{g}.compute" if sync else copy_stream(g, direction, self.pinned)
+
     def from_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
-                 prio: int, block: int, frees: dict[int, list[str]] | None = None) -> dict[int, str]:
+                 prio: int, block: int, frees: dict[int, list[str]] | None = None,
+                 sync: bool = False) -> dict[int, str]:
         """Every GPU → host: (reduce-scatter +) shard D2H. Returns the D2H task per GPU, which
         frees ``frees[g]`` (the GPU gradient buffers) when it ends."""
         src = deps
@@ -85,10 +96,38 @@ class DataParallel:
             src = {g: [self.b.add(self.name(it, what + ".rs", blk, g), f"gpu{g}.comm", TaskCat.COMM,
                                   (Op(OpKind.REDUCE_SCATTER, (self.n,), n=nbytes),), deps=every,
                                   prio=prio, it=it, block=block)] for g in self.gpus}
-        return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "d2h", self.pinned), TaskCat.D2H,
+        return {g: self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
                               (Op(OpKind.D2H, n=shard(nbytes, self.n, g), pinned=self.pinned),),
                               deps=src.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
+
+    def accumulate(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
+                   prev: dict[int, str], prio: int, block: int,
+                   frees: dict[int, list[str]] | None = None, sync: bool = False) -> dict[int, str]:
+        """Micro-step m > 1: add this micro-step's gradients (``nbytes`` 16-bit, all ranks) into the
+        host accumulation buffer through the GPU, as DeepSpeed ZeRO-2/3 offload do
+        (``async_accumulate_grad_in_cpu_via_gpu`` in stage_1_and_2.py, ``partition_grads`` in
+        stage3.py): (reduce-scatter,) H2D of the rank's accumulated 16-bit partition into a staging
+        buffer once the rank's previous D2H of it (``prev[g]``) is done, an add on the GPU, and
+        D2H of the sum. The add (reads both, writes one: 3 × the shard's bytes) runs on DeepSpeed's
+        reduction stream, so it is priced inside the copy-back task, not on the compute stream.
+        Returns the D2H task per GPU, which frees ``frees[g]`` and the staging buffer."""
+        src = {g: list(deps.get(g, [])) for g in self.gpus}
+        if self.n > 1:
+            rs = self.collective(OpKind.REDUCE_SCATTER, it, what + ".rs", blk, nbytes, deps, prio, block)
+            src = {g: [rs[g]] for g in self.gpus}
+        out = {}
+        for g in self.gpus:
+            part = shard(nbytes, self.n, g)
+            stage = self.name(it, what + ".acc", blk, g)
+            h2d = self.b.add(self.name(it, what + ".ga", blk, g), self.stream(g, "h2d", sync), TaskCat.H2D,
+                             (Op(OpKind.H2D, n=part, pinned=self.pinned),), deps=src[g] + [prev[g]], prio=prio,
+                             allocs=[Alloc(stage, f"gpu{g}", part, MemClass.BUFFERS)], it=it, block=block)
+            out[g] = self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
+                                (Op(OpKind.ELEMENTWISE, n=3 * part), Op(OpKind.D2H, n=part, pinned=self.pinned)),
+                                deps=[h2d], prio=prio, frees=list((frees or {}).get(g, ())) + [stage], it=it,
+                                block=block)
+        return out
 
     def shard_d2h(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
                   prio: int, block: int, frees: dict[int, list[str]] | None = None) -> dict[int, str]:

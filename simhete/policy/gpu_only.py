@@ -5,47 +5,92 @@ are allocated during backward and freed after the optimizer step, as PyTorch ≥
 ``zero_grad(set_to_none=True)`` (its default). The optimizer step (one ADAM_GPU task per block,
 in forward order) runs on the compute stream after the whole backward, like
 ``torch.optim.AdamW(foreach=True)``; the next forward of a block waits for that block's update.
+
+Gradient accumulation: micro-steps after the first add into the same ``.grad`` buffers (PyTorch
+accumulates into an existing ``.grad``), so only micro-step 1's backward allocates them.
+
+Data parallel (N GPUs, PyTorch DDP): every GPU holds all states and runs the same tasks on
+``gpu{g}.*``. DDP groups gradients in backward order into buckets of ``bucket_cap_mb`` MiB and
+all-reduces each bucket on ``gpu{g}.comm`` as soon as its last gradient is ready, overlapping the
+rest of the backward (Li et al., "PyTorch Distributed", VLDB 2020, §3.2; DDP docs); here a block
+is the unit of a bucket. With gradient accumulation the all-reduce runs in the last micro-step
+only (the ``no_sync()`` pattern of the DDP docs, used by Hugging Face Accelerate and the
+Trainer). Unless ``gradient_as_bucket_view``, DDP's reducer keeps its own flat bucket buffers, a
+second copy of every gradient on each GPU (DDP docs, ``gradient_as_bucket_view``).
 """
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy, model_states
+from simhete.policy.dataparallel import DataParallel
+from simhete.policy.layout import group
 from simhete.policy.registry import register
-from simhete.policy.training import ActivationKnobs, act_modes, forward_backward, tname
-from simhete.schedule import Op, Schedule
+from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, forward_backward,
+                                     grad_prio, tname)
+from simhete.schedule import Alloc, Op, Schedule
 
 
 class GpuOnlyKnobs(ActivationKnobs):
-    pass
+    bucket_cap_mb: float = Field(25.0, gt=0)
+    """DDP ``bucket_cap_mb``: MiB of gradients per all-reduce bucket (multi-GPU only)."""
+    gradient_as_bucket_view: bool = False
+    """DDP ``gradient_as_bucket_view``: False keeps a separate bucket copy of the gradients."""
 
 
 @register("gpu-only")
 class GpuOnly(Policy):
     Knobs = GpuOnlyKnobs
+    multi_gpu = True
 
     def build(self, ctx: Context) -> Schedule:
         b = Builder()
+        dp = DataParallel(b, ctx, self.k.pin_memory)
+        n, nb, k = ctx.n_gpus, len(ctx.blocks), accum_steps(ctx)
         modes = act_modes(ctx, self.k)
-        initial = model_states(ctx, {MemClass.WEIGHTS: "gpu", MemClass.MASTER: "gpu", MemClass.OPTIM: "gpu"})
-        updates: dict[int, str] = {}
-        last_B = ""
+        by = {blk.index: blk for blk in ctx.blocks}
+        initial = []
+        for g in dp.gpus:
+            initial += model_states(ctx, {MemClass.WEIGHTS: "gpu", MemClass.MASTER: "gpu", MemClass.OPTIM: "gpu"},
+                                    gpu=g)
+            if n > 1 and not self.k.gradient_as_bucket_view:
+                initial.append(Alloc(f"ddp.buckets.g{g}", f"gpu{g}", sum(blk.grad_bytes for blk in ctx.blocks),
+                                     MemClass.BUFFERS))
+        buckets = group(((blk.index, blk.grad_bytes) for blk in reversed(ctx.blocks) if blk.params),
+                        self.k.bucket_cap_mb * 2**20)
+        updates: dict[int, dict[int, str]] = {}
+        last_B: dict[int, str] = {}
         for it in range(1, ctx.iterations + 1):
-            t = forward_backward(b, ctx, it, modes, start_deps=[last_B] if last_B else [],
-                                 fwd_weight_deps={i: [u] for i, u in updates.items()},
-                                 pinned=self.k.pin_memory)
+            for m in range(1, k + 1):
+                t = {g: forward_backward(b, ctx, it, modes, gpu=g, m=m,
+                                         start_deps=[last_B[g]] if g in last_B else [],
+                                         fwd_weight_deps={i: [u[g]] for i, u in updates.items()} if m == 1 else {},
+                                         pinned=self.k.pin_memory, grad_buffers=m == 1)
+                     for g in dp.gpus}
+                if m == 1:
+                    grads = {g: t[g].grads for g in dp.gpus}
+                last_B = {g: t[g].last_B for g in dp.gpus}
+            reduced: dict[int, dict[int, str]] = {}
+            for j, bucket in enumerate(buckets):   # last micro-step only (no_sync before)
+                ar = dp.collective(OpKind.ALLREDUCE, it, "AR.g", f"k{j}", sum(by[i].grad_bytes for i in bucket),
+                                   {g: [t[g].B[i] for i in bucket] for g in dp.gpus}, grad_prio(it, j, nb),
+                                   bucket[0])
+                for i in bucket:
+                    reduced[i] = ar
             for blk in ctx.blocks:
                 if not blk.params:
                     continue
-                updates[blk.index] = b.add(
-                    tname(it, "ADAM.gpu", blk.name), "gpu0.compute", TaskCat.OPTIM_GPU,
-                    (Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32"),), deps=[t.last_B],
-                    prio=t_prio_opt(it, blk.index), frees=[t.grads[blk.index]] if blk.index in t.grads else [],
-                    it=it, block=blk.index)
-            last_B = t.last_B
+                i = blk.index
+                updates[i] = {g: b.add(
+                    tname(it, "ADAM.gpu", blk.name, g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
+                    (Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32"),),
+                    deps=[t[g].last_B] + ([reduced[i][g]] if reduced.get(i) else []),
+                    prio=t_prio_opt(it, i), frees=[grads[g][i]] if i in grads[g] else [],
+                    it=it, block=i) for g in dp.gpus}
         return b.build(ctx.pools(), initial, ctx.iterations, {"policy": self.name})
 
 
 def t_prio_opt(it: int, idx: int) -> int:
-    from simhete.policy.training import PRIO_IT
     return it * PRIO_IT + PRIO_IT // 2 + idx

@@ -27,8 +27,8 @@ from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import activation_peak
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, copy_stream,
-                                     forward_backward, fwd_prio, tname)
+from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio, copy_stream,
+                                     forward_backward, fwd_prio, grad_prio, tname)
 from simhete.schedule import Alloc, Op, Schedule
 
 
@@ -85,73 +85,104 @@ class StrongHold(Policy):
         updated: dict[int, dict[int, str]] = {}   # block -> gpu -> task after which its update is done
         cpu_adam: dict[int, str] = {}
         last_B: dict[int, str] = {}
+        ga = accum_steps(ctx)
+        if ga > 1:   # 16-bit host accumulation buffers of the CPU-updated blocks (as DeepSpeed's)
+            initial += [Alloc(f"gacc.{blk.name}", "cpu", blk.grad_bytes, MemClass.GRADS)
+                        for blk in trans[w:] if blk.grad_bytes]
         for it in range(1, ctx.iterations + 1):
-            fdeps = {g: {i: [u[g]] for i, u in updated.items() if i not in on_cpu} for g in dp.gpus}
-            bdeps = {g: {} for g in dp.gpus}
-            ffrees = {g: {} for g in dp.gpus}
-            bfrees = {g: {} for g in dp.gpus}
-            evicted: dict[int, dict[int, str]] = {}   # block -> gpu -> task whose end frees its slot
-            for p, blk in enumerate(trans):            # forward window
-                i = blk.index
-                if p >= w:
-                    old = trans[p - w]
-                    trig = {g: [evicted[old.index][g]] + ([cpu_adam[i]] if i in cpu_adam else []) for g in dp.gpus}
-                    buf = {g: dp.name(it, "w.f", blk.name, g) for g in dp.gpus}
-                    ready = dp.to_gpu(it, "H2D.wf", blk.name, blk.weight_bytes, trig, fwd_prio(it, i), i,
-                                      allocs={g: [Alloc(buf[g], f"gpu{g}", blk.weight_bytes, MemClass.WEIGHTS)]
-                                              for g in dp.gpus})
-                    for g in dp.gpus:
-                        fdeps[g].setdefault(i, []).append(ready[g])
-                        cur[g][i] = buf[g]
-                F = {g: tname(it, "F", blk.name, g, n) for g in dp.gpus}
-                if i in evict_fwd:
-                    if i in on_cpu:
-                        evicted[i] = F
-                        for g in dp.gpus:
-                            ffrees[g].setdefault(i, []).append(cur[g][i])
-                    else:   # updated on the GPU: its host copy is stale, copy it home first
-                        evicted[i] = {g: b.add(dp.name(it, "D2H.w", blk.name, g), copy_stream(g, "d2h", k.pin_memory),
-                                               TaskCat.D2H,
-                                               (Op(OpKind.D2H, n=shard(blk.weight_bytes, n, g), pinned=k.pin_memory),),
-                                               deps=[F[g]], prio=fwd_prio(it, i) + 1, frees=[cur[g][i]], it=it,
-                                               block=i) for g in dp.gpus}
-            for p in range(L - 1, -1, -1):              # backward window
-                blk = trans[p]
-                i = blk.index
-                if i in evict_fwd:
-                    src = trans[p + w]
-                    trig = {g: [tname(it, "B", src.name, g, n)] for g in dp.gpus}
-                    buf = {g: dp.name(it, "w.b", blk.name, g) for g in dp.gpus}
-                    # a GPU-updated block stays in the window into the next iteration (persist)
-                    ready = dp.to_gpu(it, "H2D.wb", blk.name, blk.weight_bytes, trig, bwd_prio(it, i, nb), i,
-                                      allocs={g: [Alloc(buf[g], f"gpu{g}", blk.weight_bytes, MemClass.WEIGHTS,
-                                                        persist=i not in on_cpu)] for g in dp.gpus})
-                    for g in dp.gpus:
-                        bdeps[g].setdefault(i, []).append(ready[g])
-                        cur[g][i] = buf[g]
-                if i in on_cpu:
-                    for g in dp.gpus:
-                        bfrees[g].setdefault(i, []).append(cur[g].pop(i))
-            t = {g: forward_backward(b, ctx, it, modes, gpu=g, start_deps=[last_B[g]] if g in last_B else [],
-                                     fwd_weight_deps=fdeps[g], bwd_weight_deps=bdeps[g], fwd_frees=ffrees[g],
-                                     bwd_frees=bfrees[g], pinned=k.pin_memory)
-                 for g in dp.gpus}
+            prev_out: dict[int, dict[int, str]] = {}
+            for m in range(1, ga + 1):
+                dp.m = m
+                t = self._micro(b, ctx, dp, it, m, w, modes, cur, updated if m == 1 else {},
+                                cpu_adam if m == 1 else {}, last_B)
+                for blk in reversed(trans[w:]):         # CPU-updated blocks' gradients leave at once
+                    i = blk.index
+                    deps = {g: [t[g].B[i]] for g in dp.gpus}
+                    frees = {g: [t[g].grads[i]] for g in dp.gpus}
+                    prio = grad_prio(it, nb - i, nb, m)
+                    prev_out[i] = dp.from_gpu(it, "D2H.g", blk.name, blk.grad_bytes, deps, prio, i, frees=frees) \
+                        if m == 1 else dp.accumulate(it, "D2H.g", blk.name, blk.grad_bytes, deps, prev_out[i], prio,
+                                                     i, frees=frees)
+                if m == 1:
+                    grads = {g: t[g].grads for g in dp.gpus}
+                last_B = {g: t[g].last_B for g in dp.gpus}
+            dp.m = 1
             for blk in reversed(trans[w:]):             # CPU updates, overlapped with the backward
                 i = blk.index
-                d2h = dp.from_gpu(it, "D2H.g", blk.name, blk.grad_bytes, {g: [t[g].B[i]] for g in dp.gpus},
-                                  it * PRIO_IT + PRIO_IT // 4 + (nb - i), i,
-                                  frees={g: [t[g].grads[i]] for g in dp.gpus})
                 cpu_adam[i] = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
-                                    (Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32"),), deps=sorted(d2h.values()),
-                                    prio=fwd_prio(it + 1, i), it=it, block=i)
+                                    (Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32"),),
+                                    deps=sorted(prev_out[i].values()), prio=fwd_prio(it + 1, i), it=it, block=i)
             for blk in gpu_upd:                          # GPU updates after the backward, as gpu-only
                 i = blk.index
                 ar = dp.collective(OpKind.ALLREDUCE, it, "AR.g", blk.name, blk.grad_bytes,
-                                   {g: [t[g].B[i]] for g in dp.gpus}, it * PRIO_IT + PRIO_IT // 4 + (nb - i), i)
+                                   {g: [t[g].B[i]] for g in dp.gpus}, grad_prio(it, nb - i, nb), i)
                 updated[i] = {g: b.add(tname(it, "ADAM.gpu", blk.name, g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
                                        (Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32"),),
                                        deps=[t[g].last_B] + ([ar[g]] if ar else []),
-                                       prio=it * PRIO_IT + PRIO_IT // 2 + i, frees=[t[g].grads[i]], it=it, block=i)
+                                       prio=it * PRIO_IT + PRIO_IT // 2 + i, frees=[grads[g][i]], it=it, block=i)
                               for g in dp.gpus}
-            last_B = {g: t[g].last_B for g in dp.gpus}
         return b.build(ctx.pools(), initial, ctx.iterations, {"policy": self.name, "window_size": str(w)})
+
+    def _micro(self, b: Builder, ctx: Context, dp: DataParallel, it: int, m: int, w: int, modes: dict,
+               cur: dict[int, dict[int, str]], updated: dict[int, dict[int, str]], cpu_adam: dict[int, str],
+               last_B: dict[int, str]) -> dict:
+        """One micro-step's sliding windows and forward/backward on every GPU. ``updated`` /
+        ``cpu_adam``: the previous step's updates the forward waits for (micro-step 1 only);
+        ``cur`` (block -> gpu -> buffer holding its weights) is updated in place."""
+        k = self.k
+        n, nb = ctx.n_gpus, len(ctx.blocks)
+        trans = [blk for blk in ctx.blocks if blk.name.startswith("b")]
+        L = len(trans)
+        on_cpu = {blk.index for blk in trans[w:]}
+        evict_fwd = {blk.index for blk in trans[:L - w]}
+        fdeps = {g: {i: [u[g]] for i, u in updated.items() if i not in on_cpu} for g in dp.gpus}
+        bdeps = {g: {} for g in dp.gpus}
+        ffrees = {g: {} for g in dp.gpus}
+        bfrees = {g: {} for g in dp.gpus}
+        evicted: dict[int, dict[int, str]] = {}   # block -> gpu -> task whose end frees its slot
+        for p, blk in enumerate(trans):            # forward window
+            i = blk.index
+            if p >= w:
+                old = trans[p - w]
+                trig = {g: [evicted[old.index][g]] + ([cpu_adam[i]] if i in cpu_adam else []) for g in dp.gpus}
+                buf = {g: dp.name(it, "w.f", blk.name, g) for g in dp.gpus}
+                ready = dp.to_gpu(it, "H2D.wf", blk.name, blk.weight_bytes, trig, fwd_prio(it, i, m, nb), i,
+                                  allocs={g: [Alloc(buf[g], f"gpu{g}", blk.weight_bytes, MemClass.WEIGHTS)]
+                                          for g in dp.gpus})
+                for g in dp.gpus:
+                    fdeps[g].setdefault(i, []).append(ready[g])
+                    cur[g][i] = buf[g]
+            F = {g: tname(it, "F", blk.name, g, n, m) for g in dp.gpus}
+            if i in evict_fwd:
+                if i in on_cpu or m > 1:   # host copy current (no update since micro-step 1's copy)
+                    evicted[i] = F
+                    for g in dp.gpus:
+                        ffrees[g].setdefault(i, []).append(cur[g][i])
+                else:   # updated on the GPU: its host copy is stale, copy it home first
+                    evicted[i] = {g: b.add(dp.name(it, "D2H.w", blk.name, g), copy_stream(g, "d2h", k.pin_memory),
+                                           TaskCat.D2H,
+                                           (Op(OpKind.D2H, n=shard(blk.weight_bytes, n, g), pinned=k.pin_memory),),
+                                           deps=[F[g]], prio=fwd_prio(it, i, m, nb) + 1, frees=[cur[g][i]], it=it,
+                                           block=i) for g in dp.gpus}
+        for p in range(L - 1, -1, -1):              # backward window
+            blk = trans[p]
+            i = blk.index
+            if i in evict_fwd:
+                src = trans[p + w]
+                trig = {g: [tname(it, "B", src.name, g, n, m)] for g in dp.gpus}
+                buf = {g: dp.name(it, "w.b", blk.name, g) for g in dp.gpus}
+                # a GPU-updated block stays in the window into the next iteration (persist)
+                ready = dp.to_gpu(it, "H2D.wb", blk.name, blk.weight_bytes, trig, bwd_prio(it, i, nb, m), i,
+                                  allocs={g: [Alloc(buf[g], f"gpu{g}", blk.weight_bytes, MemClass.WEIGHTS,
+                                                    persist=i not in on_cpu)] for g in dp.gpus})
+                for g in dp.gpus:
+                    bdeps[g].setdefault(i, []).append(ready[g])
+                    cur[g][i] = buf[g]
+            if i in on_cpu:
+                for g in dp.gpus:
+                    bfrees[g].setdefault(i, []).append(cur[g].pop(i))
+        return {g: forward_backward(b, ctx, it, modes, gpu=g, start_deps=[last_B[g]] if g in last_B else [],
+                                    fwd_weight_deps=fdeps[g], bwd_weight_deps=bdeps[g], fwd_frees=ffrees[g],
+                                    bwd_frees=bfrees[g], pinned=k.pin_memory, m=m,
+                                    grad_buffers=True if m == 1 else on_cpu)
+                for g in dp.gpus}

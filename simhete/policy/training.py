@@ -16,6 +16,12 @@ Activation modes per block (a knob shared by several policies):
 Priorities: smaller runs first. A task's priority is the position in the iteration of the
 compute task that needs it, so every stream serves its queue in the order the GPU will consume
 it; iteration ``k`` adds ``k * PRIO_IT``.
+
+Gradient accumulation (``train.grad_accum`` = k, DeepSpeed ``gradient_accumulation_steps``): an
+iteration is k micro-steps of forward and backward, then one optimizer step. Micro-step m > 1
+names its tasks ``it{i}.m{m}.…`` (micro-step 1 keeps the plain names) and shifts its priorities
+by (m − 1)·4·(blocks) in the compute band and (m − 1)·(blocks + 1) in the gradient band, so every
+stream serves micro-steps in order.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from simhete.policy.base import Builder, Context
 from simhete.schedule import Alloc, Op
 
 PRIO_IT = 1_000_000
+GRAD_BAND = PRIO_IT // 4     # gradients leaving the GPU: it·PRIO_IT + GRAD_BAND + …
 ActMode = Literal["keep", "recompute", "swap"]
 
 
@@ -69,9 +76,28 @@ def act_modes(ctx: Context, k: ActivationKnobs) -> dict[int, ActMode]:
     return modes
 
 
-def tname(it: int, what: str, blk: str, gpu: int = 0, n_gpus: int = 1) -> str:
-    """Stable task name, e.g. ``it1.F.b12``; on multi-GPU runs ``it1.F.b12@g3``."""
-    return f"it{it}.{what}.{blk}" + (f"@g{gpu}" if n_gpus > 1 else "")
+def tname(it: int, what: str, blk: str, gpu: int = 0, n_gpus: int = 1, m: int = 1) -> str:
+    """Stable task name, e.g. ``it1.F.b12``; on multi-GPU runs ``it1.F.b12@g3``; micro-step m > 1
+    of a gradient-accumulating iteration ``it1.m2.F.b12``."""
+    return f"it{it}." + (f"m{m}." if m > 1 else "") + f"{what}.{blk}" + (f"@g{gpu}" if n_gpus > 1 else "")
+
+
+def accum_steps(ctx: Context) -> int:
+    """Micro-steps per iteration (``train.grad_accum``), checked against the priority bands: the
+    compute band holds k·4·(blocks) priorities and the gradient band k·(blocks + 1)."""
+    k = ctx.grad_accum
+    nb = len(ctx.blocks)
+    most = GRAD_BAND // (4 * nb)
+    if k > most:
+        from simhete.errors import ConfigError
+        raise ConfigError(ctx.scenario.file, "train.grad_accum", k,
+                          allowed=f"at most {most} micro-steps for a model of {nb} blocks")
+    return k
+
+
+def grad_prio(it: int, j: int, nb: int, m: int = 1) -> int:
+    """Priority of the j-th gradient transfer (0 ≤ j ≤ nb) of micro-step m."""
+    return it * PRIO_IT + GRAD_BAND + (m - 1) * (nb + 1) + j
 
 
 def copy_stream(gpu: int, direction: str, pinned: bool) -> str:
@@ -79,12 +105,12 @@ def copy_stream(gpu: int, direction: str, pinned: bool) -> str:
     return f"gpu{gpu}.{direction}" if pinned else f"gpu{gpu}.compute"
 
 
-def fwd_prio(it: int, idx: int) -> int:
-    return it * PRIO_IT + 2 * idx
+def fwd_prio(it: int, idx: int, m: int = 1, n_blocks: int = 0) -> int:
+    return it * PRIO_IT + (m - 1) * 4 * n_blocks + 2 * idx
 
 
-def bwd_prio(it: int, idx: int, n_blocks: int) -> int:
-    return it * PRIO_IT + 2 * n_blocks + 2 * (n_blocks - 1 - idx)
+def bwd_prio(it: int, idx: int, n_blocks: int, m: int = 1) -> int:
+    return it * PRIO_IT + (m - 1) * 4 * n_blocks + 2 * n_blocks + 2 * (n_blocks - 1 - idx)
 
 
 @dataclass
@@ -104,7 +130,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
                      pinned: bool = True, grad_pool: str | None = None,
                      fwd_frees: dict[int, list[str]] | None = None,
                      bwd_frees: dict[int, list[str]] | None = None,
-                     grad_buffers: bool = True) -> IterTasks:
+                     grad_buffers: bool | set[int] = True, m: int = 1) -> IterTasks:
     """Emit one iteration's forward and backward for ``gpu``; return the task names.
 
     ``fwd_weight_deps[i]`` / ``bwd_weight_deps[i]``: tasks that must finish before block i's
@@ -112,7 +138,9 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     buffer (named in the result) in ``grad_pool`` (default the GPU); the policy frees it.
     ``fwd_frees[i]`` / ``bwd_frees[i]``: extra buffers (fetched weights) that block i's F / B
     releases when it ends. ``grad_buffers=False``: gradients overwrite their parameters in place
-    (PatrickStar's chunk reuse), so B allocates no gradient buffer.
+    (PatrickStar's chunk reuse), or they accumulate into the buffer an earlier micro-step
+    allocated, so B allocates no gradient buffer; a set: only those blocks' B allocate one.
+    ``m``: the micro-step (names, priorities).
     """
     n = ctx.n_gpus
     pool = f"gpu{gpu}"
@@ -127,25 +155,25 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     prev = list(start_deps)
     for blk in blocks:
         i, mode = blk.index, modes[blk.index]
-        act = tname(it, "act", blk.name, gpu, n)
+        act = tname(it, "act", blk.name, gpu, n, m)
         keep = blk.ckpt_bytes if mode == "recompute" else blk.act_bytes
         allocs = [Alloc(act, pool, keep, MemClass.ACTIVATIONS)]
         frees = list(ff.get(i, []))
         if blk.workspace_bytes:
-            ws = tname(it, "ws.F", blk.name, gpu, n)
+            ws = tname(it, "ws.F", blk.name, gpu, n, m)
             allocs.append(Alloc(ws, pool, blk.workspace_bytes, MemClass.BUFFERS))
             frees.append(ws)
-        f = b.add(tname(it, "F", blk.name, gpu, n), comp, TaskCat.FWD, blk.fwd_ops,
-                  deps=prev + fw.get(i, []), prio=fwd_prio(it, i), allocs=allocs, frees=frees,
+        f = b.add(tname(it, "F", blk.name, gpu, n, m), comp, TaskCat.FWD, blk.fwd_ops,
+                  deps=prev + fw.get(i, []), prio=fwd_prio(it, i, m, nb), allocs=allocs, frees=frees,
                   it=it, block=i)
         out.F[i] = f
         prev = [f]
         if mode == "swap":
             st = copy_stream(gpu, "d2h", pinned)
-            b.add(tname(it, "D2H.act", blk.name, gpu, n), st, TaskCat.D2H,
+            b.add(tname(it, "D2H.act", blk.name, gpu, n, m), st, TaskCat.D2H,
                   (Op(OpKind.D2H, n=blk.act_bytes, pinned=pinned),), deps=[f],
-                  prio=fwd_prio(it, i) + 1,
-                  allocs=[Alloc(tname(it, "cact", blk.name, gpu, n), "cpu", blk.act_bytes, MemClass.ACTIVATIONS)],
+                  prio=fwd_prio(it, i, m, nb) + 1,
+                  allocs=[Alloc(tname(it, "cact", blk.name, gpu, n, m), "cpu", blk.act_bytes, MemClass.ACTIVATIONS)],
                   frees=[act], it=it, block=i)
     out.first_F = out.F[blocks[0].index]
 
@@ -153,13 +181,13 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     bwd_order = list(reversed(blocks))
     for pos, blk in enumerate(bwd_order):
         i, mode = blk.index, modes[blk.index]
-        act = tname(it, "act", blk.name, gpu, n)
-        p = bwd_prio(it, i, nb)
+        act = tname(it, "act", blk.name, gpu, n, m)
+        p = bwd_prio(it, i, nb, m)
         deps = prev + bw.get(i, [])
         frees = [act]
         if mode == "recompute":
-            ract = tname(it, "ract", blk.name, gpu, n)
-            r = b.add(tname(it, "R", blk.name, gpu, n), comp, TaskCat.RECOMPUTE, blk.fwd_ops, deps=deps,
+            ract = tname(it, "ract", blk.name, gpu, n, m)
+            r = b.add(tname(it, "R", blk.name, gpu, n, m), comp, TaskCat.RECOMPUTE, blk.fwd_ops, deps=deps,
                       prio=p, allocs=[Alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, MemClass.ACTIVATIONS)],
                       it=it, block=i)
             out.R[i] = r
@@ -168,23 +196,23 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         elif mode == "swap":
             # bring activations back while the previous backward block computes (one block ahead)
             ahead = [out.B[bwd_order[pos - 2].index]] if pos >= 2 else [out.F[blocks[-1].index]]
-            sact = tname(it, "sact", blk.name, gpu, n)
-            h = b.add(tname(it, "H2D.act", blk.name, gpu, n), copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
+            sact = tname(it, "sact", blk.name, gpu, n, m)
+            h = b.add(tname(it, "H2D.act", blk.name, gpu, n, m), copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
                       (Op(OpKind.H2D, n=blk.act_bytes, pinned=pinned),),
-                      deps=[tname(it, "D2H.act", blk.name, gpu, n)] + ahead, prio=p,
+                      deps=[tname(it, "D2H.act", blk.name, gpu, n, m)] + ahead, prio=p,
                       allocs=[Alloc(sact, pool, blk.act_bytes, MemClass.ACTIVATIONS)],
-                      frees=[tname(it, "cact", blk.name, gpu, n)], it=it, block=i)
+                      frees=[tname(it, "cact", blk.name, gpu, n, m)], it=it, block=i)
             deps = deps + [h]
             frees = [sact]
-        grad = tname(it, "grad", blk.name, gpu, n)
-        grads = grad_buffers and blk.grad_bytes
+        grad = tname(it, "grad", blk.name, gpu, n, m)
+        grads = blk.grad_bytes and (grad_buffers if isinstance(grad_buffers, bool) else i in grad_buffers)
         allocs = [Alloc(grad, grad_pool or pool, blk.grad_bytes, MemClass.GRADS)] if grads else []
         frees += bf.get(i, [])
         if blk.workspace_bytes:
-            ws = tname(it, "ws.B", blk.name, gpu, n)
+            ws = tname(it, "ws.B", blk.name, gpu, n, m)
             allocs.append(Alloc(ws, pool, blk.workspace_bytes, MemClass.BUFFERS))
             frees.append(ws)
-        bt = b.add(tname(it, "B", blk.name, gpu, n), comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=p + 1,
+        bt = b.add(tname(it, "B", blk.name, gpu, n, m), comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=p + 1,
                    allocs=allocs, frees=frees, it=it, block=i)
         out.B[i] = bt
         if grads:

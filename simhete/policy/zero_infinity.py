@@ -39,8 +39,8 @@ from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import group, owners, uses
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, forward_backward,
-                                     fwd_prio, tname)
+from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
+                                     forward_backward, fwd_prio, grad_prio, tname)
 from simhete.schedule import Alloc, Op, Schedule
 
 
@@ -148,71 +148,99 @@ class ZeroInfinity(Policy):
         buckets = group(((blk.index, blk.params) for blk in reversed(ctx.blocks) if blk.params), k.reduce_bucket_size)
         step_done: list[str] = []
         last_B: dict[int, str] = {}
+        ga = accum_steps(ctx)
+        if ga > 1:   # DeepSpeed stage 3's grad partition buffer, on the host when offloading
+            initial += [Alloc(f"gacc.{by[i].name}", "cpu", by[i].grad_bytes, MemClass.GRADS)
+                        for i in sorted(cpu_opt) if by[i].grad_bytes]
         for it in range(1, ctx.iterations + 1):
-            def compute(u: int, g: int) -> str:
-                phase, blk = trace[u]
-                return tname(it, phase, blk.name, g, n)
+            prev: dict[int, dict[int, str]] = {}
+            for m in range(1, ga + 1):
+                dp.m = m
+                start = {g: ([last_B[g]] if g in last_B else []) + (step_done if m == 1 else []) for g in dp.gpus}
 
-            fwd_deps: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
-            bwd_deps: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
-            fwd_frees: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
-            bwd_frees: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
-            ready: list[dict[int, str]] = []
-            bufs: list[dict[int, dict[int, str]]] = []
-            for f, (hook, target, miss) in enumerate(plan.fetches):
-                phase, blk = trace[target]
-                what = "H2D.wf" if phase == "F" else "H2D.wb"
-                if sum(1 for x in plan.fetches[:f] if x[1] == target):
-                    what += str(sum(1 for x in plan.fetches[:f] if x[1] == target) + 1)
-                names = {g: dp.name(it, what, blk.name, g) for g in dp.gpus}
-                bufs.append({g: {o: f"{names[g]}.{by[o].name}" for o in miss} for g in dp.gpus})
-                trigger = {g: [compute(hook - 1, g)] if hook else step_done + ([last_B[g]] if g in last_B else [])
-                           for g in dp.gpus}
-                prio = fwd_prio(it, blk.index) if phase == "F" else bwd_prio(it, blk.index, nb)
-                ready.append(dp.to_gpu(it, what, blk.name, sum(by[o].weight_bytes for o in miss), trigger, prio,
-                                       blk.index, allocs={g: [Alloc(bufs[f][g][o], f"gpu{g}", by[o].weight_bytes,
-                                                                    MemClass.WEIGHTS) for o in miss]
-                                                          for g in dp.gpus}))
-            for u, (phase, blk) in enumerate(trace):
-                deps, frees = (fwd_deps, fwd_frees) if phase == "F" else (bwd_deps, bwd_frees)
-                for g in dp.gpus:
-                    held = sorted({plan.holder[(u, o)] for o in needs[u]})
-                    deps[g].setdefault(blk.index, []).extend(ready[f][g] for f in held)
-                    for o in plan.release.get(u, []):
-                        frees[g].setdefault(blk.index, []).append(bufs[plan.holder[(u, o)]][g][o])
+                def compute(u: int, g: int) -> str:
+                    phase, blk = trace[u]
+                    return tname(it, phase, blk.name, g, n, m)
 
-            t = {g: forward_backward(b, ctx, it, modes, gpu=g,
-                                     start_deps=([last_B[g]] if g in last_B else []) + step_done,
-                                     fwd_weight_deps=fwd_deps[g], bwd_weight_deps=bwd_deps[g],
-                                     fwd_frees=fwd_frees[g], bwd_frees=bwd_frees[g], pinned=k.pin_memory)
-                 for g in dp.gpus}
-            step_done = self._step(b, ctx, dp, it, t, buckets, groups, cpu_opt, homed)
-            last_B = {g: t[g].last_B for g in dp.gpus}
+                fwd_deps: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
+                bwd_deps: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
+                fwd_frees: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
+                bwd_frees: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
+                ready: list[dict[int, str]] = []
+                bufs: list[dict[int, dict[int, str]]] = []
+                for f, (hook, target, miss) in enumerate(plan.fetches):
+                    phase, blk = trace[target]
+                    what = "H2D.wf" if phase == "F" else "H2D.wb"
+                    if sum(1 for x in plan.fetches[:f] if x[1] == target):
+                        what += str(sum(1 for x in plan.fetches[:f] if x[1] == target) + 1)
+                    names = {g: dp.name(it, what, blk.name, g) for g in dp.gpus}
+                    bufs.append({g: {o: f"{names[g]}.{by[o].name}" for o in miss} for g in dp.gpus})
+                    trigger = {g: [compute(hook - 1, g)] if hook else start[g] for g in dp.gpus}
+                    prio = fwd_prio(it, blk.index, m, nb) if phase == "F" else bwd_prio(it, blk.index, nb, m)
+                    ready.append(dp.to_gpu(it, what, blk.name, sum(by[o].weight_bytes for o in miss), trigger, prio,
+                                           blk.index, allocs={g: [Alloc(bufs[f][g][o], f"gpu{g}", by[o].weight_bytes,
+                                                                        MemClass.WEIGHTS) for o in miss]
+                                                              for g in dp.gpus}))
+                for u, (phase, blk) in enumerate(trace):
+                    deps, frees = (fwd_deps, fwd_frees) if phase == "F" else (bwd_deps, bwd_frees)
+                    for g in dp.gpus:
+                        held = sorted({plan.holder[(u, o)] for o in needs[u]})
+                        deps[g].setdefault(blk.index, []).extend(ready[f][g] for f in held)
+                        for o in plan.release.get(u, []):
+                            frees[g].setdefault(blk.index, []).append(bufs[plan.holder[(u, o)]][g][o])
+
+                t = {g: forward_backward(b, ctx, it, modes, gpu=g,
+                                         start_deps=start[g], m=m,
+                                         grad_buffers=True if m == 1 else cpu_opt,
+                                         fwd_weight_deps=fwd_deps[g], bwd_weight_deps=bwd_deps[g],
+                                         fwd_frees=fwd_frees[g], bwd_frees=bwd_frees[g], pinned=k.pin_memory)
+                     for g in dp.gpus}
+                if m == 1:
+                    grads = {g: t[g].grads for g in dp.gpus}
+                d2h, reduced = self._grads(ctx, dp, it, m, t, buckets, cpu_opt, prev)
+                last_B = {g: t[g].last_B for g in dp.gpus}
+            dp.m = 1
+            step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed)
         meta = {"policy": self.name, "gpu_subgroups": str(n_gpu_groups), "subgroups": str(len(groups))}
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
-    def _step(self, b: Builder, ctx: Context, dp: DataParallel, it: int, t: dict, buckets: list[list[int]],
-              groups: list[list[int]], cpu_opt: set[int], homed: set[int]) -> list[str]:
-        """Gradient reduction and offload during backward, then the optimizer step; returns the
-        tasks the next forward waits for."""
+    def _grads(self, ctx: Context, dp: DataParallel, it: int, m: int, t: dict, buckets: list[list[int]],
+               cpu_opt: set[int], prev: dict[int, dict[int, str]]) -> tuple[list[str], dict[int, dict[int, str]]]:
+        """Micro-step m's gradient buckets during its backward: offloaded blocks' (reduce-scatter +)
+        D2H (after micro-step 1: accumulated through the GPU, :meth:`DataParallel.accumulate`),
+        GPU-optimised blocks' reduce-scatter. Returns the D2H tasks and, per GPU-optimised block and
+        GPU, the collective after which its gradients are reduced. ``prev`` (bucket -> gpu -> D2H)
+        is updated in place."""
         by = {blk.index: blk for blk in ctx.blocks}
-        n = ctx.n_gpus
-        base = it * PRIO_IT + PRIO_IT // 4
+        nb = len(ctx.blocks)
         reduced: dict[int, dict[int, str]] = {}    # block -> gpu -> task after which its grads are reduced
         d2h: list[str] = []
         for j, bucket in enumerate(buckets):
             off = [i for i in bucket if i in cpu_opt]
             kept = [i for i in bucket if i not in cpu_opt]
             deps = {g: [t[g].B[i] for i in bucket] for g in dp.gpus}
+            prio = grad_prio(it, j, nb, m)
             if off:
-                out = dp.from_gpu(it, "D2H.g", f"k{j}", sum(by[i].grad_bytes for i in off), deps, base + j,
-                                  off[0], frees={g: [t[g].grads[i] for i in off] for g in dp.gpus})
-                d2h += out.values()
+                nbytes = sum(by[i].grad_bytes for i in off)
+                frees = {g: [t[g].grads[i] for i in off] for g in dp.gpus}
+                prev[j] = dp.from_gpu(it, "D2H.g", f"k{j}", nbytes, deps, prio, off[0], frees=frees) if m == 1 \
+                    else dp.accumulate(it, "D2H.g", f"k{j}", nbytes, deps, prev[j], prio, off[0], frees=frees)
+                d2h += prev[j].values()
             if kept:
                 rs = dp.collective(OpKind.REDUCE_SCATTER, it, "RS.g", f"k{j}",
-                                   sum(by[i].grad_bytes for i in kept), deps, base + j, kept[0])
+                                   sum(by[i].grad_bytes for i in kept), deps, prio, kept[0])
                 for i in kept:
                     reduced[i] = {g: rs[g] for g in rs}
+        return d2h, reduced
+
+    def _step(self, b: Builder, ctx: Context, dp: DataParallel, it: int, t: dict, grads: dict,
+              d2h: list[str], reduced: dict[int, dict[int, str]], groups: list[list[int]], cpu_opt: set[int],
+              homed: set[int]) -> list[str]:
+        """The optimizer step after the last micro-step's backward, sub-group by sub-group; returns
+        the tasks the next forward waits for. ``grads``: micro-step 1's gradient buffers (GPU Adam
+        frees the GPU-optimised blocks' ones)."""
+        by = {blk.index: blk for blk in ctx.blocks}
+        n = ctx.n_gpus
         done: list[str] = []
         for s, grp in enumerate(groups):
             first = grp[0]
@@ -237,7 +265,7 @@ class ZeroInfinity(Policy):
                 adam[g] = b.add(tname(it, "ADAM.gpu", f"s{s}", g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
                                 (Op(OpKind.ADAM_GPU, n=shard(params, n, g), dtype="fp32"),), deps=deps,
                                 prio=it * PRIO_IT + PRIO_IT // 2 + first,
-                                frees=[t[g].grads[i] for i in grp if i in t[g].grads], it=it, block=first)
+                                frees=[grads[g][i] for i in grp if i in grads[g]], it=it, block=first)
             done += adam.values()
             if home:
                 done += dp.shard_d2h(it, "D2H.w", f"s{s}", sum(by[i].weight_bytes for i in home),

@@ -18,9 +18,10 @@ from pydantic import Field
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy, host_fp32_bytes, model_states
+from simhete.policy.dataparallel import DataParallel
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, copy_stream, forward_backward,
-                                     fwd_prio, tname)
+from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
+                                     grad_prio, tname)
 from simhete.schedule import Alloc, Op, Schedule
 
 
@@ -37,6 +38,7 @@ class ZeroOffloadKnobs(ActivationKnobs):
 @register("zero-offload")
 class ZeroOffload(Policy):
     Knobs = ZeroOffloadKnobs
+    multi_gpu = True
 
     def buckets(self, ctx: Context) -> list[list[int]]:
         """Block indices per gradient bucket, in backward order."""
@@ -58,60 +60,75 @@ class ZeroOffload(Policy):
     def build(self, ctx: Context) -> Schedule:
         k = self.k
         b = Builder()
+        dp = DataParallel(b, ctx, k.pin_memory)
+        n, nb, ga = ctx.n_gpus, len(ctx.blocks), accum_steps(ctx)
         modes = act_modes(ctx, k)
-        initial = model_states(ctx, {MemClass.WEIGHTS: "gpu", MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu",
-                                     MemClass.GRADS32: "cpu"})
+        initial = []
+        for g in dp.gpus:
+            initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g)
+        initial += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"})
         if k.delayed_update:   # second fp32 gradient buffer so step k reads while k+1 writes
             initial += [Alloc(f"grads32b.{blk.name}", "cpu", host_fp32_bytes(blk), MemClass.GRADS32)
                         for blk in ctx.blocks if blk.params]
+        if ga > 1:   # DeepSpeed's accumulated_grads_in_cpu: 16-bit, pinned, every rank's partition
+            initial += [Alloc(f"gacc.{blk.name}", "cpu", blk.grad_bytes, MemClass.GRADS)
+                        for blk in ctx.blocks if blk.params]
         by_idx = {blk.index: blk for blk in ctx.blocks}
         buckets = self.buckets(ctx)
-        h2d: dict[int, dict[int, str]] = {}    # it -> block -> H2D of updated weights
+        h2d: dict[int, dict[int, dict[int, str]]] = {}    # it -> block -> gpu -> updated weights on the GPU
         adam: dict[int, dict[int, str]] = {}
-        last_B = ""
+        last_B: dict[int, str] = {}
         pinned = k.pin_memory
         for it in range(1, ctx.iterations + 1):
             lag = 2 if k.delayed_update else 1
             # optimizer.step() returns only when every updated weight is back on the GPU, so the
             # next forward waits for the whole step (with DPU: the step before the previous one)
-            step_done = sorted(h2d.get(it - lag, {}).values())
-            bucket_name = [tname(it, "D2H.g", f"k{j}") for j in range(len(buckets))]
-            # Two bucket buffers (DeepSpeed's double-buffered ipg bucket with overlap_comm): the
-            # backward that starts bucket j+2 waits until bucket j has left the GPU.
-            bwd_deps = {bk[0]: [bucket_name[j - 2]] for j, bk in enumerate(buckets) if j >= 2} \
-                if k.overlap_comm else {}
-            t = forward_backward(b, ctx, it, modes, start_deps=([last_B] if last_B else []) + step_done,
-                                 bwd_weight_deps=bwd_deps, pinned=pinned)
-            d2h_of: dict[int, str] = {}
-            for j, bucket in enumerate(buckets):
-                first_bwd = bucket[0]
-                deps = [t.B[i] for i in bucket]
-                # the fp32 gradient buffer this iteration writes must have been consumed
-                reuse = adam.get(it - (2 if k.delayed_update else 1), {})
-                deps += [reuse[i] for i in bucket if i in reuse]
-                name = bucket_name[j]
-                nbytes = sum(by_idx[i].grad_bytes for i in bucket)
-                # without overlap_comm the reduction runs inside the backward hook, on the compute stream
-                stream = copy_stream(0, "d2h", pinned) if k.overlap_comm else "gpu0.compute"
-                b.add(name, stream, TaskCat.D2H,
-                      (Op(OpKind.D2H, n=nbytes, pinned=pinned),), deps=deps,
-                      prio=it * PRIO_IT + PRIO_IT // 4 + j, frees=[t.grads[i] for i in bucket],
-                      it=it, block=first_bwd)
-                for i in bucket:
-                    d2h_of[i] = name
+            step_done = {g: sorted(w[g] for w in h2d.get(it - lag, {}).values()) for g in dp.gpus}
+            prev_out: dict[int, dict[int, str]] = {}     # bucket -> gpu -> previous micro-step's D2H
+            for m in range(1, ga + 1):
+                dp.m = m
+                bucket_name = {g: [dp.name(it, "D2H.g", f"k{j}", g) for j in range(len(buckets))]
+                               for g in dp.gpus}
+                # Two bucket buffers (DeepSpeed's double-buffered ipg bucket with overlap_comm): the
+                # backward that starts bucket j+2 waits until bucket j has left the GPU.
+                t = {g: forward_backward(
+                    b, ctx, it, modes, gpu=g, m=m,
+                    start_deps=([last_B[g]] if g in last_B else []) + (step_done[g] if m == 1 else []),
+                    bwd_weight_deps={bk[0]: [bucket_name[g][j - 2]] for j, bk in enumerate(buckets) if j >= 2}
+                    if k.overlap_comm else {}, pinned=pinned) for g in dp.gpus}
+                d2h_of: list[str] = []
+                for j, bucket in enumerate(buckets):
+                    deps = {g: [t[g].B[i] for i in bucket] for g in dp.gpus}
+                    if m == ga:   # the fp32 gradient buffer this step writes must have been consumed
+                        reuse = adam.get(it - lag, {})
+                        for g in dp.gpus:
+                            deps[g] += [reuse[i] for i in bucket if i in reuse]
+                    nbytes = sum(by_idx[i].grad_bytes for i in bucket)
+                    frees = {g: [t[g].grads[i] for i in bucket] for g in dp.gpus}
+                    prio = grad_prio(it, j, nb, m)
+                    # without overlap_comm the reduction runs inside the backward hook (compute stream)
+                    if m == 1:
+                        out = dp.from_gpu(it, "D2H.g", f"k{j}", nbytes, deps, prio, bucket[0], frees=frees,
+                                          sync=not k.overlap_comm)
+                    else:
+                        out = dp.accumulate(it, "D2H.g", f"k{j}", nbytes, deps, prev_out[j], prio, bucket[0],
+                                            frees=frees, sync=not k.overlap_comm)
+                    prev_out[j] = out
+                    d2h_of += out.values()
+                last_B = {g: t[g].last_B for g in dp.gpus}
+            dp.m = 1
             adam[it], h2d[it] = {}, {}
-            all_d2h = sorted(set(d2h_of.values()))
+            all_d2h = sorted(d2h_of)
             for blk in ctx.blocks:
                 if not blk.params:
                     continue
                 i = blk.index
+                # one task for all ranks' partitions: N processes step their 1/N concurrently on the
+                # host's cores and DRAM, whose aggregate rate is the profile's Adam rate
                 a = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
                           (Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32"),), deps=all_d2h,
                           prio=fwd_prio(it, i), it=it, block=i)
                 adam[it][i] = a
-                h2d[it][i] = b.add(tname(it, "H2D.w", blk.name), copy_stream(0, "h2d", pinned), TaskCat.H2D,
-                                   (Op(OpKind.H2D, n=blk.weight_bytes, pinned=pinned),), deps=[a],
-                                   prio=fwd_prio(it + 1, i), it=it, block=i)
-            last_B = t.last_B
+                h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, [a], fwd_prio(it + 1, i), i)
         meta = {"policy": self.name, "delayed_update": str(k.delayed_update).lower()}
         return b.build(ctx.pools(), initial, ctx.iterations, meta)

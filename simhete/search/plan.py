@@ -3,7 +3,8 @@
 Every answer is a simulation verdict (the engine's out-of-memory check on the policy's schedule),
 not a separate formula, so ``plan`` and ``simulate`` never disagree. Searches:
 
-- *policies*: each registered policy that can run on the hardware, with each combination of the
+- *policies*: each registered policy that can run on the hardware (and the scenario's gradient
+  accumulation), with each combination of the
   planning knobs it has (:data:`PLAN_KNOBS`); the best is the highest throughput that fits.
 - *largest micro-batch*: for a fixed policy and knobs, memory in use at every instant grows with
   the micro-batch (activations and workspaces scale with batch × sequence; model states do not
@@ -112,7 +113,9 @@ class Planner:
 
         names = list(self.policies or list_policies())
         prof = self._profile(s)
-        return [p for p in names if prof.gpu.count == 1 or get_policy(p).multi_gpu]
+        accum = s.data.train.grad_accum > 1
+        return [p for p in names if (prof.gpu.count == 1 or get_policy(p).multi_gpu)
+                and not (accum and not get_policy(p).accumulates)]
 
     def _profile(self, s: Scenario) -> Any:
         import json
