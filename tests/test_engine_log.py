@@ -145,7 +145,10 @@ def test_initial_buffers_that_overflow_are_an_oom_at_time_zero(engine):
     initial = (Alloc("w", "gpu0", 8, MemClass.WEIGHTS), Alloc("m", "gpu0", 4, MemClass.MASTER))
     tl = run([task("A", "gpu0.compute")], [1.0], engine, initial=initial)
     assert tl.records == ()
-    assert tl.oom == OOMReport("(initial)", "gpu0", 12, 10, 10, (("w", 8), ("m", 4)), 0.0)
+    assert tl.oom == OOMReport("(initial)", "gpu0", 12, 10, 10, (("w", 8), ("m", 4)), 0.0,
+                               (("weights", 8), ("master", 4)))
+    assert tl.oom.message() == ("out of memory in gpu0: the states placed there at start need 0.00 GiB "
+                                "(weights 0.00 GiB, master 0.00 GiB), capacity 0.00 GiB")
 
 
 @ENGINE

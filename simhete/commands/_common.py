@@ -17,7 +17,8 @@ ENGINES = ("fast", "simpy")
 
 
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
+    # comparison tables of six policies need ~140 columns; pipes and CI report 80
+    return Console(highlight=False, soft_wrap=False, width=max(140, Console().width))
 
 
 def add_engine_arg(p: argparse.ArgumentParser) -> None:

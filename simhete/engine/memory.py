@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Iterable
 
 from simhete.engine.timeline import OOMReport, Timeline
@@ -53,7 +55,12 @@ def initial_overflow(schedule) -> OOMReport | None:
         held = [(a.buf, a.pool, a.bytes) for a in schedule.initial if a.pool == pool]
         total = sum(n for _, _, n in held)
         if total > cap:
-            return oom_report("(initial)", pool, total, 0, cap, held, 0.0)
+            by_class: dict[str, int] = {}
+            for a in schedule.initial:
+                if a.pool == pool:
+                    by_class[a.cls.value] = by_class.get(a.cls.value, 0) + a.bytes
+            rep = oom_report("(initial)", pool, total, 0, cap, held, 0.0)
+            return replace(rep, by_class=tuple(sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0]))))
     return None
 
 

@@ -46,9 +46,16 @@ class OOMReport:
     capacity: int
     holders: tuple[tuple[str, int], ...]   # (buffer, bytes), largest first, at most 10
     time: float
+    by_class: tuple[tuple[str, int], ...] = ()   # (MemClass value, bytes) of what asked, largest first
 
     def message(self) -> str:
-        held = ", ".join(f"{b} {n / 2**30:.2f} GiB" for b, n in self.holders[:5])
+        gib = 2**30
+        if self.task == "(initial)":   # model states alone do not fit: say which classes, not blocks
+            parts = ", ".join(f"{c} {n / gib:.2f} GiB" for c, n in self.by_class) or \
+                ", ".join(f"{b} {n / gib:.2f} GiB" for b, n in self.holders[:5])
+            return (f"out of memory in {self.pool}: the states placed there at start need "
+                    f"{self.asked / gib:.2f} GiB ({parts}), capacity {self.capacity / gib:.2f} GiB")
+        held = ", ".join(f"{b} {n / gib:.2f} GiB" for b, n in self.holders[:5])
         return (f"out of memory in {self.pool} at t={self.time:.6f}s: task {self.task} asks "
                 f"{self.asked / 2**30:.2f} GiB, {self.free / 2**30:.2f} GiB free of "
                 f"{self.capacity / 2**30:.2f} GiB; largest holders: {held}")

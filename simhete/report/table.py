@@ -33,7 +33,7 @@ def _table(summaries: Mapping[str, Summary], title: str, named_notes: bool) -> R
     table = Table(title=title, title_justify="left")
     table.add_column("figure", no_wrap=True)
     for name in summaries:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", min_width=len(name))   # never truncate a policy name
     for label, cell in _rows(list(summaries.values())):
         table.add_row(label, *(cell(s) for s in summaries.values()))
     notes = _notes(summaries, named_notes)
