@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
 from simhete.config import Strict, validate
-from simhete.opkinds import MemClass, TaskCat
+from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.schedule import Alloc, Op, Schedule, Task
+from simhete.schedule.model import new_task
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,31 @@ class Builder:
     def add(self, name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...] = (),
             deps: Iterable[str] = (), prio: int = 0, allocs: Iterable[Alloc] = (),
             frees: Iterable[str] = (), it: int = 0, block: int = -1) -> str:
-        self.tasks.append(Task(name, stream, cat, tuple(ops), tuple(filter(None, deps)), prio,
-                               tuple(allocs), tuple(frees), it, block))
+        self.tasks.append(new_task(name, stream, cat, tuple(ops), tuple(filter(None, deps)), prio,
+                                   tuple(allocs), tuple(frees), it, block))
         return name
 
     def build(self, pools: dict[str, int], initial: Iterable[Alloc], iterations: int,
               meta: dict[str, str]) -> Schedule:
         return Schedule(tuple(self.tasks), pools, tuple(initial), iterations, meta)
+
+
+_COPY_OPS: dict[tuple[str, int, bool], Op] = {}
+
+
+def copy_op(kind: OpKind, n: int, pinned: bool = True) -> Op:
+    """``Op(kind, n=n, pinned=pinned)``, shared: equal ops are one object (an Op hashes its fields
+    when built, and a schedule of a 13B model builds hundreds of identical copies). The key holds
+    every argument, so the shared op equals the one the call would have built."""
+    if type(n) is not int or type(pinned) is not bool:   # 5 == 5.0 == True: share exact types only
+        return Op(kind, n=n, pinned=pinned)
+    key = (kind._name_, n, pinned)   # the name, not the member: an Enum's hash runs Python code
+    op = _COPY_OPS.get(key)
+    if op is None:
+        if len(_COPY_OPS) >= 1 << 16:    # bounded: a long-lived process sweeping many models
+            _COPY_OPS.clear()
+        op = _COPY_OPS[key] = Op(kind, n=n, pinned=pinned)
+    return op
 
 
 def host_fp32_bytes(blk: Any) -> int:

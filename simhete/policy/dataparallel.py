@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context
+from simhete.policy.base import Builder, Context, copy_op
 from simhete.policy.training import copy_stream, tname
 from simhete.schedule import Alloc, Op
 
@@ -69,7 +69,7 @@ class DataParallel:
         h2d = {}
         for g in self.gpus:
             h2d[g] = self.b.add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
-                                (Op(OpKind.H2D, n=shard(nbytes, self.n, g), pinned=self.pinned),),
+                                (copy_op(OpKind.H2D, shard(nbytes, self.n, g), self.pinned),),
                                 deps=self._per_gpu(deps, g), prio=prio, allocs=(allocs or {}).get(g, ()),
                                 it=it, block=block)
         if self.n == 1:
@@ -97,7 +97,7 @@ class DataParallel:
                                   (Op(OpKind.REDUCE_SCATTER, (self.n,), n=nbytes),), deps=every,
                                   prio=prio, it=it, block=block)] for g in self.gpus}
         return {g: self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                              (Op(OpKind.D2H, n=shard(nbytes, self.n, g), pinned=self.pinned),),
+                              (copy_op(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),),
                               deps=src.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 
@@ -121,10 +121,10 @@ class DataParallel:
             part = shard(nbytes, self.n, g)
             stage = self.name(it, what + ".acc", blk, g)
             h2d = self.b.add(self.name(it, what + ".ga", blk, g), self.stream(g, "h2d", sync), TaskCat.H2D,
-                             (Op(OpKind.H2D, n=part, pinned=self.pinned),), deps=src[g] + [prev[g]], prio=prio,
+                             (copy_op(OpKind.H2D, part, self.pinned),), deps=src[g] + [prev[g]], prio=prio,
                              allocs=[Alloc(stage, f"gpu{g}", part, MemClass.BUFFERS)], it=it, block=block)
             out[g] = self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                                (Op(OpKind.ELEMENTWISE, n=3 * part), Op(OpKind.D2H, n=part, pinned=self.pinned)),
+                                (Op(OpKind.ELEMENTWISE, n=3 * part), copy_op(OpKind.D2H, part, self.pinned)),
                                 deps=[h2d], prio=prio, frees=list((frees or {}).get(g, ())) + [stage], it=it,
                                 block=block)
         return out
@@ -134,7 +134,7 @@ class DataParallel:
         """Each GPU copies its own shard D2H (no collective: e.g. updated weights to their host
         home, or a chunk moved out), freeing ``frees[g]`` when done."""
         return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "d2h", self.pinned), TaskCat.D2H,
-                              (Op(OpKind.D2H, n=shard(nbytes, self.n, g), pinned=self.pinned),),
+                              (copy_op(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),),
                               deps=deps.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 

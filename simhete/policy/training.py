@@ -33,8 +33,8 @@ from pydantic import Field, model_validator
 
 from simhete.config import Strict
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context
-from simhete.schedule import Alloc, Op
+from simhete.policy.base import Builder, Context, copy_op
+from simhete.schedule.model import new_alloc
 
 PRIO_IT = 1_000_000
 GRAD_BAND = PRIO_IT // 4     # gradients leaving the GPU: it·PRIO_IT + GRAD_BAND + …
@@ -142,7 +142,6 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     allocated, so B allocates no gradient buffer; a set: only those blocks' B allocate one.
     ``m``: the micro-step (names, priorities).
     """
-    n = ctx.n_gpus
     pool = f"gpu{gpu}"
     comp = f"gpu{gpu}.compute"
     blocks = ctx.blocks
@@ -151,72 +150,76 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     bw = bwd_weight_deps or {}
     ff = fwd_frees or {}
     bf = bwd_frees or {}
+    # every name is tname(it, what, blk, gpu, n, m) = head + what + "." + blk + tail
+    head = tname(it, "", "", gpu, 1, m)[:-1]
+    tail = f"@g{gpu}" if ctx.n_gpus > 1 else ""
+    ACT, BUF, GRADS = MemClass.ACTIVATIONS, MemClass.BUFFERS, MemClass.GRADS
+    add = b.add
     out = IterTasks()
-    prev = list(start_deps)
+    prev: tuple[str, ...] = tuple(start_deps)
+    base_f = fwd_prio(it, 0, m, nb)
     for blk in blocks:
-        i, mode = blk.index, modes[blk.index]
-        act = tname(it, "act", blk.name, gpu, n, m)
+        i, mode, bn = blk.index, modes[blk.index], blk.name
+        act = f"{head}act.{bn}{tail}"
         keep = blk.ckpt_bytes if mode == "recompute" else blk.act_bytes
-        allocs = [Alloc(act, pool, keep, MemClass.ACTIVATIONS)]
-        frees = list(ff.get(i, []))
+        allocs = [new_alloc(act, pool, keep, ACT)]
+        frees = list(ff.get(i, ()))
         if blk.workspace_bytes:
-            ws = tname(it, "ws.F", blk.name, gpu, n, m)
-            allocs.append(Alloc(ws, pool, blk.workspace_bytes, MemClass.BUFFERS))
+            ws = f"{head}ws.F.{bn}{tail}"
+            allocs.append(new_alloc(ws, pool, blk.workspace_bytes, BUF))
             frees.append(ws)
-        f = b.add(tname(it, "F", blk.name, gpu, n, m), comp, TaskCat.FWD, blk.fwd_ops,
-                  deps=prev + fw.get(i, []), prio=fwd_prio(it, i, m, nb), allocs=allocs, frees=frees,
-                  it=it, block=i)
+        fp = base_f + 2 * i                                   # fwd_prio(it, i, m, nb)
+        f = add(f"{head}F.{bn}{tail}", comp, TaskCat.FWD, blk.fwd_ops, deps=prev + tuple(fw.get(i, ())),
+                prio=fp, allocs=allocs, frees=frees, it=it, block=i)
         out.F[i] = f
-        prev = [f]
+        prev = (f,)
         if mode == "swap":
-            st = copy_stream(gpu, "d2h", pinned)
-            b.add(tname(it, "D2H.act", blk.name, gpu, n, m), st, TaskCat.D2H,
-                  (Op(OpKind.D2H, n=blk.act_bytes, pinned=pinned),), deps=[f],
-                  prio=fwd_prio(it, i, m, nb) + 1,
-                  allocs=[Alloc(tname(it, "cact", blk.name, gpu, n, m), "cpu", blk.act_bytes, MemClass.ACTIVATIONS)],
-                  frees=[act], it=it, block=i)
+            b.add(f"{head}D2H.act.{bn}{tail}", copy_stream(gpu, "d2h", pinned), TaskCat.D2H,
+                  (copy_op(OpKind.D2H, blk.act_bytes, pinned),), deps=prev, prio=fp + 1,
+                  allocs=(new_alloc(f"{head}cact.{bn}{tail}", "cpu", blk.act_bytes, ACT),),
+                  frees=(act,), it=it, block=i)
     out.first_F = out.F[blocks[0].index]
 
-    prev = [out.F[blocks[-1].index]]
+    prev = (out.F[blocks[-1].index],)
     bwd_order = list(reversed(blocks))
     for pos, blk in enumerate(bwd_order):
-        i, mode = blk.index, modes[blk.index]
-        act = tname(it, "act", blk.name, gpu, n, m)
+        i, mode, bn = blk.index, modes[blk.index], blk.name
+        act = f"{head}act.{bn}{tail}"
         p = bwd_prio(it, i, nb, m)
-        deps = prev + bw.get(i, [])
+        deps = prev + tuple(bw.get(i, ()))
         frees = [act]
         if mode == "recompute":
-            ract = tname(it, "ract", blk.name, gpu, n, m)
-            r = b.add(tname(it, "R", blk.name, gpu, n, m), comp, TaskCat.RECOMPUTE, blk.fwd_ops, deps=deps,
-                      prio=p, allocs=[Alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, MemClass.ACTIVATIONS)],
-                      it=it, block=i)
+            ract = f"{head}ract.{bn}{tail}"
+            r = add(f"{head}R.{bn}{tail}", comp, TaskCat.RECOMPUTE, blk.fwd_ops, deps=deps,
+                    prio=p, allocs=(new_alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, ACT),),
+                    it=it, block=i)
             out.R[i] = r
-            deps = [r]
+            deps = (r,)
             frees.append(ract)
         elif mode == "swap":
             # bring activations back while the previous backward block computes (one block ahead)
-            ahead = [out.B[bwd_order[pos - 2].index]] if pos >= 2 else [out.F[blocks[-1].index]]
-            sact = tname(it, "sact", blk.name, gpu, n, m)
-            h = b.add(tname(it, "H2D.act", blk.name, gpu, n, m), copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
-                      (Op(OpKind.H2D, n=blk.act_bytes, pinned=pinned),),
-                      deps=[tname(it, "D2H.act", blk.name, gpu, n, m)] + ahead, prio=p,
-                      allocs=[Alloc(sact, pool, blk.act_bytes, MemClass.ACTIVATIONS)],
-                      frees=[tname(it, "cact", blk.name, gpu, n, m)], it=it, block=i)
-            deps = deps + [h]
+            ahead = out.B[bwd_order[pos - 2].index] if pos >= 2 else out.F[blocks[-1].index]
+            sact = f"{head}sact.{bn}{tail}"
+            h = add(f"{head}H2D.act.{bn}{tail}", copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
+                    (copy_op(OpKind.H2D, blk.act_bytes, pinned),),
+                    deps=(f"{head}D2H.act.{bn}{tail}", ahead), prio=p,
+                    allocs=(new_alloc(sact, pool, blk.act_bytes, ACT),),
+                    frees=(f"{head}cact.{bn}{tail}",), it=it, block=i)
+            deps = deps + (h,)
             frees = [sact]
-        grad = tname(it, "grad", blk.name, gpu, n, m)
+        grad = f"{head}grad.{bn}{tail}"
         grads = blk.grad_bytes and (grad_buffers if isinstance(grad_buffers, bool) else i in grad_buffers)
-        allocs = [Alloc(grad, grad_pool or pool, blk.grad_bytes, MemClass.GRADS)] if grads else []
-        frees += bf.get(i, [])
+        allocs = [new_alloc(grad, grad_pool or pool, blk.grad_bytes, GRADS)] if grads else []
+        frees += bf.get(i, ())
         if blk.workspace_bytes:
-            ws = tname(it, "ws.B", blk.name, gpu, n, m)
-            allocs.append(Alloc(ws, pool, blk.workspace_bytes, MemClass.BUFFERS))
+            ws = f"{head}ws.B.{bn}{tail}"
+            allocs.append(new_alloc(ws, pool, blk.workspace_bytes, BUF))
             frees.append(ws)
-        bt = b.add(tname(it, "B", blk.name, gpu, n, m), comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=p + 1,
-                   allocs=allocs, frees=frees, it=it, block=i)
+        bt = add(f"{head}B.{bn}{tail}", comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=p + 1,
+                 allocs=allocs, frees=frees, it=it, block=i)
         out.B[i] = bt
         if grads:
             out.grads[i] = grad
-        prev = [bt]
+        prev = (bt,)
     out.last_B = prev[0]
     return out

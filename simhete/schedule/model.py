@@ -91,6 +91,31 @@ class Task:
     block: int = -1
 
 
+# Positional constructors for builders of large schedules: the same objects as ``Task(...)`` /
+# ``Alloc(...)``, set through the slots' own descriptors (a frozen dataclass's ``__init__`` calls
+# ``object.__setattr__`` once per field, about twice as slow). No conversion: pass exact types.
+_new = object.__new__
+_T = tuple(getattr(Task, f).__set__ for f in Task.__dataclass_fields__)
+_A = tuple(getattr(Alloc, f).__set__ for f in Alloc.__dataclass_fields__)
+assert len(_T) == 10 and len(_A) == 5, "new_task/new_alloc must list every field"
+
+
+def new_task(name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...], deps: tuple[str, ...], prio: int,
+             allocs: tuple[Alloc, ...], frees: tuple[str, ...], it: int, block: int,
+             _s=_T, _new=_new, _cls=Task) -> Task:
+    o = _new(_cls)
+    _s[0](o, name); _s[1](o, stream); _s[2](o, cat); _s[3](o, ops); _s[4](o, deps)
+    _s[5](o, prio); _s[6](o, allocs); _s[7](o, frees); _s[8](o, it); _s[9](o, block)
+    return o
+
+
+def new_alloc(buf: str, pool: str, bytes: int, cls: MemClass, persist: bool = False,
+              _s=_A, _new=_new, _cls=Alloc) -> Alloc:
+    o = _new(_cls)
+    _s[0](o, buf); _s[1](o, pool); _s[2](o, bytes); _s[3](o, cls); _s[4](o, persist)
+    return o
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
     tasks: tuple[Task, ...]
