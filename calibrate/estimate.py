@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 
+from calibrate import membw
 from calibrate.grids import grid
 
 PEAK = {"bf16": 989e12, "fp16": 989e12, "tf32": 494.5e12, "fp32": 67e12}   # H100 SXM datasheet
@@ -36,11 +37,11 @@ def estimate() -> dict[str, float]:
     out["gemm"] = sum(point(2 * a * b * c / (PEAK[dt] * EFF)) for dt in g.gemm_dtypes
                       for a, b, c in shapes + [(4096, 4096, 4096)] * g.gemm_holdout)
     attn = 0.0
-    for b, h, s, d in g.attn_shapes + g.attn_holdout:
+    for b, h, _kv, s, d in g.attn_shapes + g.attn_holdout:
         f = 4 * b * h * s * s * d * 0.5   # causal forward FLOPs (simhete.schedule.Op.flops)
         attn += point(f / (PEAK["bf16"] * 0.35)) + point(2.5 * f / (PEAK["bf16"] * 0.3))
     out["attention"] = attn
-    out["membw"] = sum(point(3 * n * 2 / HBM) for n in g.mem_elems) * 5
+    out["membw"] = sum(point(3 * n * 2 / HBM) for n in g.mem_elems) * len(membw.op_passes())
     copies = sum(point(n / PCIE[k]) for k in ("pinned", "pageable") for n in g.copy_bytes) * 2
     copies += sum(point(n / HOST_DRAM) for n in g.copy_bytes) * 2 + \
         sum(point(n / PCIE["pinned"]) for n in g.duplex_bytes)

@@ -1,15 +1,29 @@
-"""Memory-bound ops on the device → achievable bandwidth per op kind and per-op overhead.
+"""Memory-bound ops on the device → a curve per op kind and dtype, and the per-op overhead.
 
-Bytes counted are the tensor bytes each op must read and write once (its minimum DRAM/HBM
-traffic): ``add``/``mul`` read two operands and write one (3·n·elem); ``layernorm``, ``rmsnorm``
-and ``softmax`` read one row-major (rows, hidden) input and write one output (2·n·elem; the
-hidden-sized weights are negligible). Same accounting as the STREAM benchmark's "add" kernel.
-``embedding`` gathers ``rows`` rows of a (2·rows, hidden) table by int64 index: it reads the
-indices and the gathered rows and writes them (8·rows + 2·n·elem), the accounting of
-simhete/workload/ops.py for OpKind.EMBED. Op → OpKind: :data:`KINDS`.
+Each op is measured the way a model runs it, forward and (where the model has one) backward, in
+every dtype of the grid. Bytes are the tensor bytes each call must read and write once, in the
+accounting of simhete/workload/ops.py for the OpKind it prices (:data:`KINDS`), so a fitted curve
+prices the workload's ops at the bytes they are given:
+
+- ``add``/``mul`` (ELEMENTWISE) read two operands and write one: 3·n·elem (the STREAM "add"
+  accounting); they write into a preallocated output.
+- ``layernorm`` (NORM), ``rmsnorm`` (RMSNORM), ``gelu`` (GELU, GPT-2's tanh approximation),
+  ``relu`` (RELU), ``silu`` (SWIGLU: the SiLU of SwiGLU's gate, Shazeer 2020): forward reads x and
+  writes y (2·n·elem); backward reads dy and x and writes dx (3·n·elem; a norm's backward also
+  produces its weight gradients, which are negligible bytes). Inputs are rows of ``mem_hidden``.
+- ``softmax`` (SOFTMAX_CE): 2·n·elem. ``embedding`` (EMBED) gathers ``rows`` rows of a
+  (2·rows, hidden) table by int64 index: 8·rows + 2·n·elem.
+- ``dropout`` (DROPOUT): dropout (p = 0.1, GPT-2's ``resid_pdrop``) of one tensor added to another,
+  the residual site a model's DROPOUT op stands for: reads two, writes one, plus a 1-byte mask in
+  the workload's accounting: 3·n·elem + n. Its backward is a masked scale (no random numbers),
+  which the workload prices as ELEMENTWISE, so it is not measured here.
+
+Backwards are timed alone, by re-running autograd over a retained graph (calibrate/attention.py).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,25 +32,66 @@ from calibrate.common import TORCH_DTYPES, Ctx, ok, rand, seed
 from calibrate.timing import measure
 
 NAME = "membw"
-COLUMNS = ("op", "dtype", "elems", "bytes", "split")
-OPS = ("add", "mul", "layernorm", "rmsnorm", "softmax", "embedding")
-_TENSORS = {"add": 3, "mul": 3, "layernorm": 2, "rmsnorm": 2, "softmax": 2,
-            "embedding": 2}  # read + written
-INDEX_BYTES = 8  # int64 index per gathered row (embedding)
+COLUMNS = ("op", "pass", "dtype", "elems", "bytes", "split")
+OPS = ("add", "mul", "layernorm", "rmsnorm", "softmax", "embedding", "gelu", "relu", "silu",
+       "dropout")
+BACKWARD = frozenset({"layernorm", "rmsnorm", "gelu", "relu", "silu"})
+INDEX_BYTES = 8     # int64 index per gathered row (embedding)
+DROPOUT_P = 0.1     # GPT-2's resid_pdrop; simhete/replay/model.py DROPOUT_P
+
+
+def op_passes() -> list[tuple[str, str]]:
+    """Every (op, pass) measured, forward first."""
+    return [(op, pas) for op in OPS for pas in ("fwd", "bwd") if pas == "fwd" or op in BACKWARD]
 
 
 def _rows(n: int, hidden: int) -> int:
     return max(1, n // hidden)
 
 
+def nbytes(op: str, pas: str, n: int, elem: int, hidden: int) -> int:
+    """Bytes read + written by one call (the accounting of simhete/workload/ops.py)."""
+    if op in ("add", "mul"):
+        return 3 * n * elem
+    if op == "dropout":
+        return 3 * n * elem + n
+    if op == "embedding":
+        return INDEX_BYTES * _rows(n, hidden) + 2 * n * elem
+    return (3 if pas == "bwd" else 2) * n * elem
+
+
 def points(ctx: Ctx) -> list[dict[str, object]]:
     g = ctx.grid
-    es = torch.finfo(TORCH_DTYPES[g.mem_dtype]).bits // 8
-    return [{"op": op, "dtype": g.mem_dtype, "elems": n,
-             "bytes": _TENSORS[op] * n * es + (INDEX_BYTES * _rows(n, g.mem_hidden)
-                                               if op == "embedding" else 0),
-             "split": "fit" if i % 2 == 0 else "holdout"}
-            for op in OPS for i, n in enumerate(g.mem_elems)]
+    out: list[dict[str, object]] = []
+    for dt in g.mem_dtypes:
+        es = torch.finfo(TORCH_DTYPES[dt]).bits // 8
+        for op, pas in op_passes():
+            out += [{"op": op, "pass": pas, "dtype": dt, "elems": n,
+                     "bytes": nbytes(op, pas, n, es, g.mem_hidden),
+                     "split": "fit" if i % 2 == 0 else "holdout"}
+                    for i, n in enumerate(g.mem_elems)]
+    return out
+
+
+def _forward(op: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+             rows: int) -> Callable[[], torch.Tensor]:
+    if op == "layernorm":
+        return lambda: F.layer_norm(x, (x.shape[1],), w, bias)
+    if op == "rmsnorm":
+        return lambda: F.rms_norm(x, (x.shape[1],), w)
+    if op == "gelu":
+        return lambda: F.gelu(x, approximate="tanh")
+    if op == "relu":
+        return lambda: F.relu(x)
+    if op == "silu":
+        return lambda: F.silu(x)
+    if op == "dropout":
+        return lambda: F.dropout(x, DROPOUT_P, training=True) + y
+    if op == "embedding":
+        table = rand((2 * rows, x.shape[1]), x.dtype, x.device)
+        idx = torch.randint(0, 2 * rows, (rows,), device=x.device)
+        return lambda: F.embedding(idx, table)
+    return lambda: torch.softmax(x, dim=-1)
 
 
 def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
@@ -48,21 +103,20 @@ def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
     y = rand((rows, n // rows), dt, dev)
     w = rand(n // rows, dt, dev)
     bias = rand(n // rows, dt, dev)
-    out = torch.empty_like(x)
-    op = p["op"]
-    if op == "add":
-        fn = lambda: torch.add(x, y, out=out)  # noqa: E731
-    elif op == "mul":
-        fn = lambda: torch.mul(x, y, out=out)  # noqa: E731
-    elif op == "layernorm":
-        fn = lambda: F.layer_norm(x, (x.shape[1],), w, bias)  # noqa: E731
-    elif op == "rmsnorm":
-        fn = lambda: F.rms_norm(x, (x.shape[1],), w)  # noqa: E731
-    elif op == "embedding":
-        table = rand((2 * rows, n // rows), dt, dev)
-        idx = torch.randint(0, 2 * rows, (rows,), device=dev)
-        fn = lambda: F.embedding(idx, table)  # noqa: E731
+    op = str(p["op"])
+    if op in ("add", "mul"):
+        out = torch.empty_like(x)
+        f = torch.add if op == "add" else torch.mul
+        fn: Callable[[], object] = lambda: f(x, y, out=out)  # noqa: E731
+    elif p.get("pass") == "bwd":
+        leaves = (x, w, bias) if op == "layernorm" else (x, w) if op == "rmsnorm" else (x,)
+        for t in leaves:
+            t.requires_grad_(True)
+        o = _forward(op, x, y, w, bias, rows)()
+        go = rand(tuple(o.shape), dt, dev)
+        fn = lambda: torch.autograd.grad(o, leaves, go, retain_graph=True)  # noqa: E731
+        return ok(p, measure(fn, ctx.grid.methodology, ctx.cuda))
     else:
-        fn = lambda: torch.softmax(x, dim=-1)  # noqa: E731
+        fn = _forward(op, x, y, w, bias, rows)
     with torch.no_grad():
         return ok(p, measure(fn, ctx.grid.methodology, ctx.cuda))

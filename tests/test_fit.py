@@ -142,18 +142,26 @@ def _synthetic_raw(tmp_path: Path, norm_ops=("layernorm", "rmsnorm")) -> Path:
             for m in (64, 128) for n in (64, 128) for k in (64, 128)]
     write_raw(raw / "gemm.csv", meta, ("dtype", "M", "N", "K", "flops", "split", *tail),
               _rows(gemm, lambda p: 2e-6 + p["flops"] / 1e11))
-    # add/mul: 1.5 us + bytes / 20 GB/s; layernorm 4 us + bytes / 5 GB/s, rmsnorm 16 us +
-    # bytes / 1.25 GB/s (the NORM curve keeps the geometric mean of their times at each size).
+    # add/mul fp32: 1.5 us + bytes / 20 GB/s, add bf16: 2 us + bytes / 8 GB/s; layernorm forward
+    # 4 us + bytes / 5 GB/s and backward 6 us + bytes / 2 GB/s (its curve is the mean call);
+    # rmsnorm 16 us + bytes / 1.25 GB/s; softmax 3 us + bytes / 4 GB/s.
     mem = []
-    for op in ("add", "mul", *norm_ops, "softmax"):
+    cases = [("add", "fwd", "fp32"), ("mul", "fwd", "fp32"), ("add", "fwd", "bf16")]
+    cases += [(op, "fwd", "fp32") for op in norm_ops] + [("softmax", "fwd", "fp32")]
+    cases += [("layernorm", "bwd", "fp32")] if "layernorm" in norm_ops else []
+    for op, pas, dt in cases:
         for i, e in enumerate(4**j for j in range(3, 9)):
-            b = (3 if op in ("add", "mul") else 2) * 4 * e
-            mem.append({"op": op, "dtype": "fp32", "elems": e, "bytes": b,
+            elem = 4 if dt == "fp32" else 2
+            b = (3 if op in ("add", "mul") or pas == "bwd" else 2) * elem * e
+            mem.append({"op": op, "pass": pas, "dtype": dt, "elems": e, "bytes": b,
                         "split": "fit" if i % 2 == 0 else "holdout"})
-    law = {"add": (1.5e-6, 20e9), "mul": (1.5e-6, 20e9), "layernorm": (4e-6, 5e9),
-           "rmsnorm": (16e-6, 1.25e9), "softmax": (3e-6, 4e9)}
-    write_raw(raw / "membw.csv", meta, ("op", "dtype", "elems", "bytes", "split", *tail),
-              _rows(mem, lambda p: law[p["op"]][0] + p["bytes"] / law[p["op"]][1]))
+    law = {("add", "fwd", "fp32"): (1.5e-6, 20e9), ("mul", "fwd", "fp32"): (1.5e-6, 20e9),
+           ("add", "fwd", "bf16"): (2e-6, 8e9), ("layernorm", "fwd", "fp32"): (4e-6, 5e9),
+           ("layernorm", "bwd", "fp32"): (6e-6, 2e9), ("rmsnorm", "fwd", "fp32"): (16e-6, 1.25e9),
+           ("softmax", "fwd", "fp32"): (3e-6, 4e9)}
+    write_raw(raw / "membw.csv", meta, ("op", "pass", "dtype", "elems", "bytes", "split", *tail),
+              _rows(mem, lambda p: law[p["op"], p["pass"], p["dtype"]][0]
+                    + p["bytes"] / law[p["op"], p["pass"], p["dtype"]][1]))
     copy = [{"kind": k, "memory": "host", "bytes": b, "split": "fit"}
             for k in ("memcpy", "stream_add") for b in (4096, 2**20, 2**24)]
     write_raw(raw / "copy.csv", meta, ("kind", "memory", "bytes", "split", *tail),
@@ -172,14 +180,20 @@ def test_fit_recovers_known_membw_launch_and_adam_laws(tmp_path):
     gpu, host = f.profile["gpu"], f.profile["host"]
     assert gpu["launch_overhead_us"]["value"] == 1.5                # alpha of the small add/mul
     mb = gpu["memory_bound"]
-    assert set(mb) == {"ELEMENTWISE", "NORM", "SOFTMAX_CE"}          # no embedding rows: no EMBED
+    assert set(mb) == {"ELEMENTWISE", "NORM", "RMSNORM", "SOFTMAX_CE"}  # no embedding rows
     big = 3 * 4 * 4**7                                               # largest fit size of add
     assert mb["ELEMENTWISE"]["bandwidth_gbps"]["value"] == pytest.approx(
         big / (1.5e-6 + big / 20e9) / 1e9, rel=5e-4)
     assert gpu["mem_bandwidth_gbps"]["value"] == mb["ELEMENTWISE"]["bandwidth_gbps"]["value"]
-    for b, gbps in mb["NORM"]["curve"]["points"]:                    # geometric mean of the norms
-        t = ((4e-6 + b / 5e9) * (16e-6 + b / 1.25e9)) ** 0.5
-        assert gbps == pytest.approx(b / t / 1e9, rel=5e-4)
+    for b, gbps in mb["ELEMENTWISE"]["dtypes"]["bf16"]["curve"]["points"]:   # its own law
+        assert gbps == pytest.approx(b / (2e-6 + b / 8e9) / 1e9, rel=5e-4)
+    assert "dtypes" not in mb["NORM"]                                # fp32 only
+    for b, gbps in mb["RMSNORM"]["curve"]["points"]:                 # its own law, not NORM's
+        assert gbps == pytest.approx(b / (16e-6 + b / 1.25e9) / 1e9, rel=5e-4)
+    for b, gbps in mb["NORM"]["curve"]["points"]:   # mean call of forward (8e B) and backward (12e)
+        e = b // 10
+        t = (4e-6 + 8 * e / 5e9 + 6e-6 + 12 * e / 2e9) / 2
+        assert b == 10 * e and gbps == pytest.approx(b / t / 1e9, rel=5e-4)
     adam = host["adam"]
     assert (adam["threads"], adam["overhead_us"]["value"], adam["params_per_s"]["value"]) == \
         (1, 50.0, 1e9)
@@ -187,13 +201,25 @@ def test_fit_recovers_known_membw_launch_and_adam_laws(tmp_path):
     assert "pinned_limit_bytes" not in host
     # Held out: Adam follows its law exactly; add and mul do between fit sizes (linear in n is
     # exact for a fixed cost + n / bandwidth) and lose 11% only above the largest fit size,
-    # priced at that size's rate; the norms pay for sharing one NORM curve.
+    # priced at that size's rate; rmsnorm has its own curve now; each layernorm pass alone is off
+    # by its difference from the mean call.
     assert "| adam | median 0.0%, max 0.0% over 2 held-out points |" in f.report
-    assert "add 0.0% (max 11.0%); mul 0.0% (max 11.0%); layernorm 100.0%" in f.report
+    assert "add 0.0% (max 11.0%); mul 0.0% (max 11.0%); add bf16 0.0% (max" in f.report
+    assert "rmsnorm 0.0% (max" in f.report
     cm = CostModel(load_profile(_write_profile(tmp_path, f.profile)))
+    e = 4**5                                                         # between fit sizes 4^4, 4^6
+    fwd, bwd = Op(OpKind.NORM, n=8 * e, dtype="fp32"), Op(OpKind.NORM, n=12 * e, dtype="fp32")
+    assert cm.op_seconds(fwd) + cm.op_seconds(bwd) == pytest.approx(
+        4e-6 + 8 * e / 5e9 + 6e-6 + 12 * e / 2e9, rel=5e-4)  # the pair is exact (4 digits kept)
+    assert cm.op_seconds(Op(OpKind.ELEMENTWISE, n=3 * 2 * e, dtype="bf16")) == pytest.approx(
+        2e-6 + 6 * e / 8e9, rel=5e-4)                                # bf16 on its own curve
     n = 3 * 4 * 4**4                                                 # a held-out add size
     assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=2**14)) == pytest.approx(50e-6 + 2**14 / 1e9)
-    assert cm.op_seconds(Op(OpKind.ELEMENTWISE, n=n)) == pytest.approx(1.5e-6 + n / 20e9, rel=1e-3)
+    assert cm.op_seconds(Op(OpKind.ELEMENTWISE, n=n, dtype="fp32")) == pytest.approx(
+        1.5e-6 + n / 20e9, rel=1e-3)
+    # a kind without its own entry: GELU → ELEMENTWISE (per dtype), RMSNORM has its own
+    assert cm.op_seconds(Op(OpKind.GELU, n=n, dtype="bf16")) == cm.op_seconds(
+        Op(OpKind.ELEMENTWISE, n=n, dtype="bf16"))
 
 
 def _write_profile(tmp_path: Path, profile: dict) -> Path:
@@ -209,3 +235,22 @@ def test_fit_of_membw_data_without_norms_leaves_norm_on_the_single_bandwidth(tmp
     g = cm.profile.gpu
     assert cm.op_seconds(Op(OpKind.NORM, n=10**6)) == pytest.approx(
         g.launch_overhead_us.value * 1e-6 + 10**6 / (g.mem_bandwidth_gbps.value * 1e9))
+
+
+def test_gemm_table_rate_is_the_mean_time_over_layouts(tmp_path):
+    # nn: 2 us + FLOPs / 100 GFLOP/s; tn twice as slow: one table rate per shape from the mean time.
+    raw = _synthetic_raw(tmp_path)
+    meta = {"device": "synthetic cpu", "driver": "n/a", "torch": "2.13.0+cpu", "host": "h",
+            "date": "2026-11-21"}
+    tail = (*STATS, "repeats", "inner", "remeasured", "unstable", "status")
+    gemm = [{"dtype": "fp32", "layout": lay, "M": m, "N": n, "K": k, "flops": 2 * m * n * k,
+             "split": "fit"} for m in (64, 128) for n in (64, 128) for k in (64, 128)
+            for lay in ("nn", "tn")]
+    law = lambda p: (2e-6 + p["flops"] / 1e11) * (2 if p["layout"] == "tn" else 1)  # noqa: E731
+    write_raw(raw / "gemm.csv", meta, ("dtype", "layout", "M", "N", "K", "flops", "split", *tail),
+              _rows(gemm, law))
+    pts = fit(raw, "syn").profile["gpu"]["gemm"]["table"]["points"]["fp32"]
+    assert len(pts) == 8
+    for m, n, k, tflops in pts:
+        f = 2 * m * n * k
+        assert tflops == pytest.approx(f / (1.5 * (2e-6 + f / 1e11)) / 1e12, rel=5e-4)

@@ -341,3 +341,76 @@ def test_a_measured_table_point_is_its_measurement_even_where_bandwidth_would_bi
     cm = CostModel(prof)
     assert cm.op_seconds(Op(OpKind.GEMM, (256, 256, 256), dtype="fp32")) == pytest.approx(
         2 * 256**3 / 1e9)
+
+
+# -- kinds split from ELEMENTWISE/NORM, per-dtype rates, attention between measured shapes ------
+
+NEW_KINDS = {OpKind.RMSNORM: OpKind.NORM, OpKind.GELU: OpKind.ELEMENTWISE,
+             OpKind.RELU: OpKind.ELEMENTWISE, OpKind.SWIGLU: OpKind.ELEMENTWISE,
+             OpKind.DROPOUT: OpKind.ELEMENTWISE}
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_gpu_profiles_price_the_new_kinds_as_before(name):
+    # A GPU profile has no curves for the new kinds: every block of every model costs exactly what
+    # it cost when they were ELEMENTWISE/NORM (so the GPU goldens do not move).
+    from simhete.workload import build_workload
+    cm = MODELS[name]
+    for model in ("llama3-8b", "gpt3-1.3b", "opt-1.3b"):
+        for blk in build_workload(model, 2, 512, "fp16" if name.startswith("v100") else "bf16").blocks:
+            for ops in (blk.fwd_ops, blk.bwd_ops):
+                old = tuple(Op(NEW_KINDS.get(o.kind, o.kind), o.shape, o.n, o.dtype, o.pinned, o.count)
+                            for o in ops)
+                assert [cm.op_seconds(o) for o in ops] == [cm.op_seconds(o) for o in old]
+
+
+def test_new_kinds_fall_back_to_the_kind_they_were_split_from():
+    prof = _with(cpu_profile(), ("gpu", "memory_bound"),
+                 {"NORM": {"bandwidth_gbps": q(4.0), "overhead_us": q(3.0)},
+                  "ELEMENTWISE": {"bandwidth_gbps": q(8.0), "overhead_us": q(1.0)},
+                  "GELU": {"bandwidth_gbps": q(2.0), "overhead_us": q(5.0)}})
+    cm = CostModel(prof)
+    n = 4 * 10**9
+    assert cm.op_seconds(Op(OpKind.RMSNORM, n=n)) == pytest.approx(3e-6 + 1.0)    # NORM's
+    assert cm.op_seconds(Op(OpKind.GELU, n=n)) == pytest.approx(5e-6 + 2.0)       # its own
+    for kind in (OpKind.RELU, OpKind.SWIGLU, OpKind.DROPOUT):
+        assert cm.op_seconds(Op(kind, n=n)) == pytest.approx(1e-6 + 0.5)          # ELEMENTWISE's
+    # no memory_bound entry on the chain at all: launch + n / (bandwidth × efficiency)
+    cm = CostModel(_with(cpu_profile(), ("gpu", "memory_bound"),
+                         {"GELU": {"bandwidth_gbps": q(2.0)}}))
+    assert cm.op_seconds(Op(OpKind.RMSNORM, n=10**9)) == pytest.approx(10e-6 + 1e-3)
+
+
+def test_memory_bound_rate_per_dtype():
+    prof = _with(cpu_profile(), ("gpu", "memory_bound"),
+                 {"GELU": {"bandwidth_gbps": q(4.0), "overhead_us": q(2.0),
+                           "dtypes": {"bf16": {"bandwidth_gbps": q(1.0), "overhead_us": q(6.0)}}}})
+    cm = CostModel(prof)
+    assert cm.op_seconds(Op(OpKind.GELU, n=4 * 10**9, dtype="fp32")) == pytest.approx(2e-6 + 1.0)
+    assert cm.op_seconds(Op(OpKind.GELU, n=4 * 10**9, dtype="bf16")) == pytest.approx(6e-6 + 4.0)
+    assert cm.op_seconds(Op(OpKind.GELU, n=4 * 10**9, dtype="fp16")) == pytest.approx(2e-6 + 1.0)
+    assert "gpu.memory_bound.GELU.dtypes.bf16.bandwidth_gbps (assumed)" in cm.flags
+
+
+def _attn_profile() -> HardwareProfile:
+    # fwd fp32 TFLOP/s on a 2x2x2 grid of (batch·heads, seq, head_dim): rate = bh/8 · s/64 · d/32
+    # · 0.01, i.e. log-linear in each axis, so interpolation in log space is exact.
+    rows = [[b, h, s, s, d, 1, 0.01 * (b * h / 8) * (s / 64) * (d / 32)]
+            for b, h in ((2, 4), (4, 8)) for s in (64, 256) for d in (32, 128)]
+    table = {"source": "assumed", "ref": "t", "fwd": {"fp32": rows}, "bwd": {}}
+    return _with(cpu_profile(), ("gpu", "attention"),
+                 {"fwd_efficiency": q(0.5), "bwd_efficiency": q(0.5), "table": table})
+
+
+def test_attention_between_measured_shapes_is_interpolated_in_log_space():
+    cm = CostModel(_attn_profile())
+    exact = Op(OpKind.ATTN_FWD, (2, 4, 64, 64, 32, 1), dtype="fp32")
+    assert cm.op_seconds(exact) == pytest.approx(exact.flops / 0.01e12, rel=1e-12)
+    # (4, 4, 128, 128, 64): bh 16, s 128, d 64 — inside the grid, not on it
+    mid = Op(OpKind.ATTN_FWD, (4, 4, 128, 128, 64, 1), dtype="fp32")
+    rate = 0.01 * 2 * 2 * 2
+    assert cm.op_seconds(mid) == pytest.approx(mid.flops / (rate * 1e12), rel=1e-6)
+    # outside the grid, another pass or dtype: the efficiency roofline (1 TFLOP/s fp32 peak × 0.5)
+    for op in (Op(OpKind.ATTN_FWD, (1, 4, 128, 128, 64, 1), dtype="fp32"),
+               Op(OpKind.ATTN_BWD, (4, 4, 128, 128, 64, 1), dtype="fp32")):
+        assert cm.op_seconds(op) == pytest.approx(10e-6 + op.flops / 0.5e12)

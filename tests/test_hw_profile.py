@@ -236,8 +236,15 @@ def test_pinned_limit_is_optional_and_new_keys_are_checked(tmp_path):
     bad["gpu"]["memory_bound"] = {"GEMM": {"bandwidth_gbps": {"value": 1.0, "source": "assumed",
                                                               "ref": "x"}}}
     with pytest.raises(ConfigError, match=r"b\.yaml: gpu\.memory_bound\.GEMM: unknown key; allowed "
-                                          r"keys here: ELEMENTWISE, EMBED, NORM, SOFTMAX_CE$"):
+                                          r"keys here: DROPOUT, ELEMENTWISE, EMBED, GELU, NORM, RELU, "
+                                          r"RMSNORM, SOFTMAX_CE, SWIGLU$"):
         load_profile(write(tmp_path, bad, "b.yaml"))
+    bad = copy.deepcopy(d)
+    bad["gpu"]["memory_bound"]["GELU"] = {
+        "bandwidth_gbps": {"value": 1.0, "source": "assumed", "ref": "x"},
+        "dtypes": {"int8": {"bandwidth_gbps": {"value": 1.0, "source": "assumed", "ref": "x"}}}}
+    with pytest.raises(ConfigError, match=r"gpu\.memory_bound\.GELU\.dtypes\.int8"):
+        load_profile(write(tmp_path, bad, "d.yaml"))
     bad = copy.deepcopy(d)
     bad["host"]["adam"]["threads"] = 0
     with pytest.raises(ConfigError, match=r"host\.adam\.threads: bad value 0"):

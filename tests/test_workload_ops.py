@@ -48,15 +48,15 @@ def test_llama_block_ops_exact() -> None:
     T, h, f, e = 16, 4096, 11008, 2
     attn = (2, 32, 8, 8, 128, 1)
     assert w.blocks[1].fwd_ops == (
-        Op(OpKind.NORM, (), 2 * e * T * h),
+        Op(OpKind.RMSNORM, (), 2 * e * T * h),
         Op(OpKind.GEMM, (T, 3 * h, h)),                      # fused QKV
         Op(OpKind.ELEMENTWISE, (), 2 * e * T * 2 * h),       # rope on q and k
         Op(OpKind.ATTN_FWD, attn),
         Op(OpKind.GEMM, (T, h, h)),                          # output projection
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),           # residual add
-        Op(OpKind.NORM, (), 2 * e * T * h),
+        Op(OpKind.RMSNORM, (), 2 * e * T * h),
         Op(OpKind.GEMM, (T, f, h), count=2),                 # gate and up
-        Op(OpKind.ELEMENTWISE, (), 2 * e * T * f),           # silu
+        Op(OpKind.SWIGLU, (), 2 * e * T * f),                # silu
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * f),           # silu(g) · u
         Op(OpKind.GEMM, (T, h, f)),                          # down
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),
@@ -64,21 +64,53 @@ def test_llama_block_ops_exact() -> None:
     assert w.blocks[1].bwd_ops == (
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),
         Op(OpKind.GEMM, (T, f, h)), Op(OpKind.GEMM, (h, f, T)),                  # down: dX, dW
-        Op(OpKind.ELEMENTWISE, (), 5 * e * T * f), Op(OpKind.ELEMENTWISE, (), 3 * e * T * f),
+        Op(OpKind.ELEMENTWISE, (), 5 * e * T * f), Op(OpKind.SWIGLU, (), 3 * e * T * f),
         Op(OpKind.GEMM, (T, h, f), count=2), Op(OpKind.GEMM, (f, h, T), count=2),  # gate, up
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),                               # dX sum
-        Op(OpKind.NORM, (), 3 * e * T * h),
+        Op(OpKind.RMSNORM, (), 3 * e * T * h),
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),
         Op(OpKind.GEMM, (T, h, h)), Op(OpKind.GEMM, (h, h, T)),
         Op(OpKind.ATTN_BWD, attn),
         Op(OpKind.ELEMENTWISE, (), 2 * e * T * 2 * h),
         Op(OpKind.GEMM, (T, h, 3 * h)), Op(OpKind.GEMM, (3 * h, h, T)),
-        Op(OpKind.NORM, (), 3 * e * T * h),
+        Op(OpKind.RMSNORM, (), 3 * e * T * h),
     )
     head = w.blocks[-1]
-    assert head.fwd_ops == (Op(OpKind.NORM, (), 2 * e * T * h), Op(OpKind.GEMM, (T, 32000, h)),
+    assert head.fwd_ops == (Op(OpKind.RMSNORM, (), 2 * e * T * h), Op(OpKind.GEMM, (T, 32000, h)),
                             Op(OpKind.SOFTMAX_CE, (T, 32000), (e + 4) * T * 32000))
     assert w.blocks[0].fwd_ops == (Op(OpKind.EMBED, (T, h), 8 * T + 2 * e * T * h),)
+
+
+def test_gpt_block_ops_exact_kinds() -> None:
+    # TINY_GPT, b = 2, s = 4: T = 8 tokens, h = 8, f = 32, 2 heads of d = 4, e = 2, dropout:
+    # LayerNorm → NORM, GeLU → GELU (fwd and bwd), residual dropout → DROPOUT in the forward (the
+    # add fused with it: 3·e·T·h + 1-byte mask) and ELEMENTWISE in the backward (masked scale).
+    w = build_workload(TINY_GPT, 2, 4)
+    T, h, f, e = 8, 8, 32, 2
+    attn = (2, 2, 4, 4, 4, 1)
+    drop_fwd = Op(OpKind.DROPOUT, (), 3 * e * T * h + T * h)
+    drop_bwd = Op(OpKind.ELEMENTWISE, (), 3 * e * T * h + (2 * e + 1) * T * h)
+    assert w.blocks[1].fwd_ops == (
+        Op(OpKind.NORM, (), 2 * e * T * h), Op(OpKind.GEMM, (T, 3 * h, h)), Op(OpKind.ATTN_FWD, attn),
+        Op(OpKind.GEMM, (T, h, h)), drop_fwd, Op(OpKind.NORM, (), 2 * e * T * h),
+        Op(OpKind.GEMM, (T, f, h)), Op(OpKind.GELU, (), 2 * e * T * f), Op(OpKind.GEMM, (T, h, f)),
+        drop_fwd)
+    assert w.blocks[1].bwd_ops == (
+        drop_bwd, Op(OpKind.GEMM, (T, f, h)), Op(OpKind.GEMM, (h, f, T)),
+        Op(OpKind.GELU, (), 3 * e * T * f), Op(OpKind.GEMM, (T, h, f)), Op(OpKind.GEMM, (f, h, T)),
+        Op(OpKind.NORM, (), 3 * e * T * h), drop_bwd, Op(OpKind.GEMM, (T, h, h)),
+        Op(OpKind.GEMM, (h, h, T)), Op(OpKind.ATTN_BWD, attn), Op(OpKind.GEMM, (T, h, 3 * h)),
+        Op(OpKind.GEMM, (3 * h, h, T)), Op(OpKind.NORM, (), 3 * e * T * h))
+    # embed: token gather, then the learned-position add with dropout (4 positions × h rows read)
+    assert w.blocks[0].fwd_ops == (Op(OpKind.EMBED, (T, h), 8 * T + 2 * e * T * h),
+                                   Op(OpKind.DROPOUT, (), 2 * e * T * h + e * 4 * h + T * h))
+    assert w.blocks[-1].fwd_ops[0] == Op(OpKind.NORM, (), 2 * e * T * h)
+    # ReLU (OPT) → RELU; no dropout → the residual is a plain ELEMENTWISE add
+    relu = build_workload(dataclasses.replace(TINY_GPT, mlp="relu", dropout=False,
+                                              attn_dropout=False), 2, 4)
+    kinds = [op.kind for op in relu.blocks[1].fwd_ops]
+    assert OpKind.RELU in kinds and OpKind.DROPOUT not in kinds and OpKind.GELU not in kinds
+    assert [op.kind for op in relu.blocks[0].fwd_ops] == [OpKind.EMBED, OpKind.ELEMENTWISE]
 
 
 def test_gqa_qkv_width() -> None:

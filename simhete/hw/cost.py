@@ -6,11 +6,15 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
   max(FLOPs / rate, bytes / memory bandwidth) — a roofline whose compute rate is peak ×
   efficiency(M, N, K) (tile/wave quantisation, NVIDIA "Matrix Multiplication Background User's
   Guide" §3).
-- ATTN_FWD/ATTN_BWD: an exact measured shape at its rate, else the same roofline with FLOPs from
-  :attr:`Op.flops` and the attention efficiency.
-- ELEMENTWISE/NORM/SOFTMAX_CE/EMBED: memory-bound. With a ``gpu.memory_bound`` entry for the
-  kind: its measured curve (time linear in n between points, never decreasing with size), else its
-  overhead + n / its bandwidth; without one: launch + n / (bandwidth × efficiency).
+- ATTN_FWD/ATTN_BWD: an exact measured shape at its rate; a shape inside the measured table of
+  its pass and dtype at the rate interpolated in (log batch·heads, log seq_q·seq_kv, log
+  head_dim); else the same roofline with FLOPs from :attr:`Op.flops` and the attention efficiency.
+- ELEMENTWISE/NORM/RMSNORM/GELU/RELU/SWIGLU/DROPOUT/SOFTMAX_CE/EMBED: memory-bound. With a
+  ``gpu.memory_bound`` entry for the kind (its ``dtypes.<dtype>`` rate where the op's dtype has
+  one): its measured curve (time linear in n between points, never decreasing with size), else
+  its overhead + n / its bandwidth. A kind without an entry uses the kind it was split from
+  (RMSNORM → NORM; GELU, RELU, SWIGLU, DROPOUT → ELEMENTWISE); with none: launch + n /
+  (bandwidth × efficiency).
 - H2D/D2H: α-β on the pinned or pageable link (or n / curve(n) inside a measured curve); on a
   ``device_type: cpu`` profile without links they are host memcpys.
 - D2D: launch + 2n / device bandwidth (a copy reads and writes n bytes).
@@ -43,6 +47,12 @@ DTYPE_BYTES = {"bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
 # p, m, v — 7 × 4 = 28 bytes per parameter (REFERENCES.md, "CPU Adam is DRAM-bound").
 ADAM_GPU_BYTES_PER_PARAM = 28
 
+# A memory-bound kind without its own profile entry is priced as the kind it was split from
+# (profiles calibrated before the op vocabulary had these kinds measured only the older ones).
+MB_FALLBACK = {OpKind.RMSNORM: OpKind.NORM, OpKind.GELU: OpKind.ELEMENTWISE,
+               OpKind.RELU: OpKind.ELEMENTWISE, OpKind.SWIGLU: OpKind.ELEMENTWISE,
+               OpKind.DROPOUT: OpKind.ELEMENTWISE}
+
 # nccl-tests doc/PERFORMANCE.md: busbw = algbw × factor, with r ranks.
 _BUS_FACTOR: dict[OpKind, Callable[[int], float]] = {
     OpKind.ALLREDUCE: lambda r: 2.0 * (r - 1) / r,
@@ -69,11 +79,16 @@ class CostModel:
             self._tables = {dt: GemmInterpolator(rows) for dt, rows in g.gemm.table.points.items()}
         attn_table = g.attention.table if g.attention else None
         self._attn_exact: dict[tuple[OpKind, str, tuple[int, ...]], float] = {}
+        self._attn_rows: dict[tuple[OpKind, str, int], list[tuple[int, int, int, float]]] = {}
+        self._attn_interp: dict[tuple[OpKind, str, int], GemmInterpolator] = {}
         if attn_table is not None:
             for kind, part in ((OpKind.ATTN_FWD, attn_table.fwd), (OpKind.ATTN_BWD, attn_table.bwd)):
                 for dt, rows in part.items():
                     for r in rows:
-                        self._attn_exact[(kind, dt, tuple(int(x) for x in r[:6]))] = float(r[6])
+                        b, h, sq, skv, d, causal = (int(x) for x in r[:6])
+                        self._attn_exact[(kind, dt, (b, h, sq, skv, d, causal))] = float(r[6])
+                        self._attn_rows.setdefault((kind, dt, causal), []).append(
+                            (b * h, sq * skv, d, float(r[6])))
         self._op_cache: dict[Op, float] = {}
         self._task_cache: dict[tuple[Op, ...], float] = {}
         self._flags: set[str] = set()
@@ -84,6 +99,11 @@ class CostModel:
             OpKind.ATTN_BWD: self._attention,
             OpKind.ELEMENTWISE: self._memory_bound,
             OpKind.NORM: self._memory_bound,
+            OpKind.RMSNORM: self._memory_bound,
+            OpKind.GELU: self._memory_bound,
+            OpKind.RELU: self._memory_bound,
+            OpKind.SWIGLU: self._memory_bound,
+            OpKind.DROPOUT: self._memory_bound,
             OpKind.SOFTMAX_CE: self._memory_bound,
             OpKind.EMBED: self._memory_bound,
             OpKind.H2D: self._transfer,
@@ -212,6 +232,8 @@ class CostModel:
             nbytes = float(b * h * d * (4 * sq + 4 * skv)) * db   # read Q, K, V, O, dO; write dQ, dK, dV
         att = self.profile.gpu.attention
         exact = self._attn_exact.get((op.kind, op.dtype, tuple(op.shape)))
+        if exact is None:
+            exact = self._attn_interpolated(op)
         if exact is not None and att is not None and att.table is not None:
             self._use("gpu.attention.table", att.table)
             return flops / (exact * 1e12)   # measured end to end, like the GEMM table
@@ -228,12 +250,36 @@ class CostModel:
             eff = q.value
         return self._roofline(flops, peak * eff, nbytes)
 
+    def _attn_interpolated(self, op: Op) -> float | None:
+        """TFLOP/s interpolated in the measured table of the op's pass, dtype and causality, over
+        (log batch·heads, log seq_q·seq_kv, log head_dim), or None outside the measured hull."""
+        b, h, sq, skv, d, causal = op.shape
+        key = (op.kind, op.dtype, int(causal))
+        rows = self._attn_rows.get(key)
+        if rows is None:
+            return None
+        interp = self._attn_interp.get(key)
+        if interp is None:
+            # shapes with equal (batch·heads, seq², head_dim): the geometric mean of their rates
+            same: dict[tuple[int, int, int], list[float]] = {}
+            for bh, ss, dd, r in rows:
+                same.setdefault((bh, ss, dd), []).append(math.log(r))
+            interp = self._attn_interp[key] = GemmInterpolator(
+                [(*k, math.exp(sum(v) / len(v))) for k, v in sorted(same.items())])
+        return interp.tflops(b * h, sq * skv, d)
+
     def _memory_bound(self, op: Op) -> float:
         mb = self.profile.gpu.memory_bound
-        entry = getattr(mb, op.kind.value) if mb is not None else None
+        kind, entry = op.kind, None
+        while mb is not None:
+            entry = getattr(mb, kind.value)
+            if entry is not None or kind not in MB_FALLBACK:
+                break
+            kind = MB_FALLBACK[kind]
         if entry is None:
             return self._launch_s() + self._mem_seconds(op.n)
-        key = f"gpu.memory_bound.{op.kind.value}"
+        entry, suffix = entry.for_dtype(op.dtype)
+        key = f"gpu.memory_bound.{kind.value}{suffix}"
         if entry.curve is not None:
             self._use(f"{key}.curve", entry.curve)
             return self._curve_seconds(key, entry.curve, op.n)

@@ -199,10 +199,17 @@ def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
     rows = [r for r in t.ok() if r["split"] == "fit"]
     if not rows:
         raise ConfigError(str(t.path), None, problem="no measured GEMM points to fit")
-    points: dict[str, list[list[float]]] = {}
+    # One rate per (dtype, M, N, K): FLOPs / the mean time over the layouts measured (a GEMM Op
+    # has no layout; a linear layer runs one GEMM of each of its three layouts).
+    by_shape: dict[tuple[str, int, int, int], list[float]] = {}
     for r in rows:
-        tflops = _f(r, "flops") / _f(r, "median_s") / 1e12
-        points.setdefault(r["dtype"], []).append([int(r["M"]), int(r["N"]), int(r["K"]), sig(tflops)])
+        by_shape.setdefault((r["dtype"], int(r["M"]), int(r["N"]), int(r["K"])), []).append(
+            _f(r, "median_s"))
+    mean_s = {key: sum(v) / len(v) for key, v in by_shape.items()}
+    layouts = sorted({r.get("layout") or "nn" for r in rows})
+    points: dict[str, list[list[float]]] = {}
+    for (dt, m, n, k), t_s in mean_s.items():
+        points.setdefault(dt, []).append([m, n, k, sig(2.0 * m * n * k / t_s / 1e12)])
     peak = {dt: max(p[3] for p in pts) for dt, pts in points.items()}
     sms, tile = int(sysinfo["sms"]), int(sysinfo["gemm_tile"])
 
@@ -230,24 +237,28 @@ def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
         "tile_m": tile, "tile_n": tile,
         "k_half": st.q("gemm", k_half, "least squares of log(rate/peak) against the roofline "
                                        "shape factor over the fit points"),
-        "table": {**st.prov("gemm", "torch.mm end to end per call, median of repeats; fit points "
-                                    "only (held-out shapes are in the raw file)"),
+        "table": {**st.prov("gemm", "torch.mm end to end per call, median of repeats, mean over "
+                                    f"layouts {'/'.join(layouts)}; fit points only (held-out "
+                                    "shapes are in the raw file)"),
                   "points": {dt: points[dt] for dt in sorted(points)}},
     }
+    held = t.ok(split="holdout")
     st.holdout["gemm"] = [(Op(OpKind.GEMM, (int(r["M"]), int(r["N"]), int(r["K"])), dtype=r["dtype"]),
-                           _f(r, "median_s")) for r in t.ok(split="holdout")]
+                           _f(r, "median_s")) for r in held]
+    st.holdout_by["gemm"] = [f"{r['dtype']} {r.get('layout') or 'nn'}" for r in held]
     roof = [sig(math.exp(float(best.x)))]
     # Cross-check of launch_overhead_us (fitted from membw): alpha of time vs FLOPs over the
     # smallest shapes (at most 4x the FLOPs of the smallest) of each dtype.
     small = []
     for dt in sorted(points):
-        sub = [r for r in rows if r["dtype"] == dt]
-        least = min(_f(r, "flops") for r in sub)
-        sub = [r for r in sub if _f(r, "flops") <= 4 * least]
-        a, _ = alpha_beta([_f(r, "flops") for r in sub], [_f(r, "median_s") for r in sub])
+        sub = [(2.0 * m * n * k, t_s) for (d, m, n, k), t_s in sorted(mean_s.items()) if d == dt]
+        least = min(f for f, _ in sub)
+        sub = [(f, t_s) for f, t_s in sub if f <= 4 * least]
+        a, _ = alpha_beta([f for f, _ in sub], [t_s for _, t_s in sub])
         small.append(f"{dt} {a * 1e6:.2f} us over {len(sub)} shapes")
     st.sections.append(
-        f"## gemm\n\n- fit points: {sum(len(p) for p in points.values())} "
+        f"## gemm\n\n- fit points: {sum(len(p) for p in points.values())} shapes × layouts "
+        f"{'/'.join(layouts)} "
         f"({', '.join(f'{dt}: {len(p)}' for dt, p in sorted(points.items()))})\n"
         f"- peak (best measured) TFLOP/s: "
         f"{', '.join(f'{dt} {peak[dt]}' for dt in sorted(peak))}\n"
@@ -256,9 +267,19 @@ def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
         f"- small-shape alpha (cross-check of launch_overhead_us): {'; '.join(small)}\n")
 
 
+def _kv(r: dict[str, str]) -> int:
+    """K/V heads of an attention row (raw data from before the GQA column: the head count)."""
+    return int(r.get("kv_heads") or r["heads"])
+
+
 def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
+    """Measured rates of the fit shapes → ``gpu.attention.table`` (the cost model uses an exact
+    shape's rate and interpolates between shapes); the efficiencies (median rate / peak of the
+    fit shapes, per pass) price shapes outside the table. Grouped-query rows (kv_heads < heads)
+    are held out only: an attention Op has no K/V head count, so they are priced as the same
+    query shape with full heads — their held-out error is what that costs."""
     t = st.tables["attention"]
-    rows = [r for r in t.ok() if r["split"] == "fit"]
+    rows = [r for r in t.ok() if r["split"] == "fit" and _kv(r) == int(r["heads"])]
     if not rows:
         return
     peak = {dt: q["value"] for dt, q in gpu["peak_tflops"].items()}
@@ -279,59 +300,95 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
         f"{p}_efficiency": st.q("attention", eff[p], f"median over {len(effs[p])} fit shapes of "
                                 f"measured rate / peak_tflops (capped at 1)") for p in ("fwd", "bwd")}
     gpu["attention"]["table"] = {
-        **st.prov("attention", "scaled_dot_product_attention, causal, end to end per call"),
+        **st.prov("attention", "scaled_dot_product_attention, causal, end to end per call; "
+                               "interpolated between shapes in log space"),
         **{p: {dt: sorted(v) for dt, v in sorted(table[p].items())} for p in ("fwd", "bwd")}}
+    held = t.ok(split="holdout")
     st.holdout["attention"] = [
         (Op(OpKind.ATTN_FWD if r["pass"] == "fwd" else OpKind.ATTN_BWD,
             (int(r["batch"]), int(r["heads"]), int(r["seq"]), int(r["seq"]), int(r["head_dim"]),
              int(r["causal"])), dtype=r["dtype"]), _f(r, "median_s"))
-        for r in t.ok(split="holdout")]
+        for r in held]
+    st.holdout_by["attention"] = [
+        f"{r['pass']} {r['dtype']}{' GQA' if _kv(r) != int(r['heads']) else ''}" for r in held]
+    rates = "; ".join(
+        f"{p} {dt} {min(v[-1] for v in pts):.4g}-{max(v[-1] for v in pts):.4g}"
+        for p in ("fwd", "bwd") for dt, pts in sorted(table[p].items()))
     st.sections.append(f"## attention\n\n- fit shapes: {len(rows)}; efficiency of peak: "
-                       f"fwd {eff['fwd']}, bwd {eff['bwd']}\n")
+                       f"fwd {eff['fwd']}, bwd {eff['bwd']}\n- measured TFLOP/s (min-max over "
+                       f"the fit shapes): {rates}\n")
 
 
 # Memory-bound microbenchmark ops → the OpKind they price (byte counts: calibrate/membw.py).
 MEMBW_KINDS = {"add": OpKind.ELEMENTWISE, "mul": OpKind.ELEMENTWISE, "layernorm": OpKind.NORM,
-               "rmsnorm": OpKind.NORM, "softmax": OpKind.SOFTMAX_CE, "embedding": OpKind.EMBED}
+               "rmsnorm": OpKind.RMSNORM, "softmax": OpKind.SOFTMAX_CE, "embedding": OpKind.EMBED,
+               "gelu": OpKind.GELU, "relu": OpKind.RELU, "silu": OpKind.SWIGLU,
+               "dropout": OpKind.DROPOUT}
 LAUNCH_FIT_SIZES = 3   # launch_overhead_us: alpha over the smallest fit sizes of add and mul
 
 
+def _pass(r: dict[str, str]) -> str:
+    return r.get("pass") or "fwd"   # raw data from before backward rows: forward only
+
+
+def _mb_curve(rows: list[dict[str, str]]) -> list[list[float]]:
+    """[bytes, GB/s] of the mean call at each measured size (elems): the arithmetic mean of the
+    bytes and of the median times of every op and pass of one kind. Pricing a forward at n_f and
+    its backward at n_b on this curve then gives t_f + t_b exactly where time is linear in bytes
+    (fixed cost + n / bandwidth) between the points; each pass alone is off by its difference
+    from the mean (the Op does not say which pass it is)."""
+    by_elems: dict[int, list[tuple[float, float]]] = {}
+    for r in rows:
+        by_elems.setdefault(int(r["elems"]), []).append((_f(r, "bytes"), _f(r, "median_s")))
+    curve: dict[int, float] = {}
+    for _, v in sorted(by_elems.items()):
+        b = sum(x for x, _ in v) / len(v)
+        t = sum(y for _, y in v) / len(v)
+        curve[round(b)] = sig(round(b) / t / 1e9)
+    return [[b, g] for b, g in sorted(curve.items())]
+
+
 def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
-    """Per OpKind, the measured curve (bytes, GB/s) of its ops — several ops of one kind (add and
-    mul; layernorm and rmsnorm) by the geometric mean of their times at each size — and its
-    bandwidth at the largest size; the ELEMENTWISE one is also ``mem_bandwidth_gbps``. The per-op
-    fixed cost ``launch_overhead_us`` is alpha of an alpha-beta fit over the smallest add/mul."""
+    """Per OpKind and dtype, the measured curve (bytes, GB/s) of its ops and passes (the mean call
+    at each size: :func:`_mb_curve`) and its rate at the largest size. The first dtype measured is
+    the kind's own entry; other dtypes go to its ``dtypes``. The ELEMENTWISE rate is also
+    ``mem_bandwidth_gbps``; the per-op fixed cost ``launch_overhead_us`` is alpha of an
+    alpha-beta fit over the smallest add/mul of the first dtype."""
     t = st.tables["membw"]
     rows = [r for r in t.ok() if r["split"] == "fit" and r["op"] in MEMBW_KINDS]
     if not rows:
         raise ConfigError(str(t.path), None, problem="no measured memory-bound points to fit")
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
     lines = []
     per_kind: dict[str, dict[str, Any]] = {}
     for kind in dict.fromkeys(MEMBW_KINDS.values()):
-        sub = [r for r in rows if MEMBW_KINDS[r["op"]] is kind]
-        ops = sorted({r["op"] for r in sub})
-        by_size: dict[int, list[float]] = {}
-        for r in sub:
-            by_size.setdefault(int(r["bytes"]), []).append(math.log(_f(r, "median_s")))
-        if not by_size:
-            continue
-        curve = [[b, sig(b / math.exp(sum(v) / len(v)) / 1e9)] for b, v in sorted(by_size.items())]
-        what = " and ".join(ops) + (" (geometric mean of their times per size)" if len(ops) > 1
-                                    else "")
-        entry: dict[str, Any] = {"bandwidth_gbps": st.q(
-            "membw", curve[-1][1], f"{what}: bytes read + written / time at the largest fit size")}
-        if len(curve) >= 2:
-            entry["curve"] = {**st.prov("membw", f"{what}: bytes read + written / median time per "
-                                        "call (fixed cost included) at each fit size"),
-                              "points": curve}
-        per_kind[kind.value] = entry
-        lines.append(f"- {kind.value} ({', '.join(ops)}): {curve[0][1]} GB/s at {curve[0][0]} B "
-                     f"... {curve[-1][1]} GB/s at {curve[-1][0]} B "
-                     f"(peak {max(g for _, g in curve)} GB/s)")
+        for dt in dtypes:
+            sub = [r for r in rows if MEMBW_KINDS[r["op"]] is kind and r["dtype"] == dt]
+            if not sub:
+                continue
+            curve = _mb_curve(sub)
+            what = " and ".join(dict.fromkeys(f"{r['op']} {_pass(r)}" for r in sub)) + f", {dt}"
+            entry: dict[str, Any] = {"bandwidth_gbps": st.q(
+                "membw", curve[-1][1], f"{what}: bytes read + written / time at the largest fit "
+                                       "size")}
+            if len(curve) >= 2:
+                entry["curve"] = {**st.prov("membw", f"{what}: bytes read + written / median time "
+                                            "per call (fixed cost included), mean call at each "
+                                            "fit size"),
+                                  "points": curve}
+            if kind.value not in per_kind:
+                if dt != dtypes[0]:
+                    continue   # a dtype-only entry needs the kind's own (first-dtype) rate
+                per_kind[kind.value] = entry
+            else:
+                per_kind[kind.value].setdefault("dtypes", {})[dt] = entry
+            lines.append(f"- {kind.value} {dt} ({what.rsplit(',', 1)[0]}): {curve[0][1]} GB/s at "
+                         f"{curve[0][0]} B ... {curve[-1][1]} GB/s at {curve[-1][0]} B "
+                         f"(peak {max(g for _, g in curve)} GB/s)")
     if "ELEMENTWISE" not in per_kind:
         raise ConfigError(str(t.path), None, problem="no measured add/mul points to fit")
-    ew = sorted((r for r in rows if MEMBW_KINDS[r["op"]] is OpKind.ELEMENTWISE),
-                key=lambda r: int(r["bytes"]))
+    ew = sorted((r for r in rows if MEMBW_KINDS[r["op"]] is OpKind.ELEMENTWISE
+                 and r["dtype"] == dtypes[0]), key=lambda r: int(r["bytes"]))
     small = sorted({int(r["bytes"]) for r in ew})[:LAUNCH_FIT_SIZES]
     pts = [r for r in ew if int(r["bytes"]) in small]
     alpha, beta = alpha_beta([_f(r, "bytes") for r in pts], [_f(r, "median_s") for r in pts])
@@ -345,9 +402,11 @@ def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
                                      f"smallest fit sizes ({small[0]}-{small[-1]} bytes): per-op "
                                      f"fixed cost")
     gpu["memory_bound"] = per_kind
-    st.holdout["membw"] = [(Op(MEMBW_KINDS[r["op"]], n=int(r["bytes"])), _f(r, "median_s"))
-                           for r in t.ok(split="holdout") if r["op"] in MEMBW_KINDS]
-    st.holdout_by["membw"] = [r["op"] for r in t.ok(split="holdout") if r["op"] in MEMBW_KINDS]
+    held = [r for r in t.ok(split="holdout") if r["op"] in MEMBW_KINDS]
+    st.holdout["membw"] = [(Op(MEMBW_KINDS[r["op"]], n=int(r["bytes"]), dtype=r["dtype"]),
+                            _f(r, "median_s")) for r in held]
+    st.holdout_by["membw"] = [f"{r['op']}{' bwd' if _pass(r) == 'bwd' else ''}"
+                              f"{'' if r['dtype'] == dtypes[0] else ' ' + r['dtype']}" for r in held]
     st.sections.append(f"## membw\n\n- launch overhead: {alpha * 1e6:.2f} us (alpha-beta over "
                        f"add and mul at {', '.join(map(str, small))} bytes; beta "
                        f"{beta / 1e9:.1f} GB/s)\n" + "\n".join(lines) + "\n")

@@ -201,7 +201,7 @@ class Curve(Provenance):
         return v
 
 
-class MemoryBoundKind(Strict):
+class MemoryBoundRate(Strict):
     """Achieved bandwidth of one memory-bound OpKind (bytes read + written per second).
 
     Without a curve: ``overhead_us + n / bandwidth_gbps`` (overhead default: the device's
@@ -215,11 +215,31 @@ class MemoryBoundKind(Strict):
     curve: Curve | None = None
 
 
+class MemoryBoundKind(MemoryBoundRate):
+    """A kind's rate, plus optional rates measured in other dtypes (``dtypes: {bf16: {...}}``): an
+    op of a listed dtype uses its own entry (on a CPU a bf16 GeLU is not half the time of an fp32
+    one, so one bytes/second rate cannot serve both); any other dtype uses the kind's own rate."""
+
+    dtypes: dict[DType, MemoryBoundRate] | None = None
+
+    def for_dtype(self, dtype: str) -> tuple[MemoryBoundRate, str]:
+        """(the rate for ``dtype``, its dotted key suffix: ``""`` or ``".dtypes.<dtype>"``)."""
+        if self.dtypes is not None and dtype in self.dtypes:
+            return self.dtypes[dtype], f".dtypes.{dtype}"  # type: ignore[index]
+        return self, ""
+
+
 class MemoryBound(Strict):
-    """Per-OpKind memory-bound pricing; a kind left out uses mem_bandwidth_gbps × efficiency."""
+    """Per-OpKind memory-bound pricing. A kind left out falls back (simhete/hw/cost.py): RMSNORM to
+    NORM; GELU, RELU, SWIGLU and DROPOUT to ELEMENTWISE; then mem_bandwidth_gbps × efficiency."""
 
     ELEMENTWISE: MemoryBoundKind | None = None
     NORM: MemoryBoundKind | None = None
+    RMSNORM: MemoryBoundKind | None = None
+    GELU: MemoryBoundKind | None = None
+    RELU: MemoryBoundKind | None = None
+    SWIGLU: MemoryBoundKind | None = None
+    DROPOUT: MemoryBoundKind | None = None
     SOFTMAX_CE: MemoryBoundKind | None = None
     EMBED: MemoryBoundKind | None = None
 

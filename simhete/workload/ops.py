@@ -5,14 +5,21 @@ Blocks in execution order: ``embed`` (token + position embedding), ``b0`` … ``
 :mod:`simhete.opkinds`. With T = micro_batch · seq_len tokens, h hidden, f ffn width, kv the
 K/V projection width, e the bytes per element of ``dtype``:
 
-Forward of a transformer block (pre-norm; biases fused into the GEMM epilogue, dropout fused into
-the residual add):
-  NORM ln1 · GEMM qkv (T, h+2kv, h) · [ELEMENTWISE rope on q, k] · ATTN_FWD (b, a, s, s, d, 1) ·
-  GEMM out (T, h, h) · ELEMENTWISE residual · NORM ln2 · GEMM fc1 (T, f, h) ×1 (×2 gate+up for
-  SwiGLU) · ELEMENTWISE activation (SwiGLU: silu, then mul) · GEMM fc2 (T, h, f) ·
-  ELEMENTWISE residual.
+Forward of a transformer block (pre-norm; biases fused into the GEMM epilogue, residual dropout
+fused into the residual add):
+  NORM|RMSNORM ln1 · GEMM qkv (T, h+2kv, h) · [ELEMENTWISE rope on q, k] · ATTN_FWD (b, a, s, s,
+  d, 1) · GEMM out (T, h, h) · DROPOUT+residual (ELEMENTWISE without dropout) · NORM|RMSNORM ln2 ·
+  GEMM fc1 (T, f, h) ×1 (×2 gate+up for SwiGLU) · activation: GELU | RELU | SWIGLU (the gate's
+  SiLU) then ELEMENTWISE (silu(g)·u) · GEMM fc2 (T, h, f) · DROPOUT+residual.
 Backward, in reverse: every GEMM (M, N, K) with weight W gives an input-gradient GEMM and a
-weight-gradient GEMM of the same FLOPs, so backward GEMM FLOPs are exactly 2× forward.
+weight-gradient GEMM of the same FLOPs, so backward GEMM FLOPs are exactly 2× forward. The
+activation and norm backwards keep their forward's kind (GELU, RELU, SWIGLU, NORM, RMSNORM: the
+same transcendental or reduction work); dropout's backward is a masked scale of the gradient (no
+random numbers), so it stays an ELEMENTWISE op fused with the residual-gradient sum.
+
+Each op is one kernel (or, for DROPOUT+residual, the pair a fused kernel replaces), so a profile
+without curves for the new kinds prices exactly what it priced when they were ELEMENTWISE/NORM
+(simhete/hw/cost.py falls back RMSNORM → NORM, GELU/RELU/SWIGLU/DROPOUT → ELEMENTWISE).
 
 Memory accounting and the FLOP totals are in :mod:`simhete.workload.memory` and the docstring of
 :class:`Workload`; the derivations are in docs/workload.md.
@@ -157,14 +164,22 @@ def _linear(t: int, n_out: int, n_in: int, dtype: str, count: int = 1) -> tuple[
     return fwd, (dgrad, wgrad)
 
 
+def _norm(spec: ModelSpec) -> OpKind:
+    return OpKind.RMSNORM if spec.norm == "rmsnorm" else OpKind.NORM
+
+
 def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     t, h, f, kv = b * s, spec.hidden, spec.ffn_hidden, spec.kv_dim
     drop = 1 if spec.dropout else 0
-    norm_fwd = Op(OpKind.NORM, (), 2 * e * t * h, dtype=dtype)     # read x, write y
-    norm_bwd = Op(OpKind.NORM, (), 3 * e * t * h, dtype=dtype)     # read dy and x, write dx
-    # residual add with fused dropout: read 2 inputs, write 1 output (+ 1-byte mask)
-    resid_fwd = _ew(3 * e * t * h + drop * t * h, dtype)
-    # backward: dropout backward (read grad and mask, write grad) and the residual gradient sum
+    norm = _norm(spec)
+    norm_fwd = Op(norm, (), 2 * e * t * h, dtype=dtype)     # read x, write y
+    norm_bwd = Op(norm, (), 3 * e * t * h, dtype=dtype)     # read dy and x, write dx
+    # residual add with fused dropout: read 2 inputs, write 1 output (+ 1-byte mask); the mask's
+    # random numbers make it a DROPOUT op (compute-bound on a CPU), a plain add without dropout
+    resid_fwd = Op(OpKind.DROPOUT if drop else OpKind.ELEMENTWISE, (), 3 * e * t * h + drop * t * h,
+                   dtype=dtype)
+    # backward: dropout backward (read grad and mask, write grad: a masked scale, no random
+    # numbers) and the residual gradient sum
     resid_bwd = _ew(3 * e * t * h + drop * (2 * e + 1) * t * h, dtype)
     attn = (b, spec.n_heads, s, s, spec.head_dim, 1)
     qkv, qkv_b = _linear(t, h + 2 * kv, h, dtype)
@@ -173,12 +188,17 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tuple[tup
     fc2, fc2_b = _linear(t, h, f, dtype)
     rope = (_ew(2 * e * t * (h + kv), dtype),) if spec.pos == "rope" else ()  # read+write q and k
     if spec.mlp == "swiglu":
-        act_fwd = (_ew(2 * e * t * f, dtype), _ew(3 * e * t * f, dtype))   # silu(g); silu(g)·u
-        act_bwd = (_ew(5 * e * t * f, dtype), _ew(3 * e * t * f, dtype))   # mul bwd; silu bwd
+        # Shazeer 2020 "GLU Variants": silu(g)·u — the SiLU (a sigmoid per element) is SWIGLU, the
+        # product a plain ELEMENTWISE multiply; backward: the product's gradients (read dy, silu(g),
+        # u; write both), then SiLU's backward (read d·, g; write dg)
+        silu = OpKind.SWIGLU
+        act_fwd = (Op(silu, (), 2 * e * t * f, dtype=dtype), _ew(3 * e * t * f, dtype))
+        act_bwd = (_ew(5 * e * t * f, dtype), Op(silu, (), 3 * e * t * f, dtype=dtype))
         fc1_sum = (_ew(3 * e * t * h, dtype),)  # dX = dg·Wg + du·Wu: sum of the two input grads
     else:
-        act_fwd = (_ew(2 * e * t * f, dtype),)   # read x, write act(x)
-        act_bwd = (_ew(3 * e * t * f, dtype),)   # read dy and x, write dx
+        act = OpKind.GELU if spec.mlp == "gelu" else OpKind.RELU
+        act_fwd = (Op(act, (), 2 * e * t * f, dtype=dtype),)   # read x, write act(x)
+        act_bwd = (Op(act, (), 3 * e * t * f, dtype=dtype),)   # read dy and x, write dx
         fc1_sum = ()
     fwd = (norm_fwd, qkv, *rope, Op(OpKind.ATTN_FWD, attn, dtype=dtype), out, resid_fwd,
            norm_fwd, fc1, *act_fwd, fc2, resid_fwd)
@@ -195,11 +215,13 @@ def _embed(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Act
     # embedding backward: read ids and dY, zero-fill and scatter-add into the dense V×h gradient
     bwd = [Op(OpKind.EMBED, (t, h), 8 * t + 2 * e * t * h + e * spec.vocab * h, dtype=dtype)]
     if spec.pos == "learned":
-        fwd.append(_ew(2 * e * t * h + e * s * h + drop * t * h, dtype))  # + pos rows (+ dropout)
+        # + pos rows (+ dropout: its random mask makes the op a DROPOUT)
+        fwd.append(Op(OpKind.DROPOUT if drop else OpKind.ELEMENTWISE, (),
+                      2 * e * t * h + e * s * h + drop * t * h, dtype=dtype))
         # dropout backward, then the position gradient: sum dY over the batch into s×h
         bwd.insert(0, _ew(drop * (2 * e + 1) * t * h + e * t * h + e * s * h, dtype))
     elif drop:
-        fwd.append(_ew(2 * e * t * h + t * h, dtype))
+        fwd.append(Op(OpKind.DROPOUT, (), 2 * e * t * h + t * h, dtype=dtype))
         bwd.insert(0, _ew((2 * e + 1) * t * h, dtype))
     return _blockwork("embed", 0, spec.embed_params(), tuple(fwd), tuple(bwd), e,
                       acts.embed_act(), acts.embed_ckpt(), acts.embed_workspace())
@@ -212,8 +234,8 @@ def _head(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Acti
     # backward reads them and writes the e-byte logit gradient.
     ce_fwd = Op(OpKind.SOFTMAX_CE, (t, v), (e + 4) * t * v, dtype=dtype)
     ce_bwd = Op(OpKind.SOFTMAX_CE, (t, v), (4 + e) * t * v, dtype=dtype)
-    fwd = (Op(OpKind.NORM, (), 2 * e * t * h, dtype=dtype), lm, ce_fwd)
-    bwd = (ce_bwd, *lm_b, Op(OpKind.NORM, (), 3 * e * t * h, dtype=dtype))
+    fwd = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype), lm, ce_fwd)
+    bwd = (ce_bwd, *lm_b, Op(_norm(spec), (), 3 * e * t * h, dtype=dtype))
     return _blockwork("head", spec.n_layers + 1, spec.head_params(), fwd, bwd, e,
                       acts.head_act(), acts.head_ckpt(), acts.head_workspace(),
                       tied_to=0 if spec.tied_embeddings else None)
