@@ -79,8 +79,13 @@ def test_replayed_losses_match_the_plain_training_loop(policy, knobs, model, dty
 
 def test_every_task_is_measured_once_and_respects_its_dependencies():
     res = tiny("zero-offload", {"activations": ["swap", "recompute"]})
-    tl = replay(res).timeline
+    out = replay(res)
+    tl = out.timeline
     assert [r.name for r in tl.records] == [t.name for t in res.schedule.tasks]
+    # every task's thread CPU time is known and never exceeds its wall time (clock resolution:
+    # thread_time ticks are coarser than perf_counter's)
+    assert set(out.cpu_s) == {t.name for t in res.schedule.tasks}
+    assert all(0.0 <= out.cpu_s[r.name] <= r.dur + 1e-3 for r in tl.records)
     end = {r.name: r.end for r in tl.records}
     for t, r in zip(res.schedule.tasks, tl.records):
         assert (r.stream, r.cat, r.block) == (t.stream, t.cat, t.block)

@@ -7,7 +7,10 @@ Both share one interface so the executor has a single code path:
   is a no-op (the CPU runs one task at a time on all its cores).
 - ``wait(deps)``: make the current stream wait for ``deps`` (``stream.wait_event`` on CUDA).
 - ``begin``/``end``: the task's timing marks — ``torch.cuda.Event(enable_timing=True)`` pairs on
-  CUDA, ``time.perf_counter`` on the CPU — read back as seconds since ``start`` by ``times``.
+  CUDA, ``time.perf_counter`` on the CPU — read back as seconds since ``start`` by ``times``. On
+  the CPU they also read the running thread's CPU time (``time.thread_time``): ``cpu_seconds``
+  gives it per task, so a measurement can say how much of a task's wall time its thread actually
+  ran (the rest it waited for a core: other processes, or the replay's other streams).
 - ``host_empty``: a host buffer, page-locked (``pin_memory``) where the schedule says pinned and
   the device is CUDA (pinning means nothing when the CPU is the device).
 - ``keep_alive``: tell CUDA's caching allocator that a tensor is used on another stream
@@ -39,6 +42,7 @@ class Device:
         self.dev = torch.device("cpu")
         self._t0 = 0.0
         self._marks: dict[str, tuple[float, float]] = {}
+        self._cpu: dict[str, float] = {}
 
     @property
     def name(self) -> str:
@@ -60,14 +64,21 @@ class Device:
         pass
 
     def begin(self, task: str) -> object:
-        return time.perf_counter()
+        return time.perf_counter(), time.thread_time()
 
     def end(self, task: str, mark: object) -> None:
-        self._marks[task] = (float(mark), time.perf_counter())  # type: ignore[arg-type]
+        cpu = time.thread_time()
+        t0, c0 = mark  # type: ignore[misc]
+        self._marks[task] = (t0, time.perf_counter())
+        self._cpu[task] = cpu - c0
 
     def times(self) -> dict[str, tuple[float, float]]:
         """Per task: (start, end) in seconds since :meth:`start`."""
         return {k: (a - self._t0, b - self._t0) for k, (a, b) in self._marks.items()}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """Per task timed by :meth:`begin`/:meth:`end` on the host: CPU seconds its thread ran."""
+        return dict(self._cpu)
 
     def host_empty(self, like: torch.Tensor, pinned: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.empty(like.shape, dtype=dtype or like.dtype, device="cpu")

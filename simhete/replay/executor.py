@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -64,6 +64,9 @@ class Replayed:
     timeline: Timeline
     losses: list[float]          # per iteration, in order
     device: str
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU device: per task, the CPU seconds its thread ran (``time.thread_time``); its wall time
+    minus this is time the thread waited for a core. Empty on CUDA."""
 
 
 def parse_name(name: str) -> tuple[int, str, str]:
@@ -328,7 +331,8 @@ class Executor:
         tl = Timeline(tuple(recs), events, peak, by_class, engine=f"replay-{self.dev.kind}",
                       meta={"device": self.device_name})
         losses = [float(self.state.losses[k]) for k in sorted(self.state.losses)]
-        return Replayed(tl, losses, self.device_name)
+        cpu = self.dev.cpu_seconds() if self.dev.kind == "cpu" else {}
+        return Replayed(tl, losses, self.device_name, cpu)
 
     # -- helpers ----------------------------------------------------------------------------
 
