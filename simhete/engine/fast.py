@@ -13,14 +13,17 @@ Which loop runs (:func:`choose_loop`): loading numba and its cached machine code
 about a second of CPU (compiling it the first time on a machine, several seconds), while the
 Python loop is a few microseconds per task slower. So by default (``SIMHETE_JIT=auto``) a process
 runs its first ``JIT_AFTER_TASKS`` simulated tasks on the Python loop (a single ``simulate`` never
-pays for numba) and switches to the compiled loop after that (sweeps, plans). ``SIMHETE_JIT=1``
-uses the compiled loop from the first call, ``SIMHETE_JIT=0`` never.
+pays for numba) and switches to the compiled loop after that (sweeps, plans). A caller that knows
+it will run many schedules (a sweep worker) says so with :func:`plan_runs`, and the compiled loop
+is used from the first of them when they add up to more than ``JIT_AFTER_TASKS`` tasks.
+``SIMHETE_JIT=1`` uses the compiled loop from the first call, ``SIMHETE_JIT=0`` never.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -35,6 +38,7 @@ LOOPS = ("jit", "python")
 JIT_AFTER_TASKS = 200_000    # about break-even: ~1 s of numba start-up / 3-5 us saved per task
 _jit = None
 _tasks_run = 0               # tasks this process has simulated
+_planned = 0                 # schedules this process expects to run (plan_runs)
 
 
 def jit_available() -> bool:
@@ -49,12 +53,27 @@ def jit_available() -> bool:
     return _jit is not False
 
 
+@contextmanager
+def plan_runs(k: int) -> Iterator[None]:
+    """Within the block, this process expects to simulate about ``k`` schedules (a sweep worker's
+    share of its points). Under ``SIMHETE_JIT=auto``, when ``k`` runs of the size being simulated
+    exceed ``JIT_AFTER_TASKS`` tasks, numba's start-up pays off and the compiled loop is used at
+    once. The expectation ends with the block."""
+    global _planned
+    before, _planned = _planned, max(0, int(k))
+    try:
+        yield
+    finally:
+        _planned = before
+
+
 def choose_loop(n_tasks: int) -> str:
     """The loop for the next run of ``n_tasks`` tasks under ``SIMHETE_JIT`` (module docstring)."""
     global _tasks_run
     _tasks_run += n_tasks
     mode = os.environ.get("SIMHETE_JIT", "auto")
-    if mode == "0" or (mode != "1" and _tasks_run <= JIT_AFTER_TASKS):
+    if mode == "0" or (mode != "1" and _tasks_run <= JIT_AFTER_TASKS
+                       and n_tasks * _planned <= JIT_AFTER_TASKS):
         return "python"
     return "jit" if jit_available() else "python"
 
