@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterable
 from simhete.config import Strict, validate
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.schedule import Alloc, Op, Schedule, Task
-from simhete.schedule.model import new_task
+from simhete.schedule.model import new_alloc, new_task
 
 
 @dataclass(frozen=True)
@@ -93,21 +93,22 @@ class Builder:
         return Schedule(tuple(self.tasks), pools, tuple(initial), iterations, meta)
 
 
-_COPY_OPS: dict[tuple[str, int, bool], Op] = {}
+_SHARED_OPS: dict[tuple[str, int, bool, str], Op] = {}
 
 
-def copy_op(kind: OpKind, n: int, pinned: bool = True) -> Op:
-    """``Op(kind, n=n, pinned=pinned)``, shared: equal ops are one object (an Op hashes its fields
-    when built, and a schedule of a 13B model builds hundreds of identical copies). The key holds
-    every argument, so the shared op equals the one the call would have built."""
-    if type(n) is not int or type(pinned) is not bool:   # 5 == 5.0 == True: share exact types only
-        return Op(kind, n=n, pinned=pinned)
-    key = (kind._name_, n, pinned)   # the name, not the member: an Enum's hash runs Python code
-    op = _COPY_OPS.get(key)
+def shared_op(kind: OpKind, n: int, pinned: bool = True, dtype: str = "bf16") -> Op:
+    """``Op(kind, n=n, pinned=pinned, dtype=dtype)``, shared: equal ops are one object (an Op
+    hashes its fields when built, and a schedule of a 13B model builds hundreds of identical
+    copies and optimizer steps). The key holds every argument, so the shared op equals the one
+    the call would have built."""
+    if type(n) is not int or type(pinned) is not bool or type(dtype) is not str:
+        return Op(kind, n=n, pinned=pinned, dtype=dtype)      # 5 == 5.0 == True: share exact types only
+    key = (kind._name_, n, pinned, dtype)   # the name, not the member: an Enum's hash runs Python code
+    op = _SHARED_OPS.get(key)
     if op is None:
-        if len(_COPY_OPS) >= 1 << 16:    # bounded: a long-lived process sweeping many models
-            _COPY_OPS.clear()
-        op = _COPY_OPS[key] = Op(kind, n=n, pinned=pinned)
+        if len(_SHARED_OPS) >= 1 << 16:    # bounded: a long-lived process sweeping many models
+            _SHARED_OPS.clear()
+        op = _SHARED_OPS[key] = Op(kind, n=n, pinned=pinned, dtype=dtype)
     return op
 
 
@@ -141,17 +142,17 @@ def model_states(ctx: Context, pool_of: dict[MemClass, str], gpu: int = 0,
         MemClass.GRADS32: lambda b: host_fp32_bytes(b) if MemClass.GRADS32 in on_host else b.grad32_bytes,
     }
     skip = set(exclude)
+    # per class, once: (name prefix, pool, size of a block)
+    plan = [(cls, f"{cls.value}.g{gpu}." if pool == "gpu" else f"{cls.value}.",
+             f"gpu{gpu}" if pool == "gpu" else pool, sizes[cls])
+            for cls, pool in pool_of.items() if cls not in skip and cls in sizes]
     out = []
     chosen = set(blocks) if blocks is not None else None
     for b in ctx.blocks:
         if chosen is not None and b.index not in chosen:
             continue
-        for cls, pool in pool_of.items():
-            if cls in skip or cls not in sizes:
-                continue
-            n = sizes[cls](b)
+        for cls, prefix, pool_name, size in plan:
+            n = size(b)
             if n:
-                pool_name = f"gpu{gpu}" if pool == "gpu" else pool
-                out.append(Alloc(f"{cls.value}.g{gpu}.{b.name}" if pool == "gpu" else f"{cls.value}.{b.name}",
-                                 pool_name, n, cls))
+                out.append(new_alloc(prefix + b.name, pool_name, n, cls))
     return out

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, copy_op
+from simhete.policy.base import Builder, Context, shared_op
 from simhete.policy.training import copy_stream, tname
 from simhete.schedule import Alloc, Op
 
@@ -66,13 +66,12 @@ class DataParallel:
                prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None) -> dict[int, str]:
         """Host → every GPU: shard H2D on each GPU's link (+ all-gather). Returns, per GPU, the task
         after which the full ``nbytes`` are on that GPU. ``allocs[g]`` are allocated by the H2D."""
-        h2d = {}
-        for g in self.gpus:
-            h2d[g] = self.b.add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
-                                (copy_op(OpKind.H2D, shard(nbytes, self.n, g), self.pinned),),
-                                deps=self._per_gpu(deps, g), prio=prio, allocs=(allocs or {}).get(g, ()),
-                                it=it, block=block)
-        if self.n == 1:
+        n, add, allocs = self.n, self.b.add, allocs or {}
+        h2d = {g: add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
+                      (shared_op(OpKind.H2D, shard(nbytes, n, g), self.pinned),),
+                      deps=self._per_gpu(deps, g), prio=prio, allocs=allocs.get(g, ()), it=it, block=block)
+               for g in range(n)}
+        if n == 1:
             return h2d
         every = [h2d[g] for g in self.gpus]
         return {g: self.b.add(self.name(it, what + ".ag", blk, g), f"gpu{g}.comm", TaskCat.COMM,
@@ -97,7 +96,7 @@ class DataParallel:
                                   (Op(OpKind.REDUCE_SCATTER, (self.n,), n=nbytes),), deps=every,
                                   prio=prio, it=it, block=block)] for g in self.gpus}
         return {g: self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                              (copy_op(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),),
+                              (shared_op(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),),
                               deps=src.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 
@@ -121,10 +120,10 @@ class DataParallel:
             part = shard(nbytes, self.n, g)
             stage = self.name(it, what + ".acc", blk, g)
             h2d = self.b.add(self.name(it, what + ".ga", blk, g), self.stream(g, "h2d", sync), TaskCat.H2D,
-                             (copy_op(OpKind.H2D, part, self.pinned),), deps=src[g] + [prev[g]], prio=prio,
+                             (shared_op(OpKind.H2D, part, self.pinned),), deps=src[g] + [prev[g]], prio=prio,
                              allocs=[Alloc(stage, f"gpu{g}", part, MemClass.BUFFERS)], it=it, block=block)
             out[g] = self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                                (Op(OpKind.ELEMENTWISE, n=3 * part), copy_op(OpKind.D2H, part, self.pinned)),
+                                (Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned)),
                                 deps=[h2d], prio=prio, frees=list((frees or {}).get(g, ())) + [stage], it=it,
                                 block=block)
         return out
@@ -134,7 +133,7 @@ class DataParallel:
         """Each GPU copies its own shard D2H (no collective: e.g. updated weights to their host
         home, or a chunk moved out), freeing ``frees[g]`` when done."""
         return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "d2h", self.pinned), TaskCat.D2H,
-                              (copy_op(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),),
+                              (shared_op(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),),
                               deps=deps.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 

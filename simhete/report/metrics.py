@@ -210,12 +210,17 @@ def copy_bytes(schedule: Schedule) -> dict[str, int]:
     h2d, d2h = OpKind.H2D, OpKind.D2H
     copies = (h2d, d2h)
     out: dict[str, int] = {}
-    for task in schedule.tasks:
-        n = 0
-        for op in task.ops:
-            kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
-            if kind is h2d or kind is d2h or (type(kind) is not OpKind and kind in copies):
-                n += op.n * op.count
+    seen: dict[int, int] = {}   # id(ops tuple) -> bytes; tasks share tuples (a block's forward ops),
+    for task in schedule.tasks:  # and every tuple stays alive (in its task) while this runs
+        ops = task.ops
+        n = seen.get(id(ops))
+        if n is None:
+            n = 0
+            for op in ops:
+                kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
+                if kind is h2d or kind is d2h or (type(kind) is not OpKind and kind in copies):
+                    n += op.n * op.count
+            seen[id(ops)] = n
         if n:
             out[task.name] = n
     return out
