@@ -316,3 +316,28 @@ def test_block_params_sum_and_model_states(layers: int, heads: int, kv_div: int,
     # the untied/tied LM head is a V×h GEMM either way
     assert Op(OpKind.GEMM, (b * s, 32, m.hidden)) in w.blocks[-1].fwd_ops
     assert dataclasses.replace(m, tied_embeddings=not tied).n_params() != m.n_params()
+
+
+def test_math_attention_ops_without_flash():
+    # TINY_GPT, b = 2, s = 4, 2 heads of d = 4, e = 2, attention dropout: n_s = 2·2·4·4 = 64 scores.
+    b, s, e, ns = 2, 4, 2, 64
+    flash, math_ = build_workload(TINY_GPT, b, s), build_workload(TINY_GPT, b, s, flash_attention=False)
+    attn_f = math_.blocks[1].fwd_ops[2:7]
+    assert attn_f == (Op(OpKind.GEMM, (4, 4, 4), count=4),                     # S = Q·Kᵀ per head
+                      Op(OpKind.ELEMENTWISE, (), 2 * e * ns + e * s * s),      # + causal mask
+                      Op(OpKind.SOFTMAX_CE, (16, 4), 2 * e * ns),
+                      Op(OpKind.DROPOUT, (), 2 * e * ns + ns),                 # on the probabilities
+                      Op(OpKind.GEMM, (4, 4, 4), count=4))                     # O = P·V
+    kinds = {op.kind for blk in math_.blocks for op in blk.fwd_ops + blk.bwd_ops}
+    assert OpKind.ATTN_FWD not in kinds and OpKind.ATTN_BWD not in kinds
+    # the math path computes every score: 4·s²·d per head forward (twice the causal flash count),
+    # 8·s²·d backward; the MFU numerator does not depend on the kernel
+    head_f = 4 * s * s * 4 * 4
+    assert math_.blocks[1].fwd_flops - flash.blocks[1].fwd_flops == head_f - head_f / 2
+    assert math_.model_flops_per_iter == flash.model_flops_per_iter
+    # GQA: K and V expanded to all heads and their gradients summed back (TINY_LLAMA: kv 4, h 8)
+    ll = build_workload(TINY_LLAMA, 1, 4, flash_attention=False).blocks[1]
+    t = 4
+    assert Op(OpKind.ELEMENTWISE, (), 2 * e * t * (4 + 8)) in ll.fwd_ops
+    assert Op(OpKind.DROPOUT, ()) not in ll.fwd_ops and all(op.kind is not OpKind.DROPOUT
+                                                            for op in ll.fwd_ops)

@@ -17,6 +17,10 @@ activation and norm backwards keep their forward's kind (GELU, RELU, SWIGLU, NOR
 same transcendental or reduction work); dropout's backward is a masked scale of the gradient (no
 random numbers), so it stays an ELEMENTWISE op fused with the residual-gradient sum.
 
+With ``flash_attention=False`` the fused ATTN_FWD/ATTN_BWD are replaced by the math path's ops
+(:func:`_attention`), which is what PyTorch runs where no fused kernel applies — on a CPU, SDPA
+with attention dropout.
+
 Each op is one kernel (or, for DROPOUT+residual, the pair a fused kernel replaces), so a profile
 without curves for the new kinds prices exactly what it priced when they were ELEMENTWISE/NORM
 (simhete/hw/cost.py falls back RMSNORM → NORM, GELU/RELU/SWIGLU/DROPOUT → ELEMENTWISE).
@@ -74,8 +78,9 @@ class BlockWork:
 class Workload:
     """A model at one micro-batch size, sequence length and dtype.
 
-    ``fwd_flops`` / ``bwd_flops`` are what the ops execute (causal attention counted at half,
-    attention backward at 2.5× forward as FlashAttention-2 does, no recomputation).
+    ``fwd_flops`` / ``bwd_flops`` are what the ops execute (flash: causal attention counted at
+    half, attention backward at 2.5× forward as FlashAttention-2 does; math path: every score,
+    backward 2× forward; no recomputation).
     ``model_flops_per_iter`` is the MFU numerator: 3 × forward matmul FLOPs, attention counted
     non-causal, no recomputation — for a GPT (MHA, f = 4h) exactly Narayanan et al. 2021 /
     Korthikanti et al. 2022's 72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)).
@@ -117,12 +122,12 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload
     e = DTYPE_BYTES[dtype]
     acts = memory.Activations(spec, b, s, e, flash)
     blocks = [_embed(spec, b, s, e, dtype, acts)]
-    fwd, bwd = _block_ops(spec, b, s, e, dtype)  # identical (==) for every transformer block
+    fwd, bwd = _block_ops(spec, b, s, e, dtype, flash)  # identical (==) for every transformer block
     for i in range(spec.n_layers):
         blocks.append(_blockwork(f"b{i}", i + 1, spec.block_params(), fwd, bwd, e,
                                  acts.block_act(), acts.block_ckpt(), acts.block_workspace()))
     blocks.append(_head(spec, b, s, e, dtype, acts))
-    model_fwd = sum(op.flops for op in fwd if op.kind is OpKind.GEMM) * spec.n_layers
+    model_fwd = _linear_flops(spec, b * s) * spec.n_layers
     model_fwd += 2 * b * s * spec.vocab * spec.hidden  # LM head GEMM
     # Attention QK^T and PV, 2·b·s²·h FLOPs each per layer, counted non-causal (Narayanan et al.
     # 2021 §5.1 / Korthikanti et al. 2022 §6 convention for model FLOPs).
@@ -168,7 +173,45 @@ def _norm(spec: ModelSpec) -> OpKind:
     return OpKind.RMSNORM if spec.norm == "rmsnorm" else OpKind.NORM
 
 
-def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+def _linear_flops(spec: ModelSpec, t: int) -> int:
+    """Forward FLOPs of a block's linear layers (QKV, output, MLP) on t tokens: 2·t·in·out each."""
+    h, f, kv = spec.hidden, spec.ffn_hidden, spec.kv_dim
+    return 2 * t * h * ((h + 2 * kv) + h + spec.n_mlp_in * f + f)
+
+
+def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
+               flash: bool) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    """Attention core ops (forward, backward). Flash: one fused ATTN_FWD / ATTN_BWD (attention
+    dropout, if any, is generated inside the kernel). Otherwise the math path of eager PyTorch
+    (torch's ``_scaled_dot_product_attention_math``, what SDPA runs where no fused kernel applies,
+    e.g. on a CPU with dropout_p > 0): per head a GEMM S = Q·Kᵀ (s, s, d), the causal mask added
+    (read S and the s×s mask, write S), softmax over s scores, dropout on the probabilities
+    (DROPOUT: a random mask per score) and a GEMM O = P·V (s, d, s); K and V first expanded to all
+    heads under grouped-query attention. Backward: dP = dO·Vᵀ, dV = Pᵀ·dO, the dropout's masked
+    scale, softmax backward (read P and dP, write dS), dQ = dS·K, dK = dSᵀ·Q, and the expanded
+    K/V gradients summed back to their heads. n_s = b·a·s² scores; e bytes per element."""
+    a, d, h, kv = spec.n_heads, spec.head_dim, spec.hidden, spec.kv_dim
+    shape = (b, a, s, s, d, 1)
+    if flash:
+        return (Op(OpKind.ATTN_FWD, shape, dtype=dtype),), (Op(OpKind.ATTN_BWD, shape, dtype=dtype),)
+    t, ns, ba = b * s, b * a * s * s, b * a
+    drop = spec.attn_dropout
+    qk = _gemm(s, s, d, dtype, ba)     # S = Q·Kᵀ per head; dP = dO·Vᵀ has the same shape
+    pv = _gemm(s, d, s, dtype, ba)     # O = P·V; dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q likewise
+    gqa = kv < h
+    expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()      # read K, V; write expanded
+    reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()      # read dK, dV; write per group
+    mask = _ew(2 * e * ns + e * s * s, dtype)
+    soft_f = Op(OpKind.SOFTMAX_CE, (ba * s, s), 2 * e * ns, dtype=dtype)
+    soft_b = Op(OpKind.SOFTMAX_CE, (ba * s, s), 3 * e * ns, dtype=dtype)
+    fwd = (*expand, qk, mask, soft_f,
+           *((Op(OpKind.DROPOUT, (), 2 * e * ns + ns, dtype=dtype),) if drop else ()), pv)
+    bwd = (qk, pv, *((_ew(2 * e * ns + ns, dtype),) if drop else ()), soft_b, pv, pv, *reduce)
+    return fwd, bwd
+
+
+def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
+               flash: bool = True) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     t, h, f, kv = b * s, spec.hidden, spec.ffn_hidden, spec.kv_dim
     drop = 1 if spec.dropout else 0
     norm = _norm(spec)
@@ -181,7 +224,7 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tuple[tup
     # backward: dropout backward (read grad and mask, write grad: a masked scale, no random
     # numbers) and the residual gradient sum
     resid_bwd = _ew(3 * e * t * h + drop * (2 * e + 1) * t * h, dtype)
-    attn = (b, spec.n_heads, s, s, spec.head_dim, 1)
+    attn_f, attn_b = _attention(spec, b, s, e, dtype, flash)
     qkv, qkv_b = _linear(t, h + 2 * kv, h, dtype)
     out, out_b = _linear(t, h, h, dtype)
     fc1, fc1_b = _linear(t, f, h, dtype, spec.n_mlp_in)
@@ -200,10 +243,10 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tuple[tup
         act_fwd = (Op(act, (), 2 * e * t * f, dtype=dtype),)   # read x, write act(x)
         act_bwd = (Op(act, (), 3 * e * t * f, dtype=dtype),)   # read dy and x, write dx
         fc1_sum = ()
-    fwd = (norm_fwd, qkv, *rope, Op(OpKind.ATTN_FWD, attn, dtype=dtype), out, resid_fwd,
+    fwd = (norm_fwd, qkv, *rope, *attn_f, out, resid_fwd,
            norm_fwd, fc1, *act_fwd, fc2, resid_fwd)
     bwd = (resid_bwd, *fc2_b, *act_bwd, *fc1_b, *fc1_sum, norm_bwd,
-           resid_bwd, *out_b, Op(OpKind.ATTN_BWD, attn, dtype=dtype), *rope, *qkv_b, norm_bwd)
+           resid_bwd, *out_b, *attn_b, *rope, *qkv_b, norm_bwd)
     return fwd, bwd
 
 
