@@ -16,6 +16,7 @@ RMSNORM            ()                                               bytes read +
 GELU / RELU        ()                                               bytes read + written
 SWIGLU             ()                                               bytes read + written (silu(a)·b)
 DROPOUT            ()                                               bytes read + written (mask included)
+ROPE               ()                                               bytes read + written (q and k rotated)
 SOFTMAX_CE         (tokens, vocab)                                  bytes read + written
 EMBED              (tokens, hidden)                                 bytes read + written
 H2D / D2H / D2D    ()                                               bytes moved
@@ -43,6 +44,7 @@ class OpKind(StrEnum):
     RELU = "RELU"
     SWIGLU = "SWIGLU"
     DROPOUT = "DROPOUT"
+    ROPE = "ROPE"
     SOFTMAX_CE = "SOFTMAX_CE"
     EMBED = "EMBED"
     H2D = "H2D"
@@ -60,14 +62,14 @@ class OpKind(StrEnum):
 # the transcendental ones (GELU, SWIGLU's sigmoid, DROPOUT's random mask) are compute-bound, which
 # is why each has its own kind and its own calibrated curve rather than one "elementwise" rate.
 MEMORY_BOUND_KINDS = frozenset({"ELEMENTWISE", "NORM", "RMSNORM", "GELU", "RELU", "SWIGLU", "DROPOUT",
-                                "SOFTMAX_CE", "EMBED"})
+                                "ROPE", "SOFTMAX_CE", "EMBED"})
 
 COPY_KINDS = frozenset({OpKind.H2D, OpKind.D2H, OpKind.D2D, OpKind.MEMCPY_CPU})
 COLLECTIVE_KINDS = frozenset({OpKind.ALLREDUCE, OpKind.REDUCE_SCATTER, OpKind.ALLGATHER})
 COMPUTE_KINDS = frozenset(
     {OpKind.GEMM, OpKind.ATTN_FWD, OpKind.ATTN_BWD, OpKind.ELEMENTWISE, OpKind.NORM,
      OpKind.RMSNORM, OpKind.GELU, OpKind.RELU, OpKind.SWIGLU, OpKind.DROPOUT,
-     OpKind.SOFTMAX_CE, OpKind.EMBED}
+     OpKind.ROPE, OpKind.SOFTMAX_CE, OpKind.EMBED}
 )
 
 

@@ -53,6 +53,11 @@ class TrainShape(Strict):
     micro_batch: int = Field(gt=0, le=4096)
     seq_len: int = Field(gt=0, le=1_048_576)
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    attention: Literal["auto", "flash", "math"] = "auto"
+    """Attention kernel: ``flash`` (fused: no s×s scores stored), ``math`` (unfused: scores,
+    softmax and dropout materialised), ``auto``: flash, except on a CPU device when the model has
+    attention dropout — PyTorch's CPU fused SDPA kernel rejects dropout (``check_for_dropout`` in
+    ATen's sdp_utils_cpp.cpp) and falls back to the math path."""
     grad_accum: int = Field(1, ge=1, le=4096)
     """Micro-steps of forward and backward per optimizer step (DeepSpeed
     ``gradient_accumulation_steps``); tokens and samples per iteration scale with it."""

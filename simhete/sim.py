@@ -89,12 +89,20 @@ def resolve_profile(s: Scenario) -> Any:
     return _profile_with(name, mtime, s.file, key, ref.gpus, ref.gpu_memory, ref.host_memory, ref.pcie_gbps)
 
 
+def flash_attention(choice: str, device_type: str, spec: Any) -> bool:
+    """Which attention kernel runs (see TrainShape.attention)."""
+    if choice != "auto":
+        return choice == "flash"
+    return not (device_type == "cpu" and spec.attn_dropout)
+
+
 def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     """Build the policy's Context (and the policy instance) for a scenario."""
     spec = resolve_model(s)
     prof = profile if profile is not None else resolve_profile(s)
     tr = s.data.train
-    wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype)
+    wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype,
+                        flash_attention=flash_attention(tr.attention, prof.device_type, spec))
     cls = get_policy(s.data.policy, s.file)
     policy = cls(cls.knobs(s.data.knobs, s.file))
     n_gpus = prof.gpu.count
