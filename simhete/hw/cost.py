@@ -136,8 +136,21 @@ class CostModel:
         return t
 
     def durations(self, schedule: Schedule) -> list[float]:
-        """Seconds for each task, in ``schedule.tasks`` order."""
-        return [self.task_seconds(t) for t in schedule.tasks]
+        """Seconds for each task, in ``schedule.tasks`` order.
+
+        Policies share one ops tuple among identical tasks, so within one call the price is
+        looked up by the tuple's identity first (hashing a tuple hashes every op in it); the
+        schedule holds every tuple for the whole call, so an id cannot be reused meanwhile.
+        """
+        by_id: dict[int, float] = {}
+        out = []
+        for t in schedule.tasks:
+            ops = t.ops
+            d = by_id.get(id(ops))
+            if d is None:
+                d = by_id[id(ops)] = self.task_seconds(t)
+            out.append(d)
+        return out
 
     def interference(self) -> tuple[tuple[str, str, float], ...]:
         """(victim glob, aggressor glob, slowdown factor) rules from the profile."""
