@@ -159,3 +159,17 @@ def test_bucket_double_buffering_caps_gradients_on_gpu():
     grads_peak = res.summary.memory["gpu0"].peak_by_class_bytes.get("grads", 0)
     per_bucket = max(2e7 * 2, block)
     assert grads_peak <= 3 * per_bucket + block
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hidden=st.sampled_from([128, 256, 512]), layers=st.integers(1, 6), mb=st.integers(1, 4),
+       seq=st.sampled_from([64, 128, 256]), ckpt=st.sampled_from(["none", "full", "every"]),
+       gpus=st.integers(1, 4), accum=st.integers(1, 3), its=st.integers(1, 3))
+def test_no_offload_moves_no_pcie_bytes(hidden, layers, mb, seq, ckpt, gpus, accum, its):
+    """Everything on the GPU (no swap) ⇒ no H2D/D2H task and zero PCIe bytes, on any GPU count."""
+    res = run(scenario_from_dict({
+        "model": f"gpt-like-h{hidden}-l{layers}", "hardware": {"profile": "h100-sxm", "gpus": gpus},
+        "train": {"micro_batch": mb, "seq_len": seq, "dtype": "bf16", "grad_accum": accum},
+        "iterations": its, "policy": "gpu-only", "knobs": {"checkpointing": ckpt}}))
+    assert not any(t.cat in (TaskCat.H2D, TaskCat.D2H) for t in res.schedule.tasks)
+    assert set(res.summary.pcie_bytes_per_iter.values()) == {0}
