@@ -205,7 +205,7 @@ def test_identical_blocks_share_one_cached_value():
 
 
 def test_durations_in_task_order_and_interference_rules():
-    cm = CostModel(load_profile("h100-sxm"))
+    cm = CostModel(load_profile("h100-sxm").with_overrides(gpus=1))   # one GPU: no switch sharing
     sched = Schedule(tasks=(_task("a", (Op(OpKind.H2D, n=GiB),), "gpu0.h2d"),
                             _task("b", (Op(OpKind.ADAM_CPU, n=10**6),), "cpu.optim")),
                      pools={"gpu0": 80 * GiB, "cpu": 2**40})

@@ -157,7 +157,35 @@ class CostModel:
         rules = self.profile.interference
         for i, r in enumerate(rules):
             self._use(f"interference[{i}].slowdown", r.slowdown)
-        return tuple((r.victim, r.aggressor, r.slowdown.value) for r in rules)
+        return tuple((r.victim, r.aggressor, r.slowdown.value) for r in rules) + self._switch_rules()
+
+    def _switch_rules(self) -> tuple[tuple[str, str, float], ...]:
+        """Copies of GPUs that share a PCIe switch share its uplink to the host.
+
+        With s GPUs per switch, each with a pinned link of B GB/s per direction, and an uplink of
+        U GB/s, s copies in one direction at once each get U/s: a slowdown of s·B/U (at least 1)
+        while another GPU of the same switch copies the same way. GPUs are grouped by index
+        (0..s-1, s..2s-1, ...). Without ``switch_uplink_gbps`` no contention is assumed.
+        """
+        topo, links = self.profile.topology, self.profile.links
+        n = self.profile.gpu.count
+        if topo is None or topo.switch_uplink_gbps is None or topo.gpus_per_pcie_switch < 2 or n < 2 \
+                or links is None:
+            return ()
+        s = topo.gpus_per_pcie_switch
+        out = []
+        for d in ("h2d", "d2h"):
+            link = getattr(links, d).pinned.bandwidth_gbps
+            f = max(1.0, s * link.value / topo.switch_uplink_gbps.value)
+            if f == 1.0:
+                continue
+            self._use("topology.switch_uplink_gbps", topo.switch_uplink_gbps)
+            self._use(f"links.{d}.pinned.bandwidth_gbps", link)
+            for a in range(n):
+                for b in range(n):
+                    if a != b and a // s == b // s:
+                        out.append((f"gpu{a}.{d}", f"gpu{b}.{d}", f))
+        return tuple(out)
 
     @property
     def flags(self) -> set[str]:

@@ -389,6 +389,9 @@ class Collectives(Strict):
 class Topology(Strict):
     ref: str = Field(min_length=1)
     gpus_per_pcie_switch: int = Field(1, ge=1)
+    switch_uplink_gbps: PositiveQ | None = None
+    """Bandwidth of one switch's link to the host; with it, GPUs of one switch that copy in the same
+    direction at once slow each other down (CostModel.interference derives the rules)."""
 
 
 class Interference(Strict):
