@@ -17,6 +17,14 @@ prices the workload's ops at the bytes they are given:
   the residual site a model's DROPOUT op stands for: reads two, writes one, plus a 1-byte mask in
   the workload's accounting: 3·n·elem + n. Its backward is a masked scale (no random numbers),
   which the workload prices as ELEMENTWISE, so it is not measured here.
+- ``attn_dropout`` (DROPOUT): dropout of attention probabilities alone, the math path's site
+  (torch's ``_scaled_dot_product_attention_math`` calls ``dropout`` on the softmax output):
+  reads and writes the scores plus a 1-byte mask: 2·n·elem + n. Its time is the per-element
+  random draw, as at the residual site, so per byte it is ~(3e+1)/(2e+1) slower; both sites
+  are one kind, so the fit takes their mean call at each size (simhete/hw/fit.py).
+- ``rope`` (ROPE): the replay's rotary embedding (simhete/replay/model.py ``rotate``: rotate-half
+  with chunk, neg, cat, two multiplies and an add) on (·, seq, head_dim) rows, forward and
+  backward: reads x, writes the rotated x (2·n·elem) — the workload's accounting of its ROPE op.
 
 Backwards are timed alone, by re-running autograd over a retained graph (calibrate/attention.py).
 """
@@ -30,12 +38,14 @@ import torch.nn.functional as F
 
 from calibrate.common import TORCH_DTYPES, Ctx, ok, rand, seed
 from calibrate.timing import measure
+from simhete.replay.model import rope_tables, rotate
 
 NAME = "membw"
 COLUMNS = ("op", "pass", "dtype", "elems", "bytes", "split")
 OPS = ("add", "mul", "layernorm", "rmsnorm", "softmax", "embedding", "gelu", "relu", "silu",
-       "dropout")
-BACKWARD = frozenset({"layernorm", "rmsnorm", "gelu", "relu", "silu"})
+       "dropout", "attn_dropout", "rope")
+BACKWARD = frozenset({"layernorm", "rmsnorm", "gelu", "relu", "silu", "rope"})
+ROPE_SEQ, ROPE_HEAD_DIM = 128, 64   # rows of a rope input: (·, seq, head_dim) as in the replay
 INDEX_BYTES = 8     # int64 index per gathered row (embedding)
 DROPOUT_P = 0.1     # GPT-2's resid_pdrop; simhete/replay/model.py DROPOUT_P
 
@@ -55,6 +65,8 @@ def nbytes(op: str, pas: str, n: int, elem: int, hidden: int) -> int:
         return 3 * n * elem
     if op == "dropout":
         return 3 * n * elem + n
+    if op == "attn_dropout":
+        return 2 * n * elem + n
     if op == "embedding":
         return INDEX_BYTES * _rows(n, hidden) + 2 * n * elem
     return (3 if pas == "bwd" else 2) * n * elem
@@ -87,6 +99,14 @@ def _forward(op: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, bias: t
         return lambda: F.silu(x)
     if op == "dropout":
         return lambda: F.dropout(x, DROPOUT_P, training=True) + y
+    if op == "attn_dropout":
+        return lambda: F.dropout(x, DROPOUT_P, training=True)
+    if op == "rope":
+        d = min(ROPE_HEAD_DIM, x.numel())
+        s = max(1, min(ROPE_SEQ, x.numel() // d))
+        xr = x.reshape(-1, s, d)
+        cos, sin = rope_tables(s, d, x.device, x.dtype)
+        return lambda: rotate(xr, cos, sin)
     if op == "embedding":
         table = rand((2 * rows, x.shape[1]), x.dtype, x.device)
         idx = torch.randint(0, 2 * rows, (rows,), device=x.device)

@@ -347,7 +347,7 @@ def test_a_measured_table_point_is_its_measurement_even_where_bandwidth_would_bi
 
 NEW_KINDS = {OpKind.RMSNORM: OpKind.NORM, OpKind.GELU: OpKind.ELEMENTWISE,
              OpKind.RELU: OpKind.ELEMENTWISE, OpKind.SWIGLU: OpKind.ELEMENTWISE,
-             OpKind.DROPOUT: OpKind.ELEMENTWISE}
+             OpKind.DROPOUT: OpKind.ELEMENTWISE, OpKind.ROPE: OpKind.ELEMENTWISE}
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -373,8 +373,10 @@ def test_new_kinds_fall_back_to_the_kind_they_were_split_from():
     n = 4 * 10**9
     assert cm.op_seconds(Op(OpKind.RMSNORM, n=n)) == pytest.approx(3e-6 + 1.0)    # NORM's
     assert cm.op_seconds(Op(OpKind.GELU, n=n)) == pytest.approx(5e-6 + 2.0)       # its own
-    for kind in (OpKind.RELU, OpKind.SWIGLU, OpKind.DROPOUT):
+    for kind in (OpKind.RELU, OpKind.SWIGLU, OpKind.DROPOUT, OpKind.ROPE):
         assert cm.op_seconds(Op(kind, n=n)) == pytest.approx(1e-6 + 0.5)          # ELEMENTWISE's
+    rope = _with(prof, ("gpu", "memory_bound", "ROPE"), {"bandwidth_gbps": q(0.5), "overhead_us": q(7.0)})
+    assert CostModel(rope).op_seconds(Op(OpKind.ROPE, n=n)) == pytest.approx(7e-6 + 8.0)  # its own
     # no memory_bound entry on the chain at all: launch + n / (bandwidth × efficiency)
     cm = CostModel(_with(cpu_profile(), ("gpu", "memory_bound"),
                          {"GELU": {"bandwidth_gbps": q(2.0)}}))

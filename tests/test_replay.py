@@ -158,6 +158,22 @@ def test_replay_blocks_have_exactly_the_workload_parameters(model):
         assert n_params(init_master(spec, b.name, b.index, 0)) == b.params, b.name
 
 
+
+def test_replay_mlp_runs_the_gemms_the_workload_prices():
+    # SwiGLU: separate gate and up projections, each (f, h), as the workload's GEMM (T, f, h) ×2;
+    # GeLU: one fc1 (f, h)
+    from simhete.opkinds import OpKind
+    for model in ("llama3-8b", "gpt-like-h768-l12"):
+        spec = dataclasses.replace(get_model(model), n_layers=1, hidden=64, n_heads=4,
+                                   n_kv_heads=4, ffn_hidden=96, vocab=100)
+        w = init_master(spec, "b0", 1, 0)
+        fc1 = [op for op in build_workload(spec, 2, 16, "fp32").blocks[1].fwd_ops
+               if op.kind is OpKind.GEMM and op.shape == (32, 96, 64)]
+        names = ("gate.w", "up.w") if spec.mlp == "swiglu" else ("fc1.w",)
+        assert [tuple(w[n].shape) for n in names] == [(96, 64)] * len(names)
+        assert [op.count for op in fc1] == [len(names)]
+        assert not any(n in w for n in ("gate.w", "up.w", "fc1.w") if n not in names)
+
 def test_refuses_before_allocating_when_the_predicted_peak_does_not_fit():
     class Small(Device):
         def free_bytes(self):

@@ -50,7 +50,7 @@ def test_llama_block_ops_exact() -> None:
     assert w.blocks[1].fwd_ops == (
         Op(OpKind.RMSNORM, (), 2 * e * T * h),
         Op(OpKind.GEMM, (T, 3 * h, h)),                      # fused QKV
-        Op(OpKind.ELEMENTWISE, (), 2 * e * T * 2 * h),       # rope on q and k
+        Op(OpKind.ROPE, (), 2 * e * T * 2 * h),              # rope on q and k
         Op(OpKind.ATTN_FWD, attn),
         Op(OpKind.GEMM, (T, h, h)),                          # output projection
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),           # residual add
@@ -71,7 +71,7 @@ def test_llama_block_ops_exact() -> None:
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),
         Op(OpKind.GEMM, (T, h, h)), Op(OpKind.GEMM, (h, h, T)),
         Op(OpKind.ATTN_BWD, attn),
-        Op(OpKind.ELEMENTWISE, (), 2 * e * T * 2 * h),
+        Op(OpKind.ROPE, (), 2 * e * T * 2 * h),
         Op(OpKind.GEMM, (T, h, 3 * h)), Op(OpKind.GEMM, (3 * h, h, T)),
         Op(OpKind.RMSNORM, (), 3 * e * T * h),
     )

@@ -9,11 +9,11 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
 - ATTN_FWD/ATTN_BWD: an exact measured shape at its rate; a shape inside the measured table of
   its pass and dtype at the rate interpolated in (log batch·heads, log seq_q·seq_kv, log
   head_dim); else the same roofline with FLOPs from :attr:`Op.flops` and the attention efficiency.
-- ELEMENTWISE/NORM/RMSNORM/GELU/RELU/SWIGLU/DROPOUT/SOFTMAX_CE/EMBED: memory-bound. With a
+- ELEMENTWISE/NORM/RMSNORM/GELU/RELU/SWIGLU/DROPOUT/ROPE/SOFTMAX_CE/EMBED: memory-bound. With a
   ``gpu.memory_bound`` entry for the kind (its ``dtypes.<dtype>`` rate where the op's dtype has
   one): its measured curve (time linear in n between points, never decreasing with size), else
   its overhead + n / its bandwidth. A kind without an entry uses the kind it was split from
-  (RMSNORM → NORM; GELU, RELU, SWIGLU, DROPOUT → ELEMENTWISE); with none: launch + n /
+  (RMSNORM → NORM; GELU, RELU, SWIGLU, DROPOUT, ROPE → ELEMENTWISE); with none: launch + n /
   (bandwidth × efficiency).
 - H2D/D2H: α-β on the pinned or pageable link (or n / curve(n) inside a measured curve); on a
   ``device_type: cpu`` profile without links they are host memcpys.
@@ -51,7 +51,7 @@ ADAM_GPU_BYTES_PER_PARAM = 28
 # (profiles calibrated before the op vocabulary had these kinds measured only the older ones).
 MB_FALLBACK = {OpKind.RMSNORM: OpKind.NORM, OpKind.GELU: OpKind.ELEMENTWISE,
                OpKind.RELU: OpKind.ELEMENTWISE, OpKind.SWIGLU: OpKind.ELEMENTWISE,
-               OpKind.DROPOUT: OpKind.ELEMENTWISE}
+               OpKind.DROPOUT: OpKind.ELEMENTWISE, OpKind.ROPE: OpKind.ELEMENTWISE}
 
 # nccl-tests doc/PERFORMANCE.md: busbw = algbw × factor, with r ranks.
 _BUS_FACTOR: dict[OpKind, Callable[[int], float]] = {
@@ -104,6 +104,7 @@ class CostModel:
             OpKind.RELU: self._memory_bound,
             OpKind.SWIGLU: self._memory_bound,
             OpKind.DROPOUT: self._memory_bound,
+            OpKind.ROPE: self._memory_bound,
             OpKind.SOFTMAX_CE: self._memory_bound,
             OpKind.EMBED: self._memory_bound,
             OpKind.H2D: self._transfer,

@@ -323,7 +323,7 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
 MEMBW_KINDS = {"add": OpKind.ELEMENTWISE, "mul": OpKind.ELEMENTWISE, "layernorm": OpKind.NORM,
                "rmsnorm": OpKind.RMSNORM, "softmax": OpKind.SOFTMAX_CE, "embedding": OpKind.EMBED,
                "gelu": OpKind.GELU, "relu": OpKind.RELU, "silu": OpKind.SWIGLU,
-               "dropout": OpKind.DROPOUT}
+               "dropout": OpKind.DROPOUT, "attn_dropout": OpKind.DROPOUT, "rope": OpKind.ROPE}
 LAUNCH_FIT_SIZES = 3   # launch_overhead_us: alpha over the smallest fit sizes of add and mul
 
 

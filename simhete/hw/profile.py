@@ -231,7 +231,8 @@ class MemoryBoundKind(MemoryBoundRate):
 
 class MemoryBound(Strict):
     """Per-OpKind memory-bound pricing. A kind left out falls back (simhete/hw/cost.py): RMSNORM to
-    NORM; GELU, RELU, SWIGLU and DROPOUT to ELEMENTWISE; then mem_bandwidth_gbps × efficiency."""
+    NORM; GELU, RELU, SWIGLU, DROPOUT and ROPE to ELEMENTWISE; then mem_bandwidth_gbps ×
+    efficiency."""
 
     ELEMENTWISE: MemoryBoundKind | None = None
     NORM: MemoryBoundKind | None = None
@@ -240,6 +241,7 @@ class MemoryBound(Strict):
     RELU: MemoryBoundKind | None = None
     SWIGLU: MemoryBoundKind | None = None
     DROPOUT: MemoryBoundKind | None = None
+    ROPE: MemoryBoundKind | None = None
     SOFTMAX_CE: MemoryBoundKind | None = None
     EMBED: MemoryBoundKind | None = None
 

@@ -8,7 +8,8 @@ The replay moves weights between host and device buffers itself, so a block is a
 - transformer block (pre-norm, GPT-2 / LLaMA layout): norm → fused QKV projection → rotary
   positions (``rope``) → causal ``scaled_dot_product_attention`` (grouped K/V heads when
   ``n_kv_heads < n_heads``) → output projection → dropout → residual; norm → MLP (GeLU, ReLU or
-  SwiGLU with fused gate+up) → dropout → residual.
+  SwiGLU with separate gate and up projections, as Hugging Face LLaMA's ``gate_proj``/``up_proj``
+  and the workload's two GEMMs) → dropout → residual.
 - ``head``: final norm → LM head (the token embedding when tied) → cross-entropy in fp32.
 
 Dropout (p = 0.1, GPT-2's rate; released config ``resid_pdrop``/``embd_pdrop``/``attn_pdrop``) is
@@ -69,12 +70,15 @@ def init_master(spec: ModelSpec, name: str, index: int, seed: int) -> Weights:
         w["qkv.w"] = mat(h + 2 * kv, h)
         w["out.w"] = mat(h, h)
         w.update(norm("ln2"))
-        w["fc1.w"] = mat(spec.n_mlp_in * f, h)
+        mlp_in = ("gate", "up") if spec.mlp == "swiglu" else ("fc1",)
+        for name in mlp_in:
+            w[f"{name}.w"] = mat(f, h)
         w["fc2.w"] = mat(h, f)
         if spec.bias:
             w["qkv.b"] = torch.zeros(h + 2 * kv)
             w["out.b"] = torch.zeros(h)
-            w["fc1.b"] = torch.zeros(spec.n_mlp_in * f)
+            for name in mlp_in:
+                w[f"{name}.b"] = torch.zeros(f)
             w["fc2.b"] = torch.zeros(h)
     return w
 
@@ -120,8 +124,8 @@ def _block(spec: ModelSpec, w: Weights, x: torch.Tensor, step: Step) -> torch.Te
     k = k.view(b, s, nkv, d).transpose(1, 2)
     v = v.view(b, s, nkv, d).transpose(1, 2)
     if spec.pos == "rope":
-        cos, sin = _rope_tables(s, d, x.device, x.dtype)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        cos, sin = rope_tables(s, d, x.device, x.dtype)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     p = 0.0
     if spec.attn_dropout:
         _seed(step, 3)
@@ -129,14 +133,13 @@ def _block(spec: ModelSpec, w: Weights, x: torch.Tensor, step: Step) -> torch.Te
     a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, enable_gqa=nkv != nh)
     a = F.linear(a.transpose(1, 2).reshape(b, s, hid), w["out.w"], w.get("out.b"))
     x = x + _dropout(spec, a, step, 1)
-    h = F.linear(_norm(spec, x, w, "ln2"), w["fc1.w"], w.get("fc1.b"))
+    h = _norm(spec, x, w, "ln2")
     if spec.mlp == "swiglu":
-        gate, up = h.chunk(2, dim=-1)   # Shazeer 2020, "GLU Variants Improve Transformer"
-        h = F.silu(gate) * up
-    elif spec.mlp == "gelu":
-        h = F.gelu(h, approximate="tanh")  # GPT-2's tanh approximation
+        # Shazeer 2020, "GLU Variants Improve Transformer": silu(x·Wg) · (x·Wu), two GEMMs
+        h = F.silu(F.linear(h, w["gate.w"], w.get("gate.b"))) * F.linear(h, w["up.w"], w.get("up.b"))
     else:
-        h = F.relu(h)
+        h = F.linear(h, w["fc1.w"], w.get("fc1.b"))
+        h = F.gelu(h, approximate="tanh") if spec.mlp == "gelu" else F.relu(h)  # GPT-2: tanh GeLU
     h = F.linear(h, w["fc2.w"], w.get("fc2.b"))
     return x + _dropout(spec, h, step, 2)
 
@@ -158,14 +161,14 @@ def _seed(step: Step, site: int) -> None:
     torch.manual_seed(((step.seed * 1_000_003 + step.it) * 4099 + step.index) * 4 + site)
 
 
-def _rope_tables(s: int, d: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(s: int, d: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     inv = 1.0 / (ROPE_BASE ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
     ang = torch.outer(torch.arange(s, device=device, dtype=torch.float32), inv)
     ang = torch.cat([ang, ang], dim=-1)
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 

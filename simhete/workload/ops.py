@@ -7,7 +7,7 @@ K/V projection width, e the bytes per element of ``dtype``:
 
 Forward of a transformer block (pre-norm; biases fused into the GEMM epilogue, residual dropout
 fused into the residual add):
-  NORM|RMSNORM ln1 · GEMM qkv (T, h+2kv, h) · [ELEMENTWISE rope on q, k] · ATTN_FWD (b, a, s, s,
+  NORM|RMSNORM ln1 · GEMM qkv (T, h+2kv, h) · [ROPE on q, k] · ATTN_FWD (b, a, s, s,
   d, 1) · GEMM out (T, h, h) · DROPOUT+residual (ELEMENTWISE without dropout) · NORM|RMSNORM ln2 ·
   GEMM fc1 (T, f, h) ×1 (×2 gate+up for SwiGLU) · activation: GELU | RELU | SWIGLU (the gate's
   SiLU) then ELEMENTWISE (silu(g)·u) · GEMM fc2 (T, h, f) · DROPOUT+residual.
@@ -23,7 +23,7 @@ with attention dropout.
 
 Each op is one kernel (or, for DROPOUT+residual, the pair a fused kernel replaces), so a profile
 without curves for the new kinds prices exactly what it priced when they were ELEMENTWISE/NORM
-(simhete/hw/cost.py falls back RMSNORM → NORM, GELU/RELU/SWIGLU/DROPOUT → ELEMENTWISE).
+(simhete/hw/cost.py falls back RMSNORM → NORM, GELU/RELU/SWIGLU/DROPOUT/ROPE → ELEMENTWISE).
 
 Memory accounting and the FLOP totals are in :mod:`simhete.workload.memory` and the docstring of
 :class:`Workload`; the derivations are in docs/workload.md.
@@ -229,7 +229,8 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     out, out_b = _linear(t, h, h, dtype)
     fc1, fc1_b = _linear(t, f, h, dtype, spec.n_mlp_in)
     fc2, fc2_b = _linear(t, h, f, dtype)
-    rope = (_ew(2 * e * t * (h + kv), dtype),) if spec.pos == "rope" else ()  # read+write q and k
+    # rotary positions (Su et al. 2021) on q and k, forward and backward: read + write both
+    rope = (Op(OpKind.ROPE, (), 2 * e * t * (h + kv), dtype=dtype),) if spec.pos == "rope" else ()
     if spec.mlp == "swiglu":
         # Shazeer 2020 "GLU Variants": silu(g)·u — the SiLU (a sigmoid per element) is SWIGLU, the
         # product a plain ELEMENTWISE multiply; backward: the product's gradients (read dy, silu(g),
