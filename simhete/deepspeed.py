@@ -121,6 +121,10 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
         if dev == "nvme":
             raise ConfigError(file, f"zero_optimization.{key}.device", "nvme",
                               allowed="none or cpu (the NVMe tier is not modelled yet)")
+    if opt_dev == "cpu" and stage == 0:
+        raise ConfigError(file, "zero_optimization.offload_optimizer.device", "cpu",
+                          allowed="none unless zero_optimization.stage is 1, 2 or 3 (DeepSpeed offloads "
+                                  "the optimizer only under ZeRO)")
     if par_dev == "cpu" and stage != 3:
         raise ConfigError(file, "zero_optimization.offload_param.device", "cpu",
                           allowed="none unless zero_optimization.stage is 3 (DeepSpeed offloads "

@@ -103,3 +103,14 @@ def test_apply_deepspeed_returns_the_scenario_and_reports_on_stderr(capsys):
     assert s.data.train.micro_batch == 1
     err = capsys.readouterr().err
     assert "deepspeed: UNSUPPORTED optimizer.type: Lamb" in err
+
+
+def test_optimizer_offload_needs_a_zero_stage(tmp_path):
+    from simhete.deepspeed import apply_deepspeed
+    from simhete.scenario import load_scenario
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}}))
+    s = load_scenario(REPO / "scenarios" / "llama2-7b_rtx4090_zero-offload.yaml")
+    with pytest.raises(ConfigError, match=r"ds\.json: zero_optimization\.offload_optimizer\.device: bad value 'cpu'; "
+                                          r"allowed: none unless zero_optimization\.stage is 1, 2 or 3"):
+        apply_deepspeed(s, ds)

@@ -83,7 +83,12 @@ def test_plan_cli_json_on_shipped_presets(capsys):
     assert out["best"]["policy"] == "zero-offload" and out["best"]["tokens_per_s"] > 0
     assert out["largest_micro_batch"]["micro_batch"] >= 1
     assert out["largest_model"]["model"] == "llama2-7b"
-    assert out["target"]["smallest_hardware"] is not None
+    # the T4 (16 GB) cannot hold 13.5 GB of 16-bit weights plus two 1 GB gradient buckets and
+    # activations; the RTX 4090 is next in size order; CPU-device profiles are never candidates
+    assert out["target"]["smallest_hardware"] == "rtx4090-desktop"
+    cands = {c["hardware"]: c["best"] for c in out["target"]["candidates"]}
+    assert "cpu-local" not in cands and cands["t4"] is None
+    assert cands["v100-32gb-dgx2"]["dtype"] == "fp16"          # no bf16 on a V100: asked in fp16
     assert any("gpu.reserved_bytes" in p for p in out["capacity_provenance"])
     assert out["best"]["uncalibrated"]          # datasheet/assumed numbers are named
 

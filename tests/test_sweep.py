@@ -296,6 +296,35 @@ def test_sigkill_mid_sweep_then_resume_gives_every_point_once_with_uninterrupted
     assert resumed == reference
 
 
+def test_resume_runs_points_that_ended_in_an_internal_error_again(tmp_path):
+    """An 'error' row is a crash, not a result: resuming re-runs it (oom and invalid rows stay)."""
+    from dataclasses import replace
+    p = sweep_file(tmp_path, AXES)
+    ref = run_local(p, tmp_path / "ref.sqlite")
+    db = tmp_path / "r.sqlite"
+    with ResultStore(db) as st:
+        st.put([replace(ref[0], status="error", reason="worker died")] + ref[1:])
+    with ResultStore(db) as st:
+        out = Runner(load_sweep(p), st, LocalBackend(1)).run()
+        rows = st.rows()
+    assert (out.ran, out.skipped) == (1, len(ref) - 1)
+    assert rows == ref
+
+
+def test_resume_refuses_results_of_another_simhete(tmp_path, capsys):
+    from simhete.cli import main
+    p = sweep_file(tmp_path, {"train.micro_batch": [1]})
+    db = tmp_path / "r.sqlite"
+    assert main(["sweep", str(p), "--out", str(db), "--quiet"]) == 0
+    with ResultStore(db) as st:
+        st.set_meta(code="0.0.1+000000000000")
+    capsys.readouterr()
+    assert main(["sweep", str(p), "--out", str(db), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "come from simhete 0.0.1+000000000000" in err and "--resume-stale" in err and err.count("\n") == 1
+    assert main(["sweep", str(p), "--out", str(db), "--quiet", "--resume-stale"]) == 0
+
+
 def test_cli_refuses_to_overwrite_without_resume(tmp_path):
     from simhete.cli import main
     p = sweep_file(tmp_path, {"train.micro_batch": [1]})

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def _trial(t) -> dict:  # type: ignore[no-untyped-def]
     return {"policy": t.policy, "knobs": t.knobs, "fits": t.fits, "tokens_per_s": t.tokens_per_s,
             "peak_gpu_bytes": t.peak_gpu_bytes, "peak_host_bytes": t.peak_host_bytes,
-            "reason": t.reason, "uncalibrated": list(t.uncalibrated)}
+            "reason": t.reason, "uncalibrated": list(t.uncalibrated), "dtype": t.dtype}
 
 
 def _render(out: dict, best, flags: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -127,7 +127,8 @@ def _render(out: dict, best, flags: list[str]) -> None:  # type: ignore[no-untyp
                   f"(ordered by {tg['order']}): [bold]{tg['smallest_hardware'] or 'none'}[/]")
         for c in tg["candidates"]:
             b = c["best"]
-            con.print(f"  {c['hardware']}: " + (f"{b['tokens_per_s']:,.0f} tokens/s ({b['policy']})" if b else "does not fit"))
+            con.print(f"  {c['hardware']}: " + (f"{b['tokens_per_s']:,.0f} tokens/s ({b['policy']}, {b.get('dtype', '')})"
+                                                 if b else "does not fit"))
     con.print("\n[bold]Provenance[/] — fit verdicts are decided against: " + "; ".join(out["capacity_provenance"]))
     if flags:
         con.print("The best throughput rests on uncalibrated numbers: " + "; ".join(flags))

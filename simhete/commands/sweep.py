@@ -8,6 +8,7 @@ from pathlib import Path
 
 from simhete.commands._common import add_engine_arg, check_writable, console
 from simhete.errors import SimheteError
+from simhete.version import code_fingerprint
 
 HELP = ("Run a sweep (axes over scenario keys and policy knobs; grid, random or optimize) on a local "
         "process pool or Ray, storing each point as it finishes; report the best configurations and "
@@ -24,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local process pool (default) or ray")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--resume-stale", action="store_true",
+                   help="resume even though the stored results come from another simhete version")
     p.add_argument("--deepspeed", metavar="JSON", help="apply a DeepSpeed config to the base scenario")
     p.add_argument("--csv", metavar="PATH", help="also export the results as CSV")
     p.add_argument("--parquet", metavar="PATH", help="also export the results as Parquet (needs pyarrow)")
@@ -61,12 +64,17 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             raise SimheteError("--parquet needs pyarrow, which is not installed (pip install pyarrow); "
                                "use --csv instead") from None
-    if out.exists() and not args.resume:
+    code = code_fingerprint()
+    if out.exists():
         with ResultStore(out) as st:
-            n = st.count()
-        if n:
+            n, before = st.count(), st.meta().get("code")
+        if n and not (args.resume or args.resume_stale):
             raise SimheteError(f"--out {out}: holds {n} results already; pass --resume to continue "
                                "that sweep, or give a new --out")
+        if n and before not in (None, code) and not args.resume_stale:
+            raise SimheteError(f"--out {out}: its {n} results come from simhete {before}, this is {code}; "
+                               "results of two versions would mix: give a new --out, or pass "
+                               "--resume-stale to continue anyway")
     con = console()
     total = planned_points(sweep)
     con.print(f"[bold]{sweep.name}[/]: {sweep.strategy.name} over {sweep.grid_size} grid points "
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         with ResultStore(out) as store:
-            store.set_meta(sweep=sweep.name, file=str(sweep.file), keys=list(sweep.keys))
+            store.set_meta(sweep=sweep.name, file=str(sweep.file), keys=list(sweep.keys), code=code)
             with _progress(con, total, args.quiet) as progress:
                 outcome = Runner(sweep, store, backend, args.engine, progress).run()
             if csv is not None:

@@ -35,7 +35,7 @@ PLAN_KNOBS: dict[str, tuple[Any, ...]] = {
     "delayed_update": (False, True),
 }
 # The leanest value of each planning knob (least GPU memory), for "does anything fit" questions.
-LEAN_KNOBS: dict[str, Any] = {"checkpointing": "full"}
+LEAN_KNOBS: dict[str, Any] = {"checkpointing": "full", "delayed_update": False}  # DPU adds 4 B/param on the host
 MAX_MICRO_BATCH = 4096      # scenario.TrainShape's bound
 
 
@@ -51,6 +51,7 @@ class Trial:
     peak_host_bytes: int
     reason: str                       # OOM message or why the combination is invalid
     uncalibrated: tuple[str, ...]
+    dtype: str = ""                   # working precision the trial ran in
 
 
 @dataclass
@@ -79,12 +80,13 @@ class Planner:
                 self._profiles[hkey] = resolve_profile(s)
             res = run(s, engine=self.engine, profile=self._profiles[hkey])
         except ConfigError as e:
-            t = Trial(pol, knobs, False, None, 0, 0, str(e), ())
+            t = Trial(pol, knobs, False, None, 0, 0, str(e), (), s.data.train.dtype)
         else:
             sm = res.summary
             gpu = max((m.peak_bytes for p, m in sm.memory.items() if p.startswith("gpu")), default=0)
             host = sm.memory["cpu"].peak_bytes if "cpu" in sm.memory else 0
-            t = Trial(pol, knobs, sm.fits, sm.tokens_per_s, gpu, host, sm.oom or "", sm.uncalibrated)
+            t = Trial(pol, knobs, sm.fits, sm.tokens_per_s, gpu, host, sm.oom or "", sm.uncalibrated,
+                      s.data.train.dtype)
         self._cache[key] = t
         return t
 
@@ -214,6 +216,15 @@ class Planner:
         for name in list_profiles():
             s = self.base.with_changes(hardware={"profile": name, "gpus": gpus})
             prof = self._profile(s)
+            if prof.device_type == "cpu":       # a CPU acting as the device is for validation, not planning
+                continue
+            dtype = self.base.data.train.dtype
+            if dtype not in prof.gpu.peak_tflops.available():
+                # e.g. bf16 on a V100 or T4: such a GPU trains in fp16, so ask that question
+                alt = next((d for d in ("fp16", "bf16") if d in prof.gpu.peak_tflops.available()), None)
+                if alt is None:
+                    continue
+                s = s.with_changes(**{"train.dtype": alt})
             size = (prof.gpu.count, prof.gpu.memory_bytes,
                     getattr(prof.gpu.peak_tflops, "bf16", None).value
                     if getattr(prof.gpu.peak_tflops, "bf16", None) else 0.0,

@@ -63,6 +63,12 @@ class Runner:
         """Rows for the grid indices ``idxs`` (in order), running only those not yet stored."""
         points = [self.point(i) for i in idxs]
         by_id: dict[str, Row] = self.store.get(p.id for p in points)
+        # an internal error (a bug, an interrupted worker) is not a result: run those points again
+        retry = [i for i, r in by_id.items() if r.status == "error"]
+        if retry:
+            self.store.drop(retry)
+            for i in retry:
+                del by_id[i]
         skipped = {p.id for p in points if p.id in by_id}
         invalid: list[Row] = []
         todo: dict[str, Point] = {}

@@ -83,6 +83,11 @@ class ResultStore:
         with self._tx():
             self.db.executemany(q, [tuple(getattr(r, c) for c in COLUMNS) for r in rows])
 
+    def drop(self, ids: Iterable[str]) -> None:
+        """Remove rows (so that they can be run again)."""
+        with self._tx():
+            self.db.executemany("DELETE FROM points WHERE id = ?", [(i,) for i in ids])
+
     def get(self, ids: Iterable[str]) -> dict[str, Row]:
         ids = list(ids)
         out: dict[str, Row] = {}
