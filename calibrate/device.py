@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from simhete.errors import SimheteError
+from simhete.hostinfo import host_cpu, host_memory_bytes
 
 DEVICES = ("auto", "cuda", "cpu")
 
@@ -53,23 +54,6 @@ def select(requested: str) -> Target:
                       int(props.total_memory), torch.cuda.device_count())
     return Target("cpu", torch.device("cpu"), f"{host_cpu()} ({os.cpu_count()} logical cores)",
                   "n/a (CPU device)", host_memory_bytes(), 0)
-
-
-def host_cpu() -> str:
-    """CPU model name from /proc/cpuinfo, falling back to platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def host_memory_bytes() -> int:
-    """Physical host memory (sysconf pages × page size)."""
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def _cuda_driver() -> str:

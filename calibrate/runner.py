@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from simhete.hostinfo import process_rss_bytes
 from simhete.hw.fit import SYSTEM, write_raw
 
 from calibrate import adam, attention, collectives, copies, gemm, interference, membw
@@ -30,17 +31,6 @@ def _sockets() -> int:
         return 1
 
 
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def system_rows(target: Target, grid: Grid) -> list[dict[str, object]]:
     """Facts queried (not timed) about the device and host, for the profile's non-fitted fields."""
     host_mem = host_memory_bytes()
@@ -51,9 +41,10 @@ def system_rows(target: Target, grid: Grid) -> list[dict[str, object]]:
         pinned, pinned_how = host_mem // 2, ("not measured; assumed half of host memory (pinning "
                                              "more starves the OS and page cache)")
     else:
-        avail = _mem_available()
-        reserved = host_mem - avail if avail is not None else 0
-        how = "host memory in use at calibration time (MemTotal - MemAvailable, /proc/meminfo)"
+        # the analogue of a CUDA context: what the framework itself keeps resident on the device
+        # (this process after importing torch), not what other processes happen to use now
+        reserved = process_rss_bytes() or 0
+        how = "resident memory of the calibrating process after importing torch (VmRSS, /proc/self/status)"
         sms, tile = os.cpu_count() or 1, 1  # a CPU has no tile/wave quantisation: 1x1 "tiles"
         pinned, pinned_how = 0, "not applicable: a CPU device has no pinned memory"
     items = {"device_type": target.kind, "device": target.name, "count": max(1, target.gpu_count),

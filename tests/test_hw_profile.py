@@ -237,7 +237,7 @@ def test_pinned_limit_is_optional_and_new_keys_are_checked(tmp_path):
                                                               "ref": "x"}}}
     with pytest.raises(ConfigError, match=r"b\.yaml: gpu\.memory_bound\.GEMM: unknown key; allowed "
                                           r"keys here: DROPOUT, ELEMENTWISE, EMBED, GELU, NORM, RELU, "
-                                          r"RMSNORM, SOFTMAX_CE, SWIGLU$"):
+                                          r"RMSNORM, ROPE, SOFTMAX_CE, SWIGLU$"):
         load_profile(write(tmp_path, bad, "b.yaml"))
     bad = copy.deepcopy(d)
     bad["gpu"]["memory_bound"]["GELU"] = {

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import time
 from typing import Iterator
 
 import torch
 
 from simhete.errors import SimheteError
+from simhete.hostinfo import host_cpu, mem_available_bytes
 
 CPU_STREAM = "cpu.optim"
 
@@ -91,7 +91,7 @@ class Device:
 
     def free_bytes(self) -> dict[str, int]:
         """Free memory per pool. The CPU device and the host are the same memory."""
-        free = host_available_bytes()
+        free = mem_available_bytes()
         return {"gpu0": free, "cpu": free}
 
     def peak_bytes(self) -> int | None:
@@ -186,34 +186,10 @@ class CudaDevice(Device):
 
     def free_bytes(self) -> dict[str, int]:
         free, _total = torch.cuda.mem_get_info(self.dev)
-        return {"gpu0": int(free), "cpu": host_available_bytes()}
+        return {"gpu0": int(free), "cpu": mem_available_bytes()}
 
     def peak_bytes(self) -> int | None:
         return int(torch.cuda.max_memory_allocated(self.dev))
-
-
-def host_available_bytes() -> int:
-    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else free pages."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-
-
-def host_cpu() -> str:
-    """CPU model name from /proc/cpuinfo, falling back to platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def open_device(requested: str) -> Device:
