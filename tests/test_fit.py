@@ -254,3 +254,32 @@ def test_gemm_table_rate_is_the_mean_time_over_layouts(tmp_path):
     for m, n, k, tflops in pts:
         f = 2 * m * n * k
         assert tflops == pytest.approx(f / (1.5 * (2e-6 + f / 1e11)) / 1e12, rel=5e-4)
+
+
+def test_hand_edited_raw_data_is_a_one_line_error(tmp_path):
+    """A missing system item or a non-numeric measurement names the raw directory, no traceback."""
+    import shutil
+
+    from simhete.errors import ConfigError
+    from simhete.hw.fit import fit
+    from simhete.hw.profile import PROFILES_DIR
+    src = PROFILES_DIR / "measured" / "cpu-local.raw"
+    raw = tmp_path / "x.raw"
+    shutil.copytree(src, raw)
+    system = raw / "system.csv"
+    system.write_text("".join(line for line in system.read_text().splitlines(keepends=True)
+                              if not line.startswith("device_type,")))
+    with pytest.raises(ConfigError, match=r"x\.raw: raw data lacks 'device_type'"):
+        fit(raw)
+    shutil.rmtree(raw)
+    shutil.copytree(src, raw)
+    gemm = raw / "gemm.csv"
+    lines = gemm.read_text().splitlines(keepends=True)
+    header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    cols = lines[header].rstrip("\n").split(",")
+    row = lines[header + 1].rstrip("\n").split(",")
+    row[cols.index("median_s")] = "fast"
+    lines[header + 1] = ",".join(row) + "\n"
+    gemm.write_text("".join(lines))
+    with pytest.raises(ConfigError, match=r"x\.raw: malformed raw data"):
+        fit(raw)

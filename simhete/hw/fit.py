@@ -606,8 +606,20 @@ def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | 
 
     ``raw`` references in the profile are relative to ``profile_dir`` (default: the parent of
     ``raw_dir``, where ``simhete calibrate`` puts the profile); ``name`` defaults to the raw
-    directory's name without ``.raw``.
+    directory's name without ``.raw``. Raw data that was edited by hand or cut short is a
+    one-line ConfigError naming the directory and what is wrong, never a traceback.
     """
+    try:
+        return _fit(raw_dir, name, profile_dir)
+    except KeyError as e:
+        raise ConfigError(str(raw_dir), None, problem=f"raw data lacks {e.args[0]!r} (a column, a "
+                          "system item or a table the fit needs); re-run simhete calibrate") from None
+    except (ValueError, IndexError) as e:
+        raise ConfigError(str(raw_dir), None, problem=f"malformed raw data ({e}); re-run simhete "
+                          "calibrate") from None
+
+
+def _fit(raw_dir: str | Path, name: str | None, profile_dir: str | Path | None) -> Fit:
     from simhete.hw.cost import CostModel
     from simhete.hw.profile import HardwareProfile
 
