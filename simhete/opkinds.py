@@ -64,6 +64,9 @@ class OpKind(StrEnum):
 MEMORY_BOUND_KINDS = frozenset({"ELEMENTWISE", "NORM", "RMSNORM", "GELU", "RELU", "SWIGLU", "DROPOUT",
                                 "ROPE", "SOFTMAX_CE", "EMBED"})
 
+# Bytes per element of each compute dtype (tf32 is stored as fp32).
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
+
 COPY_KINDS = frozenset({OpKind.H2D, OpKind.D2H, OpKind.D2D, OpKind.MEMCPY_CPU})
 COLLECTIVE_KINDS = frozenset({OpKind.ALLREDUCE, OpKind.REDUCE_SCATTER, OpKind.ALLGATHER})
 COMPUTE_KINDS = frozenset(

@@ -18,7 +18,7 @@ from simhete.hw.cost import CostModel
 from simhete.hw.profile import PROFILES_DIR, load_profile
 from simhete.policy import Context, get_policy
 from simhete.report.metrics import Summary, copy_bytes, summarize
-from simhete.scenario import HardwareRef, ModelRef, Scenario
+from simhete.scenario import HardwareRef, Scenario
 from simhete.schedule import Schedule, check_schedule
 from simhete.workload import build_workload, from_hf_config, get_model
 

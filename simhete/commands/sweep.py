@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from simhete.search import analysis
     from simhete.search.backends import make_backend
-    from simhete.search.runner import Progress, Runner, planned_points
+    from simhete.search.runner import Runner, planned_points
     from simhete.search.space import load_sweep
     from simhete.search.store import ResultStore
 

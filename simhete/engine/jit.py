@@ -96,7 +96,7 @@ def _ev_pop(ht, hi, size):
 
 def run_loop(ix, durs, matrix) -> tuple:
     """Run the compiled loop on an indexed schedule; allocates its state and outputs."""
-    n, n_pools = len(ix.stream_of), len(ix.cap)
+    n = len(ix.stream_of)
     in_use, class_bytes = ix.in_use0.copy(), ix.class0.copy()
     live_pool, live_bytes, live_cls = ix.live_pool0.copy(), ix.live_bytes0.copy(), ix.live_cls0.copy()
     peak, peak_cls = ix.in_use0.copy(), ix.class0.copy()

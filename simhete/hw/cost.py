@@ -36,16 +36,11 @@ from typing import Callable
 
 from simhete.errors import ConfigError
 from simhete.hw.gemm import GemmInterpolator
-from simhete.hw.profile import DTYPES, Curve, HardwareProfile, Link, Provenance
-from simhete.opkinds import OpKind
+from simhete.hw.profile import ADAM_BYTES_PER_PARAM, DTYPES, Curve, HardwareProfile, Link, Provenance
+from simhete.opkinds import DTYPE_BYTES, OpKind
 from simhete.schedule.model import Op, Schedule, Task
 
-# Bytes per element of each compute dtype (tf32 is stored as fp32).
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
-
-# Fused/multi-tensor GPU Adam moves the same fp32 state as CPU Adam: reads p, g, m, v and writes
-# p, m, v — 7 × 4 = 28 bytes per parameter (REFERENCES.md, "CPU Adam is DRAM-bound").
-ADAM_GPU_BYTES_PER_PARAM = 28
+# Fused/multi-tensor GPU Adam moves the same fp32 state as CPU Adam (ADAM_BYTES_PER_PARAM).
 
 # A memory-bound kind without its own profile entry is priced as the kind it was split from
 # (profiles calibrated before the op vocabulary had these kinds measured only the older ones).
@@ -54,7 +49,7 @@ MB_FALLBACK = {OpKind.RMSNORM: OpKind.NORM, OpKind.GELU: OpKind.ELEMENTWISE,
                OpKind.DROPOUT: OpKind.ELEMENTWISE, OpKind.ROPE: OpKind.ELEMENTWISE}
 
 # nccl-tests doc/PERFORMANCE.md: busbw = algbw × factor, with r ranks.
-_BUS_FACTOR: dict[OpKind, Callable[[int], float]] = {
+BUS_FACTOR: dict[OpKind, Callable[[int], float]] = {
     OpKind.ALLREDUCE: lambda r: 2.0 * (r - 1) / r,
     OpKind.REDUCE_SCATTER: lambda r: (r - 1) / r,
     OpKind.ALLGATHER: lambda r: (r - 1) / r,
@@ -432,13 +427,13 @@ class CostModel:
     def _adam_gpu(self, op: Op) -> float:
         if self.profile.device_type == "cpu":   # the device is the host: a device Adam is CPU Adam
             return self._adam_cpu(op)
-        return self._launch_s() + self._mem_seconds(float(op.n) * ADAM_GPU_BYTES_PER_PARAM)
+        return self._launch_s() + self._mem_seconds(float(op.n) * ADAM_BYTES_PER_PARAM)
 
     def _collective(self, op: Op) -> float:
         (ranks,) = op.shape
         if ranks <= 1:
             return 0.0
-        factor = _BUS_FACTOR[op.kind](ranks)
+        factor = BUS_FACTOR[op.kind](ranks)
         p = self.profile
         if p.collectives is not None:
             self._use("collectives.latency_us", p.collectives.latency_us)

@@ -40,6 +40,8 @@ from scipy.optimize import lsq_linear, minimize_scalar
 
 from simhete.config import validate
 from simhete.errors import ConfigError
+from simhete.hw.cost import BUS_FACTOR
+from simhete.hw.gemm import quantised_flops
 from simhete.opkinds import OpKind
 from simhete.schedule.model import Op
 
@@ -214,10 +216,8 @@ def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
     sms, tile = int(sysinfo["sms"]), int(sysinfo["gemm_tile"])
 
     def shape_factor(m: float, n: float, k: float, k_half: float) -> float:
-        # Mirrors simhete.hw.profile.Gpu.shape_factor (tile + wave quantisation, small-K factor).
-        tiles = math.ceil(m / tile) * math.ceil(n / tile)
-        waves = math.ceil(tiles / sms)
-        return (m * n) / (waves * sms * tile * tile) * k / (k + k_half)
+        # useful / quantised FLOPs, as Gpu.shape_factor prices it, with k_half free
+        return 2.0 * m * n * k / quantised_flops(m, n, k, tile, tile, sms, k_half)
 
     def loss(log_kh: float) -> float:
         kh = math.exp(log_kh)
@@ -572,9 +572,9 @@ def _fit_collectives(st: _State) -> dict[str, Any] | None:
         why = sorted({r["status"] for r in t.rows if r["status"] != "ok"})
         st.sections.append("## collectives\n\n- " + ("; ".join(why) or "no data") + "\n")
         return None
-    factor = {"all_reduce": lambda r: 2 * (r - 1) / r, "reduce_scatter": lambda r: (r - 1) / r,
-              "all_gather": lambda r: (r - 1) / r}  # nccl-tests doc/PERFORMANCE.md bus factors
-    sizes = [_f(r, "bytes") * factor[r["op"]](int(r["ranks"])) for r in rows]
+    kind = {"all_reduce": OpKind.ALLREDUCE, "reduce_scatter": OpKind.REDUCE_SCATTER,
+            "all_gather": OpKind.ALLGATHER}
+    sizes = [_f(r, "bytes") * BUS_FACTOR[kind[r["op"]]](int(r["ranks"])) for r in rows]
     a, b = alpha_beta(sizes, [_f(r, "median_s") for r in rows])
     st.sections.append(f"## collectives\n\n- bus bandwidth {b / 1e9:.1f} GB/s, "
                        f"latency {a * 1e6:.1f} us over {len(rows)} points\n")

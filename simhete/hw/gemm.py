@@ -17,6 +17,15 @@ from scipy.interpolate import LinearNDInterpolator
 from scipy.spatial import QhullError
 
 
+def quantised_flops(m: float, n: float, k: float, tile_m: int, tile_n: int, sms: int, k_half: float) -> float:
+    """FLOPs a device spends on an (m, n, k) GEMM: every SM computes a full tile in every wave
+    (tile and wave quantisation, NVIDIA "Matrix Multiplication Background" user guide) and each
+    tile pays ``k_half`` extra steps of K (small-K inefficiency). Non-decreasing in m, n and k."""
+    tiles = math.ceil(m / tile_m) * math.ceil(n / tile_n)
+    waves = math.ceil(tiles / sms)
+    return 2.0 * waves * sms * tile_m * tile_n * (k + k_half)
+
+
 class GemmInterpolator:
     def __init__(self, rows: Sequence[tuple[int, int, int, float]]) -> None:
         pts = np.log(np.array([r[:3] for r in rows], dtype=float))

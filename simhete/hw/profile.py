@@ -9,7 +9,6 @@ Units live in key names: ``_gbps`` is 10^9 bytes/s, ``_us`` microseconds, ``_byt
 from __future__ import annotations
 
 import fnmatch
-import math
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
 
@@ -17,6 +16,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model
 
 from simhete.config import Strict, load_yaml, parse_bytes, validate
 from simhete.errors import ConfigError
+from simhete.hw.gemm import quantised_flops
 
 Source = Literal["measured", "datasheet", "paper", "assumed"]
 DType = Literal["bf16", "fp16", "tf32", "fp32"]
@@ -283,9 +283,7 @@ class Gpu(Strict):
         wave, and each tile pays ``k_half`` extra steps of K (see :class:`GemmModel`).
         Non-decreasing in m, n and k, so a bigger GEMM is never priced faster."""
         g = self.gemm
-        tiles = math.ceil(m / g.tile_m) * math.ceil(n / g.tile_n)
-        waves = math.ceil(tiles / self.sms)
-        return 2.0 * waves * self.sms * g.tile_m * g.tile_n * (k + g.k_half.value)
+        return quantised_flops(m, n, k, g.tile_m, g.tile_n, self.sms, g.k_half.value)
 
     def shape_factor(self, m: int, n: int, k: int) -> float:
         """Tile/wave quantisation × small-K factor in (0, 1]: useful / quantised FLOPs."""
@@ -347,14 +345,14 @@ class Host(Strict):
         if self.adam.params_per_s is not None:
             return self.adam.params_per_s
         d = self.dram_bandwidth_gbps
-        return PositiveQ(value=d.value * 1e9 / ADAM_CPU_BYTES_PER_PARAM, source="assumed",
+        return PositiveQ(value=d.value * 1e9 / ADAM_BYTES_PER_PARAM, source="assumed",
                          ref=f"derived: host.dram_bandwidth_gbps ({d.source}) / "
-                             f"{ADAM_CPU_BYTES_PER_PARAM} bytes per param, the DRAM-bound ceiling")
+                             f"{ADAM_BYTES_PER_PARAM} bytes per param, the DRAM-bound ceiling")
 
 
 # Adam traffic per fp32 parameter: read p, g, m, v and write p, m, v = 7 × 4 bytes
 # (REFERENCES.md, "CPU Adam is DRAM-bound"; ZeRO-Offload paper §4.2 keeps all four on the CPU).
-ADAM_CPU_BYTES_PER_PARAM = 28
+ADAM_BYTES_PER_PARAM = 28
 
 
 # --------------------------------------------------------------------------------- links ----

@@ -61,7 +61,7 @@ class ZeroOffload(Policy):
         k = self.k
         b = Builder()
         dp = DataParallel(b, ctx, k.pin_memory)
-        n, nb, ga = ctx.n_gpus, len(ctx.blocks), accum_steps(ctx)
+        nb, ga = len(ctx.blocks), accum_steps(ctx)
         modes = act_modes(ctx, k)
         initial = []
         for g in dp.gpus:

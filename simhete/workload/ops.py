@@ -36,13 +36,13 @@ from functools import lru_cache
 
 from simhete.config import one_of
 from simhete.errors import ConfigError
-from simhete.opkinds import OpKind
+from simhete.opkinds import DTYPE_BYTES, OpKind
 from simhete.schedule import Op
 from simhete.workload import memory
 from simhete.workload.presets import get_model
 from simhete.workload.spec import ModelSpec
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+TRAIN_DTYPES = ("bf16", "fp16", "fp32")   # working precisions a model trains in
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload
     for key, v in (("micro_batch", b), ("seq_len", s)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(None, key, v, allowed="a positive integer")
-    one_of(dtype, tuple(DTYPE_BYTES), None, "dtype", "dtypes")
+    one_of(dtype, TRAIN_DTYPES, None, "dtype", "dtypes")
     if not isinstance(flash, bool):
         raise ConfigError(None, "flash_attention", flash, allowed="true or false")
     if spec.pos == "learned" and s > spec.max_seq:
