@@ -17,7 +17,7 @@ from simhete.errors import ConfigError, SimheteError
 from simhete.hw.cost import CostModel
 from simhete.hw.profile import PROFILES_DIR, load_profile
 from simhete.policy import Context, get_policy
-from simhete.report.metrics import Summary, copy_bytes, summarize
+from simhete.report.metrics import Summary, pcie_task_bytes, summarize
 from simhete.scenario import HardwareRef, Scenario
 from simhete.schedule import Schedule, check_schedule
 from simhete.workload import build_workload, from_hf_config, get_model
@@ -135,7 +135,7 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
         samples_per_iter=s.data.train.micro_batch * per_iter,
         model_flops_per_iter=wl.model_flops_per_iter * per_iter,
         peak_flops_per_gpu=cost.peak_flops(s.data.train.dtype), n_gpus=ctx.n_gpus,
-        pool_capacity=dict(sched.pools), task_bytes=copy_bytes(sched),
+        pool_capacity=dict(sched.pools), task_bytes=pcie_task_bytes(sched),
         flags=sorted(cost.flags), meta={"scenario": s.name, "policy": s.data.policy,
                                          "model": ctx.spec.name, "hardware": ctx.profile.name})
     return Result(s, ctx, sched, tl, summary)

@@ -153,3 +153,20 @@ def test_busy_matches_a_unit_grid_count(spans, t0, length):
     busy = stream_busy(tl, (float(t0), float(t0 + length)))["gpu0.compute"]
     assert busy == pytest.approx(len(covered) / length, abs=1e-12)
     assert 0.0 <= busy <= 1.0
+
+
+def test_pcie_bytes_follow_the_ops_not_the_stream():
+    """A pageable copy runs on the compute stream; its bytes still count, by the op's direction."""
+    from simhete.report.metrics import pcie_task_bytes
+    sched = Schedule(
+        tasks=(Task("it1.H2D.w.b0", "gpu0.compute", TaskCat.H2D, ops=(Op(OpKind.H2D, n=1000, pinned=False),)),
+               Task("it1.D2H.g.b0", "gpu0.compute", TaskCat.D2H, ops=(Op(OpKind.D2H, n=300, count=2),)),
+               Task("it1.F.b0", "gpu0.compute", TaskCat.FWD, ops=(Op(OpKind.GEMM, (2, 2, 2)),))),
+        pools={"gpu0": 10**6})
+    tb = pcie_task_bytes(sched)
+    assert tb == {"it1.H2D.w.b0": (1000, 0), "it1.D2H.g.b0": (0, 600)}
+    tl = Timeline(records=(rec("it1.H2D.w.b0", "gpu0.compute", TaskCat.H2D, 1, 0.0, 1.0),
+                           rec("it1.D2H.g.b0", "gpu0.compute", TaskCat.D2H, 1, 1.0, 2.0),
+                           rec("it1.F.b0", "gpu0.compute", TaskCat.FWD, 1, 2.0, 3.0)),
+                  mem_events={}, peak={}, peak_by_class={})
+    assert summarize(tl, task_bytes=tb, **ARGS).pcie_bytes_per_iter == {"h2d": 1000, "d2h": 600}

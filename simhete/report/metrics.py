@@ -179,28 +179,61 @@ def stream_busy(timeline: Timeline, window: tuple[float, float]) -> dict[str, fl
     return out
 
 
-def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int]) -> dict[str, int]:
-    """Bytes moved per PCIe direction (``h2d``, ``d2h``; all GPUs summed) by the steady iteration's
-    records on ``gpuN.h2d`` / ``gpuN.d2h`` streams. A copy record missing from ``task_bytes`` is an
-    error: silently counting it as zero would understate traffic."""
+def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int]]) -> dict[str, int]:
+    """Bytes moved per PCIe direction (``h2d``, ``d2h``; all GPUs summed) by the steady iteration.
+
+    A ``task_bytes`` entry is either ``(h2d, d2h)`` bytes (what :func:`pcie_task_bytes` gives: the
+    direction comes from the ops, so a pageable copy that runs on a compute stream counts too), or
+    an int for a task on a ``gpuN.h2d`` / ``gpuN.d2h`` stream, whose suffix is the direction. A
+    record on a copy stream with no entry is an error: counting it as zero would understate traffic.
+    """
     its = steady_iterations(timeline)
     out = dict.fromkeys(PCIE_DIRECTIONS, 0)
     cols = timeline.columns
-    if cols is not None:       # only the copy records of the steady iteration, from the arrays
-        copy = np.array([s.rpartition(".")[2] in out for s in cols.streams], dtype=bool)
-        keep = copy[cols.stream_of]
-        if its is not None:
-            keep &= np.isin(cols.it, list(its))
-        rows = cols.rows[keep].tolist()
-        stream_of = cols.stream_of[keep].tolist()
-        selected = ((cols.tasks[k].name, cols.streams[s]) for k, s in zip(rows, stream_of))
+    if cols is not None:       # the steady iteration's records, from the arrays
+        keep = np.ones(len(cols.rows), dtype=bool) if its is None else np.isin(cols.it, list(its))
+        selected = ((cols.tasks[k].name, cols.streams[s])
+                    for k, s in zip(cols.rows[keep].tolist(), cols.stream_of[keep].tolist()))
     else:
-        selected = ((r.name, r.stream) for r in timeline.records
-                    if r.stream.rpartition(".")[2] in out and (its is None or r.it in its))
+        selected = ((r.name, r.stream) for r in timeline.records if its is None or r.it in its)
     for name, stream in selected:
-        if name not in task_bytes:
-            raise ValueError(f"task_bytes has no entry for copy task {name!r} on {stream}")
-        out[stream.rpartition(".")[2]] += task_bytes[name]
+        v = task_bytes.get(name)
+        direction = stream.rpartition(".")[2]
+        if v is None:
+            if direction in out:
+                raise ValueError(f"task_bytes has no entry for copy task {name!r} on {stream}")
+            continue
+        if isinstance(v, tuple):
+            out["h2d"] += v[0]
+            out["d2h"] += v[1]
+        elif direction in out:
+            out[direction] += v
+        else:
+            raise ValueError(f"task {name!r} on {stream}: give its bytes as (h2d, d2h), the stream "
+                             "does not say the direction")
+    return out
+
+
+def pcie_task_bytes(schedule: Schedule) -> dict[str, tuple[int, int]]:
+    """``task_bytes`` for :func:`summarize`: per task, (H2D, D2H) bytes of its copy ops, whatever
+    stream it runs on (``op.n`` bytes × ``op.count``); tasks moving nothing omitted."""
+    h2d, d2h = OpKind.H2D, OpKind.D2H
+    out: dict[str, tuple[int, int]] = {}
+    seen: dict[int, tuple[int, int]] = {}   # id(ops tuple) -> bytes; tuples stay alive in their tasks
+    for task in schedule.tasks:
+        ops = task.ops
+        v = seen.get(id(ops))
+        if v is None:
+            up = down = 0
+            for op in ops:
+                kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
+                if kind is h2d:
+                    up += op.n * op.count
+                elif kind is d2h:
+                    down += op.n * op.count
+            v = seen[id(ops)] = (up, down)
+        if v[0] or v[1]:
+            out[task.name] = v
     return out
 
 
