@@ -239,3 +239,31 @@ def test_data_parallel_collectives_span_all_gpus(policy):
         by_name.setdefault(t.name.rsplit("@", 1)[0], []).append(t)
         assert t.ops[0].shape == (4,)
     assert all(len(v) == 4 and len({x.deps for x in v}) == 1 for v in by_name.values())
+
+
+def test_too_small_chunks_are_refused_not_simulated_for_minutes():
+    from simhete.errors import ConfigError
+    from simhete.scenario import scenario_from_dict
+    from simhete.sim import run
+    s = scenario_from_dict({"model": "gpt-like-h256-l4", "hardware": {"profile": "a100-40gb-pcie-epyc7713"},
+                            "train": {"micro_batch": 1, "seq_len": 128}, "policy": "chunked",
+                            "knobs": {"chunk_size": 1000}})
+    with pytest.raises(ConfigError, match=r"knobs\.chunk_size: bad value 1000; allowed: at least \d+ elements"):
+        run(s)
+
+
+@pytest.mark.parametrize("policy", ["zero-offload", "zero-infinity", "chunked"])
+def test_cpu_step_waits_on_one_join_not_on_every_gradient_copy(policy):
+    """M CPU Adam tasks after N gradient copies: M + N dependency edges through a join, not M × N."""
+    from simhete.scenario import scenario_from_dict
+    from simhete.sim import resolve
+    ctx, pol = resolve(scenario_from_dict({
+        "model": "gpt-like-h256-l6", "hardware": {"profile": "h100-sxm", "gpus": 2},
+        "train": {"micro_batch": 1, "seq_len": 128}, "iterations": 2, "policy": policy,
+        "knobs": {"chunk_size": 200_000} if policy == "chunked" else {}}))
+    sched = pol.build(ctx)
+    joins = [t for t in sched.tasks if ".STEP.grads" in t.name]
+    assert len(joins) == 2 and all(t.ops == () and len(t.deps) > 1 for t in joins)
+    for t in sched.tasks:
+        if t.stream == "cpu.optim" and t.cat.value == "optim_cpu":
+            assert not any(".D2H." in d or ".RS." in d for d in t.deps), t.name

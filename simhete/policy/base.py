@@ -88,6 +88,16 @@ class Builder:
                                    tuple(allocs), tuple(frees), it, block))
         return name
 
+    def join(self, name: str, stream: str, deps: Iterable[str], prio: int, it: int) -> list[str]:
+        """One zero-duration task that waits for ``deps``, for many tasks that all wait for the
+        same set: M tasks × N deps become M + N edges (a step of many CPU Adam tasks after many
+        gradient copies would otherwise be quadratic). Returns the deps to use: ``[name]``, or
+        ``deps`` unchanged when there is at most one."""
+        deps = list(deps)
+        if len(deps) <= 1:
+            return deps
+        return [self.add(name, stream, TaskCat.OTHER, (), deps, prio, it=it)]
+
     def build(self, pools: dict[str, int], initial: Iterable[Alloc], iterations: int,
               meta: dict[str, str]) -> Schedule:
         return Schedule(tuple(self.tasks), pools, tuple(initial), iterations, meta)

@@ -242,6 +242,8 @@ class ZeroInfinity(Policy):
         by = {blk.index: blk for blk in ctx.blocks}
         n = ctx.n_gpus
         done: list[str] = []
+        if any(grp[0] in cpu_opt for grp in groups):   # every CPU sub-group waits for all gradients
+            d2h = b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h), fwd_prio(it + 1, 0) - 2, it)
         for s, grp in enumerate(groups):
             first = grp[0]
             prio = fwd_prio(it + 1, first) - 1
@@ -253,7 +255,7 @@ class ZeroInfinity(Policy):
                 if home:   # fp32 → 16-bit into the host home of the weights
                     ops.append(Op(OpKind.MEMCPY_CPU, n=sum(by[i].weight_bytes for i in home)))
                 a = b.add(tname(it, "ADAM.cpu", f"s{s}"), "cpu.optim", TaskCat.OPTIM_CPU, tuple(ops),
-                          deps=sorted(d2h), prio=prio, it=it, block=first)
+                          deps=d2h, prio=prio, it=it, block=first)
                 done.append(a)
                 if resident:
                     done += dp.to_gpu(it, "H2D.w", f"s{s}", sum(by[i].weight_bytes for i in resident), [a], prio,

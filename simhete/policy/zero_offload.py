@@ -118,7 +118,7 @@ class ZeroOffload(Policy):
                 last_B = {g: t[g].last_B for g in dp.gpus}
             dp.m = 1
             adam[it], h2d[it] = {}, {}
-            all_d2h = sorted(d2h_of)
+            all_d2h = b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h_of), fwd_prio(it, 0), it)
             for blk in ctx.blocks:
                 if not blk.params:
                     continue

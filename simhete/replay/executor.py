@@ -665,6 +665,10 @@ def _weights_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
                 x.dev.keep_alive(src[k], x._copy_stream(t))
 
 
+def _join(x: Executor, t: Task, it: int, blk: str) -> None:
+    """A join (``it2.STEP.grads``): no work, it only waits for its dependencies."""
+
+
 def handler(what: str) -> Callable[[Executor, Task, int, str], None] | None:
     """The handler of an operation; numbered variants (``H2D.wf2``) share their base's."""
     return HANDLERS.get(what) or HANDLERS.get(what.rstrip("0123456789"))
@@ -673,5 +677,5 @@ def handler(what: str) -> Callable[[Executor, Task, int, str], None] | None:
 HANDLERS: dict[str, Callable[[Executor, Task, int, str], None]] = {
     "F": _fwd, "R": _recompute, "B": _bwd, "D2H.act": _swap_out, "H2D.act": _swap_in,
     "D2H.g": _grads_d2h, "ADAM.cpu": _adam_cpu, "ADAM.gpu": _adam_gpu, "H2D.w": _weights_h2d,
-    "H2D.wf": _weights_h2d, "H2D.wb": _weights_h2d, "D2H.w": _weights_d2h,
+    "H2D.wf": _weights_h2d, "H2D.wb": _weights_h2d, "D2H.w": _weights_d2h, "STEP": _join,
 }
