@@ -80,8 +80,13 @@ def validate(model: type[M], data: Any, file: str | None, prefix: str = "") -> M
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        # with a union (hardware: name | mapping) pydantic reports every branch; the deepest
+        # location is the branch the user meant (a mapping with one bad key, not "not a string")
+        errors = e.errors()
+        err = max(errors, key=lambda x: len(x["loc"]))
+        branches = _branch_tags()
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (
+            "[" in p or p.startswith("function-") or p in branches)))
         key = ".".join(x for x in (prefix, dotted(loc)) if x)
         if err["type"] == "extra_forbidden":
             fields = ", ".join(sorted(_allowed_keys(model, loc[:-1])))
@@ -94,6 +99,17 @@ def validate(model: type[M], data: Any, file: str | None, prefix: str = "") -> M
         if isinstance(value, (dict, list)):   # a check across several keys: say what is wrong, not the mapping
             raise ConfigError(file, key, problem=msg) from None
         raise ConfigError(file, key, value, allowed=msg) from None
+
+
+def _branch_tags() -> set[str]:
+    """Names pydantic puts in an error location for the branch of a union: types and schema classes."""
+    names = {"str", "int", "float", "bool", "list", "dict", "none"}
+    todo = [Strict]
+    while todo:
+        c = todo.pop()
+        names.add(c.__name__)
+        todo += c.__subclasses__()
+    return names
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

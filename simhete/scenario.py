@@ -38,8 +38,8 @@ class ModelRef(Strict):
 class HardwareRef(Strict):
     profile: str
     gpus: int | None = Field(None, ge=1, le=8)
-    gpu_memory: int | None = None
-    host_memory: int | None = None
+    gpu_memory: int | None = Field(None, gt=0)
+    host_memory: int | None = Field(None, gt=0)
     pcie_gbps: float | None = Field(None, gt=0)
     """What-if: pinned H2D/D2H bandwidth per direction (marked assumed in the output)."""
 

@@ -49,6 +49,9 @@ def resolve_model(s: Scenario) -> Any:
     if over:
         try:
             spec = dataclasses.replace(spec, name=spec.name + "*", **over)
+        except ConfigError as e:   # ModelSpec's own check names the field: put it under model.
+            raise ConfigError(s.file, f"model.{e.key}" if e.key else "model",
+                              problem=e.problem or f"bad value {e.value!r}; allowed: {e.allowed}") from None
         except (ValueError, TypeError) as e:
             raise ConfigError(s.file, "model", over, allowed=str(e)) from None
     return spec
@@ -63,7 +66,7 @@ def _profile(name: str, mtime: float, file: str | None, key: str) -> Any:
 def _profile_with(name: str, mtime: float, file: str | None, key: str, gpus: int | None,
                   gpu_memory: int | None, host_memory: int | None, pcie_gbps: float | None) -> Any:
     prof = _profile(name, mtime, file, key)
-    if gpus or gpu_memory or host_memory or pcie_gbps:
+    if any(x is not None for x in (gpus, gpu_memory, host_memory, pcie_gbps)):
         try:
             prof = prof.with_overrides(gpus=gpus, gpu_memory=gpu_memory, host_memory=host_memory,
                                        pcie_gbps=pcie_gbps)

@@ -96,3 +96,15 @@ def test_hardware_override_error_names_the_scenario(capsys):
     assert code == 2 and err.count("\n") == 1
     assert ("llama2-7b_rtx4090_zero-offload.yaml: hardware: override does not fit profile rtx4090-desktop: "
             "gpu: reserved_bytes 1610612736 must be below memory_bytes 1000000000") in err
+
+
+@pytest.mark.parametrize("old,new,pattern", [
+    ("model: llama2-7b", "model: {preset: gpt-like-h256-l4, n_kv_heads: 3}",
+     r"s\.yaml: model\.n_kv_heads: .*must divide n_heads"),
+    ("hardware: rtx4090-desktop", "hardware: {profile: rtx4090-desktop, gpu_memory: 0}",
+     r"s\.yaml: hardware\.gpu_memory: bad value 0; allowed: greater than 0"),
+])
+def test_overrides_are_checked_and_named(tmp_path, capsys, old, new, pattern):
+    import re
+    code, err = run_cli(capsys, "simulate", str(write(tmp_path, GOOD.replace(old, new))))
+    assert code == 2 and err.count("\n") == 1 and re.search(pattern, err), err

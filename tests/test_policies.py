@@ -267,3 +267,23 @@ def test_cpu_step_waits_on_one_join_not_on_every_gradient_copy(policy):
     for t in sched.tasks:
         if t.stream == "cpu.optim" and t.cat.value == "optim_cpu":
             assert not any(".D2H." in d or ".RS." in d for d in t.deps), t.name
+
+
+@pytest.mark.parametrize("ratio,groups,on_gpu", [(0.5, 3, 1), (0.9, 10, 0), (0.0, 4, 4), (1.0, 4, 0)])
+def test_zero_infinity_ratio_splits_sub_groups_as_deepspeed(ratio, groups, on_gpu):
+    """DeepSpeed stage3.py: sub-group i steps on the CPU iff i >= int((1 - ratio) * n_groups)."""
+    from simhete.scenario import scenario_from_dict
+    from simhete.sim import resolve
+    blk_params = None
+    ctx, pol = resolve(scenario_from_dict({
+        "model": f"gpt-like-h256-l{groups}", "hardware": {"profile": "h100-sxm", "gpus": 1},
+        "train": {"micro_batch": 1, "seq_len": 128}, "iterations": 1, "policy": "zero-infinity",
+        "knobs": {"ratio": ratio, "offload_param": "none"}}))
+    blk_params = max(b.params for b in ctx.blocks if b.name.startswith("b"))
+    pol.k = pol.k.model_copy(update={"sub_group_size": blk_params})   # one transformer block per group
+    sched = pol.build(ctx)
+    gpu_steps = {t.block for t in sched.tasks if t.cat.value == "optim_gpu"}
+    cpu_steps = {t.block for t in sched.tasks if t.cat.value == "optim_cpu"}
+    n_groups = len(gpu_steps) + len(cpu_steps)
+    assert len(gpu_steps) == int((1 - ratio) * n_groups)
+    assert not gpu_steps or not cpu_steps or max(gpu_steps) < min(cpu_steps)   # the first ones stay

@@ -127,7 +127,7 @@ class AutoHete(Policy):
                          "offload_optimizer": {blk.index: o for blk in ctx.blocks if blk.params}}
                 if full:
                     fixed["checkpoint"] = {blk.index: True for blk in ctx.blocks if blk.name.startswith("b")}
-                fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in set(fixed) | set(user)}
+                fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in sorted(set(fixed) | set(user))}
                 p = solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
                           time_limit=self.k.solver_time_limit, swap=self.swapped(ctx))
                 if p is not None and all(p != c for _, c in cands):

@@ -127,7 +127,7 @@ class ZeroInfinity(Policy):
         homed = {i for i, blk in by.items() if k.offload_param == "cpu" and blk.params
                  and blk.params >= k.stage3_param_persistence_threshold}
         groups = group(((blk.index, blk.params) for blk in ctx.blocks if blk.params), k.sub_group_size)
-        n_gpu_groups = len(groups) if k.offload_optimizer == "none" else round((1 - k.ratio) * len(groups))
+        n_gpu_groups = len(groups) if k.offload_optimizer == "none" else int((1 - k.ratio) * len(groups))
         cpu_opt = {i for gi, grp in enumerate(groups) if gi >= n_gpu_groups for i in grp}
 
         initial = model_states(ctx, {MemClass.WEIGHTS: "cpu"}, blocks=homed)
