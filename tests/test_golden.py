@@ -46,3 +46,20 @@ def test_deterministic_and_engines_agree(path):
     fast = json.loads(a)
     ref["meta"].pop("engine"), fast["meta"].pop("engine")
     assert ref == fast
+
+
+def test_byte_identical_across_processes_and_hash_seeds(tmp_path):
+    """Same inputs, byte-identical summary, schedule and trace, whatever PYTHONHASHSEED a process has."""
+    import os
+    import subprocess
+    import sys
+    outs = []
+    for seed in ("1", "2"):
+        d = tmp_path / seed
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        r = subprocess.run([sys.executable, "-m", "simhete.cli", "simulate",
+                            str(SCENARIOS / "gpt-like-13b_4xa100-40gb_autohete.yaml"), "--json",
+                            "--schedule", str(d / "s.txt"), "--trace", str(d / "t.json")],
+                           capture_output=True, env=env, check=True)
+        outs.append((r.stdout, (d / "s.txt").read_bytes(), (d / "t.json").read_bytes()))
+    assert outs[0] == outs[1]
