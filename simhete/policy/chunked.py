@@ -101,7 +101,6 @@ class Chunked(Policy):
         total = pos
         nchunks = math.ceil(total / S)
         if nchunks > MAX_CHUNKS:
-            from simhete.errors import ConfigError
             raise ConfigError(ctx.scenario.file, "knobs.chunk_size", k.chunk_size,
                               allowed=f"at least {math.ceil(total / MAX_CHUNKS / n)} elements for this model "
                                       f"({nchunks} chunks; at most {MAX_CHUNKS} are simulated — PatrickStar and "

@@ -184,7 +184,8 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int
 
     A ``task_bytes`` entry is either ``(h2d, d2h)`` bytes (what :func:`pcie_task_bytes` gives: the
     direction comes from the ops, so a pageable copy that runs on a compute stream counts too), or
-    an int for a task on a ``gpuN.h2d`` / ``gpuN.d2h`` stream, whose suffix is the direction. A
+    an int for a task on a ``gpuN.h2d`` / ``gpuN.d2h`` stream, whose suffix is the direction (an
+    int for a task on another stream is not counted: nothing says its direction). A
     record on a copy stream with no entry is an error: counting it as zero would understate traffic.
     """
     its = steady_iterations(timeline)
@@ -206,11 +207,8 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int
         if isinstance(v, tuple):
             out["h2d"] += v[0]
             out["d2h"] += v[1]
-        elif direction in out:
+        elif direction in out:       # an int has no direction: only a copy stream's suffix gives one
             out[direction] += v
-        else:
-            raise ValueError(f"task {name!r} on {stream}: give its bytes as (h2d, d2h), the stream "
-                             "does not say the direction")
     return out
 
 
