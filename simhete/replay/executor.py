@@ -567,6 +567,16 @@ def _grads_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
         x.state.host_grads[j] = out
 
 
+def _adam_step(b, g: dict) -> None:
+    """One Adam step of a block's fp32 master weights with gradients ``g`` (any precision)."""
+    with torch.no_grad():
+        for k, m in b.master.items():
+            m.grad = g[k].to(torch.float32)
+        b.opt.step()
+        for m in b.master.values():
+            m.grad = None
+
+
 def _adam_cpu(x: Executor, t: Task, it: int, blk: str) -> None:
     for i in x._task_blocks(t, it, blk):
         b = x.state.blocks[i]
@@ -576,12 +586,8 @@ def _adam_cpu(x: Executor, t: Task, it: int, blk: str) -> None:
         g = x.state.host_grads.pop(i, None)
         if g is None:
             raise ReplayError(f"{t.name}: no gradient of block {b.name} on the host (a D2H is missing)")
+        _adam_step(b, g)
         with torch.no_grad():
-            for k, m in b.master.items():
-                m.grad = g[k].to(torch.float32)
-            b.opt.step()
-            for m in b.master.values():
-                m.grad = None
             if b.host_w is not None and b.host_w is not b.master:
                 for k, h in b.host_w.items():
                     h.copy_(b.master[k])
@@ -596,12 +602,8 @@ def _adam_gpu(x: Executor, t: Task, it: int, blk: str) -> None:
         g = x.state.dev_grads.pop(i, None)
         if g is None:
             raise ReplayError(f"{t.name}: no gradient of block {b.name} on the device")
+        _adam_step(b, g)
         with torch.no_grad():
-            for k, m in b.master.items():
-                m.grad = g[k].to(torch.float32)
-            b.opt.step()
-            for m in b.master.values():
-                m.grad = None
             if b.dev_is_master:
                 continue
             if b.resident:
