@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(str(out / "trace.json"), "--out")
     con = console()
     base = load_scenario(SCENARIO)
-    con.print(f"[bold]Question[/]: can {base.name.split(',')[0]} (micro-batch "
+    con.print(f"[bold]Question[/]: can {base.name.split(' on ')[0]} (micro-batch "
               f"{base.data.train.micro_batch}, sequence {base.data.train.seq_len}) be trained on one "
               "H100 PCIe, with which policy, and how fast?\n")
     rows = compare_policies(base, engine=args.engine)
