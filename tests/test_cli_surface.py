@@ -11,6 +11,13 @@ from simhete.cli import build_parser, main
 FLAGS = {
     "demo": {"--out", "--engine"},
     "simulate": {"--json", "--trace", "--plot", "--schedule", "--deepspeed", "--set", "--engine"},
+    "compare": {"--engine", "--no-largest", "--json", "--policies"},
+    "calibrate": {"--device", "--force", "--out", "--suites", "--threads", "--refit", "--quick"},
+    "validate": {"--device", "--no-reference", "--json", "--iterations", "--profile", "--trace", "--engine"},
+    "sweep": {"--quiet", "--backend", "--top", "--out", "--ray-address", "--parquet", "--engine", "--workers",
+              "--csv", "--deepspeed", "--resume", "--plot", "--resume-stale"},
+    "plan": {"--json", "--engine", "--dtype", "--policy", "--seq", "--micro-batch", "--min-tokens-per-s",
+             "--model", "--hardware", "--deepspeed", "--gpus"},
 }
 
 
