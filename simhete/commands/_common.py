@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +40,6 @@ def check_writable(path: str | None, flag: str) -> Path | None:
     if not os.access(parent, os.W_OK):
         raise SimheteError(f"{flag} {path}: directory {parent} is not writable")
     return p
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file and rename, so an interrupted write never leaves half a file."""
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def dump_json(obj: Any) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from simhete.commands._common import (add_engine_arg, add_set_arg, apply_sets, check_writable, console,
-                                      dump_json, write_atomic)
+from simhete.commands._common import add_engine_arg, add_set_arg, apply_sets, check_writable, console, dump_json
+from simhete.fileio import write_atomic
 from simhete.scenario import load_scenario
 from simhete.schedule import format_schedule
 

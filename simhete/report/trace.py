@@ -11,12 +11,11 @@ task name appears once in each group. Output is byte-identical for identical inp
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 from simhete.engine.timeline import Timeline
+from simhete.fileio import write_atomic
 
 US_DECIMALS = 3     # timestamps in µs rounded to ns, so float noise never changes the file
 
@@ -69,15 +68,7 @@ def write_trace(path: str | Path, timelines: Timeline | Mapping[str, Timeline]) 
     """Write :func:`trace_events` as compact JSON with sorted keys; open it in ui.perfetto.dev or
     chrome://tracing. Returns the path."""
     path = Path(path)
-    text = json.dumps(trace_events(timelines), sort_keys=True, separators=(",", ":")) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:                              # via a temporary file: an interrupted write leaves no half trace
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(trace_events(timelines), sort_keys=True, separators=(",", ":")) + "\n")
     return path
 
 

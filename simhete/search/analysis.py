@@ -103,7 +103,7 @@ def plot_fronts(rows: Sequence[Row], limits: Limits, path: str | Path, title: st
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    from simhete.commands._common import write_atomic
+    from simhete.fileio import write_atomic
     import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})

@@ -108,7 +108,7 @@ class ResultStore:
     # -- export ---------------------------------------------------------------------------------
 
     def to_csv(self, path: str | Path) -> None:
-        from simhete.commands._common import write_atomic
+        from simhete.fileio import write_atomic
 
         write_atomic(Path(path), csv_text(self.rows()))
 
