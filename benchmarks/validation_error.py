@@ -1,7 +1,8 @@
 """Validation error: predicted vs measured steady-state iteration time on the local device.
 
-The CI loop of docs/validation.md: calibrate this machine (``simhete calibrate --quick``, unless
-``--profile`` names an existing profile), then for every validation scenario
+The CI loop of docs/validation.md: calibrate this machine (``simhete calibrate --quick
+--shapes-from`` the scenarios, or the grid alone with ``--grid-only``, unless ``--profile`` names
+an existing profile), then for every validation scenario
 (scenarios/small-*_cpu_*.yaml) simulate its scaled schedule with that profile, replay the same
 schedule with torch and compare. Prints per scenario the predicted and measured iteration time,
 the signed error, loss parity and the per-category errors, then the median absolute error.
@@ -45,6 +46,9 @@ TARGET = 0.10
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", help="profile of this machine (default: calibrate --quick now)")
+    ap.add_argument("--grid-only", action="store_true",
+                    help="calibrate the quick grid only (default: also the scenarios' exact GEMM and "
+                         "attention shapes, --shapes-from)")
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=1, help="replay every scenario R times")
     ap.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
@@ -61,7 +65,9 @@ def main() -> int:
         if prof_path is None:
             prof_path = str(Path(tmp) / "cpu.yaml")
             _quiet(args.quiet_wait)
-            if cli(["calibrate", "--quick", "--device", args.device or "cpu", "--out", prof_path]) != 0:
+            shapes = [] if args.grid_only else ["--shapes-from", *map(str, paths)]
+            if cli(["calibrate", "--quick", "--device", args.device or "cpu", "--out", prof_path,
+                    *shapes]) != 0:
                 return 2
         profile = load_profile(prof_path)
         runs: dict[str, list[dict]] = {p.stem: [] for p in paths}

@@ -28,14 +28,16 @@ COLUMNS = ("pass", "dtype", "batch", "heads", "kv_heads", "seq", "head_dim", "ca
 def points(ctx: Ctx) -> list[dict[str, object]]:
     g = ctx.grid
     out: list[dict[str, object]] = []
-    for dt in g.attn_dtypes:
-        for shapes, split in ((g.attn_shapes, "fit"), (g.attn_holdout, "holdout")):
-            for b, h, kv, s, d in shapes:
-                for pas, kind in (("fwd", OpKind.ATTN_FWD), ("bwd", OpKind.ATTN_BWD)):
-                    flops = Op(kind, (b, h, s, s, d, 1)).flops
-                    out.append({"pass": pas, "dtype": dt, "batch": b, "heads": h, "kv_heads": kv,
-                                "seq": s, "head_dim": d, "causal": 1, "flops": int(flops),
-                                "split": split})
+    plan = [(dt, shape, split) for dt in g.attn_dtypes
+            for shapes, split in ((g.attn_shapes, "fit"), (g.attn_holdout, "holdout")) for shape in shapes]
+    # a scenario's exact shapes (--shapes-from), unless the grid measures that shape already
+    plan += [(dt, shape, "scenario") for dt, *shape in g.attn_extra
+             if (dt, tuple(shape), "fit") not in plan and (dt, tuple(shape), "holdout") not in plan]
+    for dt, (b, h, kv, s, d), split in plan:
+        for pas, kind in (("fwd", OpKind.ATTN_FWD), ("bwd", OpKind.ATTN_BWD)):
+            flops = Op(kind, (b, h, s, s, d, 1)).flops
+            out.append({"pass": pas, "dtype": dt, "batch": b, "heads": h, "kv_heads": kv,
+                        "seq": s, "head_dim": d, "causal": 1, "flops": int(flops), "split": split})
     return out
 
 

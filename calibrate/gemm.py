@@ -42,6 +42,11 @@ def points(ctx: Ctx) -> list[dict[str, object]]:
     for dt in g.gemm_dtypes:
         shapes = [(s, "fit") for s in itertools.product(g.gemm_sizes, repeat=3)]
         shapes += [(s, "holdout") for s in holdout_shapes(g.gemm_sizes, g.gemm_holdout)]
+        # a scenario's exact shapes (--shapes-from), unless the grid measures that shape already
+        # (a held-out shape stays held out, so its error is still an independent check)
+        known = {s for s, _ in shapes}
+        extra = [(m, n, k) for d, m, n, k in g.gemm_extra if d == dt]
+        shapes += [(s, "scenario") for s in dict.fromkeys(extra) if s not in known]
         for (m, n, k), split in shapes:
             for lay in g.gemm_layouts:
                 out.append({"dtype": dt, "layout": lay, "M": m, "N": n, "K": k,

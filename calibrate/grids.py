@@ -46,6 +46,12 @@ class Grid:
     interf_copy_bytes: int
     interf_adam_params: int
     coll_bytes: tuple[int, ...]
+    # Shapes a scenario prices, measured exactly (``simhete calibrate --shapes-from``,
+    # calibrate/targets.py): split "scenario", table points of the fit like "fit" points.
+    gemm_extra: tuple[tuple[str, int, int, int], ...] = ()            # (dtype, M, N, K)
+    attn_extra: tuple[tuple[str, int, int, int, int, int], ...] = ()  # (dtype, batch, heads,
+                                                                      #  kv_heads, seq, head_dim)
+    shapes_from: tuple[str, ...] = ()                                 # the scenario files
 
 
 def _threads(cores: int) -> tuple[int, ...]:

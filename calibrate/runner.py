@@ -91,5 +91,8 @@ def _run(ctx: Ctx, names: list[str], raw_dir: Path, console: Console | None) -> 
             for p in pts:
                 rows.append(mod.run(ctx, p))
                 prog.advance(tasks[name])
-            write_raw(raw_dir / f"{name}.csv", provenance(target, name, {**meth, "grid": grid.level}),
+            extra = {"shapes_from": " ".join(grid.shapes_from)} if grid.shapes_from and name in (
+                "gemm", "attention") else {}
+            write_raw(raw_dir / f"{name}.csv", provenance(target, name, {**meth, "grid": grid.level,
+                                                                         **extra}),
                       (*mod.COLUMNS, *ROW_TAIL), rows)

@@ -151,3 +151,60 @@ def test_noisy_point_is_remeasured_and_flagged():
     assert (stat.remeasured, stat.unstable, stat.repeats, stat.inner) == (True, True, 12, 1)
     assert len(calls) == 1 + 6 + 12
     assert stat.min_s <= stat.q1_s <= stat.median_s <= stat.q3_s <= stat.max_s
+
+
+@pytest.mark.torch
+def test_shapes_from_measures_a_scenarios_exact_shapes_and_prices_them_as_measured(tmp_path):
+    """--shapes-from: every GEMM and attention shape of the scenario's (replay-scaled) workload
+    is measured (split "scenario"), becomes a table point, and is priced at its measured time."""
+    pytest.importorskip("torch")
+    from calibrate.targets import scenario_shapes
+
+    scen = ["scenarios/small-gpt_cpu_gpu-only.yaml", "scenarios/small-llama_cpu_swap.yaml"]
+    want = scenario_shapes(scen, "cpu")
+    assert ("fp32", 512, 768, 256) in want.gemm          # GPT's qkv at the replay shape (T = 4·128)
+    assert ("bf16", 4, 8, 2, 128, 32) in want.attn       # LLaMA's GQA flash attention, 2 K/V heads
+    out = tmp_path / "s.yaml"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIMHETE_CALIBRATE_GRID", "tiny")
+    try:
+        rc = main(["calibrate", "--device", "cpu", "--out", str(out), "--suites",
+                   "gemm,membw,copy,attention", "--shapes-from", *scen])
+    finally:
+        mp.undo()
+    assert rc == 0
+    cm = CostModel(load_profile(out))
+    raw = out.with_suffix(".raw")
+    gemm = read_raw(raw / "gemm.csv")
+    assert gemm.meta["shapes_from"] == "small-gpt_cpu_gpu-only.yaml small-llama_cpu_swap.yaml"
+    scen_rows = [r for r in gemm.ok() if r["split"] == "scenario"]
+    measured: dict[tuple, list[float]] = {}
+    for r in scen_rows:
+        measured.setdefault((r["dtype"], int(r["M"]), int(r["N"]), int(r["K"])), []).append(float(r["median_s"]))
+    # the tiny grid measures fp32 only: every fp32 scenario shape that is not a grid shape
+    grid_fp32 = {(int(r["M"]), int(r["N"]), int(r["K"])) for r in gemm.ok() if r["split"] != "scenario"}
+    assert set(measured) == {k for k in want.gemm if k[0] == "fp32" and k[1:] not in grid_fp32}
+    for (dt, m, n, k), times in measured.items():
+        mean = sum(times) / len(times)       # the table's rate: mean time over the layouts
+        assert cm.op_seconds(Op(OpKind.GEMM, (m, n, k), dtype=dt)) == pytest.approx(mean, rel=1e-3)
+    attn = [r for r in read_raw(raw / "attention.csv").ok() if r["split"] == "scenario"]
+    assert {(r["dtype"], int(r["batch"]), int(r["heads"]), int(r["kv_heads"]), int(r["seq"]),
+             int(r["head_dim"])) for r in attn} == set(want.attn)
+    for r in attn:
+        kind = OpKind.ATTN_FWD if r["pass"] == "fwd" else OpKind.ATTN_BWD
+        b, h, s, d = (int(r[c]) for c in ("batch", "heads", "seq", "head_dim"))
+        op = Op(kind, (b, h, s, s, d, 1), dtype=r["dtype"])
+        assert cm.op_seconds(op) == pytest.approx(float(r["median_s"]), rel=1e-3)
+
+
+def test_shapes_from_with_refit_or_a_bad_scenario_is_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert main(["calibrate", "--refit", str(tmp_path), "--shapes-from", "scenarios/small-gpt_cpu_gpu-only.yaml",
+                 "--out", str(out)]) == 2
+    assert "--shapes-from" in capsys.readouterr().err
+    pytest.importorskip("torch")
+    assert main(["calibrate", "--device", "cpu", "--out", str(out), "--shapes-from",
+                 str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.yaml" in err
+    assert not out.exists() and not out.with_suffix(".raw").exists()

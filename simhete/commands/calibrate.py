@@ -10,6 +10,7 @@ device and no torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -36,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch intra-op threads per measuring thread (default: 1 on a CPU "
                         "device, torch's default with CUDA); replay should use the same")
+    p.add_argument("--shapes-from", nargs="+", default=[], metavar="SCENARIO.yaml",
+                   help="also measure the exact GEMM and attention shapes these scenarios price "
+                        "(at their replay: shape when they have one); see docs/calibration.md")
     p.add_argument("--force", action="store_true", help="replace an existing profile and its data")
     p.add_argument("--refit", metavar="RAW_DIR",
                    help="no measuring: refit the raw CSVs in RAW_DIR (no device, no torch needed)")
@@ -104,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix not in (".yaml", ".yml"):
         raise SimheteError(f"--out {out}: a profile file ends in .yaml or .yml")
     if args.refit:
+        if args.shapes_from:
+            raise SimheteError("--shapes-from measures shapes; --refit measures nothing (give one of them)")
         return _refit(Path(args.refit), out, args.force)
     suites = parse_suites(args.suites)
     if args.threads is not None and args.threads < 1:
@@ -121,6 +127,11 @@ def run(args: argparse.Namespace) -> int:
                            "pip install 'simhete[torch]'") from None
     target = select(args.device)
     g = grid("quick" if args.quick else "full", target.kind)
+    if args.shapes_from:
+        from calibrate.targets import scenario_shapes
+        shapes = scenario_shapes(args.shapes_from, target.kind)
+        g = dataclasses.replace(g, gemm_extra=tuple(shapes.gemm), attn_extra=tuple(shapes.attn),
+                                shapes_from=tuple(shapes.files))
     console = Console(stderr=True)
     console.print(f"calibrating {target.name} ({target.kind}), {g.level} grid, suites: "
                   f"{', '.join(suites)}")

@@ -198,7 +198,7 @@ def _system(st: _State) -> dict[str, str]:
 
 def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
     t = st.tables["gemm"]
-    rows = [r for r in t.ok() if r["split"] == "fit"]
+    rows = [r for r in t.ok() if r["split"] in TABLE_SPLITS]
     if not rows:
         raise ConfigError(str(t.path), None, problem="no measured GEMM points to fit")
     # One rate per (dtype, M, N, K): FLOPs / the mean time over the layouts measured (a GEMM Op
@@ -239,7 +239,7 @@ def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
                                        "shape factor over the fit points"),
         "table": {**st.prov("gemm", "torch.mm end to end per call, median of repeats, mean over "
                                     f"layouts {'/'.join(layouts)}; fit points only (held-out "
-                                    "shapes are in the raw file)"),
+                                    "shapes are in the raw file)" + _scenario_note(rows)),
                   "points": {dt: points[dt] for dt in sorted(points)}},
     }
     held = t.ok(split="holdout")
@@ -258,13 +258,23 @@ def _fit_gemm(st: _State, sysinfo: dict[str, str], gpu: dict[str, Any]) -> None:
         small.append(f"{dt} {a * 1e6:.2f} us over {len(sub)} shapes")
     st.sections.append(
         f"## gemm\n\n- fit points: {sum(len(p) for p in points.values())} shapes × layouts "
-        f"{'/'.join(layouts)} "
+        f"{'/'.join(layouts)}{_scenario_note(rows)} "
         f"({', '.join(f'{dt}: {len(p)}' for dt, p in sorted(points.items()))})\n"
         f"- peak (best measured) TFLOP/s: "
         f"{', '.join(f'{dt} {peak[dt]}' for dt in sorted(peak))}\n"
         f"- roofline fallback: tile {tile}, units {sms}, k_half {roof[0]} "
         f"(log-space residual {math.sqrt(best.fun / max(1, len(rows))):.3f})\n"
         f"- small-shape alpha (cross-check of launch_overhead_us): {'; '.join(small)}\n")
+
+
+# Splits whose points are table points: the grid's "fit" points and the exact shapes of the
+# scenarios named with `simhete calibrate --shapes-from` ("scenario"); "holdout" never.
+TABLE_SPLITS = ("fit", "scenario")
+
+
+def _scenario_note(rows: list[dict[str, str]]) -> str:
+    n = sum(r["split"] == "scenario" for r in rows)
+    return f"; plus {n} rows at scenario shapes (--shapes-from)" if n else ""
 
 
 def _kv(r: dict[str, str]) -> int:
@@ -279,7 +289,13 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
     are held out only: an attention Op has no K/V head count, so they are priced as the same
     query shape with full heads — their held-out error is what that costs."""
     t = st.tables["attention"]
-    rows = [r for r in t.ok() if r["split"] == "fit" and _kv(r) == int(r["heads"])]
+    # A scenario's exact shape (--shapes-from) is a table point whatever its K/V heads (it is the
+    # shape that scenario prices) and replaces a grid point of the same query shape.
+    scen = [r for r in t.ok() if r["split"] == "scenario"]
+    taken = {(r["pass"], r["dtype"], r["batch"], r["heads"], r["seq"], r["head_dim"]) for r in scen}
+    rows = [r for r in t.ok() if r["split"] == "fit" and _kv(r) == int(r["heads"])
+            and (r["pass"], r["dtype"], r["batch"], r["heads"], r["seq"], r["head_dim"]) not in taken]
+    rows += scen
     if not rows:
         return
     peak = {dt: q["value"] for dt, q in gpu["peak_tflops"].items()}
@@ -301,7 +317,7 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
                                 f"measured rate / peak_tflops (capped at 1)") for p in ("fwd", "bwd")}
     gpu["attention"]["table"] = {
         **st.prov("attention", "scaled_dot_product_attention, causal, end to end per call; "
-                               "interpolated between shapes in log space"),
+                               "interpolated between shapes in log space" + _scenario_note(rows)),
         **{p: {dt: sorted(v) for dt, v in sorted(table[p].items())} for p in ("fwd", "bwd")}}
     held = t.ok(split="holdout")
     st.holdout["attention"] = [
@@ -314,7 +330,7 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
     rates = "; ".join(
         f"{p} {dt} {min(v[-1] for v in pts):.4g}-{max(v[-1] for v in pts):.4g}"
         for p in ("fwd", "bwd") for dt, pts in sorted(table[p].items()))
-    st.sections.append(f"## attention\n\n- fit shapes: {len(rows)}; efficiency of peak: "
+    st.sections.append(f"## attention\n\n- fit shapes: {len(rows)}{_scenario_note(rows)}; efficiency of peak: "
                        f"fwd {eff['fwd']}, bwd {eff['bwd']}\n- measured TFLOP/s (min-max over "
                        f"the fit shapes): {rates}\n")
 

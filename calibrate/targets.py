@@ -1,0 +1,58 @@
+"""The shapes a scenario prices, as extra calibration points (``simhete calibrate --shapes-from``).
+
+A grid interpolates between measured shapes, and some kernels are not smooth between them: on the
+2-core development CPU the bf16 flash-attention backward of (4, 8, 128, 32) took ~30 ms while the
+grid's neighbours (4, 8, 64, 32) and (4, 8, 256, 32) took 7.9 and 20.7 ms, so interpolation
+priced it at 12.8 ms (2026-11-22). Measuring the exact GEMM and attention shapes a scenario
+will price removes that interpolation error, as an operator profiler for one model does (Vidur
+profiles each operator at the model's own dimensions). These are still microbenchmarks of single
+operators, never of a scenario end to end.
+
+Which shapes: those of the scenario's workload at its training shape, or, when the scenario has a
+``replay:`` section, at the scaled shape ``simhete validate`` simulates and replays. Attention is
+measured as the workload prices it on this device (flash or the math path's GEMMs, see
+``train.attention``), with the model's K/V head count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simhete.opkinds import OpKind
+
+
+@dataclass
+class Shapes:
+    gemm: dict[tuple[str, int, int, int], None] = field(default_factory=dict)        # ordered sets
+    attn: dict[tuple[str, int, int, int, int, int], None] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def scenario_shapes(paths: list[str], device_type: str) -> Shapes:
+    """Every distinct GEMM (dtype, M, N, K) and causal attention (dtype, batch, heads, kv_heads,
+    seq, head_dim) the scenarios' workloads price on a ``device_type`` device."""
+    from simhete.replay.config import scaled_scenario
+    from simhete.scenario import load_scenario
+    from simhete.sim import flash_attention, resolve_model
+    from simhete.workload import build_workload
+
+    out = Shapes()
+    for path in paths:
+        s = load_scenario(path)
+        if s.data.replay is not None:
+            s = scaled_scenario(s)
+        spec = resolve_model(s)
+        tr = s.data.train
+        wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype,
+                            flash_attention=flash_attention(tr.attention, device_type, spec))
+        for blk in wl.blocks:
+            for op in (*blk.fwd_ops, *blk.bwd_ops):
+                if op.kind is OpKind.GEMM:
+                    out.gemm[(op.dtype, *op.shape)] = None
+                elif op.kind in (OpKind.ATTN_FWD, OpKind.ATTN_BWD):
+                    b, h, sq, skv, d, causal = op.shape
+                    if causal and sq == skv:      # what the attention suite measures
+                        out.attn[(op.dtype, b, h, spec.n_kv_heads, sq, d)] = None
+        out.files.append(Path(path).name)
+    return out
