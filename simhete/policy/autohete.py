@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from simhete.errors import ConfigError
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.autohete_milp import Plan, block_costs, predict, solve
+from simhete.policy.autohete_milp import Plan, block_costs, host_homes, predict, solve
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
@@ -150,21 +150,15 @@ class AutoHete(Policy):
         swap = self.swapped(ctx)
         modes = {i: "swap" if i in swap else "recompute" if ck[i] else "keep" for i in by}
         gpu_w = {i for i in by if not op[i]}
-        host_w = {i for i in by if op[i] or oo[i]}
         gpu_opt = {i for i in by if by[i].params and not oo[i]}
         cpu_opt = {i for i in by if by[i].params and oo[i]}
-        initial = model_states(ctx, {MemClass.WEIGHTS: "cpu"}, blocks=host_w)
-        initial += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"},
-                                blocks=cpu_opt)
+        initial = host_homes(ctx, op, oo)    # the MILP's host row is derived from the same list
         for g in dp.gpus:
             initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g, blocks=gpu_w)
             initial += model_states(ctx, {MemClass.MASTER: "gpu", MemClass.OPTIM: "gpu"}, gpu=g, blocks=gpu_opt)
 
         trace = uses(ctx.blocks)
         ga = accum_steps(ctx)
-        if ga > 1:   # 16-bit host accumulation buffers of CPU-optimised blocks (as DeepSpeed's)
-            initial += [Alloc(f"gacc.{by[i].name}", "cpu", by[i].grad_bytes, MemClass.GRADS)
-                        for i in sorted(cpu_opt) if by[i].grad_bytes]
         update: dict[int, dict[int, str]] = {}    # block -> gpu -> task after which its new weights are usable
         last_B: dict[int, str] = {}
         for it in range(1, ctx.iterations + 1):

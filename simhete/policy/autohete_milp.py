@@ -18,9 +18,14 @@ host memory, Adam on the CPU). Minimise the predicted iteration time ``T`` subje
   T ≥ compute + z_j·(G↓_j + AdamCPU_j + W↑_j) − Σ_{k<j} (B_k + F_k);
 - GPU memory at every backward step j (the peak of an iteration is there): resident weights of
   blocks not offloaded, GPU optimizer states, two fetch buffers if any block is offloaded,
-  activations still held by blocks before j, the whole of block j's activations, workspace, and
-  the 16-bit gradients held for GPU Adam — at most ``(1 − headroom)`` × capacity;
-- host memory: offloaded optimizer states, fp32 gradients and 16-bit weight homes fit.
+  activations still held by blocks before j, the whole of block j's activations (and the next
+  swapped block's, fetched one ahead), workspace, and the 16-bit gradients held for GPU Adam
+  (with accumulation every block's, from micro-step 2 on) — at most ``(1 − headroom)`` ×
+  capacity; copies still in flight (activations waiting for their D2H, a previous micro-step's
+  gradient copies) are left to the headroom;
+- host memory: exactly what the schedule places there (:func:`host_homes`: one 16-bit weight
+  home per block with y or z, CPU optimizer states and fp32 gradients, accumulation buffers) plus
+  the swapped activations at their peak (:func:`swap_host_bytes`) — within the host pool.
 
 Times come from :meth:`CostModel.task_seconds` of the very ops the schedule will contain
 (``seconds`` in :mod:`simhete.policy.layout`), so the MILP and the engine price identically; what
@@ -35,11 +40,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from simhete.opkinds import OpKind
-from simhete.policy.base import Context, host_fp32_bytes
+from simhete.opkinds import MemClass, OpKind
+from simhete.policy.base import Context, model_states
 from simhete.policy.dataparallel import shard
 from simhete.policy.layout import seconds
-from simhete.schedule import Op
+from simhete.policy.training import accum_steps
+from simhete.schedule import Alloc, Op
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,113 @@ def block_costs(ctx: Context, pinned: bool) -> dict[int, BlockCosts]:
     return out
 
 
+Form = tuple[float, dict[tuple[str, int], float]]
+"""A linear form over the plan's variables: constant + Σ coef·var, var = (name, position of the
+block in ``ctx.blocks``) with name x, y, z, p (= y AND z) or ("u", 0) (= any y)."""
+
+
+def host_homes(ctx: Context, op: dict[int, bool], oo: dict[int, bool]) -> list[Alloc]:
+    """What the schedule keeps in host memory for the whole run, per block index: the 16-bit
+    weight home of a block whose weights are offloaded (y) *or* whose optimizer is (z; the CPU
+    Adam writes the updated weights there) — one home, whatever the reason; fp32 master, Adam m, v
+    and fp32 gradients of a CPU-optimised block; with gradient accumulation (k > 1) its 16-bit host
+    accumulation buffer (``gacc.*``, DeepSpeed's). The schedule's initial host allocations *are*
+    this list, and the MILP's host row is derived from it (:func:`memory_rows`), so the two agree
+    by construction. Every buffer's name ends with ``.<block name>``."""
+    by = {blk.index: blk for blk in ctx.blocks}
+    host_w = {i for i in by if op[i] or oo[i]}
+    cpu_opt = {i for i in by if by[i].params and oo[i]}
+    out = model_states(ctx, {MemClass.WEIGHTS: "cpu"}, blocks=host_w)
+    out += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"},
+                        blocks=cpu_opt)
+    if accum_steps(ctx) > 1:
+        out += [Alloc(f"gacc.{by[i].name}", "cpu", by[i].grad_bytes, MemClass.GRADS)
+                for i in sorted(cpu_opt) if by[i].grad_bytes]
+    return out
+
+
+def swap_host_bytes(ctx: Context, swap: frozenset[int]) -> int:
+    """Host bytes of swapped activations (``cact.*``) at their peak: every GPU's copy of every
+    swapped block of one micro-step. A micro-step's forward cannot start before the previous
+    micro-step's (or iteration's) last backward, which needs every swapped block's H2D, which
+    frees its host copy — so at most one micro-step's copies are ever live. Within a micro-step
+    they are all live at once when every swapped block's D2H starts before the first of their
+    H2Ds ends (the D2Hs run in forward order at higher priority than anything the backward
+    queues): that is the schedule's ordinary case, and otherwise this is an upper bound."""
+    by = {blk.index: blk for blk in ctx.blocks}
+    return ctx.n_gpus * sum(by[i].act_bytes for i in swap)
+
+
+def memory_rows(ctx: Context, swap: frozenset[int] = frozenset()) -> tuple[list[Form], Form]:
+    """The MILP's memory model: one GPU form per backward step j (bytes on each GPU while block
+    j's backward runs) and the host form (bytes in host memory at its peak)."""
+    blocks = ctx.blocks
+    trans = {blk.index for blk in blocks if blk.name.startswith("b")}
+    ga = accum_steps(ctx)
+    # GPU memory at each backward step j
+    wmax = max((blk.weight_bytes for blk in blocks if blk.index in trans), default=0)
+    base: dict[tuple[str, int], float] = {("u", 0): 2.0 * wmax}
+    const = 0.0
+    for k, blk in enumerate(blocks):
+        const += blk.weight_bytes + blk.master_bytes + blk.optim_bytes
+        base[("y", k)] = -blk.weight_bytes
+        base[("z", k)] = -(blk.master_bytes + blk.optim_bytes)
+    gpu: list[Form] = []
+    for j in range(len(blocks)):
+        r = dict(base)
+        cj = const
+        for k, blk in enumerate(blocks[:j]):      # activations held by earlier blocks
+            if blk.index in swap:
+                continue
+            cj += blk.act_bytes
+            r[("x", k)] = r.get(("x", k), 0.0) - (blk.act_bytes - blk.ckpt_bytes)
+        bj = blocks[j]
+        cj += bj.act_bytes + bj.workspace_bytes + bj.grad_bytes
+        if j > 0 and blocks[j - 1].index in swap:   # the next backward's activations, fetched one ahead
+            cj += blocks[j - 1].act_bytes
+        # 16-bit gradients held for GPU Adam: of the blocks whose backward has run — and with
+        # accumulation (micro-step 2 on) of every block, kept from micro-step 1
+        for k, blk in enumerate(blocks):
+            if k == j or (k < j and ga == 1):
+                continue
+            cj += blk.grad_bytes
+            r[("z", k)] = r.get(("z", k), 0.0) - blk.grad_bytes
+        gpu.append((cj, r))
+    # host memory: host_homes per block for each (y, z), as h00 + (h10−h00)·y + (h01−h00)·z +
+    # (h11−h10−h01+h00)·(y AND z) — exact for binaries; plus the swapped activations' peak
+    pos = {blk.name: k for k, blk in enumerate(blocks)}
+    h = {}
+    for yz in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        per = [0] * len(blocks)
+        for a in host_homes(ctx, {blk.index: bool(yz[0]) for blk in blocks},
+                            {blk.index: bool(yz[1]) for blk in blocks}):
+            per[pos[a.buf.rsplit(".", 1)[1]]] += a.bytes
+        h[yz] = per
+    host: dict[tuple[str, int], float] = {}
+    for k in range(len(blocks)):
+        for v, a in (("y", h[1, 0][k] - h[0, 0][k]), ("z", h[0, 1][k] - h[0, 0][k]),
+                     ("p", h[1, 1][k] - h[1, 0][k] - h[0, 1][k] + h[0, 0][k])):
+            if a:
+                host[(v, k)] = float(a)
+    return gpu, (float(sum(h[0, 0]) + swap_host_bytes(ctx, swap)), host)
+
+
+def predicted_memory(ctx: Context, plan: Plan, swap: frozenset[int] = frozenset()) -> tuple[float, float]:
+    """The MILP's memory model evaluated for a plan: (bytes on each GPU at its peak backward step,
+    bytes in host memory)."""
+    val = {}
+    for k, blk in enumerate(ctx.blocks):
+        i = blk.index
+        y, z = plan.offload_param[i], plan.offload_optimizer[i]
+        val |= {("x", k): plan.checkpoint[i], ("y", k): y, ("z", k): z, ("p", k): y and z}
+    val[("u", 0)] = any(plan.offload_param.values())
+    gpu, host = memory_rows(ctx, swap)
+
+    def ev(f: Form) -> float:
+        return f[0] + sum(a * val[v] for v, a in f[1].items())
+    return max(ev(f) for f in gpu), ev(host)
+
+
 def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[int, bool]],
           time_limit: float, swap: frozenset[int] = frozenset()) -> Plan | None:
     """Solve the MILP; ``fixed[var][block]`` pins a decision (var in checkpoint, offload_param,
@@ -102,10 +215,11 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
     c = block_costs(ctx, pinned)
     trans = {blk.index for blk in blocks if blk.name.startswith("b")}
     idx = [blk.index for blk in blocks]
-    # variable layout: x[nb], y[nb], z[nb], v[nb] (z and not y), q[nb] (y and not z), u, T
-    X, Y, Z, V, Q = (k * nb for k in range(5))
-    U, T = 5 * nb, 5 * nb + 1
-    nv = 5 * nb + 2
+    # variable layout: x[nb], y[nb], z[nb], v[nb] (z and not y), q[nb] (y and not z),
+    # p[nb] (y and z), u (any y), T
+    X, Y, Z, V, Q, P = (k * nb for k in range(6))
+    U, T = 6 * nb, 6 * nb + 1
+    nv = 6 * nb + 2
     lb, ub = np.zeros(nv), np.ones(nv)
     ub[T] = np.inf
     integ = np.zeros(nv)
@@ -161,35 +275,16 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
         row(r, low=comp_const - ahead)
         ahead += c[i].B + c[i].F
 
-    # GPU memory at each backward step j
+    for k in range(nb):                                    # p = y AND z exactly (y, z binary)
+        row({P + k: 1, Y + k: -1, Z + k: -1}, low=-1)      # p ≥ y + z − 1
+        row({P + k: 1, Y + k: -1}, high=0)                 # p ≤ y
+        row({P + k: 1, Z + k: -1}, high=0)                 # p ≤ z
+    # memory: the linear forms of memory_rows over the variables (name, k)
+    col = {"x": X, "y": Y, "z": Z, "p": P}
+    gpu_rows, host_row = memory_rows(ctx, swap)
     cap = ctx.gpu_capacity * (1.0 - headroom)
-    wmax = max((blk.weight_bytes for blk in blocks if blk.index in trans), default=0)
-    base = {U: 2.0 * wmax}
-    const = 0.0
-    for k, blk in enumerate(blocks):
-        const += blk.weight_bytes + blk.master_bytes + blk.optim_bytes
-        base[Y + k] = base.get(Y + k, 0.0) - blk.weight_bytes
-        base[Z + k] = base.get(Z + k, 0.0) - (blk.master_bytes + blk.optim_bytes)
-    for j in range(nb):
-        r = dict(base)
-        cj = const
-        for k, blk in enumerate(blocks[:j]):      # activations held by earlier blocks
-            if blk.index in swap:
-                continue
-            cj += blk.act_bytes
-            r[X + k] = r.get(X + k, 0.0) - (blk.act_bytes - blk.ckpt_bytes)
-        bj = blocks[j]
-        cj += bj.act_bytes + bj.workspace_bytes + bj.grad_bytes
-        for k, blk in enumerate(blocks[j + 1:], start=j + 1):   # grads held for GPU Adam
-            cj += blk.grad_bytes
-            r[Z + k] = r.get(Z + k, 0.0) - blk.grad_bytes
-        row(r, high=cap - cj)
-    # host memory: offloaded optimizer states and fp32 grads, 16-bit homes of y or z blocks
-    r = {}
-    for k, blk in enumerate(blocks):
-        r[Z + k] = 2 * host_fp32_bytes(blk) + blk.optim_bytes + blk.weight_bytes   # master + grads32
-        r[Y + k] = blk.weight_bytes
-    row(r, high=ctx.cpu_capacity)
+    for (const, coef), limit in [(r, cap) for r in gpu_rows] + [(host_row, ctx.pools()["cpu"])]:
+        row({(U if v == "u" else col[v] + k): a for (v, k), a in coef.items()}, high=limit - const)
 
     cost = np.zeros(nv)
     cost[T] = 1.0

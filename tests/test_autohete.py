@@ -1,0 +1,102 @@
+"""AutoHete's MILP memory model against the engine: the host row is what the schedule places in
+host memory, exactly; the GPU rows bound the engine's peak; and a host limit at the exact need
+(or one byte below it) is accepted (rejected) by the solver exactly when the engine fits (runs
+out of host memory)."""
+
+from __future__ import annotations
+
+import pytest
+
+from simhete.engine import simulate
+from simhete.policy.autohete_milp import predicted_memory, solve
+from simhete.scenario import scenario_from_dict
+from simhete.sim import resolve
+
+PROFILE = "a100-40gb-pcie-epyc7713"
+SWAP = ["swap", "recompute", "keep", "swap"]
+MIXED = {"offload_param": [True, False, True, True], "offload_optimizer": [True, True, False, True, False, True]}
+
+
+def scenario(knobs: dict, *, gpus: int = 1, ga: int = 1, **hw):
+    return scenario_from_dict(dict(
+        model="gpt-like-h256-l4", hardware=dict(profile=PROFILE, gpus=gpus, **hw),
+        train=dict(micro_batch=2, seq_len=128, grad_accum=ga), iterations=3, policy="autohete",
+        knobs={**knobs, "verify": False}))
+
+
+def run(s):
+    """The plan the policy chose, its predicted (GPU, host) bytes, the schedule and its timeline."""
+    ctx, pol = resolve(s)
+    plan, feasible = pol.plan(ctx)
+    sched = pol.schedule(ctx, plan, {})
+    tl = simulate(sched, ctx.cost.durations(sched), ctx.cost.interference())
+    return ctx, pol, plan, feasible, predicted_memory(ctx, plan, pol.swapped(ctx)), tl
+
+
+PLANS = {
+    "y=z=1": {"offload_param": True, "offload_optimizer": True},
+    "y=z=1 recompute": {"offload_param": True, "offload_optimizer": True, "checkpointing": "full"},
+    "y only": {"offload_param": True, "offload_optimizer": False},
+    "z only": {"offload_param": False, "offload_optimizer": True},
+    "on the GPU": {"offload_param": False, "offload_optimizer": False},
+    "mixed": MIXED,
+    "mixed swap": {**MIXED, "activations": SWAP},
+    "swap": {"offload_param": False, "offload_optimizer": True, "activations": SWAP},
+}
+
+
+@pytest.mark.parametrize("gpus,ga", [(1, 1), (1, 2), (2, 1), (2, 2)])
+@pytest.mark.parametrize("plan", PLANS, ids=str)
+def test_predicted_memory_matches_the_engine(plan, gpus, ga):
+    """Host: the MILP's host bytes are the engine's host peak, to the byte — 16-bit weight homes
+    (one per block with y or z), CPU optimizer states, accumulation buffers (grad_accum 2) and
+    swapped activations (one micro-step's, on every GPU).
+
+    GPU: the MILP prices each backward step's steady footprint, so the engine's peak is within
+    - below by at most the two weight-fetch buffers (2 × the largest block's weights) the MILP
+      reserves at every step once any block is offloaded, where the engine's peak step may hold
+      fewer;
+    - above by at most the copies still in flight that the MILP does not model (the headroom
+      knob covers them): swapped activations still waiting for their D2H when the forward's
+      last blocks allocate, and with accumulation the previous micro-step's gradient copies of
+      CPU-optimised blocks (which the next micro-step's forward does not wait for).
+    With neither (no swap, no accumulation) the MILP's GPU figure is an upper bound, and with no
+    block offloaded it is exact."""
+    ctx, pol, p, feasible, (gpu, host), tl = run(scenario(PLANS[plan], gpus=gpus, ga=ga))
+    assert feasible and tl.oom is None
+    assert host == tl.peak["cpu"]
+    by = {blk.index: blk for blk in ctx.blocks}
+    fetch = 2 * max(blk.weight_bytes for blk in ctx.blocks if blk.name.startswith("b"))
+    any_y = any(p.offload_param.values())
+    swapped = sum(by[i].act_bytes for i in pol.swapped(ctx))
+    in_flight = (ga > 1) * sum(by[i].grad_bytes for i in by if p.offload_optimizer[i])
+    for g in range(gpus):
+        assert gpu - any_y * fetch <= tl.peak[f"gpu{g}"] <= gpu + swapped + in_flight
+        if not swapped and not in_flight:
+            assert tl.peak[f"gpu{g}"] <= gpu
+        if not any_y and not swapped and not in_flight:
+            assert tl.peak[f"gpu{g}"] == gpu
+
+
+@pytest.mark.parametrize("plan,ga", [("y=z=1", 1), ("y=z=1 recompute", 2), ("mixed", 2), ("swap", 1),
+                                     ("mixed swap", 2)])
+def test_host_limit_at_the_exact_need(plan, ga):
+    """Host memory set to exactly what the plan's schedule needs: the solver accepts the plan and
+    the engine runs it; one byte less: the solver finds no plan and the engine runs out of host
+    memory. Fails on the old host row both ways: it charged a block with y = z = 1 its 16-bit
+    home twice (rejecting a plan that fits), and it left out the accumulation buffers and the
+    swapped activations (accepting one that does not)."""
+    kn = PLANS[plan]
+    _, _, ref, _, _, tl = run(scenario(kn, ga=ga))
+    need = tl.peak["cpu"]
+    fixed = {"checkpoint": ref.checkpoint, "offload_param": ref.offload_param,
+             "offload_optimizer": ref.offload_optimizer}
+    for cap, fits in ((need, True), (need - 1, False)):
+        ctx, pol = resolve(scenario(kn, ga=ga, host_memory=cap))
+        got = solve(ctx, pinned=True, headroom=0.05, fixed=fixed, time_limit=30, swap=pol.swapped(ctx))
+        assert (got is not None) == fits, (cap, need)
+        sched = pol.schedule(ctx, ref, {})
+        tl = simulate(sched, ctx.cost.durations(sched), ctx.cost.interference())
+        assert (tl.oom is None) == fits
+        if not fits:
+            assert tl.oom.pool == "cpu"
