@@ -112,7 +112,7 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     if n_gpus > 1 and not cls.multi_gpu:
         raise ConfigError(s.file, "hardware", f"{n_gpus} GPUs",
                           allowed=f"policy {cls.name} is single-GPU here; use gpus: 1")
-    ctx = Context(s, spec, wl, prof, CostModel(prof), n_gpus, s.data.iterations)
+    ctx = Context(s, spec, wl, prof, CostModel(prof), n_gpus, s.data.iterations, simulate)
     return ctx, policy
 
 

@@ -1,4 +1,5 @@
-"""Dependencies point one way: the simulator never imports torch; replay never imports simpy."""
+"""Dependencies point one way: the simulator never imports torch; replay never imports simpy; the
+policy layer never imports the engine (policy → schedule; simhete.sim wires policy → engine)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,25 @@ def test_a_whole_simulation_imports_no_torch():
     code = ("from simhete.scenario import load_scenario; from simhete.sim import run\n"
             "run(load_scenario('scenarios/llama2-13b_h100-pcie_zero-offload.yaml'))")
     assert "torch" not in imported_after(code)
+
+
+def test_policies_never_import_the_engine():
+    """Importing the policies loads no module of simhete.engine, and no policy module names it in
+    an import, lazy ones inside functions included (autohete's ``verify`` simulates its candidates
+    through ``Context.simulate``, which simhete.sim fills in)."""
+    import ast
+    from pathlib import Path
+
+    import simhete.policy
+    loaded = subprocess.run([sys.executable, "-c", "import sys, simhete.policy, simhete.policy.autohete\n"
+                             "print(' '.join(m for m in sys.modules if m.startswith('simhete.engine')))"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+    for path in Path(simhete.policy.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "simhete.engine" or n.startswith("simhete.engine.") for n in names), path.name
 
 
 @pytest.mark.torch

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from simhete.errors import ConfigError
+from simhete.errors import ConfigError, SimheteError
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.autohete_milp import Plan, block_costs, host_homes, predict, solve
 from simhete.policy.base import Builder, Context, Policy, model_states
@@ -117,7 +117,10 @@ class AutoHete(Policy):
         meta = {"milp": "optimal" if feasible else "infeasible", "milp_predicted_s": f"{plan.predicted_s:.6g}"}
         if not self.k.verify:
             return self.schedule(ctx, plan, dict(meta, chosen="milp"))
-        from simhete.engine import simulate   # the same engine the user runs, as a profiler would
+        simulate = ctx.simulate    # the engine the user runs, as a profiler would; passed in by
+        if simulate is None:       # simhete.sim, as the policy layer does not import the engine
+            raise SimheteError("autohete knobs.verify needs a simulator in the Context "
+                               "(build it with simhete.sim.resolve, or set verify: false)")
 
         user = pinned_decisions(ctx, self.k)
         cands = [("milp", plan)] if feasible else []

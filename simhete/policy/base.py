@@ -27,6 +27,8 @@ class Context:
     cost: Any                # simhete.hw.cost.CostModel
     n_gpus: int
     iterations: int
+    simulate: Any = None     # the engine's simulate(schedule, durations, interference), passed in by
+                             # simhete.sim so a policy may profile candidates without importing the engine
 
     @property
     def blocks(self) -> tuple[Any, ...]:
