@@ -27,6 +27,7 @@ class Ctx:
     target: Target
     grid: Grid
     threads: int      # torch intra-op threads of every measuring thread (recorded in each header)
+    l2: int = 2 << 20  # L2 cache bytes per core (CPU) or per GPU: sizes membw's buffer ring
 
     @property
     def cuda(self) -> torch.device | None:

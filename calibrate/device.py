@@ -86,3 +86,26 @@ def provenance(target: Target, suite: str, methodology: dict[str, object]) -> di
     }
     meta.update({k: str(v) for k, v in methodology.items()})
     return meta
+
+
+def l2_bytes(target: Target) -> int:
+    """The device's L2 cache per core (CPU, from sysfs) or per GPU (CUDA device properties);
+    2 MiB when it cannot be read."""
+    if target.is_cuda:
+        try:
+            return int(torch.cuda.get_device_properties(target.device).L2_cache_size) or 2 << 20
+        except (RuntimeError, AttributeError):
+            return 2 << 20
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in sorted(os.listdir(base)):
+            with open(f"{base}/{idx}/level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(f"{base}/{idx}/size") as f:
+                text = f.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+            return int(text.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return 2 << 20

@@ -6,7 +6,7 @@ accounting of simhete/workload/ops.py for the OpKind it prices (:data:`KINDS`), 
 prices the workload's ops at the bytes they are given:
 
 - ``add``/``mul`` (ELEMENTWISE) read two operands and write one: 3·n·elem (the STREAM "add"
-  accounting); they write into a preallocated output.
+  accounting), into a new output as a model's residual add does.
 - ``layernorm`` (NORM), ``rmsnorm`` (RMSNORM), ``gelu`` (GELU, GPT-2's tanh approximation),
   ``relu`` (RELU), ``silu`` (SWIGLU: the SiLU of SwiGLU's gate, Shazeer 2020): forward reads x and
   writes y (2·n·elem); backward reads dy and x and writes dx (3·n·elem; a norm's backward also
@@ -27,10 +27,23 @@ prices the workload's ops at the bytes they are given:
   backward: reads x, writes the rotated x (2·n·elem) — the workload's accounting of its ROPE op.
 
 Backwards are timed alone, by re-running autograd over a retained graph (calibrate/attention.py).
+
+**As a model runs them, not from cache.** In a model's forward every op's output is a new tensor
+that stays alive (autograd saves it) and its inputs were written by earlier ops, so they are no
+longer in the core's L2 cache. Timing one op over and over on the same input, writing the same
+freed output, measures it hot: on the development CPU (2 MiB L2 per core, one thread) the residual
+add of (4, 128, 256) fp32 took 0.040 ms hot, 0.131 ms over a ring of inputs and kept outputs, and
+0.178 ms inside a replayed GPT block (torch profiler); tanh-GeLU of (4, 128, 1024) 1.41 / 2.01 /
+2.43 ms; layernorm of (4, 128, 256) 0.13 / 0.19 / 0.17 ms (2026-11-22 01:40 UTC, machine loaded).
+So each point runs over a **ring** of ``ring`` independent input sets (:func:`ring_size`: one
+round spans at least ``RING_L2`` × the L2 cache, at most ``MAX_RING`` sets), calls cycling through
+it, and every call's output is kept in the ring slot until the call one round later replaces it.
+Large sizes get a ring of one: they stream from memory anyway.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -41,13 +54,26 @@ from calibrate.timing import measure
 from simhete.replay.model import rope_tables, rotate
 
 NAME = "membw"
-COLUMNS = ("op", "pass", "dtype", "elems", "bytes", "split")
+COLUMNS = ("op", "pass", "dtype", "elems", "bytes", "split", "ring")
 OPS = ("add", "mul", "layernorm", "rmsnorm", "softmax", "embedding", "gelu", "relu", "silu",
        "dropout", "attn_dropout", "rope")
 BACKWARD = frozenset({"layernorm", "rmsnorm", "gelu", "relu", "silu", "rope"})
 ROPE_SEQ, ROPE_HEAD_DIM = 128, 64   # rows of a rope input: (·, seq, head_dim) as in the replay
+RING_L2 = 4         # a ring round spans at least this many L2 caches (inputs evicted from L2)
+MAX_RING = 64       # input sets per ring at most (small ops: enough to leave L2, bounded memory)
 INDEX_BYTES = 8     # int64 index per gathered row (embedding)
 DROPOUT_P = 0.1     # GPT-2's resid_pdrop; simhete/replay/model.py DROPOUT_P
+
+
+def ring_size(call_bytes: int, l2: int) -> int:
+    """Input sets in the ring of a point moving ``call_bytes`` per call (see the module docstring)."""
+    return max(1, min(MAX_RING, math.ceil(RING_L2 * l2 / max(1, call_bytes))))
+
+
+def ring_note(l2: int) -> str:
+    """The raw file's header line for the ring (the methodology, with this device's L2)."""
+    return (f"inputs rotated over a ring spanning >= {RING_L2}x L2 ({l2} B), at most {MAX_RING} "
+            "sets; outputs kept until the ring comes round (column ring)")
 
 
 def op_passes() -> list[tuple[str, str]]:
@@ -78,15 +104,19 @@ def points(ctx: Ctx) -> list[dict[str, object]]:
     for dt in g.mem_dtypes:
         es = torch.finfo(TORCH_DTYPES[dt]).bits // 8
         for op, pas in op_passes():
-            out += [{"op": op, "pass": pas, "dtype": dt, "elems": n,
-                     "bytes": nbytes(op, pas, n, es, g.mem_hidden),
-                     "split": "fit" if i % 2 == 0 else "holdout"}
-                    for i, n in enumerate(g.mem_elems)]
+            for i, n in enumerate(g.mem_elems):
+                b = nbytes(op, pas, n, es, g.mem_hidden)
+                out.append({"op": op, "pass": pas, "dtype": dt, "elems": n, "bytes": b,
+                            "split": "fit" if i % 2 == 0 else "holdout", "ring": ring_size(b, ctx.l2)})
     return out
 
 
 def _forward(op: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
              rows: int) -> Callable[[], torch.Tensor]:
+    if op == "add":
+        return lambda: x + y
+    if op == "mul":
+        return lambda: x * y
     if op == "layernorm":
         return lambda: F.layer_norm(x, (x.shape[1],), w, bias)
     if op == "rmsnorm":
@@ -118,25 +148,37 @@ def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
     dev, dt = ctx.target.device, TORCH_DTYPES[str(p["dtype"])]
     n, hidden = int(p["elems"]), ctx.grid.mem_hidden
     rows = _rows(n, hidden)
+    op = str(p["op"])
+    k = int(p.get("ring") or 1)
     seed()
-    x = rand((rows, n // rows), dt, dev)
-    y = rand((rows, n // rows), dt, dev)
     w = rand(n // rows, dt, dev)
     bias = rand(n // rows, dt, dev)
-    op = str(p["op"])
-    if op in ("add", "mul"):
-        out = torch.empty_like(x)
-        f = torch.add if op == "add" else torch.mul
-        fn: Callable[[], object] = lambda: f(x, y, out=out)  # noqa: E731
-    elif p.get("pass") == "bwd":
-        leaves = (x, w, bias) if op == "layernorm" else (x, w) if op == "rmsnorm" else (x,)
-        for t in leaves:
-            t.requires_grad_(True)
-        o = _forward(op, x, y, w, bias, rows)()
-        go = rand(tuple(o.shape), dt, dev)
-        fn = lambda: torch.autograd.grad(o, leaves, go, retain_graph=True)  # noqa: E731
+    sets = [(rand((rows, n // rows), dt, dev), rand((rows, n // rows), dt, dev)) for _ in range(k)]
+    kept: list[object] = [None] * k       # each call's output lives until the ring comes round
+    at = [0]
+
+    def nxt() -> int:
+        j = at[0] = (at[0] + 1) % k
+        return j
+
+    if p.get("pass") == "bwd":
+        graphs = []
+        for x, y in sets:
+            leaves = (x, w, bias) if op == "layernorm" else (x, w) if op == "rmsnorm" else (x,)
+            for t in leaves:
+                t.requires_grad_(True)
+            o = _forward(op, x, y, w, bias, rows)()
+            graphs.append((o, leaves, rand(tuple(o.shape), dt, dev)))
+
+        def fn() -> None:
+            j = nxt()
+            o, leaves, go = graphs[j]
+            kept[j] = torch.autograd.grad(o, leaves, go, retain_graph=True)
         return ok(p, measure(fn, ctx.grid.methodology, ctx.cuda))
-    else:
-        fn = _forward(op, x, y, w, bias, rows)
+    fns = [_forward(op, x, y, w, bias, rows) for x, y in sets]
+
+    def fn() -> None:
+        j = nxt()
+        kept[j] = fns[j]()
     with torch.no_grad():
         return ok(p, measure(fn, ctx.grid.methodology, ctx.cuda))

@@ -15,7 +15,7 @@ from simhete.hw.fit import SYSTEM, write_raw
 
 from calibrate import adam, attention, collectives, copies, gemm, interference, membw
 from calibrate.common import ROW_TAIL, Ctx
-from calibrate.device import Target, host_cpu, host_memory_bytes, provenance
+from calibrate.device import Target, host_cpu, host_memory_bytes, l2_bytes, provenance
 from calibrate.grids import Grid
 
 SUITES: dict[str, ModuleType] = {m.NAME: m for m in (gemm, attention, membw, copies, adam,
@@ -68,7 +68,7 @@ def run_suites(target: Target, grid: Grid, names: list[str], raw_dir: Path,
                console: Console | None = None, threads: int | None = None) -> None:
     """Measure ``names`` (in the order of SUITES) into ``raw_dir``/<suite>.csv."""
     before = torch.get_num_threads()
-    ctx = Ctx(target, grid, threads or default_threads(target))
+    ctx = Ctx(target, grid, threads or default_threads(target), l2_bytes(target))
     torch.set_num_threads(ctx.threads)
     try:
         _run(ctx, names, raw_dir, console)
@@ -93,6 +93,8 @@ def _run(ctx: Ctx, names: list[str], raw_dir: Path, console: Console | None) -> 
                 prog.advance(tasks[name])
             extra = {"shapes_from": " ".join(grid.shapes_from)} if grid.shapes_from and name in (
                 "gemm", "attention") else {}
+            if name == membw.NAME:
+                extra["ring"] = membw.ring_note(ctx.l2)
             write_raw(raw_dir / f"{name}.csv", provenance(target, name, {**meth, "grid": grid.level,
                                                                          **extra}),
                       (*mod.COLUMNS, *ROW_TAIL), rows)
