@@ -19,8 +19,8 @@ machine's CPU time spent outside this process while the scenario ran (kernel-wid
 it sees other containers too), in cores: on a 2-core machine 1.0 means another job held one
 core — it shares caches, memory bandwidth and the hypervisor's cores with the replay.
 
-    .venv/bin/python benchmarks/validation_error.py [--profile P.yaml] [--iterations N]
-        [--repeat R] [--json OUT]
+    .venv/bin/python benchmarks/validation_error.py [--profile P.yaml | --calibrate-each-round]
+        [--grid-only] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def main() -> int:
     ap.add_argument("--grid-only", action="store_true",
                     help="calibrate the quick grid only (default: also the scenarios' exact GEMM and "
                          "attention shapes, --shapes-from)")
+    ap.add_argument("--calibrate-each-round", action="store_true",
+                    help="a fresh calibrate --quick before every round, so each round's prediction "
+                         "uses a profile measured minutes before its replays (the machine's speed "
+                         "drifts; see docs/validation.md)")
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=1, help="replay every scenario R times")
     ap.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
@@ -60,18 +64,25 @@ def main() -> int:
     args = ap.parse_args()
     paths = [Path(p) for p in args.scenarios] or sorted((ROOT / "scenarios").glob("small-*_cpu_*.yaml"))
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} logical cores)")
+    if args.calibrate_each_round and args.profile:
+        print("--calibrate-each-round calibrates; --profile names a profile: give one of them")
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
-        prof_path = args.profile
-        if prof_path is None:
-            prof_path = str(Path(tmp) / "cpu.yaml")
+
+        def calibrate(name: str):  # type: ignore[no-untyped-def]
+            out = str(Path(tmp) / name)
             _quiet(args.quiet_wait)
             shapes = [] if args.grid_only else ["--shapes-from", *map(str, paths)]
-            if cli(["calibrate", "--quick", "--device", args.device or "cpu", "--out", prof_path,
+            if cli(["calibrate", "--quick", "--device", args.device or "cpu", "--out", out,
                     *shapes]) != 0:
-                return 2
-        profile = load_profile(prof_path)
+                raise SystemExit(2)
+            return load_profile(out)
+
+        profile = load_profile(args.profile) if args.profile else calibrate("cpu.yaml")
         runs: dict[str, list[dict]] = {p.stem: [] for p in paths}
         for rnd in range(args.repeat):
+            if args.calibrate_each_round and rnd > 0:
+                profile = calibrate(f"cpu-{rnd}.yaml")
             print(f"\nround {rnd + 1}/{args.repeat}\n{'scenario':<34} {'predicted':>11} "
                   f"{'measured':>11} {'error':>8}  cpu   others  parity  per category")
             for p in paths:
@@ -168,7 +179,7 @@ def _summary(stem: str, rs: list[dict]) -> dict:
                 cats.setdefault(k, []).append(v["error"])
     shares = [r["cpu_share"] for r in rs if r["cpu_share"] is not None]
     others = [r["others_cores"] for r in rs if r["others_cores"] is not None]
-    return {"scenario": stem, "predicted_s": rs[0]["iteration_s"]["predicted"],
+    return {"scenario": stem, "predicted_s": statistics.median(r["iteration_s"]["predicted"] for r in rs),
             "measured_s": mmm([r["iteration_s"]["measured"] for r in rs]),
             "error": mmm([r["iteration_s"]["error"] for r in rs]),
             "category_error": {k: statistics.median(v) for k, v in cats.items()},
