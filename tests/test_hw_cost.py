@@ -84,7 +84,7 @@ def test_h2d_one_gib_pinned_gen5_is_alpha_beta():
     assert cm.op_seconds(Op(OpKind.H2D, n=GiB, pinned=False)) == pytest.approx(20e-6 + GiB / 10e9)
     assert cm.op_seconds(Op(OpKind.D2H, n=GiB, pinned=False)) == pytest.approx(20e-6 + GiB / 6.1e9)
     assert "links.h2d.pageable.bandwidth_gbps (assumed)" in cm.flags
-    assert "links.h2d.pinned.bandwidth_gbps (paper)" in cm.flags
+    assert "links.h2d.pinned.bandwidth_gbps (assumed)" in cm.flags
 
 
 def test_adam_cpu_is_linear_and_dram_bound_by_default():
@@ -152,7 +152,7 @@ def test_gemm_table_exact_interpolated_and_fallback():
     rows = [[m, n, k, float(m) / 64] for m in (64, 256) for n in (64, 256) for k in (64, 256)]
     gemm = {"model": "table", "max_efficiency": q(0.5), "tile_m": 16, "tile_n": 16, "k_half": q(0.0),
             "table": {"source": "measured", "ref": "t", "raw": "x.csv", "device": "cpu",
-                      "torch": "2.13", "date": "2026-11-21", "points": {"fp32": rows}}}
+                      "driver": "n/a (CPU device)", "torch": "2.13", "date": "2026-11-21", "points": {"fp32": rows}}}
     cm = CostModel(cpu_profile(gemm))
     # Exact point: 2·M·N·K / rate, no extra launch term (table rates are end to end).
     assert cm.op_seconds(Op(OpKind.GEMM, (256, 64, 64), dtype="fp32")) == pytest.approx(

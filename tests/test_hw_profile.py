@@ -4,6 +4,7 @@ one-line ConfigError naming file, dotted key, value and what is allowed."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,19 @@ def write(tmp_path: Path, data: dict, name: str = "p.yaml") -> Path:
     return p
 
 
+def with_measured(tmp_path: Path, name: str = "h100-sxm") -> dict:
+    """A shipped profile whose gpu.mem_bandwidth_gbps is a fully provenanced measurement (no
+    shipped GPU profile has one), its raw file written next to where :func:`write` puts it."""
+    (tmp_path / "raw").mkdir(exist_ok=True)
+    (tmp_path / "raw" / "membw.csv").write_text("# device: test\nbytes,seconds\n1,1\n")
+    d = raw_profile(name)
+    d["gpu"]["mem_bandwidth_gbps"] = {
+        "value": 3000, "source": "measured", "ref": "large D2D copy, read + written",
+        "raw": "raw/membw.csv", "device": "NVIDIA H100 80GB HBM3", "driver": "driver 575.51, CUDA 12.9",
+        "torch": "2.11", "date": "2026-11-20"}
+    return d
+
+
 def test_list_profiles_has_the_shipped_set():
     assert set(SHIPPED) <= set(list_profiles())
 
@@ -47,7 +61,7 @@ def test_shipped_profile_loads_with_provenance_everywhere(name):
         if isinstance(node, Provenance):
             assert node.ref.strip(), key
             if node.source == "measured":
-                assert node.raw and node.device and node.torch and node.date, key
+                assert node.raw and node.device and node.driver and node.torch and node.date, key
                 assert (Path(prof.file).parent / node.raw).is_file(), key
             return
         if isinstance(node, BaseModel):
@@ -126,22 +140,49 @@ def test_unknown_key_lists_allowed_keys(tmp_path):
 def test_unknown_source_is_rejected(tmp_path):
     d = raw_profile()
     d["gpu"]["peak_tflops"]["fp32"]["source"] = "guessed"
-    with pytest.raises(ConfigError, match=r"gpu\.peak_tflops\.fp32\.source: bad value 'guessed'; "
-                                          r"allowed: 'measured', 'datasheet', 'paper' or 'assumed'"):
+    with pytest.raises(ConfigError, match=r"gpu\.peak_tflops\.fp32\.source: bad value 'guessed'; allowed: "
+                                          r"'measured', 'datasheet', 'paper', 'reported' or 'assumed'"):
         load_profile(write(tmp_path, d))
 
 
-def test_measured_requires_raw_device_torch_date(tmp_path):
-    d = raw_profile()
+def test_measured_requires_raw_device_driver_torch_date(tmp_path):
+    d = with_measured(tmp_path)
     q = d["gpu"]["mem_bandwidth_gbps"]
     del q["raw"], q["date"]
     with pytest.raises(ConfigError, match=r"gpu\.mem_bandwidth_gbps: .*source measured needs raw, "
-                                          r"device, torch and date; missing: raw, date"):
+                                          r"device, driver, torch, date; missing: raw, date"):
+        load_profile(write(tmp_path, d))
+
+
+def test_measured_without_driver_is_a_one_line_error_naming_file_and_key(tmp_path):
+    d = with_measured(tmp_path)
+    del d["gpu"]["mem_bandwidth_gbps"]["driver"]
+    path = write(tmp_path, d)
+    with pytest.raises(ConfigError) as e:
+        load_profile(path)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: gpu.mem_bandwidth_gbps: ")
+    assert "missing: driver" in msg and "source reported" in msg   # says what to use instead
+    d["gpu"]["mem_bandwidth_gbps"]["driver"] = "n/a (CPU device)"    # what calibrate writes for a CPU
+    assert load_profile(write(tmp_path, d)).gpu.mem_bandwidth_gbps.calibrated
+
+
+def test_reported_needs_a_ref_and_counts_as_uncalibrated(tmp_path):
+    d = raw_profile()
+    d["gpu"]["mem_bandwidth_gbps"] = {"value": 3000, "source": "reported",
+                                      "ref": "owner/repo#1: a D2D copy reading on H100"}
+    prof = load_profile(write(tmp_path, d))
+    q = prof.gpu.mem_bandwidth_gbps
+    assert q.source == "reported" and not q.calibrated
+    assert "gpu.mem_bandwidth_gbps (reported)" in prof.provenance_flags()
+    del d["gpu"]["mem_bandwidth_gbps"]["ref"]
+    with pytest.raises(ConfigError, match=r"gpu\.mem_bandwidth_gbps\.ref: "):
         load_profile(write(tmp_path, d))
 
 
 def test_measured_raw_file_must_exist(tmp_path):
-    d = raw_profile()
+    d = with_measured(tmp_path)
     d["gpu"]["mem_bandwidth_gbps"]["raw"] = "nowhere.csv"
     with pytest.raises(ConfigError, match=r"gpu\.mem_bandwidth_gbps\.raw: bad value 'nowhere.csv'"):
         load_profile(write(tmp_path, d))
@@ -183,14 +224,46 @@ def test_byte_sizes_parse():
     assert p.host.memory_bytes == 2 * 2**40
 
 
-def test_provenance_flags_name_uncalibrated_numbers_only():
+def test_provenance_flags_name_uncalibrated_numbers_only(tmp_path):
     flags = load_profile("h100-sxm").provenance_flags()
     assert "gpu.peak_tflops.bf16 (datasheet)" in flags
     assert "links.h2d.pageable.bandwidth_gbps (assumed)" in flags
     assert "host.adam.params_per_s (assumed: dram_bandwidth/28)" in flags
-    assert not any(f.startswith("gpu.mem_bandwidth_gbps") for f in flags)   # measured
-    assert not any(f.startswith("gpu.gemm.anchor") for f in flags)           # measured
+    # the team's readings (no raw output, no driver version) are reported, hence uncalibrated
+    assert "gpu.mem_bandwidth_gbps (reported)" in flags
+    assert "gpu.gemm.anchor.tflops (reported)" in flags
     assert flags == sorted(flags)
+    measured = load_profile(write(tmp_path, with_measured(tmp_path))).provenance_flags()
+    assert not any(f.startswith("gpu.mem_bandwidth_gbps") for f in measured)
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_every_shipped_profile_validates(name):
+    """Every profile under hwprofiles/ (cpu-local and measured/* included) loads under the current
+    rules: measured numbers carry raw, device, driver, torch and date."""
+    prof = load_profile(name)
+    for key, p in prof.quantities():
+        if p.source == "measured":
+            assert p.raw and p.device and p.driver and p.torch and p.date, key
+
+
+# A GitHub issue, pull request or discussion (a URL or owner/repo#N), or a blog: not a paper.
+NOT_A_PAPER = re.compile(r"github\.com|/issues/|/pull/|/discussions/|\bblog\b|[\w.-]+/[\w.-]+#\d+",
+                         re.IGNORECASE)
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_no_shipped_paper_quantity_cites_an_issue_or_a_blog(name):
+    bad = [f"{k}: {p.ref}" for k, p in load_profile(name).quantities()
+           if p.source == "paper" and NOT_A_PAPER.search(p.ref)]
+    assert bad == [], "label these source: reported"
+
+
+def test_not_a_paper_pattern_catches_issue_refs():
+    for ref in ("NVIDIA/nvbandwidth#24: 52.8 GB/s", "https://github.com/x/y/issues/3",
+                "see the vendor blog", "sgl-project/sglang#32032"):
+        assert NOT_A_PAPER.search(ref), ref
+    assert not NOT_A_PAPER.search("Shah et al., FlashAttention-3 (arXiv 2407.08608)")
 
 
 def test_with_overrides_scales_and_marks_what_if():

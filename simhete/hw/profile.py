@@ -1,7 +1,8 @@
 """Hardware profiles: the schema of ``hwprofiles/<name>.yaml`` and its loader.
 
 Every number that is a fact about hardware is a :class:`Quantity` — a value with its provenance
-(``measured`` with the raw data, ``datasheet``, ``paper`` or ``assumed`` with the reasoning).
+(``measured`` with the raw data, ``datasheet``, ``paper``, ``reported`` with where it was reported,
+or ``assumed`` with the reasoning). Only ``measured`` counts as calibrated.
 Units live in key names: ``_gbps`` is 10^9 bytes/s, ``_us`` microseconds, ``_bytes`` bytes,
 ``tflops`` 10^12 FLOP/s. The full schema is documented in docs/profiles.md.
 """
@@ -18,7 +19,15 @@ from simhete.config import Strict, load_yaml, parse_bytes, validate
 from simhete.errors import ConfigError
 from simhete.hw.gemm import quantised_flops
 
-Source = Literal["measured", "datasheet", "paper", "assumed"]
+# measured:  timed on this device by a microbenchmark whose raw output is kept (raw, device, driver,
+#            torch, date required)
+# datasheet: a vendor's specification (a theoretical or rated figure)
+# paper:     a peer-reviewed or archived paper (arXiv), cited in ``ref``
+# reported:  a figure reported by a named public source that is neither a datasheet nor a paper — a
+#            GitHub issue or discussion thread, a vendor blog, a team member's reading without the
+#            raw benchmark output — with ``ref`` saying where
+# assumed:   reasoning, given in ``ref``
+Source = Literal["measured", "datasheet", "paper", "reported", "assumed"]
 DType = Literal["bf16", "fp16", "tf32", "fp32"]
 DTYPES: tuple[str, ...] = ("bf16", "fp16", "tf32", "fp32")
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
@@ -28,11 +37,16 @@ _Num = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "hwprofiles"
 
 
+MEASURED_KEYS: tuple[str, ...] = ("raw", "device", "driver", "torch", "date")
+
+
 class Provenance(Strict):
     """Where a number (or a table of numbers) comes from.
 
     ``measured`` must name the raw data file (``raw``, relative to the profile file), the
-    ``device``, the ``torch`` version and the ``date``; ``driver`` and ``host`` are optional.
+    ``device``, the ``driver`` (for a CPU device: ``n/a (CPU device)``), the ``torch`` version and
+    the ``date``; ``host`` is optional. Every source needs a ``ref``: the citation, where a
+    ``reported`` figure was reported, or the reasoning behind an ``assumed`` one.
     """
 
     source: Source
@@ -47,14 +61,17 @@ class Provenance(Strict):
     @model_validator(mode="after")
     def _measured_has_raw(self) -> "Provenance":
         if self.source == "measured":
-            missing = [k for k in ("raw", "device", "torch", "date") if not getattr(self, k)]
+            missing = [k for k in MEASURED_KEYS if not getattr(self, k)]
             if missing:
-                raise ValueError("source measured needs raw, device, torch and date; missing: "
-                                 + ", ".join(missing))
+                raise ValueError(f"source measured needs {', '.join(MEASURED_KEYS)}; missing: "
+                                 + ", ".join(missing) + " (a figure without its raw benchmark output "
+                                 "and full provenance is source reported, with ref saying where)")
         return self
 
     @property
     def calibrated(self) -> bool:
+        """Only a number measured on this device is calibrated; datasheet, paper, reported and
+        assumed numbers are listed as uncalibrated wherever a prediction rests on them."""
         return self.source == "measured"
 
 
