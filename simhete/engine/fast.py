@@ -84,7 +84,7 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
     """Run ``schedule`` with ``durations[i]`` full-speed seconds for ``schedule.tasks[i]``.
 
     ``loop``: ``"jit"``, ``"python"`` or ``None`` (:func:`choose_loop` decides)."""
-    durs = check_durations(schedule.tasks, durations)
+    durs = check_durations(schedule.table.name, durations)
     rules = tuple(interference)
     ix = indexed(schedule, rules)
     if ix.oom is not None:
@@ -105,27 +105,28 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
 
 def _timeline(ix: Indexed, status, t, info, start, end, finished, ev_pool, ev_t, ev_b, n_ev, peak,
               peak_cls, in_use, live_pool, live_bytes) -> Timeline:
-    tasks, pools = ix.schedule.tasks, ix.pools
+    table, pools = ix.schedule.table, ix.pools
+    names = table.name
     t = float(t)
     if status == DOUBLE_ALLOC:
-        raise memory.double_alloc(tasks[info[0]].name, ix.buffers[info[1]])
+        raise memory.double_alloc(names[info[0]], ix.buffers[info[1]])
     if status == FREE_UNKNOWN:
-        raise memory.free_unknown(tasks[info[0]].name, ix.buffers[info[1]])
+        raise memory.free_unknown(names[info[0]], ix.buffers[info[1]])
     finished = np.asarray(finished, dtype=np.bool_)
     if status == STUCK:
-        raise memory.stuck((x.name for x, f in zip(tasks, finished.tolist()) if not f), t)
+        raise memory.stuck((x for x, f in zip(names, finished.tolist()) if not f), t)
     oom = None
     if status == OOM:
         i, p, b = (int(x) for x in info[:3])
         in_use, cap = np.asarray(in_use).tolist(), ix.cap.tolist()
         held = ((ix.buffers[k], pools[hp], nb) for k, (hp, nb) in
                 enumerate(zip(np.asarray(live_pool).tolist(), np.asarray(live_bytes).tolist())) if hp >= 0)
-        oom = memory.oom_report(tasks[i].name, pools[p], b, in_use[p], cap[p], held, t)
+        oom = memory.oom_report(names[i], pools[p], b, in_use[p], cap[p], held, t)
         rows = np.flatnonzero(finished)
     else:
-        rows = np.arange(len(tasks))
+        rows = np.arange(len(names))
     start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
-    cols = Columns(tasks, rows, ix.streams, ix.stream_of[rows], ix.it[rows], start[rows], end[rows])
+    cols = Columns(table, rows, ix.streams, ix.stream_of[rows], ix.it[rows], start[rows], end[rows])
     in_use0 = ix.in_use0.tolist()
     ev = (np.asarray(ev_pool)[:n_ev], np.asarray(ev_t)[:n_ev], np.asarray(ev_b)[:n_ev])
 

@@ -98,12 +98,14 @@ def indexed(schedule: Schedule, rules: tuple = ()) -> Indexed:
 
 
 def _build(schedule: Schedule, rules: tuple) -> Indexed:
-    tasks = schedule.tasks
-    n = len(tasks)
-    names = [t.name for t in tasks]
+    # The schedule's table (one list per Task field; a policy's Builder fills it as it adds tasks)
+    # is read column by column: no attribute reads of Task objects.
+    tb = schedule.table
+    names = tb.name
+    n = len(names)
     index = dict(zip(names, range(n)))
     if len(index) != n:
-        dup = next(t.name for k, t in enumerate(tasks) if index[t.name] != k)
+        dup = next(name for k, name in enumerate(names) if index[name] != k)
         raise SimheteError(f"duplicate task name {dup}")
     for a in schedule.initial:
         if a.pool not in schedule.pools:
@@ -114,7 +116,7 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     if any(held[p] > c for p, c in schedule.pools.items()):
         return Indexed(schedule, memory.initial_overflow(schedule))
     pools = tuple(schedule.pools)
-    stream_names = [t.stream for t in tasks]
+    stream_names = tb.stream
     streams = tuple(dict.fromkeys(stream_names))
     ix = Indexed(schedule, None, pools, streams)
     ix.interference(rules)
@@ -124,9 +126,9 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     pool_id = {p: k for k, p in enumerate(pools)}
     stream_id = {s: k for k, s in enumerate(streams)}
     # one flat sequence per kind of item, in task order; per-task counts become CSR pointers
-    deps = [t.deps for t in tasks]
+    deps = tb.deps
     ndeps = np.fromiter(map(len, deps), i64, n)
-    allocs = [t.allocs for t in tasks]
+    allocs = tb.allocs
     flat = list(chain.from_iterable(allocs))
     a_pool = list(map(pool_id.get, [a.pool for a in flat]))
     a_bytes = [a.bytes for a in flat]
@@ -135,8 +137,8 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     except KeyError:
         parent = None
     if parent is None or None in a_pool or (a_bytes and min(a_bytes) < 0):
-        _raise_first_error(tasks, index, pool_id)
-    frees = [t.frees for t in tasks]
+        _raise_first_error(schedule.tasks, index, pool_id)
+    frees = tb.frees
     f_names = list(chain.from_iterable(frees))
     a_names = [a.buf for a in flat]
     bufs = dict.fromkeys(a_names + f_names + [a.buf for a in schedule.initial])
@@ -169,8 +171,8 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     ix.buffers = tuple(buf_id)
     ix.cap = np.array([schedule.pools[p] for p in pools], dtype=i64)
     ix.stream_of = np.fromiter(map(stream_id.__getitem__, stream_names), i64, n)
-    ix.it = np.fromiter([t.it for t in tasks], i64, n)
-    ix.order = np.argsort(np.fromiter([t.prio for t in tasks], i64, n), kind="stable")
+    ix.it = np.fromiter(tb.it, i64, n)
+    ix.order = np.argsort(np.fromiter(tb.prio, i64, n), kind="stable")
     ix.rank = np.empty(n, dtype=i64)
     ix.rank[ix.order] = np.arange(n, dtype=i64)
     ix.ndeps = ndeps

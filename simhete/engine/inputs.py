@@ -16,22 +16,23 @@ from simhete.errors import SimheteError
 from simhete.schedule import Alloc, Schedule, Task
 
 
-def check_durations(tasks: Sequence[Task], durations: Sequence[float]) -> np.ndarray:
-    """The durations as a float64 array; a one-line SimheteError for a wrong count or a bad value."""
-    if len(durations) != len(tasks):
-        raise SimheteError(f"durations has {len(durations)} entries for {len(tasks)} tasks")
+def check_durations(names: Sequence[str], durations: Sequence[float]) -> np.ndarray:
+    """The durations as a float64 array (``names``: the tasks' names, in order); a one-line
+    SimheteError for a wrong count or a bad value."""
+    if len(durations) != len(names):
+        raise SimheteError(f"durations has {len(durations)} entries for {len(names)} tasks")
     out = np.array(durations, dtype=np.float64)
     good = np.isfinite(out) & (out >= 0.0)
     if not good.all():
         k = int(np.argmin(good))
-        raise SimheteError(f"task {tasks[k].name}: duration {float(out[k])!r} must be a finite number >= 0")
+        raise SimheteError(f"task {names[k]}: duration {float(out[k])!r} must be a finite number >= 0")
     return out
 
 
 def check_inputs(schedule: Schedule, durations: Sequence[float]) -> tuple[list[float], dict[str, int]]:
     """Return the durations as floats and the name -> index map; raise a one-line SimheteError."""
     tasks = schedule.tasks
-    out = check_durations(tasks, durations).tolist()
+    out = check_durations(schedule.table.name, durations).tolist()
     index = schedule.index()
     if len(index) != len(tasks):
         dup = next(t.name for k, t in enumerate(tasks) if index[t.name] != k)

@@ -72,7 +72,7 @@ class Columns:
     ``streams[stream_of[k]]`` from ``start[k]`` to ``end[k]`` and belongs to iteration ``it[k]``.
     """
 
-    tasks: Sequence[Any]             # the schedule's Task objects (name, stream, cat, it, block)
+    table: Any                       # the schedule's TaskTable (name, stream, cat, it, block)
     rows: np.ndarray
     streams: tuple[str, ...]
     stream_of: np.ndarray
@@ -84,16 +84,16 @@ class Columns:
         # Setting the slot descriptors of a bare instance builds a Record equal to Record(...)
         # (no __post_init__) at about half the cost of the frozen dataclass __init__.
         set_name, set_stream, set_cat, set_it, set_block, set_start, set_end = _SETTERS
-        new, tasks, out = object.__new__, self.tasks, []
+        new, tb, out = object.__new__, self.table, []
+        name, stream, cat, it, block = tb.name, tb.stream, tb.cat, tb.it, tb.block
         append = out.append
         for k, s, e in zip(self.rows.tolist(), self.start.tolist(), self.end.tolist()):
-            t = tasks[k]
             r = new(Record)
-            set_name(r, t.name)
-            set_stream(r, t.stream)
-            set_cat(r, t.cat)
-            set_it(r, t.it)
-            set_block(r, t.block)
+            set_name(r, name[k])
+            set_stream(r, stream[k])
+            set_cat(r, cat[k])
+            set_it(r, it[k])
+            set_block(r, block[k])
             set_start(r, s)
             set_end(r, e)
             append(r)

@@ -125,28 +125,28 @@ class CostModel:
 
     def task_seconds(self, task: Task) -> float:
         """Sum of the task's ops; identical ops tuples share one cached value."""
-        t = self._task_cache.get(task.ops)
+        return self.ops_seconds(task.ops)
+
+    def ops_seconds(self, ops: tuple[Op, ...]) -> float:
+        """Sum of ``ops`` (a task's ops tuple); equal tuples share one cached value."""
+        t = self._task_cache.get(ops)
         if t is None:
-            t = math.fsum(self.op_seconds(op) for op in task.ops)
-            self._task_cache[task.ops] = t
+            t = math.fsum(self.op_seconds(op) for op in ops)
+            self._task_cache[ops] = t
         return t
 
     def durations(self, schedule: Schedule) -> list[float]:
         """Seconds for each task, in ``schedule.tasks`` order.
 
-        Policies share one ops tuple among identical tasks, so within one call the price is
-        looked up by the tuple's identity first (hashing a tuple hashes every op in it); the
-        schedule holds every tuple for the whole call, so an id cannot be reused meanwhile.
+        Read from the schedule's table (its ops column). Policies share one ops tuple among
+        identical tasks, so each distinct tuple *object* is priced once (hashing a tuple hashes
+        every op in it) and the prices are gathered per task by the tuple's identity; the schedule
+        holds every tuple for the whole call, so an id cannot be reused meanwhile.
         """
-        by_id: dict[int, float] = {}
-        out = []
-        for t in schedule.tasks:
-            ops = t.ops
-            d = by_id.get(id(ops))
-            if d is None:
-                d = by_id[id(ops)] = self.task_seconds(t)
-            out.append(d)
-        return out
+        ops = schedule.table.ops
+        ids = list(map(id, ops))
+        price = {k: self.ops_seconds(o) for k, o in dict(zip(ids, ops)).items()}
+        return list(map(price.__getitem__, ids))
 
     def interference(self) -> tuple[tuple[str, str, float], ...]:
         """(victim glob, aggressor glob, slowdown factor) rules from the profile."""

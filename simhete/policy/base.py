@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterable
 from simhete.config import Strict, validate
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.schedule import Alloc, Op, Schedule, Task
-from simhete.schedule.model import new_alloc, new_task
+from simhete.schedule.model import TaskTable, new_alloc
 
 
 @dataclass(frozen=True)
@@ -78,16 +78,37 @@ class Policy:
 
 
 class Builder:
-    """Accumulates tasks in order; ``add`` returns the task name so callers can chain deps."""
+    """Accumulates tasks in order; ``add`` returns the task name so callers can chain deps.
+
+    The tasks are kept column-wise (:class:`~simhete.schedule.model.TaskTable`, one list per Task
+    field): the Schedule that :meth:`build` returns holds that table, and the engine, the cost model
+    and the report read it directly, so a sweep point makes no Task objects unless something reads
+    ``schedule.tasks`` (replay, the text form, the checker, records)."""
 
     def __init__(self) -> None:
-        self.tasks: list[Task] = []
+        self._table = t = TaskTable()
+        self._cols = (t.name.append, t.stream.append, t.cat.append, t.ops.append, t.deps.append,
+                      t.prio.append, t.allocs.append, t.frees.append, t.it.append, t.block.append)
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The tasks added so far."""
+        return self._table.tasks()
 
     def add(self, name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...] = (),
             deps: Iterable[str] = (), prio: int = 0, allocs: Iterable[Alloc] = (),
             frees: Iterable[str] = (), it: int = 0, block: int = -1) -> str:
-        self.tasks.append(new_task(name, stream, cat, tuple(ops), tuple(filter(None, deps)), prio,
-                                   tuple(allocs), tuple(frees), it, block))
+        a_name, a_stream, a_cat, a_ops, a_deps, a_prio, a_allocs, a_frees, a_it, a_block = self._cols
+        a_name(name)
+        a_stream(stream)
+        a_cat(cat)
+        a_ops(tuple(ops))
+        a_deps(tuple(filter(None, deps)))
+        a_prio(prio)
+        a_allocs(tuple(allocs))
+        a_frees(tuple(frees))
+        a_it(it)
+        a_block(block)
         return name
 
     def join(self, name: str, stream: str, deps: Iterable[str], prio: int, it: int) -> list[str]:
@@ -102,7 +123,9 @@ class Builder:
 
     def build(self, pools: dict[str, int], initial: Iterable[Alloc], iterations: int,
               meta: dict[str, str]) -> Schedule:
-        return Schedule(tuple(self.tasks), pools, tuple(initial), iterations, meta)
+        table = self._table
+        self.__init__()       # the schedule owns the lists from now on; this builder starts empty
+        return Schedule.from_table(table, pools, tuple(initial), iterations, meta)
 
 
 _SHARED_OPS: dict[tuple[str, int, bool, str], Op] = {}

@@ -193,7 +193,7 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int
     cols = timeline.columns
     if cols is not None:       # the steady iteration's records, from the arrays
         keep = np.ones(len(cols.rows), dtype=bool) if its is None else np.isin(cols.it, list(its))
-        selected = ((cols.tasks[k].name, cols.streams[s])
+        selected = ((cols.table.name[k], cols.streams[s])
                     for k, s in zip(cols.rows[keep].tolist(), cols.stream_of[keep].tolist()))
     else:
         selected = ((r.name, r.stream) for r in timeline.records if its is None or r.it in its)
@@ -218,8 +218,8 @@ def pcie_task_bytes(schedule: Schedule) -> dict[str, tuple[int, int]]:
     h2d, d2h = OpKind.H2D, OpKind.D2H
     out: dict[str, tuple[int, int]] = {}
     seen: dict[int, tuple[int, int]] = {}   # id(ops tuple) -> bytes; tuples stay alive in their tasks
-    for task in schedule.tasks:
-        ops = task.ops
+    tb = schedule.table
+    for name, ops in zip(tb.name, tb.ops):
         v = seen.get(id(ops))
         if v is None:
             up = down = 0
@@ -231,7 +231,7 @@ def pcie_task_bytes(schedule: Schedule) -> dict[str, tuple[int, int]]:
                     down += op.n * op.count
             v = seen[id(ops)] = (up, down)
         if v[0] or v[1]:
-            out[task.name] = v
+            out[name] = v
     return out
 
 
@@ -242,8 +242,8 @@ def copy_bytes(schedule: Schedule) -> dict[str, int]:
     copies = (h2d, d2h)
     out: dict[str, int] = {}
     seen: dict[int, int] = {}   # id(ops tuple) -> bytes; tasks share tuples (a block's forward ops),
-    for task in schedule.tasks:  # and every tuple stays alive (in its task) while this runs
-        ops = task.ops
+    tb = schedule.table         # and every tuple stays alive (in its task) while this runs
+    for name, ops in zip(tb.name, tb.ops):
         n = seen.get(id(ops))
         if n is None:
             n = 0
@@ -253,7 +253,7 @@ def copy_bytes(schedule: Schedule) -> dict[str, int]:
                     n += op.n * op.count
             seen[id(ops)] = n
         if n:
-            out[task.name] = n
+            out[name] = n
     return out
 
 

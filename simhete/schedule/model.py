@@ -116,25 +116,97 @@ def new_alloc(buf: str, pool: str, bytes: int, cls: MemClass, persist: bool = Fa
     return o
 
 
+class TaskTable:
+    """The tasks of a Schedule column-wise: one list per :class:`Task` field, in task order.
+
+    ``name[i]``, ``stream[i]``, ``cat[i]``, ``ops[i]``, ``deps[i]``, ``prio[i]``, ``allocs[i]``,
+    ``frees[i]``, ``it[i]`` and ``block[i]`` are the fields of ``schedule.tasks[i]`` (the same
+    objects: tuples of ops, dependency names, Allocs and freed buffer names). The engine, the cost
+    model and the report read a schedule through its table, so they never walk 700 Task objects
+    attribute by attribute; :class:`~simhete.policy.base.Builder` fills one as tasks are added and
+    the Task objects are then made only if someone reads ``schedule.tasks``. The lists are never
+    modified once the table belongs to a Schedule.
+    """
+
+    __slots__ = FIELDS = ("name", "stream", "cat", "ops", "deps", "prio", "allocs", "frees", "it", "block")
+
+    def __init__(self) -> None:
+        for f in self.FIELDS:
+            setattr(self, f, [])
+
+    @classmethod
+    def of(cls, tasks: tuple[Task, ...]) -> "TaskTable":
+        """The table of existing Task objects."""
+        t = cls()
+        for f in cls.FIELDS:
+            setattr(t, f, [getattr(x, f) for x in tasks])
+        return t
+
+    def __len__(self) -> int:
+        return len(self.name)
+
+    def tasks(self) -> tuple[Task, ...]:
+        """The Task objects (equal to ``Task(...)`` of each row)."""
+        return tuple(map(new_task, self.name, self.stream, self.cat, self.ops, self.deps, self.prio,
+                         self.allocs, self.frees, self.it, self.block))
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
+    """Tasks, pool capacities, initial buffers, iteration count and free-form metadata.
+
+    ``table`` is the same tasks column-wise (:class:`TaskTable`). A schedule made by
+    :meth:`from_table` (policies, through the Builder) holds only the table and makes its Task
+    objects on the first read of ``tasks``; one made from Task objects makes its table on the first
+    read of ``table``. Either way both views are equal and the schedule is immutable; the table is
+    not part of equality, the repr or ``dataclasses.replace`` (a replaced schedule makes its own).
+    """
+
     tasks: tuple[Task, ...]
     pools: Mapping[str, int]                 # capacity in bytes per memory pool
     initial: tuple[Alloc, ...] = ()          # resident at time 0
     iterations: int = 1
     meta: Mapping[str, str] = field(default_factory=dict)
+    _table: TaskTable | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
+    @classmethod
+    def from_table(cls, table: TaskTable, pools: Mapping[str, int], initial: tuple[Alloc, ...] = (),
+                   iterations: int = 1, meta: Mapping[str, str] | None = None) -> "Schedule":
+        """A schedule whose Task objects are made from ``table`` when ``tasks`` is first read."""
+        s = object.__new__(cls)
+        _set = object.__setattr__
+        _set(s, "pools", MappingProxyType(dict(pools)))
+        _set(s, "initial", tuple(initial))
+        _set(s, "iterations", iterations)
+        _set(s, "meta", MappingProxyType(dict(meta or {})))
+        _set(s, "_table", table)
+        return s
+
+    @property
+    def table(self) -> TaskTable:
+        """The tasks column-wise (made from ``tasks`` on first read when not built that way)."""
+        t = self._table
+        if t is None:
+            t = TaskTable.of(self.tasks)
+            object.__setattr__(self, "_table", t)
+        return t
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.table)
+
     @property
     def streams(self) -> tuple[str, ...]:
         """Streams in order of first use."""
-        return tuple(dict.fromkeys(t.stream for t in self.tasks))
+        return tuple(dict.fromkeys(self.table.stream))
 
     def index(self) -> dict[str, int]:
-        return {t.name: i for i, t in enumerate(self.tasks)}
+        names = self.table.name
+        return dict(zip(names, range(len(names))))      # a repeated name maps to its last task
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):
@@ -144,3 +216,30 @@ class Schedule:
                 and dict(self.meta) == dict(other.meta))
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class _LazyTasks:
+    """``Schedule.tasks`` for schedules made by :meth:`Schedule.from_table`: the slot is filled from
+    the table on first read (a data descriptor wrapping the slot's own)."""
+
+    def __init__(self, slot) -> None:
+        self.slot = slot
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        try:
+            return self.slot.__get__(obj, cls)
+        except AttributeError:
+            tasks = obj._table.tasks()
+            self.slot.__set__(obj, tasks)
+            return tasks
+
+    def __set__(self, obj, value) -> None:
+        self.slot.__set__(obj, value)
+
+    def __delete__(self, obj) -> None:
+        self.slot.__delete__(obj)
+
+
+Schedule.tasks = _LazyTasks(Schedule.__dict__["tasks"])

@@ -1,0 +1,76 @@
+"""Digests of everything the simulator outputs, to show a speed change leaves results identical.
+
+For every shipped scenario (``scenarios/*.yaml``): the schedule's text form, the durations, the
+summary JSON, and the records, memory events, peaks and OOM report of both engines (the fast
+engine with each available loop); and every row of the 120-point sweep of
+``benchmarks/sweep_speed.py``. Prints one ``name sha256`` line per item.
+
+Compare two trees (e.g. your working tree and a clean ``git worktree`` of HEAD):
+
+    .venv/bin/python benchmarks/digests.py > new.txt
+    (cd /tmp/head && /work/main/.venv/bin/python benchmarks/digests.py) > old.txt
+    diff old.txt new.txt
+
+The script imports ``simhete`` from the tree it lives in (not an installed copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def h(x: object) -> str:
+    return hashlib.sha256(repr(x).encode()).hexdigest()[:24]
+
+
+def timeline_key(tl) -> tuple:
+    return (tl.records, tl.mem_events, sorted(tl.peak.items()),
+            sorted((p, sorted(c.items())) for p, c in tl.peak_by_class.items()), tl.oom, tl.makespan)
+
+
+def main() -> None:
+    from simhete.engine import simulate_fast, simulate_simpy
+    from simhete.engine.fast import jit_available
+    from simhete.scenario import load_scenario
+    from simhete.schedule.text import format_schedule
+    from simhete.sim import run
+
+    assert Path(sys.modules["simhete"].__file__).resolve().is_relative_to(ROOT), "wrong simhete imported"
+    loops = ["python"] + (["jit"] if jit_available() else [])
+    for f in sorted((ROOT / "scenarios").glob("*.yaml")):
+        s = load_scenario(f)
+        res = run(s)
+        sched, ctx = res.schedule, res.context
+        durs = ctx.cost.durations(sched)
+        rules = ctx.cost.interference()
+        print(f"{f.stem}.schedule {h(format_schedule(sched))}")
+        print(f"{f.stem}.durations {h([float(d).hex() for d in durs])}")
+        print(f"{f.stem}.summary {h(json.dumps(res.summary.to_dict(), sort_keys=True))}")
+        print(f"{f.stem}.simpy {h(timeline_key(simulate_simpy(sched, durs, rules)))}")
+        for lp in loops:
+            print(f"{f.stem}.fast.{lp} {h(timeline_key(simulate_fast(sched, durs, rules, loop=lp)))}")
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sweep_speed import SWEEP
+    from simhete.search.backends import LocalBackend
+    from simhete.search.runner import Runner
+    from simhete.search.space import sweep_from_dict
+    from simhete.search.store import ResultStore
+
+    sweep = sweep_from_dict(dict(SWEEP), str(ROOT / "benchmarks" / "sweep_speed.yaml"))
+    with tempfile.TemporaryDirectory() as d, ResultStore(Path(d) / "x.sqlite") as st:
+        rows = Runner(sweep, st, LocalBackend(1)).run().rows
+    for r in rows:
+        print(f"sweep.{r.idx} {h(r.as_dict())}")
+    print(f"sweep.all {h([r.as_dict() for r in rows])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The column-wise task table: a Builder's schedule (tasks kept as columns, Task objects made on
+first read) and a schedule made from Task objects must give identical results everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+
+from simhete.engine import simulate_fast, simulate_simpy
+from simhete.engine.fast import jit_available
+from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.policy.base import Builder
+from simhete.report.metrics import copy_bytes, pcie_task_bytes
+from simhete.scenario import load_scenario
+from simhete.schedule import Alloc, Op, Schedule, format_schedule
+from simhete.schedule.model import TaskTable
+from simhete.sim import resolve
+from test_engine_strategies import runs
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPS = ["python"] + (["jit"] if jit_available() else [])
+
+
+def rebuilt(s: Schedule) -> Schedule:
+    """``s`` through a Builder: the same tasks, kept column-wise."""
+    b = Builder()
+    for t in s.tasks:
+        b.add(t.name, t.stream, t.cat, t.ops, t.deps, t.prio, t.allocs, t.frees, t.it, t.block)
+    return b.build(dict(s.pools), s.initial, s.iterations, dict(s.meta))
+
+
+def eager(s: Schedule) -> Schedule:
+    """``s`` made from its Task objects (the table is derived from them)."""
+    return Schedule(tuple(s.tasks), s.pools, s.initial, s.iterations, s.meta)
+
+
+def same_timeline(a, b) -> None:
+    assert (a.records, a.mem_events, a.peak, a.peak_by_class, a.oom) == \
+           (b.records, b.mem_events, b.peak, b.peak_by_class, b.oom)
+
+
+def table_rows(tb: TaskTable) -> list[tuple]:
+    return list(zip(*(getattr(tb, f) for f in TaskTable.FIELDS)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(runs())
+def test_builder_schedule_simulates_like_the_eager_one(run):
+    s, durs, rules = run
+    lazy = rebuilt(s)
+    assert lazy == s and table_rows(lazy.table) == table_rows(s.table)
+    ref = simulate_simpy(s, durs, rules)
+    for loop in LOOPS:
+        same_timeline(simulate_fast(lazy, durs, rules, loop=loop), ref)
+        same_timeline(simulate_fast(eager(lazy), durs, rules, loop=loop), ref)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.stem)
+def test_scenarios_same_through_table_and_tasks(path):
+    ctx, policy = resolve(load_scenario(path))
+    lazy = policy.build(ctx)
+    assert lazy._table is not None                      # the policy's Builder filled the table
+    full = eager(lazy)
+    assert full._table is None and full == lazy
+    assert table_rows(full.table) == table_rows(lazy.table)
+    assert format_schedule(full) == format_schedule(lazy)
+    durs = ctx.cost.durations(lazy)
+    assert durs == ctx.cost.durations(full)
+    assert pcie_task_bytes(lazy) == pcie_task_bytes(full) and copy_bytes(lazy) == copy_bytes(full)
+    rules = ctx.cost.interference()
+    for loop in LOOPS:
+        same_timeline(simulate_fast(lazy, durs, rules, loop=loop), simulate_fast(full, durs, rules, loop=loop))
+
+
+def test_forward_referenced_dependency():
+    """A task may name a dependency that is added after it (the table resolves names once all
+    tasks are in); the result equals the reference engine's."""
+    b = Builder()
+    b.add("late-consumer", "gpu0.compute", TaskCat.FWD, deps=["producer"], prio=0,
+          allocs=[Alloc("x", "gpu0", 10, MemClass.ACTIVATIONS)], frees=["x"])
+    b.add("producer", "gpu0.h2d", TaskCat.H2D, (Op(OpKind.H2D, n=100),), prio=1)
+    s = b.build({"gpu0": 100}, (), 1, {})
+    durs = [1.0, 2.0]
+    ref = simulate_simpy(s, durs)
+    for loop in LOOPS:
+        tl = simulate_fast(s, durs, loop=loop)
+        same_timeline(tl, ref)
+        assert [(r.name, r.start, r.end) for r in tl.records] == [("late-consumer", 2.0, 3.0), ("producer", 0.0, 2.0)]
+
+
+def test_table_schedule_is_a_plain_schedule():
+    b = Builder()
+    b.add("a", "gpu0.compute", TaskCat.FWD, deps=[None, ""], it=1, block=0)
+    b.add("b", "gpu0.compute", TaskCat.BWD, deps=("a",), it=1, block=0)
+    s = b.build({"gpu0": 1}, [], 1, {"k": "v"})
+    assert b.tasks == () and s.n_tasks == 2 and s.streams == ("gpu0.compute",)
+    assert s.index() == {"a": 0, "b": 1}
+    assert s.tasks[0].deps == () and s.tasks[1].deps == ("a",)      # falsy dependencies dropped
+    assert s.tasks is s.tasks                                         # made once
+    moved = dataclasses.replace(s, iterations=2)                      # a new schedule derives its own table
+    assert moved._table is None and moved.tasks == s.tasks and table_rows(moved.table) == table_rows(s.table)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.tasks = ()                                                  # type: ignore[misc]
+    assert "Task(name='a'" in repr(s)
+
+
+def test_errors_are_the_same_through_the_table():
+    """Static checks give the reference engine's message for a table schedule too."""
+    b = Builder()
+    b.add("a", "gpu0.compute", TaskCat.FWD, deps=["missing"])
+    s = b.build({"gpu0": 1}, [], 1, {})
+    msgs = []
+    for run in (lambda: simulate_simpy(s, [1.0]), lambda: simulate_fast(s, [1.0])):
+        with pytest.raises(Exception) as e:
+            run()
+        msgs.append(str(e.value))
+    assert msgs[0] == msgs[1] == "task a: dependency missing does not exist"
+    b.add("a", "gpu0.compute", TaskCat.FWD)
+    b.add("a", "gpu0.compute", TaskCat.FWD)
+    s = b.build({"gpu0": 1}, [], 1, {})
+    with pytest.raises(Exception, match="duplicate task name a"):
+        simulate_fast(s, [1.0, 1.0])
