@@ -61,3 +61,30 @@ def test_compare_unknown_policy_is_one_line_error(tmp_path, capsys):
     assert main(["compare", str(write(tmp_path)), "--policies", "gpu-only,zero-magic"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--policies: bad value 'zero-magic'" in err
+
+
+PER_BLOCK = SCENARIO.replace("knobs: {checkpointing: full}",
+                             "knobs: {activations: [recompute, keep, recompute, keep, recompute, keep, "
+                             "recompute, keep]}")
+
+
+def test_per_block_knobs_are_not_applicable_to_other_depths_not_none_fits(tmp_path, capsys):
+    """knobs.activations lists one mode per block of the scenario's 8-block model, so it cannot be
+    carried to the family's other depths: the answer is "n/a" with the reason, never "none fits"."""
+    path = write(tmp_path, PER_BLOCK)
+    assert main(["compare", str(path), "--policies", "gpu-only,zero-offload", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summaries"]["gpu-only"]["fits"]            # the scenario itself runs
+    for policy in ("gpu-only", "zero-offload"):
+        assert out["largest_fitting"][policy] == {"not_applicable": "knobs.activations lists 8 blocks"}
+    assert main(["compare", str(path), "--policies", "gpu-only"]) == 0
+    table = capsys.readouterr().out
+    assert "n/a: knobs.activations lists 8 blocks" in table and "none fits" not in table
+
+
+def test_none_fits_is_null_in_json_and_said_in_the_table(tmp_path, capsys):
+    path = write(tmp_path, SCENARIO.replace("gpu_memory: 2600MiB", "gpu_memory: 1700MiB"))
+    assert main(["compare", str(path), "--policies", "gpu-only", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["largest_fitting"] == {"gpu-only": None}
+    assert main(["compare", str(path), "--policies", "gpu-only"]) == 0
+    assert "none fits" in capsys.readouterr().out

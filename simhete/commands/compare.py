@@ -1,9 +1,17 @@
 """simhete compare SCENARIO: every applicable policy side by side, and the largest model of the
-scenario's family that fits under each."""
+scenario's family that fits under each.
+
+The largest-model answer per policy is a model name, "none fits" (JSON ``null``: not even the
+smallest of the family fits), or "n/a: <why>" (JSON ``{"not_applicable": "<why>"}``) when the
+question cannot be asked — the scenario's knobs cannot be carried to another model of the family
+(a per-block ``knobs.activations`` list is for one depth only), or the model is not a named one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
@@ -42,31 +50,62 @@ def candidates(s: Any) -> tuple[str, list[str]] | None:
     return spec.family, [x.name for x in family_models(spec.family)]
 
 
-def largest_fitting(s: Any, policy: str, engine: str) -> str | None:
-    """Binary search over the family (fitting is taken as monotone in size); None if none fits."""
+@dataclass(frozen=True)
+class NotApplicable:
+    """The largest-model search cannot be run for this policy, and why (not "none fits")."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return f"n/a: {self.reason}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"not_applicable": self.reason}
+
+
+def _why_not_applicable(err: Any) -> str:
+    """A short reason from the ConfigError a candidate model raised, e.g. ``knobs.activations lists
+    4 blocks`` for a per-block list that has one entry per block of the scenario's model."""
+    m = re.fullmatch(r"(\d+) entries", str(err.value)) if err.key else None
+    if m:
+        return f"{err.key} lists {m.group(1)} blocks"
+    if err.key:
+        return f"{err.key}: {err.problem}" if err.problem else f"{err.key} = {err.value!r} does not apply"
+    return str(err)
+
+
+def largest_fitting(s: Any, policy: str, engine: str) -> str | None | NotApplicable:
+    """Binary search over the family (fitting is taken as monotone in size): the largest model that
+    fits; None if none fits; :class:`NotApplicable` if the scenario's knobs cannot be applied to a
+    model of another size (a ConfigError, e.g. a per-block list) or the model is not a named one."""
     from simhete.compare import knobs_for
     from simhete.errors import ConfigError
     from simhete.sim import run
 
     fam = candidates(s)
     if fam is None:
-        return None
+        return NotApplicable("the scenario's model is not a named preset or gpt-like model")
     names = fam[1]
 
     def fits(name: str) -> bool:
         t = s.with_changes(model=name, policy=policy, knobs=knobs_for(s, policy), iterations=SEARCH_ITERATIONS)
-        try:
-            return run(t, engine=engine).summary.fits
-        except ConfigError:   # a knob that cannot apply to another depth (per-block lists)
-            return False
+        return run(t, engine=engine).summary.fits
     lo, hi, best = 0, len(names) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
-        if fits(names[mid]):
+        try:
+            ok = fits(names[mid])
+        except ConfigError as e:   # a knob that cannot apply to another depth (per-block lists)
+            return NotApplicable(_why_not_applicable(e))
+        if ok:
             best, lo = names[mid], mid + 1
         else:
             hi = mid - 1
     return best
+
+
+def _cell(answer: str | None | NotApplicable) -> str:
+    return answer if isinstance(answer, str) else "none fits" if answer is None else str(answer)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     largest = {} if args.no_largest else {p: largest_fitting(s, p, args.engine) for p in results}
     if args.json:
         print(dump_json({"summaries": {p: r.summary.to_dict() for p, r in results.items()},
-                         "largest_fitting": largest}), end="")
+                         "largest_fitting": {p: a.to_json() if isinstance(a, NotApplicable) else a
+                                             for p, a in largest.items()}}), end="")
         return 0
     con = console()
     con.print(render_comparison({p: r.summary for p, r in results.items()}, title=s.name))
@@ -97,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         t.add_column("policy")
         t.add_column("model")
         t.add_column("parameters", justify="right")
-        for p, name in largest.items():
-            t.add_row(p, name or "none fits", f"{get_model(name).n_params() / 1e9:.2f} B" if name else "—")
+        for p, answer in largest.items():
+            t.add_row(p, _cell(answer),
+                      f"{get_model(answer).n_params() / 1e9:.2f} B" if isinstance(answer, str) else "—")
         con.print(t)
     return 0
