@@ -1,6 +1,7 @@
 """Execute a simulated Schedule for real with torch and return the measured Timeline.
 
-Every task is dispatched by the operation in its name (``it{k}.{what}.{block}``, the names
+Every task is dispatched by the operation in its name (``it{k}.{what}.{block}``, or
+``it{k}.m{m}.{what}.{block}`` in micro-step m > 1 of a gradient-accumulating iteration: the names
 :func:`simhete.policy.training.tname` gives) and runs on the real blocks of the workload's model:
 
 ==============  ==========================================================================
@@ -9,9 +10,16 @@ Every task is dispatched by the operation in its name (``it{k}.{what}.{block}``,
                 tensors through saved-tensor hooks
 ``R``           recompute: the forward again, from the checkpointed input, with its graph
 ``B``           backward: gradients of the block input and weights (``torch.autograd.grad``)
+                into the gradient buffer the task allocates; a backward that allocates none
+                adds them into the block's buffer of the iteration (accumulation on the device)
 ``D2H.act``     swap out: every saved activation copied to a host buffer, device copy dropped
 ``H2D.act``     swap in: the saved activations copied back to the device
-``D2H.g``       gradients of the blocks whose gradient buffers the task frees, to the host
+``D2H.g``       gradients of the blocks whose gradient buffers the task frees, to the host;
+                when it also frees a staging buffer (micro-step m > 1), the host accumulation
+                staged there is added to them first and the sum goes to the host
+``D2H.g.ga``    the host accumulation of those blocks' gradients copied into the staging buffer
+                the task allocates (DeepSpeed's accumulate-through-the-GPU, see
+                :meth:`simhete.policy.dataparallel.DataParallel.accumulate`)
 ``ADAM.cpu``    torch's Adam on the block's fp32 master weights on the CPU (host gradients),
                 then its working-precision host copy refreshed for the next ``H2D.w``
 ``ADAM.gpu``    torch's Adam on the device, then the working weights refreshed from the master
@@ -19,6 +27,11 @@ Every task is dispatched by the operation in its name (``it{k}.{what}.{block}``,
                 storage when they were released); a weight buffer the task allocates is bound
                 to them, and the task that frees that buffer releases them
 ==============  ==========================================================================
+
+Gradient accumulation (k micro-steps): micro-step m trains on the m-th micro-batch of the
+iteration's data, its dropout masks are seeded with m, its backward starts from the loss divided
+by k, and the iteration's loss is the mean over its micro-steps (simhete.replay.model); where the
+gradients are added follows the schedule's gradient and staging buffers (above).
 
 Order: tasks are issued in a topological order of the dependencies, earliest predicted start
 first (the simulated start order). Each stream runs its tasks in that order, each after its
@@ -50,11 +63,12 @@ import torch
 from simhete.engine.timeline import Record, Timeline
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.replay.device import CPU_STREAM, Device
-from simhete.replay.model import TORCH_DTYPES, Step, adam, data, forward, init_master, kind_of
+from simhete.replay.model import (TORCH_DTYPES, Step, adam, batch_of, data, forward, init_master,
+                                  iteration_loss, kind_of, scale_loss)
 from simhete.replay.state import Act, BlockState, ReplayError, State
 from simhete.schedule import Schedule, Task
 
-NAME_RE = re.compile(r"^it(\d+)\.(.+)\.([A-Za-z0-9_]+)$")
+NAME_RE = re.compile(r"^it(\d+)\.(?:m(\d+)\.)?(.+)\.([A-Za-z0-9_]+)$")
 STREAMS = ("gpu0.compute", "gpu0.h2d", "gpu0.d2h", CPU_STREAM)
 CPU_THREADS_PER_STREAM = 1
 
@@ -69,13 +83,13 @@ class Replayed:
     minus this is time the thread waited for a core. Empty on CUDA."""
 
 
-def parse_name(name: str) -> tuple[int, str, str]:
-    """``it2.H2D.w.b3`` -> (2, "H2D.w", "b3")."""
+def parse_name(name: str) -> tuple[int, int, str, str]:
+    """``it2.H2D.w.b3`` -> (2, 1, "H2D.w", "b3"); ``it2.m3.B.b3`` -> (2, 3, "B", "b3")."""
     m = NAME_RE.match(name)
     if m is None:
-        raise ReplayError(f"task {name}: the replay needs names it<k>.<what>.<block> "
+        raise ReplayError(f"task {name}: the replay needs names it<k>[.m<m>].<what>.<block> "
                           "(single-GPU schedules from simhete.policy)")
-    return int(m.group(1)), m.group(2), m.group(3)
+    return int(m.group(1)), int(m.group(2) or 1), m.group(3), m.group(4)
 
 
 def issue_order(schedule: Schedule, start: dict[str, float] | None = None) -> list[int]:
@@ -122,16 +136,17 @@ class Executor:
         self.names = {b.index: b.name for b in workload.blocks}
         self.index_of = {b.name: b.index for b in workload.blocks}
         self.parsed = [parse_name(t.name) for t in schedule.tasks]
-        for (it, what, blk), t in zip(self.parsed, schedule.tasks):
+        for (it, m, what, blk), t in zip(self.parsed, schedule.tasks):
             if handler(what) is None:
                 raise ReplayError(f"task {t.name}: no replay for operation {what!r}; known: "
                                   + ", ".join(sorted(HANDLERS)))
-        ops = {(it, what, blk) for it, what, blk in self.parsed}
-        self.recompute = {(it, self.index_of[b]) for it, w, b in ops if w == "R"}
-        self.swapped = {(it, self.index_of[b]) for it, w, b in ops if w == "D2H.act"}
+        self.recompute = {(it, m, self.index_of[b]) for it, m, w, b in self.parsed if w == "R"}
+        self.micro_steps = self._micro_steps()
         self.bound: dict[str, Callable[[], None]] = {}
-        tokens = data(self.spec, schedule.iterations, workload.micro_batch, workload.seq_len, seed)
+        tokens = data(self.spec, schedule.iterations, workload.micro_batch, workload.seq_len, seed,
+                      self.micro_steps)
         self.tokens = tokens.to(device.dev)
+        self.stage_blocks = self._stage_blocks()
         self.state = State({b.index: self._block_state(b, lr) for b in workload.blocks if b.params})
         self.groups = self._groups()
         for a in schedule.initial:   # a schedule may free an initially resident weight buffer
@@ -186,6 +201,39 @@ class Executor:
                     bs.host_w[k] = h
         return bs
 
+    def _micro_steps(self) -> int:
+        """Micro-steps per iteration (``train.grad_accum``): every iteration's forwards must be
+        those of micro-steps 1 … k."""
+        seen: dict[int, set[int]] = {}
+        for it, m, what, _ in self.parsed:
+            if what == "F":
+                seen.setdefault(it, set()).add(m)
+        k = max((max(ms) for ms in seen.values()), default=1)
+        for it, ms in sorted(seen.items()):
+            if ms != set(range(1, k + 1)):
+                raise ReplayError(f"iteration {it} has forward micro-steps {sorted(ms)}; the replay "
+                                  f"needs micro-steps 1 to {k} in every iteration")
+        return k
+
+    def _stage_blocks(self) -> dict[str, tuple[list[int], str]]:
+        """Per accumulation staging buffer a ``D2H.g.ga`` task allocates: the blocks whose gradient
+        buffers the task that frees it sends to the host, and that task's stream."""
+        freer = {buf: t for t in self.sched.tasks for buf in t.frees}
+        out: dict[str, tuple[list[int], str]] = {}
+        for (_, _, what, _), t in zip(self.parsed, self.sched.tasks):
+            if handler(what) is not _grads_acc_h2d:
+                continue
+            for a in t.allocs:
+                if a.cls is not MemClass.BUFFERS:
+                    continue
+                user = freer.get(a.buf)
+                blocks = [j for _, j in self._grads_freed(user)] if user is not None else []
+                if not blocks:
+                    raise ReplayError(f"task {t.name}: no task frees its staging buffer {a.buf} together "
+                                      "with the gradient buffers it accumulates into")
+                out[a.buf] = (blocks, user.stream)
+        return out
+
     def _pinned_h2d(self) -> bool:
         """Host weight buffers are pinned when the schedule's H2D copies are."""
         return all(op.pinned for t in self.sched.tasks if t.cat is TaskCat.H2D for op in t.ops)
@@ -196,7 +244,7 @@ class Executor:
         order = [b.index for b in self.wl.blocks if b.params]
         params = {b.index: b.params for b in self.wl.blocks}
         out: dict[tuple[int, str], list[int]] = {}
-        for (it, what, blk), t in zip(self.parsed, self.sched.tasks):
+        for (it, _, what, blk), t in zip(self.parsed, self.sched.tasks):
             if not what.startswith("ADAM.") or blk in self.index_of:
                 continue
             n = sum(op.n for op in t.ops if op.kind in (OpKind.ADAM_CPU, OpKind.ADAM_GPU))
@@ -277,21 +325,21 @@ class Executor:
     def _run(self, i: int) -> None:
         """Issue a task on its stream: wait for its dependencies on other streams, run, time it."""
         t = self.sched.tasks[i]
-        it, what, blk = self.parsed[i]
+        it, m, what, blk = self.parsed[i]
         with self.dev.stream(t.stream):
             self.dev.wait(list(t.deps))
             mark = self.dev.begin(t.name)
-            handler(what)(self, t, it, blk)
+            handler(what)(self, t, it, m, blk)
             self.dev.end(t.name, mark)
         self._after(t)
 
     def _run_host(self, i: int) -> None:
         """A CPU task next to a CUDA device: wait for the device work it needs, stamp with the host clock."""
         t = self.sched.tasks[i]
-        it, what, blk = self.parsed[i]
+        it, m, what, blk = self.parsed[i]
         self.dev.wait_host(list(t.deps))  # type: ignore[attr-defined]
         t0 = time.perf_counter()
-        handler(what)(self, t, it, blk)
+        handler(what)(self, t, it, m, blk)
         self.dev.host_task(t.name, t0, time.perf_counter())  # type: ignore[attr-defined]
         self._after(t)
 
@@ -317,7 +365,7 @@ class Executor:
 
     def _result(self, times: dict[str, tuple[float, float]]) -> Replayed:
         recs = []
-        for t, (it, _, _) in zip(self.sched.tasks, self.parsed):
+        for t, (it, _, _, _) in zip(self.sched.tasks, self.parsed):
             s, e = times[t.name]
             recs.append(Record(t.name, t.stream, t.cat, t.it or it, t.block, s, e))
         t0 = min((r.start for r in recs), default=0.0)
@@ -330,15 +378,22 @@ class Executor:
         events = {p: tuple((max(0.0, a - t0), b) for a, b in ev) for p, ev in self.mem_events.items() if ev}
         tl = Timeline(tuple(recs), events, peak, by_class, engine=f"replay-{self.dev.kind}",
                       meta={"device": self.device_name})
-        losses = [float(self.state.losses[k]) for k in sorted(self.state.losses)]
+        per_it: dict[int, list[float]] = {}
+        for (it, _), loss in sorted(self.state.losses.items()):
+            per_it.setdefault(it, []).append(float(loss))
+        losses = [iteration_loss(per_it[it]) for it in sorted(per_it)]
         cpu = self.dev.cpu_seconds() if self.dev.kind == "cpu" else {}
         return Replayed(tl, losses, self.device_name, cpu)
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _step(self, it: int, i: int) -> Step:
-        toks = self.tokens[it - 1]
-        return Step(it, i, self.seed, toks[:, :-1], toks[:, 1:])
+    def _step(self, it: int, m: int, i: int) -> Step:
+        inp, tgt = batch_of(self.tokens, it, m)
+        return Step(it, i, self.seed, inp, tgt, m)
+
+    def _out(self, blk: str, y: torch.Tensor) -> torch.Tensor:
+        """A block's output as backward differentiates it: the head's loss scaled for accumulation."""
+        return scale_loss(y, self.micro_steps) if kind_of(blk) == "head" else y
 
     def _weights(self, t: Task, i: int) -> tuple[dict, dict | None]:
         """The block's device weights (and the tied embedding for the head); they must be resident."""
@@ -397,19 +452,31 @@ class Executor:
             return [self.index_of[blk]]
         if (it, blk) in self.groups:
             return self.groups[(it, blk)]
-        freed = self._blocks_freed(t, it, "grad")
+        freed = [j for _, j in self._grads_freed(t)]
         if freed:
             return freed
         raise ReplayError(f"task {t.name}: cannot tell which blocks {blk!r} covers")
 
-    def _blocks_freed(self, t: Task, it: int, what: str) -> list[int]:
-        """Blocks whose ``it{k}.{what}.{block}`` buffers the task frees (e.g. gradient buckets)."""
+    def _grads_freed(self, t: Task) -> list[tuple[str, int]]:
+        """(buffer, block) of every gradient buffer (``it{k}[.m{m}].grad.{block}``) the task frees."""
         out = []
         for buf in t.frees:
             m = NAME_RE.match(buf)
-            if m and m.group(2) == what and m.group(3) in self.index_of:
-                out.append(self.index_of[m.group(3)])
+            if m and m.group(3) == "grad" and m.group(4) in self.index_of:
+                out.append((buf, self.index_of[m.group(4)]))
         return out
+
+    def _grad_buffer(self, t: Task, it: int, j: int) -> str:
+        """The device gradient buffer of block j that task t consumes: the one it frees, else the
+        block's live buffer of iteration ``it``."""
+        for buf, b in self._grads_freed(t):
+            if b == j:
+                return buf
+        cur = self.state.grad_of.get(j)
+        if cur is None or cur[0] != it:
+            raise ReplayError(f"{t.name}: block {self.names[j]} has no gradient on the device "
+                              "(its backward has not run, or it was already sent)")
+        return cur[1]
 
 
 class _Aborted(Exception):
@@ -454,38 +521,38 @@ class _Worker(threading.Thread):
 
 # -- handlers: one per operation -------------------------------------------------------------
 
-def _fwd(x: Executor, t: Task, it: int, blk: str) -> None:
+def _fwd(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     i = x.index_of[blk]
     w, tied = x._weights(t, i)
     kind = kind_of(blk)
     if kind == "embed":
         inp = None
     else:
-        if it not in x.state.carry:
+        if (it, m) not in x.state.carry:
             raise ReplayError(f"{t.name}: no input (the previous block's forward has not run)")
-        inp = x.state.carry.pop(it)
-    step = x._step(it, i)
-    if (it, i) in x.recompute:
+        inp = x.state.carry.pop((it, m))
+    step = x._step(it, m, i)
+    if (it, m, i) in x.recompute:
         with torch.no_grad():
-            y = forward(x.spec, blk, w, inp, step, tied)
-        x.state.acts[(it, i)] = Act(inp)
+            y = x._out(blk, forward(x.spec, blk, w, inp, step, tied))
+        x.state.acts[(it, m, i)] = Act(inp)
     else:
         if inp is not None:
             inp.requires_grad_()
         act = Act(inp)
         with x._saving(t, act, i):
-            y = forward(x.spec, blk, w, inp, step, tied)
+            y = x._out(blk, forward(x.spec, blk, w, inp, step, tied))
         act.out = y
-        x.state.acts[(it, i)] = act
+        x.state.acts[(it, m, i)] = act
     if kind == "head":
-        x.state.losses[it] = y.detach()
+        x.state.losses[(it, m)] = y.detach()
     else:
-        x.state.carry[it] = y.detach()
+        x.state.carry[(it, m)] = y.detach()
 
 
-def _recompute(x: Executor, t: Task, it: int, blk: str) -> None:
+def _recompute(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     i = x.index_of[blk]
-    act = x.state.acts.get((it, i))
+    act = x.state.acts.get((it, m, i))
     if act is None:
         raise ReplayError(f"{t.name}: no checkpointed input of block {blk} (its forward did not run)")
     w, tied = x._weights(t, i)
@@ -493,12 +560,12 @@ def _recompute(x: Executor, t: Task, it: int, blk: str) -> None:
         act.x_in.requires_grad_()
     act.saved = []
     with x._saving(t, act, i):
-        act.out = forward(x.spec, blk, w, act.x_in, x._step(it, i), tied)
+        act.out = x._out(blk, forward(x.spec, blk, w, act.x_in, x._step(it, m, i), tied))
 
 
-def _bwd(x: Executor, t: Task, it: int, blk: str) -> None:
+def _bwd(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     i = x.index_of[blk]
-    act = x.state.acts.get((it, i))
+    act = x.state.acts.get((it, m, i))
     if act is None or act.out is None:
         raise ReplayError(f"{t.name}: block {blk} has no forward graph to differentiate "
                           "(forward or recompute missing)")
@@ -506,7 +573,7 @@ def _bwd(x: Executor, t: Task, it: int, blk: str) -> None:
     kind = kind_of(blk)
     grad_out = None
     if kind != "head":
-        grad_out = x.state.gcarry.pop(it, None)
+        grad_out = x.state.gcarry.pop((it, m), None)
         if grad_out is None:
             raise ReplayError(f"{t.name}: no output gradient (the next block's backward has not run)")
     keys = list(w)
@@ -514,20 +581,41 @@ def _bwd(x: Executor, t: Task, it: int, blk: str) -> None:
     if tied is not None:
         inputs.append(tied["wte"])
     grads = list(torch.autograd.grad(act.out, inputs, grad_out))
-    del x.state.acts[(it, i)]
+    del x.state.acts[(it, m, i)]
     if act.x_in is not None:
-        x.state.gcarry[it] = grads.pop(0)
+        x.state.gcarry[(it, m)] = grads.pop(0)
     if tied is not None:
         x.state.tied_grad[x.index_of["embed"]] = grads.pop()
     g = dict(zip(keys, grads))
     if i in x.state.tied_grad:
         g["wte"] = g["wte"] + x.state.tied_grad.pop(i)
     if g:
-        x.state.dev_grads[i] = g
+        _keep_grads(x, t, it, m, i, g)
 
 
-def _swap_out(x: Executor, t: Task, it: int, blk: str) -> None:
-    act = x.state.acts.get((it, x.index_of[blk]))
+def _keep_grads(x: Executor, t: Task, it: int, m: int, i: int, g: dict) -> None:
+    """A backward's weight gradients go into the gradient buffer the task allocates; without one
+    they are added into the block's buffer of this iteration (PyTorch accumulates into an existing
+    ``.grad``), or, when there is none, kept as a new one (a schedule that names no buffer)."""
+    st = x.state
+    buf = next((a.buf for a in t.allocs if a.cls is MemClass.GRADS), None)
+    if buf is None:
+        cur = st.grad_of.get(i)
+        if cur is not None and cur[0] == it and cur[1] in st.dev_grads:
+            with torch.no_grad():
+                for k, v in st.dev_grads[cur[1]].items():
+                    v.add_(g[k])
+            return
+        if m > 1:
+            raise ReplayError(f"{t.name}: micro-step {m} allocates no gradient buffer for block "
+                              f"{x.names[i]} and none of iteration {it} is left to accumulate into")
+        buf = f"{t.name}.grad"
+    st.dev_grads[buf] = g
+    st.grad_of[i] = (it, buf)
+
+
+def _swap_out(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
+    act = x.state.acts.get((it, m, x.index_of[blk]))
     if act is None or act.where != "device":
         raise ReplayError(f"{t.name}: no activations of block {blk} on the device to swap out")
     pinned = all(op.pinned for op in t.ops)
@@ -540,31 +628,66 @@ def _swap_out(x: Executor, t: Task, it: int, blk: str) -> None:
     act.saved, act.where = host, "host"
 
 
-def _swap_in(x: Executor, t: Task, it: int, blk: str) -> None:
-    act = x.state.acts.get((it, x.index_of[blk]))
+def _swap_in(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
+    act = x.state.acts.get((it, m, x.index_of[blk]))
     if act is None or act.where != "host":
         raise ReplayError(f"{t.name}: no activations of block {blk} on the host to swap in")
-    back = [s.to(x.dev.dev, non_blocking=True) if x.dev.kind == "cuda" else s.clone() for s in act.saved]
+    back = [_to_device(x, s) for s in act.saved]
     for s in back:
         x.dev.keep_alive(s, "gpu0.compute")
     act.saved, act.where = back, "device"
 
 
-def _grads_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
-    blocks = x._blocks_freed(t, it, "grad") or x._task_blocks(t, it, blk)
+def _to_device(x: Executor, h: torch.Tensor) -> torch.Tensor:
+    return h.to(x.dev.dev, non_blocking=True) if x.dev.kind == "cuda" else h.clone()
+
+
+def _grads_d2h(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
+    """Gradients to their host buffers; a staged host accumulation freed by this task is added
+    on the device first (DeepSpeed: ``grad_accum.add_(dest_buffer)``, then the copy back)."""
+    freed = x._grads_freed(t) or [(x._grad_buffer(t, it, j), j) for j in x._task_blocks(t, it, blk)]
+    staged: dict[int, dict] = {}
+    for buf in t.frees:
+        staged.update(x.state.staged.pop(buf, {}))
     pinned = all(op.pinned for op in t.ops)
-    for j in blocks:
-        g = x.state.dev_grads.pop(j, None)
+    for buf, j in freed:
+        g = x.state.dev_grads.pop(buf, None)
         if g is None:
             raise ReplayError(f"{t.name}: block {x.names[j]} has no gradient on the device "
                               "(its backward has not run, or it was already sent)")
+        acc = staged.pop(j, None)
         out = {}
         for k, v in g.items():
+            if acc is not None:
+                with torch.no_grad():
+                    v.add_(acc[k])
             h = x.dev.host_empty(v, pinned)
             h.copy_(v, non_blocking=pinned)
             x.dev.keep_alive(v, x._copy_stream(t))
             out[k] = h
         x.state.host_grads[j] = out
+    if staged:
+        raise ReplayError(f"{t.name}: it frees the staged accumulation of "
+                          f"{', '.join(x.names[j] for j in sorted(staged))} but sends no gradient of them")
+
+
+def _grads_acc_h2d(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
+    """Micro-step m > 1: the host accumulation of the blocks whose gradients the staging buffer's
+    freer sends, copied into that staging buffer on the device."""
+    for a in t.allocs:
+        if a.buf not in x.stage_blocks:
+            continue
+        staged = {}
+        blocks, user = x.stage_blocks[a.buf]
+        for j in blocks:
+            h = x.state.host_grads.pop(j, None)
+            if h is None:
+                raise ReplayError(f"{t.name}: no accumulated gradient of block {x.names[j]} on the host "
+                                  "(the previous micro-step's D2H is missing)")
+            staged[j] = {k: _to_device(x, v) for k, v in h.items()}
+            for v in staged[j].values():
+                x.dev.keep_alive(v, user)
+        x.state.staged[a.buf] = staged
 
 
 def _adam_step(b, g: dict) -> None:
@@ -577,7 +700,7 @@ def _adam_step(b, g: dict) -> None:
             m.grad = None
 
 
-def _adam_cpu(x: Executor, t: Task, it: int, blk: str) -> None:
+def _adam_cpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     for i in x._task_blocks(t, it, blk):
         b = x.state.blocks[i]
         if b.master_pool != "cpu":
@@ -593,13 +716,13 @@ def _adam_cpu(x: Executor, t: Task, it: int, blk: str) -> None:
                     h.copy_(b.master[k])
 
 
-def _adam_gpu(x: Executor, t: Task, it: int, blk: str) -> None:
+def _adam_gpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     for i in x._task_blocks(t, it, blk):
         b = x.state.blocks[i]
         if b.master_pool != "gpu0":
             raise ReplayError(f"{t.name}: the schedule places the master weights of {b.name} on the "
                               "host but runs their Adam on the device")
-        g = x.state.dev_grads.pop(i, None)
+        g = x.state.dev_grads.pop(x._grad_buffer(t, it, i), None)
         if g is None:
             raise ReplayError(f"{t.name}: no gradient of block {b.name} on the device")
         _adam_step(b, g)
@@ -616,7 +739,7 @@ def _adam_gpu(x: Executor, t: Task, it: int, blk: str) -> None:
                                   "homed on the host")
 
 
-def _weights_h2d(x: Executor, t: Task, it: int, blk: str) -> None:
+def _weights_h2d(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     """Weights to the device: the owners named by the weight buffers the task allocates
     (``{task}.{owner}``, else the task's block), or the device-resident blocks of its sub-group."""
     targets: dict[int, str | None] = {}
@@ -649,7 +772,7 @@ def _weights_h2d(x: Executor, t: Task, it: int, blk: str) -> None:
             x.bound[buf] = b.release
 
 
-def _weights_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
+def _weights_d2h(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     """Device-updated weights to their host home (before an eviction, or after a device step)."""
     pinned = all(op.pinned for op in t.ops)
     for j in x._task_blocks(t, it, blk):
@@ -667,17 +790,17 @@ def _weights_d2h(x: Executor, t: Task, it: int, blk: str) -> None:
                 x.dev.keep_alive(src[k], x._copy_stream(t))
 
 
-def _join(x: Executor, t: Task, it: int, blk: str) -> None:
+def _join(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     """A join (``it2.STEP.grads``): no work, it only waits for its dependencies."""
 
 
-def handler(what: str) -> Callable[[Executor, Task, int, str], None] | None:
+def handler(what: str) -> Callable[[Executor, Task, int, int, str], None] | None:
     """The handler of an operation; numbered variants (``H2D.wf2``) share their base's."""
     return HANDLERS.get(what) or HANDLERS.get(what.rstrip("0123456789"))
 
 
-HANDLERS: dict[str, Callable[[Executor, Task, int, str], None]] = {
+HANDLERS: dict[str, Callable[[Executor, Task, int, int, str], None]] = {
     "F": _fwd, "R": _recompute, "B": _bwd, "D2H.act": _swap_out, "H2D.act": _swap_in,
-    "D2H.g": _grads_d2h, "ADAM.cpu": _adam_cpu, "ADAM.gpu": _adam_gpu, "H2D.w": _weights_h2d,
+    "D2H.g": _grads_d2h, "D2H.g.ga": _grads_acc_h2d, "ADAM.cpu": _adam_cpu, "ADAM.gpu": _adam_gpu, "H2D.w": _weights_h2d,
     "H2D.wf": _weights_h2d, "H2D.wb": _weights_h2d, "D2H.w": _weights_d2h, "STEP": _join,
 }

@@ -14,9 +14,16 @@ The replay moves weights between host and device buffers itself, so a block is a
 
 Dropout (p = 0.1, GPT-2's rate; released config ``resid_pdrop``/``embd_pdrop``/``attn_pdrop``) is
 torch's own (``F.dropout``, and ``dropout_p`` inside ``scaled_dot_product_attention`` when the
-spec has attention dropout), with the default generator re-seeded from (seed, iteration, block,
-site) just before each site, so a recomputation reproduces the forward's masks exactly and the
-plain reference loop draws the same ones. Forward and recomputation run on one thread.
+spec has attention dropout), with the default generator re-seeded from (seed, iteration,
+micro-step, block, site) just before each site, so a recomputation reproduces the forward's masks
+exactly, every micro-step of a gradient-accumulating iteration draws its own, and the plain
+reference loop draws the same ones. Forward and recomputation run on one thread.
+
+Gradient accumulation (``train.grad_accum`` = k): the data of an iteration is k micro-batches
+(:func:`data`), micro-step m trains on the m-th, and the loss each backward starts from is the
+micro-step's loss divided by k (:func:`scale_loss`), as DeepSpeed's ``engine.backward`` does with
+``gradient_accumulation_steps`` > 1 (``_scale_loss_by_gas``); the loss reported for the iteration
+is the sum of those scaled losses, the mean over its micro-steps (DeepSpeed's logged loss).
 """
 
 from __future__ import annotations
@@ -92,6 +99,26 @@ class Step:
     seed: int
     tokens: torch.Tensor     # (micro_batch, seq_len) int64, on the device
     targets: torch.Tensor    # (micro_batch, seq_len) int64, on the device
+    m: int = 1               # micro-step of a gradient-accumulating iteration (1-based)
+
+
+def batch_of(tokens: torch.Tensor, it: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of micro-step ``m`` of iteration ``it`` from :func:`data`'s tensor."""
+    toks = tokens[it - 1, m - 1]
+    return toks[:, :-1], toks[:, 1:]
+
+
+def scale_loss(loss: torch.Tensor, micro_steps: int) -> torch.Tensor:
+    """The loss a micro-step's backward starts from: divided by the micro-steps per iteration when
+    there are several (DeepSpeed ``engine.backward``: ``loss = self._scale_loss_by_gas(loss.float())``
+    when ``gradient_accumulation_steps() > 1``), unchanged otherwise."""
+    return loss / micro_steps if micro_steps > 1 else loss
+
+
+def iteration_loss(scaled: list[float]) -> float:
+    """The loss reported for an iteration: the sum of its micro-steps' scaled losses (DeepSpeed
+    adds each micro-step's scaled loss into ``self.losses``), i.e. their mean."""
+    return sum(scaled)
 
 
 def forward(spec: ModelSpec, name: str, w: Weights, x: torch.Tensor | None, step: Step,
@@ -157,8 +184,13 @@ def _dropout(spec: ModelSpec, x: torch.Tensor, step: Step, site: int) -> torch.T
     return F.dropout(x, DROPOUT_P, training=True)
 
 
+MICRO_SEED_STRIDE = 0x9E3779B97F4A7C15   # 2^64 / golden ratio: micro-steps far apart in seed space
+
+
 def _seed(step: Step, site: int) -> None:
-    torch.manual_seed(((step.seed * 1_000_003 + step.it) * 4099 + step.index) * 4 + site)
+    key = ((step.seed * 1_000_003 + step.it) * 4099 + step.index) * 4 + site
+    # micro-step 1 keeps the seeds of a schedule without accumulation
+    torch.manual_seed((key + (step.m - 1) * MICRO_SEED_STRIDE) % 2**63)
 
 
 def rope_tables(s: int, d: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,10 +205,13 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def data(spec: ModelSpec, iterations: int, micro_batch: int, seq_len: int, seed: int) -> torch.Tensor:
-    """Token ids (iterations, micro_batch, seq_len + 1) drawn uniformly, deterministic in seed."""
+def data(spec: ModelSpec, iterations: int, micro_batch: int, seq_len: int, seed: int,
+         micro_steps: int = 1) -> torch.Tensor:
+    """Token ids (iterations, micro_steps, micro_batch, seq_len + 1) drawn uniformly, deterministic
+    in seed: each iteration holds its ``micro_steps`` micro-batches in order (with one micro-step
+    the ids are those of the same seed's earlier (iterations, micro_batch, seq_len + 1) tensor)."""
     g = torch.Generator().manual_seed(seed * 7919 + 17)
-    return torch.randint(0, spec.vocab, (iterations, micro_batch, seq_len + 1), generator=g)
+    return torch.randint(0, spec.vocab, (iterations, micro_steps, micro_batch, seq_len + 1), generator=g)
 
 
 def n_params(w: Weights) -> int:

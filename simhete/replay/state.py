@@ -1,5 +1,6 @@
-"""What the replay holds between tasks: per-block weights, optimizer and gradients; per-(iteration,
-block) activations; and the byte accounting of all of it per memory pool.
+"""What the replay holds between tasks: per-block weights and optimizer; gradients per device
+buffer and per host buffer; per-(iteration, micro-step, block) activations; and the byte
+accounting of all of it per memory pool.
 
 Weights on the device are persistent leaf tensors, one per parameter of a block, whose storage
 comes and goes: a fetch (``H2D.w``) gives a released leaf fresh storage, a release (the schedule
@@ -50,7 +51,7 @@ class BlockState:
 
 @dataclass
 class Act:
-    """Activations of one block in one iteration.
+    """Activations of one block in one micro-step of one iteration.
 
     ``saved``: the tensors autograd saved in forward (through saved-tensor hooks), on the device
     (``where == "device"``) or swapped to the host. ``x_in``: the block input (a leaf, so backward
@@ -64,16 +65,32 @@ class Act:
     where: str = "device"
 
 
+Step = tuple[int, int]   # (iteration, micro-step): one forward and backward of the model
+
+
 class State:
+    """Keys: ``Step`` = (iteration, micro-step); block indices; schedule buffer names.
+
+    Device gradients live in the buffer the schedule allocates for them (the ``…grad.{block}``
+    alloc of a backward task), keyed by that name; a backward that allocates none adds into the
+    block's live buffer of the same iteration (gradient accumulation on the device). Host
+    gradients are one buffer per block (the fp32 gradient or 16-bit accumulation buffer a D2H
+    writes and the CPU optimizer or the next micro-step's accumulation reads). ``staged``: host
+    accumulations brought back to the device to be added to a micro-step's gradients, keyed by
+    the staging buffer the schedule allocates for them.
+    """
+
     def __init__(self, blocks: dict[int, BlockState]) -> None:
         self.blocks = blocks
-        self.acts: dict[tuple[int, int], Act] = {}
-        self.carry: dict[int, torch.Tensor] = {}        # iteration -> next forward's input
-        self.gcarry: dict[int, torch.Tensor] = {}       # iteration -> next backward's output grad
-        self.dev_grads: dict[int, Weights] = {}
+        self.acts: dict[tuple[int, int, int], Act] = {}   # (it, m, block)
+        self.carry: dict[Step, torch.Tensor] = {}       # next forward's input
+        self.gcarry: dict[Step, torch.Tensor] = {}      # next backward's output grad
+        self.dev_grads: dict[str, Weights] = {}         # gradient buffer name -> gradients
+        self.grad_of: dict[int, tuple[int, str]] = {}   # block -> (iteration, its latest buffer)
         self.host_grads: dict[int, Weights] = {}
+        self.staged: dict[str, dict[int, Weights]] = {}  # staging buffer -> block -> gradients
         self.tied_grad: dict[int, torch.Tensor] = {}    # embed's weight grad from the tied head
-        self.losses: dict[int, torch.Tensor] = {}
+        self.losses: dict[Step, torch.Tensor] = {}      # the scaled loss the backward starts from
         self.pending_w: dict[int, Weights] = {}         # device-updated weights awaiting D2H.w
 
     def pool_bytes(self) -> dict[str, dict[str, int]]:
@@ -109,6 +126,10 @@ class State:
         for g in self.dev_grads.values():
             for t in g.values():
                 yield "gpu0", G, t
+        for st in self.staged.values():
+            for g in st.values():
+                for t in g.values():
+                    yield "gpu0", MemClass.BUFFERS.value, t
         for t in self.tied_grad.values():
             yield "gpu0", G, t
         for w in self.pending_w.values():
