@@ -133,7 +133,8 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
         if progress is not None:
             progress("reference", 0, 1)
         ref = reference_losses(pred.context.workload, iterations, seed=shape.seed, lr=shape.lr,
-                               device=dev.dev, threads=CPU_THREADS_PER_STREAM if dev.kind == "cpu" else None)
+                               device=dev.dev, threads=CPU_THREADS_PER_STREAM if dev.kind == "cpu" else None,
+                               grad_accum=scaled.data.train.grad_accum)
         if progress is not None:
             progress("reference", 1, 1)
         tol = LOSS_RTOL[scaled.data.train.dtype]
