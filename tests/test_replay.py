@@ -1,5 +1,6 @@
-"""Replay: real torch execution of simulated schedules — loss parity with a plain training loop,
-data-movement bugs caught, memory accounting with known answers, safety refusal, ordering."""
+"""Replay: real torch execution of simulated schedules — loss parity with a plain training loop
+(also with gradient accumulation), data-movement bugs caught, memory accounting with known answers,
+safety refusal, ordering."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from simhete.hw.profile import load_profile
 from simhete.replay.config import scaled_scenario
 from simhete.replay.device import Device, check_fits
 from simhete.replay.executor import Executor, issue_order
-from simhete.replay.model import init_master, n_params
+from simhete.policy.registry import get_policy, list_policies
+from simhete.replay.model import Step, batch_of, data, forward, init_master, n_params
 from simhete.replay.reference import reference_losses
 from simhete.replay.state import ReplayError
 from simhete.scenario import scenario_from_dict
@@ -29,11 +31,12 @@ TINY = {"n_layers": 2, "hidden": 64, "heads": 4, "vocab": 256, "micro_batch": 2,
 
 
 def tiny(policy: str, knobs: dict | None = None, model: str = "gpt-like-h768-l12", dtype: str = "fp32",
-         iterations: int = 3):
+         iterations: int = 3, grad_accum: int = 1):
     """Simulate a tiny scenario on the CPU-device profile; returns the simulator's Result."""
     s = scenario_from_dict({
         "model": model, "hardware": {"profile": str(PROFILE), "gpu_memory": "2GiB"},
-        "train": {"micro_batch": 2, "seq_len": 32}, "iterations": iterations, "policy": policy,
+        "train": {"micro_batch": 2, "seq_len": 32, "grad_accum": grad_accum}, "iterations": iterations,
+        "policy": policy,
         "knobs": knobs or {}, "replay": {**TINY, "dtype": dtype}})
     return simulate(scaled_scenario(s))
 
@@ -44,7 +47,8 @@ def replay(res, schedule: Schedule | None = None):
 
 
 def ref(res):
-    return reference_losses(res.context.workload, res.schedule.iterations, seed=0, lr=TINY["lr"], threads=1)
+    return reference_losses(res.context.workload, res.schedule.iterations, seed=0, lr=TINY["lr"], threads=1,
+                            grad_accum=res.context.grad_accum)
 
 
 def without(s: Schedule, drop) -> Schedule:
@@ -52,6 +56,21 @@ def without(s: Schedule, drop) -> Schedule:
     gone = {t.name for t in s.tasks if drop(t)}
     tasks = tuple(dataclasses.replace(t, deps=tuple(d for d in t.deps if d not in gone))
                   for t in s.tasks if t.name not in gone)
+    return Schedule(tasks, dict(s.pools), s.initial, s.iterations, dict(s.meta))
+
+
+def bypass(s: Schedule, drop) -> Schedule:
+    """The schedule minus the tasks ``drop(task)`` selects, their dependants waiting for the dropped
+    tasks' own dependencies instead (so only the dropped work is missing, not an ordering)."""
+    gone = {t.name: t.deps for t in s.tasks if drop(t)}
+
+    def deps(t):
+        out = []
+        for d in t.deps:
+            out += gone[d] if d in gone else [d]
+        return tuple(dict.fromkeys(out))
+
+    tasks = tuple(dataclasses.replace(t, deps=deps(t)) for t in s.tasks if t.name not in gone)
     return Schedule(tasks, dict(s.pools), s.initial, s.iterations, dict(s.meta))
 
 
@@ -77,8 +96,104 @@ def test_replayed_losses_match_the_plain_training_loop(policy, knobs, model, dty
     assert len(set(expect)) == 3   # the model trains: every iteration's loss differs
 
 
-def test_every_task_is_measured_once_and_respects_its_dependencies():
-    res = tiny("zero-offload", {"activations": ["swap", "recompute"]})
+ACCUM_CASES = [
+    ("gpu-only", {}, "gpt-like-h768-l12", "fp32", 2),
+    ("gpu-only", {"checkpointing": "full"}, "gpt-like-h768-l12", "fp32", 3),
+    ("zero-offload", {"reduce_bucket_size": 2e4}, "gpt-like-h768-l12", "fp32", 2),
+    ("zero-offload", {"activations": ["swap", "recompute"]}, "llama3-8b", "bf16", 2),
+    ("zero-offload", {"reduce_bucket_size": 2e4, "overlap_comm": False}, "gpt-like-h768-l12", "fp32", 3),
+    ("zero-infinity", {"stage3_param_persistence_threshold": 1e3}, "llama3-8b", "fp32", 2),
+    ("zero-infinity", {"ratio": 0.5, "stage3_param_persistence_threshold": 1e3}, "gpt-like-h768-l12", "bf16", 2),
+    ("stronghold", {"window_size": 1}, "gpt-like-h768-l12", "fp32", 2),
+]
+
+
+@pytest.mark.parametrize("policy,knobs,model,dtype,k", ACCUM_CASES)
+def test_accumulating_replays_match_the_plain_training_loop(policy, knobs, model, dtype, k):
+    """k micro-steps per iteration, each on its own micro-batch with its own dropout masks, the
+    gradients added where the schedule puts them (device buffer or host accumulation buffer),
+    one optimizer step: the same losses as the plain loop accumulating into ``.grad``."""
+    assert get_policy(policy).accumulates
+    res = tiny(policy, knobs, model, dtype, grad_accum=k)
+    names = [t.name for t in res.schedule.tasks]
+    assert f"it3.m{k}.B.embed" in names and not any(f".m{k + 1}." in n for n in names)
+    out = replay(res)
+    expect = ref(res)
+    assert len(out.losses) == 3
+    assert out.losses == pytest.approx(expect, rel=1e-5 if dtype == "fp32" else 1e-3)
+    assert len(set(expect)) == 3
+    plain = reference_losses(res.context.workload, 3, seed=0, lr=TINY["lr"], threads=1)
+    assert all(abs(a - b) > 1e-4 for a, b in zip(expect, plain))   # the accumulated run is another run
+
+
+@pytest.mark.parametrize("policy", list_policies())
+def test_every_policy_that_accumulates_replays_it(policy):
+    """``Policy.accumulates`` is the contract: such a policy's accumulating schedule replays with
+    loss parity (the policies not in ACCUM_CASES here with their default knobs); the others refuse
+    ``train.grad_accum`` > 1 when building."""
+    if not get_policy(policy).accumulates:
+        with pytest.raises(ConfigError, match="train.grad_accum"):
+            tiny(policy, grad_accum=2)
+        return
+    if policy in {c[0] for c in ACCUM_CASES}:
+        pytest.skip("covered with knobs by test_accumulating_replays_match_the_plain_training_loop")
+    res = tiny(policy, grad_accum=2)
+    assert replay(res).losses == pytest.approx(ref(res), rel=1e-5)
+
+
+@pytest.mark.parametrize("policy,knobs,drop", [
+    ("zero-offload", {"reduce_bucket_size": 2e4}, "it1.m2.D2H.g.ga.k0"),
+    ("stronghold", {"window_size": 1}, "it1.m2.D2H.g.ga.b1"),
+])
+def test_a_dropped_accumulation_copy_makes_the_losses_diverge(policy, knobs, drop):
+    """Without the H2D that brings micro-step 1's host accumulation back to be added, micro-step
+    2's copy overwrites it: iteration 1's step misses half the gradient of those blocks."""
+    res = tiny(policy, knobs, grad_accum=2)
+    assert drop in {t.name for t in res.schedule.tasks}
+    out, expect = replay(res, bypass(res.schedule, lambda t: t.name == drop)).losses, ref(res)
+    assert out[0] == pytest.approx(expect[0], rel=1e-6)    # iteration 1 uses the initial weights
+    assert abs(out[1] - expect[1]) > 1e-4 and abs(out[2] - expect[2]) > 1e-4
+
+
+def test_a_missing_micro_step_copy_is_reported_by_name():
+    res = tiny("zero-offload", {"reduce_bucket_size": 2e4}, grad_accum=2)
+    broken = bypass(res.schedule, lambda t: t.name == "it1.D2H.g.k0")
+    with pytest.raises(ReplayError, match=r"it1\.m2\.D2H\.g\.ga\.k0: no accumulated gradient of block \w+ "
+                                          r"on the host \(the previous micro-step's D2H is missing\)"):
+        replay(res, broken)
+
+
+def test_iterations_must_hold_the_same_micro_steps():
+    res = tiny("gpu-only", grad_accum=2)
+    broken = without(res.schedule, lambda t: t.name.startswith("it2.m2."))
+    with pytest.raises(ReplayError, match=r"iteration 2 has forward micro-steps \[1\]; the replay needs "
+                                          r"micro-steps 1 to 2 in every iteration"):
+        Executor(broken, res.context.workload, Device())
+
+
+def test_each_micro_step_has_its_own_data_and_dropout_masks():
+    spec = dataclasses.replace(get_model("gpt-like-h768-l12"), n_layers=1, hidden=64, n_heads=4,
+                               n_kv_heads=4, ffn_hidden=96, vocab=100)
+    assert spec.dropout
+    toks = data(spec, 2, 2, 16, 0, micro_steps=3)
+    assert toks.shape == (2, 3, 2, 17)
+    assert torch.equal(data(spec, 2, 2, 16, 0, micro_steps=3), toks)       # deterministic in seed
+    assert torch.equal(data(spec, 2, 2, 16, 0)[:, 0], data(spec, 2, 2, 16, 0, micro_steps=1)[:, 0])
+    inp = {m: batch_of(toks, 2, m)[0] for m in (1, 2, 3)}
+    assert not torch.equal(inp[1], inp[2]) and not torch.equal(inp[2], inp[3])
+    w = init_master(spec, "b0", 1, 0)
+    x = torch.randn(2, 16, 64)
+
+    def block(m):
+        return forward(spec, "b0", w, x, Step(1, 1, 0, inp[1], inp[1], m))
+
+    assert torch.equal(block(2), block(2))           # a recomputation redraws the same masks
+    assert not torch.equal(block(1), block(2))       # another micro-step draws others
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_every_task_is_measured_once_and_respects_its_dependencies(grad_accum):
+    res = tiny("zero-offload", {"activations": ["swap", "recompute"]}, grad_accum=grad_accum)
     out = replay(res)
     tl = out.timeline
     assert [r.name for r in tl.records] == [t.name for t in res.schedule.tasks]

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simhete.cli import main
 from simhete.commands.validate import validate_scenario
@@ -74,6 +75,26 @@ def test_validate_command_writes_one_trace_with_both_timelines(cpu_profile, tmp_
     assert any(n.startswith("simulated") for n in names) and any(n.startswith("measured") for n in names)
     spans = [e["name"] for e in ev if e.get("ph") == "X"]
     assert spans.count("it2.ADAM.cpu.b0") == 2   # the same task once in each timeline
+
+
+def test_validate_command_replays_gradient_accumulation(cpu_profile, tmp_path, capsys):
+    """A shipped scenario with ``train.grad_accum: 2``: every micro-step's tasks are replayed
+    (ZeRO-Offload's host accumulation copies included) and the losses match the reference loop
+    accumulating the same micro-batches."""
+    s = load_scenario(ROOT / "scenarios" / "small-gpt_cpu_zero-offload.yaml").with_changes(
+        **SHRINK, **{"train.grad_accum": 2, "replay.n_layers": 2})
+    scen = tmp_path / "accum.yaml"
+    scen.write_text(yaml.safe_dump(s.data.model_dump(exclude_none=True)))
+    trace = tmp_path / "trace.json"
+    rc = main(["validate", str(scen), "--profile", str(cpu_profile), "--iterations", "3", "--json",
+               "--trace", str(trace)])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["loss_parity"] is True and len(d["losses"]) == 3
+    assert d["losses"] == d["reference_losses"]
+    spans = [e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
+    for name in ("it2.m2.F.embed", "it2.m2.B.embed", "it2.m2.D2H.g.ga.k0", "it2.m2.D2H.g.k0"):
+        assert spans.count(name) == 2, name   # simulated and measured
 
 
 def test_validate_table_output(cpu_profile, tmp_path, capsys):
