@@ -24,7 +24,11 @@ prices the workload's ops at the bytes they are given:
   are one kind, so the fit takes their mean call at each size (simhete/hw/fit.py).
 - ``rope`` (ROPE): the replay's rotary embedding (simhete/replay/model.py ``rotate``: rotate-half
   with chunk, neg, cat, two multiplies and an add) on (·, seq, head_dim) rows, forward and
-  backward: reads x, writes the rotated x (2·n·elem) — the workload's accounting of its ROPE op.
+  backward: reads x (dy), writes the rotated x (dx): 2·n·elem in both passes — the workload's
+  accounting of its ROPE and ROPE_BWD ops.
+
+Each backward is its own OpKind (NORM_BWD, RMSNORM_BWD, GELU_BWD, RELU_BWD, SWIGLU_BWD,
+ROPE_BWD; simhete/opkinds.py), fitted from the backward rows alone.
 
 Backwards are timed alone, by re-running autograd over a retained graph (calibrate/attention.py).
 
@@ -95,6 +99,8 @@ def nbytes(op: str, pas: str, n: int, elem: int, hidden: int) -> int:
         return 2 * n * elem + n
     if op == "embedding":
         return INDEX_BYTES * _rows(n, hidden) + 2 * n * elem
+    if op == "rope":
+        return 2 * n * elem       # either pass reads one tensor and writes one (ROPE / ROPE_BWD)
     return (3 if pas == "bwd" else 2) * n * elem
 
 

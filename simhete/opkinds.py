@@ -17,6 +17,9 @@ GELU / RELU        ()                                               bytes read +
 SWIGLU             ()                                               bytes read + written (silu(a)·b)
 DROPOUT            ()                                               bytes read + written (mask included)
 ROPE               ()                                               bytes read + written (q and k rotated)
+<KIND>_BWD         ()                                               bytes read + written by the backward
+                                                                    of NORM, RMSNORM, GELU, RELU, SWIGLU,
+                                                                    ROPE (its own kind: its own cost)
 SOFTMAX_CE         (tokens, vocab)                                  bytes read + written
 EMBED              (tokens, hidden)                                 bytes read + written
 H2D / D2H / D2D    ()                                               bytes moved
@@ -45,6 +48,16 @@ class OpKind(StrEnum):
     SWIGLU = "SWIGLU"
     DROPOUT = "DROPOUT"
     ROPE = "ROPE"
+    # The backward of a memory-bound op is not its forward at other bytes: a norm's backward
+    # reduces twice, an activation's backward recomputes the derivative (on the development CPU
+    # layernorm forward/backward of one size differ 2-3x per byte). Like ATTN_FWD/ATTN_BWD, each
+    # pass is its own kind, priced from its own calibrated curve (falls back to the forward's).
+    NORM_BWD = "NORM_BWD"
+    RMSNORM_BWD = "RMSNORM_BWD"
+    GELU_BWD = "GELU_BWD"
+    RELU_BWD = "RELU_BWD"
+    SWIGLU_BWD = "SWIGLU_BWD"
+    ROPE_BWD = "ROPE_BWD"
     SOFTMAX_CE = "SOFTMAX_CE"
     EMBED = "EMBED"
     H2D = "H2D"
@@ -62,7 +75,13 @@ class OpKind(StrEnum):
 # the transcendental ones (GELU, SWIGLU's sigmoid, DROPOUT's random mask) are compute-bound, which
 # is why each has its own kind and its own calibrated curve rather than one "elementwise" rate.
 MEMORY_BOUND_KINDS = frozenset({"ELEMENTWISE", "NORM", "RMSNORM", "GELU", "RELU", "SWIGLU", "DROPOUT",
-                                "ROPE", "SOFTMAX_CE", "EMBED"})
+                                "ROPE", "SOFTMAX_CE", "EMBED", "NORM_BWD", "RMSNORM_BWD", "GELU_BWD",
+                                "RELU_BWD", "SWIGLU_BWD", "ROPE_BWD"})
+
+# The backward kind of each memory-bound kind measured in two passes.
+BWD_KIND = {OpKind.NORM: OpKind.NORM_BWD, OpKind.RMSNORM: OpKind.RMSNORM_BWD,
+            OpKind.GELU: OpKind.GELU_BWD, OpKind.RELU: OpKind.RELU_BWD,
+            OpKind.SWIGLU: OpKind.SWIGLU_BWD, OpKind.ROPE: OpKind.ROPE_BWD}
 
 # Bytes per element of each compute dtype (tf32 is stored as fp32).
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
@@ -72,7 +91,7 @@ COLLECTIVE_KINDS = frozenset({OpKind.ALLREDUCE, OpKind.REDUCE_SCATTER, OpKind.AL
 COMPUTE_KINDS = frozenset(
     {OpKind.GEMM, OpKind.ATTN_FWD, OpKind.ATTN_BWD, OpKind.ELEMENTWISE, OpKind.NORM,
      OpKind.RMSNORM, OpKind.GELU, OpKind.RELU, OpKind.SWIGLU, OpKind.DROPOUT,
-     OpKind.ROPE, OpKind.SOFTMAX_CE, OpKind.EMBED}
+     OpKind.ROPE, OpKind.SOFTMAX_CE, OpKind.EMBED, *BWD_KIND.values()}
 )
 
 

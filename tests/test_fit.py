@@ -180,7 +180,7 @@ def test_fit_recovers_known_membw_launch_and_adam_laws(tmp_path):
     gpu, host = f.profile["gpu"], f.profile["host"]
     assert gpu["launch_overhead_us"]["value"] == 1.5                # alpha of the small add/mul
     mb = gpu["memory_bound"]
-    assert set(mb) == {"ELEMENTWISE", "NORM", "RMSNORM", "SOFTMAX_CE"}  # no embedding rows
+    assert set(mb) == {"ELEMENTWISE", "NORM", "NORM_BWD", "RMSNORM", "SOFTMAX_CE"}  # no embedding rows
     big = 3 * 4 * 4**7                                               # largest fit size of add
     assert mb["ELEMENTWISE"]["bandwidth_gbps"]["value"] == pytest.approx(
         big / (1.5e-6 + big / 20e9) / 1e9, rel=5e-4)
@@ -190,10 +190,10 @@ def test_fit_recovers_known_membw_launch_and_adam_laws(tmp_path):
     assert "dtypes" not in mb["NORM"]                                # fp32 only
     for b, gbps in mb["RMSNORM"]["curve"]["points"]:                 # its own law, not NORM's
         assert gbps == pytest.approx(b / (16e-6 + b / 1.25e9) / 1e9, rel=5e-4)
-    for b, gbps in mb["NORM"]["curve"]["points"]:   # mean call of forward (8e B) and backward (12e)
-        e = b // 10
-        t = (4e-6 + 8 * e / 5e9 + 6e-6 + 12 * e / 2e9) / 2
-        assert b == 10 * e and gbps == pytest.approx(b / t / 1e9, rel=5e-4)
+    for b, gbps in mb["NORM"]["curve"]["points"]:       # the forward alone (8e bytes)
+        assert gbps == pytest.approx(b / (4e-6 + b / 5e9) / 1e9, rel=5e-4)
+    for b, gbps in mb["NORM_BWD"]["curve"]["points"]:   # the backward alone (12e bytes)
+        assert gbps == pytest.approx(b / (6e-6 + b / 2e9) / 1e9, rel=5e-4)
     adam = host["adam"]
     assert (adam["threads"], adam["overhead_us"]["value"], adam["params_per_s"]["value"]) == \
         (1, 50.0, 1e9)
@@ -201,16 +201,21 @@ def test_fit_recovers_known_membw_launch_and_adam_laws(tmp_path):
     assert "pinned_limit_bytes" not in host
     # Held out: Adam follows its law exactly; add and mul do between fit sizes (linear in n is
     # exact for a fixed cost + n / bandwidth) and lose 11% only above the largest fit size,
-    # priced at that size's rate; rmsnorm has its own curve now; each layernorm pass alone is off
-    # by its difference from the mean call.
+    # priced at that size's rate; rmsnorm has its own curve now; so has each layernorm pass.
     assert "| adam | median 0.0%, max 0.0% over 2 held-out points |" in f.report
     assert "add 0.0% (max 11.0%); mul 0.0% (max 11.0%); add bf16 0.0% (max" in f.report
     assert "rmsnorm 0.0% (max" in f.report
     cm = CostModel(load_profile(_write_profile(tmp_path, f.profile)))
     e = 4**5                                                         # between fit sizes 4^4, 4^6
-    fwd, bwd = Op(OpKind.NORM, n=8 * e, dtype="fp32"), Op(OpKind.NORM, n=12 * e, dtype="fp32")
-    assert cm.op_seconds(fwd) + cm.op_seconds(bwd) == pytest.approx(
-        4e-6 + 8 * e / 5e9 + 6e-6 + 12 * e / 2e9, rel=5e-4)  # the pair is exact (4 digits kept)
+    fwd, bwd = Op(OpKind.NORM, n=8 * e, dtype="fp32"), Op(OpKind.NORM_BWD, n=12 * e, dtype="fp32")
+    assert cm.op_seconds(fwd) == pytest.approx(4e-6 + 8 * e / 5e9, rel=5e-4)   # each pass exact
+    assert cm.op_seconds(bwd) == pytest.approx(6e-6 + 12 * e / 2e9, rel=5e-4)  # (4 digits kept)
+    assert "layernorm 0.0% (max" in f.report and "layernorm bwd 0.0% (max" in f.report
+    # a backward kind without its own entry falls back to its forward's (older profiles)
+    prof = dict(f.profile, gpu={**f.profile["gpu"], "memory_bound": {
+        k: v for k, v in mb.items() if k != "NORM_BWD"}})
+    cm_old = CostModel(load_profile(_write_profile(tmp_path, prof, "old")))
+    assert cm_old.op_seconds(bwd) == cm_old.op_seconds(Op(OpKind.NORM, n=12 * e, dtype="fp32"))
     assert cm.op_seconds(Op(OpKind.ELEMENTWISE, n=3 * 2 * e, dtype="bf16")) == pytest.approx(
         2e-6 + 6 * e / 8e9, rel=5e-4)                                # bf16 on its own curve
     n = 3 * 4 * 4**4                                                 # a held-out add size
@@ -222,8 +227,8 @@ def test_fit_recovers_known_membw_launch_and_adam_laws(tmp_path):
         Op(OpKind.ELEMENTWISE, n=n, dtype="bf16"))
 
 
-def _write_profile(tmp_path: Path, profile: dict) -> Path:
-    out = tmp_path / "syn.yaml"
+def _write_profile(tmp_path: Path, profile: dict, stem: str = "syn") -> Path:
+    out = tmp_path / f"{stem}.yaml"
     out.write_text(yaml.safe_dump(profile, sort_keys=False))
     return out
 

@@ -309,8 +309,9 @@ def test_pinned_limit_is_optional_and_new_keys_are_checked(tmp_path):
     bad["gpu"]["memory_bound"] = {"GEMM": {"bandwidth_gbps": {"value": 1.0, "source": "assumed",
                                                               "ref": "x"}}}
     with pytest.raises(ConfigError, match=r"b\.yaml: gpu\.memory_bound\.GEMM: unknown key; allowed "
-                                          r"keys here: DROPOUT, ELEMENTWISE, EMBED, GELU, NORM, RELU, "
-                                          r"RMSNORM, ROPE, SOFTMAX_CE, SWIGLU$"):
+                                          r"keys here: DROPOUT, ELEMENTWISE, EMBED, GELU, GELU_BWD, NORM, "
+                                          r"NORM_BWD, RELU, RELU_BWD, RMSNORM, RMSNORM_BWD, ROPE, ROPE_BWD, "
+                                          r"SOFTMAX_CE, SWIGLU, SWIGLU_BWD$"):
         load_profile(write(tmp_path, bad, "b.yaml"))
     bad = copy.deepcopy(d)
     bad["gpu"]["memory_bound"]["GELU"] = {

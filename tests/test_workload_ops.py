@@ -64,16 +64,16 @@ def test_llama_block_ops_exact() -> None:
     assert w.blocks[1].bwd_ops == (
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),
         Op(OpKind.GEMM, (T, f, h)), Op(OpKind.GEMM, (h, f, T)),                  # down: dX, dW
-        Op(OpKind.ELEMENTWISE, (), 5 * e * T * f), Op(OpKind.SWIGLU, (), 3 * e * T * f),
+        Op(OpKind.ELEMENTWISE, (), 5 * e * T * f), Op(OpKind.SWIGLU_BWD, (), 3 * e * T * f),
         Op(OpKind.GEMM, (T, h, f), count=2), Op(OpKind.GEMM, (f, h, T), count=2),  # gate, up
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),                               # dX sum
-        Op(OpKind.RMSNORM, (), 3 * e * T * h),
+        Op(OpKind.RMSNORM_BWD, (), 3 * e * T * h),
         Op(OpKind.ELEMENTWISE, (), 3 * e * T * h),
         Op(OpKind.GEMM, (T, h, h)), Op(OpKind.GEMM, (h, h, T)),
         Op(OpKind.ATTN_BWD, attn),
-        Op(OpKind.ROPE, (), 2 * e * T * 2 * h),
+        Op(OpKind.ROPE_BWD, (), 2 * e * T * 2 * h),
         Op(OpKind.GEMM, (T, h, 3 * h)), Op(OpKind.GEMM, (3 * h, h, T)),
-        Op(OpKind.RMSNORM, (), 3 * e * T * h),
+        Op(OpKind.RMSNORM_BWD, (), 3 * e * T * h),
     )
     head = w.blocks[-1]
     assert head.fwd_ops == (Op(OpKind.RMSNORM, (), 2 * e * T * h), Op(OpKind.GEMM, (T, 32000, h)),
@@ -97,10 +97,10 @@ def test_gpt_block_ops_exact_kinds() -> None:
         drop_fwd)
     assert w.blocks[1].bwd_ops == (
         drop_bwd, Op(OpKind.GEMM, (T, f, h)), Op(OpKind.GEMM, (h, f, T)),
-        Op(OpKind.GELU, (), 3 * e * T * f), Op(OpKind.GEMM, (T, h, f)), Op(OpKind.GEMM, (f, h, T)),
-        Op(OpKind.NORM, (), 3 * e * T * h), drop_bwd, Op(OpKind.GEMM, (T, h, h)),
+        Op(OpKind.GELU_BWD, (), 3 * e * T * f), Op(OpKind.GEMM, (T, h, f)), Op(OpKind.GEMM, (f, h, T)),
+        Op(OpKind.NORM_BWD, (), 3 * e * T * h), drop_bwd, Op(OpKind.GEMM, (T, h, h)),
         Op(OpKind.GEMM, (h, h, T)), Op(OpKind.ATTN_BWD, attn), Op(OpKind.GEMM, (T, h, 3 * h)),
-        Op(OpKind.GEMM, (3 * h, h, T)), Op(OpKind.NORM, (), 3 * e * T * h))
+        Op(OpKind.GEMM, (3 * h, h, T)), Op(OpKind.NORM_BWD, (), 3 * e * T * h))
     # embed: token gather, then the learned-position add with dropout (4 positions × h rows read)
     assert w.blocks[0].fwd_ops == (Op(OpKind.EMBED, (T, h), 8 * T + 2 * e * T * h),
                                    Op(OpKind.DROPOUT, (), 2 * e * T * h + e * 4 * h + T * h))

@@ -37,7 +37,7 @@ from typing import Callable
 from simhete.errors import ConfigError
 from simhete.hw.gemm import GemmInterpolator
 from simhete.hw.profile import ADAM_BYTES_PER_PARAM, DTYPES, Curve, HardwareProfile, Link, Provenance
-from simhete.opkinds import DTYPE_BYTES, OpKind
+from simhete.opkinds import BWD_KIND, DTYPE_BYTES, OpKind
 from simhete.schedule.model import Op, Schedule, Task
 
 # Fused/multi-tensor GPU Adam moves the same fp32 state as CPU Adam (ADAM_BYTES_PER_PARAM).
@@ -46,7 +46,10 @@ from simhete.schedule.model import Op, Schedule, Task
 # (profiles calibrated before the op vocabulary had these kinds measured only the older ones).
 MB_FALLBACK = {OpKind.RMSNORM: OpKind.NORM, OpKind.GELU: OpKind.ELEMENTWISE,
                OpKind.RELU: OpKind.ELEMENTWISE, OpKind.SWIGLU: OpKind.ELEMENTWISE,
-               OpKind.DROPOUT: OpKind.ELEMENTWISE, OpKind.ROPE: OpKind.ELEMENTWISE}
+               OpKind.DROPOUT: OpKind.ELEMENTWISE, OpKind.ROPE: OpKind.ELEMENTWISE,
+               # a backward kind: its forward's entry (which older profiles fitted to the mean
+               # call of both passes)
+               **{bwd: fwd for fwd, bwd in BWD_KIND.items()}}
 
 # nccl-tests doc/PERFORMANCE.md: busbw = algbw × factor, with r ranks.
 BUS_FACTOR: dict[OpKind, Callable[[int], float]] = {
@@ -100,6 +103,7 @@ class CostModel:
             OpKind.SWIGLU: self._memory_bound,
             OpKind.DROPOUT: self._memory_bound,
             OpKind.ROPE: self._memory_bound,
+            **dict.fromkeys(BWD_KIND.values(), self._memory_bound),
             OpKind.SOFTMAX_CE: self._memory_bound,
             OpKind.EMBED: self._memory_bound,
             OpKind.H2D: self._transfer,

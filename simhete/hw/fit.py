@@ -42,7 +42,7 @@ from simhete.config import validate
 from simhete.errors import ConfigError
 from simhete.hw.cost import BUS_FACTOR
 from simhete.hw.gemm import quantised_flops
-from simhete.opkinds import OpKind
+from simhete.opkinds import BWD_KIND, OpKind
 from simhete.schedule.model import Op
 
 SUITES = ("gemm", "attention", "membw", "copy", "adam", "interference", "collectives")
@@ -347,12 +347,18 @@ def _pass(r: dict[str, str]) -> str:
     return r.get("pass") or "fwd"   # raw data from before backward rows: forward only
 
 
+def _mb_kind(r: dict[str, str]) -> OpKind:
+    """The OpKind a membw row prices: its op's kind, or that kind's backward kind for a backward
+    row (NORM_BWD, ...)."""
+    kind = MEMBW_KINDS[r["op"]]
+    return BWD_KIND.get(kind, kind) if _pass(r) == "bwd" else kind
+
+
 def _mb_curve(rows: list[dict[str, str]]) -> list[list[float]]:
     """[bytes, GB/s] of the mean call at each measured size (elems): the arithmetic mean of the
-    bytes and of the median times of every op and pass of one kind. Pricing a forward at n_f and
-    its backward at n_b on this curve then gives t_f + t_b exactly where time is linear in bytes
-    (fixed cost + n / bandwidth) between the points; each pass alone is off by its difference
-    from the mean (the Op does not say which pass it is)."""
+    bytes and of the median times of every op of one kind (add and mul; the two dropout sites).
+    Each pass is its own kind (a backward row fits NORM_BWD, ...), so a curve mixes ops that
+    move the same bytes the same way, never a forward with its backward."""
     by_elems: dict[int, list[tuple[float, float]]] = {}
     for r in rows:
         by_elems.setdefault(int(r["elems"]), []).append((_f(r, "bytes"), _f(r, "median_s")))
@@ -365,8 +371,8 @@ def _mb_curve(rows: list[dict[str, str]]) -> list[list[float]]:
 
 
 def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
-    """Per OpKind and dtype, the measured curve (bytes, GB/s) of its ops and passes (the mean call
-    at each size: :func:`_mb_curve`) and its rate at the largest size. The first dtype measured is
+    """Per OpKind and dtype (a backward pass is its own kind), the measured curve (bytes, GB/s) of
+    its ops (the mean call at each size: :func:`_mb_curve`) and its rate at the largest size. The first dtype measured is
     the kind's own entry; other dtypes go to its ``dtypes``. The ELEMENTWISE rate is also
     ``mem_bandwidth_gbps``; the per-op fixed cost ``launch_overhead_us`` is alpha of an
     alpha-beta fit over the smallest add/mul of the first dtype."""
@@ -377,9 +383,9 @@ def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
     lines = []
     per_kind: dict[str, dict[str, Any]] = {}
-    for kind in dict.fromkeys(MEMBW_KINDS.values()):
+    for kind in dict.fromkeys(map(_mb_kind, rows)):
         for dt in dtypes:
-            sub = [r for r in rows if MEMBW_KINDS[r["op"]] is kind and r["dtype"] == dt]
+            sub = [r for r in rows if _mb_kind(r) is kind and r["dtype"] == dt]
             if not sub:
                 continue
             curve = _mb_curve(sub)
@@ -403,7 +409,7 @@ def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
                          f"(peak {max(g for _, g in curve)} GB/s)")
     if "ELEMENTWISE" not in per_kind:
         raise ConfigError(str(t.path), None, problem="no measured add/mul points to fit")
-    ew = sorted((r for r in rows if MEMBW_KINDS[r["op"]] is OpKind.ELEMENTWISE
+    ew = sorted((r for r in rows if _mb_kind(r) is OpKind.ELEMENTWISE
                  and r["dtype"] == dtypes[0]), key=lambda r: int(r["bytes"]))
     small = sorted({int(r["bytes"]) for r in ew})[:LAUNCH_FIT_SIZES]
     pts = [r for r in ew if int(r["bytes"]) in small]
@@ -419,7 +425,7 @@ def _fit_membw(st: _State, gpu: dict[str, Any]) -> None:
                                      f"fixed cost")
     gpu["memory_bound"] = per_kind
     held = [r for r in t.ok(split="holdout") if r["op"] in MEMBW_KINDS]
-    st.holdout["membw"] = [(Op(MEMBW_KINDS[r["op"]], n=int(r["bytes"]), dtype=r["dtype"]),
+    st.holdout["membw"] = [(Op(_mb_kind(r), n=int(r["bytes"]), dtype=r["dtype"]),
                             _f(r, "median_s")) for r in held]
     st.holdout_by["membw"] = [f"{r['op']}{' bwd' if _pass(r) == 'bwd' else ''}"
                               f"{'' if r['dtype'] == dtypes[0] else ' ' + r['dtype']}" for r in held]

@@ -247,9 +247,9 @@ class MemoryBoundKind(MemoryBoundRate):
 
 
 class MemoryBound(Strict):
-    """Per-OpKind memory-bound pricing. A kind left out falls back (simhete/hw/cost.py): RMSNORM to
-    NORM; GELU, RELU, SWIGLU, DROPOUT and ROPE to ELEMENTWISE; then mem_bandwidth_gbps ×
-    efficiency."""
+    """Per-OpKind memory-bound pricing. A kind left out falls back (simhete/hw/cost.py): a
+    backward kind (NORM_BWD, ...) to its forward; RMSNORM to NORM; GELU, RELU, SWIGLU, DROPOUT and
+    ROPE to ELEMENTWISE; then mem_bandwidth_gbps × efficiency."""
 
     ELEMENTWISE: MemoryBoundKind | None = None
     NORM: MemoryBoundKind | None = None
@@ -261,6 +261,12 @@ class MemoryBound(Strict):
     ROPE: MemoryBoundKind | None = None
     SOFTMAX_CE: MemoryBoundKind | None = None
     EMBED: MemoryBoundKind | None = None
+    NORM_BWD: MemoryBoundKind | None = None
+    RMSNORM_BWD: MemoryBoundKind | None = None
+    GELU_BWD: MemoryBoundKind | None = None
+    RELU_BWD: MemoryBoundKind | None = None
+    SWIGLU_BWD: MemoryBoundKind | None = None
+    ROPE_BWD: MemoryBoundKind | None = None
 
 
 class Gpu(Strict):

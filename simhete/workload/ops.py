@@ -13,8 +13,9 @@ fused into the residual add):
   SiLU) then ELEMENTWISE (silu(g)·u) · GEMM fc2 (T, h, f) · DROPOUT+residual.
 Backward, in reverse: every GEMM (M, N, K) with weight W gives an input-gradient GEMM and a
 weight-gradient GEMM of the same FLOPs, so backward GEMM FLOPs are exactly 2× forward. The
-activation and norm backwards keep their forward's kind (GELU, RELU, SWIGLU, NORM, RMSNORM: the
-same transcendental or reduction work); dropout's backward is a masked scale of the gradient (no
+activation, norm and rotary backwards are their own kinds (GELU_BWD, RELU_BWD, SWIGLU_BWD,
+NORM_BWD, RMSNORM_BWD, ROPE_BWD: priced from their own curves, falling back to the forward's);
+dropout's backward is a masked scale of the gradient (no
 random numbers), so it stays an ELEMENTWISE op fused with the residual-gradient sum.
 
 With ``flash_attention=False`` the fused ATTN_FWD/ATTN_BWD are replaced by the math path's ops
@@ -36,7 +37,7 @@ from functools import lru_cache
 
 from simhete.config import one_of
 from simhete.errors import ConfigError
-from simhete.opkinds import DTYPE_BYTES, OpKind
+from simhete.opkinds import BWD_KIND, DTYPE_BYTES, OpKind
 from simhete.schedule import Op
 from simhete.workload import memory
 from simhete.workload.presets import get_model
@@ -216,7 +217,7 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     drop = 1 if spec.dropout else 0
     norm = _norm(spec)
     norm_fwd = Op(norm, (), 2 * e * t * h, dtype=dtype)     # read x, write y
-    norm_bwd = Op(norm, (), 3 * e * t * h, dtype=dtype)     # read dy and x, write dx
+    norm_bwd = Op(BWD_KIND[norm], (), 3 * e * t * h, dtype=dtype)     # read dy and x, write dx
     # residual add with fused dropout: read 2 inputs, write 1 output (+ 1-byte mask); the mask's
     # random numbers make it a DROPOUT op (compute-bound on a CPU), a plain add without dropout
     resid_fwd = Op(OpKind.DROPOUT if drop else OpKind.ELEMENTWISE, (), 3 * e * t * h + drop * t * h,
@@ -231,23 +232,24 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     fc2, fc2_b = _linear(t, h, f, dtype)
     # rotary positions (Su et al. 2021) on q and k, forward and backward: read + write both
     rope = (Op(OpKind.ROPE, (), 2 * e * t * (h + kv), dtype=dtype),) if spec.pos == "rope" else ()
+    rope_b = (Op(OpKind.ROPE_BWD, (), 2 * e * t * (h + kv), dtype=dtype),) if spec.pos == "rope" else ()
     if spec.mlp == "swiglu":
         # Shazeer 2020 "GLU Variants": silu(g)·u — the SiLU (a sigmoid per element) is SWIGLU, the
         # product a plain ELEMENTWISE multiply; backward: the product's gradients (read dy, silu(g),
         # u; write both), then SiLU's backward (read d·, g; write dg)
         silu = OpKind.SWIGLU
         act_fwd = (Op(silu, (), 2 * e * t * f, dtype=dtype), _ew(3 * e * t * f, dtype))
-        act_bwd = (_ew(5 * e * t * f, dtype), Op(silu, (), 3 * e * t * f, dtype=dtype))
+        act_bwd = (_ew(5 * e * t * f, dtype), Op(OpKind.SWIGLU_BWD, (), 3 * e * t * f, dtype=dtype))
         fc1_sum = (_ew(3 * e * t * h, dtype),)  # dX = dg·Wg + du·Wu: sum of the two input grads
     else:
         act = OpKind.GELU if spec.mlp == "gelu" else OpKind.RELU
         act_fwd = (Op(act, (), 2 * e * t * f, dtype=dtype),)   # read x, write act(x)
-        act_bwd = (Op(act, (), 3 * e * t * f, dtype=dtype),)   # read dy and x, write dx
+        act_bwd = (Op(BWD_KIND[act], (), 3 * e * t * f, dtype=dtype),)   # read dy and x, write dx
         fc1_sum = ()
     fwd = (norm_fwd, qkv, *rope, *attn_f, out, resid_fwd,
            norm_fwd, fc1, *act_fwd, fc2, resid_fwd)
     bwd = (resid_bwd, *fc2_b, *act_bwd, *fc1_b, *fc1_sum, norm_bwd,
-           resid_bwd, *out_b, *attn_b, *rope, *qkv_b, norm_bwd)
+           resid_bwd, *out_b, *attn_b, *rope_b, *qkv_b, norm_bwd)
     return fwd, bwd
 
 
@@ -279,7 +281,7 @@ def _head(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Acti
     ce_fwd = Op(OpKind.SOFTMAX_CE, (t, v), (e + 4) * t * v, dtype=dtype)
     ce_bwd = Op(OpKind.SOFTMAX_CE, (t, v), (4 + e) * t * v, dtype=dtype)
     fwd = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype), lm, ce_fwd)
-    bwd = (ce_bwd, *lm_b, Op(_norm(spec), (), 3 * e * t * h, dtype=dtype))
+    bwd = (ce_bwd, *lm_b, Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype))
     return _blockwork("head", spec.n_layers + 1, spec.head_params(), fwd, bwd, e,
                       acts.head_act(), acts.head_ckpt(), acts.head_workspace(),
                       tied_to=0 if spec.tied_embeddings else None)
