@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simhete.engine import simulate_fast, simulate_simpy
 from simhete.engine.fast import jit_available
@@ -123,3 +124,60 @@ def test_errors_are_the_same_through_the_table():
     s = b.build({"gpu0": 1}, [], 1, {})
     with pytest.raises(Exception, match="duplicate task name a"):
         simulate_fast(s, [1.0, 1.0])
+
+
+def resized(s: Schedule, k: int, builder: bool = True) -> Schedule:
+    """The same structure as ``s`` with other sizes: allocation bytes scaled by ``k`` / 2 and offset,
+    initial buffers by ``k`` / 3."""
+    b = Builder()
+    for t in s.tasks:
+        allocs = tuple(dataclasses.replace(a, bytes=a.bytes * k // 2 + k % 3) for a in t.allocs)
+        b.add(t.name, t.stream, t.cat, t.ops, t.deps, t.prio, allocs, t.frees, t.it, t.block)
+    initial = tuple(dataclasses.replace(a, bytes=a.bytes * k // 3) for a in s.initial)
+    out = b.build(dict(s.pools), initial, s.iterations, dict(s.meta))
+    return out if builder else eager(out)
+
+
+@settings(max_examples=150, deadline=None)
+@given(runs(), st.integers(0, 7))
+def test_same_structure_other_sizes_reuses_the_index_exactly(run, k):
+    """A schedule of a structure indexed before (a sweep point with other sizes) reuses the
+    structure's arrays; its timeline equals the reference engine's and a fresh indexing's."""
+    from simhete.engine import indexed as ix
+
+    s, durs, rules = run
+    for loop in LOOPS:
+        first = simulate_fast(s, durs, rules, loop=loop)  # index s: its structure is kept
+    other = resized(s, k, builder=k % 2 == 0)
+    ref = simulate_simpy(other, durs, rules)
+    if first.oom is None or first.oom.task != "(initial)":   # (initial buffers overflowing: nothing kept)
+        flat = [a for t in other.tasks for a in t.allocs]
+        assert any(x.matches(other, flat) for x in ix._STRUCTURES.values())
+    for loop in LOOPS:
+        same_timeline(simulate_fast(other, durs, rules, loop=loop), ref)
+    ix._STRUCTURES.clear()
+    for loop in LOOPS:
+        same_timeline(simulate_fast(resized(s, k), durs, rules, loop=loop), ref)
+
+
+def test_same_structure_size_errors_are_still_reported():
+    """Reusing a structure skips only checks of the structure; size checks keep the reference's
+    order: initial overflow (an OOM report), then a negative allocation."""
+    def sched(init_bytes: int, alloc_bytes: int) -> Schedule:
+        b = Builder()
+        b.add("a", "gpu0.compute", TaskCat.FWD, allocs=[Alloc("x", "gpu0", alloc_bytes, MemClass.ACTIVATIONS)],
+              frees=["x"])
+        b.add("b", "gpu0.compute", TaskCat.BWD, deps=["a"])
+        return b.build({"gpu0": 100}, [Alloc("w", "gpu0", init_bytes, MemClass.WEIGHTS)], 1, {})
+
+    ok = sched(10, 10)
+    assert simulate_fast(ok, [1.0, 1.0]).oom is None
+    over = sched(200, -1)
+    tl, ref = simulate_fast(over, [1.0, 1.0]), simulate_simpy(over, [1.0, 1.0])
+    assert tl.oom is not None and tl.oom == ref.oom and tl.records == ref.records == ()
+    neg = sched(10, -1)
+    for run in (lambda: simulate_simpy(neg, [1.0, 1.0]), lambda: simulate_fast(neg, [1.0, 1.0])):
+        with pytest.raises(Exception, match="task a: buffer x has negative size -1"):
+            run()
+    big = sched(10, 95)
+    same_timeline(simulate_fast(big, [1.0, 1.0]), simulate_simpy(big, [1.0, 1.0]))

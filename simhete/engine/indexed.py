@@ -5,6 +5,13 @@ durations, same tasks) pays for this indexing once. Every static check the engin
 schedule happens here, in the order the SimPy reference makes them (docs/engine.md, Errors); a
 schedule that fails a check is not cached, so the same error is raised on every call.
 
+Two levels of reuse: the Indexed form per Schedule object (``CACHE_SIZE``), and per *structure*
+(:class:`Structure`, ``STRUCTURES_KEPT``): a new schedule whose names, streams, priorities,
+iterations, dependencies, frees, allocated buffers/pools/classes and initial buffers equal (``==``)
+those of one indexed before — a sweep point that differs from an earlier one only in sizes — takes
+the structure's arrays and computes only the byte-dependent ones. The schedule is read through its
+column-wise table (``schedule.table``), never Task by Task.
+
 Layout (``n`` tasks, ``S`` streams, ``P`` pools, ``C`` memory classes), all numpy arrays:
 
 - ``stream_of[i]``, ``it[i]`` (iteration label); ``order`` lists tasks by ``(prio, index)`` and ``rank[i]`` is task ``i``'s
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from itertools import chain
+from operator import attrgetter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,9 +105,119 @@ def indexed(schedule: Schedule, rules: tuple = ()) -> Indexed:
     return got
 
 
+@dataclass(eq=False)
+class Structure:
+    """What indexing derives from a schedule's *structure* alone — names, streams, priorities,
+    iteration labels, dependencies, frees, which buffers each task allocates in which pool with
+    which class, the initial buffers' names, pools and classes, the pool names — and the columns
+    it was derived from, so that a new schedule can be checked to have exactly this structure.
+
+    Sweep points that differ only in sizes (micro-batch, sequence length, hardware) build schedules
+    of one structure with new bytes and new durations: their indexing reuses the arrays here and
+    computes only what depends on bytes (allocation sizes, needs per pool, memory at ``t = 0``).
+    Only structures that passed every static check are kept.
+    """
+
+    key: tuple                        # (tasks, allocations, first name, last name): a quick filter
+    # the columns it was derived from (compared with ==: equal values, not identical objects)
+    pools: tuple
+    names: list
+    stream: list
+    prio: list
+    it_col: list
+    deps: list
+    frees: list
+    n_alloc_col: list
+    a_names: list
+    a_pools: list
+    a_clss: list
+    initial: list                     # (buf, pool, cls) per initial buffer
+    # derived arrays (shared by every Indexed of this structure; the loops never write to them)
+    streams: tuple
+    buffers: tuple
+    matrices: dict
+    stream_of: np.ndarray
+    it: np.ndarray
+    order: np.ndarray
+    rank: np.ndarray
+    succ_ptr: np.ndarray
+    succ: np.ndarray
+    ndeps: np.ndarray
+    a_ptr: np.ndarray
+    a_buf: np.ndarray
+    a_pool: np.ndarray
+    a_cls: np.ndarray
+    nd_ptr: np.ndarray
+    nd_pool: np.ndarray
+    nd_member: np.ndarray             # group (task, pool) of each allocation
+    nd_order: np.ndarray              # groups in the order of nd_pool
+    f_ptr: np.ndarray
+    f_buf: np.ndarray
+    live_pool0: np.ndarray
+    live_cls0: np.ndarray
+    init_buf: np.ndarray              # buffer id, pool id and class id of each initial buffer
+    init_pool: np.ndarray
+    init_cls: np.ndarray
+
+    def matches(self, schedule: Schedule, flat: list) -> bool:
+        """Whether ``schedule`` (``flat``: its allocations in task order) has this structure."""
+        tb = schedule.table
+        return (tuple(schedule.pools) == self.pools and tb.name == self.names
+                and tb.stream == self.stream and tb.prio == self.prio and tb.it == self.it_col
+                and tb.deps == self.deps and tb.frees == self.frees
+                and list(map(len, tb.allocs)) == self.n_alloc_col
+                and list(map(_BUF, flat)) == self.a_names and list(map(_POOL, flat)) == self.a_pools
+                and list(map(_CLS, flat)) == self.a_clss
+                and list(map(_INITIAL, schedule.initial)) == self.initial)
+
+
+_BUF, _POOL, _CLS, _BYTES = (attrgetter(f) for f in ("buf", "pool", "cls", "bytes"))
+_INITIAL = attrgetter("buf", "pool", "cls")
+
+
+STRUCTURES_KEPT = 16
+_STRUCTURES: OrderedDict[int, Structure] = OrderedDict()     # by id, least recently used first
+
+
 def _build(schedule: Schedule, rules: tuple) -> Indexed:
     # The schedule's table (one list per Task field; a policy's Builder fills it as it adds tasks)
     # is read column by column: no attribute reads of Task objects.
+    tb = schedule.table
+    flat = list(chain.from_iterable(tb.allocs))
+    names = tb.name
+    key = (len(names), len(flat), names[0] if names else None, names[-1] if names else None)
+    st = next((x for x in reversed(_STRUCTURES.values()) if x.key == key and x.matches(schedule, flat)), None)
+    if st is not None:
+        # a structure that passed every check: only the size-dependent ones remain, in the same order
+        _STRUCTURES.move_to_end(id(st))
+        oom = _initial_overflow(schedule)
+        if oom is not None:
+            return Indexed(schedule, oom)
+        a_bytes = list(map(_BYTES, flat))
+        if a_bytes and min(a_bytes) < 0:
+            _raise_first_error(schedule.tasks, schedule.index(), {p: k for k, p in enumerate(schedule.pools)})
+        return _sized(st, schedule, a_bytes, rules)
+    st = _structure(schedule, flat, key)
+    if not isinstance(st, Structure):
+        return st                     # initial buffers overflow: nothing to run
+    _STRUCTURES[id(st)] = st
+    if len(_STRUCTURES) > STRUCTURES_KEPT:
+        _STRUCTURES.popitem(last=False)
+    return _sized(st, schedule, list(map(_BYTES, flat)), rules)
+
+
+def _initial_overflow(schedule: Schedule) -> OOMReport | None:
+    held = dict.fromkeys(schedule.pools, 0)
+    for a in schedule.initial:
+        held[a.pool] += a.bytes
+    if any(held[p] > c for p, c in schedule.pools.items()):
+        return memory.initial_overflow(schedule)
+    return None
+
+
+def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Indexed:
+    """Index the structure, making every static check in the reference engine's order (an Indexed
+    with an OOM report when the initial buffers already overflow a pool)."""
     tb = schedule.table
     names = tb.name
     n = len(names)
@@ -110,16 +228,12 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     for a in schedule.initial:
         if a.pool not in schedule.pools:
             raise SimheteError(f"initial buffer {a.buf}: unknown pool {a.pool!r}")
-    held = dict.fromkeys(schedule.pools, 0)
-    for a in schedule.initial:
-        held[a.pool] += a.bytes
-    if any(held[p] > c for p, c in schedule.pools.items()):
-        return Indexed(schedule, memory.initial_overflow(schedule))
+    oom = _initial_overflow(schedule)
+    if oom is not None:
+        return Indexed(schedule, oom)
     pools = tuple(schedule.pools)
     stream_names = tb.stream
     streams = tuple(dict.fromkeys(stream_names))
-    ix = Indexed(schedule, None, pools, streams)
-    ix.interference(rules)
 
     i64 = np.int64
     n_pools = len(pools)
@@ -129,8 +243,8 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     deps = tb.deps
     ndeps = np.fromiter(map(len, deps), i64, n)
     allocs = tb.allocs
-    flat = list(chain.from_iterable(allocs))
-    a_pool = list(map(pool_id.get, [a.pool for a in flat]))
+    a_pools = [a.pool for a in flat]
+    a_pool = list(map(pool_id.get, a_pools))
     a_bytes = [a.bytes for a in flat]
     try:
         parent = np.fromiter(map(index.__getitem__, chain.from_iterable(deps)), i64, int(ndeps.sum()))
@@ -143,52 +257,81 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     a_names = [a.buf for a in flat]
     bufs = dict.fromkeys(a_names + f_names + [a.buf for a in schedule.initial])
     buf_id = dict(zip(bufs, range(len(bufs))))
-    n_alloc = np.fromiter(map(len, allocs), i64, n)
-    a_pool, a_bytes = np.array(a_pool, dtype=i64), np.array(a_bytes, dtype=i64)
+    n_alloc_col = list(map(len, allocs))
+    n_alloc = np.array(n_alloc_col, dtype=i64)
+    a_pool = np.array(a_pool, dtype=i64)
     # needs: bytes per (task, pool), pools in order of first appearance among the task's allocs
     # (a task's allocs are contiguous, so ordering groups by first alloc keeps tasks in order)
     key = np.repeat(np.arange(n, dtype=i64), n_alloc) * n_pools + a_pool
     groups, first, member = np.unique(key, return_index=True, return_inverse=True)
-    need = np.zeros(len(groups), dtype=i64)
-    np.add.at(need, member, a_bytes)
     by_first = np.argsort(first, kind="stable")
 
-    # memory at t = 0
+    # who holds what at t = 0 (the bytes are the schedule's: see _sized)
     cls_of = memory.CLASS_INDEX
     nb = len(buf_id)
-    live_pool, live_bytes, live_cls = [-1] * nb, [0] * nb, [0] * nb
-    in_use = [0] * n_pools
-    class0 = np.zeros((n_pools, len(memory.CLASSES)), dtype=i64)
+    live_pool, live_cls = [-1] * nb, [0] * nb
+    init_buf, init_pool, init_cls = [], [], []
     for a in schedule.initial:
         b = buf_id[a.buf]
         if live_pool[b] >= 0:
             raise memory.double_alloc("initial", a.buf)
         p, c = pool_id[a.pool], cls_of[a.cls]
-        live_pool[b], live_bytes[b], live_cls[b] = p, a.bytes, c
-        in_use[p] += a.bytes
-        class0[p, c] += a.bytes
+        live_pool[b], live_cls[b] = p, c
+        init_buf.append(b)
+        init_pool.append(p)
+        init_cls.append(c)
 
-    ix.buffers = tuple(buf_id)
-    ix.cap = np.array([schedule.pools[p] for p in pools], dtype=i64)
-    ix.stream_of = np.fromiter(map(stream_id.__getitem__, stream_names), i64, n)
-    ix.it = np.fromiter(tb.it, i64, n)
-    ix.order = np.argsort(np.fromiter(tb.prio, i64, n), kind="stable")
-    ix.rank = np.empty(n, dtype=i64)
-    ix.rank[ix.order] = np.arange(n, dtype=i64)
-    ix.ndeps = ndeps
-    ix.succ = np.repeat(np.arange(n, dtype=i64), ndeps)[np.argsort(parent, kind="stable")]
-    ix.succ_ptr = _ptr(np.bincount(parent, minlength=n))
-    ix.a_ptr, ix.a_pool, ix.a_bytes = _ptr(n_alloc), a_pool, a_bytes
-    ix.a_buf = np.fromiter(map(buf_id.__getitem__, a_names), i64, len(a_names))
+    order = np.argsort(np.fromiter(tb.prio, i64, n), kind="stable")
+    rank = np.empty(n, dtype=i64)
+    rank[order] = np.arange(n, dtype=i64)
+    flat_cls = [a.cls for a in flat]
     cls_id = {c._name_: k for k, c in enumerate(memory.CLASSES)}    # str keys: an Enum's hash is slow
-    ix.a_cls = np.fromiter(map(cls_id.__getitem__, [a.cls._name_ for a in flat]), i64, len(flat))
-    ix.nd_ptr = _ptr(np.bincount(groups // n_pools, minlength=n))
-    ix.nd_pool, ix.nd_bytes = (groups % n_pools)[by_first], need[by_first]
-    ix.f_ptr = _ptr(np.fromiter(map(len, frees), i64, n))
-    ix.f_buf = np.fromiter(map(buf_id.__getitem__, f_names), i64, len(f_names))
-    ix.in_use0, ix.class0 = np.array(in_use, dtype=i64), class0
-    ix.live_pool0, ix.live_bytes0 = np.array(live_pool, i64), np.array(live_bytes, i64)
-    ix.live_cls0 = np.array(live_cls, i64)
+    return Structure(
+        key=quick, pools=pools, names=names, stream=stream_names, prio=tb.prio, it_col=tb.it, deps=deps,
+        frees=frees, n_alloc_col=n_alloc_col, a_names=a_names, a_pools=a_pools, a_clss=flat_cls,
+        initial=list(map(_INITIAL, schedule.initial)),
+        streams=streams, buffers=tuple(buf_id), matrices={},
+        stream_of=np.fromiter(map(stream_id.__getitem__, stream_names), i64, n),
+        it=np.fromiter(tb.it, i64, n), order=order, rank=rank,
+        succ_ptr=_ptr(np.bincount(parent, minlength=n)),
+        succ=np.repeat(np.arange(n, dtype=i64), ndeps)[np.argsort(parent, kind="stable")],
+        ndeps=ndeps, a_ptr=_ptr(n_alloc),
+        a_buf=np.fromiter(map(buf_id.__getitem__, a_names), i64, len(a_names)), a_pool=a_pool,
+        a_cls=np.fromiter(map(cls_id.__getitem__, [c._name_ for c in flat_cls]), i64, len(flat)),
+        nd_ptr=_ptr(np.bincount(groups // n_pools, minlength=n)),
+        nd_pool=(groups % n_pools)[by_first], nd_member=member, nd_order=by_first,
+        f_ptr=_ptr(np.fromiter(map(len, frees), i64, n)),
+        f_buf=np.fromiter(map(buf_id.__getitem__, f_names), i64, len(f_names)),
+        live_pool0=np.array(live_pool, i64), live_cls0=np.array(live_cls, i64),
+        init_buf=np.array(init_buf, i64), init_pool=np.array(init_pool, i64),
+        init_cls=np.array(init_cls, i64))
+
+
+def _sized(st: Structure, schedule: Schedule, a_bytes: list, rules: tuple) -> Indexed:
+    """The Indexed form of ``schedule`` (of structure ``st``): the structure's arrays plus what
+    depends on bytes."""
+    i64 = np.int64
+    ix = Indexed(schedule, None, st.pools, st.streams, st.buffers)
+    ix.matrices = st.matrices
+    ix.interference(rules)
+    ix.cap = np.array([schedule.pools[p] for p in st.pools], dtype=i64)
+    for f in ("stream_of", "it", "order", "rank", "succ_ptr", "succ", "ndeps", "a_ptr", "a_buf",
+              "a_pool", "a_cls", "nd_ptr", "nd_pool", "f_ptr", "f_buf", "live_pool0", "live_cls0"):
+        setattr(ix, f, getattr(st, f))
+    ix.a_bytes = np.array(a_bytes, dtype=i64)
+    need = np.zeros(len(st.nd_order), dtype=i64)
+    np.add.at(need, st.nd_member, ix.a_bytes)
+    ix.nd_bytes = need[st.nd_order]
+    # memory at t = 0
+    n_pools = len(st.pools)
+    init_bytes = np.fromiter(map(_BYTES, schedule.initial), i64, len(schedule.initial))
+    class0 = np.zeros((n_pools, len(memory.CLASSES)), dtype=i64)
+    np.add.at(class0, (st.init_pool, st.init_cls), init_bytes)
+    ix.class0 = class0
+    ix.in_use0 = class0.sum(axis=1)
+    live_bytes = np.zeros(len(st.buffers), dtype=i64)
+    live_bytes[st.init_buf] = init_bytes
+    ix.live_bytes0 = live_bytes
     return ix
 
 
