@@ -175,7 +175,7 @@ _BUF, _POOL, _CLS, _BYTES = (attrgetter(f) for f in ("buf", "pool", "cls", "byte
 _INITIAL = attrgetter("buf", "pool", "cls")
 
 
-STRUCTURES_KEPT = 16
+STRUCTURES_KEPT = 64        # a sweep visits its structures in turn: keep all of a typical grid's
 _STRUCTURES: OrderedDict[int, Structure] = OrderedDict()     # by id, least recently used first
 
 
