@@ -147,6 +147,24 @@ def shared_op(kind: OpKind, n: int, pinned: bool = True, dtype: str = "bf16") ->
     return op
 
 
+_SHARED_ONE: dict[tuple[str, int, bool, str], tuple[Op]] = {}
+
+
+def shared_ops(kind: OpKind, n: int, pinned: bool = True, dtype: str = "bf16") -> tuple[Op]:
+    """``(shared_op(kind, n, pinned, dtype),)``, itself shared: a task whose ops are this one op
+    (a copy, an optimizer step) gets the same tuple object as every equal task, so the cost model
+    and the PCIe byte count handle each distinct tuple once (they key on the tuple's identity)."""
+    if type(n) is not int or type(pinned) is not bool or type(dtype) is not str:
+        return (shared_op(kind, n, pinned, dtype),)
+    key = (kind._name_, n, pinned, dtype)
+    ops = _SHARED_ONE.get(key)
+    if ops is None:
+        if len(_SHARED_ONE) >= 1 << 16:
+            _SHARED_ONE.clear()
+        ops = _SHARED_ONE[key] = (shared_op(kind, n, pinned, dtype),)
+    return ops
+
+
 def host_fp32_bytes(blk: Any) -> int:
     """fp32 master weights (or fp32 gradients) of a block whose optimizer runs in host memory.
 

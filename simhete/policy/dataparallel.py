@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, shared_op
+from simhete.policy.base import Builder, Context, shared_op, shared_ops
 from simhete.policy.training import copy_stream, tname
 from simhete.schedule import Alloc, Op
 
@@ -68,7 +68,7 @@ class DataParallel:
         after which the full ``nbytes`` are on that GPU. ``allocs[g]`` are allocated by the H2D."""
         n, add, allocs = self.n, self.b.add, allocs or {}
         h2d = {g: add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
-                      (shared_op(OpKind.H2D, shard(nbytes, n, g), self.pinned),),
+                      shared_ops(OpKind.H2D, shard(nbytes, n, g), self.pinned),
                       deps=self._per_gpu(deps, g), prio=prio, allocs=allocs.get(g, ()), it=it, block=block)
                for g in range(n)}
         if n == 1:
@@ -96,7 +96,7 @@ class DataParallel:
                                   (Op(OpKind.REDUCE_SCATTER, (self.n,), n=nbytes),), deps=every,
                                   prio=prio, it=it, block=block)] for g in self.gpus}
         return {g: self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                              (shared_op(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),),
+                              shared_ops(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),
                               deps=src.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 
@@ -120,7 +120,7 @@ class DataParallel:
             part = shard(nbytes, self.n, g)
             stage = self.name(it, what + ".acc", blk, g)
             h2d = self.b.add(self.name(it, what + ".ga", blk, g), self.stream(g, "h2d", sync), TaskCat.H2D,
-                             (shared_op(OpKind.H2D, part, self.pinned),), deps=src[g] + [prev[g]], prio=prio,
+                             shared_ops(OpKind.H2D, part, self.pinned), deps=src[g] + [prev[g]], prio=prio,
                              allocs=[Alloc(stage, f"gpu{g}", part, MemClass.BUFFERS)], it=it, block=block)
             out[g] = self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
                                 (Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned)),
@@ -133,7 +133,7 @@ class DataParallel:
         """Each GPU copies its own shard D2H (no collective: e.g. updated weights to their host
         home, or a chunk moved out), freeing ``frees[g]`` when done."""
         return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "d2h", self.pinned), TaskCat.D2H,
-                              (shared_op(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),),
+                              shared_ops(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),
                               deps=deps.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 

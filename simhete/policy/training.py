@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from simhete.config import Strict
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, shared_op
+from simhete.policy.base import Builder, Context, shared_ops
 from simhete.schedule.model import new_alloc
 
 PRIO_IT = 1_000_000
@@ -175,7 +175,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         prev = (f,)
         if mode == "swap":
             b.add(f"{head}D2H.act.{bn}{tail}", copy_stream(gpu, "d2h", pinned), TaskCat.D2H,
-                  (shared_op(OpKind.D2H, blk.act_bytes, pinned),), deps=prev, prio=fp + 1,
+                  shared_ops(OpKind.D2H, blk.act_bytes, pinned), deps=prev, prio=fp + 1,
                   allocs=(new_alloc(f"{head}cact.{bn}{tail}", "cpu", blk.act_bytes, ACT),),
                   frees=(act,), it=it, block=i)
     out.first_F = out.F[blocks[0].index]
@@ -201,7 +201,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
             ahead = out.B[bwd_order[pos - 2].index] if pos >= 2 else out.F[blocks[-1].index]
             sact = f"{head}sact.{bn}{tail}"
             h = add(f"{head}H2D.act.{bn}{tail}", copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
-                    (shared_op(OpKind.H2D, blk.act_bytes, pinned),),
+                    shared_ops(OpKind.H2D, blk.act_bytes, pinned),
                     deps=(f"{head}D2H.act.{bn}{tail}", ahead), prio=p,
                     allocs=(new_alloc(sact, pool, blk.act_bytes, ACT),),
                     frees=(f"{head}cact.{bn}{tail}",), it=it, block=i)

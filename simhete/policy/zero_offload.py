@@ -17,7 +17,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, Policy, host_fp32_bytes, model_states, shared_op
+from simhete.policy.base import Builder, Context, Policy, host_fp32_bytes, model_states, shared_ops
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
@@ -126,7 +126,7 @@ class ZeroOffload(Policy):
                 # one task for all ranks' partitions: N processes step their 1/N concurrently on the
                 # host's cores and DRAM, whose aggregate rate is the profile's Adam rate
                 a = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
-                          (shared_op(OpKind.ADAM_CPU, blk.params, dtype="fp32"),), deps=all_d2h,
+                          shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"), deps=all_d2h,
                           prio=fwd_prio(it, i), it=it, block=i)
                 adam[it][i] = a
                 h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, [a], fwd_prio(it + 1, i), i)
