@@ -20,13 +20,26 @@ Every task is dispatched by the operation in its name (``it{k}.{what}.{block}``,
 ``D2H.g.ga``    the host accumulation of those blocks' gradients copied into the staging buffer
                 the task allocates (DeepSpeed's accumulate-through-the-GPU, see
                 :meth:`simhete.policy.dataparallel.DataParallel.accumulate`)
-``ADAM.cpu``    torch's Adam on the block's fp32 master weights on the CPU (host gradients),
-                then its working-precision host copy refreshed for the next ``H2D.w``
+``ADAM.cpu``    torch's Adam on the block's fp32 master weights on the CPU with the host
+                gradients of its own iteration, then its working-precision host copy
+                refreshed for the ``H2D.w`` of that iteration
 ``ADAM.gpu``    torch's Adam on the device, then the working weights refreshed from the master
 ``H2D.w``       the block's working weights copied from the host into its device leaves (fresh
                 storage when they were released); a weight buffer the task allocates is bound
-                to them, and the task that frees that buffer releases them
+                to them, and the task that frees that buffer releases them. After an
+                ``ADAM.cpu`` (a refresh) it sends the weights of that iteration's step
 ==============  ==========================================================================
+
+Delayed parameter update (ZeRO-Offload's DPU: iteration k+1 computes with the weights of step
+k−1, and the step of iteration k overlaps it): the schedule does not order iteration k+1's D2H of
+gradients after iteration k's step, nor iteration k's weight refresh after iteration k+1's
+compute or iteration k+1's step. So host gradients are kept per (iteration, block), each step
+reads its own; a refresh sends its own step's weights (a later step snapshots them first if the
+refresh has not read them yet); and a compute task uses the newest refresh that is among its
+dependencies (transitively): a refresh that could land while a compute task that does not depend
+on it still needs the previous weights is kept aside on the device and swapped in by the first
+compute task that depends on it (:meth:`Executor._refresh_plan`). Without DPU every refresh is
+ordered before the next iteration, and all of this reduces to the plain in-place copies.
 
 Gradient accumulation (k micro-steps): micro-step m trains on the m-th micro-batch of the
 iteration's data, its dropout masks are seeded with m, its backward starts from the loss divided
@@ -149,6 +162,8 @@ class Executor:
         self.stage_blocks = self._stage_blocks()
         self.state = State({b.index: self._block_state(b, lr) for b in workload.blocks if b.params})
         self.groups = self._groups()
+        self.lock = threading.Lock()   # host weight versions: ADAM.cpu vs H2D.w on another stream
+        self._refresh_plan()
         for a in schedule.initial:   # a schedule may free an initially resident weight buffer
             j = self.index_of.get(a.buf.rsplit(".", 1)[-1])
             if a.cls is MemClass.WEIGHTS and a.pool == "gpu0" and j in self.state.blocks:
@@ -258,6 +273,70 @@ class Executor:
                 raise ReplayError(f"task {t.name}: cannot tell which blocks its {n} parameters are")
             out[(it, blk)] = grp
         return out
+
+    def _refresh_plan(self) -> None:
+        """Which weight refreshes each compute task must see, and which refreshes must not
+        overwrite the live device weights.
+
+        A refresh is an ``H2D.w`` that depends directly on an ``ADAM.cpu`` and allocates no weight
+        buffer (weights resident on the device, updated after a CPU step); its version is its
+        iteration k. ``need_w[task][block]``: the newest refresh of the block among the (transitive)
+        dependencies of a forward, recompute or backward — the weights the schedule guarantees it.
+        ``refresh[task][block]`` is true when the refresh must be kept aside (``w_staged``): some
+        compute task of the block that needs an older version is not among the refresh's
+        dependencies, so it may still run after it (DPU: iteration k+1 while step k arrives).
+        ``host_hazard``: refreshes whose host source a later ``ADAM.cpu`` of the block may rewrite
+        before they read it (it is not ordered either way); the CPU device handles that with the
+        lock and ``w_snap``, CUDA additionally waits for such a copy before releasing the lock.
+        """
+        tasks, parsed = self.sched.tasks, self.parsed
+        self.refresh: dict[str, dict[int, bool]] = {}
+        self.refreshed: set[tuple[int, int]] = set()
+        self.need_w: dict[str, dict[int, int]] = {}
+        self.host_hazard: set[str] = set()
+        idx = self.sched.index()
+        adam_cpu = {i for i, p in enumerate(parsed) if handler(p[2]) is _adam_cpu}
+        ref: dict[int, list[int]] = {}
+        for i, ((it, m, what, blk), t) in enumerate(zip(parsed, tasks)):
+            if (what == "H2D.w" and any(idx[d] in adam_cpu for d in t.deps)
+                    and not any(a.cls is MemClass.WEIGHTS and a.pool == "gpu0" for a in t.allocs)):
+                ref[i] = [j for j in self._task_blocks(t, it, blk)
+                          if j in self.state.blocks and (blk in self.index_of or self.state.blocks[j].home_dev)]
+        if not ref:
+            return
+        uses: dict[int, list[int]] = {}
+        for i, (it, m, what, blk) in enumerate(parsed):
+            if what in ("F", "R", "B"):
+                j = self.index_of[blk]
+                uses[i] = [j] + ([self.index_of["embed"]] if kind_of(blk) == "head"
+                                 and self.spec.tied_embeddings and "embed" in self.index_of else [])
+        anc = [0] * len(tasks)                       # bitset of transitive dependencies
+        seen: list[dict[int, int]] = [{} for _ in tasks]   # newest refresh per block
+        for i in issue_order(self.sched):
+            a, v = 0, {}
+            for d in tasks[i].deps:
+                k = idx[d]
+                a |= anc[k] | (1 << k)
+                for j, ver in seen[k].items():
+                    if ver > v.get(j, 0):
+                        v[j] = ver
+                for j in ref.get(k, ()):
+                    if parsed[k][0] > v.get(j, 0):
+                        v[j] = parsed[k][0]
+            anc[i], seen[i] = a, v
+        for i, blocks in uses.items():
+            self.need_w[tasks[i].name] = {j: seen[i].get(j, 0) for j in blocks}
+        adam_blocks = {i: self._task_blocks(tasks[i], parsed[i][0], parsed[i][3]) for i in adam_cpu}
+        for r, blocks in ref.items():
+            k, name = parsed[r][0], tasks[r].name
+            self.refresh[name] = {}
+            for j in blocks:
+                self.refreshed.add((k, j))
+                self.refresh[name][j] = any(
+                    j in bl and seen[i].get(j, 0) < k and not anc[r] >> i & 1 for i, bl in uses.items())
+                if any(j in bl and not anc[r] >> i & 1 and not anc[i] >> r & 1
+                       for i, bl in adam_blocks.items()):
+                    self.host_hazard.add(name)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -401,6 +480,8 @@ class Executor:
         tied = None
         if kind_of(self.names[i]) == "head" and self.spec.tied_embeddings:
             need.append(self.index_of["embed"])
+        for j, ver in self.need_w.get(t.name, {}).items():
+            self._take_refresh(j, ver)
         for j in need:
             b = self.state.blocks.get(j)
             if b is not None and not b.resident:
@@ -410,6 +491,21 @@ class Executor:
             tied = self.state.blocks[need[1]].dev
         own = self.state.blocks[i].dev if i in self.state.blocks else {}
         return own, tied
+
+    def _take_refresh(self, j: int, ver: int) -> None:
+        """Swap the newest refresh of block j up to step ``ver`` that was kept aside into its
+        device leaves (older ones kept aside are dropped: the schedule guarantees the newest)."""
+        with self.lock:
+            ks = [k for (k, b) in self.state.w_staged if b == j and k <= ver]
+            if not ks:
+                return
+            w = self.state.w_staged[(max(ks), j)]
+            for k in ks:
+                del self.state.w_staged[(k, j)]
+        b = self.state.blocks[j]
+        for k, v in b.dev.items():
+            v.data = w[k]
+        b.resident = True
 
     @contextmanager
     def _saving(self, t: Task, act: Act, i: int) -> Iterator[None]:
@@ -665,7 +761,7 @@ def _grads_d2h(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
             h.copy_(v, non_blocking=pinned)
             x.dev.keep_alive(v, x._copy_stream(t))
             out[k] = h
-        x.state.host_grads[j] = out
+        x.state.host_grads[(it, j)] = out
     if staged:
         raise ReplayError(f"{t.name}: it frees the staged accumulation of "
                           f"{', '.join(x.names[j] for j in sorted(staged))} but sends no gradient of them")
@@ -680,7 +776,7 @@ def _grads_acc_h2d(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
         staged = {}
         blocks, user = x.stage_blocks[a.buf]
         for j in blocks:
-            h = x.state.host_grads.pop(j, None)
+            h = x.state.host_grads.pop((it, j), None)
             if h is None:
                 raise ReplayError(f"{t.name}: no accumulated gradient of block {x.names[j]} on the host "
                                   "(the previous micro-step's D2H is missing)")
@@ -706,14 +802,22 @@ def _adam_cpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
         if b.master_pool != "cpu":
             raise ReplayError(f"{t.name}: the schedule places the master weights of {b.name} on the "
                               "device but runs their Adam on the CPU")
-        g = x.state.host_grads.pop(i, None)
+        g = x.state.host_grads.pop((it, i), None)
         if g is None:
-            raise ReplayError(f"{t.name}: no gradient of block {b.name} on the host (a D2H is missing)")
-        _adam_step(b, g)
-        with torch.no_grad():
-            if b.host_w is not None and b.host_w is not b.master:
-                for k, h in b.host_w.items():
-                    h.copy_(b.master[k])
+            raise ReplayError(f"{t.name}: no gradient of block {b.name} from iteration {it} on the "
+                              "host (a D2H is missing)")
+        with x.lock:   # a refresh of an earlier step that has not read the host copy keeps its own
+            st = x.state
+            for k in st.unsent.get(i, ()):
+                if (k, i) not in st.w_snap and b.host_w is not None:
+                    st.w_snap[(k, i)] = {n: h.clone() for n, h in b.host_w.items()}
+            _adam_step(b, g)
+            with torch.no_grad():
+                if b.host_w is not None and b.host_w is not b.master:
+                    for k, h in b.host_w.items():
+                        h.copy_(b.master[k])
+            if (it, i) in x.refreshed:
+                st.unsent.setdefault(i, set()).add(it)
 
 
 def _adam_gpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
@@ -753,6 +857,9 @@ def _weights_h2d(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
         targets = {j: None for j in x._task_blocks(t, it, blk)
                    if blk in x.index_of or x.state.blocks[j].home_dev}
     pinned = all(op.pinned for op in t.ops)
+    if t.name in x.refresh:
+        _refresh(x, t, it, pinned)
+        return
     for j, buf in targets.items():
         b = x.state.blocks[j]
         if b.host_w is None:
@@ -770,6 +877,41 @@ def _weights_h2d(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
                 b.resident = True
         if buf is not None:
             x.bound[buf] = b.release
+
+
+def _refresh(x: Executor, t: Task, it: int, pinned: bool) -> None:
+    """The weights of iteration ``it``'s CPU step to the device: from the host copy, or from its
+    snapshot when a later step already ran; into the live leaves, or kept aside when a compute
+    task needing the previous weights may still run (see :meth:`Executor._refresh_plan`)."""
+    st = x.state
+    # on CUDA a copy from a host copy that a later step may rewrite must finish under the lock
+    blocking = x.dev.kind == "cuda" and t.name in x.host_hazard
+    for j, aside in x.refresh[t.name].items():
+        b = st.blocks[j]
+        with x.lock, torch.no_grad():
+            src = st.w_snap.pop((it, j), None)
+            if it not in st.unsent.get(j, ()):
+                raise ReplayError(f"{t.name}: no updated weights of block {b.name} from the step of "
+                                  f"iteration {it} on the host (its ADAM.cpu has not run)")
+            st.unsent[j].discard(it)
+            src = src if src is not None else b.host_w
+            nb = pinned and not blocking
+            if aside or not b.resident:
+                fresh = {}
+                for k, v in src.items():
+                    d = torch.empty(b.shapes[k], dtype=x.dtype, device=x.dev.dev)
+                    d.copy_(v, non_blocking=nb)
+                    x.dev.keep_alive(d, "gpu0.compute")
+                    fresh[k] = d
+                if aside:
+                    st.w_staged[(it, j)] = fresh
+                else:
+                    for k, v in b.dev.items():
+                        v.data = fresh[k]
+                    b.resident = True
+            else:
+                for k, v in b.dev.items():
+                    v.copy_(src[k], non_blocking=nb)
 
 
 def _weights_d2h(x: Executor, t: Task, it: int, m: int, blk: str) -> None:

@@ -74,10 +74,20 @@ class State:
     Device gradients live in the buffer the schedule allocates for them (the ``…grad.{block}``
     alloc of a backward task), keyed by that name; a backward that allocates none adds into the
     block's live buffer of the same iteration (gradient accumulation on the device). Host
-    gradients are one buffer per block (the fp32 gradient or 16-bit accumulation buffer a D2H
-    writes and the CPU optimizer or the next micro-step's accumulation reads). ``staged``: host
+    gradients are keyed by (iteration, block) (the fp32 gradient or 16-bit accumulation buffer a
+    D2H of that iteration writes and the CPU optimizer or the next micro-step's accumulation of the
+    same iteration reads): with a delayed parameter update iteration k+1's D2H may land before
+    iteration k's step has read its gradient, and each must still read its own. ``staged``: host
     accumulations brought back to the device to be added to a micro-step's gradients, keyed by
     the staging buffer the schedule allocates for them.
+
+    Weight refreshes (``ADAM.cpu`` of iteration k, then ``H2D.w`` of iteration k) are versioned by
+    k: ``unsent[block]`` holds the steps whose refresh has not read the host copy yet; a later step
+    of the block first snapshots that copy into ``w_snap[(k, block)]`` (copy on write), so the
+    refresh of step k sends step k's weights whatever ran in between. A refresh that the schedule
+    does not order after every compute task still needing the previous weights lands in
+    ``w_staged[(k, block)]`` on the device, and the first compute task that depends on it swaps it
+    into the block's leaves (see ``Executor._refresh_plan``).
     """
 
     def __init__(self, blocks: dict[int, BlockState]) -> None:
@@ -87,7 +97,10 @@ class State:
         self.gcarry: dict[Step, torch.Tensor] = {}      # next backward's output grad
         self.dev_grads: dict[str, Weights] = {}         # gradient buffer name -> gradients
         self.grad_of: dict[int, tuple[int, str]] = {}   # block -> (iteration, its latest buffer)
-        self.host_grads: dict[int, Weights] = {}
+        self.host_grads: dict[tuple[int, int], Weights] = {}   # (iteration, block) -> gradients
+        self.unsent: dict[int, set[int]] = {}            # block -> steps whose H2D.w has not read
+        self.w_snap: dict[tuple[int, int], Weights] = {}   # (step, block) -> host weights of that step
+        self.w_staged: dict[tuple[int, int], Weights] = {}  # (step, block) -> device weights, not live
         self.staged: dict[str, dict[int, Weights]] = {}  # staging buffer -> block -> gradients
         self.tied_grad: dict[int, torch.Tensor] = {}    # embed's weight grad from the tied head
         self.losses: dict[Step, torch.Tensor] = {}      # the scaled loss the backward starts from
@@ -138,6 +151,12 @@ class State:
         for g in self.host_grads.values():
             for t in g.values():
                 yield "cpu", G32, t
+        for w in self.w_snap.values():
+            for t in w.values():
+                yield "cpu", W, t
+        for w in self.w_staged.values():
+            for t in w.values():
+                yield "gpu0", W, t
         for a in self.acts.values():
             for t in (a.x_in, a.out):
                 if t is not None:
