@@ -134,7 +134,8 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
             progress("reference", 0, 1)
         ref = reference_losses(pred.context.workload, iterations, seed=shape.seed, lr=shape.lr,
                                device=dev.dev, threads=CPU_THREADS_PER_STREAM if dev.kind == "cpu" else None,
-                               grad_accum=scaled.data.train.grad_accum)
+                               grad_accum=scaled.data.train.grad_accum,
+                               delayed_update=pred.schedule.meta.get("delayed_update") == "true")
         if progress is not None:
             progress("reference", 1, 1)
         tol = LOSS_RTOL[scaled.data.train.dtype]
