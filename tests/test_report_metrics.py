@@ -170,3 +170,28 @@ def test_pcie_bytes_follow_the_ops_not_the_stream():
                            rec("it1.F.b0", "gpu0.compute", TaskCat.FWD, 1, 2.0, 3.0)),
                   mem_events={}, peak={}, peak_by_class={})
     assert summarize(tl, task_bytes=tb, **ARGS).pcie_bytes_per_iter == {"h2d": 1000, "d2h": 600}
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]),
+                          st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5])), min_size=1, max_size=30),
+       st.sampled_from([(0.0, 4.0), (0.5, 2.0), (1.0, 1.5), (2.0, 5.0)]))
+def test_stream_busy_from_columns_equals_the_record_loop(spans, window):
+    """The fast engine's column path (array operations) gives the record loop's floats exactly,
+    overlapping, nested, touching, zero-length and out-of-window intervals included."""
+    import numpy as np
+
+    from simhete.engine.timeline import Columns
+    from simhete.schedule.model import TaskTable
+
+    tasks = tuple(Task(f"t{k}", "gpu0.compute" if k % 3 else "gpu0.h2d", TaskCat.FWD, it=1)
+                  for k in range(len(spans)))
+    starts = [s * 1.1 for s, _ in spans]
+    ends = [s + d for s, (_, d) in zip(starts, spans)]
+    recs = tuple(rec(t.name, t.stream, TaskCat.FWD, 1, s, e) for t, s, e in zip(tasks, starts, ends))
+    streams = tuple(dict.fromkeys(t.stream for t in tasks))
+    cols = Columns(TaskTable.of(tasks), np.arange(len(tasks)), streams,
+                   np.array([streams.index(t.stream) for t in tasks]), np.ones(len(tasks), dtype=np.int64),
+                   np.array(starts), np.array(ends))
+    arrays = Timeline(mem_events={}, peak={}, peak_by_class={}, columns=cols)
+    records = Timeline(recs, {}, {}, {})
+    assert stream_busy(arrays, window) == stream_busy(records, window)

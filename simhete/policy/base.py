@@ -80,35 +80,25 @@ class Policy:
 class Builder:
     """Accumulates tasks in order; ``add`` returns the task name so callers can chain deps.
 
-    The tasks are kept column-wise (:class:`~simhete.schedule.model.TaskTable`, one list per Task
-    field): the Schedule that :meth:`build` returns holds that table, and the engine, the cost model
-    and the report read it directly, so a sweep point makes no Task objects unless something reads
-    ``schedule.tasks`` (replay, the text form, the checker, records)."""
+    ``add`` keeps each task as one tuple of its fields; :meth:`build` turns them column-wise
+    (:class:`~simhete.schedule.model.TaskTable`, one list per Task field) and the Schedule it
+    returns holds that table: the engine, the cost model and the report read it directly, so a
+    sweep point makes no Task objects unless something reads ``schedule.tasks`` (replay, the text
+    form, the checker, records)."""
 
     def __init__(self) -> None:
-        self._table = t = TaskTable()
-        self._cols = (t.name.append, t.stream.append, t.cat.append, t.ops.append, t.deps.append,
-                      t.prio.append, t.allocs.append, t.frees.append, t.it.append, t.block.append)
+        self._rows: list[tuple] = []      # one tuple of Task fields per task (TaskTable.FIELDS order)
 
     @property
     def tasks(self) -> tuple[Task, ...]:
         """The tasks added so far."""
-        return self._table.tasks()
+        return TaskTable.of_rows(self._rows).tasks()
 
     def add(self, name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...] = (),
             deps: Iterable[str] = (), prio: int = 0, allocs: Iterable[Alloc] = (),
             frees: Iterable[str] = (), it: int = 0, block: int = -1) -> str:
-        a_name, a_stream, a_cat, a_ops, a_deps, a_prio, a_allocs, a_frees, a_it, a_block = self._cols
-        a_name(name)
-        a_stream(stream)
-        a_cat(cat)
-        a_ops(tuple(ops))
-        a_deps(tuple(filter(None, deps)))
-        a_prio(prio)
-        a_allocs(tuple(allocs))
-        a_frees(tuple(frees))
-        a_it(it)
-        a_block(block)
+        self._rows.append((name, stream, cat, tuple(ops), tuple(filter(None, deps)), prio, tuple(allocs),
+                           tuple(frees), it, block))
         return name
 
     def join(self, name: str, stream: str, deps: Iterable[str], prio: int, it: int) -> list[str]:
@@ -123,8 +113,8 @@ class Builder:
 
     def build(self, pools: dict[str, int], initial: Iterable[Alloc], iterations: int,
               meta: dict[str, str]) -> Schedule:
-        table = self._table
-        self.__init__()       # the schedule owns the lists from now on; this builder starts empty
+        table = TaskTable.of_rows(self._rows)
+        self._rows = []
         return Schedule.from_table(table, pools, tuple(initial), iterations, meta)
 
 

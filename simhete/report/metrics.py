@@ -157,11 +157,13 @@ def stream_busy(timeline: Timeline, window: tuple[float, float]) -> dict[str, fl
     cols = timeline.columns
     if cols is not None:
         a_all, b_all = np.maximum(cols.start, t0), np.minimum(cols.end, t1)
+        out_cols: dict[str, float] = {}
         for s in np.unique(cols.stream_of).tolist():
             on = cols.stream_of == s
             a, b = a_all[on], b_all[on]
             by = np.lexsort((b, a))                 # the order of sorted((a, b) pairs)
-            spans[cols.streams[s]] = list(zip(a[by].tolist(), b[by].tolist()))
+            out_cols[cols.streams[s]] = _union_length(a[by], b[by], t0) / (t1 - t0)
+        return dict(sorted(out_cols.items()))
     else:
         for r in timeline.records:
             spans.setdefault(r.stream, []).append((max(r.start, t0), min(r.end, t1)))
@@ -177,6 +179,21 @@ def stream_busy(timeline: Timeline, window: tuple[float, float]) -> dict[str, fl
                 reach = b
         out[stream] = busy / (t1 - t0)
     return out
+
+
+def _union_length(a: np.ndarray, b: np.ndarray, t0: float) -> float:
+    """The loop of :func:`stream_busy` over intervals sorted by (a, b), as array operations with the same
+    floats: an interval counts ``b - max(a, reach)`` when positive, where ``reach`` (from ``t0``) is
+    the largest end of the non-empty intervals before it; the sum is taken in order (``cumsum``)."""
+    if not len(a):
+        return 0.0
+    ends = np.where(b > a, b, -np.inf)
+    reach = np.empty_like(a)
+    reach[0] = t0
+    np.maximum.accumulate(np.maximum(ends[:-1], t0), out=reach[1:])
+    start = np.maximum(a, reach)
+    part = np.where(b > start, b - start, 0.0)
+    return float(np.cumsum(part)[-1])
 
 
 def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int]]) -> dict[str, int]:

@@ -142,6 +142,15 @@ class TaskTable:
             setattr(t, f, [getattr(x, f) for x in tasks])
         return t
 
+    @classmethod
+    def of_rows(cls, rows: list[tuple]) -> "TaskTable":
+        """The table of ``rows``, one tuple of Task fields (``FIELDS`` order) per task."""
+        t = cls()
+        if rows:
+            for f, col in zip(cls.FIELDS, zip(*rows)):
+                setattr(t, f, list(col))
+        return t
+
     def __len__(self) -> int:
         return len(self.name)
 
