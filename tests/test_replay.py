@@ -347,3 +347,107 @@ def test_the_cpu_replay_runs_streams_on_single_threaded_workers():
     res = tiny("zero-offload")
     replay(res)
     assert torch.get_num_threads() == before   # restored after the run
+
+
+# -- ZeRO-Offload's delayed parameter update (DPU) ------------------------------------------------
+
+DPU_CASES = [
+    ({"reduce_bucket_size": 2e4}, "gpt-like-h768-l12", "fp32", 1),
+    ({"activations": ["swap", "recompute"]}, "llama3-8b", "bf16", 1),
+    ({"reduce_bucket_size": 2e4}, "gpt-like-h768-l12", "fp32", 2),
+]
+
+
+def dpu_replay(res, schedule: Schedule | None = None, start: dict | None = None):
+    """Replay and the executor (whose state holds the final master weights)."""
+    ex = Executor(schedule or res.schedule, res.context.workload, Device(), seed=0, lr=TINY["lr"])
+    return ex.run({r.name: r.start for r in res.timeline.records} if start is None else start), ex
+
+
+def dpu_ref(res, iterations: int = 4):
+    from simhete.replay.reference import reference_run
+    return reference_run(res.context.workload, iterations, seed=0, lr=TINY["lr"], threads=1,
+                         grad_accum=res.context.grad_accum,
+                         delayed_update=res.schedule.meta.get("delayed_update") == "true")
+
+
+@pytest.mark.parametrize("knobs,model,dtype,k", DPU_CASES)
+def test_delayed_update_replays_match_the_delayed_reference_loop(knobs, model, dtype, k):
+    """Iteration k computes with the weights of step k-2 (its first forward waits for iteration
+    k-2's refresh only): the replay matches the reference loop that applies iteration k-1's step
+    after iteration k's backward, in the predicted issue order and in plain index order; the final
+    master weights are those after every iteration's step (the last one's included)."""
+    res = tiny("zero-offload", {**knobs, "delayed_update": True}, model, dtype, iterations=4, grad_accum=k)
+    assert res.schedule.meta["delayed_update"] == "true"
+    names = {t.name for t in res.schedule.tasks}
+    assert {"it4.ADAM.cpu.b0", "it4.H2D.w.b0"} <= names        # the last step runs in the schedule
+    expect, master = dpu_ref(res)
+    rtol = 1e-5 if dtype == "fp32" else 1e-3
+    for start in (None, {}):
+        out, ex = dpu_replay(res, start=start)
+        assert out.losses == pytest.approx(expect, rel=rtol)
+        for i, m in master.items():
+            for name, v in m.items():
+                torch.testing.assert_close(ex.state.blocks[i].master[name], v, rtol=rtol, atol=1e-7)
+        st = ex.state   # every gradient and weight version consumed
+        assert not st.host_grads and not st.w_snap and not st.w_staged and not any(st.unsent.values())
+    # iteration k+1's refresh may land while iteration k+2 still computes: kept aside, not live
+    assert ex.refresh["it1.H2D.w.b0"] == {1: True} and ex.refresh["it4.H2D.w.b0"] == {1: False}
+    assert ex.need_w["it3.F.b0"] == {1: 1} and ex.need_w["it2.B.b0"] == {1: 0}
+    # DPU is another run: iteration 1 alike, iteration 2 on computes with older weights
+    plain = tiny("zero-offload", knobs, model, dtype, iterations=4, grad_accum=k)
+    assert plain.schedule.meta["delayed_update"] == "false"
+    without_dpu = dpu_ref(plain)[0]
+    assert expect[0] == without_dpu[0]
+    assert all(abs(a - b) > 1e-5 for a, b in zip(expect[1:], without_dpu[1:]))
+    assert replay(plain).losses == pytest.approx(without_dpu, rel=rtol)
+
+
+def test_delayed_update_each_step_reads_its_own_gradient_and_weights_in_any_order():
+    """Force the orders DPU allows but the predicted timeline rarely shows: iteration 1's steps
+    after iteration 2's gradients reached the host, and iteration 1's refreshes after iteration 2's
+    steps rewrote the host weights. One host gradient or weight copy per block would feed step 1
+    iteration 2's gradients and send step 2's weights; keyed by iteration, parity holds."""
+    res = tiny("zero-offload", {"reduce_bucket_size": 2e4, "delayed_update": True}, iterations=4)
+    s = res.schedule
+
+    def deps(t):
+        if t.name.startswith("it1.ADAM.cpu."):
+            return t.deps + ("it2.STEP.grads",)
+        if t.name.startswith("it1.H2D.w."):
+            return t.deps + (t.name.replace("it1.H2D.w.", "it2.ADAM.cpu."),)
+        return t.deps
+
+    forced = dataclasses.replace(s, tasks=tuple(dataclasses.replace(t, deps=deps(t)) for t in s.tasks))
+    out, ex = dpu_replay(res, forced)
+    end = {r.name: r.end for r in out.timeline.records}
+    start = {r.name: r.start for r in out.timeline.records}
+    assert end["it2.D2H.g.k1"] <= start["it1.ADAM.cpu.b0"]
+    assert end["it2.ADAM.cpu.b0"] <= start["it1.H2D.w.b0"]
+    expect, master = dpu_ref(res)
+    assert out.losses == pytest.approx(expect, rel=1e-5)
+    for i, m in master.items():
+        for name, v in m.items():
+            torch.testing.assert_close(ex.state.blocks[i].master[name], v, rtol=1e-5, atol=1e-7)
+
+
+def test_delayed_update_a_missing_gradient_copy_is_reported_by_the_step():
+    res = tiny("zero-offload", {"reduce_bucket_size": 2e4, "delayed_update": True})
+    k1 = next(t for t in res.schedule.tasks if t.name == "it2.D2H.g.k1")
+    assert k1.frees == ("it2.grad.b0",)
+    broken = bypass(res.schedule, lambda t: t.name == "it2.D2H.g.k1")
+    with pytest.raises(ReplayError, match=r"^it2\.ADAM\.cpu\.b0: no gradient of block b0 from iteration 2 "
+                                          r"on the host \(a D2H is missing\)$"):
+        replay(res, broken)
+
+
+def test_delayed_update_a_dropped_weight_refresh_makes_the_losses_diverge():
+    """Without iteration 1's refresh of b0, iteration 3 (the first to wait for it) computes with
+    the initial weights of b0; iterations 1 and 2 used them anyway, iteration 4 gets step 2's
+    weights from its own refresh (the host master is right), and iteration 5 computes with step 3,
+    whose gradients iteration 3 computed with the stale weights."""
+    res = tiny("zero-offload", {"reduce_bucket_size": 2e4, "delayed_update": True}, iterations=5)
+    out = dpu_replay(res, without(res.schedule, lambda t: t.name == "it1.H2D.w.b0"))[0].losses
+    expect = dpu_ref(res, 5)[0]
+    assert out[:2] == pytest.approx(expect[:2], rel=1e-6) and out[3] == pytest.approx(expect[3], rel=1e-6)
+    assert abs(out[2] - expect[2]) > 1e-5 and abs(out[4] - expect[4]) > 1e-5

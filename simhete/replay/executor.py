@@ -895,6 +895,9 @@ def _refresh(x: Executor, t: Task, it: int, pinned: bool) -> None:
                                   f"iteration {it} on the host (its ADAM.cpu has not run)")
             st.unsent[j].discard(it)
             src = src if src is not None else b.host_w
+            if not aside:   # older refreshes kept aside: no compute task can need them any more
+                for key in [key for key in st.w_staged if key[1] == j and key[0] < it]:
+                    del st.w_staged[key]
             nb = pinned and not blocking
             if aside or not b.resident:
                 fresh = {}
