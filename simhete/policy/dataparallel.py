@@ -63,20 +63,23 @@ class DataParallel:
         return list(deps.get(g, [])) if isinstance(deps, dict) else list(deps)
 
     def to_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]] | list[str],
-               prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None) -> dict[int, str]:
+               prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None,
+               label: int | None = None) -> dict[int, str]:
         """Host → every GPU: shard H2D on each GPU's link (+ all-gather). Returns, per GPU, the task
-        after which the full ``nbytes`` are on that GPU. ``allocs[g]`` are allocated by the H2D."""
+        after which the full ``nbytes`` are on that GPU. ``allocs[g]`` are allocated by the H2D.
+        ``label``: the iteration the tasks are counted in (default ``it``, which names them)."""
         n, add, allocs = self.n, self.b.add, allocs or {}
+        lab = it if label is None else label
         h2d = {g: add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
                       shared_ops(OpKind.H2D, shard(nbytes, n, g), self.pinned),
-                      deps=self._per_gpu(deps, g), prio=prio, allocs=allocs.get(g, ()), it=it, block=block)
+                      deps=self._per_gpu(deps, g), prio=prio, allocs=allocs.get(g, ()), it=lab, block=block)
                for g in range(n)}
         if n == 1:
             return h2d
         every = [h2d[g] for g in self.gpus]
         return {g: self.b.add(self.name(it, what + ".ag", blk, g), f"gpu{g}.comm", TaskCat.COMM,
                               (Op(OpKind.ALLGATHER, (self.n,), n=nbytes),), deps=every, prio=prio,
-                              it=it, block=block)
+                              it=lab, block=block)
                 for g in self.gpus}
 
     def stream(self, g: int, direction: str, sync: bool = False) -> str:

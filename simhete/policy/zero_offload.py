@@ -9,7 +9,11 @@ updated 16-bit weights go back H2D as soon as its step is done (DeepSpeed steps 
 ``sub_group_size`` tiles; here the tile is one block). PCIe traffic ≈ 2 × 16-bit model size per step.
 ``delayed_update`` (DPU, §5 of the paper): iteration k+1's forward/backward use the weights
 updated by step k−1, so the CPU step of iteration k overlaps iteration k+1; it needs a second
-fp32 gradient buffer on the host.
+fp32 gradient buffer on the host. There is still one 16-bit weight copy on each side, so step k's
+weights go back to the GPU only after iteration k+1's backward of the block (its last use of the
+old ones), and step k+1 waits until that copy has read the host's weights (replay found both
+races when the refresh followed the step directly). The last step's refresh falls after iteration
+N+1's backward, outside the simulated window, so it is not in the schedule.
 """
 
 from __future__ import annotations
@@ -79,6 +83,19 @@ class ZeroOffload(Policy):
         adam: dict[int, dict[int, str]] = {}
         last_B: dict[int, str] = {}
         pinned = k.pin_memory
+
+        def refresh(it: int, last_use: dict[int, dict[int, str]], label: int) -> None:
+            """DPU: H2D of step ``it``'s weights, after the step and after ``last_use[g][i]``,
+            counted in iteration ``label`` (the one whose backward it follows: one refresh per
+            iteration, so per-iteration traffic stays one model's worth)."""
+            h2d[it] = {}
+            for blk in ctx.blocks:
+                if blk.params:
+                    i = blk.index
+                    deps = {g: [adam[it][i], last_use[g][i]] for g in dp.gpus}
+                    h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, deps,
+                                           fwd_prio(it + 2, i), i, label=label)
+
         for it in range(1, ctx.iterations + 1):
             lag = 2 if k.delayed_update else 1
             # optimizer.step() returns only when every updated weight is back on the GPU, so the
@@ -117,18 +134,29 @@ class ZeroOffload(Policy):
                     d2h_of += out.values()
                 last_B = {g: t[g].last_B for g in dp.gpus}
             dp.m = 1
+            if k.delayed_update and it - 1 in adam:
+                # DPU: step it-1's weights overwrite the one 16-bit copy on the GPU, so they go back
+                # only after this iteration's last use of the old ones (its last backward of the
+                # block); iteration it+1 is the first to use them
+                refresh(it - 1, {g: t[g].B for g in dp.gpus}, it)
             adam[it], h2d[it] = {}, {}
             all_d2h = b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h_of), fwd_prio(it, 0), it)
             for blk in ctx.blocks:
                 if not blk.params:
                     continue
                 i = blk.index
+                # DPU: the previous step's refresh must have read the host's 16-bit weights before
+                # this step overwrites them (one host copy)
+                sent = sorted(h2d.get(it - 1, {}).get(i, {}).values()) if k.delayed_update else []
                 # one task for all ranks' partitions: N processes step their 1/N concurrently on the
                 # host's cores and DRAM, whose aggregate rate is the profile's Adam rate
                 a = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
-                          shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"), deps=all_d2h,
+                          shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"), deps=[*all_d2h, *sent],
                           prio=fwd_prio(it, i), it=it, block=i)
                 adam[it][i] = a
-                h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, [a], fwd_prio(it + 1, i), i)
+                if not k.delayed_update:
+                    h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, [a], fwd_prio(it + 1, i), i)
+        # DPU: the last step's weights would go back after iteration N+1's backward, outside the
+        # simulated window, so the schedule ends with that step (its refresh is not part of it)
         meta = {"policy": self.name, "delayed_update": str(k.delayed_update).lower()}
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
