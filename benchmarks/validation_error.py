@@ -84,23 +84,31 @@ def main() -> int:
             if args.calibrate_each_round and rnd > 0:
                 profile = calibrate(f"cpu-{rnd}.yaml")
             print(f"\nround {rnd + 1}/{args.repeat}\n{'scenario':<34} {'predicted':>11} "
-                  f"{'measured':>11} {'error':>8}  cpu   others  parity  per category")
+                  f"{'measured':>11} {'error':>8}  drift  at drift  cpu   others  parity  "
+                  "per category")
             for p in paths:
                 _quiet(args.quiet_wait)
+                scen = load_scenario(p)
+                probe_ops = _probe_ops(scen, profile)
+                d0 = _drift(probe_ops, profile)
                 before = _cpu_now()
-                v = validate_scenario(load_scenario(p), profile, iterations=args.iterations,
+                v = validate_scenario(scen, profile, iterations=args.iterations,
                                       device=args.device)
                 others = _others(before, _cpu_now())
+                drift = statistics.mean([d0, _drift(probe_ops, profile)])
                 c = v.comparison
+                corrected = (c.iteration.predicted * drift - c.iteration.measured) / c.iteration.measured
                 share = _cpu_share(v, set(c.steady_iterations))
                 cats = " ".join(f"{k}:{(e.error or 0) * 100:+.0f}%" for k, e in c.categories.items())
                 print(f"{p.stem:<34} {c.iteration.predicted * 1e3:>9.2f}ms "
                       f"{c.iteration.measured * 1e3:>9.2f}ms {c.iteration.error * 100:>+7.1f}%  "
+                      f"{drift:5.2f} {corrected * 100:>+7.1f}%  "
                       f"{'  -  ' if share is None else f'{share:.2f} '} "
                       f"{'   -   ' if others is None else f'{others:5.2f}  '} "
                       f"{'ok' if v.parity else 'FAIL':<6}  {cats}")
                 runs[p.stem].append({**c.to_dict(), "loss_parity": v.parity, "cpu_share": share,
-                                     "others_cores": others})
+                                     "others_cores": others, "drift": drift,
+                                     "drift_corrected_error": corrected})
     rows = [_summary(stem, rs) for stem, rs in runs.items()]
     if args.repeat > 1:
         print(f"\nover {args.repeat} rounds (median [min, max])\n{'scenario':<34} {'predicted':>11} "
@@ -113,18 +121,65 @@ def main() -> int:
                   f"{e['median'] * 100:>+7.1f}% [{e['min'] * 100:+.1f}, {e['max'] * 100:+.1f}]  {cats}")
     errs = [abs(r["error"]["median"]) for r in rows]
     med = statistics.median(errs)
+    med_drift = statistics.median(abs(statistics.median(x["drift_corrected_error"] for x in rs))
+                                  for rs in runs.values())
     per_round = [statistics.median(abs(runs[stem][i]["iteration_s"]["error"]) for stem in runs)
                  for i in range(args.repeat)]
     print(f"\nmedian |error| of the steady-state iteration time: {med * 100:.1f}% "
           f"(target <= {TARGET * 100:.0f}%: {'met' if med <= TARGET else 'NOT met'})")
+    print(f"the same with the prediction scaled by the machine's drift (diagnostic, not the "
+          f"target): {med_drift * 100:.1f}%")
     if args.repeat > 1:
         print("per round: " + ", ".join(f"{x * 100:.1f}%" for x in per_round))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"median_abs_error": med, "per_round": per_round,
+                                               "median_abs_drift_corrected_error": med_drift,
                                                "profile": profile.name, "summary": rows,
                                                "runs": runs}, indent=2) + "\n")
     return 0 if all(x["loss_parity"] for rs in runs.values() for x in rs) else 1
+
+
+def _probe_ops(scen, profile) -> list:  # type: ignore[no-untyped-def]
+    """The forward GEMMs of one transformer block of the scenario as it is replayed: the drift
+    probe (priced from the profile's table: with --shapes-from, at their own measured time)."""
+    from simhete.opkinds import OpKind
+    from simhete.replay.config import scaled_scenario
+    from simhete.sim import resolve
+
+    ctx, _ = resolve(scaled_scenario(scen), profile)
+    blk = next(b for b in ctx.blocks if b.name.startswith("b"))
+    return list(dict.fromkeys(op for op in blk.fwd_ops if op.kind is OpKind.GEMM and op.count == 1))
+
+
+def _drift(ops, profile) -> float:  # type: ignore[no-untyped-def]
+    """How much slower (> 1) or faster the machine is now than when the profile was measured:
+    the probe GEMMs timed now exactly as calibrate's gemm suite times them (torch.mm into a
+    preallocated output, mean over the layouts), over the profile's price for them; the mean over
+    the probe shapes. The machine's speed drifts by tens of percent within minutes (other VMs),
+    so an error can be read apart from that drift: prediction × drift vs measurement."""
+    import torch
+
+    from calibrate import gemm
+    from calibrate.common import Ctx
+    from calibrate.device import select
+    from calibrate.grids import grid
+    from simhete.hw.cost import CostModel
+
+    before = torch.get_num_threads()
+    ctx = Ctx(select("cpu"), grid("quick", "cpu"), 1)
+    torch.set_num_threads(1)
+    try:
+        cost, ratios = CostModel(profile), []
+        for op in ops:
+            m, n, k = op.shape
+            t = [float(gemm.run(ctx, {"dtype": op.dtype, "layout": lay, "M": m, "N": n, "K": k,
+                                      "flops": 2 * m * n * k, "split": "probe"})["median_s"])
+                 for lay in ctx.grid.gemm_layouts]
+            ratios.append(statistics.mean(t) / cost.op_seconds(op))
+    finally:
+        torch.set_num_threads(before)
+    return statistics.mean(ratios)
 
 
 def _cpu_now() -> tuple[float, float, float] | None:
