@@ -322,10 +322,14 @@ def test_math_attention_ops_without_flash():
     # TINY_GPT, b = 2, s = 4, 2 heads of d = 4, e = 2, attention dropout: n_s = 2·2·4·4 = 64 scores.
     b, s, e, ns = 2, 4, 2, 64
     flash, math_ = build_workload(TINY_GPT, b, s), build_workload(TINY_GPT, b, s, flash_attention=False)
-    attn_f = math_.blocks[1].fwd_ops[2:7]
-    assert attn_f == (Op(OpKind.GEMM, (4, 4, 4), count=4),                     # S = Q·Kᵀ per head
+    attn_f = math_.blocks[1].fwd_ops[2:10]
+    t, h = b * s, 8
+    assert attn_f == (Op(OpKind.ELEMENTWISE, (), 2 * e * t * h),               # q · sqrt(scale)
+                      Op(OpKind.ELEMENTWISE, (), 2 * e * t * h),               # k · sqrt(scale)
+                      Op(OpKind.GEMM, (4, 4, 4), count=4),                     # S = Q·Kᵀ per head
                       Op(OpKind.ELEMENTWISE, (), 2 * e * ns + e * s * s),      # + causal mask
                       Op(OpKind.SOFTMAX_CE, (16, 4), 2 * e * ns),
+                      Op(OpKind.ELEMENTWISE, (), (3 * e + 2) * ns),            # safe softmax's where
                       Op(OpKind.DROPOUT, (), 2 * e * ns + ns),                 # on the probabilities
                       Op(OpKind.GEMM, (4, 4, 4), count=4))                     # O = P·V
     kinds = {op.kind for blk in math_.blocks for op in blk.fwd_ops + blk.bwd_ops}

@@ -205,9 +205,16 @@ def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     mask = _ew(2 * e * ns + e * s * s, dtype)
     soft_f = Op(OpKind.SOFTMAX_CE, (ba * s, s), 2 * e * ns, dtype=dtype)
     soft_b = Op(OpKind.SOFTMAX_CE, (ba * s, s), 3 * e * ns, dtype=dtype)
-    fwd = (*expand, qk, mask, soft_f,
+    # torch >= 2.5's math path (aten/src/ATen/native/transformers/attention.cpp) scales q and k by
+    # sqrt(1/sqrt(d)) each (read + write t·h elements each, k after any GQA expansion) and takes a
+    # "safe" softmax: isneginf (read e·n_s, write n_s bools), all over each row (read n_s), where
+    # (read e·n_s, write e·n_s): (3e + 2)·n_s; backward: both scales again and dK made contiguous
+    scale = _ew(2 * e * t * h, dtype)
+    safe = _ew((3 * e + 2) * ns, dtype)
+    fwd = (*expand, scale, scale, qk, mask, soft_f, safe,
            *((Op(OpKind.DROPOUT, (), 2 * e * ns + ns, dtype=dtype),) if drop else ()), pv)
-    bwd = (qk, pv, *((_ew(2 * e * ns + ns, dtype),) if drop else ()), soft_b, pv, pv, *reduce)
+    bwd = (qk, pv, *((_ew(2 * e * ns + ns, dtype),) if drop else ()), soft_b, pv, pv,
+           scale, scale, scale, *reduce)
     return fwd, bwd
 
 
