@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 from types import ModuleType
 
@@ -65,18 +66,47 @@ def default_threads(target: Target) -> int:
 
 
 def run_suites(target: Target, grid: Grid, names: list[str], raw_dir: Path,
-               console: Console | None = None, threads: int | None = None) -> None:
-    """Measure ``names`` (in the order of SUITES) into ``raw_dir``/<suite>.csv."""
+               console: Console | None = None, threads: int | None = None, passes: int = 1) -> None:
+    """Measure ``names`` (in the order of SUITES) into ``raw_dir``/<suite>.csv, ``passes`` times
+    over (every suite once per pass, passes one after another) when ``passes`` > 1."""
     before = torch.get_num_threads()
     ctx = Ctx(target, grid, threads or default_threads(target), l2_bytes(target))
     torch.set_num_threads(ctx.threads)
     try:
-        _run(ctx, names, raw_dir, console)
+        _run(ctx, names, raw_dir, console, passes)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(ctx: Ctx, names: list[str], raw_dir: Path, console: Console | None) -> None:
+PASS_COLUMN = "pass_medians_s"   # with --passes N: every pass's median, the row's median_s is theirs
+
+
+def merge_passes(rows: list[dict[str, object]]) -> dict[str, object]:
+    """One row from a point's row in each pass: the median of the passes' medians (the machine's
+    speed drifts between passes on a shared host; the median of separated passes is what a profile
+    should hold), q1/q3 the medians of theirs, min/max over all, repeats summed; a point is
+    ``ok`` when any pass measured it, unstable or remeasured when any pass was."""
+    ok_rows = [r for r in rows if r.get("status") == "ok"]
+    if not ok_rows:
+        return dict(rows[0])
+    med = [float(r["median_s"]) for r in ok_rows]  # type: ignore[arg-type]
+    out = dict(ok_rows[0])
+    out.update({
+        "median_s": statistics.median(med),
+        "q1_s": statistics.median(float(r["q1_s"]) for r in ok_rows),  # type: ignore[arg-type]
+        "q3_s": statistics.median(float(r["q3_s"]) for r in ok_rows),  # type: ignore[arg-type]
+        "min_s": min(float(r["min_s"]) for r in ok_rows),  # type: ignore[arg-type]
+        "max_s": max(float(r["max_s"]) for r in ok_rows),  # type: ignore[arg-type]
+        "repeats": sum(int(r["repeats"]) for r in ok_rows),  # type: ignore[arg-type]
+        "inner": max(int(r["inner"]) for r in ok_rows),  # type: ignore[arg-type]
+        "remeasured": int(any(int(r["remeasured"]) for r in ok_rows)),  # type: ignore[arg-type]
+        "unstable": int(any(int(r["unstable"]) for r in ok_rows)),  # type: ignore[arg-type]
+        PASS_COLUMN: " ".join(f"{x:.6g}" for x in med),
+    })
+    return out
+
+
+def _run(ctx: Ctx, names: list[str], raw_dir: Path, console: Console | None, passes: int = 1) -> None:
     target, grid = ctx.target, ctx.grid
     meth = grid.methodology.header()
     write_raw(raw_dir / f"{SYSTEM}.csv", provenance(target, SYSTEM, {"grid": grid.level}),
@@ -85,16 +115,26 @@ def _run(ctx: Ctx, names: list[str], raw_dir: Path, console: Console | None) -> 
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as prog:
         plans = [(n, SUITES[n], SUITES[n].points(ctx)) for n in SUITES if n in names]
-        tasks = {n: prog.add_task(n, total=len(pts)) for n, _, pts in plans}
+        tasks = {n: prog.add_task(n, total=len(pts) * passes) for n, _, pts in plans}
+        measured: dict[str, list[list[dict[str, object]]]] = {n: [] for n, _, _ in plans}
+        for _ in range(passes):
+            for name, mod, pts in plans:
+                rows = []
+                for p in pts:
+                    rows.append(mod.run(ctx, p))
+                    prog.advance(tasks[name])
+                measured[name].append(rows)
         for name, mod, pts in plans:
-            rows = []
-            for p in pts:
-                rows.append(mod.run(ctx, p))
-                prog.advance(tasks[name])
             extra = {"shapes_from": " ".join(grid.shapes_from)} if grid.shapes_from and name in (
                 "gemm", "attention") else {}
             if name == membw.NAME:
                 extra["ring"] = membw.ring_note(ctx.l2)
+            cols: tuple[str, ...] = (*mod.COLUMNS, *ROW_TAIL)
+            rows = measured[name][0]
+            if passes > 1:
+                extra["passes"] = (f"{passes}, one after another over every suite; a row's median_s is "
+                                   f"the median of its passes' medians ({PASS_COLUMN})")
+                rows = [merge_passes(list(rs)) for rs in zip(*measured[name])]
+                cols = (*cols, PASS_COLUMN)
             write_raw(raw_dir / f"{name}.csv", provenance(target, name, {**meth, "grid": grid.level,
-                                                                         **extra}),
-                      (*mod.COLUMNS, *ROW_TAIL), rows)
+                                                                         **extra}), cols, rows)

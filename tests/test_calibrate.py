@@ -208,3 +208,36 @@ def test_shapes_from_with_refit_or_a_bad_scenario_is_a_one_line_error(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope.yaml" in err
     assert not out.exists() and not out.with_suffix(".raw").exists()
+
+
+@pytest.mark.torch
+def test_passes_measure_every_point_in_each_pass_and_keep_the_median_of_their_medians(tmp_path):
+    pytest.importorskip("torch")
+    import statistics
+
+    out = tmp_path / "p.yaml"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIMHETE_CALIBRATE_GRID", "tiny")
+    try:
+        assert main(["calibrate", "--device", "cpu", "--out", str(out), "--suites", "gemm,membw,copy",
+                     "--passes", "3"]) == 0
+    finally:
+        mp.undo()
+    for suite in ("gemm", "membw", "copy"):
+        t = read_raw(out.with_suffix(".raw") / f"{suite}.csv")
+        assert t.meta["passes"].startswith("3,")
+        rows = t.ok()
+        assert rows
+        for r in rows:
+            passes = [float(x) for x in r["pass_medians_s"].split()]
+            assert len(passes) == 3
+            assert float(r["median_s"]) == pytest.approx(statistics.median(passes), rel=1e-5)
+            # (pass medians are written to 6 significant digits)
+            assert float(r["min_s"]) <= min(passes) * (1 + 1e-5) and float(r["max_s"]) >= max(passes) * (1 - 1e-5)
+    assert CostModel(load_profile(out)).op_seconds(Op(OpKind.GEMM, (100, 100, 100), dtype="fp32")) > 0
+
+
+def test_passes_must_be_positive(tmp_path, capsys):
+    assert main(["calibrate", "--passes", "0", "--out", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--passes" in err and "bad value 0" in err

@@ -13,7 +13,7 @@ FLAGS = {
     "simulate": {"--json", "--trace", "--plot", "--schedule", "--deepspeed", "--set", "--engine"},
     "compare": {"--engine", "--no-largest", "--json", "--policies"},
     "calibrate": {"--device", "--force", "--out", "--suites", "--threads", "--refit", "--quick",
-                  "--shapes-from"},
+                  "--shapes-from", "--passes"},
     "validate": {"--device", "--no-reference", "--json", "--iterations", "--profile", "--trace", "--engine"},
     "sweep": {"--quiet", "--backend", "--top", "--out", "--ray-address", "--parquet", "--engine", "--workers",
               "--csv", "--deepspeed", "--resume", "--plot", "--resume-stale"},

@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shapes-from", nargs="+", default=[], metavar="SCENARIO.yaml",
                    help="also measure the exact GEMM and attention shapes these scenarios price "
                         "(at their replay: shape when they have one); see docs/calibration.md")
+    p.add_argument("--passes", type=int, default=1, metavar="N",
+                   help="measure every suite N times, one pass after another, and keep each "
+                        "point's median over the passes (a shared machine's speed drifts within "
+                        "minutes; default 1)")
     p.add_argument("--force", action="store_true", help="replace an existing profile and its data")
     p.add_argument("--refit", metavar="RAW_DIR",
                    help="no measuring: refit the raw CSVs in RAW_DIR (no device, no torch needed)")
@@ -112,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
             raise SimheteError("--shapes-from measures shapes; --refit measures nothing (give one of them)")
         return _refit(Path(args.refit), out, args.force)
     suites = parse_suites(args.suites)
+    if args.passes < 1:
+        raise SimheteError(f"--passes: bad value {args.passes}; allowed: an integer >= 1")
     if args.threads is not None and args.threads < 1:
         raise SimheteError(f"--threads: bad value {args.threads}; allowed: an integer >= 1")
     raw_dir, report = out.with_suffix(".raw"), out.with_suffix(".fit.md")
@@ -140,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         s_raw = stage / raw_dir.name
         s_raw.mkdir()
-        run_suites(target, g, suites, s_raw, console, args.threads)
+        run_suites(target, g, suites, s_raw, console, args.threads, args.passes)
         result = fit(s_raw, out.stem, stage)
         (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
         (stage / report.name).write_text(result.report)
