@@ -20,7 +20,7 @@ it sees other containers too), in cores: on a 2-core machine 1.0 means another j
 core — it shares caches, memory bandwidth and the hypervisor's cores with the replay.
 
     .venv/bin/python benchmarks/validation_error.py [--profile P.yaml | --calibrate-each-round]
-        [--grid-only] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
+        [--grid-only] [--passes N] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def main() -> int:
                     help="a fresh calibrate --quick before every round, so each round's prediction "
                          "uses a profile measured minutes before its replays (the machine's speed "
                          "drifts; see docs/validation.md)")
+    ap.add_argument("--passes", type=int, default=1, metavar="N",
+                    help="calibrate with --passes N (the median of N passes per point)")
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=1, help="replay every scenario R times")
     ap.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
@@ -74,7 +76,7 @@ def main() -> int:
             _quiet(args.quiet_wait)
             shapes = [] if args.grid_only else ["--shapes-from", *map(str, paths)]
             if cli(["calibrate", "--quick", "--device", args.device or "cpu", "--out", out,
-                    *shapes]) != 0:
+                    "--passes", str(args.passes), *shapes]) != 0:
                 raise SystemExit(2)
             return load_profile(out)
 
