@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from simhete.opkinds import OpKind
 from simhete.schedule.model import Op
 
-from calibrate.common import TORCH_DTYPES, Ctx, missing, ok, rand, seed
+from calibrate.common import TORCH_DTYPES, Ctx, missing, ok, preceding_op, rand, seed
 from calibrate.timing import measure
 
 NAME = "attention"
@@ -62,4 +62,4 @@ def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
             fn()
     except (RuntimeError, NotImplementedError) as e:
         return missing(p, f"attention unsupported here ({str(e).splitlines()[0][:80]})")
-    return ok(p, measure(fn, ctx.grid.methodology, ctx.cuda))
+    return ok(p, measure(fn, ctx.grid.methodology, ctx.cuda, preceding_op((b, h, s, d), dt, ctx.target)))

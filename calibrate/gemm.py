@@ -6,7 +6,11 @@ forbidden; on a CPU device only fp32 and bf16 are measured.
 
 ``layout`` says which operands are transposed views (``n``: row-major, ``t``: the transpose of a
 row-major matrix), in the three layouts of a linear layer: forward Y = X·Wᵀ (``nt``), input
-gradient dX = dY·W (``nn``), weight gradient dW = dYᵀ·X (``tn``). A GEMM Op carries no layout, so
+gradient dX = dY·W (``nn``), weight gradient dW = dYᵀ·X (``tn``).
+
+On a CPU device each timed call follows an untimed SiLU over an M×K tensor (calibrate/common.py
+``preceding_op``): inside a model every GEMM follows other work, and the AMX units of the
+development CPU ran bf16 GEMMs 1.5-2.1x slower right after other work than back to back. A GEMM Op carries no layout, so
 the fit prices a shape at the mean time of the layouts measured; on the CPU bf16 ``tn`` ran
 30-50% slower than ``nn`` of the same shape (2026-11-21).
 """
@@ -19,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from calibrate.common import TORCH_DTYPES, Ctx, missing, ok, rand, seed
+from calibrate.common import TORCH_DTYPES, Ctx, missing, ok, preceding_op, rand, seed
 from calibrate.timing import measure
 
 NAME = "gemm"
@@ -71,7 +75,8 @@ def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
     except (RuntimeError, NotImplementedError) as e:
         return missing(p, f"{dt} matmul unsupported here ({str(e).splitlines()[0][:80]})")
     try:
-        return ok(p, measure(lambda: torch.mm(a, b, out=c), ctx.grid.methodology, ctx.cuda))
+        return ok(p, measure(lambda: torch.mm(a, b, out=c), ctx.grid.methodology, ctx.cuda,
+                             preceding_op((m, k), TORCH_DTYPES[dt], ctx.target)))
     finally:
         if ctx.target.is_cuda:
             torch.backends.cuda.matmul.allow_tf32 = False

@@ -62,8 +62,18 @@ class Stat:
                 "unstable": int(self.unstable)}
 
 
-def _sample(fn: Callable[[], object], cuda: torch.device | None, inner: int) -> float:
-    """Seconds per call of ``inner`` back-to-back calls, device work included."""
+def _sample(fn: Callable[[], object], cuda: torch.device | None, inner: int,
+            before: Callable[[], object] | None = None) -> float:
+    """Seconds per call of ``inner`` back-to-back calls, device work included. With ``before``
+    (host timing only): ``before()`` runs ahead of every call, untimed, and only the calls count."""
+    if before is not None and cuda is None:
+        total = 0.0
+        for _ in range(inner):
+            before()
+            t0 = time.perf_counter()
+            fn()
+            total += time.perf_counter() - t0
+        return total / inner
     if cuda is not None:
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -87,21 +97,23 @@ def _stats(samples: list[float], inner: int, remeasured: bool, unstable: bool) -
                 inner, remeasured, unstable)
 
 
-def measure(fn: Callable[[], object], m: Methodology, cuda: torch.device | None = None) -> Stat:
+def measure(fn: Callable[[], object], m: Methodology, cuda: torch.device | None = None,
+            before: Callable[[], object] | None = None) -> Stat:
     """Time ``fn`` per the methodology.
 
     With ``cuda`` set, ``fn`` must enqueue its work on the current stream of that device (or make the
     current stream wait for the streams it uses) and CUDA events time it; otherwise ``fn`` runs on
-    the host and must return when its work is done.
+    the host and must return when its work is done. ``before`` (host timing only): work run ahead
+    of every timed call and not timed — the op a model runs before this one.
     """
     inner = 1
     for _ in range(max(1, m.warmup)):
-        t = _sample(fn, cuda, 1)
+        t = _sample(fn, cuda, 1, before)
         if 0 < t < m.min_sample_s:
             inner = min(m.max_inner, max(inner, math.ceil(m.min_sample_s / t)))
-    first = _stats([_sample(fn, cuda, inner) for _ in range(m.repeats)], inner, False, False)
+    first = _stats([_sample(fn, cuda, inner, before) for _ in range(m.repeats)], inner, False, False)
     if first.spread <= m.noise_threshold:
         return first
-    again = [_sample(fn, cuda, inner) for _ in range(2 * m.repeats)]
+    again = [_sample(fn, cuda, inner, before) for _ in range(2 * m.repeats)]
     second = _stats(again, inner, True, False)
     return _stats(again, inner, True, second.spread > m.noise_threshold)

@@ -241,3 +241,25 @@ def test_passes_must_be_positive(tmp_path, capsys):
     assert main(["calibrate", "--passes", "0", "--out", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--passes" in err and "bad value 0" in err
+
+
+def test_measure_runs_before_ahead_of_every_call_and_does_not_time_it():
+    pytest.importorskip("torch")
+    import time as _time
+
+    from calibrate.timing import Methodology, measure
+
+    calls = {"before": 0, "fn": 0}
+
+    def before():
+        calls["before"] += 1
+        _time.sleep(2e-3)                 # 2 ms of preceding work, never timed
+
+    def fn():
+        assert calls["before"] == calls["fn"] + 1     # every call right after its own before()
+        calls["fn"] += 1
+
+    st = measure(fn, Methodology(warmup=1, repeats=3, min_sample_s=1e-4, noise_threshold=10.0),
+                 before=before)
+    assert calls["fn"] == calls["before"] >= 4
+    assert st.median_s < 1e-3                     # the 2 ms before() is not in the time
