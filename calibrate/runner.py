@@ -89,18 +89,22 @@ def merge_passes(rows: list[dict[str, object]]) -> dict[str, object]:
     ok_rows = [r for r in rows if r.get("status") == "ok"]
     if not ok_rows:
         return dict(rows[0])
-    med = [float(r["median_s"]) for r in ok_rows]  # type: ignore[arg-type]
+
+    def col(key: str) -> list[float]:
+        return [float(r[key]) for r in ok_rows]  # type: ignore[arg-type]
+
+    med = col("median_s")
     out = dict(ok_rows[0])
     out.update({
         "median_s": statistics.median(med),
-        "q1_s": statistics.median(float(r["q1_s"]) for r in ok_rows),  # type: ignore[arg-type]
-        "q3_s": statistics.median(float(r["q3_s"]) for r in ok_rows),  # type: ignore[arg-type]
-        "min_s": min(float(r["min_s"]) for r in ok_rows),  # type: ignore[arg-type]
-        "max_s": max(float(r["max_s"]) for r in ok_rows),  # type: ignore[arg-type]
-        "repeats": sum(int(r["repeats"]) for r in ok_rows),  # type: ignore[arg-type]
-        "inner": max(int(r["inner"]) for r in ok_rows),  # type: ignore[arg-type]
-        "remeasured": int(any(int(r["remeasured"]) for r in ok_rows)),  # type: ignore[arg-type]
-        "unstable": int(any(int(r["unstable"]) for r in ok_rows)),  # type: ignore[arg-type]
+        "q1_s": statistics.median(col("q1_s")),
+        "q3_s": statistics.median(col("q3_s")),
+        "min_s": min(col("min_s")),
+        "max_s": max(col("max_s")),
+        "repeats": int(sum(col("repeats"))),
+        "inner": int(max(col("inner"))),
+        "remeasured": int(any(col("remeasured"))),
+        "unstable": int(any(col("unstable"))),
         PASS_COLUMN: " ".join(f"{x:.6g}" for x in med),
     })
     return out
