@@ -6,6 +6,10 @@ an existing profile), then for every validation scenario
 (scenarios/small-*_cpu_*.yaml) simulate its scaled schedule with that profile, replay the same
 schedule with torch and compare. Prints per scenario the predicted and measured iteration time,
 the signed error, loss parity and the per-category errors, then the median absolute error.
+With ``--shapes-from`` calibration (the default) the profile holds every scenario's blocks
+measured whole (suite blocks, docs/calibration.md); **op-level** is the same measurement against
+the prediction with those left out — every task priced op by op, as for a shape never measured —
+and its median absolute error is printed too. ``--no-blocks`` calibrates without the suite.
 Target: median |error| <= 10%. The load average is printed before and after: other processes on
 the machine slow the measurement, not the prediction.
 
@@ -20,7 +24,7 @@ it sees other containers too), in cores: on a 2-core machine 1.0 means another j
 core — it shares caches, memory bandwidth and the hypervisor's cores with the replay.
 
     .venv/bin/python benchmarks/validation_error.py [--profile P.yaml | --calibrate-each-round]
-        [--grid-only] [--passes N] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
+        [--grid-only] [--no-blocks] [--passes N] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 
 from simhete.cli import main as cli
 from simhete.commands.validate import validate_scenario
+from simhete.hw.fit import SUITES
 from simhete.hw.profile import load_profile
 from simhete.scenario import load_scenario
 
@@ -53,6 +58,9 @@ def main() -> int:
                     help="a fresh calibrate --quick before every round, so each round's prediction "
                          "uses a profile measured minutes before its replays (the machine's speed "
                          "drifts; see docs/validation.md)")
+    ap.add_argument("--no-blocks", action="store_true",
+                    help="calibrate without suite blocks (no block measured whole: every task priced "
+                         "op by op)")
     ap.add_argument("--passes", type=int, default=1, metavar="N",
                     help="calibrate with --passes N (the median of N passes per point)")
     ap.add_argument("--iterations", type=int, default=5)
@@ -75,8 +83,9 @@ def main() -> int:
             out = str(Path(tmp) / name)
             _quiet(args.quiet_wait)
             shapes = [] if args.grid_only else ["--shapes-from", *map(str, paths)]
+            suites = ["--suites", ",".join(s for s in SUITES if s != "blocks")] if args.no_blocks else []
             if cli(["calibrate", "--quick", "--device", args.device or "cpu", "--out", out,
-                    "--passes", str(args.passes), *shapes]) != 0:
+                    "--passes", str(args.passes), *shapes, *suites]) != 0:
                 raise SystemExit(2)
             return load_profile(out)
 
@@ -86,7 +95,7 @@ def main() -> int:
             if args.calibrate_each_round and rnd > 0:
                 profile = calibrate(f"cpu-{rnd}.yaml")
             print(f"\nround {rnd + 1}/{args.repeat}\n{'scenario':<34} {'predicted':>11} "
-                  f"{'measured':>11} {'error':>8}  drift  at drift  cpu   others  parity  "
+                  f"{'measured':>11} {'error':>8}  op-level  drift  at drift  cpu   others  parity  "
                   "per category")
             for p in paths:
                 _quiet(args.quiet_wait)
@@ -101,16 +110,19 @@ def main() -> int:
                 c = v.comparison
                 corrected = (c.iteration.predicted * drift - c.iteration.measured) / c.iteration.measured
                 share = _cpu_share(v, set(c.steady_iterations))
+                op_pred = _op_level(scen, profile, args.iterations)
+                op_err = None if op_pred is None else (op_pred - c.iteration.measured) / c.iteration.measured
                 cats = " ".join(f"{k}:{(e.error or 0) * 100:+.0f}%" for k, e in c.categories.items())
                 print(f"{p.stem:<34} {c.iteration.predicted * 1e3:>9.2f}ms "
                       f"{c.iteration.measured * 1e3:>9.2f}ms {c.iteration.error * 100:>+7.1f}%  "
-                      f"{drift:5.2f} {corrected * 100:>+7.1f}%  "
+                      f"{'    -   ' if op_err is None else f'{op_err * 100:>+7.1f}%'}  {drift:5.2f} {corrected * 100:>+7.1f}%  "
                       f"{'  -  ' if share is None else f'{share:.2f} '} "
                       f"{'   -   ' if others is None else f'{others:5.2f}  '} "
                       f"{'ok' if v.parity else 'FAIL':<6}  {cats}")
                 runs[p.stem].append({**c.to_dict(), "loss_parity": v.parity, "cpu_share": share,
                                      "others_cores": others, "drift": drift,
-                                     "drift_corrected_error": corrected})
+                                     "drift_corrected_error": corrected,
+                                     "op_level_predicted_s": op_pred, "op_level_error": op_err})
     rows = [_summary(stem, rs) for stem, rs in runs.items()]
     if args.repeat > 1:
         print(f"\nover {args.repeat} rounds (median [min, max])\n{'scenario':<34} {'predicted':>11} "
@@ -129,6 +141,11 @@ def main() -> int:
                  for i in range(args.repeat)]
     print(f"\nmedian |error| of the steady-state iteration time: {med * 100:.1f}% "
           f"(target <= {TARGET * 100:.0f}%: {'met' if med <= TARGET else 'NOT met'})")
+    if all(x["op_level_error"] is not None for rs in runs.values() for x in rs):
+        med_op = statistics.median(abs(statistics.median(x["op_level_error"] for x in rs))
+                                   for rs in runs.values())
+        print(f"the same, every task priced op by op (the profile's gpu.blocks left out; same "
+              f"measurements): {med_op * 100:.1f}%")
     print(f"the same with the prediction scaled by the machine's drift (diagnostic, not the "
           f"target): {med_drift * 100:.1f}%")
     if args.repeat > 1:
@@ -140,6 +157,21 @@ def main() -> int:
                                                "profile": profile.name, "summary": rows,
                                                "runs": runs}, indent=2) + "\n")
     return 0 if all(x["loss_parity"] for rs in runs.values() for x in rs) else 1
+
+
+def _op_level(scen, profile, iterations: int) -> float | None:  # type: ignore[no-untyped-def]
+    """The steady-state iteration time predicted with every task priced op by op: the profile
+    without its ``gpu.blocks`` (None when it has none), simulated as ``simhete validate`` does."""
+    from simhete.commands.validate import _with_scenario_overrides
+    from simhete.replay.compare import steady
+    from simhete.replay.config import scaled_scenario
+    from simhete.sim import run as simulate
+
+    if profile.gpu.blocks is None:
+        return None
+    ops_only = profile.model_copy(update={"gpu": profile.gpu.model_copy(update={"blocks": None})})
+    pred = simulate(scaled_scenario(scen, iterations), profile=_with_scenario_overrides(scen, ops_only))
+    return steady(pred.timeline)[0]
 
 
 def _probe_ops(scen, profile) -> list:  # type: ignore[no-untyped-def]

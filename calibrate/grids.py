@@ -52,6 +52,7 @@ class Grid:
     attn_extra: tuple[tuple[str, int, int, int, int, int], ...] = ()  # (dtype, batch, heads,
                                                                       #  kv_heads, seq, head_dim)
     shapes_from: tuple[str, ...] = ()                                 # the scenario files
+    block_scenarios: tuple[str, ...] = ()     # their paths: whole blocks (calibrate/blocks.py)
 
 
 def _threads(cores: int) -> tuple[int, ...]:

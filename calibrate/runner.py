@@ -14,13 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from simhete.hostinfo import process_rss_bytes
 from simhete.hw.fit import SYSTEM, write_raw
 
-from calibrate import adam, attention, collectives, copies, gemm, interference, membw
+from calibrate import adam, attention, blocks, collectives, copies, gemm, interference, membw
 from calibrate.common import ROW_TAIL, Ctx
 from calibrate.device import Target, host_cpu, host_memory_bytes, l2_bytes, provenance
 from calibrate.grids import Grid
 
 SUITES: dict[str, ModuleType] = {m.NAME: m for m in (gemm, attention, membw, copies, adam,
-                                                     interference, collectives)}
+                                                     interference, collectives, blocks)}
 
 
 def _sockets() -> int:
@@ -125,12 +125,15 @@ def _run(ctx: Ctx, names: list[str], raw_dir: Path, console: Console | None, pas
             for name, mod, pts in plans:
                 rows = []
                 for p in pts:
-                    rows.append(mod.run(ctx, p))
+                    row = mod.run(ctx, p)     # a suite may give several rows for one point
+                    rows.extend(row if isinstance(row, list) else [row])
                     prog.advance(tasks[name])
                 measured[name].append(rows)
         for name, mod, pts in plans:
+            if not pts:
+                continue                      # nothing to measure (blocks without --shapes-from)
             extra = {"shapes_from": " ".join(grid.shapes_from)} if grid.shapes_from and name in (
-                "gemm", "attention") else {}
+                "gemm", "attention", "blocks") else {}
             if name == membw.NAME:
                 extra["ring"] = membw.ring_note(ctx.l2)
             cols: tuple[str, ...] = (*mod.COLUMNS, *ROW_TAIL)

@@ -29,23 +29,29 @@ class Shapes:
     files: list[str] = field(default_factory=list)
 
 
-def scenario_shapes(paths: list[str], device_type: str) -> Shapes:
-    """Every distinct GEMM (dtype, M, N, K) and causal attention (dtype, batch, heads, kv_heads,
-    seq, head_dim) the scenarios' workloads price on a ``device_type`` device."""
+def scenario_workload(path: str, device_type: str):  # type: ignore[no-untyped-def]
+    """(model spec, workload) of a scenario as it is priced on a ``device_type`` device: at its
+    ``replay:`` shape when it has one (what ``simhete validate`` simulates), else at its own."""
     from simhete.replay.config import scaled_scenario
     from simhete.scenario import load_scenario
     from simhete.sim import flash_attention, resolve_model
     from simhete.workload import build_workload
 
+    s = load_scenario(path)
+    if s.data.replay is not None:
+        s = scaled_scenario(s)
+    spec = resolve_model(s)
+    tr = s.data.train
+    return spec, build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype,
+                                flash_attention=flash_attention(tr.attention, device_type, spec))
+
+
+def scenario_shapes(paths: list[str], device_type: str) -> Shapes:
+    """Every distinct GEMM (dtype, M, N, K) and causal attention (dtype, batch, heads, kv_heads,
+    seq, head_dim) the scenarios' workloads price on a ``device_type`` device."""
     out = Shapes()
     for path in paths:
-        s = load_scenario(path)
-        if s.data.replay is not None:
-            s = scaled_scenario(s)
-        spec = resolve_model(s)
-        tr = s.data.train
-        wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype,
-                            flash_attention=flash_attention(tr.attention, device_type, spec))
+        spec, wl = scenario_workload(path, device_type)
         for blk in wl.blocks:
             for op in (*blk.fwd_ops, *blk.bwd_ops):
                 if op.kind is OpKind.GEMM:

@@ -263,3 +263,57 @@ def test_measure_runs_before_ahead_of_every_call_and_does_not_time_it():
                  before=before)
     assert calls["fn"] == calls["before"] >= 4
     assert st.median_s < 1e-3                     # the 2 ms before() is not in the time
+
+
+@pytest.mark.torch
+def test_blocks_are_measured_whole_and_price_exactly_the_tasks_with_their_ops(tmp_path):
+    """Suite blocks (--shapes-from): each distinct forward/backward op sequence of the scenario's
+    replay-scaled workload is one raw row, a ``gpu.blocks`` entry keyed by ``ops_key``, and the
+    price of exactly the simulated tasks with those ops (other tasks keep their op-level price)."""
+    pytest.importorskip("torch")
+    from calibrate.targets import scenario_workload
+    from simhete import sim
+    from simhete.hw.cost import ops_key
+    from simhete.replay.config import scaled_scenario
+    from simhete.scenario import load_scenario
+
+    scen = "scenarios/small-gpt_cpu_recompute.yaml"
+    out = tmp_path / "b.yaml"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIMHETE_CALIBRATE_GRID", "tiny")
+    try:
+        rc = main(["calibrate", "--device", "cpu", "--out", str(out), "--suites",
+                   "gemm,membw,copy,blocks", "--shapes-from", scen])
+    finally:
+        mp.undo()
+    assert rc == 0
+    _, wl = scenario_workload(scen, "cpu")
+    want = {(ops_key(ops), p) for b in wl.blocks for p, ops in (("fwd", b.fwd_ops), ("bwd", b.bwd_ops))}
+    raw = read_raw(out.with_suffix(".raw") / "blocks.csv")
+    assert raw.meta["shapes_from"] == "small-gpt_cpu_recompute.yaml"
+    assert {(r["key"], r["pass"]) for r in raw.ok()} == want
+    assert len(raw.rows) == len(want) == 6          # embed, the (shared) transformer block, head
+    for r in raw.ok():
+        assert int(r["repeats"]) >= 3 and float(r["min_s"]) <= float(r["median_s"]) <= float(r["max_s"])
+    prof = load_profile(out)
+    assert prof.gpu.blocks is not None and prof.gpu.blocks.calibrated
+    measured = {k: s for k, _, s in prof.gpu.blocks.entries}
+    assert set(measured) == {k for k, _ in want}
+    assert refit(out.with_suffix(".raw"), "b", tmp_path)["gpu"]["blocks"]["entries"] == [
+        list(e) for e in prof.gpu.blocks.entries]
+    report = out.with_suffix(".fit.md").read_text()
+    assert "## blocks: measured whole vs the op-level price" in report
+    # what `simhete validate` simulates for the scenario: every F, R and B task of a block is
+    # priced at its measured time; copies and optimizer steps from their own curves
+    res = sim.run(scaled_scenario(load_scenario(scen)), profile=prof)
+    cm = CostModel(prof)
+    cats = set()
+    for t, d in zip(res.schedule.tasks, res.context.cost.durations(res.schedule)):
+        k = ops_key(t.ops)
+        what = t.name.split(".")[1]
+        if what in ("F", "R", "B"):
+            assert d == measured[k], t.name
+            cats.add(what)
+        else:
+            assert k not in measured and d == cm.ops_sum_seconds(t.ops), t.name
+    assert cats == {"F", "R", "B"}

@@ -416,3 +416,50 @@ def test_attention_between_measured_shapes_is_interpolated_in_log_space():
     for op in (Op(OpKind.ATTN_FWD, (1, 4, 128, 128, 64, 1), dtype="fp32"),
                Op(OpKind.ATTN_BWD, (4, 4, 128, 128, 64, 1), dtype="fp32")):
         assert cm.op_seconds(op) == pytest.approx(10e-6 + op.flops / 0.5e12)
+
+
+def test_ops_key_names_an_op_sequence_stably_and_only_it():
+    from simhete.hw.cost import ops_key
+
+    ops = (Op(OpKind.NORM, n=4096, dtype="fp32"), Op(OpKind.GEMM, (512, 768, 256), dtype="fp32"))
+    # a fixed digest: keys are written into profiles, so they must not change between processes
+    assert ops_key(ops) == ops_key(tuple(ops)) == "d0db107ca787b1c4"
+    assert len(ops_key(ops)) == 16 and int(ops_key(ops), 16) >= 0
+    variants = [ops[::-1], ops[:1], (ops[0], Op(OpKind.GEMM, (512, 768, 256), dtype="bf16")),
+                (ops[0], Op(OpKind.GEMM, (512, 768, 256), dtype="fp32", count=2)),
+                (Op(OpKind.NORM, n=4097, dtype="fp32"), ops[1])]
+    assert len({ops_key(v) for v in variants} | {ops_key(ops)}) == len(variants) + 1
+
+
+def test_a_measured_block_prices_exactly_its_ops_tuple_and_is_not_flagged():
+    from simhete.hw.cost import ops_key
+
+    fwd = (Op(OpKind.NORM, n=4096, dtype="fp32"), Op(OpKind.GEMM, (512, 768, 256), dtype="fp32"))
+    other = (Op(OpKind.NORM, n=4096, dtype="fp32"), Op(OpKind.GEMM, (512, 768, 128), dtype="fp32"))
+    base = cpu_profile()
+    data = base.model_dump(mode="json", exclude_none=True)
+    data["gpu"]["blocks"] = {"source": "measured", "ref": "test", "raw": "p.raw/blocks.csv", "device": "cpu",
+                             "driver": "n/a (CPU device)", "torch": "2.13.0", "date": "2026-11-22",
+                             "entries": [[ops_key(fwd), "b fwd", 0.0123]]}
+    cm = CostModel(validate(HardwareProfile, data, "cpu-test.yaml"))
+    assert cm.ops_seconds(fwd) == 0.0123
+    assert cm.ops_sum_seconds(fwd) == CostModel(base).ops_seconds(fwd) != 0.0123
+    assert cm.ops_seconds(other) == CostModel(base).ops_seconds(other)
+    assert cm.ops_seconds(fwd[1:]) == CostModel(base).ops_seconds(fwd[1:])   # one op: never a block
+    assert not any(f.startswith("gpu.blocks") for f in cm.flags)
+    data["gpu"]["blocks"]["source"] = "assumed"
+    cm = CostModel(validate(HardwareProfile, data, "cpu-test.yaml"))
+    cm.ops_seconds(fwd)
+    assert "gpu.blocks (assumed)" in cm.flags
+
+
+@pytest.mark.parametrize("entry, msg", [
+    (["xyz", "b fwd", 0.01], "key must be 16 hex digits"),
+    (["0123456789abcdef", "b fwd", 0.0], "seconds must be > 0"),
+])
+def test_bad_block_entries_are_one_line_config_errors(entry, msg):
+    data = cpu_profile().model_dump(mode="json", exclude_none=True)
+    data["gpu"]["blocks"] = {"source": "paper", "ref": "test", "entries": [entry]}
+    with pytest.raises(ConfigError, match=r"gpu\.blocks\.entries") as e:
+        validate(HardwareProfile, data, "cpu-test.yaml")
+    assert msg in str(e.value) and "\n" not in str(e.value)

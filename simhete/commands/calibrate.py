@@ -38,8 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch intra-op threads per measuring thread (default: 1 on a CPU "
                         "device, torch's default with CUDA); replay should use the same")
     p.add_argument("--shapes-from", nargs="+", default=[], metavar="SCENARIO.yaml",
-                   help="also measure the exact GEMM and attention shapes these scenarios price "
-                        "(at their replay: shape when they have one); see docs/calibration.md")
+                   help="also measure the exact GEMM and attention shapes these scenarios price, "
+                        "and (suite blocks) each of their blocks' forward and backward whole, "
+                        "inside training steps of their model (at their replay: shape when they "
+                        "have one); see docs/calibration.md")
     p.add_argument("--passes", type=int, default=1, metavar="N",
                    help="measure every suite N times, one pass after another, and keep each "
                         "point's median over the passes (a shared machine's speed drifts within "
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         from calibrate.targets import scenario_shapes
         shapes = scenario_shapes(args.shapes_from, target.kind)
         g = dataclasses.replace(g, gemm_extra=tuple(shapes.gemm), attn_extra=tuple(shapes.attn),
-                                shapes_from=tuple(shapes.files))
+                                shapes_from=tuple(shapes.files), block_scenarios=tuple(args.shapes_from))
     console = Console(stderr=True)
     console.print(f"calibrating {target.name} ({target.kind}), {g.level} grid, suites: "
                   f"{', '.join(suites)}")
@@ -148,8 +150,12 @@ def run(args: argparse.Namespace) -> int:
         s_raw.mkdir()
         run_suites(target, g, suites, s_raw, console, args.threads, args.passes)
         result = fit(s_raw, out.stem, stage)
+        text = result.report
+        if args.shapes_from and "blocks" in suites:
+            from calibrate.blocks import comparison
+            text += "\n" + comparison(result.profile, args.shapes_from, target.kind)
         (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
-        (stage / report.name).write_text(result.report)
+        (stage / report.name).write_text(text)
         _install([(s_raw, raw_dir), (stage / report.name, report), (stage / out.name, out)])
     finally:
         shutil.rmtree(stage, ignore_errors=True)

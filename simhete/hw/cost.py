@@ -25,12 +25,16 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
 - ADAM_GPU: launch + 28 n / (bandwidth × efficiency).
 - ALLREDUCE/REDUCE_SCATTER/ALLGATHER: α + n · factor / bus bandwidth (nccl-tests factors).
 
-``task_seconds`` is cached by the task's ops tuple, so identical blocks are priced once.
+A task whose ops tuple is listed in ``gpu.blocks`` (a block's forward or backward measured whole,
+inside a training step: calibrate/blocks.py) is priced at that measured time; every other task is
+the sum of its ops. ``task_seconds`` is cached by the task's ops tuple, so identical blocks are
+priced once.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 from typing import Callable
 
@@ -50,6 +54,16 @@ MB_FALLBACK = {OpKind.RMSNORM: OpKind.NORM, OpKind.GELU: OpKind.ELEMENTWISE,
                # a backward kind: its forward's entry (which older profiles fitted to the mean
                # call of both passes)
                **{bwd: fwd for fwd, bwd in BWD_KIND.items()}}
+
+
+def ops_key(ops: tuple[Op, ...]) -> str:
+    """A stable name (16 hex digits) for an op sequence: what ``gpu.blocks`` entries are keyed by.
+    Equal tuples (every op's kind, shape, n, dtype, pinning and count) give equal keys, in every
+    process (unlike ``hash``)."""
+    text = ";".join(f"{op.kind.value},{'x'.join(map(str, op.shape))},{op.n},{op.dtype},"
+                    f"{int(op.pinned)},{op.count}" for op in ops)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
 
 # nccl-tests doc/PERFORMANCE.md: busbw = algbw × factor, with r ranks.
 BUS_FACTOR: dict[OpKind, Callable[[int], float]] = {
@@ -87,6 +101,9 @@ class CostModel:
                         self._attn_exact[(kind, dt, (b, h, sq, skv, d, causal))] = float(r[6])
                         self._attn_rows.setdefault((kind, dt, causal), []).append(
                             (b * h, sq * skv, d, float(r[6])))
+        blocks = g.blocks
+        self._blocks: dict[str, float] = ({k: float(sec) for k, _, sec in blocks.entries}
+                                          if blocks is not None else {})
         self._op_cache: dict[Op, float] = {}
         self._task_cache: dict[tuple[Op, ...], float] = {}
         self._flags: set[str] = set()
@@ -135,9 +152,18 @@ class CostModel:
         """Sum of ``ops`` (a task's ops tuple); equal tuples share one cached value."""
         t = self._task_cache.get(ops)
         if t is None:
-            t = math.fsum(self.op_seconds(op) for op in ops)
+            t = self._blocks.get(ops_key(ops)) if self._blocks and len(ops) > 1 else None
+            if t is None:
+                t = math.fsum(self.op_seconds(op) for op in ops)
+            else:
+                self._use("gpu.blocks", self.profile.gpu.blocks)  # type: ignore[arg-type]
             self._task_cache[ops] = t
         return t
+
+    def ops_sum_seconds(self, ops: tuple[Op, ...]) -> float:
+        """Sum of ``ops`` priced one by one, never from ``gpu.blocks`` (what the op-level model
+        gives for a measured block)."""
+        return math.fsum(self.op_seconds(op) for op in ops)
 
     def durations(self, schedule: Schedule) -> list[float]:
         """Seconds for each task, in ``schedule.tasks`` order.

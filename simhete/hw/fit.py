@@ -45,7 +45,7 @@ from simhete.hw.gemm import quantised_flops
 from simhete.opkinds import BWD_KIND, OpKind
 from simhete.schedule.model import Op
 
-SUITES = ("gemm", "attention", "membw", "copy", "adam", "interference", "collectives")
+SUITES = ("gemm", "attention", "membw", "copy", "adam", "interference", "collectives", "blocks")
 SYSTEM = "system"   # facts queried from the OS/driver, not timed; always written
 SIG = 4             # significant digits kept in fitted numbers (measurements are noisier)
 
@@ -333,6 +333,25 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
     st.sections.append(f"## attention\n\n- fit shapes: {len(rows)}{_scenario_note(rows)}; efficiency of peak: "
                        f"fwd {eff['fwd']}, bwd {eff['bwd']}\n- measured TFLOP/s (min-max over "
                        f"the fit shapes): {rates}\n")
+
+
+def _fit_blocks(st: _State, gpu: dict[str, Any]) -> None:
+    """Whole blocks measured inside training steps (calibrate/blocks.py) → ``gpu.blocks``: each
+    distinct op sequence at its median time (the first scenario's row where two share one)."""
+    rows = st.tables["blocks"].ok()
+    entries: dict[str, list[Any]] = {}
+    for r in rows:
+        entries.setdefault(r["key"], [r["key"], f"{r['scenario']} {r['block']} {r['pass']}",
+                                      sig(_f(r, "median_s"))])
+    if not entries:
+        return
+    gpu["blocks"] = {**st.prov("blocks", "each block's forward or backward timed whole inside "
+                                         "training steps of the scenario's model; median over its "
+                                         "calls (--shapes-from)"),
+                     "entries": list(entries.values())}
+    scen = sorted({r["scenario"] for r in rows})
+    st.sections.append(f"## blocks\n\n- {len(entries)} op sequences measured whole, from "
+                       f"{', '.join(scen)}; tasks with exactly these ops are priced at these times\n")
 
 
 # Memory-bound microbenchmark ops → the OpKind they price (byte counts: calibrate/membw.py).
@@ -673,6 +692,8 @@ def _fit(raw_dir: str | Path, name: str | None, profile_dir: str | Path | None) 
     if "attention" in tables:
         _fit_attention(st, gpu)
     _fit_membw(st, gpu)
+    if "blocks" in tables:
+        _fit_blocks(st, gpu)
     links = _fit_copy(st, device_type, host)
     pinned = int(sysinfo["pinned_limit_bytes"])
     if device_type == "cuda" or pinned > 0:   # a CPU device has no pinned memory: key left out

@@ -10,6 +10,7 @@ Units live in key names: ``_gbps`` is 10^9 bytes/s, ``_us`` microseconds, ``_byt
 from __future__ import annotations
 
 import fnmatch
+import re
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
 
@@ -201,6 +202,29 @@ class AttentionModel(Strict):
     table: AttnTable | None = None
 
 
+class BlockTable(Provenance):
+    """Measured seconds of whole op sequences as a training step runs them (``simhete calibrate
+    --shapes-from``, calibrate/blocks.py): ``entries = [[key, label, seconds], ...]``, ``key`` the
+    :func:`simhete.hw.cost.ops_key` of a block's ``fwd_ops`` or ``bwd_ops`` tuple. A task whose ops
+    tuple has a key listed here is priced at that time instead of the sum of its ops."""
+
+    entries: list[tuple[str, str, float]]
+
+    @field_validator("entries")
+    @classmethod
+    def _entries(cls, v: list[tuple[str, str, float]]) -> Any:
+        keys = set()
+        for key, label, sec in v:
+            if not re.fullmatch(r"[0-9a-f]{16}", key):
+                raise ValueError(f"{label}: key must be 16 hex digits (simhete.hw.cost.ops_key), got {key!r}")
+            if not sec > 0:
+                raise ValueError(f"{label}: seconds must be > 0, got {sec}")
+            if key in keys:
+                raise ValueError(f"{label}: key {key} listed twice")
+            keys.add(key)
+        return v
+
+
 class Curve(Provenance):
     """Size-dependent rate measured end to end: ``points = [[size, rate], ...]`` — bytes and GB/s
     for links and memory-bound ops."""
@@ -285,6 +309,7 @@ class Gpu(Strict):
     memory_bound: MemoryBound | None = None
     gemm: GemmModel
     attention: AttentionModel | None = None
+    blocks: BlockTable | None = None
 
     @model_validator(mode="after")
     def _fits(self) -> "Gpu":
