@@ -3,7 +3,7 @@
 For every shipped scenario (``scenarios/*.yaml``): the schedule's text form, the durations, the
 summary JSON, and the records, memory events, peaks and OOM report of both engines (the fast
 engine with each available loop); and every row of the 120-point sweep of
-``benchmarks/sweep_speed.py``. Prints one ``name sha256`` line per item.
+``benchmarks/sweep_speed.py`` (its ``id`` apart: it hashes the base scenario's absolute path). Prints one ``name sha256`` line per item.
 
 Compare two trees (e.g. your working tree and a clean ``git worktree`` of HEAD):
 
@@ -67,9 +67,13 @@ def main() -> None:
     sweep = sweep_from_dict(dict(SWEEP), str(ROOT / "benchmarks" / "sweep_speed.yaml"))
     with tempfile.TemporaryDirectory() as d, ResultStore(Path(d) / "x.sqlite") as st:
         rows = Runner(sweep, st, LocalBackend(1)).run().rows
-    for r in rows:
-        print(f"sweep.{r.idx} {h(r.as_dict())}")
-    print(f"sweep.all {h([r.as_dict() for r in rows])}")
+    # a row's id hashes the resolved configuration, which names the base scenario by its absolute
+    # path: it differs between checkouts, so it is digested apart (compare it within one checkout)
+    plain = [{k: v for k, v in r.as_dict().items() if k != "id"} for r in rows]
+    for r, d in zip(rows, plain):
+        print(f"sweep.{r.idx} {h(d)}")
+    print(f"sweep.all {h(plain)}")
+    print(f"sweep.ids {h([r.id for r in rows])} (depends on the checkout's path)")
 
 
 if __name__ == "__main__":
