@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from simhete.engine import fast
+from simhete.engine import fast, indexed
+from simhete.policy import template
 from simhete.search.backends import LocalBackend
 from simhete.search.runner import Runner
 from simhete.search.space import sweep_from_dict
@@ -85,7 +86,16 @@ STAGES = [
 ]
 
 
+def fresh_caches() -> None:
+    """Forget what earlier sweeps in this process left: structural templates and the engine's
+    indexed schedules and structures (each timed sweep starts as a new sweep process would, numba
+    and imports aside)."""
+    template.clear()
+    indexed.clear()
+
+
 def run_once(n_points: int | None, grid: dict | None = None) -> tuple[int, float]:
+    fresh_caches()
     data = dict(grid or SWEEP)
     if n_points is not None:
         data["strategy"] = {"name": "random", "samples": n_points, "seed": 0}

@@ -17,6 +17,7 @@ from simhete.errors import ConfigError, SimheteError
 from simhete.hw.cost import CostModel
 from simhete.hw.profile import PROFILES_DIR, load_profile
 from simhete.policy import Context, get_policy
+from simhete.policy.template import build_schedule
 from simhete.report.metrics import Summary, pcie_task_bytes, summarize
 from simhete.scenario import HardwareRef, Scenario
 from simhete.schedule import Schedule, check_schedule
@@ -120,7 +121,7 @@ def run(s: Scenario, engine: str = "fast", profile: Any = None, check: bool = Tr
     """Simulate a scenario. ``check`` runs the dry-run checker on the policy's schedule first
     (sweeps turn it off for speed; every policy is property-tested to build valid schedules)."""
     ctx, policy = resolve(s, profile)
-    sched = policy.build(ctx)
+    sched = build_schedule(policy, ctx)
     problems = check_schedule(sched, capacity=False) if check else []
     if problems:  # a policy bug, not a user error: say exactly what is wrong
         raise SimheteError(f"policy {policy.name} built an invalid schedule: {problems[0]}"

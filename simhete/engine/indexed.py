@@ -132,6 +132,7 @@ class Structure:
     a_pools: list
     a_clss: list
     initial: list                     # (buf, pool, cls) per initial buffer
+    initial_src: tuple                # the initial tuple it was derived from (identity: a quick yes)
     # derived arrays (shared by every Indexed of this structure; the loops never write to them)
     streams: tuple
     buffers: tuple
@@ -170,6 +171,12 @@ class Structure:
                 and list(map(_CLS, flat)) == self.a_clss
                 and list(map(_INITIAL, schedule.initial)) == self.initial)
 
+    def same_memory_layout(self, schedule: Schedule) -> bool:
+        """Whether ``schedule``'s pool names and initial buffers' names, pools and classes are
+        this structure's (the part of :meth:`matches` a template's shape does not cover)."""
+        return tuple(schedule.pools) == self.pools and (
+            schedule.initial is self.initial_src or list(map(_INITIAL, schedule.initial)) == self.initial)
+
 
 _BUF, _POOL, _CLS, _BYTES = (attrgetter(f) for f in ("buf", "pool", "cls", "bytes"))
 _INITIAL = attrgetter("buf", "pool", "cls")
@@ -183,27 +190,63 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     # The schedule's table (one list per Task field; a policy's Builder fills it as it adds tasks)
     # is read column by column: no attribute reads of Task objects.
     tb = schedule.table
+    shape = tb.shape
+    if shape is not None:
+        # a table resized from a structural template: every table of this shape shares the
+        # template's structural columns (the same list objects), so the shape's identity stands
+        # for the column comparison; pools and initial buffers are the schedule's own, checked
+        hit = _BY_SHAPE.get(id(shape))
+        if hit is not None and hit[0] is shape and _STRUCTURES.get(id(hit[1])) is hit[1] \
+                and hit[1].same_memory_layout(schedule):
+            return _reuse(hit[1], schedule, tb.alloc_bytes(), rules)
     flat = list(chain.from_iterable(tb.allocs))
     names = tb.name
     key = (len(names), len(flat), names[0] if names else None, names[-1] if names else None)
     st = next((x for x in reversed(_STRUCTURES.values()) if x.key == key and x.matches(schedule, flat)), None)
     if st is not None:
-        # a structure that passed every check: only the size-dependent ones remain, in the same order
-        _STRUCTURES.move_to_end(id(st))
-        oom = _initial_overflow(schedule)
-        if oom is not None:
-            return Indexed(schedule, oom)
-        a_bytes = list(map(_BYTES, flat))
-        if a_bytes and min(a_bytes) < 0:
-            _raise_first_error(schedule.tasks, schedule.index(), {p: k for k, p in enumerate(schedule.pools)})
-        return _sized(st, schedule, a_bytes, rules)
+        if shape is not None:
+            _remember_shape(shape, st)
+        return _reuse(st, schedule, list(map(_BYTES, flat)), rules)
     st = _structure(schedule, flat, key)
     if not isinstance(st, Structure):
         return st                     # initial buffers overflow: nothing to run
     _STRUCTURES[id(st)] = st
     if len(_STRUCTURES) > STRUCTURES_KEPT:
         _STRUCTURES.popitem(last=False)
+    if shape is not None:
+        _remember_shape(shape, st)
     return _sized(st, schedule, list(map(_BYTES, flat)), rules)
+
+
+def _reuse(st: Structure, schedule: Schedule, a_bytes: list, rules: tuple) -> Indexed:
+    """A schedule of a structure that passed every check: only the size-dependent checks remain,
+    in the reference's order."""
+    _STRUCTURES.move_to_end(id(st))
+    oom = _initial_overflow(schedule)
+    if oom is not None:
+        return Indexed(schedule, oom)
+    if a_bytes and min(a_bytes) < 0:
+        _raise_first_error(schedule.tasks, schedule.index(), {p: k for k, p in enumerate(schedule.pools)})
+    return _sized(st, schedule, a_bytes, rules)
+
+
+_BY_SHAPE: dict[int, tuple] = {}      # id(TableShape) -> (shape, Structure): tables of a known shape
+
+
+def _remember_shape(shape, st: Structure) -> None:
+    if len(_BY_SHAPE) >= 4 * STRUCTURES_KEPT:     # bounded; entries of evicted structures go first
+        for k in [k for k, (_, s) in _BY_SHAPE.items() if _STRUCTURES.get(id(s)) is not s]:
+            del _BY_SHAPE[k]
+        if len(_BY_SHAPE) >= 4 * STRUCTURES_KEPT:
+            _BY_SHAPE.clear()
+    _BY_SHAPE[id(shape)] = (shape, st)
+
+
+def clear() -> None:
+    """Forget every indexed schedule and structure (benchmarks, tests)."""
+    _CACHE.clear()
+    _STRUCTURES.clear()
+    _BY_SHAPE.clear()
 
 
 def _initial_overflow(schedule: Schedule) -> OOMReport | None:
@@ -289,7 +332,7 @@ def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Inde
     return Structure(
         key=quick, pools=pools, names=names, stream=stream_names, prio=tb.prio, it_col=tb.it, deps=deps,
         frees=frees, n_alloc_col=n_alloc_col, a_names=a_names, a_pools=a_pools, a_clss=flat_cls,
-        initial=list(map(_INITIAL, schedule.initial)),
+        initial=list(map(_INITIAL, schedule.initial)), initial_src=schedule.initial,
         streams=streams, buffers=tuple(buf_id), matrices={},
         stream_of=np.fromiter(map(stream_id.__getitem__, stream_names), i64, n),
         it=np.fromiter(tb.it, i64, n), order=order, rank=rank,

@@ -8,7 +8,7 @@ model, as a solver does).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Hashable, Iterable
 
 from simhete.config import Strict, validate
 from simhete.opkinds import MemClass, OpKind, TaskCat
@@ -76,6 +76,35 @@ class Policy:
     def build(self, ctx: Context) -> Schedule:
         raise NotImplementedError
 
+    def structure_key(self, ctx: Context) -> Hashable | None:
+        """A key for the *structure* of ``build(ctx)``, or ``None`` (the default: always build).
+
+        A policy opts in to structural templates (:mod:`simhete.policy.template`) by returning a
+        key that determines everything ``build`` emits except the cells it marks as size-dependent
+        (``Builder.add(..., sized=...)``: ops and allocation bytes derived from a block's
+        activation sizes) and the pool capacities: two contexts with equal keys must give
+        schedules that differ only there. So the key holds every knob and context value the build
+        reads for anything else — the model (weights' sizes), dtype, GPUs, iterations,
+        accumulation, the decisions taken from sizes (which blocks have a workspace, a bucket
+        partition) — and a policy whose decisions depend on sizes in ways it cannot put in the key
+        (memory-capacity-driven choices, a solver) must return ``None``. ``tests/test_template.py``
+        checks, for every policy that opts in, that resizing equals a fresh build."""
+        return None
+
+
+def knob_key(knobs: Strict, exclude: Iterable[str] = ()) -> tuple:
+    """The knob values as a hashable tuple, fields in declaration order (lists as tuples)."""
+    skip = set(exclude)
+    return tuple((f, tuple(v) if isinstance(v, list) else v) for f, v in knobs.model_dump().items()
+                 if f not in skip)
+
+
+def context_key(ctx: Context) -> tuple:
+    """What a training policy's structure depends on in the context, sizes aside: the model
+    (hence every weight-related size), dtype, GPUs, iterations, accumulation and the pool names."""
+    wl = ctx.workload
+    return (wl.spec, wl.dtype, ctx.n_gpus, ctx.iterations, ctx.grad_accum, tuple(ctx.pools()))
+
 
 class Builder:
     """Accumulates tasks in order; ``add`` returns the task name so callers can chain deps.
@@ -88,6 +117,7 @@ class Builder:
 
     def __init__(self) -> None:
         self._rows: list[tuple] = []      # one tuple of Task fields per task (TaskTable.FIELDS order)
+        self._sized: list[tuple] = []     # (row, block position, ops code, alloc codes): see add
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -96,7 +126,15 @@ class Builder:
 
     def add(self, name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...] = (),
             deps: Iterable[str] = (), prio: int = 0, allocs: Iterable[Alloc] = (),
-            frees: Iterable[str] = (), it: int = 0, block: int = -1) -> str:
+            frees: Iterable[str] = (), it: int = 0, block: int = -1, sized: tuple | None = None) -> str:
+        """``sized``: which of this task's cells depend on sizes (micro-batch, sequence length),
+        for structural templates (:mod:`simhete.policy.template`): ``(p, ops_code, alloc_codes)``
+        where ``p`` is the block's position in ``ctx.blocks``, ``ops_code`` names how ``ops`` is
+        derived from that block (``template.OPS_CODES``; ``None``: fixed) and ``alloc_codes`` has
+        one entry per allocation naming how its bytes are derived (``template.BYTES_CODES``;
+        ``None``: fixed)."""
+        if sized is not None:
+            self._sized.append((len(self._rows), *sized))
         self._rows.append((name, stream, cat, tuple(ops), tuple(filter(None, deps)), prio, tuple(allocs),
                            tuple(frees), it, block))
         return name
@@ -114,7 +152,8 @@ class Builder:
     def build(self, pools: dict[str, int], initial: Iterable[Alloc], iterations: int,
               meta: dict[str, str]) -> Schedule:
         table = TaskTable.of_rows(self._rows)
-        self._rows = []
+        table.sized = self._sized
+        self._rows, self._sized = [], []
         return Schedule.from_table(table, pools, tuple(initial), iterations, meta)
 
 

@@ -60,6 +60,12 @@ class ActivationKnobs(Strict):
         return self
 
 
+def size_decisions(ctx: Context) -> tuple[bool, ...]:
+    """What :func:`forward_backward` decides from sizes: which blocks have a workspace buffer (part
+    of the structure key of a policy built on it, see ``Policy.structure_key``)."""
+    return tuple(bool(b.workspace_bytes) for b in ctx.blocks)
+
+
 def act_modes(ctx: Context, k: ActivationKnobs) -> dict[int, ActMode]:
     """Activation mode per block index; embedding and head always keep."""
     blocks = [b for b in ctx.blocks if b.name.startswith("b")]
@@ -158,7 +164,10 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     out = IterTasks()
     prev: tuple[str, ...] = tuple(start_deps)
     base_f = fwd_prio(it, 0, m, nb)
-    for blk in blocks:
+    # Cells that depend on sizes (micro-batch, sequence length) are marked for structural
+    # templates (policy/template.py): ops and allocation bytes derived from the block's activations
+    d2h_code, h2d_code = ("act.d2h", "act.h2d") if pinned else ("act.d2h.pageable", "act.h2d.pageable")
+    for p, blk in enumerate(blocks):
         i, mode, bn = blk.index, modes[blk.index], blk.name
         act = f"{head}act.{bn}{tail}"
         keep = blk.ckpt_bytes if mode == "recompute" else blk.act_bytes
@@ -168,31 +177,35 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
             ws = f"{head}ws.F.{bn}{tail}"
             allocs.append(new_alloc(ws, pool, blk.workspace_bytes, BUF))
             frees.append(ws)
+            sized = (p, "fwd", ("ckpt" if mode == "recompute" else "act", "ws"))
+        else:
+            sized = (p, "fwd", ("ckpt" if mode == "recompute" else "act",))
         fp = base_f + 2 * i                                   # fwd_prio(it, i, m, nb)
         f = add(f"{head}F.{bn}{tail}", comp, TaskCat.FWD, blk.fwd_ops, deps=prev + tuple(fw.get(i, ())),
-                prio=fp, allocs=allocs, frees=frees, it=it, block=i)
+                prio=fp, allocs=allocs, frees=frees, it=it, block=i, sized=sized)
         out.F[i] = f
         prev = (f,)
         if mode == "swap":
             b.add(f"{head}D2H.act.{bn}{tail}", copy_stream(gpu, "d2h", pinned), TaskCat.D2H,
                   shared_ops(OpKind.D2H, blk.act_bytes, pinned), deps=prev, prio=fp + 1,
                   allocs=(new_alloc(f"{head}cact.{bn}{tail}", "cpu", blk.act_bytes, ACT),),
-                  frees=(act,), it=it, block=i)
+                  frees=(act,), it=it, block=i, sized=(p, d2h_code, ("act",)))
     out.first_F = out.F[blocks[0].index]
 
     prev = (out.F[blocks[-1].index],)
     bwd_order = list(reversed(blocks))
     for pos, blk in enumerate(bwd_order):
         i, mode, bn = blk.index, modes[blk.index], blk.name
+        p = nb - 1 - pos                                      # position in ctx.blocks
         act = f"{head}act.{bn}{tail}"
-        p = bwd_prio(it, i, nb, m)
+        bp = bwd_prio(it, i, nb, m)
         deps = prev + tuple(bw.get(i, ()))
         frees = [act]
         if mode == "recompute":
             ract = f"{head}ract.{bn}{tail}"
             r = add(f"{head}R.{bn}{tail}", comp, TaskCat.RECOMPUTE, blk.fwd_ops, deps=deps,
-                    prio=p, allocs=(new_alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, ACT),),
-                    it=it, block=i)
+                    prio=bp, allocs=(new_alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, ACT),),
+                    it=it, block=i, sized=(p, "fwd", ("ract",)))
             out.R[i] = r
             deps = (r,)
             frees.append(ract)
@@ -202,9 +215,9 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
             sact = f"{head}sact.{bn}{tail}"
             h = add(f"{head}H2D.act.{bn}{tail}", copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
                     shared_ops(OpKind.H2D, blk.act_bytes, pinned),
-                    deps=(f"{head}D2H.act.{bn}{tail}", ahead), prio=p,
+                    deps=(f"{head}D2H.act.{bn}{tail}", ahead), prio=bp,
                     allocs=(new_alloc(sact, pool, blk.act_bytes, ACT),),
-                    frees=(f"{head}cact.{bn}{tail}",), it=it, block=i)
+                    frees=(f"{head}cact.{bn}{tail}",), it=it, block=i, sized=(p, h2d_code, ("act",)))
             deps = deps + (h,)
             frees = [sact]
         grad = f"{head}grad.{bn}{tail}"
@@ -215,8 +228,11 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
             ws = f"{head}ws.B.{bn}{tail}"
             allocs.append(new_alloc(ws, pool, blk.workspace_bytes, BUF))
             frees.append(ws)
-        bt = add(f"{head}B.{bn}{tail}", comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=p + 1,
-                 allocs=allocs, frees=frees, it=it, block=i)
+            sized = (p, "bwd", (None, "ws") if grads else ("ws",))
+        else:
+            sized = (p, "bwd", (None,) if grads else ())
+        bt = add(f"{head}B.{bn}{tail}", comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=bp + 1,
+                 allocs=allocs, frees=frees, it=it, block=i, sized=sized)
         out.B[i] = bt
         if grads:
             out.grads[i] = grad

@@ -21,11 +21,12 @@ from __future__ import annotations
 from pydantic import Field
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, Policy, host_fp32_bytes, model_states, shared_ops
+from simhete.policy.base import (Builder, Context, Policy, context_key, host_fp32_bytes, knob_key, model_states,
+                                 shared_ops)
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
-                                     grad_prio, tname)
+                                     grad_prio, size_decisions, tname)
 from simhete.schedule import Alloc, Schedule
 
 
@@ -60,6 +61,13 @@ class ZeroOffload(Policy):
         if cur:
             out.append(cur)
         return out
+
+    def structure_key(self, ctx: Context) -> tuple:
+        """Knobs (the bucket size through the partition it gives: sizes that alias share a key),
+        the context's structural values and forward_backward's size decisions; micro-batch,
+        sequence length and capacities only re-size the schedule (policy/template.py)."""
+        return (knob_key(self.k, ("reduce_bucket_size",)), tuple(map(tuple, self.buckets(ctx))),
+                context_key(ctx), size_decisions(ctx))
 
     def build(self, ctx: Context) -> Schedule:
         k = self.k

@@ -116,6 +116,21 @@ def new_alloc(buf: str, pool: str, bytes: int, cls: MemClass, persist: bool = Fa
     return o
 
 
+class TableShape:
+    """What every table resized from one structural template shares (see
+    :mod:`simhete.policy.template`): the template's allocations in task order (``flat``; their
+    buffers, pools, classes and ``persist`` flags, not their bytes) and ``a_ptr`` (``a_ptr[i]:a_ptr[i +
+    1]`` are task i's). Tables of one shape also share their name, stream, cat, deps, prio, frees,
+    it and block lists (the same objects), so the engine recognises a known structure by the
+    shape's identity instead of comparing columns."""
+
+    __slots__ = ("flat", "a_ptr")
+
+    def __init__(self, flat: tuple[Alloc, ...], a_ptr: list[int]) -> None:
+        self.flat = flat
+        self.a_ptr = a_ptr
+
+
 class TaskTable:
     """The tasks of a Schedule column-wise: one list per :class:`Task` field, in task order.
 
@@ -126,13 +141,44 @@ class TaskTable:
     attribute by attribute; :class:`~simhete.policy.base.Builder` fills one as tasks are added and
     the Task objects are then made only if someone reads ``schedule.tasks``. The lists are never
     modified once the table belongs to a Schedule.
+
+    A table made by :meth:`resized` (a structural template re-sized for a new point: same tasks,
+    new ops and allocation bytes) holds its allocation bytes as one flat list and makes its
+    ``allocs`` tuples only when that column is first read; :meth:`alloc_bytes` gives the flat bytes
+    of any table. ``shape`` is the :class:`TableShape` of the template it belongs to (``None`` for
+    a table that is not a template's), ``sized`` what the Builder recorded about which cells depend
+    on sizes (the template's input; ``None`` otherwise).
     """
 
-    __slots__ = FIELDS = ("name", "stream", "cat", "ops", "deps", "prio", "allocs", "frees", "it", "block")
+    FIELDS = ("name", "stream", "cat", "ops", "deps", "prio", "allocs", "frees", "it", "block")
+    __slots__ = ("name", "stream", "cat", "ops", "deps", "prio", "_allocs", "frees", "it", "block",
+                 "shape", "sized", "_bytes")
 
     def __init__(self) -> None:
         for f in self.FIELDS:
             setattr(self, f, [])
+        self.shape = self.sized = self._bytes = None
+
+    @property
+    def allocs(self) -> list:
+        a = self._allocs
+        if a is None:       # a resized table: the template's allocations with this table's bytes
+            sh, by = self.shape, self._bytes
+            new = [new_alloc(x.buf, x.pool, n, x.cls, x.persist) for x, n in zip(sh.flat, by)]
+            p = sh.a_ptr
+            a = self._allocs = [tuple(new[p[i]:p[i + 1]]) for i in range(len(p) - 1)]
+        return a
+
+    @allocs.setter
+    def allocs(self, value: list) -> None:
+        self._allocs = value
+
+    def alloc_bytes(self) -> list[int]:
+        """The bytes of every allocation, in task order (flattened ``allocs``)."""
+        by = self._bytes
+        if by is None:
+            by = [a.bytes for row in self._allocs for a in row]
+        return by
 
     @classmethod
     def of(cls, tasks: tuple[Task, ...]) -> "TaskTable":
@@ -149,6 +195,15 @@ class TaskTable:
         if rows:
             for f, col in zip(cls.FIELDS, zip(*rows)):
                 setattr(t, f, list(col))
+        return t
+
+    def resized(self, ops: list, alloc_bytes: list[int]) -> "TaskTable":
+        """A table of this one's shape (which must be set) with new ``ops`` and allocation bytes
+        (flat, task order): every other column is this table's own list object."""
+        t = object.__new__(TaskTable)
+        t.name, t.stream, t.cat, t.ops, t.deps, t.prio = self.name, self.stream, self.cat, ops, self.deps, self.prio
+        t.frees, t.it, t.block = self.frees, self.it, self.block
+        t._allocs, t._bytes, t.shape, t.sized = None, alloc_bytes, self.shape, None
         return t
 
     def __len__(self) -> int:

@@ -1,0 +1,185 @@
+"""Structural templates: build a policy's schedule once per structure, re-size it for each point.
+
+Sweep points that differ only in micro-batch, sequence length or hardware sizes give schedules of
+one *structure* — the same tasks, names, streams, priorities, dependencies, frees and buffers — with
+new op shapes, new allocation bytes and new pool capacities. A policy that can say which points
+share a structure (``Policy.structure_key``; ``None`` opts out) gets its schedule from
+:func:`build_schedule`: the first point of a key is built in full and becomes the key's
+:class:`Template`; every later point of that key is the template *resized*: the ops column and the
+allocation bytes are recomputed from the point's blocks through what the build marked as
+size-dependent (``Builder.add(..., sized=...)``, codes below), everything else is the template's own
+column objects (so the engine recognises the structure by identity), the pool capacities are the
+point's. A template checks when it is made that its recipe reproduces its own build exactly;
+``tests/test_template.py`` checks that a resized template equals a fresh build for every policy
+that opts in, on the shipped scenarios and over drawn sizes. Setting :data:`VERIFY` makes every
+resize also build afresh and compare (slow; for tests).
+
+Points whose key *and* sizes are equal (knob values that alias, e.g. bucket sizes giving one
+partition) get the very Schedule object of the earlier point, so the engine re-prices it on its
+warm path.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from itertools import chain
+from typing import Any, Callable
+
+import numpy as np
+
+from simhete.errors import SimheteError
+from simhete.opkinds import OpKind
+from simhete.policy.base import Context, Policy, shared_ops
+from simhete.schedule import Schedule
+from simhete.schedule.model import TableShape
+
+# How a size-dependent cell is derived from its block (a workload BlockWork); see Builder.add.
+OPS_CODES: dict[str, Callable[[Any], tuple]] = {
+    "fwd": lambda b: b.fwd_ops,
+    "bwd": lambda b: b.bwd_ops,
+    "act.d2h": lambda b: shared_ops(OpKind.D2H, b.act_bytes, True),
+    "act.h2d": lambda b: shared_ops(OpKind.H2D, b.act_bytes, True),
+    "act.d2h.pageable": lambda b: shared_ops(OpKind.D2H, b.act_bytes, False),
+    "act.h2d.pageable": lambda b: shared_ops(OpKind.H2D, b.act_bytes, False),
+}
+BYTES_CODES: dict[str, Callable[[Any], int]] = {
+    "act": lambda b: b.act_bytes,
+    "ckpt": lambda b: b.ckpt_bytes,
+    "ract": lambda b: b.act_bytes - b.ckpt_bytes,      # what a recompute allocates beyond the checkpoint
+    "ws": lambda b: b.workspace_bytes,
+}
+
+TEMPLATES_KEPT = 64      # templates per process (LRU); a sweep visits its structures in turn
+REUSE_KEPT = 8           # resized schedules kept per template for points of equal sizes
+VERIFY = False           # resize and also build afresh, raising if they differ (tests)
+
+
+class Template:
+    """A built schedule plus what it takes to re-size it (see the module docstring)."""
+
+    def __init__(self, sched: Schedule, ctx: Context) -> None:
+        tb = sched.table
+        sized = tb.sized
+        if sized is None:
+            raise SimheteError("a structural template needs a schedule made by a Builder")
+        allocs = tb.allocs
+        a_ptr = [0]
+        for row in allocs:
+            a_ptr.append(a_ptr[-1] + len(row))
+        flat = tuple(chain.from_iterable(allocs))
+        tb.shape = TableShape(flat, a_ptr)
+        self.table = tb
+        self.initial, self.iterations, self.meta = sched.initial, sched.iterations, dict(sched.meta)
+        self.n_blocks = len(ctx.blocks)
+        # bytes: per code, the flat allocation positions and the block positions they take from
+        self.base_bytes = np.array([a.bytes for a in flat], dtype=np.int64)
+        byte_cells: dict[str, tuple[list[int], list[int]]] = {}
+        ops_cells: dict[str, list[tuple[int, int]]] = {}
+        for row, p, ops_code, alloc_codes in sized:
+            if len(alloc_codes) != a_ptr[row + 1] - a_ptr[row]:
+                raise SimheteError(f"task {tb.name[row]}: {len(alloc_codes)} size codes for "
+                                   f"{a_ptr[row + 1] - a_ptr[row]} allocations")
+            if ops_code is not None:
+                ops_cells.setdefault(ops_code, []).append((row, p))
+            for k, code in enumerate(alloc_codes):
+                if code is not None:
+                    pos, blk = byte_cells.setdefault(code, ([], []))
+                    pos.append(a_ptr[row] + k)
+                    blk.append(p)
+        self.byte_cells = {c: (np.array(pos, dtype=np.int64), np.array(blk, dtype=np.int64))
+                           for c, (pos, blk) in byte_cells.items()}
+        # ops: each task takes one entry of a palette = the template's fixed ops tuples, then one
+        # entry per (ops code, block) recomputed per point
+        fixed: dict[int, int] = {}
+        palette: list = []
+        src: list[int] = []
+        sized_rows = {row: (code, p) for code, cells in ops_cells.items() for row, p in cells}
+        self.ops_codes = list(ops_cells)
+        code_pos = {c: k for k, c in enumerate(self.ops_codes)}
+        for row, ops in enumerate(tb.ops):
+            hit = sized_rows.get(row)
+            if hit is None:
+                k = fixed.get(id(ops))
+                if k is None:
+                    k = fixed[id(ops)] = len(palette)
+                    palette.append(ops)
+                src.append(k)
+            else:
+                src.append(-1 - (code_pos[hit[0]] * self.n_blocks + hit[1]))
+        n_fixed = len(palette)
+        self.fixed = palette
+        self.ops_src = [k if k >= 0 else n_fixed + (-1 - k) for k in src]
+        self.reused: OrderedDict[tuple, tuple] = OrderedDict()
+        ops, by = self._cells(ctx)
+        if ops != tb.ops or by != [a.bytes for a in flat]:
+            raise SimheteError(f"policy {sched.meta.get('policy', '?')}: the size codes it marked do not "
+                               "reproduce its own schedule (a Builder.add(sized=...) names the wrong code)")
+
+    def _cells(self, ctx: Context) -> tuple[list, list[int]]:
+        """The ops column and the flat allocation bytes for ``ctx``'s blocks."""
+        blocks = ctx.blocks
+        if len(blocks) != self.n_blocks:
+            raise SimheteError(f"structure key matched a model of {len(blocks)} blocks, template has "
+                               f"{self.n_blocks}")
+        palette = list(self.fixed)
+        for code in self.ops_codes:
+            palette.extend(map(OPS_CODES[code], blocks))
+        ops = list(map(palette.__getitem__, self.ops_src))
+        by = self.base_bytes.copy()
+        for code, (pos, blk) in self.byte_cells.items():
+            by[pos] = np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks))[blk]
+        return ops, by.tolist()
+
+    def resize(self, ctx: Context) -> Schedule:
+        """The schedule of this structure for ``ctx``: new ops, allocation bytes and capacities."""
+        pools = ctx.pools()
+        key = (id(ctx.workload), tuple(pools.items()))
+        got = self.reused.get(key)
+        if got is not None and got[0] is ctx.workload:
+            self.reused.move_to_end(key)
+            return got[1]
+        ops, by = self._cells(ctx)
+        sched = Schedule.from_table(self.table.resized(ops, by), pools, self.initial, self.iterations, self.meta)
+        self.reused[key] = (ctx.workload, sched)       # holds the workload: its id is not reused
+        if len(self.reused) > REUSE_KEPT:
+            self.reused.popitem(last=False)
+        return sched
+
+
+_TEMPLATES: OrderedDict[tuple, Template] = OrderedDict()
+
+
+def build_schedule(policy: Policy, ctx: Context) -> Schedule:
+    """``policy.build(ctx)``, through the policy's structural template when it has a key."""
+    key = policy.structure_key(ctx)
+    if key is None:
+        return policy.build(ctx)
+    key = (type(policy), key)
+    t = _TEMPLATES.get(key)
+    if t is None:
+        sched = policy.build(ctx)
+        t = Template(sched, ctx)
+        _TEMPLATES[key] = t
+        if len(_TEMPLATES) > TEMPLATES_KEPT:
+            _TEMPLATES.popitem(last=False)
+        t.reused[(id(ctx.workload), tuple(sched.pools.items()))] = (ctx.workload, sched)
+        return sched
+    _TEMPLATES.move_to_end(key)
+    sched = t.resize(ctx)
+    if VERIFY:
+        fresh = policy.build(ctx)
+        if not same_schedule(sched, fresh):
+            raise SimheteError(f"policy {policy.name}: the resized template differs from a fresh build")
+    return sched
+
+
+def same_schedule(a: Schedule, b: Schedule) -> bool:
+    """Equal schedules and equal table columns (what tests and :data:`VERIFY` compare)."""
+    ta, tb = a.table, b.table
+    return a == b and all(getattr(ta, f) == getattr(tb, f) for f in ta.FIELDS) \
+        and ta.alloc_bytes() == tb.alloc_bytes()
+
+
+def clear() -> None:
+    """Forget every template (tests)."""
+    _TEMPLATES.clear()

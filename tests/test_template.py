@@ -1,0 +1,168 @@
+"""Structural templates (simhete/policy/template.py): a template resized for a point equals a fresh
+build of that point exactly — schedule, every table column, allocation bytes — and simulates to the
+same timeline; for every shipped scenario whose policy opts in, and over drawn sizes and knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simhete.engine import indexed, simulate_fast, simulate_simpy
+from simhete.errors import SimheteError
+from simhete.opkinds import MemClass, TaskCat
+from simhete.policy import Builder, Context, Policy, template
+from simhete.policy.template import Template, build_schedule, same_schedule
+from simhete.scenario import load_scenario
+from simhete.schedule import check_schedule
+from simhete.schedule.model import new_alloc
+from simhete.schedule.text import format_schedule
+from simhete.sim import resolve, run
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
+
+
+def opts_in(path: Path) -> bool:
+    ctx, policy = resolve(load_scenario(path))
+    return policy.structure_key(ctx) is not None
+
+
+TEMPLATED = [p for p in SCENARIOS if opts_in(p)]
+
+
+def timeline_key(tl) -> tuple:
+    return (tl.records, tl.mem_events, tl.peak, tl.peak_by_class, tl.oom)
+
+
+def assert_resizes(s0, s1, simulate: bool = True) -> None:
+    """Template from ``s0``'s fresh build, resized for ``s1``, equals ``s1``'s fresh build."""
+    ctx0, pol0 = resolve(s0)
+    ctx1, pol1 = resolve(s1)
+    assert pol0.structure_key(ctx0) == pol1.structure_key(ctx1), "sizes alone changed the structure key"
+    t = Template(pol0.build(ctx0), ctx0)
+    got = t.resize(ctx1)
+    fresh = pol1.build(ctx1)
+    assert format_schedule(got) == format_schedule(fresh)
+    assert same_schedule(got, fresh)
+    assert got.table.shape is t.table.shape
+    if simulate:
+        durs, rules = ctx1.cost.durations(fresh), ctx1.cost.interference()
+        assert ctx1.cost.durations(got) == durs
+        ref = simulate_simpy(fresh, durs, rules)
+        indexed.clear()
+        simulate_fast(t.resize(ctx0), ctx0.cost.durations(t.resize(ctx0)), ctx0.cost.interference(),
+                      loop="python")                               # index the template's structure
+        assert timeline_key(simulate_fast(got, durs, rules, loop="python")) == timeline_key(ref)
+
+
+def test_zero_offload_opts_in():
+    assert any("zero-offload" in p.name for p in TEMPLATED)
+
+
+@pytest.mark.parametrize("path", TEMPLATED, ids=lambda p: p.stem)
+def test_shipped_scenario_resized_equals_fresh_build(path):
+    s = load_scenario(path)
+    tr = s.data.train
+    assert_resizes(s, s)
+    assert_resizes(s, s.with_changes(**{"train.micro_batch": tr.micro_batch + 1}))
+    seq = max(16, tr.seq_len // 2)
+    assert_resizes(s.with_changes(**{"train.seq_len": seq}), s)
+    assert_resizes(s, s.with_changes(**{"train.micro_batch": 1, "train.seq_len": seq}))
+    other = "h200-sxm" if s.data.hardware != "h200-sxm" else "a100-80gb-sxm"
+    gpus = resolve(s)[0].n_gpus
+    assert_resizes(s, s.with_changes(hardware={"profile": other, "gpus": gpus}), simulate=False)
+
+
+@pytest.mark.parametrize("path", TEMPLATED, ids=lambda p: p.stem)
+def test_shipped_scenario_through_the_cache(path, monkeypatch):
+    """The sweep path (sim.run → build_schedule) on a template and a resize, checked by VERIFY."""
+    monkeypatch.setattr(template, "VERIFY", True)
+    template.clear()
+    s = load_scenario(path)
+    a = run(s, check=True)
+    b = run(s.with_changes(**{"train.micro_batch": s.data.train.micro_batch + 1}), check=True)
+    assert b.schedule.table.shape is a.schedule.table.shape is not None
+    again = run(s, check=False)
+    assert again.schedule is a.schedule          # equal sizes: the very schedule, re-priced
+    assert again.summary == a.summary
+
+
+def test_check_schedule_accepts_resized():
+    s = load_scenario(TEMPLATED[0])
+    ctx, pol = resolve(s)
+    t = Template(pol.build(ctx), ctx)
+    ctx1, _ = resolve(s.with_changes(**{"train.micro_batch": s.data.train.micro_batch + 2}))
+    assert check_schedule(t.resize(ctx1), capacity=False) == []
+
+
+BASE = ROOT / "scenarios" / "small-llama_cpu_swap.yaml"
+PROFILES = ["h100-pcie", "h200-sxm", "a100-80gb-sxm", "rtx4090-desktop", "cpu-local"]   # bf16-capable
+sizes = st.tuples(st.integers(1, 12), st.sampled_from([32, 64, 128, 200, 256]), st.sampled_from(PROFILES),
+                  st.sampled_from(["auto", "flash", "math"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=sizes, b=sizes, gpus=st.integers(1, 3), accum=st.integers(1, 3), n_layers=st.integers(1, 5),
+       mode=st.sampled_from(["none", "full", "every", "per-block"]), modes=st.lists(
+           st.sampled_from(["keep", "recompute", "swap"]), min_size=5, max_size=5),
+       every=st.integers(1, 3), dpu=st.booleans(), overlap=st.booleans(), pin=st.booleans(),
+       bucket=st.floats(1e3, 1e8), iterations=st.integers(1, 3))
+def test_drawn_sizes_resize_exactly(a, b, gpus, accum, n_layers, mode, modes, every, dpu, overlap, pin,
+                                    bucket, iterations):
+    knobs = {"delayed_update": dpu, "overlap_comm": overlap, "pin_memory": pin, "reduce_bucket_size": bucket}
+    if mode == "per-block":
+        knobs["activations"] = modes[:n_layers]
+    else:
+        knobs.update(checkpointing=mode, checkpoint_every=every)
+    base = load_scenario(BASE).with_changes(**{"model.n_layers": n_layers, "knobs": knobs,
+                                               "iterations": iterations, "train.grad_accum": accum})
+
+    def point(mb, seq, prof, attn):
+        return base.with_changes(**{"train.micro_batch": mb, "train.seq_len": seq, "train.attention": attn,
+                                    "hardware": {"profile": prof, "gpus": gpus, "gpu_memory": 2**34}})
+
+    assert_resizes(point(*a), point(*b), simulate=gpus == 1)
+
+
+def test_a_wrong_size_code_is_caught():
+    """The template's own check: a cell marked with a code that does not give its value."""
+    s = load_scenario(BASE)
+    ctx, _ = resolve(s)
+    blk = ctx.blocks[1]
+    b = Builder()
+    b.add("F", "gpu0.compute", TaskCat.FWD, blk.fwd_ops,
+          allocs=[new_alloc("act", "gpu0", blk.act_bytes, MemClass.ACTIVATIONS)], frees=["act"],
+          sized=(1, "fwd", ("ckpt",)))
+    sched = b.build(ctx.pools(), (), 1, {"policy": "test"})
+    assert blk.act_bytes != blk.ckpt_bytes
+    with pytest.raises(SimheteError, match="do not reproduce"):
+        Template(sched, ctx)
+
+
+class _Unmarked(Policy):
+    """A policy that forgets to mark a size-dependent allocation: VERIFY catches it on resize."""
+    name = "unmarked"
+
+    def structure_key(self, ctx: Context) -> tuple:
+        return ("unmarked", len(ctx.blocks))
+
+    def build(self, ctx: Context):
+        b = Builder()
+        blk = ctx.blocks[1]
+        b.add("F", "gpu0.compute", TaskCat.FWD, blk.fwd_ops,
+              allocs=[new_alloc("act", "gpu0", blk.act_bytes, MemClass.ACTIVATIONS)], frees=["act"],
+              sized=(1, "fwd", (None,)))
+        return b.build(ctx.pools(), (), 1, {"policy": self.name})
+
+
+def test_verify_catches_an_unmarked_size(monkeypatch):
+    monkeypatch.setattr(template, "VERIFY", True)
+    template.clear()
+    s = load_scenario(BASE)
+    pol = _Unmarked(None)
+    build_schedule(pol, resolve(s)[0])
+    with pytest.raises(SimheteError, match="differs from a fresh build"):
+        build_schedule(pol, resolve(s.with_changes(**{"train.micro_batch": 7}))[0])
