@@ -13,9 +13,15 @@ scenario's own model is built with :mod:`simhete.replay.model` — the code the 
 distinct weights for every block, and whole training steps run: every block's forward in order
 with its graph kept (as a training forward keeps its activations until the backward), then every
 block's backward in reverse (``torch.autograd.grad`` of the block's output, as the replay's
-backward task does). Each block's forward and backward call is timed on its own; a point is one
-distinct op sequence (the workload's ``fwd_ops`` or ``bwd_ops`` tuple of a block: the transformer
-blocks of a model share one), its samples are all its calls over all timed steps.
+backward task does). Each block's forward and backward call is timed on its own, and so is each block's
+optimizer step after the backward, as the replay runs it (:func:`simhete.replay.model.adam_step`:
+the block's gradients in the training dtype converted to fp32, torch's fused Adam over the block's
+fp32 master tensors, then, in mixed precision, the new weights written to their working-precision
+copy). A row is one distinct op sequence and pass: the workload's ``fwd_ops`` or ``bwd_ops`` tuple
+of a block (the transformer blocks of a model share one), or the one-op tuple a policy gives the
+block's step (``ADAM_CPU``/``ADAM_GPU`` of its parameter count; on a CPU device both are the
+same step on the same memory and share the measurement); its samples are all its calls over all
+timed steps.
 
 The fit keeps each point as ``gpu.blocks``: the cost model prices a task whose ops tuple is exactly
 that sequence at the measured time (``simhete.hw.cost.ops_key`` names it), and every other task
@@ -33,6 +39,8 @@ from pathlib import Path
 import torch
 
 from simhete.hw.cost import ops_key
+from simhete.opkinds import OpKind
+from simhete.schedule.model import Op
 
 from calibrate.common import Ctx, missing, ok
 from calibrate.targets import scenario_workload
@@ -63,31 +71,55 @@ def _sync(ctx: Ctx) -> None:
         torch.cuda.synchronize(ctx.target.device)
 
 
+def _optim_ops(b) -> list[tuple[str, tuple[Op, ...]]]:  # type: ignore[no-untyped-def]
+    """The single-op tuples the policies give a block's optimizer step (simhete/policy/*.py)."""
+    if not b.params:
+        return []
+    return [("optim_cpu", (Op(OpKind.ADAM_CPU, n=b.params, dtype="fp32"),)),
+            ("optim_gpu", (Op(OpKind.ADAM_GPU, n=b.params, dtype="fp32"),))]
+
+
 def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
     """Rows for every distinct (op sequence, pass) of the scenario's blocks, in block order."""
-    from simhete.replay.model import TORCH_DTYPES, Step, batch_of, data, forward, init_master
+    from simhete.replay.model import (TORCH_DTYPES, Step, adam, adam_step, batch_of, data, forward,
+                                      init_master)
 
     path = str(p["scenario"])
     spec, wl = scenario_workload(path, ctx.target.kind)
     dev, dt = ctx.target.device, TORCH_DTYPES[wl.dtype]
     rows: dict[tuple[str, str], dict[str, object]] = {}
     for b in wl.blocks:
-        for pas, ops in (("fwd", b.fwd_ops), ("bwd", b.bwd_ops)):
+        for pas, ops in (("fwd", b.fwd_ops), ("bwd", b.bwd_ops), *_optim_ops(b)):
             k = ops_key(ops)
             if (k, pas) not in rows:
                 rows[(k, pas)] = {"scenario": Path(path).name, "block": b.name, "pass": pas, "key": k,
                                   "n_ops": len(ops), "flops": int(sum(op.flops for op in ops)),
                                   "split": "scenario"}
+    m = ctx.grid.methodology
+    steps = max(1, m.warmup // 2) + m.repeats
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in rows}
     try:
-        w = {b.index: {k: v.to(device=dev, dtype=dt, copy=True).requires_grad_()
-                       for k, v in init_master(spec, b.name, b.index, SEED).items()}
-             for b in wl.blocks}
+        init = {b.index: init_master(spec, b.name, b.index, SEED) for b in wl.blocks}
+        w = {i: {k: v.to(device=dev, dtype=dt, copy=True).requires_grad_() for k, v in ws.items()}
+             for i, ws in init.items()}
+        # the optimizer's fp32 master weights: on the host for ADAM_CPU, on the device for
+        # ADAM_GPU (one and the same memory on a CPU device: measured once, priced for both)
+        homes = {"optim_cpu": torch.device("cpu")}
+        if ctx.target.is_cuda:
+            homes["optim_gpu"] = dev
+        opt = {}
+        for pas, where in homes.items():
+            for i, ws in init.items():
+                if ws:
+                    ms = {k: v.to(where, copy=True) for k, v in ws.items()}
+                    # mixed precision: the step also writes the working-precision copy of the new
+                    # weights beside the master (the replay: the host copy, or the device weights)
+                    back = {k: v.to(where, dt) for k, v in ws.items()} if dt != torch.float32 else None
+                    opt[(pas, i)] = (ms, adam(list(ms.values()), 1e-4), back)
         embed = next((b.index for b in wl.blocks if b.name == "embed"), None)
-        m = ctx.grid.methodology
-        steps = max(1, m.warmup // 2) + m.repeats
         tokens = data(spec, steps, wl.micro_batch, wl.seq_len, SEED).to(dev)
-        samples: dict[tuple[str, str], list[float]] = {k: [] for k in rows}
         for it in range(1, steps + 1):
+            keep = it > steps - m.repeats          # the first steps warm up
             inp, tgt = batch_of(tokens, it, 1)
             graph = []
             x = None
@@ -99,35 +131,52 @@ def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
                 t0 = time.perf_counter()
                 y = forward(spec, b.name, w[b.index], x, Step(it, b.index, SEED, inp, tgt), tied)
                 _sync(ctx)
-                t = time.perf_counter() - t0
-                graph.append((b, x, y, t, tied))
+                if keep:
+                    samples[(ops_key(b.fwd_ops), "fwd")].append(time.perf_counter() - t0)
+                graph.append((b, x, y, tied))
                 x = y
             g = None
-            tf = {}
-            for b, xin, y, t, tied in reversed(graph):
+            grads = {}
+            for b, xin, y, tied in reversed(graph):
                 inputs = ([xin] if xin is not None else []) + list(w[b.index].values())
                 if tied is not None:
                     inputs.append(tied["wte"])
                 _sync(ctx)
                 t0 = time.perf_counter()
-                grads = torch.autograd.grad(y, inputs, g)
+                out = torch.autograd.grad(y, inputs, g)
                 _sync(ctx)
-                tb = time.perf_counter() - t0
-                g = grads[0] if xin is not None else None
-                tf[b.index] = (t, tb)
-            del graph, grads, g
-            if it > steps - m.repeats:          # the first steps warm up
-                for b in wl.blocks:
-                    samples[(ops_key(b.fwd_ops), "fwd")].append(tf[b.index][0])
-                    samples[(ops_key(b.bwd_ops), "bwd")].append(tf[b.index][1])
+                if keep:
+                    samples[(ops_key(b.bwd_ops), "bwd")].append(time.perf_counter() - t0)
+                g = out[0] if xin is not None else None
+                grads[b.index] = dict(zip(w[b.index], out[1 if xin is not None else 0:]))
+            del graph, out, g
+            for b in wl.blocks:
+                for pas, ops in _optim_ops(b):
+                    if (pas, b.index) not in opt:
+                        continue
+                    master, o, back = opt[(pas, b.index)]
+                    gr = {k: v.to(next(iter(master.values())).device) for k, v in grads[b.index].items()}
+                    _sync(ctx)
+                    t0 = time.perf_counter()
+                    adam_step(master, o, gr)
+                    if back is not None:
+                        with torch.no_grad():
+                            for k, v in back.items():
+                                v.copy_(master[k])
+                    _sync(ctx)
+                    t = time.perf_counter() - t0
+                    if keep:
+                        samples[(ops_key(ops), pas)].append(t)
+                        if not ctx.target.is_cuda:   # a CPU device: ADAM_GPU is the same step
+                            samples[(ops_key(_optim_ops(b)[1][1]), "optim_gpu")].append(t)
     except (RuntimeError, NotImplementedError) as e:
         why = f"block step failed here ({str(e).splitlines()[0][:80]})"
         return [missing(r, why) for r in rows.values()]
-    out = []
+    out_rows = []
     for k, r in rows.items():
         st = _stats(samples[k], 1, False, False)
-        out.append(ok(r, _stats(samples[k], 1, False, st.spread > m.noise_threshold)))
-    return out
+        out_rows.append(ok(r, _stats(samples[k], 1, False, st.spread > m.noise_threshold)))
+    return out_rows
 
 
 def comparison(profile: dict[str, object], paths: list[str], device_type: str) -> str:
@@ -149,7 +198,7 @@ def comparison(profile: dict[str, object], paths: list[str], device_type: str) -
     for path in paths:
         _, wl = scenario_workload(path, device_type)
         for b in wl.blocks:
-            for ops in (b.fwd_ops, b.bwd_ops):
+            for ops in (b.fwd_ops, b.bwd_ops, *(o for _, o in _optim_ops(b))):
                 k = ops_key(ops)
                 if k in measured and k not in done:
                     done.add(k)

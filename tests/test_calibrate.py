@@ -289,12 +289,19 @@ def test_blocks_are_measured_whole_and_price_exactly_the_tasks_with_their_ops(tm
     assert rc == 0
     _, wl = scenario_workload(scen, "cpu")
     want = {(ops_key(ops), p) for b in wl.blocks for p, ops in (("fwd", b.fwd_ops), ("bwd", b.bwd_ops))}
+    adam = {(ops_key((Op(kind, n=b.params, dtype="fp32"),)), p) for b in wl.blocks if b.params
+            for p, kind in (("optim_cpu", OpKind.ADAM_CPU), ("optim_gpu", OpKind.ADAM_GPU))}
+    assert len(adam) == 6      # embed, block, head (the GPT head's weights are tied: a norm only)
+    want |= adam
     raw = read_raw(out.with_suffix(".raw") / "blocks.csv")
     assert raw.meta["shapes_from"] == "small-gpt_cpu_recompute.yaml"
     assert {(r["key"], r["pass"]) for r in raw.ok()} == want
-    assert len(raw.rows) == len(want) == 6          # embed, the (shared) transformer block, head
+    assert len(raw.rows) == len(want) == 12         # embed, the (shared) transformer block, head
     for r in raw.ok():
         assert int(r["repeats"]) >= 3 and float(r["min_s"]) <= float(r["median_s"]) <= float(r["max_s"])
+    by = {(r["block"], r["pass"]): r for r in raw.ok()}
+    for blk in ("embed", "b0", "head"):     # a CPU device: one step measured, priced for both kinds
+        assert by[(blk, "optim_cpu")]["median_s"] == by[(blk, "optim_gpu")]["median_s"]
     prof = load_profile(out)
     assert prof.gpu.blocks is not None and prof.gpu.blocks.calibrated
     measured = {k: s for k, _, s in prof.gpu.blocks.entries}
@@ -311,9 +318,9 @@ def test_blocks_are_measured_whole_and_price_exactly_the_tasks_with_their_ops(tm
     for t, d in zip(res.schedule.tasks, res.context.cost.durations(res.schedule)):
         k = ops_key(t.ops)
         what = t.name.split(".")[1]
-        if what in ("F", "R", "B"):
+        if what in ("F", "R", "B", "ADAM"):
             assert d == measured[k], t.name
             cats.add(what)
         else:
             assert k not in measured and d == cm.ops_sum_seconds(t.ops), t.name
-    assert cats == {"F", "R", "B"}
+    assert cats == {"F", "R", "B", "ADAM"}

@@ -445,7 +445,7 @@ def test_a_measured_block_prices_exactly_its_ops_tuple_and_is_not_flagged():
     assert cm.ops_seconds(fwd) == 0.0123
     assert cm.ops_sum_seconds(fwd) == CostModel(base).ops_seconds(fwd) != 0.0123
     assert cm.ops_seconds(other) == CostModel(base).ops_seconds(other)
-    assert cm.ops_seconds(fwd[1:]) == CostModel(base).ops_seconds(fwd[1:])   # one op: never a block
+    assert cm.ops_seconds(fwd[1:]) == CostModel(base).ops_seconds(fwd[1:])   # a part: not the block
     assert not any(f.startswith("gpu.blocks") for f in cm.flags)
     data["gpu"]["blocks"]["source"] = "assumed"
     cm = CostModel(validate(HardwareProfile, data, "cpu-test.yaml"))

@@ -152,7 +152,7 @@ class CostModel:
         """Sum of ``ops`` (a task's ops tuple); equal tuples share one cached value."""
         t = self._task_cache.get(ops)
         if t is None:
-            t = self._blocks.get(ops_key(ops)) if self._blocks and len(ops) > 1 else None
+            t = self._blocks.get(ops_key(ops)) if self._blocks else None
             if t is None:
                 t = math.fsum(self.op_seconds(op) for op in ops)
             else:

@@ -76,7 +76,7 @@ import torch
 from simhete.engine.timeline import Record, Timeline
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.replay.device import CPU_STREAM, Device
-from simhete.replay.model import (TORCH_DTYPES, Step, adam, batch_of, data, forward, init_master,
+from simhete.replay.model import (TORCH_DTYPES, Step, adam, adam_step, batch_of, data, forward, init_master,
                                   iteration_loss, kind_of, scale_loss)
 from simhete.replay.state import Act, BlockState, ReplayError, State
 from simhete.schedule import Schedule, Task
@@ -788,12 +788,7 @@ def _grads_acc_h2d(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
 
 def _adam_step(b, g: dict) -> None:
     """One Adam step of a block's fp32 master weights with gradients ``g`` (any precision)."""
-    with torch.no_grad():
-        for k, m in b.master.items():
-            m.grad = g[k].to(torch.float32)
-        b.opt.step()
-        for m in b.master.values():
-            m.grad = None
+    adam_step(b.master, b.opt, g)
 
 
 def _adam_cpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:

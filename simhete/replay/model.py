@@ -218,6 +218,17 @@ def n_params(w: Weights) -> int:
     return sum(t.numel() for t in w.values())
 
 
+def adam_step(master: Weights, opt: torch.optim.Optimizer, grads: Weights) -> None:
+    """One Adam step of a block's fp32 master weights with gradients ``grads`` (any precision:
+    converted to fp32 here, as the replay's gradients arrive in the training dtype)."""
+    with torch.no_grad():
+        for k, m in master.items():
+            m.grad = grads[k].to(torch.float32)
+        opt.step()
+        for m in master.values():
+            m.grad = None
+
+
 def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
     """The optimizer the replay and the reference both use: torch's Adam, one instance per block
     over its fp32 master weights, with the fused implementation (the one calibration measures,
