@@ -162,7 +162,10 @@ class Executor:
         self.stage_blocks = self._stage_blocks()
         self.state = State({b.index: self._block_state(b, lr) for b in workload.blocks if b.params})
         self.groups = self._groups()
-        self.lock = threading.Lock()   # host weight versions: ADAM.cpu vs H2D.w on another stream
+        self.lock = threading.Lock()   # the kept-aside refreshes (state.w_staged), all blocks
+        # host weight versions of one block: its ADAM.cpu vs its H2D.w on another stream (a lock
+        # per block: the schedule runs one block's refresh beside another block's step)
+        self.block_lock = {j: threading.Lock() for j in self.state.blocks}
         self._refresh_plan()
         for a in schedule.initial:   # a schedule may free an initially resident weight buffer
             j = self.index_of.get(a.buf.rsplit(".", 1)[-1])
@@ -801,7 +804,7 @@ def _adam_cpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
         if g is None:
             raise ReplayError(f"{t.name}: no gradient of block {b.name} from iteration {it} on the "
                               "host (a D2H is missing)")
-        with x.lock:   # a refresh of an earlier step that has not read the host copy keeps its own
+        with x.block_lock[i]:   # a refresh of an earlier step that has not read the host copy keeps its own
             st = x.state
             for k in st.unsent.get(i, ()):
                 if (k, i) not in st.w_snap and b.host_w is not None:
@@ -883,7 +886,7 @@ def _refresh(x: Executor, t: Task, it: int, pinned: bool) -> None:
     blocking = x.dev.kind == "cuda" and t.name in x.host_hazard
     for j, aside in x.refresh[t.name].items():
         b = st.blocks[j]
-        with x.lock, torch.no_grad():
+        with x.block_lock[j], torch.no_grad():
             src = st.w_snap.pop((it, j), None)
             if it not in st.unsent.get(j, ()):
                 raise ReplayError(f"{t.name}: no updated weights of block {b.name} from the step of "
@@ -891,8 +894,9 @@ def _refresh(x: Executor, t: Task, it: int, pinned: bool) -> None:
             st.unsent[j].discard(it)
             src = src if src is not None else b.host_w
             if not aside:   # older refreshes kept aside: no compute task can need them any more
-                for key in [key for key in st.w_staged if key[1] == j and key[0] < it]:
-                    del st.w_staged[key]
+                with x.lock:
+                    for key in [key for key in st.w_staged if key[1] == j and key[0] < it]:
+                        del st.w_staged[key]
             nb = pinned and not blocking
             if aside or not b.resident:
                 fresh = {}
@@ -902,7 +906,8 @@ def _refresh(x: Executor, t: Task, it: int, pinned: bool) -> None:
                     x.dev.keep_alive(d, "gpu0.compute")
                     fresh[k] = d
                 if aside:
-                    st.w_staged[(it, j)] = fresh
+                    with x.lock:
+                        st.w_staged[(it, j)] = fresh
                 else:
                     for k, v in b.dev.items():
                         v.data = fresh[k]
