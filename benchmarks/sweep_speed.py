@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from simhete.engine import fast, indexed
+from simhete import sim
 from simhete.policy import template
 from simhete.search.backends import LocalBackend
 from simhete.search.runner import Runner
@@ -87,11 +88,12 @@ STAGES = [
 
 
 def fresh_caches() -> None:
-    """Forget what earlier sweeps in this process left: structural templates and the engine's
-    indexed schedules and structures (each timed sweep starts as a new sweep process would, numba
-    and imports aside)."""
+    """Forget what earlier sweeps in this process left: structural templates, the engine's indexed
+    schedules and structures, remembered prices and timelines (each timed sweep starts as a new
+    sweep process would, numba and imports aside)."""
     template.clear()
     indexed.clear()
+    sim.clear_memo()
 
 
 def run_once(n_points: int | None, grid: dict | None = None) -> tuple[int, float]:

@@ -6,10 +6,13 @@ through :func:`resolve` and :func:`run`.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from simhete.engine import simulate
 from simhete.engine.timeline import Timeline
@@ -18,7 +21,7 @@ from simhete.hw.cost import CostModel
 from simhete.hw.profile import PROFILES_DIR, load_profile
 from simhete.policy import Context, get_policy
 from simhete.policy.template import build_schedule
-from simhete.report.metrics import Summary, pcie_task_bytes, summarize
+from simhete.report.metrics import Summary, pcie_task_arrays, summarize
 from simhete.scenario import HardwareRef, Scenario
 from simhete.schedule import Schedule, check_schedule
 from simhete.workload import build_workload, from_hf_config, get_model
@@ -117,21 +120,86 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     return ctx, policy
 
 
-def run(s: Scenario, engine: str = "fast", profile: Any = None, check: bool = True) -> Result:
+def run(s: Scenario, engine: str = "fast", profile: Any = None, check: bool = True, memo: bool = False) -> Result:
     """Simulate a scenario. ``check`` runs the dry-run checker on the policy's schedule first
-    (sweeps turn it off for speed; every policy is property-tested to build valid schedules)."""
+    (sweeps turn it off for speed; every policy is property-tested to build valid schedules).
+    ``memo`` (sweeps): reuse prices and timelines this process computed for an earlier point
+    (:func:`run_schedule`); the result is the same."""
     ctx, policy = resolve(s, profile)
     sched = build_schedule(policy, ctx)
     problems = check_schedule(sched, capacity=False) if check else []
     if problems:  # a policy bug, not a user error: say exactly what is wrong
         raise SimheteError(f"policy {policy.name} built an invalid schedule: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    return run_schedule(s, ctx, sched, engine)
+    return run_schedule(s, ctx, sched, engine, memo)
 
 
-def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast") -> Result:
+def durations(cost: CostModel, sched: Schedule) -> np.ndarray:
+    """``cost.durations(sched)`` (the same floats, and the same ops priced: each distinct ops tuple
+    once), priced per entry of the table's distinct ops and gathered: a table resized from a
+    structural template knows its distinct ops without a pass over its tasks."""
+    palette, at = sched.table.distinct_ops()
+    return np.array(list(map(cost.ops_seconds, palette)), dtype=np.float64)[at]
+
+
+MEMO_KEPT = 256
+_PRICES: OrderedDict[tuple, tuple] = OrderedDict()     # (profile, distinct ops) -> prices, flags
+_TIMELINES: OrderedDict[tuple, tuple] = OrderedDict()  # (schedule, profile, engine) -> timeline
+
+
+def _remember(cache: OrderedDict, key: tuple, value: tuple) -> None:
+    cache[key] = value
+    if len(cache) > MEMO_KEPT:
+        cache.popitem(last=False)
+
+
+def memo_durations(cost: CostModel, sched: Schedule) -> tuple[np.ndarray, frozenset[str]]:
+    """:func:`durations` and the provenance flags pricing them adds, remembered per profile and
+    set of distinct ops tuples: a sweep's points of one micro-batch and sequence length price the
+    same few tuples. Pricing depends only on the profile and the ops, and a CostModel's flags only
+    on what it priced, so the flags of a fresh model that priced exactly these tuples are the
+    flags these durations add to any model whose pricing so far added none (``cost.flags`` empty;
+    otherwise this prices on ``cost`` itself and returns no flags)."""
+    palette, at = sched.table.distinct_ops()
+    if cost.flags:
+        return durations(cost, sched), frozenset()
+    prof = cost.profile
+    ids = list(map(id, palette))
+    key = (id(prof), frozenset(ids))
+    got = _PRICES.get(key)
+    if got is not None and got[0] is prof:
+        _PRICES.move_to_end(key)
+        secs = got[2]
+        return np.array(list(map(secs.__getitem__, ids)), dtype=np.float64)[at], got[3]
+    fresh = CostModel(prof)
+    prices = list(map(fresh.ops_seconds, palette))
+    flags = frozenset(fresh.flags)
+    # the entry holds the profile and the tuples, so the ids in its key stay theirs
+    _remember(_PRICES, key, (prof, tuple(palette), dict(zip(ids, prices)), flags))
+    return np.array(prices, dtype=np.float64)[at], flags
+
+
+def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast", memo: bool = False) -> Result:
+    """Simulate ``sched`` and summarise it. ``memo``: prices from :func:`memo_durations`, and the
+    timeline of an earlier run of this very Schedule object with this profile and engine (points
+    whose knob values alias get the same schedule from their template): same durations, same
+    rules, so the same timeline, which is immutable."""
     cost = ctx.cost
-    tl = simulate(sched, cost.durations(sched), cost.interference(), engine=engine)
+    extra: frozenset[str] = frozenset()
+    if memo:
+        durs, extra = memo_durations(cost, sched)
+        rules = cost.interference()
+        key = (id(sched), id(ctx.profile), engine)
+        got = _TIMELINES.get(key)
+        if got is not None and got[0] is sched and got[1] is ctx.profile and got[2] == rules \
+                and np.array_equal(got[3], durs):
+            _TIMELINES.move_to_end(key)
+            tl = got[4]
+        else:
+            tl = simulate(sched, durs, rules, engine=engine)
+            _remember(_TIMELINES, key, (sched, ctx.profile, rules, durs, tl))
+    else:
+        tl = simulate(sched, durations(cost, sched), cost.interference(), engine=engine)
     wl = ctx.workload
     per_iter = ctx.n_gpus * ctx.grad_accum   # micro-batches per iteration, all GPUs together
     summary = summarize(
@@ -139,7 +207,13 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
         samples_per_iter=s.data.train.micro_batch * per_iter,
         model_flops_per_iter=wl.model_flops_per_iter * per_iter,
         peak_flops_per_gpu=cost.peak_flops(s.data.train.dtype), n_gpus=ctx.n_gpus,
-        pool_capacity=dict(sched.pools), task_bytes=pcie_task_bytes(sched),
-        flags=sorted(cost.flags), meta={"scenario": s.name, "policy": s.data.policy,
-                                         "model": ctx.spec.name, "hardware": ctx.profile.name})
+        pool_capacity=dict(sched.pools), task_bytes=pcie_task_arrays(sched),
+        flags=sorted(cost.flags | extra), meta={"scenario": s.name, "policy": s.data.policy,
+                                                 "model": ctx.spec.name, "hardware": ctx.profile.name})
     return Result(s, ctx, sched, tl, summary)
+
+
+def clear_memo() -> None:
+    """Forget remembered prices and timelines (benchmarks, tests)."""
+    _PRICES.clear()
+    _TIMELINES.clear()

@@ -109,14 +109,18 @@ class Template:
         n_fixed = len(palette)
         self.fixed = palette
         self.ops_src = [k if k >= 0 else n_fixed + (-1 - k) for k in src]
+        # the palette entries the tasks use, and each task's position among them (distinct_ops)
+        self.used = sorted(set(self.ops_src))
+        at = {k: j for j, k in enumerate(self.used)}
+        self.used_at = np.array([at[k] for k in self.ops_src], dtype=np.int64)
         self.reused: OrderedDict[tuple, tuple] = OrderedDict()
-        ops, by = self._cells(ctx)
+        ops, by, _ = self._cells(ctx)
         if ops != tb.ops or by != [a.bytes for a in flat]:
             raise SimheteError(f"policy {sched.meta.get('policy', '?')}: the size codes it marked do not "
                                "reproduce its own schedule (a Builder.add(sized=...) names the wrong code)")
 
-    def _cells(self, ctx: Context) -> tuple[list, list[int]]:
-        """The ops column and the flat allocation bytes for ``ctx``'s blocks."""
+    def _cells(self, ctx: Context) -> tuple[list, list[int], list]:
+        """The ops column, the flat allocation bytes and the used palette for ``ctx``'s blocks."""
         blocks = ctx.blocks
         if len(blocks) != self.n_blocks:
             raise SimheteError(f"structure key matched a model of {len(blocks)} blocks, template has "
@@ -128,7 +132,7 @@ class Template:
         by = self.base_bytes.copy()
         for code, (pos, blk) in self.byte_cells.items():
             by[pos] = np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks))[blk]
-        return ops, by.tolist()
+        return ops, by.tolist(), list(map(palette.__getitem__, self.used))
 
     def resize(self, ctx: Context) -> Schedule:
         """The schedule of this structure for ``ctx``: new ops, allocation bytes and capacities."""
@@ -138,8 +142,8 @@ class Template:
         if got is not None and got[0] is ctx.workload:
             self.reused.move_to_end(key)
             return got[1]
-        ops, by = self._cells(ctx)
-        sched = Schedule.from_table(self.table.resized(ops, by), pools, self.initial, self.iterations, self.meta)
+        ops, by, used = self._cells(ctx)
+        sched = Schedule.from_table(self.table.resized(ops, by, (used, self.used_at)), pools, self.initial, self.iterations, self.meta)
         self.reused[key] = (ctx.workload, sched)       # holds the workload: its id is not reused
         if len(self.reused) > REUSE_KEPT:
             self.reused.popitem(last=False)

@@ -196,7 +196,18 @@ def _union_length(a: np.ndarray, b: np.ndarray, t0: float) -> float:
     return float(np.cumsum(part)[-1])
 
 
-def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int]]) -> dict[str, int]:
+class TaskBytes:
+    """PCIe bytes per task as arrays aligned with a schedule's table: ``h2d[i]`` and ``d2h[i]``
+    are what task i's copy ops move (what :func:`pcie_task_bytes` maps its name to; 0 and 0 for a
+    task moving nothing, which that mapping omits). Made by :func:`pcie_task_arrays`."""
+
+    __slots__ = ("table", "h2d", "d2h")
+
+    def __init__(self, table: Any, h2d: np.ndarray, d2h: np.ndarray) -> None:
+        self.table, self.h2d, self.d2h = table, h2d, d2h
+
+
+def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int]] | TaskBytes) -> dict[str, int]:
     """Bytes moved per PCIe direction (``h2d``, ``d2h``; all GPUs summed) by the steady iteration.
 
     A ``task_bytes`` entry is either ``(h2d, d2h)`` bytes (what :func:`pcie_task_bytes` gives: the
@@ -204,10 +215,28 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int
     an int for a task on a ``gpuN.h2d`` / ``gpuN.d2h`` stream, whose suffix is the direction (an
     int for a task on another stream is not counted: nothing says its direction). A
     record on a copy stream with no entry is an error: counting it as zero would understate traffic.
+    ``task_bytes`` may also be a :class:`TaskBytes` of the timeline's schedule (the same figures
+    as arrays; a task moving nothing counts as having no entry).
     """
     its = steady_iterations(timeline)
     out = dict.fromkeys(PCIE_DIRECTIONS, 0)
     cols = timeline.columns
+    if isinstance(task_bytes, TaskBytes):
+        if cols is not None and task_bytes.table is cols.table:     # arrays over arrays
+            keep = slice(None) if its is None else np.isin(cols.it, list(its))
+            rows, on = cols.rows[keep], cols.stream_of[keep]
+            up, down = task_bytes.h2d[rows], task_bytes.d2h[rows]
+            copy = np.array([st.rpartition(".")[2] in out for st in cols.streams], dtype=bool)
+            missing = copy[on] & (up == 0) & (down == 0)
+            if missing.any():
+                k = int(np.argmax(missing))
+                raise ValueError(f"task_bytes has no entry for copy task {cols.table.name[int(rows[k])]!r} "
+                                 f"on {cols.streams[int(on[k])]}")
+            out["h2d"], out["d2h"] = int(up.sum()), int(down.sum())
+            return out
+        tb = task_bytes.table
+        task_bytes = {n: (u, d) for n, u, d in zip(tb.name, task_bytes.h2d.tolist(), task_bytes.d2h.tolist())
+                      if u or d}
     if cols is not None:       # the steady iteration's records, from the arrays
         keep = np.ones(len(cols.rows), dtype=bool) if its is None else np.isin(cols.it, list(its))
         selected = ((cols.table.name[k], cols.streams[s])
@@ -227,6 +256,26 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int
         elif direction in out:       # an int has no direction: only a copy stream's suffix gives one
             out[direction] += v
     return out
+
+
+def pcie_task_arrays(schedule: Schedule) -> TaskBytes:
+    """:func:`pcie_task_bytes` as arrays aligned with the schedule's table (:class:`TaskBytes`):
+    summed once per distinct ops tuple (``TaskTable.distinct_ops``), then gathered."""
+    h2d, d2h = OpKind.H2D, OpKind.D2H
+    tb = schedule.table
+    palette, at = tb.distinct_ops()
+    up, down = [], []
+    for ops in palette:
+        u = d = 0
+        for op in ops:
+            kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
+            if kind is h2d:
+                u += op.n * op.count
+            elif kind is d2h:
+                d += op.n * op.count
+        up.append(u)
+        down.append(d)
+    return TaskBytes(tb, np.array(up, dtype=np.int64)[at], np.array(down, dtype=np.int64)[at])
 
 
 def pcie_task_bytes(schedule: Schedule) -> dict[str, tuple[int, int]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
 
@@ -152,12 +152,27 @@ class TaskTable:
 
     FIELDS = ("name", "stream", "cat", "ops", "deps", "prio", "allocs", "frees", "it", "block")
     __slots__ = ("name", "stream", "cat", "ops", "deps", "prio", "_allocs", "frees", "it", "block",
-                 "shape", "sized", "_bytes")
+                 "shape", "sized", "_bytes", "_distinct")
 
     def __init__(self) -> None:
         for f in self.FIELDS:
             setattr(self, f, [])
-        self.shape = self.sized = self._bytes = None
+        self.shape = self.sized = self._bytes = self._distinct = None
+
+    def distinct_ops(self) -> tuple[list, list[int] | Any]:
+        """The ops column as ``(palette, at)``: ``ops[i] is palette[at[i]]``. Tasks share ops tuples,
+        so a per-task figure that depends only on the ops (a price, bytes moved) is computed once
+        per palette entry and gathered (``at`` is an int sequence; a resized table's is a numpy
+        array). Made on first call (one entry per distinct tuple object, in first-use order) unless
+        the table was resized from a template, which knows it; not to be modified."""
+        d = self._distinct
+        if d is None:
+            ops = self.ops
+            ids = list(map(id, ops))
+            pos = dict(zip(dict.fromkeys(ids), range(len(ids))))     # first-use order
+            palette = list(dict(zip(ids, ops)).values())            # same order: keys keep first insertion
+            d = self._distinct = (palette, list(map(pos.__getitem__, ids)))
+        return d
 
     @property
     def allocs(self) -> list:
@@ -197,10 +212,12 @@ class TaskTable:
                 setattr(t, f, list(col))
         return t
 
-    def resized(self, ops: list, alloc_bytes: list[int]) -> "TaskTable":
+    def resized(self, ops: list, alloc_bytes: list[int], distinct: tuple | None = None) -> "TaskTable":
         """A table of this one's shape (which must be set) with new ``ops`` and allocation bytes
-        (flat, task order): every other column is this table's own list object."""
+        (flat, task order): every other column is this table's own list object. ``distinct``: the
+        new ops as :meth:`distinct_ops` gives them, when the caller knows."""
         t = object.__new__(TaskTable)
+        t._distinct = distinct
         t.name, t.stream, t.cat, t.ops, t.deps, t.prio = self.name, self.stream, self.cat, ops, self.deps, self.prio
         t.frees, t.it, t.block = self.frees, self.it, self.block
         t._allocs, t._bytes, t.shape, t.sized = None, alloc_bytes, self.shape, None

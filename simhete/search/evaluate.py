@@ -79,7 +79,7 @@ def evaluate(pid: str, idx: int, params: dict[str, Any], s: Scenario, engine: st
 
     policy = s.data.policy
     try:
-        res = run(s, engine=engine, profile=_profile(s), check=False)
+        res = run(s, engine=engine, profile=_profile(s), check=False, memo=True)
     except ConfigError as e:
         return failed_row(pid, idx, params, "invalid", str(e), policy)
     except SimheteError as e:

@@ -1,0 +1,95 @@
+"""The sweep path's shortcuts give the results of the plain path: prices gathered per distinct ops
+tuple (sim.durations) equal CostModel.durations, PCIe bytes as arrays equal the per-name mapping,
+and remembered prices and timelines (run(..., memo=True)) give the summaries of fresh runs, in any
+order of points, aliasing knob values included."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from simhete import sim
+from simhete.engine import Record, Timeline
+from simhete.hw.cost import CostModel
+from simhete.opkinds import OpKind, TaskCat
+from simhete.policy import template
+from simhete.report.metrics import TaskBytes, pcie_bytes, pcie_task_arrays, pcie_task_bytes
+from simhete.scenario import load_scenario
+from simhete.schedule import Op, Schedule, Task
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_prices_and_pcie_arrays_equal_the_plain_ones(path):
+    res = sim.run(load_scenario(path), check=False)
+    sched, prof = res.schedule, res.context.profile
+    a, b = CostModel(prof), CostModel(prof)
+    assert sim.durations(a, sched).tolist() == b.durations(sched)
+    assert a.flags == b.flags
+    if res.timeline.oom is None:
+        assert pcie_bytes(res.timeline, pcie_task_arrays(sched)) == pcie_bytes(res.timeline, pcie_task_bytes(sched))
+    tb = pcie_task_arrays(sched)
+    assert {n: (u, d) for n, u, d in zip(sched.table.name, tb.h2d.tolist(), tb.d2h.tolist()) if u or d} \
+        == pcie_task_bytes(sched)
+
+
+def test_pcie_arrays_name_a_copy_task_moving_nothing():
+    sched = Schedule((Task("a", "gpu0.h2d", TaskCat.H2D, (Op(OpKind.H2D, n=10),)),
+                      Task("b", "gpu0.d2h", TaskCat.D2H, ())), {"gpu0": 100})
+    tl = sim.simulate(sched, [1.0, 1.0])
+    with pytest.raises(ValueError, match="no entry for copy task 'b' on gpu0.d2h"):
+        pcie_bytes(tl, pcie_task_arrays(sched))
+    with pytest.raises(ValueError, match="no entry for copy task 'b' on gpu0.d2h"):
+        pcie_bytes(tl, pcie_task_bytes(sched))
+    records = Timeline(records=(Record("a", "gpu0.h2d", TaskCat.H2D, 0, -1, 0.0, 1.0),))
+    assert pcie_bytes(records, pcie_task_arrays(sched)) == {"h2d": 10, "d2h": 0}    # no arrays: by name
+    assert isinstance(pcie_task_arrays(sched), TaskBytes)
+
+
+def points():
+    """Points of a small sweep: sizes, aliasing bucket sizes (one partition), other policies."""
+    out = []
+    for name in ("small-llama_cpu_swap", "small-gpt_cpu_zero-offload", "llama2-13b_h100-pcie_zero-offload"):
+        s = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
+        for mb in (1, 2):
+            for bucket in (1e12, 2e12):          # both: one bucket for the whole model
+                for dpu in (False, True):
+                    out.append(s.with_changes(**{"train.micro_batch": mb, "knobs.reduce_bucket_size": bucket,
+                                                 "knobs.delayed_update": dpu}))
+    for name in ("small-gpt_cpu_gpu-only", "small-gpt_cpu_stronghold", "small-llama_cpu_zero-infinity"):
+        out.append(load_scenario(ROOT / "scenarios" / f"{name}.yaml"))
+    return out
+
+
+def test_memo_gives_the_plain_results_in_any_order():
+    pts = points()
+    plain = [sim.run(s, check=False).summary for s in pts]
+    order = list(range(len(pts))) * 2
+    random.Random(7).shuffle(order)
+    template.clear()
+    sim.clear_memo()
+    prof = {}
+    for i in order:
+        s = pts[i]
+        p = prof.setdefault(s.data.hardware if isinstance(s.data.hardware, str) else s.data.hardware.profile,
+                            sim.resolve_profile(s))
+        got = sim.run(s, check=False, profile=p, memo=True)
+        assert got.summary == plain[i], (i, s.name)
+    assert sim._TIMELINES and sim._PRICES
+
+
+def test_memo_skips_pricing_only_on_a_cost_model_that_has_added_no_flags():
+    s = load_scenario(ROOT / "scenarios" / "small-llama_cpu_swap.yaml")
+    ctx, pol = sim.resolve(s)
+    sched = pol.build(ctx)
+    sim.clear_memo()
+    durs, flags = sim.memo_durations(ctx.cost, sched)
+    ref = CostModel(ctx.profile)
+    assert durs.tolist() == ref.durations(sched) and flags == frozenset(ref.flags)
+    ctx.cost._flags.add("something (assumed)")          # a model that priced something flagged before
+    again, none = sim.memo_durations(ctx.cost, sched)
+    assert again.tolist() == durs.tolist() and none == frozenset()
