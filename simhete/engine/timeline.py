@@ -103,14 +103,19 @@ class Columns:
         return float(self.end.max()) if len(self.end) else 0.0
 
     def iteration_ends(self) -> dict[int, float]:
-        """As :meth:`Timeline.iteration_ends`: keys in order of first appearance."""
-        if not len(self.it):
-            return {}
-        labels, first, inv = np.unique(self.it, return_index=True, return_inverse=True)
-        ends = np.full(len(labels), -np.inf)
-        np.maximum.at(ends, inv, self.end)
-        # the record-based version starts every maximum at 0.0
-        return {int(labels[j]): max(0.0, float(ends[j])) for j in np.argsort(first, kind="stable")}
+        """As :meth:`Timeline.iteration_ends`: keys in order of first appearance (computed once:
+        the arrays never change; a new dict per call)."""
+        got = self.__dict__.get("_ends")
+        if got is None:
+            got = {}
+            if len(self.it):
+                labels, first, inv = np.unique(self.it, return_index=True, return_inverse=True)
+                ends = np.full(len(labels), -np.inf)
+                np.maximum.at(ends, inv, self.end)
+                # the record-based version starts every maximum at 0.0
+                got = {int(labels[j]): max(0.0, float(ends[j])) for j in np.argsort(first, kind="stable")}
+            self.__dict__["_ends"] = got
+        return dict(got)
 
     def busy(self) -> dict[str, float]:
         """As :meth:`Timeline.busy`: per stream, ``end - start`` summed in record order."""

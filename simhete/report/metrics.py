@@ -223,7 +223,8 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int
     cols = timeline.columns
     if isinstance(task_bytes, TaskBytes):
         if cols is not None and task_bytes.table is cols.table:     # arrays over arrays
-            keep = slice(None) if its is None else np.isin(cols.it, list(its))
+            keep = slice(None) if its is None else (cols.it == next(iter(its)) if len(its) == 1
+                                                    else np.isin(cols.it, list(its)))
             rows, on = cols.rows[keep], cols.stream_of[keep]
             up, down = task_bytes.h2d[rows], task_bytes.d2h[rows]
             copy = np.array([st.rpartition(".")[2] in out for st in cols.streams], dtype=bool)
@@ -338,6 +339,13 @@ def _round(x: float) -> float:
 
 
 def _json_safe(v: Any) -> Any:
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:      # exact types first: isinstance on ABCs is slow
+        return v
+    if t is float:
+        return _round(v)
+    if t is dict:
+        return {str(k): _json_safe(x) for k, x in v.items()}
     if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
         return v
     if isinstance(v, float):
