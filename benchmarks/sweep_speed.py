@@ -16,6 +16,7 @@ axes with more values, and sequence length) runs in a fresh process under ``SIMH
 time: interpreter start, imports, loading numba and its cached machine code, and the sweep.
 
     .venv/bin/python benchmarks/sweep_speed.py [--points N] [--repeats R] [--large-repeats L] [--no-profile]
+    .venv/bin/python benchmarks/sweep_speed.py --stages     # CPU per point by stage, both grids
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ print(json.dumps({{"n": n, "sweep_cpu": time.process_time() - c0, "sweep_wall": 
 STAGES = [
     ("point resolution + id hash (search/points.py)", "points.py", "point"),
     ("policy build (policy/*)", "", "build"),
+    ("template resize (policy/template.py)", "template.py", "resize"),
     ("schedule check (schedule/check.py)", "check.py", "check_schedule"),
     ("cost model durations (hw/cost.py)", "cost.py", "durations"),
     ("engine (engine/fast.py)", "fast.py", "simulate_fast"),
@@ -111,6 +113,60 @@ def run_once(n_points: int | None, grid: dict | None = None) -> tuple[int, float
     return len(out.rows), dt
 
 
+def stages(grid: dict) -> None:
+    """CPU time per point by stage, the grid run twice in this process through ``evaluate`` (the
+    worker's code path, no store), caches forgotten before each pass, the second pass reported;
+    stages timed by wrapping their entry points (``--stages``; compiled loop)."""
+    import gc
+
+    from simhete.search import evaluate as ev
+    from simhete.search.runner import Runner as R
+
+    sweep = sweep_from_dict(dict(grid), str(REPO / "benchmarks" / "sweep_speed.yaml"))
+    with tempfile.TemporaryDirectory() as d, ResultStore(Path(d) / "x.sqlite") as st:
+        r = R(sweep, st, LocalBackend(1))
+        pts = [r.point(i) for i in range(sweep.grid_size)]
+    spent: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapped(*a, **k):
+            c = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - c
+        return wrapped
+
+    saved = {n: getattr(sim, n) for n in ("resolve", "build_schedule", "memo_durations", "simulate",
+                                          "pcie_task_arrays", "summarize")}
+    saved_row = ev.summary_row
+    for name, label in (("resolve", "resolve (workload, knobs, cost model)"), ("build_schedule", "policy build / resize"),
+                        ("memo_durations", "durations"), ("simulate", "engine"),
+                        ("pcie_task_arrays", "PCIe bytes per task"), ("summarize", "summarize")):
+        setattr(sim, name, timed(label, saved[name]))
+    ev.summary_row = timed("row", saved_row)
+    os.environ["SIMHETE_JIT"] = "1"
+    try:
+        for _ in range(2):
+            fresh_caches()
+            spent.clear()
+            gc.disable()
+            c0 = time.process_time()
+            for p in pts:
+                ev.evaluate(p.id, p.idx, p.params, p.scenario)
+            total = time.process_time() - c0
+            gc.enable()
+    finally:
+        for n, f in saved.items():
+            setattr(sim, n, f)
+        ev.summary_row = saved_row
+    print(f"\nper point by stage ({len(pts)} points, compiled loop, CPU): {total / len(pts) * 1e3:.2f} ms "
+          f"({len(pts) / total:.0f}/s)")
+    for k, v in spent.items():
+        print(f"  {k:40s} {v / len(pts) * 1e3:6.3f} ms  {100 * v / total:5.1f} %")
+    print(f"  {'the rest (sweep code, row assembly)':40s} {(total - sum(spent.values())) / len(pts) * 1e3:6.3f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=None, help="random subset of the 120-point grid")
@@ -118,7 +174,12 @@ def main() -> None:
     ap.add_argument("--large-repeats", type=int, default=1,
                     help="fresh-process runs of the 1080-point grid (0: skip it)")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--stages", action="store_true", help="only the per-stage breakdown of both grids")
     args = ap.parse_args()
+    if args.stages:
+        stages(SWEEP)
+        stages(LARGE)
+        return
     default = os.environ.get("SIMHETE_JIT", "auto")
     loops = {"python loop": "0", "compiled loop": "1"}
     for flag in loops.values():              # warm imports, profile files and numba's cache

@@ -6,7 +6,8 @@ combination cannot be built: a knob foreign to the policy, a multi-GPU profile f
 policy, ...) or ``error`` (anything else; the reason names the exception).
 
 Workers keep the hardware profiles they loaded (keyed by the scenario's hardware reference), so a
-sweep reads each profile file once per worker. Every other input is rebuilt per point, so a row
+sweep reads each profile file once per worker, and run with ``memo=True`` (structural templates,
+prices and timelines remembered: docs/sweeps.md); each is exact, so a row
 never depends on which points a worker ran before it.
 """
 
