@@ -39,10 +39,9 @@ from pathlib import Path
 import torch
 
 from simhete.hw.cost import ops_key
-from simhete.opkinds import OpKind
-from simhete.schedule.model import Op
 
 from calibrate.common import Ctx, missing, ok
+from calibrate.targets import optim_ops as _optim_ops
 from calibrate.targets import scenario_workload
 from calibrate.timing import _stats
 
@@ -69,14 +68,6 @@ def points(ctx: Ctx) -> list[dict[str, object]]:
 def _sync(ctx: Ctx) -> None:
     if ctx.target.is_cuda:
         torch.cuda.synchronize(ctx.target.device)
-
-
-def _optim_ops(b) -> list[tuple[str, tuple[Op, ...]]]:  # type: ignore[no-untyped-def]
-    """The single-op tuples the policies give a block's optimizer step (simhete/policy/*.py)."""
-    if not b.params:
-        return []
-    return [("optim_cpu", (Op(OpKind.ADAM_CPU, n=b.params, dtype="fp32"),)),
-            ("optim_gpu", (Op(OpKind.ADAM_GPU, n=b.params, dtype="fp32"),))]
 
 
 def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
@@ -177,33 +168,3 @@ def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
         st = _stats(samples[k], 1, False, False)
         out_rows.append(ok(r, _stats(samples[k], 1, False, st.spread > m.noise_threshold)))
     return out_rows
-
-
-def comparison(profile: dict[str, object], paths: list[str], device_type: str) -> str:
-    """A fit-report section: each measured block beside the op-level price of the same ops (the
-    fitted curves and tables, ``gpu.blocks`` left out), so the report shows what the op-level
-    model misses inside a step; empty when the profile has no ``gpu.blocks``."""
-    from simhete.config import validate
-    from simhete.hw.cost import CostModel
-    from simhete.hw.profile import HardwareProfile
-
-    prof = validate(HardwareProfile, profile, "fitted profile")
-    if prof.gpu.blocks is None:
-        return ""
-    measured = {k: (label, sec) for k, label, sec in prof.gpu.blocks.entries}
-    cm = CostModel(prof)
-    lines = ["## blocks: measured whole vs the op-level price of the same ops\n",
-             "| block | measured | op-level | op-level error |", "|---|---:|---:|---:|"]
-    done: set[str] = set()
-    for path in paths:
-        _, wl = scenario_workload(path, device_type)
-        for b in wl.blocks:
-            for ops in (b.fwd_ops, b.bwd_ops, *(o for _, o in _optim_ops(b))):
-                k = ops_key(ops)
-                if k in measured and k not in done:
-                    done.add(k)
-                    label, sec = measured[k]
-                    op = cm.ops_sum_seconds(ops)
-                    lines.append(f"| {label} | {sec * 1e3:.3f} ms | {op * 1e3:.3f} ms | "
-                                 f"{100 * (op / sec - 1):+.1f}% |")
-    return "\n".join(lines) + "\n"

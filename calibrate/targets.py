@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simhete.hw.cost import ops_key
 from simhete.opkinds import OpKind
+from simhete.schedule.model import Op
 
 
 @dataclass
@@ -62,3 +64,41 @@ def scenario_shapes(paths: list[str], device_type: str) -> Shapes:
                         out.attn[(op.dtype, b, h, spec.n_kv_heads, sq, d)] = None
         out.files.append(Path(path).name)
     return out
+
+
+def optim_ops(b) -> list[tuple[str, tuple[Op, ...]]]:  # type: ignore[no-untyped-def]
+    """The single-op tuples the policies give a block's optimizer step (simhete/policy/*.py)."""
+    if not b.params:
+        return []
+    return [("optim_cpu", (Op(OpKind.ADAM_CPU, n=b.params, dtype="fp32"),)),
+            ("optim_gpu", (Op(OpKind.ADAM_GPU, n=b.params, dtype="fp32"),))]
+
+
+def comparison(profile: dict[str, object], paths: list[str], device_type: str) -> str:
+    """A fit-report section: each measured block beside the op-level price of the same ops (the
+    fitted curves and tables, ``gpu.blocks`` left out), so the report shows what the op-level
+    model misses inside a step; empty when the profile has no ``gpu.blocks``."""
+    from simhete.config import validate
+    from simhete.hw.cost import CostModel
+    from simhete.hw.profile import HardwareProfile
+
+    prof = validate(HardwareProfile, profile, "fitted profile")
+    if prof.gpu.blocks is None:
+        return ""
+    measured = {k: (label, sec) for k, label, sec in prof.gpu.blocks.entries}
+    cm = CostModel(prof)
+    lines = ["## blocks: measured whole vs the op-level price of the same ops\n",
+             "| block | measured | op-level | op-level error |", "|---|---:|---:|---:|"]
+    done: set[str] = set()
+    for path in paths:
+        _, wl = scenario_workload(path, device_type)
+        for b in wl.blocks:
+            for ops in (b.fwd_ops, b.bwd_ops, *(o for _, o in optim_ops(b))):
+                k = ops_key(ops)
+                if k in measured and k not in done:
+                    done.add(k)
+                    label, sec = measured[k]
+                    op = cm.ops_sum_seconds(ops)
+                    lines.append(f"| {label} | {sec * 1e3:.3f} ms | {op * 1e3:.3f} ms | "
+                                 f"{100 * (op / sec - 1):+.1f}% |")
+    return "\n".join(lines) + "\n"

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also measure the exact GEMM and attention shapes these scenarios price, "
                         "and (suite blocks) each of their blocks' forward and backward whole, "
                         "inside training steps of their model (at their replay: shape when they "
-                        "have one); see docs/calibration.md")
+                        "have one); with --refit: the scenarios whose blocks the raw data measured, "
+                        "for the fit report's comparison; see docs/calibration.md")
     p.add_argument("--passes", type=int, default=1, metavar="N",
                    help="measure every suite N times, one pass after another, and keep each "
                         "point's median over the passes (a shared machine's speed drifts within "
@@ -114,9 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix not in (".yaml", ".yml"):
         raise SimheteError(f"--out {out}: a profile file ends in .yaml or .yml")
     if args.refit:
-        if args.shapes_from:
-            raise SimheteError("--shapes-from measures shapes; --refit measures nothing (give one of them)")
-        return _refit(Path(args.refit), out, args.force)
+        return _refit(Path(args.refit), out, args.force, args.shapes_from)
     suites = parse_suites(args.suites)
     if args.passes < 1:
         raise SimheteError(f"--passes: bad value {args.passes}; allowed: an integer >= 1")
@@ -152,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         result = fit(s_raw, out.stem, stage)
         text = result.report
         if args.shapes_from and "blocks" in suites:
-            from calibrate.blocks import comparison
+            from calibrate.targets import comparison
             text += "\n" + comparison(result.profile, args.shapes_from, target.kind)
         (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
         (stage / report.name).write_text(text)
@@ -163,16 +162,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refit(raw_dir: Path, out: Path, force: bool) -> int:
+def _refit(raw_dir: Path, out: Path, force: bool, shapes_from: list[str]) -> int:
+    """Refit raw CSVs; with ``shapes_from`` (the scenarios whose blocks the raw data measured)
+    the report also compares each measured block with its op-level price (no torch needed)."""
     if not raw_dir.is_dir():
         raise SimheteError(f"--refit {raw_dir}: raw data directory not found")
     report = raw_dir.with_suffix(".fit.md")
     _check_targets([out, report], force)
     result = fit(raw_dir, out.stem, out.parent)
+    text = result.report
+    if shapes_from:
+        from calibrate.targets import comparison
+        kind = str(result.profile.get("device_type", "cuda"))
+        text += "\n" + comparison(result.profile, shapes_from, kind)
     stage = _staging(out.parent)
     try:
         (stage / out.name).write_text(dump_profile(result.profile, f"refit from {raw_dir.name}"))
-        (stage / report.name).write_text(result.report)
+        (stage / report.name).write_text(text)
         _install([(stage / report.name, report), (stage / out.name, out)])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
