@@ -143,7 +143,9 @@ def durations(cost: CostModel, sched: Schedule) -> np.ndarray:
 
 
 MEMO_KEPT = 256
-_PRICES: OrderedDict[tuple, tuple] = OrderedDict()     # (profile, distinct ops) -> prices, flags
+MODEL_OPS_KEPT = 1 << 16    # ops tuples a kept CostModel may price before it is replaced by a fresh one
+_MODELS: dict[int, tuple[Any, CostModel]] = {}           # id(profile) -> (profile, kept model)
+_PRICES: OrderedDict[tuple, tuple] = OrderedDict()     # (profile, distinct ops) -> prices, provenance
 _TIMELINES: OrderedDict[tuple, tuple] = OrderedDict()  # (schedule, profile, engine) -> timeline
 
 
@@ -153,30 +155,40 @@ def _remember(cache: OrderedDict, key: tuple, value: tuple) -> None:
         cache.popitem(last=False)
 
 
-def memo_durations(cost: CostModel, sched: Schedule) -> tuple[np.ndarray, frozenset[str]]:
-    """:func:`durations` and the provenance flags pricing them adds, remembered per profile and
-    set of distinct ops tuples: a sweep's points of one micro-batch and sequence length price the
-    same few tuples. Pricing depends only on the profile and the ops, and a CostModel's flags only
-    on what it priced, so the flags of a fresh model that priced exactly these tuples are the
-    flags these durations add to any model whose pricing so far added none (``cost.flags`` empty;
-    otherwise this prices on ``cost`` itself and returns no flags)."""
+def kept_model(profile: Any) -> CostModel:
+    """A CostModel of ``profile`` kept for this process (sweep workers): it prices each ops tuple
+    once over all the points it serves. Bounded: replaced by a fresh one past
+    :data:`MODEL_OPS_KEPT` priced tuples (prices do not depend on what a model priced before)."""
+    got = _MODELS.get(id(profile))
+    if got is None or got[0] is not profile or len(got[1]._task_cache) > MODEL_OPS_KEPT:
+        if len(_MODELS) >= 64:
+            _MODELS.clear()
+        got = _MODELS[id(profile)] = (profile, CostModel(profile))   # holds the profile: its id stays its own
+    return got[1]
+
+
+def memo_durations(cost: CostModel, sched: Schedule) -> tuple[np.ndarray, tuple]:
+    """:func:`durations` priced on the process's kept model of ``cost``'s profile
+    (:func:`kept_model`), and the provenance of the distinct ops tuples priced, merged:
+    ``cost.flags_with`` it is ``cost.flags`` as if ``cost`` itself had priced the schedule. Prices
+    depend only on the profile and the ops, so they are the floats ``cost`` would give. The prices
+    and merged provenance of a list of distinct tuples (a sweep's points of one micro-batch,
+    sequence length and structure share theirs) are remembered by the tuples' identities."""
     palette, at = sched.table.distinct_ops()
-    if cost.flags:
-        return durations(cost, sched), frozenset()
     prof = cost.profile
-    ids = list(map(id, palette))
-    key = (id(prof), frozenset(ids))
+    key = (id(prof), *map(id, palette))
     got = _PRICES.get(key)
-    if got is not None and got[0] is prof:
+    if got is None or got[0] is not prof:
+        kept = kept_model(prof)
+        prices = np.array(list(map(kept.ops_seconds, palette)), dtype=np.float64)
+        provs = list(map(kept.provenance, palette))
+        prov = (frozenset().union(*(p[0] for p in provs)), frozenset().union(*(p[1] for p in provs)))
+        # the entry holds the profile and the tuples, so the ids in its key stay theirs
+        got = (prof, tuple(palette), prices, prov)
+        _remember(_PRICES, key, got)
+    else:
         _PRICES.move_to_end(key)
-        secs = got[2]
-        return np.array(list(map(secs.__getitem__, ids)), dtype=np.float64)[at], got[3]
-    fresh = CostModel(prof)
-    prices = list(map(fresh.ops_seconds, palette))
-    flags = frozenset(fresh.flags)
-    # the entry holds the profile and the tuples, so the ids in its key stay theirs
-    _remember(_PRICES, key, (prof, tuple(palette), dict(zip(ids, prices)), flags))
-    return np.array(prices, dtype=np.float64)[at], flags
+    return got[2][at], got[3]
 
 
 def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast", memo: bool = False) -> Result:
@@ -185,9 +197,10 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
     whose knob values alias get the same schedule from their template): same durations, same
     rules, so the same timeline, which is immutable."""
     cost = ctx.cost
-    extra: frozenset[str] = frozenset()
+    provs: tuple = ()
     if memo:
-        durs, extra = memo_durations(cost, sched)
+        durs, prov = memo_durations(cost, sched)
+        provs = (prov,)
         rules = cost.interference()
         key = (id(sched), id(ctx.profile), engine)
         got = _TIMELINES.get(key)
@@ -208,12 +221,13 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
         model_flops_per_iter=wl.model_flops_per_iter * per_iter,
         peak_flops_per_gpu=cost.peak_flops(s.data.train.dtype), n_gpus=ctx.n_gpus,
         pool_capacity=dict(sched.pools), task_bytes=pcie_task_arrays(sched),
-        flags=sorted(cost.flags | extra), meta={"scenario": s.name, "policy": s.data.policy,
+        flags=sorted(cost.flags_with(*provs)), meta={"scenario": s.name, "policy": s.data.policy,
                                                  "model": ctx.spec.name, "hardware": ctx.profile.name})
     return Result(s, ctx, sched, tl, summary)
 
 
 def clear_memo() -> None:
-    """Forget remembered prices and timelines (benchmarks, tests)."""
+    """Forget kept cost models, remembered prices and timelines (benchmarks, tests)."""
+    _MODELS.clear()
     _PRICES.clear()
     _TIMELINES.clear()

@@ -79,17 +79,50 @@ def test_memo_gives_the_plain_results_in_any_order():
                             sim.resolve_profile(s))
         got = sim.run(s, check=False, profile=p, memo=True)
         assert got.summary == plain[i], (i, s.name)
-    assert sim._TIMELINES and sim._PRICES
+    assert sim._TIMELINES and sim._MODELS and sim._PRICES
 
 
-def test_memo_skips_pricing_only_on_a_cost_model_that_has_added_no_flags():
+def test_memo_prices_on_a_kept_model_and_gives_the_flags_of_the_point_alone():
+    """A kept model that priced other points first gives the same floats, and the flags pricing
+    this schedule on the point's own model would have added, on top of what that model has."""
     s = load_scenario(ROOT / "scenarios" / "small-llama_cpu_swap.yaml")
     ctx, pol = sim.resolve(s)
     sched = pol.build(ctx)
     sim.clear_memo()
-    durs, flags = sim.memo_durations(ctx.cost, sched)
+    other = sim.run(s.with_changes(**{"train.micro_batch": 3}), check=False, profile=ctx.profile, memo=True)
+    assert other.schedule is not sched
+    durs, prov = sim.memo_durations(ctx.cost, sched)
     ref = CostModel(ctx.profile)
-    assert durs.tolist() == ref.durations(sched) and flags == frozenset(ref.flags)
+    assert durs.tolist() == ref.durations(sched) and ctx.cost.flags_with(prov) == ref.flags
+    assert ctx.cost.flags == set()                       # the point's model priced nothing
     ctx.cost._flags.add("something (assumed)")          # a model that priced something flagged before
-    again, none = sim.memo_durations(ctx.cost, sched)
-    assert again.tolist() == durs.tolist() and none == frozenset()
+    again, prov = sim.memo_durations(ctx.cost, sched)          # remembered by the tuples
+    assert again.tolist() == durs.tolist() and ctx.cost.flags_with(prov) == ref.flags | {"something (assumed)"}
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_provenance_of_a_tuple_is_what_pricing_it_alone_adds(path):
+    """Per ops tuple, on a model that priced every other tuple of every shipped scenario first:
+    its provenance gives exactly the flags of a fresh model that priced that tuple alone, and any
+    set of tuples the flags of a fresh model that priced that set (roofline shape counts merge)."""
+    s = load_scenario(path)
+    ctx, pol = sim.resolve(s)
+    palette = sim.build_schedule(pol, ctx).table.distinct_ops()[0]
+    kept = sim.kept_model(ctx.profile)
+    for other in SCENARIOS:                     # the kept model has priced others' tuples before
+        o = load_scenario(other)
+        octx, opol = sim.resolve(o, profile=ctx.profile)
+        try:
+            list(map(kept.ops_seconds, sim.build_schedule(opol, octx).table.distinct_ops()[0]))
+        except Exception:                       # a policy or op this profile cannot build or price
+            pass
+    for ops in palette:
+        alone = CostModel(ctx.profile)
+        assert alone.ops_seconds(ops) == kept.ops_seconds(ops)
+        assert CostModel(ctx.profile).flags_with(kept.provenance(ops)) == alone.flags
+    rng = random.Random(path.stem)
+    for _ in range(5):
+        some = rng.sample(palette, k=rng.randint(0, len(palette)))
+        fresh = CostModel(ctx.profile)
+        list(map(fresh.ops_seconds, some))
+        assert CostModel(ctx.profile).flags_with(*map(kept.provenance, some)) == fresh.flags

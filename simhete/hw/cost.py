@@ -29,6 +29,11 @@ A task whose ops tuple is listed in ``gpu.blocks`` (a block's forward or backwar
 inside a training step: calibrate/blocks.py) is priced at that measured time; every other task is
 the sum of its ops. ``task_seconds`` is cached by the task's ops tuple, so identical blocks are
 priced once.
+
+Provenance: pricing records, per op and per ops tuple, the uncalibrated numbers it rested on
+(:meth:`CostModel.provenance`), so one model can price the tuples of many sweep points and give
+each point exactly the flags a fresh model pricing only its tuples would report
+(:meth:`CostModel.flags_with`). :attr:`CostModel.flags` is everything this model has priced.
 """
 
 from __future__ import annotations
@@ -63,6 +68,11 @@ def ops_key(ops: tuple[Op, ...]) -> str:
     text = ";".join(f"{op.kind.value},{'x'.join(map(str, op.shape))},{op.n},{op.dtype},"
                     f"{int(op.pinned)},{op.count}" for op in ops)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+# (flags, roofline GEMM shapes as (dtype, m, n, k)) that a price rests on; see CostModel.provenance
+Provenance_ = tuple[frozenset[str], frozenset[tuple[str, int, int, int]]]
+NO_PROVENANCE: Provenance_ = (frozenset(), frozenset())
 
 
 # nccl-tests doc/PERFORMANCE.md: busbw = algbw × factor, with r ranks.
@@ -108,6 +118,9 @@ class CostModel:
         self._task_cache: dict[tuple[Op, ...], float] = {}
         self._flags: set[str] = set()
         self._roofline_shapes: set[tuple[str, int, int, int]] = set()
+        # per priced op / ops tuple: (flags, roofline GEMM shapes) its price rests on
+        self._op_prov: dict[Op, Provenance_] = {}
+        self._task_prov: dict[tuple[Op, ...], Provenance_] = {}
         self._price: dict[OpKind, Callable[[Op], float]] = {
             OpKind.GEMM: self._gemm,
             OpKind.ATTN_FWD: self._attention,
@@ -140,7 +153,17 @@ class CostModel:
         """Seconds one op (``op.count`` repetitions included) takes on this hardware."""
         t = self._op_cache.get(op)
         if t is None:
-            t = self._price[op.kind](op) * op.count
+            # price with empty flag sets, so what this op adds is recorded as its provenance, then
+            # merge them into the model's (also when pricing raises: what it added so far stays)
+            flags, shapes = self._flags, self._roofline_shapes
+            self._flags, self._roofline_shapes = set(), set()
+            try:
+                t = self._price[op.kind](op) * op.count
+                self._op_prov[op] = (frozenset(self._flags), frozenset(self._roofline_shapes))
+            finally:
+                flags |= self._flags
+                shapes |= self._roofline_shapes
+                self._flags, self._roofline_shapes = flags, shapes
             self._op_cache[op] = t
         return t
 
@@ -155,10 +178,40 @@ class CostModel:
             t = self._blocks.get(ops_key(ops)) if self._blocks else None
             if t is None:
                 t = math.fsum(self.op_seconds(op) for op in ops)
+                provs = [self._op_prov[op] for op in ops]
+                prov = NO_PROVENANCE if not provs else provs[0] if len(provs) == 1 else \
+                    (frozenset().union(*(p[0] for p in provs)), frozenset().union(*(p[1] for p in provs)))
             else:
-                self._use("gpu.blocks", self.profile.gpu.blocks)  # type: ignore[arg-type]
+                blocks = self.profile.gpu.blocks
+                assert blocks is not None
+                self._use("gpu.blocks", blocks)
+                prov = (frozenset() if blocks.calibrated else frozenset({f"gpu.blocks ({blocks.source})"}),
+                        frozenset())
+            self._task_prov[ops] = prov
             self._task_cache[ops] = t
         return t
+
+    def provenance(self, ops: tuple[Op, ...]) -> Provenance_:
+        """(flags, roofline GEMM shapes) that the price of ``ops`` rests on (priced if it was not):
+        what pricing ``ops`` alone on a fresh model would add to its :attr:`flags`."""
+        prov = self._task_prov.get(ops)
+        if prov is None:
+            self.ops_seconds(ops)
+            prov = self._task_prov[ops]
+        return prov
+
+    def flags_with(self, *provs: Provenance_) -> set[str]:
+        """:attr:`flags` as they would be had this model also priced what ``provs`` (from
+        :meth:`provenance`, possibly of another model of the same profile) rest on."""
+        flags, shapes = self._flags, self._roofline_shapes
+        if provs:
+            flags = flags.union(*(p[0] for p in provs))
+            shapes = shapes.union(*(p[1] for p in provs))
+        out = set(flags)
+        if shapes:
+            what = "roofline fallback" if self._tables else "roofline model"
+            out.add(f"gpu.gemm ({what} for {len(shapes)} shapes)")
+        return out
 
     def ops_sum_seconds(self, ops: tuple[Op, ...]) -> float:
         """Sum of ``ops`` priced one by one, never from ``gpu.blocks`` (what the op-level model
@@ -216,11 +269,7 @@ class CostModel:
     @property
     def flags(self) -> set[str]:
         """Uncalibrated (not measured) numbers that the ops priced so far rest on."""
-        out = set(self._flags)
-        if self._roofline_shapes:
-            what = "roofline fallback" if self._tables else "roofline model"
-            out.add(f"gpu.gemm ({what} for {len(self._roofline_shapes)} shapes)")
-        return out
+        return self.flags_with()
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype`` (for MFU)."""
