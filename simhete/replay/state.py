@@ -105,11 +105,24 @@ class State:
         self.tied_grad: dict[int, torch.Tensor] = {}    # embed's weight grad from the tied head
         self.losses: dict[Step, torch.Tensor] = {}      # the scaled loss the backward starts from
         self.pending_w: dict[int, Weights] = {}         # device-updated weights awaiting D2H.w
+        # (pool, class, storage pointer, bytes) of each block's master weights, Adam states and
+        # host weights: set up once and updated in place, so listed once per (Adam state count)
+        self._static: dict[int, tuple[int, list[tuple[str, str, int, int]]]] = {}
 
     def pool_bytes(self) -> dict[str, dict[str, int]]:
-        """Bytes per pool and MemClass of every tensor the replay holds (storages counted once)."""
+        """Bytes per pool and MemClass of every tensor the replay holds (storages counted once).
+
+        Sampled after every task, on the stream's own thread (on a CPU device, between two of its
+        tasks), so the per-block states that only change in place are listed once, not walked
+        tensor by tensor each time (0.35 ms a sample for the small GPT, 2026-11-22)."""
         seen: set[int] = set()
         out: dict[str, dict[str, int]] = {"gpu0": {}, "cpu": {}}
+        for b in self.blocks.values():
+            for pool, cls, ptr, n in self._static_storages(b):
+                if ptr == 0 or ptr in seen:
+                    continue
+                seen.add(ptr)
+                out[pool][cls] = out[pool].get(cls, 0) + n
         for pool, cls, t in self._tensors():
             st = t.untyped_storage()
             ptr = st.data_ptr()
@@ -119,23 +132,34 @@ class State:
             out[pool][cls] = out[pool].get(cls, 0) + st.nbytes()
         return out
 
-    def _tensors(self) -> Iterator[tuple[str, str, torch.Tensor]]:
+    def _static_storages(self, b: BlockState) -> list[tuple[str, str, int, int]]:
+        """A block's master weights, Adam states and host weights: tensors made once and then
+        updated in place (Adam's states appear at its first step, hence the count in the key)."""
+        n = len(b.opt.state)
+        hit = self._static.get(b.index)
+        if hit is not None and hit[0] == n:
+            return hit[1]
         W, M, O = MemClass.WEIGHTS.value, MemClass.MASTER.value, MemClass.OPTIM.value
+        items: list[tuple[str, str, torch.Tensor]] = []
+        if not b.dev_is_master:
+            items += [(b.master_pool, M, t) for t in b.master.values()]
+        for st in b.opt.state.values():
+            items += [(b.master_pool, O, st[k]) for k in ("exp_avg", "exp_avg_sq") if k in st]
+        if b.host_w is not None and b.host_w is not b.master:
+            items += [("cpu", W, t) for t in b.host_w.values()]
+        out = [(pool, cls, t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+               for pool, cls, t in items]
+        self._static[b.index] = (n, out)
+        return out
+
+    def _tensors(self) -> Iterator[tuple[str, str, torch.Tensor]]:
+        """Every tensor besides the per-block states of :meth:`_static_storages`."""
+        W = MemClass.WEIGHTS.value
         G, G32, A = MemClass.GRADS.value, MemClass.GRADS32.value, MemClass.ACTIVATIONS.value
         for b in self.blocks.values():
             if b.resident:
                 for t in b.dev.values():
                     yield "gpu0", W, t
-            if not b.dev_is_master:
-                for t in b.master.values():
-                    yield b.master_pool, M, t
-            for st in b.opt.state.values():
-                for k in ("exp_avg", "exp_avg_sq"):
-                    if k in st:
-                        yield b.master_pool, O, st[k]
-            if b.host_w is not None and b.host_w is not b.master:
-                for t in b.host_w.values():
-                    yield "cpu", W, t
         for g in self.dev_grads.values():
             for t in g.values():
                 yield "gpu0", G, t
