@@ -22,12 +22,14 @@ it waited for one, behind other processes or the replay's own other streams). ``
 machine's CPU time spent outside this process while the scenario ran (kernel-wide /proc/stat, so
 it sees other containers too), in cores: on a 2-core machine 1.0 means another job held one
 core — it shares caches, memory bandwidth and the hypervisor's cores with the replay.
-``--priority N`` runs the whole benchmark (calibrations and replays alike) at nice −N, so that
+``--fresh-blocks`` measures each scenario's blocks again just before its replay (``simhete
+validate --fresh-blocks``) and prices them with that measurement; everything else comes from the
+profile. ``--priority N`` runs the whole benchmark (calibrations and replays alike) at nice −N, so that
 other jobs on a shared machine preempt it less often (the replay's streams are threads that need
 both cores of this machine; another job holding one made the compute thread wait for a core).
 
     .venv/bin/python benchmarks/validation_error.py [--profile P.yaml | --calibrate-each-round]
-        [--grid-only] [--no-blocks] [--passes N] [--priority N] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
+        [--grid-only] [--no-blocks] [--fresh-blocks] [--passes N] [--priority N] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def main() -> int:
     ap.add_argument("--no-blocks", action="store_true",
                     help="calibrate without suite blocks (no block measured whole: every task priced "
                          "op by op)")
+    ap.add_argument("--fresh-blocks", action="store_true",
+                    help="simhete validate --fresh-blocks: each scenario's blocks measured again "
+                         "just before its replay (the machine's speed drifts within minutes)")
     ap.add_argument("--passes", type=int, default=1, metavar="N",
                     help="calibrate with --passes N (the median of N passes per point)")
     ap.add_argument("--iterations", type=int, default=5)
@@ -118,7 +123,7 @@ def main() -> int:
                 d0 = _drift(probe_ops, profile)
                 before = _cpu_now()
                 v = validate_scenario(scen, profile, iterations=args.iterations,
-                                      device=args.device)
+                                      device=args.device, fresh_blocks=args.fresh_blocks)
                 others = _others(before, _cpu_now())
                 drift = statistics.mean([d0, _drift(probe_ops, profile)])
                 c = v.comparison

@@ -75,15 +75,16 @@ def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
     from simhete.replay.model import (TORCH_DTYPES, Step, adam, adam_step, batch_of, data, forward,
                                       init_master)
 
-    path = str(p["scenario"])
+    path = p["scenario"]            # a file, or a loaded Scenario (simhete validate --fresh-blocks)
     spec, wl = scenario_workload(path, ctx.target.kind)
+    label = Path(str(getattr(path, "file", None) or getattr(path, "name", path))).name
     dev, dt = ctx.target.device, TORCH_DTYPES[wl.dtype]
     rows: dict[tuple[str, str], dict[str, object]] = {}
     for b in wl.blocks:
         for pas, ops in (("fwd", b.fwd_ops), ("bwd", b.bwd_ops), *_optim_ops(b)):
             k = ops_key(ops)
             if (k, pas) not in rows:
-                rows[(k, pas)] = {"scenario": Path(path).name, "block": b.name, "pass": pas, "key": k,
+                rows[(k, pas)] = {"scenario": label, "block": b.name, "pass": pas, "key": k,
                                   "n_ops": len(ops), "flops": int(sum(op.flops for op in ops)),
                                   "split": "scenario"}
     m = ctx.grid.methodology

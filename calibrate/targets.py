@@ -31,15 +31,16 @@ class Shapes:
     files: list[str] = field(default_factory=list)
 
 
-def scenario_workload(path: str, device_type: str):  # type: ignore[no-untyped-def]
-    """(model spec, workload) of a scenario as it is priced on a ``device_type`` device: at its
-    ``replay:`` shape when it has one (what ``simhete validate`` simulates), else at its own."""
+def scenario_workload(path, device_type: str):  # type: ignore[no-untyped-def]
+    """(model spec, workload) of a scenario (a file, or a loaded Scenario) as it is priced on a
+    ``device_type`` device: at its ``replay:`` shape when it has one (what ``simhete validate``
+    simulates), else at its own."""
     from simhete.replay.config import scaled_scenario
-    from simhete.scenario import load_scenario
+    from simhete.scenario import Scenario, load_scenario
     from simhete.sim import flash_attention, resolve_model
     from simhete.workload import build_workload
 
-    s = load_scenario(path)
+    s = path if isinstance(path, Scenario) else load_scenario(path)
     if s.data.replay is not None:
         s = scaled_scenario(s)
     spec = resolve_model(s)

@@ -126,3 +126,24 @@ def test_a_cuda_profile_cannot_be_validated_on_the_cpu(capsys):
     assert main(["validate", str(scen), "--profile", str(ROOT / "hwprofiles" / "h100-sxm.yaml"),
                  "--device", "cpu"]) == 2
     assert "describes a cuda device" in capsys.readouterr().err
+
+
+@pytest.mark.torch
+def test_fresh_blocks_price_the_scenarios_blocks_from_a_measurement_taken_just_before(cpu_profile):
+    """--fresh-blocks: the scenario's blocks are measured (calibrate's blocks suite) right before
+    the replay and every forward, backward and optimizer step of the prediction is priced at them;
+    the profile's other numbers are untouched and the replay is the same (loss parity)."""
+    from simhete.hw.cost import ops_key
+
+    s = load_scenario(SCENARIOS[0]).with_changes(**SHRINK)
+    base = load_profile(cpu_profile)
+    v = validate_scenario(s, base, iterations=2, device="cpu", fresh_blocks=True)
+    assert v.parity is True
+    fresh = {k: sec for k, label, sec in v.profile.gpu.blocks.entries if label.endswith("(fresh)")}
+    assert len(fresh) >= 6 and v.profile.gpu.blocks.calibrated
+    assert v.profile.gpu.gemm == base.gpu.gemm and v.profile.host == base.host
+    cost = v.predicted.context.cost
+    durs = dict(zip((t.name for t in v.predicted.schedule.tasks), cost.durations(v.predicted.schedule)))
+    priced = [t for t in v.predicted.schedule.tasks if t.name.split(".")[1] in ("F", "B", "ADAM")]
+    assert priced and all(durs[t.name] == fresh[ops_key(t.ops)] for t in priced)
+    assert any("--fresh-blocks" in n for n in v.comparison.notes)

@@ -35,6 +35,7 @@ class Validation:
     replayed: Any          # simhete.replay.executor.Replayed
     comparison: Any        # simhete.replay.compare.Comparison
     parity: bool | None    # losses within LOSS_RTOL of the reference (None: no reference run)
+    profile: Any = None    # the profile the prediction used (scenario overrides, fresh blocks)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training iterations to simulate and replay (default 4; steady state is 2..N)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where to replay (default: the profile's device_type)")
+    p.add_argument("--fresh-blocks", action="store_true",
+                   help="measure the scenario's blocks now (calibrate's blocks suite, a few seconds) "
+                        "and price them with that instead of the profile's; see docs/validation.md")
     p.add_argument("--trace", metavar="PATH",
                    help="write one Perfetto trace with the simulated and measured timelines")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -75,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
             prog.update(bars[stage], completed=done)
 
         v = validate_scenario(scenario, profile, iterations=args.iterations, device=args.device,
-                              engine=args.engine, reference=not args.no_reference, progress=progress)
+                              engine=args.engine, reference=not args.no_reference, progress=progress,
+                              fresh_blocks=args.fresh_blocks)
     if trace is not None:
         from simhete.report.trace import write_trace
         write_trace(trace, {"simulated": v.predicted.timeline, "measured": v.replayed.timeline})
@@ -83,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         d = v.comparison.to_dict()
         d["loss_parity"] = v.parity
         d["profile"] = profile.name
+        if args.fresh_blocks:
+            d["fresh_blocks"] = [list(e) for e in v.profile.gpu.blocks.entries if e[1].endswith("(fresh)")]
         d["uncalibrated"] = sorted(v.predicted.summary.flags) if hasattr(v.predicted.summary, "flags") else []
         print(dump_json(d), end="")
     else:
@@ -95,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
 
 def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | None = None,
                       engine: str = "fast", reference: bool = True,
-                      progress: Callable[[str, int, int], None] | None = None) -> Validation:
-    """Simulate, replay and compare one scenario; see the module docstring."""
+                      progress: Callable[[str, int, int], None] | None = None,
+                      fresh_blocks: bool = False) -> Validation:
+    """Simulate, replay and compare one scenario; see the module docstring. ``fresh_blocks``:
+    measure the scenario's blocks now (calibrate's ``blocks`` suite) and price with them."""
     from simhete.replay.compare import compare
     from simhete.replay.config import replay_shape, scaled_scenario
     from simhete.replay.device import check_fits, open_device
@@ -111,6 +120,12 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
                            "checked on another (calibrate this device with `simhete calibrate`)")
     shape = replay_shape(scenario)
     scaled = scaled_scenario(scenario, iterations)
+    if fresh_blocks:
+        if progress is not None:
+            progress("blocks", 0, 1)
+        profile = with_fresh_blocks(scenario, profile, kind)
+        if progress is not None:
+            progress("blocks", 1, 1)
     profile = _with_scenario_overrides(scenario, profile)
     pred = simulate(scaled, engine=engine, profile=profile)
     if pred.timeline.oom is not None:
@@ -141,10 +156,47 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
         tol = LOSS_RTOL[scaled.data.train.dtype]
         parity = len(ref) == len(replayed.losses) and all(
             math.isfinite(a) and abs(a - b) <= tol * abs(b) for a, b in zip(replayed.losses, ref))
-    notes = _notes(dev.kind)
+    notes = _notes(dev.kind) + (("blocks priced from measurements taken just before the replay "
+                                 "(--fresh-blocks)",) if fresh_blocks else ())
     comp = compare(pred.timeline, replayed.timeline, scenario=scenario.name, device=replayed.device,
                    losses=tuple(replayed.losses), reference_losses=tuple(ref), notes=notes)
-    return Validation(scaled, pred, replayed, comp, parity)
+    return Validation(scaled, pred, replayed, comp, parity, profile)
+
+
+def with_fresh_blocks(scenario, profile, kind: str):  # type: ignore[no-untyped-def]
+    """``profile`` with the scenario's blocks measured now (calibrate/blocks.py, quick
+    methodology, at the replay shape): on a machine whose speed drifts within minutes, a profile's
+    block times from an earlier calibration describe the machine as it was then. Entries of the
+    same op sequences replace the profile's; its other numbers are kept."""
+    import torch
+
+    from calibrate import blocks
+    from calibrate.common import Ctx
+    from calibrate.device import provenance, select
+    from calibrate.grids import grid
+    from simhete.hw.profile import BlockTable
+
+    target = select(kind)
+    ctx = Ctx(target, grid("quick", target.kind), 1 if target.kind == "cpu" else torch.get_num_threads())
+    before = torch.get_num_threads()
+    torch.set_num_threads(ctx.threads)
+    try:
+        rows = [r for r in blocks.run(ctx, {"scenario": scenario, "split": "scenario"})
+                if r["status"] == "ok"]
+    finally:
+        torch.set_num_threads(before)
+    if not rows:
+        raise SimheteError(f"--fresh-blocks: the blocks of {scenario.name} could not be run here")
+    meta = provenance(target, blocks.NAME, {})
+    fresh = {str(r["key"]): (str(r["key"]), f"{r['scenario']} {r['block']} {r['pass']} (fresh)",
+                             float(r["median_s"])) for r in rows}
+    old = profile.gpu.blocks.entries if profile.gpu.blocks is not None else []
+    table = BlockTable(
+        source="measured", ref="measured by simhete validate --fresh-blocks just before the replay "
+        "(calibrate/blocks.py, quick methodology)", raw="not kept (printed with --json)",
+        device=meta["device"], driver=meta["driver"], torch=meta["torch"], date=meta["date"],
+        host=meta["host"], entries=[e for e in old if e[0] not in fresh] + list(fresh.values()))
+    return profile.model_copy(update={"gpu": profile.gpu.model_copy(update={"blocks": table})})
 
 
 def _with_scenario_overrides(scenario, profile):
