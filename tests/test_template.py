@@ -166,3 +166,24 @@ def test_verify_catches_an_unmarked_size(monkeypatch):
     build_schedule(pol, resolve(s)[0])
     with pytest.raises(SimheteError, match="differs from a fresh build"):
         build_schedule(pol, resolve(s.with_changes(**{"train.micro_batch": 7}))[0])
+
+
+@pytest.mark.parametrize("gpu_memory", [3 * 2**30, 30 * 2**30, 2**36])
+def test_resized_through_the_known_shape_keeps_the_memory_checks(gpu_memory):
+    """A resized schedule recognised by its shape takes its structure's memory at t = 0 (kept per
+    initial-buffers tuple) and capacities of its own: initial overflow, OOM mid-run and a fit all
+    give the reference's timeline, for both loops, after the template's structure was indexed."""
+    s = load_scenario(ROOT / "scenarios" / "llama2-13b_h100-pcie_zero-offload.yaml")
+    ctx0, pol = resolve(s)
+    t = Template(pol.build(ctx0), ctx0)
+    indexed.clear()
+    simulate_fast(t.resize(ctx0), ctx0.cost.durations(t.resize(ctx0)), ctx0.cost.interference())
+    s1 = s.with_changes(**{"train.micro_batch": 3, "hardware": {"profile": "h100-pcie", "gpu_memory": gpu_memory}})
+    ctx1, pol1 = resolve(s1)
+    got, fresh = t.resize(ctx1), pol1.build(ctx1)
+    durs, rules = ctx1.cost.durations(fresh), ctx1.cost.interference()
+    ref = simulate_simpy(fresh, durs, rules)
+    for loop in ("python", "jit"):
+        t.reused.clear()
+        assert timeline_key(simulate_fast(t.resize(ctx1), durs, rules, loop=loop)) == timeline_key(ref)
+    assert timeline_key(simulate_fast(got, durs, rules)) == timeline_key(ref)

@@ -32,6 +32,7 @@ from collections import OrderedDict
 from itertools import chain
 from operator import attrgetter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -150,8 +151,8 @@ class Structure:
     a_cls: np.ndarray
     nd_ptr: np.ndarray
     nd_pool: np.ndarray
-    nd_member: np.ndarray             # group (task, pool) of each allocation
-    nd_order: np.ndarray              # groups in the order of nd_pool
+    nd_perm: np.ndarray               # allocations sorted by their group (task, pool) in nd_pool's order
+    nd_starts: np.ndarray             # where each group starts among them
     f_ptr: np.ndarray
     f_buf: np.ndarray
     live_pool0: np.ndarray
@@ -159,6 +160,7 @@ class Structure:
     init_buf: np.ndarray              # buffer id, pool id and class id of each initial buffer
     init_pool: np.ndarray
     init_cls: np.ndarray
+    init_state: tuple | None = None   # (initial tuple, _initial_state of it): memory at t = 0
 
     def matches(self, schedule: Schedule, flat: list) -> bool:
         """Whether ``schedule`` (``flat``: its allocations in task order) has this structure."""
@@ -198,7 +200,7 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
         hit = _BY_SHAPE.get(id(shape))
         if hit is not None and hit[0] is shape and _STRUCTURES.get(id(hit[1])) is hit[1] \
                 and hit[1].same_memory_layout(schedule):
-            return _reuse(hit[1], schedule, tb.alloc_bytes(), rules)
+            return _reuse(hit[1], schedule, tb.alloc_bytes_array(), rules)
     flat = list(chain.from_iterable(tb.allocs))
     names = tb.name
     key = (len(names), len(flat), names[0] if names else None, names[-1] if names else None)
@@ -218,16 +220,37 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     return _sized(st, schedule, list(map(_BYTES, flat)), rules)
 
 
-def _reuse(st: Structure, schedule: Schedule, a_bytes: list, rules: tuple) -> Indexed:
+def _reuse(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple) -> Indexed:
     """A schedule of a structure that passed every check: only the size-dependent checks remain,
-    in the reference's order."""
+    in the reference's order (initial buffers overflowing a pool, then a negative allocation)."""
     _STRUCTURES.move_to_end(id(st))
-    oom = _initial_overflow(schedule)
-    if oom is not None:
-        return Indexed(schedule, oom)
-    if a_bytes and min(a_bytes) < 0:
+    init = _initial_state(st, schedule)
+    cap = np.array([schedule.pools[p] for p in st.pools], dtype=np.int64)
+    if (init[1] > cap).any():
+        return Indexed(schedule, memory.initial_overflow(schedule))
+    a_bytes = np.asarray(a_bytes, dtype=np.int64)
+    if len(a_bytes) and a_bytes.min() < 0:
         _raise_first_error(schedule.tasks, schedule.index(), {p: k for k, p in enumerate(schedule.pools)})
-    return _sized(st, schedule, a_bytes, rules)
+    return _sized(st, schedule, a_bytes, rules, init, cap)
+
+
+def _initial_state(st: Structure, schedule: Schedule) -> tuple:
+    """(class0, in_use0, live_bytes0): memory at ``t = 0`` of ``schedule``'s initial buffers (of
+    structure ``st``). Templates resize a schedule without touching its initial buffers (the same
+    tuple object), so the state is kept per structure for the tuple it was derived from."""
+    initial = schedule.initial
+    got = st.init_state
+    if got is not None and got[0] is initial:
+        return got[1]
+    i64 = np.int64
+    init_bytes = np.fromiter(map(_BYTES, initial), i64, len(initial))
+    class0 = np.zeros((len(st.pools), len(memory.CLASSES)), dtype=i64)
+    np.add.at(class0, (st.init_pool, st.init_cls), init_bytes)
+    live_bytes = np.zeros(len(st.buffers), dtype=i64)
+    live_bytes[st.init_buf] = init_bytes
+    state = (class0, class0.sum(axis=1), live_bytes)
+    st.init_state = (initial, state)       # holds the tuple: its identity stays its own
+    return state
 
 
 _BY_SHAPE: dict[int, tuple] = {}      # id(TableShape) -> (shape, Structure): tables of a known shape
@@ -308,6 +331,11 @@ def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Inde
     key = np.repeat(np.arange(n, dtype=i64), n_alloc) * n_pools + a_pool
     groups, first, member = np.unique(key, return_index=True, return_inverse=True)
     by_first = np.argsort(first, kind="stable")
+    # allocations grouped in nd_pool's order (group g of nd_pool is groups[by_first[g]]), stably
+    pos_of_group = np.empty(len(groups), dtype=i64)
+    pos_of_group[by_first] = np.arange(len(groups), dtype=i64)
+    nd_perm = np.argsort(pos_of_group[member], kind="stable")
+    nd_starts = _ptr(np.bincount(pos_of_group[member], minlength=len(groups)))[:-1]
 
     # who holds what at t = 0 (the bytes are the schedule's: see _sized)
     cls_of = memory.CLASS_INDEX
@@ -342,7 +370,7 @@ def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Inde
         a_buf=np.fromiter(map(buf_id.__getitem__, a_names), i64, len(a_names)), a_pool=a_pool,
         a_cls=np.fromiter(map(cls_id.__getitem__, [c._name_ for c in flat_cls]), i64, len(flat)),
         nd_ptr=_ptr(np.bincount(groups // n_pools, minlength=n)),
-        nd_pool=(groups % n_pools)[by_first], nd_member=member, nd_order=by_first,
+        nd_pool=(groups % n_pools)[by_first], nd_perm=nd_perm, nd_starts=nd_starts,
         f_ptr=_ptr(np.fromiter(map(len, frees), i64, n)),
         f_buf=np.fromiter(map(buf_id.__getitem__, f_names), i64, len(f_names)),
         live_pool0=np.array(live_pool, i64), live_cls0=np.array(live_cls, i64),
@@ -350,31 +378,23 @@ def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Inde
         init_cls=np.array(init_cls, i64))
 
 
-def _sized(st: Structure, schedule: Schedule, a_bytes: list, rules: tuple) -> Indexed:
+def _sized(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple, init: tuple | None = None,
+           cap: np.ndarray | None = None) -> Indexed:
     """The Indexed form of ``schedule`` (of structure ``st``): the structure's arrays plus what
-    depends on bytes."""
+    depends on bytes (``init``, ``cap``: :func:`_initial_state` and the capacities, when known)."""
     i64 = np.int64
     ix = Indexed(schedule, None, st.pools, st.streams, st.buffers)
     ix.matrices = st.matrices
     ix.interference(rules)
-    ix.cap = np.array([schedule.pools[p] for p in st.pools], dtype=i64)
+    ix.cap = cap if cap is not None else np.array([schedule.pools[p] for p in st.pools], dtype=i64)
     for f in ("stream_of", "it", "order", "rank", "succ_ptr", "succ", "ndeps", "a_ptr", "a_buf",
               "a_pool", "a_cls", "nd_ptr", "nd_pool", "f_ptr", "f_buf", "live_pool0", "live_cls0"):
         setattr(ix, f, getattr(st, f))
-    ix.a_bytes = np.array(a_bytes, dtype=i64)
-    need = np.zeros(len(st.nd_order), dtype=i64)
-    np.add.at(need, st.nd_member, ix.a_bytes)
-    ix.nd_bytes = need[st.nd_order]
-    # memory at t = 0
-    n_pools = len(st.pools)
-    init_bytes = np.fromiter(map(_BYTES, schedule.initial), i64, len(schedule.initial))
-    class0 = np.zeros((n_pools, len(memory.CLASSES)), dtype=i64)
-    np.add.at(class0, (st.init_pool, st.init_cls), init_bytes)
-    ix.class0 = class0
-    ix.in_use0 = class0.sum(axis=1)
-    live_bytes = np.zeros(len(st.buffers), dtype=i64)
-    live_bytes[st.init_buf] = init_bytes
-    ix.live_bytes0 = live_bytes
+    ix.a_bytes = a_bytes = np.asarray(a_bytes, dtype=i64)
+    # bytes asked per (task, pool) group, in nd_pool's order: the allocations sorted by group, summed
+    # per run of equal groups (integer sums; every group has an allocation)
+    ix.nd_bytes = np.add.reduceat(a_bytes[st.nd_perm], st.nd_starts) if len(a_bytes) else np.zeros(0, i64)
+    ix.class0, ix.in_use0, ix.live_bytes0 = init if init is not None else _initial_state(st, schedule)
     return ix
 
 

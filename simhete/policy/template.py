@@ -115,12 +115,13 @@ class Template:
         self.used_at = np.array([at[k] for k in self.ops_src], dtype=np.int64)
         self.reused: OrderedDict[tuple, tuple] = OrderedDict()
         ops, by, _ = self._cells(ctx)
-        if ops != tb.ops or by != [a.bytes for a in flat]:
+        if ops != tb.ops or by.tolist() != [a.bytes for a in flat]:
             raise SimheteError(f"policy {sched.meta.get('policy', '?')}: the size codes it marked do not "
                                "reproduce its own schedule (a Builder.add(sized=...) names the wrong code)")
 
-    def _cells(self, ctx: Context) -> tuple[list, list[int], list]:
-        """The ops column, the flat allocation bytes and the used palette for ``ctx``'s blocks."""
+    def _cells(self, ctx: Context) -> tuple[list, np.ndarray, list]:
+        """The ops column, the flat allocation bytes (int64) and the used palette for ``ctx``'s
+        blocks."""
         blocks = ctx.blocks
         if len(blocks) != self.n_blocks:
             raise SimheteError(f"structure key matched a model of {len(blocks)} blocks, template has "
@@ -132,7 +133,7 @@ class Template:
         by = self.base_bytes.copy()
         for code, (pos, blk) in self.byte_cells.items():
             by[pos] = np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks))[blk]
-        return ops, by.tolist(), list(map(palette.__getitem__, self.used))
+        return ops, by, list(map(palette.__getitem__, self.used))
 
     def resize(self, ctx: Context) -> Schedule:
         """The schedule of this structure for ``ctx``: new ops, allocation bytes and capacities."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+import numpy as np
+
 from simhete.opkinds import MemClass, OpKind, TaskCat
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-\[\]@#]+$")
@@ -152,12 +154,12 @@ class TaskTable:
 
     FIELDS = ("name", "stream", "cat", "ops", "deps", "prio", "allocs", "frees", "it", "block")
     __slots__ = ("name", "stream", "cat", "ops", "deps", "prio", "_allocs", "frees", "it", "block",
-                 "shape", "sized", "_bytes", "_distinct")
+                 "shape", "sized", "_bytes", "_bytes_array", "_distinct")
 
     def __init__(self) -> None:
         for f in self.FIELDS:
             setattr(self, f, [])
-        self.shape = self.sized = self._bytes = self._distinct = None
+        self.shape = self.sized = self._bytes = self._bytes_array = self._distinct = None
 
     def distinct_ops(self) -> tuple[list, list[int] | Any]:
         """The ops column as ``(palette, at)``: ``ops[i] is palette[at[i]]``. Tasks share ops tuples,
@@ -178,7 +180,7 @@ class TaskTable:
     def allocs(self) -> list:
         a = self._allocs
         if a is None:       # a resized table: the template's allocations with this table's bytes
-            sh, by = self.shape, self._bytes
+            sh, by = self.shape, self.alloc_bytes()
             new = [new_alloc(x.buf, x.pool, n, x.cls, x.persist) for x, n in zip(sh.flat, by)]
             p = sh.a_ptr
             a = self._allocs = [tuple(new[p[i]:p[i + 1]]) for i in range(len(p) - 1)]
@@ -192,8 +194,20 @@ class TaskTable:
         """The bytes of every allocation, in task order (flattened ``allocs``)."""
         by = self._bytes
         if by is None:
-            by = [a.bytes for row in self._allocs for a in row]
+            if self._bytes_array is not None:    # a resized table: its bytes as Python ints
+                by = self._bytes = self._bytes_array.tolist()
+            else:
+                by = [a.bytes for row in self._allocs for a in row]
         return by
+
+    def alloc_bytes_array(self) -> Any:
+        """:meth:`alloc_bytes` as an int64 numpy array (a resized table holds it already)."""
+        arr = self._bytes_array
+        if arr is None:
+            arr = np.array(self.alloc_bytes(), dtype=np.int64)
+            if self._allocs is None:
+                self._bytes_array = arr
+        return arr
 
     @classmethod
     def of(cls, tasks: tuple[Task, ...]) -> "TaskTable":
@@ -212,15 +226,15 @@ class TaskTable:
                 setattr(t, f, list(col))
         return t
 
-    def resized(self, ops: list, alloc_bytes: list[int], distinct: tuple | None = None) -> "TaskTable":
+    def resized(self, ops: list, alloc_bytes: Any, distinct: tuple | None = None) -> "TaskTable":
         """A table of this one's shape (which must be set) with new ``ops`` and allocation bytes
-        (flat, task order): every other column is this table's own list object. ``distinct``: the
-        new ops as :meth:`distinct_ops` gives them, when the caller knows."""
+        (flat, task order; an int64 numpy array): every other column is this table's own list
+        object. ``distinct``: the new ops as :meth:`distinct_ops` gives them, when the caller knows."""
         t = object.__new__(TaskTable)
         t._distinct = distinct
         t.name, t.stream, t.cat, t.ops, t.deps, t.prio = self.name, self.stream, self.cat, ops, self.deps, self.prio
         t.frees, t.it, t.block = self.frees, self.it, self.block
-        t._allocs, t._bytes, t.shape, t.sized = None, alloc_bytes, self.shape, None
+        t._allocs, t._bytes, t._bytes_array, t.shape, t.sized = None, None, alloc_bytes, self.shape, None
         return t
 
     def __len__(self) -> int:
