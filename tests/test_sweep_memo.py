@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simhete import sim
@@ -15,7 +16,7 @@ from simhete.engine import Record, Timeline
 from simhete.hw.cost import CostModel
 from simhete.opkinds import OpKind, TaskCat
 from simhete.policy import template
-from simhete.report.metrics import TaskBytes, pcie_bytes, pcie_task_arrays, pcie_task_bytes
+from simhete.report.metrics import TaskBytes, pcie_bytes, pcie_task_arrays, pcie_task_bytes, summarize
 from simhete.scenario import load_scenario
 from simhete.schedule import Op, Schedule, Task
 
@@ -126,3 +127,25 @@ def test_provenance_of_a_tuple_is_what_pricing_it_alone_adds(path):
         fresh = CostModel(ctx.profile)
         list(map(fresh.ops_seconds, some))
         assert CostModel(ctx.profile).flags_with(*map(kept.provenance, some)) == fresh.flags
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_summaries_from_a_structures_shared_memo_equal_the_record_based_ones(path):
+    """Runs of one structure share what the summary derives from rows, streams and iterations
+    (Columns.memo): with durations that reorder the tasks between runs, every run's summary from
+    the arrays equals the summary of its Record objects (no memo)."""
+    res = sim.run(load_scenario(path), check=False)
+    sched, cost = res.schedule, res.context.cost
+    durs = np.array(cost.durations(sched))
+    rules = cost.interference()
+    rng = np.random.default_rng(3)
+    kw = dict(tokens_per_iter=1000, samples_per_iter=2, model_flops_per_iter=1e12, peak_flops_per_gpu=1e14,
+              n_gpus=1, pool_capacity=dict(sched.pools), flags=())
+    for k in range(4):
+        scaled = durs * (rng.uniform(0.2, 3.0, len(durs)) if k else 1.0)
+        tl = sim.simulate(sched, scaled, rules)
+        if tl.oom is None:
+            assert tl.columns.memo is not None
+        plain = Timeline(tl.records, tl.mem_events, tl.peak, tl.peak_by_class, tl.oom, tl.engine, tl.meta)
+        tb = pcie_task_arrays(sched)
+        assert summarize(tl, task_bytes=tb, **kw) == summarize(plain, task_bytes=pcie_task_bytes(sched), **kw)

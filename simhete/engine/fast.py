@@ -123,10 +123,15 @@ def _timeline(ix: Indexed, status, t, info, start, end, finished, ev_pool, ev_t,
                 enumerate(zip(np.asarray(live_pool).tolist(), np.asarray(live_bytes).tolist())) if hp >= 0)
         oom = memory.oom_report(names[i], pools[p], b, in_use[p], cap[p], held, t)
         rows = np.flatnonzero(finished)
-    else:
-        rows = np.arange(len(names))
-    start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
-    cols = Columns(table, rows, ix.streams, ix.stream_of[rows], ix.it[rows], start[rows], end[rows])
+        start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+        cols = Columns(table, rows, ix.streams, ix.stream_of[rows], ix.it[rows], start[rows], end[rows])
+    else:   # every task ran: the rows, streams and iterations are the structure's (its memo too)
+        memo = ix.memo if ix.memo is not None else {}
+        rows = memo.get("rows")
+        if rows is None:
+            rows = memo["rows"] = np.arange(len(names))
+        cols = Columns(table, rows, ix.streams, ix.stream_of, ix.it, np.asarray(start, dtype=np.float64),
+                       np.asarray(end, dtype=np.float64), memo)
     in_use0 = ix.in_use0.tolist()
     ev = (np.asarray(ev_pool)[:n_ev], np.asarray(ev_t)[:n_ev], np.asarray(ev_b)[:n_ev])
 

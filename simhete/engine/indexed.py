@@ -78,6 +78,7 @@ class Indexed:
     live_cls0: np.ndarray | None = None
     matrices: dict = field(default_factory=dict)     # interference rules -> (matrix, fluid)
     lists: tuple | None = None                       # list form for the pure-Python loop
+    memo: dict | None = None                         # the structure's (Structure.memo)
 
     def interference(self, rules: tuple) -> tuple[np.ndarray, bool]:
         """The stream-by-stream slowdown matrix for ``rules`` and whether any factor is not 1."""
@@ -161,6 +162,9 @@ class Structure:
     init_pool: np.ndarray
     init_cls: np.ndarray
     init_state: tuple | None = None   # (initial tuple, _initial_state of it): memory at t = 0
+    # what reports derive from rows / streams / iterations of a run that finished every task
+    # (timeline.Columns.memo); shared by every run of this structure
+    memo: dict = field(default_factory=dict)
 
     def matches(self, schedule: Schedule, flat: list) -> bool:
         """Whether ``schedule`` (``flat``: its allocations in task order) has this structure."""
@@ -384,7 +388,7 @@ def _sized(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple, init: 
     depends on bytes (``init``, ``cap``: :func:`_initial_state` and the capacities, when known)."""
     i64 = np.int64
     ix = Indexed(schedule, None, st.pools, st.streams, st.buffers)
-    ix.matrices = st.matrices
+    ix.matrices, ix.memo = st.matrices, st.memo
     ix.interference(rules)
     ix.cap = cap if cap is not None else np.array([schedule.pools[p] for p in st.pools], dtype=i64)
     for f in ("stream_of", "it", "order", "rank", "succ_ptr", "succ", "ndeps", "a_ptr", "a_buf",

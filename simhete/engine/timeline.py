@@ -70,6 +70,11 @@ class Columns:
 
     ``rows[k]`` is the schedule index of the k-th finished task, which ran on
     ``streams[stream_of[k]]`` from ``start[k]`` to ``end[k]`` and belongs to iteration ``it[k]``.
+
+    ``memo`` (optional): a dict where what depends only on ``rows``, ``streams``, ``stream_of`` and
+    ``it`` is kept (iteration groups, per-stream rows, the steady iteration's rows); the fast engine
+    passes one per schedule structure, shared by every run of it that finished every task (those
+    arrays are then the structure's own). The arrays are never modified.
     """
 
     table: Any                       # the schedule's TaskTable (name, stream, cat, it, block)
@@ -79,6 +84,18 @@ class Columns:
     it: np.ndarray
     start: np.ndarray
     end: np.ndarray
+    memo: dict | None = None
+
+    def derived(self, key: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (a value that depends only on rows, streams, stream_of and it), kept in
+        ``memo`` under ``key`` when there is one."""
+        memo = self.memo
+        if memo is None:
+            return fn()
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = fn()
+        return got
 
     def records(self) -> tuple[Record, ...]:
         # Setting the slot descriptors of a bare instance builds a Record equal to Record(...)
@@ -109,13 +126,25 @@ class Columns:
         if got is None:
             got = {}
             if len(self.it):
-                labels, first, inv = np.unique(self.it, return_index=True, return_inverse=True)
-                ends = np.full(len(labels), -np.inf)
-                np.maximum.at(ends, inv, self.end)
+                labels, perm, starts = self.derived("iterations", self._iteration_groups)
+                ends = np.maximum.reduceat(self.end[perm], starts)      # a maximum: exact in any order
                 # the record-based version starts every maximum at 0.0
-                got = {int(labels[j]): max(0.0, float(ends[j])) for j in np.argsort(first, kind="stable")}
+                got = {lab: max(0.0, e) for lab, e in zip(labels, ends.tolist())}
             self.__dict__["_ends"] = got
         return dict(got)
+
+    def _iteration_groups(self) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """(labels in order of first appearance, rows grouped by label in that order, where each
+        group starts)."""
+        labels, first, inv = np.unique(self.it, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")            # label positions by first appearance
+        pos = np.empty(len(labels), dtype=np.int64)
+        pos[order] = np.arange(len(labels), dtype=np.int64)
+        group = pos[inv]
+        counts = np.bincount(group, minlength=len(labels))
+        starts = np.zeros(len(labels), dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        return labels[order].tolist(), np.argsort(group, kind="stable"), starts
 
     def busy(self) -> dict[str, float]:
         """As :meth:`Timeline.busy`: per stream, ``end - start`` summed in record order."""

@@ -143,7 +143,7 @@ def steady_iterations(timeline: Timeline) -> set[int] | None:
     """Iteration labels whose tasks make up the steady iteration (``None``: every record counts)."""
     cols = timeline.columns
     if cols is not None:       # the fast engine's arrays: no Record objects needed
-        its = np.unique(cols.it[cols.it > 0]).tolist()
+        its = cols.derived("iterations>0", lambda: np.unique(cols.it[cols.it > 0]).tolist())
     else:
         its = sorted({r.it for r in timeline.records if r.it > 0})
     return {its[-1]} if len(its) >= 2 else None
@@ -156,14 +156,16 @@ def stream_busy(timeline: Timeline, window: tuple[float, float]) -> dict[str, fl
     spans: dict[str, list[tuple[float, float]]] = {}
     cols = timeline.columns
     if cols is not None:
-        a_all, b_all = np.maximum(cols.start, t0), np.minimum(cols.end, t1)
-        out_cols: dict[str, float] = {}
-        for s in np.unique(cols.stream_of).tolist():
-            on = cols.stream_of == s
-            a, b = a_all[on], b_all[on]
-            by = np.lexsort((b, a))                 # the order of sorted((a, b) pairs)
-            out_cols[cols.streams[s]] = _union_length(a[by], b[by], t0) / (t1 - t0)
-        return dict(sorted(out_cols.items()))
+        # rows grouped by stream (streams in name order), once per structure; one lexsort by
+        # (stream, a, b) orders each stream's intervals as sorted((a, b) pairs) does (stable: ties
+        # keep row order, as a lexsort of the stream's rows alone)
+        perm, key, bounds, names = cols.derived("streams", lambda: _stream_groups(cols))
+        a_all, b_all = np.maximum(cols.start[perm], t0), np.minimum(cols.end[perm], t1)
+        by = np.lexsort((b_all, a_all, key))
+        a_all, b_all = a_all[by], b_all[by]
+        out_cols = {name: _union_length(a_all[lo:hi], b_all[lo:hi], t0) / (t1 - t0)
+                    for name, lo, hi in zip(names, bounds[:-1], bounds[1:])}
+        return out_cols
     else:
         for r in timeline.records:
             spans.setdefault(r.stream, []).append((max(r.start, t0), min(r.end, t1)))
@@ -179,6 +181,23 @@ def stream_busy(timeline: Timeline, window: tuple[float, float]) -> dict[str, fl
                 reach = b
         out[stream] = busy / (t1 - t0)
     return out
+
+
+def _stream_groups(cols: Any) -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
+    """(rows ordered by stream name then row, the stream's position in name order of each of
+    them, where each stream's run starts and ends, the names): the streams that have a record."""
+    streams = cols.streams
+    present = np.unique(cols.stream_of).tolist()
+    by_name = sorted(present, key=streams.__getitem__)
+    rank = np.zeros(len(streams), dtype=np.int64)
+    rank[by_name] = np.arange(len(by_name), dtype=np.int64)
+    r = rank[cols.stream_of]
+    counts = np.bincount(r, minlength=len(by_name)).tolist()
+    bounds = [0]
+    for c in counts:
+        bounds.append(bounds[-1] + c)
+    perm = np.argsort(r, kind="stable")
+    return perm, r[perm], bounds, [streams[k] for k in by_name]
 
 
 def _union_length(a: np.ndarray, b: np.ndarray, t0: float) -> float:
@@ -223,12 +242,15 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int
     cols = timeline.columns
     if isinstance(task_bytes, TaskBytes):
         if cols is not None and task_bytes.table is cols.table:     # arrays over arrays
-            keep = slice(None) if its is None else (cols.it == next(iter(its)) if len(its) == 1
-                                                    else np.isin(cols.it, list(its)))
-            rows, on = cols.rows[keep], cols.stream_of[keep]
+            def steady_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                keep = slice(None) if its is None else (cols.it == next(iter(its)) if len(its) == 1
+                                                        else np.isin(cols.it, list(its)))
+                rows, on = cols.rows[keep], cols.stream_of[keep]
+                copy = np.array([st.rpartition(".")[2] in out for st in cols.streams], dtype=bool)
+                return rows, on, copy[on]
+            rows, on, on_copy = cols.derived("steady rows", steady_rows)
             up, down = task_bytes.h2d[rows], task_bytes.d2h[rows]
-            copy = np.array([st.rpartition(".")[2] in out for st in cols.streams], dtype=bool)
-            missing = copy[on] & (up == 0) & (down == 0)
+            missing = on_copy & (up == 0) & (down == 0)
             if missing.any():
                 k = int(np.argmax(missing))
                 raise ValueError(f"task_bytes has no entry for copy task {cols.table.name[int(rows[k])]!r} "
