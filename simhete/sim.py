@@ -21,7 +21,7 @@ from simhete.hw.cost import CostModel
 from simhete.hw.profile import PROFILES_DIR, load_profile
 from simhete.policy import Context, get_policy
 from simhete.policy.template import build_schedule
-from simhete.report.metrics import Summary, pcie_task_arrays, summarize
+from simhete.report.metrics import Summary, ops_pcie_bytes, pcie_task_arrays, summarize
 from simhete.scenario import HardwareRef, Scenario
 from simhete.schedule import Schedule, check_schedule
 from simhete.workload import build_workload, from_hf_config, get_model
@@ -144,7 +144,7 @@ def durations(cost: CostModel, sched: Schedule) -> np.ndarray:
 
 MEMO_KEPT = 256
 MODEL_OPS_KEPT = 1 << 16    # ops tuples a kept CostModel may price before it is replaced by a fresh one
-_MODELS: dict[int, tuple[Any, CostModel]] = {}           # id(profile) -> (profile, kept model)
+_MODELS: dict[int, tuple] = {}           # id(profile) -> (profile, kept model, entries by tuple id)
 _PRICES: OrderedDict[tuple, tuple] = OrderedDict()     # (profile, distinct ops) -> prices, provenance
 _TIMELINES: OrderedDict[tuple, tuple] = OrderedDict()  # (schedule, profile, engine) -> timeline
 
@@ -159,36 +159,57 @@ def kept_model(profile: Any) -> CostModel:
     """A CostModel of ``profile`` kept for this process (sweep workers): it prices each ops tuple
     once over all the points it serves. Bounded: replaced by a fresh one past
     :data:`MODEL_OPS_KEPT` priced tuples (prices do not depend on what a model priced before)."""
+    return _kept(profile)[0]
+
+
+def _kept(profile: Any) -> tuple[CostModel, dict]:
+    """The kept model of ``profile`` and its entries per ops tuple object (by id: each holds the
+    tuple, so the id stays its own): (tuple, price, provenance, H2D bytes, D2H bytes)."""
     got = _MODELS.get(id(profile))
-    if got is None or got[0] is not profile or len(got[1]._task_cache) > MODEL_OPS_KEPT:
+    if got is None or got[0] is not profile or len(got[1]._task_cache) > MODEL_OPS_KEPT \
+            or len(got[2]) > MODEL_OPS_KEPT:
         if len(_MODELS) >= 64:
             _MODELS.clear()
-        got = _MODELS[id(profile)] = (profile, CostModel(profile))   # holds the profile: its id stays its own
-    return got[1]
+        got = _MODELS[id(profile)] = (profile, CostModel(profile), {})   # holds the profile: its id stays its own
+    return got[1], got[2]
 
 
 def memo_durations(cost: CostModel, sched: Schedule) -> tuple[np.ndarray, tuple]:
     """:func:`durations` priced on the process's kept model of ``cost``'s profile
     (:func:`kept_model`), and the provenance of the distinct ops tuples priced, merged:
     ``cost.flags_with`` it is ``cost.flags`` as if ``cost`` itself had priced the schedule. Prices
-    depend only on the profile and the ops, so they are the floats ``cost`` would give. The prices
-    and merged provenance of a list of distinct tuples (a sweep's points of one micro-batch,
-    sequence length and structure share theirs) are remembered by the tuples' identities."""
+    depend only on the profile and the ops, so they are the floats ``cost`` would give."""
+    durs, prov, _ = _memo_palette(cost.profile, sched)
+    return durs, prov
+
+
+def _memo_palette(prof: Any, sched: Schedule) -> tuple[np.ndarray, tuple, tuple[np.ndarray, np.ndarray]]:
+    """(durations, merged provenance, (H2D, D2H) bytes per palette entry) of ``sched``'s distinct
+    ops tuples. Each tuple object is priced (and its PCIe bytes summed) once per kept model, found
+    again by its identity (a workload's tuples are shared by every point of its micro-batch and
+    sequence length); the result for a whole list of tuples (one template and workload) is
+    remembered too, by the tuples' identities."""
     palette, at = sched.table.distinct_ops()
-    prof = cost.profile
-    key = (id(prof), *map(id, palette))
+    ids = list(map(id, palette))
+    key = (id(prof), *ids)
     got = _PRICES.get(key)
     if got is None or got[0] is not prof:
-        kept = kept_model(prof)
-        prices = np.array(list(map(kept.ops_seconds, palette)), dtype=np.float64)
-        provs = list(map(kept.provenance, palette))
-        prov = (frozenset().union(*(p[0] for p in provs)), frozenset().union(*(p[1] for p in provs)))
+        kept, by_id = _kept(prof)
+        entries = list(map(by_id.get, ids))
+        if None in entries:
+            for k, e in enumerate(entries):
+                if e is None:
+                    ops = palette[k]
+                    entries[k] = by_id[ids[k]] = (ops, kept.ops_seconds(ops), kept.provenance(ops),
+                                                  *ops_pcie_bytes(ops))
+        prov = (frozenset().union(*(e[2][0] for e in entries)), frozenset().union(*(e[2][1] for e in entries)))
         # the entry holds the profile and the tuples, so the ids in its key stay theirs
-        got = (prof, tuple(palette), prices, prov)
+        got = (prof, tuple(palette), np.array([e[1] for e in entries], dtype=np.float64), prov,
+               (np.array([e[3] for e in entries], dtype=np.int64), np.array([e[4] for e in entries], dtype=np.int64)))
         _remember(_PRICES, key, got)
     else:
         _PRICES.move_to_end(key)
-    return got[2][at], got[3]
+    return got[2][at], got[3], got[4]
 
 
 def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast", memo: bool = False) -> Result:
@@ -198,8 +219,9 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
     rules, so the same timeline, which is immutable."""
     cost = ctx.cost
     provs: tuple = ()
+    palette_bytes = None
     if memo:
-        durs, prov = memo_durations(cost, sched)
+        durs, prov, palette_bytes = _memo_palette(cost.profile, sched)
         provs = (prov,)
         rules = cost.interference()
         key = (id(sched), id(ctx.profile), engine)
@@ -220,7 +242,7 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
         samples_per_iter=s.data.train.micro_batch * per_iter,
         model_flops_per_iter=wl.model_flops_per_iter * per_iter,
         peak_flops_per_gpu=cost.peak_flops(s.data.train.dtype), n_gpus=ctx.n_gpus,
-        pool_capacity=dict(sched.pools), task_bytes=pcie_task_arrays(sched),
+        pool_capacity=dict(sched.pools), task_bytes=pcie_task_arrays(sched, palette_bytes),
         flags=sorted(cost.flags_with(*provs)), meta={"scenario": s.name, "policy": s.data.policy,
                                                  "model": ctx.spec.name, "hardware": ctx.profile.name})
     return Result(s, ctx, sched, tl, summary)

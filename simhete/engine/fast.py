@@ -119,8 +119,10 @@ def _timeline(ix: Indexed, status, t, info, start, end, finished, ev_pool, ev_t,
     if status == OOM:
         i, p, b = (int(x) for x in info[:3])
         in_use, cap = np.asarray(in_use).tolist(), ix.cap.tolist()
-        held = ((ix.buffers[k], pools[hp], nb) for k, (hp, nb) in
-                enumerate(zip(np.asarray(live_pool).tolist(), np.asarray(live_bytes).tolist())) if hp >= 0)
+        # the report lists the holders in the blocked pool: select that pool's live buffers first
+        ks = np.flatnonzero(np.asarray(live_pool) == p).tolist()
+        nbs = np.asarray(live_bytes)[ks].tolist()
+        held = ((ix.buffers[k], pools[p], nb) for k, nb in zip(ks, nbs))
         oom = memory.oom_report(names[i], pools[p], b, in_use[p], cap[p], held, t)
         rows = np.flatnonzero(finished)
         start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)

@@ -40,13 +40,28 @@ class ZeroOffloadKnobs(ActivationKnobs):
     """One-step delayed parameter update (DPU)."""
 
 
+_BUCKETS: dict[tuple, tuple] = {}     # (id(blocks), bucket size) -> (blocks, partition)
+
+
 @register("zero-offload")
 class ZeroOffload(Policy):
     Knobs = ZeroOffloadKnobs
     multi_gpu = True
 
     def buckets(self, ctx: Context) -> list[list[int]]:
-        """Block indices per gradient bucket, in backward order."""
+        """Block indices per gradient bucket, in backward order (depends only on the blocks'
+        parameter counts and the bucket size: kept per blocks tuple, which a cached workload shares
+        among every point of its micro-batch and sequence length)."""
+        blocks, size = ctx.blocks, self.k.reduce_bucket_size
+        key = (id(blocks), size)
+        got = _BUCKETS.get(key)
+        if got is None or got[0] is not blocks:
+            if len(_BUCKETS) >= 1024:
+                _BUCKETS.clear()
+            got = _BUCKETS[key] = (blocks, tuple(map(tuple, self._buckets(ctx))))   # holds the blocks
+        return [list(b) for b in got[1]]
+
+    def _buckets(self, ctx: Context) -> list[list[int]]:
         out: list[list[int]] = []
         cur: list[int] = []
         elems = 0

@@ -281,24 +281,31 @@ def pcie_bytes(timeline: Timeline, task_bytes: Mapping[str, int | tuple[int, int
     return out
 
 
-def pcie_task_arrays(schedule: Schedule) -> TaskBytes:
-    """:func:`pcie_task_bytes` as arrays aligned with the schedule's table (:class:`TaskBytes`):
-    summed once per distinct ops tuple (``TaskTable.distinct_ops``), then gathered."""
+def ops_pcie_bytes(ops: tuple) -> tuple[int, int]:
+    """(H2D, D2H) bytes an ops tuple moves (``op.n`` bytes × ``op.count`` of its copy ops)."""
     h2d, d2h = OpKind.H2D, OpKind.D2H
+    u = d = 0
+    for op in ops:
+        kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
+        if kind is h2d:
+            u += op.n * op.count
+        elif kind is d2h:
+            d += op.n * op.count
+    return u, d
+
+
+def pcie_task_arrays(schedule: Schedule, palette_bytes: tuple[np.ndarray, np.ndarray] | None = None) -> TaskBytes:
+    """:func:`pcie_task_bytes` as arrays aligned with the schedule's table (:class:`TaskBytes`):
+    summed once per distinct ops tuple (``TaskTable.distinct_ops``), then gathered.
+    ``palette_bytes``: the (H2D, D2H) int64 arrays per palette entry (:func:`ops_pcie_bytes` of
+    each), when the caller has them."""
     tb = schedule.table
     palette, at = tb.distinct_ops()
-    up, down = [], []
-    for ops in palette:
-        u = d = 0
-        for op in ops:
-            kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
-            if kind is h2d:
-                u += op.n * op.count
-            elif kind is d2h:
-                d += op.n * op.count
-        up.append(u)
-        down.append(d)
-    return TaskBytes(tb, np.array(up, dtype=np.int64)[at], np.array(down, dtype=np.int64)[at])
+    if palette_bytes is None:
+        pairs = list(map(ops_pcie_bytes, palette))
+        palette_bytes = (np.array([u for u, _ in pairs], dtype=np.int64),
+                         np.array([d for _, d in pairs], dtype=np.int64))
+    return TaskBytes(tb, palette_bytes[0][at], palette_bytes[1][at])
 
 
 def pcie_task_bytes(schedule: Schedule) -> dict[str, tuple[int, int]]:
