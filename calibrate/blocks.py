@@ -13,8 +13,8 @@ scenario's own model is built with :mod:`simhete.replay.model` — the code the 
 distinct weights for every block, and whole training steps run: every block's forward in order
 with its graph kept (as a training forward keeps its activations until the backward), then every
 block's backward in reverse (``torch.autograd.grad`` of the block's output, as the replay's
-backward task does). Each block's forward and backward call is timed on its own, and so is each block's
-optimizer step after the backward, as the replay runs it (:func:`simhete.replay.model.adam_step`:
+backward task does). Each block's forward and backward call is timed on its own, and so is
+each block's optimizer step after the backward, as the replay runs it (:func:`simhete.replay.model.adam_step`:
 the block's gradients in the training dtype converted to fp32, torch's fused Adam over the block's
 fp32 master tensors, then, in mixed precision, the new weights written to their working-precision
 copy). A row is one distinct op sequence and pass: the workload's ``fwd_ops`` or ``bwd_ops`` tuple
@@ -27,8 +27,8 @@ The fit keeps each point as ``gpu.blocks``: the cost model prices a task whose o
 that sequence at the measured time (``simhete.hw.cost.ops_key`` names it), and every other task
 from the op-level curves. The same point is priced from those curves in the fit report, so the
 report shows how far the op-level model is from the block as it runs. Still a microbenchmark of a
-component: one block at a time, no copies, no optimizer and no schedule; never a scenario end to
-end. A recomputation runs the same forward and is priced the same.
+component: one block at a time, on one stream, with no copies, no other stream running and no
+schedule; never a scenario end to end. A recomputation runs the same forward and is priced the same.
 """
 
 from __future__ import annotations

@@ -79,8 +79,15 @@ def test_shipped_profile_loads_and_is_priced_from_measurements():
 
 
 def test_shipped_fit_report_states_held_out_error_per_suite():
+    from calibrate.targets import comparison
+
     report = (SHIPPED_RAW.parent / "cpu-local.fit.md").read_text()
-    assert report == fit(SHIPPED_RAW, "cpu-local", SHIPPED.parent).report
+    result = fit(SHIPPED_RAW, "cpu-local", SHIPPED.parent)
+    # the shipped report was refitted with --shapes-from the validation scenarios: the fit's own
+    # report, then each measured block beside its op-level price
+    scen = sorted(str(p) for p in (ROOT / "scenarios").glob("small-*_cpu_*.yaml"))
+    assert report == result.report + "\n" + comparison(result.profile, scen, "cpu")
+    assert "| small-gpt_cpu_gpu-only.yaml b0 fwd |" in report
     for suite in ("gemm", "attention", "membw", "copy", "adam"):
         assert f"| {suite} | median " in report
     assert "missing: needs 2 GPUs (found 0)" in report

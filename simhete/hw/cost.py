@@ -25,9 +25,9 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
 - ADAM_GPU: launch + 28 n / (bandwidth × efficiency).
 - ALLREDUCE/REDUCE_SCATTER/ALLGATHER: α + n · factor / bus bandwidth (nccl-tests factors).
 
-A task whose ops tuple is listed in ``gpu.blocks`` (a block's forward or backward measured whole,
-inside a training step: calibrate/blocks.py) is priced at that measured time; every other task is
-the sum of its ops. ``task_seconds`` is cached by the task's ops tuple, so identical blocks are
+A task whose ops tuple is listed in ``gpu.blocks`` (a block's forward, backward or optimizer step
+measured whole, inside a training step: calibrate/blocks.py) is priced at that measured time;
+every other task is the sum of its ops. ``task_seconds`` is cached by the task's ops tuple, so identical blocks are
 priced once.
 
 Provenance: pricing records, per op and per ops tuple, the uncalibrated numbers it rested on

@@ -337,7 +337,8 @@ def _fit_attention(st: _State, gpu: dict[str, Any]) -> None:
 
 def _fit_blocks(st: _State, gpu: dict[str, Any]) -> None:
     """Whole blocks measured inside training steps (calibrate/blocks.py) → ``gpu.blocks``: each
-    distinct op sequence at its median time (the first scenario's row where two share one)."""
+    distinct op sequence (a block's forward, backward or optimizer step) at its median time (the
+    first scenario's row where two share one)."""
     rows = st.tables["blocks"].ok()
     entries: dict[str, list[Any]] = {}
     for r in rows:
@@ -345,9 +346,9 @@ def _fit_blocks(st: _State, gpu: dict[str, Any]) -> None:
                                       sig(_f(r, "median_s"))])
     if not entries:
         return
-    gpu["blocks"] = {**st.prov("blocks", "each block's forward or backward timed whole inside "
-                                         "training steps of the scenario's model; median over its "
-                                         "calls (--shapes-from)"),
+    gpu["blocks"] = {**st.prov("blocks", "each block's forward, backward or optimizer step timed "
+                                         "whole inside training steps of the scenario's model; "
+                                         "median over its calls (--shapes-from)"),
                      "entries": list(entries.values())}
     scen = sorted({r["scenario"] for r in rows})
     st.sections.append(f"## blocks\n\n- {len(entries)} op sequences measured whole, from "

@@ -205,7 +205,8 @@ class AttentionModel(Strict):
 class BlockTable(Provenance):
     """Measured seconds of whole op sequences as a training step runs them (``simhete calibrate
     --shapes-from``, calibrate/blocks.py): ``entries = [[key, label, seconds], ...]``, ``key`` the
-    :func:`simhete.hw.cost.ops_key` of a block's ``fwd_ops`` or ``bwd_ops`` tuple. A task whose ops
+    :func:`simhete.hw.cost.ops_key` of a block's ``fwd_ops`` or ``bwd_ops`` tuple or of its
+    optimizer step's one-op tuple. A task whose ops
     tuple has a key listed here is priced at that time instead of the sum of its ops."""
 
     entries: list[tuple[str, str, float]]
