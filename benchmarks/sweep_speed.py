@@ -35,7 +35,8 @@ from pathlib import Path
 
 from simhete.engine import fast, indexed
 from simhete import sim
-from simhete.policy import template
+from simhete.policy import template, zero_offload
+from simhete.workload import ops as workload_ops
 from simhete.search.backends import LocalBackend
 from simhete.search.runner import Runner
 from simhete.search.space import sweep_from_dict
@@ -80,10 +81,10 @@ STAGES = [
     ("policy build (policy/*)", "", "build"),
     ("template resize (policy/template.py)", "template.py", "resize"),
     ("schedule check (schedule/check.py)", "check.py", "check_schedule"),
-    ("cost model durations (hw/cost.py)", "cost.py", "durations"),
+    ("prices + PCIe bytes per ops tuple (sim.py, kept CostModel)", "sim.py", "_memo_palette"),
     ("engine (engine/fast.py)", "fast.py", "simulate_fast"),
     ("summarize (report/metrics.py)", "metrics.py", "summarize"),
-    ("copy_bytes (report/metrics.py)", "metrics.py", "copy_bytes"),
+    ("PCIe bytes per task (report/metrics.py)", "metrics.py", "pcie_task_arrays"),
     ("row reduction (search/evaluate.py)", "evaluate.py", "summary_row"),
     ("results store (search/store.py)", "store.py", "put"),
 ]
@@ -91,11 +92,14 @@ STAGES = [
 
 def fresh_caches() -> None:
     """Forget what earlier sweeps in this process left: structural templates, the engine's indexed
-    schedules and structures, remembered prices and timelines (each timed sweep starts as a new
+    schedules and structures (with what summaries derive from them), kept cost models, remembered
+    prices and timelines, bucket partitions and built workloads (each timed sweep starts as a new
     sweep process would, numba and imports aside)."""
     template.clear()
     indexed.clear()
     sim.clear_memo()
+    zero_offload._BUCKETS.clear()
+    workload_ops._build.cache_clear()
 
 
 def run_once(n_points: int | None, grid: dict | None = None) -> tuple[int, float]:
@@ -137,11 +141,11 @@ def stages(grid: dict) -> None:
                 spent[name] = spent.get(name, 0.0) + time.process_time() - c
         return wrapped
 
-    saved = {n: getattr(sim, n) for n in ("resolve", "build_schedule", "memo_durations", "simulate",
+    saved = {n: getattr(sim, n) for n in ("resolve", "build_schedule", "_memo_palette", "simulate",
                                           "pcie_task_arrays", "summarize")}
     saved_row = ev.summary_row
     for name, label in (("resolve", "resolve (workload, knobs, cost model)"), ("build_schedule", "policy build / resize"),
-                        ("memo_durations", "durations"), ("simulate", "engine"),
+                        ("_memo_palette", "prices + PCIe bytes per ops tuple"), ("simulate", "engine"),
                         ("pcie_task_arrays", "PCIe bytes per task"), ("summarize", "summarize")):
         setattr(sim, name, timed(label, saved[name]))
     ev.summary_row = timed("row", saved_row)

@@ -62,15 +62,21 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: field order as declared, nested keys sorted, floats rounded."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "memory":
-                v = {p: {"capacity_bytes": m.capacity_bytes, "peak_bytes": m.peak_bytes,
-                         "peak_by_class_bytes": dict(sorted(m.peak_by_class_bytes.items()))}
-                     for p, m in sorted(v.items())}
-            elif f.name == "uncalibrated":
-                v = list(v)
-            out[f.name] = _json_safe(v)
+        for name in _SUMMARY_FIELDS:
+            v = getattr(self, name)
+            t = type(v)
+            if t is float:                       # the common leaves first (as _json_safe does them)
+                out[name] = _round(v)
+            elif t is int or t is str or t is bool or v is None:
+                out[name] = v
+            elif name == "memory":
+                out[name] = _json_safe({p: {"capacity_bytes": m.capacity_bytes, "peak_bytes": m.peak_bytes,
+                                            "peak_by_class_bytes": dict(sorted(m.peak_by_class_bytes.items()))}
+                                        for p, m in sorted(v.items())})
+            elif name == "uncalibrated":
+                out[name] = _json_safe(list(v))
+            else:
+                out[name] = _json_safe(v)
         return out
 
     @classmethod
@@ -80,6 +86,9 @@ class Summary:
         kw["memory"] = {p: PoolPeak(**m) for p, m in d["memory"].items()}
         kw["uncalibrated"] = tuple(d["uncalibrated"])
         return cls(**kw)
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(Summary))
 
 
 def summarize(timeline: Timeline, *, tokens_per_iter: int, samples_per_iter: int,
@@ -162,10 +171,8 @@ def stream_busy(timeline: Timeline, window: tuple[float, float]) -> dict[str, fl
         perm, key, bounds, names = cols.derived("streams", lambda: _stream_groups(cols))
         a_all, b_all = np.maximum(cols.start[perm], t0), np.minimum(cols.end[perm], t1)
         by = np.lexsort((b_all, a_all, key))
-        a_all, b_all = a_all[by], b_all[by]
-        out_cols = {name: _union_length(a_all[lo:hi], b_all[lo:hi], t0) / (t1 - t0)
-                    for name, lo, hi in zip(names, bounds[:-1], bounds[1:])}
-        return out_cols
+        lengths = _union_lengths(a_all[by], b_all[by], bounds, t0)
+        return {name: x / (t1 - t0) for name, x in zip(names, lengths)}
     else:
         for r in timeline.records:
             spans.setdefault(r.stream, []).append((max(r.start, t0), min(r.end, t1)))
@@ -198,6 +205,24 @@ def _stream_groups(cols: Any) -> tuple[np.ndarray, np.ndarray, list[int], list[s
         bounds.append(bounds[-1] + c)
     perm = np.argsort(r, kind="stable")
     return perm, r[perm], bounds, [streams[k] for k in by_name]
+
+
+def _union_lengths(a: np.ndarray, b: np.ndarray, bounds: list[int], t0: float) -> list[float]:
+    """:func:`_union_length` of each run ``a[lo:hi], b[lo:hi]`` (``bounds``: consecutive run
+    limits), with the same floats: the element-wise steps over all runs at once, the running
+    maximum and the in-order sum per run."""
+    ends = np.maximum(np.where(b > a, b, -np.inf), t0)
+    reach = np.empty_like(a)
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi > lo:
+            reach[lo] = t0
+            np.maximum.accumulate(ends[lo:hi - 1], out=reach[lo + 1:hi])
+    start = np.maximum(a, reach)
+    part = np.where(b > start, b - start, 0.0)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        out.append(float(np.cumsum(part[lo:hi])[-1]) if hi > lo else 0.0)
+    return out
 
 
 def _union_length(a: np.ndarray, b: np.ndarray, t0: float) -> float:

@@ -161,19 +161,19 @@ class TaskTable:
             setattr(self, f, [])
         self.shape = self.sized = self._bytes = self._bytes_array = self._distinct = None
 
-    def distinct_ops(self) -> tuple[list, list[int] | Any]:
+    def distinct_ops(self) -> tuple[list, Any]:
         """The ops column as ``(palette, at)``: ``ops[i] is palette[at[i]]``. Tasks share ops tuples,
         so a per-task figure that depends only on the ops (a price, bytes moved) is computed once
-        per palette entry and gathered (``at`` is an int sequence; a resized table's is a numpy
-        array). Made on first call (one entry per distinct tuple object, in first-use order) unless
-        the table was resized from a template, which knows it; not to be modified."""
+        per palette entry and gathered (``at``: a numpy integer array). Made on first call (one
+        entry per distinct tuple object, in first-use order) unless the table was resized from a
+        template, which knows it; not to be modified."""
         d = self._distinct
         if d is None:
             ops = self.ops
             ids = list(map(id, ops))
             pos = dict(zip(dict.fromkeys(ids), range(len(ids))))     # first-use order
             palette = list(dict(zip(ids, ops)).values())            # same order: keys keep first insertion
-            d = self._distinct = (palette, list(map(pos.__getitem__, ids)))
+            d = self._distinct = (palette, np.fromiter(map(pos.__getitem__, ids), np.intp, len(ids)))
         return d
 
     @property
