@@ -22,7 +22,8 @@ warm path.
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import chain
+from itertools import accumulate, chain
+from operator import attrgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -54,6 +55,25 @@ REUSE_KEPT = 8           # resized schedules kept per template for points of equ
 VERIFY = False           # resize and also build afresh, raising if they differ (tests)
 
 
+_PER_BLOCK: dict[tuple, tuple] = {}     # (id(blocks), kind, code) -> (blocks, values)
+
+
+def _per_block(blocks: tuple, kind: str, code: str) -> Any:
+    """A size code's value for each block: a list of ops tuples (``kind`` "ops") or an int64 array
+    of bytes ("bytes"). Kept per blocks tuple (a cached workload's, shared by every template that a
+    point of its micro-batch and sequence length resizes); the entry holds the tuple, so its id
+    stays its own."""
+    key = (id(blocks), kind, code)
+    got = _PER_BLOCK.get(key)
+    if got is None or got[0] is not blocks:
+        if len(_PER_BLOCK) >= 4096:
+            _PER_BLOCK.clear()
+        vals = (list(map(OPS_CODES[code], blocks)) if kind == "ops"
+                else np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks)))
+        got = _PER_BLOCK[key] = (blocks, vals)
+    return got[1]
+
+
 class Template:
     """A built schedule plus what it takes to re-size it (see the module docstring)."""
 
@@ -63,16 +83,14 @@ class Template:
         if sized is None:
             raise SimheteError("a structural template needs a schedule made by a Builder")
         allocs = tb.allocs
-        a_ptr = [0]
-        for row in allocs:
-            a_ptr.append(a_ptr[-1] + len(row))
+        a_ptr = list(accumulate(map(len, allocs), initial=0))
         flat = tuple(chain.from_iterable(allocs))
         tb.shape = TableShape(flat, a_ptr)
         self.table = tb
         self.initial, self.iterations, self.meta = sched.initial, sched.iterations, dict(sched.meta)
         self.n_blocks = len(ctx.blocks)
         # bytes: per code, the flat allocation positions and the block positions they take from
-        self.base_bytes = np.array([a.bytes for a in flat], dtype=np.int64)
+        self.base_bytes = np.fromiter(map(attrgetter("bytes"), flat), np.int64, len(flat))
         byte_cells: dict[str, tuple[list[int], list[int]]] = {}
         ops_cells: dict[str, list[tuple[int, int]]] = {}
         for row, p, ops_code, alloc_codes in sized:
@@ -110,12 +128,11 @@ class Template:
         self.fixed = palette
         self.ops_src = [k if k >= 0 else n_fixed + (-1 - k) for k in src]
         # the palette entries the tasks use, and each task's position among them (distinct_ops)
-        self.used = sorted(set(self.ops_src))
-        at = {k: j for j, k in enumerate(self.used)}
-        self.used_at = np.array([at[k] for k in self.ops_src], dtype=np.int64)
+        used, self.used_at = np.unique(np.array(self.ops_src, dtype=np.int64), return_inverse=True)
+        self.used = used.tolist()
         self.reused: OrderedDict[tuple, tuple] = OrderedDict()
         ops, by, _ = self._cells(ctx)
-        if ops != tb.ops or by.tolist() != [a.bytes for a in flat]:
+        if ops != tb.ops or not np.array_equal(by, self.base_bytes):
             raise SimheteError(f"policy {sched.meta.get('policy', '?')}: the size codes it marked do not "
                                "reproduce its own schedule (a Builder.add(sized=...) names the wrong code)")
 
@@ -128,11 +145,11 @@ class Template:
                                f"{self.n_blocks}")
         palette = list(self.fixed)
         for code in self.ops_codes:
-            palette.extend(map(OPS_CODES[code], blocks))
+            palette.extend(_per_block(blocks, "ops", code))
         ops = list(map(palette.__getitem__, self.ops_src))
         by = self.base_bytes.copy()
         for code, (pos, blk) in self.byte_cells.items():
-            by[pos] = np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks))[blk]
+            by[pos] = _per_block(blocks, "bytes", code)[blk]
         return ops, by, list(map(palette.__getitem__, self.used))
 
     def resize(self, ctx: Context) -> Schedule:
@@ -188,3 +205,4 @@ def same_schedule(a: Schedule, b: Schedule) -> bool:
 def clear() -> None:
     """Forget every template (tests)."""
     _TEMPLATES.clear()
+    _PER_BLOCK.clear()
