@@ -18,7 +18,15 @@ Target: >= 25x.
   template (simhete/policy/template.py: a new Schedule object, equal to the build, whose table
   shares the template's structural columns), its structure known to the engine by the table's
   shape (identity, no column comparison): what a sweep point of a known structure costs in the
-  engine. The resize itself (policy side) is printed apart, like the build.
+  engine — the duration check, the byte-dependent arrays (allocation sizes, needs per pool,
+  capacities; memory at t = 0 is the structure's), the loop and the Timeline. Not in it: the
+  resize (policy side, printed apart like the build), the prices and the summary.
+
+The engine line a sweep point gets is the resized one for every point of a structure seen before
+and the cold one for the first point of each structure; points whose schedule is the very object
+of an earlier point (aliasing knob values) make no engine call. The last line weighs the two by
+how often ``benchmarks/sweep_speed.py``'s 120-point grid makes each kind of call (counted live,
+by running that sweep once): the engine's cost per engine call of a real sweep.
 
 What each line times is the engine call only (``simulate_fast``); building the schedule is the
 policy's cost and is printed separately (``policy build``), as is the SimPy engine's.
@@ -91,6 +99,31 @@ def jit_start_up() -> None:
             ic, iw, fc, fw = map(float, out)
             print(f"jit start-up, {label}: import numba {ic:.2f} s CPU ({iw:.2f} s wall), "
                   f"first call {fc:.2f} s CPU ({fw:.2f} s wall)")
+
+
+def sweep_mix() -> tuple[int, int]:
+    """(engine calls, of which on a structure never indexed) of one run of sweep_speed.py's
+    120-point grid, counted by wrapping the engine's entry point and its structure indexing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import sweep_speed
+    from simhete import sim
+    from simhete.engine import indexed as ix
+
+    count = {"calls": 0, "new": 0}
+    run, structure = sim.simulate, ix._structure
+
+    def counted(fn, key):
+        def wrapped(*a, **k):
+            count[key] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    sim.simulate, ix._structure = counted(run, "calls"), counted(structure, "new")
+    try:
+        sweep_speed.run_once(None)
+    finally:
+        sim.simulate, ix._structure = run, structure
+    return count["calls"], count["new"]
 
 
 def main() -> int:
@@ -202,6 +235,10 @@ def main() -> int:
     for mode in ("cold", "cold, structure seen", "resized, shape known", "warm"):
         ratio = med["simpy"] / med[f"fast/{best} {mode}"]
         print(f"ratio {mode} (CPU time, fast/{best}): {ratio:.1f}x the SimPy engine (target >= {TARGET:.0f}x)")
+    calls, new = sweep_mix()
+    mix = (new * med[f"fast/{best} cold"] + (calls - new) * med[f"fast/{best} resized, shape known"]) / calls
+    print(f"ratio per engine call of the 120-point sweep ({calls} calls: {new} on a new structure, "
+          f"{calls - new} resized; CPU time, fast/{best}): {med['simpy'] / mix:.1f}x the SimPy engine")
     if args.jit_start and "jit" in loops:
         jit_start_up()
     return 0 if ok else 1
