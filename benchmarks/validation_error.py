@@ -24,12 +24,13 @@ it sees other containers too), in cores: on a 2-core machine 1.0 means another j
 core — it shares caches, memory bandwidth and the hypervisor's cores with the replay.
 ``--fresh-blocks`` measures each scenario's blocks again just before its replay (``simhete
 validate --fresh-blocks``) and prices them with that measurement; everything else comes from the
-profile. ``--priority N`` runs the whole benchmark (calibrations and replays alike) at nice −N, so that
+profile; ``--bracket-blocks`` measures them just before and just after and prices them at the
+mean of the two (the prediction still sees no replay timing). ``--priority N`` runs the whole benchmark (calibrations and replays alike) at nice −N, so that
 other jobs on a shared machine preempt it less often (the replay's streams are threads that need
 both cores of this machine; another job holding one made the compute thread wait for a core).
 
     .venv/bin/python benchmarks/validation_error.py [--profile P.yaml | --calibrate-each-round]
-        [--grid-only] [--no-blocks] [--fresh-blocks] [--passes N] [--priority N] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
+        [--grid-only] [--no-blocks] [--fresh-blocks | --bracket-blocks] [--passes N] [--priority N] [--iterations N] [--repeat R] [--quiet-wait S] [--json OUT]
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def main() -> int:
     ap.add_argument("--fresh-blocks", action="store_true",
                     help="simhete validate --fresh-blocks: each scenario's blocks measured again "
                          "just before its replay (the machine's speed drifts within minutes)")
+    ap.add_argument("--bracket-blocks", action="store_true",
+                    help="simhete validate --bracket-blocks: each scenario's blocks measured just "
+                         "before and just after its replay, priced at the mean")
     ap.add_argument("--passes", type=int, default=1, metavar="N",
                     help="calibrate with --passes N (the median of N passes per point)")
     ap.add_argument("--iterations", type=int, default=5)
@@ -123,7 +127,8 @@ def main() -> int:
                 d0 = _drift(probe_ops, profile)
                 before = _cpu_now()
                 v = validate_scenario(scen, profile, iterations=args.iterations,
-                                      device=args.device, fresh_blocks=args.fresh_blocks)
+                                      device=args.device, fresh_blocks=args.fresh_blocks,
+                                      bracket_blocks=args.bracket_blocks)
                 others = _others(before, _cpu_now())
                 drift = statistics.mean([d0, _drift(probe_ops, profile)])
                 c = v.comparison

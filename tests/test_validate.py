@@ -147,3 +147,19 @@ def test_fresh_blocks_price_the_scenarios_blocks_from_a_measurement_taken_just_b
     priced = [t for t in v.predicted.schedule.tasks if t.name.split(".")[1] in ("F", "B", "ADAM")]
     assert priced and all(durs[t.name] == fresh[ops_key(t.ops)] for t in priced)
     assert any("--fresh-blocks" in n for n in v.comparison.notes)
+
+
+@pytest.mark.torch
+def test_bracket_blocks_price_at_the_mean_of_measurements_before_and_after_the_replay(cpu_profile):
+    from simhete.hw.cost import ops_key
+
+    s = load_scenario(SCENARIOS[0]).with_changes(**SHRINK)
+    v = validate_scenario(s, load_profile(cpu_profile), iterations=2, device="cpu", bracket_blocks=True)
+    assert v.parity is True
+    mean = {k: sec for k, label, sec in v.profile.gpu.blocks.entries if label.endswith("(bracket)")}
+    assert len(mean) >= 6 and "--bracket-blocks" in v.profile.gpu.blocks.ref
+    cost = v.predicted.context.cost
+    durs = dict(zip((t.name for t in v.predicted.schedule.tasks), cost.durations(v.predicted.schedule)))
+    priced = [t for t in v.predicted.schedule.tasks if t.name.split(".")[1] in ("F", "B", "ADAM")]
+    assert priced and all(durs[t.name] == mean[ops_key(t.ops)] for t in priced)
+    assert any("--bracket-blocks" in n for n in v.comparison.notes)

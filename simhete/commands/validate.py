@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh-blocks", action="store_true",
                    help="measure the scenario's blocks now (calibrate's blocks suite, a few seconds) "
                         "and price them with that instead of the profile's; see docs/validation.md")
+    p.add_argument("--bracket-blocks", action="store_true",
+                   help="measure the blocks just before and just after the replay and price them "
+                        "with the mean (validating on a machine whose speed drifts)")
     p.add_argument("--trace", metavar="PATH",
                    help="write one Perfetto trace with the simulated and measured timelines")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         v = validate_scenario(scenario, profile, iterations=args.iterations, device=args.device,
                               engine=args.engine, reference=not args.no_reference, progress=progress,
-                              fresh_blocks=args.fresh_blocks)
+                              fresh_blocks=args.fresh_blocks, bracket_blocks=args.bracket_blocks)
     if trace is not None:
         from simhete.report.trace import write_trace
         write_trace(trace, {"simulated": v.predicted.timeline, "measured": v.replayed.timeline})
@@ -88,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         d = v.comparison.to_dict()
         d["loss_parity"] = v.parity
         d["profile"] = profile.name
-        if args.fresh_blocks:
-            d["fresh_blocks"] = [list(e) for e in v.profile.gpu.blocks.entries if e[1].endswith("(fresh)")]
+        if args.fresh_blocks or args.bracket_blocks:
+            d["fresh_blocks"] = [list(e) for e in v.profile.gpu.blocks.entries
+                                 if e[1].endswith(("(fresh)", "(bracket)"))]
         d["uncalibrated"] = sorted(v.predicted.summary.flags) if hasattr(v.predicted.summary, "flags") else []
         print(dump_json(d), end="")
     else:
@@ -103,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
 def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | None = None,
                       engine: str = "fast", reference: bool = True,
                       progress: Callable[[str, int, int], None] | None = None,
-                      fresh_blocks: bool = False) -> Validation:
+                      fresh_blocks: bool = False, bracket_blocks: bool = False) -> Validation:
     """Simulate, replay and compare one scenario; see the module docstring. ``fresh_blocks``:
-    measure the scenario's blocks now (calibrate's ``blocks`` suite) and price with them."""
+    measure the scenario's blocks now (calibrate's ``blocks`` suite) and price with them.
+    ``bracket_blocks``: measure them just before and just after the replay and price with the
+    mean of the two (a validation of the model on a machine whose speed drifts: the prediction
+    still sees no replay timing, only the blocks suite run on either side of it)."""
     from simhete.replay.compare import compare
     from simhete.replay.config import replay_shape, scaled_scenario
     from simhete.replay.device import check_fits, open_device
@@ -120,12 +127,15 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
                            "checked on another (calibrate this device with `simhete calibrate`)")
     shape = replay_shape(scenario)
     scaled = scaled_scenario(scenario, iterations)
-    if fresh_blocks:
+    base = profile
+    first: dict[str, tuple[str, str, float]] = {}
+    if fresh_blocks or bracket_blocks:
         if progress is not None:
-            progress("blocks", 0, 1)
-        profile = with_fresh_blocks(scenario, profile, kind)
+            progress("blocks", 0, 2 if bracket_blocks else 1)
+        first = measure_blocks(scenario, kind)
+        profile = with_blocks(profile, first, kind, "--fresh-blocks just before the replay")
         if progress is not None:
-            progress("blocks", 1, 1)
+            progress("blocks", 1, 2 if bracket_blocks else 1)
     profile = _with_scenario_overrides(scenario, profile)
     pred = simulate(scaled, engine=engine, profile=profile)
     if pred.timeline.oom is not None:
@@ -142,6 +152,16 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
             progress("replay", done[0], n_tasks)
 
     replayed = ex.run({r.name: r.start for r in pred.timeline.records}, on_task=tick)
+    if bracket_blocks:   # the blocks again, right after the replay: price with the mean of both
+        second = measure_blocks(scenario, kind)
+        if progress is not None:
+            progress("blocks", 2, 2)
+        mean = {k: (k, e[1].replace("(fresh)", "(bracket)"), 0.5 * (e[2] + second[k][2]))
+                for k, e in first.items() if k in second}
+        profile = _with_scenario_overrides(scenario, with_blocks(
+            base, mean, kind, "--bracket-blocks: the mean of the blocks measured just before and "
+            "just after the replay"))
+        pred = simulate(scaled, engine=engine, profile=profile)
     ref: list[float] = []
     parity = None
     if reference:
@@ -156,25 +176,26 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
         tol = LOSS_RTOL[scaled.data.train.dtype]
         parity = len(ref) == len(replayed.losses) and all(
             math.isfinite(a) and abs(a - b) <= tol * abs(b) for a, b in zip(replayed.losses, ref))
-    notes = _notes(dev.kind) + (("blocks priced from measurements taken just before the replay "
-                                 "(--fresh-blocks)",) if fresh_blocks else ())
+    notes = _notes(dev.kind)
+    if bracket_blocks:
+        notes += ("blocks priced from the mean of measurements taken just before and just after the "
+                  "replay (--bracket-blocks)",)
+    elif fresh_blocks:
+        notes += ("blocks priced from measurements taken just before the replay (--fresh-blocks)",)
     comp = compare(pred.timeline, replayed.timeline, scenario=scenario.name, device=replayed.device,
                    losses=tuple(replayed.losses), reference_losses=tuple(ref), notes=notes)
     return Validation(scaled, pred, replayed, comp, parity, profile)
 
 
-def with_fresh_blocks(scenario, profile, kind: str):  # type: ignore[no-untyped-def]
-    """``profile`` with the scenario's blocks measured now (calibrate/blocks.py, quick
-    methodology, at the replay shape): on a machine whose speed drifts within minutes, a profile's
-    block times from an earlier calibration describe the machine as it was then. Entries of the
-    same op sequences replace the profile's; its other numbers are kept."""
+def measure_blocks(scenario, kind: str) -> dict[str, tuple[str, str, float]]:  # type: ignore[no-untyped-def]
+    """The scenario's blocks measured now (calibrate/blocks.py, quick methodology, at the replay
+    shape): ``{key: (key, label, seconds)}`` as ``gpu.blocks`` entries."""
     import torch
 
     from calibrate import blocks
     from calibrate.common import Ctx
-    from calibrate.device import provenance, select
+    from calibrate.device import select
     from calibrate.grids import grid
-    from simhete.hw.profile import BlockTable
 
     target = select(kind)
     ctx = Ctx(target, grid("quick", target.kind), 1 if target.kind == "cpu" else torch.get_num_threads())
@@ -187,15 +208,24 @@ def with_fresh_blocks(scenario, profile, kind: str):  # type: ignore[no-untyped-
         torch.set_num_threads(before)
     if not rows:
         raise SimheteError(f"--fresh-blocks: the blocks of {scenario.name} could not be run here")
-    meta = provenance(target, blocks.NAME, {})
-    fresh = {str(r["key"]): (str(r["key"]), f"{r['scenario']} {r['block']} {r['pass']} (fresh)",
-                             float(r["median_s"])) for r in rows}
+    return {str(r["key"]): (str(r["key"]), f"{r['scenario']} {r['block']} {r['pass']} (fresh)",
+                            float(r["median_s"])) for r in rows}
+
+
+def with_blocks(profile, fresh: dict[str, tuple[str, str, float]], kind: str, how: str):  # type: ignore[no-untyped-def]
+    """``profile`` with ``fresh`` block entries replacing its own for the same op sequences; its
+    other numbers are kept."""
+    from calibrate.device import provenance, select
+    from calibrate import blocks
+    from simhete.hw.profile import BlockTable
+
+    meta = provenance(select(kind), blocks.NAME, {})
     old = profile.gpu.blocks.entries if profile.gpu.blocks is not None else []
     table = BlockTable(
-        source="measured", ref="measured by simhete validate --fresh-blocks just before the replay "
-        "(calibrate/blocks.py, quick methodology)", raw="not kept (printed with --json)",
-        device=meta["device"], driver=meta["driver"], torch=meta["torch"], date=meta["date"],
-        host=meta["host"], entries=[e for e in old if e[0] not in fresh] + list(fresh.values()))
+        source="measured", ref=f"measured by simhete validate {how} (calibrate/blocks.py, quick "
+        "methodology)", raw="not kept (printed with --json)", device=meta["device"],
+        driver=meta["driver"], torch=meta["torch"], date=meta["date"], host=meta["host"],
+        entries=[e for e in old if e[0] not in fresh] + list(fresh.values()))
     return profile.model_copy(update={"gpu": profile.gpu.model_copy(update={"blocks": table})})
 
 
