@@ -7,12 +7,17 @@ ordered after the allocating one, never freed, and single allocations larger tha
 
 from __future__ import annotations
 
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from simhete.schedule.model import NAME_RE, STREAM_RE, Schedule
 
+if TYPE_CHECKING:
+    import networkx as nx
+
 
 def dependency_graph(s: Schedule) -> nx.DiGraph:
+    import networkx as nx    # on first use: a sweep process (which never checks) need not import it
+
     g = nx.DiGraph()
     g.add_nodes_from(t.name for t in s.tasks)
     g.add_edges_from((d, t.name) for t in s.tasks for d in t.deps if d in g)
@@ -26,6 +31,8 @@ def check_schedule(s: Schedule, capacity: bool = True) -> list[str]:
     larger than its pool): for a simulation those are an out-of-memory verdict, not a malformed
     schedule.
     """
+    import networkx as nx
+
     problems: list[str] = []
     names: set[str] = set()
     all_names = {t.name for t in s.tasks}
