@@ -162,8 +162,9 @@ class Structure:
     init_pool: np.ndarray
     init_cls: np.ndarray
     init_state: tuple | None = None   # (initial tuple, _initial_state of it): memory at t = 0
-    # what reports derive from rows / streams / iterations of a run that finished every task
-    # (timeline.Columns.memo); shared by every run of this structure
+    # what depends on the structure alone and is derived on demand, shared by every schedule of it:
+    # the Python loop's structural lists (pyloop._lists) and what reports derive from rows /
+    # streams / iterations of a run that finished every task (timeline.Columns.memo)
     memo: dict = field(default_factory=dict)
 
     def matches(self, schedule: Schedule, flat: list) -> bool:

@@ -18,19 +18,29 @@ from simhete.engine.rates import advance, slowdown
 
 
 def _lists(ix: Indexed) -> tuple:
-    """The list form of ``ix`` (built once per indexed schedule)."""
+    """The list form of ``ix`` (built once per indexed schedule). The parts that depend only on
+    the structure (streams, order, ranks, successors, dependency counts, frees) are built once per
+    structure and shared (``ix.memo``; the loop never writes to them); allocations and needs,
+    which carry bytes, per indexed schedule."""
     if ix.lists is None:
         n = len(ix.stream_of)
-        sp, succ = ix.succ_ptr.tolist(), ix.succ.tolist()
-        ap, np_, fp = ix.a_ptr.tolist(), ix.nd_ptr.tolist(), ix.f_ptr.tolist()
+        memo = ix.memo if ix.memo is not None else {}
+        fixed = memo.get("pyloop lists")
+        if fixed is None:
+            sp, succ = ix.succ_ptr.tolist(), ix.succ.tolist()
+            fp, fb = ix.f_ptr.tolist(), ix.f_buf.tolist()
+            fixed = memo["pyloop lists"] = (
+                ix.stream_of.tolist(), ix.order.tolist(), ix.rank.tolist(),
+                [succ[sp[i]:sp[i + 1]] for i in range(n)], ix.ndeps.tolist(),
+                [tuple(fb[fp[i]:fp[i + 1]]) or None for i in range(n)])
+        stream_of, order, rank, successors, ndeps, frees = fixed
+        ap, np_ = ix.a_ptr.tolist(), ix.nd_ptr.tolist()
         alloc = list(zip(*(x.tolist() for x in (ix.a_buf, ix.a_pool, ix.a_bytes, ix.a_cls))))
         need = list(zip(ix.nd_pool.tolist(), ix.nd_bytes.tolist()))
-        fb = ix.f_buf.tolist()
-        ix.lists = (ix.stream_of.tolist(), ix.order.tolist(), ix.rank.tolist(),
-                    [succ[sp[i]:sp[i + 1]] for i in range(n)], ix.ndeps.tolist(),
+        ix.lists = (stream_of, order, rank, successors, ndeps,
                     [tuple(alloc[ap[i]:ap[i + 1]]) or None for i in range(n)],
                     [tuple(need[np_[i]:np_[i + 1]]) or None for i in range(n)],
-                    [tuple(fb[fp[i]:fp[i + 1]]) or None for i in range(n)])
+                    frees)
     return ix.lists
 
 
