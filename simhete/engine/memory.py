@@ -12,11 +12,12 @@ from simhete.opkinds import MemClass
 
 CLASSES: tuple[MemClass, ...] = tuple(MemClass)
 CLASS_INDEX = {c: k for k, c in enumerate(CLASSES)}
+CLASS_VALUES: tuple[str, ...] = tuple(c.value for c in CLASSES)   # an Enum's .value runs Python code
 
 
 def by_class(counts: Iterable[int]) -> dict[str, int]:
     """Per-class byte counts (indexed like ``CLASSES``) as ``{class value: bytes}``, zeros left out."""
-    return {c.value: n for c, n in zip(CLASSES, counts) if n}
+    return {v: n for v, n in zip(CLASS_VALUES, counts) if n}
 
 
 def oom_report(task: str, pool: str, asked: int, in_use: int, capacity: int,
