@@ -11,8 +11,8 @@ This suite measures what an operator profiler of a model measures when it profil
 for each scenario given to ``--shapes-from`` (at its ``replay:`` shape when it has one), the
 scenario's own model is built with :mod:`simhete.replay.model` — the code the replay runs — with
 distinct weights for every block, and whole training steps run: every block's forward in order
-with its graph kept (as a training forward keeps its activations until the backward), then every
-block's backward in reverse (``torch.autograd.grad`` of the block's output, as the replay's
+with its graph kept (as a training forward keeps its activations until the backward; at most
+``STACK`` transformer blocks, which share one op sequence), then every block's backward in reverse (``torch.autograd.grad`` of the block's output, as the replay's
 backward task does). Each block's forward and backward call is timed on its own, and so is
 each block's optimizer step after the backward, as the replay runs it (:func:`simhete.replay.model.adam_step`:
 the block's gradients in the training dtype converted to fp32, torch's fused Adam over the block's
@@ -21,7 +21,9 @@ copy). A row is one distinct op sequence and pass: the workload's ``fwd_ops`` or
 of a block (the transformer blocks of a model share one), or the one-op tuple a policy gives the
 block's step (``ADAM_CPU``/``ADAM_GPU`` of its parameter count; on a CPU device both are the
 same step on the same memory and share the measurement); its samples are all its calls over all
-timed steps.
+timed steps. A scenario whose steps would not fit in free memory, or would take longer than
+``BUDGET_S`` at the device's GEMM rate, is recorded as missing (a 13B block at its training shape
+on a CPU), never run.
 
 The fit keeps each point as ``gpu.blocks``: the cost model prices a task whose ops tuple is exactly
 that sequence at the measured time (``simhete.hw.cost.ops_key`` names it), and every other task
@@ -48,6 +50,45 @@ from calibrate.timing import _stats
 NAME = "blocks"
 COLUMNS = ("scenario", "block", "pass", "key", "n_ops", "flops", "split")
 SEED = 1234
+STACK = 4          # transformer blocks per step at most (they share one op sequence): enough for
+                   # the blocks before one to keep activations alive, without a 40-layer model
+BUDGET_S = 120.0   # at most this long estimated for one scenario's steps, else refused (a 13B block
+                   # at its training shape on a CPU would take hours)
+
+
+def _stack(wl):  # type: ignore[no-untyped-def]
+    """The blocks one step runs: embedding, the first STACK transformer blocks, the head."""
+    blocks = [b for b in wl.blocks if b.name in ("embed", "head")]
+    body = [b for b in wl.blocks if b.name not in ("embed", "head")][:STACK]
+    return [b for b in wl.blocks if b in blocks or b in body]
+
+
+def _too_big(ctx: Ctx, wl, steps: int) -> str | None:  # type: ignore[no-untyped-def]
+    """Why the scenario's steps cannot run here (memory, or estimated time), or None."""
+    from simhete.hostinfo import mem_available_bytes
+
+    stack = _stack(wl)
+    # working weights, gradients, saved activations, workspace, fp32 master and Adam states on the
+    # device (workload/memory.py's byte counts)
+    need = sum(b.weight_bytes + b.grad_bytes + b.act_bytes + b.workspace_bytes + 4 * b.params
+               + b.optim_bytes for b in stack)
+    free = (torch.cuda.mem_get_info(ctx.target.device)[0] if ctx.target.is_cuda
+            else mem_available_bytes())
+    if need > 0.8 * free:
+        return f"needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free here"
+    flops = sum(b.fwd_flops + b.bwd_flops for b in stack) * steps
+    n = 1024 if ctx.target.is_cuda else 512
+    a = torch.randn(n, n, device=ctx.target.device)
+    _sync(ctx)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    _sync(ctx)
+    rate = 3 * 2 * n ** 3 / max(time.perf_counter() - t0, 1e-9)
+    if flops / rate > BUDGET_S:
+        return (f"{flops / 1e12:.1f} TFLOP of steps, about {flops / rate:.0f} s at this device's "
+                f"fp32 GEMM rate (budget {BUDGET_S:.0f} s)")
+    return None
 
 
 def points(ctx: Ctx) -> list[dict[str, object]]:
@@ -90,8 +131,12 @@ def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
     m = ctx.grid.methodology
     steps = max(1, m.warmup // 2) + m.repeats
     samples: dict[tuple[str, str], list[float]] = {k: [] for k in rows}
+    why = _too_big(ctx, wl, steps)
+    if why is not None:
+        return [missing(r, f"too large to run whole here: {why}") for r in rows.values()]
+    stack = _stack(wl)
     try:
-        init = {b.index: init_master(spec, b.name, b.index, SEED) for b in wl.blocks}
+        init = {b.index: init_master(spec, b.name, b.index, SEED) for b in stack}
         w = {i: {k: v.to(device=dev, dtype=dt, copy=True).requires_grad_() for k, v in ws.items()}
              for i, ws in init.items()}
         # the optimizer's fp32 master weights: on the host for ADAM_CPU, on the device for
@@ -108,14 +153,14 @@ def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
                     # weights beside the master (the replay: the host copy, or the device weights)
                     back = {k: v.to(where, dt) for k, v in ws.items()} if dt != torch.float32 else None
                     opt[(pas, i)] = (ms, adam(list(ms.values()), 1e-4), back)
-        embed = next((b.index for b in wl.blocks if b.name == "embed"), None)
+        embed = next((b.index for b in stack if b.name == "embed"), None)
         tokens = data(spec, steps, wl.micro_batch, wl.seq_len, SEED).to(dev)
         for it in range(1, steps + 1):
             keep = it > steps - m.repeats          # the first steps warm up
             inp, tgt = batch_of(tokens, it, 1)
             graph = []
             x = None
-            for b in wl.blocks:
+            for b in stack:
                 tied = w.get(embed) if b.name == "head" and spec.tied_embeddings else None
                 if x is not None:
                     x = x.detach().requires_grad_()
@@ -142,7 +187,7 @@ def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
                 g = out[0] if xin is not None else None
                 grads[b.index] = dict(zip(w[b.index], out[1 if xin is not None else 0:]))
             del graph, out, g
-            for b in wl.blocks:
+            for b in stack:
                 for pas, ops in _optim_ops(b):
                     if (pas, b.index) not in opt:
                         continue
@@ -166,6 +211,9 @@ def run(ctx: Ctx, p: dict[str, object]) -> list[dict[str, object]]:
         return [missing(r, why) for r in rows.values()]
     out_rows = []
     for k, r in rows.items():
+        if not samples[k]:     # a block beyond the stack whose op sequence no block in it has
+            out_rows.append(missing(r, f"not among the {STACK} transformer blocks measured"))
+            continue
         st = _stats(samples[k], 1, False, False)
         out_rows.append(ok(r, _stats(samples[k], 1, False, st.spread > m.noise_threshold)))
     return out_rows

@@ -328,3 +328,27 @@ def test_blocks_are_measured_whole_and_price_exactly_the_tasks_with_their_ops(tm
         else:
             assert k not in measured and d == cm.ops_sum_seconds(t.ops), t.name
     assert cats == {"F", "R", "B", "ADAM"}
+
+
+@pytest.mark.torch
+def test_blocks_refuse_a_scenario_too_large_to_run_whole_here(monkeypatch):
+    """A 13B scenario at its training shape is recorded as missing (memory), never run; one that
+    fits but would exceed the time budget likewise; a model deeper than the stack is measured on
+    its first STACK transformer blocks."""
+    pytest.importorskip("torch")
+    from calibrate import blocks
+    from calibrate.common import Ctx
+    from calibrate.device import select
+    from calibrate.grids import grid
+
+    ctx = Ctx(select("cpu"), grid("tiny", "cpu"), 1)
+    rows = blocks.run(ctx, {"scenario": "scenarios/llama2-13b_h100-pcie_zero-offload.yaml", "split": "scenario"})
+    assert rows and all(r["status"].startswith("missing: too large to run whole here: needs about")
+                        for r in rows)
+    monkeypatch.setattr(blocks, "BUDGET_S", 0.0)
+    rows = blocks.run(ctx, {"scenario": "scenarios/small-gpt_cpu_gpu-only.yaml", "split": "scenario"})
+    assert rows and all("budget 0 s" in r["status"] for r in rows)
+    from calibrate.targets import scenario_workload
+    _, wl = scenario_workload("scenarios/small-gpt_cpu_gpu-only.yaml", "cpu")
+    monkeypatch.setattr(blocks, "STACK", 2)
+    assert [b.name for b in blocks._stack(wl)] == ["embed", "b0", "b1", "head"]
