@@ -79,9 +79,10 @@ print(json.dumps({{"n": n, "sweep_cpu": time.process_time() - c0, "sweep_wall": 
 STAGES = [
     ("point resolution + id hash (search/points.py)", "points.py", "point"),
     ("policy build (policy/*)", "", "build"),
+    ("template set-up of a new structure (policy/template.py)", "template.py", "__init__"),
     ("template resize (policy/template.py)", "template.py", "resize"),
     ("schedule check (schedule/check.py)", "check.py", "check_schedule"),
-    ("prices + PCIe bytes per ops tuple (sim.py, kept CostModel)", "sim.py", "_memo_palette"),
+    ("prices + PCIe bytes per ops tuple (sim.py)", "sim.py", "_memo_palette"),
     ("engine (engine/fast.py)", "fast.py", "simulate_fast"),
     ("summarize (report/metrics.py)", "metrics.py", "summarize"),
     ("PCIe bytes per task (report/metrics.py)", "metrics.py", "pcie_task_arrays"),
@@ -240,7 +241,7 @@ def main() -> None:
     for label, file_end, func in STAGES:
         cum = sum(v[3] for k, v in st.stats.items() if k[2] == func and k[0].endswith(file_end or ".py")
                   and ("policy" in k[0] if func == "build" else True))
-        print(f"  {label:52s} {cum:7.3f} s  {100 * cum / total:5.1f} %")
+        print(f"  {label:56s} {cum:7.3f} s  {100 * cum / total:5.1f} %")
     print("\ntop functions by own time:")
     st.sort_stats("tottime").print_stats(12)
 
