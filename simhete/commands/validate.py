@@ -202,12 +202,14 @@ def measure_blocks(scenario, kind: str) -> dict[str, tuple[str, str, float]]:  #
     before = torch.get_num_threads()
     torch.set_num_threads(ctx.threads)
     try:
-        rows = [r for r in blocks.run(ctx, {"scenario": scenario, "split": "scenario"})
-                if r["status"] == "ok"]
+        got = blocks.run(ctx, {"scenario": scenario, "split": "scenario"})
     finally:
         torch.set_num_threads(before)
+    rows = [r for r in got if r["status"] == "ok"]
     if not rows:
-        raise SimheteError(f"--fresh-blocks: the blocks of {scenario.name} could not be run here")
+        why = next((str(r["status"]) for r in got), "no blocks")
+        raise SimheteError(f"--fresh-blocks: the blocks of {scenario.name} could not be measured "
+                           f"here ({why})")
     return {str(r["key"]): (str(r["key"]), f"{r['scenario']} {r['block']} {r['pass']} (fresh)",
                             float(r["median_s"])) for r in rows}
 
