@@ -10,11 +10,12 @@ roofline model (and flags it).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from scipy.interpolate import LinearNDInterpolator
-from scipy.spatial import QhullError
+
+if TYPE_CHECKING:   # scipy.interpolate costs ~0.6 s to import: only a profile with a table needs it
+    from scipy.interpolate import LinearNDInterpolator
 
 
 def quantised_flops(m: float, n: float, k: float, tile_m: int, tile_n: int, sms: int, k_half: float) -> float:
@@ -34,6 +35,9 @@ class GemmInterpolator:
         self._nd: LinearNDInterpolator | None = None
         self._line: tuple[np.ndarray, np.ndarray] | None = None
         if len(rows) >= 4 and np.linalg.matrix_rank(pts - pts.mean(axis=0)) == 3:
+            from scipy.interpolate import LinearNDInterpolator
+            from scipy.spatial import QhullError
+
             try:
                 self._nd = LinearNDInterpolator(pts, vals)
             except QhullError:
