@@ -338,21 +338,13 @@ def pcie_task_arrays(schedule: Schedule, palette_bytes: tuple[np.ndarray, np.nda
 def pcie_task_bytes(schedule: Schedule) -> dict[str, tuple[int, int]]:
     """``task_bytes`` for :func:`summarize`: per task, (H2D, D2H) bytes of its copy ops, whatever
     stream it runs on (``op.n`` bytes × ``op.count``); tasks moving nothing omitted."""
-    h2d, d2h = OpKind.H2D, OpKind.D2H
     out: dict[str, tuple[int, int]] = {}
     seen: dict[int, tuple[int, int]] = {}   # id(ops tuple) -> bytes; tuples stay alive in their tasks
     tb = schedule.table
     for name, ops in zip(tb.name, tb.ops):
         v = seen.get(id(ops))
         if v is None:
-            up = down = 0
-            for op in ops:
-                kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
-                if kind is h2d:
-                    up += op.n * op.count
-                elif kind is d2h:
-                    down += op.n * op.count
-            v = seen[id(ops)] = (up, down)
+            v = seen[id(ops)] = ops_pcie_bytes(ops)
         if v[0] or v[1]:
             out[name] = v
     return out
