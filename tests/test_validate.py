@@ -156,6 +156,8 @@ def test_bracket_blocks_price_at_the_mean_of_measurements_before_and_after_the_r
     s = load_scenario(SCENARIOS[0]).with_changes(**SHRINK)
     v = validate_scenario(s, load_profile(cpu_profile), iterations=2, device="cpu", bracket_blocks=True)
     assert v.parity is True
+    # the replayed schedule is the one priced again
+    assert {r.name for r in v.replayed.timeline.records} == {t.name for t in v.predicted.schedule.tasks}
     mean = {k: sec for k, label, sec in v.profile.gpu.blocks.entries if label.endswith("(bracket)")}
     assert len(mean) >= 6 and "--bracket-blocks" in v.profile.gpu.blocks.ref
     cost = v.predicted.context.cost

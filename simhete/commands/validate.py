@@ -118,6 +118,7 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
     from simhete.replay.device import check_fits, open_device
     from simhete.replay.executor import CPU_THREADS_PER_STREAM, Executor
     from simhete.replay.reference import reference_losses
+    from simhete.sim import resolve, run_schedule
     from simhete.sim import run as simulate
 
     kind = device or profile.device_type
@@ -161,7 +162,10 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
         profile = _with_scenario_overrides(scenario, with_blocks(
             base, mean, kind, "--bracket-blocks: the mean of the blocks measured just before and "
             "just after the replay"))
-        pred = simulate(scaled, engine=engine, profile=profile)
+        # the schedule that was replayed, priced again (a policy whose decisions follow the
+        # prices, AutoHete's, could build another one from the new profile)
+        ctx, _ = resolve(scaled, profile)
+        pred = run_schedule(scaled, ctx, pred.schedule, engine=engine)
     ref: list[float] = []
     parity = None
     if reference:
