@@ -38,7 +38,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from simhete.opkinds import MemClass, OpKind
 from simhete.policy.base import Context, model_states
@@ -290,6 +289,9 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
     cost[T] = 1.0
     eps = 1e-6 * comp_const / nb   # prefer fewer offloads and checkpoints among equal-time plans
     cost[:3 * nb] = eps
+    # scipy.optimize costs a process ~0.3-0.6 s to import: only a point of this policy that solves pays it
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
     res = milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=integ,
                bounds=Bounds(lb, ub), options={"time_limit": time_limit, "disp": False})
     if res.x is None:
