@@ -13,6 +13,7 @@ of event loop, :func:`simhete.engine.fast.plan_runs`).
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 from functools import partial
 from typing import Any, Iterable, Iterator, Protocol, Sequence
@@ -39,7 +40,9 @@ class LocalBackend:
         if self.workers > 1:
             # fork: workers inherit the imported simulator (no re-import per worker); started now,
             # before any progress-bar thread exists.
-            self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+            # gc.freeze in each worker: what it inherits lives as long as it does, so the cyclic
+            # garbage collector need not walk it again (nor touch its pages: copy-on-write)
+            self._pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=gc.freeze)
 
     def map(self, chunks: Iterable[Chunk], engine: str, planned: int = 0) -> Iterator[list[Row]]:
         fn = partial(evaluate_chunk, engine=engine, planned=planned)

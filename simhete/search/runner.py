@@ -7,6 +7,7 @@ and each chunk of rows is committed as soon as the backend returns it.
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -102,6 +103,20 @@ class Runner:
         return [by_id[p.id] for p in points]
 
     def run(self) -> SweepOutcome:
+        # What exists when the sweep starts (imports, the base scenario, the caller's objects) is
+        # frozen out of the cyclic garbage collector for the sweep: every collection would otherwise
+        # walk those ~200 000 objects again (5-10 % of an in-process sweep's CPU), though none of them
+        # becomes garbage in it. Left alone when the caller froze objects itself.
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
+        try:
+            return self._run()
+        finally:
+            if freeze:
+                gc.unfreeze()
+
+    def _run(self) -> SweepOutcome:
         st = self.sweep.strategy
         best = None
         out: dict[str, Row] = {}
