@@ -28,6 +28,7 @@ class Ctx:
     grid: Grid
     threads: int      # torch intra-op threads of every measuring thread (recorded in each header)
     l2: int = 2 << 20  # L2 cache bytes per core (CPU) or per GPU: sizes membw's buffer ring
+    llc: int = 64 << 20  # the host's last-level cache bytes: sizes the host copies' buffer ring
 
     @property
     def cuda(self) -> torch.device | None:

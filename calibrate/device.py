@@ -96,16 +96,33 @@ def l2_bytes(target: Target) -> int:
             return int(torch.cuda.get_device_properties(target.device).L2_cache_size) or 2 << 20
         except (RuntimeError, AttributeError):
             return 2 << 20
+    return _cpu_caches().get(2, 2 << 20)
+
+
+def llc_bytes(target: Target) -> int:
+    """The host CPU's last-level cache (the highest level sysfs lists for cpu0, e.g. a shared L3);
+    64 MiB when it cannot be read. Only meaningful for a CPU target."""
+    caches = _cpu_caches()
+    return caches[max(caches)] if caches else 64 << 20
+
+
+def _cpu_caches() -> dict[int, int]:
+    """{level: bytes} of cpu0's data/unified caches from sysfs; {} when it cannot be read."""
     base = "/sys/devices/system/cpu/cpu0/cache"
+    out: dict[int, int] = {}
     try:
         for idx in sorted(os.listdir(base)):
-            with open(f"{base}/{idx}/level") as f:
-                if f.read().strip() != "2":
+            if not idx.startswith("index"):
+                continue
+            with open(f"{base}/{idx}/type") as f:
+                if f.read().strip() == "Instruction":
                     continue
+            with open(f"{base}/{idx}/level") as f:
+                level = int(f.read().strip())
             with open(f"{base}/{idx}/size") as f:
                 text = f.read().strip().upper()
             mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-            return int(text.rstrip("KM")) * mult
+            out[level] = int(text.rstrip("KM")) * mult
     except (OSError, ValueError):
-        pass
-    return 2 << 20
+        return {}
+    return out

@@ -16,7 +16,7 @@ from simhete.hw.fit import SYSTEM, write_raw
 
 from calibrate import adam, attention, blocks, collectives, copies, gemm, interference, membw
 from calibrate.common import ROW_TAIL, Ctx
-from calibrate.device import Target, host_cpu, host_memory_bytes, l2_bytes, provenance
+from calibrate.device import Target, host_cpu, host_memory_bytes, l2_bytes, llc_bytes, provenance
 from calibrate.grids import Grid
 
 SUITES: dict[str, ModuleType] = {m.NAME: m for m in (gemm, attention, membw, copies, adam,
@@ -70,7 +70,7 @@ def run_suites(target: Target, grid: Grid, names: list[str], raw_dir: Path,
     """Measure ``names`` (in the order of SUITES) into ``raw_dir``/<suite>.csv, ``passes`` times
     over (every suite once per pass, passes one after another) when ``passes`` > 1."""
     before = torch.get_num_threads()
-    ctx = Ctx(target, grid, threads or default_threads(target), l2_bytes(target))
+    ctx = Ctx(target, grid, threads or default_threads(target), l2_bytes(target), llc_bytes(target))
     torch.set_num_threads(ctx.threads)
     try:
         _run(ctx, names, raw_dir, console, passes)
@@ -136,6 +136,8 @@ def _run(ctx: Ctx, names: list[str], raw_dir: Path, console: Console | None, pas
                 "gemm", "attention", "blocks") else {}
             if name == membw.NAME:
                 extra["ring"] = membw.ring_note(ctx.l2)
+            if name == copies.NAME:
+                extra["ring"] = copies.ring_note(ctx.llc)
             cols: tuple[str, ...] = (*mod.COLUMNS, *ROW_TAIL)
             rows = measured[name][0]
             if passes > 1:

@@ -352,3 +352,54 @@ def test_blocks_refuse_a_scenario_too_large_to_run_whole_here(monkeypatch):
     _, wl = scenario_workload("scenarios/small-gpt_cpu_gpu-only.yaml", "cpu")
     monkeypatch.setattr(blocks, "STACK", 2)
     assert [b.name for b in blocks._stack(wl)] == ["embed", "b0", "b1", "head"]
+
+
+@pytest.mark.torch
+def test_host_copies_cycle_a_cold_ring_whose_sources_another_thread_writes():
+    """Each timed host copy moves the next of ``sets`` disjoint pairs spanning at least the
+    requested bytes per side, from a source another thread has just written (calibrate/copies.py:
+    a copy in a training step finds its data out of the copying core's cache)."""
+    pytest.importorskip("torch")
+    import threading
+
+    import torch
+
+    from calibrate.copies import MAX_SETS, Ring
+    from calibrate.grids import grid
+    from calibrate.common import Ctx
+    from calibrate.device import select
+    from calibrate import copies
+
+    writers = set()
+
+    class Spy:
+        def submit(self, fn, *args):
+            def run():
+                writers.add(threading.get_ident())
+                fn(*args)
+            t = threading.Thread(target=run)
+            t.start()
+            t.join()
+
+            class Done:
+                def result(self):
+                    return None
+            return Done()
+
+    ring = Ring(1024, 64 * 1024 * 4, Spy())
+    assert ring.sets == 64                               # 256 KiB of 4 KiB copies
+    starts = {s.data_ptr() for _, s in ring.pairs} | {d.data_ptr() for d, _ in ring.pairs}
+    assert len(starts) == 2 * ring.sets                  # disjoint pairs
+    for k in range(2 * ring.sets):
+        d, s = ring.pairs[k % ring.sets]
+        before = s.clone()
+        ring.produce()
+        assert torch.equal(s, before + 1.0)              # the next source, rewritten
+        ring.copy()
+        assert torch.equal(d, s)                          # copied into its own destination
+    assert writers and threading.get_ident() not in writers
+    assert Ring(1, 1 << 30, Spy()).sets == MAX_SETS      # tiny copies: bounded ring
+    assert Ring(1 << 20, 1, Spy()).sets == 2             # huge copies: still two pairs alternate
+    row = copies.run(Ctx(select("cpu"), grid("tiny", "cpu"), 1, llc=1 << 20),
+                     {"kind": "memcpy", "memory": "host", "bytes": 4096, "split": "fit"})
+    assert row["status"] == "ok" and row["median_s"] > 0
