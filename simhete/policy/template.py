@@ -89,47 +89,51 @@ class Template:
         self.table = tb
         self.initial, self.iterations, self.meta = sched.initial, sched.iterations, dict(sched.meta)
         self.n_blocks = len(ctx.blocks)
-        # bytes: per code, the flat allocation positions and the block positions they take from
         self.base_bytes = np.fromiter(map(attrgetter("bytes"), flat), np.int64, len(flat))
-        byte_cells: dict[str, tuple[list[int], list[int]]] = {}
-        ops_cells: dict[str, list[tuple[int, int]]] = {}
-        for row, p, ops_code, alloc_codes in sized:
-            if len(alloc_codes) != a_ptr[row + 1] - a_ptr[row]:
-                raise SimheteError(f"task {tb.name[row]}: {len(alloc_codes)} size codes for "
-                                   f"{a_ptr[row + 1] - a_ptr[row]} allocations")
-            if ops_code is not None:
-                ops_cells.setdefault(ops_code, []).append((row, p))
-            for k, code in enumerate(alloc_codes):
-                if code is not None:
-                    pos, blk = byte_cells.setdefault(code, ([], []))
-                    pos.append(a_ptr[row] + k)
-                    blk.append(p)
-        self.byte_cells = {c: (np.array(pos, dtype=np.int64), np.array(blk, dtype=np.int64))
-                           for c, (pos, blk) in byte_cells.items()}
-        # ops: each task takes one entry of a palette = the template's fixed ops tuples, then one
-        # entry per (ops code, block) recomputed per point
-        fixed: dict[int, int] = {}
-        palette: list = []
-        src: list[int] = []
-        sized_rows = {row: (code, p) for code, cells in ops_cells.items() for row, p in cells}
-        self.ops_codes = list(ops_cells)
+        # bytes: per code, the flat allocation positions and the block positions they take from.
+        # One pass over the marked rows, the rest as array operations (a new structure's set-up).
+        i64 = np.int64
+        n_rows = len(allocs)
+        rows, ps, row_ops, row_allocs = zip(*sized) if sized else ((), (), (), ())
+        rows_a = np.fromiter(rows, i64, len(rows))
+        ps_a = np.fromiter(ps, i64, len(ps))
+        n_codes = np.fromiter(map(len, row_allocs), i64, len(row_allocs))
+        ptr = np.fromiter(a_ptr, i64, n_rows + 1)
+        bad = np.flatnonzero(n_codes != ptr[rows_a + 1] - ptr[rows_a])
+        if len(bad):
+            row = rows[int(bad[0])]
+            raise SimheteError(f"task {tb.name[row]}: {len(row_allocs[int(bad[0])])} size codes for "
+                               f"{a_ptr[row + 1] - a_ptr[row]} allocations")
+        codes = list(chain.from_iterable(row_allocs))               # one per allocation of a marked row
+        first = np.repeat(np.cumsum(n_codes) - n_codes, n_codes)
+        pos_all = np.repeat(ptr[rows_a], n_codes) + (np.arange(len(codes), dtype=i64) - first)
+        blk_all = np.repeat(ps_a, n_codes)
+        code_ids = {c: k for k, c in enumerate(dict.fromkeys(codes))}        # first-use order
+        cid = np.fromiter(map(code_ids.__getitem__, codes), i64, len(codes))
+        self.byte_cells = {c: (pos_all[cid == k], blk_all[cid == k]) for c, k in code_ids.items() if c is not None}
+        # ops: each task takes one entry of a palette = the template's fixed ops tuples (first-use
+        # order), then one entry per (ops code, block) recomputed per point
+        ops_col = tb.ops
+        self.ops_codes = [c for c in dict.fromkeys(row_ops) if c is not None]
         code_pos = {c: k for k, c in enumerate(self.ops_codes)}
-        for row, ops in enumerate(tb.ops):
-            hit = sized_rows.get(row)
-            if hit is None:
-                k = fixed.get(id(ops))
-                if k is None:
-                    k = fixed[id(ops)] = len(palette)
-                    palette.append(ops)
-                src.append(k)
-            else:
-                src.append(-1 - (code_pos[hit[0]] * self.n_blocks + hit[1]))
-        n_fixed = len(palette)
+        code_pos[None] = -1
+        cp = np.fromiter(map(code_pos.__getitem__, row_ops), i64, len(row_ops))
+        marked = cp >= 0
+        sized_at = np.full(n_rows, -1, dtype=i64)            # per row: code position * blocks + block, or -1
+        sized_at[rows_a[marked]] = cp[marked] * self.n_blocks + ps_a[marked]
+        fixed_rows = np.flatnonzero(sized_at < 0).tolist()
+        ids = list(map(id, map(ops_col.__getitem__, fixed_rows)))
+        k_of = dict(zip(dict.fromkeys(ids), range(len(ids))))              # id -> palette entry
+        palette = list(dict(zip(ids, map(ops_col.__getitem__, fixed_rows))).values())   # same order
         self.fixed = palette
-        self.ops_src = [k if k >= 0 else n_fixed + (-1 - k) for k in src]
-        # the palette entries the tasks use, and each task's position among them (distinct_ops)
-        used, self.used_at = np.unique(np.array(self.ops_src, dtype=np.int64), return_inverse=True)
-        self.used = used.tolist()
+        src = sized_at + len(palette)
+        src[fixed_rows] = np.fromiter(map(k_of.__getitem__, ids), i64, len(ids))
+        self.ops_src = src.tolist()
+        # the palette entries the tasks use (ascending), and each task's position among them
+        used = np.zeros(len(palette) + len(self.ops_codes) * self.n_blocks, dtype=bool)
+        used[src] = True
+        self.used_at = (np.cumsum(used) - 1)[src]
+        self.used = np.flatnonzero(used).tolist()
         self.reused: OrderedDict[tuple, tuple] = OrderedDict()
         ops, by, _ = self._cells(ctx)
         if ops != tb.ops or not np.array_equal(by, self.base_bytes):
