@@ -84,10 +84,28 @@ class Indexed:
         """The stream-by-stream slowdown matrix for ``rules`` and whether any factor is not 1."""
         got = self.matrices.get(rules)
         if got is None:
-            m = np.array(interference_matrix(self.streams, rules), dtype=np.float64).reshape(
-                len(self.streams), len(self.streams))
-            got = self.matrices[rules] = (m, bool((m != 1.0).any()))
+            got = self.matrices[rules] = _matrix(self.streams, rules)
         return got
+
+
+_MATRICES: dict[tuple, tuple] = {}     # (streams, rules) -> (matrix, fluid): structures share them
+
+
+def _matrix(streams: tuple, rules: tuple) -> tuple[np.ndarray, bool]:
+    try:
+        got = _MATRICES.get((streams, rules))
+    except TypeError:                  # a rule that is not hashable: not kept
+        got, key = None, None
+    else:
+        key = (streams, rules)
+    if got is None:
+        m = np.array(interference_matrix(streams, rules), dtype=np.float64).reshape(len(streams), len(streams))
+        got = (m, bool((m != 1.0).any()))
+        if key is not None:
+            if len(_MATRICES) >= 256:
+                _MATRICES.clear()
+            _MATRICES[key] = got
+    return got
 
 
 _CACHE: OrderedDict[int, Indexed] = OrderedDict()
@@ -206,15 +224,20 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
         if hit is not None and hit[0] is shape and _STRUCTURES.get(id(hit[1])) is hit[1] \
                 and hit[1].same_memory_layout(schedule):
             return _reuse(hit[1], schedule, tb.alloc_bytes_array(), rules)
-    flat = list(chain.from_iterable(tb.allocs))
+        # the template's allocations in task order: the table's buffers, pools and classes (their
+        # bytes are the template's; the table's own are alloc_bytes_array), with no Alloc made
+        flat, n_alloc_col = shape.flat, np.diff(np.array(shape.a_ptr, dtype=np.int64)).tolist()
+    else:
+        flat, n_alloc_col = list(chain.from_iterable(tb.allocs)), None
     names = tb.name
     key = (len(names), len(flat), names[0] if names else None, names[-1] if names else None)
     st = next((x for x in reversed(_STRUCTURES.values()) if x.key == key and x.matches(schedule, flat)), None)
     if st is not None:
         if shape is not None:
             _remember_shape(shape, st)
-        return _reuse(st, schedule, list(map(_BYTES, flat)), rules)
-    st = _structure(schedule, flat, key)
+        return _reuse(st, schedule, tb.alloc_bytes_array() if shape is not None else list(map(_BYTES, flat)), rules)
+    a_bytes = tb.alloc_bytes_array() if shape is not None else np.fromiter(map(_BYTES, flat), np.int64, len(flat))
+    st = _structure(schedule, flat, key, a_bytes, n_alloc_col)
     if not isinstance(st, Structure):
         return st                     # initial buffers overflow: nothing to run
     _STRUCTURES[id(st)] = st
@@ -222,7 +245,7 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
         _STRUCTURES.popitem(last=False)
     if shape is not None:
         _remember_shape(shape, st)
-    return _sized(st, schedule, list(map(_BYTES, flat)), rules)
+    return _sized(st, schedule, a_bytes, rules)
 
 
 def _reuse(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple) -> Indexed:
@@ -275,6 +298,7 @@ def clear() -> None:
     _CACHE.clear()
     _STRUCTURES.clear()
     _BY_SHAPE.clear()
+    _MATRICES.clear()
 
 
 def _initial_overflow(schedule: Schedule) -> OOMReport | None:
@@ -286,9 +310,12 @@ def _initial_overflow(schedule: Schedule) -> OOMReport | None:
     return None
 
 
-def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Indexed:
+def _structure(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarray,
+               n_alloc_col: list | None = None) -> Structure | Indexed:
     """Index the structure, making every static check in the reference engine's order (an Indexed
-    with an OOM report when the initial buffers already overflow a pool)."""
+    with an OOM report when the initial buffers already overflow a pool). ``flat``: the
+    allocations in task order (their buffers, pools and classes are read), ``a_bytes`` their
+    bytes (int64), ``n_alloc_col`` how many each task makes (``None``: counted from the table)."""
     tb = schedule.table
     names = tb.name
     n = len(names)
@@ -313,28 +340,27 @@ def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Inde
     # one flat sequence per kind of item, in task order; per-task counts become CSR pointers
     deps = tb.deps
     ndeps = np.fromiter(map(len, deps), i64, n)
-    allocs = tb.allocs
     a_pools = [a.pool for a in flat]
     a_pool = list(map(pool_id.get, a_pools))
-    a_bytes = [a.bytes for a in flat]
     try:
         parent = np.fromiter(map(index.__getitem__, chain.from_iterable(deps)), i64, int(ndeps.sum()))
     except KeyError:
         parent = None
-    if parent is None or None in a_pool or (a_bytes and min(a_bytes) < 0):
+    if parent is None or None in a_pool or (len(a_bytes) and a_bytes.min() < 0):
         _raise_first_error(schedule.tasks, index, pool_id)
     frees = tb.frees
     f_names = list(chain.from_iterable(frees))
     a_names = [a.buf for a in flat]
     bufs = dict.fromkeys(a_names + f_names + [a.buf for a in schedule.initial])
     buf_id = dict(zip(bufs, range(len(bufs))))
-    n_alloc_col = list(map(len, allocs))
+    if n_alloc_col is None:
+        n_alloc_col = list(map(len, tb.allocs))
     n_alloc = np.array(n_alloc_col, dtype=i64)
     a_pool = np.array(a_pool, dtype=i64)
     # needs: bytes per (task, pool), pools in order of first appearance among the task's allocs
     # (a task's allocs are contiguous, so ordering groups by first alloc keeps tasks in order)
     key = np.repeat(np.arange(n, dtype=i64), n_alloc) * n_pools + a_pool
-    groups, first, member = np.unique(key, return_index=True, return_inverse=True)
+    groups, first, member = _groups(key)
     by_first = np.argsort(first, kind="stable")
     # allocations grouped in nd_pool's order (group g of nd_pool is groups[by_first[g]]), stably
     pos_of_group = np.empty(len(groups), dtype=i64)
@@ -343,7 +369,7 @@ def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Inde
     nd_starts = _ptr(np.bincount(pos_of_group[member], minlength=len(groups)))[:-1]
 
     # who holds what at t = 0 (the bytes are the schedule's: see _sized)
-    cls_of = memory.CLASS_INDEX
+    cls_of, cls_by_id = memory.CLASS_INDEX, _CLS_BY_ID
     nb = len(buf_id)
     live_pool, live_cls = [-1] * nb, [0] * nb
     init_buf, init_pool, init_cls = [], [], []
@@ -351,7 +377,8 @@ def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Inde
         b = buf_id[a.buf]
         if live_pool[b] >= 0:
             raise memory.double_alloc("initial", a.buf)
-        p, c = pool_id[a.pool], cls_of[a.cls]
+        c = cls_by_id.get(id(a.cls))
+        p, c = pool_id[a.pool], cls_of[a.cls] if c is None else c
         live_pool[b], live_cls[b] = p, c
         init_buf.append(b)
         init_pool.append(p)
@@ -361,23 +388,28 @@ def _structure(schedule: Schedule, flat: list, quick: tuple) -> Structure | Inde
     rank = np.empty(n, dtype=i64)
     rank[order] = np.arange(n, dtype=i64)
     flat_cls = [a.cls for a in flat]
-    cls_id = {c._name_: k for k, c in enumerate(memory.CLASSES)}    # str keys: an Enum's hash is slow
+    initial = list(map(_INITIAL, schedule.initial))
+    stream_of = np.fromiter(map(stream_id.__getitem__, stream_names), i64, n)
+    it = np.fromiter(tb.it, i64, n)
+    succ_ptr = _ptr(np.bincount(parent, minlength=n))
+    succ = np.repeat(np.arange(n, dtype=i64), ndeps)[np.argsort(parent, kind="stable")]
+    a_buf = np.fromiter(map(buf_id.__getitem__, a_names), i64, len(a_names))
+    try:
+        a_cls = np.fromiter(map(_CLS_BY_ID.__getitem__, map(id, flat_cls)), i64, len(flat))
+    except KeyError:            # not MemClass members themselves: look them up by value
+        a_cls = np.array([memory.CLASS_INDEX[c] for c in flat_cls], dtype=i64)
+    nd_ptr = _ptr(np.bincount(groups // n_pools, minlength=n))
+    f_ptr = _ptr(np.fromiter(map(len, frees), i64, n))
+    f_buf = np.fromiter(map(buf_id.__getitem__, f_names), i64, len(f_names))
     return Structure(
         key=quick, pools=pools, names=names, stream=stream_names, prio=tb.prio, it_col=tb.it, deps=deps,
         frees=frees, n_alloc_col=n_alloc_col, a_names=a_names, a_pools=a_pools, a_clss=flat_cls,
-        initial=list(map(_INITIAL, schedule.initial)), initial_src=schedule.initial,
+        initial=initial, initial_src=schedule.initial,
         streams=streams, buffers=tuple(buf_id), matrices={},
-        stream_of=np.fromiter(map(stream_id.__getitem__, stream_names), i64, n),
-        it=np.fromiter(tb.it, i64, n), order=order, rank=rank,
-        succ_ptr=_ptr(np.bincount(parent, minlength=n)),
-        succ=np.repeat(np.arange(n, dtype=i64), ndeps)[np.argsort(parent, kind="stable")],
-        ndeps=ndeps, a_ptr=_ptr(n_alloc),
-        a_buf=np.fromiter(map(buf_id.__getitem__, a_names), i64, len(a_names)), a_pool=a_pool,
-        a_cls=np.fromiter(map(cls_id.__getitem__, [c._name_ for c in flat_cls]), i64, len(flat)),
-        nd_ptr=_ptr(np.bincount(groups // n_pools, minlength=n)),
-        nd_pool=(groups % n_pools)[by_first], nd_perm=nd_perm, nd_starts=nd_starts,
-        f_ptr=_ptr(np.fromiter(map(len, frees), i64, n)),
-        f_buf=np.fromiter(map(buf_id.__getitem__, f_names), i64, len(f_names)),
+        stream_of=stream_of, it=it, order=order, rank=rank, succ_ptr=succ_ptr, succ=succ,
+        ndeps=ndeps, a_ptr=_ptr(n_alloc), a_buf=a_buf, a_pool=a_pool, a_cls=a_cls,
+        nd_ptr=nd_ptr, nd_pool=(groups % n_pools)[by_first], nd_perm=nd_perm, nd_starts=nd_starts,
+        f_ptr=f_ptr, f_buf=f_buf,
         live_pool0=np.array(live_pool, i64), live_cls0=np.array(live_cls, i64),
         init_buf=np.array(init_buf, i64), init_pool=np.array(init_pool, i64),
         init_cls=np.array(init_cls, i64))
@@ -401,6 +433,22 @@ def _sized(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple, init: 
     ix.nd_bytes = np.add.reduceat(a_bytes[st.nd_perm], st.nd_starts) if len(a_bytes) else np.zeros(0, i64)
     ix.class0, ix.in_use0, ix.live_bytes0 = init if init is not None else _initial_state(st, schedule)
     return ix
+
+
+_CLS_BY_ID = {id(c): k for k, c in enumerate(memory.CLASSES)}   # by identity: an Enum's hash runs Python code
+
+
+def _groups(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(key, return_index=True, return_inverse=True)`` (the distinct values ascending,
+    the first position of each, each element's group), by one stable argsort."""
+    perm = np.argsort(key, kind="stable")
+    sk = key[perm]
+    new = np.empty(len(sk), dtype=bool)
+    new[:1] = True
+    np.not_equal(sk[1:], sk[:-1], out=new[1:])
+    member = np.empty(len(sk), dtype=np.int64)
+    member[perm] = np.cumsum(new) - 1
+    return sk[new], perm[new], member
 
 
 def _ptr(counts) -> np.ndarray:
