@@ -90,6 +90,7 @@ class Template:
         self.initial, self.iterations, self.meta = sched.initial, sched.iterations, dict(sched.meta)
         self.n_blocks = len(ctx.blocks)
         self.base_bytes = np.fromiter(map(attrgetter("bytes"), flat), np.int64, len(flat))
+        tb._bytes_array = self.base_bytes      # the table's own bytes as an array: the engine reads them so
         # bytes: per code, the flat allocation positions and the block positions they take from.
         # One pass over the marked rows, the rest as array operations (a new structure's set-up).
         i64 = np.int64
