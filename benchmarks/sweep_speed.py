@@ -35,7 +35,7 @@ from pathlib import Path
 
 from simhete.engine import fast, indexed
 from simhete import sim
-from simhete.policy import template, zero_offload
+from simhete.policy import base as policy_base, template, zero_offload
 from simhete.workload import ops as workload_ops
 from simhete.search.backends import LocalBackend
 from simhete.search.runner import Runner
@@ -94,12 +94,13 @@ STAGES = [
 def fresh_caches() -> None:
     """Forget what earlier sweeps in this process left: structural templates, the engine's indexed
     schedules and structures (with what summaries derive from them), kept cost models, remembered
-    prices and timelines, bucket partitions and built workloads (each timed sweep starts as a new
-    sweep process would, numba and imports aside)."""
+    prices and timelines, bucket partitions, model-state buffers and built workloads (each timed
+    sweep starts as a new sweep process would, numba and imports aside)."""
     template.clear()
     indexed.clear()
     sim.clear_memo()
     zero_offload._BUCKETS.clear()
+    policy_base._MODEL_STATES.clear()
     workload_ops._build.cache_clear()
 
 

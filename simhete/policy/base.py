@@ -216,6 +216,24 @@ def model_states(ctx: Context, pool_of: dict[MemClass, str], gpu: int = 0,
     weights and fp32 gradients placed in host memory are sized by :func:`host_fp32_bytes` (a
     separate host copy also when the working precision is fp32).
     """
+    exclude, blocks = frozenset(exclude), None if blocks is None else frozenset(blocks)
+    key = (id(ctx.blocks), tuple(pool_of.items()), gpu, exclude, blocks)
+    got = _MODEL_STATES.get(key)
+    if got is None or got[0] is not ctx.blocks:
+        if len(_MODEL_STATES) >= 1024:
+            _MODEL_STATES.clear()
+        got = _MODEL_STATES[key] = (ctx.blocks, _model_states(ctx.blocks, pool_of, gpu, exclude, blocks))
+    return list(got[1])
+
+
+# (id(blocks), placement, gpu, excluded classes, chosen blocks) -> (blocks, initial buffers): a
+# workload's blocks tuple is shared by every point of its micro-batch and sequence length, and the
+# buffers depend only on the blocks and the arguments (Allocs are immutable: shared between builds)
+_MODEL_STATES: dict[tuple, tuple] = {}
+
+
+def _model_states(ctx_blocks: tuple, pool_of: dict[MemClass, str], gpu: int, exclude: Iterable[MemClass],
+                  blocks: Iterable[int] | None) -> list[Alloc]:
     on_host = {cls for cls, pool in pool_of.items() if pool == "cpu"}
     sizes = {
         MemClass.WEIGHTS: lambda b: b.weight_bytes,
@@ -230,7 +248,7 @@ def model_states(ctx: Context, pool_of: dict[MemClass, str], gpu: int = 0,
             for cls, pool in pool_of.items() if cls not in skip and cls in sizes]
     out = []
     chosen = set(blocks) if blocks is not None else None
-    for b in ctx.blocks:
+    for b in ctx_blocks:
         if chosen is not None and b.index not in chosen:
             continue
         for cls, prefix, pool_name, size in plan:

@@ -38,6 +38,8 @@ from simhete.schedule import Alloc, Op
 def shard(total: int, n: int, g: int) -> int:
     """Bytes (or elements) of shard ``g`` when ``total`` is split over ``n`` ranks; the shards sum
     to ``total`` exactly (the first ``total % n`` ranks take one more)."""
+    if n == 1 and type(total) is int:      # the one-GPU case, on every copy a policy emits
+        return total
     q, r = divmod(total, n)
     return q + (1 if g < r else 0)
 
@@ -49,12 +51,9 @@ class DataParallel:
         self.b = b
         self.ctx = ctx
         self.n = ctx.n_gpus
+        self.gpus = range(self.n)   # the GPUs' indices (read on every emitted copy)
         self.pinned = pinned
         self.m = 1            # micro-step whose tasks are being emitted (names)
-
-    @property
-    def gpus(self) -> range:
-        return range(self.n)
 
     def name(self, it: int, what: str, blk: str, g: int) -> str:
         return tname(it, what, blk, g, self.n, self.m)
