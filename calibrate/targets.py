@@ -35,18 +35,60 @@ def scenario_workload(path, device_type: str):  # type: ignore[no-untyped-def]
     """(model spec, workload) of a scenario (a file, or a loaded Scenario) as it is priced on a
     ``device_type`` device: at its ``replay:`` shape when it has one (what ``simhete validate``
     simulates), else at its own."""
-    from simhete.replay.config import scaled_scenario
-    from simhete.scenario import Scenario, load_scenario
     from simhete.sim import flash_attention, resolve_model
     from simhete.workload import build_workload
 
-    s = path if isinstance(path, Scenario) else load_scenario(path)
-    if s.data.replay is not None:
-        s = scaled_scenario(s)
+    s = _as_priced(path)
     spec = resolve_model(s)
     tr = s.data.train
     return spec, build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype,
                                 flash_attention=flash_attention(tr.attention, device_type, spec))
+
+
+def _as_priced(path):  # type: ignore[no-untyped-def]
+    """The scenario (a file, or a loaded Scenario) at its ``replay:`` shape when it has one."""
+    from simhete.replay.config import scaled_scenario
+    from simhete.scenario import Scenario, load_scenario
+
+    s = path if isinstance(path, Scenario) else load_scenario(path)
+    return scaled_scenario(s) if s.data.replay is not None else s
+
+
+def optimizer_groups(path) -> list[tuple[str, tuple[Op, ...], list[int], str]]:  # type: ignore[no-untyped-def]
+    """The distinct optimizer steps of the scenario's own schedule that span several blocks
+    (ZeRO-Infinity's sub-groups, ``it2.ADAM.cpu.s0``), as (pass, ops, block indices, label): the
+    policy builds the schedule at the shape :func:`scenario_workload` prices, on the scenario's own
+    hardware (sub-groups follow the policy's knobs, not prices); each sub-group's blocks are read
+    as the replay reads them (:func:`simhete.replay.subgroups.subgroup_blocks`). Empty when the
+    schedule cannot be built here (e.g. the scenario's profile is not on this machine)."""
+    from simhete.errors import SimheteError
+    from simhete.opkinds import TaskCat
+    from simhete.replay.subgroups import subgroup_blocks
+    from simhete.policy.template import build_schedule
+    from simhete.sim import resolve
+
+    try:
+        ctx, policy = resolve(_as_priced(path), None)
+        sched = build_schedule(policy, ctx)
+    except SimheteError:
+        return []
+    names = {b.name for b in ctx.workload.blocks}
+    adam = (OpKind.ADAM_CPU, OpKind.ADAM_GPU)
+    out: dict[str, tuple[str, tuple[Op, ...], list[int], str]] = {}
+    for t in sched.tasks:
+        label = t.name.rsplit(".", 1)[-1]
+        if (t.cat not in (TaskCat.OPTIM_CPU, TaskCat.OPTIM_GPU) or label in names
+                or not any(op.kind in adam for op in t.ops)):
+            continue
+        k = ops_key(t.ops)
+        if k in out:
+            continue
+        try:
+            grp = subgroup_blocks(t, ctx.workload)
+        except ValueError:
+            continue
+        out[k] = ("optim_cpu" if t.cat is TaskCat.OPTIM_CPU else "optim_gpu", t.ops, grp, label)
+    return list(out.values())
 
 
 def scenario_shapes(paths: list[str], device_type: str) -> Shapes:
@@ -93,8 +135,10 @@ def comparison(profile: dict[str, object], paths: list[str], device_type: str) -
     done: set[str] = set()
     for path in paths:
         _, wl = scenario_workload(path, device_type)
-        for b in wl.blocks:
-            for ops in (b.fwd_ops, b.bwd_ops, *(o for _, o in optim_ops(b))):
+        groups = [ops for _, ops, _, _ in optimizer_groups(path)]
+        for b in (*wl.blocks, None):
+            seqs = (b.fwd_ops, b.bwd_ops, *(o for _, o in optim_ops(b))) if b is not None else groups
+            for ops in seqs:
                 k = ops_key(ops)
                 if k in measured and k not in done:
                     done.add(k)

@@ -403,3 +403,38 @@ def test_host_copies_cycle_a_cold_ring_whose_sources_another_thread_writes():
     row = copies.run(Ctx(select("cpu"), grid("tiny", "cpu"), 1, llc=1 << 20),
                      {"kind": "memcpy", "memory": "host", "bytes": 4096, "split": "fit"})
     assert row["status"] == "ok" and row["median_s"] > 0
+
+
+@pytest.mark.torch
+def test_blocks_time_a_sub_group_optimizer_step_whole_as_the_replay_reads_its_blocks():
+    """ZeRO-Infinity's sub-group step (one Adam op over several blocks' parameters) is a row of
+    its own, keyed by the schedule task's ops and measured over exactly the blocks the replay
+    steps for that task; a policy that steps per block adds no such row."""
+    pytest.importorskip("torch")
+    from calibrate import blocks
+    from calibrate.common import Ctx
+    from calibrate.device import select
+    from calibrate.grids import grid
+    from calibrate.targets import optimizer_groups
+    from simhete import sim
+    from simhete.hw.cost import ops_key
+    from simhete.replay.config import scaled_scenario
+    from simhete.replay.subgroups import subgroup_blocks
+    from simhete.scenario import load_scenario
+
+    zi = "scenarios/small-llama_cpu_zero-infinity.yaml"
+    res = sim.run(scaled_scenario(load_scenario(zi)))
+    steps = [t for t in res.schedule.tasks if ".ADAM.cpu.s" in t.name]
+    assert steps
+    want = {ops_key(t.ops): subgroup_blocks(t, res.context.workload) for t in steps}
+    got = optimizer_groups(zi)
+    assert {ops_key(ops): grp for _, ops, grp, _ in got} == want
+    assert all(p == "optim_cpu" and name.startswith("s") for p, _, _, name in got)
+    assert sorted(i for grp in want.values() for i in grp) == [b.index for b in res.context.workload.blocks
+                                                              if b.params]
+    assert optimizer_groups("scenarios/small-gpt_cpu_zero-offload.yaml") == []
+    rows = blocks.run(Ctx(select("cpu"), grid("tiny", "cpu"), 1, llc=1 << 20),
+                      {"scenario": zi, "split": "scenario"})
+    sub = [r for r in rows if r["key"] in want]
+    assert len(sub) == len(want) and all(r["status"] == "ok" and r["pass"] == "optim_cpu" for r in sub)
+    assert all(int(r["repeats"]) >= 3 and r["median_s"] > 0 for r in sub)

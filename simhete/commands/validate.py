@@ -198,11 +198,12 @@ def measure_blocks(scenario, kind: str) -> dict[str, tuple[str, str, float]]:  #
 
     from calibrate import blocks
     from calibrate.common import Ctx
-    from calibrate.device import select
+    from calibrate.device import llc_bytes, select
     from calibrate.grids import grid
 
     target = select(kind)
-    ctx = Ctx(target, grid("quick", target.kind), 1 if target.kind == "cpu" else torch.get_num_threads())
+    ctx = Ctx(target, grid("quick", target.kind), 1 if target.kind == "cpu" else torch.get_num_threads(),
+              llc=llc_bytes(target))
     before = torch.get_num_threads()
     torch.set_num_threads(ctx.threads)
     try:

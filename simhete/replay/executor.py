@@ -79,6 +79,7 @@ from simhete.replay.device import CPU_STREAM, Device
 from simhete.replay.model import (TORCH_DTYPES, Step, adam, adam_step, batch_of, data, forward, init_master,
                                   iteration_loss, kind_of, scale_loss)
 from simhete.replay.state import Act, BlockState, ReplayError, State
+from simhete.replay.subgroups import subgroup_blocks
 from simhete.schedule import Schedule, Task
 
 NAME_RE = re.compile(r"^it(\d+)\.(?:m(\d+)\.)?(.+)\.([A-Za-z0-9_]+)$")
@@ -258,23 +259,15 @@ class Executor:
 
     def _groups(self) -> dict[tuple[int, str], list[int]]:
         """Blocks of each optimizer sub-group label (``ADAM.cpu.s0``): consecutive blocks from the
-        task's ``block`` whose parameters add up to its Adam op's ``n``."""
-        order = [b.index for b in self.wl.blocks if b.params]
-        params = {b.index: b.params for b in self.wl.blocks}
+        task's ``block`` whose parameters add up to its Adam op's ``n`` (:func:`subgroup_blocks`)."""
         out: dict[tuple[int, str], list[int]] = {}
         for (it, _, what, blk), t in zip(self.parsed, self.sched.tasks):
             if not what.startswith("ADAM.") or blk in self.index_of:
                 continue
-            n = sum(op.n for op in t.ops if op.kind in (OpKind.ADAM_CPU, OpKind.ADAM_GPU))
-            grp, total = [], 0
-            for i in order[order.index(t.block):] if t.block in order else []:
-                grp.append(i)
-                total += params[i]
-                if total >= n:
-                    break
-            if total != n:
-                raise ReplayError(f"task {t.name}: cannot tell which blocks its {n} parameters are")
-            out[(it, blk)] = grp
+            try:
+                out[(it, blk)] = subgroup_blocks(t, self.wl)
+            except ValueError as e:
+                raise ReplayError(str(e)) from None
         return out
 
     def _refresh_plan(self) -> None:
