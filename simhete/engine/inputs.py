@@ -22,6 +22,8 @@ def check_durations(names: Sequence[str], durations: Sequence[float]) -> np.ndar
     if len(durations) != len(names):
         raise SimheteError(f"durations has {len(durations)} entries for {len(names)} tasks")
     out = np.array(durations, dtype=np.float64)
+    if len(out) and out.min() >= 0.0 and out.max() < np.inf:    # every one finite and >= 0 (a NaN fails both)
+        return out
     good = np.isfinite(out) & (out >= 0.0)
     if not good.all():
         k = int(np.argmin(good))

@@ -116,10 +116,11 @@ def summarize(timeline: Timeline, *, tokens_per_iter: int, samples_per_iter: int
                   model_flops_per_iter=float(model_flops_per_iter),
                   peak_flops_per_gpu=float(peak_flops_per_gpu), n_gpus=n_gpus,
                   meta=dict(sorted(merged_meta.items())))
-    window = steady_window(timeline)
+    # a run that did not fit reports no rates: its window is not needed (nor derived)
+    window = steady_window(timeline) if timeline.oom is None else None
     # Timeline.steady_iteration_time() is the window's length, computed the same way (its end minus
     # its start; the makespan itself when the window starts at 0.0)
-    t = window[1] - window[0] if window is not None else timeline.steady_iteration_time()
+    t = window[1] - window[0] if window is not None else 0.0
     if timeline.oom is not None or window is None or t <= 0:
         return Summary(fits=timeline.oom is None,
                        oom=timeline.oom.message() if timeline.oom is not None else None,
