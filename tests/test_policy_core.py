@@ -177,3 +177,29 @@ def test_no_offload_moves_no_pcie_bytes(hidden, layers, mb, seq, ckpt, gpus, acc
         "iterations": its, "policy": "gpu-only", "knobs": {"checkpointing": ckpt}}))
     assert not any(t.cat in (TaskCat.H2D, TaskCat.D2H) for t in res.schedule.tasks)
     assert set(res.summary.pcie_bytes_per_iter.values()) == {0}
+
+
+def test_lazy_policy_lookup_names_each_shipped_module():
+    """get_policy imports only the asked-for shipped policy's module (registry.BUILTIN_MODULES):
+    the table must name every shipped policy and the module that registers it."""
+    import importlib
+
+    import simhete.policy.builtin  # noqa: F401
+    from simhete.policy import registry
+
+    assert sorted(registry.BUILTIN_MODULES) == registry.list_policies()
+    for name, module in registry.BUILTIN_MODULES.items():
+        cls = registry.get_policy(name)
+        assert cls.__module__ == f"simhete.policy.{module}"
+        assert importlib.import_module(cls.__module__) is not None
+
+
+def test_asking_for_one_policy_imports_no_other():
+    import subprocess
+    import sys
+
+    code = ("import sys; from simhete.policy import get_policy; get_policy('zero-offload'); "
+            "print(sorted(m for m in sys.modules if m in ('simhete.policy.autohete', 'simhete.policy.chunked', "
+            "'simhete.policy.zero_infinity', 'scipy.optimize')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

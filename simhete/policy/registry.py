@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Callable
 
 from simhete.config import one_of
@@ -22,8 +23,20 @@ def register(name: str) -> Callable[[type["Policy"]], type["Policy"]]:
     return deco
 
 
+# The module of each shipped policy, so that asking for one imports only it (a sweep process of one
+# policy does not import the others); simhete.policy.builtin imports them all.
+BUILTIN_MODULES = {"autohete": "autohete", "chunked": "chunked", "gpu-only": "gpu_only",
+                   "stronghold": "stronghold", "zero-infinity": "zero_infinity", "zero-offload": "zero_offload"}
+
+
 def get_policy(name: str, file: str | None = None, key: str = "policy") -> type["Policy"]:
-    _load_builtin()
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None and isinstance(name, str) and name in BUILTIN_MODULES:
+        import_module(f"simhete.policy.{BUILTIN_MODULES[name]}")
+        cls = _REGISTRY.get(name)
+    if cls is not None:
+        return cls
+    _load_builtin()                 # an unknown name: the error lists every policy
     one_of(name, list(_REGISTRY), file, key, "policies")
     return _REGISTRY[name]
 
