@@ -136,13 +136,15 @@ def _too_big(ctx: Ctx, wl, steps: int) -> str | None:  # type: ignore[no-untyped
 
 
 def points(ctx: Ctx) -> list[dict[str, object]]:
-    """One point per scenario whose model and shape no earlier scenario has (its rows are the
-    distinct op sequences of its blocks); none without ``--shapes-from``."""
+    """One point per scenario whose model and shape, and sub-group optimizer steps, no earlier
+    scenario has (its rows are the distinct op sequences of its blocks and of those steps); none
+    without ``--shapes-from``."""
     out: list[dict[str, object]] = []
     seen: set[tuple[str, ...]] = set()
     for path in ctx.grid.block_scenarios:
         _, wl = scenario_workload(path, ctx.target.kind)
-        keys = tuple(ops_key(ops) for b in wl.blocks for ops in (b.fwd_ops, b.bwd_ops))
+        keys = tuple(ops_key(ops) for b in wl.blocks for ops in (b.fwd_ops, b.bwd_ops)) + tuple(
+            ops_key(ops) for _, ops, _, _ in optimizer_groups(path))
         if keys in seen:
             continue
         seen.add(keys)

@@ -433,6 +433,11 @@ def test_blocks_time_a_sub_group_optimizer_step_whole_as_the_replay_reads_its_bl
     assert sorted(i for grp in want.values() for i in grp) == [b.index for b in res.context.workload.blocks
                                                               if b.params]
     assert optimizer_groups("scenarios/small-gpt_cpu_zero-offload.yaml") == []
+    # the same model as small-llama_cpu_swap: measured again for its sub-group steps
+    import dataclasses
+    swap = "scenarios/small-llama_cpu_swap.yaml"
+    g = dataclasses.replace(grid("tiny", "cpu"), block_scenarios=(swap, zi, swap))
+    assert [p["scenario"] for p in blocks.points(Ctx(select("cpu"), g, 1))] == [swap, zi]
     rows = blocks.run(Ctx(select("cpu"), grid("tiny", "cpu"), 1, llc=1 << 20),
                       {"scenario": zi, "split": "scenario"})
     sub = [r for r in rows if r["key"] in want]
