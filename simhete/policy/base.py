@@ -135,8 +135,11 @@ class Builder:
         ``None``: fixed)."""
         if sized is not None:
             self._sized.append((len(self._rows), *sized))
-        self._rows.append((name, stream, cat, tuple(ops), tuple(filter(None, deps)), prio, tuple(allocs),
-                           tuple(frees), it, block))
+        if type(deps) is not tuple or not all(deps):     # a tuple of names is kept as it is
+            deps = tuple(filter(None, deps))
+        self._rows.append((name, stream, cat, ops if type(ops) is tuple else tuple(ops), deps, prio,
+                           allocs if type(allocs) is tuple else tuple(allocs),
+                           frees if type(frees) is tuple else tuple(frees), it, block))
         return name
 
     def join(self, name: str, stream: str, deps: Iterable[str], prio: int, it: int) -> list[str]:
