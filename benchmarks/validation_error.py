@@ -21,7 +21,10 @@ iterations: thread CPU time / wall time of its tasks (1.0: its thread always had
 it waited for one, behind other processes or the replay's own other streams). ``others`` is the
 machine's CPU time spent outside this process while the scenario ran (kernel-wide /proc/stat, so
 it sees other containers too), in cores: on a 2-core machine 1.0 means another job held one
-core — it shares caches, memory bandwidth and the hypervisor's cores with the replay.
+core — it shares caches, memory bandwidth and the hypervisor's cores with the replay. ``idle``
+is the share of the measured steady iterations in which no stream ran a task: the replay's own
+time between tasks (a stream thread woken by an event, the next task issued, the memory sample
+taken after each task on a CPU device), which the prediction does not contain.
 ``--fresh-blocks`` measures each scenario's blocks again just before its replay (``simhete
 validate --fresh-blocks``) and prices them with that measurement; everything else comes from the
 profile; ``--bracket-blocks`` measures them just before and just after and prices them at the
@@ -118,7 +121,7 @@ def main() -> int:
             if args.calibrate_each_round and rnd > 0:
                 profile = calibrate(f"cpu-{rnd}.yaml")
             print(f"\nround {rnd + 1}/{args.repeat}\n{'scenario':<34} {'predicted':>11} "
-                  f"{'measured':>11} {'error':>8}  op-level  drift  at drift  cpu   others  parity  "
+                  f"{'measured':>11} {'error':>8}  op-level  drift  at drift  cpu   others  idle  parity  "
                   "per category")
             for p in paths:
                 _quiet(args.quiet_wait)
@@ -134,6 +137,7 @@ def main() -> int:
                 c = v.comparison
                 corrected = (c.iteration.predicted * drift - c.iteration.measured) / c.iteration.measured
                 share = _cpu_share(v, set(c.steady_iterations))
+                idle = _idle(v.replayed.timeline, set(c.steady_iterations))
                 op_pred = _op_level(scen, profile, args.iterations)
                 op_err = None if op_pred is None else (op_pred - c.iteration.measured) / c.iteration.measured
                 cats = " ".join(f"{k}:{(e.error or 0) * 100:+.0f}%" for k, e in c.categories.items())
@@ -142,9 +146,10 @@ def main() -> int:
                       f"{'    -   ' if op_err is None else f'{op_err * 100:>+7.1f}%'}  {drift:5.2f} {corrected * 100:>+7.1f}%  "
                       f"{'  -  ' if share is None else f'{share:.2f} '} "
                       f"{'   -   ' if others is None else f'{others:5.2f}  '} "
+                      f"{idle * 100:4.1f}% "
                       f"{'ok' if v.parity else 'FAIL':<6}  {cats}")
                 runs[p.stem].append({**c.to_dict(), "loss_parity": v.parity, "cpu_share": share,
-                                     "others_cores": others, "drift": drift,
+                                     "others_cores": others, "drift": drift, "idle": idle,
                                      "drift_corrected_error": corrected,
                                      "op_level_predicted_s": op_pred, "op_level_error": op_err})
     rows = [_summary(stem, rs) for stem, rs in runs.items()]
@@ -272,6 +277,22 @@ def _quiet(limit_s: float, below: float = 0.3) -> None:
             return
 
 
+def _idle(tl, steady: set[int]) -> float:  # type: ignore[no-untyped-def]
+    """Fraction of the steady iterations' span in which no stream of the timeline runs a task: in
+    a measured timeline, the replay's own time between tasks (waking a stream's thread, issuing the
+    next task, the memory sample after each), which no prediction contains."""
+    recs = [r for r in tl.records if r.it in steady and r.end > r.start]
+    if not recs:
+        return 0.0
+    t0, t1 = min(r.start for r in recs), max(r.end for r in recs)
+    busy, reach = 0.0, t0
+    for r in sorted(recs, key=lambda r: r.start):     # union of the busy intervals
+        if r.end > reach:
+            busy += r.end - max(r.start, reach)
+            reach = r.end
+    return max(0.0, 1.0 - busy / (t1 - t0)) if t1 > t0 else 0.0
+
+
 def _cpu_share(v, steady: set[int]) -> float | None:  # type: ignore[no-untyped-def]
     """Thread CPU time / wall time of the compute stream's tasks in the steady iterations."""
     cpu = v.replayed.cpu_s
@@ -291,12 +312,14 @@ def _summary(stem: str, rs: list[dict]) -> dict:
             if v["error"] is not None:
                 cats.setdefault(k, []).append(v["error"])
     shares = [r["cpu_share"] for r in rs if r["cpu_share"] is not None]
+    idles = [r["idle"] for r in rs]
     others = [r["others_cores"] for r in rs if r["others_cores"] is not None]
     return {"scenario": stem, "predicted_s": statistics.median(r["iteration_s"]["predicted"] for r in rs),
             "measured_s": mmm([r["iteration_s"]["measured"] for r in rs]),
             "error": mmm([r["iteration_s"]["error"] for r in rs]),
             "category_error": {k: statistics.median(v) for k, v in cats.items()},
             "cpu_share": mmm(shares) if shares else None,
+            "idle": mmm(idles),
             "others_cores": mmm(others) if others else None,
             "loss_parity": all(r["loss_parity"] for r in rs)}
 
