@@ -21,7 +21,9 @@ iterations: thread CPU time / wall time of its tasks (1.0: its thread always had
 it waited for one, behind other processes or the replay's own other streams). ``others`` is the
 machine's CPU time spent outside this process while the scenario ran (kernel-wide /proc/stat, so
 it sees other containers too), in cores: on a 2-core machine 1.0 means another job held one
-core — it shares caches, memory bandwidth and the hypervisor's cores with the replay. ``idle``
+core — it shares caches, memory bandwidth and the hypervisor's cores with the replay. With ``--bracket-blocks``, ``band`` is how
+far apart the iteration time priced with the blocks measured just before the replay and the one
+priced with those measured just after it lie: the machine's own drift during that validation. ``idle``
 is the share of the measured steady iterations in which no stream ran a task: the replay's own
 time between tasks (a stream thread woken by an event, the next task issued, the memory sample
 taken after each task on a CPU device), which the prediction does not contain.
@@ -147,9 +149,11 @@ def main() -> int:
                       f"{'  -  ' if share is None else f'{share:.2f} '} "
                       f"{'   -   ' if others is None else f'{others:5.2f}  '} "
                       f"{idle * 100:4.1f}% "
+                      f"{'' if v.band is None else f'band {(max(v.band) / min(v.band) - 1) * 100:4.1f}% '}"
                       f"{'ok' if v.parity else 'FAIL':<6}  {cats}")
                 runs[p.stem].append({**c.to_dict(), "loss_parity": v.parity, "cpu_share": share,
                                      "others_cores": others, "drift": drift, "idle": idle,
+                                     "bracket_band_s": v.band,
                                      "drift_corrected_error": corrected,
                                      "op_level_predicted_s": op_pred, "op_level_error": op_err})
     rows = [_summary(stem, rs) for stem, rs in runs.items()]

@@ -165,3 +165,6 @@ def test_bracket_blocks_price_at_the_mean_of_measurements_before_and_after_the_r
     priced = [t for t in v.predicted.schedule.tasks if t.name.split(".")[1] in ("F", "B", "ADAM")]
     assert priced and all(durs[t.name] == mean[ops_key(t.ops)] for t in priced)
     assert any("--bracket-blocks" in n for n in v.comparison.notes)
+    # how far apart the two measurements put the prediction: the machine's drift, said in the notes
+    band = [n for n in v.comparison.notes if n.startswith("priced with the blocks measured before")]
+    assert len(band) == 1 and "ms an iteration; after it:" in band[0]

@@ -36,6 +36,7 @@ class Validation:
     comparison: Any        # simhete.replay.compare.Comparison
     parity: bool | None    # losses within LOSS_RTOL of the reference (None: no reference run)
     profile: Any = None    # the profile the prediction used (scenario overrides, fresh blocks)
+    band: tuple[float, float] | None = None   # --bracket-blocks: iteration s priced before / after
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -130,6 +131,7 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
     scaled = scaled_scenario(scenario, iterations)
     base = profile
     first: dict[str, tuple[str, str, float]] = {}
+    band: list[float] = []
     if fresh_blocks or bracket_blocks:
         if progress is not None:
             progress("blocks", 0, 2 if bracket_blocks else 1)
@@ -166,6 +168,9 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
         # prices, AutoHete's, could build another one from the new profile)
         ctx, _ = resolve(scaled, profile)
         pred = run_schedule(scaled, ctx, pred.schedule, engine=engine)
+        band = [_iteration_s(run_schedule(scaled, resolve(scaled, _with_scenario_overrides(
+            scenario, with_blocks(base, side, kind, how)))[0], pred.schedule, engine=engine))
+            for side, how in ((first, "before"), (second, "after"))]
     ref: list[float] = []
     parity = None
     if reference:
@@ -182,13 +187,25 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
             math.isfinite(a) and abs(a - b) <= tol * abs(b) for a, b in zip(replayed.losses, ref))
     notes = _notes(dev.kind)
     if bracket_blocks:
+        lo, hi = min(band), max(band)
         notes += ("blocks priced from the mean of measurements taken just before and just after the "
-                  "replay (--bracket-blocks)",)
+                  "replay (--bracket-blocks)",
+                  f"priced with the blocks measured before the replay: {band[0] * 1e3:.1f} ms an "
+                  f"iteration; after it: {band[1] * 1e3:.1f} ms ({(hi / lo - 1) * 100:.1f} % apart: "
+                  "the machine's speed moved that much during this validation)",)
     elif fresh_blocks:
         notes += ("blocks priced from measurements taken just before the replay (--fresh-blocks)",)
     comp = compare(pred.timeline, replayed.timeline, scenario=scenario.name, device=replayed.device,
                    losses=tuple(replayed.losses), reference_losses=tuple(ref), notes=notes)
-    return Validation(scaled, pred, replayed, comp, parity, profile)
+    return Validation(scaled, pred, replayed, comp, parity, profile,
+                      (band[0], band[1]) if bracket_blocks else None)
+
+
+def _iteration_s(result) -> float:  # type: ignore[no-untyped-def]
+    """Predicted steady-state iteration time of a simulation (simhete.replay.compare's definition)."""
+    from simhete.replay.compare import steady
+
+    return steady(result.timeline)[0]
 
 
 def measure_blocks(scenario, kind: str) -> dict[str, tuple[str, str, float]]:  # type: ignore[no-untyped-def]
