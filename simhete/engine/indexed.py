@@ -394,10 +394,8 @@ def _structure(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarray,
     succ_ptr = _ptr(np.bincount(parent, minlength=n))
     succ = np.repeat(np.arange(n, dtype=i64), ndeps)[np.argsort(parent, kind="stable")]
     a_buf = np.fromiter(map(buf_id.__getitem__, a_names), i64, len(a_names))
-    try:
-        a_cls = np.fromiter(map(_CLS_BY_ID.__getitem__, map(id, flat_cls)), i64, len(flat))
-    except KeyError:            # not MemClass members themselves: look them up by value
-        a_cls = np.array([memory.CLASS_INDEX[c] for c in flat_cls], dtype=i64)
+    cls_id = {c._name_: k for k, c in enumerate(memory.CLASSES)}    # str keys: an Enum's hash is slow
+    a_cls = np.fromiter(map(cls_id.__getitem__, [c._name_ for c in flat_cls]), i64, len(flat))
     nd_ptr = _ptr(np.bincount(groups // n_pools, minlength=n))
     f_ptr = _ptr(np.fromiter(map(len, frees), i64, n))
     f_buf = np.fromiter(map(buf_id.__getitem__, f_names), i64, len(f_names))
