@@ -47,7 +47,7 @@ class Ring:
     ``producer``, another thread, write the next pair's source, as the stream that made the data
     would; :meth:`copy` (timed) copies that pair on the calling thread and moves on."""
 
-    def __init__(self, n: int, span: int, producer: ThreadPoolExecutor) -> None:
+    def __init__(self, n: int, span: int, producer: ThreadPoolExecutor | None = None) -> None:
         self.sets = max(2, min(MAX_SETS, math.ceil(span / (4 * n))))
         stride = max(n, math.ceil(span / 4 / self.sets))
         # the destination written once first: the copies then find mapped pages, as a training
@@ -59,6 +59,7 @@ class Ring:
         self.producer = producer
 
     def produce(self) -> None:
+        assert self.producer is not None, "Ring.produce needs a producer thread"
         self.producer.submit(self.pairs[self.k][1].add_, 1.0).result()
 
     def copy(self) -> None:

@@ -4,7 +4,10 @@ Each pair is measured twice back to back: the victim alone, then the victim whil
 loops on a background thread (on its own CUDA stream when it is device work). The fit turns the
 ratio of the medians into a slowdown factor for the simulator. On a CPU device every "stream" runs
 on the same cores, so the pairs are GEMM (gpuN.compute), host memcpy (stand-in for gpuN.h2d and
-gpuN.d2h) and CPU AdamW (cpu.optim).
+gpuN.d2h) and CPU AdamW (cpu.optim). The host memcpy cycles a ring of buffer pairs spanning twice
+the last-level cache (:class:`calibrate.copies.Ring`), as the copy suite times it: a copy in a
+training step moves data from and to memory, not from the cache, and takes memory bandwidth from
+the work beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from calibrate.adam import make_step
 from calibrate.common import TORCH_DTYPES, Ctx, ok, rand, seed
+from calibrate.copies import RING_LLC, Ring
 from calibrate.timing import measure
 
 NAME = "interference"
@@ -45,9 +49,8 @@ def _work(ctx: Ctx, name: str) -> tuple[Callable[[], object], bool]:
         return (lambda: torch.mm(a, b, out=c)), ctx.target.is_cuda
     if name == "adam":
         return make_step(g.interf_adam_params)[1], False
-    if name == "memcpy":
-        src, dst = rand(n, torch.float32, _CPU), torch.empty(n)
-        return (lambda: dst.copy_(src)), False
+    if name == "memcpy":   # cold, as the copy suite times host copies (calibrate/copies.py)
+        return Ring(n, RING_LLC * ctx.llc).copy, False
     direction, mem = name.split("_")
     pin = mem == "pinned"
     if direction == "h2d":
