@@ -16,11 +16,12 @@ another stream. Copying one buffer pair over and over times it from the cache in
 development VM (2 MiB L2 per core, 105 MiB shared L3) a 5.1 MiB bf16 copy took 0.63 ms back to
 back, 1.57 ms after writing 64 MiB of other memory, 1.65 ms after a 2 ms sleep, and 2.4–3.0 ms as
 the replay's swap-out of a LLaMA block's activations (a 1.6 MiB copy: 0.20 / 0.53 / 0.46 ms, and
-0.45–0.55 ms replayed; 2026-11-22 06:15 UTC). So the host-to-host rows (``memcpy``, and
-``duplex`` on a CPU target) copy from a **ring** of source/destination pairs (:class:`Ring`) that spans at least
-``RING_LLC`` × the last-level cache, each call the next pair: every call's data was last touched a
-ring round ago. ``stream_add`` keeps its single buffers (STREAM's arrays are sized past the cache
-instead). The h2d/d2h rows of a GPU keep theirs too: the copy engine reads and writes host memory
+0.45–0.55 ms replayed; a source just written by another thread: 0.47 ms; 2026-11-22 06:15 UTC).
+So the host-to-host rows (``memcpy``, and ``duplex`` on a CPU target) copy from a **ring** of
+source/destination pairs (:class:`Ring`) that spans at least ``RING_LLC`` × the last-level cache,
+each call the next pair, whose source a second thread rewrites just before the call (untimed), as
+the stream that produced the data would; its destination was last touched a ring round ago.
+``stream_add`` keeps its single buffers (STREAM's arrays are sized past the cache instead). The h2d/d2h rows of a GPU keep theirs too: the copy engine reads and writes host memory
 by DMA, not through the copying core's cache.
 """
 
