@@ -74,7 +74,7 @@ from typing import Callable, Iterator
 import torch
 
 from simhete.engine.timeline import Record, Timeline
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import MemClass, TaskCat
 from simhete.replay.device import CPU_STREAM, Device
 from simhete.replay.model import (TORCH_DTYPES, Step, adam, adam_step, batch_of, data, forward, init_master,
                                   iteration_loss, kind_of, scale_loss)
