@@ -112,6 +112,7 @@ def test_validate_table_output(cpu_profile, tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["--device", "cuda"], "--device cuda: the profile"),
     (["--iterations", "0"], "--iterations: bad value 0; allowed: 1 to 100"),
+    (["--replays", "0"], "--replays: bad value 0; allowed: 1 to 20"),
 ])
 def test_validate_errors_are_one_line(args, message, tmp_path, capsys):
     scen = ROOT / "scenarios" / "small-gpt_cpu_gpu-only.yaml"
@@ -168,3 +169,23 @@ def test_bracket_blocks_price_at_the_mean_of_measurements_before_and_after_the_r
     # how far apart the two measurements put the prediction: the machine's drift, said in the notes
     band = [n for n in v.comparison.notes if n.startswith("priced with the blocks measured before")]
     assert len(band) == 1 and "ms an iteration; after it:" in band[0]
+
+
+@pytest.mark.torch
+def test_replays_compare_the_median_replay_and_keep_every_time(cpu_profile, tmp_path, capsys):
+    """``--replays 3``: three replays of one schedule, each on a fresh executor, the same losses;
+    the comparison is the one whose steady iteration time is the median, and every time is listed
+    (notes, ``replays_s`` in the JSON)."""
+    s = load_scenario(SCENARIOS[0]).with_changes(**SHRINK)
+    v = validate_scenario(s, load_profile(cpu_profile), iterations=2, device="cpu", replays=3)
+    assert v.parity is True and len(v.replays_s) == 3
+    assert v.comparison.iteration.measured == sorted(v.replays_s)[1]
+    assert any(n.startswith("3 replays, steady iteration ") for n in v.comparison.notes)
+    scen = tmp_path / "s.yaml"
+    scen.write_text((ROOT / "scenarios" / "small-gpt_cpu_gpu-only.yaml").read_text()
+                    .replace("replay: {n_layers: 4, hidden: 256, heads: 4, vocab: 2048",
+                             "replay: {n_layers: 2, hidden: 64, heads: 4, vocab: 256, seq_len: 32"))
+    assert main(["validate", str(scen), "--profile", str(cpu_profile), "--iterations", "2",
+                 "--replays", "2", "--json", "--no-reference"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["replays_s"]) == 2 and d["iteration_s"]["measured"] == max(d["replays_s"])

@@ -37,6 +37,7 @@ class Validation:
     parity: bool | None    # losses within LOSS_RTOL of the reference (None: no reference run)
     profile: Any = None    # the profile the prediction used (scenario overrides, fresh blocks)
     band: tuple[float, float] | None = None   # --bracket-blocks: iteration s priced before / after
+    replays_s: tuple[float, ...] = ()         # measured steady iteration s of every replay, in order
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bracket-blocks", action="store_true",
                    help="measure the blocks just before and just after the replay and price them "
                         "with the mean (validating on a machine whose speed drifts)")
+    p.add_argument("--replays", type=int, default=1, metavar="R",
+                   help="replay the schedule R times (default 1) and report the replay with the "
+                        "median iteration time; every replay's time is listed (a shared machine's "
+                        "speed drifts)")
     p.add_argument("--trace", metavar="PATH",
                    help="write one Perfetto trace with the simulated and measured timelines")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -67,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.iterations <= 100:
         raise SimheteError(f"--iterations: bad value {args.iterations}; allowed: 1 to 100")
+    if not 1 <= args.replays <= 20:
+        raise SimheteError(f"--replays: bad value {args.replays}; allowed: 1 to 20")
     trace = check_writable(args.trace, "--trace")
     scenario = load_scenario(args.scenario)
     profile = load_profile(args.profile)
@@ -84,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
         v = validate_scenario(scenario, profile, iterations=args.iterations, device=args.device,
                               engine=args.engine, reference=not args.no_reference, progress=progress,
-                              fresh_blocks=args.fresh_blocks, bracket_blocks=args.bracket_blocks)
+                              fresh_blocks=args.fresh_blocks, bracket_blocks=args.bracket_blocks,
+                              replays=args.replays)
     if trace is not None:
         from simhete.report.trace import write_trace
         write_trace(trace, {"simulated": v.predicted.timeline, "measured": v.replayed.timeline})
@@ -95,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fresh_blocks or args.bracket_blocks:
             d["fresh_blocks"] = [list(e) for e in v.profile.gpu.blocks.entries
                                  if e[1].endswith(("(fresh)", "(bracket)"))]
+        d["replays_s"] = list(v.replays_s)
         d["uncalibrated"] = sorted(v.predicted.summary.flags) if hasattr(v.predicted.summary, "flags") else []
         print(dump_json(d), end="")
     else:
@@ -108,13 +117,16 @@ def run(args: argparse.Namespace) -> int:
 def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | None = None,
                       engine: str = "fast", reference: bool = True,
                       progress: Callable[[str, int, int], None] | None = None,
-                      fresh_blocks: bool = False, bracket_blocks: bool = False) -> Validation:
+                      fresh_blocks: bool = False, bracket_blocks: bool = False,
+                      replays: int = 1) -> Validation:
     """Simulate, replay and compare one scenario; see the module docstring. ``fresh_blocks``:
     measure the scenario's blocks now (calibrate's ``blocks`` suite) and price with them.
     ``bracket_blocks``: measure them just before and just after the replay and price with the
     mean of the two (a validation of the model on a machine whose speed drifts: the prediction
-    still sees no replay timing, only the blocks suite run on either side of it)."""
-    from simhete.replay.compare import compare
+    still sees no replay timing, only the blocks suite run on either side of it). ``replays``: the
+    schedule is replayed that many times, each on a fresh executor, and the replay whose steady
+    iteration time is the median (the upper one of an even count) is compared; all times are kept."""
+    from simhete.replay.compare import compare, steady
     from simhete.replay.config import replay_shape, scaled_scenario
     from simhete.replay.device import check_fits, open_device
     from simhete.replay.executor import CPU_THREADS_PER_STREAM, Executor
@@ -145,16 +157,25 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
         raise SimheteError(f"replay refused: the simulator predicts {pred.timeline.oom.message()}")
     dev = open_device(kind)
     check_fits(dict(pred.timeline.peak), dev)
-    ex = Executor(pred.schedule, pred.context.workload, dev, seed=shape.seed, lr=shape.lr)
     n_tasks = len(pred.schedule.tasks)
     done = [0]
 
     def tick(_task: Any) -> None:
         done[0] += 1
         if progress is not None:
-            progress("replay", done[0], n_tasks)
+            progress("replay", done[0], n_tasks * replays)
 
-    replayed = ex.run({r.name: r.start for r in pred.timeline.records}, on_task=tick)
+    runs = []
+    for _ in range(replays):
+        ex = Executor(pred.schedule, pred.context.workload, dev, seed=shape.seed, lr=shape.lr)
+        runs.append(ex.run({r.name: r.start for r in pred.timeline.records}, on_task=tick))
+        del ex
+    times = tuple(steady(r.timeline)[0] for r in runs)
+    replayed = runs[sorted(range(replays), key=times.__getitem__)[replays // 2]]
+    if any(r.losses != replayed.losses for r in runs):
+        raise SimheteError(f"{scenario.name}: {replays} replays of the same schedule gave different "
+                           "losses (the replay is not deterministic on this device)")
+    del runs
     if bracket_blocks:   # the blocks again, right after the replay: price with the mean of both
         second = measure_blocks(scenario, kind)
         if progress is not None:
@@ -195,10 +216,13 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
                   "the machine's speed moved that much during this validation)",)
     elif fresh_blocks:
         notes += ("blocks priced from measurements taken just before the replay (--fresh-blocks)",)
+    if replays > 1:
+        notes += (f"{replays} replays, steady iteration " + ", ".join(f"{t * 1e3:.1f}" for t in times)
+                  + " ms; the median one is compared",)
     comp = compare(pred.timeline, replayed.timeline, scenario=scenario.name, device=replayed.device,
                    losses=tuple(replayed.losses), reference_losses=tuple(ref), notes=notes)
     return Validation(scaled, pred, replayed, comp, parity, profile,
-                      (band[0], band[1]) if bracket_blocks else None)
+                      (band[0], band[1]) if bracket_blocks else None, times)
 
 
 def _iteration_s(result) -> float:  # type: ignore[no-untyped-def]
