@@ -189,8 +189,8 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
         # prices, AutoHete's, could build another one from the new profile)
         ctx, _ = resolve(scaled, profile)
         pred = run_schedule(scaled, ctx, pred.schedule, engine=engine)
-        band = [_iteration_s(run_schedule(scaled, resolve(scaled, _with_scenario_overrides(
-            scenario, with_blocks(base, side, kind, how)))[0], pred.schedule, engine=engine))
+        band = [steady(run_schedule(scaled, resolve(scaled, _with_scenario_overrides(
+            scenario, with_blocks(base, side, kind, how)))[0], pred.schedule, engine=engine).timeline)[0]
             for side, how in ((first, "before"), (second, "after"))]
     ref: list[float] = []
     parity = None
@@ -223,13 +223,6 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
                    losses=tuple(replayed.losses), reference_losses=tuple(ref), notes=notes)
     return Validation(scaled, pred, replayed, comp, parity, profile,
                       (band[0], band[1]) if bracket_blocks else None, times)
-
-
-def _iteration_s(result) -> float:  # type: ignore[no-untyped-def]
-    """Predicted steady-state iteration time of a simulation (simhete.replay.compare's definition)."""
-    from simhete.replay.compare import steady
-
-    return steady(result.timeline)[0]
 
 
 def measure_blocks(scenario, kind: str) -> dict[str, tuple[str, str, float]]:  # type: ignore[no-untyped-def]
