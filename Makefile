@@ -5,7 +5,8 @@ PIP  := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: demo test bench clean
 
-$(VENV)/.core: pyproject.toml
+# setup.py compiles the engine's event loop (simhete/engine/_loop.pyx): rebuilt when it changes
+$(VENV)/.core: pyproject.toml setup.py simhete/engine/_loop.pyx
 	python3 -m venv $(VENV)
 	$(PIP) -e .
 	touch $@
@@ -14,13 +15,15 @@ $(VENV)/.core: pyproject.toml
 # CPU build of torch, which installs from a local wheel in seconds instead of ~5 GB of CUDA.
 $(VENV)/.full: $(VENV)/.core
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) torch; else $(PIP) torch==2.13.0; fi
-	$(PIP) -e '.[test,torch,ray,fast]'
+	$(PIP) -e '.[test,torch,ray]'
 	touch $@
 
 demo: $(VENV)/.core
 	$(VENV)/bin/simhete demo
 
+# the tests compare the compiled loop with the reference: refuse to run them without it
 test: $(VENV)/.full
+	$(PY) -c "import simhete.engine._loop" || { echo "the compiled event loop did not build (needs a C compiler)"; exit 1; }
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: $(VENV)/.full

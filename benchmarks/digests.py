@@ -37,13 +37,13 @@ def timeline_key(tl) -> tuple:
 
 def main() -> None:
     from simhete.engine import simulate_fast, simulate_simpy
-    from simhete.engine.fast import jit_available
+    from simhete.engine.fast import compiled_available
     from simhete.scenario import load_scenario
     from simhete.schedule.text import format_schedule
     from simhete.sim import run
 
     assert Path(sys.modules["simhete"].__file__).resolve().is_relative_to(ROOT), "wrong simhete imported"
-    loops = ["python"] + (["jit"] if jit_available() else [])
+    loops = ["python"] + (["compiled"] if compiled_available() else [])
     for f in sorted((ROOT / "scenarios").glob("*.yaml")):
         s = load_scenario(f)
         res = run(s)

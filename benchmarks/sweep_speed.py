@@ -7,15 +7,14 @@ SQLite store) in ONE process, so the figure is per core. Then prints where the t
 (cProfile, grouped by stage). Target: ≥ 500 configurations/s/core.
 
 Both event loops of the fast engine are timed, interleaved (CPU time via ``time.process_time`` is
-the headline on a shared machine; wall time alongside); the output marks the one
-``SIMHETE_JIT=auto`` picks for a sweep of this size.
+the headline on a shared machine; wall time alongside): the compiled one (built at install; what
+every run uses) and the pure-Python one (what runs where the extension could not be built).
 
 Sweeps are thousands of configurations, so a second grid of 1 080 points (``LARGE``: the same
-axes with more values, and sequence length) runs in a fresh process under ``SIMHETE_JIT=auto``
-(which picks the compiled loop for a sweep that size) and its figure is the process's **whole** CPU
-time: interpreter start, imports, loading numba and its cached machine code, and the sweep (with
-simhete's bytecode cached, as an install leaves it: the script compiles it first, since a machine
-with ``PYTHONDONTWRITEBYTECODE`` set would otherwise compile ~50 modules in every process).
+axes with more values, and sequence length) runs in a fresh process and its figure is the
+process's **whole** CPU time: interpreter start, imports and the sweep (with simhete's bytecode
+cached, as an install leaves it: the script compiles it first, since a machine with
+``PYTHONDONTWRITEBYTECODE`` set would otherwise compile ~50 modules in every process).
 
     .venv/bin/python benchmarks/sweep_speed.py [--points N] [--repeats R] [--large-repeats L] [--no-profile]
     .venv/bin/python benchmarks/sweep_speed.py --stages     # CPU per point by stage, both grids
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from simhete.engine import fast, indexed
+from simhete.engine import indexed
 from simhete import sim
 from simhete.policy import base as policy_base, template, zero_offload
 from simhete.workload import ops as workload_ops
@@ -47,7 +46,7 @@ from simhete.search.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 500.0
-TASKS_PER_POINT = 690       # about; the auto loop choice compares points x tasks with JIT_AFTER_TASKS
+TASKS_PER_POINT = 690       # about
 SWEEP = {
     "name": "13B sweep-speed benchmark",
     "base": str(REPO / "scenarios" / "llama2-13b_h100-pcie_zero-offload.yaml"),
@@ -98,7 +97,7 @@ def fresh_caches() -> None:
     """Forget what earlier sweeps in this process left: structural templates, the engine's indexed
     schedules and structures (with what summaries derive from them), kept cost models, remembered
     prices and timelines, bucket partitions, model-state buffers and built workloads (each timed
-    sweep starts as a new sweep process would, numba and imports aside)."""
+    sweep starts as a new sweep process would, imports aside)."""
     template.clear()
     indexed.clear()
     sim.clear_memo()
@@ -154,7 +153,7 @@ def stages(grid: dict) -> None:
                         ("pcie_task_arrays", "PCIe bytes per task"), ("summarize", "summarize")):
         setattr(sim, name, timed(label, saved[name]))
     ev.summary_row = timed("row", saved_row)
-    os.environ["SIMHETE_JIT"] = "1"
+    os.environ["SIMHETE_LOOP"] = "compiled"
     try:
         for _ in range(2):
             fresh_caches()
@@ -189,32 +188,31 @@ def main() -> None:
         stages(SWEEP)
         stages(LARGE)
         return
-    default = os.environ.get("SIMHETE_JIT", "auto")
-    loops = {"python loop": "0", "compiled loop": "1"}
-    for flag in loops.values():              # warm imports, profile files and numba's cache
-        os.environ["SIMHETE_JIT"] = flag
+    default = os.environ.get("SIMHETE_LOOP", "auto")
+    loops = {"python loop": "python", "compiled loop": "compiled"}
+    for flag in loops.values():              # warm imports and profile files
+        os.environ["SIMHETE_LOOP"] = flag
         run_once(4)
     cpu: dict[str, list[float]] = {k: [] for k in loops}
     wall: dict[str, list[float]] = {k: [] for k in loops}
     for _ in range(args.repeats):            # interleaved, so both loops see the same machine load
         for name, flag in loops.items():
-            os.environ["SIMHETE_JIT"] = flag
+            os.environ["SIMHETE_LOOP"] = flag
             c0 = time.process_time()
             n, dt = run_once(args.points)
             cpu[name].append(n / (time.process_time() - c0))
             wall[name].append(n / dt)
-    os.environ["SIMHETE_JIT"] = default
-    picked = "compiled loop" if fast.JIT_AFTER_TASKS < n * TASKS_PER_POINT else "python loop"
+    os.environ["SIMHETE_LOOP"] = default
     print(f"sweep: {n} configurations of LLaMA-2-13B (seq 4096, 3 iterations, ~{TASKS_PER_POINT} tasks each) "
           f"on 1 core, {args.repeats} interleaved repeats per loop, medians")
     for name in loops:
         rate = statistics.median(cpu[name])
         print(f"  {name:14s} {rate:6.1f} configurations/s/core CPU ({statistics.median(wall[name]):6.1f} wall)"
-              f"{'  <- SIMHETE_JIT=auto picks this one for a sweep of this size' if name == picked else ''}")
-    rate = max(statistics.median(v) for v in cpu.values())
+              f"{'  <- what every run uses (SIMHETE_LOOP=auto)' if name == 'compiled loop' else ''}")
+    rate = statistics.median(cpu["compiled loop"])
     print(f"target {TARGET:.0f}/s/core: {'met' if rate >= TARGET else f'{TARGET / rate:.1f}x short'} "
-          f"(the compiled loop's figure leaves out numba's one-time start-up, ~1 s CPU per process)")
-    if args.large_repeats > 0:       # numba's cache is on disk: the compiled loop ran above
+          f"(in a process that has imported simhete)")
+    if args.large_repeats > 0:
         # simhete's bytecode cached as an install (or any earlier run) leaves it: where
         # PYTHONDONTWRITEBYTECODE is set (this VM sets it) every fresh process would otherwise compile
         # its ~50 modules from source (~0.1 s CPU)
@@ -223,7 +221,7 @@ def main() -> None:
         runs = []
         for _ in range(args.large_repeats):
             out = subprocess.run([sys.executable, "-c", LARGE_RUN.format(bench=str(REPO / "benchmarks"))],
-                                 env=dict(os.environ, SIMHETE_JIT="auto"), check=True, capture_output=True,
+                                 env=dict(os.environ, SIMHETE_LOOP="auto"), check=True, capture_output=True,
                                  text=True).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))
         n = runs[0]["n"]
@@ -231,15 +229,14 @@ def main() -> None:
         sweep_only = statistics.median(r["n"] / r["sweep_cpu"] for r in runs)
         wall = statistics.median(r["n"] / r["sweep_wall"] for r in runs)
         print(f"\nsweep: {n} configurations (grid LARGE: micro-batch x seq x checkpointing x delayed update x "
-              f"bucket), one fresh process, SIMHETE_JIT=auto (compiled loop), {len(runs)} run(s), medians:")
+              f"bucket), one fresh process, compiled loop, {len(runs)} run(s), medians:")
         print(f"  {whole:6.1f} configurations/s/core: the process's whole CPU time "
-              f"({statistics.median(r['process_cpu'] for r in runs):.2f} s: interpreter, imports, numba and its "
-              f"cached code, the sweep)")
+              f"({statistics.median(r['process_cpu'] for r in runs):.2f} s: interpreter, imports, the sweep)")
         print(f"  {sweep_only:6.1f} configurations/s/core: the sweep alone (CPU; {wall:.1f}/s wall)")
         print(f"target {TARGET:.0f}/s/core: {'met' if whole >= TARGET else f'{TARGET / whole:.1f}x short'}")
     if args.no_profile:
         return
-    os.environ["SIMHETE_JIT"] = "1"          # profile the steady state (compiled loop)
+    os.environ["SIMHETE_LOOP"] = "compiled"          # profile what a sweep runs
     pr = cProfile.Profile()
     pr.enable()
     n, dt = run_once(args.points)

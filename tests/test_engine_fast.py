@@ -12,7 +12,7 @@ from hypothesis import given, settings
 
 from simhete.engine import simulate_fast, simulate_simpy
 from simhete.engine import fast
-from simhete.engine.fast import jit_available
+from simhete.engine.fast import compiled_available
 from simhete.engine.indexed import CACHE_SIZE, indexed
 from simhete.engine.timeline import Timeline
 from simhete.errors import SimheteError
@@ -23,7 +23,7 @@ from simhete.schedule import Alloc, Schedule, Task
 from simhete.sim import resolve
 from test_engine_strategies import runs
 
-LOOPS = ["python"] + (["jit"] if jit_available() else [])
+LOOPS = ["python"] + (["compiled"] if compiled_available() else [])
 SCENARIOS = sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.yaml"))
 
 
@@ -122,13 +122,31 @@ def test_unknown_loop_is_refused():
         simulate_fast(_chain(), [1.0, 1.0, 1.0], loop="turbo")
 
 
-def test_simhete_jit_picks_the_loop(monkeypatch):
-    compiled = "jit" if jit_available() else "python"
-    monkeypatch.setattr(fast, "_tasks_run", 0)
-    monkeypatch.setenv("SIMHETE_JIT", "auto")          # first JIT_AFTER_TASKS tasks in Python
-    assert fast.choose_loop(fast.JIT_AFTER_TASKS) == "python" and fast.choose_loop(1) == compiled
-    monkeypatch.setenv("SIMHETE_JIT", "0")
-    assert fast.choose_loop(1) == "python"
-    monkeypatch.setattr(fast, "_tasks_run", 0)
-    monkeypatch.setenv("SIMHETE_JIT", "1")
-    assert fast.choose_loop(1) == compiled
+def test_simhete_loop_picks_the_loop(monkeypatch):
+    monkeypatch.delenv("SIMHETE_LOOP", raising=False)
+    assert fast.choose_loop() == ("compiled" if compiled_available() else "python")
+    for mode in ("compiled", "python"):
+        monkeypatch.setenv("SIMHETE_LOOP", mode)
+        assert fast.choose_loop() == mode
+    monkeypatch.setenv("SIMHETE_LOOP", "jit")
+    with pytest.raises(SimheteError, match="SIMHETE_LOOP: 'jit' is not one of auto, compiled, python"):
+        fast.choose_loop()
+
+
+def test_asking_for_a_missing_compiled_loop_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(fast, "_compiled", False)          # as if the extension had not been built
+    monkeypatch.setenv("SIMHETE_LOOP", "auto")
+    assert fast.choose_loop() == "python"
+    with pytest.raises(SimheteError, match="compiled event loop was not built"):
+        simulate_fast(_chain(), [1.0, 1.0, 1.0], loop="compiled")
+
+
+def test_the_compiled_loop_is_built_from_the_current_source():
+    """A stale build would test old code: the extension must be newer than its source (``make``
+    rebuilds it when the source changes). Skipped where it could not be built at all."""
+    if not compiled_available():
+        pytest.skip("the compiled loop is not built here")
+    from simhete.engine import _loop
+    src = Path(_loop.__file__).with_name("_loop.pyx")
+    if src.exists():
+        assert Path(_loop.__file__).stat().st_mtime >= src.stat().st_mtime

@@ -1,17 +1,17 @@
 """Exact event logs on tiny schedules, worked out by hand, for both engines (the fast engine with
-each of its loops: compiled when numba is installed, and pure Python)."""
+each of its loops: compiled when the extension is built, and pure Python)."""
 
 from __future__ import annotations
 
 import pytest
 
-from simhete.engine import ENGINES, OOMReport, simulate, simulate_fast
-from simhete.engine.fast import jit_available
+from simhete.engine import OOMReport, simulate, simulate_fast
+from simhete.engine.fast import compiled_available
 from simhete.errors import ConfigError, SimheteError
 from simhete.opkinds import MemClass, TaskCat
 from simhete.schedule import Alloc, Schedule, Task
 
-VARIANTS = ["simpy", "fast-python"] + (["fast-jit"] if jit_available() else [])
+VARIANTS = ["simpy", "fast-python"] + (["fast-compiled"] if compiled_available() else [])
 ENGINE = pytest.mark.parametrize("engine", VARIANTS)
 POOLS = {"gpu0": 10, "cpu": 100}
 

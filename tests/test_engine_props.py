@@ -7,11 +7,11 @@ import dataclasses
 from hypothesis import given, settings
 
 from simhete.engine import simulate, simulate_fast, simulate_simpy
-from simhete.engine.fast import jit_available
+from simhete.engine.fast import compiled_available
 from simhete.schedule import Schedule
 from test_engine_strategies import runs
 
-LOOPS = ["python"] + (["jit"] if jit_available() else [])
+LOOPS = ["python"] + (["compiled"] if compiled_available() else [])
 SETTINGS = settings(max_examples=120, deadline=None)
 
 

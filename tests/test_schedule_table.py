@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simhete.engine import simulate_fast, simulate_simpy
-from simhete.engine.fast import jit_available
+from simhete.engine.fast import compiled_available
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder
 from simhete.report.metrics import copy_bytes, pcie_task_bytes
@@ -22,7 +22,7 @@ from simhete.sim import resolve
 from test_engine_strategies import runs
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPS = ["python"] + (["jit"] if jit_available() else [])
+LOOPS = ["python"] + (["compiled"] if compiled_available() else [])
 
 
 def rebuilt(s: Schedule) -> Schedule:

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simhete.engine import indexed, simulate_fast, simulate_simpy
+from simhete.engine.fast import compiled_available
 from simhete.errors import SimheteError
 from simhete.opkinds import MemClass, TaskCat
 from simhete.policy import Builder, Context, Policy, template
@@ -183,7 +184,7 @@ def test_resized_through_the_known_shape_keeps_the_memory_checks(gpu_memory):
     got, fresh = t.resize(ctx1), pol1.build(ctx1)
     durs, rules = ctx1.cost.durations(fresh), ctx1.cost.interference()
     ref = simulate_simpy(fresh, durs, rules)
-    for loop in ("python", "jit"):
+    for loop in ("python",) + (("compiled",) if compiled_available() else ()):
         t.reused.clear()
         assert timeline_key(simulate_fast(t.resize(ctx1), durs, rules, loop=loop)) == timeline_key(ref)
     assert timeline_key(simulate_fast(got, durs, rules)) == timeline_key(ref)

@@ -4,26 +4,21 @@ Three steps:
 
 1. :func:`~simhete.engine.indexed.indexed`: the schedule as flat arrays, cached per Schedule object
    (re-pricing one schedule with new durations skips this step);
-2. the event loop: compiled with numba (:mod:`simhete.engine.jit`, ``pip install simhete[fast]``)
-   or the same loop in pure Python (:mod:`simhete.engine.pyloop`); both give identical results;
+2. the event loop: compiled when simhete is installed (:mod:`simhete.engine._loop`, Cython) or the
+   same loop in pure Python (:mod:`simhete.engine.pyloop`, when the extension could not be built);
+   both give identical results;
 3. a :class:`Timeline` over the loop's arrays (:class:`~simhete.engine.timeline.Columns`): Record
    objects and memory-event tuples are built only if someone reads them.
 
-Which loop runs (:func:`choose_loop`): loading numba and its cached machine code costs a process
-about a second of CPU (compiling it the first time on a machine, several seconds), while the
-Python loop is a few microseconds per task slower. So by default (``SIMHETE_JIT=auto``) a process
-runs its first ``JIT_AFTER_TASKS`` simulated tasks on the Python loop (a single ``simulate`` never
-pays for numba) and switches to the compiled loop after that (sweeps, plans). A caller that knows
-it will run many schedules (a sweep worker) says so with :func:`plan_runs`, and the compiled loop
-is used from the first of them when they add up to more than ``JIT_AFTER_TASKS`` tasks.
-``SIMHETE_JIT=1`` uses the compiled loop from the first call, ``SIMHETE_JIT=0`` never.
+Which loop runs (:func:`choose_loop`): the compiled one whenever it is built (it is a shared
+library: loading it costs a process nothing), unless ``SIMHETE_LOOP=python`` asks for the Python
+loop; ``SIMHETE_LOOP=compiled`` refuses to fall back (an error if the extension is missing).
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -32,50 +27,36 @@ from simhete.engine.indexed import Indexed, indexed
 from simhete.engine.inputs import check_durations
 from simhete.engine.status import DOUBLE_ALLOC, FREE_UNKNOWN, OOM, STUCK
 from simhete.engine.timeline import Columns, Timeline
+from simhete.errors import SimheteError
 from simhete.schedule import Schedule
 
-LOOPS = ("jit", "python")
-JIT_AFTER_TASKS = 200_000    # about break-even: ~1 s of numba start-up / 3-5 us saved per task
-_jit = None
-_tasks_run = 0               # tasks this process has simulated
-_planned = 0                 # schedules this process expects to run (plan_runs)
+LOOPS = ("compiled", "python")
+_compiled = None
 
 
-def jit_available() -> bool:
-    """Whether the compiled loop can be used: numba is installed (imported on first ask)."""
-    global _jit
-    if _jit is None:
+def compiled_available() -> bool:
+    """Whether the compiled loop was built at install (imported on first ask)."""
+    global _compiled
+    if _compiled is None:
         try:
-            from simhete.engine import jit
-            _jit = jit.run_loop
+            from simhete.engine import _loop
+            _compiled = _loop.run_loop
         except ImportError:
-            _jit = False
-    return _jit is not False
+            _compiled = False
+    return _compiled is not False
 
 
-@contextmanager
-def plan_runs(k: int) -> Iterator[None]:
-    """Within the block, this process expects to simulate about ``k`` schedules (a sweep worker's
-    share of its points). Under ``SIMHETE_JIT=auto``, when ``k`` runs of the size being simulated
-    exceed ``JIT_AFTER_TASKS`` tasks, numba's start-up pays off and the compiled loop is used at
-    once. The expectation ends with the block."""
-    global _planned
-    before, _planned = _planned, max(0, int(k))
-    try:
-        yield
-    finally:
-        _planned = before
-
-
-def choose_loop(n_tasks: int) -> str:
-    """The loop for the next run of ``n_tasks`` tasks under ``SIMHETE_JIT`` (module docstring)."""
-    global _tasks_run
-    _tasks_run += n_tasks
-    mode = os.environ.get("SIMHETE_JIT", "auto")
-    if mode == "0" or (mode != "1" and _tasks_run <= JIT_AFTER_TASKS
-                       and n_tasks * _planned <= JIT_AFTER_TASKS):
+def choose_loop() -> str:
+    """The loop ``SIMHETE_LOOP`` asks for: ``auto`` (default: compiled when built, else Python),
+    ``compiled`` or ``python``."""
+    mode = os.environ.get("SIMHETE_LOOP", "auto")
+    if mode == "python":
         return "python"
-    return "jit" if jit_available() else "python"
+    if mode == "compiled" or (mode == "auto" and compiled_available()):
+        return "compiled"
+    if mode == "auto":
+        return "python"
+    raise SimheteError(f"environment variable SIMHETE_LOOP: {mode!r} is not one of auto, compiled, python")
 
 
 def simulate_fast(schedule: Schedule, durations: Sequence[float],
@@ -83,7 +64,7 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
                   ) -> Timeline:
     """Run ``schedule`` with ``durations[i]`` full-speed seconds for ``schedule.tasks[i]``.
 
-    ``loop``: ``"jit"``, ``"python"`` or ``None`` (:func:`choose_loop` decides)."""
+    ``loop``: ``"compiled"``, ``"python"`` or ``None`` (:func:`choose_loop` decides)."""
     durs = check_durations(schedule.table.name, durations)
     rules = tuple(interference)
     ix = indexed(schedule, rules)
@@ -91,11 +72,12 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
         return memory.empty_timeline(schedule, ix.oom, "fast")
     matrix, fluid = ix.interference(rules)
     if loop is None:
-        loop = choose_loop(len(durs))
-    if loop == "jit":
-        if not jit_available():
-            raise RuntimeError("the compiled loop needs numba (pip install 'simhete[fast]')")
-        out = _jit(ix, durs, matrix)
+        loop = choose_loop()
+    if loop == "compiled":
+        if not compiled_available():
+            raise SimheteError("the compiled event loop was not built when simhete was installed (no C "
+                               "compiler?): reinstall with one, or set SIMHETE_LOOP=python")
+        out = _compiled(ix, durs, matrix)
     elif loop == "python":
         out = pyloop.run_loop(ix, durs.tolist(), matrix.tolist(), fluid)
     else:

@@ -3,9 +3,6 @@ yields each chunk's rows as soon as it is done (in completion order); everything
 points, skipping finished ones, writing results, strategies — is one code path in
 :mod:`simhete.search.runner`.
 
-``planned``: about how many points each worker will evaluate in this sweep (the engine's choice
-of event loop, :func:`simhete.engine.fast.plan_runs`).
-
 - ``local`` (default): a process pool of ``workers`` processes (``workers = 1`` runs in-process).
 - ``ray``: Ray tasks on the cluster at ``address`` (or a local Ray instance started with
   ``workers`` CPUs when no address is given). Needs the ``ray`` extra.
@@ -28,7 +25,7 @@ BACKENDS = ("local", "ray")
 class Backend(Protocol):
     workers: int
 
-    def map(self, chunks: Iterable[Chunk], engine: str, planned: int = 0) -> Iterator[list[Row]]: ...
+    def map(self, chunks: Iterable[Chunk], engine: str) -> Iterator[list[Row]]: ...
 
     def close(self) -> None: ...
 
@@ -44,8 +41,8 @@ class LocalBackend:
             # garbage collector need not walk it again (nor touch its pages: copy-on-write)
             self._pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=gc.freeze)
 
-    def map(self, chunks: Iterable[Chunk], engine: str, planned: int = 0) -> Iterator[list[Row]]:
-        fn = partial(evaluate_chunk, engine=engine, planned=planned)
+    def map(self, chunks: Iterable[Chunk], engine: str) -> Iterator[list[Row]]:
+        fn = partial(evaluate_chunk, engine=engine)
         if self._pool is None:
             return map(fn, chunks)
         return self._pool.imap_unordered(fn, chunks)
@@ -72,7 +69,7 @@ class RayBackend:
         self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
         self._remote = ray.remote(num_cpus=1)(evaluate_chunk)
 
-    def map(self, chunks: Iterable[Chunk], engine: str, planned: int = 0) -> Iterator[list[Row]]:
+    def map(self, chunks: Iterable[Chunk], engine: str) -> Iterator[list[Row]]:
         ray = self._ray
         window = 4 * self.workers       # chunks in flight: keeps every CPU busy, bounds memory
         pending: list[Any] = []
@@ -84,7 +81,7 @@ class RayBackend:
                 if chunk is None:
                     exhausted = True
                 else:
-                    pending.append(self._remote.remote(chunk, engine, planned))
+                    pending.append(self._remote.remote(chunk, engine))
             if not pending:
                 return
             done, pending = ray.wait(pending, num_returns=1)

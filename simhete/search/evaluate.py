@@ -104,21 +104,16 @@ def summary_row(pid: str, idx: int, params: dict[str, Any], policy: str, summary
         json.dumps(list(summary.uncalibrated)), json.dumps(d, sort_keys=True, separators=(",", ":")))
 
 
-def evaluate_chunk(chunk: Sequence[tuple[str, int, dict[str, Any], Scenario]], engine: str = "fast",
-                   planned: int = 0) -> list[Row]:
-    """The unit of work a backend ships: a few points, evaluated in order. ``planned``: about how
-    many points this worker runs in the whole sweep (lets the engine pick its compiled loop at once).
+def evaluate_chunk(chunk: Sequence[tuple[str, int, dict[str, Any], Scenario]], engine: str = "fast") -> list[Row]:
+    """The unit of work a backend ships: a few points, evaluated in order.
 
     The cyclic garbage collector is paused for the chunk: a point allocates tens of thousands of
     objects that reference counting frees (tasks, names, arrays), and each collection would walk
     the process's whole heap for none of them; it runs again as usual after the chunk."""
-    from simhete.engine.fast import plan_runs
-
     enabled = gc.isenabled()
     gc.disable()
     try:
-        with plan_runs(planned):
-            return [evaluate(pid, idx, params, s, engine) for pid, idx, params, s in chunk]
+        return [evaluate(pid, idx, params, s, engine) for pid, idx, params, s in chunk]
     finally:
         if enabled:
             gc.enable()

@@ -93,8 +93,7 @@ class Runner:
             size = max(1, min(MAX_CHUNK, math.ceil(len(work) / (4 * self.backend.workers))))
             chunks = [[(p.id, p.idx, p.params, p.scenario) for p in work[k:k + size]]
                       for k in range(0, len(work), size)]
-            planned = math.ceil(planned_points(self.sweep) / self.backend.workers)
-            for rows in self.backend.map(chunks, self.engine, planned):
+            for rows in self.backend.map(chunks, self.engine):
                 self.store.put(rows)
                 for r in rows:
                     by_id[r.id] = r
