@@ -204,6 +204,25 @@ def test_identical_blocks_share_one_cached_value():
     assert len(cm._task_cache) == 1
 
 
+def test_a_model_is_freed_by_reference_counting_alone():
+    # sweeps make a CostModel per point: one that is part of a reference cycle waits for the
+    # cyclic collector, which then walks every object the sweep keeps
+    import gc
+    import weakref
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        cm = CostModel(load_profile("h100-sxm"))
+        cm.ops_seconds((Op(OpKind.GEMM, (4096, 4096, 4096)), Op(OpKind.H2D, n=GiB), Op(OpKind.ADAM_CPU, n=10**6)))
+        ref = weakref.ref(cm)
+        del cm
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def test_durations_in_task_order_and_interference_rules():
     cm = CostModel(load_profile("h100-sxm").with_overrides(gpus=1))   # one GPU: no switch sharing
     sched = Schedule(tasks=(_task("a", (Op(OpKind.H2D, n=GiB),), "gpu0.h2d"),

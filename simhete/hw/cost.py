@@ -121,31 +121,6 @@ class CostModel:
         # per priced op / ops tuple: (flags, roofline GEMM shapes) its price rests on
         self._op_prov: dict[Op, Provenance_] = {}
         self._task_prov: dict[tuple[Op, ...], Provenance_] = {}
-        self._price: dict[OpKind, Callable[[Op], float]] = {
-            OpKind.GEMM: self._gemm,
-            OpKind.ATTN_FWD: self._attention,
-            OpKind.ATTN_BWD: self._attention,
-            OpKind.ELEMENTWISE: self._memory_bound,
-            OpKind.NORM: self._memory_bound,
-            OpKind.RMSNORM: self._memory_bound,
-            OpKind.GELU: self._memory_bound,
-            OpKind.RELU: self._memory_bound,
-            OpKind.SWIGLU: self._memory_bound,
-            OpKind.DROPOUT: self._memory_bound,
-            OpKind.ROPE: self._memory_bound,
-            **dict.fromkeys(BWD_KIND.values(), self._memory_bound),
-            OpKind.SOFTMAX_CE: self._memory_bound,
-            OpKind.EMBED: self._memory_bound,
-            OpKind.H2D: self._transfer,
-            OpKind.D2H: self._transfer,
-            OpKind.D2D: self._d2d,
-            OpKind.MEMCPY_CPU: self._memcpy_cpu,
-            OpKind.ADAM_CPU: self._adam_cpu,
-            OpKind.ADAM_GPU: self._adam_gpu,
-            OpKind.ALLREDUCE: self._collective,
-            OpKind.REDUCE_SCATTER: self._collective,
-            OpKind.ALLGATHER: self._collective,
-        }
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -158,7 +133,7 @@ class CostModel:
             flags, shapes = self._flags, self._roofline_shapes
             self._flags, self._roofline_shapes = set(), set()
             try:
-                t = self._price[op.kind](op) * op.count
+                t = _PRICE[op.kind](self, op) * op.count
                 self._op_prov[op] = (frozenset(self._flags), frozenset(self._roofline_shapes))
             finally:
                 flags |= self._flags
@@ -531,3 +506,25 @@ class CostModel:
             self._use("host.memcpy_gbps", q)
             alpha, beta = 0.0, q.value
         return alpha * 1e-6 + op.n * factor / (beta * 1e9)
+
+
+# The pricing method of each op kind, as plain functions of (model, op): a class-level table, not a
+# dict of bound methods per model, which would make every model a reference cycle (model → dict →
+# bound method → model) that only the cyclic garbage collector frees; a sweep makes one per point.
+_PRICE: dict[OpKind, Callable[[CostModel, Op], float]] = {
+    OpKind.GEMM: CostModel._gemm,
+    OpKind.ATTN_FWD: CostModel._attention,
+    OpKind.ATTN_BWD: CostModel._attention,
+    **dict.fromkeys((OpKind.ELEMENTWISE, OpKind.NORM, OpKind.RMSNORM, OpKind.GELU, OpKind.RELU,
+                     OpKind.SWIGLU, OpKind.DROPOUT, OpKind.ROPE, *BWD_KIND.values(), OpKind.SOFTMAX_CE,
+                     OpKind.EMBED), CostModel._memory_bound),
+    OpKind.H2D: CostModel._transfer,
+    OpKind.D2H: CostModel._transfer,
+    OpKind.D2D: CostModel._d2d,
+    OpKind.MEMCPY_CPU: CostModel._memcpy_cpu,
+    OpKind.ADAM_CPU: CostModel._adam_cpu,
+    OpKind.ADAM_GPU: CostModel._adam_gpu,
+    OpKind.ALLREDUCE: CostModel._collective,
+    OpKind.REDUCE_SCATTER: CostModel._collective,
+    OpKind.ALLGATHER: CostModel._collective,
+}
