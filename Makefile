@@ -5,8 +5,8 @@ PIP  := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: demo test bench clean
 
-# setup.py compiles the engine's event loop (simhete/engine/_loop.pyx): rebuilt when it changes
-$(VENV)/.core: pyproject.toml setup.py simhete/engine/_loop.pyx
+# setup.py compiles the engine's event loop (simhete/engine/_compiled.pyx): rebuilt when it changes
+$(VENV)/.core: pyproject.toml setup.py simhete/engine/_compiled.pyx
 	python3 -m venv $(VENV)
 	$(PIP) -e .
 	touch $@
@@ -23,7 +23,7 @@ demo: $(VENV)/.core
 
 # the tests compare the compiled loop with the reference: refuse to run them without it
 test: $(VENV)/.full
-	$(PY) -c "import simhete.engine._loop" || { echo "the compiled event loop did not build (needs a C compiler)"; exit 1; }
+	$(PY) -c "import simhete.engine._compiled" || { echo "the compiled event loop did not build (needs a C compiler)"; exit 1; }
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: $(VENV)/.full

@@ -63,7 +63,7 @@ START_UP = """
 import time
 from simhete.engine import simulate_fast      # numpy and the engine's Python modules first
 c0, w0 = time.process_time(), time.perf_counter()
-from simhete.engine._loop import run_loop
+from simhete.engine._compiled import run_loop
 c1, w1 = time.process_time(), time.perf_counter()
 from simhete.engine import simulate_fast
 from simhete.schedule import Schedule, Task
@@ -71,7 +71,7 @@ from simhete.opkinds import TaskCat
 c2, w2 = time.process_time(), time.perf_counter()
 simulate_fast(Schedule((Task("a", "s", TaskCat.OTHER),), {}), [1.0], loop="compiled")
 c3, w3 = time.process_time(), time.perf_counter()
-print(f"{c1 - c0:.3f} {w1 - w0:.3f} {c3 - c2:.3f} {w3 - w2:.3f}")
+print(f"{c1 - c0:.6f} {w1 - w0:.6f} {c3 - c2:.6f} {w3 - w2:.6f}")
 """
 
 

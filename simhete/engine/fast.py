@@ -4,7 +4,7 @@ Three steps:
 
 1. :func:`~simhete.engine.indexed.indexed`: the schedule as flat arrays, cached per Schedule object
    (re-pricing one schedule with new durations skips this step);
-2. the event loop: compiled when simhete is installed (:mod:`simhete.engine._loop`, Cython) or the
+2. the event loop: compiled when simhete is installed (:mod:`simhete.engine._compiled`, Cython) or the
    same loop in pure Python (:mod:`simhete.engine.pyloop`, when the extension could not be built);
    both give identical results;
 3. a :class:`Timeline` over the loop's arrays (:class:`~simhete.engine.timeline.Columns`): Record
@@ -30,20 +30,17 @@ from simhete.engine.timeline import Columns, Timeline
 from simhete.errors import SimheteError
 from simhete.schedule import Schedule
 
+try:
+    from simhete.engine import _compiled as _ext      # built at install (setup.py); optional
+except ImportError:
+    _ext = None
+
 LOOPS = ("compiled", "python")
-_compiled = None
 
 
 def compiled_available() -> bool:
-    """Whether the compiled loop was built at install (imported on first ask)."""
-    global _compiled
-    if _compiled is None:
-        try:
-            from simhete.engine import _loop
-            _compiled = _loop.run_loop
-        except ImportError:
-            _compiled = False
-    return _compiled is not False
+    """Whether the compiled loop was built at install."""
+    return _ext is not None
 
 
 def choose_loop() -> str:
@@ -77,7 +74,7 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
         if not compiled_available():
             raise SimheteError("the compiled event loop was not built when simhete was installed (no C "
                                "compiler?): reinstall with one, or set SIMHETE_LOOP=python")
-        out = _compiled(ix, durs, matrix)
+        out = _ext.run_loop(ix, durs, matrix)
     elif loop == "python":
         out = pyloop.run_loop(ix, durs.tolist(), matrix.tolist(), fluid)
     else:

@@ -1,11 +1,11 @@
 """The fast engine's event loop in pure Python (used when the compiled loop was not built).
 
-The loop of :mod:`simhete.engine._loop` over Python lists with ``heapq``: per-stream ready heaps of
+The loop of :mod:`simhete.engine._compiled` over Python lists with ``heapq``: per-stream ready heaps of
 task ranks (``order[rank]`` is the task), a completion heap of ``(finish, index)``, stale entries of
 rescheduled tasks skipped when popped (an entry is current only while it equals ``fin[i]``). The
 interference factors of every stream depend only on the set of busy streams, kept as a bit mask;
 they are cached per mask and re-evaluated only when the mask differs from the last evaluation.
-Same inputs (an :class:`~simhete.engine.indexed.Indexed`) and same outputs as ``_loop.run_loop``.
+Same inputs (an :class:`~simhete.engine.indexed.Indexed`) and same outputs as ``_compiled.run_loop``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the fast engine's two event loops (:mod:`~simhete.engine._loop`, :mod:`~simhete.engine.pyloop`)
+"""What the fast engine's two event loops (:mod:`~simhete.engine._compiled`, :mod:`~simhete.engine.pyloop`)
 return, so :mod:`simhete.engine.fast` turns either into the same Timeline or error.
 
 The result is ``(status, t, info, start, end, finished, ev_pool, ev_t, ev_bytes, n_ev, peak,

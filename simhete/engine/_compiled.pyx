@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The fast engine's event loop compiled ahead of time (Cython, built when simhete is installed).
+"""The fast engine's compiled parts (Cython, built when simhete is installed): the event loop
+(:func:`run_loop`) and the indexing of a new schedule structure (:func:`structure`).
 
-The loop of :mod:`simhete.engine.pyloop` over the arrays of :mod:`simhete.engine.indexed`, with
+The loop is that of :mod:`simhete.engine.pyloop` over the arrays of :mod:`simhete.engine.indexed`, with
 array heaps instead of ``heapq``: a ready heap of task ranks per stream (one segment of one array
 each) and a completion heap of ``(finish, index)``. The float arithmetic is that of
 :mod:`simhete.engine.rates` written out (``t + remaining * f``; ``remaining - dt / f`` clamped at
@@ -10,7 +11,8 @@ equal the SimPy engine's bit for bit. The interference factors are re-evaluated 
 busy streams differs from the last evaluation, as in the Python loop.
 
 Unlike a JIT it costs a process nothing to load (a shared library, no compiler at run time), so
-every run uses it when it is built. Returns what :mod:`simhete.engine.status` describes.
+every run uses it when it is built. :func:`run_loop` returns what :mod:`simhete.engine.status`
+describes.
 """
 
 from libc.stdint cimport int64_t
@@ -372,3 +374,207 @@ cdef tuple _kernel(const int64_t[::1] stream_of, const int64_t[::1] order, const
         free(iw)
         free(dw)
     return status, t, n_ev
+
+
+def structure(list names, list stream_names, list prio, list it_col, list deps, list frees, flat,
+              list n_alloc_col, tuple initial, pools, tuple classes):
+    """The structure indexing of :func:`simhete.engine.indexed._structure` for a schedule that
+    passes every static check, in one pass per column with no interpreter in between.
+
+    ``flat``: the allocations in task order (a sequence of Allocs), ``n_alloc_col`` how many each
+    task makes, ``initial`` the initial buffers, ``classes`` the memory classes in index order
+    (``memory.CLASSES``). Returns ``None`` as soon as anything is off — a duplicate name, a
+    dependency that is not a task, an unknown pool, an initial buffer listed twice, initial buffers
+    that overflow a pool, an allocation whose class is not one of ``classes`` — and the Python
+    indexing then finds and reports it as the reference does. Otherwise the tuple
+    ``(streams, buffers, a_names, a_pools, a_clss, initial_keys, arrays)``, ``arrays`` a dict of the
+    Structure's int64 arrays; numbering and ordering as the Python indexing's (tests compare them).
+    """
+    cdef Py_ssize_t n = len(names), n_flat = len(flat), n_init = len(initial)
+    cdef Py_ssize_t n_pools = len(pools), n_cls = len(classes)
+    cdef Py_ssize_t i, k, q, e, lo_, hi_, g, n_groups, n_dep_total = 0, n_free_total = 0
+    cdef int64_t p, b, c, row
+    if len(stream_names) != n or len(prio) != n or len(it_col) != n or len(deps) != n \
+            or len(frees) != n or len(n_alloc_col) != n:
+        return None
+    # names -> rows (a duplicate name: the Python indexing reports it)
+    cdef dict index = {}
+    for i in range(n):
+        index[names[i]] = i
+    if len(index) != n:
+        return None
+    cdef dict pool_id = {}
+    cdef list pool_names = list(pools)
+    for k in range(n_pools):
+        pool_id[pool_names[k]] = k
+    # streams in order of first appearance
+    cdef dict stream_id = {}
+    cdef list streams = []
+    i64 = np.int64
+    stream_of = np.empty(n, i64)
+    it = np.empty(n, i64)
+    pr = np.empty(n, i64)
+    ndeps = np.empty(n, i64)
+    a_ptr = np.zeros(n + 1, i64)
+    f_ptr = np.zeros(n + 1, i64)
+    cdef int64_t[::1] v_stream = stream_of, v_it = it, v_pr = pr, v_ndeps = ndeps
+    cdef int64_t[::1] v_aptr = a_ptr, v_fptr = f_ptr
+    for i in range(n):
+        s = stream_names[i]
+        got = stream_id.get(s)
+        if got is None:
+            got = stream_id[s] = len(streams)
+            streams.append(s)
+        v_stream[i] = got
+        v_it[i] = it_col[i]
+        v_pr[i] = prio[i]
+        k = len(deps[i])
+        v_ndeps[i] = k
+        n_dep_total += k
+        v_aptr[i + 1] = v_aptr[i] + <int64_t> n_alloc_col[i]
+        v_fptr[i + 1] = v_fptr[i] + len(frees[i])
+    if v_aptr[n] != n_flat:
+        return None
+    # successors in CSR form: per parent, its children in task order (a counting sort)
+    parent = np.empty(n_dep_total, i64)
+    succ_ptr = np.zeros(n + 1, i64)
+    succ = np.empty(n_dep_total, i64)
+    cdef int64_t[::1] v_parent = parent, v_sptr = succ_ptr, v_succ = succ
+    e = 0
+    for i in range(n):
+        for x in deps[i]:
+            got = index.get(x)
+            if got is None:
+                return None
+            row = got
+            v_parent[e] = row
+            v_sptr[row + 1] += 1
+            e += 1
+    for i in range(n):
+        v_sptr[i + 1] += v_sptr[i]
+    fill = succ_ptr[:-1].copy()
+    cdef int64_t[::1] v_fill = fill
+    e = 0
+    for i in range(n):
+        for k in range(v_ndeps[i]):
+            row = v_parent[e]
+            v_succ[v_fill[row]] = i
+            v_fill[row] += 1
+            e += 1
+    # allocations: buffers numbered by first appearance among allocated, freed, initial names
+    cdef dict buf_id = {}
+    cdef list buffers = [], a_names = [], a_pools = [], a_clss = []
+    a_buf = np.empty(n_flat, i64)
+    a_pool = np.empty(n_flat, i64)
+    a_cls = np.empty(n_flat, i64)
+    cdef int64_t[::1] v_abuf = a_buf, v_apool = a_pool, v_acls = a_cls
+    for q in range(n_flat):
+        a = flat[q]
+        name, pool, cls = a.buf, a.pool, a.cls
+        got = pool_id.get(pool)
+        if got is None:
+            return None
+        v_apool[q] = got
+        for c in range(n_cls + 1):
+            if c == n_cls:
+                return None
+            if classes[c] is cls:
+                break
+        v_acls[q] = c
+        got = buf_id.get(name)
+        if got is None:
+            got = buf_id[name] = len(buffers)
+            buffers.append(name)
+        v_abuf[q] = got
+        a_names.append(name)
+        a_pools.append(pool)
+        a_clss.append(cls)
+    n_free_total = v_fptr[n]
+    f_buf = np.empty(n_free_total, i64)
+    cdef int64_t[::1] v_fbuf = f_buf
+    e = 0
+    for i in range(n):
+        for x in frees[i]:
+            got = buf_id.get(x)
+            if got is None:
+                got = buf_id[x] = len(buffers)
+                buffers.append(x)
+            v_fbuf[e] = got
+            e += 1
+    cdef list initial_keys = []
+    init_buf = np.empty(n_init, i64)
+    init_pool = np.empty(n_init, i64)
+    init_cls = np.empty(n_init, i64)
+    cdef int64_t[::1] v_ibuf = init_buf, v_ipool = init_pool, v_icls = init_cls
+    held = [0] * n_pools
+    for q in range(n_init):
+        a = initial[q]
+        name, pool, cls = a.buf, a.pool, a.cls
+        got = pool_id.get(pool)
+        if got is None:
+            return None
+        p = got
+        held[p] += a.bytes
+        for c in range(n_cls + 1):
+            if c == n_cls:
+                return None
+            if classes[c] is cls:
+                break
+        got = buf_id.get(name)
+        if got is None:
+            got = buf_id[name] = len(buffers)
+            buffers.append(name)
+        v_ibuf[q], v_ipool[q], v_icls[q] = got, p, c
+        initial_keys.append((name, pool, cls))
+    for k in range(n_pools):
+        if held[k] > pools[pool_names[k]]:
+            return None
+    cdef Py_ssize_t nb = len(buffers)
+    live_pool0 = np.full(nb, -1, i64)
+    live_cls0 = np.zeros(nb, i64)
+    cdef int64_t[::1] v_lpool = live_pool0, v_lcls = live_cls0
+    for q in range(n_init):
+        b = v_ibuf[q]
+        if v_lpool[b] >= 0:
+            return None                 # an initial buffer listed twice
+        v_lpool[b] = v_ipool[q]
+        v_lcls[b] = v_icls[q]
+    # needs: per task, its pools in order of first appearance among its allocations; the
+    # allocations grouped by (task, pool) in that order, each group in allocation order
+    nd_ptr = np.zeros(n + 1, i64)
+    nd_pool_full = np.empty(n_flat, i64)
+    nd_perm = np.empty(n_flat, i64)
+    nd_starts_full = np.empty(n_flat, i64)
+    cdef int64_t[::1] v_ndptr = nd_ptr, v_ndpool = nd_pool_full, v_perm = nd_perm, v_starts = nd_starts_full
+    cdef Py_ssize_t pos = 0, q2
+    cdef bint first
+    n_groups = 0
+    for i in range(n):
+        lo_, hi_ = v_aptr[i], v_aptr[i + 1]
+        for q in range(lo_, hi_):
+            p = v_apool[q]
+            first = True
+            for q2 in range(lo_, q):
+                if v_apool[q2] == p:
+                    first = False
+                    break
+            if not first:
+                continue
+            v_ndpool[n_groups] = p
+            v_starts[n_groups] = pos
+            n_groups += 1
+            for q2 in range(q, hi_):
+                if v_apool[q2] == p:
+                    v_perm[pos] = q2
+                    pos += 1
+        v_ndptr[i + 1] = n_groups
+    order = np.argsort(pr, kind="stable")
+    rank = np.empty(n, i64)
+    rank[order] = np.arange(n, dtype=i64)
+    arrays = dict(stream_of=stream_of, it=it, order=order, rank=rank, succ_ptr=succ_ptr, succ=succ,
+                  ndeps=ndeps, a_ptr=a_ptr, a_buf=a_buf, a_pool=a_pool, a_cls=a_cls, nd_ptr=nd_ptr,
+                  nd_pool=nd_pool_full[:n_groups].copy(), nd_perm=nd_perm,
+                  nd_starts=nd_starts_full[:n_groups].copy(), f_ptr=f_ptr, f_buf=f_buf,
+                  live_pool0=live_pool0, live_cls0=live_cls0, init_buf=init_buf, init_pool=init_pool,
+                  init_cls=init_cls)
+    return tuple(streams), tuple(buffers), a_names, a_pools, a_clss, initial_keys, arrays
