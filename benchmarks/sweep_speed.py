@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import cProfile
 import json
 import os
-import pstats
 import statistics
 import subprocess
 import sys
@@ -236,6 +234,9 @@ def main() -> None:
         print(f"target {TARGET:.0f}/s/core: {'met' if whole >= TARGET else f'{TARGET / whole:.1f}x short'}")
     if args.no_profile:
         return
+    import cProfile           # here, not at the top: the fresh 1 080-point processes import this module
+    import pstats
+
     os.environ["SIMHETE_LOOP"] = "compiled"          # profile what a sweep runs
     pr = cProfile.Profile()
     pr.enable()
