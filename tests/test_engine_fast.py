@@ -236,3 +236,25 @@ def test_the_compiled_indexing_leaves_every_bad_schedule_to_the_python_checks(ba
         assert got is None
     compiled, python = _indexings(s)
     assert compiled == python and not isinstance(python, dict)
+
+
+@pytest.mark.skipif(not compiled_available(), reason="the compiled extension is not built")
+@pytest.mark.parametrize("change", [None, "buf", "pool", "cls", "cls as its string", "initial", "count"])
+def test_the_compiled_allocation_comparison_answers_as_the_python_one(change):
+    from simhete.engine import _compiled
+    from simhete.engine.indexed import _INITIAL
+    flat = [Alloc("x", "gpu0", 4, MemClass.ACTIVATIONS), Alloc("y", "cpu", 8, MemClass.OPTIM)]
+    initial = (Alloc("w", "gpu0", 2, MemClass.WEIGHTS),)
+    keys = ([a.buf for a in flat], [a.pool for a in flat], [a.cls for a in flat], list(map(_INITIAL, initial)))
+    if change in ("buf", "pool", "cls"):
+        flat[1] = dataclasses.replace(flat[1], **{change: {"buf": "z", "pool": "gpu0", "cls": MemClass.GRADS}[change]})
+    elif change == "cls as its string":        # a StrEnum member equals its value: still the same
+        flat[1] = dataclasses.replace(flat[1], cls="optim")
+    elif change == "initial":
+        initial = (dataclasses.replace(initial[0], pool="cpu"),)
+    elif change == "count":
+        flat.pop()
+    python = ([a.buf for a in flat], [a.pool for a in flat], [a.cls for a in flat],
+              list(map(_INITIAL, initial))) == keys
+    assert _compiled.same_allocations(flat, *keys[:3], initial, keys[3]) is python
+    assert python is (change in (None, "cls as its string"))

@@ -578,3 +578,23 @@ def structure(list names, list stream_names, list prio, list it_col, list deps, 
                   live_pool0=live_pool0, live_cls0=live_cls0, init_buf=init_buf, init_pool=init_pool,
                   init_cls=init_cls)
     return tuple(streams), tuple(buffers), a_names, a_pools, a_clss, initial_keys, arrays
+
+
+def same_allocations(flat, list a_names, list a_pools, list a_clss, tuple initial, list initial_keys):
+    """Whether the allocations ``flat`` (in task order) have the buffers, pools and classes
+    ``a_names``, ``a_pools``, ``a_clss`` and the initial buffers ``initial`` the ``(buf, pool,
+    cls)`` of ``initial_keys`` — the part of :meth:`simhete.engine.indexed.Structure.matches` that
+    reads Alloc objects, in one pass and without building the lists to compare."""
+    cdef Py_ssize_t q, n_flat = len(flat), n_init = len(initial)
+    if n_flat != len(a_names) or n_init != len(initial_keys):
+        return False
+    for q in range(n_flat):
+        a = flat[q]
+        c, k = a.cls, a_clss[q]
+        if (c is not k and c != k) or a.buf != a_names[q] or a.pool != a_pools[q]:
+            return False
+    for q in range(n_init):
+        a = initial[q]
+        if (a.buf, a.pool, a.cls) != initial_keys[q]:
+            return False
+    return True

@@ -193,11 +193,15 @@ class Structure:
     def matches(self, schedule: Schedule, flat: list) -> bool:
         """Whether ``schedule`` (``flat``: its allocations in task order) has this structure."""
         tb = schedule.table
-        return (tuple(schedule.pools) == self.pools and tb.name == self.names
+        if not (tuple(schedule.pools) == self.pools and tb.name == self.names
                 and tb.stream == self.stream and tb.prio == self.prio and tb.it == self.it_col
                 and tb.deps == self.deps and tb.frees == self.frees
-                and list(map(len, tb.allocs)) == self.n_alloc_col
-                and list(map(_BUF, flat)) == self.a_names and list(map(_POOL, flat)) == self.a_pools
+                and list(map(len, tb.allocs)) == self.n_alloc_col):
+            return False
+        if _ext is not None and type(schedule.initial) is tuple:
+            return _ext.same_allocations(flat, self.a_names, self.a_pools, self.a_clss, schedule.initial,
+                                         self.initial)
+        return (list(map(_BUF, flat)) == self.a_names and list(map(_POOL, flat)) == self.a_pools
                 and list(map(_CLS, flat)) == self.a_clss
                 and list(map(_INITIAL, schedule.initial)) == self.initial)
 
@@ -240,7 +244,8 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     if st is not None:
         if shape is not None:
             _remember_shape(shape, st)
-        return _reuse(st, schedule, tb.alloc_bytes_array() if shape is not None else list(map(_BYTES, flat)), rules)
+        return _reuse(st, schedule, tb.alloc_bytes_array() if shape is not None
+                      else np.fromiter(map(_BYTES, flat), np.int64, len(flat)), rules)
     a_bytes = tb.alloc_bytes_array() if shape is not None else np.fromiter(map(_BYTES, flat), np.int64, len(flat))
     st = _structure(schedule, flat, key, a_bytes, n_alloc_col)
     if not isinstance(st, Structure):
