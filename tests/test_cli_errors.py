@@ -53,6 +53,20 @@ def test_malformed_yaml(tmp_path, capsys):
     p = write(tmp_path, "model: [llama2-7b\nhardware: x\n")
     code, err = run_cli(capsys, "simulate", str(p))
     assert code == 2 and "s.yaml: malformed YAML at line" in err and err.count("\n") == 1
+    # parsed by libyaml first, but the error is worded by the pure-Python parser, as it always was
+    assert "line 2, column 9: expected ',' or ']', but got ':'" in err
+
+
+def test_yaml_files_load_as_safe_load_reads_them():
+    import yaml
+
+    from simhete.config import load_yaml
+
+    files = [*SCENARIOS.glob("*.yaml"), *(SCENARIOS.parent / "hwprofiles").glob("*.yaml"),
+             *(SCENARIOS.parent / "sweeps").glob("*.yaml")]
+    assert len(files) > 20
+    for f in files:
+        assert repr(load_yaml(f)) == repr(yaml.safe_load(f.read_text())), f
 
 
 def test_top_level_not_mapping(tmp_path, capsys):
