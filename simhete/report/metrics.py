@@ -61,6 +61,8 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: field order as declared, nested keys sorted, floats rounded."""
+        # what _json_safe gives, with the summary's known shapes spelled out (a sweep calls this for
+        # every point: a call of _json_safe per leaf was most of its time)
         out: dict[str, Any] = {}
         for name in _SUMMARY_FIELDS:
             v = getattr(self, name)
@@ -70,11 +72,11 @@ class Summary:
             elif t is int or t is str or t is bool or v is None:
                 out[name] = v
             elif name == "memory":
-                out[name] = _json_safe({p: {"capacity_bytes": m.capacity_bytes, "peak_bytes": m.peak_bytes,
-                                            "peak_by_class_bytes": dict(sorted(m.peak_by_class_bytes.items()))}
-                                        for p, m in sorted(v.items())})
-            elif name == "uncalibrated":
-                out[name] = _json_safe(list(v))
+                out[name] = {str(p): {"capacity_bytes": _leaf(m.capacity_bytes), "peak_bytes": _leaf(m.peak_bytes),
+                                      "peak_by_class_bytes": _leaves(dict(sorted(m.peak_by_class_bytes.items())))}
+                             for p, m in sorted(v.items())}
+            elif t is dict:                      # stream busy, PCIe bytes, meta: flat mappings
+                out[name] = _leaves(v)
             else:
                 out[name] = _json_safe(v)
         return out
@@ -383,8 +385,31 @@ def _memory(timeline: Timeline, pool_capacity: Mapping[str, int]) -> dict[str, P
             for pool, cap in sorted(pool_capacity.items())}
 
 
+_ROUNDED = f"%.{SIG_DIGITS}g"       # the format spelled once (an f-string with a nested spec builds it per call)
+
+
 def _round(x: float) -> float:
-    return float(f"{x:.{SIG_DIGITS}g}")
+    return float(_ROUNDED % x)
+
+
+def _leaf(x: Any) -> Any:
+    """:func:`_json_safe` of ``x``, the leaves inline."""
+    t = type(x)
+    if t is float:
+        return _round(x)
+    if t is int or t is str or t is bool or x is None:
+        return x
+    return _json_safe(x)
+
+
+def _leaves(d: Mapping[Any, Any]) -> dict[str, Any]:
+    """:func:`_json_safe` of a mapping, the leaves inline."""
+    out = {}
+    for k, x in d.items():
+        t = type(x)
+        out[str(k)] = _round(x) if t is float else x if t is int or t is str or t is bool or x is None \
+            else _json_safe(x)
+    return out
 
 
 def _json_safe(v: Any) -> Any:
