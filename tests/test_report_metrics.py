@@ -195,3 +195,18 @@ def test_stream_busy_from_columns_equals_the_record_loop(spans, window):
     arrays = Timeline(mem_events={}, peak={}, peak_by_class={}, columns=cols)
     records = Timeline(recs, {}, {}, {})
     assert stream_busy(arrays, window) == stream_busy(records, window)
+
+
+def test_simulating_and_summarizing_does_not_load_numpy_ma():
+    # np.unique without return_index imports numpy.ma on first use (~15 ms of a sweep process's
+    # start); the summary gets its distinct labels otherwise
+    import subprocess
+    import sys
+
+    from conftest import SCENARIOS
+
+    code = (f"import sys; from simhete.scenario import load_scenario; from simhete.sim import run; "
+            f"run(load_scenario({str(SCENARIOS / 'llama2-13b_h100-pcie_zero-offload.yaml')!r}), check=False, memo=True); "
+            f"print('numpy.ma' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"

@@ -157,7 +157,9 @@ def steady_iterations(timeline: Timeline) -> set[int] | None:
     """Iteration labels whose tasks make up the steady iteration (``None``: every record counts)."""
     cols = timeline.columns
     if cols is not None:       # the fast engine's arrays: no Record objects needed
-        its = cols.derived("iterations>0", lambda: np.unique(cols.it[cols.it > 0]).tolist())
+        # the distinct labels ascending, as np.unique gives them (which loads numpy.ma, ~15 ms, on
+        # first use without return_index: a sweep process needs nothing else from it)
+        its = cols.derived("iterations>0", lambda: sorted(set(cols.it[cols.it > 0].tolist())))
     else:
         its = sorted({r.it for r in timeline.records if r.it > 0})
     return {its[-1]} if len(its) >= 2 else None
@@ -199,7 +201,7 @@ def _stream_groups(cols: Any) -> tuple[np.ndarray, np.ndarray, list[int], list[s
     """(rows ordered by stream name then row, the stream's position in name order of each of
     them, where each stream's run starts and ends, the names): the streams that have a record."""
     streams = cols.streams
-    present = np.unique(cols.stream_of).tolist()
+    present = sorted(set(cols.stream_of.tolist()))      # not np.unique: see steady_iterations
     by_name = sorted(present, key=streams.__getitem__)
     rank = np.zeros(len(streams), dtype=np.int64)
     rank[by_name] = np.arange(len(by_name), dtype=np.int64)
