@@ -469,7 +469,9 @@ class HardwareProfile(Strict):
     links: Links | None = None
     collectives: Collectives | None = None
     topology: Topology | None = None
-    interference: list[Interference] = Field(default_factory=list)
+    # a plain default, which pydantic copies per instance: with default_factory=list, building the
+    # schema asks inspect for list's signature, which compiles the tokenizer's regexes (~10 ms)
+    interference: list[Interference] = []
 
     _file: str | None = PrivateAttr(default=None)
 
