@@ -113,11 +113,14 @@ class State:
         """Bytes per pool and MemClass of every tensor the replay holds (storages counted once).
 
         Sampled after every task, on the stream's own thread (on a CPU device, between two of its
-        tasks), so the per-block states that only change in place are listed once, not walked
+        tasks) while the other streams' threads go on adding and removing entries: every dict is
+        read through a snapshot of its values (``list(d.values())`` copies under the GIL; iterating
+        the live view raised "dictionary changed size during iteration" in a CI run under load,
+        2026-11-22). The per-block states that only change in place are listed once, not walked
         tensor by tensor each time (0.35 ms a sample for the small GPT, 2026-11-22)."""
         seen: set[int] = set()
         out: dict[str, dict[str, int]] = {"gpu0": {}, "cpu": {}}
-        for b in self.blocks.values():
+        for b in list(self.blocks.values()):
             for pool, cls, ptr, n in self._static_storages(b):
                 if ptr == 0 or ptr in seen:
                     continue
@@ -143,7 +146,7 @@ class State:
         items: list[tuple[str, str, torch.Tensor]] = []
         if not b.dev_is_master:
             items += [(b.master_pool, M, t) for t in b.master.values()]
-        for st in b.opt.state.values():
+        for st in list(b.opt.state.values()):
             items += [(b.master_pool, O, st[k]) for k in ("exp_avg", "exp_avg_sq") if k in st]
         if b.host_w is not None and b.host_w is not b.master:
             items += [("cpu", W, t) for t in b.host_w.values()]
@@ -156,37 +159,37 @@ class State:
         """Every tensor besides the per-block states of :meth:`_static_storages`."""
         W = MemClass.WEIGHTS.value
         G, G32, A = MemClass.GRADS.value, MemClass.GRADS32.value, MemClass.ACTIVATIONS.value
-        for b in self.blocks.values():
+        for b in list(self.blocks.values()):
             if b.resident:
-                for t in b.dev.values():
+                for t in list(b.dev.values()):
                     yield "gpu0", W, t
-        for g in self.dev_grads.values():
-            for t in g.values():
+        for g in list(self.dev_grads.values()):
+            for t in list(g.values()):
                 yield "gpu0", G, t
-        for st in self.staged.values():
-            for g in st.values():
-                for t in g.values():
+        for st in list(self.staged.values()):
+            for g in list(st.values()):
+                for t in list(g.values()):
                     yield "gpu0", MemClass.BUFFERS.value, t
-        for t in self.tied_grad.values():
+        for t in list(self.tied_grad.values()):
             yield "gpu0", G, t
-        for w in self.pending_w.values():
-            for t in w.values():
+        for w in list(self.pending_w.values()):
+            for t in list(w.values()):
                 yield "gpu0", W, t
-        for g in self.host_grads.values():
-            for t in g.values():
+        for g in list(self.host_grads.values()):
+            for t in list(g.values()):
                 yield "cpu", G32, t
-        for w in self.w_snap.values():
-            for t in w.values():
+        for w in list(self.w_snap.values()):
+            for t in list(w.values()):
                 yield "cpu", W, t
-        for w in self.w_staged.values():
-            for t in w.values():
+        for w in list(self.w_staged.values()):
+            for t in list(w.values()):
                 yield "gpu0", W, t
-        for a in self.acts.values():
+        for a in list(self.acts.values()):
             for t in (a.x_in, a.out):
                 if t is not None:
                     yield "gpu0", A, t
             for t in a.saved:
                 yield ("gpu0" if a.where == "device" else "cpu"), A, t
         for d in (self.carry, self.gcarry):
-            for t in d.values():
+            for t in list(d.values()):
                 yield "gpu0", A, t
