@@ -133,10 +133,20 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload
     # Attention QK^T and PV, 2·b·s²·h FLOPs each per layer, counted non-causal (Narayanan et al.
     # 2021 §5.1 / Korthikanti et al. 2022 §6 convention for model FLOPs).
     model_fwd += 4 * b * s * s * spec.hidden * spec.n_layers
+    # each block's BlockWork.fwd_flops / bwd_flops, summed once per ops tuple object: every
+    # transformer block shares the same two tuples (the blocks hold them, so ids stay theirs)
+    per_tuple: dict[int, float] = {}
+
+    def flops(ops: tuple[Op, ...]) -> float:
+        f = per_tuple.get(id(ops))
+        if f is None:
+            f = per_tuple[id(ops)] = sum(op.flops for op in ops)
+        return f
+
     return Workload(
         spec=spec, micro_batch=b, seq_len=s, dtype=dtype, flash_attention=flash,
         blocks=tuple(blocks), params=sum(bw.params for bw in blocks),
-        fwd_flops=sum(bw.fwd_flops for bw in blocks), bwd_flops=sum(bw.bwd_flops for bw in blocks),
+        fwd_flops=sum(flops(bw.fwd_ops) for bw in blocks), bwd_flops=sum(flops(bw.bwd_ops) for bw in blocks),
         model_flops_per_iter=3 * int(model_fwd), tokens_per_iter=b * s)
 
 
