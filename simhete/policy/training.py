@@ -27,6 +27,7 @@ stream serves micro-steps in order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -63,7 +64,10 @@ class ActivationKnobs(Strict):
 def size_decisions(ctx: Context) -> tuple[bool, ...]:
     """What :func:`forward_backward` decides from sizes: which blocks have a workspace buffer (part
     of the structure key of a policy built on it, see ``Policy.structure_key``)."""
-    return tuple(bool(b.workspace_bytes) for b in ctx.blocks)
+    return tuple(map(bool, map(_WORKSPACE, ctx.blocks)))     # a sweep asks at every point
+
+
+_WORKSPACE = attrgetter("workspace_bytes")
 
 
 def act_modes(ctx: Context, k: ActivationKnobs) -> dict[int, ActMode]:

@@ -52,6 +52,10 @@ class ZeroOffload(Policy):
         """Block indices per gradient bucket, in backward order (depends only on the blocks'
         parameter counts and the bucket size: kept per blocks tuple, which a cached workload shares
         among every point of its micro-batch and sequence length)."""
+        return [list(b) for b in self._partition(ctx)]
+
+    def _partition(self, ctx: Context) -> tuple[tuple[int, ...], ...]:
+        """:meth:`buckets` as the kept tuple of tuples."""
         blocks, size = ctx.blocks, self.k.reduce_bucket_size
         key = (id(blocks), size)
         got = _BUCKETS.get(key)
@@ -59,7 +63,7 @@ class ZeroOffload(Policy):
             if len(_BUCKETS) >= 1024:
                 _BUCKETS.clear()
             got = _BUCKETS[key] = (blocks, tuple(map(tuple, self._buckets(ctx))))   # holds the blocks
-        return [list(b) for b in got[1]]
+        return got[1]
 
     def _buckets(self, ctx: Context) -> list[list[int]]:
         out: list[list[int]] = []
@@ -81,7 +85,7 @@ class ZeroOffload(Policy):
         """Knobs (the bucket size through the partition it gives: sizes that alias share a key),
         the context's structural values and forward_backward's size decisions; micro-batch,
         sequence length and capacities only re-size the schedule (policy/template.py)."""
-        return (knob_key(self.k, ("reduce_bucket_size",)), tuple(map(tuple, self.buckets(ctx))),
+        return (knob_key(self.k, ("reduce_bucket_size",)), self._partition(ctx),
                 context_key(ctx), size_decisions(ctx))
 
     def build(self, ctx: Context) -> Schedule:
