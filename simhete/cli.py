@@ -16,11 +16,18 @@ from simhete.errors import SimheteError
 COMMANDS = ["demo", "simulate", "compare", "calibrate", "validate", "sweep", "plan"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser. ``only``: the command being run; only its module is imported (the others are
+    listed by name), since some import heavy libraries (calibrate: scipy.optimize, ~1 s of CPU)
+    that every other command would otherwise pay for at start-up. ``None``: every command's module,
+    for ``simhete --help`` and for a name that is not a command; ``""``: none."""
     p = argparse.ArgumentParser(prog="simhete", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"simhete {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name.replace("_", "-"))
+            continue
         try:
             mod = importlib.import_module(f"simhete.commands.{name}")
         except ModuleNotFoundError as e:
@@ -34,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)   # the top level has no valued options
+    if command in COMMANDS:
+        only = command
+    elif command is None and not {"-h", "--help"} & set(argv):
+        only = ""                     # --version, or no command at all: no command's module needed
+    else:
+        only = None                   # the help lists every command; a wrong name lists the choices
+    args = build_parser(only).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except SimheteError as e:

@@ -44,3 +44,16 @@ def test_help_works(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"] if cmd is None else [cmd, "--help"])
     assert e.value.code == 0 and "usage: simhete" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["sweep", "--help"], ["--version"]])
+def test_a_command_imports_only_its_own_module(argv):
+    """Start-up: ``calibrate`` imports scipy.optimize (~1 s of CPU); no other command pays for it."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom simhete.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('simhete.commands.') and m != 'simhete.commands._common'),"
+            " 'scipy.optimize' in sys.modules)" % (argv,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    expect = "['simhete.commands.sweep'] False" if argv[0] == "sweep" else "[] False"
+    assert out.strip().splitlines()[-1] == expect
