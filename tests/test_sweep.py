@@ -184,6 +184,32 @@ def test_sweep_records_every_point_once_with_failures_as_results(tmp_path):
     assert zo[0].tokens_per_s == direct.tokens_per_s
 
 
+def test_a_sweep_restores_the_collector_and_its_points_leave_no_reference_cycles(tmp_path):
+    # Runner.run collects rarely during a sweep (SWEEP_GC_THRESHOLD) on the premise that a point
+    # leaves nothing for the cyclic collector; the caller's settings come back afterwards
+    import gc
+
+    sw = load_sweep(sweep_file(tmp_path, {"train.micro_batch": [1, 2], "knobs.checkpointing": ["none", "full"]}))
+    before = gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()
+    with ResultStore(tmp_path / "r.sqlite") as st:
+        Runner(sw, st, LocalBackend(1)).run()
+        assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
+        from simhete.search.evaluate import evaluate
+        p = Runner(sw, st, LocalBackend(1)).point(3)
+        evaluate(p.id, p.idx, p.params, p.scenario)   # imports and caches made once
+        gc.collect()
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for i in range(4):
+                p = Runner(sw, st, LocalBackend(1)).point(i)
+                evaluate(p.id, p.idx, p.params, p.scenario)
+            assert gc.collect() == 0
+        finally:
+            if enabled:
+                gc.enable()
+
+
 def test_oom_is_a_recorded_result(tmp_path):
     rows = run_local(sweep_file(tmp_path, {"hardware": [{"profile": "h100-pcie", "host_memory": "100MiB"}]}),
                      tmp_path / "r.sqlite")
