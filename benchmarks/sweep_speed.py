@@ -224,9 +224,10 @@ def main() -> None:
             spec = Path(d) / "large.yaml"
             spec.write_text(json.dumps(LARGE))           # JSON is YAML
             for k in range(args.large_repeats):          # the sweep, and the same sweep as a user runs it
+                # single-threaded OpenBLAS, as the simhete command sets it (simhete/cli.py)
+                env = dict(os.environ, SIMHETE_LOOP="auto", OPENBLAS_NUM_THREADS="1")
                 out = subprocess.run([sys.executable, "-c", LARGE_RUN.format(bench=str(REPO / "benchmarks"))],
-                                     env=dict(os.environ, SIMHETE_LOOP="auto"), check=True, capture_output=True,
-                                     text=True).stdout
+                                     env=env, check=True, capture_output=True, text=True).stdout
                 runs.append(json.loads(out.strip().splitlines()[-1]))
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 subprocess.run([sys.executable, "-m", "simhete.cli", "sweep", str(spec), "--out",

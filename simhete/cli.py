@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from simhete import __version__
@@ -41,6 +42,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # numpy's OpenBLAS starts a worker thread per core that spins for ~0.1 s of CPU right after
+    # numpy is imported (measured 2026-11-22: import 0.2 s -> 0.12 s CPU); the simulator does
+    # no BLAS work worth a thread (calibration times GEMMs with torch, which has its own threads),
+    # so the command runs single-threaded BLAS unless the user asked otherwise
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)   # the top level has no valued options
     if command in COMMANDS:

@@ -57,3 +57,17 @@ def test_a_command_imports_only_its_own_module(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     expect = "['simhete.commands.sweep'] False" if argv[0] == "sweep" else "[] False"
     assert out.strip().splitlines()[-1] == expect
+
+
+@pytest.mark.parametrize("given,expect", [(None, "1"), ("4", "4")])
+def test_the_command_runs_single_threaded_blas_unless_asked_otherwise(given, expect):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    code = ("import os\nfrom simhete.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == expect
