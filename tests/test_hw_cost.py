@@ -204,6 +204,19 @@ def test_identical_blocks_share_one_cached_value():
     assert len(cm._task_cache) == 1
 
 
+def test_models_of_one_profile_share_derived_values_but_not_what_they_priced():
+    prof = load_profile("h100-pcie")
+    a = CostModel(prof)
+    rules = a.interference()
+    a.ops_seconds((Op(OpKind.ADAM_CPU, n=10**6),))
+    b = CostModel(prof)
+    assert b.flags == set() and not b._task_cache       # a fresh model starts empty
+    assert b.interference() == rules and b.flags == {f for f in a.flags if f.startswith("interference")}
+    b.ops_seconds((Op(OpKind.ADAM_CPU, n=10**6),))
+    assert b.flags == a.flags
+    assert CostModel(load_profile("h100-pcie").with_overrides(gpus=1)).interference() == rules
+
+
 def test_a_model_is_freed_by_reference_counting_alone():
     # sweeps make a CostModel per point: one that is part of a reference cycle waits for the
     # cyclic collector, which then walks every object the sweep keeps

@@ -88,32 +88,11 @@ class CostModel:
 
     def __init__(self, profile: HardwareProfile) -> None:
         self.profile = profile
-        g, h = profile.gpu, profile.host
-        self._launch = g.launch_overhead_us.value * 1e-6
-        self._mem_bps = g.mem_bandwidth_gbps.value * 1e9
-        self._mb_eff = g.memory_bound_efficiency.value
-        self._max_eff, self._max_eff_prov, self._max_eff_key = g.max_efficiency()
-        self._adam = h.adam_params_per_s()
-        self._adam_rate, self._adam_flag = self._adam_by_threads()
-        self._mb_curves: dict[str, tuple[list[int], list[float]]] = {}
-        self._tables: dict[str, GemmInterpolator] = {}
-        if g.gemm.model == "table" and g.gemm.table is not None:
-            self._tables = {dt: GemmInterpolator(rows) for dt, rows in g.gemm.table.points.items()}
-        attn_table = g.attention.table if g.attention else None
-        self._attn_exact: dict[tuple[OpKind, str, tuple[int, ...]], float] = {}
-        self._attn_rows: dict[tuple[OpKind, str, int], list[tuple[int, int, int, float]]] = {}
-        self._attn_interp: dict[tuple[OpKind, str, int], GemmInterpolator] = {}
-        if attn_table is not None:
-            for kind, part in ((OpKind.ATTN_FWD, attn_table.fwd), (OpKind.ATTN_BWD, attn_table.bwd)):
-                for dt, rows in part.items():
-                    for r in rows:
-                        b, h, sq, skv, d, causal = (int(x) for x in r[:6])
-                        self._attn_exact[(kind, dt, (b, h, sq, skv, d, causal))] = float(r[6])
-                        self._attn_rows.setdefault((kind, dt, causal), []).append(
-                            (b * h, sq * skv, d, float(r[6])))
-        blocks = g.blocks
-        self._blocks: dict[str, float] = ({k: float(sec) for k, _, sec in blocks.entries}
-                                          if blocks is not None else {})
+        # what depends on the profile alone (its numbers, tables, and caches of values derived
+        # from it) is made once per profile object and shared by its models: a sweep builds a
+        # model per point, and deriving it (a pydantic Quantity for a derived Adam rate among it)
+        # was most of the model's construction
+        self.__dict__.update(_derived(profile))
         self._op_cache: dict[Op, float] = {}
         self._task_cache: dict[tuple[Op, ...], float] = {}
         self._flags: set[str] = set()
@@ -121,6 +100,39 @@ class CostModel:
         # per priced op / ops tuple: (flags, roofline GEMM shapes) its price rests on
         self._op_prov: dict[Op, Provenance_] = {}
         self._task_prov: dict[tuple[Op, ...], Provenance_] = {}
+
+    @staticmethod
+    def _derive(profile: HardwareProfile) -> dict[str, object]:
+        """The model's attributes that depend on the profile alone (see ``__init__``)."""
+        g, host = profile.gpu, profile.host
+        out: dict[str, object] = {
+            "_launch": g.launch_overhead_us.value * 1e-6,
+            "_mem_bps": g.mem_bandwidth_gbps.value * 1e9,
+            "_mb_eff": g.memory_bound_efficiency.value,
+            "_adam": host.adam_params_per_s(),
+            "_mb_curves": {},       # key -> (sizes, times): filled as curves are first used
+            "_tables": {},
+            "_attn_interp": {},     # (kind, dtype, causal) -> interpolator: filled on first use
+            "_interference": [],    # [(rules, flags)] once interference() has run
+        }
+        out["_max_eff"], out["_max_eff_prov"], out["_max_eff_key"] = g.max_efficiency()
+        out["_adam_rate"], out["_adam_flag"] = _adam_by_threads(profile)
+        if g.gemm.model == "table" and g.gemm.table is not None:
+            out["_tables"] = {dt: GemmInterpolator(rows) for dt, rows in g.gemm.table.points.items()}
+        attn_table = g.attention.table if g.attention else None
+        attn_exact: dict[tuple[OpKind, str, tuple[int, ...]], float] = {}
+        attn_rows: dict[tuple[OpKind, str, int], list[tuple[int, int, int, float]]] = {}
+        if attn_table is not None:
+            for kind, part in ((OpKind.ATTN_FWD, attn_table.fwd), (OpKind.ATTN_BWD, attn_table.bwd)):
+                for dt, rows in part.items():
+                    for r in rows:
+                        b, h, sq, skv, d, causal = (int(x) for x in r[:6])
+                        attn_exact[(kind, dt, (b, h, sq, skv, d, causal))] = float(r[6])
+                        attn_rows.setdefault((kind, dt, causal), []).append((b * h, sq * skv, d, float(r[6])))
+        out["_attn_exact"], out["_attn_rows"] = attn_exact, attn_rows
+        blocks = g.blocks
+        out["_blocks"] = {k: float(sec) for k, _, sec in blocks.entries} if blocks is not None else {}
+        return out
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -208,10 +220,22 @@ class CostModel:
 
     def interference(self) -> tuple[tuple[str, str, float], ...]:
         """(victim glob, aggressor glob, slowdown factor) rules from the profile."""
-        rules = self.profile.interference
-        for i, r in enumerate(rules):
-            self._use(f"interference[{i}].slowdown", r.slowdown)
-        return tuple((r.victim, r.aggressor, r.slowdown.value) for r in rules) + self._switch_rules()
+        if self._interference:      # derived by a model of this profile before: the same rules and flags
+            rules, used = self._interference[0]
+            self._flags |= used
+            return rules
+        flags = self._flags
+        self._flags = set()
+        try:
+            for i, r in enumerate(self.profile.interference):
+                self._use(f"interference[{i}].slowdown", r.slowdown)
+            rules = tuple((r.victim, r.aggressor, r.slowdown.value) for r in self.profile.interference) \
+                + self._switch_rules()
+            self._interference.append((rules, frozenset(self._flags)))
+        finally:
+            flags |= self._flags
+            self._flags = flags
+        return rules
 
     def _switch_rules(self) -> tuple[tuple[str, str, float], ...]:
         """Copies of GPUs that share a PCIe switch share its uplink to the host.
@@ -439,24 +463,6 @@ class CostModel:
         self._use("host.memcpy_gbps", q)
         return op.n / (q.value * 1e9)
 
-    def _adam_by_threads(self) -> tuple[float | None, str | None]:
-        """(params/s from ``by_threads`` at ``threads``, flag if outside the measured threads), or
-        (None, None) when either is absent. Linear in threads between measured counts; outside
-        them the nearest measured count (flagged: the curve is not extrapolated)."""
-        adam = self.profile.host.adam
-        if adam.threads is None or adam.by_threads is None:
-            return None, None
-        pts = sorted(adam.by_threads.points)
-        th = adam.threads
-        if th <= pts[0][0] or th >= pts[-1][0]:
-            near = pts[0] if th <= pts[0][0] else pts[-1]
-            flag = None if near[0] == th else (f"host.adam.by_threads (no point at {th} threads: "
-                                               f"{near[0]} used)")
-            return near[1], flag
-        i = bisect.bisect_left([p[0] for p in pts], th)
-        (t0, r0), (t1, r1) = pts[i - 1], pts[i]
-        return r0 + (th - t0) / (t1 - t0) * (r1 - r0), None
-
     def _adam_cpu(self, op: Op) -> float:
         adam = self.profile.host.adam
         if self._adam_rate is not None:
@@ -528,3 +534,35 @@ _PRICE: dict[OpKind, Callable[[CostModel, Op], float]] = {
     OpKind.REDUCE_SCATTER: CostModel._collective,
     OpKind.ALLGATHER: CostModel._collective,
 }
+
+_DERIVED: dict[int, tuple[HardwareProfile, dict[str, object]]] = {}   # id(profile) -> (profile, attributes)
+
+
+def _derived(profile: HardwareProfile) -> dict[str, object]:
+    """:meth:`CostModel._derive` of ``profile``, kept per profile object (the entry holds the
+    profile, so its id stays its own; profiles are immutable)."""
+    got = _DERIVED.get(id(profile))
+    if got is None or got[0] is not profile:
+        if len(_DERIVED) >= 64:
+            _DERIVED.clear()
+        got = _DERIVED[id(profile)] = (profile, CostModel._derive(profile))
+    return got[1]
+
+
+def _adam_by_threads(profile: HardwareProfile) -> tuple[float | None, str | None]:
+    """(params/s from ``by_threads`` at ``threads``, flag if outside the measured threads), or
+    (None, None) when either is absent. Linear in threads between measured counts; outside
+    them the nearest measured count (flagged: the curve is not extrapolated)."""
+    adam = profile.host.adam
+    if adam.threads is None or adam.by_threads is None:
+        return None, None
+    pts = sorted(adam.by_threads.points)
+    th = adam.threads
+    if th <= pts[0][0] or th >= pts[-1][0]:
+        near = pts[0] if th <= pts[0][0] else pts[-1]
+        flag = None if near[0] == th else (f"host.adam.by_threads (no point at {th} threads: "
+                                           f"{near[0]} used)")
+        return near[1], flag
+    i = bisect.bisect_left([p[0] for p in pts], th)
+    (t0, r0), (t1, r1) = pts[i - 1], pts[i]
+    return r0 + (th - t0) / (t1 - t0) * (r1 - r0), None
