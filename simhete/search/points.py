@@ -83,7 +83,8 @@ class Resolver:
         return out
 
     def _cached(self, kind: str, ref: Any, s: Scenario, fn: Any) -> Any:
-        key = kind + json.dumps(ref if isinstance(ref, str) else ref.model_dump(mode="json"), sort_keys=True)
+        # a name is its own key (asked at every point); a mapping is keyed by its canonical JSON
+        key = (kind, ref) if isinstance(ref, str) else (kind, json.dumps(ref.model_dump(mode="json"), sort_keys=True))
         if key not in self._digests:
             self._digests[key] = fn(s)
         return self._digests[key]

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import sqlite3
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -21,6 +22,7 @@ from simhete.errors import SimheteError
 from simhete.search.evaluate import COLUMNS, Row
 
 SCHEMA_VERSION = "1"
+_ROW_VALUES = attrgetter(*COLUMNS)      # a Row's values in column order, as a tuple
 _TYPES = {"idx": "INTEGER", "tokens_per_s": "REAL", "samples_per_s": "REAL", "iter_time_s": "REAL",
           "mfu": "REAL", "peak_gpu_bytes": "INTEGER", "gpu_capacity_bytes": "INTEGER",
           "peak_host_bytes": "INTEGER", "host_capacity_bytes": "INTEGER"}
@@ -81,7 +83,7 @@ class ResultStore:
         """Insert finished rows in one transaction; a row already present is left as it is."""
         q = f"INSERT OR IGNORE INTO points VALUES ({','.join('?' * len(COLUMNS))})"
         with self._tx():
-            self.db.executemany(q, [tuple(getattr(r, c) for c in COLUMNS) for r in rows])
+            self.db.executemany(q, list(map(_ROW_VALUES, rows)))
 
     def drop(self, ids: Iterable[str]) -> None:
         """Remove rows (so that they can be run again)."""
