@@ -77,6 +77,8 @@ class Summary:
                              for p, m in sorted(v.items())}
             elif t is dict:                      # stream busy, PCIe bytes, meta: flat mappings
                 out[name] = _leaves(v)
+            elif t is tuple:                     # uncalibrated: strings
+                out[name] = [x if type(x) is str else _json_safe(x) for x in v]
             else:
                 out[name] = _json_safe(v)
         return out
