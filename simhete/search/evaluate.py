@@ -70,8 +70,14 @@ def failed_row(pid: str, idx: int, params: dict[str, Any], status: str, reason: 
                None, None, None, None, "[]", "")
 
 
+# json.dumps with any non-default argument builds a new JSONEncoder per call; a row makes three
+# encodings, so the encoders are made once (the same text: json.dumps is this encoder's encode)
+_PARAMS = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_SUMMARY = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def params_json(params: dict[str, Any]) -> str:
-    return json.dumps(params, separators=(",", ":"), default=str)
+    return _PARAMS(params)
 
 
 def evaluate(pid: str, idx: int, params: dict[str, Any], s: Scenario, engine: str = "fast") -> Row:
@@ -101,7 +107,7 @@ def summary_row(pid: str, idx: int, params: dict[str, Any], policy: str, summary
         summary.tokens_per_s, summary.samples_per_s, summary.iter_time_s, summary.mfu,
         peak_gpu["peak_bytes"] if peak_gpu else None, peak_gpu["capacity_bytes"] if peak_gpu else None,
         host["peak_bytes"] if host else None, host["capacity_bytes"] if host else None,
-        json.dumps(list(summary.uncalibrated)), json.dumps(d, sort_keys=True, separators=(",", ":")))
+        json.dumps(list(summary.uncalibrated)), _SUMMARY(d))
 
 
 def evaluate_chunk(chunk: Sequence[tuple[str, int, dict[str, Any], Scenario]], engine: str = "fast") -> list[Row]:
