@@ -142,6 +142,16 @@ class Builder:
                            frees if type(frees) is tuple else tuple(frees), it, block))
         return name
 
+    def add_row(self, row: tuple, sized: tuple | None = None) -> str:
+        """:meth:`add` for callers that pass the stored row itself — ``(name, stream, cat, ops,
+        deps, prio, allocs, frees, it, block)`` with ``ops``, ``deps``, ``allocs`` and ``frees``
+        tuples and no empty dependency name, as :meth:`add` would store it — skipping its
+        conversions (a schedule's forward and backward are most of its tasks)."""
+        if sized is not None:
+            self._sized.append((len(self._rows), *sized))
+        self._rows.append(row)
+        return row[0]
+
     def join(self, name: str, stream: str, deps: Iterable[str], prio: int, it: int) -> list[str]:
         """One zero-duration task that waits for ``deps``, for many tasks that all wait for the
         same set: M tasks × N deps become M + N edges (a step of many CPU Adam tasks after many
@@ -158,6 +168,26 @@ class Builder:
         table.sized = self._sized
         self._rows, self._sized = [], []
         return Schedule.from_table(table, pools, tuple(initial), iterations, meta)
+
+
+_PER_WORKLOAD: list[dict] = []
+
+
+def per_workload_cache() -> dict:
+    """A new module-level cache of what builds make the same way for every structure of one
+    workload (names, ops, Allocs: immutable, shared between schedules), registered so that
+    :func:`clear_per_workload` (through ``template.clear``) forgets it with the templates. Its
+    keys must start with ``id(blocks)`` and its entries hold the blocks tuple (so the id stays
+    theirs); its owner bounds it."""
+    d: dict = {}
+    _PER_WORKLOAD.append(d)
+    return d
+
+
+def clear_per_workload() -> None:
+    """Empty every :func:`per_workload_cache` (benchmarks and tests start afresh)."""
+    for d in _PER_WORKLOAD:
+        d.clear()
 
 
 _SHARED_OPS: dict[tuple[str, int, bool, str], Op] = {}

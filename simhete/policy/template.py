@@ -30,7 +30,7 @@ import numpy as np
 
 from simhete.errors import SimheteError
 from simhete.opkinds import OpKind
-from simhete.policy.base import Context, Policy, shared_ops
+from simhete.policy.base import Context, Policy, clear_per_workload, shared_ops
 from simhete.schedule import Schedule
 from simhete.schedule.model import TableShape
 
@@ -221,6 +221,7 @@ def same_schedule(a: Schedule, b: Schedule) -> bool:
 
 
 def clear() -> None:
-    """Forget every template (tests)."""
+    """Forget every template, and what builds keep per workload (tests, benchmarks)."""
     _TEMPLATES.clear()
     _PER_BLOCK.clear()
+    clear_per_workload()

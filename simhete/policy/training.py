@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Literal
+from typing import Any, Iterable, Literal
 
 from pydantic import Field, model_validator
 
 from simhete.config import Strict
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, shared_ops
+from simhete.policy.base import Builder, Context, per_workload_cache, shared_ops
 from simhete.schedule.model import new_alloc
 
 PRIO_IT = 1_000_000
@@ -133,6 +133,81 @@ class IterTasks:
     last_B: str = ""
 
 
+class _BlockPlan:
+    """What :func:`forward_backward` emits for one block at one (iteration, micro-step, GPU) that
+    does not depend on the caller's dependencies, frees or activation mode: the task and buffer
+    names, and the allocations of fixed kind (their bytes are the block's). Kept per workload by
+    :func:`_plan`, so every structure built on one workload (a sweep's bucket sizes, checkpointing,
+    delayed update) shares the strings and the immutable Allocs instead of making them again."""
+
+    __slots__ = ("index", "pos", "name", "fwd_ops", "bwd_ops", "act_bytes", "grad_bytes", "act", "F",
+                 "F_keep", "F_ckpt", "F_frees", "R", "ract", "R_allocs", "B", "grad", "B_grad", "B_none",
+                 "ws_B", "keep_frees", "ckpt_frees")
+
+    def __init__(self, blk: Any, p: int, head: str, tail: str, pool: str, grad_pool: str) -> None:
+        ACT, BUF = MemClass.ACTIVATIONS, MemClass.BUFFERS
+        bn = blk.name
+        self.index, self.pos, self.name = blk.index, p, bn
+        self.fwd_ops, self.bwd_ops = blk.fwd_ops, blk.bwd_ops
+        self.act_bytes, self.grad_bytes = blk.act_bytes, blk.grad_bytes
+        self.act = act = f"{head}act.{bn}{tail}"
+        self.F = f"{head}F.{bn}{tail}"
+        self.R = f"{head}R.{bn}{tail}"
+        self.ract = ract = f"{head}ract.{bn}{tail}"
+        self.B = f"{head}B.{bn}{tail}"
+        self.grad = grad = f"{head}grad.{bn}{tail}"
+        self.R_allocs = (new_alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, ACT),)
+        grad_alloc = new_alloc(grad, grad_pool, blk.grad_bytes, MemClass.GRADS)
+        keep = new_alloc(act, pool, blk.act_bytes, ACT)
+        ckpt = new_alloc(act, pool, blk.ckpt_bytes, ACT)
+        if blk.workspace_bytes:
+            ws_f, self.ws_B = f"{head}ws.F.{bn}{tail}", f"{head}ws.B.{bn}{tail}"
+            ws_fa = new_alloc(ws_f, pool, blk.workspace_bytes, BUF)
+            ws_ba = new_alloc(self.ws_B, pool, blk.workspace_bytes, BUF)
+            # (allocations, sized) of F by mode, and of B with and without a gradient buffer
+            self.F_keep, self.F_ckpt = ((keep, ws_fa), (p, "fwd", ("act", "ws"))), ((ckpt, ws_fa), (p, "fwd", ("ckpt", "ws")))
+            self.F_frees = (ws_f,)
+            self.B_grad, self.B_none = ((grad_alloc, ws_ba), (p, "bwd", (None, "ws"))), ((ws_ba,), (p, "bwd", ("ws",)))
+            ws_b = (self.ws_B,)
+        else:
+            self.ws_B = None
+            self.F_keep, self.F_ckpt = ((keep,), (p, "fwd", ("act",))), ((ckpt,), (p, "fwd", ("ckpt",)))
+            self.F_frees = ()
+            self.B_grad, self.B_none = ((grad_alloc,), (p, "bwd", (None,))), ((), (p, "bwd", ()))
+            ws_b = ()
+        # B's frees when the caller adds none: the activations (and the recompute's), the workspace
+        self.keep_frees, self.ckpt_frees = (act, *ws_b), (act, ract, *ws_b)
+
+
+# (id(blocks), it, m, gpu, multi-GPU, grad pool) -> (blocks, one _BlockPlan per block): the entry
+# holds the workload's blocks tuple, so its id stays its own; bounded (a plan is ~20 objects a block)
+_PLANS: dict[tuple, tuple] = per_workload_cache()
+PLANS_KEPT = 256
+
+
+def _plan(blocks: tuple, it: int, m: int, gpu: int, multi: bool, grad_pool: str | None) -> tuple[_BlockPlan, ...]:
+    """The :class:`_BlockPlan` of every block, in ``blocks`` order, kept per workload."""
+    exact = type(it) is int and type(m) is int and type(gpu) is int     # True == 1 but names differ
+    key = (id(blocks), it, m, gpu, multi, grad_pool)
+    got = _PLANS.get(key) if exact else None
+    if got is None or got[0] is not blocks:
+        head = f"it{it}." + (f"m{m}." if m > 1 else "")       # tname(it, what, blk, gpu, n, m), split
+        tail = f"@g{gpu}" if multi else ""
+        pool = f"gpu{gpu}"
+        got = (blocks, tuple(_BlockPlan(blk, p, head, tail, pool, grad_pool or pool) for p, blk in enumerate(blocks)))
+        if exact:
+            if len(_PLANS) >= PLANS_KEPT:
+                _PLANS.clear()
+            _PLANS[key] = got
+    return got[1]
+
+
+def _extra(names: Iterable[str] | None) -> tuple[str, ...]:
+    """A caller's extra dependency names as a tuple, empty names dropped (as Builder.add drops
+    them from deps; frees are kept as given)."""
+    return tuple(filter(None, names)) if names else ()
+
+
 def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode], *,
                      gpu: int = 0, start_deps: list[str] = (),
                      fwd_weight_deps: dict[int, list[str]] | None = None,
@@ -151,95 +226,89 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     (PatrickStar's chunk reuse), or they accumulate into the buffer an earlier micro-step
     allocated, so B allocates no gradient buffer; a set: only those blocks' B allocate one.
     ``m``: the micro-step (names, priorities).
+
+    The names and fixed allocations come from the workload's kept :func:`_plan`; the rows go to
+    ``b.add_row`` with exact types (tuples, no empty names), as ``b.add`` would store them.
     """
-    pool = f"gpu{gpu}"
     comp = f"gpu{gpu}.compute"
+    pool = f"gpu{gpu}"
     blocks = ctx.blocks
     nb = len(blocks)
+    plan = _plan(blocks, it, m, gpu, ctx.n_gpus > 1, grad_pool)
     fw = fwd_weight_deps or {}
     bw = bwd_weight_deps or {}
     ff = fwd_frees or {}
     bf = bwd_frees or {}
-    # every name is tname(it, what, blk, gpu, n, m) = head + what + "." + blk + tail
-    head = tname(it, "", "", gpu, 1, m)[:-1]
+    head = f"it{it}." + (f"m{m}." if m > 1 else "")     # for the swap names (not in the plan)
     tail = f"@g{gpu}" if ctx.n_gpus > 1 else ""
-    ACT, BUF, GRADS = MemClass.ACTIVATIONS, MemClass.BUFFERS, MemClass.GRADS
-    add = b.add
-    out = IterTasks()
-    prev: tuple[str, ...] = tuple(start_deps)
+    ACT = MemClass.ACTIVATIONS
+    FWD, BWD, RECOMPUTE = TaskCat.FWD, TaskCat.BWD, TaskCat.RECOMPUTE
+    row = b.add_row
+    F, B, R, grads_out = {}, {}, {}, {}
+    out = IterTasks(F, B, R, grads_out)
+    prev: tuple[str, ...] = _extra(start_deps)
     base_f = fwd_prio(it, 0, m, nb)
     # Cells that depend on sizes (micro-batch, sequence length) are marked for structural
     # templates (policy/template.py): ops and allocation bytes derived from the block's activations
     d2h_code, h2d_code = ("act.d2h", "act.h2d") if pinned else ("act.d2h.pageable", "act.h2d.pageable")
-    for p, blk in enumerate(blocks):
-        i, mode, bn = blk.index, modes[blk.index], blk.name
-        act = f"{head}act.{bn}{tail}"
-        keep = blk.ckpt_bytes if mode == "recompute" else blk.act_bytes
-        allocs = [new_alloc(act, pool, keep, ACT)]
-        frees = list(ff.get(i, ()))
-        if blk.workspace_bytes:
-            ws = f"{head}ws.F.{bn}{tail}"
-            allocs.append(new_alloc(ws, pool, blk.workspace_bytes, BUF))
-            frees.append(ws)
-            sized = (p, "fwd", ("ckpt" if mode == "recompute" else "act", "ws"))
-        else:
-            sized = (p, "fwd", ("ckpt" if mode == "recompute" else "act",))
+    for e in plan:
+        i = e.index
+        mode = modes[i]
+        allocs, sized = e.F_ckpt if mode == "recompute" else e.F_keep
+        extra = ff.get(i)
+        frees = tuple(extra) + e.F_frees if extra else e.F_frees
+        extra = fw.get(i)
         fp = base_f + 2 * i                                   # fwd_prio(it, i, m, nb)
-        f = add(f"{head}F.{bn}{tail}", comp, TaskCat.FWD, blk.fwd_ops, deps=prev + tuple(fw.get(i, ())),
-                prio=fp, allocs=allocs, frees=frees, it=it, block=i, sized=sized)
-        out.F[i] = f
+        f = row((e.F, comp, FWD, e.fwd_ops, prev + _extra(extra) if extra else prev, fp, allocs, frees, it, i),
+                sized)
+        F[i] = f
         prev = (f,)
         if mode == "swap":
-            b.add(f"{head}D2H.act.{bn}{tail}", copy_stream(gpu, "d2h", pinned), TaskCat.D2H,
-                  shared_ops(OpKind.D2H, blk.act_bytes, pinned), deps=prev, prio=fp + 1,
-                  allocs=(new_alloc(f"{head}cact.{bn}{tail}", "cpu", blk.act_bytes, ACT),),
-                  frees=(act,), it=it, block=i, sized=(p, d2h_code, ("act",)))
-    out.first_F = out.F[blocks[0].index]
+            bn = e.name
+            row((f"{head}D2H.act.{bn}{tail}", copy_stream(gpu, "d2h", pinned), TaskCat.D2H,
+                 shared_ops(OpKind.D2H, e.act_bytes, pinned), prev, fp + 1,
+                 (new_alloc(f"{head}cact.{bn}{tail}", "cpu", e.act_bytes, ACT),), (e.act,), it, i),
+                (e.pos, d2h_code, ("act",)))
+    out.first_F = F[blocks[0].index]
 
-    prev = (out.F[blocks[-1].index],)
-    bwd_order = list(reversed(blocks))
-    for pos, blk in enumerate(bwd_order):
-        i, mode, bn = blk.index, modes[blk.index], blk.name
-        p = nb - 1 - pos                                      # position in ctx.blocks
-        act = f"{head}act.{bn}{tail}"
-        bp = bwd_prio(it, i, nb, m)
-        deps = prev + tuple(bw.get(i, ()))
-        frees = [act]
+    last_F = F[blocks[-1].index]
+    prev = (last_F,)
+    base_b = bwd_prio(it, 0, nb, m)                           # bwd_prio(it, i, nb, m) = base_b - 2 * i
+    gb_all = isinstance(grad_buffers, bool)
+    for pos in range(nb - 1, -1, -1):
+        e = plan[pos]
+        i, mode = e.index, modes[e.index]
+        bp = base_b - 2 * i
+        extra = bw.get(i)
+        deps = prev + _extra(extra) if extra else prev
         if mode == "recompute":
-            ract = f"{head}ract.{bn}{tail}"
-            r = add(f"{head}R.{bn}{tail}", comp, TaskCat.RECOMPUTE, blk.fwd_ops, deps=deps,
-                    prio=bp, allocs=(new_alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, ACT),),
-                    it=it, block=i, sized=(p, "fwd", ("ract",)))
-            out.R[i] = r
+            r = row((e.R, comp, RECOMPUTE, e.fwd_ops, deps, bp, e.R_allocs, (), it, i), (pos, "fwd", ("ract",)))
+            R[i] = r
             deps = (r,)
-            frees.append(ract)
+            frees = e.ckpt_frees
         elif mode == "swap":
             # bring activations back while the previous backward block computes (one block ahead)
-            ahead = out.B[bwd_order[pos - 2].index] if pos >= 2 else out.F[blocks[-1].index]
+            ahead = B[plan[pos + 2].index] if pos + 2 < nb else last_F
+            bn = e.name
             sact = f"{head}sact.{bn}{tail}"
-            h = add(f"{head}H2D.act.{bn}{tail}", copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
-                    shared_ops(OpKind.H2D, blk.act_bytes, pinned),
-                    deps=(f"{head}D2H.act.{bn}{tail}", ahead), prio=bp,
-                    allocs=(new_alloc(sact, pool, blk.act_bytes, ACT),),
-                    frees=(f"{head}cact.{bn}{tail}",), it=it, block=i, sized=(p, h2d_code, ("act",)))
+            h = row((f"{head}H2D.act.{bn}{tail}", copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
+                     shared_ops(OpKind.H2D, e.act_bytes, pinned), (f"{head}D2H.act.{bn}{tail}", ahead), bp,
+                     (new_alloc(sact, pool, e.act_bytes, ACT),), (f"{head}cact.{bn}{tail}",), it, i),
+                    (pos, h2d_code, ("act",)))
             deps = deps + (h,)
-            frees = [sact]
-        grad = f"{head}grad.{bn}{tail}"
-        grads = blk.grad_bytes and (grad_buffers if isinstance(grad_buffers, bool) else i in grad_buffers)
-        allocs = [new_alloc(grad, grad_pool or pool, blk.grad_bytes, GRADS)] if grads else []
-        frees += bf.get(i, ())
-        if blk.workspace_bytes:
-            ws = f"{head}ws.B.{bn}{tail}"
-            allocs.append(new_alloc(ws, pool, blk.workspace_bytes, BUF))
-            frees.append(ws)
-            sized = (p, "bwd", (None, "ws") if grads else ("ws",))
+            frees = (sact, e.ws_B) if e.ws_B else (sact,)
         else:
-            sized = (p, "bwd", (None,) if grads else ())
-        bt = add(f"{head}B.{bn}{tail}", comp, TaskCat.BWD, blk.bwd_ops, deps=deps, prio=bp + 1,
-                 allocs=allocs, frees=frees, it=it, block=i, sized=sized)
-        out.B[i] = bt
+            frees = e.keep_frees
+        grads = e.grad_bytes and (grad_buffers if gb_all else i in grad_buffers)
+        allocs, sized = e.B_grad if grads else e.B_none
+        extra = bf.get(i)
+        if extra:       # the caller's frees go before the workspace's
+            extra = tuple(extra)
+            frees = frees[:-1] + extra + frees[-1:] if e.ws_B else frees + extra
+        bt = row((e.B, comp, BWD, e.bwd_ops, deps, bp + 1, allocs, frees, it, i), sized)
+        B[i] = bt
         if grads:
-            out.grads[i] = grad
+            grads_out[i] = e.grad
         prev = (bt,)
     out.last_B = prev[0]
     return out
