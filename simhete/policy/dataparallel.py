@@ -44,6 +44,12 @@ def shard(total: int, n: int, g: int) -> int:
     return q + (1 if g < r else 0)
 
 
+def _dep_tuple(deps: Iterable[str]) -> tuple[str, ...]:
+    """``deps`` as Builder.add stores them: a tuple, empty names dropped."""
+    d = tuple(deps)
+    return d if all(d) else tuple(filter(None, d))
+
+
 class DataParallel:
     """Emits copies and collectives for all GPUs of a context; one instance per schedule."""
 
@@ -54,6 +60,8 @@ class DataParallel:
         self.gpus = range(self.n)   # the GPUs' indices (read on every emitted copy)
         self.pinned = pinned
         self.m = 1            # micro-step whose tasks are being emitted (names)
+        # GPU 0's copy streams, for the one-GPU paths of to_gpu / from_gpu
+        self._h2d0, self._d2h0 = copy_stream(0, "h2d", pinned), copy_stream(0, "d2h", pinned)
 
     def name(self, it: int, what: str, blk: str, g: int) -> str:
         return tname(it, what, blk, g, self.n, self.m)
@@ -69,6 +77,12 @@ class DataParallel:
         ``label``: the iteration the tasks are counted in (default ``it``, which names them)."""
         n, add, allocs = self.n, self.b.add, allocs or {}
         lab = it if label is None else label
+        if n == 1:     # one GPU (most schedules): its copy alone, stored as add would store it
+            a = allocs.get(0, ())
+            return {0: self.b.add_row((self.name(it, what, blk, 0), self._h2d0, TaskCat.H2D,
+                                       shared_ops(OpKind.H2D, shard(nbytes, 1, 0), self.pinned),
+                                       _dep_tuple(deps.get(0, ()) if isinstance(deps, dict) else deps), prio,
+                                       a if type(a) is tuple else tuple(a), (), lab, block))}
         h2d = {g: add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
                       shared_ops(OpKind.H2D, shard(nbytes, n, g), self.pinned),
                       deps=self._per_gpu(deps, g), prio=prio, allocs=allocs.get(g, ()), it=lab, block=block)
@@ -91,6 +105,12 @@ class DataParallel:
                  sync: bool = False) -> dict[int, str]:
         """Every GPU → host: (reduce-scatter +) shard D2H. Returns the D2H task per GPU, which
         frees ``frees[g]`` (the GPU gradient buffers) when it ends."""
+        if self.n == 1:     # one GPU (most schedules): its copy alone, stored as add would store it
+            f = (frees or {}).get(0, ())
+            return {0: self.b.add_row((self.name(it, what, blk, 0), "gpu0.compute" if sync else self._d2h0,
+                                       TaskCat.D2H, shared_ops(OpKind.D2H, shard(nbytes, 1, 0), self.pinned),
+                                       _dep_tuple(deps.get(0, ())), prio, (), f if type(f) is tuple else tuple(f),
+                                       it, block))}
         src = deps
         if self.n > 1:
             every = sorted({d for g in self.gpus for d in deps.get(g, [])})
