@@ -22,10 +22,10 @@ from pydantic import Field
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import (Builder, Context, Policy, context_key, host_fp32_bytes, knob_key, model_states,
-                                 shared_ops)
+                                 per_workload_cache, shared_ops)
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.registry import register
-from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
+from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
                                      grad_prio, size_decisions, tname)
 from simhete.schedule import Alloc, Schedule
 
@@ -92,24 +92,27 @@ class ZeroOffload(Policy):
         k = self.k
         b = Builder()
         dp = DataParallel(b, ctx, k.pin_memory)
+        gpus = dp.gpus
         nb, ga = len(ctx.blocks), accum_steps(ctx)
         modes = act_modes(ctx, k)
         initial = []
-        for g in dp.gpus:
+        for g in gpus:
             initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g)
         initial += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"})
         if k.delayed_update:   # second fp32 gradient buffer so step k reads while k+1 writes
-            initial += [Alloc(f"grads32b.{blk.name}", "cpu", host_fp32_bytes(blk), MemClass.GRADS32)
-                        for blk in ctx.blocks if blk.params]
+            initial += _host_buffers(ctx.blocks, "grads32b")
         if ga > 1:   # DeepSpeed's accumulated_grads_in_cpu: 16-bit, pinned, every rank's partition
-            initial += [Alloc(f"gacc.{blk.name}", "cpu", blk.grad_bytes, MemClass.GRADS)
-                        for blk in ctx.blocks if blk.params]
+            initial += _host_buffers(ctx.blocks, "gacc")
         by_idx = {blk.index: blk for blk in ctx.blocks}
-        buckets = self.buckets(ctx)
+        buckets = self._partition(ctx)
+        # per bucket, once per build: its 16-bit gradient bytes and its name's block part
+        bucket_bytes = [sum(by_idx[i].grad_bytes for i in bucket) for bucket in buckets]
+        bucket_tag = [f"k{j}" for j in range(len(buckets))]
         h2d: dict[int, dict[int, dict[int, str]]] = {}    # it -> block -> gpu -> updated weights on the GPU
         adam: dict[int, dict[int, str]] = {}
         last_B: dict[int, str] = {}
         pinned = k.pin_memory
+        sync = not k.overlap_comm
 
         def refresh(it: int, last_use: dict[int, dict[int, str]], label: int) -> None:
             """DPU: H2D of step ``it``'s weights, after the step and after ``last_use[g][i]``,
@@ -119,7 +122,7 @@ class ZeroOffload(Policy):
             for blk in ctx.blocks:
                 if blk.params:
                     i = blk.index
-                    deps = {g: [adam[it][i], last_use[g][i]] for g in dp.gpus}
+                    deps = {g: [adam[it][i], last_use[g][i]] for g in gpus}
                     h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, deps,
                                            fwd_prio(it + 2, i), i, label=label)
 
@@ -127,63 +130,107 @@ class ZeroOffload(Policy):
             lag = 2 if k.delayed_update else 1
             # optimizer.step() returns only when every updated weight is back on the GPU, so the
             # next forward waits for the whole step (with DPU: the step before the previous one)
-            step_done = {g: sorted(w[g] for w in h2d.get(it - lag, {}).values()) for g in dp.gpus}
+            step_done = {g: sorted(w[g] for w in h2d.get(it - lag, {}).values()) for g in gpus}
             prev_out: dict[int, dict[int, str]] = {}     # bucket -> gpu -> previous micro-step's D2H
+            reuse = adam.get(it - lag, {})
             for m in range(1, ga + 1):
                 dp.m = m
-                bucket_name = {g: [dp.name(it, "D2H.g", f"k{j}", g) for j in range(len(buckets))]
-                               for g in dp.gpus}
+                bucket_name = {g: [dp.name(it, "D2H.g", tag, g) for tag in bucket_tag] for g in gpus}
                 # Two bucket buffers (DeepSpeed's double-buffered ipg bucket with overlap_comm): the
                 # backward that starts bucket j+2 waits until bucket j has left the GPU.
                 t = {g: forward_backward(
                     b, ctx, it, modes, gpu=g, m=m,
                     start_deps=([last_B[g]] if g in last_B else []) + (step_done[g] if m == 1 else []),
                     bwd_weight_deps={bk[0]: [bucket_name[g][j - 2]] for j, bk in enumerate(buckets) if j >= 2}
-                    if k.overlap_comm else {}, pinned=pinned) for g in dp.gpus}
+                    if k.overlap_comm else {}, pinned=pinned) for g in gpus}
+                last = m == ga    # the fp32 gradient buffer this step writes must have been consumed
                 d2h_of: list[str] = []
                 for j, bucket in enumerate(buckets):
-                    deps = {g: [t[g].B[i] for i in bucket] for g in dp.gpus}
-                    if m == ga:   # the fp32 gradient buffer this step writes must have been consumed
-                        reuse = adam.get(it - lag, {})
-                        for g in dp.gpus:
+                    deps, frees = {}, {}
+                    for g in gpus:
+                        tg = t[g]
+                        deps[g] = list(map(tg.B.__getitem__, bucket))
+                        if last and reuse:
                             deps[g] += [reuse[i] for i in bucket if i in reuse]
-                    nbytes = sum(by_idx[i].grad_bytes for i in bucket)
-                    frees = {g: [t[g].grads[i] for i in bucket] for g in dp.gpus}
+                        frees[g] = list(map(tg.grads.__getitem__, bucket))
                     prio = grad_prio(it, j, nb, m)
                     # without overlap_comm the reduction runs inside the backward hook (compute stream)
                     if m == 1:
-                        out = dp.from_gpu(it, "D2H.g", f"k{j}", nbytes, deps, prio, bucket[0], frees=frees,
-                                          sync=not k.overlap_comm)
+                        out = dp.from_gpu(it, "D2H.g", bucket_tag[j], bucket_bytes[j], deps, prio, bucket[0],
+                                          frees=frees, sync=sync)
                     else:
-                        out = dp.accumulate(it, "D2H.g", f"k{j}", nbytes, deps, prev_out[j], prio, bucket[0],
-                                            frees=frees, sync=not k.overlap_comm)
+                        out = dp.accumulate(it, "D2H.g", bucket_tag[j], bucket_bytes[j], deps, prev_out[j], prio,
+                                            bucket[0], frees=frees, sync=sync)
                     prev_out[j] = out
                     d2h_of += out.values()
-                last_B = {g: t[g].last_B for g in dp.gpus}
+                last_B = {g: t[g].last_B for g in gpus}
             dp.m = 1
             if k.delayed_update and it - 1 in adam:
                 # DPU: step it-1's weights overwrite the one 16-bit copy on the GPU, so they go back
                 # only after this iteration's last use of the old ones (its last backward of the
                 # block); iteration it+1 is the first to use them
-                refresh(it - 1, {g: t[g].B for g in dp.gpus}, it)
-            adam[it], h2d[it] = {}, {}
-            all_d2h = b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h_of), fwd_prio(it, 0), it)
-            for blk in ctx.blocks:
-                if not blk.params:
-                    continue
-                i = blk.index
+                refresh(it - 1, {g: t[g].B for g in gpus}, it)
+            step: dict[int, str] = {}
+            sent_h2d: dict[int, dict[int, str]] = {}
+            adam[it], h2d[it] = step, sent_h2d
+            all_d2h = tuple(b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h_of), fwd_prio(it, 0), it))
+            if not all(all_d2h):
+                all_d2h = tuple(filter(None, all_d2h))     # as Builder.add stores deps
+            refreshed = h2d.get(it - 1, {}) if k.delayed_update else None
+            for blk, i, name, ops, prio in _adam_plan(ctx.blocks, it):
                 # DPU: the previous step's refresh must have read the host's 16-bit weights before
                 # this step overwrites them (one host copy)
-                sent = sorted(h2d.get(it - 1, {}).get(i, {}).values()) if k.delayed_update else []
+                deps = all_d2h
+                if refreshed is not None:
+                    sent = sorted(refreshed.get(i, {}).values())
+                    if sent:
+                        deps = all_d2h + (tuple(sent) if all(sent) else tuple(filter(None, sent)))
                 # one task for all ranks' partitions: N processes step their 1/N concurrently on the
                 # host's cores and DRAM, whose aggregate rate is the profile's Adam rate
-                a = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
-                          shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"), deps=[*all_d2h, *sent],
-                          prio=fwd_prio(it, i), it=it, block=i)
-                adam[it][i] = a
+                a = step[i] = b.add_row((name, "cpu.optim", TaskCat.OPTIM_CPU, ops, deps, prio, (), (), it, i))
                 if not k.delayed_update:
-                    h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, [a], fwd_prio(it + 1, i), i)
+                    sent_h2d[i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, (a,), prio + PRIO_IT, i)
         # DPU: the last step's weights would go back after iteration N+1's backward, outside the
         # simulated window, so the schedule ends with that step (its refresh is not part of it)
         meta = {"policy": self.name, "delayed_update": str(k.delayed_update).lower()}
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
+
+
+# Per workload blocks tuple (the entries hold it, so its id stays its own; bounded): what the build
+# makes the same way for every structure of a workload (a sweep's bucket sizes, checkpointing and
+# delayed update share it), kept so each new structure reuses the strings, ops and Allocs.
+_HOST_BUFFERS: dict[tuple, tuple] = per_workload_cache()     # (id(blocks), prefix) -> (blocks, Allocs)
+_ADAM: dict[tuple, tuple] = per_workload_cache()             # (id(blocks), it) -> (blocks, fixed cells)
+KEPT = 256
+
+
+def _host_buffers(blocks: tuple, prefix: str) -> tuple[Alloc, ...]:
+    """The host buffers ``{prefix}.{block}`` of every block with parameters: the DPU's second fp32
+    gradient buffer (``grads32b``, fp32) or the accumulated 16-bit gradients (``gacc``)."""
+    key = (id(blocks), prefix)
+    got = _HOST_BUFFERS.get(key)
+    if got is None or got[0] is not blocks:
+        if len(_HOST_BUFFERS) >= KEPT:
+            _HOST_BUFFERS.clear()
+        if prefix == "grads32b":
+            made = tuple(Alloc(f"grads32b.{blk.name}", "cpu", host_fp32_bytes(blk), MemClass.GRADS32)
+                         for blk in blocks if blk.params)
+        else:
+            made = tuple(Alloc(f"gacc.{blk.name}", "cpu", blk.grad_bytes, MemClass.GRADS)
+                         for blk in blocks if blk.params)
+        got = _HOST_BUFFERS[key] = (blocks, made)
+    return got[1]
+
+
+def _adam_plan(blocks: tuple, it: int) -> tuple[tuple, ...]:
+    """Per block with parameters, in forward order: ``(block, index, ADAM task name, its ops, its
+    priority)`` of iteration ``it``'s CPU step."""
+    key = (id(blocks), it)
+    got = _ADAM.get(key)
+    if got is None or got[0] is not blocks:
+        if len(_ADAM) >= KEPT:
+            _ADAM.clear()
+        got = _ADAM[key] = (blocks, tuple(
+            (blk, blk.index, tname(it, "ADAM.cpu", blk.name), shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"),
+             fwd_prio(it, blk.index)) for blk in blocks if blk.params))
+    return got[1]
