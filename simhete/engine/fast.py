@@ -10,8 +10,8 @@ Three steps:
 3. a :class:`Timeline` over the loop's arrays (:class:`~simhete.engine.timeline.Columns`): Record
    objects and memory-event tuples are built only if someone reads them.
 
-Which loop runs (:func:`choose_loop`): the compiled one whenever it is built (it is a shared
-library: loading it costs a process nothing), unless ``SIMHETE_LOOP=python`` asks for the Python
+Which loop runs (:func:`choose_loop`): the compiled one whenever it is built (a shared library:
+loading it costs a process next to nothing), unless ``SIMHETE_LOOP=python`` asks for the Python
 loop; ``SIMHETE_LOOP=compiled`` refuses to fall back (an error if the extension is missing).
 """
 
