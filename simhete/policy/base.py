@@ -136,7 +136,7 @@ class Builder:
         if sized is not None:
             self._sized.append((len(self._rows), *sized))
         if type(deps) is not tuple or not all(deps):     # a tuple of names is kept as it is
-            deps = tuple(filter(None, deps))
+            deps = tuple(filter(None, deps))             # (dep_names, inlined: called per task)
         self._rows.append((name, stream, cat, ops if type(ops) is tuple else tuple(ops), deps, prio,
                            allocs if type(allocs) is tuple else tuple(allocs),
                            frees if type(frees) is tuple else tuple(frees), it, block))
@@ -168,6 +168,14 @@ class Builder:
         table.sized = self._sized
         self._rows, self._sized = [], []
         return Schedule.from_table(table, pools, tuple(initial), iterations, meta)
+
+
+def dep_names(deps: Iterable[str] | None) -> tuple[str, ...]:
+    """Dependency names as :meth:`Builder.add` stores them: a tuple, empty names (no task)
+    dropped; for rows given to :meth:`Builder.add_row`."""
+    if type(deps) is tuple and all(deps):
+        return deps
+    return tuple(filter(None, deps)) if deps else ()
 
 
 _PER_WORKLOAD: list[dict] = []

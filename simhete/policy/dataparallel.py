@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, shared_op, shared_ops
+from simhete.policy.base import Builder, Context, dep_names, shared_op, shared_ops
 from simhete.policy.training import copy_stream, tname
 from simhete.schedule import Alloc, Op
 
@@ -42,12 +42,6 @@ def shard(total: int, n: int, g: int) -> int:
         return total
     q, r = divmod(total, n)
     return q + (1 if g < r else 0)
-
-
-def _dep_tuple(deps: Iterable[str]) -> tuple[str, ...]:
-    """``deps`` as Builder.add stores them: a tuple, empty names dropped."""
-    d = tuple(deps)
-    return d if all(d) else tuple(filter(None, d))
 
 
 class DataParallel:
@@ -81,7 +75,7 @@ class DataParallel:
             a = allocs.get(0, ())
             return {0: self.b.add_row((self.name(it, what, blk, 0), self._h2d0, TaskCat.H2D,
                                        shared_ops(OpKind.H2D, shard(nbytes, 1, 0), self.pinned),
-                                       _dep_tuple(deps.get(0, ()) if isinstance(deps, dict) else deps), prio,
+                                       dep_names(deps.get(0, ()) if isinstance(deps, dict) else deps), prio,
                                        a if type(a) is tuple else tuple(a), (), lab, block))}
         h2d = {g: add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
                       shared_ops(OpKind.H2D, shard(nbytes, n, g), self.pinned),
@@ -109,7 +103,7 @@ class DataParallel:
             f = (frees or {}).get(0, ())
             return {0: self.b.add_row((self.name(it, what, blk, 0), "gpu0.compute" if sync else self._d2h0,
                                        TaskCat.D2H, shared_ops(OpKind.D2H, shard(nbytes, 1, 0), self.pinned),
-                                       _dep_tuple(deps.get(0, ())), prio, (), f if type(f) is tuple else tuple(f),
+                                       dep_names(deps.get(0, ())), prio, (), f if type(f) is tuple else tuple(f),
                                        it, block))}
         src = deps
         if self.n > 1:

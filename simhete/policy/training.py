@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from simhete.config import Strict
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, per_workload_cache, shared_ops
+from simhete.policy.base import Builder, Context, dep_names, per_workload_cache, shared_ops
 from simhete.schedule.model import new_alloc
 
 PRIO_IT = 1_000_000
@@ -202,12 +202,6 @@ def _plan(blocks: tuple, it: int, m: int, gpu: int, multi: bool, grad_pool: str 
     return got[1]
 
 
-def _extra(names: Iterable[str] | None) -> tuple[str, ...]:
-    """A caller's extra dependency names as a tuple, empty names dropped (as Builder.add drops
-    them from deps; frees are kept as given)."""
-    return tuple(filter(None, names)) if names else ()
-
-
 def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode], *,
                      gpu: int = 0, start_deps: list[str] = (),
                      fwd_weight_deps: dict[int, list[str]] | None = None,
@@ -246,7 +240,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     row = b.add_row
     F, B, R, grads_out = {}, {}, {}, {}
     out = IterTasks(F, B, R, grads_out)
-    prev: tuple[str, ...] = _extra(start_deps)
+    prev: tuple[str, ...] = dep_names(start_deps)
     base_f = fwd_prio(it, 0, m, nb)
     # Cells that depend on sizes (micro-batch, sequence length) are marked for structural
     # templates (policy/template.py): ops and allocation bytes derived from the block's activations
@@ -259,7 +253,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         frees = tuple(extra) + e.F_frees if extra else e.F_frees
         extra = fw.get(i)
         fp = base_f + 2 * i                                   # fwd_prio(it, i, m, nb)
-        f = row((e.F, comp, FWD, e.fwd_ops, prev + _extra(extra) if extra else prev, fp, allocs, frees, it, i),
+        f = row((e.F, comp, FWD, e.fwd_ops, prev + dep_names(extra) if extra else prev, fp, allocs, frees, it, i),
                 sized)
         F[i] = f
         prev = (f,)
@@ -280,7 +274,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         i, mode = e.index, modes[e.index]
         bp = base_b - 2 * i
         extra = bw.get(i)
-        deps = prev + _extra(extra) if extra else prev
+        deps = prev + dep_names(extra) if extra else prev
         if mode == "recompute":
             r = row((e.R, comp, RECOMPUTE, e.fwd_ops, deps, bp, e.R_allocs, (), it, i), (pos, "fwd", ("ract",)))
             R[i] = r

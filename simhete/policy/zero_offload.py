@@ -22,10 +22,10 @@ from pydantic import Field
 
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import (Builder, Context, Policy, context_key, host_fp32_bytes, knob_key, model_states,
-                                 per_workload_cache, shared_ops)
+                                 dep_names, per_workload_cache, shared_ops)
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
+from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
                                      grad_prio, size_decisions, tname)
 from simhete.schedule import Alloc, Schedule
 
@@ -173,9 +173,7 @@ class ZeroOffload(Policy):
             step: dict[int, str] = {}
             sent_h2d: dict[int, dict[int, str]] = {}
             adam[it], h2d[it] = step, sent_h2d
-            all_d2h = tuple(b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h_of), fwd_prio(it, 0), it))
-            if not all(all_d2h):
-                all_d2h = tuple(filter(None, all_d2h))     # as Builder.add stores deps
+            all_d2h = dep_names(b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h_of), fwd_prio(it, 0), it))
             refreshed = h2d.get(it - 1, {}) if k.delayed_update else None
             for blk, i, name, ops, prio in _adam_plan(ctx.blocks, it):
                 # DPU: the previous step's refresh must have read the host's 16-bit weights before
@@ -184,12 +182,12 @@ class ZeroOffload(Policy):
                 if refreshed is not None:
                     sent = sorted(refreshed.get(i, {}).values())
                     if sent:
-                        deps = all_d2h + (tuple(sent) if all(sent) else tuple(filter(None, sent)))
+                        deps = all_d2h + dep_names(sent)
                 # one task for all ranks' partitions: N processes step their 1/N concurrently on the
                 # host's cores and DRAM, whose aggregate rate is the profile's Adam rate
                 a = step[i] = b.add_row((name, "cpu.optim", TaskCat.OPTIM_CPU, ops, deps, prio, (), (), it, i))
                 if not k.delayed_update:
-                    sent_h2d[i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, (a,), prio + PRIO_IT, i)
+                    sent_h2d[i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, (a,), fwd_prio(it + 1, i), i)
         # DPU: the last step's weights would go back after iteration N+1's backward, outside the
         # simulated window, so the schedule ends with that step (its refresh is not part of it)
         meta = {"policy": self.name, "delayed_update": str(k.delayed_update).lower()}
