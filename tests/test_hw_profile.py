@@ -323,3 +323,29 @@ def test_pinned_limit_is_optional_and_new_keys_are_checked(tmp_path):
     bad["host"]["adam"]["threads"] = 0
     with pytest.raises(ConfigError, match=r"host\.adam\.threads: bad value 0"):
         load_profile(write(tmp_path, bad, "c.yaml"))
+
+
+def test_extends_merges_a_testbed_over_its_gpu_profile(tmp_path):
+    """A testbed profile states what differs; mappings merge, a quantity is replaced whole."""
+    from simhete.hw.profile import load_profile
+    p = tmp_path / "bed.yaml"
+    p.write_text("extends: a100-80gb-sxm\nname: bed\ngpu: {count: 2}\n"
+                 "host: {cores: 8, dram_bandwidth_gbps: {value: 100, source: datasheet, ref: x}}\n")
+    base, bed = load_profile("a100-80gb-sxm"), load_profile(p)
+    assert bed.name == "bed" and bed.gpu.count == 2 and bed.host.cores == 8
+    assert bed.gpu.peak_tflops == base.gpu.peak_tflops
+    assert bed.host.dram_bandwidth_gbps.value == 100 and bed.host.dram_bandwidth_gbps.ref == "x"
+    assert bed.host.memory_bytes == base.host.memory_bytes
+
+
+def test_extends_errors_name_the_key(tmp_path):
+    from simhete.errors import ConfigError
+    from simhete.hw.profile import load_profile
+    p = tmp_path / "a.yaml"
+    p.write_text("extends: no-such-profile\nname: a\n")
+    with pytest.raises(ConfigError, match="extends"):
+        load_profile(p)
+    q = tmp_path / "b.yaml"
+    q.write_text("extends: b\nname: b\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_profile(q)

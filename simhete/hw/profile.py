@@ -557,6 +557,42 @@ def list_profiles() -> list[str]:
     return sorted(names)
 
 
+MAX_EXTENDS = 4   # a profile extends a profile that extends ...: at most this deep
+
+
+def _with_base(data: dict, path: Path, seen: tuple[str, ...] = ()) -> dict:
+    """``data`` with its ``extends: <profile name>`` resolved: the base profile's mapping (itself
+    resolved) deep-merged under this one — mappings merge key by key, anything else (numbers,
+    lists, quantities given as scalars) is replaced. A testbed (host, links, GPU count) thus
+    states only what differs from the GPU's own profile, and the GPU's numbers live in one file.
+    The base is looked up among the shipped profiles, then beside the extending file."""
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(str(path), "extends", base_name, allowed="the name of another profile")
+    here = str(path.resolve())
+    if here in seen or len(seen) >= MAX_EXTENDS:
+        raise ConfigError(str(path), "extends", base_name,
+                          problem=f"extends {base_name!r} forms a cycle or a chain deeper than {MAX_EXTENDS}")
+    cand = [PROFILES_DIR / f"{base_name}.yaml", path.parent / f"{base_name}.yaml", path.parent / base_name]
+    base_path = next((c for c in cand if c.is_file()), None)
+    if base_path is None:
+        raise ConfigError(str(path), "extends", base_name, allowed="a profile name: " + ", ".join(list_profiles()))
+    base = _with_base(load_yaml(base_path, "hardware profile"), base_path, seen + (here,))
+    return _deep_merge(base, data)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and "value" not in v:
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
 def load_profile(name_or_path: str | Path, file: str | None = None, key: str | None = None) -> HardwareProfile:
     """Load a profile by bare name (``h100-sxm``) or by path.
 
@@ -571,7 +607,7 @@ def load_profile(name_or_path: str | Path, file: str | None = None, key: str | N
         path = Path(s)
     else:
         raise ConfigError(file, key, s, allowed="a profile path or one of: " + ", ".join(valid))
-    data = load_yaml(path, "hardware profile")
+    data = _with_base(load_yaml(path, "hardware profile"), path)
     prof = validate(HardwareProfile, data, str(path))
     for k, p in prof.quantities():
         if p.raw is not None and not (path.parent / p.raw).is_file():
