@@ -66,15 +66,24 @@ def test_llama_gqa_and_tied_counts() -> None:
 
 def test_registry_and_families() -> None:
     names = list_models()
-    assert len(names) == 20 and len(set(names)) == 20
+    assert len(names) == 22 and len(set(names)) == 22
     assert all(get_model(n).name == n for n in names)
-    assert list_families() == ("gpt3", "opt", "llama2", "llama3")
+    assert list_families() == ("gpt3", "opt", "llama2", "llama3", "qwen2.5")
     assert [m.name for m in family_models("llama2")] == ["llama2-7b", "llama2-13b", "llama2-70b"]
     sizes = [m.n_params() for m in family_models("gpt3")]
     assert sizes == sorted(sizes) and len(sizes) == 8
     assert family_models("opt")[-1].name == "opt-175b"
     with pytest.raises(ConfigError, match=r"family: bad value 'gpt4'; allowed: one of the model families: gpt3"):
         family_models("gpt4")
+
+
+def test_qwen25_parameter_counts_match_the_model_cards() -> None:
+    # Qwen2.5 model cards: 1.54B (1.31B non-embedding) and 3.09B (2.77B non-embedding). The presets
+    # leave out the q/k/v biases (28 x 2048 and 36 x 2560 parameters), hence exact counts below.
+    small, large = get_model("qwen2.5-1.5b"), get_model("qwen2.5-3b")
+    assert (small.n_params(), small.non_embedding_params()) == (1_543_656_960, 1_310_283_264)
+    assert (large.n_params(), large.non_embedding_params()) == (3_085_846_528, 2_774_681_600)
+    assert small.tied_embeddings and large.tied_embeddings
 
 
 def test_unknown_preset_lists_valid_names() -> None:

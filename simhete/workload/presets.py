@@ -107,6 +107,18 @@ _PRESETS: tuple[ModelSpec, ...] = (
     # LLaMA-3, Dubey et al. 2024 Table 3 and meta-llama/Meta-Llama-3-*B config.json (vocab 128256).
     _llama("llama3-8b", "llama3", 32, 4096, 32, 8, 14336, 128256, 8192),
     _llama("llama3-70b", "llama3", 80, 8192, 64, 8, 28672, 128256, 8192),
+    # Qwen2.5 base models (Qwen2ForCausalLM): LLaMA-like (RMSNorm, SwiGLU, RoPE, GQA) with tied
+    # embeddings; dims from the released config.json (Qwen/Qwen2.5-1.5B: 28 layers, hidden 1536,
+    # 12/2 heads, intermediate 8960; Qwen/Qwen2.5-3B: 36 layers, hidden 2048, 16/2 heads,
+    # intermediate 11008; both vocab 151936, tie_word_embeddings true). Qwen2 has biases on the
+    # q/k/v projections only; ModelSpec's bias flag covers every linear, so they are left out
+    # (28 x 2048 = 57 K and 36 x 2560 = 92 K parameters, < 0.01 %).
+    ModelSpec(name="qwen2.5-1.5b", family="qwen2.5", n_layers=28, hidden=1536, n_heads=12,
+              n_kv_heads=2, ffn_hidden=8960, vocab=151936, max_seq=32768, norm="rmsnorm",
+              mlp="swiglu", bias=False, pos="rope", tied_embeddings=True, dropout=False),
+    ModelSpec(name="qwen2.5-3b", family="qwen2.5", n_layers=36, hidden=2048, n_heads=16,
+              n_kv_heads=2, ffn_hidden=11008, vocab=151936, max_seq=32768, norm="rmsnorm",
+              mlp="swiglu", bias=False, pos="rope", tied_embeddings=True, dropout=False),
 )
 
 PRESETS = MappingProxyType({m.name: m for m in _PRESETS})
