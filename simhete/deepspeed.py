@@ -6,9 +6,11 @@ this model, e.g. learning rate, loss scaling, logging) and *unsupported* (keys t
 time or memory but that simhete does not model, or keys it does not know). Nothing is silently
 ignored. The full table is in docs/deepspeed.md.
 
-Policy: ZeRO stage 1/2 (or 3 without parameter offload, which on one GPU partitions nothing) with
-``offload_optimizer.device: cpu`` is ``zero-offload``; stage 3 with ``offload_param.device: cpu`` is
-``zero-infinity``; no offload is ``gpu-only``. NVMe offload is an error (not modelled yet).
+Policy: ZeRO stage 1/2 with ``offload_optimizer.device: cpu`` is ``zero-offload``; stage 3 is
+``zero-infinity`` with ``offload_param`` and ``offload_optimizer`` set to the two devices (ZeRO-3
+partitions the 16-bit parameters whatever is offloaded: stage3.py ``DeepSpeedZeroOptimizer_Stage3``
+with ``offload_param`` none keeps each rank's shard on its GPU); stage 0–2 without offload is
+``gpu-only``. NVMe offload is an error (not modelled yet).
 
 ``"auto"`` values: DeepSpeed itself rejects them; they come from the Hugging Face Trainer
 integration, which fills them from its own arguments and the model config
@@ -112,7 +114,11 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
     m = _Mapper(ds, file)
     hidden = resolve_model(scenario).hidden
     zero = m.section("zero_optimization")
-    stage = m.take("zero_optimization.stage", 0, lambda v: v in (0, 1, 2, 3), "0, 1, 2 or 3")
+    stage = m.take("zero_optimization.stage", 0, lambda v: type(v) is int and v in (0, 1, 2, 3), "0, 1, 2 or 3")
+    for sec in ("offload_optimizer", "offload_param"):   # DeepSpeed wants an object: {"device": "cpu", ...}
+        key = f"zero_optimization.{sec}"
+        if key in m.leaves and m.leaves[key] not in (None, {}):
+            raise ConfigError(file, key, m.leaves[key], allowed='an object such as {"device": "cpu"}')
     opt_dev = m.take("zero_optimization.offload_optimizer.device", "none",
                      lambda v: v in ("none", "cpu", "nvme"), "none, cpu or nvme")
     par_dev = m.take("zero_optimization.offload_param.device", "none",
@@ -129,7 +135,7 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
         raise ConfigError(file, "zero_optimization.offload_param.device", "cpu",
                           allowed="none unless zero_optimization.stage is 3 (DeepSpeed offloads "
                                   "parameters only with ZeRO-3)")
-    if par_dev == "cpu":
+    if stage == 3:
         policy = "zero-infinity"
     elif opt_dev == "cpu":
         policy = "zero-offload"
@@ -149,6 +155,11 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
         else:
             m.unsupported.append((ds_key, f"policy {policy} has no knob {name!r}"))
 
+    if policy == "zero-infinity":
+        for dev, sec in ((par_dev, "offload_param"), (opt_dev, "offload_optimizer")):
+            key = f"zero_optimization.{sec}.device"
+            knob(key if m.has(key) else key + " (absent: none)", sec, dev)
+
     # pin_memory: one simhete knob for both offload sections; DeepSpeed's default is false
     # (deepspeed/runtime/zero/offload_config.py: ``pin_memory: bool = False``).
     pins = {}
@@ -161,18 +172,17 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
                                                   "pin_memory knob — the optimizer section's value is used"))
     if policy != "gpu-only":
         first = next(iter(pins), None)
-        knob(first or "zero_optimization.offload_*.pin_memory (absent: DeepSpeed default)", "pin_memory",
+        said = " and ".join(pins) if len(set(pins.values())) == 1 else first   # both sections agree: name both
+        knob(said or "zero_optimization.offload_*.pin_memory (absent: DeepSpeed default)", "pin_memory",
              pins[first] if first else False)
     else:
         m.no_effect.extend(f"{k} (no offload)" for k in pins)
 
     if m.has("zero_optimization.offload_optimizer.ratio"):
         ratio = m.take("zero_optimization.offload_optimizer.ratio", 1.0,
-                       lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number in [0, 1]")
-        if ratio != 1.0:
-            knob("zero_optimization.offload_optimizer.ratio", "optimizer_gpu_fraction", 1.0 - float(ratio))
-        else:
-            m.mapped.append(("zero_optimization.offload_optimizer.ratio", "1.0 (the whole optimizer on the CPU)"))
+                       lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+                       "a number in [0, 1]")
+        knob("zero_optimization.offload_optimizer.ratio", "ratio", float(ratio))
 
     overlap_default = stage == 3
     if m.has("zero_optimization.overlap_comm"):
@@ -186,10 +196,10 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
 
     size_knobs = {
         "reduce_bucket_size": ("reduce_bucket_size", hidden * hidden),
-        "stage3_prefetch_bucket_size": ("prefetch_bucket_size", int(0.9 * hidden * hidden)),
-        "stage3_param_persistence_threshold": ("param_persistence_threshold", 10 * hidden),
-        "stage3_max_live_parameters": ("max_live_parameters", None),
-        "stage3_max_reuse_distance": ("max_reuse_distance", None),
+        "stage3_prefetch_bucket_size": ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden)),
+        "stage3_param_persistence_threshold": ("stage3_param_persistence_threshold", 10 * hidden),
+        "stage3_max_live_parameters": ("stage3_max_live_parameters", None),
+        "stage3_max_reuse_distance": ("stage3_max_reuse_distance", None),
         "sub_group_size": ("sub_group_size", None),
         "offload_param.buffer_count": ("param_buffer_count", None),
         "offload_param.buffer_size": ("param_buffer_size", None),
@@ -209,7 +219,7 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
             raw = auto
         if policy == "gpu-only":
             m.no_effect.append(key + " (no offload)")
-        elif name == "reduce_bucket_size" and "reduce_bucket_size" in knob_fields:
+        elif name in knob_fields and knob_fields[name].annotation is float:
             knob(key, name, float(raw))
         else:
             knob(key, name, raw)
@@ -240,7 +250,8 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
     if m.has("train_batch_size"):
         from simhete.sim import resolve_profile
 
-        tbs = m.take("train_batch_size", None, lambda v: v == AUTO or (isinstance(v, int) and v > 0),
+        tbs = m.take("train_batch_size", None,
+                     lambda v: v == AUTO or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
                      "a positive integer or \"auto\"")
         world = resolve_profile(scenario).gpu.count
         mb_, gas_ = mb or scenario.data.train.micro_batch, gas or scenario.data.train.grad_accum

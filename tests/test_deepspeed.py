@@ -56,7 +56,8 @@ def test_unsupported_keys_are_listed_not_ignored():
 
 def test_every_key_lands_in_exactly_one_list():
     from simhete.deepspeed import _flatten
-    for f in ("zero2_offload_hf", "zero2_offload_explicit", "unsupported", "no_offload"):
+    for f in ("zero2_offload_hf", "zero2_offload_explicit", "unsupported", "no_offload", "stage3_offload_optimizer",
+              "stage3_no_offload", "stage3_offload_both"):
         ds = json.loads((DATA / f"{f}.json").read_text())
         imp = map_deepspeed(BASE, ds)
         said = " ".join(imp.notes())
@@ -70,13 +71,48 @@ def test_no_offload_is_gpu_only_and_offload_param_is_zero_infinity():
     ds = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu", "pin_memory": True},
                                 "offload_optimizer": {"device": "cpu", "pin_memory": True}}}
     assert map_deepspeed(BASE, ds).policy == "zero-infinity"
-    assert map_deepspeed(BASE, {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}).policy \
+
+
+def test_stage3_with_optimizer_offload_is_zero3_with_gpu_partitioned_parameters():
+    """Stage 3 partitions the 16-bit parameters whatever is offloaded: optimizer offload alone is
+    zero-infinity with offload_param none (not ZeRO-2 placement); the stage3_* keys, overlap_comm,
+    reduce_bucket_size and sub_group_size become its knobs ("auto": the Trainer's hidden rules)."""
+    imp = import_deepspeed(BASE, DATA / "stage3_offload_optimizer.json")
+    assert imp.policy == "zero-infinity"
+    assert imp.scenario.data.knobs == {
+        "checkpointing": "full", "offload_param": "none", "offload_optimizer": "cpu", "pin_memory": True,
+        "overlap_comm": False, "reduce_bucket_size": 2e8, "sub_group_size": 1e8,
+        "stage3_prefetch_bucket_size": float(int(0.9 * HIDDEN * HIDDEN)),
+        "stage3_param_persistence_threshold": float(10 * HIDDEN),
+        "stage3_max_live_parameters": 5e8, "stage3_max_reuse_distance": 5e8}
+    assert imp.unsupported == []
+    assert imp.no_effect == ["zero_optimization.contiguous_gradients",
+                             "zero_optimization.stage3_gather_16bit_weights_on_model_save"]
+
+
+def test_stage3_without_offload_and_with_both():
+    imp = import_deepspeed(BASE, DATA / "stage3_no_offload.json")
+    assert imp.policy == "zero-infinity"
+    assert imp.scenario.data.knobs == {
+        "checkpointing": "full", "offload_param": "none", "offload_optimizer": "none", "pin_memory": False,
+        "overlap_comm": True, "reduce_bucket_size": 5e8, "stage3_prefetch_bucket_size": 5e7}
+    imp = import_deepspeed(BASE, DATA / "stage3_offload_both.json")
+    assert imp.policy == "zero-infinity"
+    assert imp.scenario.data.knobs == {
+        "checkpointing": "full", "offload_param": "cpu", "offload_optimizer": "cpu", "pin_memory": True,
+        "ratio": 0.5, "overlap_comm": True, "stage3_param_persistence_threshold": 1e4}
+    assert imp.unsupported == []
+    # stage 1/2 with optimizer offload stays ZeRO-Offload
+    assert map_deepspeed(BASE, {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}).policy \
         == "zero-offload"
 
 
 @pytest.mark.parametrize("name, key", [
     ("nvme", "zero_optimization.offload_param.device: bad value 'nvme'"),
     ("bad_batch", "train_batch_size: bad value 16; allowed: train_micro_batch_size_per_gpu"),
+    ("offload_as_string", "zero_optimization.offload_optimizer: bad value 'cpu'; allowed: an object such as "
+                          "\\{\"device\": \"cpu\"\\}$"),
+    ("stage_bool", "zero_optimization.stage: bad value True; allowed: 0, 1, 2 or 3$"),
 ])
 def test_errors_name_file_and_key(name, key):
     path = DATA / f"{name}.json"
@@ -89,7 +125,15 @@ def test_inline_errors(tmp_path):
                     ({"bf16": {"enabled": True}, "fp16": {"enabled": True}}, "bf16.enabled"),
                     ({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}},
                      "zero_optimization.offload_param.device"),
-                    ({"train_micro_batch_size_per_gpu": 0}, "train_micro_batch_size_per_gpu: bad value 0")]:
+                    ({"train_micro_batch_size_per_gpu": 0}, "train_micro_batch_size_per_gpu: bad value 0"),
+                    ({"train_micro_batch_size_per_gpu": True}, "train_micro_batch_size_per_gpu: bad value True"),
+                    ({"train_batch_size": True}, "train_batch_size: bad value True"),
+                    ({"zero_optimization": {"stage": 3, "reduce_bucket_size": True}},
+                     "zero_optimization.reduce_bucket_size: bad value True"),
+                    ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": True}}},
+                     "zero_optimization.offload_optimizer.ratio: bad value True"),
+                    ({"zero_optimization": {"stage": 3, "offload_param": "cpu"}},
+                     "zero_optimization.offload_param: bad value 'cpu'")]:
         with pytest.raises(ConfigError, match=msg):
             map_deepspeed(BASE, ds, "ds.json")
     bad = tmp_path / "bad.json"

@@ -65,29 +65,36 @@ class DataParallel:
 
     def to_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]] | list[str],
                prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None,
-               label: int | None = None) -> dict[int, str]:
+               label: int | None = None, sync: bool = False) -> dict[int, str]:
         """Host → every GPU: shard H2D on each GPU's link (+ all-gather). Returns, per GPU, the task
         after which the full ``nbytes`` are on that GPU. ``allocs[g]`` are allocated by the H2D.
-        ``label``: the iteration the tasks are counted in (default ``it``, which names them)."""
+        ``label``: the iteration the tasks are counted in (default ``it``, which names them).
+        ``sync``: on the compute stream (DeepSpeed ZeRO-3 without ``overlap_comm``)."""
         n, add, allocs = self.n, self.b.add, allocs or {}
         lab = it if label is None else label
-        if n == 1:     # one GPU (most schedules): its copy alone, stored as add would store it
+        if n == 1 and not sync:     # one GPU (most schedules): its copy alone, stored as add would store it
             a = allocs.get(0, ())
             return {0: self.b.add_row((self.name(it, what, blk, 0), self._h2d0, TaskCat.H2D,
                                        shared_ops(OpKind.H2D, shard(nbytes, 1, 0), self.pinned),
                                        dep_names(deps.get(0, ()) if isinstance(deps, dict) else deps), prio,
                                        a if type(a) is tuple else tuple(a), (), lab, block))}
-        h2d = {g: add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
+        h2d = {g: add(self.name(it, what, blk, g), self.stream(g, "h2d", sync), TaskCat.H2D,
                       shared_ops(OpKind.H2D, shard(nbytes, n, g), self.pinned),
                       deps=self._per_gpu(deps, g), prio=prio, allocs=allocs.get(g, ()), it=lab, block=block)
                for g in range(n)}
         if n == 1:
             return h2d
         every = [h2d[g] for g in self.gpus]
-        return {g: self.b.add(self.name(it, what + ".ag", blk, g), f"gpu{g}.comm", TaskCat.COMM,
+        return {g: self.b.add(self.name(it, what + ".ag", blk, g), self.comm(g, sync), TaskCat.COMM,
                               (Op(OpKind.ALLGATHER, (self.n,), n=nbytes),), deps=every, prio=prio,
                               it=lab, block=block)
                 for g in self.gpus}
+
+    def comm(self, g: int, sync: bool = False) -> str:
+        """The collectives' stream, or the compute stream when DeepSpeed runs them on the default
+        stream (``overlap_comm: false``: stage_1_and_2.py ``average_tensor``, stage3.py
+        ``reduce_and_partition_stream``, parameter_offload.py's all-gather stream)."""
+        return f"gpu{g}.compute" if sync else f"gpu{g}.comm"
 
     def stream(self, g: int, direction: str, sync: bool = False) -> str:
         """The copy engine's stream, or the compute stream for a pageable copy or one made
@@ -108,7 +115,7 @@ class DataParallel:
         src = deps
         if self.n > 1:
             every = sorted({d for g in self.gpus for d in deps.get(g, [])})
-            src = {g: [self.b.add(self.name(it, what + ".rs", blk, g), f"gpu{g}.comm", TaskCat.COMM,
+            src = {g: [self.b.add(self.name(it, what + ".rs", blk, g), self.comm(g, sync), TaskCat.COMM,
                                   (Op(OpKind.REDUCE_SCATTER, (self.n,), n=nbytes),), deps=every,
                                   prio=prio, it=it, block=block)] for g in self.gpus}
         return {g: self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
@@ -129,7 +136,7 @@ class DataParallel:
         Returns the D2H task per GPU, which frees ``frees[g]`` and the staging buffer."""
         src = {g: list(deps.get(g, [])) for g in self.gpus}
         if self.n > 1:
-            rs = self.collective(OpKind.REDUCE_SCATTER, it, what + ".rs", blk, nbytes, deps, prio, block)
+            rs = self.collective(OpKind.REDUCE_SCATTER, it, what + ".rs", blk, nbytes, deps, prio, block, sync=sync)
             src = {g: [rs[g]] for g in self.gpus}
         out = {}
         for g in self.gpus:
@@ -153,12 +160,26 @@ class DataParallel:
                               deps=deps.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 
+    def shard_h2d(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
+                  prio: int, block: int) -> dict[int, str]:
+        """Each GPU copies its own shard H2D (no collective: e.g. an updated 16-bit partition going
+        back to a GPU that keeps its weights partitioned, ZeRO-3 without parameter offload)."""
+        return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
+                              shared_ops(OpKind.H2D, shard(nbytes, self.n, g), self.pinned),
+                              deps=deps.get(g, []), prio=prio, it=it, block=block)
+                for g in self.gpus}
+
     def collective(self, kind: OpKind, it: int, what: str, blk: str, nbytes: int,
-                   deps: dict[int, list[str]], prio: int, block: int) -> dict[int, str]:
-        """One collective over all GPUs (nothing with one GPU): per GPU the task name."""
+                   deps: dict[int, list[str]], prio: int, block: int,
+                   allocs: dict[int, list[Alloc]] | None = None,
+                   frees: dict[int, list[str]] | None = None, sync: bool = False) -> dict[int, str]:
+        """One collective over all GPUs (nothing with one GPU): per GPU the task name. ``allocs[g]``
+        are allocated when it starts (an all-gather's output), ``frees[g]`` freed when it ends (a
+        reduce-scatter's full-size input)."""
         if self.n == 1:
             return {}
         every = sorted({d for g in self.gpus for d in deps.get(g, [])})
-        return {g: self.b.add(self.name(it, what, blk, g), f"gpu{g}.comm", TaskCat.COMM,
-                              (Op(kind, (self.n,), n=nbytes),), deps=every, prio=prio, it=it, block=block)
+        return {g: self.b.add(self.name(it, what, blk, g), self.comm(g, sync), TaskCat.COMM,
+                              (Op(kind, (self.n,), n=nbytes),), deps=every, prio=prio,
+                              allocs=(allocs or {}).get(g, ()), frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}

@@ -25,6 +25,13 @@ Granularity: a block is the unit of fetch and release (DeepSpeed works per param
 prefetch bucket smaller than a block still prefetches one whole block here).
 With N GPUs each GPU fetches its 1/N shard over its own link and all-gathers over NVLink, and
 reduce-scatters gradients before copying its shard D2H (see :mod:`simhete.policy.dataparallel`).
+
+Without parameter offload on N > 1 GPUs (``offload_param: none``) the 16-bit parameters are
+partitioned on the GPUs (:class:`Partition`): each GPU holds 1/N of every tensor, persistent
+tensors whole; a block's fetch is an all-gather of the shards into full-size buffers, released by
+the same rules. Gradient buckets are reduce-scattered into each GPU's gradient partition and the
+full gradients freed, GPU-optimised or not. ``overlap_comm: false`` puts the fetches, collectives
+and gradient copies on the compute stream, each bucket reduced from the backward hook.
 """
 
 from __future__ import annotations
@@ -64,6 +71,11 @@ class ZeroInfinityKnobs(ActivationKnobs):
     """Elements per optimizer step tile (whole blocks here)."""
     reduce_bucket_size: float = Field(5e8, gt=0)
     """Elements per gradient bucket reduced and copied D2H during backward."""
+    overlap_comm: bool = True
+    """DeepSpeed ``overlap_comm`` (its stage-3 default is true). False: the all-gathers, the
+    gradient reduce-scatters and copies run on the compute stream (stage3.py
+    ``reduce_and_partition_stream`` and parameter_offload.py's all-gather stream are then the
+    default stream), each bucket from the backward hook when the next gradient would overflow it."""
 
 
 @dataclass
@@ -79,6 +91,20 @@ def plan_fetches(needs: list[list[int]], numel: dict[int, int], k: ZeroInfinityK
     """Replay the partitioned-parameter coordinator over the use trace ``needs`` (owners per use)."""
     plan = FetchPlan()
     live: dict[int, int] = {}      # owner -> fetch id holding it
+
+    def reused(u: int, o: int) -> bool:
+        """DeepSpeed partitioned_param_coordinator.py ``__params_to_release``: walk the trace
+        after the current step, adding every module's parameter count (a module used twice counts
+        twice), and keep the parameter if it recurs before the count reaches
+        ``stage3_max_reuse_distance``."""
+        traversed = 0
+        for w in range(u + 1, len(needs)):
+            if traversed >= k.stage3_max_reuse_distance:
+                return False
+            if o in needs[w]:
+                return True
+            traversed += sum(numel[p] for p in needs[w])
+        return False
 
     def fetch(hook: int, target: int, miss: list[int]) -> None:
         plan.fetches.append((hook, target, miss))
@@ -104,12 +130,49 @@ def plan_fetches(needs: list[list[int]], numel: dict[int, int], k: ZeroInfinityK
         for o in need:
             plan.holder[(u, o)] = live[o]
         for o in need:
-            nxt = next((w for w in range(u + 1, len(needs)) if o in needs[w]), None)
-            between = {p for w in range(u + 1, nxt) for p in needs[w]} - {o} if nxt is not None else set()
-            if nxt is None or sum(numel[p] for p in between) > k.stage3_max_reuse_distance:
+            if not reused(u, o):
                 plan.release.setdefault(u, []).append(o)
                 del live[o]
     return plan
+
+
+def param_tensors(spec, blk) -> list[int]:
+    """Element counts of a block's parameter tensors, laid out as Hugging Face's LLaMA/OPT/GPT-NeoX
+    modules hold them (separate q, k, v and output projections; each norm's weight and bias; each
+    linear's bias). DeepSpeed decides persistence per tensor (``ds_persist``), so the split
+    matters for small tensors. A block whose parameters do not add up to this layout is one tensor."""
+    h, kv, f = spec.hidden, spec.kv_dim, spec.ffn_hidden
+    norm = [h, h] if spec.norm == "layernorm" else [h]
+    if blk.name == "embed":
+        out = [spec.vocab * h] + ([(spec.max_seq + spec.pos_offset) * h] if spec.pos == "learned" else [])
+    elif blk.name == "head":
+        out = norm + ([] if spec.tied_embeddings else [spec.vocab * h])
+    else:
+        out = (norm + [h * h, h * kv, h * kv, h * h] + ([h, kv, kv, h] if spec.bias else []) + norm
+               + [h * f] * spec.n_mlp_in + [f * h] + ([f] * spec.n_mlp_in + [h] if spec.bias else []))
+    return out if sum(out) == blk.params else [blk.params]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """ZeRO-3 partitioning of one block's 16-bit parameters over ``n`` data-parallel ranks, per
+    tensor, as partition_parameters.py does it: ``_partition_param`` gives every rank a
+    ``ds_tensor`` of ``ceil(numel / n)`` elements (``_aligned_size`` pads each tensor to a multiple
+    of n), on the GPU unless parameters are offloaded; a tensor with ``numel <=
+    stage3_param_persistence_threshold`` is ``ds_persist``: gathered once and never released, so it
+    is held whole besides its shard; the others are all-gathered into a buffer of the padded size
+    (``_all_gather_coalesced``: ``ceil(numel / n) * n``) before use and freed after it."""
+
+    shard: int       # elements of the rank's shards (every tensor, persistent ones included)
+    persist: int     # elements of the persistent tensors, held whole
+    gathered: int    # elements of the all-gather buffer of the partitioned tensors (padded)
+    live: int        # elements of the partitioned tensors (what the coordinator counts)
+
+    @staticmethod
+    def of(tensors: list[int], n: int, threshold: float) -> "Partition":
+        part = [t for t in tensors if t > threshold]
+        return Partition(shard=sum(-(-t // n) for t in tensors), persist=sum(t for t in tensors if t <= threshold),
+                         gathered=sum(-(-t // n) * n for t in part), live=sum(part))
 
 
 @register("zero-infinity")
@@ -130,9 +193,24 @@ class ZeroInfinity(Policy):
         n_gpu_groups = len(groups) if k.offload_optimizer == "none" else int((1 - k.ratio) * len(groups))
         cpu_opt = {i for gi, grp in enumerate(groups) if gi >= n_gpu_groups for i in grp}
 
+        # ZeRO-3 without parameter offload on several GPUs: each GPU holds its 1/N shard of every
+        # 16-bit tensor and gathers a block's tensors over NVLink before use (Partition). With
+        # one GPU the shard is the whole tensor, kept resident here (the gathered copy DeepSpeed
+        # makes of it while a block runs is not modelled).
+        sharded = k.offload_param == "none" and n > 1
+        parts = {i: Partition.of(param_tensors(ctx.spec, blk), n, k.stage3_param_persistence_threshold)
+                 for i, blk in by.items() if blk.params} if sharded else {}
+        esz = {i: by[i].weight_bytes // by[i].params for i in parts}    # bytes per 16-bit element
         initial = model_states(ctx, {MemClass.WEIGHTS: "cpu"}, blocks=homed)
         for g in dp.gpus:
-            initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g, blocks=set(by) - homed)
+            if not sharded:
+                initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g, blocks=set(by) - homed)
+                continue
+            for i, pt in parts.items():
+                initial.append(Alloc(f"weights.g{g}.{by[i].name}", f"gpu{g}", esz[i] * pt.shard, MemClass.WEIGHTS))
+                if pt.persist:
+                    initial.append(Alloc(f"weights.g{g}.{by[i].name}.persist", f"gpu{g}", esz[i] * pt.persist,
+                                         MemClass.WEIGHTS))
         initial += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"},
                                 blocks=cpu_opt)
         for g in dp.gpus:   # ZeRO-3 partitions GPU optimizer states: 1/N on each GPU
@@ -141,11 +219,34 @@ class ZeroInfinity(Policy):
                 for cls, nbytes in ((MemClass.MASTER, blk.master_bytes), (MemClass.OPTIM, blk.optim_bytes)):
                     if nbytes:
                         initial.append(Alloc(f"{cls.value}.g{g}.{blk.name}", f"gpu{g}", shard(nbytes, n, g), cls))
+                # stage3.py ``grad_partitions_flat_buffer``: the rank's reduced gradient partition,
+                # in gradient_accumulation_dtype (engine.py get_data_types: the model dtype unless
+                # set), on the GPU when the optimizer is (the full gradients are freed after the
+                # reduce-scatter, ``partition_grads``)
+                if n > 1 and blk.grad_bytes:
+                    initial.append(Alloc(f"{MemClass.GRADS.value}.g{g}.{blk.name}.part", f"gpu{g}",
+                                         self._part_bytes(blk, parts, n, g), MemClass.GRADS))
 
         trace = uses(ctx.blocks)
-        needs = [[o for o in owners(blk) if o in homed] for _, blk in trace]
-        plan = plan_fetches(needs, {i: by[i].params for i in by}, k)
+        if sharded:
+            needs = [[o for o in owners(blk) if o in parts and parts[o].live] for _, blk in trace]
+            plan = plan_fetches(needs, {i: pt.live for i, pt in parts.items()}, k)
+        else:
+            needs = [[o for o in owners(blk) if o in homed] for _, blk in trace]
+            plan = plan_fetches(needs, {i: by[i].params for i in by}, k)
         buckets = group(((blk.index, blk.params) for blk in reversed(ctx.blocks) if blk.params), k.reduce_bucket_size)
+        # Without overlap_comm, bucket j is reduced on the compute stream from the backward hook of
+        # the first gradient of bucket j+1 (stage3.py ``reduce_independent_p_g_buckets_and_remove_grads``
+        # → ``__reduce_and_partition_ipg_grads``); the backward goes on after it.
+        sync = not k.overlap_comm
+        order = [blk.index for blk in reversed(ctx.blocks)]
+        after_first: dict[int, int] = {}     # bucket j -> block whose recompute/backward waits for it
+        if sync:
+            pos = {i: p for p, i in enumerate(order)}
+            for j in range(len(buckets) - 1):
+                p = pos[buckets[j + 1][0]] + 1
+                if p < len(order):
+                    after_first[j] = order[p]
         step_done: list[str] = []
         last_B: dict[int, str] = {}
         ga = accum_steps(ctx)
@@ -170,17 +271,24 @@ class ZeroInfinity(Policy):
                 bufs: list[dict[int, dict[int, str]]] = []
                 for f, (hook, target, miss) in enumerate(plan.fetches):
                     phase, blk = trace[target]
-                    what = "H2D.wf" if phase == "F" else "H2D.wb"
+                    what = ("AG" if sharded else "H2D") + (".wf" if phase == "F" else ".wb")
                     if sum(1 for x in plan.fetches[:f] if x[1] == target):
                         what += str(sum(1 for x in plan.fetches[:f] if x[1] == target) + 1)
                     names = {g: dp.name(it, what, blk.name, g) for g in dp.gpus}
                     bufs.append({g: {o: f"{names[g]}.{by[o].name}" for o in miss} for g in dp.gpus})
                     trigger = {g: [compute(hook - 1, g)] if hook else start[g] for g in dp.gpus}
                     prio = fwd_prio(it, blk.index, m, nb) if phase == "F" else bwd_prio(it, blk.index, nb, m)
+                    if sharded:   # all-gather of the shards into full-size buffers (NVLink / PCIe P2P)
+                        ready.append(dp.collective(
+                            OpKind.ALLGATHER, it, what, blk.name, sum(esz[o] * parts[o].gathered for o in miss),
+                            trigger, prio, blk.index,
+                            allocs={g: [Alloc(bufs[f][g][o], f"gpu{g}", esz[o] * parts[o].gathered, MemClass.WEIGHTS)
+                                        for o in miss] for g in dp.gpus}, sync=sync))
+                        continue
                     ready.append(dp.to_gpu(it, what, blk.name, sum(by[o].weight_bytes for o in miss), trigger, prio,
                                            blk.index, allocs={g: [Alloc(bufs[f][g][o], f"gpu{g}", by[o].weight_bytes,
                                                                         MemClass.WEIGHTS) for o in miss]
-                                                              for g in dp.gpus}))
+                                                              for g in dp.gpus}, sync=sync))
                 for u, (phase, blk) in enumerate(trace):
                     deps, frees = (fwd_deps, fwd_frees) if phase == "F" else (bwd_deps, bwd_frees)
                     for g in dp.gpus:
@@ -189,23 +297,31 @@ class ZeroInfinity(Policy):
                         for o in plan.release.get(u, []):
                             frees[g].setdefault(blk.index, []).append(bufs[plan.holder[(u, o)]][g][o])
 
+                for j, i in after_first.items():   # the backward hook waits for bucket j's reduction
+                    for g in dp.gpus:
+                        bwd_deps[g].setdefault(i, []).extend(
+                            ([dp.name(it, "D2H.g", f"k{j}", g)] if any(x in cpu_opt for x in buckets[j]) else [])
+                            + ([dp.name(it, "RS.g", f"k{j}", g)] if n > 1 and any(x not in cpu_opt for x in buckets[j])
+                               else []))
                 t = {g: forward_backward(b, ctx, it, modes, gpu=g,
                                          start_deps=start[g], m=m,
-                                         grad_buffers=True if m == 1 else cpu_opt,
+                                         grad_buffers=True if m == 1 or n > 1 else cpu_opt,
                                          fwd_weight_deps=fwd_deps[g], bwd_weight_deps=bwd_deps[g],
                                          fwd_frees=fwd_frees[g], bwd_frees=bwd_frees[g], pinned=k.pin_memory)
                      for g in dp.gpus}
                 if m == 1:
                     grads = {g: t[g].grads for g in dp.gpus}
-                d2h, reduced = self._grads(ctx, dp, it, m, t, buckets, cpu_opt, prev)
+                d2h, reduced = self._grads(ctx, dp, it, m, t, buckets, cpu_opt, prev, sync)
                 last_B = {g: t[g].last_B for g in dp.gpus}
             dp.m = 1
-            step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed)
-        meta = {"policy": self.name, "gpu_subgroups": str(n_gpu_groups), "subgroups": str(len(groups))}
+            step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed, parts)
+        meta = {"policy": self.name, "gpu_subgroups": str(n_gpu_groups), "subgroups": str(len(groups)),
+                "param_partitioned": str(sharded).lower()}
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     def _grads(self, ctx: Context, dp: DataParallel, it: int, m: int, t: dict, buckets: list[list[int]],
-               cpu_opt: set[int], prev: dict[int, dict[int, str]]) -> tuple[list[str], dict[int, dict[int, str]]]:
+               cpu_opt: set[int], prev: dict[int, dict[int, str]],
+               sync: bool = False) -> tuple[list[str], dict[int, dict[int, str]]]:
         """Micro-step m's gradient buckets during its backward: offloaded blocks' (reduce-scatter +)
         D2H (after micro-step 1: accumulated through the GPU, :meth:`DataParallel.accumulate`),
         GPU-optimised blocks' reduce-scatter. Returns the D2H tasks and, per GPU-optimised block and
@@ -219,26 +335,35 @@ class ZeroInfinity(Policy):
             off = [i for i in bucket if i in cpu_opt]
             kept = [i for i in bucket if i not in cpu_opt]
             deps = {g: [t[g].B[i] for i in bucket] for g in dp.gpus}
+            if sync and j + 1 < len(buckets):    # the hook of bucket j+1's first gradient
+                for g in dp.gpus:
+                    deps[g].append(t[g].B[buckets[j + 1][0]])
             prio = grad_prio(it, j, nb, m)
             if off:
                 nbytes = sum(by[i].grad_bytes for i in off)
                 frees = {g: [t[g].grads[i] for i in off] for g in dp.gpus}
-                prev[j] = dp.from_gpu(it, "D2H.g", f"k{j}", nbytes, deps, prio, off[0], frees=frees) if m == 1 \
-                    else dp.accumulate(it, "D2H.g", f"k{j}", nbytes, deps, prev[j], prio, off[0], frees=frees)
+                prev[j] = dp.from_gpu(it, "D2H.g", f"k{j}", nbytes, deps, prio, off[0], frees=frees, sync=sync) \
+                    if m == 1 else dp.accumulate(it, "D2H.g", f"k{j}", nbytes, deps, prev[j], prio, off[0],
+                                                 frees=frees, sync=sync)
                 d2h += prev[j].values()
             if kept:
+                # stage3.py ``__reduce_and_partition_ipg_grads`` → ``partition_grads``: the bucket is
+                # reduce-scattered into each rank's gradient partition and the full gradients freed
                 rs = dp.collective(OpKind.REDUCE_SCATTER, it, "RS.g", f"k{j}",
-                                   sum(by[i].grad_bytes for i in kept), deps, prio, kept[0])
+                                   sum(by[i].grad_bytes for i in kept), deps, prio, kept[0],
+                                   frees={g: [t[g].grads[i] for i in kept if i in t[g].grads] for g in dp.gpus},
+                                   sync=sync)
                 for i in kept:
                     reduced[i] = {g: rs[g] for g in rs}
         return d2h, reduced
 
     def _step(self, b: Builder, ctx: Context, dp: DataParallel, it: int, t: dict, grads: dict,
               d2h: list[str], reduced: dict[int, dict[int, str]], groups: list[list[int]], cpu_opt: set[int],
-              homed: set[int]) -> list[str]:
+              homed: set[int], parts: dict[int, Partition]) -> list[str]:
         """The optimizer step after the last micro-step's backward, sub-group by sub-group; returns
         the tasks the next forward waits for. ``grads``: micro-step 1's gradient buffers (GPU Adam
-        frees the GPU-optimised blocks' ones)."""
+        frees the GPU-optimised blocks' ones on one GPU; on several the reduce-scatter did).
+        ``parts``: the blocks' partitions when the 16-bit parameters are partitioned on the GPUs."""
         by = {blk.index: blk for blk in ctx.blocks}
         n = ctx.n_gpus
         done: list[str] = []
@@ -257,22 +382,58 @@ class ZeroInfinity(Policy):
                 a = b.add(tname(it, "ADAM.cpu", f"s{s}"), "cpu.optim", TaskCat.OPTIM_CPU, tuple(ops),
                           deps=d2h, prio=prio, it=it, block=first)
                 done.append(a)
-                if resident:
+                if resident and parts:
+                    # stage3.py ``_reassign_or_swap_out_partitioned_parameters``: the updated fp32
+                    # partition is copied into the rank's 16-bit shard on its GPU (no gather: the
+                    # next use gathers it); persistent tensors are re-gathered (``_post_step``)
+                    h2d = dp.shard_h2d(it, "H2D.w", f"s{s}", n * sum(self._esz(by[i]) * parts[i].shard for i in resident),
+                                       {g: [a] for g in dp.gpus}, prio, first)
+                    done += h2d.values()
+                    done += self._persistent_ag(dp, it, s, [by[i] for i in resident], parts, h2d, prio, first)
+                elif resident:
                     done += dp.to_gpu(it, "H2D.w", f"s{s}", sum(by[i].weight_bytes for i in resident), [a], prio,
                                       first).values()
                 continue
             adam = {}
+            g32 = sum(by[i].grad32_bytes for i in grp)
             for g in dp.gpus:
                 deps = [t[g].last_B] + [reduced[i][g] for i in grp if i in reduced and g in reduced[i]]
+                frees = [grads[g][i] for i in grp if i in grads[g]] if n == 1 else []
+                allocs = []
+                if n > 1 and g32:
+                    # stage3.py ``_prepare_fp32_grad_for_sub_group``: the sub-group's gradient
+                    # partition converted to fp32 for the step, dropped after it
+                    buf = tname(it, "grads32", f"s{s}", g, n)
+                    allocs, frees = [Alloc(buf, f"gpu{g}", shard(g32, n, g), MemClass.GRADS32)], [buf]
                 adam[g] = b.add(tname(it, "ADAM.gpu", f"s{s}", g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
                                 (Op(OpKind.ADAM_GPU, n=shard(params, n, g), dtype="fp32"),), deps=deps,
-                                prio=it * PRIO_IT + PRIO_IT // 2 + first,
-                                frees=[grads[g][i] for i in grp if i in grads[g]], it=it, block=first)
+                                prio=it * PRIO_IT + PRIO_IT // 2 + first, allocs=allocs,
+                                frees=frees, it=it, block=first)
             done += adam.values()
             if home:
                 done += dp.shard_d2h(it, "D2H.w", f"s{s}", sum(by[i].weight_bytes for i in home),
                                      {g: [adam[g]] for g in dp.gpus}, prio, first).values()
-            if resident and n > 1:
+            if resident and parts:   # the step updated the 16-bit shards in place on the GPU
+                done += self._persistent_ag(dp, it, s, [by[i] for i in resident], parts, adam, prio, first)
+            elif resident and n > 1:
                 done += dp.collective(OpKind.ALLGATHER, it, "AG.w", f"s{s}", sum(by[i].weight_bytes for i in resident),
                                       {g: [adam[g]] for g in dp.gpus}, prio, first).values()
         return sorted(done)
+
+    @staticmethod
+    def _esz(blk) -> int:
+        """Bytes per 16-bit (working-precision) element of a block."""
+        return blk.weight_bytes // blk.params
+
+    def _part_bytes(self, blk, parts: dict[int, Partition], n: int, g: int) -> int:
+        """Bytes of GPU g's gradient partition of ``blk`` (padded per tensor when partitioned)."""
+        return self._esz(blk) * parts[blk.index].shard if blk.index in parts else shard(blk.grad_bytes, n, g)
+
+    def _persistent_ag(self, dp: DataParallel, it: int, s: int, blocks: list, parts: dict[int, Partition],
+                       after: dict[int, str], prio: int, first: int) -> list[str]:
+        """stage3.py ``_post_step``: persistent tensors are all-gathered after the step."""
+        nbytes = sum(self._esz(blk) * parts[blk.index].persist for blk in blocks)
+        if not nbytes:
+            return []
+        return list(dp.collective(OpKind.ALLGATHER, it, "AG.w", f"s{s}", nbytes, {g: [after[g]] for g in dp.gpus},
+                                  prio, first).values())

@@ -4,7 +4,9 @@ Placement: 16-bit weights stay on the GPU; fp32 master weights, Adam m and v and
 live in host memory; the Adam step runs on the CPU (DeepSpeedCPUAdam).
 Data flow per iteration: during backward, 16-bit gradients leave the GPU in buckets of
 ``reduce_bucket_size`` elements (DeepSpeed default 5e8; ``overlap_comm`` overlaps them with
-backward); after backward the CPU runs Adam, block by block in forward order, and each block's
+backward on a side stream with two bucket buffers; without it each bucket is reduced and copied
+on the compute stream from the backward hook once the next gradient would overflow it, so the
+backward stalls for the copy and the GPU holds about one bucket); after backward the CPU runs Adam, block by block in forward order, and each block's
 updated 16-bit weights go back H2D as soon as its step is done (DeepSpeed steps in
 ``sub_group_size`` tiles; here the tile is one block). PCIe traffic ≈ 2 × 16-bit model size per step.
 ``delayed_update`` (DPU, §5 of the paper): iteration k+1's forward/backward use the weights
@@ -113,6 +115,19 @@ class ZeroOffload(Policy):
         last_B: dict[int, str] = {}
         pinned = k.pin_memory
         sync = not k.overlap_comm
+        # Without overlap_comm DeepSpeed still reduces each bucket from the backward hook
+        # (stage_1_and_2.py: the grad hook → ``reduce_independent_p_g_buckets_and_remove_grads``,
+        # which calls ``reduce_ipg_grads`` when the next parameter's gradient would overflow the
+        # bucket), on the current (compute) stream: bucket j goes out after the backward of the
+        # first block of bucket j+1 produced its gradients, and the backward waits for it.
+        order = [blk.index for blk in reversed(ctx.blocks)]
+        after_first = {}    # bucket j -> the block whose recompute/backward waits for bucket j's copy
+        if sync:
+            pos = {i: p for p, i in enumerate(order)}
+            for j in range(len(buckets) - 1):
+                p = pos[buckets[j + 1][0]] + 1
+                if p < len(order):
+                    after_first[j] = order[p]
 
         def refresh(it: int, last_use: dict[int, dict[int, str]], label: int) -> None:
             """DPU: H2D of step ``it``'s weights, after the step and after ``last_use[g][i]``,
@@ -142,7 +157,8 @@ class ZeroOffload(Policy):
                     b, ctx, it, modes, gpu=g, m=m,
                     start_deps=([last_B[g]] if g in last_B else []) + (step_done[g] if m == 1 else []),
                     bwd_weight_deps={bk[0]: [bucket_name[g][j - 2]] for j, bk in enumerate(buckets) if j >= 2}
-                    if k.overlap_comm else {}, pinned=pinned) for g in gpus}
+                    if k.overlap_comm else {i: [bucket_name[g][j]] for j, i in after_first.items()},
+                    pinned=pinned) for g in gpus}
                 last = m == ga    # the fp32 gradient buffer this step writes must have been consumed
                 d2h_of: list[str] = []
                 for j, bucket in enumerate(buckets):
@@ -150,6 +166,8 @@ class ZeroOffload(Policy):
                     for g in gpus:
                         tg = t[g]
                         deps[g] = list(map(tg.B.__getitem__, bucket))
+                        if sync and j + 1 < len(buckets):    # the hook of bucket j+1's first gradient
+                            deps[g].append(tg.B[buckets[j + 1][0]])
                         if last and reuse:
                             deps[g] += [reuse[i] for i in bucket if i in reuse]
                         frees[g] = list(map(tg.grads.__getitem__, bucket))
