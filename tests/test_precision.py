@@ -129,3 +129,12 @@ def test_pure_fp32_is_fp32_training_for_every_policy() -> None:
     assert (a.iter_time_s, a.memory["gpu0"].peak_bytes, a.memory["cpu"].peak_bytes) == \
         (b.iter_time_s, b.memory["gpu0"].peak_bytes, b.memory["cpu"].peak_bytes)
 
+
+
+def test_compare_and_plan_leave_out_policies_that_refuse_pure() -> None:
+    from simhete.compare import compare_policies
+    from simhete.search.plan import Planner
+
+    s = scenario_from_dict(_tinyllama(precision="pure"))
+    assert list(compare_policies(s)) == ["gpu-only"]
+    assert Planner(s).policy_names(s) == ["gpu-only"]
