@@ -138,3 +138,12 @@ def test_compare_and_plan_leave_out_policies_that_refuse_pure() -> None:
     s = scenario_from_dict(_tinyllama(precision="pure"))
     assert list(compare_policies(s)) == ["gpu-only"]
     assert Planner(s).policy_names(s) == ["gpu-only"]
+
+
+def test_whynlp_tinyllama_on_a_24gb_card_fits_only_in_pure_bf16() -> None:
+    # whyNLP/tinyllama trains TinyLlama-1.1B at batch 4 × 2048 on one RTX 3090 with a bf16 model
+    # and torch AdamW: 16 B/param of mixed-precision states (17.6 GB) plus activations exceed 24 GB
+    s = load_scenario(ROOT / "scenarios" / "published" / "tinyllama-whynlp_rtx3090_gpu-only.yaml")
+    assert s.data.train.precision == "pure"
+    assert sim.run(s).summary.fits
+    assert not sim.run(s.with_changes(**{"train.precision": "mixed"})).summary.fits
