@@ -1,6 +1,7 @@
 """Run one scenario under every applicable policy (``simhete compare`` and the demo).
 
-Policies that cannot run the scenario's shape (several GPUs, gradient accumulation) are left out.
+Policies that cannot run the scenario's shape (several GPUs, gradient accumulation, pure
+low-precision training) are left out.
 Knobs the scenario sets carry over to each policy that has a knob of that name (activation
 checkpointing, pin_memory, ...); knobs foreign to a policy are dropped for it.
 """
@@ -24,10 +25,13 @@ def compare_policies(s: Scenario, engine: str = "fast", policies: list[str] | No
 
     names = policies or [s.data.policy] + [p for p in list_policies() if p != s.data.policy]
     prof = resolve_profile(s)
+    tr = s.data.train
+    pure = tr.precision == "pure" and tr.dtype != "fp32"
     out: dict[str, Any] = {}
     for name in names:
         cls = get_policy(name)
-        if (prof.gpu.count > 1 and not cls.multi_gpu) or (s.data.train.grad_accum > 1 and not cls.accumulates):
+        if (prof.gpu.count > 1 and not cls.multi_gpu) or (tr.grad_accum > 1 and not cls.accumulates) \
+                or (pure and cls.pure_precision):
             continue
         out[name] = run(s.with_changes(policy=name, knobs=knobs_for(s, name)), engine=engine, profile=prof)
     return out

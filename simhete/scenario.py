@@ -53,6 +53,13 @@ class TrainShape(Strict):
     micro_batch: int = Field(gt=0, le=4096)
     seq_len: int = Field(gt=0, le=1_048_576)
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: Literal["mixed", "pure"] = "mixed"
+    """Where the optimizer keeps its state: ``mixed`` (16-bit weights and gradients, fp32 master
+    weights, fp32 Adam m and v: 16 B/param) or ``pure`` (the model itself in ``dtype``, e.g.
+    loaded with ``torch_dtype=torch.bfloat16`` and trained with torch AdamW without a master copy,
+    or Lightning ``precision="bf16-true"``: weights, gradients, m and v all in ``dtype``,
+    8 B/param). With ``dtype: fp32`` both are fp32 training. Only policies whose optimizer runs
+    as torch Adam on the GPU (gpu-only) accept ``pure``."""
     attention: Literal["auto", "flash", "math"] = "auto"
     """Attention kernel: ``flash`` (fused: no s×s scores stored), ``math`` (unfused: scores,
     softmax and dropout materialised), ``auto``: flash, except on a CPU device when the model has

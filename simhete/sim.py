@@ -108,9 +108,13 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     spec = resolve_model(s)
     prof = profile if profile is not None else resolve_profile(s)
     tr = s.data.train
-    wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype,
-                        flash_attention=flash_attention(tr.attention, prof.device_type, spec))
     cls = get_policy(s.data.policy, s.file)
+    if tr.precision == "pure" and tr.dtype != "fp32" and cls.pure_precision:
+        raise ConfigError(s.file, "train.precision", "pure",
+                          allowed=f"mixed with policy {cls.name} ({cls.pure_precision})")
+    wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype,
+                        flash_attention=flash_attention(tr.attention, prof.device_type, spec),
+                        precision=tr.precision)
     policy = cls(cls.knobs(s.data.knobs, s.file))
     n_gpus = prof.gpu.count
     if n_gpus > 1 and not cls.multi_gpu:

@@ -99,7 +99,7 @@ def test_adam_cpu_is_linear_and_dram_bound_by_default():
 def test_adam_gpu_and_memory_bound_ops():
     cm = CostModel(load_profile("h100-sxm"))
     bw = 3000e9 * 0.9
-    assert cm.op_seconds(Op(OpKind.ADAM_GPU, n=10**9)) == pytest.approx(5e-6 + 28e9 / bw)
+    assert cm.op_seconds(Op(OpKind.ADAM_GPU, n=10**9, dtype="fp32")) == pytest.approx(5e-6 + 28e9 / bw)
     for kind in (OpKind.ELEMENTWISE, OpKind.NORM, OpKind.SOFTMAX_CE, OpKind.EMBED):
         assert cm.op_seconds(Op(kind, n=10**9)) == pytest.approx(5e-6 + 1e9 / bw)
     assert cm.op_seconds(Op(OpKind.D2D, n=10**9)) == pytest.approx(5e-6 + 2e9 / 3000e9)

@@ -22,7 +22,8 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
   priced as ADAM_CPU.
 - MEMCPY_CPU: n / host memcpy bandwidth. ADAM_CPU: overhead + n / rate, the rate taken from
   ``host.adam.by_threads`` at ``host.adam.threads`` when both are given, else ``params_per_s``.
-- ADAM_GPU: launch + 28 n / (bandwidth × efficiency).
+- ADAM_GPU: launch + 7 · e · n / (bandwidth × efficiency), e the bytes of the op's dtype (the
+  optimizer state's: fp32 in mixed precision, 28 B/param; bf16/fp16 in pure training, 14 B/param).
 - ALLREDUCE/REDUCE_SCATTER/ALLGATHER: α + n · factor / bus bandwidth (nccl-tests factors).
 
 A task whose ops tuple is listed in ``gpu.blocks`` (a block's forward, backward or optimizer step
@@ -45,11 +46,12 @@ from typing import Callable
 
 from simhete.errors import ConfigError
 from simhete.hw.gemm import GemmInterpolator
-from simhete.hw.profile import ADAM_BYTES_PER_PARAM, DTYPES, Curve, HardwareProfile, Link, Provenance
+from simhete.hw.profile import ADAM_ACCESSES_PER_PARAM, DTYPES, Curve, HardwareProfile, Link, Provenance
 from simhete.opkinds import BWD_KIND, DTYPE_BYTES, OpKind
 from simhete.schedule.model import Op, Schedule, Task
 
-# Fused/multi-tensor GPU Adam moves the same fp32 state as CPU Adam (ADAM_BYTES_PER_PARAM).
+# Fused/multi-tensor GPU Adam reads p, g, m, v and writes p, m, v (ADAM_ACCESSES_PER_PARAM), each
+# in the op's dtype: fp32 state moves the same 28 B/param as CPU Adam.
 
 # A memory-bound kind without its own profile entry is priced as the kind it was split from
 # (profiles calibrated before the op vocabulary had these kinds measured only the older ones).
@@ -487,7 +489,8 @@ class CostModel:
     def _adam_gpu(self, op: Op) -> float:
         if self.profile.device_type == "cpu":   # the device is the host: a device Adam is CPU Adam
             return self._adam_cpu(op)
-        return self._launch_s() + self._mem_seconds(float(op.n) * ADAM_BYTES_PER_PARAM)
+        return self._launch_s() + self._mem_seconds(float(op.n) * ADAM_ACCESSES_PER_PARAM
+                                                     * DTYPE_BYTES[op.dtype])
 
     def _collective(self, op: Op) -> float:
         (ranks,) = op.shape

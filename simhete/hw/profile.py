@@ -399,9 +399,14 @@ class Host(Strict):
                              f"{ADAM_BYTES_PER_PARAM} bytes per param, the DRAM-bound ceiling")
 
 
-# Adam traffic per fp32 parameter: read p, g, m, v and write p, m, v = 7 × 4 bytes
-# (REFERENCES.md, "CPU Adam is DRAM-bound"; ZeRO-Offload paper §4.2 keeps all four on the CPU).
-ADAM_BYTES_PER_PARAM = 28
+# Adam traffic per parameter: read p, g, m, v and write p, m, v = 7 tensor accesses, each of the
+# state's dtype: 7 × 4 = 28 bytes for fp32 state (REFERENCES.md, "CPU Adam is DRAM-bound";
+# ZeRO-Offload paper §4.2 keeps all four on the CPU). A GPU Adam over 16-bit state (pure bf16/fp16
+# training) moves 7 × 2 = 14 bytes: torch's foreach and fused Adam/AdamW (torch/optim/adam.py
+# _multi_tensor_adam, _fused_adam → torch._fused_adamw_; in torch 2.13 AdamW subclasses Adam) update
+# p, m and v in place in the parameter's dtype, the state created by zeros_like(p).
+ADAM_ACCESSES_PER_PARAM = 7
+ADAM_BYTES_PER_PARAM = ADAM_ACCESSES_PER_PARAM * 4
 
 
 # --------------------------------------------------------------------------------- links ----

@@ -65,6 +65,9 @@ class Policy:
     Knobs: ClassVar[type[Strict]] = Strict
     multi_gpu: ClassVar[bool] = False     # whether build() handles n_gpus > 1
     accumulates: ClassVar[bool] = True    # whether build() handles train.grad_accum > 1
+    pure_precision: ClassVar[str] = "its optimizer keeps fp32 master weights and Adam state"
+    """Why the policy cannot train with ``train.precision: pure`` (16-bit weights updated in place,
+    16-bit Adam state); empty if it can."""
 
     @classmethod
     def knobs(cls, raw: dict[str, Any], file: str | None = None) -> Strict:
@@ -101,9 +104,10 @@ def knob_key(knobs: Strict, exclude: Iterable[str] = ()) -> tuple:
 
 def context_key(ctx: Context) -> tuple:
     """What a training policy's structure depends on in the context, sizes aside: the model
-    (hence every weight-related size), dtype, GPUs, iterations, accumulation and the pool names."""
+    (hence every weight-related size), dtype, optimizer dtype (train.precision: model-state sizes
+    and the Adam ops), GPUs, iterations, accumulation and the pool names."""
     wl = ctx.workload
-    return (wl.spec, wl.dtype, ctx.n_gpus, ctx.iterations, ctx.grad_accum, tuple(ctx.pools()))
+    return (wl.spec, wl.dtype, wl.optim_dtype, ctx.n_gpus, ctx.iterations, ctx.grad_accum, tuple(ctx.pools()))
 
 
 class Builder:

@@ -78,6 +78,8 @@ class ChunkedKnobs(ActivationKnobs):
 class Chunked(Policy):
     Knobs = ChunkedKnobs
     multi_gpu = True
+    pure_precision = ("PatrickStar and ColossalAI Gemini (master_weights=True, its default) keep "
+                      "fp32 master chunks and fp32 Adam state")
     accumulates = False
 
     def build(self, ctx: Context) -> Schedule:

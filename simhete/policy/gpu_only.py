@@ -44,6 +44,7 @@ class GpuOnlyKnobs(ActivationKnobs):
 class GpuOnly(Policy):
     Knobs = GpuOnlyKnobs
     multi_gpu = True
+    pure_precision = ""   # torch AdamW on the GPU keeps its state in the parameters' dtype
 
     def build(self, ctx: Context) -> Schedule:
         b = Builder()
@@ -85,7 +86,7 @@ class GpuOnly(Policy):
                 i = blk.index
                 updates[i] = {g: b.add(
                     tname(it, "ADAM.gpu", blk.name, g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
-                    (Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32"),),
+                    (Op(OpKind.ADAM_GPU, n=blk.params, dtype=ctx.workload.optim_dtype),),
                     deps=[t[g].last_B] + ([reduced[i][g]] if reduced.get(i) else []),
                     prio=t_prio_opt(it, i), frees=[grads[g][i]] if i in grads[g] else [],
                     it=it, block=i) for g in dp.gpus}

@@ -179,6 +179,12 @@ class Partition:
 class ZeroInfinity(Policy):
     Knobs = ZeroInfinityKnobs
     multi_gpu = True
+    # DeepSpeed ZeRO clones each partition to fp32 master weights (stage_1_and_2.py
+    # single_partition_of_fp32_groups, stage3.py fp32_partitioned_groups_flat: .float() unless
+    # master_weights_and_grads_dtype says otherwise) and DeepSpeedCPUAdam creates m and v in fp32
+    # (cpu_adam.py: fp32_optimizer_states=True by default), also for a bf16 model.
+    pure_precision = ("DeepSpeed ZeRO keeps fp32 master partitions and DeepSpeedCPUAdam fp32 m and v, "
+                      "also for a bf16 model")
 
     def build(self, ctx: Context) -> Schedule:
         k = self.k

@@ -49,6 +49,12 @@ _BUCKETS: dict[tuple, tuple] = {}     # (id(blocks), bucket size) -> (blocks, pa
 class ZeroOffload(Policy):
     Knobs = ZeroOffloadKnobs
     multi_gpu = True
+    # DeepSpeed ZeRO clones each partition to fp32 master weights (stage_1_and_2.py
+    # single_partition_of_fp32_groups, stage3.py fp32_partitioned_groups_flat: .float() unless
+    # master_weights_and_grads_dtype says otherwise) and DeepSpeedCPUAdam creates m and v in fp32
+    # (cpu_adam.py: fp32_optimizer_states=True by default), also for a bf16 model.
+    pure_precision = ("DeepSpeed ZeRO keeps fp32 master partitions and DeepSpeedCPUAdam fp32 m and v, "
+                      "also for a bf16 model")
 
     def buckets(self, ctx: Context) -> list[list[int]]:
         """Block indices per gradient bucket, in backward order (depends only on the blocks'

@@ -116,8 +116,10 @@ class Planner:
         names = list(self.policies or list_policies())
         prof = self._profile(s)
         accum = s.data.train.grad_accum > 1
+        pure = s.data.train.precision == "pure" and s.data.train.dtype != "fp32"
         return [p for p in names if (prof.gpu.count == 1 or get_policy(p).multi_gpu)
-                and not (accum and not get_policy(p).accumulates)]
+                and not (accum and not get_policy(p).accumulates)
+                and not (pure and get_policy(p).pure_precision)]
 
     def _profile(self, s: Scenario) -> Any:
         import json

@@ -32,7 +32,7 @@ Memory accounting and the FLOP totals are in :mod:`simhete.workload.memory` and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from simhete.config import one_of
@@ -44,6 +44,7 @@ from simhete.workload.presets import get_model
 from simhete.workload.spec import ModelSpec
 
 TRAIN_DTYPES = ("bf16", "fp16", "fp32")   # working precisions a model trains in
+PRECISIONS = ("mixed", "pure")            # where the optimizer keeps its state (see _pure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class BlockWork:
     weight_bytes: int      # working-precision weights (dtype)
     grad_bytes: int        # working-precision gradients (dtype)
     master_bytes: int      # fp32 master weights (0 when dtype is fp32: the weights are the master)
-    optim_bytes: int       # Adam m and v, fp32
+    optim_bytes: int       # Adam m and v: fp32 (mixed), the working dtype (pure)
     grad32_bytes: int      # fp32 gradients for the optimizer (0 when dtype is fp32)
     act_bytes: int         # saved for backward when the block is not recomputed
     ckpt_bytes: int        # kept when the block is checkpointed (recomputed in backward)
@@ -86,6 +87,8 @@ class Workload:
     non-causal, no recomputation — for a GPT (MHA, f = 4h) exactly Narayanan et al. 2021 /
     Korthikanti et al. 2022's 72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)).
     ``tokens_per_iter`` is micro_batch · seq_len (one micro-batch per iteration).
+    ``optim_dtype`` is the dtype of the optimizer's state and of its update kernel: fp32 in mixed
+    precision, the working dtype in pure low-precision training (``precision="pure"``).
     """
 
     spec: ModelSpec
@@ -99,13 +102,18 @@ class Workload:
     bwd_flops: float
     model_flops_per_iter: int
     tokens_per_iter: int
+    optim_dtype: str = "fp32"
 
 
 def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype: str = "bf16",
-                   flash_attention: bool = True) -> Workload:
-    """The Workload of ``spec`` (a ModelSpec or a preset name); cached, so cheap to call again."""
+                   flash_attention: bool = True, precision: str = "mixed") -> Workload:
+    """The Workload of ``spec`` (a ModelSpec or a preset name); cached, so cheap to call again.
+    ``precision``: ``mixed`` (fp32 master weights and Adam state) or ``pure`` (see :func:`_pure`)."""
     if isinstance(spec, str):
         spec = get_model(spec)
+    one_of(precision, PRECISIONS, None, "train.precision", "precisions")
+    if precision == "pure":
+        return _pure(spec, micro_batch, seq_len, dtype, flash_attention)
     return _build(spec, micro_batch, seq_len, dtype, flash_attention)
 
 
@@ -156,12 +164,33 @@ def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tup
     # 2 bytes 16-bit weights + 2 bytes 16-bit gradients + 12 bytes optimizer state (fp32 master
     # 4 + Adam m 4 + v 4); ZeRO-Offload keeps a further fp32 gradient (4) on the CPU side.
     # In fp32 training the weights and gradients are themselves fp32: no master copy, no grad32.
+    # Pure low-precision training (no master, 16-bit m and v) is derived from these in _pure.
     mixed = e < 4
     return BlockWork(name=name, index=index, params=params, fwd_ops=fwd, bwd_ops=bwd,
                      weight_bytes=params * e, grad_bytes=params * e,
                      master_bytes=4 * params if mixed else 0, optim_bytes=8 * params,
                      grad32_bytes=4 * params if mixed else 0,
                      act_bytes=act, ckpt_bytes=ckpt, workspace_bytes=workspace, tied_to=tied_to)
+
+
+@lru_cache(maxsize=1024)
+def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload:
+    """The workload of :func:`_build` trained in pure low precision: the optimizer updates the working-dtype weights in
+    place, with no fp32 master copy and no fp32 gradients, and keeps Adam m and v in that dtype.
+    torch.optim.Adam/AdamW create their state with ``torch.zeros_like(p,
+    memory_format=torch.preserve_format)`` (torch/optim/adam.py ``_init_group``), so it takes the
+    parameter's dtype: a model loaded with ``torch_dtype=torch.bfloat16`` and trained with torch
+    AdamW (Hugging Face Trainer's default optimizer; Lightning Fabric ``precision="bf16-true"``,
+    whose HalfPrecision plugin converts the module to bf16) holds per parameter 2 B weights +
+    2 B gradients + 2 B m + 2 B v = 8 B, against 16 B in mixed precision (ZeRO §3.1). In fp32
+    nothing changes: mixed fp32 already has no master copy and keeps fp32 state."""
+    wl = _build(spec, b, s, dtype, flash)
+    if wl.dtype == "fp32":
+        return wl
+    e = DTYPE_BYTES[wl.dtype]
+    blocks = tuple(replace(bw, master_bytes=0, optim_bytes=2 * e * bw.params, grad32_bytes=0)
+                   for bw in wl.blocks)
+    return replace(wl, blocks=blocks, optim_dtype=wl.dtype)
 
 
 def _gemm(m: int, n: int, k: int, dtype: str, count: int = 1) -> Op:
