@@ -33,6 +33,13 @@ class ModelRef(Strict):
     n_kv_heads: int | None = Field(None, gt=0)
     ffn_hidden: int | None = Field(None, gt=0)
     vocab: int | None = Field(None, gt=0)
+    bias: bool | None = None
+    """Biases on the blocks' linear layers (MPT and nanoGPT with ``bias=False`` have none)."""
+    dropout: bool | None = None
+    """Embedding and residual dropout (its 1-byte masks are saved for backward)."""
+    attn_dropout: bool | None = None
+    """Dropout on the attention probabilities."""
+    tied_embeddings: bool | None = None
 
 
 class HardwareRef(Strict):

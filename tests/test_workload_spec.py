@@ -225,3 +225,16 @@ def test_hf_opt_unsupported_variants(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"do_layer_norm_before: bad value False"):
         from_hf_config(_write(tmp_path, data | {"do_layer_norm_before": False}))
     assert from_hf_config(_write(tmp_path, data | {"dropout": 0.0})).dropout is False
+
+
+def test_scenario_model_overrides_switch_biases_and_dropout_off():
+    """MPT / nanoGPT (bias=False, dropout 0) as a GPT-2 preset with overrides: exactly the linear
+    layers' biases go (9·h per block: QKV 3h, output h, fc1 4h, fc2 h)."""
+    from simhete.scenario import scenario_from_dict
+    from simhete.sim import resolve_model
+    base = {"hardware": "a100-80gb-sxm", "train": {"micro_batch": 1, "seq_len": 1024}}
+    on = resolve_model(scenario_from_dict({**base, "model": "gpt-like-h768-l12"}))
+    off = resolve_model(scenario_from_dict({**base, "model": {"preset": "gpt-like-h768-l12",
+                                                             "bias": False, "dropout": False}}))
+    assert on.n_params() - off.n_params() == 12 * 9 * 768
+    assert off.bias is False and off.dropout is False
