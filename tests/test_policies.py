@@ -138,6 +138,17 @@ def test_chunked_tight_budget_evicts_furthest_next_use():
     assert tl.oom is None
 
 
+def test_chunked_warmup_budget_is_a_fixed_share_of_capacity():
+    """The warm-up iteration has no memory trace, so chunks get a fixed warmup_cuda_cap_ratio ×
+    capacity (Gemini: 1 − warmup_non_model_data_ratio); a share that holds ten 200 kB chunks forces
+    evictions in iteration 1 only, as the steady budget (0.9 × 40 GB − traced peak) holds all."""
+    ctx, _ = build(scenario("chunked", {"chunk_size": 100_000}))
+    ratio = 10.5 * 100_000 * 2 / ctx.gpu_capacity
+    _, sched = build(scenario("chunked", {"chunk_size": 100_000, "warmup_cuda_cap_ratio": ratio}))
+    evictions = {it: sum(1 for t in sched.tasks if ".D2H.c" in t.name and t.it == it) for it in (1, 2, 3)}
+    assert evictions[1] > 0 and evictions[2] == evictions[3] == 0
+
+
 def _initial(sched, pool: str, *classes: MemClass) -> int:
     return sum(a.bytes for a in sched.initial if a.pool == pool and (not classes or a.cls in classes))
 

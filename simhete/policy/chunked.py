@@ -41,8 +41,10 @@ the first 1 − fraction of the chunks stay gathered on every GPU after their fi
 ``placement_policy: auto`` (PatrickStar's scheme, Gemini ``AutoPlacementPolicy``): every chunk
 starts in host memory (PatrickStar creates chunks on the CPU, ``PreprocessCtx``; Gemini
 ``cpu_offload=True``); a GPU's shards are fetched when needed and cached under a budget: the
-first (warm-up) iteration keeps chunk memory under ``warmup_cuda_cap_ratio`` × (capacity −
-non-model memory in use); later iterations use the traced non-model memory:
+first (warm-up) iteration, which has no trace yet, keeps chunk memory under a fixed
+``warmup_cuda_cap_ratio`` × capacity (Gemini ``AutoPlacementPolicy.evict_tensors``: capacity ×
+(1 − ``warmup_non_model_data_ratio`` = 0.8); PatrickStar ``MemTracer.available_chunk_mem``:
+``warmup_gpu_chunk_mem_ratio`` × 0.8 of capacity); later iterations use the traced non-model memory:
 ``steady_cuda_cap_ratio`` × capacity − the next period's non-model peak; room for the gathered
 groups of a step is kept free. When a shard must come in and the budget is full, the cached
 shard whose next use is furthest away is moved out (``LatestAccessChunkEvictionPolicy``).
@@ -93,7 +95,9 @@ class ChunkedKnobs(ActivationKnobs):
     placement_policy: Literal["auto", "static"] = "auto"
     gpu_margin_mem_ratio: float = Field(0.0, ge=0, le=1)
     """auto: fraction of the GPU margin given to OS chunks updated on the GPU (Gemini default 0)."""
-    warmup_cuda_cap_ratio: float = Field(0.95, gt=0, le=1)
+    warmup_cuda_cap_ratio: float = Field(0.2, gt=0, le=1)
+    """auto: fraction of GPU capacity chunks may use in the warm-up iteration (Gemini: 1 −
+    warmup_non_model_data_ratio = 0.2)."""
     steady_cuda_cap_ratio: float = Field(0.9, gt=0, le=1)
     shard_param_frac: float = Field(1.0, ge=0, le=1)
     """static: fraction of the chunks kept sharded over the GPUs after use (Gemini default 1); the
@@ -199,7 +203,7 @@ class Chunked(Policy):
                 return 0.0
             reserve = extra * maxneed                 # the gathered groups of a step
             if it == 1:
-                return k.warmup_cuda_cap_ratio * (cap - nonmodel[u]) - os_gpu_bytes - reserve
+                return k.warmup_cuda_cap_ratio * cap - os_gpu_bytes - reserve
             return k.steady_cuda_cap_ratio * cap - max(nonmodel[u:u + 2]) - os_gpu_bytes - reserve
 
         def next_use(c: int, u: int) -> int:
