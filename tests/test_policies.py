@@ -3,12 +3,15 @@ memory stays within capacity, and data-parallel offload traffic splits 1/N over 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simhete.engine import simulate
-from simhete.opkinds import COPY_KINDS, OpKind
+from simhete.errors import ConfigError
+from simhete.opkinds import COPY_KINDS, MemClass, OpKind
 from simhete.policy import list_policies
 from simhete.scenario import scenario_from_dict
 from simhete.schedule import check_schedule
@@ -133,6 +136,119 @@ def test_chunked_tight_budget_evicts_furthest_next_use():
     assert evictions
     _, tl = timeline(s)
     assert tl.oom is None
+
+
+def test_chunked_warmup_budget_is_a_fixed_share_of_capacity():
+    """The warm-up iteration has no memory trace, so chunks get a fixed warmup_cuda_cap_ratio ×
+    capacity (Gemini: 1 − warmup_non_model_data_ratio); a share that holds ten 200 kB chunks forces
+    evictions in iteration 1 only, as the steady budget (0.9 × 40 GB − traced peak) holds all."""
+    ctx, _ = build(scenario("chunked", {"chunk_size": 100_000}))
+    ratio = 10.5 * 100_000 * 2 / ctx.gpu_capacity
+    _, sched = build(scenario("chunked", {"chunk_size": 100_000, "warmup_cuda_cap_ratio": ratio}))
+    evictions = {it: sum(1 for t in sched.tasks if ".D2H.c" in t.name and t.it == it) for it in (1, 2, 3)}
+    assert evictions[1] > 0 and evictions[2] == evictions[3] == 0
+
+
+def _initial(sched, pool: str, *classes: MemClass) -> int:
+    return sum(a.bytes for a in sched.initial if a.pool == pool and (not classes or a.cls in classes))
+
+
+MODEL = (MemClass.WEIGHTS, MemClass.MASTER, MemClass.OPTIM)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4])
+def test_chunked_static_without_offload_shards_14_bytes_per_param_and_keeps_nothing_on_the_host(gpus):
+    """Gemini's default (static, nothing offloaded): a rank holds its 1/N of the 16-bit chunks
+    (2 B/param, gradients written into them) and of the fp32 master + Adam m, v chunks (12 B/param),
+    all on its GPU; host memory holds no model data and nothing crosses PCIe. While a chunk group
+    is used its other shards are gathered: the most at the tied LM head's step, which reads every
+    group of the token embedding (13,127,936 params: ⌈E / (100,000 N)⌉ groups) and its own."""
+    s = scenario("chunked", {"placement_policy": "static", "chunk_size": 100_000}, gpus=gpus)
+    ctx, sched = build(s)
+    P = sum(b.params for b in ctx.blocks)
+    nchunks = int(sched.meta["chunks"])
+    assert _initial(sched, "cpu") == 0
+    per_gpu = [_initial(sched, f"gpu{g}", *MODEL) for g in range(gpus)]
+    assert sum(per_gpu) == 14 * P
+    assert all(abs(x - 14 * P / gpus) <= 3 * nchunks for x in per_gpu)
+    assert not any(t.stream.endswith((".h2d", ".d2h")) for t in sched.tasks)
+    _, tl = timeline(s)
+    assert tl.oom is None and tl.peak["cpu"] == 0
+    shards = _initial(sched, "gpu0", MemClass.WEIGHTS)
+    extra = (gpus - 1) * 100_000 * 2
+    assert shards == sum(a.bytes for a in sched.initial if a.buf.startswith("chunk.g0."))
+    E = next(b.params for b in ctx.blocks if b.name == "embed")
+    assert tl.peak_by_class["gpu0"]["weights"] == shards + (math.ceil(E / (100_000 * gpus)) + 1) * extra
+    assert "grads32" not in tl.peak_by_class["gpu0"]
+
+
+def test_chunked_llama2_13b_on_8_gpus_static_holds_one_eighth_of_14_bytes_per_param():
+    """LLaMA-2-13B (13,015,864,320 parameters) on 8 GPUs with Gemini's static placement and no
+    offload: 14 × P / 8 = 22,777,762,560 B of model data per GPU (±1 B per chunk and tensor kind
+    from uneven shards), none in host memory."""
+    s = scenario_from_dict(dict(model="llama2-13b", hardware=dict(profile="a100-80gb-sxm", gpus=8),
+                                train=dict(micro_batch=1, seq_len=2048), iterations=2, policy="chunked",
+                                knobs={"placement_policy": "static", "checkpointing": "full"}))
+    ctx, sched = build(s)
+    P = sum(b.params for b in ctx.blocks)
+    assert P == 13_015_864_320
+    nchunks = int(sched.meta["chunks"])
+    assert _initial(sched, "cpu") == 0
+    for g in range(8):
+        assert abs(_initial(sched, f"gpu{g}", *MODEL) - 22_777_762_560) <= 3 * nchunks
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_chunked_auto_keeps_14_bytes_per_param_of_every_rank_on_the_host(gpus):
+    """PatrickStar's scheme with the optimizer on the CPU (margin 0): the 16-bit chunks start in
+    host memory and every OS chunk stays there: 2 + 4 + 8 = 14 B/param for the node (14 / N per
+    rank), no fp32 gradient copy (CPU Adam reads the 16-bit gradient)."""
+    ctx, sched = build(scenario("chunked", {"chunk_size": 100_000}, gpus=gpus))
+    P = sum(b.params for b in ctx.blocks)
+    assert _initial(sched, "cpu", MemClass.WEIGHTS) == 2 * P
+    assert _initial(sched, "cpu", MemClass.MASTER) == 4 * P
+    assert _initial(sched, "cpu", MemClass.OPTIM) == 8 * P
+    assert _initial(sched, "cpu") == 14 * P
+    assert all(_initial(sched, f"gpu{g}") == 0 for g in range(gpus))
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_chunked_static_optimizer_offload_moves_the_16_bit_shard_each_way_once(gpus):
+    """offload_optim_frac 1: the 16-bit shards stay on the GPUs (2 B/param / N), the OS chunks and a
+    host copy of the shards (which carries the gradients) are in host memory (14 B/param); each
+    iteration a GPU sends its shard of gradients D2H once and receives its updated shard once."""
+    ctx, sched = build(scenario("chunked", {"placement_policy": "static", "offload_optim_frac": 1.0,
+                                            "chunk_size": 100_000}, gpus=gpus))
+    P = sum(b.params for b in ctx.blocks)
+    assert _initial(sched, "cpu") == 14 * P
+    assert sum(_initial(sched, f"gpu{g}") for g in range(gpus)) == 2 * P
+    for g in range(gpus):
+        h2d = sum(op.n for t in sched.tasks if t.it == 2 and t.stream == f"gpu{g}.h2d" for op in t.ops)
+        d2h = sum(op.n for t in sched.tasks if t.it == 2 and t.stream == f"gpu{g}.d2h" for op in t.ops)
+        assert h2d == d2h == _initial(sched, f"gpu{g}")
+
+
+def test_chunked_static_unsharded_chunks_stay_gathered():
+    """shard_param_frac 0 on 2 GPUs: every chunk group is gathered once (iteration 1) and stays on
+    both GPUs (Gemini keep_gathered), so later iterations gather nothing and all-reduce gradients."""
+    s = scenario("chunked", {"placement_policy": "static", "shard_param_frac": 0.0, "chunk_size": 100_000}, gpus=2)
+    ctx, sched = build(s)
+    nchunks = int(sched.meta["chunks"])
+    assert int(sched.meta["gathered_chunks"]) == nchunks
+    ag = [t for t in sched.tasks if ".AG.c" in t.name and t.stream == "gpu0.comm"]
+    assert len(ag) == nchunks and {t.it for t in ag} == {1}
+    assert all(t.ops[0].kind is OpKind.ALLREDUCE for t in sched.tasks if ".RS.g." in t.name)
+    _, tl = timeline(s)
+    assert tl.peak_by_class["gpu0"]["weights"] == _initial(sched, "gpu0", MemClass.WEIGHTS) + nchunks * 100_000 * 2
+
+
+def test_chunked_static_param_offload_needs_full_sharding_and_optimizer_offload():
+    with pytest.raises(ConfigError, match="offload_param_frac"):
+        build(scenario("chunked", {"placement_policy": "static", "offload_param_frac": 0.5}))
+    ctx, sched = build(scenario("chunked", {"placement_policy": "static", "offload_param_frac": 1.0,
+                                            "offload_optim_frac": 1.0, "chunk_size": 100_000}, gpus=2))
+    assert sched.meta["gpu_home_chunks"] == "0"
+    assert all(_initial(sched, f"gpu{g}") == 0 for g in range(2))
 
 
 # ------------------------------------------------------------------------------- autohete ----

@@ -43,7 +43,7 @@ def fully_offloaded(policy: str) -> dict:
             "chunked": {"placement_policy": "static", "offload_optim_frac": 1.0}}.get(policy, {})
 
 
-@pytest.mark.parametrize("policy", ["zero-offload", "zero-infinity", "chunked", "autohete"])
+@pytest.mark.parametrize("policy", ["zero-offload", "zero-infinity", "autohete"])
 def test_fp32_offloaded_optimizer_keeps_16_bytes_per_param_on_the_host(policy):
     """fp32 weights are already fp32, yet an offloaded optimizer keeps its own fp32 master copy and
     fp32 gradient buffer next to Adam m, v: 4 + 4 + 8 = 16 B per parameter (replay measured 16 for
@@ -54,6 +54,18 @@ def test_fp32_offloaded_optimizer_keeps_16_bytes_per_param_on_the_host(policy):
         assert host_bytes(sched, MemClass.MASTER) == 4 * P
         assert host_bytes(sched, MemClass.GRADS32) == 4 * P
         assert host_bytes(sched, MemClass.OPTIM) == 8 * P
+
+
+def test_chunked_offloaded_optimizer_keeps_no_fp32_gradients():
+    """PatrickStar / Gemini CPU Adam reads the 16-bit gradient from the chunk: master 4 + Adam m, v
+    8 B/param on the host, no fp32 gradient buffer, plus the chunk shard (2 B bf16, 4 B fp32)."""
+    for dtype, e in (("fp32", 4), ("bf16", 2)):
+        ctx, sched = build(scenario("chunked", fully_offloaded("chunked"), dtype=dtype))
+        P = sum(b.params for b in ctx.blocks)
+        assert host_bytes(sched, MemClass.MASTER) == 4 * P
+        assert host_bytes(sched, MemClass.GRADS32) == 0
+        assert host_bytes(sched, MemClass.OPTIM) == 8 * P
+        assert host_bytes(sched, MemClass.WEIGHTS) == e * P
 
 
 def test_fp32_stronghold_host_states_of_cpu_updated_blocks():

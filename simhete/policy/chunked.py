@@ -1,34 +1,65 @@
 """``chunked``: chunk-based heterogeneous memory management — PatrickStar (Fang et al., "Parallel
-Training of Pre-trained Models via Chunk-based Dynamic Memory Management", IEEE TPDS 2022) and
-Colossal-AI Gemini (its successor; ``GeminiPlugin`` docs).
+Training of Pre-trained Models via Chunk-based Dynamic Memory Management", IEEE TPDS 2022; code
+github.com/Tencent/PatrickStar) and Colossal-AI Gemini (its successor, colossalai/zero/gemini/).
 
-Parameters are packed into fixed-size chunks of ``chunk_size`` elements in creation (= use) order,
-so moving a chunk prefetches the next parameters and uses the link at full size; a gradient
-overwrites its parameter in the chunk (no separate gradient buffer). fp32 master weights and
-Adam states of a chunk ("OS chunk") live on the CPU unless the chunk is chosen for the GPU; a
-chunk whose OS is on the GPU stays on the GPU and is updated there, the others are updated by
-the CPU ("hybrid Adam").
+Model data (per parameter, read from both codes):
 
-``placement_policy: auto`` (PatrickStar's and Gemini's default): all chunks start in host memory;
-the first (warm-up) iteration keeps chunk memory on the GPU under ``warmup_cuda_cap_ratio`` ×
-(capacity − non-model memory in use); later iterations use the traced non-model memory:
-``steady_cuda_cap_ratio`` × capacity − the next period's non-model peak. When a chunk must come
-in and the budget is full, the resident chunk whose next use is furthest away is moved out
-(Belady's rule, as PatrickStar's eviction). After the warm-up, Gemini places OS chunks on the GPU
-in the margin: ``gpu_margin_mem_ratio`` of the memory left after the non-model peak and one step's
-chunks (here this placement holds from the first iteration).
-``placement_policy: static`` (newer Gemini): the first ``1 − offload_param_frac`` of the chunks stay
-on the GPU, the rest are fetched for each use and moved out after it; the first
-``1 − offload_optim_frac`` of the OS chunks live on the GPU.
+- the 16-bit parameters are packed into chunks of ``chunk_size`` elements in creation (= use)
+  order; a parameter's gradient is written into its own place in that chunk, so there is no
+  gradient buffer (PatrickStar ``INSIDE.md``; Gemini ``GeminiDDP.grad_handle`` with
+  ``reuse_fp16_chunk`` = master weights without gradient accumulation);
+- the fp32 master copy and Adam m, v live in chunks of the same layout ("OS chunks", 12 B/param):
+  PatrickStar ``ChunkType.PARAM_FP32 / MOMENTUM / VARIANCE``; Gemini's ``fp32_param`` chunk group
+  with ``HybridAdam`` state created beside it. CPU Adam reads the 16-bit gradient itself
+  (PatrickStar ``FP16Adam.fp16_chunk_adam_ops``: the fp16 grad chunk is copied into one
+  chunk-sized read buffer and passed to the DeepSpeed CPU-Adam kernel; Gemini
+  ``GeminiOptimizer._set_grad_ptr``: ``grad`` is the 16-bit chunk's payload): no fp32 gradients;
+- with N GPUs everything is sharded: PatrickStar groups N chunks and rank r owns the r-th
+  (``client.access_dist`` / ``release_dist``), Gemini splits each chunk into N shards
+  (``Chunk.shard_size``); a rank keeps only its share of the 16-bit chunks and of the OS chunks,
+  so the model data of one rank is 14 B/param / N. Here a chunk group has ``chunk_size × N``
+  elements and each GPU owns ``chunk_size`` of them.
 
-A chunk whose OS is on the CPU goes D2H as soon as its gradients are complete (after the backward
-of its first block) and the CPU steps it after the backward; its new parameters wait in host
-memory for the next fetch. The optimizer step is synchronous: the next forward starts when it is
-done. ``max_prefetch`` chunks may be fetched ahead of need (Gemini's knob; 0 = on demand).
-With N GPUs a chunk becomes a communication group of N chunks (each GPU owns one, fetches it over
-its own link and all-gathers; gradients are reduce-scattered), as PatrickStar does.
-Simplification: tensors are packed contiguously and may straddle chunks (PatrickStar starts a new
-chunk instead), so chunk counts are ⌈params / chunk_size⌉.
+Before a group is used its shards are all-gathered on every GPU (a full group buffer); after the
+last use of a run of steps the gathered copy is released (``release_dist`` frees the remote
+chunks; Gemini ``release_chunk``) and, after the backward, the gradients are reduce-scattered
+into the owner's shard (``torch.distributed.reduce_scatter`` in ``release_dist``; Gemini
+``Chunk.reduce``). With one GPU nothing is gathered.
+
+``placement_policy: static`` (Gemini's default, ``StaticPlacementPolicy``): chunk shards are
+created on the GPU unless parameters are offloaded (``GeminiDDP.__init__``: ``cpu_offload = not
+(static and offload_param_frac == 0)``), so with no offload a rank holds 14 B/param / N on the GPU
+and no model data in host memory. ``offload_optim_frac``: that fraction of the OS chunks (here the
+last ones) lives on the CPU; their 16-bit shard (holding the gradients) goes to the host after
+the reduce-scatter and the updated parameters come back after the CPU step
+(``setup_grads_device``, ``grad_handle``). ``offload_param_frac`` (only with
+``shard_param_frac`` = ``offload_optim_frac`` = 1, as Gemini enforces): that fraction of the
+16-bit shards (the last ones) lives in host memory and is fetched for each use. ``shard_param_frac``:
+the first 1 − fraction of the chunks stay gathered on every GPU after their first use (Gemini's
+``keep_gathered_chunk_mem``; their optimizer states are on the GPU).
+
+``placement_policy: auto`` (PatrickStar's scheme, Gemini ``AutoPlacementPolicy``): every chunk
+starts in host memory (PatrickStar creates chunks on the CPU, ``PreprocessCtx``; Gemini
+``cpu_offload=True``); a GPU's shards are fetched when needed and cached under a budget: the
+first (warm-up) iteration, which has no trace yet, keeps chunk memory under a fixed
+``warmup_cuda_cap_ratio`` × capacity (Gemini ``AutoPlacementPolicy.evict_tensors``: capacity ×
+(1 − ``warmup_non_model_data_ratio`` = 0.8); PatrickStar ``MemTracer.available_chunk_mem``:
+``warmup_gpu_chunk_mem_ratio`` × 0.8 of capacity); later iterations use the traced non-model memory:
+``steady_cuda_cap_ratio`` × capacity − the next period's non-model peak; room for the gathered
+groups of a step is kept free. When a shard must come in and the budget is full, the cached
+shard whose next use is furthest away is moved out (``LatestAccessChunkEvictionPolicy``).
+Hybrid Adam: OS chunks go to the GPU in the margin ``gpu_margin_mem_ratio`` × (the steady
+capacity − the non-model peak − this rank's 16-bit chunks and gather buffers) at 12 B per element
+(PatrickStar ``MemTracer.update_margin_mem``; Gemini ``_maybe_move_fp32_params``), the first
+chunks first; such a chunk's 16-bit shard stays on the GPU (here from the first iteration).
+
+A chunk whose OS is on the CPU goes D2H as soon as its gradients are complete and the CPU steps
+it after the backward; its new parameters wait in host memory for the next fetch. The optimizer
+step is synchronous: the next forward starts when it is done. ``max_prefetch`` chunk groups may
+be brought (fetched or gathered) ahead of need (Gemini's knob; 0 = on demand).
+Simplifications: tensors are packed contiguously and may straddle chunks (PatrickStar starts a
+new chunk instead), so chunk counts are ⌈params / chunk_size⌉; the one-chunk read/write staging
+buffers of PatrickStar's optimizer are not counted.
 """
 
 from __future__ import annotations
@@ -40,12 +71,12 @@ from pydantic import Field
 
 from simhete.errors import ConfigError
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.base import Builder, Context, Policy
+from simhete.policy.base import Builder, Context, Policy, shared_ops
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import nonmodel_by_step, owners, uses
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, forward_backward,
-                                     fwd_prio, tname)
+from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, copy_stream,
+                                     forward_backward, fwd_prio, tname)
 from simhete.schedule import Alloc, Op, Schedule
 
 OS_BYTES = 12   # fp32 master + Adam m + v per element (Rajbhandari et al. 2020, ZeRO §3.1)
@@ -60,18 +91,24 @@ MAX_CHUNKS = 1024
 
 class ChunkedKnobs(ActivationKnobs):
     chunk_size: int = Field(32 * 2**20, gt=0)
-    """Elements per chunk (default 32 Mi elements = 64 MB of 16-bit parameters)."""
+    """Elements per chunk and GPU (default 32 Mi elements = 64 MB of 16-bit parameters)."""
     placement_policy: Literal["auto", "static"] = "auto"
     gpu_margin_mem_ratio: float = Field(0.0, ge=0, le=1)
     """auto: fraction of the GPU margin given to OS chunks updated on the GPU (Gemini default 0)."""
-    warmup_cuda_cap_ratio: float = Field(0.95, gt=0, le=1)
+    warmup_cuda_cap_ratio: float = Field(0.2, gt=0, le=1)
+    """auto: fraction of GPU capacity chunks may use in the warm-up iteration (Gemini: 1 −
+    warmup_non_model_data_ratio = 0.2)."""
     steady_cuda_cap_ratio: float = Field(0.9, gt=0, le=1)
+    shard_param_frac: float = Field(1.0, ge=0, le=1)
+    """static: fraction of the chunks kept sharded over the GPUs after use (Gemini default 1); the
+    first 1 − this fraction stay gathered on every GPU."""
     offload_param_frac: float = Field(0.0, ge=0, le=1)
-    """static: fraction of parameter chunks (the last ones) kept in host memory."""
+    """static: fraction of 16-bit chunk shards (the last ones) kept in host memory (only with
+    shard_param_frac = offload_optim_frac = 1)."""
     offload_optim_frac: float = Field(0.0, ge=0, le=1)
     """static: fraction of OS chunks (the last ones) on the CPU."""
     max_prefetch: int = Field(0, ge=0)
-    """Chunks fetched ahead of the step that needs them."""
+    """Chunk groups fetched or gathered ahead of the step that needs them."""
 
 
 @register("chunked")
@@ -84,18 +121,26 @@ class Chunked(Policy):
 
     def build(self, ctx: Context) -> Schedule:
         k = self.k
+        file = ctx.scenario.file
         if ctx.grad_accum > 1:
-            raise ConfigError(ctx.scenario.file, "train.grad_accum", ctx.grad_accum,
+            raise ConfigError(file, "train.grad_accum", ctx.grad_accum,
                               allowed="1 with chunked: a gradient overwrites its parameter in the chunk, so "
                                       "micro-steps cannot accumulate (Gemini's separate gradient chunks, "
                                       "enable_gradient_accumulation, are not modelled)")
+        static = k.placement_policy == "static"
+        if static and k.offload_param_frac > 0 and (k.shard_param_frac != 1 or k.offload_optim_frac != 1):
+            # Gemini's StaticPlacementPolicy warns and ignores it in this case
+            raise ConfigError(file, "knobs.offload_param_frac", k.offload_param_frac,
+                              allowed="0 unless shard_param_frac and offload_optim_frac are 1 (Gemini ignores it "
+                                      "otherwise)")
         b = Builder()
         dp = DataParallel(b, ctx, k.pin_memory)
         n, nb = ctx.n_gpus, len(ctx.blocks)
         modes = act_modes(ctx, k)
         by = {blk.index: blk for blk in ctx.blocks}
         e = next(blk.weight_bytes // blk.params for blk in ctx.blocks if blk.params)
-        S = k.chunk_size * n                          # elements per chunk (group) across the GPUs
+        C = k.chunk_size                              # elements per chunk and GPU
+        S = C * n                                     # elements per chunk group across the GPUs
         start, pos = {}, 0
         for blk in ctx.blocks:
             start[blk.index] = pos
@@ -103,12 +148,14 @@ class Chunked(Policy):
         total = pos
         nchunks = math.ceil(total / S)
         if nchunks > MAX_CHUNKS:
-            raise ConfigError(ctx.scenario.file, "knobs.chunk_size", k.chunk_size,
+            raise ConfigError(file, "knobs.chunk_size", k.chunk_size,
                               allowed=f"at least {math.ceil(total / MAX_CHUNKS / n)} elements for this model "
                                       f"({nchunks} chunks; at most {MAX_CHUNKS} are simulated — PatrickStar and "
                                       "Gemini chunks are tens of MB, a few hundred per model)")
         elems = [min(S, total - c * S) for c in range(nchunks)]
-        cbytes = S * e                                # a chunk's GPU buffer (full size)
+        sh = [[shard(elems[c] * e, n, g) for g in range(n)] for c in range(nchunks)]   # a GPU's 16-bit shard
+        sbytes = C * e                                # a GPU's chunk payload (PatrickStar/Gemini: full size)
+        extra = (S - C) * e                           # the other GPUs' shards while a group is gathered
         chunks_of = {i: list(range(start[i] // S, (start[i] + by[i].params - 1) // S + 1)) if by[i].params else []
                      for i in by}
         trace = uses(ctx.blocks)
@@ -117,41 +164,69 @@ class Chunked(Policy):
         first_blk = {c: next(i for i in by if c in chunks_of[i]) for c in range(nchunks)}
         nonmodel = nonmodel_by_step(ctx.blocks, modes)
         cap = ctx.gpu_capacity
+        maxneed = max(len(cs) for cs in need)
 
-        if k.placement_policy == "static":
-            n_os = round((1 - k.offload_optim_frac) * nchunks)
-            pinned = set(range(max(n_os, round((1 - k.offload_param_frac) * nchunks))))
+        if static:
+            n_keep = round((1 - k.shard_param_frac) * nchunks) if n > 1 else 0
+            # Gemini setup_grads_device: OS chunks of kept-gathered chunks stay on the GPU
+            n_os = nchunks - min(round(k.offload_optim_frac * nchunks), nchunks - n_keep)
+            home_gpu = set(range(round((1 - k.offload_param_frac) * nchunks)))
         else:
-            margin = k.steady_cuda_cap_ratio * cap - max(nonmodel) - max(len(cs) for cs in need) * cbytes
-            n_os = min(nchunks, max(0, int(k.gpu_margin_mem_ratio * margin // (cbytes + OS_BYTES * k.chunk_size))))
-            pinned = set(range(n_os))
+            n_keep = 0
+            # PatrickStar MemTracer.update_margin_mem: capacity − non-model peak − this rank's
+            # 16-bit chunks (+ the gathered remote chunks), at 12 B per OS element
+            mine16 = nchunks * sbytes + (n - 1) * sbytes * maxneed
+            margin = k.steady_cuda_cap_ratio * cap - max(nonmodel) - mine16
+            n_os = min(nchunks, max(0, int(k.gpu_margin_mem_ratio * margin // (OS_BYTES * C))))
+            home_gpu = set()
+        keep = set(range(n_keep))                     # chunks that stay gathered once gathered
         gpu_os = set(range(n_os))
+        fixed = home_gpu | gpu_os                     # once on the GPU, never moved out
         os_gpu_bytes = sum(shard(OS_BYTES * elems[c], n, 0) for c in gpu_os)
 
-        initial = [Alloc(f"chunk.c{c}", "cpu", elems[c] * e, MemClass.WEIGHTS) for c in range(nchunks)]
+        initial: list[Alloc] = []
         for c in range(nchunks):
+            if c in home_gpu:
+                initial += [Alloc(f"chunk.g{g}.c{c}", f"gpu{g}", sh[c][g], MemClass.WEIGHTS) for g in dp.gpus]
+            if c not in home_gpu or c not in gpu_os:
+                # every rank's 16-bit shard in host memory: chunks created on the CPU (auto), or
+                # the shard that carries the gradients to a CPU-updated OS chunk (static)
+                initial.append(Alloc(f"chunk.c{c}", "cpu", elems[c] * e, MemClass.WEIGHTS))
             if c not in gpu_os:
                 initial += [Alloc(f"master.c{c}", "cpu", 4 * elems[c], MemClass.MASTER),
-                            Alloc(f"optim.c{c}", "cpu", 8 * elems[c], MemClass.OPTIM),
-                            Alloc(f"grads32.c{c}", "cpu", 4 * elems[c], MemClass.GRADS32)]
+                            Alloc(f"optim.c{c}", "cpu", 8 * elems[c], MemClass.OPTIM)]
             else:
                 for g in dp.gpus:
                     initial += [Alloc(f"master.g{g}.c{c}", f"gpu{g}", shard(4 * elems[c], n, g), MemClass.MASTER),
                                 Alloc(f"optim.g{g}.c{c}", f"gpu{g}", shard(8 * elems[c], n, g), MemClass.OPTIM)]
 
         def budget(it: int, u: int) -> float:
-            if k.placement_policy == "static":
+            if static:
                 return 0.0
+            reserve = extra * maxneed                 # the gathered groups of a step
             if it == 1:
-                return k.warmup_cuda_cap_ratio * (cap - nonmodel[u]) - os_gpu_bytes
-            return k.steady_cuda_cap_ratio * cap - max(nonmodel[u:u + 2]) - os_gpu_bytes
+                return k.warmup_cuda_cap_ratio * cap - os_gpu_bytes - reserve
+            return k.steady_cuda_cap_ratio * cap - max(nonmodel[u:u + 2]) - os_gpu_bytes - reserve
 
         def next_use(c: int, u: int) -> int:
             later = [w for w in range(u + 1, len(trace)) if c in need[w]]
             return later[0] if later else len(trace) + min(w for w, cs in enumerate(need) if c in cs)
 
-        resident: dict[int, dict[int, str]] = {}   # chunk -> gpu -> buffer
-        ready: dict[int, dict[int, str]] = {}      # chunk -> gpu -> task after which it is usable
+        def copy(it: int, what: str, c: int, direction: str, deps: dict[int, list[str]], prio: int, block: int,
+                 allocs: dict[int, list[Alloc]] | None = None, frees: dict[int, list[str]] | None = None
+                 ) -> dict[int, str]:
+            """Each GPU copies its own shard of chunk group c over its own link."""
+            kind, cat = (OpKind.H2D, TaskCat.H2D) if direction == "h2d" else (OpKind.D2H, TaskCat.D2H)
+            return {g: b.add(dp.name(it, what, "chunk", g), copy_stream(g, direction, k.pin_memory), cat,
+                             shared_ops(kind, sh[c][g], k.pin_memory), deps=deps.get(g, []), prio=prio,
+                             allocs=(allocs or {}).get(g, ()), frees=(frees or {}).get(g, ()), it=it, block=block)
+                    for g in dp.gpus}
+
+        # chunk -> gpu -> buffer of the GPU's shard; home-GPU shards are there from the start
+        resident: dict[int, dict[int, str]] = {c: {g: f"chunk.g{g}.c{c}" for g in dp.gpus} for c in sorted(home_gpu)}
+        ready: dict[int, dict[int, str]] = {}      # chunk -> gpu -> task after which its shard is usable
+        gathered: dict[int, dict[int, str]] = {}   # chunk -> gpu -> gathered buffer (n > 1)
+        gready: dict[int, dict[int, str]] = {}     # chunk -> gpu -> the all-gather
         step_done: list[str] = []
         last_B: dict[int, str] = {}
         for it in range(1, ctx.iterations + 1):
@@ -166,57 +241,96 @@ class Chunked(Policy):
 
             fdeps = {g: {} for g in dp.gpus}
             bdeps = {g: {} for g in dp.gpus}
-            fetches: list[int] = []                 # step of each fetch, in order (for max_prefetch)
+            ffrees = {g: {} for g in dp.gpus}
+            bfrees = {g: {} for g in dp.gpus}
+            brings: list[int] = []                  # step of each fetch or gather, in order (max_prefetch)
             start_deps = {g: ([last_B[g]] if g in last_B else []) + step_done for g in dp.gpus}
             grads_out: list[str] = []
+            grad_ready: dict[int, dict[int, str]] = {}
             step_tasks: list[str] = []
+
+            def trigger(u: int) -> dict[int, list[str]]:
+                brings.append(u)
+                tu = brings[max(0, len(brings) - 1 - k.max_prefetch)]
+                return {g: [compute(tu - 1, g)] if tu else list(start_deps[g]) for g in dp.gpus}
+
             for u, (phase, blk) in enumerate(trace):
+                prio = fwd_prio(it, blk.index) if phase == "F" else bwd_prio(it, blk.index, nb)
                 for c in need[u]:
-                    if c in resident:
-                        continue
-                    evicts: dict[int, list[str]] = {g: [] for g in dp.gpus}
-                    while (len(resident) + 1) * cbytes > budget(it, u):
-                        cand = [r for r in resident if r not in need[u] and r not in pinned]
-                        if not cand:
-                            break
-                        r = max(cand, key=lambda r: (next_use(r, u), r))
-                        what = unique(f"D2H.c{r}")
-                        # a move: the GPU copy is freed when this GPU's shard is home
-                        out = dp.shard_d2h(it, what, "chunk", elems[r] * e,
-                                           {g: [ready[r][g]] + self._last(r, u, need, compute, g) for g in dp.gpus},
-                                           fwd_prio(it, blk.index), blk.index,
-                                           frees={g: [resident[r][g]] for g in dp.gpus})
-                        for g in dp.gpus:
-                            evicts[g].append(out[g])
-                        del resident[r]
-                    fetches.append(u)
-                    q = len(fetches) - 1
-                    tu = fetches[max(0, q - k.max_prefetch)]
-                    trig = {g: ([compute(tu - 1, g)] if tu else list(start_deps[g])) + evicts[g] for g in dp.gpus}
-                    what = unique(f"H2D.c{c}")
-                    buf = {g: dp.name(it, "buf." + what, "chunk", g) for g in dp.gpus}
-                    prio = fwd_prio(it, blk.index) if phase == "F" else bwd_prio(it, blk.index, nb)
-                    ready[c] = dp.to_gpu(it, what, "chunk", elems[c] * e, trig, prio, blk.index,
-                                         allocs={g: [Alloc(buf[g], f"gpu{g}", cbytes, MemClass.WEIGHTS, persist=True)]
-                                                 for g in dp.gpus})
-                    resident[c] = buf
+                    fetched = c not in resident
+                    if fetched:                     # fetch this GPU's shard
+                        evicts: dict[int, list[str]] = {g: [] for g in dp.gpus}
+                        while (len(resident) + 1) * sbytes > budget(it, u):
+                            cand = [r for r in resident if r not in need[u] and r not in fixed]
+                            if not cand:
+                                break
+                            r = max(cand, key=lambda r: (next_use(r, u), r))
+                            # a move: the GPU copy is freed when this GPU's shard is home
+                            out = copy(it, unique(f"D2H.c{r}"), r, "d2h",
+                                       {g: [ready[r][g]] + self._last(r, u, need, compute, g) for g in dp.gpus},
+                                       fwd_prio(it, blk.index), blk.index, frees={g: [resident[r][g]] for g in dp.gpus})
+                            for g in dp.gpus:
+                                evicts[g].append(out[g])
+                            del resident[r]
+                        trig = trigger(u)
+                        what = unique(f"H2D.c{c}")
+                        buf = {g: dp.name(it, "buf." + what, "chunk", g) for g in dp.gpus}
+                        ready[c] = copy(it, what, c, "h2d", {g: trig[g] + evicts[g] for g in dp.gpus}, prio,
+                                        blk.index, allocs={g: [Alloc(buf[g], f"gpu{g}", sbytes, MemClass.WEIGHTS,
+                                                                     persist=True)] for g in dp.gpus})
+                        resident[c] = buf
+                    if n > 1 and c not in gathered:     # all-gather the group on every GPU
+                        # after a fetch it waits for every GPU's shard; else it is brought like a fetch
+                        trig = {g: [] for g in dp.gpus} if fetched else trigger(u)
+                        every = sorted({ready[c][g] for g in dp.gpus if c in ready} | {d for g in dp.gpus for d in trig[g]})
+                        what = unique(f"AG.c{c}")
+                        gbuf = {g: dp.name(it, "buf." + what, "chunk", g) for g in dp.gpus}
+                        gready[c] = {g: b.add(dp.name(it, what, "chunk", g), f"gpu{g}.comm", TaskCat.COMM,
+                                              (Op(OpKind.ALLGATHER, (n,), n=elems[c] * e),), deps=every, prio=prio,
+                                              allocs=[Alloc(gbuf[g], f"gpu{g}", extra, MemClass.WEIGHTS,
+                                                            persist=True)], it=it, block=blk.index)
+                                     for g in dp.gpus}
+                        gathered[c] = gbuf
                 deps = fdeps if phase == "F" else bdeps
                 for g in dp.gpus:
-                    deps[g].setdefault(blk.index, []).extend(ready[c][g] for c in need[u] if c in ready)
+                    deps[g].setdefault(blk.index, []).extend(
+                        [ready[c][g] for c in need[u] if c in ready] + [gready[c][g] for c in need[u] if c in gready])
+                nxt = need[u + 1] if u + 1 < len(trace) and trace[u + 1][0] == phase else []
                 for c in need[u]:
-                    if last_use[c] != u or c in gpu_os:
-                        continue
-                    # gradients complete: the chunk goes home for the CPU step
-                    frees = {g: [resident[c][g]] for g in dp.gpus} if c not in pinned else None
-                    out = dp.from_gpu(it, f"D2H.g.c{c}", "chunk", elems[c] * e,
-                                      {g: [compute(u, g)] for g in dp.gpus}, it * PRIO_IT + PRIO_IT // 4 + c,
-                                      blk.index, frees=frees)
-                    grads_out += out.values()
-                    if c not in pinned:
-                        del resident[c]
-                        del ready[c]
+                    if last_use[c] == u:            # gradients complete
+                        if n > 1:                   # reduce-scatter into the owner's shard
+                            kind = OpKind.ALLREDUCE if c in keep else OpKind.REDUCE_SCATTER
+                            fr = [] if c in keep else [gathered[c]]
+                            rs = {g: b.add(tname(it, "RS.g", f"c{c}", g, n), f"gpu{g}.comm", TaskCat.COMM,
+                                           (Op(kind, (n,), n=elems[c] * e),),
+                                           deps=[compute(u, h) for h in dp.gpus],
+                                           prio=it * PRIO_IT + PRIO_IT // 4 + c,
+                                           frees=[gathered[c][g]] if fr else [], it=it, block=blk.index)
+                                  for g in dp.gpus}
+                            if c not in keep:
+                                del gathered[c], gready[c]
+                            grad_ready[c] = rs
+                        else:
+                            grad_ready[c] = {g: compute(u, g) for g in dp.gpus}
+                        if c in gpu_os:
+                            continue
+                        # the chunk's shard goes home with its gradients for the CPU step
+                        out = copy(it, f"D2H.g.c{c}", c, "d2h", {g: [grad_ready[c][g]] for g in dp.gpus},
+                                   it * PRIO_IT + PRIO_IT // 4 + c, blk.index,
+                                   frees={g: [resident[c][g]] for g in dp.gpus} if c not in fixed else None)
+                        grads_out += out.values()
+                        if c not in fixed:
+                            del resident[c]
+                            ready.pop(c, None)
+                    elif n > 1 and c not in keep and c not in nxt:
+                        # end of a run of uses: the gathered copy is released by this step
+                        frees = ffrees if phase == "F" else bfrees
+                        for g in dp.gpus:
+                            frees[g].setdefault(blk.index, []).append(gathered[c][g])
+                        del gathered[c], gready[c]
             t = {g: forward_backward(b, ctx, it, modes, gpu=g, start_deps=start_deps[g], fwd_weight_deps=fdeps[g],
-                                     bwd_weight_deps=bdeps[g], pinned=k.pin_memory, grad_buffers=False)
+                                     bwd_weight_deps=bdeps[g], pinned=k.pin_memory, grad_buffers=False,
+                                     fwd_frees=ffrees[g], bwd_frees=bfrees[g])
                  for g in dp.gpus}
             ends = [t[g].last_B for g in dp.gpus]
             if any(c not in gpu_os for c in range(nchunks)):   # CPU chunks wait for every gradient
@@ -229,26 +343,21 @@ class Chunked(Policy):
                               (Op(OpKind.ADAM_CPU, n=elems[c], dtype="fp32"),), deps=cpu_deps,
                               prio=fwd_prio(it + 1, fb), it=it, block=fb)
                     step_tasks.append(a)
-                    if c in pinned:   # updated parameters back into the resident chunk
-                        ready[c] = dp.to_gpu(it, f"H2D.w.c{c}", "chunk", elems[c] * e, [a], fwd_prio(it + 1, fb), fb)
+                    if c in fixed:   # updated parameters back into the GPU shard
+                        ready[c] = copy(it, f"H2D.w.c{c}", c, "h2d", {g: [a] for g in dp.gpus}, fwd_prio(it + 1, fb), fb)
                         step_tasks += ready[c].values()
                     continue
-                rs = dp.collective(OpKind.REDUCE_SCATTER, it, f"RS.g.c{c}", "chunk", elems[c] * e,
-                                   {g: [t[g].last_B] for g in dp.gpus}, it * PRIO_IT + PRIO_IT // 4 + c, fb)
                 adam = {g: b.add(tname(it, "ADAM.gpu", f"c{c}", g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
                                  (Op(OpKind.ADAM_GPU, n=shard(elems[c], n, g), dtype="fp32"),),
-                                 deps=[t[g].last_B] + ([rs[g]] if rs else []), prio=it * PRIO_IT + PRIO_IT // 2 + fb,
+                                 deps=[t[g].last_B, grad_ready[c][g]], prio=it * PRIO_IT + PRIO_IT // 2 + fb,
                                  it=it, block=fb) for g in dp.gpus}
                 step_tasks += adam.values()
-                ag = dp.collective(OpKind.ALLGATHER, it, f"AG.w.c{c}", "chunk", elems[c] * e,
-                                   {g: [adam[g]] for g in dp.gpus}, fwd_prio(it + 1, fb), fb)
-                step_tasks += ag.values()
-                if c in ready:
-                    ready[c] = ag or adam
+                if c in resident:   # the 16-bit shard is rewritten from the fp32 master in place
+                    ready[c] = adam
             step_done = sorted(step_tasks)
             last_B = {g: t[g].last_B for g in dp.gpus}
         meta = {"policy": self.name, "chunks": str(nchunks), "os_chunks_on_gpu": str(n_os),
-                "pinned_chunks": str(len(pinned))}
+                "gpu_home_chunks": str(len(home_gpu)), "gathered_chunks": str(len(keep))}
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     @staticmethod
