@@ -299,6 +299,10 @@ class Gpu(Strict):
 
     ref: str = Field(min_length=1, description="source of model, count, memory_bytes, sms")
     model: str
+    # CUDA compute capability "major.minor" (NVIDIA's CUDA GPUs list), cited by ``ref``; it says
+    # which kernels exist for the device (FlashAttention-2 needs 8.0 or later). Absent for a CPU
+    # device. Read by the framework kernel choice, not by the pricing below.
+    compute_capability: str | None = Field(None, pattern=r"^[0-9]+\.[0-9]+$")
     count: int = Field(ge=1)
     memory_bytes: Bytes
     reserved_bytes: BytesQ
