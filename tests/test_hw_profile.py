@@ -15,8 +15,8 @@ from simhete.errors import ConfigError
 from simhete.hw.profile import (PROFILES_DIR, HardwareProfile, Provenance, list_profiles,
                                 load_profile)
 
-SHIPPED = ["a100-40gb-pcie-epyc7713", "a100-80gb-sxm", "h100-pcie", "h100-sxm", "h200-sxm", "l40",
-           "rtx4090-desktop", "t4", "v100-32gb-dgx2"]
+SHIPPED = ["a100-40gb-pcie", "a100-40gb-pcie-epyc7713", "a100-40gb-sxm", "a100-80gb-sxm", "h100-pcie",
+           "h100-sxm", "h200-sxm", "l40", "rtx3090", "rtx4090-desktop", "t4", "v100-32gb-dgx2"]
 
 # Integer leaves that are structure or spec (cited by the section's `ref`), not measured rates.
 STRUCTURAL = {"count", "sms", "sockets", "cores", "memory_bytes", "tile_m", "tile_n", "m", "n", "k",
@@ -199,7 +199,7 @@ def test_efficiency_above_one_is_rejected(tmp_path):
 def test_anchor_faster_than_peak_is_rejected(tmp_path):
     d = raw_profile()
     d["gpu"]["gemm"]["anchor"]["tflops"]["value"] = 2000
-    with pytest.raises(ConfigError, match=r"gpu: .*gemm\.anchor implies efficiency 2\.10\d > 1"):
+    with pytest.raises(ConfigError, match=r"gpu: .*gemm\.anchor implies efficiency 2\.095 > 1"):
         load_profile(write(tmp_path, d))
 
 
@@ -228,7 +228,7 @@ def test_provenance_flags_name_uncalibrated_numbers_only(tmp_path):
     flags = load_profile("h100-sxm").provenance_flags()
     assert "gpu.peak_tflops.bf16 (datasheet)" in flags
     assert "links.h2d.pageable.bandwidth_gbps (assumed)" in flags
-    assert "host.adam.params_per_s (assumed: dram_bandwidth/28)" in flags
+    assert "host.adam.params_per_s (assumed: 0.7 x dram_bandwidth/28)" in flags
     # the team's readings (no raw output, no driver version) are reported, hence uncalibrated
     assert "gpu.mem_bandwidth_gbps (reported)" in flags
     assert "gpu.gemm.anchor.tflops (reported)" in flags
@@ -349,3 +349,26 @@ def test_extends_errors_name_the_key(tmp_path):
     q.write_text("extends: b\nname: b\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_profile(q)
+
+
+def test_compute_capability_is_major_dot_minor(tmp_path):
+    d = raw_profile("a100-80gb-sxm")
+    assert load_profile(write(tmp_path, d)).gpu.compute_capability == "8.0"
+    d["gpu"]["compute_capability"] = "sm80"
+    with pytest.raises(ConfigError, match=r"gpu\.compute_capability: bad value 'sm80'"):
+        load_profile(write(tmp_path, d))
+    d["gpu"]["compute_capability"] = 8.0     # a number, not the string NVIDIA's list gives
+    with pytest.raises(ConfigError, match=r"gpu\.compute_capability: bad value 8\.0"):
+        load_profile(write(tmp_path, d))
+
+
+# NVIDIA "CUDA GPUs" list (developer.nvidia.com/cuda-gpus): compute capability per shipped GPU.
+COMPUTE_CAPABILITY = {"v100-32gb-dgx2": "7.0", "t4": "7.5", "a100-40gb-pcie": "8.0",
+                      "a100-40gb-pcie-epyc7713": "8.0", "a100-40gb-sxm": "8.0", "a100-80gb-sxm": "8.0",
+                      "rtx3090": "8.6", "rtx4090-desktop": "8.9", "l40": "8.9", "h100-sxm": "9.0",
+                      "h100-pcie": "9.0", "h200-sxm": "9.0"}
+
+
+@pytest.mark.parametrize("name", sorted(COMPUTE_CAPABILITY))
+def test_every_gpu_profile_states_its_compute_capability(name):
+    assert load_profile(name).gpu.compute_capability == COMPUTE_CAPABILITY[name]

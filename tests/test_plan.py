@@ -84,8 +84,9 @@ def test_plan_cli_json_on_shipped_presets(capsys):
     assert out["largest_micro_batch"]["micro_batch"] >= 1
     assert out["largest_model"]["model"] == "llama2-7b"
     # the T4 (16 GB) cannot hold 13.5 GB of 16-bit weights plus two 1 GB gradient buckets and
-    # activations; the RTX 4090 is next in size order; CPU-device profiles are never candidates
-    assert out["target"]["smallest_hardware"] == "rtx4090-desktop"
+    # activations; the RTX 3090 (24 GB, 71 bf16 TFLOPS) is next in size order, before the RTX 4090
+    # (24 GB, 165.2); CPU-device profiles are never candidates
+    assert out["target"]["smallest_hardware"] == "rtx3090"
     cands = {c["hardware"]: c["best"] for c in out["target"]["candidates"]}
     assert "cpu-local" not in cands and cands["t4"] is None
     assert cands["v100-32gb-dgx2"]["dtype"] == "fp16"          # no bf16 on a V100: asked in fp16

@@ -281,14 +281,15 @@ def test_autohete_milp_prediction_vs_engine(layers, hidden, batch, seq, mem):
     CPU-updated block). That is a lower bound of what the engine simulates up to the steady
     window's edge effects (≤ 1 %); the engine is slower by what the MILP leaves out — a CPU step
     cannot start before its block's backward, fetched weights queue behind each other and behind
-    the in-flight copies of other blocks — measured here at 0–26 % (docs/policies.md; equally priced
-    plans differ in the engine, and which one HiGHS returns is arbitrary)."""
+    the in-flight copies of other blocks — measured here at 0–34 % (docs/policies.md; the CPU
+    chains it leaves out grow with the CPU Adam time, priced since the profile change at 0.7 x DRAM
+    / 28 B; equally priced plans differ in the engine, and which one HiGHS returns is arbitrary)."""
     sched, tl = timeline(scenario("autohete", {"verify": False}, layers=layers, hidden=hidden, batch=batch,
                                   seq=seq, gpu_memory=mem))
     assert tl.oom is None
     pred, sim = float(sched.meta["predicted_iter_s"]), tl.steady_iteration_time()
     assert pred <= sim * 1.01
-    assert sim <= pred * 1.30
+    assert sim <= pred * 1.40
 
 
 def test_autohete_pins_are_respected_and_lists_checked():

@@ -21,7 +21,8 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
 - On a ``device_type: cpu`` profile the device is the host: D2D is a host memcpy and ADAM_GPU is
   priced as ADAM_CPU.
 - MEMCPY_CPU: n / host memcpy bandwidth. ADAM_CPU: overhead + n / rate, the rate taken from
-  ``host.adam.by_threads`` at ``host.adam.threads`` when both are given, else ``params_per_s``.
+  ``host.adam.by_threads`` at ``host.adam.threads`` when both are given, else ``params_per_s``
+  (default: 0.7 × DRAM bandwidth / 28 B per parameter, profile.DRAM_STREAM_FRACTION).
 - ADAM_GPU: launch + 7 · e · n / (bandwidth × efficiency), e the bytes of the op's dtype (the
   optimizer state's: fp32 in mixed precision, 28 B/param; bf16/fp16 in pure training, 14 B/param).
 - ALLREDUCE/REDUCE_SCATTER/ALLGATHER: α + n · factor / bus bandwidth (nccl-tests factors).
@@ -46,7 +47,8 @@ from typing import Callable
 
 from simhete.errors import ConfigError
 from simhete.hw.gemm import GemmInterpolator
-from simhete.hw.profile import ADAM_ACCESSES_PER_PARAM, DTYPES, Curve, HardwareProfile, Link, Provenance
+from simhete.hw.profile import (ADAM_ACCESSES_PER_PARAM, ADAM_DEFAULT_FLAG, DTYPES, Curve, HardwareProfile,
+                                Link, Provenance)
 from simhete.opkinds import BWD_KIND, DTYPE_BYTES, OpKind
 from simhete.schedule.model import Op, Schedule, Task
 
@@ -474,7 +476,7 @@ class CostModel:
                 self._flags.add(self._adam_flag)
             rate = self._adam_rate
         elif adam.params_per_s is None:
-            self._flags.add("host.adam.params_per_s (assumed: dram_bandwidth/28)")
+            self._flags.add(ADAM_DEFAULT_FLAG)
             self._use("host.dram_bandwidth_gbps", self.profile.host.dram_bandwidth_gbps)
             rate = self._adam.value
         else:

@@ -299,6 +299,10 @@ class Gpu(Strict):
 
     ref: str = Field(min_length=1, description="source of model, count, memory_bytes, sms")
     model: str
+    # CUDA compute capability "major.minor" (NVIDIA's CUDA GPUs list), cited by ``ref``; it says
+    # which kernels exist for the device (FlashAttention-2 needs 8.0 or later). Absent for a CPU
+    # device. Read by the framework kernel choice, not by the pricing below.
+    compute_capability: str | None = Field(None, pattern=r"^[0-9]+\.[0-9]+$")
     count: int = Field(ge=1)
     memory_bytes: Bytes
     reserved_bytes: BytesQ
@@ -366,8 +370,8 @@ class AdamModel(Strict):
 
     ``rate`` is ``by_threads`` at ``threads`` — the intra-op threads the CPU optimizer runs with
     (linear in threads between measured points, the nearest end outside them) — when both are
-    given, else ``params_per_s``. Without either it is derived as DRAM-bound: dram_bandwidth / 28
-    bytes per parameter (reads p, g, m, v, writes p, m, v in fp32; REFERENCES.md "CPU Adam is
+    given, else ``params_per_s``. Without either it is derived as DRAM-bound: 0.7 × dram_bandwidth
+    (DRAM_STREAM_FRACTION) / 28 bytes per parameter (reads p, g, m, v, writes p, m, v in fp32; REFERENCES.md "CPU Adam is
     DRAM-bound"), and flagged as assumed. ``overhead_us`` (default 0) is the fixed cost of one
     call; a schedule issues one ADAM_CPU op per block, so it is paid once per block."""
 
@@ -394,9 +398,11 @@ class Host(Strict):
         if self.adam.params_per_s is not None:
             return self.adam.params_per_s
         d = self.dram_bandwidth_gbps
-        return PositiveQ(value=d.value * 1e9 / ADAM_BYTES_PER_PARAM, source="assumed",
-                         ref=f"derived: host.dram_bandwidth_gbps ({d.source}) / "
-                             f"{ADAM_BYTES_PER_PARAM} bytes per param, the DRAM-bound ceiling")
+        return PositiveQ(value=d.value * 1e9 * DRAM_STREAM_FRACTION / ADAM_BYTES_PER_PARAM,
+                         source="assumed",
+                         ref=f"derived: {DRAM_STREAM_FRACTION} x host.dram_bandwidth_gbps ({d.source}) / "
+                             f"{ADAM_BYTES_PER_PARAM} bytes per param, the DRAM-bound ceiling at "
+                             "STREAM-class bandwidth")
 
 
 # Adam traffic per parameter: read p, g, m, v and write p, m, v = 7 tensor accesses, each of the
@@ -407,6 +413,12 @@ class Host(Strict):
 # p, m and v in place in the parameter's dtype, the state created by zeros_like(p).
 ADAM_ACCESSES_PER_PARAM = 7
 ADAM_BYTES_PER_PARAM = ADAM_ACCESSES_PER_PARAM * 4
+# Fraction of theoretical DRAM bandwidth that streaming kernels (STREAM-class) reach. The default
+# CPU Adam ceiling uses it so that Adam and host copies rest on one assumption: every shipped GPU
+# profile prices host.memcpy_gbps at 0.35 x theoretical (= 0.7 / 2, a copy reads and writes each
+# byte), so Adam at 1.0 x theoretical was priced at twice the bandwidth a copy reaches. Assumed.
+DRAM_STREAM_FRACTION = 0.7
+ADAM_DEFAULT_FLAG = f"host.adam.params_per_s (assumed: {DRAM_STREAM_FRACTION} x dram_bandwidth/28)"
 
 
 # --------------------------------------------------------------------------------- links ----
@@ -508,7 +520,7 @@ class HardwareProfile(Strict):
         """Every number not measured on the device, as ``"dotted.key (source)"``, sorted."""
         flags = {f"{k} ({p.source})" for k, p in self.quantities() if not p.calibrated}
         if self.host.adam.params_per_s is None:
-            flags.add("host.adam.params_per_s (assumed: dram_bandwidth/28)")
+            flags.add(ADAM_DEFAULT_FLAG)
         return sorted(flags)
 
     # -- what-if ------------------------------------------------------------------------------
