@@ -150,6 +150,8 @@ def parse_published(data: Any, file: str | None) -> Published:
     if data is None:
         raise ConfigError(file, "published", problem="required key is missing; a published case "
                           "needs a published: block (source, url, conditions, assumed, figures)")
+    if isinstance(data, dict) and data.get("figures") == []:
+        raise ConfigError(file, "published.figures", [], allowed="one or more figures {kind, value, unit}")
     pub = validate(Published, data, file, prefix="published")
     figs = [check_figure(f, file, f"published.figures[{i}]") for i, f in enumerate(pub.figures)]
     return pub.model_copy(update={"figures": figs})
@@ -274,6 +276,7 @@ class Row:
     published: float         # in ``unit``
     predicted: float | None  # in ``unit``; None: OOM (or nothing fits, for largest_model)
     note: str = ""
+    detail: str = ""         # the memory measure, or "per GPU" for a throughput
 
     @property
     def error_pct(self) -> float | None:
@@ -284,14 +287,14 @@ class Row:
 
     @property
     def label(self) -> str:
-        return self.kind
+        return f"{self.kind} ({self.detail})" if self.detail else self.kind
 
     def to_dict(self) -> dict[str, Any]:
         e = self.error_pct
         return {"case": self.case, "file": self.file, "hardware": self.hardware, "kind": self.kind,
                 "group": self.group, "unit": self.unit, "published": self.published,
                 "predicted": _r(self.predicted) if self.predicted is not None else OOM,
-                "error_pct": _r(e) if e is not None else None, "note": self.note}
+                "error_pct": _r(e) if e is not None else None, "detail": self.detail, "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -392,8 +395,9 @@ def run_suite(directory: Path, engine: str = "fast", *, largest_budget_s: float 
                     note = (note + "; " if note else "") + "search stopped by its time budget: a lower bound"
             else:
                 pred = predict(fig, res.summary)
+            detail = fig.measure or ("per GPU" if fig.per_gpu else "")
             rows.append(Row(case, str(s.file), hw, fig.kind, group, fig.unit, fig.value,
-                            None if pred == OOM else float(pred) / factor, note))
+                            None if pred == OOM else float(pred) / factor, note, detail))
         if progress is not None:
             progress(i + 1, len(cases))
     return Suite(str(directory), rows, ne)
@@ -501,7 +505,7 @@ def render_suite(suite: Suite, con: Any) -> None:
     t = Table(title=f"Published measurements ({suite.directory}): error = (predicted − published) / "
               "published", title_justify="left")
     t.add_column("case", overflow="fold", max_width=34)
-    t.add_column("figure", overflow="fold", max_width=22)
+    t.add_column("figure", overflow="fold", max_width=24)
     t.add_column("hw", overflow="fold", max_width=8)
     t.add_column("published", justify="right", max_width=16)
     t.add_column("predicted", justify="right", max_width=12)
@@ -509,7 +513,7 @@ def render_suite(suite: Suite, con: Any) -> None:
     for r in suite.rows:
         e = r.error_pct
         err = "[red]miss[/]" if e is None else (f"[red]{e:+.1f} %[/]" if abs(e) > 35 else f"{e:+.1f} %")
-        t.add_row(r.case, r.kind, r.hardware, f"{_num(r.published)} {r.unit}",
+        t.add_row(r.case, r.label, r.hardware, f"{_num(r.published)} {r.unit}",
                   "[red]OOM[/]" if r.predicted is None else _num(r.predicted), err)
     out.print(t)
     agg = suite.aggregates()
