@@ -321,3 +321,40 @@ def test_suite_error_line_for_a_hardware_class(tmp_path):
     gone = suite_error_for(load_profile("a100-80gb-sxm"), tmp_path / SUMMARY_FILE)
     assert gone["line"] == ("published suite on A100: no measured suite error "
                             "(scenarios/published/suite-error.yaml missing)")
+
+
+# -- honest outputs: what a prediction rests on ---------------------------------------------------
+
+def test_simulate_and_compare_state_the_suite_error_of_their_hardware_class(capsys):
+    scen = str(ROOT / "scenarios" / "llama2-7b_rtx4090_zero-offload.yaml")
+    assert main(["simulate", scen, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    want = suite_error_for(run(scenario_from_dict(yaml.safe_load(Path(scen).read_text()), scen))
+                           .context.profile)
+    assert doc["published_suite"] == want and want["hardware"] == "RTX 4090"
+    assert want["line"].startswith("published suite on RTX 4090: ")
+    assert main(["simulate", scen]) == 0
+    assert want["line"] in capsys.readouterr().out.replace("\n", " ")
+    assert main(["compare", str(ROOT / "scenarios" / "small-gpt_cpu_zero-offload.yaml"), "--no-largest",
+                 "--json", "--policies", "zero-offload"]) == 0
+    assert json.loads(capsys.readouterr().out)["published_suite"]["hardware"] == "CPU"
+
+
+def test_plan_claims_calibration_only_from_the_flags_it_reports(capsys):
+    argv = ["plan", "--model", "llama2-70b", "--hardware", "rtx4090-desktop", "--seq", "4096",
+            "--policy", "gpu-only"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Nothing fits: there is no throughput to vouch for." in out and "rests only" not in out
+    assert main(argv + ["--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["best"] is None and doc["best_rests_on"] == "Nothing fits: there is no throughput to vouch for."
+    assert doc["published_suite"]["hardware"] == "RTX 4090"
+    assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "2048", "--policy",
+                 "zero-offload", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["best"]["uncalibrated"] and doc["best_rests_on"].startswith(
+        "The best throughput rests on uncalibrated numbers: ")
+    from simhete.commands.plan import rests_on
+    assert rests_on(object(), []) == ("The best throughput rests only on calibrated (measured) numbers: "
+                                      "no number behind it is flagged.")
