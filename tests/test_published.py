@@ -358,3 +358,15 @@ def test_plan_claims_calibration_only_from_the_flags_it_reports(capsys):
     from simhete.commands.plan import rests_on
     assert rests_on(object(), []) == ("The best throughput rests only on calibrated (measured) numbers: "
                                       "no number behind it is flagged.")
+
+
+def test_sweep_states_what_its_best_point_rests_on(tmp_path, capsys):
+    base = {**CPU_CASE, "hardware": {"profile": "v100-32gb-dgx2"}, "train": {**CPU_CASE["train"], "dtype": "fp16"}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump({"base": "base.yaml", "axes": {"train.micro_batch": [1, 2]}}))
+    assert main(["sweep", str(p), "--out", str(tmp_path / "r.sqlite"), "--quiet"]) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "The best point rests on uncalibrated numbers: " in out
+    from simhete.hw.profile import load_profile
+    assert suite_error_for(load_profile("v100-32gb-dgx2"))["line"] in out
