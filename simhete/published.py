@@ -72,7 +72,7 @@ HW_CLASSES: tuple[tuple[str, str], ...] = (
 )
 
 LARGEST_MAX_DEPTH = 4096
-LARGEST_BUDGET_S = 30.0      # wall time one largest_model search may take before it stops early
+LARGEST_BUDGET_S = 10.0      # wall time one largest_model search may take before it stops early
 SEARCH_ITERATIONS = 2        # whether a model fits is decided by the warm-up and one steady iteration
 
 
@@ -219,6 +219,7 @@ class Largest:
     depth: int               # its depth (0: none)
     trials: int
     complete: bool           # False: the time budget stopped the search (params is a lower bound)
+    capped: bool = False     # the depth cap itself fits (params is a lower bound)
 
 
 def largest_model(s: Any, engine: str = "fast", *, max_depth: int = LARGEST_MAX_DEPTH,
@@ -259,7 +260,7 @@ def largest_model(s: Any, engine: str = "fast", *, max_depth: int = LARGEST_MAX_
     complete = hi - lo <= 1
     if lo == 0:
         return Largest(None, 0, trials[0], complete)
-    return Largest(resolve_model(at(lo)).n_params(), lo, trials[0], complete)
+    return Largest(resolve_model(at(lo)).n_params(), lo, trials[0], complete, capped=lo >= max_depth)
 
 
 # -- the suite -----------------------------------------------------------------------------------
@@ -391,8 +392,10 @@ def run_suite(directory: Path, engine: str = "fast", *, largest_budget_s: float 
             if fig.kind == "largest_model":
                 lg = largest_model(s, engine, budget_s=largest_budget_s)
                 pred: float | str = OOM if lg.params is None else float(lg.params)
-                if not lg.complete:
-                    note = (note + "; " if note else "") + "search stopped by its time budget: a lower bound"
+                if not lg.complete or lg.capped:
+                    note = (note + "; " if note else "") + (
+                        "search stopped by its time budget: a lower bound" if not lg.complete
+                        else f"depth {LARGEST_MAX_DEPTH} (the cap) fits: a lower bound")
             else:
                 pred = predict(fig, res.summary)
             detail = fig.measure or ("per GPU" if fig.per_gpu else "")

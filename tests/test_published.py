@@ -215,6 +215,14 @@ def test_largest_model_stops_at_its_budget_and_says_so():
     assert not got.complete and got.depth == 4 and got.trials == 1
 
 
+def test_largest_model_says_when_the_depth_cap_fits():
+    s = scenario_from_dict({**CPU_CASE, "model": "gpt-like-h512-l4-a4", "iterations": 2,
+                            "hardware": {"profile": "cpu-local", "gpu_memory": "1300MiB"}}, F)
+    got = largest_model(s, max_depth=6)
+    assert (got.depth, got.complete, got.capped) == (6, True, True)
+    assert largest_model(s, max_depth=40).capped is False
+
+
 def test_largest_model_none_when_one_layer_does_not_fit():
     s = scenario_from_dict({**CPU_CASE, "model": "gpt-like-h2048-l2"}, F)
     assert largest_model(s).params is None
@@ -278,7 +286,7 @@ def test_command_argument_errors(capsys):
 
 def _gate_dirs() -> list[Path]:
     dirs = [FIXTURES]
-    real = resolve_dir(None)
+    real = resolve_dir(None).resolve()
     if real.is_dir() and any(p.name != SUMMARY_FILE for p in real.glob("*.yaml")):
         dirs.append(real)
     return dirs
@@ -370,3 +378,61 @@ def test_sweep_states_what_its_best_point_rests_on(tmp_path, capsys):
     assert "The best point rests on uncalibrated numbers: " in out
     from simhete.hw.profile import load_profile
     assert suite_error_for(load_profile("v100-32gb-dgx2"))["line"] in out
+
+
+# -- make gpu-check ------------------------------------------------------------------------------
+
+def _gpu_check():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2(monkeypatch, tmp_path, capsys):
+    gc = _gpu_check()
+    monkeypatch.setattr(gc, "cuda_device", lambda: None)
+    assert gc.main(["--out-dir", str(tmp_path / "m"), "--doc", str(tmp_path / "v.md")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("gpu-check: no CUDA device here (torch missing or torch.cuda.is_available() is "
+                   "false); nothing measured\n")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "v.md").exists()
+
+
+def test_gpu_check_section_replaces_only_its_own_part(tmp_path):
+    gc = _gpu_check()
+    doc = tmp_path / "v.md"
+    doc.write_text("# Validation\n\ntext\n")
+    gc.write_section(doc, f"{gc.BEGIN}\nfirst\n{gc.END}")
+    gc.write_section(doc, f"{gc.BEGIN}\nsecond\n{gc.END}")
+    assert doc.read_text() == (f"# Validation\n\ntext\n\n## GPU check (generated)\n\n{gc.BEGIN}\nsecond\n"
+                               f"{gc.END}\n")
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
+    """The whole pipeline with the CPU as the device, on tiny shapes and the three suites a
+    profile needs: calibrate → profile in OUT_DIR, validate ×3 → JSON, generated doc section."""
+    pytest.importorskip("torch")
+    gc = _gpu_check()
+    scen = []
+    for pol, knobs in (("gpu-only", {}), ("zero-offload", {"reduce_bucket_size": 1.0e5}),
+                       ("zero-offload", {"activations": ["swap", "recompute"], "reduce_bucket_size": 1.0e5})):
+        p = tmp_path / f"tiny-{len(scen)}.yaml"
+        p.write_text(yaml.safe_dump({
+            "model": "gpt-like-h64-l2-a2", "hardware": {"profile": "cpu-local", "gpu_memory": "1GiB"},
+            "train": {"micro_batch": 2, "seq_len": 32, "dtype": "fp32"}, "iterations": 3, "policy": pol,
+            "knobs": knobs, "replay": {"vocab": 256, "dtype": "fp32"}}))
+        scen.append(str(p))
+    doc = tmp_path / "validation.md"
+    doc.write_text("# Validation\n")
+    out = tmp_path / "measured"
+    assert gc.main(["--device", "cpu", "--out-dir", str(out), "--doc", str(doc),
+                    "--suites", "gemm,membw,copy", "--scenarios", *scen]) == 0
+    assert (out / "gpu-check-cpu.yaml").is_file() and (out / "gpu-check-cpu.fit.md").is_file()
+    res = json.loads((out / "gpu-check-cpu.validate.json").read_text())
+    assert len(res["results"]) == 3 and all(r["loss_parity"] for r in res["results"])
+    text = doc.read_text()
+    assert text.count(gc.BEGIN) == 1 and text.count("| tiny-") == 3
