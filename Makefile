@@ -3,7 +3,7 @@ VENV ?= .venv
 PY   := $(VENV)/bin/python
 PIP  := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 # setup.py compiles the engine's event loop (simhete/engine/_compiled.pyx): rebuilt when it changes
 $(VENV)/.core: pyproject.toml setup.py simhete/engine/_compiled.pyx
@@ -28,6 +28,12 @@ test: $(VENV)/.full
 
 bench: $(VENV)/.full
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# On a CUDA machine: calibrate the GPU on three shipped scenarios' shapes and validate them
+# (hwprofiles/measured/gpu-check-cuda.*, and a generated section of docs/validation.md).
+# Without CUDA it says so and exits 2; `$(PY) scripts/gpu_check.py --device cpu` runs it on the CPU.
+gpu-check: $(VENV)/.full
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) out results .pytest_cache .hypothesis

@@ -15,7 +15,7 @@ FLAGS = {
     "calibrate": {"--device", "--force", "--out", "--suites", "--threads", "--refit", "--quick",
                   "--shapes-from", "--passes"},
     "validate": {"--device", "--no-reference", "--json", "--iterations", "--profile", "--trace", "--engine",
-                 "--fresh-blocks", "--bracket-blocks", "--replays"},
+                 "--fresh-blocks", "--bracket-blocks", "--replays", "--published", "--write-summary"},
     "sweep": {"--quiet", "--backend", "--top", "--out", "--ray-address", "--parquet", "--engine", "--workers",
               "--csv", "--deepspeed", "--resume", "--plot", "--resume-stale"},
     "plan": {"--json", "--engine", "--dtype", "--policy", "--seq", "--micro-batch", "--min-tokens-per-s",

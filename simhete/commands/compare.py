@@ -122,13 +122,18 @@ def run(args: argparse.Namespace) -> int:
             get_policy(p, args.scenario, "--policies")
     results = compare_policies(s, engine=args.engine, policies=policies)
     largest = {} if args.no_largest else {p: largest_fitting(s, p, args.engine) for p in results}
+    from simhete.published import suite_error_for
+    from simhete.sim import resolve_profile
+    suite = suite_error_for(next(iter(results.values())).context.profile if results else resolve_profile(s))
     if args.json:
         print(dump_json({"summaries": {p: r.summary.to_dict() for p, r in results.items()},
                          "largest_fitting": {p: a.to_json() if isinstance(a, NotApplicable) else a
-                                             for p, a in largest.items()}}), end="")
+                                             for p, a in largest.items()},
+                         "published_suite": suite}), end="")
         return 0
     con = console()
     con.print(render_comparison({p: r.summary for p, r in results.items()}, title=s.name))
+    con.print(suite["line"], style="cyan")
     fam = candidates(s)
     if largest and fam is not None:
         t = Table(title=f"largest {fam[0]} model that fits (micro-batch {s.data.train.micro_batch}, "

@@ -80,10 +80,14 @@ def run(args: argparse.Namespace) -> int:
         out["target"] = {"min_tokens_per_s": args.min_tokens_per_s, "smallest_hardware": hit,
                          "order": "GPUs, GPU memory, bf16 peak, host memory",
                          "candidates": [{"hardware": h, "best": _trial(t) if t else None} for h, t in table]}
+    from simhete.published import suite_error_for
+    out["published_suite"] = suite_error_for(prof)
+    flags = dedupe(best.uncalibrated) if best else []
+    out["best_rests_on"] = rests_on(best, flags)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    _render(out, best, dedupe(best.uncalibrated) if best else [])
+    _render(out, best, flags)
     return 0
 
 
@@ -130,7 +134,15 @@ def _render(out: dict, best, flags: list[str]) -> None:  # type: ignore[no-untyp
             con.print(f"  {c['hardware']}: " + (f"{b['tokens_per_s']:,.0f} tokens/s ({b['policy']}, {b.get('dtype', '')})"
                                                  if b else "does not fit"))
     con.print("\n[bold]Provenance[/] — fit verdicts are decided against: " + "; ".join(out["capacity_provenance"]))
+    con.print(out["best_rests_on"])
+    con.print(out["published_suite"]["line"], style="cyan")
+
+
+def rests_on(best, flags: list[str]) -> str:  # type: ignore[no-untyped-def]
+    """What the best throughput rests on, as the flags reported for it say: nothing to claim when
+    nothing fits; calibrated only when it fits and no number behind it is flagged."""
+    if best is None:
+        return "Nothing fits: there is no throughput to vouch for."
     if flags:
-        con.print("The best throughput rests on uncalibrated numbers: " + "; ".join(flags))
-    else:
-        con.print("The best throughput rests only on calibrated (measured) numbers.")
+        return "The best throughput rests on uncalibrated numbers: " + "; ".join(flags)
+    return "The best throughput rests only on calibrated (measured) numbers: no number behind it is flagged."

@@ -41,9 +41,13 @@ def run(args: argparse.Namespace) -> int:
     if outs["plot"]:
         from simhete.report.plot import plot_timeline
         plot_timeline(res.timeline, outs["plot"], pools=dict(res.schedule.pools), title=res.scenario.name)
+    from simhete.published import suite_error_for
+    suite = suite_error_for(res.context.profile)
     if args.json:
-        print(dump_json(res.summary.to_dict()), end="")
+        print(dump_json({**res.summary.to_dict(), "published_suite": suite}), end="")
     else:
         from simhete.report.table import render_summary
-        console().print(render_summary(res.summary, title=res.scenario.name))
+        con = console()
+        con.print(render_summary(res.summary, title=res.scenario.name))
+        con.print(suite["line"], style="cyan")
     return 0

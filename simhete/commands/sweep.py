@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"Pareto plot: {plot}")
     else:
         con.print("[bold red]No configuration fits[/]" + (" within the sweep's limits" if _has_limits(sweep) else ""))
+    for line in _rests_on(top, sweep):
+        con.print(line, style="yellow" if line.startswith("The best") else "cyan")
     fails = analysis.failures_table(rows)
     if fails is not None:
         con.print(fails)
@@ -118,6 +120,35 @@ def run(args: argparse.Namespace) -> int:
     if parquet is not None:
         con.print(f"Parquet: {parquet}")
     return 1 if counts.get("error") else 0
+
+
+def _rests_on(top, sweep) -> list[str]:  # type: ignore[no-untyped-def]
+    """What the best point rests on (its uncalibrated numbers) and, for every hardware class among
+    the best points (the base scenario's when none fits), the published suite's measured error."""
+    import json
+
+    from simhete.errors import SimheteError
+    from simhete.hw.profile import load_profile
+    from simhete.published import suite_error_for
+    from simhete.sim import resolve_profile
+
+    out = []
+    if top:
+        flags = json.loads(top[0].uncalibrated or "[]")
+        out.append("The best point rests on uncalibrated numbers: " + ", ".join(flags) if flags else
+                   "The best point rests only on calibrated (measured) numbers: no number behind it is flagged.")
+    profiles = {}
+    for r in top:
+        name = json.loads(r.summary).get("meta", {}).get("hardware") if r.summary else None
+        if name and name not in profiles:
+            try:
+                profiles[name] = load_profile(name)
+            except SimheteError:     # a profile given by a path relative to the sweep file
+                pass
+    if not profiles:
+        profiles[""] = resolve_profile(sweep.base)
+    lines = dict.fromkeys(suite_error_for(p)["line"] for p in profiles.values())
+    return out + list(lines)
 
 
 def _has_limits(sweep) -> bool:  # type: ignore[no-untyped-def]

@@ -41,9 +41,16 @@ class Validation:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scenario", help="scenario YAML; its replay: section scales the model down")
-    p.add_argument("--profile", required=True, metavar="P.yaml",
-                   help="hardware profile of THIS machine (from `simhete calibrate`)")
+    p.add_argument("scenario", nargs="?", help="scenario YAML; its replay: section scales the model down")
+    p.add_argument("--profile", metavar="P.yaml",
+                   help="hardware profile of THIS machine (from `simhete calibrate`); needed with a scenario")
+    p.add_argument("--published", nargs="?", const="scenarios/published", metavar="DIR",
+                   help="instead of a replay: predict every figure of the published-measurement suite "
+                        "in DIR (default scenarios/published) and report published vs predicted, the "
+                        "error and its median and max per figure group and hardware class")
+    p.add_argument("--write-summary", action="store_true",
+                   help="with --published: write the suite's error figures to DIR/suite-error.yaml "
+                        "(what the test gate and the other commands' outputs read)")
     p.add_argument("--iterations", type=int, default=4, metavar="N",
                    help="training iterations to simulate and replay (default 4; steady state is 2..N)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -70,6 +77,16 @@ def run(args: argparse.Namespace) -> int:
     from simhete.hw.profile import load_profile
     from simhete.scenario import load_scenario
 
+    if args.published is not None:
+        if args.scenario is not None or args.profile is not None:
+            raise SimheteError("--published: validates the published suite against predictions; "
+                               "give no scenario and no --profile with it")
+        return run_published(args)
+    if args.write_summary:
+        raise SimheteError("--write-summary: only with --published")
+    if args.scenario is None or args.profile is None:
+        raise SimheteError("validate: give a scenario and --profile P.yaml (a replay on this machine), "
+                           "or --published [DIR] (the published-measurement suite)")
     if not 1 <= args.iterations <= 100:
         raise SimheteError(f"--iterations: bad value {args.iterations}; allowed: 1 to 100")
     if not 1 <= args.replays <= 20:
@@ -112,6 +129,28 @@ def run(args: argparse.Namespace) -> int:
         if trace is not None:
             con.print(f"trace: {trace} (open in ui.perfetto.dev; simulated and measured side by side)")
     return 1 if v.parity is False else 0
+
+
+def run_published(args: argparse.Namespace) -> int:
+    """``--published [DIR]``: the published-measurement suite (simhete.published)."""
+    from simhete.published import SUMMARY_FILE, render_suite, resolve_dir, run_suite, write_summary
+
+    directory = resolve_dir(args.published)
+    suite = run_suite(directory, engine=args.engine)
+    if args.json:
+        print(dump_json(suite.to_dict()), end="")
+    else:
+        render_suite(suite, console())
+    if args.write_summary:
+        path = directory / SUMMARY_FILE
+        old = write_summary(suite, path)
+        msg = f"wrote {path}" + (f" (replaced: {old})" if old is not None else " (new file)")
+        if args.json:
+            import sys
+            print(msg, file=sys.stderr)
+        else:
+            console().print(msg)
+    return 0
 
 
 def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | None = None,
