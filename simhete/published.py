@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import re
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,7 +71,9 @@ HW_CLASSES: tuple[tuple[str, str], ...] = (
 )
 
 LARGEST_MAX_DEPTH = 4096
-LARGEST_BUDGET_S = 10.0      # wall time one largest_model search may take before it stops early
+LARGEST_MAX_TRIALS = 26      # simulations one largest_model search may run: a full search to depth
+                             # 4096 needs at most 2·12 + 1; a count, not a clock, so results are
+                             # the same on every machine
 SEARCH_ITERATIONS = 2        # whether a model fits is decided by the warm-up and one steady iteration
 
 
@@ -218,20 +219,20 @@ class Largest:
     params: int | None       # parameters of the deepest model that fits; None: not even one layer
     depth: int               # its depth (0: none)
     trials: int
-    complete: bool           # False: the time budget stopped the search (params is a lower bound)
+    complete: bool           # False: the trial cap stopped the search (params is a lower bound)
     capped: bool = False     # the depth cap itself fits (params is a lower bound)
 
 
 def largest_model(s: Any, engine: str = "fast", *, max_depth: int = LARGEST_MAX_DEPTH,
-                  budget_s: float = LARGEST_BUDGET_S) -> Largest:
+                  max_trials: int = LARGEST_MAX_TRIALS) -> Largest:
     """The deepest model at the scenario model's widths (hidden, heads, FFN, vocab) that fits under
     the scenario's policy, knobs and hardware, found by doubling from the scenario's depth and then
     bisection (fitting is monotone in depth for a fixed policy and knobs: every per-block buffer
     and model state grows with it). At most ~2·log2(max_depth) simulations, fewer than
-    ``budget_s`` seconds of them (past it the search stops: ``complete`` is False)."""
+    at most ``max_trials`` of them (past it the search stops: ``complete`` is False). A trial
+    count, not a time budget: the same inputs give the same answer on any machine."""
     from simhete.sim import resolve_model, run
 
-    t0 = time.perf_counter()
     short = s.with_changes(iterations=SEARCH_ITERATIONS)
     trials = [0]
 
@@ -243,7 +244,7 @@ def largest_model(s: Any, engine: str = "fast", *, max_depth: int = LARGEST_MAX_
         return bool(run(at(depth), engine=engine, check=False).summary.fits)
 
     def out_of_time() -> bool:
-        return time.perf_counter() - t0 > budget_s
+        return trials[0] >= max_trials
 
     d0 = min(max(1, resolve_model(s).n_layers), max_depth)
     if fits(d0):
@@ -362,7 +363,7 @@ def resolve_dir(d: str | None) -> Path:
     return Path(d)
 
 
-def run_suite(directory: Path, engine: str = "fast", *, largest_budget_s: float = LARGEST_BUDGET_S,
+def run_suite(directory: Path, engine: str = "fast", *, largest_max_trials: int = LARGEST_MAX_TRIALS,
               progress: Any = None) -> Suite:
     """Every case of ``directory``: its figures, published and predicted."""
     from simhete.scenario import load_scenario
@@ -390,11 +391,11 @@ def run_suite(directory: Path, engine: str = "fast", *, largest_budget_s: float 
             factor = units[fig.unit]
             note = fig.note
             if fig.kind == "largest_model":
-                lg = largest_model(s, engine, budget_s=largest_budget_s)
+                lg = largest_model(s, engine, max_trials=largest_max_trials)
                 pred: float | str = OOM if lg.params is None else float(lg.params)
                 if not lg.complete or lg.capped:
                     note = (note + "; " if note else "") + (
-                        "search stopped by its time budget: a lower bound" if not lg.complete
+                        "search stopped by its trial cap: a lower bound" if not lg.complete
                         else f"depth {LARGEST_MAX_DEPTH} (the cap) fits: a lower bound")
             else:
                 pred = predict(fig, res.summary)

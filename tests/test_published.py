@@ -209,9 +209,9 @@ def test_largest_model_matches_a_brute_force_depth_scan():
     assert got.trials <= 2 * math.ceil(math.log2(deepest)) + 2
 
 
-def test_largest_model_stops_at_its_budget_and_says_so():
+def test_largest_model_stops_at_its_trial_cap_and_says_so():
     s = scenario_from_dict({**CPU_CASE, "hardware": {"profile": "cpu-local", "gpu_memory": "2GiB"}}, F)
-    got = largest_model(s, budget_s=0.0)
+    got = largest_model(s, max_trials=1)
     assert not got.complete and got.depth == 4 and got.trials == 1
 
 
