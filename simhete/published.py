@@ -279,6 +279,8 @@ class Row:
     predicted: float | None  # in ``unit``; None: OOM (or nothing fits, for largest_model)
     note: str = ""
     detail: str = ""         # the memory measure, or "per GPU" for a throughput
+    source: str = ""         # the case's published.source and published.url
+    url: str = ""
 
     @property
     def error_pct(self) -> float | None:
@@ -401,7 +403,8 @@ def run_suite(directory: Path, engine: str = "fast", *, largest_max_trials: int 
                 pred = predict(fig, res.summary)
             detail = fig.measure or ("per GPU" if fig.per_gpu else "")
             rows.append(Row(case, str(s.file), hw, fig.kind, group, fig.unit, fig.value,
-                            None if pred == OOM else float(pred) / factor, note, detail))
+                            None if pred == OOM else float(pred) / factor, note, detail,
+                            pub.source, pub.url))
         if progress is not None:
             progress(i + 1, len(cases))
     return Suite(str(directory), rows, ne)
@@ -541,3 +544,33 @@ def render_suite(suite: Suite, con: Any) -> None:
         for x in suite.not_expressible:
             n.add_row(f"{x.source} ({x.url})", x.figure, x.why)
         out.print(n)
+
+
+def _md(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def render_markdown(suite: Suite) -> str:
+    """The suite as Markdown (docs/validation.md): one row per figure with its source, then the
+    aggregates per group and hardware class, then the setups that are not expressible."""
+    out = ["| case | source | figure | hw | published | predicted | error |",
+           "|---|---|---|---|---:|---:|---:|"]
+    for r in suite.rows:
+        e = r.error_pct
+        src = f"[{_md(r.source)[:80]}]({r.url})" if r.url.startswith("http") else _md(f"{r.source} ({r.url})")[:120]
+        out.append(f"| {r.case} | {src} | {_md(r.label)} | {r.hardware} | {_num(r.published)} {r.unit} | "
+                   f"{'OOM' if r.predicted is None else _num(r.predicted)} | "
+                   f"{'miss' if e is None else f'{e:+.1f} %'} |")
+    agg = suite.aggregates()
+    out += ["", "| hardware | group | figures | misses | median \\|error\\| | max \\|error\\| |",
+            "|---|---|---:|---:|---:|---:|"]
+    for g, st in agg["groups"].items():
+        out.append(f"| all | {g} | {st['n']} | {st['misses']} | {_pct(st['median'])} | {_pct(st['max'])} |")
+    for hw, per in agg["hardware"].items():
+        for g, st in per.items():
+            out.append(f"| {hw} | {g} | {st['n']} | {st['misses']} | {_pct(st['median'])} | {_pct(st['max'])} |")
+    if suite.not_expressible:
+        out += ["", "| not expressible: source | figure | why |", "|---|---|---|"]
+        for x in suite.not_expressible:
+            out.append(f"| {_md(x.source)} ({x.url}) | {_md(x.figure)} | {_md(x.why)} |")
+    return "\n".join(out) + "\n"

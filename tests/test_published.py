@@ -436,3 +436,16 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert len(res["results"]) == 3 and all(r["loss_parity"] for r in res["results"])
     text = doc.read_text()
     assert text.count(gc.BEGIN) == 1 and text.count("| tiny-") == 3
+
+
+def test_markdown_lists_every_figure_with_its_source(capsys):
+    """``validate --published DIR --markdown``: one table row per figure, linked to its source."""
+    from simhete.cli import main
+    assert main(["validate", "--published", str(FIXTURES), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    suite = run_suite(FIXTURES)
+    cases = {r.case for r in suite.rows}
+    rows = [ln for ln in out.splitlines() if ln.split(" | ")[0].lstrip("| ") in cases]
+    assert len(rows) == len(suite.rows)
+    assert all((f"]({r.url})" if r.url.startswith("http") else r.url) in out for r in suite.rows)
+    assert "| all | time |" in out

@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instead of a replay: predict every figure of the published-measurement suite "
                         "in DIR (default scenarios/published) and report published vs predicted, the "
                         "error and its median and max per figure group and hardware class")
+    p.add_argument("--markdown", action="store_true",
+                   help="with --published: print the suite as Markdown tables (for docs/validation.md)")
     p.add_argument("--write-summary", action="store_true",
                    help="with --published: write the suite's error figures to DIR/suite-error.yaml "
                         "(what the test gate and the other commands' outputs read)")
@@ -82,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
             raise SimheteError("--published: validates the published suite against predictions; "
                                "give no scenario and no --profile with it")
         return run_published(args)
-    if args.write_summary:
-        raise SimheteError("--write-summary: only with --published")
+    if args.write_summary or args.markdown:
+        raise SimheteError("--write-summary and --markdown: only with --published")
     if args.scenario is None or args.profile is None:
         raise SimheteError("validate: give a scenario and --profile P.yaml (a replay on this machine), "
                            "or --published [DIR] (the published-measurement suite)")
@@ -139,6 +141,9 @@ def run_published(args: argparse.Namespace) -> int:
     suite = run_suite(directory, engine=args.engine)
     if args.json:
         print(dump_json(suite.to_dict()), end="")
+    elif args.markdown:
+        from simhete.published import render_markdown
+        print(render_markdown(suite), end="")
     else:
         render_suite(suite, console())
     if args.write_summary:
