@@ -557,7 +557,7 @@ def render_markdown(suite: Suite) -> str:
            "|---|---|---|---|---:|---:|---:|"]
     for r in suite.rows:
         e = r.error_pct
-        src = f"[{_md(r.source)[:80]}]({r.url})" if r.url.startswith("http") else _md(f"{r.source} ({r.url})")[:120]
+        src = f"[{_md(r.source)[:80]}]({r.url})" if r.url.startswith("http") else f"{_md(r.source)[:80]} ({_md(r.url)})"
         out.append(f"| {r.case} | {src} | {_md(r.label)} | {r.hardware} | {_num(r.published)} {r.unit} | "
                    f"{'OOM' if r.predicted is None else _num(r.predicted)} | "
                    f"{'miss' if e is None else f'{e:+.1f} %'} |")
