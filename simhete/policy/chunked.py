@@ -43,6 +43,7 @@ from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import nonmodel_by_step, owners, uses
+from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, forward_backward,
                                      fwd_prio, tname)
@@ -247,7 +248,7 @@ class Chunked(Policy):
             last_B = {g: t[g].last_B for g in dp.gpus}
         meta = {"policy": self.name, "chunks": str(nchunks), "os_chunks_on_gpu": str(n_os),
                 "pinned_chunks": str(len(pinned))}
-        return b.build(ctx.pools(), initial, ctx.iterations, meta)
+        return b.build(ctx.pools(), list(initial) + process_memory(ctx, self.k, self.name, initial), ctx.iterations, meta)
 
     @staticmethod
     def _last(r: int, u: int, need: list[list[int]], compute, g: int) -> list[str]:

@@ -38,6 +38,7 @@ from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import group, owners, uses
+from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
                                      forward_backward, fwd_prio, grad_prio, tname)
@@ -202,7 +203,7 @@ class ZeroInfinity(Policy):
             dp.m = 1
             step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed)
         meta = {"policy": self.name, "gpu_subgroups": str(n_gpu_groups), "subgroups": str(len(groups))}
-        return b.build(ctx.pools(), initial, ctx.iterations, meta)
+        return b.build(ctx.pools(), list(initial) + process_memory(ctx, self.k, self.name, initial), ctx.iterations, meta)
 
     def _grads(self, ctx: Context, dp: DataParallel, it: int, m: int, t: dict, buckets: list[list[int]],
                cpu_opt: set[int], prev: dict[int, dict[int, str]]) -> tuple[list[str], dict[int, dict[int, str]]]:
