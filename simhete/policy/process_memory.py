@@ -138,11 +138,17 @@ def group_numels(spec: Any) -> list[int]:
     return [n for n in (sum(x for x, d in ts if d), sum(x for x, d in ts if not d)) if n]
 
 
-def partition(numel: int, n: int, r: int) -> int:
-    """Elements of rank r's partition of a flat group of ``numel`` over n ranks (DeepSpeed gives
-    each rank ceil(numel / n) and pads the last; the padding is not counted here)."""
-    q, rem = divmod(numel, n)
-    return q + (1 if r < rem else 0)
+def zero2_partition(numel: int, n: int) -> int:
+    """Elements of each rank's partition of a flat group of ``numel`` over n ranks under ZeRO-1/2:
+    the group is padded to a multiple of ``nccl_start_alignment_factor`` (2) × n
+    (``flatten_dense_tensors_aligned``, ``stage_1_and_2.py``) and split evenly."""
+    return -(-numel // (2 * n)) * 2
+
+
+def zero3_partition(numels: Iterable[int], n: int) -> int:
+    """Elements of each rank's partition of a group under ZeRO-3: every tensor is padded to a
+    multiple of n and split evenly (``partition_parameters.py``: ``_aligned_size // world_size``)."""
+    return sum(-(-x // n) for x in numels)
 
 
 def rounds(k: Any) -> bool:
@@ -163,54 +169,50 @@ def resolved_load(k: Any, policy: str) -> str:
 
 
 def _zero_offload_host(ctx: Any, k: Any, n: int, e: int) -> list[tuple[str, MemClass, int]]:
-    out: list[tuple[str, MemClass, int]] = []
+    """ZeRO-Offload's extra host bytes (module docstring), identical on every rank."""
     pinned = rounds(k)
-    groups = group_numels(ctx.spec)
-    largest = max(x for x, _ in param_tensors(ctx.spec))
-    for r in range(n):
-        fw = rnd = 0
-        for numel in groups:
-            p = partition(numel, n, r)
-            rnd += pinned_extra((4 * p, 4 * p), pinned)          # fp32 master, fp32 gradients
-            fw += e * p                                           # 16-bit staging of the partition
-            rnd += pinned_extra((e * p,), pinned)
-        fw += e * largest                                         # temp_grad_buffer_for_cpu_offload
-        rnd += pinned_extra((e * largest,), pinned)
-        out += [(f"framework_buffers.rank{r}", MemClass.FRAMEWORK_BUFFERS, fw),
-                (f"pinned_rounding.rank{r}", MemClass.PINNED_ROUNDING, rnd)]
+    tensors = param_tensors(ctx.spec)
+    largest = max(x for x, _ in tensors)
+    fw = rnd = 0
+    for numel in group_numels(ctx.spec):
+        p = zero2_partition(numel, n)
+        rnd += pinned_extra((4 * p, 4 * p, e * p), pinned)     # fp32 master, fp32 grads, 16-bit staging
+        fw += e * p                                            # 16-bit staging of the partition
+    fw += e * largest                                          # temp_grad_buffer_for_cpu_offload
+    rnd += pinned_extra((e * largest,), pinned)
+    out = [(f"framework_buffers.rank{r}", MemClass.FRAMEWORK_BUFFERS, fw) for r in range(n)]
+    out += [(f"pinned_rounding.rank{r}", MemClass.PINNED_ROUNDING, rnd) for r in range(n)]
     if ctx.grad_accum > 1 and pinned:
         # accumulated_grads_in_cpu: one 16-bit pinned buffer per parameter tensor, held by the rank
         # whose partition holds it (the policy's gacc buffers hold the bytes, once over the ranks)
-        out.append(("pinned_rounding.gacc", MemClass.PINNED_ROUNDING,
-                    pinned_extra(e * x for x, _ in param_tensors(ctx.spec))))
+        out.append(("pinned_rounding.gacc", MemClass.PINNED_ROUNDING, pinned_extra(e * x for x, _ in tensors)))
     return out
 
 
 def _zero3_host(ctx: Any, k: Any, n: int, e: int) -> list[tuple[str, MemClass, int]]:
-    out: list[tuple[str, MemClass, int]] = []
+    """ZeRO-3 offload's extra host bytes (module docstring), identical on every rank."""
     pinned = rounds(k)
-    if k.offload_optimizer != "cpu" and k.offload_param != "cpu":
-        return out
-    groups = group_numels(ctx.spec)
-    sub = int(k.sub_group_size)
-    for r in range(n):
-        fw = rnd = 0
-        for numel in groups:
-            p = partition(numel, n, r)
-            if k.offload_param == "cpu":
-                rnd += pinned_extra((e * p,), pinned)            # param_groups_fp16_flat_cpu_memory
-            if k.offload_optimizer == "cpu":
-                # per sub-group of at most sub_group_size partitioned elements: the fp32 gradient
-                # (pinned). The sub-group boundaries fall on parameters; equal tiles here.
-                # The offloaded fraction (ratio) takes the last sub-groups.
-                tiles = [sub] * (p // sub) + ([p % sub] if p % sub else [])
-                off = tiles[int((1 - k.ratio) * len(tiles)):]       # as the policy's n_gpu_groups
-                rnd += pinned_extra((4 * t for t in off), pinned)
-                if ctx.grad_accum == 1:
-                    fw += e * p                                  # grad_partitions_flat_buffer
-                rnd += pinned_extra((e * p,), pinned)
-        out += [(f"framework_buffers.rank{r}", MemClass.FRAMEWORK_BUFFERS, fw),
-                (f"pinned_rounding.rank{r}", MemClass.PINNED_ROUNDING, rnd)]
+    tensors = param_tensors(ctx.spec)
+    parts = [zero3_partition((x for x, d in tensors if d is decayed), n) for decayed in (True, False)]
+    parts = [p for p in parts if p]
+    fw = rnd = 0
+    if k.offload_param == "cpu":
+        rnd += pinned_extra((e * p for p in parts), pinned)    # param_groups_fp16_flat_cpu_memory, per group
+    if k.offload_optimizer == "cpu":
+        sub = int(k.sub_group_size)
+        for p in parts:
+            # fp32 gradient per sub-group of at most sub_group_size partitioned elements (the
+            # boundaries fall between parameters; equal tiles here), offloaded ones only: the last
+            # ``ratio`` of the sub-groups, as the policy's n_gpu_groups
+            tiles = [sub] * (p // sub) + ([p % sub] if p % sub else [])
+            rnd += pinned_extra((4 * t for t in tiles[int((1 - k.ratio) * len(tiles)):]), pinned)
+        # grad_partitions_flat_buffer: one buffer over every group's partition, model dtype
+        flat = e * sum(parts)
+        if ctx.grad_accum == 1:        # with accumulation the policy holds it as its gacc buffers
+            fw += flat
+        rnd += pinned_extra((flat,), pinned)
+    out = [(f"framework_buffers.rank{r}", MemClass.FRAMEWORK_BUFFERS, fw) for r in range(n)]
+    out += [(f"pinned_rounding.rank{r}", MemClass.PINNED_ROUNDING, rnd) for r in range(n)]
     return out
 
 
