@@ -219,6 +219,20 @@ def _zero3_host(ctx: Any, k: Any, n: int, e: int) -> list[tuple[str, MemClass, i
 _HOST_BUFFERS = {"zero-offload": _zero_offload_host, "zero-infinity": _zero3_host}
 
 
+def figures(ctx: Any, k: Any, policy: str) -> tuple[int, int, int]:
+    """For a solver that places states itself (AutoHete's MILP): (host bytes held whatever the
+    placement — baseline, framework buffers, rounding; the construction peak, 0 unless
+    ``model_load`` is ``full``; the context bytes on each GPU). The pool's host peak is
+    max(states + the first, the second); all zeros when the CPU acts as the device."""
+    if ctx.profile.device_type != "cuda":
+        return 0, 0, 0
+    held = sum(a.bytes for a in _process_memory(ctx, k, policy, 1 << 62) if a.pool == "cpu")
+    e = DTYPE_BYTES[ctx.workload.dtype]
+    n = ctx.n_gpus
+    build = n * (ctx.spec.n_params() * e + int(k.process_rss)) if resolved_load(k, policy) == "full" else 0
+    return held, build, int(ctx.profile.gpu.reserved_bytes.value)
+
+
 _KNOBS = ("pin_memory", "pin_backend", "process_rss", "model_load", "offload_param", "offload_optimizer",
           "ratio", "sub_group_size")
 _KEPT: dict[tuple, list[Alloc]] = {}
@@ -234,7 +248,8 @@ def process_memory(ctx: Any, k: Any, policy: str, initial: Iterable[Alloc] = ())
         return []
     initial = tuple(initial)
     host = sum(a.bytes for a in initial if a.pool == "cpu")
-    key = (policy, tuple(getattr(k, f, None) for f in _KNOBS), ctx.spec, ctx.workload.dtype, ctx.n_gpus,
+    knobs = (getattr(k, f, None) for f in _KNOBS)
+    key = (policy, tuple(tuple(v) if isinstance(v, list) else v for v in knobs), ctx.spec, ctx.workload.dtype, ctx.n_gpus,
            ctx.grad_accum, int(prof.gpu.reserved_bytes.value), host)
     got = _KEPT.get(key)
     if got is None:
