@@ -214,7 +214,8 @@ class AutoHete(Policy):
         meta = dict(meta, policy=self.name, predicted_iter_s=f"{plan.predicted_s:.6g}",
                     checkpoint=_bits(plan.checkpoint), offload_param=_bits(plan.offload_param),
                     offload_optimizer=_bits(plan.offload_optimizer))
-        return b.build(ctx.pools(), list(initial) + process_memory(ctx, self.k, self.name, initial), ctx.iterations, meta)
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
+        return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     def _micro(self, b: Builder, ctx: Context, dp: DataParallel, it: int, m: int, trace: list, op: dict[int, bool],
                modes: dict, update: dict[int, dict[int, str]], last_B: dict[int, str],

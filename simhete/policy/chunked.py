@@ -248,7 +248,8 @@ class Chunked(Policy):
             last_B = {g: t[g].last_B for g in dp.gpus}
         meta = {"policy": self.name, "chunks": str(nchunks), "os_chunks_on_gpu": str(n_os),
                 "pinned_chunks": str(len(pinned))}
-        return b.build(ctx.pools(), list(initial) + process_memory(ctx, self.k, self.name, initial), ctx.iterations, meta)
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
+        return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     @staticmethod
     def _last(r: int, u: int, need: list[list[int]], compute, g: int) -> list[str]:

@@ -90,7 +90,8 @@ class GpuOnly(Policy):
                     deps=[t[g].last_B] + ([reduced[i][g]] if reduced.get(i) else []),
                     prio=t_prio_opt(it, i), frees=[grads[g][i]] if i in grads[g] else [],
                     it=it, block=i) for g in dp.gpus}
-        return b.build(ctx.pools(), list(initial) + process_memory(ctx, self.k, self.name, initial), ctx.iterations, {"policy": self.name})
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
+        return b.build(ctx.pools(), initial, ctx.iterations, {"policy": self.name})
 
 
 def t_prio_opt(it: int, idx: int) -> int:

@@ -249,8 +249,8 @@ def process_memory(ctx: Any, k: Any, policy: str, initial: Iterable[Alloc] = ())
     initial = tuple(initial)
     host = sum(a.bytes for a in initial if a.pool == "cpu")
     knobs = (getattr(k, f, None) for f in _KNOBS)
-    key = (policy, tuple(tuple(v) if isinstance(v, list) else v for v in knobs), ctx.spec, ctx.workload.dtype, ctx.n_gpus,
-           ctx.grad_accum, int(prof.gpu.reserved_bytes.value), host)
+    key = (policy, tuple(tuple(v) if isinstance(v, list) else v for v in knobs), ctx.spec, ctx.workload.dtype,
+           ctx.n_gpus, ctx.grad_accum, int(prof.gpu.reserved_bytes.value), host)
     got = _KEPT.get(key)
     if got is None:
         if len(_KEPT) >= 1024:

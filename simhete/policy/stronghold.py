@@ -122,7 +122,8 @@ class StrongHold(Policy):
                                        deps=[t[g].last_B] + ([ar[g]] if ar else []),
                                        prio=it * PRIO_IT + PRIO_IT // 2 + i, frees=[grads[g][i]], it=it, block=i)
                               for g in dp.gpus}
-        return b.build(ctx.pools(), list(initial) + process_memory(ctx, self.k, self.name, initial), ctx.iterations, {"policy": self.name, "window_size": str(w)})
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
+        return b.build(ctx.pools(), initial, ctx.iterations, {"policy": self.name, "window_size": str(w)})
 
     def _micro(self, b: Builder, ctx: Context, dp: DataParallel, it: int, m: int, w: int, modes: dict,
                cur: dict[int, dict[int, str]], updated: dict[int, dict[int, str]], cpu_adam: dict[int, str],

@@ -203,7 +203,8 @@ class ZeroInfinity(Policy):
             dp.m = 1
             step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed)
         meta = {"policy": self.name, "gpu_subgroups": str(n_gpu_groups), "subgroups": str(len(groups))}
-        return b.build(ctx.pools(), list(initial) + process_memory(ctx, self.k, self.name, initial), ctx.iterations, meta)
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
+        return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     def _grads(self, ctx: Context, dp: DataParallel, it: int, m: int, t: dict, buckets: list[list[int]],
                cpu_opt: set[int], prev: dict[int, dict[int, str]]) -> tuple[list[str], dict[int, dict[int, str]]]:

@@ -192,7 +192,8 @@ class ZeroOffload(Policy):
         # DPU: the last step's weights would go back after iteration N+1's backward, outside the
         # simulated window, so the schedule ends with that step (its refresh is not part of it)
         meta = {"policy": self.name, "delayed_update": str(k.delayed_update).lower()}
-        return b.build(ctx.pools(), list(initial) + process_memory(ctx, self.k, self.name, initial), ctx.iterations, meta)
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
+        return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
 
 # Per workload blocks tuple (the entries hold it, so its id stays its own; bounded): what the build
