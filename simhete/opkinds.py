@@ -119,3 +119,13 @@ class MemClass(StrEnum):
     OPTIM = "optim"              # Adam m and v
     ACTIVATIONS = "activations"
     BUFFERS = "buffers"          # staging, gather/bucket buffers, workspace
+    # What a real process holds beyond the ideal states (simhete/policy/process_memory.py):
+    CUDA_CONTEXT = "cuda_context"              # GPU: CUDA context, cuBLAS/cuDNN workspaces, NCCL buffers
+    PINNED_ROUNDING = "pinned_rounding"        # host: pinned blocks rounded up to a power of two
+    FRAMEWORK_BUFFERS = "framework_buffers"    # host: DeepSpeed buffers beyond the ideal model states
+    PROCESS_BASELINE = "process_baseline"      # host: Python + torch + CUDA libraries per rank, model build
+
+
+# The classes a real process holds beyond the ideal model states and working buffers.
+PROCESS_CLASSES = frozenset({MemClass.CUDA_CONTEXT, MemClass.PINNED_ROUNDING, MemClass.FRAMEWORK_BUFFERS,
+                             MemClass.PROCESS_BASELINE})

@@ -28,7 +28,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("old,new,pattern", [
     ("model: llama2-7b", "model: llama9-7b", r"s\.yaml: model: bad value 'llama9-7b'; allowed: one of the models .*llama2-7b"),
-    ("hardware: rtx4090-desktop", "hardware: rtx9090", r"s\.yaml: hardware: bad value 'rtx9090'; allowed: a profile path or one of: .*h100-sxm"),
+    ("hardware: {profile: rtx4090-desktop, host_memory: 192GiB}", "hardware: rtx9090", r"s\.yaml: hardware: bad value 'rtx9090'; allowed: a profile path or one of: .*h100-sxm"),
     ("policy: zero-offload", "policy: zero-everything", r"s\.yaml: policy: bad value 'zero-everything'; allowed: one of the policies: .*gpu-only"),
     ("micro_batch: 1", "micro_batch: -1", r"s\.yaml: train\.micro_batch: bad value -1; allowed: greater than 0"),
     ("micro_batch: 1", "micro_batch: 0", r"s\.yaml: train\.micro_batch: bad value 0"),
@@ -115,7 +115,7 @@ def test_hardware_override_error_names_the_scenario(capsys):
 @pytest.mark.parametrize("old,new,pattern", [
     ("model: llama2-7b", "model: {preset: gpt-like-h256-l4, n_kv_heads: 3}",
      r"s\.yaml: model\.n_kv_heads: .*must divide n_heads"),
-    ("hardware: rtx4090-desktop", "hardware: {profile: rtx4090-desktop, gpu_memory: 0}",
+    ("hardware: {profile: rtx4090-desktop, host_memory: 192GiB}", "hardware: {profile: rtx4090-desktop, host_memory: 192GiB, gpu_memory: 0}",
      r"s\.yaml: hardware\.gpu_memory: bad value 0; allowed: greater than 0"),
 ])
 def test_overrides_are_checked_and_named(tmp_path, capsys, old, new, pattern):

@@ -11,6 +11,7 @@ import pytest
 from simhete.cli import main
 from simhete.scenario import scenario_from_dict
 from simhete.search.plan import Planner
+from simhete.policy.process_memory import PROCESS_RSS_DEFAULT, group_numels, pow2_ceil
 from simhete.workload import get_model
 
 GIB = 2**30
@@ -35,15 +36,26 @@ def test_llama2_13b_gpu_only_cannot_hold_its_model_states_on_an_80gb_gpu():
 
 
 @pytest.mark.parametrize("delayed, per_param", [(False, 16), (True, 20)])
-def test_zero_offload_fits_exactly_when_host_memory_holds_its_model_states(delayed, per_param):
+@pytest.mark.parametrize("pinned", [False, True])
+def test_zero_offload_fits_exactly_when_host_memory_holds_its_model_states(delayed, per_param, pinned):
     # ZeRO-Offload keeps fp32 master (4), Adam m, v (8) and fp32 gradients (4) on the host: 16 B/param;
-    # the delayed update (DPU) double-buffers the fp32 gradients: 20 B/param.
-    n = get_model("gpt-like-h256-l4-a4").n_params()
-    need = per_param * n
+    # the delayed update (DPU) double-buffers the fp32 gradients: 20 B/param. A real process adds
+    # (policy/process_memory.py): its resident baseline, DeepSpeed's 16-bit staging copy of the
+    # partition (2 B/param) and 16-bit temp gradient buffer of the largest tensor (the 50257 x 256
+    # embedding), and when pinned each of the fp32 master, the fp32 gradients and the 16-bit
+    # staging buffer rounded up to a power of two, per parameter group (decayed, not decayed).
+    spec = get_model("gpt-like-h256-l4-a4")
+    n = spec.n_params()
+    largest = 50257 * 256
+    decayed, plain = group_numels(spec)
+    assert decayed + plain == n and plain == 4 * (2 * 256 + 4 * 256 + 1024 + 256 + 2 * 256) + 2 * 256
+    rounding = sum(2 * (pow2_ceil(4 * g) - 4 * g) + pow2_ceil(2 * g) - 2 * g for g in (decayed, plain)) \
+        + pow2_ceil(2 * largest) - 2 * largest
+    need = per_param * n + PROCESS_RSS_DEFAULT + 2 * n + 2 * largest + (rounding if pinned else 0)
 
     def trials(host):
         ts = Planner(base(host_memory=host), policies=("zero-offload",)).by_policy()["zero-offload"]
-        return [t for t in ts if t.knobs["delayed_update"] is delayed]
+        return [t for t in ts if t.knobs["delayed_update"] is delayed and t.knobs["pin_memory"] is pinned]
     at, below = trials(need), trials(need - 1)
     assert len(at) == 2 and all(t.fits and t.peak_host_bytes == need for t in at)
     assert not any(t.fits for t in below)

@@ -193,7 +193,8 @@ def test_zero_offload_data_parallel_moves_one_nth_per_gpu(gpus, k):
     P = sum(b.params for b in ctx.blocks)
     assert host_bytes(s, MemClass.OPTIM) == 8 * P
     for g in range(gpus):
-        assert sum(a.bytes for a in s.initial if a.pool == f"gpu{g}") == sum(b.weight_bytes for b in ctx.blocks)
+        assert sum(a.bytes for a in s.initial if a.pool == f"gpu{g}" and a.cls is not MemClass.CUDA_CONTEXT) \
+            == sum(b.weight_bytes for b in ctx.blocks)
 
 
 @pytest.mark.parametrize("gpus", [2, 4])

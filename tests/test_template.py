@@ -43,7 +43,7 @@ def assert_resizes(s0, s1, simulate: bool = True) -> None:
     ctx0, pol0 = resolve(s0)
     ctx1, pol1 = resolve(s1)
     assert pol0.structure_key(ctx0) == pol1.structure_key(ctx1), "sizes alone changed the structure key"
-    t = Template(pol0.build(ctx0), ctx0)
+    t = Template(pol0.build(ctx0), ctx0, pol0)
     got = t.resize(ctx1)
     fresh = pol1.build(ctx1)
     assert format_schedule(got) == format_schedule(fresh)
@@ -94,7 +94,7 @@ def test_shipped_scenario_through_the_cache(path, monkeypatch):
 def test_check_schedule_accepts_resized():
     s = load_scenario(TEMPLATED[0])
     ctx, pol = resolve(s)
-    t = Template(pol.build(ctx), ctx)
+    t = Template(pol.build(ctx), ctx, pol)
     ctx1, _ = resolve(s.with_changes(**{"train.micro_batch": s.data.train.micro_batch + 2}))
     assert check_schedule(t.resize(ctx1), capacity=False) == []
 

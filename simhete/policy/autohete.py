@@ -32,6 +32,7 @@ from simhete.policy.autohete_milp import Plan, block_costs, host_homes, predict,
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
+from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
                                      forward_backward, fwd_prio, grad_prio, tname)
@@ -213,6 +214,7 @@ class AutoHete(Policy):
         meta = dict(meta, policy=self.name, predicted_iter_s=f"{plan.predicted_s:.6g}",
                     checkpoint=_bits(plan.checkpoint), offload_param=_bits(plan.offload_param),
                     offload_optimizer=_bits(plan.offload_optimizer))
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     def _micro(self, b: Builder, ctx: Context, dp: DataParallel, it: int, m: int, trace: list, op: dict[int, bool],

@@ -43,6 +43,7 @@ from simhete.opkinds import MemClass, OpKind
 from simhete.policy.base import Context, model_states
 from simhete.policy.dataparallel import shard
 from simhete.policy.layout import seconds
+from simhete.policy.process_memory import figures
 from simhete.policy.training import accum_steps
 from simhete.schedule import Alloc, Op
 
@@ -133,9 +134,20 @@ def swap_host_bytes(ctx: Context, swap: frozenset[int]) -> int:
     return ctx.n_gpus * sum(by[i].act_bytes for i in swap)
 
 
+def process_figures(ctx: Context) -> tuple[int, int, int]:
+    """What the process holds beyond the placed states (policy/process_memory.py ``figures``):
+    host bytes held whatever the plan, the construction peak, the context on each GPU — from the
+    scenario's AutoHete knobs."""
+    from simhete.policy.registry import get_policy
+    cls = get_policy("autohete")
+    return figures(ctx, cls.knobs(ctx.scenario.data.knobs, ctx.scenario.file), cls.name)
+
+
 def memory_rows(ctx: Context, swap: frozenset[int] = frozenset()) -> tuple[list[Form], Form]:
     """The MILP's memory model: one GPU form per backward step j (bytes on each GPU while block
-    j's backward runs) and the host form (bytes in host memory at its peak)."""
+    j's backward runs, less the CUDA context: rows are held to ``gpu_capacity``) and the host form
+    (bytes in host memory at its peak, with the process's fixed host bytes; the construction peak,
+    a constant, is a separate check in :func:`solve`)."""
     blocks = ctx.blocks
     trans = {blk.index for blk in blocks if blk.name.startswith("b")}
     ga = accum_steps(ctx)
@@ -184,12 +196,13 @@ def memory_rows(ctx: Context, swap: frozenset[int] = frozenset()) -> tuple[list[
                      ("p", h[1, 1][k] - h[1, 0][k] - h[0, 1][k] + h[0, 0][k])):
             if a:
                 host[(v, k)] = float(a)
-    return gpu, (float(sum(h[0, 0]) + swap_host_bytes(ctx, swap)), host)
+    return gpu, (float(sum(h[0, 0]) + swap_host_bytes(ctx, swap) + process_figures(ctx)[0]), host)
 
 
 def predicted_memory(ctx: Context, plan: Plan, swap: frozenset[int] = frozenset()) -> tuple[float, float]:
     """The MILP's memory model evaluated for a plan: (bytes on each GPU at its peak backward step,
-    bytes in host memory)."""
+    with the CUDA context; bytes in host memory, the larger of the steady state and the
+    construction peak)."""
     val = {}
     for k, blk in enumerate(ctx.blocks):
         i = blk.index
@@ -200,7 +213,8 @@ def predicted_memory(ctx: Context, plan: Plan, swap: frozenset[int] = frozenset(
 
     def ev(f: Form) -> float:
         return f[0] + sum(a * val[v] for v, a in f[1].items())
-    return max(ev(f) for f in gpu), ev(host)
+    _, build, context = process_figures(ctx)
+    return max(ev(f) for f in gpu) + context, max(ev(host), float(build))
 
 
 def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[int, bool]],
@@ -281,6 +295,8 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
     # memory: the linear forms of memory_rows over the variables (name, k)
     col = {"x": X, "y": Y, "z": Z, "p": P}
     gpu_rows, host_row = memory_rows(ctx, swap)
+    if process_figures(ctx)[1] > ctx.pools()["cpu"]:      # the model does not even build
+        return None
     cap = ctx.gpu_capacity * (1.0 - headroom)
     for (const, coef), limit in [(r, cap) for r in gpu_rows] + [(host_row, ctx.pools()["cpu"])]:
         row({(U if v == "u" else col[v] + k): a for (v, k), a in coef.items()}, high=limit - const)

@@ -49,7 +49,11 @@ class Context:
         return self.profile.host.memory_bytes
 
     def pools(self) -> dict[str, int]:
-        pools = {f"gpu{g}": self.gpu_capacity for g in range(self.n_gpus)}
+        # On a CUDA GPU the pool is the whole memory: the reserve (gpu.reserved_bytes) is held by
+        # the cuda_context buffers every policy adds (policy/process_memory.py); a policy's own
+        # decisions use gpu_capacity (memory less that reserve), so both agree on what is usable.
+        gpu = self.profile.gpu.memory_bytes if self.profile.device_type == "cuda" else self.gpu_capacity
+        pools = {f"gpu{g}": gpu for g in range(self.n_gpus)}
         pools["cpu"] = self.cpu_capacity
         if self.profile.device_type == "cpu":
             # the CPU acting as the device: "device" and host memory are one RAM, so the host pool

@@ -74,6 +74,7 @@ from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy, shared_ops
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import nonmodel_by_step, owners, uses
+from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, copy_stream,
                                      forward_backward, fwd_prio, tname)
@@ -358,6 +359,7 @@ class Chunked(Policy):
             last_B = {g: t[g].last_B for g in dp.gpus}
         meta = {"policy": self.name, "chunks": str(nchunks), "os_chunks_on_gpu": str(n_os),
                 "gpu_home_chunks": str(len(home_gpu)), "gathered_chunks": str(len(keep))}
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     @staticmethod

@@ -27,6 +27,7 @@ from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import group
+from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, forward_backward,
                                      grad_prio, tname)
@@ -90,6 +91,7 @@ class GpuOnly(Policy):
                     deps=[t[g].last_B] + ([reduced[i][g]] if reduced.get(i) else []),
                     prio=t_prio_opt(it, i), frees=[grads[g][i]] if i in grads[g] else [],
                     it=it, block=i) for g in dp.gpus}
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
         return b.build(ctx.pools(), initial, ctx.iterations, {"policy": self.name})
 
 

@@ -26,6 +26,7 @@ from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import activation_peak
+from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio, copy_stream,
                                      forward_backward, fwd_prio, grad_prio, tname)
@@ -121,6 +122,7 @@ class StrongHold(Policy):
                                        deps=[t[g].last_B] + ([ar[g]] if ar else []),
                                        prio=it * PRIO_IT + PRIO_IT // 2 + i, frees=[grads[g][i]], it=it, block=i)
                               for g in dp.gpus}
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
         return b.build(ctx.pools(), initial, ctx.iterations, {"policy": self.name, "window_size": str(w)})
 
     def _micro(self, b: Builder, ctx: Context, dp: DataParallel, it: int, m: int, w: int, modes: dict,

@@ -29,8 +29,9 @@ from typing import Any, Callable
 import numpy as np
 
 from simhete.errors import SimheteError
-from simhete.opkinds import OpKind
+from simhete.opkinds import PROCESS_CLASSES, OpKind
 from simhete.policy.base import Context, Policy, clear_per_workload, shared_ops
+from simhete.policy.process_memory import process_memory
 from simhete.schedule import Schedule
 from simhete.schedule.model import TableShape
 
@@ -89,7 +90,7 @@ def _gatherer(idx: list[int]) -> Callable[[list], list]:
 class Template:
     """A built schedule plus what it takes to re-size it (see the module docstring)."""
 
-    def __init__(self, sched: Schedule, ctx: Context) -> None:
+    def __init__(self, sched: Schedule, ctx: Context, policy: Policy | None = None) -> None:
         tb = sched.table
         sized = tb.sized
         if sized is None:
@@ -100,6 +101,10 @@ class Template:
         tb.shape = TableShape(flat, a_ptr)
         self.table = tb
         self.initial, self.iterations, self.meta = sched.initial, sched.iterations, dict(sched.meta)
+        # the process-memory buffers (policy/process_memory.py) follow the hardware profile, which
+        # the structure key leaves out: resize makes them again for the new context
+        self.policy = policy
+        self.ideal = tuple(a for a in sched.initial if a.cls not in PROCESS_CLASSES)
         self.n_blocks = len(ctx.blocks)
         self.base_bytes = np.fromiter(map(attrgetter("bytes"), flat), np.int64, len(flat))
         tb._bytes_array = self.base_bytes      # the table's own bytes as an array: the engine reads them so
@@ -173,13 +178,15 @@ class Template:
     def resize(self, ctx: Context) -> Schedule:
         """The schedule of this structure for ``ctx``: new ops, allocation bytes and capacities."""
         pools = ctx.pools()
-        key = (id(ctx.workload), tuple(pools.items()))
+        initial = self.initial if self.policy is None else \
+            self.ideal + tuple(process_memory(ctx, self.policy.k, self.policy.name, self.ideal))
+        key = (id(ctx.workload), tuple(pools.items()), initial)
         got = self.reused.get(key)
         if got is not None and got[0] is ctx.workload:
             self.reused.move_to_end(key)
             return got[1]
         ops, by, used = self._cells(ctx)
-        sched = Schedule.from_table(self.table.resized(ops, by, (used, self.used_at)), pools, self.initial, self.iterations, self.meta)
+        sched = Schedule.from_table(self.table.resized(ops, by, (used, self.used_at)), pools, initial, self.iterations, self.meta)
         self.reused[key] = (ctx.workload, sched)       # holds the workload: its id is not reused
         if len(self.reused) > REUSE_KEPT:
             self.reused.popitem(last=False)
@@ -198,11 +205,11 @@ def build_schedule(policy: Policy, ctx: Context) -> Schedule:
     t = _TEMPLATES.get(key)
     if t is None:
         sched = policy.build(ctx)
-        t = Template(sched, ctx)
+        t = Template(sched, ctx, policy)
         _TEMPLATES[key] = t
         if len(_TEMPLATES) > TEMPLATES_KEPT:
             _TEMPLATES.popitem(last=False)
-        t.reused[(id(ctx.workload), tuple(sched.pools.items()))] = (ctx.workload, sched)
+        t.reused[(id(ctx.workload), tuple(sched.pools.items()), sched.initial)] = (ctx.workload, sched)
         return sched
     _TEMPLATES.move_to_end(key)
     sched = t.resize(ctx)

@@ -35,6 +35,7 @@ from pydantic import Field, model_validator
 from simhete.config import Strict
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, dep_names, per_workload_cache, shared_ops
+from simhete.policy.process_memory import PROCESS_RSS_DEFAULT
 from simhete.schedule.model import new_alloc
 
 PRIO_IT = 1_000_000
@@ -53,6 +54,18 @@ class ActivationKnobs(Strict):
     pin_memory: bool = True
     """Pinned host buffers (DeepSpeed ``pin_memory``). Pageable copies block the host and do not
     overlap compute, as CUDA behaves: they are placed on the compute stream at pageable bandwidth."""
+    pin_backend: Literal["torch", "native"] = "torch"
+    """Who pins DeepSpeed's host buffers (``DS_PIN_MEMORY_BACKEND``, default ``torch``): ``torch`` —
+    PyTorch's pinned caching allocator, which rounds every block up to a power of two
+    (``pinned_rounding``); ``native`` — DeepSpeed's DeepNVMe locked tensors of the exact size."""
+    process_rss: float = Field(PROCESS_RSS_DEFAULT, ge=0)
+    """Resident host memory of one training process (Python, torch, CUDA libraries), bytes per
+    rank (``process_baseline``; default: the measurement in pytorch/pytorch#12873)."""
+    model_load: Literal["auto", "full", "zero-init"] = "auto"
+    """How the model is built in host memory: ``full`` — every rank materialises the whole model
+    in its working dtype (Hugging Face ``from_pretrained`` without ``zero.Init``); ``zero-init`` —
+    partitioned while built (``deepspeed.zero.Init``); ``auto`` — ``zero-init`` for
+    ``zero-infinity`` (Transformers enables it under a ZeRO-3 config), else ``full``."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "ActivationKnobs":

@@ -45,6 +45,7 @@ from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import group, owners, uses
+from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
                                      forward_backward, fwd_prio, grad_prio, tname)
@@ -323,6 +324,7 @@ class ZeroInfinity(Policy):
             step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed, parts)
         meta = {"policy": self.name, "gpu_subgroups": str(n_gpu_groups), "subgroups": str(len(groups)),
                 "param_partitioned": str(sharded).lower()}
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     def _grads(self, ctx: Context, dp: DataParallel, it: int, m: int, t: dict, buckets: list[list[int]],

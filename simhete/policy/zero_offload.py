@@ -26,6 +26,7 @@ from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import (Builder, Context, Policy, context_key, host_fp32_bytes, knob_key, model_states,
                                  dep_names, per_workload_cache, shared_ops)
 from simhete.policy.dataparallel import DataParallel
+from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
                                      grad_prio, size_decisions, tname)
@@ -215,6 +216,7 @@ class ZeroOffload(Policy):
         # DPU: the last step's weights would go back after iteration N+1's backward, outside the
         # simulated window, so the schedule ends with that step (its refresh is not part of it)
         meta = {"policy": self.name, "delayed_update": str(k.delayed_update).lower()}
+        initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
 

@@ -33,9 +33,15 @@ from simhete.scenario import Scenario
 PLAN_KNOBS: dict[str, tuple[Any, ...]] = {
     "checkpointing": ("none", "full"),
     "delayed_update": (False, True),
+    # only for the policies whose DeepSpeed host buffers it pins (PINNED_POLICIES): pinned blocks
+    # are rounded up to a power of two (policy/process_memory.py); pageable ones are slower but
+    # fit a smaller host
+    "pin_memory": (True, False),
 }
+PINNED_POLICIES = frozenset({"zero-offload", "zero-infinity"})
 # The leanest value of each planning knob (least GPU memory), for "does anything fit" questions.
-LEAN_KNOBS: dict[str, Any] = {"checkpointing": "full", "delayed_update": False}  # DPU adds 4 B/param on the host
+LEAN_KNOBS: dict[str, Any] = {"checkpointing": "full", "delayed_update": False,  # DPU adds 4 B/param on the host
+                               "pin_memory": False}                              # no power-of-two rounding
 MAX_MICRO_BATCH = 4096      # scenario.TrainShape's bound
 
 
@@ -102,7 +108,7 @@ class Planner:
         own = {k: v for k, v in self.base.data.knobs.items() if k in fields and k not in PLAN_KNOBS}
         if "activations" in own:      # a per-block list fixes the activation policy
             own.pop("activations")
-        names = [k for k in PLAN_KNOBS if k in fields]
+        names = [k for k in PLAN_KNOBS if k in fields and (k != "pin_memory" or policy in PINNED_POLICIES)]
         if lean:
             return [{**own, **{k: LEAN_KNOBS[k] for k in names if k in LEAN_KNOBS}}]
         out = []
@@ -172,7 +178,8 @@ class Planner:
         if self.fixed_knobs is not None:
             return dict(knobs)
         fields = get_policy(policy).Knobs.model_fields
-        return {**knobs, **{k: v for k, v in LEAN_KNOBS.items() if k in fields}}
+        return {**knobs, **{k: v for k, v in LEAN_KNOBS.items()
+                            if k in fields and (k != "pin_memory" or policy in PINNED_POLICIES)}}
 
     # -- largest model of the family ------------------------------------------------------------------
 
