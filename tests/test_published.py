@@ -278,7 +278,7 @@ def test_command_argument_errors(capsys):
     assert err == [
         "simhete: error: --published: validates the published suite against predictions; give no "
         "scenario and no --profile with it",
-        "simhete: error: --write-summary: only with --published",
+        "simhete: error: --write-summary and --markdown: only with --published",
         "simhete: error: validate: give a scenario and --profile P.yaml (a replay on this machine), "
         "or --published [DIR] (the published-measurement suite)",
         "simhete: error: /nonexistent/dir: published suite directory not found"]
