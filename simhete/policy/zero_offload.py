@@ -226,8 +226,11 @@ class ZeroOffload(Policy):
             # place (``grad.data.mul_(1. / combined_scale)``, run whatever the scale: a pass
             # reading and writing 4 B/param, priced as a host copy of 4 B/param), after the global
             # norm was finished from the per-parameter norms of the backward
-            # (complete_grad_norm_calculation_for_cpu_offload: scalars only). One task for all
-            # ranks' partitions, like the Adam tasks below.
+            # (complete_grad_norm_calculation_for_cpu_offload: scalars only). The engine leaves
+            # clipping to the ZeRO optimizer (engine.py ``_take_model_step`` clips itself only
+            # without fp16/bf16/ZeRO), and ``zero_grad(set_to_none=True)`` frees rather than zeroes
+            # (the fp32 gradient buffer is overwritten by the next copy): no further pass. One task
+            # for all ranks' partitions, like the Adam tasks below.
             all_d2h = (b.add(tname(it, "STEP", "grads"), "cpu.optim", TaskCat.OPTIM_CPU, clip_ops,
                              dep_names(sorted(d2h_of)), fwd_prio(it, 0), it=it),)
             refreshed = h2d.get(it - 1, {}) if k.delayed_update else None
