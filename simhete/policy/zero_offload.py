@@ -5,8 +5,7 @@ live in host memory; the Adam step runs on the CPU (DeepSpeedCPUAdam).
 Data flow per iteration, as DeepSpeed's stage_1_and_2.py runs it with ``offload_optimizer: cpu``:
 during backward, gradients are reduced in buckets of ``reduce_bucket_size`` elements (DeepSpeed
 default 5e8; all-reduced with N GPUs; ``overlap_comm`` overlaps them with backward on a side
-stream with two bucket buffers, except at the accumulation boundary, where a per-parameter
-inf/nan test synchronises the host inside the hook so the backward waits for each bucket; without it each bucket is reduced and copied on the compute stream
+stream with two bucket buffers; without it each bucket is reduced and copied on the compute stream
 from the backward hook once the next gradient would overflow it, so the backward stalls for the
 copy and the GPU holds about one bucket); at the accumulation boundary each rank computes its
 partition's per-parameter norms and inf/nan checks, casts it to fp32 on the GPU and copies the fp32
@@ -41,10 +40,8 @@ class ZeroOffloadKnobs(ActivationKnobs):
     reduce_bucket_size: float = Field(5e8, gt=0)
     """Elements per gradient bucket sent D2H during backward (DeepSpeed ``reduce_bucket_size``)."""
     overlap_comm: bool = True
-    """True: a full bucket goes D2H on the copy engine, with two bucket buffers; the backward goes
-    on before the accumulation boundary and waits for each bucket at it (host synchronisation of
-    the inf/nan test). False: each bucket is copied synchronously inside the backward (compute
-    stream)."""
+    """True: a full bucket goes D2H on the copy engine while backward goes on, with two bucket
+    buffers. False: each bucket is copied synchronously inside the backward (compute stream)."""
     delayed_update: bool = False
     """One-step delayed parameter update (DPU)."""
 
@@ -148,19 +145,13 @@ class ZeroOffload(Policy):
         # bucket), on the current (compute) stream: bucket j goes out after the backward of the
         # first block of bucket j+1 produced its gradients, and the backward waits for it.
         order = [blk.index for blk in reversed(ctx.blocks)]
-        # With overlap_comm the same wait happens at the accumulation boundary: there
-        # copy_grads_in_partition (called from reduce_ipg_grads, still from the hook) tests each
-        # parameter's ``_has_inf_or_nan`` in a Python ``if`` (update_offload_overflow_tracker),
-        # which synchronises the host with the reduction stream, so the host launches no further
-        # backward kernels until the bucket is reduced, checked and (but for its last parameter)
-        # copied: the backward waits for the bucket as without overlap_comm, while the work runs
-        # on the side streams.
         after_first = {}    # bucket j -> the block whose recompute/backward waits for bucket j's copy
-        pos = {i: p for p, i in enumerate(order)}
-        for j in range(len(buckets) - 1):
-            p = pos[buckets[j + 1][0]] + 1
-            if p < len(order):
-                after_first[j] = order[p]
+        if sync:
+            pos = {i: p for p, i in enumerate(order)}
+            for j in range(len(buckets) - 1):
+                p = pos[buckets[j + 1][0]] + 1
+                if p < len(order):
+                    after_first[j] = order[p]
 
         def refresh(it: int, last_use: dict[int, dict[int, str]], label: int) -> None:
             """DPU: H2D of step ``it``'s weights, after the step and after ``last_use[g][i]``,
@@ -190,17 +181,16 @@ class ZeroOffload(Policy):
                     b, ctx, it, modes, gpu=g, m=m,
                     start_deps=([last_B[g]] if g in last_B else []) + (step_done[g] if m == 1 else []),
                     bwd_weight_deps={bk[0]: [bucket_name[g][j - 2]] for j, bk in enumerate(buckets) if j >= 2}
-                    if k.overlap_comm and m < ga else {i: [bucket_name[g][j]] for j, i in after_first.items()},
+                    if k.overlap_comm else {i: [bucket_name[g][j]] for j, i in after_first.items()},
                     pinned=pinned) for g in gpus}
                 last = m == ga    # the fp32 gradient buffer this step writes must have been consumed
-                hook = sync or last   # the host waits for each bucket (see after_first)
                 d2h_of: list[str] = []
                 for j, bucket in enumerate(buckets):
                     deps, frees = {}, {}
                     for g in gpus:
                         tg = t[g]
                         deps[g] = list(map(tg.B.__getitem__, bucket))
-                        if hook and j + 1 < len(buckets):    # the hook of bucket j+1's first gradient
+                        if sync and j + 1 < len(buckets):    # the hook of bucket j+1's first gradient
                             deps[g].append(tg.B[buckets[j + 1][0]])
                         if last and reuse:
                             deps[g] += [reuse[i] for i in bucket if i in reuse]
