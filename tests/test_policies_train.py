@@ -7,6 +7,7 @@ import pytest
 
 from simhete.opkinds import MemClass
 from simhete.policy import list_policies
+from simhete.policy.base import host_fp32_bytes
 from simhete.scenario import scenario_from_dict
 from simhete.schedule import check_schedule
 from simhete.sim import resolve
@@ -162,13 +163,20 @@ def test_accumulation_names_are_stable_and_unique():
 
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_zero_offload_accumulation_pcie_bytes(k):
-    """DeepSpeed ZeRO-2 offload with k micro-steps (stage_1_and_2.py, async_accumulate_grad_in_cpu_via_gpu):
-    every micro-step's 16-bit gradients go D2H (k × 2P); micro-steps after the first first bring the
-    16-bit sum back H2D to add to it ((k−1) × 2P); the step sends the new weights H2D (2P)."""
+    """DeepSpeed ZeRO-2 offload with k micro-steps (stage_1_and_2.py ``copy_grads_in_partition``):
+    with k > 1 every micro-step's 16-bit gradients go D2H into accumulated_grads_in_cpu (k × 2P,
+    async_accumulate_grad_in_cpu_via_gpu), micro-steps after the first first bring the 16-bit sum
+    back H2D to add to it ((k−1) × 2P); at the boundary (also k = 1) the gradient, cast to fp32 on
+    the GPU, goes D2H into the fp32 partition (4P, async_inplace_copy_grad_to_fp32_buffer_from_gpu);
+    the step sends the new weights H2D (2P). The CPU step is the clip pass, one Adam per block and
+    the cast to 16 bits."""
     ctx, sched = build(scenario("zero-offload", grad_accum=k))
     W = sum(b.weight_bytes for b in ctx.blocks)
-    assert pcie(sched, 2) == ((k - 1) * W + W, k * W)
-    assert len(per_iter(sched, 2, lambda t: t.cat is TaskCat.OPTIM_CPU)) == sum(1 for b in ctx.blocks if b.params)
+    F = sum(host_fp32_bytes(b) for b in ctx.blocks if b.params)
+    assert F == 2 * W
+    assert pcie(sched, 2) == ((k - 1) * W + W, (k * W if k > 1 else 0) + F)
+    cpu = per_iter(sched, 2, lambda t: t.cat is TaskCat.OPTIM_CPU)
+    assert len(cpu) == sum(1 for b in ctx.blocks if b.params) + 2
     host_acc = sum(a.bytes for a in sched.initial if a.pool == "cpu" and a.cls is MemClass.GRADS)
     assert host_acc == (W if k > 1 else 0)
 
@@ -176,9 +184,11 @@ def test_zero_offload_accumulation_pcie_bytes(k):
 @pytest.mark.parametrize("gpus", [2, 3, 4])
 @pytest.mark.parametrize("k", [1, 2])
 def test_zero_offload_data_parallel_moves_one_nth_per_gpu(gpus, k):
-    """ZeRO-Offload's multi-GPU schedule (Ren et al. 2021 §4.1): reduce-scatter, each GPU moves its
-    1/N gradient partition D2H and its 1/N of the new weights H2D over its own link (then all-gather):
-    per-GPU PCIe bytes are 1/N of one GPU's, summing exactly to it."""
+    """ZeRO-Offload's multi-GPU schedule (Ren et al. 2021 §4.1; DeepSpeed's average_tensor with its
+    defaults reduce_scatter and use_multi_rank_bucket_allreduce all-reduces each bucket and each rank
+    keeps its partition): each GPU moves its 1/N gradient partition D2H and its 1/N of the new
+    weights H2D over its own link (then all-gather): per-GPU PCIe bytes are 1/N of one GPU's,
+    summing exactly to it."""
     ctx1, s1 = build(scenario("zero-offload", grad_accum=k))
     ctx, s = build(scenario("zero-offload", gpus=gpus, grad_accum=k))
     h, d = pcie(s1, 2)
@@ -188,7 +198,7 @@ def test_zero_offload_data_parallel_moves_one_nth_per_gpu(gpus, k):
     for x in per:
         assert abs(x[0] - h / gpus) <= ntasks and abs(x[1] - d / gpus) <= ntasks
     kinds = {op.kind for t in s.tasks if t.stream.endswith(".comm") for op in t.ops}
-    assert kinds == {OpKind.REDUCE_SCATTER, OpKind.ALLGATHER}
+    assert kinds == {OpKind.ALLREDUCE, OpKind.ALLGATHER}
     # the whole host holds every rank's partition once; every GPU its 16-bit weights
     P = sum(b.params for b in ctx.blocks)
     assert host_bytes(s, MemClass.OPTIM) == 8 * P
@@ -275,6 +285,14 @@ def test_accumulation_known_answers(policy):
         sorted(t.name for t in per_iter(s1, 2, lambda t: t.cat in opt))
     g1 = grad_bytes(s1, 2, "D2H.g", OpKind.D2H)
     assert (g1 > 0) == (policy != "gpu-only")
+    if policy == "zero-offload":
+        # ZeRO-1/2 offload: k × the 16-bit gradients (g16) into the host accumulation, plus the
+        # boundary's fp32 copy, which is all one micro-step sends (g1 = 4 B/param = 2 × g16)
+        g16 = sum(b.grad_bytes for b in ctx.blocks)
+        assert g1 == 2 * g16
+        assert grad_bytes(s, 2, "D2H.g", OpKind.D2H) == k * g16 + g1
+        assert grad_bytes(s, 2, "D2H.g.ga", OpKind.H2D) == (k - 1) * g16
+        return
     assert grad_bytes(s, 2, "D2H.g", OpKind.D2H) == k * g1
     assert grad_bytes(s, 2, "D2H.g.ga", OpKind.H2D) == (k - 1) * g1
 

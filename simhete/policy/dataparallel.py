@@ -103,29 +103,36 @@ class DataParallel:
 
     def from_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
                  prio: int, block: int, frees: dict[int, list[str]] | None = None,
-                 sync: bool = False) -> dict[int, str]:
-        """Every GPU → host: (reduce-scatter +) shard D2H. Returns the D2H task per GPU, which
-        frees ``frees[g]`` (the GPU gradient buffers) when it ends."""
+                 sync: bool = False, reduce: OpKind = OpKind.REDUCE_SCATTER,
+                 ops: dict[int, tuple[Op, ...]] | None = None) -> dict[int, str]:
+        """Every GPU → host: (``reduce`` collective +) shard D2H. Returns the D2H task per GPU, which
+        frees ``frees[g]`` (the GPU gradient buffers) when it ends. ``reduce``: the collective over
+        the full ``nbytes`` (REDUCE_SCATTER, or ALLREDUCE where the framework all-reduces and each
+        rank keeps its part). ``ops[g]``: the D2H task's ops on GPU g when they are more than the
+        copy of its 16-bit shard (a cast, checks, an fp32 copy: ZeRO-Offload's boundary)."""
         if self.n == 1:     # one GPU (most schedules): its copy alone, stored as add would store it
             f = (frees or {}).get(0, ())
             return {0: self.b.add_row((self.name(it, what, blk, 0), "gpu0.compute" if sync else self._d2h0,
-                                       TaskCat.D2H, shared_ops(OpKind.D2H, shard(nbytes, 1, 0), self.pinned),
+                                       TaskCat.D2H, ops[0] if ops else shared_ops(OpKind.D2H, shard(nbytes, 1, 0), self.pinned),
                                        dep_names(deps.get(0, ())), prio, (), f if type(f) is tuple else tuple(f),
                                        it, block))}
         src = deps
         if self.n > 1:
             every = sorted({d for g in self.gpus for d in deps.get(g, [])})
-            src = {g: [self.b.add(self.name(it, what + ".rs", blk, g), self.comm(g, sync), TaskCat.COMM,
-                                  (Op(OpKind.REDUCE_SCATTER, (self.n,), n=nbytes),), deps=every,
+            tag = ".rs" if reduce is OpKind.REDUCE_SCATTER else ".ar"
+            src = {g: [self.b.add(self.name(it, what + tag, blk, g), self.comm(g, sync), TaskCat.COMM,
+                                  (Op(reduce, (self.n,), n=nbytes),), deps=every,
                                   prio=prio, it=it, block=block)] for g in self.gpus}
         return {g: self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                              shared_ops(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),
+                              ops[g] if ops else shared_ops(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),
                               deps=src.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 
     def accumulate(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
                    prev: dict[int, str], prio: int, block: int,
-                   frees: dict[int, list[str]] | None = None, sync: bool = False) -> dict[int, str]:
+                   frees: dict[int, list[str]] | None = None, sync: bool = False,
+                   reduce: OpKind = OpKind.REDUCE_SCATTER,
+                   post: dict[int, tuple[Op, ...]] | None = None) -> dict[int, str]:
         """Micro-step m > 1: add this micro-step's gradients (``nbytes`` 16-bit, all ranks) into the
         host accumulation buffer through the GPU, as DeepSpeed ZeRO-2/3 offload do
         (``async_accumulate_grad_in_cpu_via_gpu`` in stage_1_and_2.py, ``partition_grads`` in
@@ -133,10 +140,12 @@ class DataParallel:
         buffer once the rank's previous D2H of it (``prev[g]``) is done, an add on the GPU, and
         D2H of the sum. The add (reads both, writes one: 3 × the shard's bytes) runs on DeepSpeed's
         reduction stream, so it is priced inside the copy-back task, not on the compute stream.
-        Returns the D2H task per GPU, which frees ``frees[g]`` and the staging buffer."""
+        Returns the D2H task per GPU, which frees ``frees[g]`` and the staging buffer. ``reduce``
+        and ``post[g]`` (ops after the copy back, in the same task) as in :meth:`from_gpu`."""
         src = {g: list(deps.get(g, [])) for g in self.gpus}
         if self.n > 1:
-            rs = self.collective(OpKind.REDUCE_SCATTER, it, what + ".rs", blk, nbytes, deps, prio, block, sync=sync)
+            tag = ".rs" if reduce is OpKind.REDUCE_SCATTER else ".ar"
+            rs = self.collective(reduce, it, what + tag, blk, nbytes, deps, prio, block, sync=sync)
             src = {g: [rs[g]] for g in self.gpus}
         out = {}
         for g in self.gpus:
@@ -146,7 +155,8 @@ class DataParallel:
                              shared_ops(OpKind.H2D, part, self.pinned), deps=src[g] + [prev[g]], prio=prio,
                              allocs=[Alloc(stage, f"gpu{g}", part, MemClass.BUFFERS)], it=it, block=block)
             out[g] = self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                                (Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned)),
+                                (Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned))
+                                + ((post or {}).get(g, ())),
                                 deps=[h2d], prio=prio, frees=list((frees or {}).get(g, ())) + [stage], it=it,
                                 block=block)
         return out

@@ -2,13 +2,17 @@
 
 Placement: 16-bit weights stay on the GPU; fp32 master weights, Adam m and v and fp32 gradients
 live in host memory; the Adam step runs on the CPU (DeepSpeedCPUAdam).
-Data flow per iteration: during backward, 16-bit gradients leave the GPU in buckets of
-``reduce_bucket_size`` elements (DeepSpeed default 5e8; ``overlap_comm`` overlaps them with
-backward on a side stream with two bucket buffers; without it each bucket is reduced and copied
-on the compute stream from the backward hook once the next gradient would overflow it, so the
-backward stalls for the copy and the GPU holds about one bucket); after backward the CPU runs Adam, block by block in forward order, and each block's
-updated 16-bit weights go back H2D as soon as its step is done (DeepSpeed steps in
-``sub_group_size`` tiles; here the tile is one block). PCIe traffic ≈ 2 × 16-bit model size per step.
+Data flow per iteration, as DeepSpeed's stage_1_and_2.py runs it with ``offload_optimizer: cpu``:
+during backward, gradients are reduced in buckets of ``reduce_bucket_size`` elements (DeepSpeed
+default 5e8; all-reduced with N GPUs; ``overlap_comm`` overlaps them with backward on a side
+stream with two bucket buffers; without it each bucket is reduced and copied on the compute stream
+from the backward hook once the next gradient would overflow it, so the backward stalls for the
+copy and the GPU holds about one bucket); at the accumulation boundary each rank computes its
+partition's per-parameter norms and inf/nan checks, casts it to fp32 on the GPU and copies the fp32
+partition D2H (4 B/param / N). After backward the CPU clips the fp32 gradients, runs Adam (one task
+per block here; DeepSpeed steps the flat partition in one call), casts the fp32 partition to the
+16-bit host buffer, and only then do the 16-bit weights go back H2D (2 B/param / N; all-gathered
+with N GPUs). PCIe traffic per step: 4 + 2 B/param (see docs/policies.md for every pass).
 ``delayed_update`` (DPU, §5 of the paper): iteration k+1's forward/backward use the weights
 updated by step k−1, so the CPU step of iteration k overlaps iteration k+1; it needs a second
 fp32 gradient buffer on the host. There is still one 16-bit weight copy on each side, so step k's
@@ -25,12 +29,12 @@ from pydantic import Field
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import (Builder, Context, Policy, context_key, host_fp32_bytes, knob_key, model_states,
                                  dep_names, per_workload_cache, shared_ops)
-from simhete.policy.dataparallel import DataParallel
+from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
                                      grad_prio, size_decisions, tname)
-from simhete.schedule import Alloc, Schedule
+from simhete.schedule import Alloc, Op, Schedule
 
 
 class ZeroOffloadKnobs(ActivationKnobs):
@@ -117,8 +121,28 @@ class ZeroOffload(Policy):
         # per bucket, once per build: its 16-bit gradient bytes and its name's block part
         bucket_bytes = [sum(by_idx[i].grad_bytes for i in bucket) for bucket in buckets]
         bucket_tag = [f"k{j}" for j in range(len(buckets))]
+        # what each rank's copy-out task of a bucket runs (DeepSpeed's reduce_ipg_grads, see
+        # _bucket_passes / _boundary_ops): built once per build, shared by every iteration
+        n = len(gpus)
+        passes = [{g: _bucket_passes(gb, n, g) for g in gpus} for gb in bucket_bytes]
+        elems = [sum(by_idx[i].params for i in bucket) for bucket in buckets]
+        f32 = [sum(host_fp32_bytes(by_idx[i]) for i in bucket) for bucket in buckets]
+        boundary = [{g: _boundary_ops(shard(elems[j], n, g), shard(bucket_bytes[j], n, g),
+                                      shard(f32[j], n, g), k.pin_memory) for g in gpus}
+                    for j in range(len(buckets))]
+        # the D2H task's ops: gradient accumulation's first micro-step copies the 16-bit partition
+        # (copy_gradients_to_cpu); the boundary (ga = 1, or micro-step ga's copy back) adds the
+        # checks and the fp32 copy
+        first_ops = [{g: passes[j][g] + shared_ops(OpKind.D2H, shard(bucket_bytes[j], n, g), k.pin_memory)
+                      for g in gpus} for j in range(len(buckets))]
+        last_ops = [{g: passes[j][g] + boundary[j][g] for g in gpus} for j in range(len(buckets))]
+        total_f32 = sum(host_fp32_bytes(blk) for blk in ctx.blocks if blk.params)
+        total_w = sum(blk.weight_bytes for blk in ctx.blocks if blk.params)
+        clip_ops = (Op(OpKind.MEMCPY_CPU, n=total_f32),)
+        cast_ops = (Op(OpKind.MEMCPY_CPU, n=(total_f32 + total_w) // 2),)
         h2d: dict[int, dict[int, dict[int, str]]] = {}    # it -> block -> gpu -> updated weights on the GPU
         adam: dict[int, dict[int, str]] = {}
+        cast_of: dict[int, str] = {}    # it -> the step's fp32 → 16-bit cast on the host
         last_B: dict[int, str] = {}
         pinned = k.pin_memory
         sync = not k.overlap_comm
@@ -144,7 +168,7 @@ class ZeroOffload(Policy):
             for blk in ctx.blocks:
                 if blk.params:
                     i = blk.index
-                    deps = {g: [adam[it][i], last_use[g][i]] for g in gpus}
+                    deps = {g: [adam[it][i], cast_of[it], last_use[g][i]] for g in gpus}
                     h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, deps,
                                            fwd_prio(it + 2, i), i, label=label)
 
@@ -179,13 +203,19 @@ class ZeroOffload(Policy):
                             deps[g] += [reuse[i] for i in bucket if i in reuse]
                         frees[g] = list(map(tg.grads.__getitem__, bucket))
                     prio = grad_prio(it, j, nb, m)
-                    # without overlap_comm the reduction runs inside the backward hook (compute stream)
+                    # without overlap_comm the reduction runs inside the backward hook (compute stream).
+                    # N GPUs: DeepSpeed's average_tensor with reduce_scatter (default) and
+                    # use_multi_rank_bucket_allreduce (default) all-reduces the bucket
+                    # (allreduce_and_scatter → allreduce_bucket → dist.all_reduce) and each rank
+                    # keeps its own partition's slices: an ALLREDUCE, not a reduce-scatter
                     if m == 1:
                         out = dp.from_gpu(it, "D2H.g", bucket_tag[j], bucket_bytes[j], deps, prio, bucket[0],
-                                          frees=frees, sync=sync)
+                                          frees=frees, sync=sync, reduce=OpKind.ALLREDUCE,
+                                          ops=last_ops[j] if last else first_ops[j])
                     else:
                         out = dp.accumulate(it, "D2H.g", bucket_tag[j], bucket_bytes[j], deps, prev_out[j], prio,
-                                            bucket[0], frees=frees, sync=sync)
+                                            bucket[0], frees=frees, sync=sync, reduce=OpKind.ALLREDUCE,
+                                            post=last_ops[j] if last else passes[j])
                     prev_out[j] = out
                     d2h_of += out.values()
                 last_B = {g: t[g].last_B for g in gpus}
@@ -198,7 +228,18 @@ class ZeroOffload(Policy):
             step: dict[int, str] = {}
             sent_h2d: dict[int, dict[int, str]] = {}
             adam[it], h2d[it] = step, sent_h2d
-            all_d2h = dep_names(b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h_of), fwd_prio(it, 0), it))
+            # DeepSpeed's step (stage_1_and_2.py ``step``, cpu_offload branch), per rank over its
+            # fp32 partition: unscale_and_clip_grads multiplies the fp32 gradient partition in
+            # place (``grad.data.mul_(1. / combined_scale)``, run whatever the scale: a pass
+            # reading and writing 4 B/param, priced as a host copy of 4 B/param), after the global
+            # norm was finished from the per-parameter norms of the backward
+            # (complete_grad_norm_calculation_for_cpu_offload: scalars only). The engine leaves
+            # clipping to the ZeRO optimizer (engine.py ``_take_model_step`` clips itself only
+            # without fp16/bf16/ZeRO), and ``zero_grad(set_to_none=True)`` frees rather than zeroes
+            # (the fp32 gradient buffer is overwritten by the next copy): no further pass. One task
+            # for all ranks' partitions, like the Adam tasks below.
+            all_d2h = (b.add(tname(it, "STEP", "grads"), "cpu.optim", TaskCat.OPTIM_CPU, clip_ops,
+                             dep_names(sorted(d2h_of)), fwd_prio(it, 0), it=it),)
             refreshed = h2d.get(it - 1, {}) if k.delayed_update else None
             for blk, i, name, ops, prio in _adam_plan(ctx.blocks, it):
                 # DPU: the previous step's refresh must have read the host's 16-bit weights before
@@ -210,9 +251,21 @@ class ZeroOffload(Policy):
                         deps = all_d2h + dep_names(sent)
                 # one task for all ranks' partitions: N processes step their 1/N concurrently on the
                 # host's cores and DRAM, whose aggregate rate is the profile's Adam rate
-                a = step[i] = b.add_row((name, "cpu.optim", TaskCat.OPTIM_CPU, ops, deps, prio, (), (), it, i))
-                if not k.delayed_update:
-                    sent_h2d[i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, (a,), fwd_prio(it + 1, i), i)
+                step[i] = b.add_row((name, "cpu.optim", TaskCat.OPTIM_CPU, ops, deps, prio, (), (), it, i))
+            # After DeepSpeedCPUAdam (cpu_adam.py ``step``: adam_update over the flat fp32
+            # partition, no device copy), the step casts the whole fp32 partition into the pinned
+            # 16-bit host buffer on the CPU (``bit16_partition_buffer.data.copy_(fp32_partition.data)``:
+            # reads 4 B, writes 2 B per param = the traffic of a host copy of 3 B/param), then
+            # copies that buffer into the rank's 16-bit partition on the GPU (non_blocking H2D of
+            # 2 B/param) and all-gathers the partitions (``all_gather_dp_groups``). The H2D of a
+            # block therefore waits for the cast of the whole partition, not for its own Adam only.
+            cast = b.add(tname(it, "STEP", "cast"), "cpu.optim", TaskCat.OPTIM_CPU, cast_ops,
+                         tuple(step[i] for i in sorted(step)), fwd_prio(it, 0), it=it)
+            cast_of[it] = cast
+            if not k.delayed_update:
+                for blk, i, name, ops, prio in _adam_plan(ctx.blocks, it):
+                    sent_h2d[i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, (step[i], cast),
+                                            fwd_prio(it + 1, i), i)
         # DPU: the last step's weights would go back after iteration N+1's backward, outside the
         # simulated window, so the schedule ends with that step (its refresh is not part of it)
         meta = {"policy": self.name, "delayed_update": str(k.delayed_update).lower()}
@@ -258,3 +311,55 @@ def _adam_plan(blocks: tuple, it: int) -> tuple[tuple, ...]:
             (blk, blk.index, tname(it, "ADAM.cpu", blk.name), shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"),
              fwd_prio(it, blk.index)) for blk in blocks if blk.params))
     return got[1]
+
+
+# GPU passes of DeepSpeed's ZeRO-1/2 gradient path with optimizer offload, per bucket and rank.
+# ELEMENTWISE ops: n = bytes read + written (simhete/opkinds.py), priced at the GPU's memory-bound
+# rate. They run on DeepSpeed's reduction stream (overlap_comm) or the current stream (without),
+# so they are priced inside the rank's copy-out task of the bucket, on the stream that task runs on.
+_PASSES: dict[tuple, tuple[Op, ...]] = {}
+_BOUNDARY: dict[tuple, tuple[Op, ...]] = {}
+
+
+def _bucket_passes(gb: int, n: int, g: int) -> tuple[Op, ...]:
+    """Rank g's passes over a bucket of ``gb`` 16-bit gradient bytes (all ranks' parameters)
+    before its partition is handled (stage_1_and_2.py ``average_tensor``, reduce_scatter and
+    use_multi_rank_bucket_allreduce at their defaults, also with one GPU): ``tensor.div_`` by the
+    world size over the bucket (reads and writes it: 2·gb), ``allreduce_bucket``'s ``flatten`` of
+    the bucket's slices into a new tensor (2·gb), and ``allreduce_and_copy_with_multiple_ranks``
+    copying the reduced slices of the rank's own partition back into the bucket (2·gb/N)."""
+    key = (gb, n, g)
+    got = _PASSES.get(key)
+    if got is None:
+        if len(_PASSES) >= 4096:
+            _PASSES.clear()
+        got = _PASSES[key] = (Op(OpKind.ELEMENTWISE, n=4 * gb + 2 * shard(gb, n, g)),)
+    return got
+
+
+def _boundary_ops(elems: int, g16: int, f32: int, pinned: bool) -> tuple[Op, ...]:
+    """At the gradient-accumulation boundary, per parameter of the rank's partition
+    (stage_1_and_2.py ``copy_grads_in_partition``, cpu_offload branch; ``elems`` elements, ``g16``
+    bytes of its working-precision gradients, ``f32`` bytes as fp32):
+
+    - ``set_norm_for_param_grad_in_gpu``: ``grad.double().norm(2)`` — reads the gradient, writes
+      and reads an fp64 copy (g16 + 16·elems);
+    - ``update_offload_overflow_tracker`` → ``_has_inf_or_nan``: ``x.float()`` (g16 + 4·elems
+      unless the gradient is fp32 already), ``isnan`` and ``isinf`` (4 + 1 B each),
+      ``logical_or`` (1 + 1 + 1), ``.float()`` (1 + 4), ``.max()`` (4): 22·elems — run in every
+      precision, not only with fp16 loss scaling;
+    - ``async_inplace_copy_grad_to_fp32_buffer_from_gpu``: ``src_tensor.to(float32)`` on the GPU
+      (g16 + 4·elems, none when fp32), then ``dest_tensor.copy_(src, non_blocking=True)`` into the
+      host's fp32 gradient partition: the D2H moves 4 B/param (``f32``), not the 16-bit bytes.
+    """
+    key = (elems, g16, f32, pinned)
+    got = _BOUNDARY.get(key)
+    if got is None:
+        if len(_BOUNDARY) >= 4096:
+            _BOUNDARY.clear()
+        upcast = 0 if g16 == f32 else g16 + f32      # .float() / .to(float32) of a 16-bit gradient
+        norm = g16 + 16 * elems
+        overflow = upcast + 22 * elems
+        got = _BOUNDARY[key] = (Op(OpKind.ELEMENTWISE, n=norm + overflow + upcast),
+                                Op(OpKind.D2H, n=f32, pinned=pinned))
+    return got

@@ -23,6 +23,10 @@ Every task is dispatched by the operation in its name (``it{k}.{what}.{block}``,
 ``ADAM.cpu``    torch's Adam on the block's fp32 master weights on the CPU with the host
                 gradients of its own iteration, then its working-precision host copy
                 refreshed for the ``H2D.w`` of that iteration
+``STEP``        a join before or inside a CPU step (``it2.STEP.grads``, ``it2.STEP.cast``): timed,
+                no work. zero-offload prices DeepSpeed's clip pass over the fp32 gradients and
+                its cast of the fp32 partition to 16 bits there; the replay does not clip (losses
+                stay plain training's) and its ``ADAM.cpu`` writes the host's 16-bit copy
 ``ADAM.gpu``    torch's Adam on the device, then the working weights refreshed from the master
 ``H2D.w``       the block's working weights copied from the host into its device leaves (fresh
                 storage when they were released); a weight buffer the task allocates is bound
@@ -929,7 +933,8 @@ def _weights_d2h(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
 
 
 def _join(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
-    """A join (``it2.STEP.grads``): no work, it only waits for its dependencies."""
+    """A join (``it2.STEP.grads``, ``it2.STEP.cast``): no work, it only waits for its dependencies
+    (zero-offload's clip and cast passes run as timed no-ops: see the module docstring)."""
 
 
 def handler(what: str) -> Callable[[Executor, Task, int, int, str], None] | None:

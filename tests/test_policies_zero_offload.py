@@ -1,0 +1,142 @@
+"""zero-offload moves and computes what DeepSpeed ZeRO-1/2 with ``offload_optimizer: cpu`` does per
+step (deepspeed/runtime/zero/stage_1_and_2.py), with known answers: the fp32 gradient partition
+leaves each GPU (4 B/param / N), the GPU passes of the bucket reduction and of the boundary (norm,
+inf/nan check, cast), the CPU's clip pass, Adam and cast to 16 bits, then the 16-bit H2D."""
+from __future__ import annotations
+
+import pytest
+
+from simhete.engine import simulate
+from simhete.opkinds import OpKind, TaskCat
+from simhete.policy.base import host_fp32_bytes
+from simhete.policy.dataparallel import shard
+from simhete.scenario import scenario_from_dict
+from simhete.schedule import Op, check_schedule
+from simhete.sim import resolve
+
+PROFILE = "a100-40gb-pcie-epyc7713"
+
+
+def build(policy_knobs: dict | None = None, *, gpus: int = 1, dtype: str = "bf16", grad_accum: int = 1,
+          bucket: float | None = None):
+    knobs = dict(policy_knobs or {})
+    if bucket is not None:
+        knobs["reduce_bucket_size"] = bucket
+    ctx, pol = resolve(scenario_from_dict(dict(
+        model="gpt-like-h256-l4", hardware=dict(profile=PROFILE, gpus=gpus),
+        train=dict(micro_batch=2, seq_len=128, dtype=dtype, grad_accum=grad_accum), iterations=3,
+        policy="zero-offload", knobs=knobs)))
+    sched = pol.build(ctx)
+    assert check_schedule(sched, capacity=False) == []
+    return ctx, pol, sched
+
+
+def it2(sched, pred):
+    return [t for t in sched.tasks if t.it == 2 and pred(t)]
+
+
+def bucket_elems(ctx, pol):
+    by = {b.index: b for b in ctx.blocks}
+    return [sum(by[i].params for i in bk) for bk in pol.buckets(ctx)]
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 3, 4])
+@pytest.mark.parametrize("bucket", [None, 1e5])
+def test_d2h_is_the_rank_fp32_partition(gpus, bucket):
+    """async_inplace_copy_grad_to_fp32_buffer_from_gpu: the 16-bit gradient is cast to fp32 on the
+    GPU and the fp32 slice of the rank's partition is copied: per rank and iteration 4 × P / N bytes
+    (the shards of every bucket's fp32 bytes, summing to 4P exactly)."""
+    ctx, pol, sched = build(gpus=gpus, bucket=bucket)
+    P = sum(b.params for b in ctx.blocks)
+    by = {b.index: b for b in ctx.blocks}
+    f32 = [sum(host_fp32_bytes(by[i]) for i in bk) for bk in pol.buckets(ctx)]
+    assert sum(f32) == 4 * P
+    per = []
+    for g in range(gpus):
+        d2h = sum(op.n for t in it2(sched, lambda t: t.stream.startswith(f"gpu{g}.")) for op in t.ops
+                  if op.kind is OpKind.D2H)
+        assert d2h == sum(shard(f, gpus, g) for f in f32)
+        assert abs(d2h - 4 * P / gpus) <= len(f32)
+        per.append(d2h)
+    assert sum(per) == 4 * P
+    # N GPUs: one all-reduce of each bucket's 16-bit gradients per rank before the copy
+    ar = it2(sched, lambda t: t.stream == "gpu0.comm" and ".D2H.g" in t.name)
+    if gpus == 1:
+        assert ar == []
+    else:
+        assert [t.ops for t in ar] == [(Op(OpKind.ALLREDUCE, (gpus,), n=2 * e),) for e in bucket_elems(ctx, pol)]
+
+
+@pytest.mark.parametrize("dtype,per_elem", [("bf16", (12, 52)), ("fp32", (24, 42))])
+def test_gpu_passes_of_each_bucket_copy(dtype, per_elem):
+    """One GPU, bytes read + written per gradient element. Bucket (average_tensor): div_, flatten,
+    copy back of the reduced slices = 3 × (2 × gradient bytes). Boundary (copy_grads_in_partition):
+    ``double().norm()`` g + 8 + 8, ``_has_inf_or_nan`` (``float()`` g + 4 unless fp32, isnan 5,
+    isinf 5, logical_or 3, ``float()`` 5, max 4), ``.to(float32)`` g + 4 unless fp32:
+    bf16 18 + 28 + 6 = 52, fp32 20 + 22 + 0 = 42. Then the fp32 D2H."""
+    ctx, pol, sched = build(dtype=dtype, bucket=1e5)
+    d2h = it2(sched, lambda t: ".D2H.g." in t.name)
+    elems = bucket_elems(ctx, pol)
+    assert len(d2h) == len(elems) > 1
+    for t, e in zip(d2h, elems):
+        assert t.stream == "gpu0.d2h" and t.cat is TaskCat.D2H
+        assert t.ops == (Op(OpKind.ELEMENTWISE, n=per_elem[0] * e), Op(OpKind.ELEMENTWISE, n=per_elem[1] * e),
+                         Op(OpKind.D2H, n=4 * e))
+
+
+def test_cpu_step_is_clip_adam_cast_then_h2d():
+    """DeepSpeed's step, cpu_offload branch: unscale_and_clip_grads (``mul_`` over the fp32
+    gradients: a host copy of 4 B/param), DeepSpeedCPUAdam over the partition (one task per block
+    here), the cast of the fp32 partition into the 16-bit host buffer (reads 4, writes 2: a host
+    copy of 3 B/param), then the 16-bit H2D (2 B/param), every block's after the whole cast."""
+    ctx, _, sched = build()
+    P = sum(b.params for b in ctx.blocks)
+    W = sum(b.weight_bytes for b in ctx.blocks)
+    by = {t.name: t for t in sched.tasks}
+    clip, cast = by["it2.STEP.grads"], by["it2.STEP.cast"]
+    assert clip.ops == (Op(OpKind.MEMCPY_CPU, n=4 * P),) and clip.stream == cast.stream == "cpu.optim"
+    assert cast.ops == (Op(OpKind.MEMCPY_CPU, n=3 * P),)
+    assert set(clip.deps) == {t.name for t in it2(sched, lambda t: ".D2H.g." in t.name)}
+    adam = it2(sched, lambda t: ".ADAM.cpu." in t.name)
+    assert len(adam) == sum(1 for b in ctx.blocks if b.params)
+    assert all(t.deps == (clip.name,) for t in adam)
+    assert set(cast.deps) == {t.name for t in adam}
+    h2d = it2(sched, lambda t: ".H2D.w." in t.name)
+    assert sum(op.n for t in h2d for op in t.ops) == W == 2 * P
+    assert all(cast.name in t.deps for t in h2d)
+    # the engine: the step's CPU passes take their priced time at host memcpy bandwidth, and no
+    # weight leaves before the cast is over
+    durs = dict(zip((t.name for t in sched.tasks), ctx.cost.durations(sched)))
+    q = ctx.cost.profile.host.memcpy_gbps.value * 1e9
+    assert durs[clip.name] == pytest.approx(4 * P / q, rel=1e-12)
+    assert durs[cast.name] == pytest.approx(3 * P / q, rel=1e-12)
+    tl = simulate(sched, ctx.cost.durations(sched), ctx.cost.interference())
+    rec = {r.name: r for r in tl.records}
+    assert rec[clip.name].end <= min(rec[t.name].start for t in adam)
+    assert max(rec[t.name].end for t in adam) <= rec[cast.name].start
+    assert rec[cast.name].end <= min(rec[t.name].start for t in h2d)
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_other_knob_settings(gpus):
+    """overlap_comm false: the same ops on the compute stream; delayed_update: each refresh waits
+    for its step's cast; gradient accumulation: the first micro-step sends the 16-bit gradients
+    (after the bucket passes only), the last adds the boundary's passes and fp32 copy."""
+    ctx, pol, base = build(gpus=gpus)
+    _, _, sync = build({"overlap_comm": False}, gpus=gpus)
+    ops = {t.name: t.ops for t in base.tasks if ".D2H.g." in t.name}
+    moved = [t for t in sync.tasks if ".D2H.g." in t.name]
+    assert moved and {t.name: t.ops for t in moved} == ops
+    assert all(t.stream.endswith(".compute") for t in moved)
+    _, _, dpu = build({"delayed_update": True}, gpus=gpus)
+    refresh = [t for t in dpu.tasks if ".H2D.w." in t.name and ".ag." not in t.name]
+    assert refresh and all(t.name.split(".")[0] + ".STEP.cast" in t.deps for t in refresh)
+    _, _, ga = build(gpus=gpus, grad_accum=2)
+    e = bucket_elems(ctx, pol)[0]
+    first = next(t for t in ga.tasks if t.name.startswith("it2.D2H.g.k0"))
+    last = next(t for t in ga.tasks if t.name.startswith("it2.m2.D2H.g.k0"))
+    g16 = shard(2 * e, gpus, 0)
+    passes = Op(OpKind.ELEMENTWISE, n=4 * 2 * e + 2 * g16)
+    assert first.ops == (passes, Op(OpKind.D2H, n=g16))
+    assert last.ops == (Op(OpKind.ELEMENTWISE, n=3 * g16), Op(OpKind.D2H, n=g16), passes,
+                        Op(OpKind.ELEMENTWISE, n=52 * shard(e, gpus, 0)), Op(OpKind.D2H, n=shard(4 * e, gpus, 0)))
