@@ -17,9 +17,9 @@ FLAGS = {
     "validate": {"--device", "--no-reference", "--json", "--iterations", "--profile", "--trace", "--engine",
                  "--fresh-blocks", "--bracket-blocks", "--replays"},
     "sweep": {"--quiet", "--backend", "--top", "--out", "--ray-address", "--parquet", "--engine", "--workers",
-              "--csv", "--deepspeed", "--resume", "--plot", "--resume-stale"},
+              "--csv", "--deepspeed", "--resume", "--plot", "--resume-stale", "--max-points"},
     "plan": {"--json", "--engine", "--dtype", "--policy", "--seq", "--micro-batch", "--min-tokens-per-s",
-             "--model", "--hardware", "--deepspeed", "--gpus"},
+             "--model", "--hardware", "--deepspeed", "--gpus", "--budget"},
 }
 
 

@@ -139,3 +139,9 @@ def test_model_size_sanity_limits_answer_before_anything_is_built(capsys, model,
 def test_plan_budget_flag_is_checked(capsys):
     assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "1024", "--budget", "nan"]) == 2
     assert "--budget nan: must be a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_plan_target_must_be_finite(capsys):
+    assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "1024",
+                 "--min-tokens-per-s", "nan"]) == 2
+    assert "--min-tokens-per-s nan: must be a finite number, 0 or more" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from simhete.commands._common import add_engine_arg, console
 from simhete.errors import SimheteError
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("seq", "micro_batch", "gpus"):
         if getattr(args, flag) < 1:
             raise SimheteError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    if args.min_tokens_per_s is not None and not (0 <= args.min_tokens_per_s < math.inf):
+        raise SimheteError(f"--min-tokens-per-s {args.min_tokens_per_s}: must be a finite number, 0 or more")
     if args.budget is not None and not (0 < args.budget < 86400):
         raise SimheteError(f"--budget {args.budget}: must be a number of seconds above 0 (and below a day)")
     base = scenario_from_dict({

@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
             return imp.scenario
     if args.max_points < 1:
         raise SimheteError(f"--max-points {args.max_points}: must be at least 1")
+    if args.top < 0:
+        raise SimheteError(f"--top {args.top}: must be 0 or more")
     sweep = load_sweep(args.sweep, hook)
     if planned_points(sweep) > args.max_points:
         sizes = " x ".join(f"{len(v)} {k}" for k, v in sweep.axes)

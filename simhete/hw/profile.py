@@ -299,7 +299,7 @@ class Gpu(Strict):
 
     ref: str = Field(min_length=1, description="source of model, count, memory_bytes, sms")
     model: str
-    count: int = Field(ge=1)
+    count: int = Field(ge=1, le=1024)   # GPUs of one profile (a server is 8-16): beyond is a typo
     memory_bytes: Bytes
     reserved_bytes: BytesQ
     sms: int = Field(ge=1)
