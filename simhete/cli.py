@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         only = None                   # the help lists every command; a wrong name lists the choices
     args = build_parser(only).parse_args(argv)
+    from simhete.fileio import reset_inputs
+    reset_inputs()                    # the inputs of this command, which no output may replace
     try:
         return int(args._run(args) or 0)
     except SimheteError as e:

@@ -22,7 +22,6 @@ here they keep the scenario's values (``train.micro_batch``, ``train.grad_accum`
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,16 +89,9 @@ def apply_deepspeed(scenario: Scenario, path: str | Path) -> Scenario:
 
 
 def load_ds_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(str(p), None, problem="DeepSpeed config not found")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(str(p), None, problem=f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(str(p), None, problem="expected a JSON object at the top level")
-    return data
+    from simhete.config import load_json
+
+    return load_json(path, "DeepSpeed config")
 
 
 def import_deepspeed(scenario: Scenario, path: str | Path) -> DeepSpeedImport:

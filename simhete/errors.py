@@ -23,7 +23,10 @@ class ConfigError(SimheteError):
         if problem is not None:
             msg = f"{where}{at}{problem}"
         else:
-            msg = f"{where}{at}bad value {value!r}"
+            shown = repr(value)
+            if len(shown) > 100:          # a long value is named by its start and length
+                shown = f"{shown[:60]}... ({len(shown)} characters)"
+            msg = f"{where}{at}bad value {shown}"
             if allowed:
                 msg += f"; allowed: {allowed}"
         super().__init__(" ".join(msg.split()))  # always one line

@@ -93,6 +93,9 @@ def resolve_profile(s: Scenario) -> Any:
     key = "hardware" if isinstance(h, str) else "hardware.profile"
     path = Path(name) if (name.endswith((".yaml", ".yml")) or "/" in name) else PROFILES_DIR / f"{name}.yaml"
     mtime = path.stat().st_mtime if path.is_file() else -1.0
+    if mtime >= 0:
+        from simhete.fileio import note_input
+        note_input(path)          # read now or from the cache: an input of this run either way
     return _profile_with(name, mtime, s.file, key, ref.gpus, ref.gpu_memory, ref.host_memory, ref.pcie_gbps)
 
 

@@ -100,3 +100,46 @@ def test_host_limit_at_the_exact_need(plan, ga):
         assert (tl.oom is None) == fits
         if not fits:
             assert tl.oom.pool == "cpu"
+
+
+def test_host_overflow_of_model_states_is_decided_without_the_solver(monkeypatch):
+    # 4 GiB of host memory cannot hold the fp32 master weights and Adam states of 13 B parameters
+    # wherever they live: the host form's least value is over the limit, and HiGHS is never asked
+    import scipy.optimize
+
+    def no_solver(*a, **k):
+        raise AssertionError("the solver was called")
+    monkeypatch.setattr(scipy.optimize, "milp", no_solver)
+    s = scenario_from_dict(dict(model="llama2-13b", hardware=dict(profile=PROFILE, host_memory="4GiB"),
+                                train=dict(micro_batch=1, seq_len=512), iterations=2, policy="autohete",
+                                knobs={"verify": False}))
+    ctx, pol = resolve(s)
+    plan, feasible = pol.plan(ctx)
+    assert not feasible
+
+
+def test_solver_time_limit_bounds_every_solve_of_a_build_together(monkeypatch):
+    import types
+
+    import simhete.policy.autohete as ah
+    from simhete.sim import run as sim_run
+    given = []
+    real = ah.solve
+
+    def spy(ctx, **kw):
+        given.append(kw["time_limit"])
+        return real(ctx, **kw)
+    monkeypatch.setattr(ah, "solve", spy)
+
+    def verified(limit):
+        return scenario_from_dict(dict(model="gpt-like-h256-l4", hardware=dict(profile=PROFILE),
+                                       train=dict(micro_batch=2, seq_len=128), iterations=2, policy="autohete",
+                                       knobs={"solver_time_limit": limit}))
+    assert sim_run(verified(5.0)).summary.fits
+    # the plan's MILP and the four special cases', each given what is left of the same 5 s
+    assert len(given) == 5 and given == sorted(given, reverse=True) and all(0 < t <= 5.0 for t in given)
+    given.clear()
+    clock = iter([0.0, 0.0])      # the deadline is set at 0 and the first solve starts at 0 ...
+    monkeypatch.setattr(ah, "time", types.SimpleNamespace(monotonic=lambda: next(clock, 100.0)))
+    assert sim_run(verified(5.0)).summary.fits
+    assert given == [5.0]         # ... then the limit is spent: no special case is solved

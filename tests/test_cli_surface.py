@@ -18,9 +18,9 @@ FLAGS = {
                  "--fresh-blocks", "--bracket-blocks", "--replays", "--published", "--write-summary",
                  "--markdown"},
     "sweep": {"--quiet", "--backend", "--top", "--out", "--ray-address", "--parquet", "--engine", "--workers",
-              "--csv", "--deepspeed", "--resume", "--plot", "--resume-stale"},
+              "--csv", "--deepspeed", "--resume", "--plot", "--resume-stale", "--max-points"},
     "plan": {"--json", "--engine", "--dtype", "--policy", "--seq", "--micro-batch", "--min-tokens-per-s",
-             "--model", "--hardware", "--deepspeed", "--gpus"},
+             "--model", "--hardware", "--deepspeed", "--gpus", "--budget"},
 }
 
 

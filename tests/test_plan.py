@@ -110,3 +110,51 @@ def test_plan_cli_bad_input_is_exit_2(capsys):
     assert main(["plan", "--model", "llama9", "--hardware", "h100-pcie", "--seq", "1024"]) == 2
     assert "model" in capsys.readouterr().err
     assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "0"]) == 2
+
+
+def test_depth_search_stops_at_the_model_size_limit_and_says_so(monkeypatch):
+    import simhete.workload.spec as spec
+    monkeypatch.setattr(spec, "MAX_LAYERS", 8)
+    g = Planner(base("gpt-like-h256-l4-a4", seq=256), policies=("gpu-only",))
+    deepest, _ = g.largest_model()
+    assert deepest == "gpt-like-h256-l8-a4"
+    assert g.unsearched == "deeper than 8 layers (the model-size limit; 8 layers fit)"
+
+
+def test_depth_search_out_of_budget_names_what_it_did_not_search():
+    g = Planner(base("gpt-like-h256-l4-a4", seq=256), policies=("gpu-only",), budget_s=0.0)
+    assert g.largest_model()[0] is None
+    assert g.unsearched == "depths 1..1024 (the 0 s search budget ran out)"
+    # a preset family: every member not reached is named
+    p = Planner(base("llama2-7b", "rtx4090-desktop", seq=1024), policies=("zero-offload",), budget_s=0.0)
+    assert p.largest_model() == (None, "llama2")
+    assert p.unsearched == "llama2-70b, llama2-13b, llama2-7b (the 0 s search budget ran out)"
+
+
+def test_plan_autohete_trials_get_the_planning_solver_limit():
+    from simhete.search.plan import PLAN_SOLVER_S
+    pl = Planner(base(), policies=("autohete",))
+    assert [v["solver_time_limit"] for v in pl.variants("autohete")] == [PLAN_SOLVER_S, PLAN_SOLVER_S]
+    own = Planner(base().with_changes(policy="autohete", knobs={"solver_time_limit": 7}), policies=("autohete",))
+    assert {v["solver_time_limit"] for v in own.variants("autohete")} == {7}
+
+
+@pytest.mark.parametrize("model, problem", [
+    ("gpt-like-h1024-l5000", "n_layers: 5000 is over simhete's sanity limit of 1,024 for n_layers"),
+    ("gpt-like-h65536-l1000", "the model has 51.5 T parameters, over simhete's sanity limit of 10 T"),
+])
+def test_model_size_sanity_limits_answer_before_anything_is_built(capsys, model, problem):
+    assert main(["plan", "--model", model, "--hardware", "h200-sxm", "--seq", "1024"]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1
+
+
+def test_plan_budget_flag_is_checked(capsys):
+    assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "1024", "--budget", "nan"]) == 2
+    assert "--budget nan: must be a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_plan_target_must_be_finite(capsys):
+    assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "1024",
+                 "--min-tokens-per-s", "nan"]) == 2
+    assert "--min-tokens-per-s nan: must be a finite number, 0 or more" in capsys.readouterr().err

@@ -382,3 +382,18 @@ def test_ray_backend_gives_the_same_rows_as_the_local_backend(tmp_path):
     finally:
         backend.close()
     assert out.ran == len(ref) and rows == ref
+
+
+def test_a_grid_over_the_point_limit_is_refused_before_any_work(tmp_path, capsys):
+    from simhete.cli import main
+    p = sweep_file(tmp_path, {"train.micro_batch": [1, 2, 3], "knobs.checkpointing": ["none", "full"]})
+    db = tmp_path / "r.sqlite"
+    assert main(["sweep", str(p), "--out", str(db), "--max-points", "5", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (f"{p}: 6 points to evaluate (grid over 3 train.micro_batch x 2 "
+                                     "knobs.checkpointing), over the limit of 5;") in err
+    assert not db.exists()
+    # strategy random evaluates only its samples: within the limit
+    q = sweep_file(tmp_path, {"train.micro_batch": [1, 2, 3], "knobs.checkpointing": ["none", "full"]},
+                   strategy={"name": "random", "samples": 2})
+    assert main(["sweep", str(q), "--out", str(db), "--max-points", "5", "--quiet"]) == 0

@@ -29,9 +29,12 @@ def check_writable(path: str | None, flag: str) -> Path | None:
     """Fail early (before any work) if an output path cannot be written."""
     if path is None:
         return None
+    from simhete.fileio import check_not_input
+
     p = Path(path)
     if p.exists() and p.is_dir():
         raise SimheteError(f"{flag} {path}: is a directory; give a file path")
+    check_not_input(p, flag)
     parent = p.parent if str(p.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,8 @@ def add_set_arg(p: argparse.ArgumentParser) -> None:
 
 def apply_sets(scenario, sets: list[str]):
     """Apply ``--set key=value`` overrides (values parsed as YAML) and re-validate."""
-    import yaml
+    from simhete.config import parse_yaml
+    from simhete.errors import ConfigError
 
     if not sets:
         return scenario
@@ -63,8 +67,9 @@ def apply_sets(scenario, sets: list[str]):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SimheteError(f"--set {item!r}: expected KEY=VALUE, e.g. train.micro_batch=8")
-        try:
-            changes[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise SimheteError(f"--set {item!r}: VALUE is not valid YAML") from None
+        try:      # the input layer's bounds (depth, aliases, duplicate keys) hold for --set too
+            changes[key.strip()] = parse_yaml(value, None)
+        except ConfigError as e:
+            short = item if len(item) <= 60 else item[:57] + "..."
+            raise SimheteError(f"--set {short!r}: VALUE is not valid YAML ({e.problem})") from None
     return scenario.with_changes(**changes)

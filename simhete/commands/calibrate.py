@@ -85,7 +85,10 @@ def dump_profile(profile: dict[str, Any], how: str) -> str:
 
 
 def _check_targets(paths: list[Path], force: bool) -> None:
+    from simhete.fileio import check_not_input
+
     for p in paths:
+        check_not_input(p, "--out")
         if p.exists() and not force:
             raise SimheteError(f"{p} exists; pass --force to replace it (nothing was changed)")
     parent = paths[0].parent
@@ -102,7 +105,12 @@ def _staging(parent: Path) -> Path:
 
 def _install(staged: list[tuple[Path, Path]]) -> None:
     """Move staged files into place, replacing what --force allowed to replace."""
+    from simhete.fileio import write_atomic
+
     for src, dst in staged:
+        if src.is_file():          # a file: written atomically through any link, with the user's umask
+            write_atomic(dst, src.read_bytes(), "--out")
+            continue
         if dst.is_dir():
             shutil.rmtree(dst)
         elif dst.exists():
@@ -167,7 +175,7 @@ def _refit(raw_dir: Path, out: Path, force: bool, shapes_from: list[str]) -> int
     the report also compares each measured block with its op-level price (no torch needed)."""
     if not raw_dir.is_dir():
         raise SimheteError(f"--refit {raw_dir}: raw data directory not found")
-    report = raw_dir.with_suffix(".fit.md")
+    report = out.with_suffix(".fit.md")      # beside --out, as a full calibration writes it
     _check_targets([out, report], force)
     result = fit(raw_dir, out.stem, out.parent)
     text = result.report

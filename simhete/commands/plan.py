@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from simhete.commands._common import add_engine_arg, console
 from simhete.errors import SimheteError
@@ -25,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", action="append", metavar="NAME",
                    help="consider only this policy (repeatable; default: every registered policy)")
     p.add_argument("--deepspeed", metavar="JSON", help="evaluate this DeepSpeed config's policy and knobs")
+    p.add_argument("--budget", type=float, default=None, metavar="S",
+                   help="wall-time budget in seconds of the largest-model search (default 5); what it "
+                        "leaves unsearched is reported")
     p.add_argument("--json", action="store_true", help="print the answers as JSON")
     add_engine_arg(p)
 
@@ -37,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("seq", "micro_batch", "gpus"):
         if getattr(args, flag) < 1:
             raise SimheteError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    if args.min_tokens_per_s is not None and not (0 <= args.min_tokens_per_s < math.inf):
+        raise SimheteError(f"--min-tokens-per-s {args.min_tokens_per_s}: must be a finite number, 0 or more")
+    if args.budget is not None and not (0 < args.budget < 86400):
+        raise SimheteError(f"--budget {args.budget}: must be a number of seconds above 0 (and below a day)")
     base = scenario_from_dict({
         "name": f"{args.model} on {args.hardware}", "model": args.model,
         "hardware": {"profile": args.hardware, "gpus": args.gpus},
@@ -52,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         imp.print_notes()
         base, fixed, policies = imp.scenario, dict(imp.scenario.data.knobs), (imp.policy,)
     pl = Planner(base, args.engine, policies, fixed)
+    if args.budget is not None:
+        pl.budget_s = args.budget
     from simhete.sim import resolve_model
     spec = resolve_model(base)
     prof = pl._profile(base)
@@ -74,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                                       "doubling then bisection finds the edge"}
     largest, fam = pl.largest_model()
     out["largest_model"] = {"family": fam, "model": largest,
-                            "note": "fits under some policy with its leanest knobs at this seq and micro-batch"}
+                            "note": "fits under some policy with its leanest knobs at this seq and micro-batch",
+                            "not_searched": pl.unsearched}
     if args.min_tokens_per_s is not None:
         hit, table = pl.smallest_hardware(args.min_tokens_per_s, args.gpus)
         out["target"] = {"min_tokens_per_s": args.min_tokens_per_s, "smallest_hardware": hit,
@@ -125,6 +136,8 @@ def _render(out: dict, best, flags: list[str]) -> None:  # type: ignore[no-untyp
                   f"[bold]{lm['micro_batch']}[/] ({lm['trials']} trials; {lm['monotone']})")
     lm = out["largest_model"]
     con.print(f"Largest {lm['family']} model that fits: [bold]{lm['model'] or 'none'}[/] ({lm['note']})")
+    if lm["not_searched"]:
+        con.print(f"  not searched: {lm['not_searched']}")
     if "target" in out:
         tg = out["target"]
         con.print(f"Smallest shipped hardware reaching {tg['min_tokens_per_s']:,.0f} tokens/s "

@@ -27,14 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from simhete.sim import run as run_scenario
 
-    outs = {flag: check_writable(getattr(args, flag), f"--{flag}") for flag in ("trace", "plot", "schedule")}
     scenario = load_scenario(args.scenario)
     if args.deepspeed:
         from simhete.deepspeed import apply_deepspeed
         scenario = apply_deepspeed(scenario, args.deepspeed)
+    # after the inputs are read: an output path that is one of them is refused before any work
+    outs = {flag: check_writable(getattr(args, flag), f"--{flag}") for flag in ("trace", "plot", "schedule")}
     res = run_scenario(apply_sets(scenario, args.set), engine=args.engine)
     if outs["schedule"]:
-        write_atomic(outs["schedule"], format_schedule(res.schedule))
+        write_atomic(outs["schedule"], format_schedule(res.schedule), "--schedule")
     if outs["trace"]:
         from simhete.report.trace import write_trace
         write_trace(outs["trace"], res.timeline)

@@ -10,6 +10,8 @@ from simhete.commands._common import add_engine_arg, check_writable, console
 from simhete.errors import SimheteError
 from simhete.version import code_fingerprint
 
+MAX_POINTS = 100_000   # a sweep keeps one row per point for its report (~6 KB each with its caches)
+
 HELP = ("Run a sweep (axes over scenario keys and policy knobs; grid, random or optimize) on a local "
         "process pool or Ray, storing each point as it finishes; report the best configurations and "
         "Pareto fronts.")
@@ -32,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parquet", metavar="PATH", help="also export the results as Parquet (needs pyarrow)")
     p.add_argument("--plot", metavar="PATH", help="PNG of the Pareto fronts (default <out>.pareto.png)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="best configurations to list (default 10)")
+    p.add_argument("--max-points", type=int, default=MAX_POINTS, metavar="N",
+                   help=f"refuse a sweep that would evaluate more than N points (default {MAX_POINTS:,})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_engine_arg(p)
 
@@ -53,7 +57,16 @@ def run(args: argparse.Namespace) -> int:
             imp = import_deepspeed(base, args.deepspeed)
             imp.print_notes()
             return imp.scenario
+    if args.max_points < 1:
+        raise SimheteError(f"--max-points {args.max_points}: must be at least 1")
+    if args.top < 0:
+        raise SimheteError(f"--top {args.top}: must be 0 or more")
     sweep = load_sweep(args.sweep, hook)
+    if planned_points(sweep) > args.max_points:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in sweep.axes)
+        raise SimheteError(f"{args.sweep}: {planned_points(sweep):,} points to evaluate ({sweep.strategy.name} over "
+                           f"{sizes}), over the limit of {args.max_points:,}; narrow the axes, use strategy "
+                           "random or optimize, or raise it with --max-points N")
     out = check_writable(args.out or f"results/{Path(args.sweep).stem}.sqlite", "--out")
     plot = check_writable(args.plot or str(out.with_suffix(".pareto.png")), "--plot")
     csv = check_writable(args.csv, "--csv")

@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
         raise SimheteError(f"--iterations: bad value {args.iterations}; allowed: 1 to 100")
     if not 1 <= args.replays <= 20:
         raise SimheteError(f"--replays: bad value {args.replays}; allowed: 1 to 20")
-    trace = check_writable(args.trace, "--trace")
     scenario = load_scenario(args.scenario)
     profile = load_profile(args.profile)
+    trace = check_writable(args.trace, "--trace")     # after the inputs: it may not be one of them
     con = console()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

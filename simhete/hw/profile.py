@@ -303,7 +303,7 @@ class Gpu(Strict):
     # which kernels exist for the device (FlashAttention-2 needs 8.0 or later). Absent for a CPU
     # device. Read by the framework kernel choice, not by the pricing below.
     compute_capability: str | None = Field(None, pattern=r"^[0-9]+\.[0-9]+$")
-    count: int = Field(ge=1)
+    count: int = Field(ge=1, le=1024)   # GPUs of one profile (a server is 8-16): beyond is a typo
     memory_bytes: Bytes
     reserved_bytes: BytesQ
     sms: int = Field(ge=1)

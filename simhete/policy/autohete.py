@@ -22,13 +22,15 @@ overlap the next forward.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from simhete.errors import ConfigError, SimheteError
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.autohete_milp import Plan, block_costs, host_homes, predict, solve
+from simhete.policy.autohete_milp import Plan, block_costs, host_homes, memory_rows, predict, solve
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
@@ -51,8 +53,9 @@ class AutoHeteKnobs(ActivationKnobs):
     """Pin optimizer offloading: a bool for every block with parameters (embed, b0 …, head) or a list."""
     headroom: float = Field(0.05, ge=0, lt=1)
     """Fraction of GPU memory the planner leaves free (allocator fragmentation, transients)."""
-    solver_time_limit: float = Field(30.0, gt=0)
-    """Seconds HiGHS may spend on the MILP."""
+    solver_time_limit: float = Field(30.0, gt=0, allow_inf_nan=False)
+    """Seconds HiGHS may spend on the MILPs of one plan, all solves together (the plan's and, with
+    ``verify``, those of the special cases)."""
     verify: bool = True
     """Simulate the MILP's plan and the special cases it generalises (everything on the GPU;
     ZeRO-Offload-like), each with the MILP's checkpointing and with full checkpointing, and keep
@@ -96,7 +99,7 @@ class AutoHete(Policy):
         fixed = pinned_decisions(ctx, self.k)
         swap = self.swapped(ctx)
         plan = solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
-                     time_limit=self.k.solver_time_limit, swap=swap)
+                     time_limit=self._left(), swap=swap, mem=self._mem(ctx))
         if plan is not None:
             return plan, True
         trans = {blk.index for blk in ctx.blocks if blk.name.startswith("b")}
@@ -113,7 +116,28 @@ class AutoHete(Policy):
             return frozenset()
         return frozenset(i for i, m in act_modes(ctx, self.k).items() if m == "swap")
 
+    def _left(self) -> float:
+        """Seconds left of ``solver_time_limit``, which bounds all of one build's solves together."""
+        if self._deadline == math.inf:     # plan() asked outside build()
+            return self.k.solver_time_limit
+        return self._deadline - time.monotonic()
+
+    def _mem(self, ctx: Context) -> tuple:
+        if self._rows is None or self._rows[0] is not ctx:
+            self._rows = (ctx, memory_rows(ctx, self.swapped(ctx)))
+        return self._rows[1]
+
+    _deadline = math.inf
+    _rows: tuple | None = None
+
     def build(self, ctx: Context) -> Schedule:
+        self._deadline = time.monotonic() + self.k.solver_time_limit
+        try:
+            return self._build(ctx)
+        finally:
+            self._rows = None
+
+    def _build(self, ctx: Context) -> Schedule:
         plan, feasible = self.plan(ctx)
         meta = {"milp": "optimal" if feasible else "infeasible", "milp_predicted_s": f"{plan.predicted_s:.6g}"}
         if not self.k.verify:
@@ -132,8 +156,11 @@ class AutoHete(Policy):
                 if full:
                     fixed["checkpoint"] = {blk.index: True for blk in ctx.blocks if blk.name.startswith("b")}
                 fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in sorted(set(fixed) | set(user))}
+                if self._left() <= 0:       # solver_time_limit spent: the candidates so far compete
+                    meta["verify"] = "solver_time_limit reached before every special case was solved"
+                    continue
                 p = solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
-                          time_limit=self.k.solver_time_limit, swap=self.swapped(ctx))
+                          time_limit=self._left(), swap=self.swapped(ctx), mem=self._mem(ctx))
                 if p is not None and all(p != c for _, c in cands):
                     cands.append((name + ("-full-checkpointing" if full else ""), p))
         best = None

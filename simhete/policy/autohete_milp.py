@@ -218,11 +218,14 @@ def predicted_memory(ctx: Context, plan: Plan, swap: frozenset[int] = frozenset(
 
 
 def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[int, bool]],
-          time_limit: float, swap: frozenset[int] = frozenset()) -> Plan | None:
+          time_limit: float, swap: frozenset[int] = frozenset(),
+          mem: tuple[list[Form], Form] | None = None) -> Plan | None:
     """Solve the MILP; ``fixed[var][block]`` pins a decision (var in checkpoint, offload_param,
     offload_optimizer). Blocks in ``swap`` have their activations swapped to the host (a user's
     choice, not planned): not checkpointed, nothing held on the GPU between their forward and
-    backward, their D2H and H2D added to the copy streams. ``None`` if no plan fits."""
+    backward, their D2H and H2D added to the copy streams. ``mem`` is ``memory_rows(ctx, swap)``
+    when the caller has it already (it is quadratic in the blocks). ``None`` if no plan fits
+    (decided without the solver when a memory form's least value is over its limit)."""
     blocks = ctx.blocks
     nb = len(blocks)
     c = block_costs(ctx, pinned)
@@ -248,15 +251,16 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
         for var, off in (("checkpoint", X), ("offload_param", Y), ("offload_optimizer", Z)):
             if blk.index in fixed.get(var, {}):
                 lb[off + k] = ub[off + k] = float(fixed[var][blk.index])
-    rows: list[np.ndarray] = []
+    # the constraint matrix is sparse (a memory row has ~2 nb nonzeros, most rows 2-3): built as
+    # coordinates, a dense one is rows x (6 nb + 2) floats (6 GB at 4,096 blocks)
+    ci: list[np.ndarray] = []
+    va: list[np.ndarray] = []
     lo: list[float] = []
     hi: list[float] = []
 
     def row(coef: dict[int, float], low: float = -np.inf, high: float = np.inf) -> None:
-        r = np.zeros(nv)
-        for j, a in coef.items():
-            r[j] += a
-        rows.append(r)
+        ci.append(np.fromiter(coef.keys(), dtype=np.int64, count=len(coef)))
+        va.append(np.fromiter(coef.values(), dtype=float, count=len(coef)))
         lo.append(low)
         hi.append(high)
 
@@ -294,12 +298,36 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
         row({P + k: 1, Z + k: -1}, high=0)                 # p ≤ z
     # memory: the linear forms of memory_rows over the variables (name, k)
     col = {"x": X, "y": Y, "z": Z, "p": P}
-    gpu_rows, host_row = memory_rows(ctx, swap)
+    gpu_rows, host_row = mem if mem is not None else memory_rows(ctx, swap)
     if process_figures(ctx)[1] > ctx.pools()["cpu"]:      # the model does not even build
         return None
     cap = ctx.gpu_capacity * (1.0 - headroom)
-    for (const, coef), limit in [(r, cap) for r in gpu_rows] + [(host_row, ctx.pools()["cpu"])]:
+    hcap = ctx.pools()["cpu"]
+    forms = []
+    for (const, coef), limit in [(r, cap) for r in gpu_rows] + [(host_row, hcap)]:
         row({(U if v == "u" else col[v] + k): a for (v, k), a in coef.items()}, high=limit - const)
+        forms.append((const, ci[-1], va[-1], limit))
+    # No plan fits when a memory form — or the sum of the host form and a GPU form (every block's
+    # states live on one side or the other) — is, at its least within the variables' bounds, over
+    # its limit (e.g. the model states alone overflow GPU and host memory): decided here without
+    # the solver. Exact: the least value over the bounds is at most the value of any plan.
+    lbf, ubf = lb, np.where(np.isinf(ub), 0.0, ub)     # T, the only unbounded variable, has no memory
+    hconst, hcols, hvals, _ = forms[-1]
+    hdense = np.zeros(nv)
+    np.add.at(hdense, hcols, hvals)
+
+    def least(const: float, dense: np.ndarray) -> float:
+        return const + float(np.sum(np.where(dense > 0, dense * lbf, dense * ubf)))
+    if least(hconst, hdense) > hcap * (1 + 1e-12):
+        return None
+    for const, cols, vals, limit in forms[:-1]:
+        d = np.zeros(nv)
+        np.add.at(d, cols, vals)
+        if least(const, d) > limit * (1 + 1e-12):
+            return None
+        d += hdense
+        if least(const + hconst, d) > (limit + hcap) * (1 + 1e-12):
+            return None
 
     cost = np.zeros(nv)
     cost[T] = 1.0
@@ -307,9 +335,12 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
     cost[:3 * nb] = eps
     # scipy.optimize costs a process ~0.3-0.6 s to import: only a point of this policy that solves pays it
     from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
 
-    res = milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=integ,
-               bounds=Bounds(lb, ub), options={"time_limit": time_limit, "disp": False})
+    ri = np.repeat(np.arange(len(ci)), [len(c) for c in ci])
+    a = csr_array((np.concatenate(va), (ri, np.concatenate(ci))), shape=(len(lo), nv))
+    res = milp(cost, constraints=LinearConstraint(a, lo, hi), integrality=integ,
+               bounds=Bounds(lb, ub), options={"time_limit": max(time_limit, 1e-3), "disp": False})
     if res.x is None:
         return None
     x = np.round(res.x).astype(int)

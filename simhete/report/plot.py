@@ -53,9 +53,15 @@ def timeline_figure(timeline: Timeline, *, pools: Mapping[str, int] | None = Non
 def plot_timeline(timeline: Timeline, path: str | Path, *, pools: Mapping[str, int] | None = None,
                   title: str = "") -> Path:
     """Write :func:`timeline_figure` as a PNG (byte-identical for identical inputs)."""
+    import io
+
+    from simhete.fileio import write_atomic
+
     path = Path(path)
-    timeline_figure(timeline, pools=pools, title=title).savefig(
-        path, format="png", dpi=100, metadata={"Software": None})
+    buf = io.BytesIO()
+    fig = timeline_figure(timeline, pools=pools, title=title)
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    write_atomic(path, buf.getvalue(), "--plot")
     return path
 
 

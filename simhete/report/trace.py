@@ -68,7 +68,7 @@ def write_trace(path: str | Path, timelines: Timeline | Mapping[str, Timeline]) 
     """Write :func:`trace_events` as compact JSON with sorted keys; open it in ui.perfetto.dev or
     chrome://tracing. Returns the path."""
     path = Path(path)
-    write_atomic(path, json.dumps(trace_events(timelines), sort_keys=True, separators=(",", ":")) + "\n")
+    write_atomic(path, json.dumps(trace_events(timelines), sort_keys=True, separators=(",", ":")) + "\n", "--trace")
     return path
 
 

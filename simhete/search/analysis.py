@@ -107,7 +107,7 @@ def plot_fronts(rows: Sequence[Row], limits: Limits, path: str | Path, title: st
     import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    write_atomic(Path(path), buf.getvalue())
+    write_atomic(Path(path), buf.getvalue(), "--plot")
 
 
 def _gib(n: int | None) -> str:

@@ -12,7 +12,11 @@ not a separate formula, so ``plan`` and ``simulate`` never disagree. Searches:
   edge.
 - *largest model of the family*: the family's presets, largest first, the first that fits under
   any policy (its leanest knobs); for the open-ended ``gpt-like`` family, the most layers at the
-  same width (bisection: state and activations grow with depth).
+  same width (state and activations grow with depth: doubling, then bisection), up to the
+  model-size limit (:data:`simhete.workload.spec.MAX_LAYERS`). The search has a time budget
+  (``budget_s``); what it did not search when the budget ran out is said (``unsearched``).
+  Policies are tried cheapest and leanest first, stopping at the first that fits; AutoHete's
+  solver gets what is left of the budget.
 - *smallest hardware for a target throughput*: every shipped profile (with the requested GPU
   count), ordered smallest first by (GPUs, GPU memory, dense bf16 peak, host memory).
 
@@ -43,6 +47,13 @@ PINNED_POLICIES = frozenset({"zero-offload", "zero-infinity"})
 LEAN_KNOBS: dict[str, Any] = {"checkpointing": "full", "delayed_update": False,  # DPU adds 4 B/param on the host
                                "pin_memory": False}                              # no power-of-two rounding
 MAX_MICRO_BATCH = 4096      # scenario.TrainShape's bound
+SEARCH_BUDGET_S = 5.0       # default wall time of the largest-model search
+# AutoHete's solver_time_limit in plan's trials (all MILPs of one trial together) unless the
+# scenario sets it: HiGHS took 2-3 s per MILP on tight fits of 40 blocks, five per trial
+PLAN_SOLVER_S = 1.0
+# "does anything fit" tries policies in this order (the most memory-frugal and cheapest to
+# simulate first; AutoHete, which solves MILPs, last) and stops at the first that fits
+FIT_ORDER = ("zero-infinity", "zero-offload", "chunked", "stronghold", "gpu-only", "autohete")
 
 
 @dataclass(frozen=True)
@@ -68,8 +79,10 @@ class Planner:
     engine: str = "fast"
     policies: tuple[str, ...] | None = None
     fixed_knobs: dict[str, Any] | None = None        # from --deepspeed: evaluate exactly these
+    budget_s: float = SEARCH_BUDGET_S                # wall time of the largest-model search
     _profiles: dict[str, Any] = field(default_factory=dict)
     _cache: dict[str, Trial] = field(default_factory=dict)
+    unsearched: str | None = None                    # what the last largest_model() left unsearched
 
     def trial(self, s: Scenario) -> Trial:
         import json
@@ -109,6 +122,8 @@ class Planner:
         if "activations" in own:      # a per-block list fixes the activation policy
             own.pop("activations")
         names = [k for k in PLAN_KNOBS if k in fields and (k != "pin_memory" or policy in PINNED_POLICIES)]
+        if "solver_time_limit" in fields and "solver_time_limit" not in own:
+            own["solver_time_limit"] = PLAN_SOLVER_S
         if lean:
             return [{**own, **{k: LEAN_KNOBS[k] for k in names if k in LEAN_KNOBS}}]
         out = []
@@ -146,8 +161,26 @@ class Planner:
         trials = [t for ts in self.by_policy(s).values() for t in ts if t.fits and t.tokens_per_s]
         return max(trials, key=lambda t: t.tokens_per_s or 0.0, default=None)
 
-    def fits_anywhere(self, s: Scenario) -> bool:
-        return any(t.fits for ts in self.by_policy(s, lean=True).values() for t in ts)
+    def fits_anywhere(self, s: Scenario, deadline: float | None = None) -> bool | None:
+        """Whether ``s`` fits under some policy with its leanest knobs; None if ``deadline``
+        (``time.monotonic()``) passed before that was known."""
+        import time
+
+        from simhete.policy import get_policy
+
+        names = self.policy_names(s)
+        names.sort(key=lambda p: FIT_ORDER.index(p) if p in FIT_ORDER else len(FIT_ORDER))
+        for p in names:
+            for k in self.variants(p, lean=True):
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    if "solver_time_limit" in get_policy(p).Knobs.model_fields:
+                        k = {**k, "solver_time_limit": min(float(k.get("solver_time_limit", left)), left)}
+                if self.trial(s.with_changes(policy=p, knobs=k)).fits:
+                    return True
+        return False
 
     # -- largest micro-batch ------------------------------------------------------------------------
 
@@ -184,35 +217,81 @@ class Planner:
     # -- largest model of the family ------------------------------------------------------------------
 
     def largest_model(self) -> tuple[str | None, str]:
-        """(name of the largest family member that fits, family description)."""
+        """(name of the largest family member found to fit, family description). Within
+        ``budget_s`` seconds; what that left unsearched is in ``self.unsearched`` (None if all)."""
+        import time
+
         from simhete.sim import resolve_model
         from simhete.workload import family_models, list_families
 
+        self.unsearched = None
+        deadline = time.monotonic() + self.budget_s
         spec = resolve_model(self.base)
         fam = spec.family
         if fam == "gpt-like":
-            return self._largest_gpt_like(spec.hidden, spec.n_heads), f"gpt-like (hidden {spec.hidden}, by depth)"
+            return (self._largest_gpt_like(spec.hidden, spec.n_heads, deadline),
+                    f"gpt-like (hidden {spec.hidden}, by depth)")
         if fam not in list_families():
             return None, f"{fam} (not a preset family)"
-        for m in reversed(family_models(fam)):
-            if self.fits_anywhere(self.base.with_changes(model=m.name)):
+        members = list(reversed(family_models(fam)))
+        for i, m in enumerate(members):
+            ok = self.fits_anywhere(self.base.with_changes(model=m.name), deadline)
+            if ok is None:
+                self.unsearched = (f"{', '.join(x.name for x in members[i:])} (the {self.budget_s:g} s "
+                                   "search budget ran out)")
+                return None, fam
+            if ok:
                 return m.name, fam
         return None, fam
 
-    def _largest_gpt_like(self, hidden: int, heads: int) -> str | None:
+    def _largest_gpt_like(self, hidden: int, heads: int, deadline: float) -> str | None:
+        import time
+
+        from simhete.workload.spec import MAX_LAYERS
+
         def name(layers: int) -> str:
             return f"gpt-like-h{hidden}-l{layers}-a{heads}"
 
-        def fits(layers: int) -> bool:
-            return self.fits_anywhere(self.base.with_changes(model=name(layers)))
-        if not fits(1):
+        per_layer = [0.0]     # the most seconds per layer one depth's answer has cost so far
+
+        def fits(layers: int) -> bool | None:
+            # a trial is not interrupted: one that would, at the rate seen so far (time grows
+            # about linearly with depth), end after the deadline is not started
+            if time.monotonic() + per_layer[0] * layers > deadline:
+                return None
+            t = time.monotonic()
+            ok = self.fits_anywhere(self.base.with_changes(model=name(layers)), deadline)
+            per_layer[0] = max(per_layer[0], (time.monotonic() - t) / layers)
+            return ok
+
+        def out_of_time(lo: int, hi: int) -> str | None:
+            known = ([f"{lo} fits"] if lo else []) + ([f"{hi} does not"] if hi <= MAX_LAYERS else [])
+            self.unsearched = (f"depths {lo + 1}..{hi - 1 if hi <= MAX_LAYERS else MAX_LAYERS} (the {self.budget_s:g} s "
+                               "search budget ran out" + "".join("; " + k for k in [", ".join(known)] if k) + ")")
+            return name(lo) if lo else None
+        first = fits(1)
+        if first is None:
+            return out_of_time(0, MAX_LAYERS + 1)
+        if not first:
             return None
-        lo, hi = 1, 2
-        while hi <= 4096 and fits(hi):
-            lo, hi = hi, hi * 2
-        while hi - lo > 1:
+        lo, hi = 1, 2                      # invariant: lo fits; hi does not, or is unknown
+        while hi <= MAX_LAYERS:
+            ok = fits(hi)
+            if ok is None:
+                return out_of_time(lo, MAX_LAYERS + 1)
+            if not ok:
+                break
+            lo, hi = hi, min(hi * 2, MAX_LAYERS) if hi < MAX_LAYERS else MAX_LAYERS + 1
+        if lo == MAX_LAYERS:
+            self.unsearched = (f"deeper than {MAX_LAYERS} layers (the model-size limit; "
+                               f"{MAX_LAYERS} layers fit)")
+            return name(lo)
+        while hi - lo > 1:                 # now hi does not fit
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+            ok = fits(mid)
+            if ok is None:
+                return out_of_time(lo, hi)
+            lo, hi = (mid, hi) if ok else (lo, mid)
         return name(lo)
 
     # -- smallest hardware --------------------------------------------------------------------------

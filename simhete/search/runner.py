@@ -140,6 +140,7 @@ class Runner:
             batches = grid(self.sizes) if st.name == "grid" else random_sample(self.sizes, st.samples or 0, st.seed)
             for idxs in batches:
                 out.update((r.id, r) for r in self.evaluate(idxs))
+                self._points.clear()    # streamed: a batch's points are not asked for again
         rows = sorted(out.values(), key=lambda r: (r.idx, r.id))
         return SweepOutcome(rows, self.ran, self.skipped, best)
 

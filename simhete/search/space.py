@@ -240,4 +240,6 @@ def check_axis(base: Scenario, key: str, values: tuple[Any, ...], file: str | No
             bad = repr(e.value)
             bad = bad if len(bad) <= 60 else bad[:57] + "..."
             why = e.problem or (f"bad value {bad}" + (f"; allowed: {e.allowed}" if e.allowed else ""))
-            raise ConfigError(file, f"axes.{key}[{i}]", problem=f"{v!r}: {why}") from None
+            rv = repr(v)
+            rv = rv if len(rv) <= 60 else rv[:57] + "..."
+            raise ConfigError(file, f"axes.{key}[{i}]", problem=f"{rv}: {why}") from None

@@ -112,7 +112,7 @@ class ResultStore:
     def to_csv(self, path: str | Path) -> None:
         from simhete.fileio import write_atomic
 
-        write_atomic(Path(path), csv_text(self.rows()))
+        write_atomic(Path(path), csv_text(self.rows()), "--csv")
 
     def to_parquet(self, path: str | Path) -> None:
         try:

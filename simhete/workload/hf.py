@@ -22,7 +22,6 @@ Supported ``model_type`` values and the keys read (defaults as in the transforme
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +69,9 @@ def from_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
     if p.is_dir():
         p = p / "config.json"
     file = str(p)
-    if not p.is_file():
-        raise ConfigError(file, None, problem="Hugging Face config.json not found")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(file, None, problem=f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(file, None, problem="expected a JSON object at the top level")
+    from simhete.config import load_json
+
+    data = load_json(p, "Hugging Face config.json")
     cfg = _Cfg(data, file)
     mtype = cfg.get("model_type", kind=str)
     if mtype not in MODEL_TYPES:

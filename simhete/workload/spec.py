@@ -25,6 +25,16 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu", "swiglu")
 POSITIONS = ("learned", "rope")
 
+# Sanity limits, checked before anything is built: far beyond any trained dense transformer (the
+# deepest decoders have ~100-130 blocks, e.g. LLaMA-3 405B 126; the widest hidden size 18,432,
+# PaLM 540B; the largest vocabularies ~256k), so only a typo reaches them, and they keep every
+# structure simhete builds (one task per block and op, the planners' tables) bounded.
+MAX_LAYERS = 1024
+MAX_HIDDEN = 65_536
+MAX_FFN_HIDDEN = 262_144
+MAX_VOCAB = 4_194_304
+MAX_PARAMS = 10**13
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
@@ -60,6 +70,12 @@ class ModelSpec:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(None, f, v, allowed="a positive integer")
+        for f, limit in (("n_layers", MAX_LAYERS), ("hidden", MAX_HIDDEN), ("ffn_hidden", MAX_FFN_HIDDEN),
+                         ("vocab", MAX_VOCAB)):
+            if getattr(self, f) > limit:
+                raise ConfigError(None, f, getattr(self, f), problem=(
+                    f"{getattr(self, f)} is over simhete's sanity limit of {limit:,} for {f} "
+                    "(beyond any trained transformer; a typo?)"))
         if isinstance(self.pos_offset, bool) or not isinstance(self.pos_offset, int) or self.pos_offset < 0:
             raise ConfigError(None, "pos_offset", self.pos_offset, allowed="a non-negative integer")
         if self.hidden % self.n_heads:
@@ -79,6 +95,10 @@ class ModelSpec:
         if self.pos_offset and self.pos != "learned":
             raise ConfigError(None, "pos_offset", self.pos_offset,
                               problem="pos_offset only applies to learned position embeddings")
+        if self.n_params() > MAX_PARAMS:
+            raise ConfigError(None, "n_layers", self.n_layers, problem=(
+                f"the model has {self.n_params() / 1e12:,.1f} T parameters, over simhete's sanity limit of "
+                f"{MAX_PARAMS / 1e12:.0f} T (beyond any trained dense transformer; a typo?)"))
 
     @property
     def head_dim(self) -> int:
