@@ -31,7 +31,12 @@ What the artifact's code does, and this schedule with it (``SHv0/megatron/traini
 With ``window_size`` ≥ the number of blocks nothing moves and the schedule is gpu-only's.
 Unset, ``window_size`` is the largest window whose static memory estimate fits the GPU.
 With N GPUs the offloaded blocks are sharded (each GPU moves 1/N over its link, NVLink all-gather
-and reduce-scatter) and GPU-updated blocks' gradients are all-reduced.
+and reduce-scatter) and GPU-updated blocks' gradients are all-reduced — a deviation: the artifact's
+multi-GPU mode is Megatron tensor parallelism (``examples/pretrain_gpt_8gpus_tp_offloading.sh``),
+which simhete cannot express. No iteration-wide sync precedes the updates: the artifact's runs are
+fp32 (no ``--fp16``), and in fp16 each layer's CPU optimizer checks only its own gradients for inf
+(``GL_CPU_Float16OptimizerWithFloat16Params.step``, clipping disabled there). The artifact steps
+b1 … b{w−1} right after their own backward on a side stream; here after the whole backward.
 """
 
 from __future__ import annotations
