@@ -82,15 +82,76 @@ def test_stronghold_window_holding_every_block_is_gpu_only(layers, extra, checkp
 
 
 def test_stronghold_window_moves_exactly_the_blocks_outside_it():
-    """w = 2 of 4 blocks: b2, b3 are fetched in the forward and b0, b1 in the backward (H2D), b0,
-    b1 (updated on the GPU) are copied home when the forward window evicts them, b2, b3 send
-    their gradients D2H to the CPU Adam."""
+    """w = 2 of 4 blocks: b2, b3 are fetched in the forward and b0, b1 in the backward (H2D); every
+    eviction copies the weights home (D2H.w in the forward for b0, b1; D2H.w2 in the backward for
+    b2, b3, with their gradients D2H to the CPU Adam), as the artifact's ``cpu()`` does."""
     ctx, sched = build(scenario("stronghold", {"window_size": 2}, iterations=2))
     it2 = sorted(t.name for t in sched.tasks if t.it == 2 and t.stream in ("gpu0.h2d", "gpu0.d2h"))
-    assert it2 == ["it2.D2H.g.b2", "it2.D2H.g.b3", "it2.D2H.w.b0", "it2.D2H.w.b1",
-                   "it2.H2D.wb.b0", "it2.H2D.wb.b1", "it2.H2D.wf.b2", "it2.H2D.wf.b3"]
+    assert it2 == ["it2.D2H.g.b2", "it2.D2H.g.b3", "it2.D2H.w.b0", "it2.D2H.w.b1", "it2.D2H.w2.b2",
+                   "it2.D2H.w2.b3", "it2.H2D.wb.b0", "it2.H2D.wb.b1", "it2.H2D.wf.b2", "it2.H2D.wf.b3"]
     adam = sorted(t.name for t in sched.tasks if t.it == 2 and t.stream == "cpu.optim")
     assert adam == ["it2.ADAM.cpu.b2", "it2.ADAM.cpu.b3"]
+
+
+@pytest.mark.parametrize("w,layers,units", [(2, 6, 4), (3, 5, 5), (1, 4, 2)])
+def test_stronghold_gpu_weights_are_the_cache_units(w, layers, units):
+    """The artifact preallocates min(2w, L) cache units on the GPU (SHv0 model/transformer.py): the
+    GPU's weights are those units' 16-bit weights plus the embedding/head, exactly, at every point
+    (the window's own buffers are 0-byte markers of which block holds a unit)."""
+    ctx, _ = build(scenario("stronghold", {"window_size": w}, layers=layers))
+    sched, tl = timeline(scenario("stronghold", {"window_size": w}, layers=layers))
+    W = max(blk.weight_bytes for blk in ctx.blocks if blk.name.startswith("b"))
+    ends = sum(blk.weight_bytes for blk in ctx.blocks if not blk.name.startswith("b"))
+    assert [a.bytes for a in sched.initial if a.buf == "cache.g0"] == [units * W]
+    assert tl.peak_by_class["gpu0"]["weights"] == units * W + ends
+    assert all(a.bytes == 0 for t in sched.tasks if t.stream == "gpu0.h2d" for a in t.allocs)
+
+
+@pytest.mark.parametrize("checkpointing,first", [("none", "B"), ("full", "R")])
+def test_stronghold_backward_of_block_p_minus_w_waits_for_block_ps_cpu_update(checkpointing, first):
+    """StrongHold's artifact (SHv0/megatron/training.py): after block p's backward one thread-pool
+    task copies its weights and gradients home and runs its CPU Adam; block p−w's backward hook
+    waits for that future. So (w = 2 of 5) the first task of b{p−2}'s backward depends on
+    ADAM.cpu of b{p}, which waits for both copies, and the next forward of b{p} waits for it too."""
+    ctx, sched = build(scenario("stronghold", {"window_size": 2, "checkpointing": checkpointing}, layers=5))
+    deps = {t.name: set(t.deps) for t in sched.tasks}
+    for it in (1, 2, 3):
+        for p in (2, 3, 4):
+            assert f"it{it}.ADAM.cpu.b{p}" in deps[f"it{it}.{first}.b{p - 2}"]
+            assert deps[f"it{it}.ADAM.cpu.b{p}"] == {f"it{it}.D2H.g.b{p}", f"it{it}.D2H.w2.b{p}"}
+            assert deps[f"it{it}.D2H.w2.b{p}"] == {f"it{it}.B.b{p}"}
+        assert not any("ADAM.cpu" in d for d in deps[f"it{it}.{first}.b4"] | deps[f"it{it}.{first}.b3"])
+        if it > 1:
+            assert f"it{it - 1}.ADAM.cpu.b4" in deps[f"it{it}.H2D.wf.b4"]
+
+
+def test_stronghold_cpu_updates_end_inside_their_own_backward():
+    """Simulated, the event order the dependencies imply: every iteration's CPU Adam ends before
+    that iteration's backward does (no CPU update runs into the next forward), and each B of
+    b{p−w} starts only after ADAM.cpu of b{p} has ended."""
+    sched, tl = timeline(scenario("stronghold", {"window_size": 2}, layers=6))
+    at = {r.name: r for r in tl.records}
+    for it in (1, 2, 3):
+        adam_end = max(r.end for r in tl.records if r.it == it and r.stream == "cpu.optim")
+        assert adam_end <= at[f"it{it}.B.embed"].end
+        if it < 3:
+            assert adam_end <= at[f"it{it + 1}.F.embed"].start
+        for p in range(2, 6):
+            assert at[f"it{it}.ADAM.cpu.b{p}"].end <= at[f"it{it}.B.b{p - 2}"].start
+
+
+def test_stronghold_accumulating_backward_waits_for_copies_then_for_the_update():
+    """grad_accum 2: micro-step 1's B of b{p−w} waits for b{p}'s gradient and weight copies of that
+    micro-step (no update yet); micro-step 2's waits for b{p}'s CPU Adam."""
+    ctx, sched = build(scenario_from_dict(dict(
+        model="gpt-like-h256-l4", hardware=dict(profile=PROFILE, gpus=1), iterations=3, policy="stronghold",
+        train=dict(micro_batch=2, seq_len=128, grad_accum=2), knobs={"window_size": 2})))
+    deps = {t.name: set(t.deps) for t in sched.tasks}
+    for p in (2, 3):
+        assert {f"it1.D2H.g.b{p}", f"it1.D2H.w2.b{p}"} <= deps[f"it1.B.b{p - 2}"]
+        assert not any("ADAM" in d for d in deps[f"it1.B.b{p - 2}"])
+        assert f"it1.ADAM.cpu.b{p}" in deps[f"it1.m2.B.b{p - 2}"]
+        assert f"it1.m2.D2H.w2.b{p}" in deps[f"it1.ADAM.cpu.b{p}"]
 
 
 @pytest.mark.parametrize("policy", ["zero-infinity", "stronghold"])
