@@ -497,3 +497,21 @@ def test_bad_block_entries_are_one_line_config_errors(entry, msg):
     with pytest.raises(ConfigError, match=r"gpu\.blocks\.entries") as e:
         validate(HardwareProfile, data, "cpu-test.yaml")
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+# Achieved copy bandwidth (bytes read + written) per GPU base profile and its source kind:
+# STREAM SCALE kernel results of RRZE-HPC/gpu-benches (A100 80GB, H100 PCIe, L40, V100), torch
+# copy_ results of chsasank/device-benchmarks (RTX 3090/4090, T4), the PTsolvers A100 40GB memcopy
+# reference, the team's H100/H200 readings; only the Grand Teton H100 96GB stays assumed.
+@pytest.mark.parametrize("name,gbps,source", [
+    ("a100-80gb-sxm", 1737, "reported"), ("a100-40gb-sxm", 1355, "reported"),
+    ("a100-40gb-pcie", 1355, "reported"), ("h100-pcie", 1704, "reported"), ("l40", 776, "reported"),
+    ("v100-32gb-dgx2", 809, "reported"), ("rtx3090", 831, "reported"),
+    ("rtx4090-desktop", 912, "reported"), ("t4", 240, "reported"), ("h100-sxm", 3000, "reported"),
+    ("h200-sxm", 4300, "reported"), ("h100-96gb-grandteton", 2150, "assumed")])
+def test_device_copy_bandwidth_per_gpu_is_the_published_reading(name, gbps, source):
+    cm = CostModel(load_profile(name))
+    q_ = cm.profile.gpu.mem_bandwidth_gbps
+    assert (q_.value, q_.source) == (gbps, source)
+    # a device-to-device copy of n bytes reads and writes n: launch + 2n / bandwidth
+    assert cm.op_seconds(Op(OpKind.D2D, n=10**9)) == pytest.approx(5e-6 + 2e9 / (gbps * 1e9), rel=1e-12)
