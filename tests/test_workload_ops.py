@@ -76,8 +76,19 @@ def test_llama_block_ops_exact() -> None:
         Op(OpKind.RMSNORM_BWD, (), 3 * e * T * h),
     )
     head = w.blocks[-1]
-    assert head.fwd_ops == (Op(OpKind.RMSNORM, (), 2 * e * T * h), Op(OpKind.GEMM, (T, 32000, h)),
-                            Op(OpKind.SOFTMAX_CE, (T, 32000), (e + 4) * T * 32000))
+    V = 32000
+    # cross-entropy as torch runs it on logits.float(): upcast, log_softmax, nll_loss gather;
+    # backward: nll_loss_backward's zero fill (ATen Loss.cu grad_input.zero_()) and scatter,
+    # log_softmax_backward, the upcast's backward cast
+    assert head.fwd_ops == (Op(OpKind.RMSNORM, (), 2 * e * T * h), Op(OpKind.GEMM, (T, V, h)),
+                            Op(OpKind.ELEMENTWISE, (), 6 * T * V),
+                            Op(OpKind.SOFTMAX_CE, (T, V), 8 * T * V),
+                            Op(OpKind.ELEMENTWISE, (), 12 * T))
+    assert head.bwd_ops == (Op(OpKind.ELEMENTWISE, (), 4 * T * V), Op(OpKind.ELEMENTWISE, (), 12 * T),
+                            Op(OpKind.SOFTMAX_CE, (T, V), 12 * T * V),
+                            Op(OpKind.ELEMENTWISE, (), 6 * T * V),
+                            Op(OpKind.GEMM, (T, h, V)), Op(OpKind.GEMM, (V, h, T)),
+                            Op(OpKind.RMSNORM_BWD, (), 3 * e * T * h))
     assert w.blocks[0].fwd_ops == (Op(OpKind.EMBED, (T, h), 8 * T + 2 * e * T * h),)
 
 
@@ -345,3 +356,18 @@ def test_math_attention_ops_without_flash():
     assert Op(OpKind.ELEMENTWISE, (), 2 * e * t * (4 + 8)) in ll.fwd_ops
     assert Op(OpKind.DROPOUT, ()) not in ll.fwd_ops and all(op.kind is not OpKind.DROPOUT
                                                             for op in ll.fwd_ops)
+
+
+def test_head_cross_entropy_fp32_has_no_upcast() -> None:
+    # fp32 training: logits.float() is a no-op, so neither the upcast nor its backward cast runs;
+    # log_softmax (read 4, write 4), nll gather (12 B per token); backward zero fill 4, scatter 12
+    # per token, log_softmax_backward 12. TINY_GPT: b = 2, s = 4 → T = 8, V = 16.
+    w = build_workload(TINY_GPT, 2, 4, dtype="fp32")
+    head = w.blocks[-1]
+    T, V = 8, 16
+    assert head.fwd_ops[2:] == (Op(OpKind.SOFTMAX_CE, (T, V), 8 * T * V, dtype="fp32"),
+                                Op(OpKind.ELEMENTWISE, (), 12 * T, dtype="fp32"))
+    assert head.bwd_ops[:3] == (Op(OpKind.ELEMENTWISE, (), 4 * T * V, dtype="fp32"),
+                                Op(OpKind.ELEMENTWISE, (), 12 * T, dtype="fp32"),
+                                Op(OpKind.SOFTMAX_CE, (T, V), 12 * T * V, dtype="fp32"))
+    assert head.bwd_ops[3].kind is OpKind.GEMM

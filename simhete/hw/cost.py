@@ -2,8 +2,8 @@
 
 Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full table):
 
-- GEMM: FLOPs / rate inside a measured table (end to end per call); otherwise launch +
-  max(FLOPs / rate, bytes / memory bandwidth) — a roofline whose compute rate is peak ×
+- GEMM: FLOPs / rate inside a measured table (end to end per call); otherwise
+  max(launch, FLOPs / rate, bytes / memory bandwidth) — a roofline whose compute rate is peak ×
   efficiency(M, N, K) (tile/wave quantisation, NVIDIA "Matrix Multiplication Background User's
   Guide" §3).
 - ATTN_FWD/ATTN_BWD: an exact measured shape at its rate; a shape inside the measured table of
@@ -12,18 +12,21 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
 - ELEMENTWISE/NORM/RMSNORM/GELU/RELU/SWIGLU/DROPOUT/ROPE/SOFTMAX_CE/EMBED: memory-bound. With a
   ``gpu.memory_bound`` entry for the kind (its ``dtypes.<dtype>`` rate where the op's dtype has
   one): its measured curve (time linear in n between points, never decreasing with size), else
-  its overhead + n / its bandwidth. A kind without an entry uses the kind it was split from
-  (RMSNORM → NORM; GELU, RELU, SWIGLU, DROPOUT, ROPE → ELEMENTWISE); with none: launch + n /
-  (bandwidth × efficiency).
+  its measured overhead + n / its bandwidth. A kind without an entry uses the kind it was split
+  from (RMSNORM → NORM; GELU, RELU, SWIGLU, DROPOUT, ROPE → ELEMENTWISE); with none: max(launch,
+  n / (bandwidth × efficiency)).
 - H2D/D2H: α-β on the pinned or pageable link (or n / curve(n) inside a measured curve); on a
   ``device_type: cpu`` profile without links they are host memcpys.
-- D2D: launch + 2n / device bandwidth (a copy reads and writes n bytes).
+- D2D: max(launch, 2n / device bandwidth) (a copy reads and writes n bytes).
+- "launch" is the CPU's per-op eager dispatch; it overlaps the previous kernel, so an op costs
+  max(launch, kernel) on a GPU (CostModel._dispatched); on a ``device_type: cpu`` profile, where
+  one thread dispatches and runs the kernel, launch + kernel.
 - On a ``device_type: cpu`` profile the device is the host: D2D is a host memcpy and ADAM_GPU is
   priced as ADAM_CPU.
 - MEMCPY_CPU: n / host memcpy bandwidth. ADAM_CPU: overhead + n / rate, the rate taken from
   ``host.adam.by_threads`` at ``host.adam.threads`` when both are given, else ``params_per_s``
   (default: 0.7 × DRAM bandwidth / 28 B per parameter, profile.DRAM_STREAM_FRACTION).
-- ADAM_GPU: launch + 7 · e · n / (bandwidth × efficiency), e the bytes of the op's dtype (the
+- ADAM_GPU: max(launch, 7 · e · n / (bandwidth × efficiency)), e the bytes of the op's dtype (the
   optimizer state's: fp32 in mixed precision, 28 B/param; bf16/fp16 in pure training, 14 B/param).
 - ALLREDUCE/REDUCE_SCATTER/ALLGATHER: α + n · factor / bus bandwidth (nccl-tests factors).
 
@@ -297,6 +300,20 @@ class CostModel:
         self._use("gpu.launch_overhead_us", self.profile.gpu.launch_overhead_us)
         return self._launch
 
+    def _dispatched(self, kernel: float) -> float:
+        """Seconds an op costs given its kernel time: on a GPU, max(dispatch, kernel). Eager
+        PyTorch dispatches each op on the CPU (``launch_overhead_us``) and returns before its kernel
+        runs, so the CPU enqueues the next op while this one's kernel runs: back to back, an op
+        holds the stream for its kernel time unless the kernel is shorter than the dispatch, when
+        the GPU waits for the CPU (flagos-ai/Torch-FL#27 on an A100: torch add of 512² submitted
+        back to back 8 µs/op, host-bound; of 4096², 149 µs/op, the kernel's time). On a
+        ``device_type: cpu`` profile the host thread that dispatches also runs the kernel: the
+        two add."""
+        launch = self._launch_s()
+        if self.profile.device_type == "cpu":
+            return launch + kernel
+        return max(launch, kernel)
+
     def _mem_seconds(self, nbytes: float, efficiency: bool = True) -> float:
         g = self.profile.gpu
         self._use("gpu.mem_bandwidth_gbps", g.mem_bandwidth_gbps)
@@ -310,8 +327,8 @@ class CostModel:
         compute = flops / rate
         memory = nbytes / (self._mem_bps * self._mb_eff)
         if memory > compute:
-            return self._launch_s() + self._mem_seconds(nbytes)
-        return self._launch_s() + compute
+            return self._dispatched(self._mem_seconds(nbytes))
+        return self._dispatched(compute)
 
     # -- pricing per kind (one repetition) ----------------------------------------------------
 
@@ -396,7 +413,7 @@ class CostModel:
                 break
             kind = MB_FALLBACK[kind]
         if entry is None:
-            return self._launch_s() + self._mem_seconds(op.n)
+            return self._dispatched(self._mem_seconds(op.n))
         entry, suffix = entry.for_dtype(op.dtype)
         key = f"gpu.memory_bound.{kind.value}{suffix}"
         if entry.curve is not None:
@@ -404,11 +421,10 @@ class CostModel:
             return self._curve_seconds(key, entry.curve, op.n)
         self._use(f"{key}.bandwidth_gbps", entry.bandwidth_gbps)
         if entry.overhead_us is None:
-            fixed = self._launch_s()
-        else:
-            self._use(f"{key}.overhead_us", entry.overhead_us)
-            fixed = entry.overhead_us.value * 1e-6
-        return fixed + op.n / (entry.bandwidth_gbps.value * 1e9)
+            return self._dispatched(op.n / (entry.bandwidth_gbps.value * 1e9))
+        # a measured per-call fixed cost: the calibrated law as it was measured
+        self._use(f"{key}.overhead_us", entry.overhead_us)
+        return entry.overhead_us.value * 1e-6 + op.n / (entry.bandwidth_gbps.value * 1e9)
 
     def _curve_seconds(self, key: str, curve: Curve, n: int) -> float:
         """Seconds for n bytes on a measured [bytes, GB/s] curve: the points' times made
@@ -460,7 +476,7 @@ class CostModel:
     def _d2d(self, op: Op) -> float:
         if self.profile.device_type == "cpu":   # the device is the host: a device copy is a memcpy
             return self._memcpy_cpu(op)
-        return self._launch_s() + self._mem_seconds(2.0 * op.n, efficiency=False)  # read + write
+        return self._dispatched(self._mem_seconds(2.0 * op.n, efficiency=False))  # read + write
 
     def _memcpy_cpu(self, op: Op) -> float:
         q = self.profile.host.memcpy_gbps
@@ -491,8 +507,8 @@ class CostModel:
     def _adam_gpu(self, op: Op) -> float:
         if self.profile.device_type == "cpu":   # the device is the host: a device Adam is CPU Adam
             return self._adam_cpu(op)
-        return self._launch_s() + self._mem_seconds(float(op.n) * ADAM_ACCESSES_PER_PARAM
-                                                     * DTYPE_BYTES[op.dtype])
+        return self._dispatched(self._mem_seconds(float(op.n) * ADAM_ACCESSES_PER_PARAM
+                                                  * DTYPE_BYTES[op.dtype]))
 
     def _collective(self, op: Op) -> float:
         (ranks,) = op.shape

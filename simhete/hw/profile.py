@@ -246,8 +246,9 @@ class Curve(Provenance):
 class MemoryBoundRate(Strict):
     """Achieved bandwidth of one memory-bound OpKind (bytes read + written per second).
 
-    Without a curve: ``overhead_us + n / bandwidth_gbps`` (overhead default: the device's
-    ``launch_overhead_us``). With a measured ``curve`` (calls timed end to end, fixed cost
+    Without a curve: ``overhead_us + n / bandwidth_gbps``; without ``overhead_us``, the device's
+    eager dispatch ``launch_overhead_us`` overlapping the kernel (``max(launch, n / bandwidth)``
+    on a GPU, their sum on a CPU device; :meth:`simhete.hw.cost.CostModel._dispatched`). With a measured ``curve`` (calls timed end to end, fixed cost
     included): time linear in n between its points, made non-decreasing in size; below its
     smallest size the smallest size's time; above its largest size the largest size's rate.
     """

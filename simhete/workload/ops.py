@@ -322,12 +322,26 @@ def _embed(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Act
 def _head(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Activations) -> BlockWork:
     t, h, v = b * s, spec.hidden, spec.vocab
     lm, lm_b = _linear(t, v, h, dtype)
-    # Cross-entropy: forward reads the e-byte logits and writes fp32 log-probabilities (saved);
-    # backward reads them and writes the e-byte logit gradient.
-    ce_fwd = Op(OpKind.SOFTMAX_CE, (t, v), (e + 4) * t * v, dtype=dtype)
-    ce_bwd = Op(OpKind.SOFTMAX_CE, (t, v), (4 + e) * t * v, dtype=dtype)
-    fwd = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype), lm, ce_fwd)
-    bwd = (ce_bwd, *lm_b, Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype))
+    # Cross-entropy as PyTorch runs it on the logits (Hugging Face's ForCausalLMLoss and
+    # torchtitan both call F.cross_entropy on logits.float()), one kernel per op, each a pass over
+    # t·V elements counted by its compulsory traffic:
+    #   forward:  the fp32 upcast (read e, write 4; absent in fp32 training), log_softmax (read 4,
+    #             write the 4-byte log-probabilities it saves), nll_loss (gathers t log-probs by
+    #             8-byte target ids: 12 B per token);
+    #   backward: nll_loss_backward zero-fills the t×V fp32 gradient (ATen cuda/Loss.cu,
+    #             nll_loss_backward_out_cuda: grad_input.zero_(), write 4) and scatters -1/N into t
+    #             of its elements (read 8-byte ids, write 4), log_softmax_backward reads that
+    #             gradient and the saved log-probabilities and writes the logit gradient (4 + 4 + 4;
+    #             ATen cuda/SoftMax.cu host_softmax_backward), and the upcast's backward casts it
+    #             back to e bytes (read 4, write e).
+    up = e != 4
+    ce_fwd = ((_ew((e + 4) * t * v, dtype),) if up else ()) + (
+        Op(OpKind.SOFTMAX_CE, (t, v), 8 * t * v, dtype=dtype), _ew(12 * t, dtype))
+    ce_bwd = (_ew(4 * t * v, dtype), _ew(12 * t, dtype),
+              Op(OpKind.SOFTMAX_CE, (t, v), 12 * t * v, dtype=dtype)) + (
+        (_ew((4 + e) * t * v, dtype),) if up else ())
+    fwd = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype), lm, *ce_fwd)
+    bwd = (*ce_bwd, *lm_b, Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype))
     return _blockwork("head", spec.n_layers + 1, spec.head_params(), fwd, bwd, e,
                       acts.head_act(), acts.head_ckpt(), acts.head_workspace(),
                       tied_to=0 if spec.tied_embeddings else None)
