@@ -372,7 +372,8 @@ class AdamModel(Strict):
 
     1. ``by_threads`` at ``threads`` (measured curve; linear in threads between measured points,
        the nearest end outside them) when both are given;
-    2. ``params_per_s``: one whole-host rate;
+    2. ``params_per_s``: one whole-host rate (it wins over the per-core model, so a testbed that
+       ``extends`` a profile with ``simd`` can state a measured host rate);
     3. the per-core model: ``per_core_params_per_s`` (or, absent, the cited rate of the ``simd``
        class, ADAM_PER_CORE) × min(``threads`` or ``host.cores``, ``host.cores``), capped at the
        DRAM-bound ceiling 0.7 × dram_bandwidth / 28 B. ``threads`` is the OpenMP threads summed
@@ -392,9 +393,6 @@ class AdamModel(Strict):
 
     @model_validator(mode="after")
     def _one_rate(self) -> "AdamModel":
-        if self.params_per_s is not None and (self.per_core_params_per_s is not None or self.simd is not None):
-            raise ValueError("give either params_per_s (one whole-host rate) or simd with optional "
-                             "per_core_params_per_s (a per-core rate x threads), not both")
         if self.per_core_params_per_s is not None and self.simd is None:
             raise ValueError("per_core_params_per_s needs simd (avx512 or avx2): the SIMD class of "
                              "the host the per-core rate stands for")
