@@ -477,18 +477,23 @@ ADAM_DEFAULT_FLAG = f"host.adam.params_per_s (assumed: {DRAM_STREAM_FRACTION} x 
 # walks the parameters in tiles of TILE = 128 Mi elements and, per tile, an OpenMP ``parallel for``
 # over SIMD_WIDTH x span floats (AVX-512: 16 lanes, AVX2: 8; span 8 then 4 then 1) does ~10 SIMD
 # ops per vector (2 mul, 4 fma, sqrt, div, fma, ...) over p, g, m, v: 28 B/param of fp32 traffic.
-# Its rate is the per-core SIMD throughput × the OpenMP threads, far below the host's DRAM
-# bandwidth (DeepSpeed PR #735: 1.41 G params/s = 40 GB/s of fp32 traffic on a 256 GB/s host).
+# The one published step time (below) is 1.41 G params/s = 40 GB/s on a 256 GB/s host: not
+# DRAM-bound, and also more than an order of magnitude below both a core's SIMD issue rate
+# (~25 cycles per 16 params, divide and square root dominating) and a core's streaming bandwidth
+# (~10 GB/s); in 2021 the step also copied each tile's fp16 params to the GPU. Which per-core
+# resource sets it is not established, so the rate is taken as measured per core × the cores
+# stepping (OpenMP parallel for; assumed linear in cores).
 # avx512: Reza Yazdani Aminabadi, DeepSpeed PR #735 (2021-02-08): an 11.6B-parameter GPT-2
 #   optimizer step in 8.2 s with DeepSpeedCPUAdam (56 s with torch Adam). The host is not stated;
 #   the DeepSpeed team's ZeRO-Offload testbed is a DGX-2 (2x Xeon Platinum 8168, 48 cores, two
 #   512-bit FMA units per core), taken as the host, all 48 cores (torch's default intra-op
 #   threads: the physical cores): 11.6e9 / 8.2 / 48 = 2.947e7 params/s per core.
 # avx2: no published DeepSpeedCPUAdam step time on a named AVX2 host with a known parameter count
-#   was found. Assumed half the avx512 rate: the same kernel at half the SIMD lanes per
-#   instruction (AVX2 __m256 = 8 fp32 vs __m512 = 16); the FP32 FMA datapath per core of Zen 2/3
-#   (2 x 256-bit) is half that of Skylake-SP/Sapphire Rapids Platinum (2 x 512-bit). Zen 4
-#   (EPYC 9004, Ryzen 7000) runs AVX-512 on 256-bit units: this class too.
+#   was found. Assumed half the avx512 rate: the one way the kernel differs between the classes
+#   is the vector width (AVX2 __m256 = 8 fp32 lanes vs __m512 = 16), and Zen 2/3/4 cores have two
+#   256-bit FMA pipes where Skylake-SP / Sapphire Rapids Platinum cores have two 512-bit ones.
+#   Zen 4 (EPYC 9004, Ryzen 7000) runs AVX-512 on 256-bit units: this class too. If the per-core
+#   rate is not set by the vector width (see above), avx2 hosts step up to 2x faster than priced.
 ADAM_PER_CORE_AVX512 = 11.6e9 / 8.2 / 48
 ADAM_PER_CORE: dict[str, PositiveQ] = {
     "avx512": PositiveQ(value=ADAM_PER_CORE_AVX512, source="reported",
