@@ -489,19 +489,18 @@ ADAM_DEFAULT_FLAG = f"host.adam.params_per_s (assumed: {DRAM_STREAM_FRACTION} x 
 #   512-bit FMA units per core), taken as the host, all 48 cores (torch's default intra-op
 #   threads: the physical cores): 11.6e9 / 8.2 / 48 = 2.947e7 params/s per core.
 # avx2: no published DeepSpeedCPUAdam step time on a named AVX2 host with a known parameter count
-#   was found. Assumed half the avx512 rate: the one way the kernel differs between the classes
-#   is the vector width (AVX2 __m256 = 8 fp32 lanes vs __m512 = 16), and Zen 2/3/4 cores have two
-#   256-bit FMA pipes where Skylake-SP / Sapphire Rapids Platinum cores have two 512-bit ones.
-#   Zen 4 (EPYC 9004, Ryzen 7000) runs AVX-512 on 256-bit units: this class too. If the per-core
-#   rate is not set by the vector width (see above), avx2 hosts step up to 2x faster than priced.
+#   was found. The avx512 rate is assumed: the published rate is not set by the vector width
+#   (the current kernel, AVX2 build, steps 3.06e8 params/s on one AMD EPYC core of this project's
+#   VM, ten times the per-core rate above; docs/profiles.md "CPU Adam"). Zen 4 (EPYC 9004,
+#   Ryzen 7000) builds with AVX-512 but runs it on 256-bit units; whatever its class, the same rate.
 ADAM_PER_CORE_AVX512 = 11.6e9 / 8.2 / 48
 ADAM_PER_CORE: dict[str, PositiveQ] = {
     "avx512": PositiveQ(value=ADAM_PER_CORE_AVX512, source="reported",
                         ref="DeepSpeed PR #735 (2021-02-08): DeepSpeedCPUAdam steps 11.6B params in 8.2 s; "
                             "host assumed a DGX-2 (2x Xeon Platinum 8168, 48 cores): 11.6e9/8.2/48"),
-    "avx2": PositiveQ(value=ADAM_PER_CORE_AVX512 / 2, source="assumed",
-                      ref="half the avx512 per-core rate (DeepSpeed PR #735 / 48 cores): AVX2 has half "
-                          "the fp32 lanes per instruction and Zen 2/3/4 half the FMA datapath width; assumed"),
+    "avx2": PositiveQ(value=ADAM_PER_CORE_AVX512, source="assumed",
+                      ref="the avx512 per-core rate (DeepSpeed PR #735 / 48 cores): the published step rate "
+                          "is not set by the vector width (docs/profiles.md CPU Adam); assumed"),
 }
 
 
