@@ -480,7 +480,7 @@ ADAM_DEFAULT_FLAG = f"host.adam.params_per_s (assumed: {DRAM_STREAM_FRACTION} x 
 # The one published step time (below) is 1.41 G params/s = 40 GB/s on a 256 GB/s host: not
 # DRAM-bound, and also more than an order of magnitude below both a core's SIMD issue rate
 # (~25 cycles per 16 params, divide and square root dominating) and a core's streaming bandwidth
-# (~10 GB/s); in 2021 the step also copied each tile's fp16 params to the GPU. Which per-core
+# (~10 GB/s); in 2021 the step also sent each tile's updated params to the GPU (launch_param_update). Which per-core
 # resource sets it is not established, so the rate is taken as measured per core × the cores
 # stepping (OpenMP parallel for; assumed linear in cores).
 # avx512: Reza Yazdani Aminabadi, DeepSpeed PR #735 (2021-02-08): an 11.6B-parameter GPT-2
