@@ -88,8 +88,9 @@ def test_h2d_one_gib_pinned_gen5_is_alpha_beta():
     assert "links.h2d.pinned.bandwidth_gbps (assumed)" in cm.flags
 
 
-def test_adam_cpu_is_linear_and_dram_bound_by_default():
-    cm = CostModel(load_profile("a100-40gb-pcie-epyc7713"))
+def test_adam_cpu_is_linear_and_dram_bound_without_a_per_core_rate():
+    p = load_profile("a100-40gb-pcie-epyc7713")
+    cm = CostModel(_with(p, ("host", "adam"), {}))      # no simd / per-core rate: the DRAM default
     one = cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**9))
     # 28 B/param at 0.7 of the 204.8 GB/s datasheet DRAM bandwidth: the fraction host copies use
     # (memcpy_gbps 72 = 0.35 x 204.8, a copy moving each byte twice)
@@ -97,6 +98,94 @@ def test_adam_cpu_is_linear_and_dram_bound_by_default():
     assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=2 * 10**9)) == pytest.approx(2 * one, rel=1e-12)
     assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**9, count=3)) == pytest.approx(3 * one, rel=1e-12)
     assert "host.adam.params_per_s (assumed: 0.7 x dram_bandwidth/28)" in cm.flags
+
+
+# DeepSpeed PR #735: 11.6e9 params in 8.2 s on (assumed) 48 Xeon 8168 cores; avx2 class: the same
+AVX512_PER_CORE = 11.6e9 / 8.2 / 48
+
+
+@pytest.mark.parametrize("name, cores, per_core, source", [
+    ("v100-32gb-dgx2", 48, 2.947e7, "reported"),            # 2x Xeon 8168: the PR #735 host itself
+    ("h100-sxm", 112, 2.947e7, "reported"),                 # 2x Xeon 8480C
+    ("h200-sxm", 112, 2.947e7, "reported"),
+    ("t4", 4, 2.947e7, "reported"),
+    ("a100-40gb-pcie-epyc7713", 64, 2.947e7, "assumed"),  # EPYC 7713 (Zen 3): avx2 class
+    ("a100-80gb-sxm", 128, 2.947e7, "assumed"),           # 2x EPYC 7742 (Zen 2)
+    ("2xa100-40gb-2xepyc7742", 128, 2.947e7, "assumed"),
+    ("h100-pcie", 32, 2.947e7, "assumed"),                # EPYC 9354 (Zen 4: 256-bit FMA datapath)
+    ("l40", 64, 2.947e7, "assumed"),
+    ("rtx4090-desktop", 16, 2.947e7, "assumed"),          # Ryzen 9 7950X
+])
+def test_shipped_hosts_price_cpu_adam_per_core_times_cores(name, cores, per_core, source):
+    cm = CostModel(load_profile(name))
+    assert cm.profile.host.cores == cores
+    # all cores step (torch's default intra-op threads; one cpu.optim stream per host), far below
+    # the DRAM ceiling 0.7 x dram / 28 on every shipped host
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**9)) == pytest.approx(1e9 / (per_core * cores), rel=1e-12)
+    assert per_core * cores < 0.7 * cm.profile.host.dram_bandwidth_gbps.value * 1e9 / 28
+    assert cm.flags == {f"host.adam.per_core_params_per_s ({source})"}
+
+
+def test_dgx2_prices_the_pr735_step_it_rests_on():
+    # 11.6B params on the 48-core DGX-2 host: the published 8.2 s, by construction of the rate
+    cm = CostModel(load_profile("v100-32gb-dgx2"))
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=11_600_000_000)) == pytest.approx(11.6e9 / (2.947e7 * 48))
+    assert 11.6e9 / (2.947e7 * 48) == pytest.approx(8.2, rel=1e-4)
+
+
+def _host_adam(adam: dict, cores: int = 4, dram: float = 28.0) -> CostModel:
+    p = _with(cpu_profile(), ("host", "adam"), adam)
+    p = _with(p, ("host", "cores"), cores)
+    return CostModel(_with(p, ("host", "dram_bandwidth_gbps"), q(dram)))
+
+
+def test_adam_thread_rule_per_core_times_threads_capped_by_cores_and_dram():
+    n = 10**8
+    pc = {"simd": "avx512", "per_core_params_per_s": q(1e7, "reported")}
+    # threads default: host.cores (4) -> 4e7 params/s
+    assert _host_adam(pc).op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(n / 4e7)
+    # torchrun's OMP_NUM_THREADS=1 with 2 ranks: 2 threads on the host
+    assert _host_adam({**pc, "threads": 2}).op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(n / 2e7)
+    # more threads than cores (N unbound ranks x all cores): the cores, flagged
+    cm = _host_adam({**pc, "threads": 16})
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(n / 4e7)
+    assert "host.adam.threads (16 > host.cores 4: 4 used)" in cm.flags
+    # the DRAM-bound ceiling binds: 64 cores x 1e7 = 6.4e8 > 0.7 x 28e9 / 28 = 7e8? no; 100 cores: yes
+    assert _host_adam(pc, cores=64).op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(n / 6.4e8)
+    cm = _host_adam(pc, cores=100)
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(n / 7e8)
+    assert "host.dram_bandwidth_gbps (assumed)" in cm.flags
+    assert "host.adam.per_core_params_per_s (reported)" in cm.flags
+
+
+def test_adam_whole_host_rate_wins_over_the_per_core_model():
+    # a testbed extending a shipped profile (simd + per-core) may state a measured host rate
+    cm = _host_adam({"simd": "avx2", "per_core_params_per_s": q(1e7), "params_per_s": q(5e8, "reported")})
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=10**8)) == pytest.approx(0.2)
+    assert cm.flags == {"host.adam.params_per_s (reported)"}
+
+
+def test_adam_simd_alone_takes_the_cited_per_core_rate_of_its_class():
+    n = 10**8
+    cm = _host_adam({"simd": "avx512"})
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(n / (4 * AVX512_PER_CORE))
+    assert cm.flags == {"host.adam.per_core_params_per_s (reported)"}
+    cm = _host_adam({"simd": "avx2"})
+    assert cm.op_seconds(Op(OpKind.ADAM_CPU, n=n)) == pytest.approx(n / (4 * AVX512_PER_CORE))
+    assert cm.flags == {"host.adam.per_core_params_per_s (assumed)"}
+    assert "host.adam.per_core_params_per_s (assumed)" in cm.profile.provenance_flags()
+
+
+@pytest.mark.parametrize("adam, match", [
+    ({"simd": "avx1024"}, r"c\.yaml: host\.adam\.simd: bad value 'avx1024'; allowed: 'avx512' or 'avx2'"),
+    ({"per_core_params_per_s": q(1e7)}, r"c\.yaml: host\.adam: .*per_core_params_per_s needs simd \(avx512 or avx2\)"),
+    ({"simd": "avx2", "per_core_params_per_s": q(-1.0)}, r"c\.yaml: host\.adam\.per_core_params_per_s\.value: bad value -1\.0"),
+])
+def test_bad_adam_values_name_file_key_and_what_is_allowed(adam, match):
+    data = cpu_profile().model_dump(mode="json", exclude_none=True)
+    data["host"]["adam"] = adam
+    with pytest.raises(ConfigError, match=match):
+        validate(HardwareProfile, data, "c.yaml")
 
 
 def test_adam_gpu_and_memory_bound_ops():

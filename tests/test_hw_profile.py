@@ -228,7 +228,9 @@ def test_provenance_flags_name_uncalibrated_numbers_only(tmp_path):
     flags = load_profile("h100-sxm").provenance_flags()
     assert "gpu.peak_tflops.bf16 (datasheet)" in flags
     assert "links.h2d.pageable.bandwidth_gbps (assumed)" in flags
-    assert "host.adam.params_per_s (assumed: 0.7 x dram_bandwidth/28)" in flags
+    # CPU Adam rests on the reported per-core rate (DeepSpeed PR #735), no longer on the DRAM default
+    assert "host.adam.per_core_params_per_s (reported)" in flags
+    assert "host.adam.params_per_s (assumed: 0.7 x dram_bandwidth/28)" not in flags
     # the team's readings (no raw output, no driver version) are reported, hence uncalibrated
     assert "gpu.mem_bandwidth_gbps (reported)" in flags
     assert "gpu.gemm.anchor.tflops (reported)" in flags

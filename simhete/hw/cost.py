@@ -24,8 +24,10 @@ Prices (per op, multiplied by ``op.count``; see docs/profiles.md for the full ta
 - On a ``device_type: cpu`` profile the device is the host: D2D is a host memcpy and ADAM_GPU is
   priced as ADAM_CPU.
 - MEMCPY_CPU: n / host memcpy bandwidth. ADAM_CPU: overhead + n / rate, the rate taken from
-  ``host.adam.by_threads`` at ``host.adam.threads`` when both are given, else ``params_per_s``
-  (default: 0.7 × DRAM bandwidth / 28 B per parameter, profile.DRAM_STREAM_FRACTION).
+  ``host.adam.by_threads`` at ``host.adam.threads`` when both are given, else ``params_per_s``,
+  else the per-core model min(per-core rate of the ``simd`` class × threads (default
+  ``host.cores``, at most it), 0.7 × DRAM bandwidth / 28 B) (profile.AdamModel, ADAM_PER_CORE),
+  else 0.7 × DRAM bandwidth / 28 B per parameter (profile.DRAM_STREAM_FRACTION), flagged assumed.
 - ADAM_GPU: max(launch, 7 · e · n / (bandwidth × efficiency)), e the bytes of the op's dtype (the
   optimizer state's: fp32 in mixed precision, 28 B/param; bf16/fp16 in pure training, 14 B/param).
 - ALLREDUCE/REDUCE_SCATTER/ALLGATHER: α + n · factor / bus bandwidth (nccl-tests factors).
@@ -50,7 +52,7 @@ from typing import Callable
 
 from simhete.errors import ConfigError
 from simhete.hw.gemm import GemmInterpolator
-from simhete.hw.profile import (ADAM_ACCESSES_PER_PARAM, ADAM_DEFAULT_FLAG, DTYPES, Curve, HardwareProfile,
+from simhete.hw.profile import (ADAM_ACCESSES_PER_PARAM, DTYPES, Curve, HardwareProfile,
                                 Link, Provenance)
 from simhete.opkinds import BWD_KIND, DTYPE_BYTES, OpKind
 from simhete.schedule.model import Op, Schedule, Task
@@ -116,7 +118,7 @@ class CostModel:
             "_launch": g.launch_overhead_us.value * 1e-6,
             "_mem_bps": g.mem_bandwidth_gbps.value * 1e9,
             "_mb_eff": g.memory_bound_efficiency.value,
-            "_adam": host.adam_params_per_s(),
+            "_adam": host.adam_rate(),
             "_mb_curves": {},       # key -> (sizes, times): filled as curves are first used
             "_tables": {},
             "_attn_interp": {},     # (kind, dtype, causal) -> interpolator: filled on first use
@@ -491,13 +493,17 @@ class CostModel:
             if self._adam_flag:
                 self._flags.add(self._adam_flag)
             rate = self._adam_rate
-        elif adam.params_per_s is None:
-            self._flags.add(ADAM_DEFAULT_FLAG)
-            self._use("host.dram_bandwidth_gbps", self.profile.host.dram_bandwidth_gbps)
-            rate = self._adam.value
         else:
-            self._use("host.adam.params_per_s", self._adam)
-            rate = self._adam.value
+            q, used, default = self._adam
+            if default is not None:
+                self._flags.add(default)
+            for key, prov in used:
+                self._use(key, prov)
+            host = self.profile.host
+            if adam.threads is not None and adam.threads > host.cores and used[0][0] != "host.adam.params_per_s":
+                self._flags.add(f"host.adam.threads ({adam.threads} > host.cores {host.cores}: "
+                                f"{host.cores} used)")
+            rate = q.value
         fixed = 0.0
         if adam.overhead_us is not None:
             self._use("host.adam.overhead_us", adam.overhead_us)

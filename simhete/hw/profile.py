@@ -367,19 +367,37 @@ class AdamThreads(Provenance):
 
 
 class AdamModel(Strict):
-    """CPU Adam: one call over n parameters takes ``overhead_us + n / rate``.
+    """CPU Adam (DeepSpeedCPUAdam): one call over n parameters takes ``overhead_us + n / rate``.
 
-    ``rate`` is ``by_threads`` at ``threads`` — the intra-op threads the CPU optimizer runs with
-    (linear in threads between measured points, the nearest end outside them) — when both are
-    given, else ``params_per_s``. Without either it is derived as DRAM-bound: 0.7 × dram_bandwidth
-    (DRAM_STREAM_FRACTION) / 28 bytes per parameter (reads p, g, m, v, writes p, m, v in fp32; REFERENCES.md "CPU Adam is
-    DRAM-bound"), and flagged as assumed. ``overhead_us`` (default 0) is the fixed cost of one
-    call; a schedule issues one ADAM_CPU op per block, so it is paid once per block."""
+    ``rate``, first that applies (docs/profiles.md "CPU Adam"):
+
+    1. ``by_threads`` at ``threads`` (measured curve; linear in threads between measured points,
+       the nearest end outside them) when both are given;
+    2. ``params_per_s``: one whole-host rate (it wins over the per-core model, so a testbed that
+       ``extends`` a profile with ``simd`` can state a measured host rate);
+    3. the per-core model: ``per_core_params_per_s`` (or, absent, the cited rate of the ``simd``
+       class, ADAM_PER_CORE) × min(``threads`` or ``host.cores``, ``host.cores``), capped at the
+       DRAM-bound ceiling 0.7 × dram_bandwidth / 28 B. ``threads`` is the OpenMP threads summed
+       over the ranks on the host (the ``cpu.optim`` stream is one per host: all ranks' partitions
+       step on it at once);
+    4. else the DRAM-bound ceiling alone, flagged as assumed.
+
+    ``overhead_us`` (default 0) is the fixed cost of one call; a schedule issues one ADAM_CPU op
+    per block, so it is paid once per block."""
 
     params_per_s: PositiveQ | None = None
     by_threads: AdamThreads | None = None
     threads: int | None = Field(None, ge=1)
     overhead_us: NonNegQ | None = None
+    simd: Literal["avx512", "avx2"] | None = None
+    per_core_params_per_s: PositiveQ | None = None
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> "AdamModel":
+        if self.per_core_params_per_s is not None and self.simd is None:
+            raise ValueError("per_core_params_per_s needs simd (avx512 or avx2): the SIMD class of "
+                             "the host the per-core rate stands for")
+        return self
 
 
 class Host(Strict):
@@ -393,17 +411,51 @@ class Host(Strict):
     pinned_limit_bytes: BytesQ | None = None   # absent: no pinned memory (a CPU device)
     adam: AdamModel = Field(default_factory=AdamModel)
 
-    def adam_params_per_s(self) -> PositiveQ:
-        """The Adam throughput used for pricing (given, or derived DRAM-bound and marked assumed);
-        ``by_threads`` at ``threads`` is :meth:`adam_rate`."""
-        if self.adam.params_per_s is not None:
-            return self.adam.params_per_s
+    def adam_threads(self) -> int:
+        """OpenMP threads stepping CPU Adam on this host, all ranks together: ``adam.threads``
+        (default ``cores``), at most ``cores`` (more threads than cores time-share them)."""
+        return min(self.adam.threads or self.cores, self.cores)
+
+    def adam_per_core(self) -> PositiveQ | None:
+        """The per-core Adam rate: ``adam.per_core_params_per_s``, or the cited rate of the
+        ``adam.simd`` class (ADAM_PER_CORE), or None when neither is given."""
+        if self.adam.per_core_params_per_s is not None:
+            return self.adam.per_core_params_per_s
+        if self.adam.simd is not None:
+            return ADAM_PER_CORE[self.adam.simd]
+        return None
+
+    def adam_dram_ceiling(self) -> PositiveQ:
+        """0.7 × DRAM bandwidth / 28 B per parameter: CPU Adam's DRAM-bound ceiling (assumed)."""
         d = self.dram_bandwidth_gbps
         return PositiveQ(value=d.value * 1e9 * DRAM_STREAM_FRACTION / ADAM_BYTES_PER_PARAM,
                          source="assumed",
                          ref=f"derived: {DRAM_STREAM_FRACTION} x host.dram_bandwidth_gbps ({d.source}) / "
                              f"{ADAM_BYTES_PER_PARAM} bytes per param, the DRAM-bound ceiling at "
                              "STREAM-class bandwidth")
+
+    def adam_rate(self) -> tuple[PositiveQ, list[tuple[str, Provenance]], str | None]:
+        """(whole-host Adam rate without ``by_threads``, the (dotted key, provenance) it rests on,
+        the flag it raises when it is the assumed DRAM-bound default)."""
+        a = self.adam
+        if a.params_per_s is not None:
+            return a.params_per_s, [("host.adam.params_per_s", a.params_per_s)], None
+        ceiling = self.adam_dram_ceiling()
+        pc = self.adam_per_core()
+        if pc is None:
+            return ceiling, [("host.dram_bandwidth_gbps", self.dram_bandwidth_gbps)], ADAM_DEFAULT_FLAG
+        n = self.adam_threads()
+        used: list[tuple[str, Provenance]] = [("host.adam.per_core_params_per_s", pc)]
+        if pc.value * n > ceiling.value:      # the DRAM-bound ceiling binds: it rests on DRAM bandwidth
+            used.append(("host.dram_bandwidth_gbps", self.dram_bandwidth_gbps))
+            return ceiling, used, None
+        return PositiveQ(value=pc.value * n, source=pc.source,
+                         ref=f"derived: host.adam.per_core_params_per_s ({pc.source}) x {n} threads"), used, None
+
+    def adam_params_per_s(self) -> PositiveQ:
+        """The whole-host Adam throughput used for pricing when ``by_threads`` does not apply (see
+        :class:`AdamModel`)."""
+        return self.adam_rate()[0]
 
 
 # Adam traffic per parameter: read p, g, m, v and write p, m, v = 7 tensor accesses, each of the
@@ -420,6 +472,37 @@ ADAM_BYTES_PER_PARAM = ADAM_ACCESSES_PER_PARAM * 4
 # byte), so Adam at 1.0 x theoretical was priced at twice the bandwidth a copy reaches. Assumed.
 DRAM_STREAM_FRACTION = 0.7
 ADAM_DEFAULT_FLAG = f"host.adam.params_per_s (assumed: {DRAM_STREAM_FRACTION} x dram_bandwidth/28)"
+
+# DeepSpeedCPUAdam per-core rate by SIMD class (docs/profiles.md "CPU Adam" has the measurements
+# table). Mechanism (DeepSpeed csrc/includes/cpu_adam.h Step_AVX, csrc/includes/simd.h): the step
+# walks the parameters in tiles of TILE = 128 Mi elements and, per tile, an OpenMP ``parallel for``
+# over SIMD_WIDTH x span floats (AVX-512: 16 lanes, AVX2: 8; span 8 then 4 then 1) does ~10 SIMD
+# ops per vector (2 mul, 4 fma, sqrt, div, fma, ...) over p, g, m, v: 28 B/param of fp32 traffic.
+# The one published step time (below) is 1.41 G params/s = 40 GB/s on a 256 GB/s host: not
+# DRAM-bound, and also more than an order of magnitude below both a core's SIMD issue rate
+# (~25 cycles per 16 params, divide and square root dominating) and a core's streaming bandwidth
+# (~10 GB/s); in 2021 the step also sent each tile's updated params to the GPU (launch_param_update). Which per-core
+# resource sets it is not established, so the rate is taken as measured per core × the cores
+# stepping (OpenMP parallel for; assumed linear in cores).
+# avx512: Reza Yazdani Aminabadi, DeepSpeed PR #735 (2021-02-08): an 11.6B-parameter GPT-2
+#   optimizer step in 8.2 s with DeepSpeedCPUAdam (56 s with torch Adam). The host is not stated;
+#   the DeepSpeed team's ZeRO-Offload testbed is a DGX-2 (2x Xeon Platinum 8168, 48 cores, two
+#   512-bit FMA units per core), taken as the host, all 48 cores (torch's default intra-op
+#   threads: the physical cores): 11.6e9 / 8.2 / 48 = 2.947e7 params/s per core.
+# avx2: no published DeepSpeedCPUAdam step time on a named AVX2 host with a known parameter count
+#   was found. The avx512 rate is assumed: the published rate is not set by the vector width
+#   (the current kernel, AVX2 build, steps 3.06e8 params/s on one AMD EPYC core of this project's
+#   VM, ten times the per-core rate above; docs/profiles.md "CPU Adam"). Zen 4 (EPYC 9004,
+#   Ryzen 7000) builds with AVX-512 but runs it on 256-bit units; whatever its class, the same rate.
+ADAM_PER_CORE_AVX512 = 11.6e9 / 8.2 / 48
+ADAM_PER_CORE: dict[str, PositiveQ] = {
+    "avx512": PositiveQ(value=ADAM_PER_CORE_AVX512, source="reported",
+                        ref="DeepSpeed PR #735 (2021-02-08): DeepSpeedCPUAdam steps 11.6B params in 8.2 s; "
+                            "host assumed a DGX-2 (2x Xeon Platinum 8168, 48 cores): 11.6e9/8.2/48"),
+    "avx2": PositiveQ(value=ADAM_PER_CORE_AVX512, source="assumed",
+                      ref="the avx512 per-core rate (DeepSpeed PR #735 / 48 cores): the published step rate "
+                          "is not set by the vector width (docs/profiles.md CPU Adam); assumed"),
+}
 
 
 # --------------------------------------------------------------------------------- links ----
@@ -520,8 +603,12 @@ class HardwareProfile(Strict):
     def provenance_flags(self) -> list[str]:
         """Every number not measured on the device, as ``"dotted.key (source)"``, sorted."""
         flags = {f"{k} ({p.source})" for k, p in self.quantities() if not p.calibrated}
-        if self.host.adam.params_per_s is None:
-            flags.add(ADAM_DEFAULT_FLAG)
+        _, used, default = self.host.adam_rate()
+        if default is not None:
+            flags.add(default)
+        for key, prov in used:      # e.g. a per-core rate taken from the simd class (not in the profile)
+            if not prov.calibrated:
+                flags.add(f"{key} ({prov.source})")
         return sorted(flags)
 
     # -- what-if ------------------------------------------------------------------------------
