@@ -37,10 +37,10 @@ def test_golden_summary(path):
     assert got == golden.read_text()
 
 
-FUSED = [p for p in SCENARIO_FILES if load_scenario(p).data.framework != "fused"]
+HF = [p for p in SCENARIO_FILES if load_scenario(p).data.framework != "fused"]
 
 
-@pytest.mark.parametrize("path", FUSED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", HF, ids=lambda p: p.stem)
 def test_golden_summary_fused(path):
     """Each shipped scenario run with ``framework: fused`` (Megatron-style kernels), pinned apart:
     these goldens were the predictions before the ``framework`` key had an effect, so ``fused``
