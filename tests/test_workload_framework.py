@@ -9,6 +9,7 @@ noise tensor on the CPU, a 1-byte mask on CUDA; CPU LayerNorm keeps its mean/rst
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,9 @@ MiB = 2**20
 LLAMA_SDPA = {(1, 256): 47_745_024}
 LLAMA_EAGER = {(1, 256): 60_295_168}
 GPT2_EAGER = {(1, 256): 16_517_120, (2, 512): 84_942_848}
+# GPT-2 with attn_pdrop = 0 (--attn-dropout 0): SDPA then runs torch's CPU flash kernel, as it
+# runs flash on a GPU (with dropout too, there); "fused" is simhete's replay block
+GPT2_NODROP = {"hf-eager": 13_371_392, "hf-sdpa": 11_810_816, "fused": 7_092_224}   # (1, 256)
 
 
 def act(spec, b, s, framework, flash=True):
@@ -72,6 +76,14 @@ def test_llama_2_7b_b1_s4096():
 @pytest.mark.parametrize(("b", "s"), sorted(GPT2_EAGER))
 def test_gpt2_hf_eager_block_equals_transformers(b, s):
     assert act(GPT2, b, s, "hf-eager", flash=False) + gpt2_cpu_correction(b, s, False) == GPT2_EAGER[(b, s)]
+
+
+@pytest.mark.parametrize("framework", sorted(GPT2_NODROP))
+def test_gpt2_without_attention_dropout_equals_measured(framework):
+    spec = dataclasses.replace(GPT2, attn_dropout=False)
+    flash = framework != "hf-eager"
+    got = act(spec, 1, 256, framework, flash) + gpt2_cpu_correction(1, 256, True)
+    assert got == GPT2_NODROP[framework]
 
 
 def test_gpt2_hf_gelu_new_saves_five_tensors():
