@@ -84,8 +84,9 @@ class Activations:
     flash: bool
     framework: str = "fused"
     lse_align: int = 1
-    """Queries per padded log-sum-exp row: 32 for PyTorch's memory-efficient SDPA kernel
-    (``_efficient_attention_forward``: ``ceil_div(M, kAlignLSE) * kAlignLSE``, kAlignLSE = 32)."""
+    """Queries per padded log-sum-exp row: 32 for PyTorch's memory-efficient SDPA kernel (its
+    logsumexp is (B, heads, ceil(M / 32) * 32): torch/_meta_registrations.py,
+    ``meta__scaled_dot_product_efficient_attention``)."""
 
     @property
     def t(self) -> int:
@@ -125,9 +126,12 @@ class Activations:
         h, kv, f, a = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads
         drop = 1 if sp.dropout else 0
         if sp.norm == "rmsnorm":
-            norm = 4 * h + 4 + 2 * e * h        # fp32 upcast, fp32 rstd, cast-back y, output
+            # LlamaRMSNorm.forward (modeling_llama.py): fp32 upcast (saved by pow and mul), fp32
+            # rstd, the cast-back y (saved by weight·y), the output (saved by the next GEMM)
+            norm = 4 * h + 4 + 2 * e * h
         else:
             norm = 2 * e * h + 8                # nn.LayerNorm: input, fp32 mean + rstd; output
+        # NewGELUActivation (activations.py): x, tanh(·), 0.5·x, 1 + tanh(·), output
         mlp = (5 if hf_gelu_new(sp) else self._mlp_elems()) * e * f
         eager = self.framework == "hf-eager" and not self.flash
         math = not self.flash and not eager    # torch SDPA's math path (CPU with dropout)
@@ -139,6 +143,9 @@ class Activations:
         if math:
             s2 = e + (1 + e if sp.attn_dropout else 0)
         else:
+            # eager_attention_forward: softmax(..., dtype=torch.float32) saves its fp32 output
+            # (GPT-2's softmax: e); PV saves the probabilities, a tensor of their own when cast
+            # from fp32 or the dropout's output (+ its 1-byte CUDA mask); dropout(p=0) is a no-op
             fp32 = sp.family not in GPT2_STYLE and e < 4
             soft = 4 if sp.family not in GPT2_STYLE else e
             probs = (1 + e) if sp.attn_dropout else (e if fp32 else 0)
