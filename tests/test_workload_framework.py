@@ -27,8 +27,9 @@ SCENARIOS = Path(__file__).parent.parent / "scenarios"
 MiB = 2**20
 
 # (b, s) -> bytes, recorded (module docstring)
-LLAMA_SDPA = {(1, 256): 47_745_024, (2, 256): 95_490_048}
-LLAMA_EAGER = {(1, 256): 60_295_168, (2, 256): 120_590_336}
+LLAMA_SDPA = {(1, 256): 47_745_024, (2, 256): 95_490_048, (1, 512): 95_490_048}
+LLAMA_EAGER = {(1, 256): 60_295_168, (2, 256): 120_590_336, (1, 512): 145_756_160,
+               (1, 1024): 392_175_616}
 GPT2_EAGER = {(1, 256): 16_517_120, (2, 512): 84_942_848}
 # GPT-2 with attn_pdrop = 0 (--attn-dropout 0): SDPA then runs torch's CPU flash kernel, as it
 # runs flash on a GPU (with dropout too, there); "fused" is simhete's replay block
