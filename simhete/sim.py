@@ -99,11 +99,55 @@ def resolve_profile(s: Scenario) -> Any:
     return _profile_with(name, mtime, s.file, key, ref.gpus, ref.gpu_memory, ref.host_memory, ref.pcie_gbps)
 
 
-def flash_attention(choice: str, device_type: str, spec: Any) -> bool:
-    """Which attention kernel runs (see TrainShape.attention)."""
+def flash_attention(choice: str, device_type: str, spec: Any, framework: str = "fused") -> bool:
+    """Which attention kernel runs (see TrainShape.attention): a fused one (True) or the unfused
+    scores-and-softmax path (False: Transformers' eager attention under ``hf-eager``, torch SDPA's
+    math path otherwise). ``hf-eager`` never runs a fused kernel; ``attention: flash`` with it is
+    a contradiction, refused by :func:`attention_kernel`."""
     if choice != "auto":
         return choice == "flash"
+    if framework == "hf-eager":
+        return False
     return not (device_type == "cpu" and spec.attn_dropout)
+
+
+# PyTorch's SDPA kernel choice on CUDA (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp):
+# the flash kernel needs sm80 or newer (check_flash_attention_hardware_support: check_sm_version
+# <sm80, sm121>), the memory-efficient kernel sm50 or newer (check_mem_efficient_hardware_support:
+# <sm50, sm121>); FlashAttention-2 itself supports Ampere and newer
+# (Dao 2023, flash-attn README "Ampere, Ada, or Hopper GPUs").
+FLASH_MIN_CC = 8.0
+
+
+def attention_kernel(s: Scenario, prof: Any, spec: Any) -> tuple[bool, int]:
+    """(fused attention?, log-sum-exp alignment) for the scenario's framework, attention choice
+    and device; a one-line ConfigError for combinations that cannot run."""
+    tr, fw = s.data.train, s.data.framework
+    if fw == "hf-eager" and tr.attention == "flash":
+        raise ConfigError(s.file, "train.attention", "flash", allowed=(
+            "auto or math with framework hf-eager (Transformers' eager attention has no fused "
+            "kernel); use framework hf-sdpa or hf-flash2 for a fused one"))
+    flash = flash_attention(tr.attention, prof.device_type, spec, fw)
+    if prof.device_type != "cuda" or fw == "fused" or not flash:
+        return flash, 1
+    cc = getattr(prof.gpu, "compute_capability", None)   # absent: a GPU of sm80 or newer
+    old_gpu = cc is not None and float(cc) < FLASH_MIN_CC
+    if tr.dtype == "fp32":
+        # flash kernels take fp16/bf16 only (sdp_utils.cpp check_dtypes_low_precision;
+        # flash-attn likewise): SDPA runs the memory-efficient kernel on fp32
+        if fw == "hf-flash2":
+            raise ConfigError(s.file, "framework", fw, allowed=(
+                "fused, hf-eager or hf-sdpa with train.dtype fp32: FlashAttention-2 takes fp16/bf16 only"))
+        return flash, 32
+    if not old_gpu:
+        return flash, 1
+    if fw == "hf-flash2":
+        raise ConfigError(s.file, "framework", fw, allowed=(
+            f"fused, hf-eager or hf-sdpa on {prof.name} (compute capability {cc}): "
+            f"FlashAttention-2 needs {FLASH_MIN_CC} or newer"))
+    # hf-sdpa below sm80: SDPA runs the memory-efficient kernel (no s×s storage, log-sum-exp
+    # padded to 32 queries: _efficient_attention_forward's kAlignLSE)
+    return flash, 32
 
 
 def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
@@ -115,9 +159,9 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     if tr.precision == "pure" and tr.dtype != "fp32" and cls.pure_precision:
         raise ConfigError(s.file, "train.precision", "pure",
                           allowed=f"mixed with policy {cls.name} ({cls.pure_precision})")
-    wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype,
-                        flash_attention=flash_attention(tr.attention, prof.device_type, spec),
-                        precision=tr.precision)
+    flash, lse_align = attention_kernel(s, prof, spec)
+    wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype, flash_attention=flash,
+                        framework=s.data.framework, lse_align=lse_align, precision=tr.precision)
     policy = cls(cls.knobs(s.data.knobs, s.file))
     n_gpus = prof.gpu.count
     if n_gpus > 1 and not cls.multi_gpu:

@@ -37,6 +37,22 @@ def test_golden_summary(path):
     assert got == golden.read_text()
 
 
+HF = [p for p in SCENARIO_FILES if load_scenario(p).data.framework != "fused"]
+
+
+@pytest.mark.parametrize("path", HF, ids=lambda p: p.stem)
+def test_golden_summary_fused(path):
+    """Each shipped scenario run with ``framework: fused`` (Megatron-style kernels), pinned apart,
+    so the fused kernels' accounting is checked whatever framework a scenario names."""
+    s = load_scenario(path).with_changes(framework="fused")
+    got = json.dumps(run(s).summary.to_dict(), indent=2) + "\n"
+    golden = GOLDEN / "fused" / f"{path.stem}.json"
+    if REGEN:
+        golden.write_text(got)
+    assert golden.exists(), f"no fused golden for {path.name}; run with SIMHETE_REGEN_GOLDEN=1"
+    assert got == golden.read_text()
+
+
 @pytest.mark.parametrize("path", SCENARIO_FILES[:3], ids=lambda p: p.stem)
 def test_deterministic_and_engines_agree(path):
     """Same inputs give byte-identical output, and the SimPy reference engine agrees exactly."""

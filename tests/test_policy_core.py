@@ -20,7 +20,8 @@ def scen(model="gpt-like-h256-l4", policy="gpu-only", knobs=None, mb=2, seq=128,
     return scenario_from_dict({
         "model": model, "hardware": hw or {"profile": "h100-sxm", "gpus": 1},
         "train": {"micro_batch": mb, "seq_len": seq, "dtype": "bf16"},
-        "iterations": its, "policy": policy, "knobs": knobs or {}})
+        "iterations": its, "policy": policy, "knobs": knobs or {},
+        "framework": "fused"})   # the figures below are of the fused accounting
 
 
 def initial_bytes(schedule, pool):

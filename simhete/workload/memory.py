@@ -25,6 +25,33 @@ Adapted here to the model variant, with e bytes per element (2 for bf16/fp16) an
 - Residual dropout masks (1 byte per element) after attention and after the MLP only if the model
   uses dropout (LLaMA does not).
 
+Per framework (``framework``; measured with saved-tensor hooks by benchmarks/hf_saved_bytes.py,
+reference values in tests/test_workload_framework.py). ``fused`` is the accounting above. The
+Hugging Face Transformers frameworks (``hf-eager``, ``hf-sdpa``, ``hf-flash2``) differ where
+Transformers runs a module as a chain of eager ops (transformers/models/*/modeling_*.py):
+
+- RMSNorm (``LlamaRMSNorm.forward``: x.to(fp32); x.pow(2).mean(-1); x·rsqrt(var + eps);
+  weight · y.to(input dtype)): pow and mul save the fp32 upcast (4·h), mul the fp32 rstd (4), the
+  weight multiply the cast-back y (e·h); the output is saved by the next GEMM (e·h). The 16-bit
+  input is not saved (the casts save nothing): 4·h + 4 + 2·e·h per norm, against fused's
+  e·h + e·h + 4. LayerNorm is ``nn.LayerNorm`` (the fused kernel): unchanged.
+- GeLU of GPT-2-style models (``activation_function: gelu_new``, Transformers'
+  ``NewGELUActivation``: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))): pow saves x, tanh its
+  output, the final multiply 0.5·x and 1 + tanh, fc2 the result: 5·e·f, against fused's 2·e·f.
+  SiLU (``nn.SiLU``), ReLU and GPT-NeoX's/OPT's ``gelu`` (``F.gelu``) are single kernels: unchanged.
+- Rotary positions (``apply_rotary_pos_emb``: q·cos + rotate_half(q)·sin): each multiply saves
+  only its non-grad operand, the cos/sin tables shared by all layers (not counted per block).
+- hf-sdpa / hf-flash2 attention: Q, K, V at their real widths (Transformers passes
+  ``enable_gqa=True`` to SDPA without a mask, FlashAttention-2 takes grouped K/V), O and the fp32
+  log-sum-exp: as fused. PyTorch's memory-efficient kernel (what SDPA runs below sm80) pads the
+  log-sum-exp to a multiple of 32 queries (``lse_align``).
+- hf-eager attention (``eager_attention_forward``): K and V expanded by ``repeat_kv`` (e·3h for
+  Q, K, V); O made contiguous (e·h); per score the softmax output — fp32 for LLaMA/Mistral/OPT/
+  GPT-NeoX (``softmax(..., dtype=torch.float32)``), e for GPT-2-style (``softmax`` in the working
+  dtype) — then the probabilities PV multiplies when they are a tensor of their own: the e-byte
+  cast of an fp32 softmax, or the dropout output (with a 1-byte mask on CUDA:
+  ``native_dropout``). ``dropout(p=0)`` returns its input (ATen Dropout.cpp ``_dropout_impl``).
+
 Checkpointed (fully recomputed) block: keeps only its input, e·t·h bytes.
 
 Workspace: the peak of transient tensors during the block's forward or backward that are not in
@@ -37,6 +64,16 @@ from dataclasses import dataclass
 
 from simhete.workload.spec import ModelSpec
 
+FRAMEWORKS = ("fused", "hf-eager", "hf-sdpa", "hf-flash2")
+GPT2_STYLE = frozenset({"gpt2", "gpt3", "gpt-like"})
+"""Families Transformers runs as GPT-2 (``GPT2Model``): softmax in the working dtype and the
+``gelu_new`` activation (Python NewGELUActivation); the other families take an fp32 softmax."""
+
+
+def hf_gelu_new(spec: ModelSpec) -> bool:
+    """Transformers runs this model's GeLU as the unfused NewGELUActivation (GPT-2's gelu_new)."""
+    return spec.mlp == "gelu" and spec.family in GPT2_STYLE
+
 
 @dataclass(frozen=True, slots=True)
 class Activations:
@@ -45,6 +82,11 @@ class Activations:
     s: int
     e: int
     flash: bool
+    framework: str = "fused"
+    lse_align: int = 1
+    """Queries per padded log-sum-exp row: 32 for PyTorch's memory-efficient SDPA kernel (its
+    logsumexp is (B, heads, ceil(M / 32) * 32): torch/_meta_registrations.py,
+    ``meta__scaled_dot_product_efficient_attention``)."""
 
     @property
     def t(self) -> int:
@@ -60,6 +102,8 @@ class Activations:
 
     def block_act(self) -> int:
         """Bytes a transformer block saves for backward without recomputation."""
+        if self.framework != "fused":
+            return self._hf_block_act()
         sp, e, t = self.spec, self.e, self.t
         h, kv, f, a = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads
         drop = 1 if sp.dropout else 0
@@ -75,6 +119,38 @@ class Activations:
             return t * (per_token + 4 * a)           # fp32 log-sum-exp per query and head
         s2 = e + (1 + e if sp.attn_dropout else 0)   # softmax output (+ dropout mask and output)
         return t * per_token + self.b * a * self.s * self.s * s2
+
+    def _hf_block_act(self) -> int:
+        """Hugging Face Transformers' block (see the module docstring, per framework)."""
+        sp, e, t, b, s = self.spec, self.e, self.t, self.b, self.s
+        h, kv, f, a = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads
+        drop = 1 if sp.dropout else 0
+        if sp.norm == "rmsnorm":
+            # LlamaRMSNorm.forward (modeling_llama.py): fp32 upcast (saved by pow and mul), fp32
+            # rstd, the cast-back y (saved by weight·y), the output (saved by the next GEMM)
+            norm = 4 * h + 4 + 2 * e * h
+        else:
+            norm = 2 * e * h + 8                # nn.LayerNorm: input, fp32 mean + rstd; output
+        # NewGELUActivation (activations.py): x, tanh(·), 0.5·x, 1 + tanh(·), output
+        mlp = (5 if hf_gelu_new(sp) else self._mlp_elems()) * e * f
+        eager = self.framework == "hf-eager" and not self.flash
+        math = not self.flash and not eager    # torch SDPA's math path (CPU with dropout)
+        qkv = e * (h + 2 * (h if (eager or math) else kv))
+        per_token = 2 * norm + qkv + e * h + mlp + 2 * drop * h
+        if self.flash:
+            rows = -(-s // self.lse_align) * self.lse_align
+            return t * per_token + 4 * a * b * rows
+        if math:
+            s2 = e + (1 + e if sp.attn_dropout else 0)
+        else:
+            # eager_attention_forward: softmax(..., dtype=torch.float32) saves its fp32 output
+            # (GPT-2's softmax: e); PV saves the probabilities, a tensor of their own when cast
+            # from fp32 or the dropout's output (+ its 1-byte CUDA mask); dropout(p=0) is a no-op
+            fp32 = sp.family not in GPT2_STYLE and e < 4
+            soft = 4 if sp.family not in GPT2_STYLE else e
+            probs = (1 + e) if sp.attn_dropout else (e if fp32 else 0)
+            s2 = soft + probs
+        return t * per_token + b * a * s * s * s2
 
     def block_ckpt(self) -> int:
         """A checkpointed block keeps its input only."""
@@ -94,10 +170,15 @@ class Activations:
         sp, e, t = self.spec, self.e, self.t
         h, f = sp.hidden, sp.ffn_hidden
         mlp = t * e * (2 * h + (3 if sp.mlp == "swiglu" else 2) * f)
+        # hf-eager with an fp32 softmax: its backward holds the fp32 gradient of the softmax
+        # output and the fp32 gradient of the scores at once (8 bytes per score)
+        per_score = 2 * e
+        if self.framework == "hf-eager" and sp.family not in GPT2_STYLE:
+            per_score = max(8, 2 * e)
         if self.flash:
             attn = t * (e * 5 * h + 4 * h)
         else:
-            attn = t * e * 5 * h + 2 * e * self.b * sp.n_heads * self.s * self.s
+            attn = t * e * 5 * h + per_score * self.b * sp.n_heads * self.s * self.s
         return max(mlp, attn)
 
     def embed_act(self) -> int:
@@ -117,6 +198,8 @@ class Activations:
         log-probabilities the cross-entropy saves: t·V·4 bytes — usually the largest tensor of
         the whole model (e.g. LLaMA-3: V = 128256, so 0.5 MB per token)."""
         sp, e, t = self.spec, self.e, self.t
+        if self.framework != "fused" and sp.norm == "rmsnorm":   # Transformers' LlamaRMSNorm
+            return t * (4 * sp.hidden + 4 + 2 * e * sp.hidden + 4 * sp.vocab)
         return t * (2 * e * sp.hidden + self._norm_stats() + 4 * sp.vocab)
 
     def head_ckpt(self) -> int:

@@ -26,6 +26,13 @@ Each op is one kernel (or, for DROPOUT+residual, the pair a fused kernel replace
 without curves for the new kinds prices exactly what it priced when they were ELEMENTWISE/NORM
 (simhete/hw/cost.py falls back RMSNORM → NORM, GELU/RELU/SWIGLU/DROPOUT/ROPE → ELEMENTWISE).
 
+Per framework (``framework``): ``fused`` is the above. The Hugging Face Transformers frameworks
+run some modules as chains of eager kernels (transformers/models/*/modeling_*.py), each an
+ELEMENTWISE op here (:func:`_hf_rmsnorm`, :func:`_hf_gelu_new`, :func:`_hf_rope`,
+:func:`_eager_attention`): RMSNorm, GPT-2's gelu_new and rotary positions always; attention under
+``hf-eager`` (and under ``attention: math``); residual dropout as its own kernel before the add.
+``hf-sdpa`` / ``hf-flash2`` attention is the fused ATTN_FWD / ATTN_BWD.
+
 Memory accounting and the FLOP totals are in :mod:`simhete.workload.memory` and the docstring of
 :class:`Workload`; the derivations are in docs/workload.md.
 """
@@ -103,35 +110,45 @@ class Workload:
     model_flops_per_iter: int
     tokens_per_iter: int
     optim_dtype: str = "fp32"
+    framework: str = "fused"
 
 
 def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype: str = "bf16",
-                   flash_attention: bool = True, precision: str = "mixed") -> Workload:
+                   flash_attention: bool = True, framework: str = "fused",
+                   lse_align: int = 1, precision: str = "mixed") -> Workload:
     """The Workload of ``spec`` (a ModelSpec or a preset name); cached, so cheap to call again.
+    ``framework``: which kernels run (:data:`memory.FRAMEWORKS`); ``flash_attention=False`` is
+    the eager attention under ``hf-eager``, torch SDPA's math path otherwise; ``lse_align`` = 32
+    for PyTorch's memory-efficient SDPA kernel (its padded log-sum-exp).
     ``precision``: ``mixed`` (fp32 master weights and Adam state) or ``pure`` (see :func:`_pure`)."""
     if isinstance(spec, str):
         spec = get_model(spec)
     one_of(precision, PRECISIONS, None, "train.precision", "precisions")
     if precision == "pure":
-        return _pure(spec, micro_batch, seq_len, dtype, flash_attention)
-    return _build(spec, micro_batch, seq_len, dtype, flash_attention)
+        return _pure(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align)
+    return _build(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align)
 
 
 @lru_cache(maxsize=4096)
-def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload:
+def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: str = "fused",
+           lse_align: int = 1) -> Workload:
     for key, v in (("micro_batch", b), ("seq_len", s)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(None, key, v, allowed="a positive integer")
     one_of(dtype, TRAIN_DTYPES, None, "dtype", "dtypes")
     if not isinstance(flash, bool):
         raise ConfigError(None, "flash_attention", flash, allowed="true or false")
+    one_of(framework, memory.FRAMEWORKS, None, "framework", "frameworks")
     if spec.pos == "learned" and s > spec.max_seq:
         raise ConfigError(None, "seq_len", s, problem=(
             f"seq_len={s} exceeds {spec.name}'s {spec.max_seq} learned positions"))
     e = DTYPE_BYTES[dtype]
-    acts = memory.Activations(spec, b, s, e, flash)
+    acts = memory.Activations(spec, b, s, e, flash, framework, lse_align)
     blocks = [_embed(spec, b, s, e, dtype, acts)]
-    fwd, bwd = _block_ops(spec, b, s, e, dtype, flash)  # identical (==) for every transformer block
+    if framework == "fused":
+        fwd, bwd = _block_ops(spec, b, s, e, dtype, flash)
+    else:
+        fwd, bwd = _hf_block_ops(spec, b, s, e, dtype, flash, framework)  # identical (==) for every transformer block
     for i in range(spec.n_layers):
         blocks.append(_blockwork(f"b{i}", i + 1, spec.block_params(), fwd, bwd, e,
                                  acts.block_act(), acts.block_ckpt(), acts.block_workspace()))
@@ -152,7 +169,7 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload
         return f
 
     return Workload(
-        spec=spec, micro_batch=b, seq_len=s, dtype=dtype, flash_attention=flash,
+        spec=spec, micro_batch=b, seq_len=s, dtype=dtype, flash_attention=flash, framework=framework,
         blocks=tuple(blocks), params=sum(bw.params for bw in blocks),
         fwd_flops=sum(flops(bw.fwd_ops) for bw in blocks), bwd_flops=sum(flops(bw.bwd_ops) for bw in blocks),
         model_flops_per_iter=3 * int(model_fwd), tokens_per_iter=b * s)
@@ -174,7 +191,8 @@ def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tup
 
 
 @lru_cache(maxsize=1024)
-def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload:
+def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: str = "fused",
+          lse_align: int = 1) -> Workload:
     """The workload of :func:`_build` trained in pure low precision: the optimizer updates the working-dtype weights in
     place, with no fp32 master copy and no fp32 gradients, and keeps Adam m and v in that dtype.
     torch.optim.Adam/AdamW create their state with ``torch.zeros_like(p,
@@ -184,7 +202,7 @@ def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool) -> Workload:
     whose HalfPrecision plugin converts the module to bf16) holds per parameter 2 B weights +
     2 B gradients + 2 B m + 2 B v = 8 B, against 16 B in mixed precision (ZeRO §3.1). In fp32
     nothing changes: mixed fp32 already has no master copy and keeps fp32 state."""
-    wl = _build(spec, b, s, dtype, flash)
+    wl = _build(spec, b, s, dtype, flash, framework, lse_align)
     if wl.dtype == "fp32":
         return wl
     e = DTYPE_BYTES[wl.dtype]
@@ -257,8 +275,8 @@ def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     return fwd, bwd
 
 
-def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
-               flash: bool = True) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bool = True,
+               attn: tuple[tuple[Op, ...], tuple[Op, ...]] | None = None) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     t, h, f, kv = b * s, spec.hidden, spec.ffn_hidden, spec.kv_dim
     drop = 1 if spec.dropout else 0
     norm = _norm(spec)
@@ -271,7 +289,7 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     # backward: dropout backward (read grad and mask, write grad: a masked scale, no random
     # numbers) and the residual gradient sum
     resid_bwd = _ew(3 * e * t * h + drop * (2 * e + 1) * t * h, dtype)
-    attn_f, attn_b = _attention(spec, b, s, e, dtype, flash)
+    attn_f, attn_b = attn if attn is not None else _attention(spec, b, s, e, dtype, flash)
     qkv, qkv_b = _linear(t, h + 2 * kv, h, dtype)
     out, out_b = _linear(t, h, h, dtype)
     fc1, fc1_b = _linear(t, f, h, dtype, spec.n_mlp_in)
@@ -297,6 +315,133 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     bwd = (resid_bwd, *fc2_b, *act_bwd, *fc1_b, *fc1_sum, norm_bwd,
            resid_bwd, *out_b, *attn_b, *rope_b, *qkv_b, norm_bwd)
     return fwd, bwd
+
+
+def _ews(t: int, w: int, dtype: str, kernels: tuple[tuple[float, float], ...]) -> tuple[Op, ...]:
+    """One ELEMENTWISE op per kernel, each given as (bytes read, bytes written) per element of a
+    t × w tensor (per-token reductions add 4 bytes per token, negligible against w)."""
+    return tuple(_ew(int((r + wr) * t * w), dtype) for r, wr in kernels)
+
+
+def _hf_rmsnorm(t: int, h: int, e: int, dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    """Transformers' ``LlamaRMSNorm.forward`` as the kernels eager PyTorch runs, per element of
+    t × h: x.to(fp32) (read e, write 4; none in fp32), pow(2) (4, 4), mean(-1) (read 4), + eps
+    and rsqrt (per token), x·rstd (4, 4), .to(input dtype) (4, e; none in fp32), weight·y (e, e).
+    Backward, as autograd differentiates that chain: dy·weight (e, e) and dy·y summed over tokens
+    (2e, e, then read e); the cast back (e, 4); d·rstd (4, 4) and d·x summed per token (8, 4,
+    then read 4); rsqrt's backward (per token); mean's backward expands (write 4); pow's backward (ATen ``pow_backward``:
+    grad·(2·x.pow(1))): x.pow(1) (4, 4), ·2 (4, 4), ·grad (8, 4); the two fp32 gradients of x
+    added (8, 4); the cast to the input dtype (4, e)."""
+    cast = e < 4
+    per_token = _ew(8 * t, dtype)      # + eps, rsqrt: one fp32 per token in and out
+    fwd = (*_ews(t, h, dtype, (*(((e, 4),) if cast else ()), (4, 4), (4, 0))), per_token, per_token,
+           *_ews(t, h, dtype, ((4, 4), *(((4, e),) if cast else ()), (e, e))))
+    bwd = (*_ews(t, h, dtype, ((e, e), (2 * e, e), (e, 0), *(((e, 4),) if cast else ()),
+                               (4, 4), (8, 4), (4, 0))),
+           _ew(12 * t, dtype),         # rsqrt's backward (read its output and the gradient)
+           *_ews(t, h, dtype, ((0, 4), (4, 4), (4, 4), (8, 4), (8, 4), *(((4, e),) if cast else ()))))
+    return fwd, bwd
+
+
+def _hf_gelu_new(t: int, f: int, e: int, dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    """Transformers' ``NewGELUActivation`` (GPT-2's gelu_new), 0.5·x·(1 + tanh(√(2/π)·(x +
+    0.044715·x³))), one kernel per operator, per element of t × f: x³, ·0.044715, + x, ·√(2/π),
+    tanh, + 1, 0.5·x, the product — each (e, e) except the adds and the product (2e, e).
+    Backward (autograd): the product's two gradients (2e, e each), tanh's (2e, e), the two scalar
+    multiplies (e, e each), 0.5·x's (e, e), pow's (x.pow(2), ·3, ·grad: (e, e), (e, e), (2e, e))
+    and the three gradients of x summed (two adds, (2e, e))."""
+    fwd = _ews(t, f, dtype, ((e, e), (e, e), (2 * e, e), (e, e), (e, e), (e, e), (e, e), (2 * e, e)))
+    bwd = _ews(t, f, dtype, ((2 * e, e), (2 * e, e), (2 * e, e), (e, e), (e, e), (e, e),
+                             (e, e), (e, e), (2 * e, e), (2 * e, e), (2 * e, e)))
+    return fwd, bwd
+
+
+def _hf_rope(t: int, widths: tuple[int, ...], e: int, dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    """Transformers' ``apply_rotary_pos_emb``: x·cos + rotate_half(x)·sin for q and for k, per
+    element of t × width: x·cos (e, e), neg of one half (e/2, e/2), cat (e, e), ·sin (e, e), the
+    add (2e, e). Backward: ·sin (e, e), neg (e/2, e/2), the two halves' slice backwards (zero-fill
+    and copy: (e/2, e) each), ·cos (e, e), the three gradients of x summed (two adds, (2e, e))."""
+    fwd: list[Op] = []
+    bwd: list[Op] = []
+    half = e / 2
+    for w in widths:
+        fwd += _ews(t, w, dtype, ((e, e), (half, half), (e, e), (e, e), (2 * e, e)))
+        bwd += _ews(t, w, dtype, ((e, e), (half, half), (half, e), (half, e), (e, e), (2 * e, e), (2 * e, e)))
+    return tuple(fwd), tuple(bwd)
+
+
+def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    """Transformers' ``eager_attention_forward``: K and V expanded to all heads (``repeat_kv``:
+    read kv, write h per token) under GQA; per head (count b·a) S = Q·Kᵀ (s, s, d); ·scaling
+    (e, e per score); + the additive causal mask (read the scores and the b·s² mask, write);
+    softmax — LLaMA/Mistral/OPT/GPT-NeoX upcast to fp32 (``dtype=torch.float32``: (e, 4)), take
+    an fp32 softmax (SOFTMAX_CE, 8 bytes per score) and cast back ((4, e)); GPT-2-style models a
+    softmax in the working dtype (2e); dropout on the probabilities when the model has attention
+    dropout (DROPOUT, 2e + 1; ``dropout(p=0)`` returns its input, no kernel); O = P·V (s, d, s);
+    O transposed and made contiguous (e, e per element of t × h). Backward: dP = dO·Vᵀ,
+    dV = Pᵀ·dO, dropout's masked scale, the casts and softmax backward (fp32: 12 bytes per score;
+    else 3e), ·scaling, dQ = dS·K, dK = dSᵀ·Q, and under GQA the expanded K/V gradients summed
+    back per group. n_s = b·a·s² scores."""
+    a, d, h, kv = spec.n_heads, spec.head_dim, spec.hidden, spec.kv_dim
+    t, ns, ba = b * s, b * a * s * s, b * a
+    qk = _gemm(s, s, d, dtype, ba)
+    pv = _gemm(s, d, s, dtype, ba)
+    gqa = kv < h
+    expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()
+    reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()
+    scale = _ew(2 * e * ns, dtype)
+    mask = _ew(2 * e * ns + e * b * s * s, dtype)
+    fp32 = spec.family not in memory.GPT2_STYLE
+    if fp32:
+        up = () if e == 4 else (_ew((e + 4) * ns, dtype),)
+        down = () if e == 4 else (_ew((4 + e) * ns, dtype),)
+        soft_f = (*up, Op(OpKind.SOFTMAX_CE, (ba * s, s), 8 * ns, dtype="fp32"), *down)
+        soft_b = (*up, Op(OpKind.SOFTMAX_CE, (ba * s, s), 12 * ns, dtype="fp32"), *down)
+    else:
+        soft_f = (Op(OpKind.SOFTMAX_CE, (ba * s, s), 2 * e * ns, dtype=dtype),)
+        soft_b = (Op(OpKind.SOFTMAX_CE, (ba * s, s), 3 * e * ns, dtype=dtype),)
+    drop = spec.attn_dropout
+    drop_f = (Op(OpKind.DROPOUT, (), 2 * e * ns + ns, dtype=dtype),) if drop else ()
+    drop_b = (_ew(2 * e * ns + ns, dtype),) if drop else ()
+    contig = _ew(2 * e * t * h, dtype)
+    fwd = (*expand, qk, scale, mask, *soft_f, *drop_f, pv, contig)
+    bwd = (qk, pv, *drop_b, *soft_b, scale, pv, pv, *reduce)
+    return fwd, bwd
+
+
+def _hf_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bool,
+                  framework: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    """A block as Transformers runs it (module docstring): :func:`_block_ops`' ops with the
+    unfused RMSNorm, gelu_new and rotary chains, residual dropout as its own kernel (nn.Dropout,
+    then the add), and under ``hf-eager`` without flash the eager attention."""
+    eager = framework == "hf-eager" and not flash
+    fwd, bwd = _block_ops(spec, b, s, e, dtype, flash,
+                          _eager_attention(spec, b, s, e, dtype) if eager else None)
+    t, h, f, kv = b * s, spec.hidden, spec.ffn_hidden, spec.kv_dim
+    out_f: list[Op] = []
+    out_b: list[Op] = []
+    norm_f, norm_b = _hf_rmsnorm(t, h, e, dtype)
+    gelu_f, gelu_b = _hf_gelu_new(t, f, e, dtype)
+    rope_f, rope_b = _hf_rope(t, (h, kv), e, dtype)
+
+    def swap(ops: tuple[Op, ...], out: list[Op], backward: bool) -> None:
+        for op in ops:
+            k = op.kind
+            if spec.norm == "rmsnorm" and k in (OpKind.RMSNORM, OpKind.RMSNORM_BWD):
+                out.extend(norm_b if backward else norm_f)
+            elif memory.hf_gelu_new(spec) and k in (OpKind.GELU, OpKind.GELU_BWD):
+                out.extend(gelu_b if backward else gelu_f)
+            elif k in (OpKind.ROPE, OpKind.ROPE_BWD):
+                out.extend(rope_b if backward else rope_f)
+            elif k == OpKind.DROPOUT and not backward and op.n == 3 * e * t * h + t * h:
+                # nn.Dropout (read e, write e and the 1-byte mask), then the residual add
+                out.extend((Op(OpKind.DROPOUT, (), (2 * e + 1) * t * h, dtype=dtype), _ew(3 * e * t * h, dtype)))
+            else:
+                out.append(op)
+
+    swap(fwd, out_f, False)
+    swap(bwd, out_b, True)
+    return tuple(out_f), tuple(out_b)
 
 
 def _embed(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Activations) -> BlockWork:
@@ -340,8 +485,12 @@ def _head(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Acti
     ce_bwd = (_ew(4 * t * v, dtype), _ew(12 * t, dtype),
               Op(OpKind.SOFTMAX_CE, (t, v), 12 * t * v, dtype=dtype)) + (
         (_ew((4 + e) * t * v, dtype),) if up else ())
-    fwd = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype), lm, *ce_fwd)
-    bwd = (*ce_bwd, *lm_b, Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype))
+    norm_f = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype),)
+    norm_b = (Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype),)
+    if acts.framework != "fused" and spec.norm == "rmsnorm":
+        norm_f, norm_b = _hf_rmsnorm(t, h, e, dtype)    # Transformers' final LlamaRMSNorm
+    fwd = (*norm_f, lm, *ce_fwd)
+    bwd = (*ce_bwd, *lm_b, *norm_b)
     return _blockwork("head", spec.n_layers + 1, spec.head_params(), fwd, bwd, e,
                       acts.head_act(), acts.head_ckpt(), acts.head_workspace(),
                       tied_to=0 if spec.tied_embeddings else None)

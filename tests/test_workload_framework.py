@@ -1,0 +1,188 @@
+"""The ``framework`` key: which kernels run, so what a block saves for backward and which ops it runs.
+
+Reference values were recorded with benchmarks/hf_saved_bytes.py from transformers 5.25.0,
+torch 2.13.0 (CPU), 2026-12-07: one block, random init, bf16, training mode, every storage autograd
+saves counted once (saved-tensor hooks), parameters and the model-wide rotary tables left out.
+The formulas model CUDA; the CPU differs in mechanisms named where used (dropout keeps an e-byte
+noise tensor on the CPU, a 1-byte mask on CUDA; CPU LayerNorm keeps its mean/rstd in bf16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from simhete.errors import ConfigError
+from simhete.opkinds import OpKind
+from simhete.scenario import load_scenario
+from simhete.sim import resolve
+from simhete.workload import build_workload, from_hf_config
+
+DATA = Path(__file__).parent / "data" / "hf"
+LLAMA = from_hf_config(DATA / "llama-2-7b" / "config.json")
+GPT2 = from_hf_config(DATA / "gpt2" / "config.json")
+SCENARIOS = Path(__file__).parent.parent / "scenarios"
+MiB = 2**20
+
+# (b, s) -> bytes, recorded (module docstring)
+LLAMA_SDPA = {(1, 256): 47_745_024, (2, 256): 95_490_048, (1, 512): 95_490_048, (1, 1024): 190_980_096}
+LLAMA_EAGER = {(1, 256): 60_295_168, (2, 256): 120_590_336, (1, 512): 145_756_160,
+               (1, 1024): 392_175_616}
+GPT2_EAGER = {(1, 256): 16_517_120, (2, 512): 84_942_848}
+# GPT-2 with attn_pdrop = 0 (--attn-dropout 0): SDPA then runs torch's CPU flash kernel, as it
+# runs flash on a GPU (with dropout too, there); "fused" is simhete's replay block
+GPT2_NODROP = {"hf-eager": 13_371_392, "hf-sdpa": 11_810_816, "fused": 7_092_224}   # (1, 256)
+
+
+def act(spec, b, s, framework, flash=True):
+    return build_workload(spec, b, s, "bf16", flash_attention=flash, framework=framework).blocks[1].act_bytes
+
+
+def gpt2_cpu_correction(b, s, flash):
+    """What the CPU keeps beyond CUDA's accounting for a GPT-2 block (e = 2): each dropout keeps
+    its e-byte noise instead of a 1-byte mask (ATen Dropout.cpp ``_dropout_impl``: ``input *
+    noise``; CUDA's ``native_dropout`` saves a bool mask) — two residual dropouts of t·h, and
+    without flash the attention dropout of b·a·s² — and LayerNorm keeps mean and rstd in bf16
+    (2 + 2 bytes per token) where CUDA keeps fp32 (8): -4 per token per norm."""
+    t, h, a = b * s, GPT2.hidden, GPT2.n_heads
+    return 2 * t * h + (0 if flash else b * a * s * s) - 2 * 4 * t
+
+
+@pytest.mark.parametrize(("b", "s"), sorted(LLAMA_SDPA))
+def test_llama_hf_sdpa_block_equals_transformers(b, s):
+    assert act(LLAMA, b, s, "hf-sdpa") == LLAMA_SDPA[(b, s)]
+    assert act(LLAMA, b, s, "hf-flash2") == LLAMA_SDPA[(b, s)]
+
+
+@pytest.mark.parametrize(("b", "s"), sorted(LLAMA_EAGER))
+def test_llama_hf_eager_block_equals_transformers(b, s):
+    assert act(LLAMA, b, s, "hf-eager", flash=False) == LLAMA_EAGER[(b, s)]
+
+
+def test_llama_2_7b_b1_s4096():
+    """The issue's figure: fused 600.53 MiB; Transformers with SDPA 728.53 MiB (+ 8·h bytes per
+    token: each LlamaRMSNorm keeps its fp32 upcast, 4·h, and its cast-back y, e·h, but not its
+    e·h input); eager adds 6 bytes per score (fp32 softmax output and its bf16 cast)."""
+    t, h, a = 4096, 4096, 32
+    fused = act(LLAMA, 1, 4096, "fused")
+    assert fused == 629_702_656 and fused / MiB == 600.53125
+    sdpa = act(LLAMA, 1, 4096, "hf-sdpa")
+    assert sdpa == fused + 8 * h * t == 763_920_384 and sdpa / MiB == 728.53125
+    eager = act(LLAMA, 1, 4096, "hf-eager", flash=False)
+    assert eager == sdpa - 4 * a * t + 6 * a * 4096 * 4096 == 3_984_621_568
+
+
+@pytest.mark.parametrize(("b", "s"), sorted(GPT2_EAGER))
+def test_gpt2_hf_eager_block_equals_transformers(b, s):
+    assert act(GPT2, b, s, "hf-eager", flash=False) + gpt2_cpu_correction(b, s, False) == GPT2_EAGER[(b, s)]
+
+
+@pytest.mark.parametrize("framework", sorted(GPT2_NODROP))
+def test_gpt2_without_attention_dropout_equals_measured(framework):
+    spec = dataclasses.replace(GPT2, attn_dropout=False)
+    flash = framework != "hf-eager"
+    got = act(spec, 1, 256, framework, flash) + gpt2_cpu_correction(1, 256, True)
+    assert got == GPT2_NODROP[framework]
+
+
+def test_gpt2_hf_gelu_new_saves_five_tensors():
+    """GPT-2's gelu_new (NewGELUActivation) keeps x, tanh(·), 0.5·x, 1 + tanh(·) and the output;
+    fused GeLU keeps x and the output: 3·e·f more per token."""
+    t, f = 256, GPT2.ffn_hidden
+    assert act(GPT2, 1, 256, "hf-sdpa") - act(GPT2, 1, 256, "fused") == 3 * 2 * f * t
+
+
+def test_fused_is_the_default_and_unchanged():
+    for spec in (LLAMA, GPT2):
+        for flash in (True, False):
+            a = build_workload(spec, 2, 128, "bf16", flash_attention=flash)
+            b = build_workload(spec, 2, 128, "bf16", flash_attention=flash, framework="fused")
+            assert a.framework == "fused" and a.blocks == b.blocks
+
+
+def test_memory_efficient_kernel_pads_log_sum_exp():
+    spec = LLAMA
+    w1 = build_workload(spec, 1, 100, "bf16", framework="hf-sdpa").blocks[1].act_bytes
+    w32 = build_workload(spec, 1, 100, "bf16", framework="hf-sdpa", lse_align=32).blocks[1].act_bytes
+    assert w32 - w1 == 4 * spec.n_heads * (128 - 100)
+
+
+def test_hf_ops_unfused_chains():
+    """RMSNorm: 8 forward kernels (bf16; 2 of them per token) moving 36 bytes per element instead
+    of one kernel of 4; the
+    LLaMA block's GEMMs are the same, so FLOPs differ only by the elementwise chains."""
+    f = build_workload(LLAMA, 1, 256, "bf16", framework="fused").blocks[1]
+    h = build_workload(LLAMA, 1, 256, "bf16", framework="hf-sdpa").blocks[1]
+    gemms = lambda ops: [op for op in ops if op.kind == OpKind.GEMM]  # noqa: E731
+    assert gemms(f.fwd_ops) == gemms(h.fwd_ops) and gemms(f.bwd_ops) == gemms(h.bwd_ops)
+    assert not any(op.kind in (OpKind.RMSNORM, OpKind.ROPE) for op in h.fwd_ops)
+    t, hid, kv = 256, LLAMA.hidden, LLAMA.kv_dim
+    fused_ew = sum(op.n for op in f.fwd_ops if op.kind in (OpKind.RMSNORM, OpKind.ROPE))
+    assert fused_ew == 2 * 4 * t * hid + 4 * t * (hid + kv)
+    # norms: 2 × 32 bytes per element; rotary: 10·e per element of q and k
+    hf_ew = sum(op.n for op in h.fwd_ops if op.kind == OpKind.ELEMENTWISE) \
+        - sum(op.n for op in f.fwd_ops if op.kind == OpKind.ELEMENTWISE)
+    assert hf_ew == 2 * 36 * t * hid + 2 * 2 * 8 * t + 10 * 2 * t * (hid + kv)
+    assert len(h.fwd_ops) == len(f.fwd_ops) - 3 + 2 * 8 + 2 * 5
+
+
+def test_hf_eager_ops_fp32_softmax():
+    e = build_workload(LLAMA, 1, 256, "bf16", flash_attention=False, framework="hf-eager").blocks[1]
+    soft = [op for op in e.fwd_ops if op.kind == OpKind.SOFTMAX_CE]
+    ns = 32 * 256 * 256
+    assert len(soft) == 1 and soft[0].dtype == "fp32" and soft[0].n == 8 * ns
+    assert not any(op.kind == OpKind.ATTN_FWD for op in e.fwd_ops)
+
+
+def _scenario(tmp_path, **train):
+    text = (SCENARIOS / "llama2-7b_a100-80gb_zero-offload-pageable.yaml").read_text()
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    s = load_scenario(p)
+    return s.with_changes(**train) if train else s
+
+
+def test_scenario_framework_reaches_the_workload(tmp_path):
+    s = _scenario(tmp_path)
+    assert s.data.framework == "hf-sdpa"
+    ctx, _ = resolve(s)
+    assert ctx.workload.framework == "hf-sdpa" and ctx.workload.flash_attention
+    ctx, _ = resolve(s.with_changes(framework="hf-eager"))
+    assert ctx.workload.framework == "hf-eager" and not ctx.workload.flash_attention
+    ctx, _ = resolve(s.with_changes(framework="fused", **{"train.attention": "math"}))
+    assert ctx.workload.framework == "fused" and not ctx.workload.flash_attention
+
+
+def test_eager_with_flash_is_an_error(tmp_path):
+    s = _scenario(tmp_path).with_changes(framework="hf-eager", **{"train.attention": "flash"})
+    with pytest.raises(ConfigError, match=r"train\.attention: bad value 'flash'.*hf-eager") as ei:
+        resolve(s)
+    assert "\n" not in str(ei.value)
+
+
+def test_compute_capability_picks_the_kernel(tmp_path):
+    """attention_kernel reads only device_type, name and gpu.compute_capability (absent: sm80+)."""
+    from types import SimpleNamespace
+
+    from simhete.sim import attention_kernel
+    s = _scenario(tmp_path)
+    v100 = SimpleNamespace(device_type="cuda", name="v100", gpu=SimpleNamespace(compute_capability=7.0))
+    h100 = SimpleNamespace(device_type="cuda", name="h100", gpu=SimpleNamespace(compute_capability=9.0))
+    plain = SimpleNamespace(device_type="cuda", name="x", gpu=SimpleNamespace())
+    assert attention_kernel(s, v100, LLAMA) == (True, 32)     # memory-efficient kernel
+    assert attention_kernel(s, h100, LLAMA) == (True, 1)
+    assert attention_kernel(s, plain, LLAMA) == (True, 1)
+    with pytest.raises(ConfigError, match=r"framework: bad value 'hf-flash2'.*compute capability 7\.0") as ei:
+        attention_kernel(s.with_changes(framework="hf-flash2"), v100, LLAMA)
+    assert "\n" not in str(ei.value)
+    assert attention_kernel(s.with_changes(framework="hf-flash2"), h100, LLAMA) == (True, 1)
+    assert attention_kernel(s.with_changes(framework="fused"), v100, LLAMA) == (True, 1)
+    assert attention_kernel(s.with_changes(framework="hf-eager"), v100, LLAMA) == (False, 1)
+    assert attention_kernel(s.with_changes(**{"train.dtype": "fp32"}), h100, LLAMA) == (True, 32)
+
+
+def test_cpu_replay_scenarios_are_fused():
+    for p in sorted(SCENARIOS.glob("small-*_cpu_*.yaml")):
+        assert load_scenario(p).data.framework == "fused", p.name
