@@ -148,3 +148,31 @@ def test_new_family_refusals(tmp_path: Path, base: str, change: dict[str, object
     with pytest.raises(ConfigError, match=pattern) as ei:
         from_hf_config(tmp_path)
     assert str(ei.value).startswith(str(tmp_path / "config.json")) and "\n" not in str(ei.value)
+
+
+def test_ops_follow_the_read_structure() -> None:
+    """GEMMs use the widths read from the config: Q and output projections a·d wide (Qwen3-0.6B:
+    16·128 = 2048 for h = 1024), OPT-350m's project_in / project_out and a 512-wide LM head,
+    BLOOM's embedding norm, no final norm for post-norm OPT."""
+    from simhete.opkinds import OpKind
+    from simhete.workload.ops import _linear_flops
+
+    t = 256
+    for name in ("qwen3-0.6b", "gemma-7b", "falcon-7b", "gpt-j-6b", "bloom-560m", "opt-350m"):
+        sp = from_hf_config(HF / name)
+        wl = build_workload(sp, 1, t)
+        h, q, kv, f = sp.hidden, sp.q_dim, sp.kv_dim, sp.ffn_hidden
+        matrices = 2 * h * q + 2 * h * kv + (sp.n_mlp_in + 1) * h * f
+        block_gemm = sum(op.flops for op in wl.blocks[1].fwd_ops if op.kind == OpKind.GEMM)
+        assert block_gemm == _linear_flops(sp, t) == 2 * t * matrices, name
+    qwen3 = build_workload(from_hf_config(HF / "qwen3-0.6b"), 1, t)
+    assert {op.shape for op in qwen3.blocks[1].fwd_ops if op.kind == OpKind.GEMM} >= {
+        (t, 2048 + 2 * 1024, 1024), (t, 1024, 2048)}
+    opt = build_workload(from_hf_config(HF / "opt-350m"), 1, t)
+    embed_gemms = [op.shape for op in opt.blocks[0].fwd_ops if op.kind == OpKind.GEMM]
+    head_gemms = [op.shape for op in opt.blocks[-1].fwd_ops if op.kind == OpKind.GEMM]
+    assert embed_gemms == [(t, 1024, 512)] and head_gemms == [(t, 512, 1024), (t, 50272, 512)]
+    assert not any(op.kind == OpKind.NORM for op in opt.blocks[-1].fwd_ops)
+    bloom = build_workload(from_hf_config(HF / "bloom-560m"), 1, t)
+    assert [op.kind for op in bloom.blocks[0].fwd_ops] == [OpKind.EMBED, OpKind.NORM]
+    assert not any(op.kind == OpKind.ROPE for op in bloom.blocks[1].fwd_ops)   # ALiBi: no rotary op

@@ -240,3 +240,10 @@ def test_scenario_model_overrides_switch_biases_and_dropout_off():
                                                              "bias": False, "dropout": False}}))
     assert on.n_params() - off.n_params() == 12 * 9 * 768
     assert off.bias is False and off.dropout is False
+    # a config.json model's per-part bias flags follow model.bias too: Qwen2.5-0.5B loses its
+    # q/k/v biases (896 + 2·128 per block, 24 blocks)
+    hf = str(HF / "qwen2.5-0.5b" / "config.json")
+    q_on = resolve_model(scenario_from_dict({**base, "model": {"hf_config": hf}}))
+    q_off = resolve_model(scenario_from_dict({**base, "model": {"hf_config": hf, "bias": False}}))
+    assert q_on.qkv_bias is True and q_off.qkv_bias is None and q_off.bias is False
+    assert q_on.n_params() - q_off.n_params() == 24 * (896 + 2 * 128)
