@@ -37,6 +37,7 @@ TRANSFORMERS_COUNTS = {
     "opt-1.3b": 1_315_758_080,
     "opt-350m": 331_196_416,
     "phi-3-mini-4k": 3_821_079_552,
+    "probes/bloom-n-embed": 204_109_824,
     "probes/defaults-bloom": 1_836_544,
     "probes/defaults-falcon": 1_633_792,
     "probes/defaults-gemma": 109_012_992,
@@ -51,21 +52,34 @@ TRANSFORMERS_COUNTS = {
     "probes/defaults-phi3": 43_952_128,
     "probes/defaults-qwen2": 43_964_416,
     "probes/defaults-qwen3": 77_507_072,
+    "probes/falcon-ffn": 4_018_213_760,
     "probes/falcon-new-one-ln": 41_302_310_912,
     "probes/falcon-sequential-alibi-bias": 8_226_175_872,
     "probes/gemma-attention-bias": 2_506_255_360,
+    "probes/gemma2-attention-bias": 2_614_508_288,
+    "probes/gemma3-head-dim": 961_540_736,
+    "probes/gpt2-n-inner": 86_666_496,
     "probes/gpt2-relu": 124_439_808,
     "probes/gpt2-untied": 163_037_184,
+    "probes/gptj-n-inner": 4_171_605_216,
     "probes/gptj-tied": 5_844_444_384,
     "probes/llama-attention-bias": 6_738_939_904,
     "probes/llama-head-dim": 5_664_673_792,
+    "probes/llama-kv-null": 8_835_567_616,
     "probes/llama-mlp-bias": 6_739_251_200,
     "probes/mistral-bias-flags": 6_738_415_616,
+    "probes/mistral-head-dim": 5_664_673_792,
     "probes/neox-attention-bias-false": 162_286_080,
+    "probes/neox-relu": 162_322_944,
+    "probes/opt-350m-pre": 331_198_464,
     "probes/opt-no-affine": 1_315_557_376,
     "probes/opt-no-bias": 1_315_315_712,
     "probes/opt-remove-final-ln": 1_315_753_984,
+    "probes/phi3-attention-bias": 3_821_079_552,
     "probes/phi3-gqa": 3_368_094_720,
+    "probes/phi3-head-dim": 4_223_732_736,
+    "probes/qwen2-attention-bias-false": 494_032_768,
+    "probes/qwen2-head-dim": 538_100_608,
     "probes/qwen3-attention-bias": 596_193_280,
     "pythia-160m": 162_322_944,
     "qwen2-0.5b": 494_032_768,
@@ -176,3 +190,15 @@ def test_ops_follow_the_read_structure() -> None:
     bloom = build_workload(from_hf_config(HF / "bloom-560m"), 1, t)
     assert [op.kind for op in bloom.blocks[0].fwd_ops] == [OpKind.EMBED, OpKind.NORM]
     assert not any(op.kind == OpKind.ROPE for op in bloom.blocks[1].fwd_ops)   # ALiBi: no rotary op
+
+
+def test_extra_structure_names_what_the_plain_layout_lacks() -> None:
+    from simhete.workload.presets import PRESETS
+
+    assert all(m.extra_structure() == () for m in PRESETS.values())
+    for name in ("llama-2-7b", "llama-3-8b", "gpt2", "opt-1.3b", "pythia-160m"):
+        assert from_hf_config(HF / name).extra_structure() == ()
+    assert from_hf_config(HF / "qwen3-0.6b").extra_structure() == ("attn_head_dim", "qk_norm")
+    assert from_hf_config(HF / "qwen2.5-0.5b").extra_structure() == ("qkv_bias",)
+    assert from_hf_config(HF / "opt-350m").extra_structure() == ("final_norm", "embed_dim")
+    assert from_hf_config(HF / "bloom-560m").extra_structure() == ("embed_norm", "pos")

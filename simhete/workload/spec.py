@@ -169,6 +169,16 @@ class ModelSpec:
         """Number of h×f input matrices of the MLP: 2 for SwiGLU (gate, up), else 1."""
         return 2 if self.mlp == "swiglu" else 1
 
+    def extra_structure(self) -> tuple[str, ...]:
+        """Names of the Hugging Face-only fields set away from their defaults (empty for every
+        preset): code that lays out a block by the plain structure (the replay's torch blocks,
+        per-tensor listings) can refuse or fall back on such a model by name."""
+        plain = {"attn_head_dim": 0, "qkv_bias": None, "out_bias": None, "mlp_bias": None, "qk_norm": False,
+                 "norms_per_block": 2, "norm_affine": True, "final_norm": True, "embed_norm": False,
+                 "embed_dim": 0, "lm_head_bias": False}
+        out = tuple(k for k, v in plain.items() if getattr(self, k) != v)
+        return out + (("pos",) if self.pos == "alibi" else ())
+
     def _flag(self, v: bool | None) -> bool:
         return self.bias if v is None else v
 
