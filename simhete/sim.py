@@ -50,6 +50,8 @@ def resolve_model(s: Scenario) -> Any:
     else:
         spec = get_model(m.preset, file=s.file, key="model.preset")
     over = {k: v for k, v in m.model_dump(exclude_none=True).items() if k not in ("preset", "hf_config")}
+    if "bias" in over:  # model.bias sets every block linear's bias, the per-part flags included
+        over.update(qkv_bias=None, out_bias=None, mlp_bias=None)
     if over:
         try:
             spec = dataclasses.replace(spec, name=spec.name + "*", **over)

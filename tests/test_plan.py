@@ -158,3 +158,66 @@ def test_plan_target_must_be_finite(capsys):
     assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "1024",
                  "--min-tokens-per-s", "nan"]) == 2
     assert "--min-tokens-per-s nan: must be a finite number, 0 or more" in capsys.readouterr().err
+
+
+HF_DIR = __import__("pathlib").Path(__file__).parent / "data" / "hf"
+
+
+def test_plan_takes_a_hugging_face_config_and_searches_its_own_depth(capsys):
+    cfg = HF_DIR / "qwen2.5-0.5b" / "config.json"
+    rc = main(["plan", "--model", str(cfg), "--hardware", "h100-pcie", "--seq", "1024",
+               "--policy", "gpu-only", "--json", "--budget", "30"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["question"]["model"] == "qwen2.5-0.5b"
+    assert out["question"]["params"] == 494_032_768        # transformers 5.25 on the meta device
+    assert out["fits_under"] == ["gpu-only"]
+    lm = out["largest_model"]
+    assert lm["family"].startswith("qwen2.5-0.5b (its config.json architecture")
+    m = re.fullmatch(r"qwen2\.5-0\.5b with (\d+) layers", lm["model"])
+    assert m and int(m.group(1)) > 24                      # the shipped 24 layers fit with room to spare
+    # a folder holding config.json is accepted too, and gives the same model
+    assert main(["plan", "--model", str(cfg.parent), "--hardware", "h100-pcie", "--seq", "1024",
+                 "--policy", "gpu-only", "--json", "--budget", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["question"]["params"] == 494_032_768
+
+
+def test_plan_memory_overrides_change_the_verdict_and_the_provenance(capsys):
+    args = ["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "1024",
+            "--policy", "zero-offload", "--json", "--budget", "1"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["fits_under"] == ["zero-offload"]
+    # ZeRO-Offload keeps ≥ 16 B/param of model states on the host: 6.7 B params need > 100 GB
+    assert main(args + ["--host-memory", "64GiB"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits_under"] == []
+    assert "host.memory_bytes = 68719476736 (what-if: --host-memory 64GiB)" in out["capacity_provenance"]
+    assert all("out of memory in cpu" in t["reason"] for t in out["policies"]["zero-offload"])
+    # an 8 GiB GPU (2 GiB of it reserved) cannot hold the 13.5 GB of 16-bit weights ZeRO-Offload
+    # keeps on the GPU
+    assert main(args + ["--gpu-memory", "8GiB"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits_under"] == [] and "gpu.memory_bytes = 8589934592 (what-if: --gpu-memory 8GiB)" in out["capacity_provenance"]
+
+
+@pytest.mark.parametrize("flag, value, problem", [
+    ("--host-memory", "lots", "a size like 80GiB"),
+    ("--host-memory", "inf", "a size like 80GiB"),
+    ("--gpu-memory", "1e30", "up to 2**60 bytes"),
+    ("--gpu-memory", "0", "must be more than 0 bytes"),
+    ("--gpu-memory", "-4GiB", "a size like 80GiB"),
+    ("--gpu-memory", "1GiB", "reserved_bytes 2147483648 must be below memory_bytes 1073741824"),
+])
+def test_plan_memory_override_errors_are_one_line(capsys, flag, value, problem):
+    assert main(["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq", "1024", f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert problem in err and "\n" not in err
+
+
+def test_plan_missing_or_bad_config_json_is_exit_2(capsys, tmp_path):
+    assert main(["plan", "--model", str(tmp_path / "nope.json"), "--hardware", "h100-pcie", "--seq", "1024"]) == 2
+    assert "Hugging Face config.json not found" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    assert main(["plan", "--model", str(tmp_path), "--hardware", "h100-pcie", "--seq", "1024"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model_type: bad value 't5'" in err and "\n" not in err

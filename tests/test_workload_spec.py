@@ -117,7 +117,7 @@ def _spec(**kw: object) -> ModelSpec:
     (dict(vocab=True), r"^vocab: bad value True"),
     (dict(norm="batchnorm"), r"^norm: bad value 'batchnorm'; allowed: one of layernorm, rmsnorm$"),
     (dict(mlp="geglu"), r"^mlp: bad value 'geglu'; allowed: one of gelu, relu, swiglu$"),
-    (dict(pos="alibi"), r"^pos: bad value 'alibi'"),
+    (dict(pos="sinusoidal"), r"^pos: bad value 'sinusoidal'"),
     (dict(bias=1), r"^bias: bad value 1; allowed: true or false$"),
     (dict(attn_dropout="yes"), r"^attn_dropout: bad value 'yes'; allowed: true or false$"),
     (dict(pos="rope", pos_offset=2), r"^pos_offset: pos_offset only applies to learned"),
@@ -193,15 +193,17 @@ def _llama2(**changes: object) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("data, pattern", [
-    (_llama2(model_type="t5"), r"config.json: model_type: bad value 't5'; allowed: one of gpt2, gpt_neox, llama, mistral, opt$"),
+    (_llama2(model_type="t5"), r"config.json: model_type: bad value 't5'; allowed: one of bloom, falcon, gemma, gemma2, gemma3_text, gpt2, gpt_neox, gptj, llama, mistral, opt, phi3, qwen2, qwen3$"),
     (_llama2(model_type=None), r"config.json: model_type: required key is missing"),
     (_llama2(intermediate_size=None), r"config.json: intermediate_size: required key is missing for model_type 'llama'$"),
     (_llama2(hidden_size="4096"), r"config.json: hidden_size: bad value '4096'; allowed: an integer$"),
     (_llama2(num_key_value_heads=5), r"config.json: num_key_value_heads: n_kv_heads=5 must divide n_heads=32"),
     (_llama2(num_attention_heads=3), r"config.json: num_attention_heads: hidden=4096 is not divisible by n_heads=3"),
     (_llama2(hidden_act="gelu"), r"config.json: hidden_act: bad value 'gelu'; allowed: 'silu' \(SwiGLU MLP\)$"),
-    (_llama2(head_dim=256), r"config.json: head_dim: bad value 256; allowed: hidden_size / num_attention_heads = 128"),
-    (_llama2(attention_bias=True), r"config.json: mlp_bias: bad value False; allowed: True \(mlp_bias equal to attention_bias\)"),
+    (_llama2(head_dim=0), r"config.json: head_dim: bad value 0; allowed: a positive integer or null$"),
+    (_llama2(model_type="gemma3"), r"config.json: model_type: 'gemma3' is the multimodal Gemma-3 .*gemma3_text"),
+    (_llama2(model_type="gemma", hidden_activation="silu"), r"config.json: hidden_activation: bad value 'silu'; allowed: one of gelu, "),
+    (_llama2(model_type="gpt_neox", hidden_act="swish"), r"config.json: hidden_act: bad value 'swish'; allowed: one of gelu, .*relu$"),
     (_llama2(tie_word_embeddings="no"), r"config.json: tie_word_embeddings: bad value 'no'; allowed: true or false$"),
     ("[1, 2]", r"config.json: expected a JSON object at the top level$"),
     ('{"model_type": "llama",', r"config.json: malformed JSON at line 1, column 24"),
@@ -218,12 +220,12 @@ def test_hf_missing_file(tmp_path: Path) -> None:
         from_hf_config(tmp_path)
 
 
-def test_hf_opt_unsupported_variants(tmp_path: Path) -> None:
+def test_hf_opt_variants(tmp_path: Path) -> None:
     data = json.loads((HF / "opt-1.3b" / "config.json").read_text())
-    with pytest.raises(ConfigError, match=r"word_embed_proj_dim: bad value 512; allowed: 2048"):
-        from_hf_config(_write(tmp_path, data | {"word_embed_proj_dim": 512}))
-    with pytest.raises(ConfigError, match=r"do_layer_norm_before: bad value False"):
-        from_hf_config(_write(tmp_path, data | {"do_layer_norm_before": False}))
+    proj = from_hf_config(_write(tmp_path, data | {"word_embed_proj_dim": 512}))
+    assert proj.embed_dim == 512
+    post = from_hf_config(_write(tmp_path, data | {"do_layer_norm_before": False}))
+    assert post.final_norm is False and post.n_params() == from_hf_config(HF / "opt-1.3b").n_params() - 2 * 2048
     assert from_hf_config(_write(tmp_path, data | {"dropout": 0.0})).dropout is False
 
 
@@ -238,3 +240,10 @@ def test_scenario_model_overrides_switch_biases_and_dropout_off():
                                                              "bias": False, "dropout": False}}))
     assert on.n_params() - off.n_params() == 12 * 9 * 768
     assert off.bias is False and off.dropout is False
+    # a config.json model's per-part bias flags follow model.bias too: Qwen2.5-0.5B loses its
+    # q/k/v biases (896 + 2·128 per block, 24 blocks)
+    hf = str(HF / "qwen2.5-0.5b" / "config.json")
+    q_on = resolve_model(scenario_from_dict({**base, "model": {"hf_config": hf}}))
+    q_off = resolve_model(scenario_from_dict({**base, "model": {"hf_config": hf, "bias": False}}))
+    assert q_on.qkv_bias is True and q_off.qkv_bias is None and q_off.bias is False
+    assert q_on.n_params() - q_off.n_params() == 24 * (896 + 2 * 128)

@@ -15,8 +15,14 @@ HELP = ("Capacity planning: which policies fit a model on a machine, the best po
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model preset (e.g. llama2-13b) or gpt-like-h{H}-l{L}")
+    p.add_argument("--model", required=True,
+                   help="model preset (e.g. llama2-13b), gpt-like-h{H}-l{L}, or a Hugging Face config.json "
+                        "(a path ending in .json, or a folder holding config.json)")
     p.add_argument("--hardware", required=True, help="hardware profile name or path (e.g. h100-pcie)")
+    p.add_argument("--gpu-memory", metavar="SIZE",
+                   help="what-if: memory of each GPU instead of the profile's (e.g. 40GiB, 80GB, 1e10)")
+    p.add_argument("--host-memory", metavar="SIZE",
+                   help="what-if: host memory instead of the profile's (e.g. 256GiB, 512GB)")
     p.add_argument("--seq", type=int, required=True, help="sequence length")
     p.add_argument("--micro-batch", type=int, default=1, help="micro-batch per GPU (default 1)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
@@ -45,9 +51,15 @@ def run(args: argparse.Namespace) -> int:
         raise SimheteError(f"--min-tokens-per-s {args.min_tokens_per_s}: must be a finite number, 0 or more")
     if args.budget is not None and not (0 < args.budget < 86400):
         raise SimheteError(f"--budget {args.budget}: must be a number of seconds above 0 (and below a day)")
+    hardware: dict = {"profile": args.hardware, "gpus": args.gpus}
+    for flag in ("gpu_memory", "host_memory"):
+        v = getattr(args, flag, None)
+        if v is not None:
+            hardware[flag] = _size(f"--{flag.replace('_', '-')}", v)
+    model = _model_arg(args.model)
     base = scenario_from_dict({
-        "name": f"{args.model} on {args.hardware}", "model": args.model,
-        "hardware": {"profile": args.hardware, "gpus": args.gpus},
+        "name": f"{args.model} on {args.hardware}", "model": model,
+        "hardware": hardware,
         "train": {"micro_batch": args.micro_batch, "seq_len": args.seq, "dtype": args.dtype},
         "policy": "gpu-only"}, "command line")
     fixed = None
@@ -71,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     out: dict = {"question": {"model": spec.name, "params": spec.n_params(), "hardware": prof.name,
                               "gpus": prof.gpu.count, "seq_len": args.seq, "micro_batch": base.data.train.micro_batch,
                               "dtype": base.data.train.dtype},
-                 "capacity_provenance": capacity_provenance(prof)}
+                 "capacity_provenance": capacity_provenance(prof, {
+                     f"{k.split('_')[0]}.memory_bytes": f"what-if: --{k.replace('_', '-')} {getattr(args, k)}"
+                     for k in ("gpu_memory", "host_memory") if getattr(args, k, None) is not None})}
     out["policies"] = {p: [_trial(t) for t in ts] for p, ts in per_policy.items()}
     out["fits_under"] = [p for p, ts in per_policy.items() if any(t.fits for t in ts)]
     out["best"] = _trial(best) if best else None
@@ -100,6 +114,30 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _render(out, best, flags)
     return 0
+
+
+def _model_arg(model: str) -> str | dict:
+    """A preset name, or ``{"hf_config": path}`` for a path ending in .json or an existing folder
+    holding a config.json (a missing .json file is reported by the config reader)."""
+    from pathlib import Path
+
+    p = Path(model)
+    if model.endswith(".json") or (p.is_dir() and (p / "config.json").is_file()):
+        return {"hf_config": str(p.resolve())}
+    return model
+
+
+def _size(flag: str, value: str) -> int:
+    """A byte size from the command line (``256GiB``, ``80GB``, ``1e10``); one line if it is not one."""
+    from simhete.config import parse_bytes
+
+    try:
+        n = parse_bytes(value)
+    except ValueError as e:
+        raise SimheteError(f"{flag} {value!r}: {e}") from None
+    if n < 1:
+        raise SimheteError(f"{flag} {value!r}: must be more than 0 bytes")
+    return n
 
 
 def _trial(t) -> dict:  # type: ignore[no-untyped-def]

@@ -231,6 +231,15 @@ class Planner:
         if fam == "gpt-like":
             return (self._largest_gpt_like(spec.hidden, spec.n_heads, deadline),
                     f"gpt-like (hidden {spec.hidden}, by depth)")
+        ref = self.base.data.model
+        if not isinstance(ref, str) and ref.hf_config is not None:
+            # a config.json model: its own architecture at every depth (all other dims as read)
+            over = ref.model_dump(exclude_none=True)
+
+            def hf_at(layers: int) -> tuple[Any, str]:
+                return over | {"n_layers": layers}, f"{spec.name} with {layers} layers"
+            return (self._largest_gpt_like(spec.hidden, spec.n_heads, deadline, hf_at),
+                    f"{spec.name} (its config.json architecture, by depth)")
         if fam not in list_families():
             return None, f"{fam} (not a preset family)"
         members = list(reversed(family_models(fam)))
@@ -244,13 +253,19 @@ class Planner:
                 return m.name, fam
         return None, fam
 
-    def _largest_gpt_like(self, hidden: int, heads: int, deadline: float) -> str | None:
+    def _largest_gpt_like(self, hidden: int, heads: int, deadline: float,
+                          model_at: Any = None) -> str | None:
+        """The deepest fitting gpt-like model of this width, or with ``model_at(layers)`` giving
+        (scenario model, display name) the deepest fitting variant of another model."""
         import time
 
         from simhete.workload.spec import MAX_LAYERS
 
         def name(layers: int) -> str:
-            return f"gpt-like-h{hidden}-l{layers}-a{heads}"
+            return model_at(layers)[1] if model_at else f"gpt-like-h{hidden}-l{layers}-a{heads}"
+
+        def model(layers: int) -> Any:
+            return model_at(layers)[0] if model_at else name(layers)
 
         per_layer = [0.0]     # the most seconds per layer one depth's answer has cost so far
 
@@ -260,7 +275,7 @@ class Planner:
             if time.monotonic() + per_layer[0] * layers > deadline:
                 return None
             t = time.monotonic()
-            ok = self.fits_anywhere(self.base.with_changes(model=name(layers)), deadline)
+            ok = self.fits_anywhere(self.base.with_changes(model=model(layers)), deadline)
             per_layer[0] = max(per_layer[0], (time.monotonic() - t) / layers)
             return ok
 
@@ -324,12 +339,16 @@ class Planner:
         return hit, table
 
 
-def capacity_provenance(profile: Any) -> list[str]:
-    """Where the capacities behind a fit verdict come from."""
+def capacity_provenance(profile: Any, what_if: dict[str, str] | None = None) -> list[str]:
+    """Where the capacities behind a fit verdict come from; ``what_if`` maps ``gpu.memory_bytes`` /
+    ``host.memory_bytes`` to the command-line override that replaced the profile's value."""
     g, h = profile.gpu, profile.host
-    return [f"gpu.memory_bytes = {g.memory_bytes} (spec: {g.ref})",
+    w = what_if or {}
+    gpu = w.get("gpu.memory_bytes", f"spec: {g.ref}")
+    host = w.get("host.memory_bytes", f"spec: {h.ref}")
+    return [f"gpu.memory_bytes = {g.memory_bytes} ({gpu})",
             f"gpu.reserved_bytes = {int(g.reserved_bytes.value)} ({g.reserved_bytes.source}: {g.reserved_bytes.ref})",
-            f"host.memory_bytes = {h.memory_bytes} (spec: {h.ref})"]
+            f"host.memory_bytes = {h.memory_bytes} ({host})"]
 
 
 def dedupe(flags: Iterable[str]) -> list[str]:

@@ -105,12 +105,12 @@ class Activations:
         if self.framework != "fused":
             return self._hf_block_act()
         sp, e, t = self.spec, self.e, self.t
-        h, kv, f, a = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads
+        h, kv, f, a, q = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads, sp.q_dim
         drop = 1 if sp.dropout else 0
-        per_token = (
+        per_token = (  # q = a·d is h unless the head dimension is set apart (Gemma, Qwen3)
             e * h + e * h                            # ln1 input, ln1 output (QKV GEMM input)
-            + e * (h + 2 * (kv if self.flash else h))  # Q, K, V (math attention: K, V expanded)
-            + e * h + drop * h                       # attention output O; dropout mask
+            + e * (q + 2 * (kv if self.flash else q))  # Q, K, V (math attention: K, V expanded)
+            + e * q + drop * h                       # attention output O; dropout mask
             + e * h + e * h                          # ln2 input, ln2 output (fc1 input)
             + self._mlp_elems() * e * f + drop * h   # MLP activation tensors; dropout mask
             + 2 * self._norm_stats()                 # two norms' statistics
@@ -168,22 +168,27 @@ class Activations:
         scores without flash (e per score), which the backward's 2·e per score exceeds.
         """
         sp, e, t = self.spec, self.e, self.t
-        h, f = sp.hidden, sp.ffn_hidden
+        h, f, q = sp.hidden, sp.ffn_hidden, sp.q_dim
         mlp = t * e * (2 * h + (3 if sp.mlp == "swiglu" else 2) * f)
         # hf-eager with an fp32 softmax: its backward holds the fp32 gradient of the softmax
         # output and the fp32 gradient of the scores at once (8 bytes per score)
         per_score = 2 * e
         if self.framework == "hf-eager" and sp.family not in GPT2_STYLE:
             per_score = max(8, 2 * e)
-        if self.flash:
-            attn = t * (e * 5 * h + 4 * h)
+        if self.flash:  # dQ, dK, dV at full head count and the dQ accumulator are a·d = q wide
+            attn = t * (e * (2 * h + 3 * q) + 4 * q)
         else:
-            attn = t * e * 5 * h + per_score * self.b * sp.n_heads * self.s * self.s
+            attn = t * e * (2 * h + 3 * q) + per_score * self.b * sp.n_heads * self.s * self.s
         return max(mlp, attn)
 
     def embed_act(self) -> int:
-        """int64 token ids (needed by the embedding backward) and the dropout mask, if any."""
-        return 8 * self.t + (self.t * self.spec.hidden if self.spec.dropout else 0)
+        """int64 token ids (needed by the embedding backward) and the dropout mask, if any; with a
+        narrower embedding (OPT-350m) the project_in input (e·p per token), with an embedding
+        norm (BLOOM) its input and statistics."""
+        sp, e, t = self.spec, self.e, self.t
+        extra = (e * sp.embed_width if sp.embed_width != sp.hidden else 0) + (
+            e * sp.hidden + self._norm_stats() if sp.embed_norm else 0)
+        return 8 * t + (t * sp.hidden if sp.dropout else 0) + t * extra
 
     def embed_ckpt(self) -> int:
         """The embedding's input: the int64 token ids."""
@@ -198,6 +203,11 @@ class Activations:
         log-probabilities the cross-entropy saves: t·V·4 bytes — usually the largest tensor of
         the whole model (e.g. LLaMA-3: V = 128256, so 0.5 MB per token)."""
         sp, e, t = self.spec, self.e, self.t
+        if sp.embed_width != sp.hidden:  # OPT-350m: project_out input (h) and LM input (p), no final norm
+            return t * (e * sp.hidden + e * sp.embed_width + (e * sp.hidden + self._norm_stats()
+                                                              if sp.final_norm else 0) + 4 * sp.vocab)
+        if not sp.final_norm:
+            return t * (e * sp.hidden + 4 * sp.vocab)
         if self.framework != "fused" and sp.norm == "rmsnorm":   # Transformers' LlamaRMSNorm
             return t * (4 * sp.hidden + 4 + 2 * e * sp.hidden + 4 * sp.vocab)
         return t * (2 * e * sp.hidden + self._norm_stats() + 4 * sp.vocab)

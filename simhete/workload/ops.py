@@ -154,10 +154,13 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: 
                                  acts.block_act(), acts.block_ckpt(), acts.block_workspace()))
     blocks.append(_head(spec, b, s, e, dtype, acts))
     model_fwd = _linear_flops(spec, b * s) * spec.n_layers
-    model_fwd += 2 * b * s * spec.vocab * spec.hidden  # LM head GEMM
-    # Attention QK^T and PV, 2·b·s²·h FLOPs each per layer, counted non-causal (Narayanan et al.
-    # 2021 §5.1 / Korthikanti et al. 2022 §6 convention for model FLOPs).
-    model_fwd += 4 * b * s * s * spec.hidden * spec.n_layers
+    model_fwd += 2 * b * s * spec.vocab * spec.embed_width  # LM head GEMM
+    if spec.embed_width != spec.hidden:  # OPT-350m's project_in and project_out GEMMs
+        model_fwd += 2 * 2 * b * s * spec.embed_width * spec.hidden
+    # Attention QK^T and PV, 2·b·s²·a·d FLOPs each per layer (a·d = h unless the head dimension is
+    # set apart), counted non-causal (Narayanan et al. 2021 §5.1 / Korthikanti et al. 2022 §6
+    # convention for model FLOPs).
+    model_fwd += 4 * b * s * s * spec.q_dim * spec.n_layers
     # each block's BlockWork.fwd_flops / bwd_flops, summed once per ops tuple object: every
     # transformer block shares the same two tuples (the blocks hold them, so ids stay theirs)
     per_tuple: dict[int, float] = {}
@@ -232,9 +235,10 @@ def _norm(spec: ModelSpec) -> OpKind:
 
 
 def _linear_flops(spec: ModelSpec, t: int) -> int:
-    """Forward FLOPs of a block's linear layers (QKV, output, MLP) on t tokens: 2·t·in·out each."""
-    h, f, kv = spec.hidden, spec.ffn_hidden, spec.kv_dim
-    return 2 * t * h * ((h + 2 * kv) + h + spec.n_mlp_in * f + f)
+    """Forward FLOPs of a block's linear layers (QKV, output, MLP) on t tokens: 2·t·in·out each
+    (q = a·d is h unless the head dimension is set apart)."""
+    h, f, kv, q = spec.hidden, spec.ffn_hidden, spec.kv_dim, spec.q_dim
+    return 2 * t * h * ((q + 2 * kv) + q + spec.n_mlp_in * f + f)
 
 
 def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
@@ -248,7 +252,7 @@ def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     heads under grouped-query attention. Backward: dP = dO·Vᵀ, dV = Pᵀ·dO, the dropout's masked
     scale, softmax backward (read P and dP, write dS), dQ = dS·K, dK = dSᵀ·Q, and the expanded
     K/V gradients summed back to their heads. n_s = b·a·s² scores; e bytes per element."""
-    a, d, h, kv = spec.n_heads, spec.head_dim, spec.hidden, spec.kv_dim
+    a, d, h, kv = spec.n_heads, spec.head_dim, spec.q_dim, spec.kv_dim  # h: a·d, the Q width
     shape = (b, a, s, s, d, 1)
     if flash:
         return (Op(OpKind.ATTN_FWD, shape, dtype=dtype),), (Op(OpKind.ATTN_BWD, shape, dtype=dtype),)
@@ -290,13 +294,14 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bool 
     # numbers) and the residual gradient sum
     resid_bwd = _ew(3 * e * t * h + drop * (2 * e + 1) * t * h, dtype)
     attn_f, attn_b = attn if attn is not None else _attention(spec, b, s, e, dtype, flash)
-    qkv, qkv_b = _linear(t, h + 2 * kv, h, dtype)
-    out, out_b = _linear(t, h, h, dtype)
+    q = spec.q_dim  # a·d: h unless the head dimension is set apart (Gemma, Qwen3)
+    qkv, qkv_b = _linear(t, q + 2 * kv, h, dtype)
+    out, out_b = _linear(t, h, q, dtype)
     fc1, fc1_b = _linear(t, f, h, dtype, spec.n_mlp_in)
     fc2, fc2_b = _linear(t, h, f, dtype)
     # rotary positions (Su et al. 2021) on q and k, forward and backward: read + write both
-    rope = (Op(OpKind.ROPE, (), 2 * e * t * (h + kv), dtype=dtype),) if spec.pos == "rope" else ()
-    rope_b = (Op(OpKind.ROPE_BWD, (), 2 * e * t * (h + kv), dtype=dtype),) if spec.pos == "rope" else ()
+    rope = (Op(OpKind.ROPE, (), 2 * e * t * (q + kv), dtype=dtype),) if spec.pos == "rope" else ()
+    rope_b = (Op(OpKind.ROPE_BWD, (), 2 * e * t * (q + kv), dtype=dtype),) if spec.pos == "rope" else ()
     if spec.mlp == "swiglu":
         # Shazeer 2020 "GLU Variants": silu(g)·u — the SiLU (a sigmoid per element) is SWIGLU, the
         # product a plain ELEMENTWISE multiply; backward: the product's gradients (read dy, silu(g),
@@ -445,12 +450,20 @@ def _hf_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bo
 
 
 def _embed(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Activations) -> BlockWork:
-    t, h = b * s, spec.hidden
+    t, h, p = b * s, spec.hidden, spec.embed_width
     drop = 1 if spec.dropout else 0
-    # gather: read 8-byte token ids and T rows, write T rows
-    fwd = [Op(OpKind.EMBED, (t, h), 8 * t + 2 * e * t * h, dtype=dtype)]
-    # embedding backward: read ids and dY, zero-fill and scatter-add into the dense V×h gradient
-    bwd = [Op(OpKind.EMBED, (t, h), 8 * t + 2 * e * t * h + e * spec.vocab * h, dtype=dtype)]
+    # gather: read 8-byte token ids and T rows, write T rows (of width p = h unless OPT-350m's
+    # narrower embedding, which a bias-free p×h project_in GEMM then widens)
+    fwd = [Op(OpKind.EMBED, (t, p), 8 * t + 2 * e * t * p, dtype=dtype)]
+    # embedding backward: read ids and dY, zero-fill and scatter-add into the dense V×p gradient
+    bwd = [Op(OpKind.EMBED, (t, p), 8 * t + 2 * e * t * p + e * spec.vocab * p, dtype=dtype)]
+    if p != h:
+        proj, proj_b = _linear(t, h, p, dtype)
+        fwd.append(proj)
+        bwd[:0] = proj_b
+    if spec.embed_norm:  # BLOOM's word_embeddings_layernorm: read x, write y / read dy, x, write dx
+        fwd.append(Op(_norm(spec), (), 2 * e * t * h, dtype=dtype))
+        bwd.insert(0, Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype))
     if spec.pos == "learned":
         # + pos rows (+ dropout: its random mask makes the op a DROPOUT)
         fwd.append(Op(OpKind.DROPOUT if drop else OpKind.ELEMENTWISE, (),
@@ -465,8 +478,14 @@ def _embed(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Act
 
 
 def _head(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Activations) -> BlockWork:
-    t, h, v = b * s, spec.hidden, spec.vocab
-    lm, lm_b = _linear(t, v, h, dtype)
+    t, h, v, p = b * s, spec.hidden, spec.vocab, spec.embed_width
+    lm, lm_b = _linear(t, v, p, dtype)
+    # OPT-350m: a bias-free h×p project_out GEMM before the LM head
+    proj: tuple[Op, ...] = ()
+    proj_b: tuple[Op, ...] = ()
+    if p != h:
+        f_op, b_ops = _linear(t, p, h, dtype)
+        proj, proj_b = (f_op,), b_ops
     # Cross-entropy as PyTorch runs it on the logits (Hugging Face's ForCausalLMLoss and
     # torchtitan both call F.cross_entropy on logits.float()), one kernel per op, each a pass over
     # t·V elements counted by its compulsory traffic:
@@ -485,12 +504,13 @@ def _head(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Acti
     ce_bwd = (_ew(4 * t * v, dtype), _ew(12 * t, dtype),
               Op(OpKind.SOFTMAX_CE, (t, v), 12 * t * v, dtype=dtype)) + (
         (_ew((4 + e) * t * v, dtype),) if up else ())
-    norm_f = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype),)
-    norm_b = (Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype),)
-    if acts.framework != "fused" and spec.norm == "rmsnorm":
+    # the final norm, unless the family has none (OPT post-norm)
+    norm_f = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype),) if spec.final_norm else ()
+    norm_b = (Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype),) if spec.final_norm else ()
+    if spec.final_norm and acts.framework != "fused" and spec.norm == "rmsnorm":
         norm_f, norm_b = _hf_rmsnorm(t, h, e, dtype)    # Transformers' final LlamaRMSNorm
-    fwd = (*norm_f, lm, *ce_fwd)
-    bwd = (*ce_bwd, *lm_b, *norm_b)
+    fwd = (*norm_f, *proj, lm, *ce_fwd)
+    bwd = (*ce_bwd, *lm_b, *proj_b, *norm_b)
     return _blockwork("head", spec.n_layers + 1, spec.head_params(), fwd, bwd, e,
                       acts.head_act(), acts.head_ckpt(), acts.head_workspace(),
                       tied_to=0 if spec.tied_embeddings else None)
