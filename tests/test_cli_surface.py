@@ -20,7 +20,7 @@ FLAGS = {
     "sweep": {"--quiet", "--backend", "--top", "--out", "--ray-address", "--parquet", "--engine", "--workers",
               "--csv", "--deepspeed", "--resume", "--plot", "--resume-stale", "--max-points"},
     "plan": {"--json", "--engine", "--dtype", "--policy", "--seq", "--micro-batch", "--min-tokens-per-s",
-             "--model", "--hardware", "--deepspeed", "--gpus", "--budget"},
+             "--model", "--hardware", "--deepspeed", "--gpus", "--budget", "--gpu-memory", "--host-memory"},
 }
 
 
