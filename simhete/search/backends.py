@@ -81,7 +81,10 @@ class LocalBackend:
                 idle.append(k)
                 return False
             conn = self._procs[k][1]
-            conn.send((chunk, engine))
+            try:
+                conn.send((chunk, engine))
+            except OSError:                      # BrokenPipeError: the worker is gone
+                self._died(k)
             busy[conn] = k
             return True
 

@@ -71,8 +71,12 @@ class Runner:
         its result: results are keyed by the point's content (its id) alone."""
         points = [self.point(i) for i in idxs]
         stored = self.store.results(p.id for p in points)
-        # an internal error (a bug, an interrupted worker) is not a result: run those points again
-        retry = [i for i, r in stored.items() if r[0] == "error"]
+        # an internal error (a bug, an interrupted worker) is not a result: run those points again;
+        # nor is an invalid combination's reason when it names another scenario file than this
+        # sweep's base (the file is not part of the configuration's id; the message would be stale)
+        named = f"{self.sweep.base.file}: " if self.sweep.base.file else ""
+        retry = [i for i, r in stored.items()
+                 if r[0] == "error" or (r[0] == "invalid" and not r[1].startswith(named))]
         if retry:
             self.store.drop(retry)
             for i in retry:
