@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import gc
 import math
-from operator import attrgetter
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Callable, Sequence
 
 from simhete.search.backends import Backend

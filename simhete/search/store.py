@@ -104,6 +104,8 @@ def inspect_store(path: Path, keep_open: bool = False) -> tuple[int, dict[str, A
         size = path.stat().st_size
     except OSError as e:
         raise StoreRefused(f"{path}: cannot be read ({e.strerror})") from None
+    if not os.access(path, os.R_OK):
+        raise StoreRefused(f"{path}: cannot be read (permission denied)")
     if size == 0:
         raise StoreRefused(f"{path}: is an empty file, not a simhete results store; it was left "
                            "untouched: give another --out")
@@ -253,6 +255,8 @@ class ResultStore:
         try:
             if self.path.exists():
                 inspect_store(self.path)
+                if not os.access(self.path, os.W_OK):
+                    raise StoreRefused(f"{self.path}: is not writable; it was left untouched")
             else:
                 _create(self.path)
             self.db = sqlite3.connect(self.path, isolation_level=None)
