@@ -312,14 +312,17 @@ def stop_reference(tmp_path_factory):
     return run_into(write_sweep(d, STOP_AXES), d / "ref.sqlite")[1]
 
 
-@pytest.mark.parametrize("sig, group, code", [(signal.SIGTERM, True, 143), (signal.SIGINT, True, 130),
-                                              (signal.SIGTERM, False, 143)],
-                         ids=["SIGTERM to the group", "Ctrl-C (SIGINT to the group)", "SIGTERM to the sweep"])
-def test_a_stopped_sweep_says_so_in_one_line_and_resume_completes_it(tmp_path, stop_reference, sig, group, code):
+@pytest.mark.parametrize("sig, group, code, workers", [
+    (signal.SIGTERM, True, 143, 2), (signal.SIGINT, True, 130, 2), (signal.SIGTERM, False, 143, 2),
+    (signal.SIGINT, True, 130, 1)],
+    ids=["SIGTERM to the group", "Ctrl-C (SIGINT to the group)", "SIGTERM to the sweep", "Ctrl-C, in-process"])
+def test_a_stopped_sweep_says_so_in_one_line_and_resume_completes_it(tmp_path, stop_reference, sig, group, code,
+                                                                     workers):
     p = write_sweep(tmp_path, STOP_AXES)
     db = tmp_path / "r.sqlite"
     total = 40 * 4
-    cmd = [sys.executable, "-m", "simhete.cli", "sweep", str(p), "--out", str(db), "--workers", "2", "--quiet"]
+    cmd = [sys.executable, "-m", "simhete.cli", "sweep", str(p), "--out", str(db), "--workers", str(workers),
+           "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
