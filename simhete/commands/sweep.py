@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="sweep YAML (see docs/sweeps.md)")
     p.add_argument("--out", metavar="PATH", help="results store (SQLite; default results/<sweep>.sqlite)")
     p.add_argument("--resume", action="store_true",
-                   help="continue into an existing --out, skipping points already stored")
+                   help="continue into an existing --out: points whose resolved configuration is stored are "
+                        "reused (also after the sweep file changed), the others run")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes (local) or CPUs of a local Ray instance (default 1)")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
