@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sqlite3
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="sweep YAML (see docs/sweeps.md)")
     p.add_argument("--out", metavar="PATH", help="results store (SQLite; default results/<sweep>.sqlite)")
     p.add_argument("--resume", action="store_true",
-                   help="continue into an existing --out, skipping points already stored")
+                   help="continue into an existing --out: points whose resolved configuration is stored are "
+                        "reused (also after the sweep file changed), the others run")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes (local) or CPUs of a local Ray instance (default 1)")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -42,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from simhete.search import analysis
-    from simhete.search.backends import make_backend
+    from simhete.search.backends import Stopped, make_backend
     from simhete.search.runner import Runner, planned_points
     from simhete.search.space import load_sweep
     from simhete.search.store import ResultStore
@@ -78,9 +83,15 @@ def run(args: argparse.Namespace) -> int:
             raise SimheteError("--parquet needs pyarrow, which is not installed (pip install pyarrow); "
                                "use --csv instead") from None
     code = code_fingerprint()
-    if out.exists():
-        with ResultStore(out) as st:
-            n, before = st.count(), st.meta().get("code")
+    con = console()
+    total = planned_points(sweep)
+    try:
+        store = ResultStore(out)        # the one-writer lock; an existing file checked read-only first
+    except SimheteError as e:
+        raise SimheteError(f"--out {e}") from None
+    stopped: int | None = None
+    try:
+        n, before = store.count(), store.meta().get("code")
         if n and not (args.resume or args.resume_stale):
             raise SimheteError(f"--out {out}: holds {n} results already; pass --resume to continue "
                                "that sweep, or give a new --out")
@@ -88,29 +99,40 @@ def run(args: argparse.Namespace) -> int:
             raise SimheteError(f"--out {out}: its {n} results come from simhete {before}, this is {code}; "
                                "results of two versions would mix: give a new --out, or pass "
                                "--resume-stale to continue anyway")
-    con = console()
-    total = planned_points(sweep)
-    con.print(f"[bold]{sweep.name}[/]: {sweep.strategy.name} over {sweep.grid_size} grid points "
-              f"({len(sweep.axes)} axes: {', '.join(sweep.keys)}); {total} to evaluate with "
-              f"{args.workers} {args.backend} worker(s) → {out}")
-    backend = make_backend(args.backend, args.workers, args.ray_address)
-    t0 = time.perf_counter()
-    try:
-        with ResultStore(out) as store:
-            store.set_meta(sweep=sweep.name, file=str(sweep.file), keys=list(sweep.keys), code=code)
-            with _progress(con, total, args.quiet) as progress:
-                outcome = Runner(sweep, store, backend, args.engine, progress).run()
-            if csv is not None:
-                store.to_csv(csv)
-            if parquet is not None:
-                store.to_parquet(parquet)
+        con.print(f"[bold]{sweep.name}[/]: {sweep.strategy.name} over {sweep.grid_size} grid points "
+                  f"({len(sweep.axes)} axes: {', '.join(sweep.keys)}); {total} to evaluate with "
+                  f"{args.workers} {args.backend} worker(s) → {out}")
+        t0 = time.perf_counter()
+        with _stop_on_signals() as stop:
+            backend = make_backend(args.backend, args.workers, args.ray_address)
+            try:
+                store.set_meta(sweep=sweep.name, file=str(sweep.file), keys=list(sweep.keys), code=code)
+                with _progress(con, total, args.quiet) as progress:
+                    outcome = Runner(sweep, store, backend, args.engine, progress).run()
+            except (KeyboardInterrupt, Stopped) as e:
+                stopped = 143 if isinstance(e, Stopped) and e.signum == signal.SIGTERM else 130
+            finally:
+                stop.hold()            # a second signal while the pool shuts down changes nothing
+                backend.close()
+            if stopped is not None:
+                print(f"simhete: stopped: {store.count_members()} of {total} points stored in {out}; "
+                      "--resume continues", file=sys.stderr)
+                return stopped
+        if csv is not None:
+            store.to_csv(csv)
+        if parquet is not None:
+            store.to_parquet(parquet)
+        others = store.count() - len({r.id for r in outcome.rows})
+    except sqlite3.DatabaseError as e:
+        raise SimheteError(f"--out {out}: {' '.join(str(e).split())}") from None
     finally:
-        backend.close()
+        store.close()
     dt = time.perf_counter() - t0
     rows = outcome.rows
     counts = analysis.status_counts(rows)
     con.print(f"{len(rows)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
-              f"{outcome.ran} simulated, {outcome.skipped} already in the store; {dt:.1f} s")
+              f"{outcome.ran} simulated, {outcome.skipped} already in the store; {dt:.1f} s"
+              + (f"; {others} stored results of points not in this sweep kept, not reported" if others else ""))
     keys = list(sweep.keys)
     top = analysis.best(rows, sweep.limits, args.top)
     if top:
@@ -166,6 +188,34 @@ def _rests_on(top, sweep) -> list[str]:  # type: ignore[no-untyped-def]
 
 def _has_limits(sweep) -> bool:  # type: ignore[no-untyped-def]
     return sweep.limits.gpu_memory is not None or sweep.limits.host_memory is not None
+
+
+class _stop_on_signals:
+    """While a sweep runs, SIGTERM raises :class:`Stopped` in the main thread (Ctrl-C raises
+    KeyboardInterrupt as always), so that the sweep stops where it is: the transaction in progress
+    rolls back, what is committed stays. ``hold()`` then ignores both while the workers are shut
+    down; the previous handlers come back on exit."""
+
+    def __enter__(self) -> "_stop_on_signals":
+        from simhete.search.backends import Stopped
+
+        def on_term(signum, frame):  # type: ignore[no-untyped-def]
+            raise Stopped(signum)
+        self.active = threading.current_thread() is threading.main_thread()   # signals need it
+        if self.active:
+            self.saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+            signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def hold(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        if self.active:
+            for s, h in self.saved.items():
+                signal.signal(s, h)
 
 
 class _progress:

@@ -1,8 +1,10 @@
 """Run a sweep: strategy proposes grid indices → points → skip finished → backend → store.
 
-This is the one code path for every backend and strategy. A point whose id is already in the
-store is not run again (``--resume``), an invalid combination is recorded without being shipped,
-and each chunk of rows is committed as soon as the backend returns it.
+This is the one code path for every backend and strategy. A point whose id (its resolved
+configuration's digest) has a result in the store is not run again (``--resume``), whatever grid
+index or axis values it had in the sweep that computed it; an invalid combination is recorded
+without being shipped; each chunk of rows is committed as soon as the backend returns it. Points
+of one sweep sharing an id run once.
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ from __future__ import annotations
 import gc
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Callable, Sequence
 
 from simhete.search.backends import Backend
-from simhete.search.evaluate import Row, failed_row
+from simhete.search.evaluate import Row, failed_row, params_json
 from simhete.search.points import Point, Resolver
 from simhete.search.space import Limits, Sweep
-from simhete.search.store import ResultStore
+from simhete.search.store import RESULT_COLUMNS, ResultStore
 from simhete.search.strategies import coordinate_search, decode, grid, random_sample
 
 MAX_CHUNK = 32
+_result = attrgetter(*RESULT_COLUMNS[1:])   # a row's result values (what the store keeps under its id)
 SWEEP_GC_THRESHOLD = 50_000    # net new objects between two collections during a sweep (Runner.run)
 
 
@@ -37,7 +41,7 @@ class Progress:
 
 @dataclass
 class SweepOutcome:
-    rows: list[Row]          # this sweep's points, in grid order, one per distinct id
+    rows: list[Row]          # this sweep's points, in grid order, one per distinct id (its lowest index)
     ran: int                 # points simulated in this invocation
     skipped: int             # points found in the store (resumed)
     best_idx: int | None     # optimize only: the best point found
@@ -62,45 +66,64 @@ class Runner:
         return p
 
     def evaluate(self, idxs: Sequence[int]) -> list[Row]:
-        """Rows for the grid indices ``idxs`` (in order), running only those not yet stored."""
+        """Rows for the grid indices ``idxs`` (in order), running only those whose result is not
+        stored yet. A row carries this sweep's grid index and axis values whatever sweep computed
+        its result: results are keyed by the point's content (its id) alone."""
         points = [self.point(i) for i in idxs]
-        by_id: dict[str, Row] = self.store.get(p.id for p in points)
-        # an internal error (a bug, an interrupted worker) is not a result: run those points again
-        retry = [i for i, r in by_id.items() if r.status == "error"]
+        stored = self.store.results(p.id for p in points)
+        # an internal error (a bug, an interrupted worker) is not a result: run those points again;
+        # nor is an invalid combination's reason when it names another scenario file than this
+        # sweep's base (the file is not part of the configuration's id; the message would be stale)
+        named = f"{self.sweep.base.file}: " if self.sweep.base.file else ""
+        retry = [i for i, r in stored.items()
+                 if r[0] == "error" or (r[0] == "invalid" and not r[1].startswith(named))]
         if retry:
             self.store.drop(retry)
             for i in retry:
-                del by_id[i]
-        skipped = {p.id for p in points if p.id in by_id}
+                del stored[i]
+        rows: dict[int, Row] = {}           # by grid index
+        found: list[Row] = []               # stored results, as this sweep's points
         invalid: list[Row] = []
-        todo: dict[str, Point] = {}
+        todo: dict[str, Point] = {}         # by id: each distinct configuration runs once
+        twins: dict[str, list[Point]] = {}  # points sharing the id of a point in todo
         for p in points:
-            if p.id in by_id or p.id in todo:
+            if p.idx in rows:
                 continue
-            if p.scenario is None:
+            if p.id in stored:
+                row = rows[p.idx] = Row(p.id, p.idx, params_json(p.params), *stored[p.id])
+                found.append(row)
+            elif p.id in todo:
+                twins.setdefault(p.id, []).append(p)
+            elif p.scenario is None:
                 row = failed_row(p.id, p.idx, p.params, "invalid", p.error or "",
                                  str(p.params.get("policy", self.sweep.base.data.policy)))
-                by_id[p.id] = row
+                stored[p.id] = _result(row)
+                rows[p.idx] = row
                 invalid.append(row)
             else:
                 todo[p.id] = p
-        if invalid:
-            self.store.put(invalid)
+        if found or invalid:
+            self.store.put(found + invalid)
         self.ran += len(invalid)
-        self.skipped += len(skipped)
-        self.progress.advance(len(invalid), len(skipped))
+        self.skipped += len(found)
+        self.progress.advance(len(invalid), len(found))
         if todo:
             work = list(todo.values())
             size = max(1, min(MAX_CHUNK, math.ceil(len(work) / (4 * self.backend.workers))))
             chunks = [[(p.id, p.idx, p.params, p.scenario) for p in work[k:k + size]]
                       for k in range(0, len(work), size)]
-            for rows in self.backend.map(chunks, self.engine):
-                self.store.put(rows)
-                for r in rows:
-                    by_id[r.id] = r
-                self.ran += len(rows)
-                self.progress.advance(len(rows), 0)
-        return [by_id[p.id] for p in points]
+            for done in self.backend.map(chunks, self.engine):
+                done = list(done)
+                ran = len(done)
+                for r in done[:ran]:
+                    for t in twins.get(r.id, ()):
+                        done.append(Row(r.id, t.idx, params_json(t.params), *_result(r)))
+                self.store.put(done)
+                for r in done:
+                    rows[r.idx] = r
+                self.ran += ran
+                self.progress.advance(len(done), 0)
+        return [rows[p.idx] for p in points]
 
     def run(self) -> SweepOutcome:
         # What exists when the sweep starts (imports, the base scenario, the caller's objects) is
@@ -128,20 +151,28 @@ class Runner:
     def _run(self) -> SweepOutcome:
         st = self.sweep.strategy
         best = None
-        out: dict[str, Row] = {}
+        out: dict[str, Row] = {}     # by id: the row at the lowest grid index, as the store's view
+
+        def keep(rows: list[Row]) -> None:
+            for r in rows:
+                have = out.get(r.id)
+                if have is None or r.idx < have.idx:
+                    out[r.id] = r
+
+        self.store.begin_sweep()
         if st.name == "optimize":
             def score(idxs: list[int]) -> list[float]:
                 rows = self.evaluate(idxs)
-                out.update((r.id, r) for r in rows)
+                keep(rows)
                 return [objective(r, self.sweep.limits) for r in rows]
             budget = st.budget or self.sweep.grid_size
             best, _ = coordinate_search(self.sizes, score, self.start(), budget, st.restarts, st.seed)
         else:
             batches = grid(self.sizes) if st.name == "grid" else random_sample(self.sizes, st.samples or 0, st.seed)
             for idxs in batches:
-                out.update((r.id, r) for r in self.evaluate(idxs))
+                keep(self.evaluate(idxs))
                 self._points.clear()    # streamed: a batch's points are not asked for again
-        rows = sorted(out.values(), key=lambda r: (r.idx, r.id))
+        rows = sorted(out.values(), key=lambda r: r.idx)
         return SweepOutcome(rows, self.ran, self.skipped, best)
 
     def start(self) -> tuple[int, ...]:

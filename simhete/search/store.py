@@ -1,9 +1,33 @@
-"""The results store: one SQLite file per sweep, one row per point, written as each point finishes.
+"""The results store: one SQLite file per ``--out``, results keyed by the point's content.
+
+Layout (results-store format 2; docs/sweeps.md has the columns):
+
+- ``results``: one row per *point id* (the SHA-256 of the point's resolved configuration,
+  :mod:`simhete.search.points`) with what the simulation gave. A result depends only on its id, so
+  it is reused by any sweep whose point resolves to the same configuration, whatever its grid
+  position or axis values.
+- ``members``: the current sweep's grid points that have a result: grid index → id and the axis
+  values (``params``). Cleared when a run starts and filled as points are found or computed, so it
+  always describes the sweep file of the last run, never a previous one.
+- ``points`` (a view): the current sweep's rows, one per distinct id (the lowest grid index of the
+  points sharing it), with the current grid index and axis values: what reports and exports read.
+- ``meta``: the store's format, the sweep's name, file and axis keys, and the simhete version.
+
+A result of a point no longer in the sweep stays in ``results`` (it is used again if the point
+comes back) but is not part of ``points``, the report or the exports.
+
+Safety: an existing file is checked before anything is written to it, through a read-only SQLite
+connection: the application id simhete stamps in the header of its stores and the format number
+in ``user_version`` (another application's database, garbage, or a store of a newer format is
+refused there), then ``PRAGMA quick_check``, the schema and the format row of ``meta``; only then
+is it opened for writing. A refused file is left byte-identical (a ``-wal``/``-shm`` file the
+read-only look had to create for a WAL-mode database is removed again). A new
+store is built in a temporary file and linked into place, so ``--out`` never names a half-made
+store. One process writes a store at a time: a ``<store>.lock`` file held with ``flock`` (the kernel
+releases it when the holder dies, SIGKILL included, so a stale lock file never blocks).
 
 Rows are committed in small transactions as workers return them, with SQLite's write-ahead log,
-so killing the sweep at any moment (even SIGKILL) loses at most the points still in flight;
-``--resume`` reads the finished ids and skips them. The table is keyed by the point id (a hash of
-the resolved configuration, :mod:`simhete.search.points`), so a point is stored exactly once.
+so killing the sweep at any moment (even SIGKILL) loses at most the points still in flight.
 
 Exports: CSV always; Parquet when ``pyarrow`` is importable.
 """
@@ -13,41 +37,241 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
 import sqlite3
+import tempfile
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import quote
 
 from simhete.errors import SimheteError
 from simhete.search.evaluate import COLUMNS, Row
 
-SCHEMA_VERSION = "1"
-_ROW_VALUES = attrgetter(*COLUMNS)      # a Row's values in column order, as a tuple
+FORMAT = 2                      # results-store format; bump with any change of tables or columns
+APPLICATION_ID = 0x53484554     # "SHET", SQLite's application_id header field (offset 68)
+_MAGIC = b"SQLite format 3\x00"
+
+RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("idx", "params"))
+MEMBER_COLUMNS = ("idx", "id", "params")
+_RESULT_VALUES = attrgetter(*RESULT_COLUMNS)   # a Row's result values in column order, id first
 _TYPES = {"idx": "INTEGER", "tokens_per_s": "REAL", "samples_per_s": "REAL", "iter_time_s": "REAL",
           "mfu": "REAL", "peak_gpu_bytes": "INTEGER", "gpu_capacity_bytes": "INTEGER",
           "peak_host_bytes": "INTEGER", "host_capacity_bytes": "INTEGER"}
+_SELECT_POINTS = ", ".join("m." + c if c in MEMBER_COLUMNS else "r." + c for c in COLUMNS)
+SCHEMA = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE results ({", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" + (" PRIMARY KEY" if c == "id" else "")
+                                  for c in RESULT_COLUMNS)});
+CREATE TABLE members (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, params TEXT NOT NULL);
+CREATE INDEX members_by_id ON members (id, idx);
+CREATE VIEW points AS SELECT {_SELECT_POINTS} FROM members m JOIN results r ON r.id = m.id
+    WHERE m.idx = (SELECT MIN(idx) FROM members WHERE id = m.id);
+"""
+
+
+class StoreRefused(SimheteError):
+    """An existing file is not a results store this simhete may write; it was left untouched."""
+
+
+def _header_problem(app: int, fmt: int) -> str | None:
+    """Why a database with these header fields (``application_id``, ``user_version``) is not a
+    simhete store this simhete may write (None: it is one)."""
+    if app != APPLICATION_ID:
+        return ("is an SQLite database of another application (or a store of a simhete older than "
+                f"results-store format {FORMAT}), not a simhete results store")
+    if fmt > FORMAT:
+        return (f"was written by a newer simhete (results-store format {fmt}; this one reads format "
+                f"{FORMAT}): use that simhete")
+    if fmt != FORMAT:
+        return f"is a simhete results store of format {fmt}, which this simhete (format {FORMAT}) cannot continue"
+    return None
+
+
+def _sidecars(path: Path) -> dict[str, bool]:
+    return {s: Path(f"{path}{s}").exists() for s in ("-wal", "-shm")}
+
+
+def inspect_store(path: Path, keep_open: bool = False) -> tuple[int, dict[str, Any], sqlite3.Connection | None]:
+    """(number of stored results, meta, the read-only connection if ``keep_open``) of the store at
+    ``path``, read without writing to it; StoreRefused (one line) when it is not a sound simhete
+    store of this format, after removing any ``-wal``/``-shm`` file the look created.
+
+    Only SQLite opens the file (read-only): a plain open() and close() of a database file would
+    drop the POSIX locks every SQLite connection of this process holds on it."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise StoreRefused(f"{path}: cannot be read ({e.strerror})") from None
+    if not os.access(path, os.R_OK):
+        raise StoreRefused(f"{path}: cannot be read (permission denied)")
+    if size == 0:
+        raise StoreRefused(f"{path}: is an empty file, not a simhete results store; it was left "
+                           "untouched: give another --out")
+    before = _sidecars(path)
+    con = None
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, isolation_level=None)
+        why = _header_problem(con.execute("PRAGMA application_id").fetchone()[0],
+                              con.execute("PRAGMA user_version").fetchone()[0])
+        if why is not None:
+            raise StoreRefused(f"{path}: {why}; it was left untouched: give another --out")
+        check = [r[0] for r in con.execute("PRAGMA quick_check")]
+        if check != ["ok"]:
+            raise sqlite3.DatabaseError(check[0])
+        for table, cols in (("results", RESULT_COLUMNS), ("members", MEMBER_COLUMNS),
+                            ("points", COLUMNS), ("meta", ("key", "value"))):
+            have = tuple(r[1] for r in con.execute(f"PRAGMA table_info({table})"))
+            if have != cols:
+                raise sqlite3.DatabaseError(f"table {table} has columns {list(have)}, "
+                                            f"format {FORMAT} has {list(cols)}")
+        meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+        if meta.get("format") != FORMAT:
+            raise sqlite3.DatabaseError(f"its meta table gives format {meta.get('format')!r}, "
+                                        f"its header {FORMAT}")
+        n = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except BaseException as e:
+        if con is not None:
+            con.close()
+        for s, had in before.items():       # what the read-only look created, and nothing else
+            if not had:
+                Path(f"{path}{s}").unlink(missing_ok=True)
+        if isinstance(e, sqlite3.DatabaseError) and "file is not a database" in str(e):
+            raise StoreRefused(f"{path}: is not a simhete results store (not an SQLite database); "
+                               "it was left untouched: give another --out") from None
+        if isinstance(e, (sqlite3.DatabaseError, ValueError)):  # ValueError: meta that is not JSON
+            msg = " ".join(str(e).split())
+            raise StoreRefused(f"{path}: a damaged simhete results store ({msg}); it was left "
+                               "untouched: give another --out") from None
+        raise
+    if not keep_open:
+        con.close()
+        con = None
+    return n, meta, con
+
+
+class StoreLock:
+    """The one-writer lock of a store: ``<store>.lock``, held with ``flock`` for the writer's life.
+
+    The kernel drops an ``flock`` when its holder exits however it exits, so a lock file left by a
+    killed sweep is simply taken over. The holder removes the file when it is done, while still
+    holding it; a process that locked a file that was removed meanwhile tries again. A forked
+    sweep worker closes its copy (:meth:`forget_in_child`), so that only the writer holds the lock."""
+
+    _held: set[int] = set()       # this process's lock file descriptors
+
+    @classmethod
+    def forget_in_child(cls) -> None:
+        """In a forked child: close the inherited descriptors (the parent's lock stays held)."""
+        for fd in cls._held:
+            os.close(fd)
+        cls._held.clear()
+
+    def __init__(self, store: Path) -> None:
+        import fcntl
+
+        self.path = Path(f"{store}.lock")
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise SimheteError(f"{store}: cannot create its lock file {self.path}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").split()
+                os.close(fd)
+                who = f" (pid {holder[0]} on {holder[1]})" if len(holder) >= 2 else ""
+                raise SimheteError(f"{store}: another simhete sweep{who} is writing this results store; "
+                                   "wait for it to finish (then --resume), or give another --out") from None
+            try:
+                st, now = os.fstat(fd), os.stat(self.path)
+                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)        # the previous holder removed the file between our open and flock
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self.fd: int | None = fd
+        self._held.add(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            self._held.discard(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _create(path: Path) -> None:
+    """A new, empty store at ``path``, built beside it and linked into place (never half made)."""
+    from simhete.fileio import _umask
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    os.close(fd)
+    try:
+        con = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            con.execute(f"PRAGMA user_version={FORMAT}")
+            con.execute("BEGIN")
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            con.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(FORMAT),))
+            con.execute("COMMIT")
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            os.link(tmp, path)                  # fails if something appeared at path meanwhile
+        except FileExistsError:
+            raise StoreRefused(f"{path}: appeared while the store was being created; "
+                               "it was left untouched: give another --out") from None
+        except OSError:                         # a filesystem without hard links
+            if path.exists():
+                raise StoreRefused(f"{path}: appeared while the store was being created; "
+                                   "it was left untouched: give another --out") from None
+            os.replace(tmp, path)
+    finally:
+        for s in ("", "-wal", "-shm", "-journal"):
+            Path(tmp + s).unlink(missing_ok=True)
 
 
 class ResultStore:
-    def __init__(self, path: str | Path) -> None:
+    """A results store opened for writing (``readonly=False``, the default: takes the store's lock,
+    checks an existing file read-only first, creates a missing one) or for reading only."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.lock: StoreLock | None = None
+        if readonly:
+            self.db = inspect_store(self.path, keep_open=True)[2]
+            return
+        self.lock = StoreLock(self.path)
         try:
+            if self.path.exists():
+                inspect_store(self.path)
+                if not os.access(self.path, os.W_OK):
+                    raise StoreRefused(f"{self.path}: is not writable; it was left untouched")
+            else:
+                _create(self.path)
             self.db = sqlite3.connect(self.path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")   # durable across process kills
-            cols = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" + (" PRIMARY KEY" if c == "id" else "")
-                             for c in COLUMNS)
-            self.db.execute(f"CREATE TABLE IF NOT EXISTS points ({cols})")
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        except sqlite3.DatabaseError as e:
-            raise SimheteError(f"{self.path}: not a simhete results store ({e})") from None
-        have = [r[1] for r in self.db.execute("PRAGMA table_info(points)")]
-        if have != list(COLUMNS):
-            raise SimheteError(f"{self.path}: results store has columns {have}, expected {list(COLUMNS)}; "
-                               "it was written by another simhete version — use a new --out")
+            self.db.execute("PRAGMA synchronous=NORMAL")   # with WAL: durable across process kills
+        except BaseException:
+            self.lock.release()
+            raise
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.db.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def __enter__(self) -> "ResultStore":
         return self
@@ -58,6 +282,8 @@ class ResultStore:
     # -- meta -----------------------------------------------------------------------------------
 
     def set_meta(self, **items: Any) -> None:
+        if "format" in items:
+            raise ValueError("the store's format is not set by hand")
         with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [(k, json.dumps(v)) for k, v in items.items()])
@@ -65,43 +291,50 @@ class ResultStore:
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
 
-    # -- points ---------------------------------------------------------------------------------
+    # -- results and the current sweep's points ----------------------------------------------------
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
+        """Results stored, of this sweep's points or any earlier sweep's."""
+        return self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
-    def done_ids(self, ids: Iterable[str]) -> set[str]:
-        ids = list(ids)
-        out: set[str] = set()
+    def count_members(self) -> int:
+        """Grid points of the current sweep that have their result."""
+        return self.db.execute("SELECT COUNT(*) FROM members").fetchone()[0]
+
+    def begin_sweep(self) -> None:
+        """Forget which grid points made up the previous sweep (its results stay)."""
+        with self._tx():
+            self.db.execute("DELETE FROM members")
+
+    def results(self, ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+        """Stored results by id: the values of RESULT_COLUMNS after ``id`` (status ... summary)."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, tuple[Any, ...]] = {}
+        cols = ",".join(RESULT_COLUMNS)
         for k in range(0, len(ids), 900):   # SQLite's bound-parameter limit
             part = ids[k:k + 900]
-            q = f"SELECT id FROM points WHERE id IN ({','.join('?' * len(part))})"
-            out.update(r[0] for r in self.db.execute(q, part))
+            q = f"SELECT {cols} FROM results WHERE id IN ({','.join('?' * len(part))})"
+            out.update((r[0], r[1:]) for r in self.db.execute(q, part))
         return out
 
     def put(self, rows: Iterable[Row]) -> None:
-        """Insert finished rows in one transaction; a row already present is left as it is."""
-        q = f"INSERT OR IGNORE INTO points VALUES ({','.join('?' * len(COLUMNS))})"
+        """Record rows in one transaction: each row's result under its id (a result already stored
+        is left as it is) and its grid point as a point of the current sweep."""
+        rows = list(rows)
+        q = f"INSERT OR IGNORE INTO results VALUES ({','.join('?' * len(RESULT_COLUMNS))})"
         with self._tx():
-            self.db.executemany(q, list(map(_ROW_VALUES, rows)))
+            self.db.executemany(q, list(map(_RESULT_VALUES, rows)))
+            self.db.executemany("INSERT OR REPLACE INTO members VALUES (?, ?, ?)",
+                                [(r.idx, r.id, r.params) for r in rows])
 
     def drop(self, ids: Iterable[str]) -> None:
-        """Remove rows (so that they can be run again)."""
+        """Remove results (so that they can be run again)."""
         with self._tx():
-            self.db.executemany("DELETE FROM points WHERE id = ?", [(i,) for i in ids])
-
-    def get(self, ids: Iterable[str]) -> dict[str, Row]:
-        ids = list(ids)
-        out: dict[str, Row] = {}
-        for k in range(0, len(ids), 900):
-            part = ids[k:k + 900]
-            q = f"SELECT {','.join(COLUMNS)} FROM points WHERE id IN ({','.join('?' * len(part))})"
-            out.update((r[0], Row(*r)) for r in self.db.execute(q, part))
-        return out
+            self.db.executemany("DELETE FROM results WHERE id = ?", [(i,) for i in ids])
 
     def rows(self) -> list[Row]:
-        """Every row, in point order (idx, then id)."""
-        q = f"SELECT {','.join(COLUMNS)} FROM points ORDER BY idx, id"
+        """The current sweep's rows in grid order: one per distinct id, at its lowest grid index."""
+        q = f"SELECT {','.join(COLUMNS)} FROM points ORDER BY idx"
         return [Row(*r) for r in self.db.execute(q)]
 
     def _tx(self) -> "_Tx":
