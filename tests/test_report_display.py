@@ -139,3 +139,51 @@ def test_cli_tables_fit_80_columns(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert widest(out) <= 80
     assert "(1/" in out                                           # six policies do not fit in one
+
+
+# --- 3/4. the sweep: hardware by name, a table within 80 columns, a labelled Pareto plot ---------
+
+def test_sweep_table_names_hardware_and_the_pareto_plot_is_labelled(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    from simhete.search import analysis
+    from test_sweep import TINY, run_local
+
+    monkeypatch.setenv("COLUMNS", "80")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "base.yaml", "axes": {
+        "hardware": ["h100-pcie", {"profile": "h200-sxm", "gpus": 1}],
+        "policy": ["zero-offload", "chunked"], "train.micro_batch": [1, 2]},
+        "limits": {"gpu_memory": "60GiB"}}, sort_keys=False))
+    rows = run_local(sweep, tmp_path / "r.sqlite")
+    keys = list(json.loads(rows[0].params))
+    out = text(analysis.rows_table(analysis.best(rows, analysis.Limits(gpu_memory=60 * GIB)), keys, "best"), 80)
+    assert widest(out) <= 80
+    assert "h200-sxm" in out and "gpus=1" in out and "{" not in out and "…" not in out
+    assert "zero-offload" in out and "micro_batch" in out
+    assert analysis._short({"profile": "a100-80gb-sxm", "gpus": 1, "host_memory": "512GiB"}) == \
+        "a100-80gb-sxm gpus=1 host_memory=512GiB"
+    assert [analysis.point_hardware(r) for r in rows[:2]] == ["h100-pcie", "h100-pcie"]
+
+    seen = {}
+    from matplotlib.figure import Figure
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: seen.setdefault("fig", self) and real(self, *a, **k))
+    analysis.plot_fronts(rows, analysis.Limits(gpu_memory=60 * GIB), tmp_path / "p.png", title="t")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    fig = seen["fig"]
+    gpu_ax, host_ax = fig.axes
+    assert (gpu_ax.get_xlabel(), gpu_ax.get_ylabel()) == ("peak GPU memory (GiB)", "throughput (tokens/s)")
+    assert host_ax.get_xlabel() == "peak host memory (GiB)"
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["policy chunked", "policy zero-offload", "h100-pcie", "h200-sxm gpus=1",
+                      "Pareto front", "sweep limit"]
+    # one scatter per (policy, hardware) with the policy's colour and the hardware's marker
+    colours = {tuple(c.get_facecolor()[0][:3]) for c in gpu_ax.collections if len(c.get_offsets()) and
+               c.get_facecolor().size}
+    assert len(colours) == 2
+    limit = [ln for ln in gpu_ax.get_lines() if ln.get_linestyle() == "--"]
+    assert [ln.get_xdata()[0] for ln in limit] == [60.0]
