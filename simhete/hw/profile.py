@@ -372,7 +372,7 @@ class AdamModel(Strict):
     ``rate`` is ``by_threads`` at ``threads`` — the intra-op threads the CPU optimizer runs with
     (linear in threads between measured points, the nearest end outside them) — when both are
     given, else ``params_per_s``. Without either it is derived as DRAM-bound: 0.7 × dram_bandwidth
-    (DRAM_STREAM_FRACTION) / 28 bytes per parameter (reads p, g, m, v, writes p, m, v in fp32; REFERENCES.md "CPU Adam is
+    (DRAM_STREAM_FRACTION) / 28 bytes per parameter (reads p, g, m, v, writes p, m, v in fp32; docs/references.md "CPU Adam is
     DRAM-bound"), and flagged as assumed. ``overhead_us`` (default 0) is the fixed cost of one
     call; a schedule issues one ADAM_CPU op per block, so it is paid once per block."""
 
@@ -407,7 +407,7 @@ class Host(Strict):
 
 
 # Adam traffic per parameter: read p, g, m, v and write p, m, v = 7 tensor accesses, each of the
-# state's dtype: 7 × 4 = 28 bytes for fp32 state (REFERENCES.md, "CPU Adam is DRAM-bound";
+# state's dtype: 7 × 4 = 28 bytes for fp32 state (docs/references.md, "CPU Adam is DRAM-bound";
 # ZeRO-Offload paper §4.2 keeps all four on the CPU). A GPU Adam over 16-bit state (pure bf16/fp16
 # training) moves 7 × 2 = 14 bytes: torch's foreach and fused Adam/AdamW (torch/optim/adam.py
 # _multi_tensor_adam, _fused_adam → torch._fused_adamw_; in torch 2.13 AdamW subclasses Adam) update
