@@ -35,12 +35,25 @@ def _options(command: str) -> set[str]:
     return {o for a in _subparser(command)._actions for o in a.option_strings}
 
 
-def _argv(ex: Example, tmp_path) -> list[str]:
+REDIRECTED: dict[str, str] = {}    # an output's path in the docs -> where the tests wrote it
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory):
+    """One directory for every example's outputs, so a later example reads what an earlier one of
+    the same page wrote (calibrate --out /tmp/cpu.yaml, then validate --profile /tmp/cpu.yaml)."""
+    return tmp_path_factory.mktemp("doc-outputs")
+
+
+def _argv(ex: Example, outdir) -> list[str]:
     argv = []
     words = ex.argv()
     for k, w in enumerate(words):
         if k and words[k - 1] in OUT_FLAGS:
-            w = str(tmp_path / os.path.basename(w))          # outputs never land in the checkout
+            REDIRECTED[w] = str(outdir / os.path.basename(w))     # outputs never land in the checkout
+            w = REDIRECTED[w]
+        elif w in REDIRECTED:
+            w = REDIRECTED[w]
         elif "*" in w:
             hits = sorted(glob.glob(w, root_dir=ROOT))
             assert hits, f"{ex.id}: {w} matches no file"
@@ -48,12 +61,12 @@ def _argv(ex: Example, tmp_path) -> list[str]:
             continue
         argv.append(w)
     if argv and argv[0] == "sweep" and "--out" not in argv:
-        argv += ["--out", str(tmp_path / "sweep.sqlite")]
+        argv += ["--out", str(outdir / "sweep.sqlite")]
     return argv
 
 
 @pytest.mark.parametrize("ex", [e for e in EXAMPLES if e.kind == "command"], ids=lambda e: e.id)
-def test_command_example(ex: Example, tmp_path, monkeypatch, capsys):
+def test_command_example(ex: Example, outdir, monkeypatch, capsys):
     argv = ex.argv()
     assert argv and argv[0] in COMMANDS, \
         f"{ex.id}: unknown command in {ex.text!r}"
@@ -61,12 +74,14 @@ def test_command_example(ex: Example, tmp_path, monkeypatch, capsys):
         flags = {w.split("=")[0] for w in re.findall(r"--[\w-]+", ex.text)}
         assert flags <= _options(argv[0]), f"{ex.id}: {sorted(flags - _options(argv[0]))} not options of {argv[0]}"
         return
-    if ex.mark == "skip" or (ex.mark == "slow" and not os.environ.get("SIMHETE_DOCS_SLOW")):
-        pytest.skip(f"{ex.id} {ex.mark}: {ex.why} (SIMHETE_DOCS_SLOW=1 runs slow ones)")
+    if ex.mark == "skip":
+        pytest.skip(f"{ex.id} skip: {ex.why}")
+    if ex.mark == "slow" and not os.environ.get("SIMHETE_DOCS_SLOW"):
+        pytest.skip(f"{ex.id} slow: {ex.why} (SIMHETE_DOCS_SLOW=1 runs it)")
     if argv[0] in ("calibrate", "validate") and "--refit" not in argv and "--published" not in argv:
         pytest.importorskip("torch")
     monkeypatch.chdir(ROOT)
-    rc = main(_argv(ex, tmp_path))
+    rc = main(_argv(ex, outdir))
     out = capsys.readouterr()
     assert rc == 0, f"{ex.id}: `{ex.text}` exited {rc}: {out.err.strip()[-500:]}"
 
