@@ -78,3 +78,18 @@ def test_calibrate_without_torch_hints_at_the_checkout_install(capsys, monkeypat
     err = capsys.readouterr().err
     assert err == ("simhete: error: calibrate needs torch (torch not installed): from the simhete checkout, "
                    "pip install -e '.[torch]'\n")
+
+
+def test_validate_without_torch_hints_at_the_checkout_install(capsys, monkeypatch, tmp_path):
+    import builtins
+    real = builtins.__import__
+
+    def no_torch(name, *a, **k):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert main(["validate", SMALL, "--profile", "cpu-local"]) == 2
+    assert capsys.readouterr().err == (
+        "simhete: error: validate needs torch to replay (torch not installed): from the simhete checkout, "
+        "pip install -e '.[torch]'; --published needs no torch\n")
