@@ -3,7 +3,7 @@
 An estimate, not a measurement: each point costs (warm-up + repeats) samples of at least
 ``min_sample_s`` or one call, whichever is longer, plus the re-measure of a noisy point (2 × repeats)
 for an assumed fraction of points. Call times come from the H100 SXM datasheet rates
-(REFERENCES.md: 989 TFLOP/s bf16/fp16, 494.5 tf32, 67 fp32, 3.35 TB/s HBM3, PCIe Gen5 ≈ 55 GB/s
+(docs/references.md: 989 TFLOP/s bf16/fp16, 494.5 tf32, 67 fp32, 3.35 TB/s HBM3, PCIe Gen5 ≈ 55 GB/s
 per direction) at an assumed efficiency. Run: ``python -m calibrate.estimate``.
 """
 

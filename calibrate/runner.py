@@ -119,7 +119,8 @@ def _run(ctx: Ctx, names: list[str], raw_dir: Path, console: Console | None, pas
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as prog:
         plans = [(n, SUITES[n], SUITES[n].points(ctx)) for n in SUITES if n in names]
-        tasks = {n: prog.add_task(n, total=len(pts) * passes) for n, _, pts in plans}
+        # a suite with nothing to measure (blocks without --shapes-from) gets no bar
+        tasks = {n: prog.add_task(n, total=len(pts) * passes) for n, _, pts in plans if pts}
         measured: dict[str, list[list[dict[str, object]]]] = {n: [] for n, _, _ in plans}
         for _ in range(passes):
             for name, mod, pts in plans:

@@ -36,7 +36,7 @@ def test_summary_table_shows_the_figures():
     assert row(out, "busy gpu0.h2d") == ["6.2 %"]          # 6.25 % rounds half to even
     assert row(out, "PCIe H2D per iteration") == ["1 GB (0.25 GB/s)"]
     assert row(out, "PCIe D2H per iteration") == ["3 GB (0.75 GB/s)"]
-    assert row(out, "peak gpu0 memory") == ["6.00 / 8.00 GiB (75.0 %)"]
+    assert row(out, "peak gpu0 memory") == ["6.00 / 8.00 GiB (75.0%)"]
     assert row(out, "gpu0 activations") == ["4.00 GiB"]
     assert row(out, "cpu optim") == ["8.00 GiB"]
     assert "uncalibrated" not in out

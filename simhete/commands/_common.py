@@ -16,8 +16,9 @@ ENGINES = ("fast", "simpy")
 
 
 def console() -> Console:
-    # comparison tables of six policies need ~140 columns; pipes and CI report 80
-    return Console(highlight=False, soft_wrap=False, width=max(140, Console().width))
+    """The terminal's width (80 where it cannot be told, e.g. a pipe; COLUMNS overrides): tables
+    wrap their cells and split their columns to fit it."""
+    return Console(highlight=False, soft_wrap=False)
 
 
 def add_engine_arg(p: argparse.ArgumentParser) -> None:
@@ -73,3 +74,18 @@ def apply_sets(scenario, sets: list[str]):
             short = item if len(item) <= 60 else item[:57] + "..."
             raise SimheteError(f"--set {short!r}: VALUE is not valid YAML ({e.problem})") from None
     return scenario.with_changes(**changes)
+
+
+TITLE_KEYS = ("model", "hardware", "policy")
+
+
+def run_title(result, sets: list[str]) -> str:  # type: ignore[no-untyped-def]
+    """The title of a run's table and plot: the scenario's name, unless ``--set`` changed what the
+    name describes (model, hardware or policy): then the resolved model, hardware (with its GPU
+    count when more than one) and policy, e.g. ``llama3-8b on h100-sxm, zero-offload``."""
+    keys = {item.partition("=")[0].strip().split(".")[0] for item in sets}
+    if not keys & set(TITLE_KEYS):
+        return result.scenario.name
+    ctx = result.context
+    gpus = ctx.profile.gpu.count
+    return f"{ctx.spec.name} on {ctx.profile.name}{f' x{gpus}' if gpus > 1 else ''}, {result.scenario.data.policy}"

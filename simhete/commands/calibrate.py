@@ -84,6 +84,37 @@ def dump_profile(profile: dict[str, Any], how: str) -> str:
                             allow_unicode=True)
 
 
+def fit_summary(result: Any, report: Path) -> Any:
+    """A console table of the fit's held-out errors: per suite, the median and max relative error
+    and, where a suite times several ops, the op with the largest median error (every op's figures
+    are in ``report``)."""
+    import numpy as np
+    from rich.table import Table
+
+    t = Table(title="held-out error of the fitted profile (points no fit used)", title_justify="left",
+              caption=f"every op: {report}", caption_justify="left")
+    t.add_column("suite")
+    for name in ("median", "max", "points"):
+        t.add_column(name, justify="right")
+    t.add_column("worst op (its median)")
+    ops: dict[str, list[tuple[str, list[float]]]] = {}
+    for suite, op, errs in result.errors:
+        if op and errs:
+            ops.setdefault(suite, []).append((op, errs))
+    for suite, op, errs in result.errors:
+        if op:
+            continue
+        if not errs:
+            t.add_row(suite, "—", "—", "0", "")
+            continue
+        worst = ""
+        if len(ops.get(suite, ())) > 1:
+            name, e = max(ops[suite], key=lambda x: float(np.median(x[1])))
+            worst = f"{name} ({100 * float(np.median(e)):.1f} %)"
+        t.add_row(suite, f"{100 * float(np.median(errs)):.1f} %", f"{100 * max(errs):.1f} %", str(len(errs)), worst)
+    return t
+
+
 def _check_targets(paths: list[Path], force: bool) -> None:
     from simhete.fileio import check_not_input
 
@@ -139,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         from calibrate.runner import run_suites
     except ModuleNotFoundError as e:
         raise SimheteError(f"calibrate needs torch ({e.name} not installed): "
-                           "pip install 'simhete[torch]'") from None
+                           "from the simhete checkout, pip install -e '.[torch]'") from None
     target = select(args.device)
     g = grid("quick" if args.quick else "full", target.kind)
     if args.shapes_from:
@@ -156,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         s_raw = stage / raw_dir.name
         s_raw.mkdir()
         run_suites(target, g, suites, s_raw, console, args.threads, args.passes)
+        console.print(f"measured in {time.perf_counter() - t0:.1f} s; fitting")
         result = fit(s_raw, out.stem, stage)
         text = result.report
         if args.shapes_from and "blocks" in suites:
@@ -166,8 +198,17 @@ def run(args: argparse.Namespace) -> int:
         _install([(s_raw, raw_dir), (stage / report.name, report), (stage / out.name, out)])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    _print_summary(result, report)
     print(f"wrote {out}, {raw_dir}/ and {report} in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _print_summary(result: Any, report: Path) -> None:
+    from simhete.commands._common import console
+    if result.errors:
+        console().print(fit_summary(result, report))
+    else:
+        print(f"no held-out points: the fit's error is not known (see {report})")
 
 
 def _refit(raw_dir: Path, out: Path, force: bool, shapes_from: list[str]) -> int:
@@ -190,5 +231,6 @@ def _refit(raw_dir: Path, out: Path, force: bool, shapes_from: list[str]) -> int
         _install([(stage / report.name, report), (stage / out.name, out)])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    _print_summary(result, report)
     print(f"wrote {out} and {report} (refit from {raw_dir})")
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
-from simhete.commands._common import add_engine_arg, console, dump_json
+from simhete.commands._common import add_engine_arg, add_set_arg, apply_sets, console, dump_json
 
 HELP = ("Run a scenario under every applicable policy and print them side by side (fits, iteration "
         "time, throughput, peak GPU/CPU memory, PCIe bytes), plus the largest model of the same family "
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policies", metavar="P1,P2", help="only these policies (comma separated)")
     p.add_argument("--no-largest", action="store_true", help="skip the largest-model search")
     p.add_argument("--json", action="store_true", help="print summaries and largest models as JSON")
+    add_set_arg(p)
     add_engine_arg(p)
 
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from simhete.scenario import load_scenario
     from simhete.workload import get_model
 
-    s = load_scenario(args.scenario)
+    s = apply_sets(load_scenario(args.scenario), args.set)
     policies = [p.strip() for p in args.policies.split(",")] if args.policies else None
     if policies:
         from simhete.policy import get_policy
@@ -132,7 +133,12 @@ def run(args: argparse.Namespace) -> int:
                          "published_suite": suite}), end="")
         return 0
     con = console()
-    con.print(render_comparison({p: r.summary for p, r in results.items()}, title=s.name))
+    title = s.name
+    if results and {i.partition("=")[0].strip().split(".")[0] for i in args.set} & {"model", "hardware"}:
+        ctx = next(iter(results.values())).context      # what the name describes changed: say what ran
+        gpus = ctx.profile.gpu.count
+        title = f"{ctx.spec.name} on {ctx.profile.name}{f' x{gpus}' if gpus > 1 else ''}"
+    con.print(render_comparison({p: r.summary for p, r in results.items()}, title=title))
     con.print(suite["line"], style="cyan")
     fam = candidates(s)
     if largest and fam is not None:

@@ -153,24 +153,37 @@ def _render(out: dict, best, flags: list[str]) -> None:  # type: ignore[no-untyp
     q = out["question"]
     con.print(f"[bold]Plan[/]: {q['model']} ({q['params'] / 1e9:.2f} B params) on {q['gpus']}× {q['hardware']}, "
               f"seq {q['seq_len']}, micro-batch {q['micro_batch']}, {q['dtype']}")
-    t = Table(title="Does it fit? (each policy, each planning knob combination)", title_justify="left")
-    for c in ("policy", "knobs", "fits", "tokens/s", "GPU GiB", "host GiB", "why not"):
-        t.add_column(c, justify="right" if c in ("tokens/s", "GPU GiB", "host GiB") else "left",
-                     overflow="fold")
+    from rich import box
+    # no vertical rules: seven columns fit an 80-column terminal
+    t = Table(title="Does it fit? (each policy, each planning knob combination)", title_justify="left",
+              box=box.SIMPLE_HEAD)
+    rows, why = [], {}
     for p, trials in out["policies"].items():
         for tr in trials:
-            t.add_row(p, json.dumps(tr["knobs"], separators=(",", ":")), "yes" if tr["fits"] else "[red]no[/]",
-                      f"{tr['tokens_per_s']:,.0f}" if tr["tokens_per_s"] else "",
-                      f"{tr['peak_gpu_bytes'] / 2**30:.1f}", f"{tr['peak_host_bytes'] / 2**30:.1f}",
-                      tr["reason"].split(";")[0][:90])
+            ran = tr["fits"] or tr["peak_gpu_bytes"] or tr["peak_host_bytes"]   # 0 and 0: stopped at start
+            rows.append([p, _knobs(tr["knobs"]), "yes" if tr["fits"] else "[red]no[/]",
+                         f"{tr['tokens_per_s']:,.0f}" if tr["tokens_per_s"] else "",
+                         f"{tr['peak_gpu_bytes'] / 2**30:.1f}" if ran else "—",
+                         f"{tr['peak_host_bytes'] / 2**30:.1f}" if ran else "—"])
+            if not tr["fits"] and tr["reason"]:
+                why.setdefault((p, tr["reason"].split(";")[0]), []).append(_knobs(tr["knobs"]))
+    for i, c in enumerate(("policy", "knobs", "fits", "tokens/s", "GPU GiB", "host GiB")):
+        # a cell wraps at its spaces, never inside a word (knob=value) or a number
+        word = max((len(w) for r in rows for w in r[i].replace("[red]", "").replace("[/]", "").split()), default=1)
+        t.add_column(c, justify="right" if c in ("tokens/s", "GPU GiB", "host GiB") else "left",
+                     overflow="fold", min_width=min(word, 24))
+    for r in rows:
+        t.add_row(*r)
     con.print(t)
+    for (p, reason), knobs in why.items():      # the reasons in full, once per policy and reason
+        con.print(f"[red]{p}[/] ({'; '.join(knobs)}) does not fit: {reason}")
     con.print("Fits under: " + (", ".join(out["fits_under"]) or "[red]no policy[/]"))
     if best is not None:
         b = out["best"]
-        con.print(f"Best: [bold]{b['policy']}[/] {json.dumps(b['knobs'])} at [bold]{b['tokens_per_s']:,.0f} "
+        con.print(f"Best: [bold]{b['policy']}[/] {_knobs(b['knobs'])} at [bold]{b['tokens_per_s']:,.0f} "
                   "tokens/s[/]")
         lm = out["largest_micro_batch"]
-        con.print(f"Largest micro-batch that fits ({lm['policy']}, {json.dumps(lm['knobs'])}): "
+        con.print(f"Largest micro-batch that fits ({lm['policy']}, {_knobs(lm['knobs'])}): "
                   f"[bold]{lm['micro_batch']}[/] ({lm['trials']} trials; {lm['monotone']})")
     lm = out["largest_model"]
     con.print(f"Largest {lm['family']} model that fits: [bold]{lm['model'] or 'none'}[/] ({lm['note']})")
@@ -187,6 +200,11 @@ def _render(out: dict, best, flags: list[str]) -> None:  # type: ignore[no-untyp
     con.print("\n[bold]Provenance[/] — fit verdicts are decided against: " + "; ".join(out["capacity_provenance"]))
     con.print(out["best_rests_on"])
     con.print(out["published_suite"]["line"], style="cyan")
+
+
+def _knobs(knobs: dict) -> str:
+    """Knobs as written on the command line (``checkpointing=full pin_memory=true``), not JSON."""
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in knobs.items()) or "—"
 
 
 def rests_on(best, flags: list[str]) -> str:  # type: ignore[no-untyped-def]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from simhete.commands._common import add_engine_arg, add_set_arg, apply_sets, check_writable, console, dump_json
+from simhete.commands._common import (add_engine_arg, add_set_arg, apply_sets, check_writable, console, dump_json,
+                                      run_title)
 from simhete.fileio import write_atomic
 from simhete.scenario import load_scenario
 from simhete.schedule import format_schedule
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     # after the inputs are read: an output path that is one of them is refused before any work
     outs = {flag: check_writable(getattr(args, flag), f"--{flag}") for flag in ("trace", "plot", "schedule")}
     res = run_scenario(apply_sets(scenario, args.set), engine=args.engine)
+    title = run_title(res, args.set)
     if outs["schedule"]:
         write_atomic(outs["schedule"], format_schedule(res.schedule), "--schedule")
     if outs["trace"]:
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         write_trace(outs["trace"], res.timeline)
     if outs["plot"]:
         from simhete.report.plot import plot_timeline
-        plot_timeline(res.timeline, outs["plot"], pools=dict(res.schedule.pools), title=res.scenario.name)
+        plot_timeline(res.timeline, outs["plot"], pools=dict(res.schedule.pools), title=title)
     from simhete.published import suite_error_for
     suite = suite_error_for(res.context.profile)
     if args.json:
@@ -49,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         from simhete.report.table import render_summary
         con = console()
-        con.print(render_summary(res.summary, title=res.scenario.name))
+        con.print(render_summary(res.summary, title=title))
         con.print(suite["line"], style="cyan")
     return 0

@@ -96,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     profile = load_profile(args.profile)
     trace = check_writable(args.trace, "--trace")     # after the inputs: it may not be one of them
+    try:                                              # the replay runs with torch
+        import torch  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise SimheteError(f"validate needs torch to replay ({e.name} not installed): from the simhete "
+                           "checkout, pip install -e '.[torch]'; --published needs no torch") from None
     con = console()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

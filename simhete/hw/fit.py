@@ -161,6 +161,8 @@ class Fit:
 
     profile: dict[str, Any]
     report: str
+    # held-out relative errors as the report's table has them: (suite, op label or "", errors)
+    errors: list[tuple[str, str, list[float]]] = field(default_factory=list)
 
 
 @dataclass
@@ -723,16 +725,19 @@ def _fit(raw_dir: str | Path, name: str | None, profile_dir: str | Path | None) 
     errs_lines = ["## held-out error (the fitted profile priced by CostModel)\n",
                   "| suite | error |", "|---|---|"]
     by_label = []
+    errors: list[tuple[str, str, list[float]]] = []
     for suite in SUITES:
         if suite in st.holdout:
             pts = st.holdout[suite]
             errs = rel_errors([cm.op_seconds(op) for op, _ in pts], [m for _, m in pts])
             errs_lines.append(f"| {suite} | {err_text(errs)} |")
+            errors.append((suite, "", errs))
             labels = st.holdout_by.get(suite)
             if labels:
                 parts = []
                 for lab in dict.fromkeys(labels):
                     e = [x for x, y in zip(errs, labels) if y == lab]
+                    errors.append((suite, lab, e))
                     parts.append(f"{lab} {100 * float(np.median(e)):.1f}% "
                                  f"(max {100 * max(e):.1f}%)")
                 by_label.append(f"- {suite} by op, median: {'; '.join(parts)}")
@@ -745,7 +750,7 @@ def _fit(raw_dir: str | Path, name: str | None, profile_dir: str | Path | None) 
             f"{sysinfo.get('torch_threads', '?')} per measuring thread\n"
             f"- held-out points were never used by the fits\n")
     report = "\n".join([head, "\n".join(errs_lines) + "\n", *st.sections, _noise(st)])
-    return Fit(profile, report)
+    return Fit(profile, report, errors)
 
 
 def refit(raw_dir: str | Path, name: str | None = None,

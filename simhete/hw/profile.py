@@ -459,7 +459,7 @@ class Host(Strict):
 
 
 # Adam traffic per parameter: read p, g, m, v and write p, m, v = 7 tensor accesses, each of the
-# state's dtype: 7 × 4 = 28 bytes for fp32 state (REFERENCES.md, "CPU Adam is DRAM-bound";
+# state's dtype: 7 × 4 = 28 bytes for fp32 state (docs/references.md, "CPU Adam is DRAM-bound";
 # ZeRO-Offload paper §4.2 keeps all four on the CPU). A GPU Adam over 16-bit state (pure bf16/fp16
 # training) moves 7 × 2 = 14 bytes: torch's foreach and fused Adam/AdamW (torch/optim/adam.py
 # _multi_tensor_adam, _fused_adam → torch._fused_adamw_; in torch 2.13 AdamW subclasses Adam) update

@@ -155,7 +155,7 @@ class RayBackend:
             import ray
         except ImportError:
             raise SimheteError("--backend ray needs Ray, which is not installed "
-                               "(pip install 'simhete[ray]')") from None
+                               "(from the simhete checkout: pip install -e '.[ray]')") from None
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
