@@ -105,6 +105,22 @@ def tname(it: int, what: str, blk: str, gpu: int = 0, n_gpus: int = 1, m: int = 
     return f"it{it}." + (f"m{m}." if m > 1 else "") + f"{what}.{blk}" + (f"@g{gpu}" if n_gpus > 1 else "")
 
 
+def hook_reduce_waits(blocks: tuple, buckets: list[list[int]]) -> dict[int, int]:
+    """Without ``overlap_comm`` DeepSpeed reduces gradient bucket j from the backward hook of the
+    first gradient of bucket j+1, on the compute stream (stage_1_and_2.py and stage3.py:
+    ``reduce_independent_p_g_buckets_and_remove_grads``): bucket j -> the block whose recompute or
+    backward waits for that reduction (the one after bucket j+1's first block, in backward order).
+    The last bucket goes out after the backward."""
+    order = [blk.index for blk in reversed(blocks)]
+    pos = {i: p for p, i in enumerate(order)}
+    out: dict[int, int] = {}
+    for j in range(len(buckets) - 1):
+        p = pos[buckets[j + 1][0]] + 1
+        if p < len(order):
+            out[j] = order[p]
+    return out
+
+
 def accum_steps(ctx: Context) -> int:
     """Micro-steps per iteration (``train.grad_accum``), checked against the priority bands: the
     compute band holds k·4·(blocks) priorities and the gradient band k·(blocks + 1)."""

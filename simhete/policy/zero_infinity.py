@@ -48,7 +48,7 @@ from simhete.policy.layout import group, owners, uses
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
-                                     forward_backward, fwd_prio, grad_prio, tname)
+                                     forward_backward, fwd_prio, grad_prio, hook_reduce_waits, tname)
 from simhete.schedule import Alloc, Op, Schedule
 
 
@@ -246,14 +246,8 @@ class ZeroInfinity(Policy):
         # the first gradient of bucket j+1 (stage3.py ``reduce_independent_p_g_buckets_and_remove_grads``
         # → ``__reduce_and_partition_ipg_grads``); the backward goes on after it.
         sync = not k.overlap_comm
-        order = [blk.index for blk in reversed(ctx.blocks)]
-        after_first: dict[int, int] = {}     # bucket j -> block whose recompute/backward waits for it
-        if sync:
-            pos = {i: p for p, i in enumerate(order)}
-            for j in range(len(buckets) - 1):
-                p = pos[buckets[j + 1][0]] + 1
-                if p < len(order):
-                    after_first[j] = order[p]
+        # bucket j -> the block whose recompute/backward waits for bucket j's reduction
+        after_first = hook_reduce_waits(ctx.blocks, buckets) if sync else {}
         step_done: list[str] = []
         last_B: dict[int, str] = {}
         ga = accum_steps(ctx)

@@ -33,7 +33,7 @@ from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
-                                     grad_prio, size_decisions, tname)
+                                     grad_prio, hook_reduce_waits, size_decisions, tname)
 from simhete.schedule import Alloc, Op, Schedule
 
 
@@ -151,14 +151,8 @@ class ZeroOffload(Policy):
         # which calls ``reduce_ipg_grads`` when the next parameter's gradient would overflow the
         # bucket), on the current (compute) stream: bucket j goes out after the backward of the
         # first block of bucket j+1 produced its gradients, and the backward waits for it.
-        order = [blk.index for blk in reversed(ctx.blocks)]
-        after_first = {}    # bucket j -> the block whose recompute/backward waits for bucket j's copy
-        if sync:
-            pos = {i: p for p, i in enumerate(order)}
-            for j in range(len(buckets) - 1):
-                p = pos[buckets[j + 1][0]] + 1
-                if p < len(order):
-                    after_first[j] = order[p]
+        # bucket j -> the block whose recompute/backward waits for bucket j's reduction
+        after_first = hook_reduce_waits(ctx.blocks, buckets) if sync else {}
 
         def refresh(it: int, last_use: dict[int, dict[int, str]], label: int) -> None:
             """DPU: H2D of step ``it``'s weights, after the step and after ``last_use[g][i]``,
