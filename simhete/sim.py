@@ -82,6 +82,15 @@ def _profile_with(name: str, mtime: float, file: str | None, key: str, gpus: int
     return prof
 
 
+def _stat(path: Path) -> Any:
+    """``path.stat()``, or None when there is no such file to read — also for a name the OS refuses
+    (too long, embedded NUL): load_profile then reports the name as unknown in one line."""
+    try:
+        return path.stat()
+    except (OSError, ValueError):
+        return None
+
+
 def resolve_profile(s: Scenario) -> Any:
     """The scenario's profile; parsed profiles are cached per file and modification time (sweeps
     resolve the same profile thousands of times; profiles are immutable)."""
@@ -91,10 +100,11 @@ def resolve_profile(s: Scenario) -> Any:
     name = ref.profile
     if base is not None and (name.endswith(".yaml") or "/" in name) and not Path(name).is_absolute():
         cand = base / name
-        name = str(cand) if cand.exists() else name
+        name = str(cand) if _stat(cand) is not None else name
     key = "hardware" if isinstance(h, str) else "hardware.profile"
     path = Path(name) if (name.endswith((".yaml", ".yml")) or "/" in name) else PROFILES_DIR / f"{name}.yaml"
-    mtime = path.stat().st_mtime if path.is_file() else -1.0
+    st = _stat(path)
+    mtime = st.st_mtime if st is not None and path.is_file() else -1.0
     if mtime >= 0:
         from simhete.fileio import note_input
         note_input(path)          # read now or from the cache: an input of this run either way

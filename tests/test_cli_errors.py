@@ -122,3 +122,14 @@ def test_overrides_are_checked_and_named(tmp_path, capsys, old, new, pattern):
     import re
     code, err = run_cli(capsys, "simulate", str(write(tmp_path, GOOD.replace(old, new))))
     assert code == 2 and err.count("\n") == 1 and re.search(pattern, err), err
+
+
+def test_a_profile_name_too_long_for_the_os_is_one_line(tmp_path, capsys):
+    """A hardware name the OS refuses as a file name (ENAMETOOLONG) is an unknown profile, not an
+    OSError traceback (found by tests/test_fuzz.py)."""
+    from simhete.cli import main
+    s = tmp_path / "s.yaml"
+    s.write_text(f"model: llama2-7b\nhardware: {'x' * 300}\ntrain: {{micro_batch: 1, seq_len: 128}}\n")
+    assert main(["simulate", str(s)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hardware: bad value" in err[0] and "(302 characters)" in err[0]

@@ -662,6 +662,15 @@ def list_profiles() -> list[str]:
     return sorted(names)
 
 
+def _is_file(p: Path) -> bool:
+    """``p.is_file()``, False also for a name the OS refuses (too long, embedded NUL), which
+    pathlib raises for: such a name is then reported as an unknown profile in one line."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 MAX_EXTENDS = 4   # a profile extends a profile that extends ...: at most this deep
 
 
@@ -681,7 +690,7 @@ def _with_base(data: dict, path: Path, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(str(path), "extends", base_name,
                           problem=f"extends {base_name!r} forms a cycle or a chain deeper than {MAX_EXTENDS}")
     cand = [PROFILES_DIR / f"{base_name}.yaml", path.parent / f"{base_name}.yaml", path.parent / base_name]
-    base_path = next((c for c in cand if c.is_file()), None)
+    base_path = next((c for c in cand if _is_file(c)), None)
     if base_path is None:
         raise ConfigError(str(path), "extends", base_name, allowed="a profile name: " + ", ".join(list_profiles()))
     base = _with_base(load_yaml(base_path, "hardware profile"), base_path, seen + (here,))
@@ -708,7 +717,7 @@ def load_profile(name_or_path: str | Path, file: str | None = None, key: str | N
     valid = list_profiles()
     if s in valid:
         path = PROFILES_DIR / f"{s}.yaml"
-    elif s.endswith((".yaml", ".yml")) or Path(s).is_file():
+    elif s.endswith((".yaml", ".yml")) or _is_file(Path(s)):
         path = Path(s)
     else:
         raise ConfigError(file, key, s, allowed="a profile path or one of: " + ", ".join(valid))
