@@ -123,7 +123,7 @@ class Activations:
     def _hf_block_act(self) -> int:
         """Hugging Face Transformers' block (see the module docstring, per framework)."""
         sp, e, t, b, s = self.spec, self.e, self.t, self.b, self.s
-        h, kv, f, a = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads
+        h, kv, f, a, q = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads, sp.q_dim
         drop = 1 if sp.dropout else 0
         if sp.norm == "rmsnorm":
             # LlamaRMSNorm.forward (modeling_llama.py): fp32 upcast (saved by pow and mul), fp32
@@ -135,8 +135,8 @@ class Activations:
         mlp = (5 if hf_gelu_new(sp) else self._mlp_elems()) * e * f
         eager = self.framework == "hf-eager" and not self.flash
         math = not self.flash and not eager    # torch SDPA's math path (CPU with dropout)
-        qkv = e * (h + 2 * (h if (eager or math) else kv))
-        per_token = 2 * norm + qkv + e * h + mlp + 2 * drop * h
+        qkv = e * (q + 2 * (q if (eager or math) else kv))   # q = a·d (h unless set apart: Gemma, Qwen3)
+        per_token = 2 * norm + qkv + e * q + mlp + 2 * drop * h
         if self.flash:
             rows = -(-s // self.lse_align) * self.lse_align
             return t * per_token + 4 * a * b * rows
