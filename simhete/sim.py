@@ -162,6 +162,14 @@ def attention_kernel(s: Scenario, prof: Any, spec: Any) -> tuple[bool, int]:
     return flash, 32
 
 
+def check_seq_len(spec: Any, seq_len: int, file: str | None, key: str) -> None:
+    """A model with learned positions has ``max_seq`` of them: a longer sequence is a one-line
+    error naming where the length came from (the scenario's ``train.seq_len``, plan's ``--seq``)."""
+    if spec.pos == "learned" and seq_len > spec.max_seq:
+        raise ConfigError(file, key, seq_len,
+                          allowed=f"at most {spec.max_seq}: {spec.name} has {spec.max_seq} learned positions")
+
+
 def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     """Build the policy's Context (and the policy instance) for a scenario."""
     spec = resolve_model(s)
@@ -171,6 +179,7 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     if tr.precision == "pure" and tr.dtype != "fp32" and cls.pure_precision:
         raise ConfigError(s.file, "train.precision", "pure",
                           allowed=f"mixed with policy {cls.name} ({cls.pure_precision})")
+    check_seq_len(spec, tr.seq_len, s.file, "train.seq_len")
     flash, lse_align = attention_kernel(s, prof, spec)
     wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype, flash_attention=flash,
                         framework=s.data.framework, lse_align=lse_align, precision=tr.precision)

@@ -133,3 +133,19 @@ def test_a_profile_name_too_long_for_the_os_is_one_line(tmp_path, capsys):
     assert main(["simulate", str(s)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hardware: bad value" in err[0] and "(302 characters)" in err[0]
+
+
+def test_sequence_longer_than_learned_positions_names_file_and_key(tmp_path, capsys):
+    """The scenario's error names the file and train.seq_len; plan's names --seq and exits 2
+    (it used to exit 0 with a table of "no" rows)."""
+    from simhete.cli import main
+    s = tmp_path / "s.yaml"
+    s.write_text("model: gpt3-125m\nhardware: h100-sxm\ntrain: {micro_batch: 1, seq_len: 4096}\n")
+    assert main(["simulate", str(s)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"simhete: error: {s}: train.seq_len: bad value 4096; allowed: at most 2048: "
+                   "gpt3-125m has 2048 learned positions")
+    assert main(["plan", "--model", "gpt3-125m", "--hardware", "h100-sxm", "--seq", "4096"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("simhete: error: --seq: bad value 4096; allowed: at most 2048: gpt3-125m has 2048 "
+                   "learned positions")

@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         "hardware": hardware,
         "train": {"micro_batch": args.micro_batch, "seq_len": args.seq, "dtype": args.dtype},
         "policy": "gpu-only"}, "command line")
+    from simhete.sim import check_seq_len, resolve_model
+    check_seq_len(resolve_model(base), args.seq, None, "--seq")
     fixed = None
     policies = tuple(args.policy) if args.policy else None
     for p in policies or ():
