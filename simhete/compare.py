@@ -19,8 +19,14 @@ def knobs_for(s: Scenario, policy: str) -> dict[str, Any]:
     return {k: v for k, v in s.data.knobs.items() if k in fields}
 
 
-def compare_policies(s: Scenario, engine: str = "fast", policies: list[str] | None = None) -> dict[str, Any]:
-    """{policy: Result} for every policy that can run this scenario, the scenario's own first."""
+def compare_policies(s: Scenario, engine: str = "fast", policies: list[str] | None = None,
+                     refused: dict[str, str] | None = None) -> dict[str, Any]:
+    """{policy: Result} for every policy that can run this scenario, the scenario's own first.
+    With ``refused`` (a dict), a policy other than the scenario's own whose knobs or limits refuse
+    this setup (e.g. chunked's default chunk size on a 70B model) is recorded there with its
+    one-line reason instead of ending the whole comparison; the scenario's own policy still
+    raises (that error is the user's to fix)."""
+    from simhete.errors import ConfigError
     from simhete.sim import resolve_profile, run
 
     names = policies or [s.data.policy] + [p for p in list_policies() if p != s.data.policy]
@@ -33,5 +39,10 @@ def compare_policies(s: Scenario, engine: str = "fast", policies: list[str] | No
         if (prof.gpu.count > 1 and not cls.multi_gpu) or (tr.grad_accum > 1 and not cls.accumulates) \
                 or (pure and cls.pure_precision):
             continue
-        out[name] = run(s.with_changes(policy=name, knobs=knobs_for(s, name)), engine=engine, profile=prof)
+        try:
+            out[name] = run(s.with_changes(policy=name, knobs=knobs_for(s, name)), engine=engine, profile=prof)
+        except ConfigError as e:
+            if refused is None or name == s.data.policy:
+                raise
+            refused[name] = str(e)
     return out

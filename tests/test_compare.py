@@ -88,3 +88,21 @@ def test_none_fits_is_null_in_json_and_said_in_the_table(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["largest_fitting"] == {"gpu-only": None}
     assert main(["compare", str(path), "--policies", "gpu-only"]) == 0
     assert "none fits" in capsys.readouterr().out
+
+
+def test_a_policy_that_refuses_the_setup_is_one_na_line_not_the_end_of_the_comparison(tmp_path, capsys):
+    """chunked's default chunk size cannot hold LLaMA-2-70B in 1024 chunks: compare reports that
+    as chunked's one-line reason and still compares the rest; the scenario's own policy refusing
+    is still an error (exit 2)."""
+    import json
+    from simhete.cli import main
+    s = tmp_path / "big.yaml"
+    s.write_text("model: llama2-70b\nhardware: {profile: h100-sxm, gpus: 1}\n"
+                 "train: {micro_batch: 1, seq_len: 256}\npolicy: gpu-only\n")
+    assert main(["compare", str(s), "--policies", "gpu-only,chunked", "--no-largest", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["summaries"]) == ["gpu-only"]
+    assert list(out["refused"]) == ["chunked"] and "knobs.chunk_size" in out["refused"]["chunked"]
+    s.write_text(s.read_text().replace("policy: gpu-only", "policy: chunked"))
+    assert main(["compare", str(s), "--policies", "chunked,gpu-only", "--no-largest"]) == 2
+    assert "knobs.chunk_size" in capsys.readouterr().err

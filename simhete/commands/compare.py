@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         from simhete.policy import get_policy
         for p in policies:
             get_policy(p, args.scenario, "--policies")
-    results = compare_policies(s, engine=args.engine, policies=policies)
+    refused: dict[str, str] = {}
+    results = compare_policies(s, engine=args.engine, policies=policies, refused=refused)
     largest = {} if args.no_largest else {p: largest_fitting(s, p, args.engine) for p in results}
     from simhete.published import suite_error_for
     from simhete.sim import resolve_profile
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         print(dump_json({"summaries": {p: r.summary.to_dict() for p, r in results.items()},
                          "largest_fitting": {p: a.to_json() if isinstance(a, NotApplicable) else a
                                              for p, a in largest.items()},
-                         "published_suite": suite}), end="")
+                         "refused": refused, "published_suite": suite}), end="")
         return 0
     con = console()
     title = s.name
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         gpus = ctx.profile.gpu.count
         title = f"{ctx.spec.name} on {ctx.profile.name}{f' x{gpus}' if gpus > 1 else ''}"
     con.print(render_comparison({p: r.summary for p, r in results.items()}, title=title))
+    for p, why in refused.items():      # one line per policy that refuses this setup
+        con.print(f"{p}: n/a — {why}", style="yellow", markup=False, highlight=False)
     con.print(suite["line"], style="cyan")
     fam = candidates(s)
     if largest and fam is not None:
