@@ -374,3 +374,23 @@ COMPUTE_CAPABILITY = {"v100-32gb-dgx2": "7.0", "t4": "7.5", "a100-40gb-pcie": "8
 @pytest.mark.parametrize("name", sorted(COMPUTE_CAPABILITY))
 def test_every_gpu_profile_states_its_compute_capability(name):
     assert load_profile(name).gpu.compute_capability == COMPUTE_CAPABILITY[name]
+
+
+@pytest.mark.parametrize("section, bad", [
+    ("host: {adam: {threads: 4, by_threads: {source: reported, ref: x, points: [[4, 0]]}}}",
+     "host.adam.by_threads.points"),
+    ("host: {adam: {threads: 4, by_threads: {source: reported, ref: x, points: [[4, .inf]]}}}",
+     "host.adam.by_threads.points"),
+    ("gpu: {attention: {fwd_efficiency: {value: 0.5, source: assumed, ref: x}, "
+     "bwd_efficiency: {value: 0.5, source: assumed, ref: x}, "
+     "table: {source: reported, ref: x, fwd: {bf16: [[1, 8, 512, 512, 64, 1, 0]]}}}}",
+     "gpu.attention.table.fwd"),
+])
+def test_zero_or_infinite_table_rates_are_refused_naming_the_key(tmp_path, section, bad):
+    """A zero or infinite measured rate would price a step at infinite or zero time: refused."""
+    from simhete.errors import ConfigError
+    from simhete.hw.profile import load_profile
+    p = tmp_path / "z.yaml"
+    p.write_text(f"extends: h100-sxm\nname: z\n{section}\n")
+    with pytest.raises(ConfigError, match=bad.replace(".", r"\.")):
+        load_profile(p)

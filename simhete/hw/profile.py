@@ -10,6 +10,7 @@ Units live in key names: ``_gbps`` is 10^9 bytes/s, ``_us`` microseconds, ``_byt
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
@@ -193,6 +194,18 @@ class AttnTable(Provenance):
     fwd: dict[DType, list[tuple[int, int, int, int, int, int, float]]] = Field(default_factory=dict)
     bwd: dict[DType, list[tuple[int, int, int, int, int, int, float]]] = Field(default_factory=dict)
 
+    @field_validator("fwd", "bwd")
+    @classmethod
+    def _positive(cls, v: dict[str, list[tuple[int, ...]]]) -> Any:
+        # a zero or non-finite rate would price a shape at infinite or zero time
+        for dt, rows in v.items():
+            for row in rows:
+                b, h, sq, skv, d, causal, tflops = row
+                if min(b, h, sq, skv, d) <= 0 or causal not in (0, 1) or not 0 < tflops < math.inf:
+                    raise ValueError(f"{dt}: b, h, seq_q, seq_kv, head_dim and tflops must be > 0 "
+                                     f"(tflops finite) and causal 0 or 1, got {list(row)}")
+        return v
+
 
 class AttentionModel(Strict):
     """Fused attention: FLOPs (Op.flops) / (peak · efficiency), or a measured exact-shape rate."""
@@ -364,6 +377,17 @@ class AdamThreads(Provenance):
     """Measured CPU Adam throughput by thread count: ``points = [[threads, params_per_s], ...]``."""
 
     points: list[tuple[int, float]] = Field(min_length=1)
+
+    @field_validator("points")
+    @classmethod
+    def _positive(cls, v: list[tuple[int, float]]) -> Any:
+        # a zero or non-finite rate would price every Adam step at infinite or zero time
+        if any(t < 1 or not 0 < r < math.inf for t, r in v):
+            raise ValueError("threads must be at least 1 and params_per_s a finite number > 0")
+        threads = [t for t, _ in v]
+        if threads != sorted(set(threads)):
+            raise ValueError("points must be sorted by threads, without repeats")
+        return v
 
 
 class AdamModel(Strict):
