@@ -57,9 +57,9 @@ class AutoHeteKnobs(ActivationKnobs):
     """Seconds HiGHS may spend on the MILPs of one plan, all solves together (the plan's and, with
     ``verify``, those of the special cases)."""
     verify: bool = True
-    """Simulate the MILP's plan and the special cases it generalises (everything on the GPU;
-    ZeRO-Offload-like), each with the MILP's checkpointing and with full checkpointing, and keep
-    the fastest that fits — the MILP's busiest-stream model can be optimistic (docs/policies.md)."""
+    """Simulate the MILP's plan, the MILP's placement solved again under full checkpointing, and
+    the special cases it generalises (everything on the GPU; ZeRO-Offload-like), each with the
+    MILP's checkpointing and with full checkpointing, and keep the fastest that fits — the MILP's busiest-stream model can be optimistic (docs/policies.md)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "AutoHeteKnobs":   # replaces ActivationKnobs' check: "auto" is unset
@@ -149,10 +149,15 @@ class AutoHete(Policy):
 
         user = pinned_decisions(ctx, self.k)
         cands = [("milp", plan)] if feasible else []
-        for name, w, o in (("all-gpu", False, False), ("zero-offload-like", False, True)):
+        # the special cases: the MILP's own placement under full checkpointing (what the user gets
+        # by pinning checkpointing: full), everything on the GPU, ZeRO-Offload-like
+        for name, w, o in (("milp", None, None), ("all-gpu", False, False), ("zero-offload-like", False, True)):
             for full in (False, True):
-                fixed = {"offload_param": {blk.index: w for blk in ctx.blocks if blk.name.startswith("b")},
-                         "offload_optimizer": {blk.index: o for blk in ctx.blocks if blk.params}}
+                if name == "milp" and not full:
+                    continue                # the plan above
+                fixed = {} if w is None else {
+                    "offload_param": {blk.index: w for blk in ctx.blocks if blk.name.startswith("b")},
+                    "offload_optimizer": {blk.index: o for blk in ctx.blocks if blk.params}}
                 if full:
                     fixed["checkpoint"] = {blk.index: True for blk in ctx.blocks if blk.name.startswith("b")}
                 fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in sorted(set(fixed) | set(user))}
