@@ -45,14 +45,34 @@ def cpu_profile(gemm: dict | None = None, links: dict | None = None) -> Hardware
 
 # -- known answers ------------------------------------------------------------------------------
 
-def test_gemm_at_the_anchor_shape_on_h100_sxm_is_the_published_rate():
+def test_gemm_at_the_anchor_shape_on_h100_sxm_is_the_published_rate_at_the_sustained_clock():
     cm = CostModel(load_profile("h100-sxm"))   # MAMF table: 794.5 TFLOPS at 2048x2048x13312
     t = cm.op_seconds(Op(OpKind.GEMM, (2048, 2048, 13312), dtype="bf16"))
-    # 141 us of kernel: the 7 us dispatch of the next op overlaps it
-    assert t == pytest.approx(2 * 2048 * 2048 * 13312 / 794.5e12, rel=1e-12)
+    # 158 us of kernel at the power-limited clock (MSMF / MAMF = 0.887): the 7 us dispatch of
+    # the next op overlaps it
+    assert t == pytest.approx(2 * 2048 * 2048 * 13312 / (794.5e12 * 0.887), rel=1e-12)
+    assert "gpu.sustained_clock_factor (assumed)" in cm.flags
     # The anchor's dtype cancels the datasheet peak: only assumed k_half/launch are flagged.
     assert "gpu.peak_tflops.bf16 (datasheet)" not in cm.flags
     assert "gpu.gemm (roofline model for 1 shapes)" in cm.flags
+
+
+def test_sustained_clock_factor_slows_compute_bound_kernels_only():
+    # the same profile with and without the factor: GEMM and attention rooflines scale by it,
+    # memory-bound and launch-bound ops do not
+    base = load_profile("h100-sxm")
+    data = base.model_dump(mode="json", exclude_none=True)
+    del data["gpu"]["sustained_clock_factor"]
+    burst = CostModel(validate(HardwareProfile, data, "h100-sxm.yaml"))
+    sus = CostModel(base)
+    f = base.gpu.sustained_clock_factor.value
+    big = Op(OpKind.GEMM, (8192, 8192, 8192), dtype="bf16")
+    attn = Op(OpKind.ATTN_FWD, (8, 32, 4096, 4096, 128, 1), dtype="bf16")
+    assert sus.op_seconds(big) == pytest.approx(burst.op_seconds(big) / f, rel=1e-12)
+    assert sus.op_seconds(attn) == pytest.approx(burst.op_seconds(attn) / f, rel=1e-12)
+    for op in (Op(OpKind.ELEMENTWISE, n=2**30, dtype="bf16"), Op(OpKind.GEMM, (16, 16, 16), dtype="bf16")):
+        assert sus.op_seconds(op) == burst.op_seconds(op)
+    assert not any("sustained" in fl for fl in burst.flags)
 
 
 def test_gemm_of_other_dtype_uses_its_peak_and_flags_it():
@@ -60,7 +80,7 @@ def test_gemm_of_other_dtype_uses_its_peak_and_flags_it():
     p = cm.profile.gpu
     t = cm.op_seconds(Op(OpKind.GEMM, (8192, 8192, 8192), dtype="fp32"))
     eff = 794.5 / (989 * p.shape_factor(2048, 2048, 13312))
-    assert t == pytest.approx(2 * 8192**3 / (67e12 * eff * p.shape_factor(8192, 8192, 8192)),
+    assert t == pytest.approx(2 * 8192**3 / (67e12 * eff * p.shape_factor(8192, 8192, 8192) * 0.887),
                               rel=1e-12)
     assert "gpu.peak_tflops.fp32 (datasheet)" in cm.flags
 

@@ -125,6 +125,7 @@ class CostModel:
             "_interference": [],    # [(rules, flags)] once interference() has run
         }
         out["_max_eff"], out["_max_eff_prov"], out["_max_eff_key"] = g.max_efficiency()
+        out["_sustain"] = g.sustained_clock_factor.value if g.sustained_clock_factor is not None else 1.0
         out["_adam_rate"], out["_adam_flag"] = _adam_by_threads(profile)
         if g.gemm.model == "table" and g.gemm.table is not None:
             out["_tables"] = {dt: GemmInterpolator(rows) for dt, rows in g.gemm.table.points.items()}
@@ -358,7 +359,13 @@ class CostModel:
             self._use(f"gpu.peak_tflops.{op.dtype}", peak_q)  # an anchor of this dtype cancels the peak
         self._use(self._max_eff_key, self._max_eff_prov)
         self._use("gpu.gemm.k_half", g.gemm.k_half)
-        return self._roofline(g.quantised_flops(m, n, k), peak * self._max_eff, nbytes)
+        self._use_sustained()
+        return self._roofline(g.quantised_flops(m, n, k), peak * self._max_eff * self._sustain, nbytes)
+
+    def _use_sustained(self) -> None:
+        q = self.profile.gpu.sustained_clock_factor
+        if q is not None:
+            self._use("gpu.sustained_clock_factor", q)
 
     def _attention(self, op: Op) -> float:
         b, h, sq, skv, d, causal = op.shape
@@ -386,7 +393,8 @@ class CostModel:
             q = getattr(att, key)
             self._use(f"gpu.attention.{key}", q)
             eff = q.value
-        return self._roofline(flops, peak * eff, nbytes)
+        self._use_sustained()
+        return self._roofline(flops, peak * eff * self._sustain, nbytes)
 
     def _attn_interpolated(self, op: Op) -> float | None:
         """TFLOP/s interpolated in the measured table of the op's pass, dtype and causality, over

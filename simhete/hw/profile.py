@@ -325,6 +325,15 @@ class Gpu(Strict):
     mem_bandwidth_gbps: PositiveQ
     memory_bound_efficiency: FractionQ
     launch_overhead_us: NonNegQ
+    # Tensor throughput a GPU holds under continuous full load, as a fraction of what short
+    # benchmark bursts reach: a GEMM loop that runs for seconds draws the board to its power limit
+    # and the SM clock settles below boost (maximum sustainable / maximum achievable matmul FLOPS,
+    # MSMF / MAMF, measured by the same tool on the same GPU). A training step is such a load,
+    # while the GEMM anchor and the attention efficiencies are burst measurements: the roofline's
+    # compute term of GEMMs and attention is multiplied by this. Memory-bound kernels are not
+    # (HBM's clock does not follow the SM clock); measured tables are priced as measured.
+    # Absent: 1 (burst rates).
+    sustained_clock_factor: FractionQ | None = None
     memory_bound: MemoryBound | None = None
     gemm: GemmModel
     attention: AttentionModel | None = None
