@@ -75,6 +75,33 @@ def test_sustained_clock_factor_slows_compute_bound_kernels_only():
     assert not any("sustained" in fl for fl in burst.flags)
 
 
+def test_a_gemm_off_the_16_byte_boundary_runs_the_slow_kernel():
+    # GPT-2's unpadded vocabulary: the LM head's forward (N = 50257), backward data (K = 50257) and
+    # weight gradient (M = 50257) all miss cuBLAS's 16-byte alignment in bf16 (8 elements);
+    # Megatron's padded 50304 = 64 * 786 does not
+    base = load_profile("a100-80gb-sxm")
+    data = base.model_dump(mode="json", exclude_none=True)
+    del data["gpu"]["gemm"]["misaligned_slowdown"]
+    plain, cm = CostModel(validate(HardwareProfile, data, "a100.yaml")), CostModel(base)
+    assert base.gpu.gemm.misaligned_slowdown.value == 3.0
+    tokens, h = 8 * 1024, 768
+
+    def both(shape, dtype="bf16"):
+        op = Op(OpKind.GEMM, shape, dtype=dtype)
+        return cm.op_seconds(op), plain.op_seconds(op)
+
+    for v in (50257, 50260):            # odd; even but not a multiple of 8
+        for shape in ((tokens, v, h), (tokens, h, v), (v, h, tokens)):
+            t, t0 = both(shape)
+            assert t == pytest.approx(3.0 * t0, rel=1e-12)
+    for shape in ((tokens, 50304, h), (tokens, h, 50304), (50304, h, tokens)):
+        assert both(shape)[0] == both(shape)[1]
+    t, t0 = both((tokens, 50260, h), "fp32")     # fp32 needs 4 elements: 50260 is aligned there
+    assert t == t0
+    assert "gpu.gemm.misaligned_slowdown (assumed)" in cm.flags
+    assert not any("misaligned" in f for f in plain.flags)
+
+
 def test_gemm_of_other_dtype_uses_its_peak_and_flags_it():
     cm = CostModel(load_profile("h100-sxm"))
     p = cm.profile.gpu
@@ -369,11 +396,15 @@ dims = st.integers(min_value=1, max_value=1 << 15)
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(PROFILES), dims, dims, dims, st.sampled_from([0, 1, 2]), st.integers(1, 4096))
 def test_bigger_gemm_is_never_faster(name, m, n, k, axis, grow):
+    # within one alignment class: a GEMM off cuBLAS's 16-byte boundary runs a slower kernel than
+    # a bigger aligned one (tested above), so both shapes are taken aligned (multiples of 8) or
+    # both with an odd dimension
     cm = MODELS[name]
     dtype = "fp16" if name == "v100-32gb-dgx2" else "bf16"
-    shape = [m, n, k]
+    aligned = m % 2 == 0
+    shape = [8 * m, 8 * n, 8 * k] if aligned else [m | 1, n, k]
     bigger = list(shape)
-    bigger[axis] += grow
+    bigger[axis] += 8 * grow if aligned else 2 * grow
     assert cm.op_seconds(Op(OpKind.GEMM, tuple(bigger), dtype=dtype)) >= \
         cm.op_seconds(Op(OpKind.GEMM, tuple(shape), dtype=dtype))
 

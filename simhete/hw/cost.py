@@ -360,7 +360,13 @@ class CostModel:
         self._use(self._max_eff_key, self._max_eff_prov)
         self._use("gpu.gemm.k_half", g.gemm.k_half)
         self._use_sustained()
-        return self._roofline(g.quantised_flops(m, n, k), peak * self._max_eff * self._sustain, nbytes)
+        rate = peak * self._max_eff * self._sustain
+        slow = g.gemm.misaligned_slowdown
+        align = 16 // DTYPE_BYTES[op.dtype]     # elements in the 16 bytes cuBLAS's fast kernels need
+        if slow is not None and (m % align or n % align or k % align):
+            self._use("gpu.gemm.misaligned_slowdown", slow)
+            rate /= slow.value
+        return self._roofline(g.quantised_flops(m, n, k), rate, nbytes)
 
     def _use_sustained(self) -> None:
         q = self.profile.gpu.sustained_clock_factor

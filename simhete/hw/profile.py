@@ -174,6 +174,12 @@ class GemmModel(Strict):
     tile_m: int = Field(128, gt=0)
     tile_n: int = Field(128, gt=0)
     k_half: NonNegQ
+    # cuBLAS's fast tensor-core kernels need every leading dimension aligned to 16 bytes (8
+    # elements of a 16-bit dtype, 4 of a 32-bit one); a GEMM with an M, N or K off that boundary
+    # (an LM head over an unpadded vocabulary such as GPT-2's 50257: forward N, backward K and M)
+    # falls back to a slower kernel. The roofline time of such a GEMM is multiplied by this.
+    # Absent: no penalty. Measured tables are priced as measured.
+    misaligned_slowdown: SlowdownQ | None = None
     table: GemmTable | None = None
 
     @model_validator(mode="after")
