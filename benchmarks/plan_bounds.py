@@ -89,7 +89,7 @@ def measure(pair: tuple[str, str, int, int], root: Path, timeout: float, extra: 
     env = {**os.environ, "PYTHONPATH": str(root)}
     with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
         t0 = time.monotonic()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env)
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, cwd=root)   # python -c puts the cwd first on sys.path
         # the child is reaped here, by wait4, for its own rusage (CPU of every thread, peak RSS);
         # the timer kills by pid, which stays the child's until that wait4 reaps it
         timer = threading.Timer(timeout, os.kill, (p.pid, signal.SIGKILL))
