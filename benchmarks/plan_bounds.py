@@ -14,11 +14,13 @@ Issue 15's bound: every ``plan`` on a shipped model/hardware pair, and ``gpt-lik
 
 Each pair is one ``simhete plan --json`` process: wall time (``time.monotonic`` around it), CPU
 time and peak resident set size of that process (``os.wait4``'s rusage, imports included), exit
-code, and what plan said it did not search. ``--subset sample`` runs a deterministic sample that
-still holds every model, every profile and every testbed pair; ``--only REGEX`` filters pairs by
-``model hardware gpus seq``.
+code, and what plan said it did not search. The full grid is about 400 plans (~30 min on one
+core), so the default, ``--subset sample``, is a deterministic sample of 94 that still holds every
+model, every profile, every testbed pair and every scenario pair; ``--subset full`` runs them all;
+``--only REGEX`` filters pairs by ``model hardware gpus seq``. Extra arguments after ``--`` go to
+plan (e.g. ``-- --budget 30``).
 
-    python benchmarks/plan_bounds.py [--subset full|sample|testbed] [--only RE] [--workers N]
+    python benchmarks/plan_bounds.py [--subset sample|full|testbed] [--only RE] [--workers N]
                                      [--json-out F] [--root DIR]
 """
 
@@ -103,10 +105,13 @@ def measure(pair: tuple[str, str, int, int], root: Path, timeout: float, extra: 
         out, err = fo.read().decode(errors="replace"), fe.read().decode(errors="replace")
     res = {"model": model, "hardware": hw, "gpus": gpus, "seq": seq, "wall_s": wall, "rc": rc,
            "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024,     # Linux: kilobytes
-           "not_searched": None, "error": err.strip().splitlines()[-1] if rc and err.strip() else ""}
+           "not_searched": None, "time_limited": [],
+           "error": err.strip().splitlines()[-1] if rc and err.strip() else ""}
     if rc == 0:
         try:
-            res["not_searched"] = json.loads(out)["largest_model"]["not_searched"]
+            got = json.loads(out)
+            res["not_searched"] = got["largest_model"]["not_searched"]
+            res["time_limited"] = got.get("time_limited", [])
         except (ValueError, KeyError):
             pass
     return res
@@ -114,7 +119,9 @@ def measure(pair: tuple[str, str, int, int], root: Path, timeout: float, extra: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--subset", choices=("full", "sample", "testbed"), default="full")
+    ap.add_argument("--subset", choices=("full", "sample", "testbed"), default="sample",
+                    help="full: every preset on every profile (about 400 plans, ~30 min on one core); sample "
+                    "(default): every model, every profile, every testbed pair (94 plans); testbed: its pairs")
     ap.add_argument("--only", metavar="RE", help="only pairs whose 'model hardware gpus seq' matches")
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=1, help="plans run at once (default 1: timings "
@@ -130,13 +137,13 @@ def main() -> None:
         todo = [p for p in todo if re.search(a.only, " ".join(map(str, p)))]
     print(f"{len(todo)} plans, {a.workers} at a time, simhete at {root}", flush=True)
     print(f"{'model':22} {'hardware':26} {'gpus':>4} {'seq':>5} {'wall s':>7} {'CPU s':>6} {'RSS MB':>7} rc  "
-          "not searched", flush=True)
+          "cut by a time limit / not searched", flush=True)
     rows = []
 
     def one(p: tuple[str, str, int, int]) -> dict:
         r = measure(p, root, a.timeout, a.plan_args)
         flag = " <-" if r["wall_s"] > LIMIT_S or (r["rss_mb"] or 0) > LIMIT_MB else ""
-        ns = r["not_searched"] or r["error"]
+        ns = "; ".join(r["time_limited"]) or r["not_searched"] or r["error"]
         print(f"{r['model']:22} {r['hardware']:26} {r['gpus']:4d} {r['seq']:5d} {r['wall_s']:7.2f} "
               f"{r['cpu_s']:6.2f} {r['rss_mb']:7.0f} {r['rc']:2d}  {ns[:70] if ns else ''}{flag}", flush=True)
         return r
@@ -156,7 +163,10 @@ def main() -> None:
     print(f"over {LIMIT_S:g} s wall: {sum(r['wall_s'] > LIMIT_S for r in rows)}; over {LIMIT_S:g} s CPU: "
           f"{sum(r['cpu_s'] > LIMIT_S for r in rows)}; over {LIMIT_MB:g} MB: "
           f"{sum(r['rss_mb'] > LIMIT_MB for r in rows)}; exit code not 0: {sum(r['rc'] != 0 for r in rows)}")
-    print("(wall time counts waiting for a CPU on a loaded machine; CPU time counts every thread)")
+    print(f"answers cut short by a wall-time limit (plan's time_limited): {sum(bool(r['time_limited']) for r in rows)}")
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores "
+          "(wall time counts waiting for a CPU on a loaded machine; CPU time counts every thread)")
 
 
 if __name__ == "__main__":
