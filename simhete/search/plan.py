@@ -333,16 +333,20 @@ class Planner:
         def model(layers: int) -> Any:
             return model_at(layers)[0] if model_at else name(layers)
 
-        per_layer = [0.0]     # the most seconds per layer one depth's answer has cost so far
+        # seconds per layer of the deepest answer so far: a depth's time grows about linearly
+        # with it, and the deepest has the least of a trial's fixed cost in it (the most per
+        # layer, a shallow depth's, would refuse a depth that takes a fraction of the budget)
+        rate = [0, 0.0]       # [layers, seconds per layer]
 
         def fits(layers: int) -> bool | None:
-            # a trial is not interrupted: one that would, at the rate seen so far (time grows
-            # about linearly with depth), end after the deadline is not started
-            if time.monotonic() + per_layer[0] * layers > deadline:
+            # a trial is not interrupted: one that would, at that rate, end after the deadline is
+            # not started
+            if time.monotonic() + rate[1] * layers > deadline:
                 return None
             t = time.monotonic()
             ok = self.fits_anywhere(self.base.with_changes(model=model(layers)), deadline)
-            per_layer[0] = max(per_layer[0], (time.monotonic() - t) / layers)
+            if layers >= rate[0]:
+                rate[:] = [layers, (time.monotonic() - t) / layers]
             return ok
 
         def out_of_time(lo: int, hi: int) -> str | None:
