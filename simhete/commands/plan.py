@@ -110,8 +110,11 @@ def run(args: argparse.Namespace) -> int:
                          "order": "GPUs, GPU memory, bf16 peak, host memory",
                          "candidates": [{"hardware": h, "best": _trial(t) if t else None} for h, t in table]}
     # answers a wall-time limit cut short depend on this machine's speed and load; the rest do not
-    cut = [f"largest micro-batch: {pl.mb_unsearched}" for _ in [0] if best is not None and pl.mb_unsearched]
-    cut += [f"largest model: {pl.unsearched}" for _ in [0] if pl.unsearched and "budget ran out" in pl.unsearched]
+    cut = []
+    if best is not None and pl.mb_unsearched:
+        cut.append(f"largest micro-batch: {pl.mb_unsearched}")
+    if pl.unsearched and "budget ran out" in pl.unsearched:     # not the model-size limit
+        cut.append(f"largest model: {pl.unsearched}")
     cut += sorted({f"{t.policy} {_knobs(t.knobs)}: {t.cut}" for t in pl.trials() if t.cut})
     out["time_limited"] = cut
     from simhete.published import suite_error_for

@@ -17,16 +17,17 @@ not a separate formula, so ``plan`` and ``simulate`` never disagree. Searches:
   grow with depth: doubling, then bisection), up to the model-size limit
   (:data:`simhete.workload.spec.MAX_LAYERS`). Policies are tried cheapest and leanest first,
   stopping at the first that fits; AutoHete's solver gets what is left of the budget.
+- *smallest hardware for a target throughput*: every shipped profile (with the requested GPU
+  count), ordered smallest first by (GPUs, GPU memory, dense bf16 peak, host memory).
 
 The two searches share one wall-time budget (``budget_s``; the micro-batch search may use half of
-it, the model search the rest): a trial is not interrupted, and one that would end past the
-deadline, at the rate trials have taken so far, is not started. What a search did not decide
+it, the model search the rest): a trial is not interrupted; the micro-batch and depth searches
+do not start one that would end past the deadline at the rate trials have taken so far, and the
+preset-family search starts none after it. What a search did not decide
 when its time ran out is said (``mb_unsearched``, ``unsearched``) — such an answer depends on the
 machine's speed and load; every other answer is the same on every machine. Trials skip the dry-run
 schedule checker (as sweeps do: every policy is property-tested to build valid schedules), whose
 reachability sets are quadratic in the tasks.
-- *smallest hardware for a target throughput*: every shipped profile (with the requested GPU
-  count), ordered smallest first by (GPUs, GPU memory, dense bf16 peak, host memory).
 
 Each answer carries the provenance of the numbers behind it: the capacities it was decided
 against, and the uncalibrated (datasheet/assumed) numbers the throughput rests on.
