@@ -246,8 +246,8 @@ def test_plan_on_the_slowest_shipped_pair_keeps_its_budget_and_names_what_it_cut
 
 
 def test_preset_family_search_bisects_and_agrees_with_a_scan():
-    # the family's members ordered by size: 3 trials for 8 members, and the answer is the largest
-    # member a scan finds to fit
+    # the family's members bisected in size order: the answer is the largest member a scan finds
+    # to fit, and the scan shows fit/no-fit is monotone along the family
     pl = Planner(base("gpt3-125m", "rtx4090-desktop", seq=1024), policies=("gpu-only", "zero-offload"),
                  budget_s=60)
     name, fam = pl.largest_model()
