@@ -144,10 +144,40 @@ def test_solver_time_limit_bounds_every_solve_of_a_build_together(monkeypatch):
     # what is left of the same 5 s
     assert len(given) == 6 and given == sorted(given, reverse=True) and all(0 < t <= 5.0 for t in given)
     given.clear()
-    clock = iter([0.0, 0.0])      # the deadline is set at 0 and the first solve starts at 0 ...
-    monkeypatch.setattr(ah, "time", types.SimpleNamespace(monotonic=lambda: next(clock, 100.0)))
-    assert sim_run(verified(5.0)).summary.fits
+    import simhete.policy.autohete_milp as am
+    clock = iter([0.0])           # the first solve's HiGHS run starts at 0 and ends at 100 s ...
+    monkeypatch.setattr(am, "time", types.SimpleNamespace(monotonic=lambda: next(clock, 100.0)))
+    res = sim_run(verified(5.0))
+    assert res.summary.fits
     assert given == [5.0]         # ... then the limit is spent: no special case is solved
+    # and the schedule says what the limit cut short (its plan depends on the machine's speed)
+    assert res.schedule.meta["time_limited"] == \
+        "AutoHete's solver_time_limit ran out before every special case was solved"
+
+
+def test_solver_time_limit_counts_only_the_time_inside_the_solver(monkeypatch):
+    # building and simulating the candidates between solves is not solver time: with a clock
+    # that moves 100 s between solves but not inside them, every special case is still solved
+    import types
+
+    import simhete.policy.autohete as ah
+    import simhete.policy.autohete_milp as am
+    from simhete.sim import run as sim_run
+    given = []
+    real = ah.solve
+    now = [0.0]
+
+    def spy(ctx, **kw):
+        given.append(kw["time_limit"])
+        now[0] += 100.0
+        return real(ctx, **kw)
+    monkeypatch.setattr(ah, "solve", spy)
+    monkeypatch.setattr(am, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    s = scenario_from_dict(dict(model="gpt-like-h256-l4", hardware=dict(profile=PROFILE),
+                                train=dict(micro_batch=2, seq_len=128), iterations=2, policy="autohete",
+                                knobs={"solver_time_limit": 5.0}))
+    res = sim_run(s)
+    assert given == [5.0] * 6 and "time_limited" not in res.schedule.meta
 
 
 def test_autohete_is_never_slower_than_itself_pinned_to_full_checkpointing():

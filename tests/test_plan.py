@@ -221,3 +221,48 @@ def test_plan_missing_or_bad_config_json_is_exit_2(capsys, tmp_path):
     assert main(["plan", "--model", str(tmp_path), "--hardware", "h100-pcie", "--seq", "1024"]) == 2
     err = capsys.readouterr().err.strip()
     assert "model_type: bad value 't5'" in err and "\n" not in err
+
+
+def test_plan_on_the_slowest_shipped_pair_keeps_its_budget_and_names_what_it_cut(capsys):
+    # AutoHete's testbed with its four GPUs and the 40-layer model of its shipped scenario: the
+    # slowest plan benchmarks/plan_bounds.py found. With a budget too small for any search trial,
+    # the table of policies is still complete and each search answers with what it knows and
+    # names what it did not search; such an output is the same on any machine
+    rc = main(["plan", "--model", "gpt-like-h5120-l40", "--hardware", "a100-40gb-pcie-epyc7713", "--gpus", "4",
+               "--seq", "1024", "--json", "--budget", "1e-6"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    from simhete.policy import get_policy, list_policies
+    assert list(out["policies"]) == [p for p in list_policies() if get_policy(p).multi_gpu]
+    assert out["fits_under"]
+    lm = out["largest_micro_batch"]
+    # micro-batch 1 under the best policy's leanest knobs was a trial of the table already
+    assert (lm["micro_batch"], lm["trials"]) == (1, 1)
+    assert lm["not_searched"] == "micro-batches 2..4096 (the 1e-06 s search budget ran out; 1 fits)"
+    big = out["largest_model"]
+    assert big["model"] is None and big["not_searched"] == "depths 1..1024 (the 1e-06 s search budget ran out)"
+    assert out["time_limited"][:2] == [f"largest micro-batch: {lm['not_searched']}",
+                                       f"largest model: {big['not_searched']}"]
+
+
+def test_preset_family_search_bisects_and_agrees_with_a_scan():
+    # the family's members bisected in size order: the answer is the largest member a scan finds
+    # to fit, and the scan shows fit/no-fit is monotone along the family
+    pl = Planner(base("gpt3-125m", "rtx4090-desktop", seq=1024), policies=("gpu-only", "zero-offload"),
+                 budget_s=60)
+    name, fam = pl.largest_model()
+    from simhete.workload import family_models
+    members = [m.name for m in family_models("gpt3")]
+    scan = [pl.fits_anywhere(base(m, "rtx4090-desktop", seq=1024)) for m in members]
+    assert fam == "gpt3" and pl.unsearched is None
+    assert scan == sorted(scan, reverse=True)                   # fit/no-fit is monotone along the family
+    assert name == members[scan.index(False) - 1] and name != members[-1]
+
+
+def test_a_trial_cut_by_autohete_solver_time_limit_says_so():
+    # a limit spent by the first MILP leaves the special cases unsolved: the trial's plan depends on
+    # the machine's speed, and the trial says so (plan lists it under time_limited)
+    s = base().with_changes(policy="autohete", knobs={"solver_time_limit": 1e-9})
+    trials = Planner(s, policies=("autohete",)).by_policy()["autohete"]
+    assert trials and all("AutoHete's solver_time_limit ran out before every special case was solved" in t.cut
+                          for t in trials)

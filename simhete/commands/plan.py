@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="consider only this policy (repeatable; default: every registered policy)")
     p.add_argument("--deepspeed", metavar="JSON", help="evaluate this DeepSpeed config's policy and knobs")
     p.add_argument("--budget", type=float, default=None, metavar="S",
-                   help="wall-time budget in seconds of the largest-model search (default 5); what it "
-                        "leaves unsearched is reported")
+                   help="wall-time budget in seconds of the largest micro-batch and largest model "
+                        "searches together (default 5; the micro-batch search may use half); what they "
+                        "leave unsearched is reported")
     p.add_argument("--json", action="store_true", help="print the answers as JSON")
     add_engine_arg(p)
 
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         out["largest_micro_batch"] = {"policy": best.policy, "knobs": lean, "micro_batch": mb,
                                       "trials": n, "monotone": "fit/no-fit is monotone in the micro-batch "
                                       "for a fixed policy and knobs (activation memory grows with it), so "
-                                      "doubling then bisection finds the edge"}
+                                      "doubling then bisection finds the edge",
+                                      "not_searched": pl.mb_unsearched}
     largest, fam = pl.largest_model()
     out["largest_model"] = {"family": fam, "model": largest,
                             "note": "fits under some policy with its leanest knobs at this seq and micro-batch",
@@ -107,6 +109,14 @@ def run(args: argparse.Namespace) -> int:
         out["target"] = {"min_tokens_per_s": args.min_tokens_per_s, "smallest_hardware": hit,
                          "order": "GPUs, GPU memory, bf16 peak, host memory",
                          "candidates": [{"hardware": h, "best": _trial(t) if t else None} for h, t in table]}
+    # answers a wall-time limit cut short depend on this machine's speed and load; the rest do not
+    cut = []
+    if best is not None and pl.mb_unsearched:
+        cut.append(f"largest micro-batch: {pl.mb_unsearched}")
+    if pl.unsearched and "budget ran out" in pl.unsearched:     # not the model-size limit
+        cut.append(f"largest model: {pl.unsearched}")
+    cut += sorted({f"{t.policy} {_knobs(t.knobs)}: {t.cut}" for t in pl.trials() if t.cut})
+    out["time_limited"] = cut
     from simhete.published import suite_error_for
     out["published_suite"] = suite_error_for(prof)
     flags = dedupe(best.uncalibrated) if best else []
@@ -186,11 +196,16 @@ def _render(out: dict, best, flags: list[str]) -> None:  # type: ignore[no-untyp
                   "tokens/s[/]")
         lm = out["largest_micro_batch"]
         con.print(f"Largest micro-batch that fits ({lm['policy']}, {_knobs(lm['knobs'])}): "
-                  f"[bold]{lm['micro_batch']}[/] ({lm['trials']} trials; {lm['monotone']})")
+                  f"[bold]{lm['micro_batch'] or 'not known'}[/] ({lm['trials']} trials; {lm['monotone']})")
+        if lm["not_searched"]:
+            con.print(f"  not searched: {lm['not_searched']}")
     lm = out["largest_model"]
     con.print(f"Largest {lm['family']} model that fits: [bold]{lm['model'] or 'none'}[/] ({lm['note']})")
     if lm["not_searched"]:
         con.print(f"  not searched: {lm['not_searched']}")
+    if out["time_limited"]:
+        con.print("[yellow]Cut short by a wall-time limit[/] (these answers depend on this machine's speed and "
+                  "load; a larger --budget searches further): " + "; ".join(out["time_limited"]))
     if "target" in out:
         tg = out["target"]
         con.print(f"Smallest shipped hardware reaching {tg['min_tokens_per_s']:,.0f} tokens/s "

@@ -22,15 +22,14 @@ overlap the next forward.
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from simhete.errors import ConfigError, SimheteError
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.policy.autohete_milp import Plan, block_costs, host_homes, memory_rows, predict, solve
+from simhete.policy.autohete_milp import (Plan, SolveLog, block_costs, host_homes, memory_rows, predict,
+                                          solve)
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
@@ -98,8 +97,7 @@ class AutoHete(Policy):
         one (everything offloaded and checkpointed), so the simulation reports what overflows."""
         fixed = pinned_decisions(ctx, self.k)
         swap = self.swapped(ctx)
-        plan = solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
-                     time_limit=self._left(), swap=swap, mem=self._mem(ctx))
+        plan = self._solve(ctx, fixed, swap)
         if plan is not None:
             return plan, True
         trans = {blk.index for blk in ctx.blocks if blk.name.startswith("b")}
@@ -117,25 +115,30 @@ class AutoHete(Policy):
         return frozenset(i for i, m in act_modes(ctx, self.k).items() if m == "swap")
 
     def _left(self) -> float:
-        """Seconds left of ``solver_time_limit``, which bounds all of one build's solves together."""
-        if self._deadline == math.inf:     # plan() asked outside build()
-            return self.k.solver_time_limit
-        return self._deadline - time.monotonic()
+        """Seconds left of ``solver_time_limit``, which bounds the time one build spends inside
+        HiGHS, all its solves together (setting up the MILPs, building and simulating schedules
+        between solves are not counted)."""
+        return self.k.solver_time_limit - (self._log.seconds if self._log else 0.0)
+
+    def _solve(self, ctx: Context, fixed: dict[str, dict[int, bool]], swap: frozenset[int]) -> Plan | None:
+        return solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
+                     time_limit=self._left(), swap=swap, mem=self._mem(ctx), log=self._log)
 
     def _mem(self, ctx: Context) -> tuple:
         if self._rows is None or self._rows[0] is not ctx:
             self._rows = (ctx, memory_rows(ctx, self.swapped(ctx)))
         return self._rows[1]
 
-    _deadline = math.inf
     _rows: tuple | None = None
+    _log: SolveLog | None = None      # this build's time in HiGHS and what its limit cut short
 
     def build(self, ctx: Context) -> Schedule:
-        self._deadline = time.monotonic() + self.k.solver_time_limit
+        self._log = SolveLog()
         try:
             return self._build(ctx)
         finally:
             self._rows = None
+            self._log = None
 
     def _build(self, ctx: Context) -> Schedule:
         plan, feasible = self.plan(ctx)
@@ -163,9 +166,9 @@ class AutoHete(Policy):
                 fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in sorted(set(fixed) | set(user))}
                 if self._left() <= 0:       # solver_time_limit spent: the candidates so far compete
                     meta["verify"] = "solver_time_limit reached before every special case was solved"
+                    self._log.cut.append("AutoHete's solver_time_limit ran out before every special case was solved")
                     continue
-                p = solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
-                          time_limit=self._left(), swap=self.swapped(ctx), mem=self._mem(ctx))
+                p = self._solve(ctx, fixed, self.swapped(ctx))
                 if p is not None and all(p != c for _, c in cands):
                     cands.append((name + ("-full-checkpointing" if full else ""), p))
         best = None
@@ -243,6 +246,8 @@ class AutoHete(Policy):
                 update[i] = adam if not op[i] else dp.shard_d2h(it, "D2H.w", blk.name, blk.weight_bytes,
                                                                 {g: [adam[g]] for g in dp.gpus},
                                                                 fwd_prio(it + 1, i), i)
+        if self._log and self._log.cut:   # the plan then depends on the machine's speed: say so
+            meta = dict(meta, time_limited="; ".join(dict.fromkeys(self._log.cut)))
         meta = dict(meta, policy=self.name, predicted_iter_s=f"{plan.predicted_s:.6g}",
                     checkpoint=_bits(plan.checkpoint), offload_param=_bits(plan.offload_param),
                     offload_optimizer=_bits(plan.offload_optimizer))

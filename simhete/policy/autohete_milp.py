@@ -35,7 +35,8 @@ the MILP leaves out is the ordering detail (pipeline fill, queueing behind other
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -58,6 +59,14 @@ class Plan:
     offload_optimizer: dict[int, bool]
     predicted_s: float
     loads: dict[str, float]
+
+
+@dataclass
+class SolveLog:
+    """What a build's solves spent and what their time limit cut short (filled by :func:`solve`)."""
+
+    seconds: float = 0.0                               # wall time inside HiGHS, all solves together
+    cut: list[str] = field(default_factory=list)       # one line per solve its time limit stopped
 
 
 @dataclass(frozen=True)
@@ -219,13 +228,15 @@ def predicted_memory(ctx: Context, plan: Plan, swap: frozenset[int] = frozenset(
 
 def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[int, bool]],
           time_limit: float, swap: frozenset[int] = frozenset(),
-          mem: tuple[list[Form], Form] | None = None) -> Plan | None:
+          mem: tuple[list[Form], Form] | None = None, log: SolveLog | None = None) -> Plan | None:
     """Solve the MILP; ``fixed[var][block]`` pins a decision (var in checkpoint, offload_param,
     offload_optimizer). Blocks in ``swap`` have their activations swapped to the host (a user's
     choice, not planned): not checkpointed, nothing held on the GPU between their forward and
     backward, their D2H and H2D added to the copy streams. ``mem`` is ``memory_rows(ctx, swap)``
     when the caller has it already (it is quadratic in the blocks). ``None`` if no plan fits
-    (decided without the solver when a memory form's least value is over its limit)."""
+    (decided without the solver when a memory form's least value is over its limit). ``log``, if
+    given, adds the seconds spent in HiGHS, and a line when ``time_limit`` stopped HiGHS before it
+    had proven its plan optimal (or found one): the plan then depends on the machine's speed."""
     blocks = ctx.blocks
     nb = len(blocks)
     c = block_costs(ctx, pinned)
@@ -339,8 +350,14 @@ def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[
 
     ri = np.repeat(np.arange(len(ci)), [len(c) for c in ci])
     a = csr_array((np.concatenate(va), (ri, np.concatenate(ci))), shape=(len(lo), nv))
+    t0 = time.monotonic()
     res = milp(cost, constraints=LinearConstraint(a, lo, hi), integrality=integ,
                bounds=Bounds(lb, ub), options={"time_limit": max(time_limit, 1e-3), "disp": False})
+    if log is not None:
+        log.seconds += time.monotonic() - t0
+        if res.status == 1:        # HiGHS: "Time limit reached" (the only limit set)
+            log.cut.append("AutoHete's MILP stopped at solver_time_limit "
+                           + ("with a plan not proven optimal" if res.x is not None else "before finding a plan"))
     if res.x is None:
         return None
     x = np.round(res.x).astype(int)

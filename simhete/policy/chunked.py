@@ -65,6 +65,7 @@ buffers of PatrickStar's optimizer are not counted.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from typing import Literal
 
 from pydantic import Field
@@ -162,6 +163,10 @@ class Chunked(Policy):
         trace = uses(ctx.blocks)
         need = [sorted({c for o in owners(blk) for c in chunks_of[o]}) for _, blk in trace]
         last_use = {c: u for u, cs in enumerate(need) for c in cs}
+        used_at: dict[int, list[int]] = {}        # chunk -> the steps that need it, ascending
+        for u, cs in enumerate(need):
+            for c in cs:
+                used_at.setdefault(c, []).append(u)
         first_blk = {c: next(i for i in by if c in chunks_of[i]) for c in range(nchunks)}
         nonmodel = nonmodel_by_step(ctx.blocks, modes)
         cap = ctx.gpu_capacity
@@ -210,8 +215,11 @@ class Chunked(Policy):
             return k.steady_cuda_cap_ratio * cap - max(nonmodel[u:u + 2]) - os_gpu_bytes - reserve
 
         def next_use(c: int, u: int) -> int:
-            later = [w for w in range(u + 1, len(trace)) if c in need[w]]
-            return later[0] if later else len(trace) + min(w for w, cs in enumerate(need) if c in cs)
+            # the first step after u that needs c, else its first use in the next iteration
+            # (a bisection of its steps: a scan of the trace per eviction candidate was quadratic)
+            at = used_at[c]
+            i = bisect_right(at, u)
+            return at[i] if i < len(at) else len(trace) + at[0]
 
         def copy(it: int, what: str, c: int, direction: str, deps: dict[int, list[str]], prio: int, block: int,
                  allocs: dict[int, list[Alloc]] | None = None, frees: dict[int, list[str]] | None = None
@@ -268,7 +276,7 @@ class Chunked(Policy):
                             r = max(cand, key=lambda r: (next_use(r, u), r))
                             # a move: the GPU copy is freed when this GPU's shard is home
                             out = copy(it, unique(f"D2H.c{r}"), r, "d2h",
-                                       {g: [ready[r][g]] + self._last(r, u, need, compute, g) for g in dp.gpus},
+                                       {g: [ready[r][g]] + self._last(r, u, used_at, compute, g) for g in dp.gpus},
                                        fwd_prio(it, blk.index), blk.index, frees={g: [resident[r][g]] for g in dp.gpus})
                             for g in dp.gpus:
                                 evicts[g].append(out[g])
@@ -363,7 +371,9 @@ class Chunked(Policy):
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     @staticmethod
-    def _last(r: int, u: int, need: list[list[int]], compute, g: int) -> list[str]:
-        """The compute task of chunk r's most recent use before step u in this iteration, if any."""
-        before = [w for w in range(u) if r in need[w]]
-        return [compute(before[-1], g)] if before else []
+    def _last(r: int, u: int, used_at: dict[int, list[int]], compute, g: int) -> list[str]:
+        """The compute task of chunk r's most recent use before step u in this iteration, if any
+        (``used_at[r]``: the steps that need r, ascending)."""
+        at = used_at.get(r, [])
+        i = bisect_left(at, u)
+        return [compute(at[i - 1], g)] if i else []

@@ -10,15 +10,24 @@ not a separate formula, so ``plan`` and ``simulate`` never disagree. Searches:
   the micro-batch (activations and workspaces scale with batch × sequence; model states do not
   depend on it), so fit/no-fit is monotone in the batch: doubling finds a bracket, bisection the
   edge.
-- *largest model of the family*: the family's presets, largest first, the first that fits under
-  any policy (its leanest knobs); for the open-ended ``gpt-like`` family, the most layers at the
-  same width (state and activations grow with depth: doubling, then bisection), up to the
-  model-size limit (:data:`simhete.workload.spec.MAX_LAYERS`). The search has a time budget
-  (``budget_s``); what it did not search when the budget ran out is said (``unsearched``).
-  Policies are tried cheapest and leanest first, stopping at the first that fits; AutoHete's
-  solver gets what is left of the budget.
+- *largest model of the family*: the family's presets ordered by size, bisected (every member is
+  at least as wide and as deep as the one before, so what it holds grows along the list and
+  fit/no-fit is monotone in it), the largest that fits under any policy (its leanest knobs); for
+  the open-ended ``gpt-like`` family, the most layers at the same width (state and activations
+  grow with depth: doubling, then bisection), up to the model-size limit
+  (:data:`simhete.workload.spec.MAX_LAYERS`). Policies are tried cheapest and leanest first,
+  stopping at the first that fits; AutoHete's solver gets what is left of the budget.
 - *smallest hardware for a target throughput*: every shipped profile (with the requested GPU
   count), ordered smallest first by (GPUs, GPU memory, dense bf16 peak, host memory).
+
+The two searches share one wall-time budget (``budget_s``; the micro-batch search may use half of
+it, the model search the rest): a trial is not interrupted; the micro-batch and depth searches
+do not start one that would end past the deadline at the rate trials have taken so far, and the
+preset-family search starts none after it. What a search did not decide
+when its time ran out is said (``mb_unsearched``, ``unsearched``) — such an answer depends on the
+machine's speed and load; every other answer is the same on every machine. Trials skip the dry-run
+schedule checker (as sweeps do: every policy is property-tested to build valid schedules), whose
+reachability sets are quadratic in the tasks.
 
 Each answer carries the provenance of the numbers behind it: the capacities it was decided
 against, and the uncalibrated (datasheet/assumed) numbers the throughput rests on.
@@ -47,7 +56,7 @@ PINNED_POLICIES = frozenset({"zero-offload", "zero-infinity"})
 LEAN_KNOBS: dict[str, Any] = {"checkpointing": "full", "delayed_update": False,  # DPU adds 4 B/param on the host
                                "pin_memory": False}                              # no power-of-two rounding
 MAX_MICRO_BATCH = 4096      # scenario.TrainShape's bound
-SEARCH_BUDGET_S = 5.0       # default wall time of the largest-model search
+SEARCH_BUDGET_S = 5.0       # default wall time of the micro-batch and largest-model searches together
 # AutoHete's solver_time_limit in plan's trials (all MILPs of one trial together) unless the
 # scenario sets it: HiGHS took 2-3 s per MILP on tight fits of 40 blocks, five per trial
 PLAN_SOLVER_S = 1.0
@@ -69,6 +78,9 @@ class Trial:
     reason: str                       # OOM message or why the combination is invalid
     uncalibrated: tuple[str, ...]
     dtype: str = ""                   # working precision the trial ran in
+    cut: str = ""                     # what a solver time limit cut short in this trial's plan
+                                      # (its answer then depends on the machine's speed), else ""
+    seconds: float = field(default=0.0, compare=False)   # wall time the trial took (for budgets)
 
 
 @dataclass
@@ -79,35 +91,59 @@ class Planner:
     engine: str = "fast"
     policies: tuple[str, ...] | None = None
     fixed_knobs: dict[str, Any] | None = None        # from --deepspeed: evaluate exactly these
-    budget_s: float = SEARCH_BUDGET_S                # wall time of the largest-model search
+    budget_s: float = SEARCH_BUDGET_S                # wall time of the two searches together
     _profiles: dict[str, Any] = field(default_factory=dict)
     _cache: dict[str, Trial] = field(default_factory=dict)
     unsearched: str | None = None                    # what the last largest_model() left unsearched
+    mb_unsearched: str | None = None                 # what largest_micro_batch() left unsearched
+    _start: float | None = None                      # when the first search began (time.monotonic)
+
+    def _deadline(self, share: float = 1.0) -> float:
+        """The searches' deadline: ``share`` of ``budget_s`` after the first search began."""
+        import time
+
+        if self._start is None:
+            self._start = time.monotonic()
+        return self._start + share * self.budget_s
+
+    def _key(self, s: Scenario) -> str:
+        import json
+
+        return json.dumps(s.data.model_dump(mode="json", exclude_none=True), sort_keys=True)
 
     def trial(self, s: Scenario) -> Trial:
         import json
+        import time
 
         from simhete.sim import resolve_profile, run
 
-        key = json.dumps(s.data.model_dump(mode="json", exclude_none=True), sort_keys=True)
+        key = self._key(s)
         if key in self._cache:
             return self._cache[key]
         pol, knobs = s.data.policy, dict(s.data.knobs)
         hkey = json.dumps(s.data.model_dump(mode="json")["hardware"], sort_keys=True)
+        t0 = time.monotonic()
         try:
             if hkey not in self._profiles:
                 self._profiles[hkey] = resolve_profile(s)
-            res = run(s, engine=self.engine, profile=self._profiles[hkey])
+            # check=False: a search's trials skip the dry-run checker, as a sweep's points do
+            res = run(s, engine=self.engine, profile=self._profiles[hkey], check=False)
         except ConfigError as e:
-            t = Trial(pol, knobs, False, None, 0, 0, str(e), (), s.data.train.dtype)
+            t = Trial(pol, knobs, False, None, 0, 0, str(e), (), s.data.train.dtype,
+                      seconds=time.monotonic() - t0)
         else:
             sm = res.summary
             gpu = max((m.peak_bytes for p, m in sm.memory.items() if p.startswith("gpu")), default=0)
             host = sm.memory["cpu"].peak_bytes if "cpu" in sm.memory else 0
             t = Trial(pol, knobs, sm.fits, sm.tokens_per_s, gpu, host, sm.oom or "", sm.uncalibrated,
-                      s.data.train.dtype)
+                      s.data.train.dtype, res.schedule.meta.get("time_limited", ""),
+                      seconds=time.monotonic() - t0)
         self._cache[key] = t
         return t
+
+    def trials(self) -> list[Trial]:
+        """Every trial run so far, in the order they ran."""
+        return list(self._cache.values())
 
     # -- policies ---------------------------------------------------------------------------------
 
@@ -185,23 +221,52 @@ class Planner:
     # -- largest micro-batch ------------------------------------------------------------------------
 
     def largest_micro_batch(self, policy: str, knobs: dict[str, Any]) -> tuple[int, int]:
-        """(largest micro-batch that fits or 0, number of trials) for a fixed policy and knobs."""
-        probes = []
+        """(largest micro-batch found to fit, or 0, number of trials) for a fixed policy and knobs,
+        within half the search budget; what that left undecided is in ``self.mb_unsearched``
+        (None if nothing)."""
+        import time
 
-        def fits(b: int) -> bool:
+        self.mb_unsearched = None
+        deadline = self._deadline(0.5)
+        probes = []
+        slowest = [0.0]       # the longest trial so far (one schedule structure at every batch)
+
+        def fits(b: int) -> bool | None:
+            s = self.base.with_changes(policy=policy, knobs=knobs, **{"train.micro_batch": b})
+            if self._key(s) not in self._cache and time.monotonic() + slowest[0] > deadline:
+                return None
             probes.append(b)
-            return self.trial(self.base.with_changes(policy=policy, knobs=knobs,
-                                                     **{"train.micro_batch": b})).fits
-        if not fits(1):
+            t = self.trial(s)
+            slowest[0] = max(slowest[0], t.seconds)
+            return t.fits
+
+        def out_of_time(lo: int, hi: int) -> tuple[int, int]:
+            top = hi - 1 if hi <= MAX_MICRO_BATCH else MAX_MICRO_BATCH
+            known = ([f"{lo} fits"] if lo else []) + ([f"{hi} does not"] if hi <= MAX_MICRO_BATCH else [])
+            self.mb_unsearched = (f"micro-batches {lo + 1}..{top} (the {self.budget_s:g} s search budget "
+                                  "ran out" + "".join("; " + k for k in [", ".join(known)] if k) + ")")
+            return lo, len(probes)
+        first = fits(1)
+        if first is None:
+            return out_of_time(0, MAX_MICRO_BATCH + 1)
+        if not first:
             return 0, len(probes)
         lo, hi = 1, 2
-        while hi <= MAX_MICRO_BATCH and fits(hi):
+        while hi <= MAX_MICRO_BATCH:
+            ok = fits(hi)
+            if ok is None:
+                return out_of_time(lo, MAX_MICRO_BATCH + 1)
+            if not ok:
+                break
             lo, hi = hi, hi * 2
         if hi > MAX_MICRO_BATCH:
             return lo, len(probes)
         while hi - lo > 1:          # invariant: fits(lo), not fits(hi)
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+            ok = fits(mid)
+            if ok is None:
+                return out_of_time(lo, hi)
+            lo, hi = (mid, hi) if ok else (lo, mid)
         return lo, len(probes)
 
     def lean(self, policy: str, knobs: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +290,7 @@ class Planner:
         from simhete.workload import family_models, list_families
 
         self.unsearched = None
-        deadline = time.monotonic() + self.budget_s
+        deadline = self._deadline()
         spec = resolve_model(self.base)
         fam = spec.family
         if fam == "gpt-like":
@@ -242,16 +307,18 @@ class Planner:
                     f"{spec.name} (its config.json architecture, by depth)")
         if fam not in list_families():
             return None, f"{fam} (not a preset family)"
-        members = list(reversed(family_models(fam)))
-        for i, m in enumerate(members):
-            ok = self.fits_anywhere(self.base.with_changes(model=m.name), deadline)
+        members = family_models(fam)          # smallest first: each at least as wide and deep
+        lo, hi = -1, len(members)             # invariant: members[lo] fits (or lo = -1), members[hi] does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            ok = self.fits_anywhere(self.base.with_changes(model=members[mid].name), deadline)
             if ok is None:
-                self.unsearched = (f"{', '.join(x.name for x in members[i:])} (the {self.budget_s:g} s "
-                                   "search budget ran out)")
-                return None, fam
-            if ok:
-                return m.name, fam
-        return None, fam
+                self.unsearched = (f"{', '.join(x.name for x in reversed(members[lo + 1:hi]))} (the "
+                                   f"{self.budget_s:g} s search budget ran out"
+                                   + (f"; {members[lo].name} fits" if lo >= 0 else "") + ")")
+                return (members[lo].name if lo >= 0 else None), fam
+            lo, hi = (mid, hi) if ok else (lo, mid)
+        return (members[lo].name if lo >= 0 else None), fam
 
     def _largest_gpt_like(self, hidden: int, heads: int, deadline: float,
                           model_at: Any = None) -> str | None:
@@ -267,16 +334,20 @@ class Planner:
         def model(layers: int) -> Any:
             return model_at(layers)[0] if model_at else name(layers)
 
-        per_layer = [0.0]     # the most seconds per layer one depth's answer has cost so far
+        # seconds per layer of the deepest answer so far: a depth's time grows about linearly
+        # with it, and the deepest has the least of a trial's fixed cost in it (the most per
+        # layer, a shallow depth's, would refuse a depth that takes a fraction of the budget)
+        rate = [0, 0.0]       # [layers, seconds per layer]
 
         def fits(layers: int) -> bool | None:
-            # a trial is not interrupted: one that would, at the rate seen so far (time grows
-            # about linearly with depth), end after the deadline is not started
-            if time.monotonic() + per_layer[0] * layers > deadline:
+            # a trial is not interrupted: one that would, at that rate, end after the deadline is
+            # not started
+            if time.monotonic() + rate[1] * layers > deadline:
                 return None
             t = time.monotonic()
             ok = self.fits_anywhere(self.base.with_changes(model=model(layers)), deadline)
-            per_layer[0] = max(per_layer[0], (time.monotonic() - t) / layers)
+            if layers >= rate[0]:
+                rate[:] = [layers, (time.monotonic() - t) / layers]
             return ok
 
         def out_of_time(lo: int, hi: int) -> str | None:
