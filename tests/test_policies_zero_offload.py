@@ -44,8 +44,9 @@ def bucket_elems(ctx, pol):
 @pytest.mark.parametrize("bucket", [None, 1e5])
 def test_d2h_is_the_rank_fp32_partition(gpus, bucket):
     """async_inplace_copy_grad_to_fp32_buffer_from_gpu: the 16-bit gradient is cast to fp32 on the
-    GPU and the fp32 slice of the rank's partition is copied: per rank and iteration 4 × P / N bytes
-    (the shards of every bucket's fp32 bytes, summing to 4P exactly)."""
+    GPU and the fp32 slice of the rank's partition is copied: per rank and iteration 4 × its
+    contiguous partition of the P elements (get_data_parallel_partitions: P // N, the first P % N
+    ranks one more), summing to 4P exactly."""
     ctx, pol, sched = build(gpus=gpus, bucket=bucket)
     P = sum(b.params for b in ctx.blocks)
     by = {b.index: b for b in ctx.blocks}
@@ -55,8 +56,7 @@ def test_d2h_is_the_rank_fp32_partition(gpus, bucket):
     for g in range(gpus):
         d2h = sum(op.n for t in it2(sched, lambda t: t.stream.startswith(f"gpu{g}.")) for op in t.ops
                   if op.kind is OpKind.D2H)
-        assert d2h == sum(shard(f, gpus, g) for f in f32)
-        assert abs(d2h - 4 * P / gpus) <= len(f32)
+        assert d2h == 4 * shard(P, gpus, g)
         per.append(d2h)
     assert sum(per) == 4 * P
     # N GPUs: one all-reduce of each bucket's 16-bit gradients per rank before the copy
@@ -65,6 +65,42 @@ def test_d2h_is_the_rank_fp32_partition(gpus, bucket):
         assert ar == []
     else:
         assert [t.ops for t in ar] == [(Op(OpKind.ALLREDUCE, (gpus,), n=2 * e),) for e in bucket_elems(ctx, pol)]
+
+
+def test_buckets_copy_out_by_contiguous_partition():
+    """DeepSpeed flattens the group in forward order (embed, b0..b3, the final norm of ``head``) and
+    rank r owns the r-th contiguous half (round_robin_gradients off): with one block per bucket,
+    filled in backward order, the buckets of b3+head, b2, b1, b0 lie wholly in rank 1's half and
+    only rank 1 copies them; the embedding (13127936 elements, more than half of P = 16287488) is
+    split: rank 0 copies its first P/2 = 8143744, rank 1 the remaining 4984192."""
+    ctx, pol, sched = build(gpus=2, bucket=1e5)
+    par = {b.name: b.params for b in ctx.blocks}
+    P = sum(par.values())
+    assert (P, par["embed"], par["b0"], par["head"]) == (16287488, 13127936, 789760, 512)
+    assert pol.buckets(ctx) == [[5, 4], [3], [2], [1], [0]]
+
+    def copied(g):
+        return [sum(op.n for op in t.ops if op.kind is OpKind.D2H)
+                for t in it2(sched, lambda t: t.name.startswith("it2.D2H.g.k") and t.name.endswith(f"@g{g}"))]
+
+    blk = par["b0"]
+    assert copied(0) == [0, 0, 0, 0, 4 * 8143744]
+    assert copied(1) == [4 * (blk + 512), 4 * blk, 4 * blk, 4 * blk, 4 * 4984192]
+    # a rank owning nothing of a bucket runs only the bucket's reduction passes (no norm, no check)
+    k0 = next(t for t in it2(sched, lambda t: t.name == "it2.D2H.g.k0@g0"))
+    assert k0.ops == (Op(OpKind.ELEMENTWISE, n=4 * 2 * (blk + 512) + 2 * shard(2 * (blk + 512), 2, 0)),)
+
+
+def test_without_overlap_comm_the_ranks_wait_for_each_others_copies():
+    """overlap_comm false: the copy runs from the backward hook on the compute stream and the next
+    bucket's all-reduce needs every rank, so rank 0 stands still while rank 1 copies a bucket it
+    owns alone: rank 0's all-reduce of bucket k1 starts after rank 1's copy of bucket k0 ended, and
+    the copies of the two ranks never overlap in time (their sum is on the critical path)."""
+    ctx, _, sched = build({"overlap_comm": False}, gpus=2, bucket=1e5)
+    tl = simulate(sched, ctx.cost.durations(sched), ctx.cost.interference())
+    rec = {r.name: r for r in tl.records}
+    assert rec["it2.D2H.g.ar.k1@g0"].start >= rec["it2.D2H.g.k0@g1"].end
+    assert rec["it2.D2H.g.k0@g0"].end < rec["it2.D2H.g.k0@g1"].end
 
 
 @pytest.mark.parametrize("dtype,per_elem", [("bf16", (12, 52)), ("fp32", (24, 42))])
@@ -135,6 +171,9 @@ def test_other_knob_settings(gpus):
     e = bucket_elems(ctx, pol)[0]
     first = next(t for t in ga.tasks if t.name.startswith("it2.D2H.g.k0"))
     last = next(t for t in ga.tasks if t.name.startswith("it2.m2.D2H.g.k0"))
+    # one bucket (the default size holds the whole model): rank 0's contiguous partition of it is
+    # its shard of P
+    assert len(pol.buckets(ctx)) == 1
     g16 = shard(2 * e, gpus, 0)
     passes = Op(OpKind.ELEMENTWISE, n=4 * 2 * e + 2 * g16)
     assert first.ops == (passes, Op(OpKind.D2H, n=g16))

@@ -125,15 +125,21 @@ class ZeroOffload(Policy):
         # _bucket_passes / _boundary_ops): built once per build, shared by every iteration
         n = len(gpus)
         passes = [{g: _bucket_passes(gb, n, g) for g in gpus} for gb in bucket_bytes]
-        elems = [sum(by_idx[i].params for i in bucket) for bucket in buckets]
-        f32 = [sum(host_fp32_bytes(by_idx[i]) for i in bucket) for bucket in buckets]
-        boundary = [{g: _boundary_ops(shard(elems[j], n, g), shard(bucket_bytes[j], n, g),
-                                      shard(f32[j], n, g), k.pin_memory) for g in gpus}
-                    for j in range(len(buckets))]
+        # each rank's elements of each bucket: DeepSpeed's contiguous partition of the flat group
+        # (rank_partition_elems), not an even split of every bucket
+        own = rank_partition_elems(ctx.blocks, buckets, n)
+        e16 = {i: (by_idx[i].grad_bytes // by_idx[i].params if by_idx[i].params else 0) for bucket in buckets
+               for i in bucket}
+        e32 = {i: (host_fp32_bytes(by_idx[i]) // by_idx[i].params if by_idx[i].params else 0) for bucket in buckets
+               for i in bucket}
+        own16 = [{g: sum(c * e16[i] for i, c in own[j][g].items()) for g in gpus} for j in range(len(buckets))]
+        own32 = [{g: sum(c * e32[i] for i, c in own[j][g].items()) for g in gpus} for j in range(len(buckets))]
+        boundary = [{g: _boundary_ops(sum(own[j][g].values()), own16[j][g], own32[j][g], k.pin_memory)
+                     for g in gpus} for j in range(len(buckets))]
         # the D2H task's ops: gradient accumulation's first micro-step copies the 16-bit partition
         # (copy_gradients_to_cpu); the boundary (ga = 1, or micro-step ga's copy back) adds the
-        # checks and the fp32 copy
-        first_ops = [{g: passes[j][g] + shared_ops(OpKind.D2H, shard(bucket_bytes[j], n, g), k.pin_memory)
+        # checks and the fp32 copy. A rank owning nothing of a bucket copies nothing.
+        first_ops = [{g: passes[j][g] + (shared_ops(OpKind.D2H, own16[j][g], k.pin_memory) if own16[j][g] else ())
                       for g in gpus} for j in range(len(buckets))]
         last_ops = [{g: passes[j][g] + boundary[j][g] for g in gpus} for j in range(len(buckets))]
         total_f32 = sum(host_fp32_bytes(blk) for blk in ctx.blocks if blk.params)
@@ -209,7 +215,7 @@ class ZeroOffload(Policy):
                     else:
                         out = dp.accumulate(it, "D2H.g", bucket_tag[j], bucket_bytes[j], deps, prev_out[j], prio,
                                             bucket[0], frees=frees, sync=sync, reduce=OpKind.ALLREDUCE,
-                                            post=last_ops[j] if last else passes[j])
+                                            post=last_ops[j] if last else passes[j], parts=own16[j])
                     prev_out[j] = out
                     d2h_of += out.values()
                 last_B = {g: t[g].last_B for g in gpus}
@@ -331,6 +337,48 @@ def _bucket_passes(gb: int, n: int, g: int) -> tuple[Op, ...]:
     return got
 
 
+def rank_partition_elems(blocks: tuple, buckets, n: int) -> list[dict[int, dict[int, int]]]:
+    """Per bucket, per rank: {block index: elements of that block in the rank's partition}.
+
+    DeepSpeed ZeRO-1/2 flattens each parameter group in the order of its parameters (the model's
+    ``parameters()``: embedding, blocks 0..L-1, final norm; a tied LM head adds nothing) and gives
+    rank r the r-th contiguous 1/N of that flat tensor (stage_1_and_2.py
+    ``get_data_parallel_partitions``: ``total // dp`` elements, the first ``total % dp`` ranks one
+    more; ``round_robin_gradients`` false by default, which the config documents as the option that
+    "parallelizes gradient copying to CPU memory among ranks"). A bucket is filled in backward
+    order, so it holds the gradients of a few consecutive blocks, which mostly belong to one rank:
+    only that rank copies them (``copy_grads_in_partition`` runs for parameters in the current
+    partition only) while the others, without ``overlap_comm``, wait for it at the next bucket's
+    all-reduce. Parameters are taken as contiguous per block (a block's split at a partition
+    boundary is exact in elements); the alignment padding DeepSpeed appends to the flat tensor
+    (under 2·N elements) is left out."""
+    order = [blk for blk in blocks if blk.params]          # forward order = the flat group's order
+    total = sum(blk.params for blk in order)
+    bounds, start = [], 0
+    for g in range(n):
+        size = shard(total, n, g)
+        bounds.append((start, start + size))
+        start += size
+    where: dict[int, tuple[int, int]] = {}
+    pos = 0
+    for blk in order:
+        where[blk.index] = (pos, pos + blk.params)
+        pos += blk.params
+    out = []
+    for bucket in buckets:
+        per = {}
+        for g, (lo, hi) in enumerate(bounds):
+            got = {}
+            for i in bucket:
+                a, b = where.get(i, (0, 0))
+                c = min(b, hi) - max(a, lo)
+                if c > 0:
+                    got[i] = c
+            per[g] = got
+        out.append(per)
+    return out
+
+
 def _boundary_ops(elems: int, g16: int, f32: int, pinned: bool) -> tuple[Op, ...]:
     """At the gradient-accumulation boundary, per parameter of the rank's partition
     (stage_1_and_2.py ``copy_grads_in_partition``, cpu_offload branch; ``elems`` elements, ``g16``
@@ -346,6 +394,8 @@ def _boundary_ops(elems: int, g16: int, f32: int, pinned: bool) -> tuple[Op, ...
       (g16 + 4·elems, none when fp32), then ``dest_tensor.copy_(src, non_blocking=True)`` into the
       host's fp32 gradient partition: the D2H moves 4 B/param (``f32``), not the 16-bit bytes.
     """
+    if not elems:          # the rank owns nothing of the bucket: no pass, no copy
+        return ()
     key = (elems, g16, f32, pinned)
     got = _BOUNDARY.get(key)
     if got is None:
