@@ -57,12 +57,12 @@ def test_d2h_is_the_rank_fp32_partition(gpus, bucket):
     for g in range(gpus):
         ops = [op for t in it2(sched, lambda t: t.stream.startswith(f"gpu{g}.")) for op in t.ops
                if op.kind is OpKind.D2H]
-        d2h = sum(op.n for op in ops if op.pinned)
+        d2h = sum(op.n * op.count for op in ops if op.pinned)
         assert d2h == 4 * shard(P, gpus, g)
         per.append(d2h)
         # and one 4-byte pageable D2H per parameter tensor (piece) of its partition: the Python
         # ``if`` on _has_inf_or_nan's result
-        syncs.append(sum(1 for op in ops if not op.pinned and op.n == 4))
+        syncs.append(sum(op.count for op in ops if not op.pinned and op.n == 4))
         assert all(op.pinned or op.n == 4 for op in ops)
     assert sum(per) == 4 * P
     # 12 tensors per block (2 LayerNorms with biases, fused QKV, output, fc1, fc2, each with a
@@ -90,7 +90,7 @@ def test_buckets_copy_out_by_contiguous_partition():
     assert pol.buckets(ctx) == [[5, 4], [3], [2], [1], [0]]
 
     def copied(g):
-        return [sum(op.n for op in t.ops if op.kind is OpKind.D2H and op.pinned)
+        return [sum(op.n * op.count for op in t.ops if op.kind is OpKind.D2H and op.pinned)
                 for t in it2(sched, lambda t: t.name.startswith("it2.D2H.g.k") and t.name.endswith(f"@g{g}"))]
 
     blk = par["b0"]
@@ -135,21 +135,27 @@ def test_gpu_passes_of_each_bucket_copy(dtype):
     t = d2h[1]
     assert t.stream == "gpu0.d2h" and t.cat is TaskCat.D2H
     want = [Op(OpKind.ELEMENTWISE, n=3 * 2 * g * elems[1])]
-    for n in BLOCK_TENSORS:
-        cast = [Op(OpKind.ELEMENTWISE, n=(g + 4) * n)] if g != 4 else []
-        want += [Op(OpKind.ELEMENTWISE, n=(g + 8) * n), Op(OpKind.ELEMENTWISE, n=8 * n), *cast,
-                 Op(OpKind.ELEMENTWISE, n=5 * n), Op(OpKind.ELEMENTWISE, n=5 * n), Op(OpKind.ELEMENTWISE, n=3 * n),
-                 Op(OpKind.ELEMENTWISE, n=5 * n), Op(OpKind.ELEMENTWISE, n=4 * n), Op(OpKind.D2H, n=4, pinned=False),
-                 *cast, Op(OpKind.D2H, n=4 * n)]
+    # equal tensors share their ops through count: six of 256 elements (the two LayerNorms' weights
+    # and biases, the output and fc2 biases), two of 262144 (fc1 and fc2), one of each other size
+    groups = {256: 6, 196608: 1, 768: 1, 65536: 1, 262144: 2, 1024: 1}
+    assert sum(n * k for n, k in groups.items()) == sum(BLOCK_TENSORS)
+    for n, k in groups.items():
+        cast = [Op(OpKind.ELEMENTWISE, n=(g + 4) * n, count=k)] if g != 4 else []
+        want += [Op(OpKind.ELEMENTWISE, n=(g + 8) * n, count=k), Op(OpKind.ELEMENTWISE, n=8 * n, count=k), *cast,
+                 Op(OpKind.ELEMENTWISE, n=5 * n, count=k), Op(OpKind.ELEMENTWISE, n=5 * n, count=k),
+                 Op(OpKind.ELEMENTWISE, n=3 * n, count=k), Op(OpKind.ELEMENTWISE, n=5 * n, count=k),
+                 Op(OpKind.ELEMENTWISE, n=4 * n, count=k), Op(OpKind.D2H, n=4, pinned=False, count=k),
+                 *cast, Op(OpKind.D2H, n=4 * n, count=k)]
     assert t.ops == tuple(want)
-    # bf16: 52 bytes of passes per element, fp32: 42
-    assert sum(op.n for op in t.ops[1:] if op.kind is OpKind.ELEMENTWISE) == (52 if g == 2 else 42) * elems[1]
-    # the QKV bias (768 elements) costs its 9 (bf16) launches, not its bytes: each op is max(7 µs, kernel)
-    small = t.ops[1 + 3 * 11: 1 + 4 * 11] if g == 2 else ()
-    if small:
-        assert small[-1] == Op(OpKind.D2H, n=4 * 768)
-        launch = ctx.cost.profile.gpu.launch_overhead_us.value * 1e-6
-        assert all(ctx.cost.op_seconds(op) == launch for op in small if op.kind is OpKind.ELEMENTWISE)
+    # bf16: 52 bytes of passes per element, fp32: 42; 12 syncs, one per tensor
+    assert sum(op.n * op.count for op in t.ops[1:] if op.kind is OpKind.ELEMENTWISE) == \
+        (52 if g == 2 else 42) * elems[1]
+    assert sum(op.count for op in t.ops if op.kind is OpKind.D2H and not op.pinned) == 12
+    # the six 256-element tensors cost their launches, not their bytes: each op max(7 µs, kernel)
+    launch = ctx.cost.profile.gpu.launch_overhead_us.value * 1e-6
+    small = [op for op in t.ops[1:1 + (11 if g == 2 else 9)] if op.kind is OpKind.ELEMENTWISE]
+    assert len(small) == (9 if g == 2 else 7)
+    assert all(ctx.cost.op_seconds(op) == pytest.approx(6 * launch, rel=1e-12) for op in small)
 
 
 def test_cpu_step_is_clip_adam_cast_then_h2d():
@@ -211,8 +217,8 @@ def test_other_knob_settings(gpus):
     assert first.ops == (passes, Op(OpKind.D2H, n=g16))
     assert last.ops[:3] == (Op(OpKind.ELEMENTWISE, n=3 * g16), Op(OpKind.D2H, n=g16), passes)
     boundary = last.ops[3:]
-    assert sum(op.n for op in boundary if op.kind is OpKind.ELEMENTWISE) == 52 * shard(e, gpus, 0)
-    assert sum(op.n for op in boundary if op.kind is OpKind.D2H and op.pinned) == shard(4 * e, gpus, 0)
+    assert sum(op.n * op.count for op in boundary if op.kind is OpKind.ELEMENTWISE) == 52 * shard(e, gpus, 0)
+    assert sum(op.n * op.count for op in boundary if op.kind is OpKind.D2H and op.pinned) == shard(4 * e, gpus, 0)
 
 
 def test_parameter_tensors_of_a_block_in_module_order():

@@ -474,7 +474,9 @@ def _boundary_ops(pieces: tuple[int, ...], e: int, e32: int, pinned: bool) -> tu
 
     Each ELEMENTWISE op is priced at max(dispatch, kernel), so small tensors (biases, norm weights)
     cost their launches and large ones their bytes; the sync is priced as the pageable D2H of 4
-    bytes (its latency).
+    bytes (its latency). Pieces of equal size share their ops through ``Op.count`` (k tensors of n
+    elements: each op once with count k, priced k times), which keeps the ops tuple short: its
+    sum is that of the per-tensor listing.
     """
     if not pieces:          # the rank owns nothing of the bucket: no pass, no copy
         return ()
@@ -485,15 +487,18 @@ def _boundary_ops(pieces: tuple[int, ...], e: int, e32: int, pinned: bool) -> tu
             _BOUNDARY.clear()
         up = e != e32
         ops: list[Op] = []
+        sizes: dict[int, int] = {}
         for n in pieces:
-            ops += [Op(OpKind.ELEMENTWISE, n=(e + 8) * n), Op(OpKind.ELEMENTWISE, n=8 * n)]
+            sizes[n] = sizes.get(n, 0) + 1
+        for n, k in sizes.items():
+            ops += [Op(OpKind.ELEMENTWISE, n=(e + 8) * n, count=k), Op(OpKind.ELEMENTWISE, n=8 * n, count=k)]
             if up:
-                ops.append(Op(OpKind.ELEMENTWISE, n=(e + e32) * n))
-            ops += [Op(OpKind.ELEMENTWISE, n=5 * n), Op(OpKind.ELEMENTWISE, n=5 * n),
-                    Op(OpKind.ELEMENTWISE, n=3 * n), Op(OpKind.ELEMENTWISE, n=5 * n),
-                    Op(OpKind.ELEMENTWISE, n=4 * n), Op(OpKind.D2H, n=4, pinned=False)]
+                ops.append(Op(OpKind.ELEMENTWISE, n=(e + e32) * n, count=k))
+            ops += [Op(OpKind.ELEMENTWISE, n=5 * n, count=k), Op(OpKind.ELEMENTWISE, n=5 * n, count=k),
+                    Op(OpKind.ELEMENTWISE, n=3 * n, count=k), Op(OpKind.ELEMENTWISE, n=5 * n, count=k),
+                    Op(OpKind.ELEMENTWISE, n=4 * n, count=k), Op(OpKind.D2H, n=4, pinned=False, count=k)]
             if up:
-                ops.append(Op(OpKind.ELEMENTWISE, n=(e + e32) * n))
-            ops.append(Op(OpKind.D2H, n=e32 * n, pinned=pinned))
+                ops.append(Op(OpKind.ELEMENTWISE, n=(e + e32) * n, count=k))
+            ops.append(Op(OpKind.D2H, n=e32 * n, pinned=pinned, count=k))
         got = _BOUNDARY[key] = tuple(ops)
     return got
