@@ -96,9 +96,13 @@ def test_buckets_copy_out_by_contiguous_partition():
     blk = par["b0"]
     assert copied(0) == [0, 0, 0, 0, 4 * 8143744]
     assert copied(1) == [4 * (blk + 512), 4 * blk, 4 * blk, 4 * blk, 4 * 4984192]
-    # a rank owning nothing of a bucket runs only the bucket's reduction passes (no norm, no check)
-    k0 = next(t for t in it2(sched, lambda t: t.name == "it2.D2H.g.k0@g0"))
-    assert k0.ops == (Op(OpKind.ELEMENTWISE, n=4 * 2 * (blk + 512) + 2 * shard(2 * (blk + 512), 2, 0)),)
+    # a rank owning nothing of a bucket runs only the bucket's hook copy, div_ and flatten (3 passes
+    # over its 16-bit bytes: no copy back of own slices, no norm, no check); the owner also copies
+    # its reduced slices back (2 × its bytes)
+    k0 = {g: next(t for t in it2(sched, lambda t: t.name == f"it2.D2H.g.k0@g{g}")) for g in (0, 1)}
+    gb = 2 * (blk + 512)
+    assert k0[0].ops == (Op(OpKind.ELEMENTWISE, n=3 * 2 * gb),)
+    assert k0[1].ops[0] == Op(OpKind.ELEMENTWISE, n=3 * 2 * gb + 2 * gb)
 
 
 def test_without_overlap_comm_the_ranks_wait_for_each_others_copies():
@@ -120,8 +124,9 @@ BLOCK_TENSORS = (256, 256, 256 * 768, 768, 256 * 256, 256, 256, 256, 256 * 1024,
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_gpu_passes_of_each_bucket_copy(dtype):
-    """One GPU, bytes read + written per gradient element. Bucket (average_tensor): div_, flatten,
-    copy back of the reduced slices = 3 × (2 × gradient bytes), one op. Boundary
+    """One GPU, bytes read + written per gradient element. Bucket: the hook's copy into the
+    contiguous bucket buffer, average_tensor's div_, flatten, copy back of the reduced slices (all
+    of them: one rank owns the whole bucket) = 4 × (2 × gradient bytes), one op. Boundary
     (copy_grads_in_partition), per parameter tensor of n elements, one kernel per torch op:
     ``double()`` (g + 8)n, ``norm`` 8n, ``_has_inf_or_nan`` (``float()`` (g + 4)n unless fp32,
     isnan 5n, isinf 5n, logical_or 3n, ``float()`` 5n, max 4n), the Python ``if`` on its result
@@ -134,7 +139,7 @@ def test_gpu_passes_of_each_bucket_copy(dtype):
     assert pol.buckets(ctx)[1] == [3] and len(d2h) == len(elems) == 5
     t = d2h[1]
     assert t.stream == "gpu0.d2h" and t.cat is TaskCat.D2H
-    want = [Op(OpKind.ELEMENTWISE, n=3 * 2 * g * elems[1])]
+    want = [Op(OpKind.ELEMENTWISE, n=4 * 2 * g * elems[1])]
     # equal tensors share their ops through count: six of 256 elements (the two LayerNorms' weights
     # and biases, the output and fc2 biases), two of 262144 (fc1 and fc2), one of each other size
     groups = {256: 6, 196608: 1, 768: 1, 65536: 1, 262144: 2, 1024: 1}
@@ -213,7 +218,7 @@ def test_other_knob_settings(gpus):
     # its shard of P
     assert len(pol.buckets(ctx)) == 1
     g16 = shard(2 * e, gpus, 0)
-    passes = Op(OpKind.ELEMENTWISE, n=4 * 2 * e + 2 * g16)
+    passes = Op(OpKind.ELEMENTWISE, n=3 * 2 * 2 * e + 2 * g16)
     assert first.ops == (passes, Op(OpKind.D2H, n=g16))
     assert last.ops[:3] == (Op(OpKind.ELEMENTWISE, n=3 * g16), Op(OpKind.D2H, n=g16), passes)
     boundary = last.ops[3:]

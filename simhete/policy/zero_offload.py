@@ -124,7 +124,6 @@ class ZeroOffload(Policy):
         # what each rank's copy-out task of a bucket runs (DeepSpeed's reduce_ipg_grads, see
         # _bucket_passes / _boundary_ops): built once per build, shared by every iteration
         n = len(gpus)
-        passes = [{g: _bucket_passes(gb, n, g) for g in gpus} for gb in bucket_bytes]
         # each rank's elements of each bucket: DeepSpeed's contiguous partition of the flat group
         # (rank_partition_elems), not an even split of every bucket
         slices = rank_partition_slices(ctx.blocks, buckets, n)
@@ -134,6 +133,7 @@ class ZeroOffload(Policy):
         e32 = {i: (host_fp32_bytes(by_idx[i]) // by_idx[i].params if by_idx[i].params else 0) for bucket in buckets
                for i in bucket}
         own16 = [{g: sum(c * e16[i] for i, c in own[j][g].items()) for g in gpus} for j in range(len(buckets))]
+        passes = [{g: _bucket_passes(gb, own16[j][g]) for g in gpus} for j, gb in enumerate(bucket_bytes)]
         # per parameter tensor of the rank's slice of the bucket (copy_grads_in_partition runs per
         # parameter): the elements of each tensor piece, in the bucket's order
         pieces = [{g: tuple(c for i, (lo, hi) in slices[j][g].items()
@@ -329,19 +329,22 @@ _PASSES: dict[tuple, tuple[Op, ...]] = {}
 _BOUNDARY: dict[tuple, tuple[Op, ...]] = {}
 
 
-def _bucket_passes(gb: int, n: int, g: int) -> tuple[Op, ...]:
-    """Rank g's passes over a bucket of ``gb`` 16-bit gradient bytes (all ranks' parameters)
-    before its partition is handled (stage_1_and_2.py ``average_tensor``, reduce_scatter and
-    use_multi_rank_bucket_allreduce at their defaults, also with one GPU): ``tensor.div_`` by the
-    world size over the bucket (reads and writes it: 2·gb), ``allreduce_bucket``'s ``flatten`` of
-    the bucket's slices into a new tensor (2·gb), and ``allreduce_and_copy_with_multiple_ranks``
-    copying the reduced slices of the rank's own partition back into the bucket (2·gb/N)."""
-    key = (gb, n, g)
+def _bucket_passes(gb: int, own: int) -> tuple[Op, ...]:
+    """A rank's passes over a bucket of ``gb`` 16-bit gradient bytes (all ranks' parameters), of
+    which ``own`` bytes lie in its partition (stage_1_and_2.py, reduce_scatter and
+    use_multi_rank_bucket_allreduce at their defaults, also with one GPU): the backward hook
+    (``reduce_independent_p_g_buckets_and_remove_grads``) copies each gradient into the
+    contiguous bucket buffer (``contiguous_gradients``, forced on with ``cpu_offload``: reads and
+    writes the bucket, 2·gb), ``average_tensor``'s ``tensor.div_`` by the world size (2·gb),
+    ``allreduce_bucket``'s ``flatten`` of the bucket's slices into a new tensor (2·gb), and
+    ``allreduce_and_copy_with_multiple_ranks`` copying back only the slices of the rank's own
+    partition (``buf.copy_(synced)`` where the slice's rank is this one: 2·own)."""
+    key = (gb, own)
     got = _PASSES.get(key)
     if got is None:
         if len(_PASSES) >= 4096:
             _PASSES.clear()
-        got = _PASSES[key] = (Op(OpKind.ELEMENTWISE, n=4 * gb + 2 * shard(gb, n, g)),)
+        got = _PASSES[key] = (Op(OpKind.ELEMENTWISE, n=6 * gb + 2 * own),)
     return got
 
 
