@@ -44,21 +44,31 @@ def bucket_elems(ctx, pol):
 @pytest.mark.parametrize("bucket", [None, 1e5])
 def test_d2h_is_the_rank_fp32_partition(gpus, bucket):
     """async_inplace_copy_grad_to_fp32_buffer_from_gpu: the 16-bit gradient is cast to fp32 on the
-    GPU and the fp32 slice of the rank's partition is copied: per rank and iteration 4 × P / N bytes
-    (the shards of every bucket's fp32 bytes, summing to 4P exactly)."""
+    GPU and the fp32 slice of the rank's partition is copied: per rank and iteration 4 × its
+    contiguous partition of the P elements (get_data_parallel_partitions: P // N, the first P % N
+    ranks one more), summing to 4P exactly."""
     ctx, pol, sched = build(gpus=gpus, bucket=bucket)
     P = sum(b.params for b in ctx.blocks)
     by = {b.index: b for b in ctx.blocks}
     f32 = [sum(host_fp32_bytes(by[i]) for i in bk) for bk in pol.buckets(ctx)]
     assert sum(f32) == 4 * P
     per = []
+    syncs = []
     for g in range(gpus):
-        d2h = sum(op.n for t in it2(sched, lambda t: t.stream.startswith(f"gpu{g}.")) for op in t.ops
-                  if op.kind is OpKind.D2H)
-        assert d2h == sum(shard(f, gpus, g) for f in f32)
-        assert abs(d2h - 4 * P / gpus) <= len(f32)
+        ops = [op for t in it2(sched, lambda t: t.stream.startswith(f"gpu{g}.")) for op in t.ops
+               if op.kind is OpKind.D2H]
+        d2h = sum(op.n * op.count for op in ops if op.pinned)
+        assert d2h == 4 * shard(P, gpus, g)
         per.append(d2h)
+        # and one 4-byte pageable D2H per parameter tensor (piece) of its partition: the Python
+        # ``if`` on _has_inf_or_nan's result
+        syncs.append(sum(op.count for op in ops if not op.pinned and op.n == 4))
+        assert all(op.pinned or op.n == 4 for op in ops)
     assert sum(per) == 4 * P
+    # 12 tensors per block (2 LayerNorms with biases, fused QKV, output, fc1, fc2, each with a
+    # bias), the token and learned-position tables (tied LM head), the final LayerNorm's 2:
+    # 4·12 + 2 + 2 = 52 whole tensors, plus one more piece per partition boundary that cuts a tensor
+    assert 52 <= sum(syncs) <= 52 + gpus - 1
     # N GPUs: one all-reduce of each bucket's 16-bit gradients per rank before the copy
     ar = it2(sched, lambda t: t.stream == "gpu0.comm" and ".D2H.g" in t.name)
     if gpus == 1:
@@ -67,21 +77,90 @@ def test_d2h_is_the_rank_fp32_partition(gpus, bucket):
         assert [t.ops for t in ar] == [(Op(OpKind.ALLREDUCE, (gpus,), n=2 * e),) for e in bucket_elems(ctx, pol)]
 
 
-@pytest.mark.parametrize("dtype,per_elem", [("bf16", (12, 52)), ("fp32", (24, 42))])
-def test_gpu_passes_of_each_bucket_copy(dtype, per_elem):
-    """One GPU, bytes read + written per gradient element. Bucket (average_tensor): div_, flatten,
-    copy back of the reduced slices = 3 × (2 × gradient bytes). Boundary (copy_grads_in_partition):
-    ``double().norm()`` g + 8 + 8, ``_has_inf_or_nan`` (``float()`` g + 4 unless fp32, isnan 5,
-    isinf 5, logical_or 3, ``float()`` 5, max 4), ``.to(float32)`` g + 4 unless fp32:
-    bf16 18 + 28 + 6 = 52, fp32 20 + 22 + 0 = 42. Then the fp32 D2H."""
+def test_buckets_copy_out_by_contiguous_partition():
+    """DeepSpeed flattens the group in forward order (embed, b0..b3, the final norm of ``head``) and
+    rank r owns the r-th contiguous half (round_robin_gradients off): with one block per bucket,
+    filled in backward order, the buckets of b3+head, b2, b1, b0 lie wholly in rank 1's half and
+    only rank 1 copies them; the embedding (13127936 elements, more than half of P = 16287488) is
+    split: rank 0 copies its first P/2 = 8143744, rank 1 the remaining 4984192."""
+    ctx, pol, sched = build(gpus=2, bucket=1e5)
+    par = {b.name: b.params for b in ctx.blocks}
+    P = sum(par.values())
+    assert (P, par["embed"], par["b0"], par["head"]) == (16287488, 13127936, 789760, 512)
+    assert pol.buckets(ctx) == [[5, 4], [3], [2], [1], [0]]
+
+    def copied(g):
+        return [sum(op.n * op.count for op in t.ops if op.kind is OpKind.D2H and op.pinned)
+                for t in it2(sched, lambda t: t.name.startswith("it2.D2H.g.k") and t.name.endswith(f"@g{g}"))]
+
+    blk = par["b0"]
+    assert copied(0) == [0, 0, 0, 0, 4 * 8143744]
+    assert copied(1) == [4 * (blk + 512), 4 * blk, 4 * blk, 4 * blk, 4 * 4984192]
+    # a rank owning nothing of a bucket runs only the bucket's hook copy, div_ and flatten (3 passes
+    # over its 16-bit bytes: no copy back of own slices, no norm, no check); the owner also copies
+    # its reduced slices back (2 × its bytes)
+    k0 = {g: next(t for t in it2(sched, lambda t: t.name == f"it2.D2H.g.k0@g{g}")) for g in (0, 1)}
+    gb = 2 * (blk + 512)
+    assert k0[0].ops == (Op(OpKind.ELEMENTWISE, n=3 * 2 * gb),)
+    assert k0[1].ops[0] == Op(OpKind.ELEMENTWISE, n=3 * 2 * gb + 2 * gb)
+
+
+def test_without_overlap_comm_the_ranks_wait_for_each_others_copies():
+    """overlap_comm false: the copy runs from the backward hook on the compute stream and the next
+    bucket's all-reduce needs every rank, so rank 0 stands still while rank 1 copies a bucket it
+    owns alone: rank 0's all-reduce of bucket k1 starts after rank 1's copy of bucket k0 ended, and
+    the copies of the two ranks never overlap in time (their sum is on the critical path)."""
+    ctx, _, sched = build({"overlap_comm": False}, gpus=2, bucket=1e5)
+    tl = simulate(sched, ctx.cost.durations(sched), ctx.cost.interference())
+    rec = {r.name: r for r in tl.records}
+    assert rec["it2.D2H.g.ar.k1@g0"].start >= rec["it2.D2H.g.k0@g1"].end
+    assert rec["it2.D2H.g.k0@g0"].end < rec["it2.D2H.g.k0@g1"].end
+
+
+# gpt-like-h256-l4's block tensors in module order: ln_1 (w, b), fused QKV (w, b), output (w, b),
+# ln_2 (w, b), fc1 (w, b), fc2 (w, b)
+BLOCK_TENSORS = (256, 256, 256 * 768, 768, 256 * 256, 256, 256, 256, 256 * 1024, 1024, 1024 * 256, 256)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_gpu_passes_of_each_bucket_copy(dtype):
+    """One GPU, bytes read + written per gradient element. Bucket: the hook's copy into the
+    contiguous bucket buffer, average_tensor's div_, flatten, copy back of the reduced slices (all
+    of them: one rank owns the whole bucket) = 4 × (2 × gradient bytes), one op. Boundary
+    (copy_grads_in_partition), per parameter tensor of n elements, one kernel per torch op:
+    ``double()`` (g + 8)n, ``norm`` 8n, ``_has_inf_or_nan`` (``float()`` (g + 4)n unless fp32,
+    isnan 5n, isinf 5n, logical_or 3n, ``float()`` 5n, max 4n), the Python ``if`` on its result
+    (a 4-byte pageable D2H), ``.to(float32)`` (g + 4)n unless fp32, the fp32 D2H 4n."""
     ctx, pol, sched = build(dtype=dtype, bucket=1e5)
+    g = 2 if dtype == "bf16" else 4
+    assert sum(BLOCK_TENSORS) == next(b.params for b in ctx.blocks if b.name == "b2")
     d2h = it2(sched, lambda t: ".D2H.g." in t.name)
     elems = bucket_elems(ctx, pol)
-    assert len(d2h) == len(elems) > 1
-    for t, e in zip(d2h, elems):
-        assert t.stream == "gpu0.d2h" and t.cat is TaskCat.D2H
-        assert t.ops == (Op(OpKind.ELEMENTWISE, n=per_elem[0] * e), Op(OpKind.ELEMENTWISE, n=per_elem[1] * e),
-                         Op(OpKind.D2H, n=4 * e))
+    assert pol.buckets(ctx)[1] == [3] and len(d2h) == len(elems) == 5
+    t = d2h[1]
+    assert t.stream == "gpu0.d2h" and t.cat is TaskCat.D2H
+    want = [Op(OpKind.ELEMENTWISE, n=4 * 2 * g * elems[1])]
+    # equal tensors share their ops through count: six of 256 elements (the two LayerNorms' weights
+    # and biases, the output and fc2 biases), two of 262144 (fc1 and fc2), one of each other size
+    groups = {256: 6, 196608: 1, 768: 1, 65536: 1, 262144: 2, 1024: 1}
+    assert sum(n * k for n, k in groups.items()) == sum(BLOCK_TENSORS)
+    for n, k in groups.items():
+        cast = [Op(OpKind.ELEMENTWISE, n=(g + 4) * n, count=k)] if g != 4 else []
+        want += [Op(OpKind.ELEMENTWISE, n=(g + 8) * n, count=k), Op(OpKind.ELEMENTWISE, n=8 * n, count=k), *cast,
+                 Op(OpKind.ELEMENTWISE, n=5 * n, count=k), Op(OpKind.ELEMENTWISE, n=5 * n, count=k),
+                 Op(OpKind.ELEMENTWISE, n=3 * n, count=k), Op(OpKind.ELEMENTWISE, n=5 * n, count=k),
+                 Op(OpKind.ELEMENTWISE, n=4 * n, count=k), Op(OpKind.D2H, n=4, pinned=False, count=k),
+                 *cast, Op(OpKind.D2H, n=4 * n, count=k)]
+    assert t.ops == tuple(want)
+    # bf16: 52 bytes of passes per element, fp32: 42; 12 syncs, one per tensor
+    assert sum(op.n * op.count for op in t.ops[1:] if op.kind is OpKind.ELEMENTWISE) == \
+        (52 if g == 2 else 42) * elems[1]
+    assert sum(op.count for op in t.ops if op.kind is OpKind.D2H and not op.pinned) == 12
+    # the six 256-element tensors cost their launches, not their bytes: each op max(7 µs, kernel)
+    launch = ctx.cost.profile.gpu.launch_overhead_us.value * 1e-6
+    small = [op for op in t.ops[1:1 + (11 if g == 2 else 9)] if op.kind is OpKind.ELEMENTWISE]
+    assert len(small) == (9 if g == 2 else 7)
+    assert all(ctx.cost.op_seconds(op) == pytest.approx(6 * launch, rel=1e-12) for op in small)
 
 
 def test_cpu_step_is_clip_adam_cast_then_h2d():
@@ -135,8 +214,40 @@ def test_other_knob_settings(gpus):
     e = bucket_elems(ctx, pol)[0]
     first = next(t for t in ga.tasks if t.name.startswith("it2.D2H.g.k0"))
     last = next(t for t in ga.tasks if t.name.startswith("it2.m2.D2H.g.k0"))
+    # one bucket (the default size holds the whole model): rank 0's contiguous partition of it is
+    # its shard of P
+    assert len(pol.buckets(ctx)) == 1
     g16 = shard(2 * e, gpus, 0)
-    passes = Op(OpKind.ELEMENTWISE, n=4 * 2 * e + 2 * g16)
+    passes = Op(OpKind.ELEMENTWISE, n=3 * 2 * 2 * e + 2 * g16)
     assert first.ops == (passes, Op(OpKind.D2H, n=g16))
-    assert last.ops == (Op(OpKind.ELEMENTWISE, n=3 * g16), Op(OpKind.D2H, n=g16), passes,
-                        Op(OpKind.ELEMENTWISE, n=52 * shard(e, gpus, 0)), Op(OpKind.D2H, n=shard(4 * e, gpus, 0)))
+    assert last.ops[:3] == (Op(OpKind.ELEMENTWISE, n=3 * g16), Op(OpKind.D2H, n=g16), passes)
+    boundary = last.ops[3:]
+    assert sum(op.n * op.count for op in boundary if op.kind is OpKind.ELEMENTWISE) == 52 * shard(e, gpus, 0)
+    assert sum(op.n * op.count for op in boundary if op.kind is OpKind.D2H and op.pinned) == shard(4 * e, gpus, 0)
+
+
+def test_parameter_tensors_of_a_block_in_module_order():
+    """What copy_grads_in_partition walks: the parameters of a block, one tensor each. LLaMA-2-7B
+    (LlamaDecoderLayer: input_layernorm, q/k/v/o_proj, post_attention_layernorm, gate/up/down_proj,
+    no biases); Qwen2.5-0.5B read from its config.json (q/k/v with biases, o_proj without, 2 K/V
+    heads of 64); a block the listing cannot lay out counts as one tensor."""
+    from pathlib import Path
+
+    from simhete.policy.zero_offload import param_tensors
+    from simhete.workload.hf import from_hf_config
+    from simhete.workload.ops import build_workload
+    from simhete.workload.presets import get_model
+
+    spec = get_model("llama2-7b")
+    blk = build_workload(spec, 1, 128).blocks[1]
+    h, f = 4096, 11008
+    assert param_tensors(spec, blk) == (h, h * h, h * h, h * h, h * h, h, h * f, h * f, f * h)
+    qwen = from_hf_config(Path(__file__).parent / "data" / "hf" / "qwen2.5-0.5b")
+    qb = build_workload(qwen, 1, 128).blocks[1]
+    h, kv, f = 896, 128, 4864
+    assert param_tensors(qwen, qb) == (h, h * h, h, h * kv, kv, h * kv, kv, h * h, h, h * f, h * f, f * h)
+    assert param_tensors(qwen, build_workload(qwen, 1, 128).blocks[0]) == (151936 * h,)
+
+    class Odd:
+        name, params = "b0", blk.params + 1
+    assert param_tensors(spec, Odd()) == (blk.params + 1,)

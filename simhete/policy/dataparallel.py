@@ -132,7 +132,8 @@ class DataParallel:
                    prev: dict[int, str], prio: int, block: int,
                    frees: dict[int, list[str]] | None = None, sync: bool = False,
                    reduce: OpKind = OpKind.REDUCE_SCATTER,
-                   post: dict[int, tuple[Op, ...]] | None = None) -> dict[int, str]:
+                   post: dict[int, tuple[Op, ...]] | None = None,
+                   parts: dict[int, int] | None = None) -> dict[int, str]:
         """Micro-step m > 1: add this micro-step's gradients (``nbytes`` 16-bit, all ranks) into the
         host accumulation buffer through the GPU, as DeepSpeed ZeRO-2/3 offload do
         (``async_accumulate_grad_in_cpu_via_gpu`` in stage_1_and_2.py, ``partition_grads`` in
@@ -141,7 +142,9 @@ class DataParallel:
         D2H of the sum. The add (reads both, writes one: 3 × the shard's bytes) runs on DeepSpeed's
         reduction stream, so it is priced inside the copy-back task, not on the compute stream.
         Returns the D2H task per GPU, which frees ``frees[g]`` and the staging buffer. ``reduce``
-        and ``post[g]`` (ops after the copy back, in the same task) as in :meth:`from_gpu`."""
+        and ``post[g]`` (ops after the copy back, in the same task) as in :meth:`from_gpu`;
+        ``parts[g]``: rank g's bytes of the accumulated partition when they are not the even shard
+        (DeepSpeed ZeRO-1/2's contiguous partition, zero_offload.rank_partition_elems)."""
         src = {g: list(deps.get(g, [])) for g in self.gpus}
         if self.n > 1:
             tag = ".rs" if reduce is OpKind.REDUCE_SCATTER else ".ar"
@@ -149,14 +152,16 @@ class DataParallel:
             src = {g: [rs[g]] for g in self.gpus}
         out = {}
         for g in self.gpus:
-            part = shard(nbytes, self.n, g)
+            part = shard(nbytes, self.n, g) if parts is None else parts[g]
             stage = self.name(it, what + ".acc", blk, g)
+            # a rank owning nothing of the bucket (``parts``) stages, adds and copies nothing
             h2d = self.b.add(self.name(it, what + ".ga", blk, g), self.stream(g, "h2d", sync), TaskCat.H2D,
-                             shared_ops(OpKind.H2D, part, self.pinned), deps=src[g] + [prev[g]], prio=prio,
+                             shared_ops(OpKind.H2D, part, self.pinned) if part or parts is None else (),
+                             deps=src[g] + [prev[g]], prio=prio,
                              allocs=[Alloc(stage, f"gpu{g}", part, MemClass.BUFFERS)], it=it, block=block)
             out[g] = self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                                (Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned))
-                                + ((post or {}).get(g, ())),
+                                ((Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned))
+                                 if part or parts is None else ()) + ((post or {}).get(g, ())),
                                 deps=[h2d], prio=prio, frees=list((frees or {}).get(g, ())) + [stage], it=it,
                                 block=block)
         return out

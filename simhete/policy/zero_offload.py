@@ -124,16 +124,30 @@ class ZeroOffload(Policy):
         # what each rank's copy-out task of a bucket runs (DeepSpeed's reduce_ipg_grads, see
         # _bucket_passes / _boundary_ops): built once per build, shared by every iteration
         n = len(gpus)
-        passes = [{g: _bucket_passes(gb, n, g) for g in gpus} for gb in bucket_bytes]
-        elems = [sum(by_idx[i].params for i in bucket) for bucket in buckets]
-        f32 = [sum(host_fp32_bytes(by_idx[i]) for i in bucket) for bucket in buckets]
-        boundary = [{g: _boundary_ops(shard(elems[j], n, g), shard(bucket_bytes[j], n, g),
-                                      shard(f32[j], n, g), k.pin_memory) for g in gpus}
+        # each rank's elements of each bucket: DeepSpeed's contiguous partition of the flat group
+        # (rank_partition_elems), not an even split of every bucket
+        slices = rank_partition_slices(ctx.blocks, buckets, n)
+        own = [{g: {i: hi - lo for i, (lo, hi) in sl[g].items()} for g in gpus} for sl in slices]
+        e16 = {i: (by_idx[i].grad_bytes // by_idx[i].params if by_idx[i].params else 0) for bucket in buckets
+               for i in bucket}
+        e32 = {i: (host_fp32_bytes(by_idx[i]) // by_idx[i].params if by_idx[i].params else 0) for bucket in buckets
+               for i in bucket}
+        own16 = [{g: sum(c * e16[i] for i, c in own[j][g].items()) for g in gpus} for j in range(len(buckets))]
+        passes = [{g: _bucket_passes(gb, own16[j][g]) for g in gpus} for j, gb in enumerate(bucket_bytes)]
+        # per parameter tensor of the rank's slice of the bucket (copy_grads_in_partition runs per
+        # parameter): the elements of each tensor piece, in the bucket's order
+        pieces = [{g: tuple(c for i, (lo, hi) in slices[j][g].items()
+                            for c in _pieces(param_tensors(ctx.spec, by_idx[i]), lo, hi)) for g in gpus}
+                  for j in range(len(buckets))]
+        unit = {e16[i] for bucket in buckets for i in bucket if by_idx[i].params}
+        f32_unit = {e32[i] for bucket in buckets for i in bucket if by_idx[i].params}
+        e, e4 = (unit.pop() if len(unit) == 1 else 2), (f32_unit.pop() if len(f32_unit) == 1 else 4)
+        boundary = [{g: _boundary_ops(pieces[j][g], e, e4, k.pin_memory) for g in gpus}
                     for j in range(len(buckets))]
         # the D2H task's ops: gradient accumulation's first micro-step copies the 16-bit partition
         # (copy_gradients_to_cpu); the boundary (ga = 1, or micro-step ga's copy back) adds the
-        # checks and the fp32 copy
-        first_ops = [{g: passes[j][g] + shared_ops(OpKind.D2H, shard(bucket_bytes[j], n, g), k.pin_memory)
+        # checks and the fp32 copy. A rank owning nothing of a bucket copies nothing.
+        first_ops = [{g: passes[j][g] + (shared_ops(OpKind.D2H, own16[j][g], k.pin_memory) if own16[j][g] else ())
                       for g in gpus} for j in range(len(buckets))]
         last_ops = [{g: passes[j][g] + boundary[j][g] for g in gpus} for j in range(len(buckets))]
         total_f32 = sum(host_fp32_bytes(blk) for blk in ctx.blocks if blk.params)
@@ -209,7 +223,7 @@ class ZeroOffload(Policy):
                     else:
                         out = dp.accumulate(it, "D2H.g", bucket_tag[j], bucket_bytes[j], deps, prev_out[j], prio,
                                             bucket[0], frees=frees, sync=sync, reduce=OpKind.ALLREDUCE,
-                                            post=last_ops[j] if last else passes[j])
+                                            post=last_ops[j] if last else passes[j], parts=own16[j])
                     prev_out[j] = out
                     d2h_of += out.values()
                 last_B = {g: t[g].last_B for g in gpus}
@@ -315,45 +329,179 @@ _PASSES: dict[tuple, tuple[Op, ...]] = {}
 _BOUNDARY: dict[tuple, tuple[Op, ...]] = {}
 
 
-def _bucket_passes(gb: int, n: int, g: int) -> tuple[Op, ...]:
-    """Rank g's passes over a bucket of ``gb`` 16-bit gradient bytes (all ranks' parameters)
-    before its partition is handled (stage_1_and_2.py ``average_tensor``, reduce_scatter and
-    use_multi_rank_bucket_allreduce at their defaults, also with one GPU): ``tensor.div_`` by the
-    world size over the bucket (reads and writes it: 2·gb), ``allreduce_bucket``'s ``flatten`` of
-    the bucket's slices into a new tensor (2·gb), and ``allreduce_and_copy_with_multiple_ranks``
-    copying the reduced slices of the rank's own partition back into the bucket (2·gb/N)."""
-    key = (gb, n, g)
+def _bucket_passes(gb: int, own: int) -> tuple[Op, ...]:
+    """A rank's passes over a bucket of ``gb`` 16-bit gradient bytes (all ranks' parameters), of
+    which ``own`` bytes lie in its partition (stage_1_and_2.py, reduce_scatter and
+    use_multi_rank_bucket_allreduce at their defaults, also with one GPU): the backward hook
+    (``reduce_independent_p_g_buckets_and_remove_grads``) copies each gradient into the
+    contiguous bucket buffer (``contiguous_gradients``, forced on with ``cpu_offload``: reads and
+    writes the bucket, 2·gb), ``average_tensor``'s ``tensor.div_`` by the world size (2·gb),
+    ``allreduce_bucket``'s ``flatten`` of the bucket's slices into a new tensor (2·gb), and
+    ``allreduce_and_copy_with_multiple_ranks`` copying back only the slices of the rank's own
+    partition (``buf.copy_(synced)`` where the slice's rank is this one: 2·own)."""
+    key = (gb, own)
     got = _PASSES.get(key)
     if got is None:
         if len(_PASSES) >= 4096:
             _PASSES.clear()
-        got = _PASSES[key] = (Op(OpKind.ELEMENTWISE, n=4 * gb + 2 * shard(gb, n, g)),)
+        got = _PASSES[key] = (Op(OpKind.ELEMENTWISE, n=6 * gb + 2 * own),)
     return got
 
 
-def _boundary_ops(elems: int, g16: int, f32: int, pinned: bool) -> tuple[Op, ...]:
-    """At the gradient-accumulation boundary, per parameter of the rank's partition
-    (stage_1_and_2.py ``copy_grads_in_partition``, cpu_offload branch; ``elems`` elements, ``g16``
-    bytes of its working-precision gradients, ``f32`` bytes as fp32):
+def rank_partition_slices(blocks: tuple, buckets, n: int) -> list[dict[int, dict[int, tuple[int, int]]]]:
+    """Per bucket, per rank: {block index: (lo, hi)}, the block's elements lo..hi-1 (offsets in
+    the block) that lie in the rank's partition.
 
-    - ``set_norm_for_param_grad_in_gpu``: ``grad.double().norm(2)`` — reads the gradient, writes
-      and reads an fp64 copy (g16 + 16·elems);
-    - ``update_offload_overflow_tracker`` → ``_has_inf_or_nan``: ``x.float()`` (g16 + 4·elems
-      unless the gradient is fp32 already), ``isnan`` and ``isinf`` (4 + 1 B each),
-      ``logical_or`` (1 + 1 + 1), ``.float()`` (1 + 4), ``.max()`` (4): 22·elems — run in every
-      precision, not only with fp16 loss scaling;
+    DeepSpeed ZeRO-1/2 flattens each parameter group in the order of its parameters (the model's
+    ``parameters()``: embedding, blocks 0..L-1, final norm; a tied LM head adds nothing) and gives
+    rank r the r-th contiguous 1/N of that flat tensor (stage_1_and_2.py
+    ``get_data_parallel_partitions``: ``total // dp`` elements, the first ``total % dp`` ranks one
+    more; ``round_robin_gradients`` false by default, which the config documents as the option that
+    "parallelizes gradient copying to CPU memory among ranks"). A bucket is filled in backward
+    order, so it holds the gradients of a few consecutive blocks, which mostly belong to one rank:
+    only that rank copies them (``copy_grads_in_partition`` runs for parameters in the current
+    partition only) while the others, without ``overlap_comm``, wait for it at the next bucket's
+    all-reduce. A parameter split by a partition boundary is split in elements, as DeepSpeed's
+    ``grad_position`` does; the alignment padding DeepSpeed appends to the flat tensor (under 2·N
+    elements) is left out."""
+    order = [blk for blk in blocks if blk.params]          # forward order = the flat group's order
+    total = sum(blk.params for blk in order)
+    bounds, start = [], 0
+    for g in range(n):
+        size = shard(total, n, g)
+        bounds.append((start, start + size))
+        start += size
+    where: dict[int, tuple[int, int]] = {}
+    pos = 0
+    for blk in order:
+        where[blk.index] = (pos, pos + blk.params)
+        pos += blk.params
+    out = []
+    for bucket in buckets:
+        per = {}
+        for g, (lo, hi) in enumerate(bounds):
+            got = {}
+            for i in bucket:
+                a, b = where.get(i, (0, 0))
+                if min(b, hi) > max(a, lo):
+                    got[i] = (max(a, lo) - a, min(b, hi) - a)
+            per[g] = got
+        out.append(per)
+    return out
+
+
+# Families whose attention (and, for Phi-3, MLP input) projections are one fused matrix: Megatron /
+# GPT-2 style c_attn / query_key_value (transformers GPT2Attention, GPTNeoXAttention, FalconAttention,
+# BloomAttention; Phi3Attention qkv_proj and Phi3MLP gate_up_proj); the gpt-like and gpt3 presets
+# follow Megatron-LM's fused query_key_value.
+FUSED_QKV = frozenset({"gpt2", "gpt-like", "gpt3", "gpt_neox", "falcon", "bloom", "phi3"})
+_TENSORS: dict[tuple, tuple[int, ...]] = {}
+
+
+def param_tensors(spec, blk) -> tuple[int, ...]:
+    """Element counts of a block's parameter tensors in module order (the order of
+    ``model.parameters()``): embed — token table (+ learned positions, embedding norm, project_in);
+    a transformer block — norm 1 (weight, + bias for LayerNorm), the attention projections (fused
+    QKV or q, k, v) and output projection, each weight then its bias, q/k norms, norm 2, the MLP
+    matrices (gate and up, or fc1; then down) with biases; head — the final norm, project_out, an
+    untied LM head and its bias. When the listing does not add up to the block's parameters (a
+    structure not laid out here) the block counts as one tensor."""
+    key = (spec, blk.name, blk.params)
+    got = _TENSORS.get(key)
+    if got is not None:
+        return got
+    h, q, kv, f, p = spec.hidden, spec.q_dim, spec.kv_dim, spec.ffn_hidden, spec.embed_width
+    flag = spec._flag
+
+    def norm() -> list[int]:
+        if not spec.norm_affine:
+            return []
+        return [h, h] if spec.norm == "layernorm" else [h]
+
+    def lin(n_in: int, n_out: int, bias: bool) -> list[int]:
+        return [n_in * n_out] + ([n_out] if bias else [])
+
+    if blk.name == "embed":
+        t = [spec.vocab * p] + ([(spec.max_seq + spec.pos_offset) * h] if spec.pos == "learned" else []) \
+            + (norm() if spec.embed_norm else []) + ([p * h] if p != h else [])
+    elif blk.name == "head":
+        t = (norm() if spec.final_norm else []) + ([p * h] if p != h else []) \
+            + ([] if spec.tied_embeddings else [spec.vocab * p]) + ([spec.vocab] if spec.lm_head_bias else [])
+    else:
+        qb = flag(spec.qkv_bias)
+        attn = lin(h, q + 2 * kv, qb) if spec.family in FUSED_QKV else lin(h, q, qb) + lin(h, kv, qb) + lin(h, kv, qb)
+        attn += lin(q, h, flag(spec.out_bias)) + ([spec.head_dim] * 2 if spec.qk_norm else [])
+        mb = flag(spec.mlp_bias)
+        mlp = lin(h, spec.n_mlp_in * f, mb) if spec.family == "phi3" else \
+            [x for _ in range(spec.n_mlp_in) for x in lin(h, f, mb)]
+        mlp += lin(f, h, mb)
+        norms = [norm() for _ in range(spec.norms_per_block)]
+        t = (norms[0] if norms else []) + attn + [x for nm in norms[1:] for x in nm] + mlp
+    t = [x for x in t if x]
+    got = tuple(t) if sum(t) == blk.params else (blk.params,)
+    if len(_TENSORS) >= 4096:
+        _TENSORS.clear()
+    _TENSORS[key] = got
+    return got
+
+
+def _pieces(tensors: tuple[int, ...], lo: int, hi: int) -> list[int]:
+    """The element counts of the parts of ``tensors`` (laid out back to back) within [lo, hi)."""
+    out, pos = [], 0
+    for t in tensors:
+        c = min(pos + t, hi) - max(pos, lo)
+        if c > 0:
+            out.append(c)
+        pos += t
+    return out
+
+
+def _boundary_ops(pieces: tuple[int, ...], e: int, e32: int, pinned: bool) -> tuple[Op, ...]:
+    """At the gradient-accumulation boundary, for each parameter tensor (piece) of the rank's
+    partition in the bucket (stage_1_and_2.py ``copy_grads_in_partition``, cpu_offload branch,
+    called per parameter; ``pieces`` their element counts, ``e`` bytes per working-precision
+    gradient element, ``e32`` per fp32 element), one kernel per torch op:
+
+    - ``set_norm_for_param_grad_in_gpu``: ``grad.double()`` (reads e, writes 8 per element) and
+      ``.norm(2)`` (reads 8);
+    - ``update_offload_overflow_tracker`` → ``_has_inf_or_nan``: ``x.float()`` (e + 4, no kernel
+      when the gradient is fp32 already), ``isnan`` and ``isinf`` (4 + 1 each), ``logical_or``
+      (1 + 1 + 1), ``.float()`` (1 + 4), ``.max()`` (4) — run in every precision — and the test of
+      its result in a Python ``if`` (``if grad is not None and self._has_inf_or_nan(grad.data)``):
+      ``Tensor.__bool__`` copies the scalar to the host and waits for the stream, a 4-byte
+      pageable D2H per parameter, so the host issues the next parameter's kernels only after this
+      one's and the previous parameter's copy have run;
     - ``async_inplace_copy_grad_to_fp32_buffer_from_gpu``: ``src_tensor.to(float32)`` on the GPU
-      (g16 + 4·elems, none when fp32), then ``dest_tensor.copy_(src, non_blocking=True)`` into the
-      host's fp32 gradient partition: the D2H moves 4 B/param (``f32``), not the 16-bit bytes.
+      (e + 4, none when fp32), then ``dest_tensor.copy_(src, non_blocking=True)`` into the host's
+      fp32 gradient partition: the D2H moves 4 B/param, not the 16-bit bytes.
+
+    Each ELEMENTWISE op is priced at max(dispatch, kernel), so small tensors (biases, norm weights)
+    cost their launches and large ones their bytes; the sync is priced as the pageable D2H of 4
+    bytes (its latency). Pieces of equal size share their ops through ``Op.count`` (k tensors of n
+    elements: each op once with count k, priced k times), which keeps the ops tuple short: its
+    sum is that of the per-tensor listing.
     """
-    key = (elems, g16, f32, pinned)
+    if not pieces:          # the rank owns nothing of the bucket: no pass, no copy
+        return ()
+    key = (pieces, e, e32, pinned)
     got = _BOUNDARY.get(key)
     if got is None:
         if len(_BOUNDARY) >= 4096:
             _BOUNDARY.clear()
-        upcast = 0 if g16 == f32 else g16 + f32      # .float() / .to(float32) of a 16-bit gradient
-        norm = g16 + 16 * elems
-        overflow = upcast + 22 * elems
-        got = _BOUNDARY[key] = (Op(OpKind.ELEMENTWISE, n=norm + overflow + upcast),
-                                Op(OpKind.D2H, n=f32, pinned=pinned))
+        up = e != e32
+        ops: list[Op] = []
+        sizes: dict[int, int] = {}
+        for n in pieces:
+            sizes[n] = sizes.get(n, 0) + 1
+        for n, k in sizes.items():
+            ops += [Op(OpKind.ELEMENTWISE, n=(e + 8) * n, count=k), Op(OpKind.ELEMENTWISE, n=8 * n, count=k)]
+            if up:
+                ops.append(Op(OpKind.ELEMENTWISE, n=(e + e32) * n, count=k))
+            ops += [Op(OpKind.ELEMENTWISE, n=5 * n, count=k), Op(OpKind.ELEMENTWISE, n=5 * n, count=k),
+                    Op(OpKind.ELEMENTWISE, n=3 * n, count=k), Op(OpKind.ELEMENTWISE, n=5 * n, count=k),
+                    Op(OpKind.ELEMENTWISE, n=4 * n, count=k), Op(OpKind.D2H, n=4, pinned=False, count=k)]
+            if up:
+                ops.append(Op(OpKind.ELEMENTWISE, n=(e + e32) * n, count=k))
+            ops.append(Op(OpKind.D2H, n=e32 * n, pinned=pinned, count=k))
+        got = _BOUNDARY[key] = tuple(ops)
     return got
