@@ -266,6 +266,29 @@ def test_tiny_llama_hf_eager_attention_workspace_by_hand() -> None:
     # 4·2·12 = 96 → 164 per token, 2624. 1280 + 6144 − 2624 = 4800 > 1664.
     w = build_workload(TINY_LLAMA, 1, 16, flash_attention=False, framework="hf-eager")
     assert w.blocks[1].workspace_bytes == 4800
+    # fp16 on CUDA (half_to_float): the softmax backward writes the fp16 score gradient, 2 bytes
+    # instead of 4: 4 + 2 − 2 = 4 per score, 1280 + 4096 − 2624 = 2752. bf16 takes no such path.
+    w16 = build_workload(TINY_LLAMA, 1, 16, "fp16", flash_attention=False, framework="hf-eager", half_to_float=True)
+    assert w16.blocks[1].workspace_bytes == 2752
+    assert build_workload(TINY_LLAMA, 1, 16, "bf16", flash_attention=False, framework="hf-eager",
+                          half_to_float=True).blocks[1].workspace_bytes == 4800
+
+
+def test_half_to_float_softmax_kernels() -> None:
+    """fp16 on CUDA: no upcast kernel before the softmax (it reads 2 and writes 4 bytes per score)
+    and no downcast after its backward (which writes 2): one elementwise kernel fewer each way."""
+    ns = 1 * 4 * 16 * 16
+
+    def soft(h2f):
+        blk = build_workload(TINY_LLAMA, 1, 16, "fp16", flash_attention=False, framework="hf-eager",
+                             half_to_float=h2f).blocks[1]
+        return ([op.n for op in blk.fwd_ops if op.kind is OpKind.SOFTMAX_CE],
+                [op.n for op in blk.bwd_ops if op.kind is OpKind.SOFTMAX_CE],
+                len(blk.fwd_ops), len(blk.bwd_ops))
+
+    assert soft(False) == ([8 * ns], [12 * ns], *soft(False)[2:])
+    f, b, nf, nb = soft(True)
+    assert (f, b) == ([6 * ns], [10 * ns]) and (nf, nb) == (soft(False)[2] - 1, soft(False)[3] - 1)
 
 
 # Peak bytes of one Transformers 4.33.3 LlamaDecoderLayer (eager, bf16, CPU) forward + backward
@@ -400,3 +423,21 @@ def test_head_cross_entropy_fp32_has_no_upcast() -> None:
                                 Op(OpKind.ELEMENTWISE, (), 12 * T, dtype="fp32"),
                                 Op(OpKind.SOFTMAX_CE, (T, V), 12 * T * V, dtype="fp32"))
     assert head.bwd_ops[3].kind is OpKind.GEMM
+
+
+def test_simulation_takes_the_half_to_float_softmax_only_for_fp16_on_cuda() -> None:
+    """resolve() builds the workload with half_to_float on a CUDA profile; a CPU device casts first."""
+    from simhete.scenario import scenario_from_dict
+    from simhete.sim import resolve
+
+    def ws(profile, dtype):
+        s = scenario_from_dict(dict(model="llama2-7b", hardware=dict(profile=profile), framework="hf-eager",
+                                    train=dict(micro_batch=1, seq_len=2048, dtype=dtype), policy="gpu-only"))
+        return resolve(s)[0].blocks[1].workspace_bytes
+
+    spec = get_model("llama2-7b")
+    want = {h2f: build_workload(spec, 1, 2048, "fp16", flash_attention=False, framework="hf-eager",
+                                half_to_float=h2f).blocks[1].workspace_bytes for h2f in (False, True)}
+    assert want[True] < want[False]
+    assert ws("a100-80gb-sxm", "fp16") == want[True]
+    assert ws("cpu-local", "fp16") == want[False]

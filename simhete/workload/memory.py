@@ -87,6 +87,9 @@ class Activations:
     """Queries per padded log-sum-exp row: 32 for PyTorch's memory-efficient SDPA kernel (its
     logsumexp is (B, heads, ceil(M / 32) * 32): torch/_meta_registrations.py,
     ``meta__scaled_dot_product_efficient_attention``)."""
+    half_to_float: bool = False
+    """fp16 on CUDA: ATen's fp32 softmax of a Half input is one fused kernel whose backward writes
+    the fp16 score gradient (aten/src/ATen/native/SoftMax.cpp ``softmax``; see block_workspace)."""
 
     @property
     def t(self) -> int:
@@ -189,8 +192,8 @@ class Activations:
         hf-eager with an fp32 softmax (``softmax(x, dtype=float32).to(dtype)``): PV's backward
         releases the e-byte probabilities, then the cast's backward makes the fp32 gradient of the
         softmax output and the softmax backward the fp32 gradient of the scores (ATen
-        ``softmax``: the input is cast first; only fp16 on CUDA takes the fused ``half_to_float``
-        kernel, whose score gradient is fp16 — not modelled) while its fp32 output is held:
+        ``softmax``: the input is cast first; fp16 on CUDA takes the fused ``half_to_float``
+        kernel, whose score gradient is fp16: e instead of 4) while its fp32 output is held:
         4 + 4 beyond act_bytes, less the e bytes of the released probabilities. Measured on one
         Transformers 4.33.3 LlamaDecoderLayer in bf16 on the CPU (profiler allocator events,
         benchmarks/hf_block_peak.py): act_bytes + block_workspace + the block's output is the
@@ -202,7 +205,7 @@ class Activations:
         mlp = t * e * (2 * h + (3 if sp.mlp == "swiglu" else 2) * f)
         per_score = 2 * e
         if self.framework == "hf-eager" and sp.family not in GPT2_STYLE:
-            per_score = 8 - e if e < 4 else 8
+            per_score = 4 + (e if self.half_to_float else 4) - (e if e < 4 else 0)
         if self.flash:  # dQ, dK, dV at full head count and the dQ accumulator are a·d = q wide
             attn = t * (e * (2 * h + 3 * q) + 4 * q)
         else:
