@@ -182,7 +182,8 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     check_seq_len(spec, tr.seq_len, s.file, "train.seq_len")
     flash, lse_align = attention_kernel(s, prof, spec)
     wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype, flash_attention=flash,
-                        framework=s.data.framework, lse_align=lse_align, precision=tr.precision)
+                        framework=s.data.framework, lse_align=lse_align, precision=tr.precision,
+                        half_to_float=prof.device_type == "cuda")
     policy = cls(cls.knobs(s.data.knobs, s.file))
     n_gpus = prof.gpu.count
     if n_gpus > 1 and not cls.multi_gpu:

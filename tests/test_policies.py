@@ -307,6 +307,29 @@ def test_chunked_static_unsharded_chunks_stay_gathered():
     assert tl.peak_by_class["gpu0"]["weights"] == _initial(sched, "gpu0", MemClass.WEIGHTS) + nchunks * 100_000 * 2
 
 
+def test_chunked_synchronous_reduce_serialises_the_iteration():
+    """async_reduce false (Gemini before ColossalAI PR #5713): each chunk's reduce-scatter is
+    issued from the backward hook and the backward waits for it; gathers are on demand
+    (max_prefetch 0), so on 2 symmetric GPUs nothing overlaps and an iteration lasts exactly the
+    sum of one GPU's task durations. With the asynchronous reduce the reduce-scatters hide behind
+    the backward: the iteration is shorter, by at most their summed durations."""
+    def run(async_reduce):
+        s = scenario("chunked", {"placement_policy": "static", "chunk_size": 100_000,
+                                 "async_reduce": async_reduce}, gpus=2)
+        _, tl = timeline(s)
+        recs = [r for r in tl.records if r.stream.startswith("gpu0.") and r.it == 2]
+        rs = sum(r.end - r.start for r in recs if ".RS.g." in r.name)
+        return tl, recs, rs
+
+    tl, recs, rs = run(False)
+    spans = sorted((r.start, r.end) for r in recs)
+    assert all(b[0] >= a[1] - 1e-15 for a, b in zip(spans, spans[1:]))
+    assert tl.steady_iteration_time() == pytest.approx(sum(r.end - r.start for r in recs), rel=1e-12)
+    assert rs > 0
+    tl_async, _, _ = run(True)
+    assert tl.steady_iteration_time() - rs - 1e-12 <= tl_async.steady_iteration_time() < tl.steady_iteration_time()
+
+
 def test_chunked_static_param_offload_needs_full_sharding_and_optimizer_offload():
     with pytest.raises(ConfigError, match="offload_param_frac"):
         build(scenario("chunked", {"placement_policy": "static", "offload_param_frac": 0.5}))

@@ -111,6 +111,13 @@ class ChunkedKnobs(ActivationKnobs):
     """static: fraction of OS chunks (the last ones) on the CPU."""
     max_prefetch: int = Field(0, ge=0)
     """Chunk groups fetched or gathered ahead of the step that needs them."""
+    async_reduce: bool = True
+    """Gemini's ``enable_async_reduce`` (ColossalAI PR #5713, May 2024; its default since): a
+    chunk's gradient reduce-scatter runs on the communication stream while the backward goes on.
+    False: Gemini before that PR — ``GeminiDDP.grad_handle`` calls ``Chunk.reduce`` (a blocking
+    ``dist.reduce_scatter``, which the compute stream waits for) from the backward hook of the
+    chunk's last gradient, then reads the overflow flag and the norm with ``.item()``; the backward
+    continues only after the reduction."""
 
 
 @register("chunked")
@@ -319,6 +326,11 @@ class Chunked(Policy):
                             if c not in keep:
                                 del gathered[c], gready[c]
                             grad_ready[c] = rs
+                            if not k.async_reduce and u + 1 < len(trace):
+                                # the hook returns after the reduction (the compute stream waits
+                                # for the collective): the next backward waits for it
+                                for g in dp.gpus:
+                                    bdeps[g].setdefault(trace[u + 1][1].index, []).append(rs[g])
                         else:
                             grad_ready[c] = {g: compute(u, g) for g in dp.gpus}
                         if c in gpu_os:
@@ -342,6 +354,12 @@ class Chunked(Policy):
                                      fwd_frees=ffrees[g], bwd_frees=bfrees[g])
                  for g in dp.gpus}
             ends = [t[g].last_B for g in dp.gpus]
+            # synchronous reduce: backward() returns, and the step starts, after the hooks of the last
+            # step's chunks have reduced them
+            tail = [c for c in range(nchunks) if last_use[c] == len(trace) - 1]
+            bwd_end = {g: b.join(tname(it, "BWD.end", "", g, n), f"gpu{g}.compute",
+                                 [t[g].last_B] + [grad_ready[c][g] for c in tail], it * PRIO_IT + PRIO_IT // 2, it)
+                       if not k.async_reduce and n > 1 else [] for g in dp.gpus}
             if any(c not in gpu_os for c in range(nchunks)):   # CPU chunks wait for every gradient
                 cpu_deps = b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(grads_out) + ends,
                                   fwd_prio(it + 1, 0) - 1, it)
@@ -358,7 +376,7 @@ class Chunked(Policy):
                     continue
                 adam = {g: b.add(tname(it, "ADAM.gpu", f"c{c}", g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
                                  (Op(OpKind.ADAM_GPU, n=shard(elems[c], n, g), dtype="fp32"),),
-                                 deps=[t[g].last_B, grad_ready[c][g]], prio=it * PRIO_IT + PRIO_IT // 2 + fb,
+                                 deps=[t[g].last_B, grad_ready[c][g]] + bwd_end[g], prio=it * PRIO_IT + PRIO_IT // 2 + fb,
                                  it=it, block=fb) for g in dp.gpus}
                 step_tasks += adam.values()
                 if c in resident:   # the 16-bit shard is rewritten from the fp32 master in place

@@ -87,6 +87,9 @@ class Activations:
     """Queries per padded log-sum-exp row: 32 for PyTorch's memory-efficient SDPA kernel (its
     logsumexp is (B, heads, ceil(M / 32) * 32): torch/_meta_registrations.py,
     ``meta__scaled_dot_product_efficient_attention``)."""
+    half_to_float: bool = False
+    """fp16 on CUDA: ATen's fp32 softmax of a Half input is one fused kernel whose backward writes
+    the fp16 score gradient (aten/src/ATen/native/SoftMax.cpp ``softmax``; see block_workspace)."""
 
     @property
     def t(self) -> int:
@@ -156,30 +159,58 @@ class Activations:
         """A checkpointed block keeps its input only."""
         return self.e * self.t * self.spec.hidden
 
+    def _mlp_side(self) -> int:
+        """Bytes per token the second half of a sequential pre-norm block saves: the norm before
+        the MLP (input or fp32 upcast, statistics, output), the MLP's tensors and its residual
+        dropout mask. Autograd frees a node's saved tensors once its backward has run
+        (``torch/csrc/autograd/engine.cpp``: ``fn.release_variables()`` after ``call_function``
+        unless the graph is retained), and these nodes all run before the attention's. 0 where
+        attention and MLP share one norm or the block has more norms (parallel or sandwich blocks,
+        whose order is not modelled here)."""
+        sp, e = self.spec, self.e
+        if sp.norms_per_block != 2:
+            return 0
+        drop = sp.hidden if sp.dropout else 0
+        if self.framework == "fused":
+            return 2 * e * sp.hidden + self._norm_stats() + self._mlp_elems() * e * sp.ffn_hidden + drop
+        norm = 4 * sp.hidden + 4 + 2 * e * sp.hidden if sp.norm == "rmsnorm" else 2 * e * sp.hidden + 8
+        return norm + (5 if hf_gelu_new(sp) else self._mlp_elems()) * e * sp.ffn_hidden + drop
+
     def block_workspace(self) -> int:
-        """Peak of gradients in flight during the block's backward, beyond act_bytes.
+        """Peak of transient tensors during the block's backward, beyond act_bytes.
 
         MLP backward: incoming and residual gradient (2·e·h per token) plus the intermediate
         gradients alive at once: 2·e·f (GeLU/ReLU: d(fc2 input), d(fc1 output)), 3·e·f (SwiGLU:
         d(product) or d(silu g), du, dg). Attention backward: 2·e·h plus dQ, dK, dV at full head
         count (3·e·h) plus FlashAttention-2's fp32 dQ accumulator (4·h), or without flash the
-        gradients of the probabilities and scores (2·e per score). The forward's transients are
-        smaller (its outputs are saved and so already in act_bytes), except the pre-softmax
-        scores without flash (e per score), which the backward's 2·e per score exceeds.
+        gradients of the probabilities and scores (2·e per score); by then the MLP half of the
+        block has run its backward and its saved tensors are freed (:meth:`_mlp_side`), so the
+        attention's figure is net of them. The forward's transients are smaller (its outputs are
+        saved and so already in act_bytes), except the pre-softmax scores without flash (e per
+        score), which the backward's 2·e per score exceeds.
+
+        hf-eager with an fp32 softmax (``softmax(x, dtype=float32).to(dtype)``): PV's backward
+        releases the e-byte probabilities, then the cast's backward makes the fp32 gradient of the
+        softmax output and the softmax backward the fp32 gradient of the scores (ATen
+        ``softmax``: the input is cast first; fp16 on CUDA takes the fused ``half_to_float``
+        kernel, whose score gradient is fp16: e instead of 4) while its fp32 output is held:
+        4 + 4 beyond act_bytes, less the e bytes of the released probabilities. Measured on one
+        Transformers 4.33.3 LlamaDecoderLayer in bf16 on the CPU (profiler allocator events,
+        benchmarks/hf_block_peak.py): act_bytes + block_workspace + the block's output is the
+        block's forward + backward peak +4 % to +11 % at b·s = 256 to 1024, h = 256 / 512 (it was
+        +33 % to +47 % with the MLP's tensors and the probabilities counted as live).
         """
         sp, e, t = self.spec, self.e, self.t
         h, f, q = sp.hidden, sp.ffn_hidden, sp.q_dim
         mlp = t * e * (2 * h + (3 if sp.mlp == "swiglu" else 2) * f)
-        # hf-eager with an fp32 softmax: its backward holds the fp32 gradient of the softmax
-        # output and the fp32 gradient of the scores at once (8 bytes per score)
         per_score = 2 * e
         if self.framework == "hf-eager" and sp.family not in GPT2_STYLE:
-            per_score = max(8, 2 * e)
+            per_score = 4 + (e if self.half_to_float else 4) - (e if e < 4 else 0)
         if self.flash:  # dQ, dK, dV at full head count and the dQ accumulator are a·d = q wide
             attn = t * (e * (2 * h + 3 * q) + 4 * q)
         else:
             attn = t * e * (2 * h + 3 * q) + per_score * self.b * sp.n_heads * self.s * self.s
-        return max(mlp, attn)
+        return max(mlp, attn - t * self._mlp_side())
 
     def embed_act(self) -> int:
         """int64 token ids (needed by the embedding backward) and the dropout mask, if any; with a

@@ -115,23 +115,25 @@ class Workload:
 
 def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype: str = "bf16",
                    flash_attention: bool = True, framework: str = "fused",
-                   lse_align: int = 1, precision: str = "mixed") -> Workload:
+                   lse_align: int = 1, precision: str = "mixed", half_to_float: bool = False) -> Workload:
     """The Workload of ``spec`` (a ModelSpec or a preset name); cached, so cheap to call again.
     ``framework``: which kernels run (:data:`memory.FRAMEWORKS`); ``flash_attention=False`` is
     the eager attention under ``hf-eager``, torch SDPA's math path otherwise; ``lse_align`` = 32
-    for PyTorch's memory-efficient SDPA kernel (its padded log-sum-exp).
+    for PyTorch's memory-efficient SDPA kernel (its padded log-sum-exp). ``half_to_float``: fp16
+    on a CUDA device, where ATen's ``softmax(x, dtype=float32)`` runs the fused half-to-float
+    kernel (hf-eager's fp32 softmax; :func:`_eager_attention`).
     ``precision``: ``mixed`` (fp32 master weights and Adam state) or ``pure`` (see :func:`_pure`)."""
     if isinstance(spec, str):
         spec = get_model(spec)
     one_of(precision, PRECISIONS, None, "train.precision", "precisions")
     if precision == "pure":
-        return _pure(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align)
-    return _build(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align)
+        return _pure(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float)
+    return _build(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float)
 
 
 @lru_cache(maxsize=4096)
 def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: str = "fused",
-           lse_align: int = 1) -> Workload:
+           lse_align: int = 1, half_to_float: bool = False) -> Workload:
     for key, v in (("micro_batch", b), ("seq_len", s)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(None, key, v, allowed="a positive integer")
@@ -143,12 +145,13 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: 
         raise ConfigError(None, "seq_len", s, problem=(
             f"seq_len={s} exceeds {spec.name}'s {spec.max_seq} learned positions"))
     e = DTYPE_BYTES[dtype]
-    acts = memory.Activations(spec, b, s, e, flash, framework, lse_align)
+    h2f = half_to_float and dtype == "fp16"
+    acts = memory.Activations(spec, b, s, e, flash, framework, lse_align, h2f)
     blocks = [_embed(spec, b, s, e, dtype, acts)]
     if framework == "fused":
         fwd, bwd = _block_ops(spec, b, s, e, dtype, flash)
     else:
-        fwd, bwd = _hf_block_ops(spec, b, s, e, dtype, flash, framework)  # identical (==) for every transformer block
+        fwd, bwd = _hf_block_ops(spec, b, s, e, dtype, flash, framework, h2f)  # identical (==) for every transformer block
     for i in range(spec.n_layers):
         blocks.append(_blockwork(f"b{i}", i + 1, spec.block_params(), fwd, bwd, e,
                                  acts.block_act(), acts.block_ckpt(), acts.block_workspace()))
@@ -195,7 +198,7 @@ def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tup
 
 @lru_cache(maxsize=1024)
 def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: str = "fused",
-          lse_align: int = 1) -> Workload:
+          lse_align: int = 1, half_to_float: bool = False) -> Workload:
     """The workload of :func:`_build` trained in pure low precision: the optimizer updates the working-dtype weights in
     place, with no fp32 master copy and no fp32 gradients, and keeps Adam m and v in that dtype.
     torch.optim.Adam/AdamW create their state with ``torch.zeros_like(p,
@@ -205,7 +208,7 @@ def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: s
     whose HalfPrecision plugin converts the module to bf16) holds per parameter 2 B weights +
     2 B gradients + 2 B m + 2 B v = 8 B, against 16 B in mixed precision (ZeRO §3.1). In fp32
     nothing changes: mixed fp32 already has no master copy and keeps fp32 state."""
-    wl = _build(spec, b, s, dtype, flash, framework, lse_align)
+    wl = _build(spec, b, s, dtype, flash, framework, lse_align, half_to_float)
     if wl.dtype == "fp32":
         return wl
     e = DTYPE_BYTES[wl.dtype]
@@ -375,7 +378,8 @@ def _hf_rope(t: int, widths: tuple[int, ...], e: int, dtype: str) -> tuple[tuple
     return tuple(fwd), tuple(bwd)
 
 
-def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
+                     half_to_float: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     """Transformers' ``eager_attention_forward``: K and V expanded to all heads (``repeat_kv``:
     read kv, write h per token) under GQA; per head (count b·a) S = Q·Kᵀ (s, s, d); ·scaling
     (e, e per score); + the additive causal mask (read the scores and the b·s² mask, write);
@@ -386,7 +390,11 @@ def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tup
     O transposed and made contiguous (e, e per element of t × h). Backward: dP = dO·Vᵀ,
     dV = Pᵀ·dO, dropout's masked scale, the casts and softmax backward (fp32: 12 bytes per score;
     else 3e), ·scaling, dQ = dS·K, dK = dSᵀ·Q, and under GQA the expanded K/V gradients summed
-    back per group. n_s = b·a·s² scores."""
+    back per group. n_s = b·a·s² scores. ``half_to_float`` (fp16 on CUDA): ATen's ``softmax``
+    with ``dtype=float32`` calls ``_softmax(input, dim, half_to_float=true)`` for a CUDA Half
+    input instead of casting first (aten/src/ATen/native/SoftMax.cpp), and its backward
+    (``_softmax_backward_data`` with the Half input dtype) writes the fp16 score gradient: no
+    upcast kernel, a softmax reading e and writing 4 bytes per score, a backward writing e."""
     a, d, h, kv = spec.n_heads, spec.head_dim, spec.hidden, spec.kv_dim
     t, ns, ba = b * s, b * a * s * s, b * a
     qk = _gemm(s, s, d, dtype, ba)
@@ -400,8 +408,12 @@ def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tup
     if fp32:
         up = () if e == 4 else (_ew((e + 4) * ns, dtype),)
         down = () if e == 4 else (_ew((4 + e) * ns, dtype),)
-        soft_f = (*up, Op(OpKind.SOFTMAX_CE, (ba * s, s), 8 * ns, dtype="fp32"), *down)
-        soft_b = (*up, Op(OpKind.SOFTMAX_CE, (ba * s, s), 12 * ns, dtype="fp32"), *down)
+        if half_to_float:
+            soft_f = (Op(OpKind.SOFTMAX_CE, (ba * s, s), (e + 4) * ns, dtype="fp32"), *down)
+            soft_b = (*up, Op(OpKind.SOFTMAX_CE, (ba * s, s), (8 + e) * ns, dtype="fp32"))
+        else:
+            soft_f = (*up, Op(OpKind.SOFTMAX_CE, (ba * s, s), 8 * ns, dtype="fp32"), *down)
+            soft_b = (*up, Op(OpKind.SOFTMAX_CE, (ba * s, s), 12 * ns, dtype="fp32"), *down)
     else:
         soft_f = (Op(OpKind.SOFTMAX_CE, (ba * s, s), 2 * e * ns, dtype=dtype),)
         soft_b = (Op(OpKind.SOFTMAX_CE, (ba * s, s), 3 * e * ns, dtype=dtype),)
@@ -415,13 +427,13 @@ def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str) -> tup
 
 
 def _hf_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bool,
-                  framework: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+                  framework: str, half_to_float: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     """A block as Transformers runs it (module docstring): :func:`_block_ops`' ops with the
     unfused RMSNorm, gelu_new and rotary chains, residual dropout as its own kernel (nn.Dropout,
     then the add), and under ``hf-eager`` without flash the eager attention."""
     eager = framework == "hf-eager" and not flash
     fwd, bwd = _block_ops(spec, b, s, e, dtype, flash,
-                          _eager_attention(spec, b, s, e, dtype) if eager else None)
+                          _eager_attention(spec, b, s, e, dtype, half_to_float) if eager else None)
     t, h, f, kv = b * s, spec.hidden, spec.ffn_hidden, spec.kv_dim
     out_f: list[Op] = []
     out_b: list[Op] = []
