@@ -72,13 +72,21 @@ def test_zero_infinity_with_infinite_pcie_is_gpu_only(layers, batch, checkpointi
 
 @FAST
 @given(layers=st.integers(2, 5), extra=st.integers(0, 3), checkpointing=ckpt)
-def test_stronghold_window_holding_every_block_is_gpu_only(layers, extra, checkpointing):
+def test_stronghold_window_holding_every_block_moves_nothing(layers, extra, checkpointing):
+    """w ≥ L: nothing moves and the GPU runs exactly gpu-only's compute tasks (same durations), but
+    b1 … b{L−1} each step on the GPU as soon as the backward that follows theirs is done (their own
+    optimizers in the artifact) instead of after the whole backward: the same work on one stream,
+    so the same iteration time."""
     kn = {"checkpointing": checkpointing}
     _, ref = timeline(scenario("gpu-only", kn, layers=layers))
     sched, got = timeline(scenario("stronghold", {**kn, "window_size": layers + extra}, layers=layers))
     assert not any(op.kind in COPY_KINDS for t in sched.tasks for op in t.ops)
-    assert compute_spans(got) == compute_spans(ref)
-    assert got.steady_iteration_time() == ref.steady_iteration_time()
+    durs = lambda tl: sorted(round(e - s, 15) for s, e in compute_spans(tl))
+    assert durs(got) == durs(ref)
+    assert got.steady_iteration_time() == pytest.approx(ref.steady_iteration_time(), rel=1e-12)
+    deps = {t.name: set(t.deps) for t in sched.tasks}
+    for q in range(1, layers):
+        assert deps[f"it2.ADAM.gpu.b{q}"] == {f"it2.B.b{q - 1}"}
 
 
 def test_stronghold_window_moves_exactly_the_blocks_outside_it():
@@ -96,7 +104,7 @@ def test_stronghold_window_moves_exactly_the_blocks_outside_it():
 @pytest.mark.parametrize("w,layers,units", [(2, 6, 4), (3, 5, 5), (1, 4, 2)])
 def test_stronghold_gpu_weights_are_the_cache_units(w, layers, units):
     """The artifact preallocates min(2w, L) cache units on the GPU (SHv0 model/transformer.py): the
-    GPU's weights are those units' 16-bit weights plus the embedding/head, exactly, at every point
+    GPU's weights are those units' weights plus the embedding/head, exactly, at every point
     (the window's own buffers are 0-byte markers of which block holds a unit)."""
     ctx, _ = build(scenario("stronghold", {"window_size": w}, layers=layers))
     sched, tl = timeline(scenario("stronghold", {"window_size": w}, layers=layers))
@@ -107,50 +115,113 @@ def test_stronghold_gpu_weights_are_the_cache_units(w, layers, units):
     assert all(a.bytes == 0 for t in sched.tasks if t.stream == "gpu0.h2d" for a in t.allocs)
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("w,layers,units", [(2, 6, 4), (3, 8, 6), (1, 4, 2)])
+def test_stronghold_cache_units_hold_a_gradient_slot_each(dtype, w, layers, units):
+    """Each of the min(2w, L) cache units is a copy of a block's parameters and of its ``.grad``
+    (GL_ParallelTransformerLayer.__init__ gives every parameter a pinned gradient of its dtype;
+    ParallelTransformer.__init__ copies both into each unit on the GPU), allocated for the whole run.
+    At the GPU peak (the head's backward, before any block's backward allocates a fresh gradient)
+    the gradients on the GPU are exactly those slots plus the head's own gradient."""
+    s = scenario_from_dict(dict(
+        model=f"gpt-like-h256-l{layers}", hardware=dict(profile=PROFILE, gpus=1), iterations=3,
+        train=dict(micro_batch=2, seq_len=128, dtype=dtype), policy="stronghold",
+        knobs={"window_size": w, "checkpointing": "full"}))
+    ctx, sched = build(s)
+    G = max(blk.grad_bytes for blk in ctx.blocks if blk.name.startswith("b"))
+    assert G == {"fp32": 4, "bf16": 2}[dtype] * max(blk.params for blk in ctx.blocks if blk.name.startswith("b"))
+    assert [a.bytes for a in sched.initial if a.buf == "cache_grads.g0"] == [units * G]
+    _, tl = timeline(s)
+    head = next(blk for blk in ctx.blocks if blk.name == "head")
+    assert tl.peak_by_class["gpu0"]["grads"] == units * G + head.grad_bytes
+
+
+def test_stronghold_window_blocks_step_on_the_gpu_right_after_the_next_backward():
+    """b1 … b{w−1} have their own GPU optimizers (gl_get_megatron_optimizer): b{q}'s hook on
+    b{q−1} submits its step and zero_grad(set_to_none), which frees the fresh gradient B of b{q}
+    allocated (G bytes) as soon as b{q−1}'s backward is done; b0, embedding and head share the
+    default optimizer, stepped after the whole backward. w = 3 of 6."""
+    ctx, sched = build(scenario("stronghold", {"window_size": 3}, layers=6))
+    task = {t.name: t for t in sched.tasks}
+    G = max(blk.grad_bytes for blk in ctx.blocks if blk.name.startswith("b"))
+    for it in (1, 2, 3):
+        for q in (1, 2):
+            adam = task[f"it{it}.ADAM.gpu.b{q}"]
+            assert set(adam.deps) == {f"it{it}.B.b{q - 1}"}
+            (grad,) = [a for a in task[f"it{it}.B.b{q}"].allocs if a.cls is MemClass.GRADS]
+            assert adam.frees == (grad.buf,) and grad.bytes == G
+        for blk in ("b0", "embed", "head"):
+            assert set(task[f"it{it}.ADAM.gpu.{blk}"].deps) == {f"it{it}.B.embed"}
+    assert not any(f"ADAM.gpu.b{p}" in n for n in task for p in (3, 4, 5))
+
+
+def after(p: int, w: int) -> str:
+    """The block whose backward follows b{p−w}'s (the embedding after b0)."""
+    return f"b{p - w - 1}" if p - w > 0 else "embed"
+
+
 @pytest.mark.parametrize("checkpointing,first", [("none", "B"), ("full", "R")])
-def test_stronghold_backward_of_block_p_minus_w_waits_for_block_ps_cpu_update(checkpointing, first):
-    """StrongHold's artifact (SHv0/megatron/training.py): after block p's backward one thread-pool
-    task copies its weights and gradients home and runs its CPU Adam; block p−w's backward hook
-    waits for that future. So (w = 2 of 5) the first task of b{p−2}'s backward depends on
-    ADAM.cpu of b{p}, which waits for both copies, and the next forward of b{p} waits for it too."""
+def test_stronghold_backward_after_block_p_minus_w_waits_for_block_ps_cpu_update(checkpointing, first):
+    """StrongHold's artifact (SHv0/megatron/training.py): the full-backward hook registered on
+    b{p−1} is b{p}'s post hook; it submits one thread-pool task that copies b{p}'s weights and
+    gradients home and runs its CPU Adam, and attaches that future to b{p−w}, whose
+    _backward_pre_hook (a full backward hook too: it runs once b{p−w}'s backward is done) waits
+    for it. So (w = 2 of 5) both copies of b{p} wait for B of b{p−1}, ADAM.cpu of b{p} for both
+    copies, the first task of the backward after b{p−2}'s waits for ADAM.cpu of b{p}, and the next
+    forward's fetch of b{p} waits for it too."""
     ctx, sched = build(scenario("stronghold", {"window_size": 2, "checkpointing": checkpointing}, layers=5))
     deps = {t.name: set(t.deps) for t in sched.tasks}
     for it in (1, 2, 3):
         for p in (2, 3, 4):
-            assert f"it{it}.ADAM.cpu.b{p}" in deps[f"it{it}.{first}.b{p - 2}"]
+            nxt = after(p, 2)   # (the embedding is never recomputed)
+            assert f"it{it}.ADAM.cpu.b{p}" in deps[f"it{it}.{'B' if nxt == 'embed' else first}.{nxt}"]
             assert deps[f"it{it}.ADAM.cpu.b{p}"] == {f"it{it}.D2H.g.b{p}", f"it{it}.D2H.w2.b{p}"}
-            assert deps[f"it{it}.D2H.w2.b{p}"] == {f"it{it}.B.b{p}"}
-        assert not any("ADAM.cpu" in d for d in deps[f"it{it}.{first}.b4"] | deps[f"it{it}.{first}.b3"])
+            assert deps[f"it{it}.D2H.w2.b{p}"] == deps[f"it{it}.D2H.g.b{p}"] == {f"it{it}.B.b{p - 1}"}
+        for blk in ("b4", "b3", "b2"):
+            assert not any("ADAM.cpu" in d for d in deps[f"it{it}.{first}.{blk}"])
         if it > 1:
             assert f"it{it - 1}.ADAM.cpu.b4" in deps[f"it{it}.H2D.wf.b4"]
 
 
+def test_stronghold_forward_fetch_starts_with_the_forward_w_blocks_earlier():
+    """_forward_pre_hook of b{p−w} waits for its futures (the copy home of b{p−2w}) and submits
+    b{p}'s cuda(): with w = 2 of 6 the fetch of b{p} waits for the forward before b{p−2}'s (the
+    embedding's for b2) and, from b4 on, for the copy home of b{p−4}."""
+    ctx, sched = build(scenario("stronghold", {"window_size": 2}, layers=6))
+    deps = {t.name: set(t.deps) for t in sched.tasks}
+    assert deps["it1.H2D.wf.b2"] == {"it1.F.embed"}
+    assert deps["it1.H2D.wf.b3"] == {"it1.F.b0"}
+    assert deps["it1.H2D.wf.b4"] == {"it1.F.b1", "it1.D2H.w.b0"}
+    assert deps["it2.H2D.wf.b5"] == {"it2.F.b2", "it2.D2H.w.b1", "it1.ADAM.cpu.b5"}
+
+
 def test_stronghold_cpu_updates_end_inside_their_own_backward():
     """Simulated, the event order the dependencies imply: every iteration's CPU Adam ends before
-    that iteration's backward does (no CPU update runs into the next forward), and each B of
-    b{p−w} starts only after ADAM.cpu of b{p} has ended."""
+    that iteration's backward does (no CPU update runs into the next forward), and the backward
+    after b{p−w}'s starts only after ADAM.cpu of b{p} has ended."""
     sched, tl = timeline(scenario("stronghold", {"window_size": 2}, layers=6))
     at = {r.name: r for r in tl.records}
     for it in (1, 2, 3):
         adam_end = max(r.end for r in tl.records if r.it == it and r.stream == "cpu.optim")
-        assert adam_end <= at[f"it{it}.B.embed"].end
+        assert adam_end <= at[f"it{it}.B.embed"].start
         if it < 3:
             assert adam_end <= at[f"it{it + 1}.F.embed"].start
         for p in range(2, 6):
-            assert at[f"it{it}.ADAM.cpu.b{p}"].end <= at[f"it{it}.B.b{p - 2}"].start
+            assert at[f"it{it}.ADAM.cpu.b{p}"].end <= at[f"it{it}.B.{after(p, 2)}"].start
 
 
 def test_stronghold_accumulating_backward_waits_for_copies_then_for_the_update():
-    """grad_accum 2: micro-step 1's B of b{p−w} waits for b{p}'s gradient and weight copies of that
-    micro-step (no update yet); micro-step 2's waits for b{p}'s CPU Adam."""
+    """grad_accum 2: in micro-step 1 the backward after b{p−w}'s waits for b{p}'s gradient and
+    weight copies of that micro-step (no update yet); in micro-step 2 for b{p}'s CPU Adam."""
     ctx, sched = build(scenario_from_dict(dict(
         model="gpt-like-h256-l4", hardware=dict(profile=PROFILE, gpus=1), iterations=3, policy="stronghold",
         train=dict(micro_batch=2, seq_len=128, grad_accum=2), knobs={"window_size": 2})))
     deps = {t.name: set(t.deps) for t in sched.tasks}
     for p in (2, 3):
-        assert {f"it1.D2H.g.b{p}", f"it1.D2H.w2.b{p}"} <= deps[f"it1.B.b{p - 2}"]
-        assert not any("ADAM" in d for d in deps[f"it1.B.b{p - 2}"])
-        assert f"it1.ADAM.cpu.b{p}" in deps[f"it1.m2.B.b{p - 2}"]
+        nxt = after(p, 2)
+        assert {f"it1.D2H.g.b{p}", f"it1.D2H.w2.b{p}"} <= deps[f"it1.B.{nxt}"]
+        assert not any("ADAM" in d for d in deps[f"it1.B.{nxt}"])
+        assert f"it1.ADAM.cpu.b{p}" in deps[f"it1.m2.B.{nxt}"]
         assert f"it1.m2.D2H.w2.b{p}" in deps[f"it1.ADAM.cpu.b{p}"]
 
 

@@ -69,12 +69,20 @@ def test_chunked_offloaded_optimizer_keeps_no_fp32_gradients():
         assert host_bytes(sched, MemClass.WEIGHTS) == e * P
 
 
-def test_fp32_stronghold_host_states_of_cpu_updated_blocks():
-    ctx, sched = build(scenario("stronghold", {"window_size": 1}, dtype="fp32"))
-    on_cpu = [b for b in ctx.blocks if b.name.startswith("b")][1:]
-    P = sum(b.params for b in on_cpu)
-    assert host_bytes(sched, MemClass.MASTER) == host_bytes(sched, MemClass.GRADS32) == 4 * P
-    assert host_bytes(sched, MemClass.OPTIM) == 8 * P
+@pytest.mark.parametrize("dtype,e", [("fp32", 4), ("bf16", 2)])
+def test_stronghold_host_states(dtype, e):
+    """StrongHold's artifact keeps a pinned host copy of every transformer block's parameters and
+    gradients, in the parameters' dtype (GL_ParallelTransformerLayer.__init__:
+    ``_gl_cpu_version_items``), and Adam m, v of the CPU-updated blocks (GL_DeepSpeedCPUAdam). In
+    fp32 the CPU Adam updates that pinned copy with that pinned gradient: no master, no fp32
+    gradient; with 16-bit weights GL_CPU_Float16OptimizerWithFloat16Params adds an fp32 master
+    clone and fp32 main gradients. w = 1 of 4: b1 … b3 are updated by the CPU."""
+    ctx, sched = build(scenario("stronghold", {"window_size": 1}, dtype=dtype))
+    trans = [b for b in ctx.blocks if b.name.startswith("b")]
+    P, Pc = sum(b.params for b in trans), sum(b.params for b in trans[1:])
+    assert host_bytes(sched, MemClass.WEIGHTS) == host_bytes(sched, MemClass.GRADS) == e * P
+    assert host_bytes(sched, MemClass.OPTIM) == 8 * Pc
+    assert host_bytes(sched, MemClass.MASTER) == host_bytes(sched, MemClass.GRADS32) == (0 if e == 4 else 4 * Pc)
 
 
 def test_fp32_gpu_optimizer_has_no_separate_master():
