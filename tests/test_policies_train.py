@@ -126,18 +126,30 @@ def per_iter(sched, it, pred):
     return [t for t in sched.tasks if t.it == it and pred(t)]
 
 
+def is_sync(op) -> bool:
+    """DeepSpeed's per-parameter host sync (``_has_inf_or_nan`` tested in a Python ``if``): a
+    4-byte pageable D2H of one scalar, not a model-state copy."""
+    return op.kind is OpKind.D2H and op.n == 4 and not op.pinned
+
+
 def pcie(sched, it, gpu=None):
-    """(H2D, D2H) bytes of iteration ``it`` (on GPU ``gpu`` only, if given)."""
+    """(H2D, D2H) model-state bytes of iteration ``it`` (on GPU ``gpu`` only, if given): every copy
+    but the 4-byte host syncs (counted by :func:`syncs`)."""
     nb = copy_bytes(sched)
     out = {OpKind.H2D: 0, OpKind.D2H: 0}
     for t in sched.tasks:
         if t.it != it or (gpu is not None and not t.stream.startswith(f"gpu{gpu}.")):
             continue
         for op in t.ops:
-            if op.kind in out:
+            if op.kind in out and not is_sync(op):
                 out[op.kind] += op.n * op.count
-        assert sum(op.n for op in t.ops if op.kind in out) == nb.get(t.name, 0)
+        assert sum(op.n * op.count for op in t.ops if op.kind in out) == nb.get(t.name, 0)
     return out[OpKind.H2D], out[OpKind.D2H]
+
+
+def syncs(sched, it, gpu=None) -> int:
+    return sum(op.count for t in sched.tasks if t.it == it and (gpu is None or t.stream.startswith(f"gpu{gpu}."))
+               for op in t.ops if is_sync(op))
 
 
 @FAST
@@ -183,6 +195,9 @@ def test_zero_offload_accumulation_pcie_bytes(k):
     F = sum(host_fp32_bytes(b) for b in ctx.blocks if b.params)
     assert F == 2 * W
     assert pcie(sched, 2) == ((k - 1) * W + W, (k * W if k > 1 else 0) + F)
+    # one host sync per parameter tensor at the boundary (copy_grads_in_partition, per parameter)
+    from simhete.policy.zero_offload import param_tensors
+    assert syncs(sched, 2) == sum(len(param_tensors(ctx.spec, b)) for b in ctx.blocks if b.params)
     cpu = per_iter(sched, 2, lambda t: t.cat is TaskCat.OPTIM_CPU)
     assert len(cpu) == sum(1 for b in ctx.blocks if b.params) + 2
     host_acc = sum(a.bytes for a in sched.initial if a.pool == "cpu" and a.cls is MemClass.GRADS)
@@ -260,7 +275,8 @@ PINNED = {"zero-offload": {}, "zero-infinity": {}, "stronghold": {"window_size":
 
 def grad_bytes(sched, it, tag, kind):
     """Bytes of ``kind`` copies in iteration ``it``'s tasks named ….{tag}.…"""
-    return sum(op.n for t in sched.tasks if t.it == it and f".{tag}." in t.name for op in t.ops if op.kind is kind)
+    return sum(op.n * op.count for t in sched.tasks if t.it == it and f".{tag}." in t.name for op in t.ops
+               if op.kind is kind and not is_sync(op))
 
 
 @pytest.mark.parametrize("policy", sorted(PINNED))

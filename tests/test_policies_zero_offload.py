@@ -70,7 +70,7 @@ def test_d2h_is_the_rank_fp32_partition(gpus, bucket):
     # 4·12 + 2 + 2 = 52 whole tensors, plus one more piece per partition boundary that cuts a tensor
     assert 52 <= sum(syncs) <= 52 + gpus - 1
     # N GPUs: one all-reduce of each bucket's 16-bit gradients per rank before the copy
-    ar = it2(sched, lambda t: t.stream == "gpu0.comm" and ".D2H.g" in t.name)
+    ar = it2(sched, lambda t: t.stream == "gpu0.comm" and t.cat is TaskCat.COMM and ".D2H.g" in t.name)
     if gpus == 1:
         assert ar == []
     else:
@@ -251,3 +251,18 @@ def test_parameter_tensors_of_a_block_in_module_order():
     class Odd:
         name, params = "b0", blk.params + 1
     assert param_tensors(spec, Odd()) == (blk.params + 1,)
+
+
+@pytest.mark.parametrize("gpus", [2, 4])
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_a_rank_owning_none_of_a_bucket_puts_nothing_on_its_copy_streams(gpus, grad_accum):
+    """With one small bucket per block, some ranks own none of a bucket: their copy-out task runs
+    only the bucket passes (or nothing) and sits on the reduction stream, so every task on a
+    copy stream moves bytes (the PCIe report refuses a copy task moving nothing)."""
+    ctx, pol, sched = build(gpus=gpus, bucket=1e5, grad_accum=grad_accum)
+    on_copy = [t for t in sched.tasks if t.stream.rpartition(".")[2] in ("h2d", "d2h")]
+    assert on_copy and all(any(op.kind in (OpKind.H2D, OpKind.D2H) for op in t.ops) for t in on_copy)
+    idle = [t for t in sched.tasks if t.cat in (TaskCat.D2H, TaskCat.H2D)
+            and not any(op.kind in (OpKind.H2D, OpKind.D2H) for op in t.ops)]
+    assert idle and all(t.stream.endswith(".comm") for t in idle)
+    simulate(sched, [0.001] * len(sched.tasks))

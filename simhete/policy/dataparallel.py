@@ -101,6 +101,14 @@ class DataParallel:
         synchronously inside the backward (``sync``: DeepSpeed without ``overlap_comm``)."""
         return f"gpu{g}.compute" if sync else copy_stream(g, direction, self.pinned)
 
+    def copy_or_comm(self, g: int, direction: str, sync: bool, ops: tuple[Op, ...] | None) -> str:
+        """:meth:`stream` for a task that copies; a task whose ``ops`` copy nothing (a rank owning
+        none of a ZeRO-Offload bucket runs only the bucket passes, or nothing) runs on the
+        collectives' stream, DeepSpeed's reduction stream: no task on a copy stream moves nothing."""
+        if ops is not None and not any(op.kind is OpKind.D2H or op.kind is OpKind.H2D for op in ops):
+            return self.comm(g, sync)
+        return self.stream(g, direction, sync)
+
     def from_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
                  prio: int, block: int, frees: dict[int, list[str]] | None = None,
                  sync: bool = False, reduce: OpKind = OpKind.REDUCE_SCATTER,
@@ -123,7 +131,8 @@ class DataParallel:
             src = {g: [self.b.add(self.name(it, what + tag, blk, g), self.comm(g, sync), TaskCat.COMM,
                                   (Op(reduce, (self.n,), n=nbytes),), deps=every,
                                   prio=prio, it=it, block=block)] for g in self.gpus}
-        return {g: self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
+        return {g: self.b.add(self.name(it, what, blk, g),
+                              self.copy_or_comm(g, "d2h", sync, ops[g] if ops else None), TaskCat.D2H,
                               ops[g] if ops else shared_ops(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),
                               deps=src.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
@@ -155,14 +164,14 @@ class DataParallel:
             part = shard(nbytes, self.n, g) if parts is None else parts[g]
             stage = self.name(it, what + ".acc", blk, g)
             # a rank owning nothing of the bucket (``parts``) stages, adds and copies nothing
-            h2d = self.b.add(self.name(it, what + ".ga", blk, g), self.stream(g, "h2d", sync), TaskCat.H2D,
-                             shared_ops(OpKind.H2D, part, self.pinned) if part or parts is None else (),
-                             deps=src[g] + [prev[g]], prio=prio,
+            up = shared_ops(OpKind.H2D, part, self.pinned) if part or parts is None else ()
+            h2d = self.b.add(self.name(it, what + ".ga", blk, g), self.copy_or_comm(g, "h2d", sync, up),
+                             TaskCat.H2D, up, deps=src[g] + [prev[g]], prio=prio,
                              allocs=[Alloc(stage, f"gpu{g}", part, MemClass.BUFFERS)], it=it, block=block)
-            out[g] = self.b.add(self.name(it, what, blk, g), self.stream(g, "d2h", sync), TaskCat.D2H,
-                                ((Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned))
-                                 if part or parts is None else ()) + ((post or {}).get(g, ())),
-                                deps=[h2d], prio=prio, frees=list((frees or {}).get(g, ())) + [stage], it=it,
+            down = ((Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned))
+                    if part or parts is None else ()) + ((post or {}).get(g, ()))
+            out[g] = self.b.add(self.name(it, what, blk, g), self.copy_or_comm(g, "d2h", sync, down), TaskCat.D2H,
+                                down, deps=[h2d], prio=prio, frees=list((frees or {}).get(g, ())) + [stage], it=it,
                                 block=block)
         return out
 
