@@ -149,3 +149,25 @@ def test_sequence_longer_than_learned_positions_names_file_and_key(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err == ("simhete: error: --seq: bad value 4096; allowed: at most 2048: gpt3-125m has 2048 "
                    "learned positions")
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["simulate", "s.yaml", "--engine", "bogus"],
+     "simhete: error: simulate: argument --engine: invalid choice: 'bogus' (choose from 'fast', 'simpy'); "
+     "see simhete simulate --help"),
+    (["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq"],
+     "simhete: error: plan: argument --seq: expected one argument; see simhete plan --help"),
+    (["sweep", "sw.yaml", "--top", "x" * 300],
+     "simhete: error: sweep: argument --top: invalid int value: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... "
+     "(302 characters); see simhete sweep --help"),
+    (["bogus"], "simhete: error: argument COMMAND: invalid choice: 'bogus' (choose from 'demo', 'simulate', "
+                "'compare', 'calibrate', 'validate', 'sweep', 'plan'); see simhete --help"),
+    ([], "simhete: error: the following arguments are required: COMMAND; see simhete --help"),
+])
+def test_a_usage_error_is_one_line_too(capsys, argv, line):
+    """argparse's own errors (a bad choice, a missing value, an unknown flag) come as one line like
+    every other error, naming the command and where its help is, exit 2."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == line + "\n"
