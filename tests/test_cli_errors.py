@@ -171,3 +171,41 @@ def test_a_usage_error_is_one_line_too(capsys, argv, line):
         main(argv)
     assert e.value.code == 2
     assert capsys.readouterr().err == line + "\n"
+
+
+LONG = "n" * 300          # longer than a file name may be (255 bytes on Linux file systems)
+
+
+@pytest.mark.parametrize("argv,line", [
+    ([LONG], f"{LONG}: cannot read the scenario file: File name too long"),
+    (["@S@", "--deepspeed", LONG], f"{LONG}: cannot read the DeepSpeed config: File name too long"),
+    (["@S@", "--trace", LONG], f"--trace {LONG}: File name too long"),
+    (["@S@", "--plot", f"{LONG}/p.png"], f"--plot {LONG}/p.png: File name too long"),
+    (["@S@", "--set", "model={hf_config: " + LONG + ".json}"], None),
+])
+def test_a_file_name_too_long_is_one_line(tmp_path, capsys, argv, line):
+    """ENAMETOOLONG is not "not found" to pathlib (it raises): every path the CLI checks says it."""
+    scen = tmp_path / "s.yaml"
+    scen.write_text(GOOD)
+    code, err = run_cli(capsys, "simulate", *[a.replace("@S@", str(scen)) for a in argv])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    if line is not None:
+        assert err == f"simhete: error: {line}\n"
+    else:
+        assert "File name too long" in err
+
+
+def test_calibrate_and_sweep_paths_too_long_are_one_line(tmp_path, capsys):
+    raw = Path(__file__).resolve().parents[1] / "hwprofiles" / "measured" / "cpu-local.raw"
+    assert run_cli(capsys, "calibrate", "--refit", LONG, "--out", str(tmp_path / "p.yaml")) == (
+        2, f"simhete: error: --refit {LONG}: File name too long\n")
+    out = tmp_path / f"{LONG}.yaml"
+    assert run_cli(capsys, "calibrate", "--refit", str(raw), "--out", str(out)) == (
+        2, f"simhete: error: --out {out}: File name too long\n")
+    assert list(tmp_path.iterdir()) == []
+    base = tmp_path / "base.yaml"
+    base.write_text(GOOD)
+    sw = tmp_path / "sw.yaml"
+    sw.write_text("name: s\nbase: base.yaml\naxes: {train.micro_batch: [1]}\n")
+    assert run_cli(capsys, "sweep", str(sw), "--out", str(tmp_path / LONG), "--quiet") == (
+        2, f"simhete: error: --out {tmp_path / LONG}: File name too long\n")

@@ -127,7 +127,14 @@ def _check_targets(paths: list[Path], force: bool) -> None:
 
     for p in paths:
         check_not_input(p, "--out")
-        if p.exists() and not force:
+        try:
+            p.stat()
+            exists = True
+        except FileNotFoundError:      # (a link to nothing is written through, as a new file)
+            exists = False
+        except OSError as e:           # a name too long for the file system, a loop of links
+            raise SimheteError(f"--out {p}: {e.strerror}") from None
+        if exists and not force:
             raise SimheteError(f"{p} exists; pass --force to replace it (nothing was changed)")
     parent = paths[0].parent
     if not parent.is_dir():
@@ -325,7 +332,11 @@ def _print_summary(result: Any, report: Path) -> None:
 def _refit(raw_dir: Path, out: Path, force: bool, shapes_from: list[str]) -> int:
     """Refit raw CSVs; with ``shapes_from`` (the scenarios whose blocks the raw data measured)
     the report also compares each measured block with its op-level price (no torch needed)."""
-    if not raw_dir.is_dir():
+    try:
+        found = raw_dir.is_dir()
+    except OSError as e:               # a name too long for the file system, a loop of links
+        raise SimheteError(f"--refit {raw_dir}: {e.strerror}") from None
+    if not found:
         raise SimheteError(f"--refit {raw_dir}: raw data directory not found")
     report = out.with_suffix(".fit.md")      # beside --out, as a full calibration writes it
     _check_targets([out, report], force)
