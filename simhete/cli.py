@@ -18,6 +18,14 @@ from simhete.errors import SimheteError
 COMMANDS = ["demo", "simulate", "compare", "calibrate", "validate", "sweep", "plan"]
 
 
+def _shorten(msg: str, limit: int = 1000) -> str:
+    """A message over ``limit`` characters with each word of 100 characters or more shown by its
+    start and length (a long bad value quoted whole would bury the message)."""
+    if len(msg) <= limit:
+        return msg
+    return re.sub(r"\S{100,}", lambda m: f"{m.group(0)[:40]}... ({len(m.group(0))} characters)", msg)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line like every other error (``simhete: error:
     simulate: argument --engine: invalid choice: ...; see simhete simulate --help``), exit 2,
@@ -25,8 +33,7 @@ class _Parser(argparse.ArgumentParser):
     pasted by mistake) is shortened to its start and length."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        msg = re.sub(r"\S{100,}", lambda m: f"{m.group(0)[:40]}... ({len(m.group(0))} characters)",
-                     " ".join(message.split()))
+        msg = _shorten(" ".join(message.split()), 0)
         command = self.prog.removeprefix("simhete").strip()
         self.exit(2, f"simhete: error: {command + ': ' if command else ''}{msg}; see {self.prog} --help\n")
 
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except SimheteError as e:
-        print(f"simhete: error: {e}", file=sys.stderr)
+        print(f"simhete: error: {_shorten(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("simhete: interrupted", file=sys.stderr)

@@ -116,6 +116,8 @@ def read_input(path: str | Path, what: str = "file") -> str:
         raise ConfigError(file, None, problem=f"{what} not found") from None
     except OSError as e:             # a name too long for the file system, a loop of links, ...
         raise ConfigError(file, None, problem=f"cannot read the {what}: {e.strerror}") from None
+    except ValueError:               # a NUL byte, which no file name holds ("\0" in YAML)
+        raise ConfigError(repr(file), None, problem=f"no {what} has a NUL byte in its name") from None
     if is_dir:
         raise ConfigError(file, None, problem=f"{what} is a directory, not a file")
     try:

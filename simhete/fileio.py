@@ -46,7 +46,7 @@ def input_named(path: str | Path) -> str | None:
     """The input ``path`` is (as it was read), if this run read it."""
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):     # ValueError: a NUL byte in the name
         return None
     return _INPUTS.get((st.st_dev, st.st_ino))
 

@@ -209,3 +209,27 @@ def test_calibrate_and_sweep_paths_too_long_are_one_line(tmp_path, capsys):
     sw.write_text("name: s\nbase: base.yaml\naxes: {train.micro_batch: [1]}\n")
     assert run_cli(capsys, "sweep", str(sw), "--out", str(tmp_path / LONG), "--quiet") == (
         2, f"simhete: error: --out {tmp_path / LONG}: File name too long\n")
+
+
+@pytest.mark.parametrize("yaml_text,line", [
+    ('model: {hf_config: "a\\0b.json"}', "'a\\x00b.json': no Hugging Face config.json has a NUL byte in its name"),
+    ('hardware: {profile: "a\\0b.yaml"}', "'a\\x00b.yaml': no hardware profile has a NUL byte in its name"),
+])
+def test_a_nul_byte_in_a_path_from_yaml_is_one_line(tmp_path, capsys, yaml_text, line):
+    """YAML's "\\0" escape puts a NUL byte in a file name, which the OS refuses with ValueError."""
+    code, err = run_cli(capsys, "simulate", str(write(tmp_path, GOOD)), "--set", yaml_text.replace(": ", "=", 1))
+    assert code == 2 and err.startswith("simhete: error: '") and err.endswith(line.removeprefix("'") + "\n"), err
+    assert err.count("\n") == 1
+
+
+def test_a_long_value_inside_an_error_is_shortened(tmp_path, capsys):
+    """An error quoting a bad value of thousands of characters shows its start and length."""
+    import yaml
+    prof = tmp_path / "hw.yaml"
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "hwprofiles" / "h100-pcie.yaml").read_text())
+    data["interference"][0]["victim"] = "v" * 3000
+    prof.write_text(yaml.safe_dump(data))
+    scen = write(tmp_path, GOOD.replace("profile: rtx4090-desktop", f"profile: {prof}"))
+    code, err = run_cli(capsys, "simulate", str(scen))
+    assert code == 2 and err.count("\n") == 1 and len(err) < 1000, err
+    assert "'" + "v" * 39 + "... (3002 characters) matches no stream" in err   # quoted: 3002

@@ -70,7 +70,7 @@ HOSTILE_TEXT: list[str] = [
     "!!python/object/apply:os.system ['true']", "!!binary aGk=", "-5GiB", "5GiB", "1e12", "0.5", "-0",
     "gpu-only", "chunked", "llama3-8b", "gpt-like-h999999-l999999", "h100-pcie", "/nonexistent/x.yaml",
     "/etc/passwd", "/dev/null", "{hf_config: /nonexistent/config.json}", "{profile: /etc/passwd}",
-    "\x00", "é", "\u202e", "1" * 400, "0x10", "1_000", "2023-01-01", "@INPUT@",
+    '"a\\0b"', "é", "\u202e", "1" * 400, "0x10", "1_000", "2023-01-01", "@INPUT@",
 ]
 BAD_SET_ITEMS = ["noequals", "=1", ".=1", "a..b=1", "model.=1", "train.micro_batch.x=1", "=",
                  ".".join(["k"] * 500) + "=1", "train=", "knobs.checkpointing", "__class__=1",
@@ -411,7 +411,11 @@ def run_corpus(tmp: Path, n: int) -> dict[str, Any]:
                    if (p in keep or rc != 0) and (not p.is_file() or p.read_bytes() != b)]
         if changed:
             failures.append(f"{label}: exit {rc} but changed its input(s) {changed}")
+    import resource
+    status = dict(ln.split(":", 1) for ln in Path("/proc/self/status").read_text().splitlines() if ":" in ln)
     return {"ran": ran, "cases": n, "failures": failures, "seconds": time.monotonic() - t_start,
+            "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
+            "vm_peak": int(status.get("VmPeak", "0 kB").split()[0]) * 1024,
             "mean_s": {k: sum(v) / len(v) for k, v in took.items()}, "exits": exits}
 
 
@@ -429,10 +433,11 @@ def test_every_fuzz_case_is_a_result_or_one_line_error(tmp_path):
     assert p.returncode == 0 and report.is_file(), f"the fuzz child failed (exit {p.returncode}):\n{p.stderr[-3000:]}"
     r = json.loads(report.read_text())
     print(f"\nfuzz: {r['ran']} cases in {r['seconds']:.1f} s under a {MEMORY_LIMIT / 1e9:.0f} GB address-space "
-          "limit; mean s per case: " + ", ".join(f"{k} {v:.3f}" for k, v in r["mean_s"].items())
+          f"limit (peak {r['vm_peak'] / 1e9:.2f} GB); mean s per case: " + ", ".join(f"{k} {v:.3f}" for k, v in r["mean_s"].items())
           + "; exit 0/2 per kind: " + ", ".join(f"{k} {e.get('0', 0)}/{e.get('2', 0)}" for k, e in r["exits"].items()))
     assert not r["failures"], f"{len(r['failures'])} of {r['cases']} cases:\n" + "\n".join(r["failures"])
     assert r["ran"] == CASES >= MIN_CASES
+    assert r["rlimit_as"] == MEMORY_LIMIT and 0 < r["vm_peak"] < MEMORY_LIMIT
     assert set(r["mean_s"]) == set(KINDS)       # every input kind was fuzzed
 
 

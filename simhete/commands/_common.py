@@ -32,6 +32,8 @@ def check_writable(path: str | None, flag: str) -> Path | None:
         return None
     from simhete.fileio import check_not_input
 
+    if "\0" in path:
+        raise SimheteError(f"{flag} {path!r}: a file name cannot hold a NUL byte")
     p = Path(path)
     try:
         is_dir = p.is_dir()

@@ -98,7 +98,7 @@ def from_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
     try:
         if p.is_dir():
             p = p / "config.json"
-    except OSError:                  # a name too long, a loop of links: load_json says which
+    except (OSError, ValueError):    # a name too long, a NUL byte: load_json says which
         pass
     file = str(p)
     from simhete.config import load_json
