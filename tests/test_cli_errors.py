@@ -233,3 +233,24 @@ def test_a_long_value_inside_an_error_is_shortened(tmp_path, capsys):
     code, err = run_cli(capsys, "simulate", str(scen))
     assert code == 2 and err.count("\n") == 1 and len(err) < 1000, err
     assert "'" + "v" * 39 + "... (3002 characters) matches no stream" in err   # quoted: 3002
+
+
+def test_sweep_workers_are_bounded_by_the_cores_and_the_points(tmp_path, capsys, monkeypatch):
+    """``--workers 1_000`` (Python reads it as 1000) started a thousand processes for two points."""
+    import os
+
+    from simhete.search import backends
+    (tmp_path / "base.yaml").write_text(GOOD)
+    sw = tmp_path / "sw.yaml"
+    sw.write_text("name: s\nbase: base.yaml\naxes: {train.micro_batch: [1, 2]}\n")
+    cores = os.cpu_count() or 1
+    code, err = run_cli(capsys, "sweep", str(sw), "--out", str(tmp_path / "r.sqlite"), "--workers", "1_000")
+    assert (code, err) == (2, f"simhete: error: --workers 1000: bad value; allowed: 1 to {4 * cores} (4 per core "
+                              f"of this machine's {cores}) with --backend local\n")
+    assert not (tmp_path / "r.sqlite").exists()
+    started = []
+    real = backends.make_backend
+    monkeypatch.setattr(backends, "make_backend", lambda name, n, *a: started.append(n) or real(name, 1, *a))
+    assert main(["sweep", str(sw), "--out", str(tmp_path / "r.sqlite"), "--workers", str(min(3, 4 * cores)),
+                 "--quiet"]) == 0
+    assert started == [min(2, 3, 4 * cores)]          # two points: two workers at most
