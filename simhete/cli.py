@@ -23,7 +23,11 @@ def _shorten(msg: str, limit: int = 1000) -> str:
     start and length (a long bad value quoted whole would bury the message)."""
     if len(msg) <= limit:
         return msg
-    return re.sub(r"\S{100,}", lambda m: f"{m.group(0)[:40]}... ({len(m.group(0))} characters)", msg)
+
+    def short(m: re.Match[str]) -> str:
+        word, tail = m.group(1), m.group(2)      # tail: the punctuation that ends it (a file's colon)
+        return f"{word[:40]}... ({len(word)} characters){tail}"
+    return re.sub(r"(\S{100,}?)([:;,]?)(?=\s|$)", short, msg)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -254,3 +254,12 @@ def test_sweep_workers_are_bounded_by_the_cores_and_the_points(tmp_path, capsys,
     assert main(["sweep", str(sw), "--out", str(tmp_path / "r.sqlite"), "--workers", str(min(3, 4 * cores)),
                  "--quiet"]) == 0
     assert started == [min(2, 3, 4 * cores)]          # two points: two workers at most
+
+
+def test_a_sweep_base_and_a_plan_model_too_long_are_one_line(tmp_path, capsys):
+    sw = tmp_path / "sw.yaml"
+    sw.write_text(f"name: s\nbase: {LONG}\naxes: {{train.micro_batch: [1]}}\n")
+    code, err = run_cli(capsys, "sweep", str(sw), "--out", str(tmp_path / "r.sqlite"))
+    assert code == 2 and err.startswith(f"simhete: error: {sw}: base: bad value 'nnnn") and err.count("\n") == 1
+    code, err = run_cli(capsys, "plan", "--model", LONG, "--hardware", "h100-pcie", "--seq", "128")
+    assert code == 2 and "model: bad value 'nnnn" in err and err.count("\n") == 1
