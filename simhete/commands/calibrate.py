@@ -130,7 +130,7 @@ def _check_targets(paths: list[Path], force: bool) -> None:
         try:
             p.stat()
             exists = True
-        except FileNotFoundError:      # (a link to nothing is written through, as a new file)
+        except (FileNotFoundError, NotADirectoryError):   # (a link to nothing is written through)
             exists = False
         except OSError as e:           # a name too long for the file system, a loop of links
             raise SimheteError(f"--out {p}: {e.strerror}") from None
