@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from simhete import __version__
@@ -17,12 +18,36 @@ from simhete.errors import SimheteError
 COMMANDS = ["demo", "simulate", "compare", "calibrate", "validate", "sweep", "plan"]
 
 
+def _shorten(msg: str, limit: int = 1000) -> str:
+    """A message over ``limit`` characters with each word of 100 characters or more shown by its
+    start and length (a long bad value quoted whole would bury the message)."""
+    if len(msg) <= limit:
+        return msg
+
+    def short(m: re.Match[str]) -> str:
+        word, tail = m.group(1), m.group(2)      # tail: the punctuation that ends it (a file's colon)
+        return f"{word[:40]}... ({len(word)} characters){tail}"
+    return re.sub(r"(\S{100,}?)([:;,]?)(?=\s|$)", short, msg)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other error (``simhete: error:
+    simulate: argument --engine: invalid choice: ...; see simhete simulate --help``), exit 2,
+    instead of the usage block followed by the error. A word of 100 characters or more (a value
+    pasted by mistake) is shortened to its start and length."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        msg = _shorten(" ".join(message.split()), 0)
+        command = self.prog.removeprefix("simhete").strip()
+        self.exit(2, f"simhete: error: {command + ': ' if command else ''}{msg}; see {self.prog} --help\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser. ``only``: the command being run; only its module is imported (the others are
     listed by name), since some import heavy libraries (calibrate: scipy.optimize, ~1 s of CPU)
     that every other command would otherwise pay for at start-up. ``None``: every command's module,
     for ``simhete --help`` and for a name that is not a command; ``""``: none."""
-    p = argparse.ArgumentParser(prog="simhete", description=__doc__.splitlines()[0])
+    p = _Parser(prog="simhete", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"simhete {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -61,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except SimheteError as e:
-        print(f"simhete: error: {e}", file=sys.stderr)
+        print(f"simhete: error: {_shorten(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("simhete: interrupted", file=sys.stderr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -109,10 +110,16 @@ def read_input(path: str | Path, what: str = "file") -> str:
 
     p = Path(path)
     file = str(p)
-    if p.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(p.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(file, None, problem=f"{what} not found") from None
+    except OSError as e:             # a name too long for the file system, a loop of links, ...
+        raise ConfigError(file, None, problem=f"cannot read the {what}: {e.strerror}") from None
+    except ValueError:               # a NUL byte, which no file name holds ("\0" in YAML)
+        raise ConfigError(repr(file), None, problem=f"no {what} has a NUL byte in its name") from None
+    if is_dir:
         raise ConfigError(file, None, problem=f"{what} is a directory, not a file")
-    if not p.exists():
-        raise ConfigError(file, None, problem=f"{what} not found")
     try:
         if p.stat().st_size > MAX_INPUT_BYTES:
             raise ConfigError(file, None, problem=f"{what} is over {MAX_INPUT_BYTES // 2**20} MiB; simhete's "

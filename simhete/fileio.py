@@ -42,11 +42,28 @@ def reset_inputs() -> None:
     _INPUTS.clear()
 
 
+def is_file(p: str | Path) -> bool:
+    """``Path.is_file()``, False also for a name the OS refuses (too long for the file system, a
+    NUL byte), for which pathlib raises instead: such a name is then "not found", in one line."""
+    try:
+        return Path(p).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def is_dir(p: str | Path) -> bool:
+    """``Path.is_dir()``, False also for a name the OS refuses (see :func:`is_file`)."""
+    try:
+        return Path(p).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def input_named(path: str | Path) -> str | None:
     """The input ``path`` is (as it was read), if this run read it."""
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):     # ValueError: a NUL byte in the name
         return None
     return _INPUTS.get((st.st_dev, st.st_ino))
 

@@ -371,11 +371,13 @@ def run_suite(directory: Path, engine: str = "fast", *, largest_max_trials: int 
     from simhete.scenario import load_scenario
     from simhete.sim import run
 
-    if not directory.is_dir():
+    from simhete.fileio import is_dir, is_file
+
+    if not is_dir(directory):
         raise ConfigError(str(directory), None, problem="published suite directory not found")
     files = case_files(directory)
     ne_path = directory / NOT_EXPRESSIBLE_FILE
-    ne = load_not_expressible(ne_path) if ne_path.is_file() else []
+    ne = load_not_expressible(ne_path) if is_file(ne_path) else []
     if not files and not ne:
         raise ConfigError(str(directory), None, problem="no published cases (*.yaml) in this directory")
     # every file is checked before anything is simulated: a bad file fails at once

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -12,6 +14,7 @@ from simhete.hw.profile import load_profile
 from simhete.opkinds import OpKind
 from simhete.schedule.model import Op
 
+RAW = Path(__file__).resolve().parents[1] / "hwprofiles" / "measured" / "cpu-local.raw"
 PROVENANCE = ("suite", "device_type", "device", "driver", "torch", "host", "host_cpu", "date",
               "torch_threads")
 
@@ -441,3 +444,92 @@ def test_blocks_time_a_sub_group_optimizer_step_whole_as_the_replay_reads_its_bl
     sub = [r for r in rows if r["key"] in want]
     assert len(sub) == len(want) and all(r["status"] == "ok" and r["pass"] == "optim_cpu" for r in sub)
     assert all(int(r["repeats"]) >= 3 and r["median_s"] > 0 for r in sub)
+
+
+def _calibrate_then(tmp_path, signum: int):
+    """A tiny calibration of the CPU device in a child process, sent ``signum`` as soon as its
+    working folder exists (while it measures); returns (exit status, stderr, that folder)."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SIMHETE_CALIBRATE_GRID": "tiny", "PYTHONPATH": str(root)}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "simhete.cli", "calibrate", "--quick", "--device", "cpu", "--suites",
+         "gemm,membw,copy", "--passes", "3", "--out", str(tmp_path / "x.yaml")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as a terminal sends it, even where the test runner ignores SIGINT (its children
+        # would inherit that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not (found := glob.glob(str(tmp_path / ".calibrate-*" / "owner"))):
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.01)
+    p.send_signal(signum)
+    _, err = p.communicate(timeout=60)
+    return p.returncode, err, Path(found[0]).parent
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name,code,how", [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "Ctrl-C (SIGINT)")])
+def test_a_stopped_calibration_removes_its_working_folder_and_says_so(tmp_path, name, code, how):
+    import signal
+    pytest.importorskip("torch")
+    rc, err, stage = _calibrate_then(tmp_path, getattr(signal, name))
+    assert rc == code, err
+    assert err.splitlines()[-1] == (f"simhete: calibrate stopped by {how}: removed its working folder "
+                                    f"{stage}; nothing was written")
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []              # no folder, no profile, no raw data
+
+
+@pytest.mark.torch
+def test_the_next_calibration_removes_the_folder_of_one_killed_outright(tmp_path, capsys):
+    """SIGKILL cannot be caught: the working folder stays, with its owner's pid; the next calibrate
+    writing beside it (here a refit, no torch) removes it, saying so in one line."""
+    import signal
+    pytest.importorskip("torch")
+    rc, _, stage = _calibrate_then(tmp_path, signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    pid = int((stage / "owner").read_text().split()[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stage.name]
+    alive = tmp_path / ".calibrate-alive"               # one of a run still going: left alone
+    alive.mkdir()
+    from simhete.commands.calibrate import _start_time
+    import os
+    import socket
+    (alive / "owner").write_text(f"{os.getpid()} {socket.gethostname()} {_start_time(os.getpid())}\n")
+    assert main(["calibrate", "--refit", str(RAW), "--out", str(tmp_path / "y.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"simhete: removed {stage}, the working folder of a calibration (pid {pid}) that "
+                   "was killed before it finished\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".calibrate-alive", "y.fit.md", "y.yaml"]
+
+
+def test_stale_working_folders_are_told_by_their_owner(tmp_path, monkeypatch):
+    """Removed: an owner on this host that no longer runs, or whose pid now belongs to a process
+    started at another time. Kept: a live owner, another host's, a folder with no owner file."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from simhete.commands import calibrate as cal
+    host = socket.gethostname()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    gone = int(done.stdout)                              # a pid that has exited (and was reaped)
+    me = f"{os.getpid()} {host} {cal._start_time(os.getpid())}"
+    folders = {"dead": f"{gone} {host} 12345", "reused": f"{os.getppid()} {host} 1", "alive": me,
+               "elsewhere": f"{gone} not-{host} 12345", "unknown": None}
+    for name, owner in folders.items():
+        (tmp_path / f".calibrate-{name}").mkdir()
+        if owner is not None:
+            (tmp_path / f".calibrate-{name}" / "owner").write_text(owner + "\n")
+    cal._remove_stale(tmp_path)
+    left = sorted(p.name.removeprefix(".calibrate-") for p in tmp_path.iterdir())
+    assert left == ["alive", "elsewhere", "unknown"]

@@ -149,3 +149,117 @@ def test_sequence_longer_than_learned_positions_names_file_and_key(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err == ("simhete: error: --seq: bad value 4096; allowed: at most 2048: gpt3-125m has 2048 "
                    "learned positions")
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["simulate", "s.yaml", "--engine", "bogus"],
+     "simhete: error: simulate: argument --engine: invalid choice: 'bogus' (choose from 'fast', 'simpy'); "
+     "see simhete simulate --help"),
+    (["plan", "--model", "llama2-7b", "--hardware", "h100-pcie", "--seq"],
+     "simhete: error: plan: argument --seq: expected one argument; see simhete plan --help"),
+    (["sweep", "sw.yaml", "--top", "x" * 300],
+     "simhete: error: sweep: argument --top: invalid int value: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... "
+     "(302 characters); see simhete sweep --help"),
+    (["bogus"], "simhete: error: argument COMMAND: invalid choice: 'bogus' (choose from 'demo', 'simulate', "
+                "'compare', 'calibrate', 'validate', 'sweep', 'plan'); see simhete --help"),
+    ([], "simhete: error: the following arguments are required: COMMAND; see simhete --help"),
+])
+def test_a_usage_error_is_one_line_too(capsys, argv, line):
+    """argparse's own errors (a bad choice, a missing value, an unknown flag) come as one line like
+    every other error, naming the command and where its help is, exit 2."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+LONG = "n" * 300          # longer than a file name may be (255 bytes on Linux file systems)
+
+
+@pytest.mark.parametrize("argv,line", [
+    ([LONG], f"{LONG}: cannot read the scenario file: File name too long"),
+    (["@S@", "--deepspeed", LONG], f"{LONG}: cannot read the DeepSpeed config: File name too long"),
+    (["@S@", "--trace", LONG], f"--trace {LONG}: File name too long"),
+    (["@S@", "--plot", f"{LONG}/p.png"], f"--plot {LONG}/p.png: File name too long"),
+    (["@S@", "--set", "model={hf_config: " + LONG + ".json}"], None),
+])
+def test_a_file_name_too_long_is_one_line(tmp_path, capsys, argv, line):
+    """ENAMETOOLONG is not "not found" to pathlib (it raises): every path the CLI checks says it."""
+    scen = tmp_path / "s.yaml"
+    scen.write_text(GOOD)
+    code, err = run_cli(capsys, "simulate", *[a.replace("@S@", str(scen)) for a in argv])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    if line is not None:
+        assert err == f"simhete: error: {line}\n"
+    else:
+        assert "File name too long" in err
+
+
+def test_calibrate_and_sweep_paths_too_long_are_one_line(tmp_path, capsys):
+    raw = Path(__file__).resolve().parents[1] / "hwprofiles" / "measured" / "cpu-local.raw"
+    assert run_cli(capsys, "calibrate", "--refit", LONG, "--out", str(tmp_path / "p.yaml")) == (
+        2, f"simhete: error: --refit {LONG}: File name too long\n")
+    out = tmp_path / f"{LONG}.yaml"
+    assert run_cli(capsys, "calibrate", "--refit", str(raw), "--out", str(out)) == (
+        2, f"simhete: error: --out {out}: File name too long\n")
+    assert list(tmp_path.iterdir()) == []
+    base = tmp_path / "base.yaml"
+    base.write_text(GOOD)
+    sw = tmp_path / "sw.yaml"
+    sw.write_text("name: s\nbase: base.yaml\naxes: {train.micro_batch: [1]}\n")
+    assert run_cli(capsys, "sweep", str(sw), "--out", str(tmp_path / LONG), "--quiet") == (
+        2, f"simhete: error: --out {tmp_path / LONG}: File name too long\n")
+
+
+@pytest.mark.parametrize("yaml_text,line", [
+    ('model: {hf_config: "a\\0b.json"}', "'a\\x00b.json': no Hugging Face config.json has a NUL byte in its name"),
+    ('hardware: {profile: "a\\0b.yaml"}', "'a\\x00b.yaml': no hardware profile has a NUL byte in its name"),
+])
+def test_a_nul_byte_in_a_path_from_yaml_is_one_line(tmp_path, capsys, yaml_text, line):
+    """YAML's "\\0" escape puts a NUL byte in a file name, which the OS refuses with ValueError."""
+    code, err = run_cli(capsys, "simulate", str(write(tmp_path, GOOD)), "--set", yaml_text.replace(": ", "=", 1))
+    assert code == 2 and err.startswith("simhete: error: '") and err.endswith(line.removeprefix("'") + "\n"), err
+    assert err.count("\n") == 1
+
+
+def test_a_long_value_inside_an_error_is_shortened(tmp_path, capsys):
+    """An error quoting a bad value of thousands of characters shows its start and length."""
+    import yaml
+    prof = tmp_path / "hw.yaml"
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "hwprofiles" / "h100-pcie.yaml").read_text())
+    data["interference"][0]["victim"] = "v" * 3000
+    prof.write_text(yaml.safe_dump(data))
+    scen = write(tmp_path, GOOD.replace("profile: rtx4090-desktop", f"profile: {prof}"))
+    code, err = run_cli(capsys, "simulate", str(scen))
+    assert code == 2 and err.count("\n") == 1 and len(err) < 1000, err
+    assert "'" + "v" * 39 + "... (3002 characters) matches no stream" in err   # quoted: 3002
+
+
+def test_sweep_workers_are_bounded_by_the_cores_and_the_points(tmp_path, capsys, monkeypatch):
+    """``--workers 1_000`` (Python reads it as 1000) started a thousand processes for two points."""
+    import os
+
+    from simhete.search import backends
+    (tmp_path / "base.yaml").write_text(GOOD)
+    sw = tmp_path / "sw.yaml"
+    sw.write_text("name: s\nbase: base.yaml\naxes: {train.micro_batch: [1, 2]}\n")
+    cores = os.cpu_count() or 1
+    code, err = run_cli(capsys, "sweep", str(sw), "--out", str(tmp_path / "r.sqlite"), "--workers", "1_000")
+    assert (code, err) == (2, f"simhete: error: --workers 1000: bad value; allowed: 1 to {4 * cores} (4 per core "
+                              f"of this machine's {cores}) with --backend local\n")
+    assert not (tmp_path / "r.sqlite").exists()
+    started = []
+    real = backends.make_backend
+    monkeypatch.setattr(backends, "make_backend", lambda name, n, *a: started.append(n) or real(name, 1, *a))
+    assert main(["sweep", str(sw), "--out", str(tmp_path / "r.sqlite"), "--workers", str(min(3, 4 * cores)),
+                 "--quiet"]) == 0
+    assert started == [min(2, 3, 4 * cores)]          # two points: two workers at most
+
+
+def test_a_sweep_base_and_a_plan_model_too_long_are_one_line(tmp_path, capsys):
+    sw = tmp_path / "sw.yaml"
+    sw.write_text(f"name: s\nbase: {LONG}\naxes: {{train.micro_batch: [1]}}\n")
+    code, err = run_cli(capsys, "sweep", str(sw), "--out", str(tmp_path / "r.sqlite"))
+    assert code == 2 and err.startswith(f"simhete: error: {sw}: base: bad value 'nnnn") and err.count("\n") == 1
+    code, err = run_cli(capsys, "plan", "--model", LONG, "--hardware", "h100-pcie", "--seq", "128")
+    assert code == 2 and "model: bad value 'nnnn" in err and err.count("\n") == 1

@@ -295,3 +295,36 @@ def test_hand_edited_raw_data_is_a_one_line_error(tmp_path):
     gemm.write_text("".join(lines))
     with pytest.raises(ConfigError, match=r"x\.raw: malformed raw data"):
         fit(raw)
+
+
+@pytest.mark.parametrize("content", ["empty", "unrelated", "only-unrelated-csv"])
+def test_refit_of_a_directory_without_raw_data_is_one_line_naming_it(tmp_path, capsys, content):
+    """``calibrate --refit DIR`` where DIR holds no calibration CSVs (nothing, other files, CSVs of
+    another program): one line naming DIR and the files expected, exit 2, nothing written."""
+    raw = tmp_path / "stuff"
+    raw.mkdir()
+    if content == "unrelated":
+        (raw / "notes.txt").write_text("hello\n")
+        (raw / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    elif content == "only-unrelated-csv":
+        (raw / "prices.csv").write_text("item,price\napple,1\n")
+    out = tmp_path / "p.yaml"
+    assert main(["calibrate", "--refit", str(raw), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"simhete: error: {raw}: holds no raw calibration data; expected the CSVs simhete "
+                   "calibrate writes into X.raw/ beside a profile X.yaml: system.csv, gemm.csv, "
+                   "membw.csv and copy.csv, and any of attention.csv, adam.csv, interference.csv, "
+                   "collectives.csv, blocks.csv\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stuff"]     # nothing written
+
+
+def test_refit_ignores_files_calibrate_did_not_write_and_names_an_unreadable_one(tmp_path, capsys):
+    raw = tmp_path / "x.raw"
+    shutil.copytree(SHIPPED_RAW, raw)
+    before = fit(raw).profile
+    (raw / "prices.csv").write_text("item,price\napple,1\n")      # not a suite: not read
+    assert fit(raw).profile == before
+    (raw / "gemm.csv").unlink()
+    (raw / "gemm.csv").mkdir()
+    assert main(["calibrate", "--refit", str(raw), "--out", str(tmp_path / "p.yaml")]) == 2
+    assert capsys.readouterr().err == f"simhete: error: {raw / 'gemm.csv'}: cannot read raw data: Is a directory\n"

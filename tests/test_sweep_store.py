@@ -180,7 +180,25 @@ def _damaged(path: Path, tmp: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _edited(sql: str):  # type: ignore[no-untyped-def]
+    """A sound store with one of its values changed the way a flipped byte or a hand edit does:
+    quick_check passes, so the values themselves are checked."""
+    def make(path: Path, tmp: Path) -> None:
+        _store(path, tmp)
+        c = sqlite3.connect(path)
+        c.execute(sql)
+        c.commit()
+        c.close()
+    return make
+
+
 CASES = {
+    "a number that is text": (_edited("UPDATE results SET iter_time_s = 'fast' WHERE rowid = 2"),
+                              "results row 2: iter_time_s is not a number"),
+    "a summary that is not JSON": (_edited("UPDATE results SET summary = '{\"a\": 1' WHERE rowid = 3"),
+                                   "results row 3: summary is not a JSON object"),
+    "text that is not UTF-8": (_edited("UPDATE results SET reason = CAST(X'6f6bff' AS TEXT) WHERE rowid = 1"),
+                               "Could not decode to UTF-8 column 'reason'"),
     "another application's database": (lambda p, t: _foreign(p, False), "is an SQLite database of another application"),
     "another application's WAL database": (lambda p, t: _foreign(p, True), "is an SQLite database of another application"),
     "garbage": (lambda p, t: p.write_bytes(bytes(random.Random(1).randrange(256) for _ in range(5000))),

@@ -4,6 +4,7 @@ over the shipped validation scenarios, plus the `simhete validate` command line.
 from __future__ import annotations
 
 import json
+import re
 import math
 from pathlib import Path
 
@@ -189,3 +190,80 @@ def test_replays_compare_the_median_replay_and_keep_every_time(cpu_profile, tmp_
                  "--replays", "2", "--json", "--no-reference"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert len(d["replays_s"]) == 2 and d["iteration_s"]["measured"] == max(d["replays_s"])
+
+
+# A replay shape whose predicted peak (~6 GiB: 8 blocks of width 2048, fp32 weights, gradients
+# and Adam states on the CPU device) is above the limits below but whose simulation takes a second.
+BIG = ("model: gpt-like-h768-l12\nhardware: cpu-local\ntrain: {micro_batch: 2, seq_len: 64}\n"
+       "policy: gpu-only\nknobs: {checkpointing: full}\n"
+       "replay: {n_layers: 8, hidden: 2048, heads: 16, vocab: 8192}\n")
+
+
+def _validate_limited(tmp_path, limit: str | None, nbytes: int = 0,
+                      code: str = "") -> "subprocess.CompletedProcess":
+    """``simhete validate`` of :data:`BIG` in a child process whose ``limit`` (a resource.RLIMIT_*
+    name; None: none) is set to ``nbytes`` before it starts; ``code``: Python run in the child
+    before the CLI."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    scen = tmp_path / "big.yaml"
+    scen.write_text(BIG)
+
+    def limited() -> None:
+        if limit is not None:
+            resource.setrlimit(getattr(resource, limit), (nbytes, nbytes))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", code + "import sys; from simhete.cli import main; sys.exit(main(sys.argv[1:]))",
+         "validate", str(scen), "--profile", str(ROOT / "hwprofiles" / "cpu-local.yaml"), "--iterations", "2"],
+        preexec_fn=limited, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("limit,field,names", [
+    ("RLIMIT_AS", "VmSize", "address-space limit RLIMIT_AS (ulimit -v)"),
+    ("RLIMIT_DATA", "VmData", "data-segment limit RLIMIT_DATA (ulimit -d)")])
+def test_the_memory_check_counts_the_processs_own_limits(tmp_path, limit, field, names):
+    """Under ``ulimit -v`` / ``ulimit -d`` the replay is refused before it starts, naming the
+    predicted peak and the limit (MemAvailable alone would let it start and die). The limit leaves
+    the child 3 GiB more than this process (which has imported torch too) uses: enough to start,
+    less than the ~6.3 GiB the scenario needs."""
+    pytest.importorskip("torch")
+    from simhete.hostinfo import _proc_kib, mem_available_bytes
+    nbytes = -(-(_proc_kib("/proc/self/status", field) or 0) // 2**30) * 2**30 + 3 * 2**30
+    if mem_available_bytes() < nbytes + 2**30:
+        pytest.skip("MemAvailable below the limit: the check would name MemAvailable")
+    p = _validate_limited(tmp_path, limit, nbytes)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert re.match(r"simhete: error: replay refused: the schedule's predicted peak \((\d+\.\d\d) GiB device "
+                    r"\+ 0\.00 GiB host\) exceeds the (\d+\.\d\d) GiB available on this CPU \(the "
+                    + re.escape(f"{names} of {nbytes / 2**30:.2f} GiB") + r", (\d+\.\d\d) GiB of it already "
+                    r"in use \(" + field + r"\)\): raise the limit", p.stderr), p.stderr
+    peak, left, used = (float(x) for x in re.findall(r"(\d+\.\d\d) GiB", p.stderr)[:4:2] +
+                        re.findall(r"(\d+\.\d\d) GiB of it", p.stderr))
+    assert peak > left and abs(left + used - nbytes / 2**30) <= 0.011
+
+
+@pytest.mark.torch
+def test_running_out_of_memory_during_the_replay_is_one_line(tmp_path):
+    """Where the replay still runs out (memory a task needs only while it runs is not in the
+    prediction; here the child switches the check off and limits its data segment to 128 MiB more
+    than it uses once torch is imported, so the first weights exceed it), the allocation failure is
+    one line naming the prediction and the limit, exit 2, no traceback."""
+    pytest.importorskip("torch")
+    child = ("import resource, torch, simhete.replay.device as d; d.check_fits = lambda peak, dev: dev.host_free(); "
+             "from simhete.hostinfo import _proc_kib; n = _proc_kib('/proc/self/status', 'VmData') + 2**27; "
+             "resource.setrlimit(resource.RLIMIT_DATA, (n, resource.getrlimit(resource.RLIMIT_DATA)[1])); ")
+    p = _validate_limited(tmp_path, None, code=child)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert re.match(r"simhete: error: the replay ran out of memory \(an allocation of \d+\.\d MiB failed\): "
+                    r"the simulator predicted a peak of 6\.\d\d GiB device \+ 0\.00 GiB host and \d+\.\d\d "
+                    r"GiB was available \(the data-segment limit RLIMIT_DATA \(ulimit -d\) of \d+\.\d\d GiB, "
+                    r"\d+\.\d\d GiB of it already in use \(VmData\)\); memory a task needs only while it runs "
+                    r"is not in the prediction", p.stderr), p.stderr

@@ -32,8 +32,14 @@ def check_writable(path: str | None, flag: str) -> Path | None:
         return None
     from simhete.fileio import check_not_input
 
+    if "\0" in path:
+        raise SimheteError(f"{flag} {path!r}: a file name cannot hold a NUL byte")
     p = Path(path)
-    if p.exists() and p.is_dir():
+    try:
+        is_dir = p.is_dir()
+    except OSError as e:                # a name too long for the file system, a loop of links
+        raise SimheteError(f"{flag} {path}: {e.strerror}") from None
+    if is_dir:
         raise SimheteError(f"{flag} {path}: is a directory; give a file path")
     check_not_input(p, flag)
     parent = p.parent if str(p.parent) else Path(".")

@@ -2,17 +2,24 @@
 
 Writes ``X.yaml`` (the profile), ``X.raw/`` (one CSV per suite, with provenance) and ``X.fit.md``
 (fitted parameters, held-out error, noise) side by side. Everything is built in a staging
-directory next to ``X.yaml`` and moved into place at the end, so an interrupted or failed run
-leaves what was there before untouched. ``--refit RAW_DIR`` refits existing raw data with no
-device and no torch.
+directory next to ``X.yaml`` (``.calibrate-*``, holding an ``owner`` file with the pid that made
+it) and moved into place at the end, so an interrupted or failed run leaves what was there before
+untouched. SIGTERM and Ctrl-C remove the staging directory and end with one line; a run killed
+outright (SIGKILL) leaves it, and the next calibrate writing beside it removes it once its owner is
+dead. ``--refit RAW_DIR`` refits existing raw data with no device and no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
+import signal
+import socket
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -120,18 +127,119 @@ def _check_targets(paths: list[Path], force: bool) -> None:
 
     for p in paths:
         check_not_input(p, "--out")
-        if p.exists() and not force:
+        try:
+            p.stat()
+            exists = True
+        except (FileNotFoundError, NotADirectoryError):   # (a link to nothing is written through)
+            exists = False
+        except OSError as e:           # a name too long for the file system, a loop of links
+            raise SimheteError(f"--out {p}: {e.strerror}") from None
+        if exists and not force:
             raise SimheteError(f"{p} exists; pass --force to replace it (nothing was changed)")
     parent = paths[0].parent
     if not parent.is_dir():
         raise SimheteError(f"--out {paths[0]}: {parent} is not an existing directory")
 
 
-def _staging(parent: Path) -> Path:
+STAGING_PREFIX = ".calibrate-"
+OWNER = "owner"          # in the staging directory: "pid host start-time" of the run that made it
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, field 22 of /proc/PID/stat), which
+    tells a live owner from another process that was given its pid later; None where unknown."""
     try:
-        return Path(tempfile.mkdtemp(prefix=".calibrate-", dir=parent))
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_dead(owner: str) -> int | None:
+    """The pid of a staging directory's ``owner`` text if that process is gone (on this host),
+    else None: alive, another host's, or unreadable."""
+    parts = owner.split()
+    if len(parts) != 3 or not parts[0].isdigit() or parts[1] != socket.gethostname():
+        return None
+    pid = int(parts[0])
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except PermissionError:           # alive, another user's
+        return None
+    now = _start_time(pid)
+    return pid if parts[2] != "-" and now is not None and now != parts[2] else None
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove staging directories in ``parent`` left by calibrations that were killed outright
+    (SIGKILL, a crash): those whose owner process no longer exists; one line each on stderr."""
+    try:
+        found = sorted(parent.glob(STAGING_PREFIX + "*"))
+    except OSError:
+        return
+    for d in found:
+        try:
+            owner = (d / OWNER).read_text()
+        except OSError:
+            continue                  # not ours, or being created this moment: left alone
+        pid = _owner_dead(owner)
+        if pid is None:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        if not d.exists():
+            print(f"simhete: removed {d}, the working folder of a calibration (pid {pid}) that was "
+                  "killed before it finished", file=sys.stderr)
+
+
+def _staging(parent: Path) -> Path:
+    _remove_stale(parent)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+        (stage / OWNER).write_text(f"{os.getpid()} {socket.gethostname()} {_start_time(os.getpid()) or '-'}\n")
+        return stage
     except OSError as e:
         raise SimheteError(f"--out: cannot write in {parent}: {e.strerror}") from None
+
+
+class _Stopped(BaseException):
+    """SIGTERM arrived (a BaseException, so no ``except Exception`` on the way takes it)."""
+
+
+class _signals:
+    """While measuring and fitting, SIGTERM raises :class:`_Stopped` in the main thread (Ctrl-C
+    raises KeyboardInterrupt as always); ``hold()`` ignores both while outputs are moved into
+    place or the staging directory is removed. The previous handlers come back on exit."""
+
+    def __enter__(self) -> "_signals":
+        def on_term(signum, frame):  # type: ignore[no-untyped-def]
+            raise _Stopped()
+        self.active = threading.current_thread() is threading.main_thread()   # signals need it
+        if self.active:
+            self.saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+            signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def hold(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            for s, h in self.saved.items():
+                signal.signal(s, h)
+
+
+def _stopped(e: BaseException, stage: Path | None) -> int:
+    """The one line of a calibration stopped by SIGTERM or Ctrl-C, and its exit status."""
+    name, code = ("SIGTERM", 143) if isinstance(e, _Stopped) else ("Ctrl-C (SIGINT)", 130)
+    removed = f"removed its working folder {stage}; " if stage is not None else ""
+    print(f"simhete: calibrate stopped by {name}: {removed}nothing was written", file=sys.stderr)
+    return code
 
 
 def _install(staged: list[tuple[Path, Path]]) -> None:
@@ -182,22 +290,32 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"calibrating {target.name} ({target.kind}), {g.level} grid, suites: "
                   f"{', '.join(suites)}")
     t0 = time.perf_counter()
-    stage = _staging(out.parent)
-    try:
-        s_raw = stage / raw_dir.name
-        s_raw.mkdir()
-        run_suites(target, g, suites, s_raw, console, args.threads, args.passes)
-        console.print(f"measured in {time.perf_counter() - t0:.1f} s; fitting")
-        result = fit(s_raw, out.stem, stage)
-        text = result.report
-        if args.shapes_from and "blocks" in suites:
-            from calibrate.targets import comparison
-            text += "\n" + comparison(result.profile, args.shapes_from, target.kind)
-        (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
-        (stage / report.name).write_text(text)
-        _install([(s_raw, raw_dir), (stage / report.name, report), (stage / out.name, out)])
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with _signals() as sig:
+        stage: Path | None = None
+        try:
+            stage = _staging(out.parent)
+            s_raw = stage / raw_dir.name
+            s_raw.mkdir()
+            run_suites(target, g, suites, s_raw, console, args.threads, args.passes)
+            console.print(f"measured in {time.perf_counter() - t0:.1f} s; fitting")
+            result = fit(s_raw, out.stem, stage)
+            text = result.report
+            if args.shapes_from and "blocks" in suites:
+                from calibrate.targets import comparison
+                text += "\n" + comparison(result.profile, args.shapes_from, target.kind)
+            (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
+            (stage / report.name).write_text(text)
+            sig.hold()                # a signal now would leave some outputs moved, some not
+            _install([(s_raw, raw_dir), (stage / report.name, report), (stage / out.name, out)])
+        except (KeyboardInterrupt, _Stopped) as e:
+            sig.hold()
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+            return _stopped(e, stage)
+        finally:
+            sig.hold()
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
     _print_summary(result, report)
     print(f"wrote {out}, {raw_dir}/ and {report} in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -214,7 +332,11 @@ def _print_summary(result: Any, report: Path) -> None:
 def _refit(raw_dir: Path, out: Path, force: bool, shapes_from: list[str]) -> int:
     """Refit raw CSVs; with ``shapes_from`` (the scenarios whose blocks the raw data measured)
     the report also compares each measured block with its op-level price (no torch needed)."""
-    if not raw_dir.is_dir():
+    try:
+        found = raw_dir.is_dir()
+    except OSError as e:               # a name too long for the file system, a loop of links
+        raise SimheteError(f"--refit {raw_dir}: {e.strerror}") from None
+    if not found:
         raise SimheteError(f"--refit {raw_dir}: raw data directory not found")
     report = out.with_suffix(".fit.md")      # beside --out, as a full calibration writes it
     _check_targets([out, report], force)
@@ -224,13 +346,23 @@ def _refit(raw_dir: Path, out: Path, force: bool, shapes_from: list[str]) -> int
         from calibrate.targets import comparison
         kind = str(result.profile.get("device_type", "cuda"))
         text += "\n" + comparison(result.profile, shapes_from, kind)
-    stage = _staging(out.parent)
-    try:
-        (stage / out.name).write_text(dump_profile(result.profile, f"refit from {raw_dir.name}"))
-        (stage / report.name).write_text(text)
-        _install([(stage / report.name, report), (stage / out.name, out)])
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with _signals() as sig:
+        stage: Path | None = None
+        try:
+            stage = _staging(out.parent)
+            (stage / out.name).write_text(dump_profile(result.profile, f"refit from {raw_dir.name}"))
+            (stage / report.name).write_text(text)
+            sig.hold()
+            _install([(stage / report.name, report), (stage / out.name, out)])
+        except (KeyboardInterrupt, _Stopped) as e:
+            sig.hold()
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+            return _stopped(e, stage)
+        finally:
+            sig.hold()
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
     _print_summary(result, report)
     print(f"wrote {out} and {report} (refit from {raw_dir})")
     return 0

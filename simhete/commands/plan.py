@@ -133,8 +133,10 @@ def _model_arg(model: str) -> str | dict:
     holding a config.json (a missing .json file is reported by the config reader)."""
     from pathlib import Path
 
+    from simhete.fileio import is_dir, is_file
+
     p = Path(model)
-    if model.endswith(".json") or (p.is_dir() and (p / "config.json").is_file()):
+    if model.endswith(".json") or (is_dir(p) and is_file(p / "config.json")):
         return {"hf_config": str(p.resolve())}
     return model
 

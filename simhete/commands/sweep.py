@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sqlite3
 import sys
@@ -54,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise SimheteError(f"--workers {args.workers}: must be at least 1")
+    cores = os.cpu_count() or 1
+    if args.backend == "local" and args.workers > 4 * cores:
+        # each worker is a process simulating flat out: beyond the cores they only share them
+        raise SimheteError(f"--workers {args.workers}: bad value; allowed: 1 to {4 * cores} (4 per core "
+                           f"of this machine's {cores}) with --backend local")
     hook = None
     if args.deepspeed:
         from simhete.deepspeed import import_deepspeed
@@ -104,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.workers} {args.backend} worker(s) → {out}")
         t0 = time.perf_counter()
         with _stop_on_signals() as stop:
-            backend = make_backend(args.backend, args.workers, args.ray_address)
+            # no more local worker processes than points to evaluate
+            workers = min(args.workers, max(1, total)) if args.backend == "local" else args.workers
+            backend = make_backend(args.backend, workers, args.ray_address)
             try:
                 store.set_meta(sweep=sweep.name, file=str(sweep.file), keys=list(sweep.keys), code=code)
                 with _progress(con, total, args.quiet) as progress:

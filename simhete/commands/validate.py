@@ -177,7 +177,7 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
     iteration time is the median (the upper one of an even count) is compared; all times are kept."""
     from simhete.replay.compare import compare, steady
     from simhete.replay.config import replay_shape, scaled_scenario
-    from simhete.replay.device import check_fits, open_device
+    from simhete.replay.device import check_fits, open_device, out_of_memory
     from simhete.replay.executor import CPU_THREADS_PER_STREAM, Executor
     from simhete.replay.reference import reference_losses
     from simhete.sim import resolve, run_schedule
@@ -205,7 +205,8 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
     if pred.timeline.oom is not None:
         raise SimheteError(f"replay refused: the simulator predicts {pred.timeline.oom.message()}")
     dev = open_device(kind)
-    check_fits(dict(pred.timeline.peak), dev)
+    peak = dict(pred.timeline.peak)
+    host = check_fits(peak, dev)
     n_tasks = len(pred.schedule.tasks)
     done = [0]
 
@@ -215,10 +216,11 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
             progress("replay", done[0], n_tasks * replays)
 
     runs = []
-    for _ in range(replays):
-        ex = Executor(pred.schedule, pred.context.workload, dev, seed=shape.seed, lr=shape.lr)
-        runs.append(ex.run({r.name: r.start for r in pred.timeline.records}, on_task=tick))
-        del ex
+    with out_of_memory("the replay", peak, host):
+        for _ in range(replays):
+            ex = Executor(pred.schedule, pred.context.workload, dev, seed=shape.seed, lr=shape.lr)
+            runs.append(ex.run({r.name: r.start for r in pred.timeline.records}, on_task=tick))
+            del ex
     times = tuple(steady(r.timeline)[0] for r in runs)
     replayed = runs[sorted(range(replays), key=times.__getitem__)[replays // 2]]
     if any(r.losses != replayed.losses for r in runs):
@@ -246,10 +248,12 @@ def validate_scenario(scenario, profile, *, iterations: int = 4, device: str | N
     if reference:
         if progress is not None:
             progress("reference", 0, 1)
-        ref = reference_losses(pred.context.workload, iterations, seed=shape.seed, lr=shape.lr,
-                               device=dev.dev, threads=CPU_THREADS_PER_STREAM if dev.kind == "cpu" else None,
-                               grad_accum=scaled.data.train.grad_accum,
-                               delayed_update=pred.schedule.meta.get("delayed_update") == "true")
+        with out_of_memory("the reference loop (--no-reference skips it)", peak, host):
+            ref = reference_losses(pred.context.workload, iterations, seed=shape.seed, lr=shape.lr,
+                                   device=dev.dev,
+                                   threads=CPU_THREADS_PER_STREAM if dev.kind == "cpu" else None,
+                                   grad_accum=scaled.data.train.grad_accum,
+                                   delayed_update=pred.schedule.meta.get("delayed_update") == "true")
         if progress is not None:
             progress("reference", 1, 1)
         tol = LOSS_RTOL[scaled.data.train.dtype]

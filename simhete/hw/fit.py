@@ -661,6 +661,9 @@ def fit(raw_dir: str | Path, name: str | None = None, profile_dir: str | Path | 
     except (ValueError, IndexError) as e:
         raise ConfigError(str(raw_dir), None, problem=f"malformed raw data ({e}); re-run simhete "
                           "calibrate") from None
+    except OSError as e:                       # unreadable (permissions), a directory named x.csv
+        raise ConfigError(e.filename or str(raw_dir), None,
+                          problem=f"cannot read raw data: {e.strerror or e}") from None
 
 
 def _fit(raw_dir: str | Path, name: str | None, profile_dir: str | Path | None) -> Fit:
@@ -670,7 +673,13 @@ def _fit(raw_dir: str | Path, name: str | None, profile_dir: str | Path | None) 
     rd = Path(raw_dir)
     if not rd.is_dir():
         raise ConfigError(str(rd), None, problem="raw data directory not found")
-    tables = {p.stem: read_raw(p) for p in sorted(rd.glob("*.csv"))}
+    # only the CSVs calibrate writes: another file in the directory is not raw data of a suite
+    tables = {p.stem: read_raw(p) for p in sorted(rd.glob("*.csv")) if p.stem in (SYSTEM, *SUITES)}
+    if not tables:
+        raise ConfigError(str(rd), None, problem=(
+            "holds no raw calibration data; expected the CSVs simhete calibrate writes into X.raw/ "
+            "beside a profile X.yaml: system.csv, gemm.csv, membw.csv and copy.csv, and any of "
+            + ", ".join(f"{s}.csv" for s in SUITES if s not in ("gemm", "membw", "copy"))))
     for need in (SYSTEM, "gemm", "membw", "copy"):
         if need not in tables:
             raise ConfigError(str(rd / f"{need}.csv"), None,

@@ -28,7 +28,7 @@ from typing import Iterator
 import torch
 
 from simhete.errors import SimheteError
-from simhete.hostinfo import host_cpu, mem_available_bytes
+from simhete.hostinfo import allocatable_bytes, host_cpu
 
 CPU_STREAM = "cpu.optim"
 
@@ -89,9 +89,14 @@ class Device:
     def synchronize(self) -> None:
         pass
 
+    def host_free(self) -> tuple[int, str]:
+        """What this process may still allocate on the host and where that figure comes from:
+        the smaller of MemAvailable and its own resource limits (simhete.hostinfo)."""
+        return allocatable_bytes()
+
     def free_bytes(self) -> dict[str, int]:
         """Free memory per pool. The CPU device and the host are the same memory."""
-        free = mem_available_bytes()
+        free = self.host_free()[0]
         return {"gpu0": free, "cpu": free}
 
     def peak_bytes(self) -> int | None:
@@ -186,7 +191,7 @@ class CudaDevice(Device):
 
     def free_bytes(self) -> dict[str, int]:
         free, _total = torch.cuda.mem_get_info(self.dev)
-        return {"gpu0": int(free), "cpu": mem_available_bytes()}
+        return {"gpu0": int(free), "cpu": self.host_free()[0]}
 
     def peak_bytes(self) -> int | None:
         return int(torch.cuda.max_memory_allocated(self.dev))
@@ -210,28 +215,71 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def check_fits(peak: dict[str, int], device: Device) -> None:
+def check_fits(peak: dict[str, int], device: Device) -> tuple[int, str]:
     """Refuse, before allocating anything, a replay whose predicted peak exceeds free memory.
 
     On the CPU device the "device" pool and the host pool are the same RAM, so their peaks add up
-    against MemAvailable; on CUDA the device pool is checked against ``torch.cuda.mem_get_info``
-    and the host pool against MemAvailable.
+    against what the host can still give this process: the smaller of MemAvailable and the
+    process's own limits (RLIMIT_AS less VmSize, RLIMIT_DATA less VmData; see
+    :func:`simhete.hostinfo.allocatable_bytes`). On CUDA the device pool is checked against
+    ``torch.cuda.mem_get_info`` and the host pool against that same host figure. Returns that
+    host figure and where it comes from (for :func:`out_of_memory`'s message).
     """
     from simhete.replay.state import ReplayError
 
     free = device.free_bytes()
+    how = device.host_free()[1]
     dev_peak, host_peak = int(peak.get("gpu0", 0)), int(peak.get("cpu", 0))
     if device.kind == "cpu":
         if dev_peak + host_peak > free["cpu"]:
             raise ReplayError(
                 f"replay refused: the schedule's predicted peak ({gib(dev_peak)} device + "
                 f"{gib(host_peak)} host) exceeds the {gib(free['cpu'])} available on this CPU "
-                "(MemAvailable, /proc/meminfo); scale the scenario's replay: section down")
-        return
+                f"({how}): raise the limit or scale the scenario's replay: section down")
+        return free["cpu"], how
     if dev_peak > free["gpu0"]:
         raise ReplayError(f"replay refused: the schedule's predicted device peak {gib(dev_peak)} exceeds "
                           f"the {gib(free['gpu0'])} free on {device.name} (torch.cuda.mem_get_info); "
                           "scale the scenario's replay: section down")
     if host_peak > free["cpu"]:
         raise ReplayError(f"replay refused: the schedule's predicted host peak {gib(host_peak)} exceeds "
-                          f"the {gib(free['cpu'])} available (MemAvailable, /proc/meminfo)")
+                          f"the {gib(free['cpu'])} available ({how}): raise the limit or scale the "
+                          "scenario's replay: section down")
+    return free["cpu"], how
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that failed: Python's MemoryError (also C++ ``std::bad_alloc``
+    through pybind11), torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory") and
+    CUDA allocator ("CUDA out of memory", torch.OutOfMemoryError), or a thread whose stack could
+    not be mapped ("can't start new thread", what an address-space limit gives)."""
+    if isinstance(e, MemoryError):
+        return True
+    if isinstance(e, RuntimeError):
+        m = str(e)
+        return ("can't allocate memory" in m or "out of memory" in m.lower()
+                or "can't start new thread" in m)
+    return False
+
+
+@contextlib.contextmanager
+def out_of_memory(what: str, peak: dict[str, int], host: tuple[int, str]) -> Iterator[None]:
+    """Turn an allocation that fails inside the block into one line (a ReplayError) naming the
+    prediction and the memory the process had when it started, instead of a traceback."""
+    from simhete.replay.state import ReplayError
+
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        import re
+        m = re.search(r"tried to allocate (\d+) bytes", str(e))
+        why = (f"an allocation of {int(m.group(1)) / 2**20:.1f} MiB failed" if m
+               else (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+        raise ReplayError(
+            f"{what} ran out of memory ({why}): the simulator predicted a peak of "
+            f"{gib(int(peak.get('gpu0', 0)))} device + {gib(int(peak.get('cpu', 0)))} host and "
+            f"{gib(host[0])} was available ({host[1]}); memory a task needs only while it runs "
+            "is not in the prediction: raise the limit or scale the scenario's replay: section "
+            "down") from None

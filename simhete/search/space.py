@@ -168,7 +168,8 @@ def _load_base(ref: str | dict[str, Any], file: str | None) -> Scenario:
     p = Path(ref)
     if not p.is_absolute() and file:
         p = Path(file).parent / p
-    if not p.is_file():
+    from simhete.fileio import is_file
+    if not is_file(p):
         raise ConfigError(file, "base", ref, allowed="a scenario YAML path (relative to the sweep file) "
                                                      "or an inline scenario mapping")
     return load_scenario(p)

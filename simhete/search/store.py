@@ -19,9 +19,10 @@ comes back) but is not part of ``points``, the report or the exports.
 Safety: an existing file is checked before anything is written to it, through a read-only SQLite
 connection: the application id simhete stamps in the header of its stores and the format number
 in ``user_version`` (another application's database, garbage, or a store of a newer format is
-refused there), then ``PRAGMA quick_check``, the schema and the format row of ``meta``; only then
-is it opened for writing. A refused file is left byte-identical (a ``-wal``/``-shm`` file the
-read-only look had to create for a WAL-mode database is removed again). A new
+refused there), then ``PRAGMA quick_check``, the schema, the format row of ``meta`` and every
+stored value (its type, its JSON, its UTF-8); only then is it opened for writing. A refused file
+is left byte-identical (a ``-wal``/``-shm`` file the read-only look had to create for a WAL-mode
+database is removed again). A new
 store is built in a temporary file and linked into place, so ``--out`` never names a half-made
 store. One process writes a store at a time: a ``<store>.lock`` file held with ``flock`` (the kernel
 releases it when the holder dies, SIGKILL included, so a stale lock file never blocks).
@@ -89,6 +90,35 @@ def _header_problem(app: int, fmt: int) -> str | None:
     return None
 
 
+def _json_of(col: str, kind: str) -> str:
+    return f"(CASE WHEN json_valid({col}) THEN json_type({col}) END) IS NOT '{kind}'"
+
+
+def _values_problem(con: sqlite3.Connection) -> str | None:
+    """The first stored value this format cannot hold (a byte changed on disk, a row edited by
+    hand), or None. SQL scans check each column's type and JSON; then every row is read once, which
+    fails on text that is not UTF-8. It costs a pass over the store, before anything is written."""
+    rules: list[tuple[str, str, str]] = []
+    for c in RESULT_COLUMNS:
+        t = _TYPES.get(c, "TEXT")
+        allowed = {"REAL": "'integer', 'real', 'null'", "INTEGER": "'integer', 'null'", "TEXT": "'text'"}[t]
+        rules.append(("results", f"typeof({c}) NOT IN ({allowed})",
+                      f"{c} is {'not a number' if t != 'TEXT' else 'not text'}"))
+    rules += [("results", _json_of("uncalibrated", "array"), "uncalibrated is not a JSON list"),
+              ("results", "summary != '' AND " + _json_of("summary", "object"), "summary is not a JSON object"),
+              ("members", "typeof(idx) != 'integer' OR typeof(id) != 'text' OR typeof(params) != 'text'",
+               "a value of the wrong type"),
+              ("members", _json_of("params", "object"), "params is not a JSON object")]
+    for table, where, what in rules:
+        row = con.execute(f"SELECT rowid FROM {table} WHERE {where} LIMIT 1").fetchone()
+        if row is not None:
+            return f"{table} row {row[0]}: {what}"
+    for table in ("results", "members", "meta"):
+        for _ in con.execute(f"SELECT * FROM {table}"):
+            pass
+    return None
+
+
 def _sidecars(path: Path) -> dict[str, bool]:
     return {s: Path(f"{path}{s}").exists() for s in ("-wal", "-shm")}
 
@@ -127,6 +157,9 @@ def inspect_store(path: Path, keep_open: bool = False) -> tuple[int, dict[str, A
                 raise sqlite3.DatabaseError(f"table {table} has columns {list(have)}, "
                                             f"format {FORMAT} has {list(cols)}")
         meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+        bad = _values_problem(con)
+        if bad is not None:
+            raise sqlite3.DatabaseError(bad)
         if meta.get("format") != FORMAT:
             raise sqlite3.DatabaseError(f"its meta table gives format {meta.get('format')!r}, "
                                         f"its header {FORMAT}")

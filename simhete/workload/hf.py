@@ -95,8 +95,11 @@ class _Cfg:
 def from_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
     """The ModelSpec described by the Hugging Face config.json at ``path`` (a file or a folder)."""
     p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
+    try:
+        if p.is_dir():
+            p = p / "config.json"
+    except (OSError, ValueError):    # a name too long, a NUL byte: load_json says which
+        pass
     file = str(p)
     from simhete.config import load_json
 
