@@ -126,6 +126,13 @@ def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype:
     if isinstance(spec, str):
         spec = get_model(spec)
     one_of(precision, PRECISIONS, None, "train.precision", "precisions")
+    # checked before the cached builders: their lru_cache takes 1 for True (equal and same hash)
+    for key, v in (("micro_batch", micro_batch), ("seq_len", seq_len)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(None, key, v, allowed="a positive integer")
+    for key, v in (("flash_attention", flash_attention), ("half_to_float", half_to_float)):
+        if not isinstance(v, bool):
+            raise ConfigError(None, key, v, allowed="true or false")
     if precision == "pure":
         return _pure(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float)
     return _build(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float)
