@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -95,3 +95,39 @@ def run_title(result, sets: list[str]) -> str:  # type: ignore[no-untyped-def]
     ctx = result.context
     gpus = ctx.profile.gpu.count
     return f"{ctx.spec.name} on {ctx.profile.name}{f' x{gpus}' if gpus > 1 else ''}, {result.scenario.data.policy}"
+
+
+class StopOnSignals:
+    """While a long command runs, SIGTERM raises ``stop(signum)`` in the main thread (Ctrl-C raises
+    KeyboardInterrupt as always), so the command stops where it is and cleans up; ``hold()`` then
+    ignores both while it finishes the cleanup (outputs moved into place, a staging folder removed,
+    workers shut down). The previous handlers come back on exit. Off the main thread, where
+    handlers cannot be installed, it does nothing."""
+
+    def __init__(self, stop: "Callable[[int], BaseException]") -> None:
+        self.stop = stop
+
+    def __enter__(self) -> "StopOnSignals":
+        import signal
+        import threading
+
+        def on_term(signum, frame):  # type: ignore[no-untyped-def]
+            raise self.stop(signum)
+        self.active = threading.current_thread() is threading.main_thread()   # signals need it
+        if self.active:
+            self.saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+            signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def hold(self) -> None:
+        import signal
+        if self.active:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+        if self.active:
+            for s, h in self.saved.items():
+                signal.signal(s, h)
+

@@ -15,11 +15,9 @@ import argparse
 import dataclasses
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -209,29 +207,10 @@ class _Stopped(BaseException):
     """SIGTERM arrived (a BaseException, so no ``except Exception`` on the way takes it)."""
 
 
-class _signals:
-    """While measuring and fitting, SIGTERM raises :class:`_Stopped` in the main thread (Ctrl-C
-    raises KeyboardInterrupt as always); ``hold()`` ignores both while outputs are moved into
-    place or the staging directory is removed. The previous handlers come back on exit."""
-
-    def __enter__(self) -> "_signals":
-        def on_term(signum, frame):  # type: ignore[no-untyped-def]
-            raise _Stopped()
-        self.active = threading.current_thread() is threading.main_thread()   # signals need it
-        if self.active:
-            self.saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-            signal.signal(signal.SIGTERM, on_term)
-        return self
-
-    def hold(self) -> None:
-        if self.active:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.active:
-            for s, h in self.saved.items():
-                signal.signal(s, h)
+def _signals() -> "StopOnSignals":
+    """While measuring and fitting, SIGTERM raises :class:`_Stopped` (see ``StopOnSignals``)."""
+    from simhete.commands._common import StopOnSignals
+    return StopOnSignals(lambda signum: _Stopped())
 
 
 def _stopped(e: BaseException, stage: Path | None) -> int:

@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -198,32 +197,12 @@ def _has_limits(sweep) -> bool:  # type: ignore[no-untyped-def]
     return sweep.limits.gpu_memory is not None or sweep.limits.host_memory is not None
 
 
-class _stop_on_signals:
-    """While a sweep runs, SIGTERM raises :class:`Stopped` in the main thread (Ctrl-C raises
-    KeyboardInterrupt as always), so that the sweep stops where it is: the transaction in progress
-    rolls back, what is committed stays. ``hold()`` then ignores both while the workers are shut
-    down; the previous handlers come back on exit."""
-
-    def __enter__(self) -> "_stop_on_signals":
-        from simhete.search.backends import Stopped
-
-        def on_term(signum, frame):  # type: ignore[no-untyped-def]
-            raise Stopped(signum)
-        self.active = threading.current_thread() is threading.main_thread()   # signals need it
-        if self.active:
-            self.saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-            signal.signal(signal.SIGTERM, on_term)
-        return self
-
-    def hold(self) -> None:
-        if self.active:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
-        if self.active:
-            for s, h in self.saved.items():
-                signal.signal(s, h)
+def _stop_on_signals() -> "StopOnSignals":
+    """While a sweep runs, SIGTERM raises :class:`Stopped` so the sweep stops where it is: the
+    transaction in progress rolls back, what is committed stays (see ``StopOnSignals``)."""
+    from simhete.commands._common import StopOnSignals
+    from simhete.search.backends import Stopped
+    return StopOnSignals(Stopped)
 
 
 class _progress:
