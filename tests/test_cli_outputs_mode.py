@@ -63,7 +63,8 @@ def test_no_install_hint_names_a_package_index_simhete_is_not_on():
     assert bad == []
 
 
-def test_calibrate_without_torch_hints_at_the_checkout_install(capsys, monkeypatch, tmp_path):
+def hide_torch(monkeypatch) -> None:
+    """Make ``import torch`` fail as on a machine without it, for this test only."""
     import builtins
     real = builtins.__import__
 
@@ -71,9 +72,13 @@ def test_calibrate_without_torch_hints_at_the_checkout_install(capsys, monkeypat
         if name == "torch" or name.startswith("torch."):
             raise ModuleNotFoundError("No module named 'torch'", name="torch")
         return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+
+
+def test_calibrate_without_torch_hints_at_the_checkout_install(capsys, monkeypatch, tmp_path):
     for m in [m for m in list(__import__("sys").modules) if m.startswith("calibrate")]:
         monkeypatch.delitem(__import__("sys").modules, m)
-    monkeypatch.setattr(builtins, "__import__", no_torch)
+    hide_torch(monkeypatch)
     assert main(["calibrate", "--quick", "--out", str(tmp_path / "x.yaml")]) == 2
     err = capsys.readouterr().err
     assert err == ("simhete: error: calibrate needs torch (torch not installed): from the simhete checkout, "
@@ -81,14 +86,7 @@ def test_calibrate_without_torch_hints_at_the_checkout_install(capsys, monkeypat
 
 
 def test_validate_without_torch_hints_at_the_checkout_install(capsys, monkeypatch, tmp_path):
-    import builtins
-    real = builtins.__import__
-
-    def no_torch(name, *a, **k):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError("No module named 'torch'", name="torch")
-        return real(name, *a, **k)
-    monkeypatch.setattr(builtins, "__import__", no_torch)
+    hide_torch(monkeypatch)
     assert main(["validate", SMALL, "--profile", "cpu-local"]) == 2
     assert capsys.readouterr().err == (
         "simhete: error: validate needs torch to replay (torch not installed): from the simhete checkout, "

@@ -7,6 +7,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simhete.cli import main
 from simhete.scenario import scenario_from_dict
@@ -266,3 +268,25 @@ def test_a_trial_cut_by_autohete_solver_time_limit_says_so():
     trials = Planner(s, policies=("autohete",)).by_policy()["autohete"]
     assert trials and all("AutoHete's solver_time_limit ran out before every special case was solved" in t.cut
                           for t in trials)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cap=st.sampled_from([1, 7, 64, 100, 1024]), t=st.integers(0, 1024), budget=st.integers(0, 30))
+def test_largest_fitting_finds_the_threshold_or_brackets_it_when_the_budget_runs_out(cap, t, budget):
+    from simhete.search.plan import largest_fitting
+    t = min(t, cap)                     # n fits exactly when n <= t
+    calls = []
+
+    def fits(n):
+        assert 1 <= n <= cap and n not in calls        # within the range, never asked twice
+        if len(calls) >= budget:
+            return None
+        calls.append(n)
+        return n <= t
+    lo, hi, complete = largest_fitting(fits, cap)
+    assert lo <= t < hi <= cap + 1
+    if complete:
+        assert lo == t and hi == (t + 1 if t < cap else cap + 1)
+        assert len(calls) <= 2 * cap.bit_length() + 1    # doubling, then bisection
+    else:
+        assert len(calls) == budget

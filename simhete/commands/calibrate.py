@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -213,6 +213,30 @@ def _signals() -> "StopOnSignals":
     return StopOnSignals(lambda signum: _Stopped())
 
 
+def _staged(parent: Path, work: Callable[[Path], list[tuple[Path, Path]]]) -> int | None:
+    """Run ``work`` in a staging folder beside the outputs and move what it returns (``(staged,
+    final)`` pairs) into place, under :func:`_signals`: SIGTERM or Ctrl-C before the move removes
+    the folder and gives the stop's exit status; signals are ignored from the move on. None when
+    the outputs are in place."""
+    with _signals() as sig:
+        stage: Path | None = None
+        try:
+            stage = _staging(parent)
+            moves = work(stage)
+            sig.hold()                # a signal now would leave some outputs moved, some not
+            _install(moves)
+        except (KeyboardInterrupt, _Stopped) as e:
+            sig.hold()
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+            return _stopped(e, stage)
+        finally:
+            sig.hold()
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+    return None
+
+
 def _stopped(e: BaseException, stage: Path | None) -> int:
     """The one line of a calibration stopped by SIGTERM or Ctrl-C, and its exit status."""
     name, code = ("SIGTERM", 143) if isinstance(e, _Stopped) else ("Ctrl-C (SIGINT)", 130)
@@ -269,32 +293,26 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"calibrating {target.name} ({target.kind}), {g.level} grid, suites: "
                   f"{', '.join(suites)}")
     t0 = time.perf_counter()
-    with _signals() as sig:
-        stage: Path | None = None
-        try:
-            stage = _staging(out.parent)
-            s_raw = stage / raw_dir.name
-            s_raw.mkdir()
-            run_suites(target, g, suites, s_raw, console, args.threads, args.passes)
-            console.print(f"measured in {time.perf_counter() - t0:.1f} s; fitting")
-            result = fit(s_raw, out.stem, stage)
-            text = result.report
-            if args.shapes_from and "blocks" in suites:
-                from calibrate.targets import comparison
-                text += "\n" + comparison(result.profile, args.shapes_from, target.kind)
-            (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
-            (stage / report.name).write_text(text)
-            sig.hold()                # a signal now would leave some outputs moved, some not
-            _install([(s_raw, raw_dir), (stage / report.name, report), (stage / out.name, out)])
-        except (KeyboardInterrupt, _Stopped) as e:
-            sig.hold()
-            if stage is not None:
-                shutil.rmtree(stage, ignore_errors=True)
-            return _stopped(e, stage)
-        finally:
-            sig.hold()
-            if stage is not None:
-                shutil.rmtree(stage, ignore_errors=True)
+    got: dict[str, Any] = {}
+
+    def measure_and_fit(stage: Path) -> list[tuple[Path, Path]]:
+        s_raw = stage / raw_dir.name
+        s_raw.mkdir()
+        run_suites(target, g, suites, s_raw, console, args.threads, args.passes)
+        console.print(f"measured in {time.perf_counter() - t0:.1f} s; fitting")
+        result = got["result"] = fit(s_raw, out.stem, stage)
+        text = result.report
+        if args.shapes_from and "blocks" in suites:
+            from calibrate.targets import comparison
+            text += "\n" + comparison(result.profile, args.shapes_from, target.kind)
+        (stage / out.name).write_text(dump_profile(result.profile, f"{g.level} grid"))
+        (stage / report.name).write_text(text)
+        return [(s_raw, raw_dir), (stage / report.name, report), (stage / out.name, out)]
+
+    stopped = _staged(out.parent, measure_and_fit)
+    if stopped is not None:
+        return stopped
+    result = got["result"]
     _print_summary(result, report)
     print(f"wrote {out}, {raw_dir}/ and {report} in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -325,23 +343,14 @@ def _refit(raw_dir: Path, out: Path, force: bool, shapes_from: list[str]) -> int
         from calibrate.targets import comparison
         kind = str(result.profile.get("device_type", "cuda"))
         text += "\n" + comparison(result.profile, shapes_from, kind)
-    with _signals() as sig:
-        stage: Path | None = None
-        try:
-            stage = _staging(out.parent)
-            (stage / out.name).write_text(dump_profile(result.profile, f"refit from {raw_dir.name}"))
-            (stage / report.name).write_text(text)
-            sig.hold()
-            _install([(stage / report.name, report), (stage / out.name, out)])
-        except (KeyboardInterrupt, _Stopped) as e:
-            sig.hold()
-            if stage is not None:
-                shutil.rmtree(stage, ignore_errors=True)
-            return _stopped(e, stage)
-        finally:
-            sig.hold()
-            if stage is not None:
-                shutil.rmtree(stage, ignore_errors=True)
+    def write(stage: Path) -> list[tuple[Path, Path]]:
+        (stage / out.name).write_text(dump_profile(result.profile, f"refit from {raw_dir.name}"))
+        (stage / report.name).write_text(text)
+        return [(stage / report.name, report), (stage / out.name, out)]
+
+    stopped = _staged(out.parent, write)
+    if stopped is not None:
+        return stopped
     _print_summary(result, report)
     print(f"wrote {out} and {report} (refit from {raw_dir})")
     return 0

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from simhete.errors import ConfigError
 from simhete.scenario import Scenario
@@ -63,6 +63,36 @@ PLAN_SOLVER_S = 1.0
 # "does anything fit" tries policies in this order (the most memory-frugal and cheapest to
 # simulate first; AutoHete, which solves MILPs, last) and stops at the first that fits
 FIT_ORDER = ("zero-infinity", "zero-offload", "chunked", "stronghold", "gpu-only", "autohete")
+
+
+def largest_fitting(fits: Callable[[int], bool | None], cap: int) -> tuple[int, int, bool]:
+    """The largest n in 1..cap with ``fits(n)``, for ``fits`` true up to some n and false beyond:
+    doubling from 1 (capped at ``cap``), then bisection. ``fits`` returns None when the search
+    budget has run out. Returns ``(lo, hi, complete)``: ``lo`` the largest n known to fit (0:
+    none), ``hi`` the smallest known not to (``cap + 1``: none known), ``complete`` False when the
+    budget ran out before ``hi == lo + 1``."""
+    first = fits(1)
+    if first is None:
+        return 0, cap + 1, False
+    if not first:
+        return 0, 1, True
+    lo, hi = 1, 2                      # invariant: lo fits; hi does not, or is unknown
+    while hi <= cap:
+        ok = fits(hi)
+        if ok is None:
+            return lo, cap + 1, False
+        if not ok:
+            break
+        lo, hi = hi, min(hi * 2, cap) if hi < cap else cap + 1
+    if hi > cap:
+        return lo, cap + 1, True
+    while hi - lo > 1:                 # now hi does not fit
+        mid = (lo + hi) // 2
+        ok = fits(mid)
+        if ok is None:
+            return lo, hi, False
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo, hi, True
 
 
 @dataclass(frozen=True)
@@ -246,28 +276,8 @@ class Planner:
             self.mb_unsearched = (f"micro-batches {lo + 1}..{top} (the {self.budget_s:g} s search budget "
                                   "ran out" + "".join("; " + k for k in [", ".join(known)] if k) + ")")
             return lo, len(probes)
-        first = fits(1)
-        if first is None:
-            return out_of_time(0, MAX_MICRO_BATCH + 1)
-        if not first:
-            return 0, len(probes)
-        lo, hi = 1, 2
-        while hi <= MAX_MICRO_BATCH:
-            ok = fits(hi)
-            if ok is None:
-                return out_of_time(lo, MAX_MICRO_BATCH + 1)
-            if not ok:
-                break
-            lo, hi = hi, hi * 2
-        if hi > MAX_MICRO_BATCH:
-            return lo, len(probes)
-        while hi - lo > 1:          # invariant: fits(lo), not fits(hi)
-            mid = (lo + hi) // 2
-            ok = fits(mid)
-            if ok is None:
-                return out_of_time(lo, hi)
-            lo, hi = (mid, hi) if ok else (lo, mid)
-        return lo, len(probes)
+        lo, hi, complete = largest_fitting(fits, MAX_MICRO_BATCH)
+        return (lo, len(probes)) if complete else out_of_time(lo, hi)
 
     def lean(self, policy: str, knobs: dict[str, Any]) -> dict[str, Any]:
         """``knobs`` with the planning knobs set to their leanest value where the policy has them."""
@@ -355,30 +365,13 @@ class Planner:
             self.unsearched = (f"depths {lo + 1}..{hi - 1 if hi <= MAX_LAYERS else MAX_LAYERS} (the {self.budget_s:g} s "
                                "search budget ran out" + "".join("; " + k for k in [", ".join(known)] if k) + ")")
             return name(lo) if lo else None
-        first = fits(1)
-        if first is None:
-            return out_of_time(0, MAX_LAYERS + 1)
-        if not first:
-            return None
-        lo, hi = 1, 2                      # invariant: lo fits; hi does not, or is unknown
-        while hi <= MAX_LAYERS:
-            ok = fits(hi)
-            if ok is None:
-                return out_of_time(lo, MAX_LAYERS + 1)
-            if not ok:
-                break
-            lo, hi = hi, min(hi * 2, MAX_LAYERS) if hi < MAX_LAYERS else MAX_LAYERS + 1
+        lo, hi, complete = largest_fitting(fits, MAX_LAYERS)
+        if not complete:
+            return out_of_time(lo, hi)
         if lo == MAX_LAYERS:
             self.unsearched = (f"deeper than {MAX_LAYERS} layers (the model-size limit; "
                                f"{MAX_LAYERS} layers fit)")
-            return name(lo)
-        while hi - lo > 1:                 # now hi does not fit
-            mid = (lo + hi) // 2
-            ok = fits(mid)
-            if ok is None:
-                return out_of_time(lo, hi)
-            lo, hi = (mid, hi) if ok else (lo, mid)
-        return name(lo)
+        return name(lo) if lo else None
 
     # -- smallest hardware --------------------------------------------------------------------------
 
