@@ -196,7 +196,7 @@ def test_zero_offload_accumulation_pcie_bytes(k):
     assert F == 2 * W
     assert pcie(sched, 2) == ((k - 1) * W + W, (k * W if k > 1 else 0) + F)
     # one host sync per parameter tensor at the boundary (copy_grads_in_partition, per parameter)
-    from simhete.policy.zero_offload import param_tensors
+    from simhete.workload.tensors import param_tensors
     assert syncs(sched, 2) == sum(len(param_tensors(ctx.spec, b)) for b in ctx.blocks if b.params)
     cpu = per_iter(sched, 2, lambda t: t.cat is TaskCat.OPTIM_CPU)
     assert len(cpu) == sum(1 for b in ctx.blocks if b.params) + 2

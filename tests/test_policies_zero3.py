@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from simhete.opkinds import MemClass, OpKind
-from simhete.policy.zero_infinity import param_tensors
+from simhete.workload.tensors import param_tensors
 from simhete.scenario import scenario_from_dict
 from simhete.sim import run
 from simhete.workload.presets import get_model
@@ -53,8 +53,8 @@ def test_llama2_7b_tensor_layout_adds_up():
     assert spec.n_params() == PARAMS
     res = llama7b_8gpu({"offload_param": "none", "offload_optimizer": "none"}, its=1)
     by = {b.name: b for b in res.context.blocks}
-    assert param_tensors(spec, by["b0"]) == [H, H * H, H * H, H * H, H * H, H, H * F, H * F, F * H]
-    assert param_tensors(spec, by["head"]) == [H, V * H] and param_tensors(spec, by["embed"]) == [V * H]
+    assert param_tensors(spec, by["b0"]) == (H, H * H, H * H, H * H, H * H, H, H * F, H * F, F * H)
+    assert param_tensors(spec, by["head"]) == (H, V * H) and param_tensors(spec, by["embed"]) == (V * H,)
 
 
 @pytest.mark.parametrize("model", ["gpt3-1.3b", "llama3-8b", "opt-1.3b", "llama2-70b"])
@@ -138,19 +138,21 @@ def test_zero3_one_gpu_keeps_the_whole_model():
 
 
 def test_persistence_is_decided_per_tensor():
-    """gpt-like-h256: q/k/v/o are 65,536 elements, under the 1e5 threshold: persistent (held whole
-    on every GPU, never gathered); the 256×1024 MLP matrices are gathered."""
+    """gpt-like-h256 (Megatron's fused query_key_value, one tensor): the output projection's
+    65,536 elements are under the 1e5 threshold, persistent (held whole on every GPU, never
+    gathered), and so are the biases and norms; the fused QKV (196,608) and the 256×1024 MLP
+    matrices are gathered."""
     res = run(scenario_from_dict({
         "model": "gpt-like-h256-l2", "hardware": {"profile": "h100-sxm", "gpus": 2},
         "train": {"micro_batch": 1, "seq_len": 128}, "iterations": 1, "policy": "zero-infinity",
         "knobs": {"offload_param": "none", "offload_optimizer": "none"}}))
     h, f = 256, 1024
-    persist = 4 * h * h + 4 * h + 2 * h + f + h + 2 * h        # attn mats + biases, LN1, MLP biases, LN2
+    persist = h * h + 3 * h + h + 2 * h + f + h + 2 * h        # out proj, QKV and out biases, LN1, MLP biases, LN2
     init = {a.buf: a.bytes for a in res.schedule.initial}
     assert init["weights.g0.b0.persist"] == 2 * persist
     assert init["weights.g1.b0"] == 2 * (res.context.blocks[1].params // 2)
     ag = [t for t in res.schedule.tasks if t.name.startswith("it1.AG.wf.b0@g0")]
-    assert [op.n for t in ag for op in t.ops] == [2 * 2 * h * f]
+    assert [op.n for t in ag for op in t.ops] == [2 * (3 * h * h + 2 * h * f)]
 
 
 def offload(overlap, its=1):

@@ -233,7 +233,7 @@ def test_parameter_tensors_of_a_block_in_module_order():
     heads of 64); a block the listing cannot lay out counts as one tensor."""
     from pathlib import Path
 
-    from simhete.policy.zero_offload import param_tensors
+    from simhete.workload.tensors import param_tensors
     from simhete.workload.hf import from_hf_config
     from simhete.workload.ops import build_workload
     from simhete.workload.presets import get_model

@@ -89,7 +89,7 @@ def test_pcie_bytes_per_iteration(policy, knobs, h2d, d2h):
     res = run(scen(policy=policy, knobs=knobs))
     params = res.context.workload.params
     # plus ZeRO-Offload's host sync per parameter tensor: a 4-byte D2H of _has_inf_or_nan's result
-    from simhete.policy.zero_offload import param_tensors
+    from simhete.workload.tensors import param_tensors
     ctx = res.context
     tensors = sum(len(param_tensors(ctx.spec, b)) for b in ctx.blocks if b.params) if d2h else 0
     assert res.summary.pcie_bytes_per_iter == {"h2d": h2d * params, "d2h": d2h * params + 4 * tensors}

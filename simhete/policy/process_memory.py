@@ -80,6 +80,7 @@ from typing import Any, Iterable
 
 from simhete.opkinds import DTYPE_BYTES, MemClass
 from simhete.schedule import Alloc
+from simhete.workload.tensors import model_tensors
 
 # Resident host memory of one PyTorch process after CUDA initialisation and its first kernels:
 # pytorch/pytorch issue #12873 (memory_profiler, CUDA 9 era): 1872.660 MiB after a conv layer ran on
@@ -104,37 +105,9 @@ def pinned_extra(sizes: Iterable[int], pinned: bool = True) -> int:
     return sum(pow2_ceil(n) - n for n in sizes if n)
 
 
-def param_tensors(spec: Any) -> list[tuple[int, bool]]:
-    """(numel, decayed) of every parameter tensor of a Hugging Face model of ``spec``, in model
-    order: ``decayed`` is False for biases and norm weights (Trainer's no-decay group)."""
-    h, kv, f = spec.hidden, spec.kv_dim, spec.ffn_hidden
-    norm = [(h, False)] + ([(h, False)] if spec.norm == "layernorm" else [])
-    out = [(spec.vocab * h, True)]
-    if spec.pos == "learned":
-        out.append(((spec.max_seq + spec.pos_offset) * h, True))
-    for _ in range(spec.n_layers):
-        out += norm
-        for n_out in (h, kv, kv, h):      # q, k, v, o projections (each h inputs)
-            out.append((h * n_out, True))
-            if spec.bias:
-                out.append((n_out, False))
-        out += norm
-        for _ in range(spec.n_mlp_in):    # up (and gate)
-            out.append((h * f, True))
-            if spec.bias:
-                out.append((f, False))
-        out.append((f * h, True))         # down
-        if spec.bias:
-            out.append((h, False))
-    out += norm
-    if not spec.tied_embeddings:
-        out.append((spec.vocab * h, True))
-    return out
-
-
 def group_numels(spec: Any) -> list[int]:
     """Elements of each optimizer parameter group (decayed, not decayed), empty groups left out."""
-    ts = param_tensors(spec)
+    ts = model_tensors(spec)
     return [n for n in (sum(x for x, d in ts if d), sum(x for x, d in ts if not d)) if n]
 
 
@@ -171,7 +144,7 @@ def resolved_load(k: Any, policy: str) -> str:
 def _zero_offload_host(ctx: Any, k: Any, n: int, e: int) -> list[tuple[str, MemClass, int]]:
     """ZeRO-Offload's extra host bytes (module docstring), identical on every rank."""
     pinned = rounds(k)
-    tensors = param_tensors(ctx.spec)
+    tensors = model_tensors(ctx.spec)
     largest = max(x for x, _ in tensors)
     fw = rnd = 0
     for numel in group_numels(ctx.spec):
@@ -192,7 +165,7 @@ def _zero_offload_host(ctx: Any, k: Any, n: int, e: int) -> list[tuple[str, MemC
 def _zero3_host(ctx: Any, k: Any, n: int, e: int) -> list[tuple[str, MemClass, int]]:
     """ZeRO-3 offload's extra host bytes (module docstring), identical on every rank."""
     pinned = rounds(k)
-    tensors = param_tensors(ctx.spec)
+    tensors = model_tensors(ctx.spec)
     parts = [zero3_partition((x for x, d in tensors if d is decayed), n) for decayed in (True, False)]
     parts = [p for p in parts if p]
     fw = rnd = 0

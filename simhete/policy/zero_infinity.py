@@ -50,6 +50,7 @@ from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
                                      forward_backward, fwd_prio, grad_prio, hook_reduce_waits, tname)
 from simhete.schedule import Alloc, Op, Schedule
+from simhete.workload.tensors import param_tensors
 
 
 class ZeroInfinityKnobs(ActivationKnobs):
@@ -135,23 +136,6 @@ def plan_fetches(needs: list[list[int]], numel: dict[int, int], k: ZeroInfinityK
                 plan.release.setdefault(u, []).append(o)
                 del live[o]
     return plan
-
-
-def param_tensors(spec, blk) -> list[int]:
-    """Element counts of a block's parameter tensors, laid out as Hugging Face's LLaMA/OPT/GPT-NeoX
-    modules hold them (separate q, k, v and output projections; each norm's weight and bias; each
-    linear's bias). DeepSpeed decides persistence per tensor (``ds_persist``), so the split
-    matters for small tensors. A block whose parameters do not add up to this layout is one tensor."""
-    h, kv, f = spec.hidden, spec.kv_dim, spec.ffn_hidden
-    norm = [h, h] if spec.norm == "layernorm" else [h]
-    if blk.name == "embed":
-        out = [spec.vocab * h] + ([(spec.max_seq + spec.pos_offset) * h] if spec.pos == "learned" else [])
-    elif blk.name == "head":
-        out = norm + ([] if spec.tied_embeddings else [spec.vocab * h])
-    else:
-        out = (norm + [h * h, h * kv, h * kv, h * h] + ([h, kv, kv, h] if spec.bias else []) + norm
-               + [h * f] * spec.n_mlp_in + [f * h] + ([f] * spec.n_mlp_in + [h] if spec.bias else []))
-    return out if sum(out) == blk.params else [blk.params]
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
                                      grad_prio, hook_reduce_waits, size_decisions, tname)
 from simhete.schedule import Alloc, Op, Schedule
+from simhete.workload.tensors import param_tensors
 
 
 class ZeroOffloadKnobs(ActivationKnobs):
@@ -388,61 +389,6 @@ def rank_partition_slices(blocks: tuple, buckets, n: int) -> list[dict[int, dict
             per[g] = got
         out.append(per)
     return out
-
-
-# Families whose attention (and, for Phi-3, MLP input) projections are one fused matrix: Megatron /
-# GPT-2 style c_attn / query_key_value (transformers GPT2Attention, GPTNeoXAttention, FalconAttention,
-# BloomAttention; Phi3Attention qkv_proj and Phi3MLP gate_up_proj); the gpt-like and gpt3 presets
-# follow Megatron-LM's fused query_key_value.
-FUSED_QKV = frozenset({"gpt2", "gpt-like", "gpt3", "gpt_neox", "falcon", "bloom", "phi3"})
-_TENSORS: dict[tuple, tuple[int, ...]] = {}
-
-
-def param_tensors(spec, blk) -> tuple[int, ...]:
-    """Element counts of a block's parameter tensors in module order (the order of
-    ``model.parameters()``): embed — token table (+ learned positions, embedding norm, project_in);
-    a transformer block — norm 1 (weight, + bias for LayerNorm), the attention projections (fused
-    QKV or q, k, v) and output projection, each weight then its bias, q/k norms, norm 2, the MLP
-    matrices (gate and up, or fc1; then down) with biases; head — the final norm, project_out, an
-    untied LM head and its bias. When the listing does not add up to the block's parameters (a
-    structure not laid out here) the block counts as one tensor."""
-    key = (spec, blk.name, blk.params)
-    got = _TENSORS.get(key)
-    if got is not None:
-        return got
-    h, q, kv, f, p = spec.hidden, spec.q_dim, spec.kv_dim, spec.ffn_hidden, spec.embed_width
-    flag = spec._flag
-
-    def norm() -> list[int]:
-        if not spec.norm_affine:
-            return []
-        return [h, h] if spec.norm == "layernorm" else [h]
-
-    def lin(n_in: int, n_out: int, bias: bool) -> list[int]:
-        return [n_in * n_out] + ([n_out] if bias else [])
-
-    if blk.name == "embed":
-        t = [spec.vocab * p] + ([(spec.max_seq + spec.pos_offset) * h] if spec.pos == "learned" else []) \
-            + (norm() if spec.embed_norm else []) + ([p * h] if p != h else [])
-    elif blk.name == "head":
-        t = (norm() if spec.final_norm else []) + ([p * h] if p != h else []) \
-            + ([] if spec.tied_embeddings else [spec.vocab * p]) + ([spec.vocab] if spec.lm_head_bias else [])
-    else:
-        qb = flag(spec.qkv_bias)
-        attn = lin(h, q + 2 * kv, qb) if spec.family in FUSED_QKV else lin(h, q, qb) + lin(h, kv, qb) + lin(h, kv, qb)
-        attn += lin(q, h, flag(spec.out_bias)) + ([spec.head_dim] * 2 if spec.qk_norm else [])
-        mb = flag(spec.mlp_bias)
-        mlp = lin(h, spec.n_mlp_in * f, mb) if spec.family == "phi3" else \
-            [x for _ in range(spec.n_mlp_in) for x in lin(h, f, mb)]
-        mlp += lin(f, h, mb)
-        norms = [norm() for _ in range(spec.norms_per_block)]
-        t = (norms[0] if norms else []) + attn + [x for nm in norms[1:] for x in nm] + mlp
-    t = [x for x in t if x]
-    got = tuple(t) if sum(t) == blk.params else (blk.params,)
-    if len(_TENSORS) >= 4096:
-        _TENSORS.clear()
-    _TENSORS[key] = got
-    return got
 
 
 def _pieces(tensors: tuple[int, ...], lo: int, hi: int) -> list[int]:
