@@ -146,10 +146,10 @@ def stages(grid: dict) -> None:
                 spent[name] = spent.get(name, 0.0) + time.process_time() - c
         return wrapped
 
-    saved = {n: getattr(sim, n) for n in ("resolve", "build_schedule", "_memo_palette", "simulate",
+    saved = {n: getattr(sim, n) for n in ("resolve", "choose_schedule", "_memo_palette", "simulate",
                                           "pcie_task_arrays", "summarize")}
     saved_row = ev.summary_row
-    for name, label in (("resolve", "resolve (workload, knobs, cost model)"), ("build_schedule", "policy build / resize"),
+    for name, label in (("resolve", "resolve (workload, knobs, cost model)"), ("choose_schedule", "policy build / resize / pick"),
                         ("_memo_palette", "prices + PCIe bytes per ops tuple"), ("simulate", "engine"),
                         ("pcie_task_arrays", "PCIe bytes per task"), ("summarize", "summarize")):
         setattr(sim, name, timed(label, saved[name]))

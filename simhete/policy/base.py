@@ -8,7 +8,7 @@ model, as a solver does).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Hashable, Iterable
+from typing import Any, Callable, ClassVar, Hashable, Iterable
 
 from simhete.config import Strict, validate
 from simhete.opkinds import MemClass, OpKind, TaskCat
@@ -27,8 +27,6 @@ class Context:
     cost: Any                # simhete.hw.cost.CostModel
     n_gpus: int
     iterations: int
-    simulate: Any = None     # the engine's simulate(schedule, durations, interference), passed in by
-                             # simhete.sim so a policy may profile candidates without importing the engine
 
     @property
     def blocks(self) -> tuple[Any, ...]:
@@ -62,6 +60,19 @@ class Context:
         return pools
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """Several schedules a policy offers for one context (:meth:`Policy.candidates`).
+
+    :func:`simhete.search.candidates.choose_schedule` runs each on the engine and keeps the one
+    with the least steady iteration time among those that do not run out of memory (the first of
+    equals); when none fits, it takes ``otherwise()``. ``schedules`` may be a generator (each is
+    built when its turn comes)."""
+
+    schedules: Iterable[Schedule]
+    otherwise: Callable[[], Schedule]
+
+
 class Policy:
     """Base class. Subclasses set ``Knobs`` (a Strict pydantic model) and implement ``build``."""
 
@@ -82,6 +93,11 @@ class Policy:
 
     def build(self, ctx: Context) -> Schedule:
         raise NotImplementedError
+
+    def candidates(self, ctx: Context) -> Candidates | None:
+        """Several schedules to choose from by simulating them, or ``None`` (the default: the
+        policy has one answer, :meth:`build`)."""
+        return None
 
     def structure_key(self, ctx: Context) -> Hashable | None:
         """A key for the *structure* of ``build(ctx)``, or ``None`` (the default: always build).
