@@ -1,8 +1,5 @@
-"""What every policy shares: the build context, the Policy base class and a Schedule builder.
-
-A policy is a function from (model, hardware, knobs) to a Schedule. It reads everything it needs
-from :class:`Context` and never prices anything the cost model would not (it may *ask* the cost
-model, as a solver does).
+"""What every policy shares: the build context, the Policy base class (its docstring says what a
+new policy provides), the candidates a policy may offer, and a Schedule builder.
 """
 
 from __future__ import annotations
@@ -74,9 +71,56 @@ class Candidates:
 
 
 class Policy:
-    """Base class. Subclasses set ``Knobs`` (a Strict pydantic model) and implement ``build``."""
+    """A training system as a function from (model, hardware, knobs) to a Schedule.
 
-    name: ClassVar[str] = ""
+    A new policy is a subclass, decorated ``@register("its-name")``
+    (:mod:`simhete.policy.registry`, the one table every command reads), that provides:
+
+    ``Knobs``
+        A :class:`~simhete.config.Strict` pydantic model: the scenario's ``knobs:`` mapping,
+        validated (a bad value is a one-line ConfigError naming ``knobs.<field>``). Subclass
+        :class:`~simhete.policy.training.ActivationKnobs` to take the shared activation and
+        host-memory knobs (``checkpointing``, ``activations``, ``pin_memory``, ``process_rss`` ...);
+        a field's docstring is its documentation. The instance is ``self.k``.
+    ``build(ctx) -> Schedule``
+        The whole answer, read from ``ctx`` (:class:`Context`) alone: the workload's blocks with
+        their sizes and ops, the pools (``ctx.pools()``), GPUs, iterations, accumulation. Add tasks
+        with a :class:`Builder` (the training helpers emit the common parts:
+        :func:`~simhete.policy.training.forward_backward`, :func:`model_states`,
+        :class:`~simhete.policy.dataparallel.DataParallel`), add what a real process holds
+        (:func:`~simhete.policy.process_memory.process_memory`) to the initial buffers, and
+        return ``b.build(ctx.pools(), initial, ctx.iterations, {"policy": self.name, ...})``.
+        The same context must give the same schedule (results are deterministic).
+
+    and sets, where the default is wrong for it:
+
+    ``multi_gpu`` (False)
+        ``build`` handles ``n_gpus > 1``; if not, such a scenario is a one-line error and
+        ``compare``/``plan`` leave the policy out.
+    ``accumulates`` (True)
+        ``build`` handles ``train.grad_accum > 1``; if not, ``compare``/``plan`` leave it out
+        there, and ``build`` must refuse it with a ConfigError.
+    ``pure_precision`` (a reason)
+        Why it cannot train with ``train.precision: pure``; ``""`` if it can.
+
+    Optionally:
+
+    ``candidates(ctx) -> Candidates | None``
+        Several schedules to choose from when the policy's own model cannot tell which is best:
+        simhete.search simulates them and keeps the fastest that fits (:class:`Candidates`;
+        AutoHete offers its MILP plan and special cases). ``None`` (default): ``build`` is the
+        answer.
+    ``structure_key(ctx)``
+        Opt in to structural templates for sweep speed (below).
+
+    A policy must not run or import the engine, ``simhete.sim`` or ``simhete.search``
+    (tests/test_layering.py), and must not price anything itself: durations come from the cost
+    model applied to the ops of its tasks (it may *ask* ``ctx.cost``, as a solver does). A shipped
+    policy is also listed in ``registry.SHIPPED``. docs/adding-a-policy.md walks through a
+    complete example.
+    """
+
+    name: ClassVar[str] = ""              # set by @register
     Knobs: ClassVar[type[Strict]] = Strict
     multi_gpu: ClassVar[bool] = False     # whether build() handles n_gpus > 1
     accumulates: ClassVar[bool] = True    # whether build() handles train.grad_accum > 1
