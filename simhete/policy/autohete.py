@@ -59,7 +59,8 @@ class AutoHeteKnobs(ActivationKnobs):
     """Offer as candidates (:meth:`AutoHete.candidates`, simulated by simhete.search) the MILP's
     plan, the MILP's placement solved again under full checkpointing, and the special cases it
     generalises (everything on the GPU; ZeRO-Offload-like), each with the MILP's checkpointing and
-    with full checkpointing; the fastest that fits is kept — the MILP's busiest-stream model can be optimistic (docs/policies.md)."""
+    with full checkpointing; the fastest that fits is kept — the MILP's busiest-stream model can
+    be optimistic (docs/policies.md)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "AutoHeteKnobs":   # replaces ActivationKnobs' check: "auto" is unset
@@ -137,8 +138,7 @@ class AutoHete(Policy):
         """The MILP's plan: what ``verify: false`` runs, and what :meth:`candidates` falls back on."""
         self._log = SolveLog()
         try:
-            plan, feasible = self.plan(ctx)
-            meta = {"milp": "optimal" if feasible else "infeasible", "milp_predicted_s": f"{plan.predicted_s:.6g}"}
+            plan, feasible, meta = self._planned(ctx)
             return self.schedule(ctx, plan, dict(meta, chosen="milp"), self._limited())
         finally:
             self._rows = None
@@ -151,8 +151,7 @@ class AutoHete(Policy):
             return None
         self._log = SolveLog()
         try:
-            plan, feasible = self.plan(ctx)
-            meta = {"milp": "optimal" if feasible else "infeasible", "milp_predicted_s": f"{plan.predicted_s:.6g}"}
+            plan, feasible, meta = self._planned(ctx)
             user = pinned_decisions(ctx, self.k)
             cands = [("milp", plan)] if feasible else []
             # the special cases: the MILP's own placement under full checkpointing (what the user gets
@@ -169,7 +168,8 @@ class AutoHete(Policy):
                     fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in sorted(set(fixed) | set(user))}
                     if self._left() <= 0:       # solver_time_limit spent: the candidates so far compete
                         meta["verify"] = "solver_time_limit reached before every special case was solved"
-                        self._log.cut.append("AutoHete's solver_time_limit ran out before every special case was solved")
+                        self._log.cut.append("AutoHete's solver_time_limit ran out before every special "
+                                             "case was solved")
                         continue
                     p = self._solve(ctx, fixed, self.swapped(ctx))
                     if p is not None and all(p != c for _, c in cands):
@@ -180,6 +180,12 @@ class AutoHete(Policy):
             self._log = None
         return Candidates((self.schedule(ctx, p, dict(meta, chosen=name), limited) for name, p in cands),
                           lambda: self.schedule(ctx, plan, dict(meta, chosen="milp"), limited))
+
+    def _planned(self, ctx: Context) -> tuple[Plan, bool, dict[str, str]]:
+        """:meth:`plan` and the schedule metadata that says what the MILP gave."""
+        plan, feasible = self.plan(ctx)
+        return plan, feasible, {"milp": "optimal" if feasible else "infeasible",
+                                "milp_predicted_s": f"{plan.predicted_s:.6g}"}
 
     def _limited(self) -> str:
         """What this build's solver_time_limit cut short ("" if nothing): the plan then depends on
