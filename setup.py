@@ -2,8 +2,8 @@
 
 The fast engine's compiled parts (``simhete/engine/_compiled.pyx``: the event loop and the
 structure indexing) are compiled when simhete is installed. They are optional: without a C
-compiler the install still succeeds and the engine runs the same code in pure Python (identical
-results, several times slower; docs/engine.md). ``-ffp-contract=off``: no
+compiler the install still succeeds and the fast engine runs the SimPy reference engine instead
+(identical results, slower; it says so on stderr; docs/engine.md). ``-ffp-contract=off``: no
 fused multiply-adds, so times stay bit-identical to the SimPy reference (GCC contracts ``a + b * c``
 by default on targets with FMA instructions, e.g. aarch64).
 """

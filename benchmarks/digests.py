@@ -1,8 +1,9 @@
 """Digests of everything the simulator outputs, to show a speed change leaves results identical.
 
 For every shipped scenario (``scenarios/*.yaml``): the schedule's text form, the durations, the
-summary JSON, and the records, memory events, peaks and OOM report of both engines (the fast
-engine with each available loop); and every row of the 120-point sweep of
+summary JSON, and the records, memory events, peaks and OOM report of both engines (``fast.compiled``:
+the script sets ``SIMHETE_LOOP=compiled``, so it stops where the compiled loop is not built rather
+than digest the SimPy fallback under that name); and every row of the 120-point sweep of
 ``benchmarks/sweep_speed.py`` (its ``id`` apart: it hashes the base scenario's absolute path). Prints one ``name sha256`` line per item.
 
 Compare two trees (e.g. your working tree and a clean ``git worktree`` of HEAD):
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -37,13 +39,12 @@ def timeline_key(tl) -> tuple:
 
 def main() -> None:
     from simhete.engine import simulate_fast, simulate_simpy
-    from simhete.engine.fast import compiled_available
     from simhete.scenario import load_scenario
     from simhete.schedule.text import format_schedule
     from simhete.sim import run
 
     assert Path(sys.modules["simhete"].__file__).resolve().is_relative_to(ROOT), "wrong simhete imported"
-    loops = ["python"] + (["compiled"] if compiled_available() else [])
+    os.environ["SIMHETE_LOOP"] = "compiled"          # digest the compiled loop, not a fallback
     for f in sorted((ROOT / "scenarios").glob("*.yaml")):
         s = load_scenario(f)
         res = run(s)
@@ -54,8 +55,7 @@ def main() -> None:
         print(f"{f.stem}.durations {h([float(d).hex() for d in durs])}")
         print(f"{f.stem}.summary {h(json.dumps(res.summary.to_dict(), sort_keys=True))}")
         print(f"{f.stem}.simpy {h(timeline_key(simulate_simpy(sched, durs, rules)))}")
-        for lp in loops:
-            print(f"{f.stem}.fast.{lp} {h(timeline_key(simulate_fast(sched, durs, rules, loop=lp)))}")
+        print(f"{f.stem}.fast.compiled {h(timeline_key(simulate_fast(sched, durs, rules)))}")
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from sweep_speed import SWEEP

@@ -6,9 +6,9 @@ checkpointing × delayed update × bucket size, 3 iterations per point — throu
 SQLite store) in ONE process, so the figure is per core. Then prints where the time goes
 (cProfile, grouped by stage). Target: ≥ 500 configurations/s/core.
 
-Both event loops of the fast engine are timed, interleaved (CPU time via ``time.process_time`` is
-the headline on a shared machine; wall time alongside): the compiled one (built at install; what
-every run uses) and the pure-Python one (what runs where the extension could not be built).
+The fast engine's compiled loop is timed (``SIMHETE_LOOP=compiled``: the script stops where the
+extension is not built rather than time the SimPy fallback); CPU time via ``time.process_time`` is
+the headline on a shared machine, wall time alongside.
 
 Sweeps are thousands of configurations, so a second grid of 1 080 points (``LARGE``: the same
 axes with more values, and sequence length) runs in a fresh process and its figure is the
@@ -146,10 +146,10 @@ def stages(grid: dict) -> None:
                 spent[name] = spent.get(name, 0.0) + time.process_time() - c
         return wrapped
 
-    saved = {n: getattr(sim, n) for n in ("resolve", "build_schedule", "_memo_palette", "simulate",
+    saved = {n: getattr(sim, n) for n in ("resolve", "choose_schedule", "_memo_palette", "simulate",
                                           "pcie_task_arrays", "summarize")}
     saved_row = ev.summary_row
-    for name, label in (("resolve", "resolve (workload, knobs, cost model)"), ("build_schedule", "policy build / resize"),
+    for name, label in (("resolve", "resolve (workload, knobs, cost model)"), ("choose_schedule", "policy build / resize / pick"),
                         ("_memo_palette", "prices + PCIe bytes per ops tuple"), ("simulate", "engine"),
                         ("pcie_task_arrays", "PCIe bytes per task"), ("summarize", "summarize")):
         setattr(sim, name, timed(label, saved[name]))
@@ -179,7 +179,7 @@ def stages(grid: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=None, help="random subset of the 120-point grid")
-    ap.add_argument("--repeats", type=int, default=3, help="timed sweeps per event loop (interleaved)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed sweeps (median)")
     ap.add_argument("--large-repeats", type=int, default=1,
                     help="fresh-process runs of the 1080-point grid (0: skip it)")
     ap.add_argument("--no-profile", action="store_true")
@@ -190,27 +190,20 @@ def main() -> None:
         stages(LARGE)
         return
     default = os.environ.get("SIMHETE_LOOP", "auto")
-    loops = {"python loop": "python", "compiled loop": "compiled"}
-    for flag in loops.values():              # warm imports and profile files
-        os.environ["SIMHETE_LOOP"] = flag
-        run_once(4)
-    cpu: dict[str, list[float]] = {k: [] for k in loops}
-    wall: dict[str, list[float]] = {k: [] for k in loops}
-    for _ in range(args.repeats):            # interleaved, so both loops see the same machine load
-        for name, flag in loops.items():
-            os.environ["SIMHETE_LOOP"] = flag
-            c0 = time.process_time()
-            n, dt = run_once(args.points)
-            cpu[name].append(n / (time.process_time() - c0))
-            wall[name].append(n / dt)
+    os.environ["SIMHETE_LOOP"] = "compiled"
+    run_once(4)                              # warm imports and profile files
+    cpu: list[float] = []
+    wall: list[float] = []
+    for _ in range(args.repeats):
+        c0 = time.process_time()
+        n, dt = run_once(args.points)
+        cpu.append(n / (time.process_time() - c0))
+        wall.append(n / dt)
     os.environ["SIMHETE_LOOP"] = default
     print(f"sweep: {n} configurations of LLaMA-2-13B (seq 4096, 3 iterations, ~{TASKS_PER_POINT} tasks each) "
-          f"on 1 core, {args.repeats} interleaved repeats per loop, medians")
-    for name in loops:
-        rate = statistics.median(cpu[name])
-        print(f"  {name:14s} {rate:6.1f} configurations/s/core CPU ({statistics.median(wall[name]):6.1f} wall)"
-              f"{'  <- what every run uses (SIMHETE_LOOP=auto)' if name == 'compiled loop' else ''}")
-    rate = statistics.median(cpu["compiled loop"])
+          f"on 1 core, {args.repeats} repeats, medians")
+    rate = statistics.median(cpu)
+    print(f"  compiled loop  {rate:6.1f} configurations/s/core CPU ({statistics.median(wall):6.1f} wall)")
     print(f"target {TARGET:.0f}/s/core: {'met' if rate >= TARGET else f'{TARGET / rate:.1f}x short'} "
           f"(in a process that has imported simhete)")
     if args.large_repeats > 0:

@@ -20,9 +20,9 @@ from simhete.errors import ConfigError, SimheteError
 from simhete.hw.cost import CostModel
 from simhete.hw.profile import PROFILES_DIR, load_profile
 from simhete.policy import Context, get_policy
-from simhete.policy.template import build_schedule
 from simhete.report.metrics import Summary, ops_pcie_bytes, pcie_task_arrays, summarize
 from simhete.scenario import HardwareRef, Scenario
+from simhete.search.candidates import choose_schedule
 from simhete.schedule import Schedule, check_schedule
 from simhete.workload import build_workload, from_hf_config, get_model
 
@@ -189,7 +189,7 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     if n_gpus > 1 and not cls.multi_gpu:
         raise ConfigError(s.file, "hardware", f"{n_gpus} GPUs",
                           allowed=f"policy {cls.name} is single-GPU here; use gpus: 1")
-    ctx = Context(s, spec, wl, prof, CostModel(prof), n_gpus, s.data.iterations, simulate)
+    ctx = Context(s, spec, wl, prof, CostModel(prof), n_gpus, s.data.iterations)
     return ctx, policy
 
 
@@ -199,7 +199,7 @@ def run(s: Scenario, engine: str = "fast", profile: Any = None, check: bool = Tr
     ``memo`` (sweeps): reuse prices and timelines this process computed for an earlier point
     (:func:`run_schedule`); the result is the same."""
     ctx, policy = resolve(s, profile)
-    sched = build_schedule(policy, ctx)
+    sched = choose_schedule(policy, ctx)
     problems = check_schedule(sched, capacity=False) if check else []
     if problems:  # a policy bug, not a user error: say exactly what is wrong
         raise SimheteError(f"policy {policy.name} built an invalid schedule: {problems[0]}"

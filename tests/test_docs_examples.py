@@ -133,3 +133,29 @@ def test_the_tutorials_verdicts_hold(capsys):
     assert main(["simulate", scen, "--set", "hardware.host_memory=256GiB", "--set", "knobs.pin_memory=false",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["fits"] is True
+
+
+def test_the_adding_a_policy_example_is_the_file_and_runs(monkeypatch, capsys):
+    """docs/adding-a-policy.md shows docs/examples/swap_all_activations.py verbatim, and the file
+    runs: its policy, registered at run time, refuses the knobs it decides itself, simulates, fits
+    where gpu-only runs out of memory, and is a column of `simhete compare`."""
+    import runpy
+
+    from simhete.errors import ConfigError
+    from simhete.policy import registry
+
+    path = ROOT / "docs" / "examples" / "swap_all_activations.py"
+    assert f"```python\n{path.read_text()}```" in (ROOT / "docs" / "adding-a-policy.md").read_text()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))   # registered for this test only
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(str(path), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"\d+\.\d{3} s per iteration, fits: True, peak GPU \d+\.\d GiB", lines[0]), lines[0]
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    assert ["figure", "gpu-only", "swap-all-activations"] in [[c.strip() for c in line.split("┃")[1:-1]]
+                                                              for line in lines if line.startswith("┃")]
+    assert ["fits", "NO (out of memory)", "yes"] in cells
+    cls = registry.get_policy("swap-all-activations")
+    assert "swap-all-activations" in registry.list_policies() and cls.name == "swap-all-activations"
+    with pytest.raises(ConfigError, match="knobs.*every block swaps"):
+        cls.knobs({"checkpointing": "full"}, "x.yaml")

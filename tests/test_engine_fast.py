@@ -23,7 +23,6 @@ from simhete.schedule import Alloc, Schedule, Task
 from simhete.sim import resolve
 from test_engine_strategies import runs
 
-LOOPS = ["python"] + (["compiled"] if compiled_available() else [])
 SCENARIOS = sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.yaml"))
 
 
@@ -49,31 +48,29 @@ def test_every_shipped_scenario_is_identical_to_simpy(path):
         pytest.skip(f"scenario does not build: {e}")
     durs, rules = ctx.cost.durations(sched), tuple(ctx.cost.interference())
     ref = simulate_simpy(sched, durs, rules)
-    for loop in LOOPS:
-        tl = simulate_fast(sched, durs, rules, loop=loop)
-        _same(tl, ref)
-        assert (tl.makespan, tl.iteration_ends(), tl.busy()) == \
-               (ref.makespan, ref.iteration_ends(), ref.busy())
-        assert _summary(tl, sched) == dataclasses.replace(_summary(ref, sched), meta={"engine": "fast"})
+    tl = simulate_fast(sched, durs, rules)
+    _same(tl, ref)
+    assert (tl.makespan, tl.iteration_ends(), tl.busy()) == \
+           (ref.makespan, ref.iteration_ends(), ref.busy())
+    assert _summary(tl, sched) == dataclasses.replace(_summary(ref, sched), meta={"engine": "fast"})
 
 
 @settings(max_examples=150, deadline=None)
 @given(runs())
 def test_array_answers_equal_the_record_answers(run):
     s, durs, rules = run
-    for loop in LOOPS:
-        lazy = simulate_fast(s, durs, rules, loop=loop)
-        if lazy.columns is None:      # initial buffers overflow: nothing ran
-            continue
-        answers = (lazy.makespan, lazy.iteration_ends(), lazy.busy(), lazy.steady_iteration_time())
-        eager = Timeline(lazy.records, lazy.mem_events, lazy.peak, lazy.peak_by_class, lazy.oom, "fast")
-        assert answers == (eager.makespan, eager.iteration_ends(), eager.busy(),
-                           eager.steady_iteration_time())
-        assert list(answers[1]) == list(eager.iteration_ends())         # same key order too
-        assert all(type(r.start) is float and type(r.end) is float for r in lazy.records)
-        assert all(type(v) is int for v in lazy.peak.values())
-        assert lazy == eager and pickle.loads(pickle.dumps(lazy)) == eager
-        assert _summary(lazy, s) == _summary(eager, s)
+    lazy = simulate_fast(s, durs, rules)
+    if lazy.columns is None:      # initial buffers overflow: nothing ran
+        return
+    answers = (lazy.makespan, lazy.iteration_ends(), lazy.busy(), lazy.steady_iteration_time())
+    eager = Timeline(lazy.records, lazy.mem_events, lazy.peak, lazy.peak_by_class, lazy.oom, "fast")
+    assert answers == (eager.makespan, eager.iteration_ends(), eager.busy(),
+                       eager.steady_iteration_time())
+    assert list(answers[1]) == list(eager.iteration_ends())         # same key order too
+    assert all(type(r.start) is float and type(r.end) is float for r in lazy.records)
+    assert all(type(v) is int for v in lazy.peak.values())
+    assert lazy == eager and pickle.loads(pickle.dumps(lazy)) == eager
+    assert _summary(lazy, s) == _summary(eager, s)
 
 
 def _summary(tl: Timeline, s: Schedule):
@@ -117,28 +114,30 @@ def test_a_bad_schedule_raises_every_time():
             simulate_fast(bad, [1.0])
 
 
-def test_unknown_loop_is_refused():
-    with pytest.raises(ValueError, match="loop must be one of"):
-        simulate_fast(_chain(), [1.0, 1.0, 1.0], loop="turbo")
-
-
-def test_simhete_loop_picks_the_loop(monkeypatch):
+def test_simhete_loop_accepts_auto_and_compiled_only(monkeypatch):
     monkeypatch.delenv("SIMHETE_LOOP", raising=False)
-    assert fast.choose_loop() == ("compiled" if compiled_available() else "python")
-    for mode in ("compiled", "python"):
+    assert fast.choose_loop() == ("compiled" if compiled_available() else "simpy")
+    for mode in ("python", "jit"):       # the pure-Python loop is gone: its old setting is refused too
         monkeypatch.setenv("SIMHETE_LOOP", mode)
-        assert fast.choose_loop() == mode
-    monkeypatch.setenv("SIMHETE_LOOP", "jit")
-    with pytest.raises(SimheteError, match="SIMHETE_LOOP: 'jit' is not one of auto, compiled, python"):
-        fast.choose_loop()
+        with pytest.raises(SimheteError, match=f"SIMHETE_LOOP: '{mode}' is not one of auto, compiled$"):
+            simulate_fast(_chain(), [1.0, 1.0, 1.0])
 
 
-def test_asking_for_a_missing_compiled_loop_is_a_clear_error(monkeypatch):
+def test_without_the_extension_the_fast_engine_runs_simpy_and_says_so_once(monkeypatch, capsys):
+    s, durs = _chain(), [1.0, 2.0, 0.5]
+    ref = simulate_simpy(s, durs)
     monkeypatch.setattr(fast, "_ext", None)          # as if the extension had not been built
+    monkeypatch.setattr(fast, "_noted", False)
     monkeypatch.setenv("SIMHETE_LOOP", "auto")
-    assert fast.choose_loop() == "python"
-    with pytest.raises(SimheteError, match="compiled event loop was not built"):
-        simulate_fast(_chain(), [1.0, 1.0, 1.0], loop="compiled")
+    assert fast.choose_loop() == "simpy"
+    got = [simulate_fast(s, durs), simulate_fast(s, durs)]
+    for tl in got:
+        _same(tl, ref)
+        assert tl.engine == "simpy"                  # the summary's engine says what ran
+    assert capsys.readouterr().err == fast.FALLBACK_NOTE + "\n"     # once per process
+    monkeypatch.setenv("SIMHETE_LOOP", "compiled")   # refuses the fallback
+    with pytest.raises(SimheteError, match="^SIMHETE_LOOP=compiled: the compiled event loop was not built"):
+        simulate_fast(s, durs)
 
 
 def test_the_compiled_loop_is_built_from_the_current_source():

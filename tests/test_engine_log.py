@@ -1,18 +1,15 @@
-"""Exact event logs on tiny schedules, worked out by hand, for both engines (the fast engine with
-each of its loops: compiled when the extension is built, and pure Python)."""
+"""Exact event logs on tiny schedules, worked out by hand, for both engines."""
 
 from __future__ import annotations
 
 import pytest
 
-from simhete.engine import OOMReport, simulate, simulate_fast
-from simhete.engine.fast import compiled_available
+from simhete.engine import OOMReport, simulate
 from simhete.errors import ConfigError, SimheteError
 from simhete.opkinds import MemClass, TaskCat
 from simhete.schedule import Alloc, Schedule, Task
 
-VARIANTS = ["simpy", "fast-python"] + (["fast-compiled"] if compiled_available() else [])
-ENGINE = pytest.mark.parametrize("engine", VARIANTS)
+ENGINE = pytest.mark.parametrize("engine", ["simpy", "fast"])
 POOLS = {"gpu0": 10, "cpu": 100}
 
 
@@ -23,8 +20,6 @@ def task(name, stream, deps=(), prio=0, allocs=(), frees=()):
 
 def run(tasks, durations, engine, interference=(), pools=POOLS, initial=()):
     s = Schedule(tuple(tasks), pools, tuple(initial))
-    if engine.startswith("fast-"):
-        return simulate_fast(s, durations, interference, loop=engine[5:])
     return simulate(s, durations, interference, engine=engine)
 
 

@@ -7,11 +7,9 @@ import dataclasses
 from hypothesis import given, settings
 
 from simhete.engine import simulate, simulate_fast, simulate_simpy
-from simhete.engine.fast import compiled_available
 from simhete.schedule import Schedule
 from test_engine_strategies import runs
 
-LOOPS = ["python"] + (["compiled"] if compiled_available() else [])
 SETTINGS = settings(max_examples=120, deadline=None)
 
 
@@ -29,10 +27,9 @@ def test_fast_equals_simpy_exactly(run):
     s, durs, rules = run
     ref = simulate_simpy(s, durs, rules)
     assert ref.engine == "simpy"
-    for loop in LOOPS:
-        fast = simulate_fast(s, durs, rules, loop=loop)
-        assert fast.engine == "fast"
-        _same(fast, ref)
+    fast = simulate_fast(s, durs, rules)
+    assert fast.engine == "fast"
+    _same(fast, ref)
 
 
 @settings(max_examples=40, deadline=None)
@@ -40,8 +37,7 @@ def test_fast_equals_simpy_exactly(run):
 def test_fast_equals_simpy_on_larger_schedules(run):
     s, durs, rules = run
     ref = simulate_simpy(s, durs, rules)
-    for loop in LOOPS:
-        _same(simulate_fast(s, durs, rules, loop=loop), ref)
+    _same(simulate_fast(s, durs, rules), ref)
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,5 +1,6 @@
 """Dependencies point one way: the simulator never imports torch; replay never imports simpy; the
-policy layer never imports the engine (policy → schedule; simhete.sim wires policy → engine)."""
+policy layer never reaches the engine, the pipeline or the search (policy → schedule; simhete.sim
+wires policy → engine, simhete.search simulates a policy's candidates)."""
 
 from __future__ import annotations
 
@@ -27,23 +28,45 @@ def test_a_whole_simulation_imports_no_torch():
     assert "torch" not in imported_after(code)
 
 
-def test_policies_never_import_the_engine():
-    """Importing the policies loads no module of simhete.engine, and no policy module names it in
-    an import, lazy ones inside functions included (autohete's ``verify`` simulates its candidates
-    through ``Context.simulate``, which simhete.sim fills in)."""
+FORBIDDEN_IN_POLICIES = ("simhete.engine", "simhete.sim", "simhete.search")
+
+
+def _imported_names(path, package: str) -> list[str]:
+    """Every module name an import statement of the file at ``path`` (a module of ``package``)
+    names, relative imports made absolute, lazy imports inside functions included."""
     import ast
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            out += [base] + [f"{base}.{a.name}" for a in node.names]
+    return out
+
+
+def test_policies_never_reach_the_engine():
+    """A policy builds a schedule; it never runs one. Importing every policy loads no module of
+    simhete.engine, simhete.sim or simhete.search, and no module under simhete/policy names one in
+    an import (lazy ones inside functions included): a policy with several candidate schedules
+    offers them (``Policy.candidates``) and simhete.search simulates them."""
     from pathlib import Path
 
     import simhete.policy
-    loaded = subprocess.run([sys.executable, "-c", "import sys, simhete.policy, simhete.policy.autohete\n"
-                             "print(' '.join(m for m in sys.modules if m.startswith('simhete.engine')))"],
-                            capture_output=True, text=True, check=True).stdout.split()
-    assert loaded == []
-    for path in Path(simhete.policy.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n == "simhete.engine" or n.startswith("simhete.engine.") for n in names), path.name
+    loaded = subprocess.run([sys.executable, "-c", "import sys, simhete.policy.registry as r; r.load_shipped()\n"
+                             "print(' '.join(sys.modules))"], capture_output=True, text=True, check=True).stdout.split()
+    assert [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_IN_POLICIES)] == []
+    root = Path(simhete.policy.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    assert len(files) >= 10                 # the policies themselves are read, not an empty glob
+    for path in files:
+        package = ".".join(("simhete", "policy") + path.relative_to(root).parent.parts)
+        for name in _imported_names(path, package):
+            assert not any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IN_POLICIES), \
+                f"{path.relative_to(root)} imports {name}"
 
 
 @pytest.mark.torch

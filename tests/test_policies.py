@@ -16,6 +16,7 @@ from simhete.policy import list_policies
 from simhete.scenario import scenario_from_dict
 from simhete.policy.base import host_fp32_bytes
 from simhete.schedule import Op, check_schedule
+from simhete.search.candidates import choose_schedule
 from simhete.sim import resolve
 
 PROFILE = "a100-40gb-pcie-epyc7713"
@@ -30,8 +31,10 @@ def scenario(policy: str, knobs: dict | None = None, *, layers: int = 4, hidden:
 
 
 def build(s):
+    """The schedule the pipeline runs (simhete.sim.run): ``build``, or the best of a policy's
+    candidates (AutoHete with ``verify``)."""
     ctx, pol = resolve(s)
-    sched = pol.build(ctx)
+    sched = choose_schedule(pol, ctx)
     assert check_schedule(sched, capacity=False) == []
     return ctx, sched
 

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simhete.engine import simulate_fast, simulate_simpy
-from simhete.engine.fast import compiled_available
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.base import Builder
 from simhete.report.metrics import copy_bytes, pcie_task_bytes
@@ -22,7 +21,6 @@ from simhete.sim import resolve
 from test_engine_strategies import runs
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPS = ["python"] + (["compiled"] if compiled_available() else [])
 
 
 def rebuilt(s: Schedule) -> Schedule:
@@ -54,9 +52,8 @@ def test_builder_schedule_simulates_like_the_eager_one(run):
     lazy = rebuilt(s)
     assert lazy == s and table_rows(lazy.table) == table_rows(s.table)
     ref = simulate_simpy(s, durs, rules)
-    for loop in LOOPS:
-        same_timeline(simulate_fast(lazy, durs, rules, loop=loop), ref)
-        same_timeline(simulate_fast(eager(lazy), durs, rules, loop=loop), ref)
+    same_timeline(simulate_fast(lazy, durs, rules), ref)
+    same_timeline(simulate_fast(eager(lazy), durs, rules), ref)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.stem)
@@ -72,8 +69,7 @@ def test_scenarios_same_through_table_and_tasks(path):
     assert durs == ctx.cost.durations(full)
     assert pcie_task_bytes(lazy) == pcie_task_bytes(full) and copy_bytes(lazy) == copy_bytes(full)
     rules = ctx.cost.interference()
-    for loop in LOOPS:
-        same_timeline(simulate_fast(lazy, durs, rules, loop=loop), simulate_fast(full, durs, rules, loop=loop))
+    same_timeline(simulate_fast(lazy, durs, rules), simulate_fast(full, durs, rules))
 
 
 def test_forward_referenced_dependency():
@@ -86,10 +82,9 @@ def test_forward_referenced_dependency():
     s = b.build({"gpu0": 100}, (), 1, {})
     durs = [1.0, 2.0]
     ref = simulate_simpy(s, durs)
-    for loop in LOOPS:
-        tl = simulate_fast(s, durs, loop=loop)
-        same_timeline(tl, ref)
-        assert [(r.name, r.start, r.end) for r in tl.records] == [("late-consumer", 2.0, 3.0), ("producer", 0.0, 2.0)]
+    tl = simulate_fast(s, durs)
+    same_timeline(tl, ref)
+    assert [(r.name, r.start, r.end) for r in tl.records] == [("late-consumer", 2.0, 3.0), ("producer", 0.0, 2.0)]
 
 
 def test_table_schedule_is_a_plain_schedule():
@@ -146,18 +141,15 @@ def test_same_structure_other_sizes_reuses_the_index_exactly(run, k):
     from simhete.engine import indexed as ix
 
     s, durs, rules = run
-    for loop in LOOPS:
-        first = simulate_fast(s, durs, rules, loop=loop)  # index s: its structure is kept
+    first = simulate_fast(s, durs, rules)  # index s: its structure is kept
     other = resized(s, k, builder=k % 2 == 0)
     ref = simulate_simpy(other, durs, rules)
     if first.oom is None or first.oom.task != "(initial)":   # (initial buffers overflowing: nothing kept)
         flat = [a for t in other.tasks for a in t.allocs]
         assert any(x.matches(other, flat) for x in ix._STRUCTURES.values())
-    for loop in LOOPS:
-        same_timeline(simulate_fast(other, durs, rules, loop=loop), ref)
+    same_timeline(simulate_fast(other, durs, rules), ref)
     ix._STRUCTURES.clear()
-    for loop in LOOPS:
-        same_timeline(simulate_fast(resized(s, k), durs, rules, loop=loop), ref)
+    same_timeline(simulate_fast(resized(s, k), durs, rules), ref)
 
 
 def test_same_structure_size_errors_are_still_reported():

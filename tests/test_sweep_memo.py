@@ -108,13 +108,13 @@ def test_provenance_of_a_tuple_is_what_pricing_it_alone_adds(path):
     set of tuples the flags of a fresh model that priced that set (roofline shape counts merge)."""
     s = load_scenario(path)
     ctx, pol = sim.resolve(s)
-    palette = sim.build_schedule(pol, ctx).table.distinct_ops()[0]
+    palette = template.build_schedule(pol, ctx).table.distinct_ops()[0]
     kept = sim.kept_model(ctx.profile)
     for other in SCENARIOS:                     # the kept model has priced others' tuples before
         o = load_scenario(other)
         octx, opol = sim.resolve(o, profile=ctx.profile)
         try:
-            list(map(kept.ops_seconds, sim.build_schedule(opol, octx).table.distinct_ops()[0]))
+            list(map(kept.ops_seconds, template.build_schedule(opol, octx).table.distinct_ops()[0]))
         except Exception:                       # a policy or op this profile cannot build or price
             pass
     for ops in palette:

@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simhete.engine import indexed, simulate_fast, simulate_simpy
-from simhete.engine.fast import compiled_available
 from simhete.errors import SimheteError
 from simhete.opkinds import MemClass, TaskCat
 from simhete.policy import Builder, Context, Policy, template
@@ -54,9 +53,8 @@ def assert_resizes(s0, s1, simulate: bool = True) -> None:
         assert ctx1.cost.durations(got) == durs
         ref = simulate_simpy(fresh, durs, rules)
         indexed.clear()
-        simulate_fast(t.resize(ctx0), ctx0.cost.durations(t.resize(ctx0)), ctx0.cost.interference(),
-                      loop="python")                               # index the template's structure
-        assert timeline_key(simulate_fast(got, durs, rules, loop="python")) == timeline_key(ref)
+        simulate_fast(t.resize(ctx0), ctx0.cost.durations(t.resize(ctx0)), ctx0.cost.interference())  # index the template's structure
+        assert timeline_key(simulate_fast(got, durs, rules)) == timeline_key(ref)
 
 
 def test_zero_offload_opts_in():
@@ -173,7 +171,7 @@ def test_verify_catches_an_unmarked_size(monkeypatch):
 def test_resized_through_the_known_shape_keeps_the_memory_checks(gpu_memory):
     """A resized schedule recognised by its shape takes its structure's memory at t = 0 (kept per
     initial-buffers tuple) and capacities of its own: initial overflow, OOM mid-run and a fit all
-    give the reference's timeline, for both loops, after the template's structure was indexed."""
+    give the reference's timeline after the template's structure was indexed."""
     s = load_scenario(ROOT / "scenarios" / "llama2-13b_h100-pcie_zero-offload.yaml")
     ctx0, pol = resolve(s)
     t = Template(pol.build(ctx0), ctx0)
@@ -184,7 +182,6 @@ def test_resized_through_the_known_shape_keeps_the_memory_checks(gpu_memory):
     got, fresh = t.resize(ctx1), pol1.build(ctx1)
     durs, rules = ctx1.cost.durations(fresh), ctx1.cost.interference()
     ref = simulate_simpy(fresh, durs, rules)
-    for loop in ("python",) + (("compiled",) if compiled_available() else ()):
-        t.reused.clear()
-        assert timeline_key(simulate_fast(t.resize(ctx1), durs, rules, loop=loop)) == timeline_key(ref)
+    t.reused.clear()
+    assert timeline_key(simulate_fast(t.resize(ctx1), durs, rules)) == timeline_key(ref)
     assert timeline_key(simulate_fast(got, durs, rules)) == timeline_key(ref)

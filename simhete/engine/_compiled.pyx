@@ -2,13 +2,14 @@
 """The fast engine's compiled parts (Cython, built when simhete is installed): the event loop
 (:func:`run_loop`) and the indexing of a new schedule structure (:func:`structure`).
 
-The loop is that of :mod:`simhete.engine.pyloop` over the arrays of :mod:`simhete.engine.indexed`, with
-array heaps instead of ``heapq``: a ready heap of task ranks per stream (one segment of one array
-each) and a completion heap of ``(finish, index)``. The float arithmetic is that of
+The loop runs the semantics of the SimPy reference (:mod:`simhete.engine.simpy_engine`) over the
+arrays of :mod:`simhete.engine.indexed`: a ready heap of task ranks per stream (one segment of one
+array each) and a completion heap of ``(finish, index)``, stale entries of rescheduled tasks skipped
+when popped. The float arithmetic is that of
 :mod:`simhete.engine.rates` written out (``t + remaining * f``; ``remaining - dt / f`` clamped at
 0), and the build turns off contraction into fused multiply-adds (``-ffp-contract=off``), so times
 equal the SimPy engine's bit for bit. The interference factors are re-evaluated when the set of
-busy streams differs from the last evaluation, as in the Python loop.
+busy streams differs from the last evaluation (they depend only on that set).
 
 Unlike a JIT it costs a process nothing to load (a shared library, no compiler at run time), so
 every run uses it when it is built. :func:`run_loop` returns what :mod:`simhete.engine.status`

@@ -4,25 +4,27 @@ Three steps:
 
 1. :func:`~simhete.engine.indexed.indexed`: the schedule as flat arrays, cached per Schedule object
    (re-pricing one schedule with new durations skips this step);
-2. the event loop: compiled when simhete is installed (:mod:`simhete.engine._compiled`, Cython) or the
-   same loop in pure Python (:mod:`simhete.engine.pyloop`, when the extension could not be built);
-   both give identical results;
+2. the compiled event loop (:mod:`simhete.engine._compiled`, Cython, built when simhete is installed);
 3. a :class:`Timeline` over the loop's arrays (:class:`~simhete.engine.timeline.Columns`): Record
    objects and memory-event tuples are built only if someone reads them.
 
-Which loop runs (:func:`choose_loop`): the compiled one whenever it is built (a shared library:
-loading it costs a process next to nothing), unless ``SIMHETE_LOOP=python`` asks for the Python
-loop; ``SIMHETE_LOOP=compiled`` refuses to fall back (an error if the extension is missing).
+Where the extension could not be built (no C compiler at install) the fast engine runs the SimPy
+reference (:mod:`simhete.engine.simpy_engine`) instead: the same timeline, slower. It says so once
+per process on stderr, and the Timeline it returns names ``simpy`` as its engine (the summary's
+``engine`` shows it), so no result claims the compiled loop it did not run.
+``SIMHETE_LOOP=compiled`` refuses that fallback (a one-line error when the extension is missing);
+``auto``, the default, allows it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from simhete.engine import memory, pyloop
+from simhete.engine import memory
 from simhete.engine.indexed import Indexed, indexed
 from simhete.engine.inputs import check_durations
 from simhete.engine.status import DOUBLE_ALLOC, FREE_UNKNOWN, OOM, STUCK
@@ -35,7 +37,10 @@ try:
 except ImportError:
     _ext = None
 
-LOOPS = ("compiled", "python")
+FALLBACK_NOTE = ("simhete: the compiled event loop was not built when simhete was installed (no C "
+                 "compiler?): the fast engine runs the SimPy reference engine instead (identical "
+                 "timelines, slower); reinstall with a C compiler for speed")
+_noted = False       # FALLBACK_NOTE printed in this process
 
 
 def compiled_available() -> bool:
@@ -44,42 +49,36 @@ def compiled_available() -> bool:
 
 
 def choose_loop() -> str:
-    """The loop ``SIMHETE_LOOP`` asks for: ``auto`` (default: compiled when built, else Python),
-    ``compiled`` or ``python``."""
+    """What :func:`simulate_fast` runs: ``"compiled"``, or ``"simpy"`` where the extension is
+    missing and ``SIMHETE_LOOP`` (``auto``, the default, or ``compiled``) allows the fallback."""
     mode = os.environ.get("SIMHETE_LOOP", "auto")
-    if mode == "python":
-        return "python"
-    if mode == "compiled" or (mode == "auto" and compiled_available()):
+    if mode not in ("auto", "compiled"):
+        raise SimheteError(f"environment variable SIMHETE_LOOP: {mode!r} is not one of auto, compiled")
+    if compiled_available():
         return "compiled"
-    if mode == "auto":
-        return "python"
-    raise SimheteError(f"environment variable SIMHETE_LOOP: {mode!r} is not one of auto, compiled, python")
+    if mode == "compiled":
+        raise SimheteError("SIMHETE_LOOP=compiled: the compiled event loop was not built when simhete "
+                           "was installed (no C compiler?): reinstall with one, or unset SIMHETE_LOOP")
+    return "simpy"
 
 
 def simulate_fast(schedule: Schedule, durations: Sequence[float],
-                  interference: Iterable[tuple[str, str, float]] = (), *, loop: str | None = None
-                  ) -> Timeline:
-    """Run ``schedule`` with ``durations[i]`` full-speed seconds for ``schedule.tasks[i]``.
-
-    ``loop``: ``"compiled"``, ``"python"`` or ``None`` (:func:`choose_loop` decides)."""
-    durs = check_durations(schedule.table.name, durations)
+                  interference: Iterable[tuple[str, str, float]] = ()) -> Timeline:
+    """Run ``schedule`` with ``durations[i]`` full-speed seconds for ``schedule.tasks[i]``."""
     rules = tuple(interference)
+    if choose_loop() == "simpy":
+        global _noted
+        if not _noted:
+            _noted = True
+            print(FALLBACK_NOTE, file=sys.stderr)
+        from simhete.engine.simpy_engine import simulate_simpy
+        return simulate_simpy(schedule, durations, rules)
+    durs = check_durations(schedule.table.name, durations)
     ix = indexed(schedule, rules)
     if ix.oom is not None:
         return memory.empty_timeline(schedule, ix.oom, "fast")
-    matrix, fluid = ix.interference(rules)
-    if loop is None:
-        loop = choose_loop()
-    if loop == "compiled":
-        if not compiled_available():
-            raise SimheteError("the compiled event loop was not built when simhete was installed (no C "
-                               "compiler?): reinstall with one, or set SIMHETE_LOOP=python")
-        out = _ext.run_loop(ix, durs, matrix)
-    elif loop == "python":
-        out = pyloop.run_loop(ix, durs.tolist(), matrix.tolist(), fluid)
-    else:
-        raise ValueError(f"loop must be one of {LOOPS} or None, got {loop!r}")
-    return _timeline(ix, *out)
+    matrix, _ = ix.interference(rules)
+    return _timeline(ix, *_ext.run_loop(ix, durs, matrix))
 
 
 def _timeline(ix: Indexed, status, t, info, start, end, finished, ev_pool, ev_t, ev_b, n_ev, peak,

@@ -82,7 +82,6 @@ class Indexed:
     live_bytes0: np.ndarray | None = None
     live_cls0: np.ndarray | None = None
     matrices: dict = field(default_factory=dict)     # interference rules -> (matrix, fluid)
-    lists: tuple | None = None                       # list form for the pure-Python loop
     memo: dict | None = None                         # the structure's (Structure.memo)
 
     def interference(self, rules: tuple) -> tuple[np.ndarray, bool]:
@@ -186,8 +185,8 @@ class Structure:
     init_cls: np.ndarray
     init_state: tuple | None = None   # (initial tuple, _initial_state of it): memory at t = 0
     # what depends on the structure alone and is derived on demand, shared by every schedule of it:
-    # the Python loop's structural lists (pyloop._lists) and what reports derive from rows /
-    # streams / iterations of a run that finished every task (timeline.Columns.memo)
+    # what reports derive from rows / streams / iterations of a run that finished every task
+    # (timeline.Columns.memo)
     memo: dict = field(default_factory=dict)
 
     def matches(self, schedule: Schedule, flat: list) -> bool:

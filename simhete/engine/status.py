@@ -1,5 +1,5 @@
-"""What the fast engine's two event loops (:mod:`~simhete.engine._compiled`, :mod:`~simhete.engine.pyloop`)
-return, so :mod:`simhete.engine.fast` turns either into the same Timeline or error.
+"""What the fast engine's compiled event loop (:func:`simhete.engine._compiled.run_loop`) returns,
+so :mod:`simhete.engine.fast` turns it into the Timeline or error the SimPy reference gives.
 
 The result is ``(status, t, info, start, end, finished, ev_pool, ev_t, ev_bytes, n_ev, peak,
 peak_cls, in_use, live_pool, live_bytes)``: per task start/end and whether it finished; the memory

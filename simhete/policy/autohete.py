@@ -26,11 +26,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from simhete.errors import ConfigError, SimheteError
+from simhete.errors import ConfigError
 from simhete.opkinds import MemClass, OpKind, TaskCat
 from simhete.policy.autohete_milp import (Plan, SolveLog, block_costs, host_homes, memory_rows, predict,
                                           solve)
-from simhete.policy.base import Builder, Context, Policy, model_states
+from simhete.policy.base import Builder, Candidates, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
 from simhete.policy.process_memory import process_memory
@@ -56,9 +56,11 @@ class AutoHeteKnobs(ActivationKnobs):
     """Seconds HiGHS may spend on the MILPs of one plan, all solves together (the plan's and, with
     ``verify``, those of the special cases)."""
     verify: bool = True
-    """Simulate the MILP's plan, the MILP's placement solved again under full checkpointing, and
-    the special cases it generalises (everything on the GPU; ZeRO-Offload-like), each with the
-    MILP's checkpointing and with full checkpointing, and keep the fastest that fits — the MILP's busiest-stream model can be optimistic (docs/policies.md)."""
+    """Offer as candidates (:meth:`AutoHete.candidates`, simulated by simhete.search) the MILP's
+    plan, the MILP's placement solved again under full checkpointing, and the special cases it
+    generalises (everything on the GPU; ZeRO-Offload-like), each with the MILP's checkpointing and
+    with full checkpointing; the fastest that fits is kept — the MILP's busiest-stream model can
+    be optimistic (docs/policies.md)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "AutoHeteKnobs":   # replaces ActivationKnobs' check: "auto" is unset
@@ -133,53 +135,64 @@ class AutoHete(Policy):
     _log: SolveLog | None = None      # this build's time in HiGHS and what its limit cut short
 
     def build(self, ctx: Context) -> Schedule:
+        """The MILP's plan: what ``verify: false`` runs, and what :meth:`candidates` falls back on."""
         self._log = SolveLog()
         try:
-            return self._build(ctx)
+            plan, feasible, meta = self._planned(ctx)
+            return self.schedule(ctx, plan, dict(meta, chosen="milp"), self._limited())
         finally:
             self._rows = None
             self._log = None
 
-    def _build(self, ctx: Context) -> Schedule:
-        plan, feasible = self.plan(ctx)
-        meta = {"milp": "optimal" if feasible else "infeasible", "milp_predicted_s": f"{plan.predicted_s:.6g}"}
+    def candidates(self, ctx: Context) -> Candidates | None:
+        """With ``verify``: the MILP's plan (if feasible) and the special cases it generalises, for
+        simhete.search to simulate; if none fits, the MILP's plan (or the most frugal one)."""
         if not self.k.verify:
-            return self.schedule(ctx, plan, dict(meta, chosen="milp"))
-        simulate = ctx.simulate    # the engine the user runs, as a profiler would; passed in by
-        if simulate is None:       # simhete.sim, as the policy layer does not import the engine
-            raise SimheteError("autohete knobs.verify needs a simulator in the Context "
-                               "(build it with simhete.sim.resolve, or set verify: false)")
+            return None
+        self._log = SolveLog()
+        try:
+            plan, feasible, meta = self._planned(ctx)
+            user = pinned_decisions(ctx, self.k)
+            cands = [("milp", plan)] if feasible else []
+            # the special cases: the MILP's own placement under full checkpointing (what the user gets
+            # by pinning checkpointing: full), everything on the GPU, ZeRO-Offload-like
+            for name, w, o in (("milp", None, None), ("all-gpu", False, False), ("zero-offload-like", False, True)):
+                for full in (False, True):
+                    if name == "milp" and not full:
+                        continue                # the plan above
+                    fixed = {} if w is None else {
+                        "offload_param": {blk.index: w for blk in ctx.blocks if blk.name.startswith("b")},
+                        "offload_optimizer": {blk.index: o for blk in ctx.blocks if blk.params}}
+                    if full:
+                        fixed["checkpoint"] = {blk.index: True for blk in ctx.blocks if blk.name.startswith("b")}
+                    fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in sorted(set(fixed) | set(user))}
+                    if self._left() <= 0:       # solver_time_limit spent: the candidates so far compete
+                        meta["verify"] = "solver_time_limit reached before every special case was solved"
+                        self._log.cut.append("AutoHete's solver_time_limit ran out before every special "
+                                             "case was solved")
+                        continue
+                    p = self._solve(ctx, fixed, self.swapped(ctx))
+                    if p is not None and all(p != c for _, c in cands):
+                        cands.append((name + ("-full-checkpointing" if full else ""), p))
+            limited = self._limited()
+        finally:
+            self._rows = None
+            self._log = None
+        return Candidates((self.schedule(ctx, p, dict(meta, chosen=name), limited) for name, p in cands),
+                          lambda: self.schedule(ctx, plan, dict(meta, chosen="milp"), limited))
 
-        user = pinned_decisions(ctx, self.k)
-        cands = [("milp", plan)] if feasible else []
-        # the special cases: the MILP's own placement under full checkpointing (what the user gets
-        # by pinning checkpointing: full), everything on the GPU, ZeRO-Offload-like
-        for name, w, o in (("milp", None, None), ("all-gpu", False, False), ("zero-offload-like", False, True)):
-            for full in (False, True):
-                if name == "milp" and not full:
-                    continue                # the plan above
-                fixed = {} if w is None else {
-                    "offload_param": {blk.index: w for blk in ctx.blocks if blk.name.startswith("b")},
-                    "offload_optimizer": {blk.index: o for blk in ctx.blocks if blk.params}}
-                if full:
-                    fixed["checkpoint"] = {blk.index: True for blk in ctx.blocks if blk.name.startswith("b")}
-                fixed = {v: {**fixed.get(v, {}), **user.get(v, {})} for v in sorted(set(fixed) | set(user))}
-                if self._left() <= 0:       # solver_time_limit spent: the candidates so far compete
-                    meta["verify"] = "solver_time_limit reached before every special case was solved"
-                    self._log.cut.append("AutoHete's solver_time_limit ran out before every special case was solved")
-                    continue
-                p = self._solve(ctx, fixed, self.swapped(ctx))
-                if p is not None and all(p != c for _, c in cands):
-                    cands.append((name + ("-full-checkpointing" if full else ""), p))
-        best = None
-        for name, p in cands:
-            sched = self.schedule(ctx, p, dict(meta, chosen=name))
-            tl = simulate(sched, ctx.cost.durations(sched), ctx.cost.interference())
-            if tl.oom is None and (best is None or tl.steady_iteration_time() < best[0]):
-                best = (tl.steady_iteration_time(), sched)
-        return best[1] if best is not None else self.schedule(ctx, plan, dict(meta, chosen="milp"))
+    def _planned(self, ctx: Context) -> tuple[Plan, bool, dict[str, str]]:
+        """:meth:`plan` and the schedule metadata that says what the MILP gave."""
+        plan, feasible = self.plan(ctx)
+        return plan, feasible, {"milp": "optimal" if feasible else "infeasible",
+                                "milp_predicted_s": f"{plan.predicted_s:.6g}"}
 
-    def schedule(self, ctx: Context, plan: Plan, meta: dict[str, str]) -> Schedule:
+    def _limited(self) -> str:
+        """What this build's solver_time_limit cut short ("" if nothing): the plan then depends on
+        the machine's speed, which the schedule says."""
+        return "; ".join(dict.fromkeys(self._log.cut)) if self._log and self._log.cut else ""
+
+    def schedule(self, ctx: Context, plan: Plan, meta: dict[str, str], time_limited: str = "") -> Schedule:
         k = self.k
         b = Builder()
         dp = DataParallel(b, ctx, k.pin_memory)
@@ -246,8 +259,8 @@ class AutoHete(Policy):
                 update[i] = adam if not op[i] else dp.shard_d2h(it, "D2H.w", blk.name, blk.weight_bytes,
                                                                 {g: [adam[g]] for g in dp.gpus},
                                                                 fwd_prio(it + 1, i), i)
-        if self._log and self._log.cut:   # the plan then depends on the machine's speed: say so
-            meta = dict(meta, time_limited="; ".join(dict.fromkeys(self._log.cut)))
+        if time_limited:   # the plan then depends on the machine's speed: say so
+            meta = dict(meta, time_limited=time_limited)
         meta = dict(meta, policy=self.name, predicted_iter_s=f"{plan.predicted_s:.6g}",
                     checkpoint=_bits(plan.checkpoint), offload_param=_bits(plan.offload_param),
                     offload_optimizer=_bits(plan.offload_optimizer))

@@ -1,14 +1,11 @@
-"""What every policy shares: the build context, the Policy base class and a Schedule builder.
-
-A policy is a function from (model, hardware, knobs) to a Schedule. It reads everything it needs
-from :class:`Context` and never prices anything the cost model would not (it may *ask* the cost
-model, as a solver does).
+"""What every policy shares: the build context, the Policy base class (its docstring says what a
+new policy provides), the candidates a policy may offer, and a Schedule builder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Hashable, Iterable
+from typing import Any, Callable, ClassVar, Hashable, Iterable
 
 from simhete.config import Strict, validate
 from simhete.opkinds import MemClass, OpKind, TaskCat
@@ -27,8 +24,6 @@ class Context:
     cost: Any                # simhete.hw.cost.CostModel
     n_gpus: int
     iterations: int
-    simulate: Any = None     # the engine's simulate(schedule, durations, interference), passed in by
-                             # simhete.sim so a policy may profile candidates without importing the engine
 
     @property
     def blocks(self) -> tuple[Any, ...]:
@@ -62,10 +57,70 @@ class Context:
         return pools
 
 
-class Policy:
-    """Base class. Subclasses set ``Knobs`` (a Strict pydantic model) and implement ``build``."""
+@dataclass(frozen=True)
+class Candidates:
+    """Several schedules a policy offers for one context (:meth:`Policy.candidates`).
 
-    name: ClassVar[str] = ""
+    :func:`simhete.search.candidates.choose_schedule` runs each on the engine and keeps the one
+    with the least steady iteration time among those that do not run out of memory (the first of
+    equals); when none fits, it takes ``otherwise()``. ``schedules`` may be a generator (each is
+    built when its turn comes)."""
+
+    schedules: Iterable[Schedule]
+    otherwise: Callable[[], Schedule]
+
+
+class Policy:
+    """A training system as a function from (model, hardware, knobs) to a Schedule.
+
+    A new policy is a subclass, decorated ``@register("its-name")``
+    (:mod:`simhete.policy.registry`, the one table every command reads), that provides:
+
+    ``Knobs``
+        A :class:`~simhete.config.Strict` pydantic model: the scenario's ``knobs:`` mapping,
+        validated (a bad value is a one-line ConfigError naming ``knobs.<field>``). Subclass
+        :class:`~simhete.policy.training.ActivationKnobs` to take the shared activation and
+        host-memory knobs (``checkpointing``, ``activations``, ``pin_memory``, ``process_rss`` ...);
+        a field's docstring is its documentation. The instance is ``self.k``.
+    ``build(ctx) -> Schedule``
+        The whole answer, read from ``ctx`` (:class:`Context`) alone: the workload's blocks with
+        their sizes and ops, the pools (``ctx.pools()``), GPUs, iterations, accumulation. Add tasks
+        with a :class:`Builder` (the training helpers emit the common parts:
+        :func:`~simhete.policy.training.forward_backward`, :func:`model_states`,
+        :class:`~simhete.policy.dataparallel.DataParallel`), add what a real process holds
+        (:func:`~simhete.policy.process_memory.process_memory`) to the initial buffers, and
+        return ``b.build(ctx.pools(), initial, ctx.iterations, {"policy": self.name, ...})``.
+        The same context must give the same schedule (results are deterministic).
+
+    and sets, where the default is wrong for it:
+
+    ``multi_gpu`` (False)
+        ``build`` handles ``n_gpus > 1``; if not, such a scenario is a one-line error and
+        ``compare``/``plan`` leave the policy out.
+    ``accumulates`` (True)
+        ``build`` handles ``train.grad_accum > 1``; if not, ``compare``/``plan`` leave it out
+        there, and ``build`` must refuse it with a ConfigError.
+    ``pure_precision`` (a reason)
+        Why it cannot train with ``train.precision: pure``; ``""`` if it can.
+
+    Optionally:
+
+    ``candidates(ctx) -> Candidates | None``
+        Several schedules to choose from when the policy's own model cannot tell which is best:
+        simhete.search simulates them and keeps the fastest that fits (:class:`Candidates`;
+        AutoHete offers its MILP plan and special cases). ``None`` (default): ``build`` is the
+        answer.
+    ``structure_key(ctx)``
+        Opt in to structural templates for sweep speed (below).
+
+    A policy must not run or import the engine, ``simhete.sim`` or ``simhete.search``
+    (tests/test_layering.py), and must not price anything itself: durations come from the cost
+    model applied to the ops of its tasks (it may *ask* ``ctx.cost``, as a solver does). A shipped
+    policy is also listed in ``registry.SHIPPED``. docs/adding-a-policy.md walks through a
+    complete example.
+    """
+
+    name: ClassVar[str] = ""              # set by @register
     Knobs: ClassVar[type[Strict]] = Strict
     multi_gpu: ClassVar[bool] = False     # whether build() handles n_gpus > 1
     accumulates: ClassVar[bool] = True    # whether build() handles train.grad_accum > 1
@@ -82,6 +137,11 @@ class Policy:
 
     def build(self, ctx: Context) -> Schedule:
         raise NotImplementedError
+
+    def candidates(self, ctx: Context) -> Candidates | None:
+        """Several schedules to choose from by simulating them, or ``None`` (the default: the
+        policy has one answer, :meth:`build`)."""
+        return None
 
     def structure_key(self, ctx: Context) -> Hashable | None:
         """A key for the *structure* of ``build(ctx)``, or ``None`` (the default: always build).

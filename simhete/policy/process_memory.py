@@ -189,7 +189,9 @@ def _zero3_host(ctx: Any, k: Any, n: int, e: int) -> list[tuple[str, MemClass, i
     return out
 
 
-_HOST_BUFFERS = {"zero-offload": _zero_offload_host, "zero-infinity": _zero3_host}
+# the policies whose framework's host buffers are modelled here (simhete plan also tries their
+# pin_memory both ways: pinned blocks are rounded up)
+HOST_BUFFERS = {"zero-offload": _zero_offload_host, "zero-infinity": _zero3_host}
 
 
 def figures(ctx: Any, k: Any, policy: str) -> tuple[int, int, int]:
@@ -239,7 +241,7 @@ def _process_memory(ctx: Any, k: Any, policy: str, initial_host: int) -> list[Al
     out = [Alloc(f"cuda_context.g{g}", f"gpu{g}", int(prof.gpu.reserved_bytes.value), MemClass.CUDA_CONTEXT)
            for g in range(n)]
     host = [(f"process_baseline.rank{r}", MemClass.PROCESS_BASELINE, int(k.process_rss)) for r in range(n)]
-    extra = _HOST_BUFFERS.get(policy)
+    extra = HOST_BUFFERS.get(policy)
     if extra is not None:
         host += extra(ctx, k, n, e)
     host = [h for h in host if h[2] > 0]

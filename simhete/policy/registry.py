@@ -1,4 +1,15 @@
-"""Policy registry keyed by the exact string used in scenario YAML (``policy: zero-offload``)."""
+"""The policy registry: the one table from the name a scenario gives (``policy: zero-offload``)
+to its :class:`~simhete.policy.base.Policy` class. Every command reads it: the scenario's
+``policy``, ``simhete compare`` (all policies, ``--policies``), ``simhete plan``, sweeps and the
+error that lists the policies for an unknown name.
+
+A policy enters the table when its class is defined under ``@register("name")``. The shipped
+ones are also listed in :data:`SHIPPED` with the module that defines each, so that asking for one
+imports only that module (a sweep process of one policy does not import the others) and listing
+them imports them all. A policy defined anywhere else registers itself when its module is
+imported, at run time (docs/adding-a-policy.md); from then on it is in the table like the shipped
+ones.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +23,15 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, type["Policy"]] = {}
 
+# name -> module under simhete.policy, in the order `simhete plan` tries them when it asks whether
+# anything fits (the most memory-frugal and cheapest to simulate first; AutoHete, which solves
+# MILPs, last; a policy registered at run time comes after these)
+SHIPPED: dict[str, str] = {"zero-infinity": "zero_infinity", "zero-offload": "zero_offload", "chunked": "chunked",
+                           "stronghold": "stronghold", "gpu-only": "gpu_only", "autohete": "autohete"}
+
 
 def register(name: str) -> Callable[[type["Policy"]], type["Policy"]]:
+    """Class decorator: enter the class in the table under ``name`` (also set as its ``name``)."""
     def deco(cls: type["Policy"]) -> type["Policy"]:
         if name in _REGISTRY:
             raise ValueError(f"policy {name!r} registered twice")
@@ -23,28 +41,27 @@ def register(name: str) -> Callable[[type["Policy"]], type["Policy"]]:
     return deco
 
 
-# The module of each shipped policy, so that asking for one imports only it (a sweep process of one
-# policy does not import the others); simhete.policy.builtin imports them all.
-BUILTIN_MODULES = {"autohete": "autohete", "chunked": "chunked", "gpu-only": "gpu_only",
-                   "stronghold": "stronghold", "zero-infinity": "zero_infinity", "zero-offload": "zero_offload"}
-
-
 def get_policy(name: str, file: str | None = None, key: str = "policy") -> type["Policy"]:
+    """The class registered as ``name``; an unknown name is a one-line ConfigError (``file``,
+    ``key``) listing every policy."""
     cls = _REGISTRY.get(name) if isinstance(name, str) else None
-    if cls is None and isinstance(name, str) and name in BUILTIN_MODULES:
-        import_module(f"simhete.policy.{BUILTIN_MODULES[name]}")
+    if cls is None and isinstance(name, str) and name in SHIPPED:
+        import_module(f"simhete.policy.{SHIPPED[name]}")
         cls = _REGISTRY.get(name)
     if cls is not None:
         return cls
-    _load_builtin()                 # an unknown name: the error lists every policy
+    load_shipped()                  # an unknown name: the error lists every policy
     one_of(name, list(_REGISTRY), file, key, "policies")
     return _REGISTRY[name]
 
 
 def list_policies() -> list[str]:
-    _load_builtin()
+    """Every registered policy's name, sorted: the shipped ones and any registered at run time."""
+    load_shipped()
     return sorted(_REGISTRY)
 
 
-def _load_builtin() -> None:
-    import simhete.policy.builtin  # noqa: F401  (registers every shipped policy)
+def load_shipped() -> None:
+    """Import every shipped policy's module (each registers itself)."""
+    for module in SHIPPED.values():
+        import_module(f"simhete.policy.{module}")

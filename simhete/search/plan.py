@@ -46,12 +46,11 @@ from simhete.scenario import Scenario
 PLAN_KNOBS: dict[str, tuple[Any, ...]] = {
     "checkpointing": ("none", "full"),
     "delayed_update": (False, True),
-    # only for the policies whose DeepSpeed host buffers it pins (PINNED_POLICIES): pinned blocks
-    # are rounded up to a power of two (policy/process_memory.py); pageable ones are slower but
-    # fit a smaller host
+    # only for the policies whose DeepSpeed host buffers it pins (pins_host_buffers): pinned
+    # blocks are rounded up to a power of two (policy/process_memory.py); pageable ones are slower
+    # but fit a smaller host
     "pin_memory": (True, False),
 }
-PINNED_POLICIES = frozenset({"zero-offload", "zero-infinity"})
 # The leanest value of each planning knob (least GPU memory), for "does anything fit" questions.
 LEAN_KNOBS: dict[str, Any] = {"checkpointing": "full", "delayed_update": False,  # DPU adds 4 B/param on the host
                                "pin_memory": False}                              # no power-of-two rounding
@@ -60,9 +59,13 @@ SEARCH_BUDGET_S = 5.0       # default wall time of the micro-batch and largest-m
 # AutoHete's solver_time_limit in plan's trials (all MILPs of one trial together) unless the
 # scenario sets it: HiGHS took 2-3 s per MILP on tight fits of 40 blocks, five per trial
 PLAN_SOLVER_S = 1.0
-# "does anything fit" tries policies in this order (the most memory-frugal and cheapest to
-# simulate first; AutoHete, which solves MILPs, last) and stops at the first that fits
-FIT_ORDER = ("zero-infinity", "zero-offload", "chunked", "stronghold", "gpu-only", "autohete")
+
+
+def pins_host_buffers(policy: str) -> bool:
+    """Whether ``pin_memory`` pins host buffers of ``policy`` that the caching host allocator
+    rounds up: the DeepSpeed buffers that policy/process_memory.py models (its HOST_BUFFERS)."""
+    from simhete.policy.process_memory import HOST_BUFFERS
+    return policy in HOST_BUFFERS
 
 
 def largest_fitting(fits: Callable[[int], bool | None], cap: int) -> tuple[int, int, bool]:
@@ -187,7 +190,7 @@ class Planner:
         own = {k: v for k, v in self.base.data.knobs.items() if k in fields and k not in PLAN_KNOBS}
         if "activations" in own:      # a per-block list fixes the activation policy
             own.pop("activations")
-        names = [k for k in PLAN_KNOBS if k in fields and (k != "pin_memory" or policy in PINNED_POLICIES)]
+        names = [k for k in PLAN_KNOBS if k in fields and (k != "pin_memory" or pins_host_buffers(policy))]
         if "solver_time_limit" in fields and "solver_time_limit" not in own:
             own["solver_time_limit"] = PLAN_SOLVER_S
         if lean:
@@ -233,9 +236,11 @@ class Planner:
         import time
 
         from simhete.policy import get_policy
+        from simhete.policy.registry import SHIPPED
 
         names = self.policy_names(s)
-        names.sort(key=lambda p: FIT_ORDER.index(p) if p in FIT_ORDER else len(FIT_ORDER))
+        order = list(SHIPPED)    # the registry's order: the most memory-frugal and cheapest first
+        names.sort(key=lambda p: order.index(p) if p in order else len(order))
         for p in names:
             for k in self.variants(p, lean=True):
                 if deadline is not None:
@@ -287,7 +292,7 @@ class Planner:
             return dict(knobs)
         fields = get_policy(policy).Knobs.model_fields
         return {**knobs, **{k: v for k, v in LEAN_KNOBS.items()
-                            if k in fields and (k != "pin_memory" or policy in PINNED_POLICIES)}}
+                            if k in fields and (k != "pin_memory" or pins_host_buffers(policy))}}
 
     # -- largest model of the family ------------------------------------------------------------------
 
