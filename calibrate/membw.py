@@ -21,7 +21,7 @@ prices the workload's ops at the bytes they are given:
   (torch's ``_scaled_dot_product_attention_math`` calls ``dropout`` on the softmax output):
   reads and writes the scores plus a 1-byte mask: 2·n·elem + n. Its time is the per-element
   random draw, as at the residual site, so per byte it is ~(3e+1)/(2e+1) slower; both sites
-  are one kind, so the fit takes their mean call at each size (simhete/hw/fit.py).
+  are one kind, so the fit takes their mean call at each size (simhete/hw/fit/membw.py).
 - ``rope`` (ROPE): the replay's rotary embedding (simhete/replay/model.py ``rotate``: rotate-half
   with chunk, neg, cat, two multiplies and an add) on (·, seq, head_dim) rows, forward and
   backward: reads x (dy), writes the rotated x (dx): 2·n·elem in both passes — the workload's

@@ -148,7 +148,6 @@ class BlockTable(Provenance):
         return v
 
 
-
 class MemoryBoundRate(Strict):
     """Achieved bandwidth of one memory-bound OpKind (bytes read + written per second).
 
