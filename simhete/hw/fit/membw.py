@@ -7,32 +7,29 @@ from typing import Any
 
 from simhete.errors import ConfigError
 from simhete.hw.fit.common import FitState, alpha_beta, num, sig
-from simhete.opkinds import BWD_KIND, OpKind
+from simhete.opkinds import MEMORY_BOUND_KINDS, OpKind
 from simhete.schedule.model import Op
 
 
-# Memory-bound microbenchmark ops → the OpKind they price (byte counts: calibrate/membw.py).
-MEMBW_KINDS = {"add": OpKind.ELEMENTWISE, "mul": OpKind.ELEMENTWISE, "layernorm": OpKind.NORM,
-               "rmsnorm": OpKind.RMSNORM, "softmax": OpKind.SOFTMAX_CE, "embedding": OpKind.EMBED,
-               "gelu": OpKind.GELU, "relu": OpKind.RELU, "silu": OpKind.SWIGLU,
-               "dropout": OpKind.DROPOUT, "attn_dropout": OpKind.DROPOUT, "rope": OpKind.ROPE}
-LAUNCH_FIT_SIZES = 3   # launch_overhead_us: alpha over the smallest fit sizes of add and mul
-
-
-def _pass(r: dict[str, str]) -> str:
-    return r.get("pass") or "fwd"   # raw data from before backward rows: forward only
+LAUNCH_FIT_SIZES = 3   # launch_overhead_us: alpha over the smallest fit sizes of ELEMENTWISE
 
 
 def _mb_kind(r: dict[str, str]) -> OpKind:
-    """The OpKind a membw row prices: its op's kind, or that kind's backward kind for a backward
-    row (NORM_BWD, ...)."""
-    kind = MEMBW_KINDS[r["op"]]
-    return BWD_KIND.get(kind, kind) if _pass(r) == "bwd" else kind
+    """The OpKind a membw row prices: its ``kind`` column (calibrate/membw.py names rows by
+    OpKind; older raw files are translated when read: simhete/hw/fit/raw.py)."""
+    return OpKind(r["kind"])
+
+
+def _label(r: dict[str, str]) -> str:
+    """A row's kind and, where the kind has several microbenchmarks, its variant: ``NORM_BWD``,
+    ``ELEMENTWISE add``."""
+    return f"{r['kind']} {r['variant']}" if r["variant"] else r["kind"]
 
 
 def _mb_curve(rows: list[dict[str, str]]) -> list[list[float]]:
     """[bytes, GB/s] of the mean call at each measured size (elems): the arithmetic mean of the
-    bytes and of the median times of every op of one kind (add and mul; the two dropout sites).
+    bytes and of the median times of every op of one kind (ELEMENTWISE's add and mul; DROPOUT's
+    two sites).
     Each pass is its own kind (a backward row fits NORM_BWD, ...), so a curve mixes ops that
     move the same bytes the same way, never a forward with its backward."""
     by_elems: dict[int, list[tuple[float, float]]] = {}
@@ -53,7 +50,7 @@ def fit_membw(st: FitState, gpu: dict[str, Any]) -> None:
     ``mem_bandwidth_gbps``; the per-op fixed cost ``launch_overhead_us`` is alpha of an
     alpha-beta fit over the smallest add/mul of the first dtype."""
     t = st.tables["membw"]
-    rows = [r for r in t.ok() if r["split"] == "fit" and r["op"] in MEMBW_KINDS]
+    rows = [r for r in t.ok() if r["split"] == "fit" and r["kind"] in MEMORY_BOUND_KINDS]
     if not rows:
         raise ConfigError(str(t.path), None, problem="no measured memory-bound points to fit")
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
@@ -65,7 +62,9 @@ def fit_membw(st: FitState, gpu: dict[str, Any]) -> None:
             if not sub:
                 continue
             curve = _mb_curve(sub)
-            what = " and ".join(dict.fromkeys(f"{r['op']} {_pass(r)}" for r in sub)) + f", {dt}"
+            variants = " and ".join(dict.fromkeys(r["variant"] for r in sub if r["variant"]))
+            desc = f"{kind.value} ({variants})" if variants else kind.value
+            what = f"{desc}, {dt}"
             entry: dict[str, Any] = {"bandwidth_gbps": st.q(
                 "membw", curve[-1][1], f"{what}: bytes read + written / time at the largest fit "
                                        "size")}
@@ -80,31 +79,32 @@ def fit_membw(st: FitState, gpu: dict[str, Any]) -> None:
                 per_kind[kind.value] = entry
             else:
                 per_kind[kind.value].setdefault("dtypes", {})[dt] = entry
-            lines.append(f"- {kind.value} {dt} ({what.rsplit(',', 1)[0]}): {curve[0][1]} GB/s at "
+            lines.append(f"- {desc} {dt}: {curve[0][1]} GB/s at "
                          f"{curve[0][0]} B ... {curve[-1][1]} GB/s at {curve[-1][0]} B "
                          f"(peak {max(g for _, g in curve)} GB/s)")
     if "ELEMENTWISE" not in per_kind:
-        raise ConfigError(str(t.path), None, problem="no measured add/mul points to fit")
+        raise ConfigError(str(t.path), None, problem="no measured ELEMENTWISE (add/mul) points to fit")
     ew = sorted((r for r in rows if _mb_kind(r) is OpKind.ELEMENTWISE
                  and r["dtype"] == dtypes[0]), key=lambda r: int(r["bytes"]))
     small = sorted({int(r["bytes"]) for r in ew})[:LAUNCH_FIT_SIZES]
     pts = [r for r in ew if int(r["bytes"]) in small]
     alpha, beta = alpha_beta([num(r, "bytes") for r in pts], [num(r, "median_s") for r in pts])
     gpu["mem_bandwidth_gbps"] = st.q("membw", per_kind["ELEMENTWISE"]["bandwidth_gbps"]["value"],
-                                     "add and mul (bytes read + written) at the largest fit size: "
+                                     "ELEMENTWISE (add and mul; bytes read + written) at the largest "
+                                     "fit size: "
                                      "achievable streaming bandwidth")
     gpu["memory_bound_efficiency"] = st.q("membw", 1.0, "1 by construction: mem_bandwidth_gbps "
                                           "is the achieved bandwidth of these ops")
     gpu["launch_overhead_us"] = st.q("membw", sig(alpha * 1e6), f"alpha (intercept) of an "
-                                     f"alpha-beta fit over add and mul at the {len(small)} "
+                                     f"alpha-beta fit over ELEMENTWISE (add and mul) at the {len(small)} "
                                      f"smallest fit sizes ({small[0]}-{small[-1]} bytes): per-op "
                                      f"fixed cost")
     gpu["memory_bound"] = per_kind
-    held = [r for r in t.ok(split="holdout") if r["op"] in MEMBW_KINDS]
+    held = [r for r in t.ok(split="holdout") if r["kind"] in MEMORY_BOUND_KINDS]
     st.holdout["membw"] = [(Op(_mb_kind(r), n=int(r["bytes"]), dtype=r["dtype"]),
                             num(r, "median_s")) for r in held]
-    st.holdout_by["membw"] = [f"{r['op']}{' bwd' if _pass(r) == 'bwd' else ''}"
-                              f"{'' if r['dtype'] == dtypes[0] else ' ' + r['dtype']}" for r in held]
+    st.holdout_by["membw"] = [f"{_label(r)}{'' if r['dtype'] == dtypes[0] else ' ' + r['dtype']}"
+                              for r in held]
     st.sections.append(f"## membw\n\n- launch overhead: {alpha * 1e6:.2f} us (alpha-beta over "
-                       f"add and mul at {', '.join(map(str, small))} bytes; beta "
+                       f"ELEMENTWISE (add and mul) at {', '.join(map(str, small))} bytes; beta "
                        f"{beta / 1e9:.1f} GB/s)\n" + "\n".join(lines) + "\n")

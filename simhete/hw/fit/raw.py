@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from simhete.errors import ConfigError
+from simhete.opkinds import BWD_KIND, OpKind
 
 SUITES = ("gemm", "attention", "membw", "copy", "adam", "interference", "collectives", "blocks")
 SYSTEM = "system"   # facts queried from the OS/driver, not timed; always written
@@ -77,4 +78,30 @@ def read_raw(path: str | Path) -> RawTable:
         rows.append(dict(zip(columns, rec)))
     if "status" not in columns:
         raise ConfigError(str(p), None, problem="raw CSV lacks the status column")
+    if p.stem == "membw" and "op" in columns:     # written before rows were named by OpKind
+        columns, rows = _membw_by_kind(columns, rows)
     return RawTable(meta, columns, tuple(rows), p)
+
+
+# Memory-bound rows written before calibrate named them by OpKind (columns op, pass): op → (the
+# forward OpKind, variant). Translated here, where the file is read, and nowhere else.
+LEGACY_MEMBW_OPS = {"add": ("ELEMENTWISE", "add"), "mul": ("ELEMENTWISE", "mul"), "layernorm": ("NORM", ""),
+                    "rmsnorm": ("RMSNORM", ""), "softmax": ("SOFTMAX_CE", ""), "embedding": ("EMBED", ""),
+                    "gelu": ("GELU", ""), "relu": ("RELU", ""), "silu": ("SWIGLU", ""),
+                    "dropout": ("DROPOUT", "residual"), "attn_dropout": ("DROPOUT", "attention"),
+                    "rope": ("ROPE", "")}
+
+
+def _membw_by_kind(columns: tuple[str, ...], rows: list[dict[str, str]]
+                   ) -> tuple[tuple[str, ...], list[dict[str, str]]]:
+    """Old membw rows (op, pass) as rows of the current format (kind, variant); an op without a
+    mapping keeps its name as its kind, which no fit reads."""
+    out = []
+    for r in rows:
+        kind, variant = LEGACY_MEMBW_OPS.get(r["op"], (r["op"], ""))
+        if (r.get("pass") or "fwd") == "bwd" and kind in OpKind.__members__:   # no pass: forward
+            kind = BWD_KIND.get(OpKind(kind), OpKind(kind)).value
+        new = {"kind": kind, "variant": variant}
+        new.update((k, v) for k, v in r.items() if k not in ("op", "pass"))
+        out.append(new)
+    return ("kind", "variant", *(c for c in columns if c not in ("op", "pass"))), out
