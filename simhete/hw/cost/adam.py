@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 
 def adam_cpu(cm: CostModel, op: Op) -> float:
     adam = cm.profile.host.adam
-    if cm.t.adam_rate is not None:
+    if cm.tables.adam_rate is not None:
         assert adam.by_threads is not None
         cm.use("host.adam.by_threads", adam.by_threads)
-        if cm.t.adam_flag:
-            cm.flag(cm.t.adam_flag)
-        rate = cm.t.adam_rate
+        if cm.tables.adam_flag:
+            cm.flag(cm.tables.adam_flag)
+        rate = cm.tables.adam_rate
     else:
-        q, used, default = cm.t.adam
+        q, used, default = cm.tables.adam
         if default is not None:
             cm.flag(default)
         for key, prov in used:

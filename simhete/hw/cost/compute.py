@@ -30,7 +30,7 @@ def gemm(cm: CostModel, op: Op) -> float:
     m, n, k = op.shape
     flops = 2.0 * m * n * k  # one multiply-add per (m, n, k)
     nbytes = float(m * k + k * n + m * n) * DTYPE_BYTES[op.dtype]  # read A, B; write C
-    table = cm.t.gemm.get(op.dtype)
+    table = cm.tables.gemm.get(op.dtype)
     if table is not None:
         tflops = table.tflops(m, n, k)
         if tflops is not None:
@@ -48,10 +48,10 @@ def gemm(cm: CostModel, op: Op) -> float:
     anchor = g.gemm.anchor
     if anchor is None or anchor.dtype != op.dtype:
         cm.use(f"gpu.peak_tflops.{op.dtype}", peak_q)  # an anchor of this dtype cancels the peak
-    cm.use(cm.t.max_eff_key, cm.t.max_eff_prov)
+    cm.use(cm.tables.max_eff_key, cm.tables.max_eff_prov)
     cm.use("gpu.gemm.k_half", g.gemm.k_half)
     use_sustained(cm)
-    rate = peak * cm.t.max_eff * cm.t.sustain
+    rate = peak * cm.tables.max_eff * cm.tables.sustain
     slow = g.gemm.misaligned_slowdown
     align = 16 // DTYPE_BYTES[op.dtype]     # elements in the 16 bytes cuBLAS's fast kernels need
     if slow is not None and (m % align or n % align or k % align):
@@ -75,7 +75,7 @@ def attention(cm: CostModel, op: Op) -> float:
     else:
         nbytes = float(b * h * d * (4 * sq + 4 * skv)) * db   # read Q, K, V, O, dO; write dQ, dK, dV
     att = cm.profile.gpu.attention
-    exact = cm.t.attn_exact.get((op.kind, op.dtype, tuple(op.shape)))
+    exact = cm.tables.attn_exact.get((op.kind, op.dtype, tuple(op.shape)))
     if exact is None:
         exact = attn_interpolated(cm, op)
     if exact is not None and att is not None and att.table is not None:
@@ -84,16 +84,16 @@ def attention(cm: CostModel, op: Op) -> float:
     peak, peak_q = cm.peak_rate(op.dtype)
     cm.use(f"gpu.peak_tflops.{op.dtype}", peak_q)
     if att is None:
-        cm.flag(f"gpu.attention (absent: {cm.t.max_eff_key} used)")
-        cm.use(cm.t.max_eff_key, cm.t.max_eff_prov)
-        eff = cm.t.max_eff
+        cm.flag(f"gpu.attention (absent: {cm.tables.max_eff_key} used)")
+        cm.use(cm.tables.max_eff_key, cm.tables.max_eff_prov)
+        eff = cm.tables.max_eff
     else:
         key = "fwd_efficiency" if op.kind is OpKind.ATTN_FWD else "bwd_efficiency"
         q = getattr(att, key)
         cm.use(f"gpu.attention.{key}", q)
         eff = q.value
     use_sustained(cm)
-    return cm.roofline(flops, peak * eff * cm.t.sustain, nbytes)
+    return cm.roofline(flops, peak * eff * cm.tables.sustain, nbytes)
 
 
 def attn_interpolated(cm: CostModel, op: Op) -> float | None:
@@ -101,16 +101,16 @@ def attn_interpolated(cm: CostModel, op: Op) -> float | None:
     (log batch·heads, log seq_q·seq_kv, log head_dim), or None outside the measured hull."""
     b, h, sq, skv, d, causal = op.shape
     key = (op.kind, op.dtype, int(causal))
-    rows = cm.t.attn_rows.get(key)
+    rows = cm.tables.attn_rows.get(key)
     if rows is None:
         return None
-    interp = cm.t.attn_interp.get(key)
+    interp = cm.tables.attn_interp.get(key)
     if interp is None:
         # shapes with equal (batch·heads, seq², head_dim): the geometric mean of their rates
         same: dict[tuple[int, int, int], list[float]] = {}
         for bh, ss, dd, r in rows:
             same.setdefault((bh, ss, dd), []).append(math.log(r))
-        interp = cm.t.attn_interp[key] = GemmInterpolator(
+        interp = cm.tables.attn_interp[key] = GemmInterpolator(
             [(*k, math.exp(sum(v) / len(v))) for k, v in sorted(same.items())])
     return interp.tflops(b * h, sq * skv, d)
 
@@ -143,13 +143,13 @@ def curve_seconds(cm: CostModel, key: str, curve: Curve, n: int) -> float:
     non-decreasing (a bigger op is never priced faster; noise can invert neighbours), linear in
     n between them (exact for a fixed cost + n / bandwidth law), the smallest time below them,
     the largest size's rate above them."""
-    pts = cm.t.mb_curves.get(key)
+    pts = cm.tables.mb_curves.get(key)
     if pts is None:
         sizes = [p[0] for p in curve.points]
         times: list[float] = []
         for b, g in curve.points:
             times.append(max(b / (g * 1e9), times[-1] if times else 0.0))
-        pts = cm.t.mb_curves[key] = (sizes, times)
+        pts = cm.tables.mb_curves[key] = (sizes, times)
     sizes, times = pts
     if n <= sizes[0]:
         return times[0]

@@ -30,6 +30,7 @@ def ops_key(ops: tuple[Op, ...]) -> str:
 Provenance_ = tuple[frozenset[str], frozenset[tuple[str, int, int, int]]]
 NO_PROVENANCE: Provenance_ = (frozenset(), frozenset())
 
+
 class CostModel:
     """Prices ops against one profile. Cheap to build (what depends on the profile alone is
     :attr:`HardwareProfile.pricing`, shared by every model of the profile); caches everything it
@@ -37,7 +38,7 @@ class CostModel:
 
     def __init__(self, profile: HardwareProfile) -> None:
         self.profile = profile
-        self.t = profile.pricing
+        self.tables = profile.pricing
         self._op_cache: dict[Op, float] = {}
         self._task_cache: dict[tuple[Op, ...], float] = {}
         self._flags: set[str] = set()
@@ -74,7 +75,7 @@ class CostModel:
         """Sum of ``ops`` (a task's ops tuple); equal tuples share one cached value."""
         t = self._task_cache.get(ops)
         if t is None:
-            t = self.t.blocks.get(ops_key(ops)) if self.t.blocks else None
+            t = self.tables.blocks.get(ops_key(ops)) if self.tables.blocks else None
             if t is None:
                 t = math.fsum(self.op_seconds(op) for op in ops)
                 provs = [self._op_prov[op] for op in ops]
@@ -108,7 +109,7 @@ class CostModel:
             shapes = shapes.union(*(p[1] for p in provs))
         out = set(flags)
         if shapes:
-            what = "roofline fallback" if self.t.gemm else "roofline model"
+            what = "roofline fallback" if self.tables.gemm else "roofline model"
             out.add(f"gpu.gemm ({what} for {len(shapes)} shapes)")
         return out
 
@@ -132,7 +133,7 @@ class CostModel:
 
     def interference(self) -> tuple[tuple[str, str, float], ...]:
         """(victim glob, aggressor glob, slowdown factor) rules from the profile."""
-        memo = self.t.interference
+        memo = self.tables.interference
         if memo:      # derived by a model of this profile before: the same rules and flags
             rules, used = memo[0]
             self._flags |= used
@@ -159,7 +160,7 @@ class CostModel:
         """Dense peak FLOP/s for ``dtype`` (for MFU)."""
         return self.peak_rate(dtype)[0]
 
-    # -- accounting, used by the pricing functions (compute, copies, adam) ------------------------------------------------------------------------------
+    # -- accounting, used by the pricing functions (compute, copies, adam) ---------------------
 
     def use(self, key: str, prov: Provenance) -> None:
         """Record that a price rests on the number at ``key``: a flag unless it was measured."""
@@ -185,7 +186,7 @@ class CostModel:
 
     def launch_s(self) -> float:
         self.use("gpu.launch_overhead_us", self.profile.gpu.launch_overhead_us)
-        return self.t.launch
+        return self.tables.launch
 
     def dispatched(self, kernel: float) -> float:
         """Seconds an op costs given its kernel time: on a GPU, max(dispatch, kernel). Eager
@@ -206,13 +207,13 @@ class CostModel:
         self.use("gpu.mem_bandwidth_gbps", g.mem_bandwidth_gbps)
         if efficiency:
             self.use("gpu.memory_bound_efficiency", g.memory_bound_efficiency)
-            return nbytes / (self.t.mem_bps * self.t.mb_eff)
-        return nbytes / self.t.mem_bps
+            return nbytes / (self.tables.mem_bps * self.tables.mb_eff)
+        return nbytes / self.tables.mem_bps
 
     def roofline(self, flops: float, rate: float, nbytes: float) -> float:
         """launch + max(compute, memory); memory provenance is flagged only when it binds."""
         compute = flops / rate
-        memory = nbytes / (self.t.mem_bps * self.t.mb_eff)
+        memory = nbytes / (self.tables.mem_bps * self.tables.mb_eff)
         if memory > compute:
             return self.dispatched(self.mem_seconds(nbytes))
         return self.dispatched(compute)
