@@ -41,7 +41,7 @@ def estimate() -> dict[str, float]:
         f = 4 * b * h * s * s * d * 0.5   # causal forward FLOPs (simhete.schedule.Op.flops)
         attn += point(f / (PEAK["bf16"] * 0.35)) + point(2.5 * f / (PEAK["bf16"] * 0.3))
     out["attention"] = attn
-    out["membw"] = sum(point(3 * n * 2 / HBM) for n in g.mem_elems) * len(membw.op_passes())
+    out["membw"] = sum(point(3 * n * 2 / HBM) for n in g.mem_elems) * len(membw.benchmarks())
     copies = sum(point(n / PCIE[k]) for k in ("pinned", "pageable") for n in g.copy_bytes) * 2
     copies += sum(point(n / HOST_DRAM) for n in g.copy_bytes) * 2 + \
         sum(point(n / PCIE["pinned"]) for n in g.duplex_bytes)

@@ -1,34 +1,36 @@
 """Memory-bound ops on the device → a curve per op kind and dtype, and the per-op overhead.
 
-Each op is measured the way a model runs it, forward and (where the model has one) backward, in
-every dtype of the grid. Bytes are the tensor bytes each call must read and write once, in the
-accounting of simhete/workload/ops.py for the OpKind it prices (:data:`KINDS`), so a fitted curve
-prices the workload's ops at the bytes they are given:
+Each row is named by the OpKind it prices (column ``kind``, simhete/opkinds.py: the vocabulary
+the workload emits and the cost model prices, so the fit reads it as is) and, where one kind is
+timed by more than one microbenchmark, by ``variant``. Each op is measured the way a model runs
+it, forward and (where the model has one) backward, in every dtype of the grid. Bytes are the
+tensor bytes each call must read and write once, in the accounting of simhete/workload/ops.py for
+that OpKind, so a fitted curve prices the workload's ops at the bytes they are given:
 
-- ``add``/``mul`` (ELEMENTWISE) read two operands and write one: 3·n·elem (the STREAM "add"
-  accounting), into a new output as a model's residual add does.
-- ``layernorm`` (NORM), ``rmsnorm`` (RMSNORM), ``gelu`` (GELU, GPT-2's tanh approximation),
-  ``relu`` (RELU), ``silu`` (SWIGLU: the SiLU of SwiGLU's gate, Shazeer 2020): forward reads x and
-  writes y (2·n·elem); backward reads dy and x and writes dx (3·n·elem; a norm's backward also
-  produces its weight gradients, which are negligible bytes). Inputs are rows of ``mem_hidden``.
-- ``softmax`` (SOFTMAX_CE): 2·n·elem. ``embedding`` (EMBED) gathers ``rows`` rows of a
-  (2·rows, hidden) table by int64 index: 8·rows + 2·n·elem.
-- ``dropout`` (DROPOUT): dropout (p = 0.1, GPT-2's ``resid_pdrop``) of one tensor added to another,
-  the residual site a model's DROPOUT op stands for: reads two, writes one, plus a 1-byte mask in
-  the workload's accounting: 3·n·elem + n. Its backward is a masked scale (no random numbers),
-  which the workload prices as ELEMENTWISE, so it is not measured here.
-- ``attn_dropout`` (DROPOUT): dropout of attention probabilities alone, the math path's site
+- ELEMENTWISE, variants ``add`` and ``mul``: read two operands and write one: 3·n·elem (the
+  STREAM "add" accounting), into a new output as a model's residual add does.
+- NORM (LayerNorm), RMSNORM, GELU (GPT-2's tanh approximation), RELU, SWIGLU (the SiLU of
+  SwiGLU's gate, Shazeer 2020): forward reads x and writes y (2·n·elem); the backward kind
+  (NORM_BWD, ...) reads dy and x and writes dx (3·n·elem; a norm's backward also produces its
+  weight gradients, which are negligible bytes). Inputs are rows of ``mem_hidden``.
+- SOFTMAX_CE (softmax): 2·n·elem. EMBED gathers ``rows`` rows of a (2·rows, hidden) table by int64
+  index: 8·rows + 2·n·elem.
+- DROPOUT, variant ``residual``: dropout (p = 0.1, GPT-2's ``resid_pdrop``) of one tensor added to
+  another, the residual site a model's DROPOUT op stands for: reads two, writes one, plus a 1-byte
+  mask in the workload's accounting: 3·n·elem + n. Its backward is a masked scale (no random
+  numbers), which the workload prices as ELEMENTWISE, so it is not measured here.
+- DROPOUT, variant ``attention``: dropout of attention probabilities alone, the math path's site
   (torch's ``_scaled_dot_product_attention_math`` calls ``dropout`` on the softmax output):
   reads and writes the scores plus a 1-byte mask: 2·n·elem + n. Its time is the per-element
-  random draw, as at the residual site, so per byte it is ~(3e+1)/(2e+1) slower; both sites
-  are one kind, so the fit takes their mean call at each size (simhete/hw/fit.py).
-- ``rope`` (ROPE): the replay's rotary embedding (simhete/replay/model.py ``rotate``: rotate-half
-  with chunk, neg, cat, two multiplies and an add) on (·, seq, head_dim) rows, forward and
-  backward: reads x (dy), writes the rotated x (dx): 2·n·elem in both passes — the workload's
+  random draw, as at the residual site, so per byte it is ~(3e+1)/(2e+1) slower; both variants
+  are one kind, so the fit takes their mean call at each size (simhete/hw/fit/membw.py).
+- ROPE: the replay's rotary embedding (simhete/replay/model.py ``rotate``: rotate-half with chunk,
+  neg, cat, two multiplies and an add) on (·, seq, head_dim) rows, forward and backward
+  (ROPE_BWD): reads x (dy), writes the rotated x (dx): 2·n·elem in both passes — the workload's
   accounting of its ROPE and ROPE_BWD ops.
 
-Each backward is its own OpKind (NORM_BWD, RMSNORM_BWD, GELU_BWD, RELU_BWD, SWIGLU_BWD,
-ROPE_BWD; simhete/opkinds.py), fitted from the backward rows alone.
+Each backward is its own OpKind (BWD_KIND: NORM_BWD, RMSNORM_BWD, GELU_BWD, RELU_BWD,
+SWIGLU_BWD, ROPE_BWD), fitted from its own rows alone.
 
 Backwards are timed alone, by re-running autograd over a retained graph (calibrate/attention.py).
 
@@ -38,7 +40,7 @@ longer in the core's L2 cache. Timing one op over and over on the same input, wr
 freed output, measures it hot: on the development CPU (2 MiB L2 per core, one thread) the residual
 add of (4, 128, 256) fp32 took 0.040 ms hot, 0.131 ms over a ring of inputs and kept outputs, and
 0.178 ms inside a replayed GPT block (torch profiler); tanh-GeLU of (4, 128, 1024) 1.41 / 2.01 /
-2.43 ms; layernorm of (4, 128, 256) 0.13 / 0.19 / 0.17 ms (2026-11-22 01:40 UTC, machine loaded).
+2.43 ms; LayerNorm of (4, 128, 256) 0.13 / 0.19 / 0.17 ms (2026-11-22 01:40 UTC, machine loaded).
 So each point runs over a **ring** of ``ring`` independent input sets (:func:`ring_size`: one
 round spans at least ``RING_L2`` × the L2 cache, at most ``MAX_RING`` sets), calls cycling through
 it, and every call's output is kept in the ring slot until the call one round later replaces it.
@@ -55,17 +57,22 @@ import torch.nn.functional as F
 
 from calibrate.common import TORCH_DTYPES, Ctx, ok, rand, seed
 from calibrate.timing import measure
+from simhete.opkinds import BWD_KIND, OpKind
 from simhete.replay.model import rope_tables, rotate
 
 NAME = "membw"
-COLUMNS = ("op", "pass", "dtype", "elems", "bytes", "split", "ring")
-OPS = ("add", "mul", "layernorm", "rmsnorm", "softmax", "embedding", "gelu", "relu", "silu",
-       "dropout", "attn_dropout", "rope")
-BACKWARD = frozenset({"layernorm", "rmsnorm", "gelu", "relu", "silu", "rope"})
+COLUMNS = ("kind", "variant", "dtype", "elems", "bytes", "split", "ring")
+# The forward microbenchmarks: (the OpKind a row prices, which benchmark of that kind: "" where
+# the kind has one). A kind with a backward kind (BWD_KIND) is also timed backward.
+FORWARD: tuple[tuple[OpKind, str], ...] = (
+    (OpKind.ELEMENTWISE, "add"), (OpKind.ELEMENTWISE, "mul"), (OpKind.NORM, ""), (OpKind.RMSNORM, ""),
+    (OpKind.SOFTMAX_CE, ""), (OpKind.EMBED, ""), (OpKind.GELU, ""), (OpKind.RELU, ""),
+    (OpKind.SWIGLU, ""), (OpKind.DROPOUT, "residual"), (OpKind.DROPOUT, "attention"), (OpKind.ROPE, ""))
+FWD_OF = {bwd: fwd for fwd, bwd in BWD_KIND.items()}   # a backward kind -> the forward it differentiates
 ROPE_SEQ, ROPE_HEAD_DIM = 128, 64   # rows of a rope input: (·, seq, head_dim) as in the replay
 RING_L2 = 4         # a ring round spans at least this many L2 caches (inputs evicted from L2)
 MAX_RING = 64       # input sets per ring at most (small ops: enough to leave L2, bounded memory)
-INDEX_BYTES = 8     # int64 index per gathered row (embedding)
+INDEX_BYTES = 8     # int64 index per gathered row (EMBED)
 DROPOUT_P = 0.1     # GPT-2's resid_pdrop; simhete/replay/model.py DROPOUT_P
 
 
@@ -80,28 +87,27 @@ def ring_note(l2: int) -> str:
             "sets; outputs kept until the ring comes round (column ring)")
 
 
-def op_passes() -> list[tuple[str, str]]:
-    """Every (op, pass) measured, forward first."""
-    return [(op, pas) for op in OPS for pas in ("fwd", "bwd") if pas == "fwd" or op in BACKWARD]
+def benchmarks() -> list[tuple[OpKind, str]]:
+    """Every (kind, variant) measured: each forward, then its backward kind where it has one."""
+    return [kv for kind, var in FORWARD
+            for kv in ((kind, var), *(((BWD_KIND[kind], var),) if kind in BWD_KIND else ()))]
 
 
 def _rows(n: int, hidden: int) -> int:
     return max(1, n // hidden)
 
 
-def nbytes(op: str, pas: str, n: int, elem: int, hidden: int) -> int:
+def nbytes(kind: OpKind, variant: str, n: int, elem: int, hidden: int) -> int:
     """Bytes read + written by one call (the accounting of simhete/workload/ops.py)."""
-    if op in ("add", "mul"):
+    if kind is OpKind.ELEMENTWISE:
         return 3 * n * elem
-    if op == "dropout":
-        return 3 * n * elem + n
-    if op == "attn_dropout":
-        return 2 * n * elem + n
-    if op == "embedding":
+    if kind is OpKind.DROPOUT:
+        return (3 if variant == "residual" else 2) * n * elem + n
+    if kind is OpKind.EMBED:
         return INDEX_BYTES * _rows(n, hidden) + 2 * n * elem
-    if op == "rope":
-        return 2 * n * elem       # either pass reads one tensor and writes one (ROPE / ROPE_BWD)
-    return (3 if pas == "bwd" else 2) * n * elem
+    if kind in (OpKind.ROPE, OpKind.ROPE_BWD):
+        return 2 * n * elem       # either pass reads one tensor and writes one
+    return (3 if kind in FWD_OF else 2) * n * elem
 
 
 def points(ctx: Ctx) -> list[dict[str, object]]:
@@ -109,52 +115,50 @@ def points(ctx: Ctx) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for dt in g.mem_dtypes:
         es = torch.finfo(TORCH_DTYPES[dt]).bits // 8
-        for op, pas in op_passes():
+        for kind, var in benchmarks():
             for i, n in enumerate(g.mem_elems):
-                b = nbytes(op, pas, n, es, g.mem_hidden)
-                out.append({"op": op, "pass": pas, "dtype": dt, "elems": n, "bytes": b,
+                b = nbytes(kind, var, n, es, g.mem_hidden)
+                out.append({"kind": kind.value, "variant": var, "dtype": dt, "elems": n, "bytes": b,
                             "split": "fit" if i % 2 == 0 else "holdout", "ring": ring_size(b, ctx.l2)})
     return out
 
 
-def _forward(op: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
-             rows: int) -> Callable[[], torch.Tensor]:
-    if op == "add":
-        return lambda: x + y
-    if op == "mul":
-        return lambda: x * y
-    if op == "layernorm":
+def _forward(kind: OpKind, variant: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+             bias: torch.Tensor, rows: int) -> Callable[[], torch.Tensor]:
+    if kind is OpKind.ELEMENTWISE:
+        return (lambda: x + y) if variant == "add" else (lambda: x * y)
+    if kind is OpKind.NORM:
         return lambda: F.layer_norm(x, (x.shape[1],), w, bias)
-    if op == "rmsnorm":
+    if kind is OpKind.RMSNORM:
         return lambda: F.rms_norm(x, (x.shape[1],), w)
-    if op == "gelu":
+    if kind is OpKind.GELU:
         return lambda: F.gelu(x, approximate="tanh")
-    if op == "relu":
+    if kind is OpKind.RELU:
         return lambda: F.relu(x)
-    if op == "silu":
+    if kind is OpKind.SWIGLU:
         return lambda: F.silu(x)
-    if op == "dropout":
+    if kind is OpKind.DROPOUT and variant == "residual":
         return lambda: F.dropout(x, DROPOUT_P, training=True) + y
-    if op == "attn_dropout":
+    if kind is OpKind.DROPOUT:
         return lambda: F.dropout(x, DROPOUT_P, training=True)
-    if op == "rope":
+    if kind is OpKind.ROPE:
         d = min(ROPE_HEAD_DIM, x.numel())
         s = max(1, min(ROPE_SEQ, x.numel() // d))
         xr = x.reshape(-1, s, d)
         cos, sin = rope_tables(s, d, x.device, x.dtype)
         return lambda: rotate(xr, cos, sin)
-    if op == "embedding":
+    if kind is OpKind.EMBED:
         table = rand((2 * rows, x.shape[1]), x.dtype, x.device)
         idx = torch.randint(0, 2 * rows, (rows,), device=x.device)
         return lambda: F.embedding(idx, table)
-    return lambda: torch.softmax(x, dim=-1)
+    return lambda: torch.softmax(x, dim=-1)   # SOFTMAX_CE
 
 
 def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
     dev, dt = ctx.target.device, TORCH_DTYPES[str(p["dtype"])]
     n, hidden = int(p["elems"]), ctx.grid.mem_hidden
     rows = _rows(n, hidden)
-    op = str(p["op"])
+    kind, var = OpKind(str(p["kind"])), str(p["variant"])
     k = int(p.get("ring") or 1)
     seed()
     w = rand(n // rows, dt, dev)
@@ -167,13 +171,14 @@ def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
         j = at[0] = (at[0] + 1) % k
         return j
 
-    if p.get("pass") == "bwd":
+    if kind in FWD_OF:
+        fwd = FWD_OF[kind]
         graphs = []
         for x, y in sets:
-            leaves = (x, w, bias) if op == "layernorm" else (x, w) if op == "rmsnorm" else (x,)
+            leaves = (x, w, bias) if fwd is OpKind.NORM else (x, w) if fwd is OpKind.RMSNORM else (x,)
             for t in leaves:
                 t.requires_grad_(True)
-            o = _forward(op, x, y, w, bias, rows)()
+            o = _forward(fwd, var, x, y, w, bias, rows)()
             graphs.append((o, leaves, rand(tuple(o.shape), dt, dev)))
 
         def fn() -> None:
@@ -181,7 +186,7 @@ def run(ctx: Ctx, p: dict[str, object]) -> dict[str, object]:
             o, leaves, go = graphs[j]
             kept[j] = torch.autograd.grad(o, leaves, go, retain_graph=True)
         return ok(p, measure(fn, ctx.grid.methodology, ctx.cuda))
-    fns = [_forward(op, x, y, w, bias, rows) for x, y in sets]
+    fns = [_forward(kind, var, x, y, w, bias, rows) for x, y in sets]
 
     def fn() -> None:
         j = nxt()

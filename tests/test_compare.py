@@ -39,7 +39,7 @@ def test_compare_json_lists_every_policy_and_largest_models(tmp_path, capsys):
     for policy in ("gpu-only", "zero-infinity", "chunked"):
         name = out["largest_fitting"][policy]
         # the answer fits and the next size in the family does not (or it is the largest searched)
-        from simhete.compare import knobs_for
+        from simhete.search.compare import knobs_for
         def fits(model):
             return run(s.with_changes(model=model, policy=policy, knobs=knobs_for(s, policy),
                                       iterations=2)).summary.fits

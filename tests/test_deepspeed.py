@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simhete.deepspeed import apply_deepspeed, import_deepspeed, map_deepspeed
+from simhete.search.deepspeed import apply_deepspeed, import_deepspeed, map_deepspeed
 from simhete.errors import ConfigError
 from simhete.scenario import load_scenario
 
@@ -55,7 +55,7 @@ def test_unsupported_keys_are_listed_not_ignored():
 
 
 def test_every_key_lands_in_exactly_one_list():
-    from simhete.deepspeed import _flatten
+    from simhete.search.deepspeed import _flatten
     for f in ("zero2_offload_hf", "zero2_offload_explicit", "unsupported", "no_offload", "stage3_offload_optimizer",
               "stage3_no_offload", "stage3_offload_both"):
         ds = json.loads((DATA / f"{f}.json").read_text())
@@ -150,7 +150,7 @@ def test_apply_deepspeed_returns_the_scenario_and_reports_on_stderr(capsys):
 
 
 def test_optimizer_offload_needs_a_zero_stage(tmp_path):
-    from simhete.deepspeed import apply_deepspeed
+    from simhete.search.deepspeed import apply_deepspeed
     from simhete.scenario import load_scenario
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}}))

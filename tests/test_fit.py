@@ -131,7 +131,7 @@ def _rows(params: list[dict], time) -> list[dict]:
     return out
 
 
-def _synthetic_raw(tmp_path: Path, norm_ops=("layernorm", "rmsnorm")) -> Path:
+def _synthetic_raw(tmp_path: Path, norm_kinds=("NORM", "RMSNORM")) -> Path:
     """A CPU device's raw data whose times follow known formulas."""
     raw = tmp_path / "syn.raw"
     raw.mkdir()
@@ -149,26 +149,26 @@ def _synthetic_raw(tmp_path: Path, norm_ops=("layernorm", "rmsnorm")) -> Path:
             for m in (64, 128) for n in (64, 128) for k in (64, 128)]
     write_raw(raw / "gemm.csv", meta, ("dtype", "M", "N", "K", "flops", "split", *tail),
               _rows(gemm, lambda p: 2e-6 + p["flops"] / 1e11))
-    # add/mul fp32: 1.5 us + bytes / 20 GB/s, add bf16: 2 us + bytes / 8 GB/s; layernorm forward
-    # 4 us + bytes / 5 GB/s and backward 6 us + bytes / 2 GB/s (its curve is the mean call);
-    # rmsnorm 16 us + bytes / 1.25 GB/s; softmax 3 us + bytes / 4 GB/s.
+    # ELEMENTWISE add/mul fp32: 1.5 us + bytes / 20 GB/s, add bf16: 2 us + bytes / 8 GB/s; NORM
+    # 4 us + bytes / 5 GB/s and NORM_BWD 6 us + bytes / 2 GB/s; RMSNORM 16 us + bytes / 1.25 GB/s;
+    # SOFTMAX_CE 3 us + bytes / 4 GB/s.
     mem = []
-    cases = [("add", "fwd", "fp32"), ("mul", "fwd", "fp32"), ("add", "fwd", "bf16")]
-    cases += [(op, "fwd", "fp32") for op in norm_ops] + [("softmax", "fwd", "fp32")]
-    cases += [("layernorm", "bwd", "fp32")] if "layernorm" in norm_ops else []
-    for op, pas, dt in cases:
+    cases = [("ELEMENTWISE", "add", "fp32"), ("ELEMENTWISE", "mul", "fp32"), ("ELEMENTWISE", "add", "bf16")]
+    cases += [(k, "", "fp32") for k in norm_kinds] + [("SOFTMAX_CE", "", "fp32")]
+    cases += [("NORM_BWD", "", "fp32")] if "NORM" in norm_kinds else []
+    for kind, var, dt in cases:
         for i, e in enumerate(4**j for j in range(3, 9)):
             elem = 4 if dt == "fp32" else 2
-            b = (3 if op in ("add", "mul") or pas == "bwd" else 2) * elem * e
-            mem.append({"op": op, "pass": pas, "dtype": dt, "elems": e, "bytes": b,
+            b = (3 if kind in ("ELEMENTWISE", "NORM_BWD") else 2) * elem * e
+            mem.append({"kind": kind, "variant": var, "dtype": dt, "elems": e, "bytes": b,
                         "split": "fit" if i % 2 == 0 else "holdout"})
-    law = {("add", "fwd", "fp32"): (1.5e-6, 20e9), ("mul", "fwd", "fp32"): (1.5e-6, 20e9),
-           ("add", "fwd", "bf16"): (2e-6, 8e9), ("layernorm", "fwd", "fp32"): (4e-6, 5e9),
-           ("layernorm", "bwd", "fp32"): (6e-6, 2e9), ("rmsnorm", "fwd", "fp32"): (16e-6, 1.25e9),
-           ("softmax", "fwd", "fp32"): (3e-6, 4e9)}
-    write_raw(raw / "membw.csv", meta, ("op", "pass", "dtype", "elems", "bytes", "split", *tail),
-              _rows(mem, lambda p: law[p["op"], p["pass"], p["dtype"]][0]
-                    + p["bytes"] / law[p["op"], p["pass"], p["dtype"]][1]))
+    law = {("ELEMENTWISE", "add", "fp32"): (1.5e-6, 20e9), ("ELEMENTWISE", "mul", "fp32"): (1.5e-6, 20e9),
+           ("ELEMENTWISE", "add", "bf16"): (2e-6, 8e9), ("NORM", "", "fp32"): (4e-6, 5e9),
+           ("NORM_BWD", "", "fp32"): (6e-6, 2e9), ("RMSNORM", "", "fp32"): (16e-6, 1.25e9),
+           ("SOFTMAX_CE", "", "fp32"): (3e-6, 4e9)}
+    write_raw(raw / "membw.csv", meta, ("kind", "variant", "dtype", "elems", "bytes", "split", *tail),
+              _rows(mem, lambda p: law[p["kind"], p["variant"], p["dtype"]][0]
+                    + p["bytes"] / law[p["kind"], p["variant"], p["dtype"]][1]))
     copy = [{"kind": k, "memory": "host", "bytes": b, "split": "fit"}
             for k in ("memcpy", "stream_add") for b in (4096, 2**20, 2**24)]
     write_raw(raw / "copy.csv", meta, ("kind", "memory", "bytes", "split", *tail),
@@ -208,16 +208,17 @@ def test_fit_recovers_known_membw_launch_and_adam_laws(tmp_path):
     assert "pinned_limit_bytes" not in host
     # Held out: Adam follows its law exactly; add and mul do between fit sizes (linear in n is
     # exact for a fixed cost + n / bandwidth) and lose 11% only above the largest fit size,
-    # priced at that size's rate; rmsnorm has its own curve now; so has each layernorm pass.
+    # priced at that size's rate; RMSNORM has its own curve; so has each pass of NORM.
     assert "| adam | median 0.0%, max 0.0% over 2 held-out points |" in f.report
-    assert "add 0.0% (max 11.0%); mul 0.0% (max 11.0%); add bf16 0.0% (max" in f.report
-    assert "rmsnorm 0.0% (max" in f.report
+    assert ("ELEMENTWISE add 0.0% (max 11.0%); ELEMENTWISE mul 0.0% (max 11.0%); "
+            "ELEMENTWISE add bf16 0.0% (max") in f.report
+    assert "RMSNORM 0.0% (max" in f.report
     cm = CostModel(load_profile(_write_profile(tmp_path, f.profile)))
     e = 4**5                                                         # between fit sizes 4^4, 4^6
     fwd, bwd = Op(OpKind.NORM, n=8 * e, dtype="fp32"), Op(OpKind.NORM_BWD, n=12 * e, dtype="fp32")
     assert cm.op_seconds(fwd) == pytest.approx(4e-6 + 8 * e / 5e9, rel=5e-4)   # each pass exact
     assert cm.op_seconds(bwd) == pytest.approx(6e-6 + 12 * e / 2e9, rel=5e-4)  # (4 digits kept)
-    assert "layernorm 0.0% (max" in f.report and "layernorm bwd 0.0% (max" in f.report
+    assert "; NORM 0.0% (max" in f.report and "NORM_BWD 0.0% (max" in f.report
     # a backward kind without its own entry falls back to its forward's (older profiles)
     prof = dict(f.profile, gpu={**f.profile["gpu"], "memory_bound": {
         k: v for k, v in mb.items() if k != "NORM_BWD"}})
@@ -241,12 +242,35 @@ def _write_profile(tmp_path: Path, profile: dict, stem: str = "syn") -> Path:
 
 
 def test_fit_of_membw_data_without_norms_leaves_norm_on_the_single_bandwidth(tmp_path):
-    f = fit(_synthetic_raw(tmp_path, norm_ops=()), "syn")
+    f = fit(_synthetic_raw(tmp_path, norm_kinds=()), "syn")
     assert set(f.profile["gpu"]["memory_bound"]) == {"ELEMENTWISE", "SOFTMAX_CE"}
     cm = CostModel(load_profile(_write_profile(tmp_path, f.profile)))
     g = cm.profile.gpu
     assert cm.op_seconds(Op(OpKind.NORM, n=10**6)) == pytest.approx(
         g.launch_overhead_us.value * 1e-6 + 10**6 / (g.mem_bandwidth_gbps.value * 1e9))
+
+
+def test_membw_rows_written_before_the_opkind_vocabulary_read_as_kind_and_variant(tmp_path):
+    """Raw membw files name rows by benchmark (op, pass: layernorm bwd, silu, attn_dropout); they
+    are read as the OpKind each prices and its variant, so old calibrations still refit."""
+    raw = _synthetic_raw(tmp_path)
+    new = fit(raw, "syn").profile
+    t = read_raw(raw / "membw.csv")
+    back = {"ELEMENTWISE": "add", "NORM": "layernorm", "NORM_BWD": "layernorm", "RMSNORM": "rmsnorm",
+            "SOFTMAX_CE": "softmax"}
+    old = [{"op": r["variant"] or back[r["kind"]], "pass": "bwd" if r["kind"].endswith("_BWD") else "fwd",
+            **{k: v for k, v in r.items() if k not in ("kind", "variant")}} for r in t.rows]
+    legacy = ("op", "pass", *(c for c in t.columns if c not in ("kind", "variant")))
+    write_raw(raw / "membw.csv", t.meta, legacy, old)
+    got = read_raw(raw / "membw.csv")
+    assert got.columns == t.columns and got.rows == t.rows
+    assert fit(raw, "syn").profile == new
+    silu = tmp_path / "membw.csv"
+    write_raw(silu, {}, ("op", "pass", "status"), [{"op": "silu", "pass": "bwd", "status": "ok"},
+                                                   {"op": "attn_dropout", "pass": "fwd", "status": "ok"},
+                                                   {"op": "gone", "pass": "bwd", "status": "ok"}])
+    assert [(r["kind"], r["variant"]) for r in read_raw(silu).rows] == \
+        [("SWIGLU_BWD", ""), ("DROPOUT", "attention"), ("gone", "")]
 
 
 def test_gemm_table_rate_is_the_mean_time_over_layouts(tmp_path):

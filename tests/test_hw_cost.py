@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from simhete.config import validate
 from simhete.errors import ConfigError
-from simhete.hw.cost import CostModel
+from simhete.hw.cost import CostModel, ops_key
 from simhete.hw.profile import HardwareProfile, load_profile
 from simhete.opkinds import OpKind, TaskCat
 from simhete.schedule import Op, Schedule, Task
@@ -356,6 +356,26 @@ def test_models_of_one_profile_share_derived_values_but_not_what_they_priced():
     b.ops_seconds((Op(OpKind.ADAM_CPU, n=10**6),))
     assert b.flags == a.flags
     assert CostModel(load_profile("h100-pcie").with_overrides(gpus=1)).interference() == rules
+
+
+def test_a_copy_with_other_numbers_is_priced_by_its_own_numbers():
+    # what pricing derives from a profile lives on the profile object (HardwareProfile.pricing);
+    # a copy made with model_copy(update=...) after the original was priced must not inherit it
+    import copy
+    import pickle
+
+    from simhete.hw.profile import BlockTable
+    prof = load_profile("h100-sxm")
+    ops = (Op(OpKind.GEMM, (4096, 4096, 4096)),)
+    a = CostModel(prof)
+    assert CostModel(prof).tables is a.tables                     # shared by models of one profile
+    key = ops_key(ops)
+    table = BlockTable(source="assumed", ref="test", entries=[[key, "b0 fwd", 1.25]])
+    other = prof.model_copy(update={"gpu": prof.gpu.model_copy(update={"blocks": table})})
+    assert CostModel(other).ops_seconds(ops) == 1.25
+    assert a.ops_seconds(ops) == a.ops_sum_seconds(ops) != 1.25
+    for dup in (copy.copy(prof), copy.deepcopy(prof), pickle.loads(pickle.dumps(prof))):
+        assert "pricing" not in dup.__dict__ and CostModel(dup).ops_seconds(ops) == a.ops_seconds(ops)
 
 
 def test_a_model_is_freed_by_reference_counting_alone():

@@ -6,13 +6,14 @@ import pytest
 
 from simhete.engine import simulate
 from simhete.hw.cost import CostModel
+from simhete.hw.cost.copies import switch_rules
 from simhete.hw.profile import load_profile
 from simhete.opkinds import TaskCat
 from simhete.schedule import Schedule, Task
 
 
 def rules(profile: str, gpus: int):
-    return CostModel(load_profile(profile).with_overrides(gpus=gpus))._switch_rules()
+    return switch_rules(CostModel(load_profile(profile).with_overrides(gpus=gpus)))
 
 
 def test_rules_pair_gpus_of_one_switch_per_direction():

@@ -88,3 +88,49 @@ def test_ops_hash_consistently_after_crossing_a_process():
     from simhete.schedule import Op
     blob = pickle.dumps(Op(OpKind.GEMM, (4, 5, 6), dtype="fp16"))
     subprocess.run([sys.executable, "-c", code], input=blob, check=True, env={"PYTHONHASHSEED": "123"})
+
+
+def _imports_of(path) -> set[str]:
+    """Every module a file names in an import, lazy ones inside functions included."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _names(imports: set[str], package: str) -> set[str]:
+    return {n for n in imports if n == package or n.startswith(package + ".")}
+
+
+def test_hardware_profiles_know_nothing_of_pricing_and_pricing_nothing_of_fitting():
+    """hw.profile (schema, loader, derived tables) < hw.cost (pricing) < hw.fit (refit, which
+    prices held-out points): never the other way."""
+    from pathlib import Path
+
+    import simhete.hw
+    hw = Path(simhete.hw.__file__).parent
+    for path in (hw / "profile").glob("*.py"):
+        imports = _imports_of(path)
+        assert not _names(imports, "simhete.hw.cost") | _names(imports, "simhete.hw.fit"), path.name
+    for path in (hw / "cost").glob("*.py"):
+        assert not _names(_imports_of(path), "simhete.hw.fit"), path.name
+
+
+def test_nothing_below_the_search_layer_imports_it():
+    """simhete.search (plans, sweeps, policy comparison, DeepSpeed import) varies scenarios and runs
+    them through simhete.sim; the layers it builds on never import it."""
+    from pathlib import Path
+
+    import simhete
+    root = Path(simhete.__file__).parent
+    for pkg in ("policy", "schedule", "engine", "hw", "workload", "report"):
+        for path in (root / pkg).rglob("*.py"):
+            assert not _names(_imports_of(path), "simhete.search"), f"{pkg}/{path.name}"
+    for name in ("sim.py", "scenario.py", "opkinds.py", "config.py"):
+        assert not _names(_imports_of(root / name), "simhete.search"), name

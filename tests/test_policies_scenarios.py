@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import SCENARIOS
-from simhete.compare import knobs_for
+from simhete.search.compare import knobs_for
 from simhete.policy import get_policy
 from simhete.scenario import load_scenario
 from simhete.schedule import check_schedule

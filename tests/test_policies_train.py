@@ -335,7 +335,7 @@ def test_accumulating_data_parallel_splits_offload_traffic(policy):
 def test_chunked_refuses_accumulation_and_compare_leaves_it_out():
     with pytest.raises(ConfigError, match="train.grad_accum"):
         build(scenario("chunked", grad_accum=2))
-    from simhete.compare import compare_policies
+    from simhete.search.compare import compare_policies
     out = compare_policies(scenario("gpu-only", grad_accum=2, iterations=2), policies=["gpu-only", "chunked"])
     assert list(out) == ["gpu-only"]
 

@@ -132,7 +132,7 @@ def test_pure_fp32_is_fp32_training_for_every_policy() -> None:
 
 
 def test_compare_and_plan_leave_out_policies_that_refuse_pure() -> None:
-    from simhete.compare import compare_policies
+    from simhete.search.compare import compare_policies
     from simhete.search.plan import Planner
 
     s = scenario_from_dict(_tinyllama(precision="pure"))

@@ -79,7 +79,7 @@ def largest_fitting(s: Any, policy: str, engine: str) -> str | None | NotApplica
     """Binary search over the family (fitting is taken as monotone in size): the largest model that
     fits; None if none fits; :class:`NotApplicable` if the scenario's knobs cannot be applied to a
     model of another size (a ConfigError, e.g. a per-block list) or the model is not a named one."""
-    from simhete.compare import knobs_for
+    from simhete.search.compare import knobs_for
     from simhete.errors import ConfigError
     from simhete.sim import run
 
@@ -110,7 +110,7 @@ def _cell(answer: str | None | NotApplicable) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simhete.compare import compare_policies
+    from simhete.search.compare import compare_policies
     from simhete.report.table import render_comparison
     from simhete.scenario import load_scenario
     from simhete.workload import get_model

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simhete.compare import compare_policies
+    from simhete.search.compare import compare_policies
     from simhete.report.plot import plot_timeline
     from simhete.report.table import render_comparison
     from simhete.report.trace import write_trace

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     for p in policies or ():
         get_policy(p, None, "--policy")
     if args.deepspeed:
-        from simhete.deepspeed import import_deepspeed
+        from simhete.search.deepspeed import import_deepspeed
         imp = import_deepspeed(base, args.deepspeed)
         imp.print_notes()
         base, fixed, policies = imp.scenario, dict(imp.scenario.data.knobs), (imp.policy,)

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario)
     if args.deepspeed:
-        from simhete.deepspeed import apply_deepspeed
+        from simhete.search.deepspeed import apply_deepspeed
         scenario = apply_deepspeed(scenario, args.deepspeed)
     # after the inputs are read: an output path that is one of them is refused before any work
     outs = {flag: check_writable(getattr(args, flag), f"--{flag}") for flag in ("trace", "plot", "schedule")}

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                            f"of this machine's {cores}) with --backend local")
     hook = None
     if args.deepspeed:
-        from simhete.deepspeed import import_deepspeed
+        from simhete.search.deepspeed import import_deepspeed
 
         def hook(base):  # type: ignore[no-untyped-def]
             imp = import_deepspeed(base, args.deepspeed)

@@ -24,7 +24,7 @@ with attention dropout.
 
 Each op is one kernel (or, for DROPOUT+residual, the pair a fused kernel replaces), so a profile
 without curves for the new kinds prices exactly what it priced when they were ELEMENTWISE/NORM
-(simhete/hw/cost.py falls back RMSNORM → NORM, GELU/RELU/SWIGLU/DROPOUT/ROPE → ELEMENTWISE).
+(simhete/hw/cost/compute.py falls back RMSNORM → NORM, GELU/RELU/SWIGLU/DROPOUT/ROPE → ELEMENTWISE).
 
 Per framework (``framework``): ``fused`` is the above. The Hugging Face Transformers frameworks
 run some modules as chains of eager kernels (transformers/models/*/modeling_*.py), each an

@@ -4,6 +4,9 @@ Policies that cannot run the scenario's shape (several GPUs, gradient accumulati
 low-precision training) are left out.
 Knobs the scenario sets carry over to each policy that has a knob of that name (activation
 checkpointing, pin_memory, ...); knobs foreign to a policy are dropped for it.
+
+Like the rest of simhete.search it sits above the simulator: it varies a scenario (here its
+policy) and runs each variation through simhete.sim.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ integration, which fills them from its own arguments and the model config
 hidden², ``stage3_prefetch_bucket_size`` = 0.9·hidden², ``stage3_param_persistence_threshold`` =
 10·hidden; batch sizes, gradient accumulation and bf16/fp16 come from the Trainer's arguments —
 here they keep the scenario's values (``train.micro_batch``, ``train.grad_accum``, ``train.dtype``).
+
+It lives in simhete.search beside space.py and compare.py: like them it turns a scenario into a
+variation of it (policy, knobs, train shape) and sits above simhete.sim, whose model resolution
+it needs for the Trainer's ``"auto"`` sizes; the policy layer below may not reach the simulator.
 """
 
 from __future__ import annotations
