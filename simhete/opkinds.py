@@ -112,7 +112,7 @@ class TaskCat(StrEnum):
 
 
 class At(NamedTuple):
-    """Where a task sits, the coordinates its name is derived from (:meth:`Action.name`).
+    """Where a task sits, the coordinates its name is derived from (:meth:`Action.task_name`).
 
     ``it``: the iteration that names it (a DPU refresh is counted in a later one: ``Task.it``);
     ``target``: the block (``b12``), gradient bucket (``k3``), optimizer sub-group (``s0``),
@@ -139,7 +139,7 @@ class Action(Enum):
     Each member has the ``pattern`` of the operation part of its tasks' names (``{}``: where
     :attr:`At.variant` goes) and its reporting category ``cat`` (:class:`TaskCat`, which
     summaries, plots and the replay comparison group by). A task's name is derived from its
-    action and its :class:`At` by :meth:`name` — ``it{it}.[m{m}.]{what}.{target}[@g{rank}]``,
+    action and its :class:`At` by :meth:`task_name` — ``it{it}.[m{m}.]{what}.{target}[@g{rank}]``,
     e.g. ``it1.F.b12``, ``it1.H2D.w.b13``, ``it2.m3.B.b3``, ``it2.ADAM.cpu.s0``, ``it1.D2H.g.k2@g1``
     — and the replay dispatches on it (:mod:`simhete.replay.handlers`)."""
 
@@ -191,7 +191,7 @@ class Action(Enum):
         """The operation part of the name: the pattern with ``variant`` in its ``{}``."""
         return self._head + variant + self._tail
 
-    def name(self, at: At) -> str:
+    def task_name(self, at: At) -> str:
         """The task's name: ``it{it}.[m{m}.]{what}.{target}[@g{rank}]`` (micro-step 1 and one-GPU
         schedules keep the short forms). The one place task names are made."""
         it, target, m, rank, variant = at

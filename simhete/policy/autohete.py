@@ -275,7 +275,7 @@ class AutoHete(Policy):
                 continue
             if u >= 2:   # one block ahead: issued when the use before the previous one ends
                 p2, b2 = trace[u - 2]
-                trig = {g: [PHASE[p2].name(at(it, b2.name, g, n, m))] for g in dp.gpus}
+                trig = {g: [PHASE[p2].task_name(at(it, b2.name, g, n, m))] for g in dp.gpus}
             else:
                 trig = {g: [last_B[g]] if g in last_B else [] for g in dp.gpus}
             if phase == "F" and i in update:

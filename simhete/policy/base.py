@@ -118,7 +118,7 @@ class Builder:
     """Accumulates tasks in order; ``add`` returns the task name so callers can chain deps.
 
     A task is given by its :class:`~simhete.opkinds.Action` and :class:`~simhete.opkinds.At`: its
-    name is ``action.name(at)`` and its category ``action.cat`` (policies never spell names).
+    name is ``action.task_name(at)`` and its category ``action.cat`` (policies never spell names).
 
     ``add`` keeps each task as one tuple of its fields; :meth:`build` turns them column-wise
     (:class:`~simhete.schedule.model.TaskTable`, one list per Task field) and the Schedule it
@@ -149,7 +149,7 @@ class Builder:
             self._sized.append((len(self._rows), *sized))
         if type(deps) is not tuple or not all(deps):     # a tuple of names is kept as it is
             deps = tuple(filter(None, deps))             # (dep_names, inlined: called per task)
-        name = action.name(at)
+        name = action.task_name(at)
         self._rows.append((name, stream, action.cat, ops if type(ops) is tuple else tuple(ops), deps, prio,
                            allocs if type(allocs) is tuple else tuple(allocs),
                            frees if type(frees) is tuple else tuple(frees), it, block, action, at))
@@ -157,7 +157,7 @@ class Builder:
 
     def add_row(self, row: tuple, sized: tuple | None = None) -> str:
         """:meth:`add` for callers that pass the stored row itself — ``(name, stream, cat, ops,
-        deps, prio, allocs, frees, it, block, action, at)`` with ``name`` = ``action.name(at)``,
+        deps, prio, allocs, frees, it, block, action, at)`` with ``name`` = ``action.task_name(at)``,
         ``cat`` = ``action.cat``, ``ops``, ``deps``, ``allocs`` and ``frees`` tuples and no empty
         dependency name, as :meth:`add` would store it — skipping its conversions (a schedule's
         forward and backward are most of its tasks; tests/test_actions.py checks every name)."""

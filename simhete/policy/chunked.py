@@ -248,7 +248,7 @@ class Chunked(Policy):
         last_B: dict[int, str] = {}
         for it in range(1, ctx.iterations + 1):
             def compute(u: int, g: int) -> str:
-                return PHASE[trace[u][0]].name(at(it, trace[u][1].name, g, n))
+                return PHASE[trace[u][0]].task_name(at(it, trace[u][1].name, g, n))
 
             count: dict[tuple[Action, int], int] = {}
 

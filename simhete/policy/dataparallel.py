@@ -67,7 +67,7 @@ class DataParallel:
 
     def task(self, action: Action, it: int, blk: str, g: int, variant: str = "") -> str:
         """The name of GPU g's ``action`` task on ``blk`` (emitted or to be emitted)."""
-        return action.name(self.at(it, blk, g, variant))
+        return action.task_name(self.at(it, blk, g, variant))
 
     def buffer(self, it: int, what: str, blk: str, g: int) -> str:
         """A buffer's name in the tasks' scheme (``it1.w.f.b3``, ``it1.m2.D2H.g.acc.k0@g1``)."""
@@ -89,7 +89,7 @@ class DataParallel:
         if n == 1 and not sync:     # one GPU (most schedules): its copy alone, stored as add would store it
             a = allocs.get(0, ())
             where = At(it, blk, self.m, -1, variant)
-            return {0: self.b.add_row((action.name(where), self._h2d0, action.cat,
+            return {0: self.b.add_row((action.task_name(where), self._h2d0, action.cat,
                                        shared_ops(OpKind.H2D, shard(nbytes, 1, 0), self.pinned),
                                        dep_names(deps.get(0, ()) if isinstance(deps, dict) else deps), prio,
                                        a if type(a) is tuple else tuple(a), (), lab, block, action, where))}
@@ -137,7 +137,7 @@ class DataParallel:
         if self.n == 1:     # one GPU (most schedules): its copy alone, stored as add would store it
             f = (frees or {}).get(0, ())
             where = At(it, blk, self.m)
-            return {0: self.b.add_row((D2H.name(where), "gpu0.compute" if sync else self._d2h0,
+            return {0: self.b.add_row((D2H.task_name(where), "gpu0.compute" if sync else self._d2h0,
                                        D2H.cat, ops[0] if ops else shared_ops(OpKind.D2H, shard(nbytes, 1, 0), self.pinned),
                                        dep_names(deps.get(0, ())), prio, (), f if type(f) is tuple else tuple(f),
                                        it, block, D2H, where))}

@@ -233,7 +233,7 @@ class StrongHold(Policy):
                 # fetch starts as b{p−w}'s forward does (when the task before it has ended), into one of
                 # the 2w units (never short: at most b{p−w} … b{p} and b{p−2w} … hold one then)
                 before = by_index[trans[p - w].index - 1]
-                trig = {g: [Action.FORWARD.name(at(it, before.name, g, n, m))]
+                trig = {g: [Action.FORWARD.task_name(at(it, before.name, g, n, m))]
                         + ([evicted[trans[p - 2 * w].index][g]] if p >= 2 * w else [])
                         + ([cpu_adam[i]] if i in cpu_adam else []) for g in dp.gpus}
                 buf = {g: dp.buffer(it, "w.f", blk.name, g) for g in dp.gpus}
@@ -243,7 +243,7 @@ class StrongHold(Policy):
                 for g in dp.gpus:
                     fdeps[g].setdefault(i, []).append(ready[g])
                     cur[g][i] = buf[g]
-            F = {g: Action.FORWARD.name(at(it, blk.name, g, n, m)) for g in dp.gpus}
+            F = {g: Action.FORWARD.task_name(at(it, blk.name, g, n, m)) for g in dp.gpus}
             if i in evict_fwd:   # every eviction copies the weights home, current or not
                 # (GL_ParallelTransformerLayer.cpu copies each parameter into its pinned host cache);
                 # the slot is free, and p+w's fetch may start, once the copy is done
@@ -256,7 +256,7 @@ class StrongHold(Policy):
             i = blk.index
             if i in evict_fwd:
                 src = trans[p + w]
-                trig = {g: [Action.BACKWARD.name(at(it, src.name, g, n, m))] for g in dp.gpus}
+                trig = {g: [Action.BACKWARD.task_name(at(it, src.name, g, n, m))] for g in dp.gpus}
                 buf = {g: dp.buffer(it, "w.b", blk.name, g) for g in dp.gpus}
                 # a GPU-updated block stays in the window into the next iteration (persist)
                 ready = dp.to_gpu(it, Action.WEIGHTS_H2D_BWD, blk.name, blk.weight_bytes, trig, bwd_prio(it, i, nb, m), i,
@@ -272,7 +272,7 @@ class StrongHold(Policy):
                 wback[i] = {g: b.add(Action.WEIGHTS_WRITEBACK, dp.at(it, blk.name, g),
                                      copy_stream(g, "d2h", k.pin_memory),
                                      (Op(OpKind.D2H, n=shard(blk.weight_bytes, n, g), pinned=k.pin_memory),),
-                                     deps=[Action.BACKWARD.name(at(it, prev_b, g, n, m))], prio=grad_prio(it, nb - i, nb, m),
+                                     deps=[Action.BACKWARD.task_name(at(it, prev_b, g, n, m))], prio=grad_prio(it, nb - i, nb, m),
                                      frees=[cur[g].pop(i)], it=it, block=i) for g in dp.gpus}
             if p >= w:        # … and the block after b{p−w} in the backward waits for block p's copies
                 # and (in the last micro-step) its CPU Adam: one thread-pool future, attached to b{p−w}
@@ -282,7 +282,7 @@ class StrongHold(Policy):
                 back = trans[p - w].index - 1
                 for g in dp.gpus:
                     bdeps[g].setdefault(back, []).extend(
-                        [Action.ADAM_CPU.name(At(it, blk.name))] if last else
+                        [Action.ADAM_CPU.task_name(At(it, blk.name))] if last else
                         [dp.task(Action.GRADS_D2H, it, blk.name, g), wback[i][g]])
         return {g: forward_backward(b, ctx, it, modes, gpu=g, start_deps=[last_B[g]] if g in last_B else [],
                                     fwd_weight_deps=fdeps[g], bwd_weight_deps=bdeps[g], fwd_frees=ffrees[g],

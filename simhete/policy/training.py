@@ -102,7 +102,7 @@ def act_modes(ctx: Context, k: ActivationKnobs) -> dict[int, ActMode]:
 def tname(it: int, what: str, blk: str, gpu: int = 0, n_gpus: int = 1, m: int = 1) -> str:
     """Stable buffer name in the tasks' naming scheme, e.g. ``it1.w.f.b12``; on multi-GPU runs
     ``it1.w.f.b12@g3``; micro-step m > 1 of a gradient-accumulating iteration ``it1.m2.w.f.b12``.
-    (Task names are derived from their action: ``Action.name``.)"""
+    (Task names are derived from their action: ``Action.task_name``.)"""
     return f"it{it}." + (f"m{m}." if m > 1 else "") + f"{what}.{blk}" + (f"@g{gpu}" if n_gpus > 1 else "")
 
 
@@ -186,11 +186,11 @@ class _BlockPlan:
         self.act_bytes, self.grad_bytes = blk.act_bytes, blk.grad_bytes
         self.act = act = f"{head}act.{bn}{tail}"
         self.at = at
-        self.F = Action.FORWARD.name(at)
-        self.R = Action.RECOMPUTE.name(at)
+        self.F = Action.FORWARD.task_name(at)
+        self.R = Action.RECOMPUTE.task_name(at)
         self.ract = ract = f"{head}ract.{bn}{tail}"
-        self.B = Action.BACKWARD.name(at)
-        self.swap_out, self.swap_in = Action.ACT_D2H.name(at), Action.ACT_H2D.name(at)
+        self.B = Action.BACKWARD.task_name(at)
+        self.swap_out, self.swap_in = Action.ACT_D2H.task_name(at), Action.ACT_H2D.task_name(at)
         self.cact, self.sact = f"{head}cact.{bn}{tail}", f"{head}sact.{bn}{tail}"
         self.grad = grad = f"{head}grad.{bn}{tail}"
         self.R_allocs = (new_alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, ACT),)

@@ -246,7 +246,7 @@ class ZeroInfinity(Policy):
 
                 def compute(u: int, g: int) -> str:
                     phase, blk = trace[u]
-                    return PHASE[phase].name(at(it, blk.name, g, n, m))
+                    return PHASE[phase].task_name(at(it, blk.name, g, n, m))
 
                 fwd_deps: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
                 bwd_deps: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}

@@ -318,7 +318,7 @@ def _adam_plan(blocks: tuple, it: int) -> tuple[tuple, ...]:
         if len(_ADAM) >= KEPT:
             _ADAM.clear()
         got = _ADAM[key] = (blocks, tuple(
-            (blk, blk.index, Action.ADAM_CPU.name(At(it, blk.name)), At(it, blk.name),
+            (blk, blk.index, Action.ADAM_CPU.task_name(At(it, blk.name)), At(it, blk.name),
              shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"), fwd_prio(it, blk.index))
             for blk in blocks if blk.params))
     return got[1]

@@ -8,7 +8,7 @@ their pools); at its end it frees the buffers named in ``frees``. Buffers in
 
 A policy's task carries its :class:`~simhete.opkinds.Action` (what it does: forward, H2D of
 weights, CPU Adam, ...) and its :class:`~simhete.opkinds.At` (iteration, target, micro-step,
-rank); its name is derived from the two (``Action.name``), its ``cat`` is the action's category.
+rank); its name is derived from the two (``Action.task_name``), its ``cat`` is the action's category.
 Task names are stable and are the join key between simulated and measured timelines, e.g.
 ``it1.F.b12``, ``it1.H2D.w.b13``, ``it2.ADAM.cpu.b3``. A task read from the text form (or built
 by hand) has a name and a category but no action.
@@ -95,7 +95,7 @@ class Task:
     frees: tuple[str, ...] = ()
     it: int = 0
     block: int = -1
-    action: Action | None = None      # what it does (policies' tasks); its name is action.name(at)
+    action: Action | None = None      # what it does (policies' tasks); its name is action.task_name(at)
     at: At | None = None
 
 
