@@ -216,6 +216,19 @@ class MemClass(StrEnum):
     PROCESS_BASELINE = "process_baseline"      # host: Python + torch + CUDA libraries per rank, model build
 
 
+def state_buffer(cls: MemClass, target: str, gpu: int | None = None) -> str:
+    """The name of a model-state buffer resident from the start (``Schedule.initial``):
+    ``{cls}.{target}`` in host memory, ``{cls}.g{gpu}.{target}`` on GPU ``gpu`` (``weights.g0.b3``).
+    Policies name model states with it and the replay finds a block's states by it."""
+    return f"{cls.value}.{target}" if gpu is None else f"{cls.value}.g{gpu}.{target}"
+
+
+def owned_buffer(task: str, target: str) -> str:
+    """The name of the buffer a task allocates for ``target``'s part of what it brings (a fetch of
+    several blocks' weights: ``it1.H2D.wf.b3.b2``)."""
+    return f"{task}.{target}"
+
+
 # The classes a real process holds beyond the ideal model states and working buffers.
 PROCESS_CLASSES = frozenset({MemClass.CUDA_CONTEXT, MemClass.PINNED_ROUNDING, MemClass.FRAMEWORK_BUFFERS,
                              MemClass.PROCESS_BASELINE})

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Hashable, Iterable
 
 from simhete.config import Strict, validate
-from simhete.opkinds import Action, At, MemClass, OpKind
+from simhete.opkinds import Action, At, MemClass, OpKind, state_buffer
 from simhete.schedule import Alloc, Op, Schedule, Task
 from simhete.schedule.model import TaskTable, new_alloc
 
@@ -298,17 +298,16 @@ def _model_states(ctx_blocks: tuple, pool_of: dict[MemClass, str], gpu: int, exc
         MemClass.GRADS32: lambda b: host_fp32_bytes(b) if MemClass.GRADS32 in on_host else b.grad32_bytes,
     }
     skip = set(exclude)
-    # per class, once: (name prefix, pool, size of a block)
-    plan = [(cls, f"{cls.value}.g{gpu}." if pool == "gpu" else f"{cls.value}.",
-             f"gpu{gpu}" if pool == "gpu" else pool, sizes[cls])
+    # per class, once: (GPU of its buffers or None, pool, size of a block)
+    plan = [(cls, gpu if pool == "gpu" else None, f"gpu{gpu}" if pool == "gpu" else pool, sizes[cls])
             for cls, pool in pool_of.items() if cls not in skip and cls in sizes]
     out = []
     chosen = set(blocks) if blocks is not None else None
     for b in ctx_blocks:
         if chosen is not None and b.index not in chosen:
             continue
-        for cls, prefix, pool_name, size in plan:
+        for cls, on_gpu, pool_name, size in plan:
             n = size(b)
             if n:
-                out.append(new_alloc(prefix + b.name, pool_name, n, cls))
+                out.append(new_alloc(state_buffer(cls, b.name, on_gpu), pool_name, n, cls))
     return out

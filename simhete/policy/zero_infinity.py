@@ -41,7 +41,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from simhete.opkinds import Action, At, MemClass, OpKind, at
+from simhete.opkinds import Action, At, MemClass, OpKind, at, owned_buffer, state_buffer
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import group, owners, uses
@@ -198,7 +198,8 @@ class ZeroInfinity(Policy):
                 initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g, blocks=set(by) - homed)
                 continue
             for i, pt in parts.items():
-                initial.append(Alloc(f"weights.g{g}.{by[i].name}", f"gpu{g}", esz[i] * pt.shard, MemClass.WEIGHTS))
+                initial.append(Alloc(state_buffer(MemClass.WEIGHTS, by[i].name, g), f"gpu{g}", esz[i] * pt.shard,
+                                     MemClass.WEIGHTS))
                 if pt.persist:
                     initial.append(Alloc(f"weights.g{g}.{by[i].name}.persist", f"gpu{g}", esz[i] * pt.persist,
                                          MemClass.WEIGHTS))
@@ -262,7 +263,7 @@ class ZeroInfinity(Policy):
                     nth = sum(1 for x in plan.fetches[:f] if x[1] == target)
                     variant = str(nth + 1) if nth else ""
                     names = {g: dp.task(fetch, it, blk.name, g, variant) for g in dp.gpus}
-                    bufs.append({g: {o: f"{names[g]}.{by[o].name}" for o in miss} for g in dp.gpus})
+                    bufs.append({g: {o: owned_buffer(names[g], by[o].name) for o in miss} for g in dp.gpus})
                     trigger = {g: [compute(hook - 1, g)] if hook else start[g] for g in dp.gpus}
                     prio = fwd_prio(it, blk.index, m, nb) if phase == "F" else bwd_prio(it, blk.index, nb, m)
                     if sharded:   # all-gather of the shards into full-size buffers (NVLink / PCIe P2P)
