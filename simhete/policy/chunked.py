@@ -247,8 +247,11 @@ class Chunked(Policy):
         step_done: list[str] = []
         last_B: dict[int, str] = {}
         for it in range(1, ctx.iterations + 1):
+            # the compute task of trace step u on GPU g (named once per iteration: asked for often)
+            names = [[PHASE[phase].task_name(at(it, blk.name, g, n)) for g in dp.gpus] for phase, blk in trace]
+
             def compute(u: int, g: int) -> str:
-                return PHASE[trace[u][0]].task_name(at(it, trace[u][1].name, g, n))
+                return names[u][g]
 
             count: dict[tuple[Action, int], int] = {}
 
@@ -295,7 +298,8 @@ class Chunked(Policy):
                         trig = trigger(u)
                         var = unique(Action.CHUNK_H2D, c)
                         buf = {g: dp.buffer(it, "buf." + Action.CHUNK_H2D.what(var), "chunk", g) for g in dp.gpus}
-                        ready[c] = copy(it, Action.CHUNK_H2D, var, c, "h2d", {g: trig[g] + evicts[g] for g in dp.gpus}, prio,
+                        ready[c] = copy(it, Action.CHUNK_H2D, var, c, "h2d",
+                                        {g: trig[g] + evicts[g] for g in dp.gpus}, prio,
                                         blk.index, allocs={g: [Alloc(buf[g], f"gpu{g}", sbytes, MemClass.WEIGHTS,
                                                                      persist=True)] for g in dp.gpus})
                         resident[c] = buf
@@ -340,7 +344,8 @@ class Chunked(Policy):
                         if c in gpu_os:
                             continue
                         # the chunk's shard goes home with its gradients for the CPU step
-                        out = copy(it, Action.CHUNK_GRADS_D2H, str(c), c, "d2h", {g: [grad_ready[c][g]] for g in dp.gpus},
+                        out = copy(it, Action.CHUNK_GRADS_D2H, str(c), c, "d2h",
+                                   {g: [grad_ready[c][g]] for g in dp.gpus},
                                    it * PRIO_IT + PRIO_IT // 4 + c, blk.index,
                                    frees={g: [resident[c][g]] for g in dp.gpus} if c not in fixed else None)
                         grads_out += out.values()
@@ -375,7 +380,8 @@ class Chunked(Policy):
                               prio=fwd_prio(it + 1, fb), it=it, block=fb)
                     step_tasks.append(a)
                     if c in fixed:   # updated parameters back into the GPU shard
-                        ready[c] = copy(it, Action.CHUNK_WEIGHTS_H2D, str(c), c, "h2d", {g: [a] for g in dp.gpus}, fwd_prio(it + 1, fb), fb)
+                        ready[c] = copy(it, Action.CHUNK_WEIGHTS_H2D, str(c), c, "h2d", {g: [a] for g in dp.gpus},
+                                        fwd_prio(it + 1, fb), fb)
                         step_tasks += ready[c].values()
                     continue
                 adam = {g: b.add(Action.ADAM_GPU, at(it, f"c{c}", g, n), f"gpu{g}.compute",

@@ -128,7 +128,8 @@ class DataParallel:
                  prio: int, block: int, frees: dict[int, list[str]] | None = None,
                  sync: bool = False, reduce: OpKind = OpKind.REDUCE_SCATTER,
                  ops: dict[int, tuple[Op, ...]] | None = None) -> dict[int, str]:
-        """Every GPU → host: (``reduce`` collective +) shard D2H of gradients (``GRADS_D2H``). Returns the D2H task per GPU, which
+        """Every GPU → host: (``reduce`` collective +) shard D2H of gradients (``GRADS_D2H``).
+        Returns the D2H task per GPU, which
         frees ``frees[g]`` (the GPU gradient buffers) when it ends. ``reduce``: the collective over
         the full ``nbytes`` (REDUCE_SCATTER, or ALLREDUCE where the framework all-reduces and each
         rank keeps its part). ``ops[g]``: the D2H task's ops on GPU g when they are more than the

@@ -76,7 +76,8 @@ class GpuOnly(Policy):
                 last_B = {g: t[g].last_B for g in dp.gpus}
             reduced: dict[int, dict[int, str]] = {}
             for j, bucket in enumerate(buckets):   # last micro-step only (no_sync before)
-                ar = dp.collective(OpKind.ALLREDUCE, Action.GRADS_ALLREDUCE, it, f"k{j}", sum(by[i].grad_bytes for i in bucket),
+                ar = dp.collective(OpKind.ALLREDUCE, Action.GRADS_ALLREDUCE, it, f"k{j}",
+                                   sum(by[i].grad_bytes for i in bucket),
                                    {g: [t[g].B[i] for i in bucket] for g in dp.gpus}, grad_prio(it, j, nb),
                                    bucket[0])
                 for i in bucket:

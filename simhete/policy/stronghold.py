@@ -272,7 +272,8 @@ class StrongHold(Policy):
                 wback[i] = {g: b.add(Action.WEIGHTS_WRITEBACK, dp.at(it, blk.name, g),
                                      copy_stream(g, "d2h", k.pin_memory),
                                      (Op(OpKind.D2H, n=shard(blk.weight_bytes, n, g), pinned=k.pin_memory),),
-                                     deps=[Action.BACKWARD.task_name(at(it, prev_b, g, n, m))], prio=grad_prio(it, nb - i, nb, m),
+                                     deps=[Action.BACKWARD.task_name(at(it, prev_b, g, n, m))],
+                                     prio=grad_prio(it, nb - i, nb, m),
                                      frees=[cur[g].pop(i)], it=it, block=i) for g in dp.gpus}
             if p >= w:        # … and the block after b{p−w} in the backward waits for block p's copies
                 # and (in the last micro-step) its CPU Adam: one thread-pool future, attached to b{p−w}

@@ -289,7 +289,8 @@ class ZeroInfinity(Policy):
                     for g in dp.gpus:
                         bwd_deps[g].setdefault(i, []).extend(
                             ([dp.task(Action.GRADS_D2H, it, f"k{j}", g)] if any(x in cpu_opt for x in buckets[j]) else [])
-                            + ([dp.task(Action.GRADS_REDUCE_SCATTER, it, f"k{j}", g)] if n > 1 and any(x not in cpu_opt for x in buckets[j])
+                            + ([dp.task(Action.GRADS_REDUCE_SCATTER, it, f"k{j}", g)]
+                               if n > 1 and any(x not in cpu_opt for x in buckets[j])
                                else []))
                 t = {g: forward_backward(b, ctx, it, modes, gpu=g,
                                          start_deps=start[g], m=m,
@@ -405,7 +406,8 @@ class ZeroInfinity(Policy):
             if resident and parts:   # the step updated the 16-bit shards in place on the GPU
                 done += self._persistent_ag(dp, it, s, [by[i] for i in resident], parts, adam, prio, first)
             elif resident and n > 1:
-                done += dp.collective(OpKind.ALLGATHER, Action.WEIGHTS_ALLGATHER, it, f"s{s}", sum(by[i].weight_bytes for i in resident),
+                done += dp.collective(OpKind.ALLGATHER, Action.WEIGHTS_ALLGATHER, it, f"s{s}",
+                                      sum(by[i].weight_bytes for i in resident),
                                       {g: [adam[g]] for g in dp.gpus}, prio, first).values()
         return sorted(done)
 
@@ -424,5 +426,6 @@ class ZeroInfinity(Policy):
         nbytes = sum(self._esz(blk) * parts[blk.index].persist for blk in blocks)
         if not nbytes:
             return []
-        return list(dp.collective(OpKind.ALLGATHER, Action.WEIGHTS_ALLGATHER, it, f"s{s}", nbytes, {g: [after[g]] for g in dp.gpus},
+        return list(dp.collective(OpKind.ALLGATHER, Action.WEIGHTS_ALLGATHER, it, f"s{s}", nbytes,
+                                  {g: [after[g]] for g in dp.gpus},
                                   prio, first).values())
