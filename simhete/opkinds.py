@@ -1,4 +1,4 @@
-"""The one vocabulary of op kinds and task categories.
+"""The one vocabulary of op kinds, task actions and task categories.
 
 Shared by workload/ (which emits ops), hw/ (which prices them), calibrate/ (which measures them),
 engine/ and replay/ (which execute them). Never spell an op kind as a bare string elsewhere.
@@ -33,7 +33,8 @@ ALLGATHER          (ranks,)                                         bytes per ra
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum, StrEnum
+from typing import NamedTuple
 
 
 class OpKind(StrEnum):
@@ -96,7 +97,8 @@ COMPUTE_KINDS = frozenset(
 
 
 class TaskCat(StrEnum):
-    """What a scheduled task is, for reports and for joining predicted with measured totals."""
+    """The reporting category of a task (what summaries, plots and the replay's comparison group
+    by): derived from its :class:`Action` (``Action.cat``), several actions per category."""
 
     FWD = "fwd"
     BWD = "bwd"
@@ -107,6 +109,94 @@ class TaskCat(StrEnum):
     OPTIM_GPU = "optim_gpu"
     COMM = "comm"
     OTHER = "other"
+
+
+class At(NamedTuple):
+    """Where a task sits, the coordinates its name is derived from (:meth:`Action.task_name`).
+
+    ``it``: the iteration that names it (a DPU refresh is counted in a later one: ``Task.it``);
+    ``target``: the block (``b12``), gradient bucket (``k3``), optimizer sub-group (``s0``),
+    chunk group (``c2``), ``chunk``, or a step pass (``grads``, ``cast``); ``m``: the micro-step
+    (names change from 2 on); ``rank``: the GPU of a multi-GPU schedule's per-rank task, -1 for
+    one-GPU schedules and host tasks (no ``@g`` suffix); ``variant``: what an action with a
+    ``{}`` in its pattern puts there (a repeated fetch's number, a chunk group and its repeat)."""
+
+    it: int
+    target: str
+    m: int = 1
+    rank: int = -1
+    variant: str = ""
+
+
+def at(it: int, target: str, gpu: int = 0, n_gpus: int = 1, m: int = 1, variant: str = "") -> At:
+    """:class:`At` of GPU ``gpu``'s task in a schedule of ``n_gpus`` (one GPU: no rank)."""
+    return At(it, target, m, gpu if n_gpus > 1 else -1, variant)
+
+
+class Action(Enum):
+    """What a scheduled task does: one member per kind of task the policies emit.
+
+    Each member has the ``pattern`` of the operation part of its tasks' names (``{}``: where
+    :attr:`At.variant` goes) and its reporting category ``cat`` (:class:`TaskCat`, which
+    summaries, plots and the replay comparison group by). A task's name is derived from its
+    action and its :class:`At` by :meth:`task_name` — ``it{it}.[m{m}.]{what}.{target}[@g{rank}]``,
+    e.g. ``it1.F.b12``, ``it1.H2D.w.b13``, ``it2.m3.B.b3``, ``it2.ADAM.cpu.s0``, ``it1.D2H.g.k2@g1``
+    — and the replay dispatches on it (:mod:`simhete.replay.handlers`)."""
+
+    # forward / backward (policy/training.py)
+    FORWARD = ("F", "fwd")
+    RECOMPUTE = ("R", "recompute")
+    BACKWARD = ("B", "bwd")
+    ACT_D2H = ("D2H.act", "d2h")                    # swap the saved activations out
+    ACT_H2D = ("H2D.act", "h2d")                    # ... and back in before the backward
+    # weights to and from the GPU
+    WEIGHTS_H2D = ("H2D.w", "h2d")                  # a block's / sub-group's weights (after a CPU step)
+    WEIGHTS_H2D_FWD = ("H2D.wf{}", "h2d")           # prefetch for a forward (repeats numbered 2, 3, ...)
+    WEIGHTS_H2D_BWD = ("H2D.wb{}", "h2d")           # prefetch for a recompute/backward
+    WEIGHTS_H2D_AG = ("H2D.w.ag", "comm")           # the all-gather of the shards a WEIGHTS_H2D copied
+    WEIGHTS_H2D_FWD_AG = ("H2D.wf{}.ag", "comm")
+    WEIGHTS_H2D_BWD_AG = ("H2D.wb{}.ag", "comm")
+    WEIGHTS_AG_FWD = ("AG.wf{}", "comm")            # all-gather of GPU-partitioned weights (ZeRO-3)
+    WEIGHTS_AG_BWD = ("AG.wb{}", "comm")
+    WEIGHTS_ALLGATHER = ("AG.w", "comm")            # after a step: updated partitions gathered
+    WEIGHTS_D2H = ("D2H.w", "d2h")                  # weights home (eviction, after a GPU step)
+    WEIGHTS_WRITEBACK = ("D2H.w2", "d2h")           # StrongHold: a block leaving the backward window
+    # gradients
+    GRADS_D2H = ("D2H.g", "d2h")                    # a block's / bucket's gradients to the host
+    GRADS_D2H_RS = ("D2H.g.rs", "comm")             # the reduce-scatter before a GRADS_D2H
+    GRADS_D2H_AR = ("D2H.g.ar", "comm")             # the all-reduce before a GRADS_D2H
+    GRADS_ACC_H2D = ("D2H.g.ga", "h2d")             # micro-step > 1: host accumulation staged on the GPU
+    GRADS_ALLREDUCE = ("AR.g", "comm")              # gradients of GPU-resident optimizer states
+    GRADS_REDUCE_SCATTER = ("RS.g", "comm")
+    # optimizer step
+    ADAM_CPU = ("ADAM.cpu", "optim_cpu")
+    ADAM_GPU = ("ADAM.gpu", "optim_gpu")
+    HOST_PASS = ("STEP", "optim_cpu")               # a pass of the CPU step over all partitions (clip, cast)
+    STEP_JOIN = ("STEP", "other")                   # zero-duration join: the step waits for every gradient
+    BACKWARD_JOIN = ("BWD.end", "other")            # zero-duration join: backward() returns
+    # chunks (PatrickStar / Gemini: policy/chunked.py), variant = group and repeat (``3``, ``3r2``)
+    CHUNK_H2D = ("H2D.c{}", "h2d")
+    CHUNK_D2H = ("D2H.c{}", "d2h")
+    CHUNK_AG = ("AG.c{}", "comm")
+    CHUNK_GRADS_D2H = ("D2H.g.c{}", "d2h")
+    CHUNK_WEIGHTS_H2D = ("H2D.w.c{}", "h2d")
+
+    def __init__(self, pattern: str, cat: str) -> None:
+        self.pattern = pattern
+        self.cat = TaskCat(cat)
+        head, _, tail = pattern.partition("{}")
+        self._head, self._tail = head, tail
+
+    def what(self, variant: str = "") -> str:
+        """The operation part of the name: the pattern with ``variant`` in its ``{}``."""
+        return self._head + variant + self._tail
+
+    def task_name(self, at: At) -> str:
+        """The task's name: ``it{it}.[m{m}.]{what}.{target}[@g{rank}]`` (micro-step 1 and one-GPU
+        schedules keep the short forms). The one place task names are made."""
+        it, target, m, rank, variant = at
+        return (f"it{it}." + (f"m{m}." if m > 1 else "") + self._head + variant + self._tail + "." + target
+                + (f"@g{rank}" if rank >= 0 else ""))
 
 
 class MemClass(StrEnum):
@@ -124,6 +214,19 @@ class MemClass(StrEnum):
     PINNED_ROUNDING = "pinned_rounding"        # host: pinned blocks rounded up to a power of two
     FRAMEWORK_BUFFERS = "framework_buffers"    # host: DeepSpeed buffers beyond the ideal model states
     PROCESS_BASELINE = "process_baseline"      # host: Python + torch + CUDA libraries per rank, model build
+
+
+def state_buffer(cls: MemClass, target: str, gpu: int | None = None) -> str:
+    """The name of a model-state buffer resident from the start (``Schedule.initial``):
+    ``{cls}.{target}`` in host memory, ``{cls}.g{gpu}.{target}`` on GPU ``gpu`` (``weights.g0.b3``).
+    Policies name model states with it and the replay finds a block's states by it."""
+    return f"{cls.value}.{target}" if gpu is None else f"{cls.value}.g{gpu}.{target}"
+
+
+def owned_buffer(task: str, target: str) -> str:
+    """The name of the buffer a task allocates for ``target``'s part of what it brings (a fetch of
+    several blocks' weights: ``it1.H2D.wf.b3.b2``)."""
+    return f"{task}.{target}"
 
 
 # The classes a real process holds beyond the ideal model states and working buffers.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simhete.opkinds import MemClass, TaskCat
+from simhete.opkinds import Action, At, MemClass, TaskCat
 from simhete.policy import Builder, template
 from simhete.policy.template import same_schedule
 from simhete.scenario import load_scenario
@@ -52,7 +52,8 @@ def test_kept_plans_build_what_empty_caches_build(changes: dict) -> None:
 def test_add_row_stores_what_add_stores() -> None:
     a, b = Builder(), Builder()
     alloc = new_alloc("x", "gpu0", 8, MemClass.BUFFERS)
-    a.add("t1", "gpu0.compute", TaskCat.FWD, (), deps=["", "t0"], prio=3, allocs=[alloc], frees=["y"], it=1,
-          block=2, sized=(0, "fwd", (None,)))
-    b.add_row(("t1", "gpu0.compute", TaskCat.FWD, (), ("t0",), 3, (alloc,), ("y",), 1, 2), (0, "fwd", (None,)))
+    a.add(Action.FORWARD, At(1, "b1"), "gpu0.compute", (), deps=["", "t0"], prio=3, allocs=[alloc], frees=["y"],
+          it=1, block=2, sized=(0, "fwd", (None,)))
+    b.add_row(("it1.F.b1", "gpu0.compute", TaskCat.FWD, (), ("t0",), 3, (alloc,), ("y",), 1, 2, Action.FORWARD,
+               At(1, "b1")), (0, "fwd", (None,)))
     assert a._rows == b._rows and a._sized == b._sized

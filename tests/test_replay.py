@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from simhete.errors import ConfigError
+from simhete.opkinds import Action
 from simhete.hw.profile import load_profile
 from simhete.replay.config import scaled_scenario
 from simhete.replay.device import Device, check_fits
@@ -240,11 +241,15 @@ def test_a_missing_weight_fetch_is_reported():
         replay(res, broken)
 
 
-def test_unknown_operations_and_streams_are_refused():
+def test_unknown_actions_and_streams_are_refused():
     res = tiny("gpu-only")
     t0 = res.schedule.tasks[0]
-    bad = dataclasses.replace(res.schedule, tasks=(dataclasses.replace(t0, name="it1.FOO.embed"),))
-    with pytest.raises(ReplayError, match="no replay for operation 'FOO'; known: .*ADAM.cpu"):
+    bad = dataclasses.replace(res.schedule, tasks=(dataclasses.replace(t0, action=Action.CHUNK_AG),))
+    with pytest.raises(ReplayError, match=r"task it1.F.embed: no replay for action CHUNK_AG \(AG.c\); "
+                                          "known: .*ADAM_CPU"):
+        Executor(bad, res.context.workload, Device())
+    bad = dataclasses.replace(res.schedule, tasks=(dataclasses.replace(t0, action=None, at=None),))
+    with pytest.raises(ReplayError, match="task it1.F.embed: no action"):
         Executor(bad, res.context.workload, Device())
     bad = dataclasses.replace(res.schedule, tasks=(dataclasses.replace(t0, stream="gpu1.compute"),))
     with pytest.raises(ReplayError, match="stream gpu1.compute"):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simhete.engine import simulate_fast, simulate_simpy
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import Builder
 from simhete.report.metrics import copy_bytes, pcie_task_bytes
 from simhete.scenario import load_scenario
@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rebuilt(s: Schedule) -> Schedule:
-    """``s`` through a Builder: the same tasks, kept column-wise."""
+    """``s`` through a Builder: the same tasks (named by hand: no action), kept column-wise."""
     b = Builder()
     for t in s.tasks:
-        b.add(t.name, t.stream, t.cat, t.ops, t.deps, t.prio, t.allocs, t.frees, t.it, t.block)
+        b.add_row((t.name, t.stream, t.cat, t.ops, t.deps, t.prio, t.allocs, t.frees, t.it, t.block, None, None))
     return b.build(dict(s.pools), s.initial, s.iterations, dict(s.meta))
 
 
@@ -76,48 +76,49 @@ def test_forward_referenced_dependency():
     """A task may name a dependency that is added after it (the table resolves names once all
     tasks are in); the result equals the reference engine's."""
     b = Builder()
-    b.add("late-consumer", "gpu0.compute", TaskCat.FWD, deps=["producer"], prio=0,
+    b.add(Action.FORWARD, At(1, "b0"), "gpu0.compute", deps=["it1.H2D.w.b0"], prio=0,
           allocs=[Alloc("x", "gpu0", 10, MemClass.ACTIVATIONS)], frees=["x"])
-    b.add("producer", "gpu0.h2d", TaskCat.H2D, (Op(OpKind.H2D, n=100),), prio=1)
+    b.add(Action.WEIGHTS_H2D, At(1, "b0"), "gpu0.h2d", (Op(OpKind.H2D, n=100),), prio=1)
     s = b.build({"gpu0": 100}, (), 1, {})
     durs = [1.0, 2.0]
     ref = simulate_simpy(s, durs)
     tl = simulate_fast(s, durs)
     same_timeline(tl, ref)
-    assert [(r.name, r.start, r.end) for r in tl.records] == [("late-consumer", 2.0, 3.0), ("producer", 0.0, 2.0)]
+    assert [(r.name, r.start, r.end) for r in tl.records] == [("it1.F.b0", 2.0, 3.0), ("it1.H2D.w.b0", 0.0, 2.0)]
 
 
 def test_table_schedule_is_a_plain_schedule():
     b = Builder()
-    b.add("a", "gpu0.compute", TaskCat.FWD, deps=[None, ""], it=1, block=0)
-    b.add("b", "gpu0.compute", TaskCat.BWD, deps=("a",), it=1, block=0)
+    b.add(Action.FORWARD, At(1, "b0"), "gpu0.compute", deps=[None, ""], it=1, block=0)
+    b.add(Action.BACKWARD, At(1, "b0"), "gpu0.compute", deps=("it1.F.b0",), it=1, block=0)
     s = b.build({"gpu0": 1}, [], 1, {"k": "v"})
     assert b.tasks == () and s.n_tasks == 2 and s.streams == ("gpu0.compute",)
-    assert s.index() == {"a": 0, "b": 1}
-    assert s.tasks[0].deps == () and s.tasks[1].deps == ("a",)      # falsy dependencies dropped
+    assert s.index() == {"it1.F.b0": 0, "it1.B.b0": 1}
+    assert s.tasks[0].deps == () and s.tasks[1].deps == ("it1.F.b0",)      # falsy dependencies dropped
+    assert s.tasks[1].action is Action.BACKWARD and s.tasks[1].at == At(1, "b0") and s.tasks[1].cat.value == "bwd"
     assert s.tasks is s.tasks                                         # made once
     moved = dataclasses.replace(s, iterations=2)                      # a new schedule derives its own table
     assert moved._table is None and moved.tasks == s.tasks and table_rows(moved.table) == table_rows(s.table)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.tasks = ()                                                  # type: ignore[misc]
-    assert "Task(name='a'" in repr(s)
+    assert "Task(name='it1.F.b0'" in repr(s)
 
 
 def test_errors_are_the_same_through_the_table():
     """Static checks give the reference engine's message for a table schedule too."""
     b = Builder()
-    b.add("a", "gpu0.compute", TaskCat.FWD, deps=["missing"])
+    b.add(Action.FORWARD, At(1, "b0"), "gpu0.compute", deps=["missing"])
     s = b.build({"gpu0": 1}, [], 1, {})
     msgs = []
     for run in (lambda: simulate_simpy(s, [1.0]), lambda: simulate_fast(s, [1.0])):
         with pytest.raises(Exception) as e:
             run()
         msgs.append(str(e.value))
-    assert msgs[0] == msgs[1] == "task a: dependency missing does not exist"
-    b.add("a", "gpu0.compute", TaskCat.FWD)
-    b.add("a", "gpu0.compute", TaskCat.FWD)
+    assert msgs[0] == msgs[1] == "task it1.F.b0: dependency missing does not exist"
+    b.add(Action.FORWARD, At(1, "b0"), "gpu0.compute")
+    b.add(Action.FORWARD, At(1, "b0"), "gpu0.compute")
     s = b.build({"gpu0": 1}, [], 1, {})
-    with pytest.raises(Exception, match="duplicate task name a"):
+    with pytest.raises(Exception, match="duplicate task name it1.F.b0"):
         simulate_fast(s, [1.0, 1.0])
 
 
@@ -127,7 +128,7 @@ def resized(s: Schedule, k: int, builder: bool = True) -> Schedule:
     b = Builder()
     for t in s.tasks:
         allocs = tuple(dataclasses.replace(a, bytes=a.bytes * k // 2 + k % 3) for a in t.allocs)
-        b.add(t.name, t.stream, t.cat, t.ops, t.deps, t.prio, allocs, t.frees, t.it, t.block)
+        b.add_row((t.name, t.stream, t.cat, t.ops, t.deps, t.prio, allocs, t.frees, t.it, t.block, t.action, t.at))
     initial = tuple(dataclasses.replace(a, bytes=a.bytes * k // 3) for a in s.initial)
     out = b.build(dict(s.pools), initial, s.iterations, dict(s.meta))
     return out if builder else eager(out)
@@ -157,9 +158,9 @@ def test_same_structure_size_errors_are_still_reported():
     order: initial overflow (an OOM report), then a negative allocation."""
     def sched(init_bytes: int, alloc_bytes: int) -> Schedule:
         b = Builder()
-        b.add("a", "gpu0.compute", TaskCat.FWD, allocs=[Alloc("x", "gpu0", alloc_bytes, MemClass.ACTIVATIONS)],
-              frees=["x"])
-        b.add("b", "gpu0.compute", TaskCat.BWD, deps=["a"])
+        f = b.add(Action.FORWARD, At(1, "b0"), "gpu0.compute",
+                  allocs=[Alloc("x", "gpu0", alloc_bytes, MemClass.ACTIVATIONS)], frees=["x"])
+        b.add(Action.BACKWARD, At(1, "b0"), "gpu0.compute", deps=[f])
         return b.build({"gpu0": 100}, [Alloc("w", "gpu0", init_bytes, MemClass.WEIGHTS)], 1, {})
 
     ok = sched(10, 10)
@@ -169,7 +170,7 @@ def test_same_structure_size_errors_are_still_reported():
     assert tl.oom is not None and tl.oom == ref.oom and tl.records == ref.records == ()
     neg = sched(10, -1)
     for run in (lambda: simulate_simpy(neg, [1.0, 1.0]), lambda: simulate_fast(neg, [1.0, 1.0])):
-        with pytest.raises(Exception, match="task a: buffer x has negative size -1"):
+        with pytest.raises(Exception, match="task it1.F.b0: buffer x has negative size -1"):
             run()
     big = sched(10, 95)
     same_timeline(simulate_fast(big, [1.0, 1.0]), simulate_simpy(big, [1.0, 1.0]))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from simhete.engine import indexed, simulate_fast, simulate_simpy
 from simhete.errors import SimheteError
-from simhete.opkinds import MemClass, TaskCat
+from simhete.opkinds import Action, At, MemClass
 from simhete.policy import Builder, Context, Policy, template
 from simhete.policy.template import Template, build_schedule, same_schedule
 from simhete.scenario import load_scenario
@@ -132,7 +132,7 @@ def test_a_wrong_size_code_is_caught():
     ctx, _ = resolve(s)
     blk = ctx.blocks[1]
     b = Builder()
-    b.add("F", "gpu0.compute", TaskCat.FWD, blk.fwd_ops,
+    b.add(Action.FORWARD, At(1, blk.name), "gpu0.compute", blk.fwd_ops,
           allocs=[new_alloc("act", "gpu0", blk.act_bytes, MemClass.ACTIVATIONS)], frees=["act"],
           sized=(1, "fwd", ("ckpt",)))
     sched = b.build(ctx.pools(), (), 1, {"policy": "test"})
@@ -151,7 +151,7 @@ class _Unmarked(Policy):
     def build(self, ctx: Context):
         b = Builder()
         blk = ctx.blocks[1]
-        b.add("F", "gpu0.compute", TaskCat.FWD, blk.fwd_ops,
+        b.add(Action.FORWARD, At(1, blk.name), "gpu0.compute", blk.fwd_ops,
               allocs=[new_alloc("act", "gpu0", blk.act_bytes, MemClass.ACTIVATIONS)], frees=["act"],
               sized=(1, "fwd", (None,)))
         return b.build(ctx.pools(), (), 1, {"policy": self.name})

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from simhete.errors import ConfigError
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind, at
 from simhete.policy.autohete_milp import (Plan, SolveLog, block_costs, host_homes, memory_rows, predict,
                                           solve)
 from simhete.policy.base import Builder, Candidates, Context, Policy, model_states
@@ -35,8 +35,8 @@ from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
-                                     forward_backward, fwd_prio, grad_prio, tname)
+from simhete.policy.training import (PHASE, PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
+                                     forward_backward, fwd_prio, grad_prio)
 from simhete.schedule import Alloc, Op, Schedule
 
 Choice = bool | list[bool] | None
@@ -226,8 +226,8 @@ class AutoHete(Policy):
                     deps = {g: [t[g].B[i]] for g in dp.gpus}
                     frees = {g: [t[g].grads[i]] for g in dp.gpus}
                     prio = grad_prio(it, nb - i, nb, m)
-                    out[i] = dp.from_gpu(it, "D2H.g", blk.name, blk.grad_bytes, deps, prio, i, frees=frees) \
-                        if m == 1 else dp.accumulate(it, "D2H.g", blk.name, blk.grad_bytes, deps, out[i], prio, i,
+                    out[i] = dp.from_gpu(it, blk.name, blk.grad_bytes, deps, prio, i, frees=frees) \
+                        if m == 1 else dp.accumulate(it, blk.name, blk.grad_bytes, deps, out[i], prio, i,
                                                      frees=frees)
                 if m == 1:
                     grads = {g: t[g].grads for g in dp.gpus}
@@ -238,25 +238,25 @@ class AutoHete(Policy):
                 i = blk.index
                 if i not in cpu_opt:
                     continue
-                a = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
+                a = b.add(Action.ADAM_CPU, At(it, blk.name), "cpu.optim",
                           (Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32"),), deps=sorted(out[i].values()),
                           prio=fwd_prio(it + 1, i), it=it, block=i)
                 if op[i]:
                     update[i] = {g: a for g in dp.gpus}
                 else:
-                    update[i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, [a], fwd_prio(it + 1, i), i)
+                    update[i] = dp.to_gpu(it, Action.WEIGHTS_H2D, blk.name, blk.weight_bytes, [a], fwd_prio(it + 1, i), i)
             for blk in ctx.blocks:                       # GPU Adam after the backward, forward order
                 i = blk.index
                 if i not in gpu_opt:
                     continue
-                ar = dp.collective(OpKind.ALLREDUCE, it, "AR.g", blk.name, blk.grad_bytes,
+                ar = dp.collective(OpKind.ALLREDUCE, Action.GRADS_ALLREDUCE, it, blk.name, blk.grad_bytes,
                                    {g: [t[g].B[i]] for g in dp.gpus}, grad_prio(it, nb - i, nb), i)
-                adam = {g: b.add(tname(it, "ADAM.gpu", blk.name, g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
+                adam = {g: b.add(Action.ADAM_GPU, at(it, blk.name, g, n), f"gpu{g}.compute",
                                  (Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32"),),
                                  deps=[t[g].last_B] + ([ar[g]] if ar else []),
                                  prio=it * PRIO_IT + PRIO_IT // 2 + i, frees=[grads[g][i]], it=it, block=i)
                         for g in dp.gpus}
-                update[i] = adam if not op[i] else dp.shard_d2h(it, "D2H.w", blk.name, blk.weight_bytes,
+                update[i] = adam if not op[i] else dp.shard_d2h(it, blk.name, blk.weight_bytes,
                                                                 {g: [adam[g]] for g in dp.gpus},
                                                                 fwd_prio(it + 1, i), i)
         if time_limited:   # the plan then depends on the machine's speed: say so
@@ -288,16 +288,17 @@ class AutoHete(Policy):
                 continue
             if u >= 2:   # one block ahead: issued when the use before the previous one ends
                 p2, b2 = trace[u - 2]
-                trig = {g: [tname(it, p2, b2.name, g, n, m)] for g in dp.gpus}
+                trig = {g: [PHASE[p2].task_name(at(it, b2.name, g, n, m))] for g in dp.gpus}
             else:
                 trig = {g: [last_B[g]] if g in last_B else [] for g in dp.gpus}
             if phase == "F" and i in update:
                 for g in dp.gpus:
                     trig[g].append(update[i][g])
-            what = "H2D.wf" if phase == "F" else "H2D.wb"
-            buf = {g: dp.name(it, what[3:], blk.name, g) for g in dp.gpus}
+            fetch = Action.WEIGHTS_H2D_FWD if phase == "F" else Action.WEIGHTS_H2D_BWD
+            # the buffer is named after the fetch less its "H2D" (``it1..wf.b3``: names are stable)
+            buf = {g: dp.buffer(it, fetch.what()[3:], blk.name, g) for g in dp.gpus}
             prio = fwd_prio(it, i, m, nb) if phase == "F" else bwd_prio(it, i, nb, m)
-            ready = dp.to_gpu(it, what, blk.name, blk.weight_bytes, trig, prio, i,
+            ready = dp.to_gpu(it, fetch, blk.name, blk.weight_bytes, trig, prio, i,
                               allocs={g: [Alloc(buf[g], f"gpu{g}", blk.weight_bytes, MemClass.WEIGHTS)]
                                       for g in dp.gpus})
             deps, frees = (fdeps, ffrees) if phase == "F" else (bdeps, bfrees)

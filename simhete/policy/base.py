@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Hashable, Iterable
 
 from simhete.config import Strict, validate
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind, state_buffer
 from simhete.schedule import Alloc, Op, Schedule, Task
 from simhete.schedule.model import TaskTable, new_alloc
 
@@ -177,6 +177,9 @@ def context_key(ctx: Context) -> tuple:
 class Builder:
     """Accumulates tasks in order; ``add`` returns the task name so callers can chain deps.
 
+    A task is given by its :class:`~simhete.opkinds.Action` and :class:`~simhete.opkinds.At`: its
+    name is ``action.task_name(at)`` and its category ``action.cat`` (policies never spell names).
+
     ``add`` keeps each task as one tuple of its fields; :meth:`build` turns them column-wise
     (:class:`~simhete.schedule.model.TaskTable`, one list per Task field) and the Schedule it
     returns holds that table: the engine, the cost model and the report read it directly, so a
@@ -192,10 +195,11 @@ class Builder:
         """The tasks added so far."""
         return TaskTable.of_rows(self._rows).tasks()
 
-    def add(self, name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...] = (),
+    def add(self, action: Action, at: At, stream: str, ops: tuple[Op, ...] = (),
             deps: Iterable[str] = (), prio: int = 0, allocs: Iterable[Alloc] = (),
             frees: Iterable[str] = (), it: int = 0, block: int = -1, sized: tuple | None = None) -> str:
-        """``sized``: which of this task's cells depend on sizes (micro-batch, sequence length),
+        """Add the task ``action`` at ``at``; returns its name. ``it``: the iteration it is
+        counted in (``Task.it``). ``sized``: which of this task's cells depend on sizes (micro-batch, sequence length),
         for structural templates (:mod:`simhete.policy.template`): ``(p, ops_code, alloc_codes)``
         where ``p`` is the block's position in ``ctx.blocks``, ``ops_code`` names how ``ops`` is
         derived from that block (``template.OPS_CODES``; ``None``: fixed) and ``alloc_codes`` has
@@ -205,30 +209,33 @@ class Builder:
             self._sized.append((len(self._rows), *sized))
         if type(deps) is not tuple or not all(deps):     # a tuple of names is kept as it is
             deps = tuple(filter(None, deps))             # (dep_names, inlined: called per task)
-        self._rows.append((name, stream, cat, ops if type(ops) is tuple else tuple(ops), deps, prio,
+        name = action.task_name(at)
+        self._rows.append((name, stream, action.cat, ops if type(ops) is tuple else tuple(ops), deps, prio,
                            allocs if type(allocs) is tuple else tuple(allocs),
-                           frees if type(frees) is tuple else tuple(frees), it, block))
+                           frees if type(frees) is tuple else tuple(frees), it, block, action, at))
         return name
 
     def add_row(self, row: tuple, sized: tuple | None = None) -> str:
         """:meth:`add` for callers that pass the stored row itself — ``(name, stream, cat, ops,
-        deps, prio, allocs, frees, it, block)`` with ``ops``, ``deps``, ``allocs`` and ``frees``
-        tuples and no empty dependency name, as :meth:`add` would store it — skipping its
-        conversions (a schedule's forward and backward are most of its tasks)."""
+        deps, prio, allocs, frees, it, block, action, at)`` with ``name`` = ``action.task_name(at)``,
+        ``cat`` = ``action.cat``, ``ops``, ``deps``, ``allocs`` and ``frees`` tuples and no empty
+        dependency name, as :meth:`add` would store it — skipping its conversions (a schedule's
+        forward and backward are most of its tasks; tests/test_actions.py checks every name)."""
         if sized is not None:
             self._sized.append((len(self._rows), *sized))
         self._rows.append(row)
         return row[0]
 
-    def join(self, name: str, stream: str, deps: Iterable[str], prio: int, it: int) -> list[str]:
-        """One zero-duration task that waits for ``deps``, for many tasks that all wait for the
+    def join(self, action: Action, at: At, stream: str, deps: Iterable[str], prio: int, it: int) -> list[str]:
+        """One zero-duration task (``action``: a join, ``Action.STEP_JOIN`` or
+        ``Action.BACKWARD_JOIN``) that waits for ``deps``, for many tasks that all wait for the
         same set: M tasks × N deps become M + N edges (a step of many CPU Adam tasks after many
         gradient copies would otherwise be quadratic). Returns the deps to use: ``[name]``, or
         ``deps`` unchanged when there is at most one."""
         deps = list(deps)
         if len(deps) <= 1:
             return deps
-        return [self.add(name, stream, TaskCat.OTHER, (), deps, prio, it=it)]
+        return [self.add(action, at, stream, (), deps, prio, it=it)]
 
     def build(self, pools: dict[str, int], initial: Iterable[Alloc], iterations: int,
               meta: dict[str, str]) -> Schedule:
@@ -351,17 +358,16 @@ def _model_states(ctx_blocks: tuple, pool_of: dict[MemClass, str], gpu: int, exc
         MemClass.GRADS32: lambda b: host_fp32_bytes(b) if MemClass.GRADS32 in on_host else b.grad32_bytes,
     }
     skip = set(exclude)
-    # per class, once: (name prefix, pool, size of a block)
-    plan = [(cls, f"{cls.value}.g{gpu}." if pool == "gpu" else f"{cls.value}.",
-             f"gpu{gpu}" if pool == "gpu" else pool, sizes[cls])
+    # per class, once: (GPU of its buffers or None, pool, size of a block)
+    plan = [(cls, gpu if pool == "gpu" else None, f"gpu{gpu}" if pool == "gpu" else pool, sizes[cls])
             for cls, pool in pool_of.items() if cls not in skip and cls in sizes]
     out = []
     chosen = set(blocks) if blocks is not None else None
     for b in ctx_blocks:
         if chosen is not None and b.index not in chosen:
             continue
-        for cls, prefix, pool_name, size in plan:
+        for cls, on_gpu, pool_name, size in plan:
             n = size(b)
             if n:
-                out.append(new_alloc(prefix + b.name, pool_name, n, cls))
+                out.append(new_alloc(state_buffer(cls, b.name, on_gpu), pool_name, n, cls))
     return out

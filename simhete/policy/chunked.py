@@ -71,14 +71,14 @@ from typing import Literal
 from pydantic import Field
 
 from simhete.errors import ConfigError
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind, at
 from simhete.policy.base import Builder, Context, Policy, shared_ops
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import nonmodel_by_step, owners, uses
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, act_modes, bwd_prio, copy_stream,
-                                     forward_backward, fwd_prio, tname)
+from simhete.policy.training import (PHASE, PRIO_IT, ActivationKnobs, act_modes, bwd_prio, copy_stream,
+                                     forward_backward, fwd_prio)
 from simhete.schedule import Alloc, Op, Schedule
 
 OS_BYTES = 12   # fp32 master + Adam m + v per element (Rajbhandari et al. 2020, ZeRO §3.1)
@@ -228,12 +228,13 @@ class Chunked(Policy):
             i = bisect_right(at, u)
             return at[i] if i < len(at) else len(trace) + at[0]
 
-        def copy(it: int, what: str, c: int, direction: str, deps: dict[int, list[str]], prio: int, block: int,
-                 allocs: dict[int, list[Alloc]] | None = None, frees: dict[int, list[str]] | None = None
-                 ) -> dict[int, str]:
-            """Each GPU copies its own shard of chunk group c over its own link."""
-            kind, cat = (OpKind.H2D, TaskCat.H2D) if direction == "h2d" else (OpKind.D2H, TaskCat.D2H)
-            return {g: b.add(dp.name(it, what, "chunk", g), copy_stream(g, direction, k.pin_memory), cat,
+        def copy(it: int, action: Action, variant: str, c: int, direction: str, deps: dict[int, list[str]],
+                 prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None,
+                 frees: dict[int, list[str]] | None = None) -> dict[int, str]:
+            """Each GPU copies its own shard of chunk group c over its own link (``action`` on
+            target ``chunk``)."""
+            kind = OpKind.H2D if direction == "h2d" else OpKind.D2H
+            return {g: b.add(action, dp.at(it, "chunk", g, variant), copy_stream(g, direction, k.pin_memory),
                              shared_ops(kind, sh[c][g], k.pin_memory), deps=deps.get(g, []), prio=prio,
                              allocs=(allocs or {}).get(g, ()), frees=(frees or {}).get(g, ()), it=it, block=block)
                     for g in dp.gpus}
@@ -246,14 +247,20 @@ class Chunked(Policy):
         step_done: list[str] = []
         last_B: dict[int, str] = {}
         for it in range(1, ctx.iterations + 1):
+            # the compute task of trace step u on GPU g (named once per iteration: asked for often)
+            names = [[PHASE[phase].task_name(at(it, blk.name, g, n)) for g in dp.gpus] for phase, blk in trace]
+
             def compute(u: int, g: int) -> str:
-                return tname(it, trace[u][0], trace[u][1].name, g, n)
+                return names[u][g]
 
-            count: dict[str, int] = {}
+            count: dict[tuple[Action, int], int] = {}
 
-            def unique(what: str) -> str:
-                count[what] = count.get(what, 0) + 1
-                return what if count[what] == 1 else f"{what}r{count[what]}"
+            def unique(action: Action, c: int) -> str:
+                """The variant naming this iteration's next ``action`` of chunk group c: ``3``,
+                then ``3r2``, ``3r3``, ..."""
+                key = (action, c)
+                count[key] = count.get(key, 0) + 1
+                return str(c) if count[key] == 1 else f"{c}r{count[key]}"
 
             fdeps = {g: {} for g in dp.gpus}
             bdeps = {g: {} for g in dp.gpus}
@@ -282,16 +289,17 @@ class Chunked(Policy):
                                 break
                             r = max(cand, key=lambda r: (next_use(r, u), r))
                             # a move: the GPU copy is freed when this GPU's shard is home
-                            out = copy(it, unique(f"D2H.c{r}"), r, "d2h",
+                            out = copy(it, Action.CHUNK_D2H, unique(Action.CHUNK_D2H, r), r, "d2h",
                                        {g: [ready[r][g]] + self._last(r, u, used_at, compute, g) for g in dp.gpus},
                                        fwd_prio(it, blk.index), blk.index, frees={g: [resident[r][g]] for g in dp.gpus})
                             for g in dp.gpus:
                                 evicts[g].append(out[g])
                             del resident[r]
                         trig = trigger(u)
-                        what = unique(f"H2D.c{c}")
-                        buf = {g: dp.name(it, "buf." + what, "chunk", g) for g in dp.gpus}
-                        ready[c] = copy(it, what, c, "h2d", {g: trig[g] + evicts[g] for g in dp.gpus}, prio,
+                        var = unique(Action.CHUNK_H2D, c)
+                        buf = {g: dp.buffer(it, "buf." + Action.CHUNK_H2D.what(var), "chunk", g) for g in dp.gpus}
+                        ready[c] = copy(it, Action.CHUNK_H2D, var, c, "h2d",
+                                        {g: trig[g] + evicts[g] for g in dp.gpus}, prio,
                                         blk.index, allocs={g: [Alloc(buf[g], f"gpu{g}", sbytes, MemClass.WEIGHTS,
                                                                      persist=True)] for g in dp.gpus})
                         resident[c] = buf
@@ -299,9 +307,9 @@ class Chunked(Policy):
                         # after a fetch it waits for every GPU's shard; else it is brought like a fetch
                         trig = {g: [] for g in dp.gpus} if fetched else trigger(u)
                         every = sorted({ready[c][g] for g in dp.gpus if c in ready} | {d for g in dp.gpus for d in trig[g]})
-                        what = unique(f"AG.c{c}")
-                        gbuf = {g: dp.name(it, "buf." + what, "chunk", g) for g in dp.gpus}
-                        gready[c] = {g: b.add(dp.name(it, what, "chunk", g), f"gpu{g}.comm", TaskCat.COMM,
+                        var = unique(Action.CHUNK_AG, c)
+                        gbuf = {g: dp.buffer(it, "buf." + Action.CHUNK_AG.what(var), "chunk", g) for g in dp.gpus}
+                        gready[c] = {g: b.add(Action.CHUNK_AG, dp.at(it, "chunk", g, var), f"gpu{g}.comm",
                                               (Op(OpKind.ALLGATHER, (n,), n=elems[c] * e),), deps=every, prio=prio,
                                               allocs=[Alloc(gbuf[g], f"gpu{g}", extra, MemClass.WEIGHTS,
                                                             persist=True)], it=it, block=blk.index)
@@ -317,7 +325,7 @@ class Chunked(Policy):
                         if n > 1:                   # reduce-scatter into the owner's shard
                             kind = OpKind.ALLREDUCE if c in keep else OpKind.REDUCE_SCATTER
                             fr = [] if c in keep else [gathered[c]]
-                            rs = {g: b.add(tname(it, "RS.g", f"c{c}", g, n), f"gpu{g}.comm", TaskCat.COMM,
+                            rs = {g: b.add(Action.GRADS_REDUCE_SCATTER, at(it, f"c{c}", g, n), f"gpu{g}.comm",
                                            (Op(kind, (n,), n=elems[c] * e),),
                                            deps=[compute(u, h) for h in dp.gpus],
                                            prio=it * PRIO_IT + PRIO_IT // 4 + c,
@@ -336,7 +344,8 @@ class Chunked(Policy):
                         if c in gpu_os:
                             continue
                         # the chunk's shard goes home with its gradients for the CPU step
-                        out = copy(it, f"D2H.g.c{c}", c, "d2h", {g: [grad_ready[c][g]] for g in dp.gpus},
+                        out = copy(it, Action.CHUNK_GRADS_D2H, str(c), c, "d2h",
+                                   {g: [grad_ready[c][g]] for g in dp.gpus},
                                    it * PRIO_IT + PRIO_IT // 4 + c, blk.index,
                                    frees={g: [resident[c][g]] for g in dp.gpus} if c not in fixed else None)
                         grads_out += out.values()
@@ -357,24 +366,25 @@ class Chunked(Policy):
             # synchronous reduce: backward() returns, and the step starts, after the hooks of the last
             # step's chunks have reduced them
             tail = [c for c in range(nchunks) if last_use[c] == len(trace) - 1]
-            bwd_end = {g: b.join(tname(it, "BWD.end", "", g, n), f"gpu{g}.compute",
+            bwd_end = {g: b.join(Action.BACKWARD_JOIN, at(it, "", g, n), f"gpu{g}.compute",
                                  [t[g].last_B] + [grad_ready[c][g] for c in tail], it * PRIO_IT + PRIO_IT // 2, it)
                        if not k.async_reduce and n > 1 else [] for g in dp.gpus}
             if any(c not in gpu_os for c in range(nchunks)):   # CPU chunks wait for every gradient
-                cpu_deps = b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(grads_out) + ends,
+                cpu_deps = b.join(Action.STEP_JOIN, At(it, "grads"), "cpu.optim", sorted(grads_out) + ends,
                                   fwd_prio(it + 1, 0) - 1, it)
             for c in range(nchunks):                  # the optimizer step, after the backward
                 fb = first_blk[c]
                 if c not in gpu_os:
-                    a = b.add(tname(it, "ADAM.cpu", f"c{c}"), "cpu.optim", TaskCat.OPTIM_CPU,
+                    a = b.add(Action.ADAM_CPU, At(it, f"c{c}"), "cpu.optim",
                               (Op(OpKind.ADAM_CPU, n=elems[c], dtype="fp32"),), deps=cpu_deps,
                               prio=fwd_prio(it + 1, fb), it=it, block=fb)
                     step_tasks.append(a)
                     if c in fixed:   # updated parameters back into the GPU shard
-                        ready[c] = copy(it, f"H2D.w.c{c}", c, "h2d", {g: [a] for g in dp.gpus}, fwd_prio(it + 1, fb), fb)
+                        ready[c] = copy(it, Action.CHUNK_WEIGHTS_H2D, str(c), c, "h2d", {g: [a] for g in dp.gpus},
+                                        fwd_prio(it + 1, fb), fb)
                         step_tasks += ready[c].values()
                     continue
-                adam = {g: b.add(tname(it, "ADAM.gpu", f"c{c}", g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
+                adam = {g: b.add(Action.ADAM_GPU, at(it, f"c{c}", g, n), f"gpu{g}.compute",
                                  (Op(OpKind.ADAM_GPU, n=shard(elems[c], n, g), dtype="fp32"),),
                                  deps=[t[g].last_B, grad_ready[c][g]] + bwd_end[g], prio=it * PRIO_IT + PRIO_IT // 2 + fb,
                                  it=it, block=fb) for g in dp.gpus}

@@ -29,9 +29,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import Builder, Context, dep_names, shared_op, shared_ops
 from simhete.policy.training import copy_stream, tname
+
+# The all-gather that assembles the shards an H2D of weights copied (``to_gpu`` on several GPUs)
+GATHER_OF = {Action.WEIGHTS_H2D: Action.WEIGHTS_H2D_AG, Action.WEIGHTS_H2D_FWD: Action.WEIGHTS_H2D_FWD_AG,
+             Action.WEIGHTS_H2D_BWD: Action.WEIGHTS_H2D_BWD_AG}
 from simhete.schedule import Alloc, Op
 
 
@@ -57,35 +61,46 @@ class DataParallel:
         # GPU 0's copy streams, for the one-GPU paths of to_gpu / from_gpu
         self._h2d0, self._d2h0 = copy_stream(0, "h2d", pinned), copy_stream(0, "d2h", pinned)
 
-    def name(self, it: int, what: str, blk: str, g: int) -> str:
+    def at(self, it: int, blk: str, g: int, variant: str = "") -> At:
+        """Coordinates of GPU g's task on ``blk`` in the current micro-step (``self.m``)."""
+        return At(it, blk, self.m, g if self.n > 1 else -1, variant)
+
+    def task(self, action: Action, it: int, blk: str, g: int, variant: str = "") -> str:
+        """The name of GPU g's ``action`` task on ``blk`` (emitted or to be emitted)."""
+        return action.task_name(self.at(it, blk, g, variant))
+
+    def buffer(self, it: int, what: str, blk: str, g: int) -> str:
+        """A buffer's name in the tasks' scheme (``it1.w.f.b3``, ``it1.m2.D2H.g.acc.k0@g1``)."""
         return tname(it, what, blk, g, self.n, self.m)
 
     def _per_gpu(self, deps: dict[int, list[str]] | Iterable[str], g: int) -> list[str]:
         return list(deps.get(g, [])) if isinstance(deps, dict) else list(deps)
 
-    def to_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]] | list[str],
+    def to_gpu(self, it: int, action: Action, blk: str, nbytes: int, deps: dict[int, list[str]] | list[str],
                prio: int, block: int, allocs: dict[int, list[Alloc]] | None = None,
-               label: int | None = None, sync: bool = False) -> dict[int, str]:
-        """Host → every GPU: shard H2D on each GPU's link (+ all-gather). Returns, per GPU, the task
-        after which the full ``nbytes`` are on that GPU. ``allocs[g]`` are allocated by the H2D.
-        ``label``: the iteration the tasks are counted in (default ``it``, which names them).
-        ``sync``: on the compute stream (DeepSpeed ZeRO-3 without ``overlap_comm``)."""
+               label: int | None = None, sync: bool = False, variant: str = "") -> dict[int, str]:
+        """Host → every GPU: shard H2D (``action``, an H2D of weights) on each GPU's link (+ its
+        all-gather, :data:`GATHER_OF`). Returns, per GPU, the task after which the full ``nbytes``
+        are on that GPU. ``allocs[g]`` are allocated by the H2D. ``label``: the iteration the
+        tasks are counted in (default ``it``, which names them). ``sync``: on the compute stream
+        (DeepSpeed ZeRO-3 without ``overlap_comm``)."""
         n, add, allocs = self.n, self.b.add, allocs or {}
         lab = it if label is None else label
         if n == 1 and not sync:     # one GPU (most schedules): its copy alone, stored as add would store it
             a = allocs.get(0, ())
-            return {0: self.b.add_row((self.name(it, what, blk, 0), self._h2d0, TaskCat.H2D,
+            where = At(it, blk, self.m, -1, variant)
+            return {0: self.b.add_row((action.task_name(where), self._h2d0, action.cat,
                                        shared_ops(OpKind.H2D, shard(nbytes, 1, 0), self.pinned),
                                        dep_names(deps.get(0, ()) if isinstance(deps, dict) else deps), prio,
-                                       a if type(a) is tuple else tuple(a), (), lab, block))}
-        h2d = {g: add(self.name(it, what, blk, g), self.stream(g, "h2d", sync), TaskCat.H2D,
+                                       a if type(a) is tuple else tuple(a), (), lab, block, action, where))}
+        h2d = {g: add(action, self.at(it, blk, g, variant), self.stream(g, "h2d", sync),
                       shared_ops(OpKind.H2D, shard(nbytes, n, g), self.pinned),
                       deps=self._per_gpu(deps, g), prio=prio, allocs=allocs.get(g, ()), it=lab, block=block)
                for g in range(n)}
         if n == 1:
             return h2d
         every = [h2d[g] for g in self.gpus]
-        return {g: self.b.add(self.name(it, what + ".ag", blk, g), self.comm(g, sync), TaskCat.COMM,
+        return {g: self.b.add(GATHER_OF[action], self.at(it, blk, g, variant), self.comm(g, sync),
                               (Op(OpKind.ALLGATHER, (self.n,), n=nbytes),), deps=every, prio=prio,
                               it=lab, block=block)
                 for g in self.gpus}
@@ -109,35 +124,38 @@ class DataParallel:
             return self.comm(g, sync)
         return self.stream(g, direction, sync)
 
-    def from_gpu(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
+    def from_gpu(self, it: int, blk: str, nbytes: int, deps: dict[int, list[str]],
                  prio: int, block: int, frees: dict[int, list[str]] | None = None,
                  sync: bool = False, reduce: OpKind = OpKind.REDUCE_SCATTER,
                  ops: dict[int, tuple[Op, ...]] | None = None) -> dict[int, str]:
-        """Every GPU → host: (``reduce`` collective +) shard D2H. Returns the D2H task per GPU, which
+        """Every GPU → host: (``reduce`` collective +) shard D2H of gradients (``GRADS_D2H``).
+        Returns the D2H task per GPU, which
         frees ``frees[g]`` (the GPU gradient buffers) when it ends. ``reduce``: the collective over
         the full ``nbytes`` (REDUCE_SCATTER, or ALLREDUCE where the framework all-reduces and each
         rank keeps its part). ``ops[g]``: the D2H task's ops on GPU g when they are more than the
         copy of its 16-bit shard (a cast, checks, an fp32 copy: ZeRO-Offload's boundary)."""
+        D2H = Action.GRADS_D2H
         if self.n == 1:     # one GPU (most schedules): its copy alone, stored as add would store it
             f = (frees or {}).get(0, ())
-            return {0: self.b.add_row((self.name(it, what, blk, 0), "gpu0.compute" if sync else self._d2h0,
-                                       TaskCat.D2H, ops[0] if ops else shared_ops(OpKind.D2H, shard(nbytes, 1, 0), self.pinned),
+            where = At(it, blk, self.m)
+            return {0: self.b.add_row((D2H.task_name(where), "gpu0.compute" if sync else self._d2h0,
+                                       D2H.cat, ops[0] if ops else shared_ops(OpKind.D2H, shard(nbytes, 1, 0), self.pinned),
                                        dep_names(deps.get(0, ())), prio, (), f if type(f) is tuple else tuple(f),
-                                       it, block))}
+                                       it, block, D2H, where))}
         src = deps
         if self.n > 1:
             every = sorted({d for g in self.gpus for d in deps.get(g, [])})
-            tag = ".rs" if reduce is OpKind.REDUCE_SCATTER else ".ar"
-            src = {g: [self.b.add(self.name(it, what + tag, blk, g), self.comm(g, sync), TaskCat.COMM,
+            red = Action.GRADS_D2H_RS if reduce is OpKind.REDUCE_SCATTER else Action.GRADS_D2H_AR
+            src = {g: [self.b.add(red, self.at(it, blk, g), self.comm(g, sync),
                                   (Op(reduce, (self.n,), n=nbytes),), deps=every,
                                   prio=prio, it=it, block=block)] for g in self.gpus}
-        return {g: self.b.add(self.name(it, what, blk, g),
-                              self.copy_or_comm(g, "d2h", sync, ops[g] if ops else None), TaskCat.D2H,
+        return {g: self.b.add(D2H, self.at(it, blk, g),
+                              self.copy_or_comm(g, "d2h", sync, ops[g] if ops else None),
                               ops[g] if ops else shared_ops(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),
                               deps=src.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 
-    def accumulate(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
+    def accumulate(self, it: int, blk: str, nbytes: int, deps: dict[int, list[str]],
                    prev: dict[int, str], prio: int, block: int,
                    frees: dict[int, list[str]] | None = None, sync: bool = False,
                    reduce: OpKind = OpKind.REDUCE_SCATTER,
@@ -156,54 +174,57 @@ class DataParallel:
         (DeepSpeed ZeRO-1/2's contiguous partition, zero_offload.rank_partition_elems)."""
         src = {g: list(deps.get(g, [])) for g in self.gpus}
         if self.n > 1:
-            tag = ".rs" if reduce is OpKind.REDUCE_SCATTER else ".ar"
-            rs = self.collective(reduce, it, what + tag, blk, nbytes, deps, prio, block, sync=sync)
+            red = Action.GRADS_D2H_RS if reduce is OpKind.REDUCE_SCATTER else Action.GRADS_D2H_AR
+            rs = self.collective(reduce, red, it, blk, nbytes, deps, prio, block, sync=sync)
             src = {g: [rs[g]] for g in self.gpus}
         out = {}
         for g in self.gpus:
             part = shard(nbytes, self.n, g) if parts is None else parts[g]
-            stage = self.name(it, what + ".acc", blk, g)
+            stage = self.buffer(it, Action.GRADS_D2H.what() + ".acc", blk, g)
             # a rank owning nothing of the bucket (``parts``) stages, adds and copies nothing
             up = shared_ops(OpKind.H2D, part, self.pinned) if part or parts is None else ()
-            h2d = self.b.add(self.name(it, what + ".ga", blk, g), self.copy_or_comm(g, "h2d", sync, up),
-                             TaskCat.H2D, up, deps=src[g] + [prev[g]], prio=prio,
+            h2d = self.b.add(Action.GRADS_ACC_H2D, self.at(it, blk, g), self.copy_or_comm(g, "h2d", sync, up),
+                             up, deps=src[g] + [prev[g]], prio=prio,
                              allocs=[Alloc(stage, f"gpu{g}", part, MemClass.BUFFERS)], it=it, block=block)
             down = ((Op(OpKind.ELEMENTWISE, n=3 * part), shared_op(OpKind.D2H, part, self.pinned))
                     if part or parts is None else ()) + ((post or {}).get(g, ()))
-            out[g] = self.b.add(self.name(it, what, blk, g), self.copy_or_comm(g, "d2h", sync, down), TaskCat.D2H,
+            out[g] = self.b.add(Action.GRADS_D2H, self.at(it, blk, g), self.copy_or_comm(g, "d2h", sync, down),
                                 down, deps=[h2d], prio=prio, frees=list((frees or {}).get(g, ())) + [stage], it=it,
                                 block=block)
         return out
 
-    def shard_d2h(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
+    def shard_d2h(self, it: int, blk: str, nbytes: int, deps: dict[int, list[str]],
                   prio: int, block: int, frees: dict[int, list[str]] | None = None) -> dict[int, str]:
-        """Each GPU copies its own shard D2H (no collective: e.g. updated weights to their host
-        home, or a chunk moved out), freeing ``frees[g]`` when done."""
-        return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "d2h", self.pinned), TaskCat.D2H,
+        """Each GPU copies its own shard of weights D2H (``WEIGHTS_D2H``, no collective: updated
+        weights to their host home), freeing ``frees[g]`` when done."""
+        return {g: self.b.add(Action.WEIGHTS_D2H, self.at(it, blk, g), copy_stream(g, "d2h", self.pinned),
                               shared_ops(OpKind.D2H, shard(nbytes, self.n, g), self.pinned),
                               deps=deps.get(g, []), prio=prio, frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}
 
-    def shard_h2d(self, it: int, what: str, blk: str, nbytes: int, deps: dict[int, list[str]],
+    def shard_h2d(self, it: int, blk: str, nbytes: int, deps: dict[int, list[str]],
                   prio: int, block: int) -> dict[int, str]:
-        """Each GPU copies its own shard H2D (no collective: e.g. an updated 16-bit partition going
-        back to a GPU that keeps its weights partitioned, ZeRO-3 without parameter offload)."""
-        return {g: self.b.add(self.name(it, what, blk, g), copy_stream(g, "h2d", self.pinned), TaskCat.H2D,
+        """Each GPU copies its own shard of weights H2D (``WEIGHTS_H2D``, no collective: an updated
+        16-bit partition going back to a GPU that keeps its weights partitioned, ZeRO-3 without
+        parameter offload)."""
+        return {g: self.b.add(Action.WEIGHTS_H2D, self.at(it, blk, g), copy_stream(g, "h2d", self.pinned),
                               shared_ops(OpKind.H2D, shard(nbytes, self.n, g), self.pinned),
                               deps=deps.get(g, []), prio=prio, it=it, block=block)
                 for g in self.gpus}
 
-    def collective(self, kind: OpKind, it: int, what: str, blk: str, nbytes: int,
+    def collective(self, kind: OpKind, action: Action, it: int, blk: str, nbytes: int,
                    deps: dict[int, list[str]], prio: int, block: int,
                    allocs: dict[int, list[Alloc]] | None = None,
-                   frees: dict[int, list[str]] | None = None, sync: bool = False) -> dict[int, str]:
-        """One collective over all GPUs (nothing with one GPU): per GPU the task name. ``allocs[g]``
+                   frees: dict[int, list[str]] | None = None, sync: bool = False,
+                   variant: str = "") -> dict[int, str]:
+        """One collective ``kind`` over all GPUs, the task ``action`` on each (nothing with one
+        GPU): per GPU the task name. ``allocs[g]``
         are allocated when it starts (an all-gather's output), ``frees[g]`` freed when it ends (a
         reduce-scatter's full-size input)."""
         if self.n == 1:
             return {}
         every = sorted({d for g in self.gpus for d in deps.get(g, [])})
-        return {g: self.b.add(self.name(it, what, blk, g), self.comm(g, sync), TaskCat.COMM,
+        return {g: self.b.add(action, self.at(it, blk, g, variant), self.comm(g, sync),
                               (Op(kind, (self.n,), n=nbytes),), deps=every, prio=prio,
                               allocs=(allocs or {}).get(g, ()), frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}

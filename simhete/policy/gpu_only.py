@@ -23,14 +23,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, MemClass, OpKind, at
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import group
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, forward_backward,
-                                     grad_prio, tname)
+                                     grad_prio)
 from simhete.schedule import Alloc, Op, Schedule
 
 
@@ -76,7 +76,8 @@ class GpuOnly(Policy):
                 last_B = {g: t[g].last_B for g in dp.gpus}
             reduced: dict[int, dict[int, str]] = {}
             for j, bucket in enumerate(buckets):   # last micro-step only (no_sync before)
-                ar = dp.collective(OpKind.ALLREDUCE, it, "AR.g", f"k{j}", sum(by[i].grad_bytes for i in bucket),
+                ar = dp.collective(OpKind.ALLREDUCE, Action.GRADS_ALLREDUCE, it, f"k{j}",
+                                   sum(by[i].grad_bytes for i in bucket),
                                    {g: [t[g].B[i] for i in bucket] for g in dp.gpus}, grad_prio(it, j, nb),
                                    bucket[0])
                 for i in bucket:
@@ -86,7 +87,7 @@ class GpuOnly(Policy):
                     continue
                 i = blk.index
                 updates[i] = {g: b.add(
-                    tname(it, "ADAM.gpu", blk.name, g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
+                    Action.ADAM_GPU, at(it, blk.name, g, n), f"gpu{g}.compute",
                     (Op(OpKind.ADAM_GPU, n=blk.params, dtype=ctx.workload.optim_dtype),),
                     deps=[t[g].last_B] + ([reduced[i][g]] if reduced.get(i) else []),
                     prio=t_prio_opt(it, i), frees=[grads[g][i]] if i in grads[g] else [],

@@ -57,14 +57,14 @@ import dataclasses
 
 from pydantic import Field
 
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind, at
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import activation_peak
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio, copy_stream,
-                                     forward_backward, fwd_prio, grad_prio, tname)
+                                     forward_backward, fwd_prio, grad_prio)
 from simhete.schedule import Alloc, Op, Schedule
 
 
@@ -165,8 +165,8 @@ class StrongHold(Policy):
                     deps = {g: [t[g].B[trans[pos[i] - 1].index]] for g in dp.gpus}
                     frees = {g: [t[g].grads[i]] for g in dp.gpus}
                     prio = grad_prio(it, nb - i, nb, m)
-                    prev_out[i] = dp.from_gpu(it, "D2H.g", blk.name, blk.grad_bytes, deps, prio, i, frees=frees) \
-                        if m == 1 else dp.accumulate(it, "D2H.g", blk.name, blk.grad_bytes, deps, prev_out[i], prio,
+                    prev_out[i] = dp.from_gpu(it, blk.name, blk.grad_bytes, deps, prio, i, frees=frees) \
+                        if m == 1 else dp.accumulate(it, blk.name, blk.grad_bytes, deps, prev_out[i], prio,
                                                      i, frees=frees)
                 if m == 1:
                     grads = {g: t[g].grads for g in dp.gpus}
@@ -174,7 +174,7 @@ class StrongHold(Policy):
             dp.m = 1
             for blk in reversed(trans[w:]):             # CPU updates, overlapped with the backward
                 i = blk.index                           # (after the weights' and gradients' copies)
-                cpu_adam[i] = b.add(tname(it, "ADAM.cpu", blk.name), "cpu.optim", TaskCat.OPTIM_CPU,
+                cpu_adam[i] = b.add(Action.ADAM_CPU, At(it, blk.name), "cpu.optim",
                                     (Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32"),),
                                     deps=sorted(prev_out[i].values()) + sorted(wback[i].values()),
                                     prio=fwd_prio(it + 1, i), it=it, block=i)
@@ -188,7 +188,7 @@ class StrongHold(Policy):
                 # backward (training.py train_step), as gpu-only.
                 i = blk.index
                 early = i in pos and 0 < pos[i] < w
-                ar = dp.collective(OpKind.ALLREDUCE, it, "AR.g", blk.name, blk.grad_bytes,
+                ar = dp.collective(OpKind.ALLREDUCE, Action.GRADS_ALLREDUCE, it, blk.name, blk.grad_bytes,
                                    {g: [t[g].B[i]] for g in dp.gpus}, grad_prio(it, nb - i, nb), i)
                 if early:
                     nxt = trans[pos[i] - 1].index
@@ -197,7 +197,7 @@ class StrongHold(Policy):
                 else:
                     after = {g: t[g].last_B for g in dp.gpus}
                     prio = it * PRIO_IT + PRIO_IT // 2 + i
-                updated[i] = {g: b.add(tname(it, "ADAM.gpu", blk.name, g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
+                updated[i] = {g: b.add(Action.ADAM_GPU, at(it, blk.name, g, n), f"gpu{g}.compute",
                                        (Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32"),),
                                        deps=[after[g]] + ([ar[g]] if ar else []),
                                        prio=prio, frees=[grads[g][i]], it=it, block=i)
@@ -233,22 +233,21 @@ class StrongHold(Policy):
                 # fetch starts as b{p−w}'s forward does (when the task before it has ended), into one of
                 # the 2w units (never short: at most b{p−w} … b{p} and b{p−2w} … hold one then)
                 before = by_index[trans[p - w].index - 1]
-                trig = {g: [tname(it, "F", before.name, g, n, m)]
+                trig = {g: [Action.FORWARD.task_name(at(it, before.name, g, n, m))]
                         + ([evicted[trans[p - 2 * w].index][g]] if p >= 2 * w else [])
                         + ([cpu_adam[i]] if i in cpu_adam else []) for g in dp.gpus}
-                buf = {g: dp.name(it, "w.f", blk.name, g) for g in dp.gpus}
-                ready = dp.to_gpu(it, "H2D.wf", blk.name, blk.weight_bytes, trig, fwd_prio(it, i, m, nb), i,
+                buf = {g: dp.buffer(it, "w.f", blk.name, g) for g in dp.gpus}
+                ready = dp.to_gpu(it, Action.WEIGHTS_H2D_FWD, blk.name, blk.weight_bytes, trig, fwd_prio(it, i, m, nb), i,
                                   allocs={g: [Alloc(buf[g], f"gpu{g}", 0, MemClass.WEIGHTS)]   # a cache unit
                                           for g in dp.gpus})
                 for g in dp.gpus:
                     fdeps[g].setdefault(i, []).append(ready[g])
                     cur[g][i] = buf[g]
-            F = {g: tname(it, "F", blk.name, g, n, m) for g in dp.gpus}
+            F = {g: Action.FORWARD.task_name(at(it, blk.name, g, n, m)) for g in dp.gpus}
             if i in evict_fwd:   # every eviction copies the weights home, current or not
                 # (GL_ParallelTransformerLayer.cpu copies each parameter into its pinned host cache);
                 # the slot is free, and p+w's fetch may start, once the copy is done
-                evicted[i] = {g: b.add(dp.name(it, "D2H.w", blk.name, g), copy_stream(g, "d2h", k.pin_memory),
-                                       TaskCat.D2H,
+                evicted[i] = {g: b.add(Action.WEIGHTS_D2H, dp.at(it, blk.name, g), copy_stream(g, "d2h", k.pin_memory),
                                        (Op(OpKind.D2H, n=shard(blk.weight_bytes, n, g), pinned=k.pin_memory),),
                                        deps=[F[g]], prio=fwd_prio(it, i, m, nb) + 1, frees=[cur[g][i]], it=it,
                                        block=i) for g in dp.gpus}
@@ -257,10 +256,10 @@ class StrongHold(Policy):
             i = blk.index
             if i in evict_fwd:
                 src = trans[p + w]
-                trig = {g: [tname(it, "B", src.name, g, n, m)] for g in dp.gpus}
-                buf = {g: dp.name(it, "w.b", blk.name, g) for g in dp.gpus}
+                trig = {g: [Action.BACKWARD.task_name(at(it, src.name, g, n, m))] for g in dp.gpus}
+                buf = {g: dp.buffer(it, "w.b", blk.name, g) for g in dp.gpus}
                 # a GPU-updated block stays in the window into the next iteration (persist)
-                ready = dp.to_gpu(it, "H2D.wb", blk.name, blk.weight_bytes, trig, bwd_prio(it, i, nb, m), i,
+                ready = dp.to_gpu(it, Action.WEIGHTS_H2D_BWD, blk.name, blk.weight_bytes, trig, bwd_prio(it, i, nb, m), i,
                                   allocs={g: [Alloc(buf[g], f"gpu{g}", 0, MemClass.WEIGHTS,   # a cache unit
                                                     persist=i not in on_cpu)] for g in dp.gpus})
                 for g in dp.gpus:
@@ -270,10 +269,11 @@ class StrongHold(Policy):
                 # is done: the full-backward hook registered on b{p−1} is b{p}'s "post" hook
                 # (_backward_post_hook redirects to layer p), which submits b{p}'s cpu() copy
                 prev_b = trans[p - 1].name
-                wback[i] = {g: b.add(dp.name(it, "D2H.w2", blk.name, g), copy_stream(g, "d2h", k.pin_memory),
-                                     TaskCat.D2H,
+                wback[i] = {g: b.add(Action.WEIGHTS_WRITEBACK, dp.at(it, blk.name, g),
+                                     copy_stream(g, "d2h", k.pin_memory),
                                      (Op(OpKind.D2H, n=shard(blk.weight_bytes, n, g), pinned=k.pin_memory),),
-                                     deps=[tname(it, "B", prev_b, g, n, m)], prio=grad_prio(it, nb - i, nb, m),
+                                     deps=[Action.BACKWARD.task_name(at(it, prev_b, g, n, m))],
+                                     prio=grad_prio(it, nb - i, nb, m),
                                      frees=[cur[g].pop(i)], it=it, block=i) for g in dp.gpus}
             if p >= w:        # … and the block after b{p−w} in the backward waits for block p's copies
                 # and (in the last micro-step) its CPU Adam: one thread-pool future, attached to b{p−w}
@@ -283,8 +283,8 @@ class StrongHold(Policy):
                 back = trans[p - w].index - 1
                 for g in dp.gpus:
                     bdeps[g].setdefault(back, []).extend(
-                        [tname(it, "ADAM.cpu", blk.name)] if last else
-                        [dp.name(it, "D2H.g", blk.name, g), wback[i][g]])
+                        [Action.ADAM_CPU.task_name(At(it, blk.name))] if last else
+                        [dp.task(Action.GRADS_D2H, it, blk.name, g), wback[i][g]])
         return {g: forward_backward(b, ctx, it, modes, gpu=g, start_deps=[last_B[g]] if g in last_B else [],
                                     fwd_weight_deps=fdeps[g], bwd_weight_deps=bdeps[g], fwd_frees=ffrees[g],
                                     bwd_frees=bfrees[g], pinned=k.pin_memory, m=m,

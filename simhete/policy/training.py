@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from simhete.config import Strict
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import Builder, Context, dep_names, per_workload_cache, shared_ops
 from simhete.policy.process_memory import PROCESS_RSS_DEFAULT
 from simhete.schedule.model import new_alloc
@@ -100,9 +100,14 @@ def act_modes(ctx: Context, k: ActivationKnobs) -> dict[int, ActMode]:
 
 
 def tname(it: int, what: str, blk: str, gpu: int = 0, n_gpus: int = 1, m: int = 1) -> str:
-    """Stable task name, e.g. ``it1.F.b12``; on multi-GPU runs ``it1.F.b12@g3``; micro-step m > 1
-    of a gradient-accumulating iteration ``it1.m2.F.b12``."""
+    """Stable buffer name in the tasks' naming scheme, e.g. ``it1.w.f.b12``; on multi-GPU runs
+    ``it1.w.f.b12@g3``; micro-step m > 1 of a gradient-accumulating iteration ``it1.m2.w.f.b12``.
+    (Task names are derived from their action: ``Action.task_name``.)"""
     return f"it{it}." + (f"m{m}." if m > 1 else "") + f"{what}.{blk}" + (f"@g{gpu}" if n_gpus > 1 else "")
+
+
+# The compute action of each phase letter of a use trace (``("F", blk)``, ``("B", blk)``)
+PHASE = {"F": Action.FORWARD, "R": Action.RECOMPUTE, "B": Action.BACKWARD}
 
 
 def hook_reduce_waits(blocks: tuple, buckets: list[list[int]]) -> dict[int, int]:
@@ -171,19 +176,22 @@ class _BlockPlan:
 
     __slots__ = ("index", "pos", "name", "fwd_ops", "bwd_ops", "act_bytes", "grad_bytes", "act", "F",
                  "F_keep", "F_ckpt", "F_frees", "R", "ract", "R_allocs", "B", "grad", "B_grad", "B_none",
-                 "ws_B", "keep_frees", "ckpt_frees")
+                 "ws_B", "keep_frees", "ckpt_frees", "at", "swap_out", "swap_in", "cact", "sact")
 
-    def __init__(self, blk: Any, p: int, head: str, tail: str, pool: str, grad_pool: str) -> None:
+    def __init__(self, blk: Any, p: int, head: str, tail: str, pool: str, grad_pool: str, at: At) -> None:
         ACT, BUF = MemClass.ACTIVATIONS, MemClass.BUFFERS
         bn = blk.name
         self.index, self.pos, self.name = blk.index, p, bn
         self.fwd_ops, self.bwd_ops = blk.fwd_ops, blk.bwd_ops
         self.act_bytes, self.grad_bytes = blk.act_bytes, blk.grad_bytes
         self.act = act = f"{head}act.{bn}{tail}"
-        self.F = f"{head}F.{bn}{tail}"
-        self.R = f"{head}R.{bn}{tail}"
+        self.at = at
+        self.F = Action.FORWARD.task_name(at)
+        self.R = Action.RECOMPUTE.task_name(at)
         self.ract = ract = f"{head}ract.{bn}{tail}"
-        self.B = f"{head}B.{bn}{tail}"
+        self.B = Action.BACKWARD.task_name(at)
+        self.swap_out, self.swap_in = Action.ACT_D2H.task_name(at), Action.ACT_H2D.task_name(at)
+        self.cact, self.sact = f"{head}cact.{bn}{tail}", f"{head}sact.{bn}{tail}"
         self.grad = grad = f"{head}grad.{bn}{tail}"
         self.R_allocs = (new_alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, ACT),)
         grad_alloc = new_alloc(grad, grad_pool, blk.grad_bytes, MemClass.GRADS)
@@ -223,7 +231,9 @@ def _plan(blocks: tuple, it: int, m: int, gpu: int, multi: bool, grad_pool: str 
         head = f"it{it}." + (f"m{m}." if m > 1 else "")       # tname(it, what, blk, gpu, n, m), split
         tail = f"@g{gpu}" if multi else ""
         pool = f"gpu{gpu}"
-        got = (blocks, tuple(_BlockPlan(blk, p, head, tail, pool, grad_pool or pool) for p, blk in enumerate(blocks)))
+        rank = gpu if multi else -1
+        got = (blocks, tuple(_BlockPlan(blk, p, head, tail, pool, grad_pool or pool, At(it, blk.name, m, rank))
+                             for p, blk in enumerate(blocks)))
         if exact:
             if len(_PLANS) >= PLANS_KEPT:
                 _PLANS.clear()
@@ -262,10 +272,9 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     bw = bwd_weight_deps or {}
     ff = fwd_frees or {}
     bf = bwd_frees or {}
-    head = f"it{it}." + (f"m{m}." if m > 1 else "")     # for the swap names (not in the plan)
-    tail = f"@g{gpu}" if ctx.n_gpus > 1 else ""
     ACT = MemClass.ACTIVATIONS
-    FWD, BWD, RECOMPUTE = TaskCat.FWD, TaskCat.BWD, TaskCat.RECOMPUTE
+    FORWARD, BACKWARD, RECOMPUTE = Action.FORWARD, Action.BACKWARD, Action.RECOMPUTE
+    FWD, BWD, RCAT = FORWARD.cat, BACKWARD.cat, RECOMPUTE.cat
     row = b.add_row
     F, B, R, grads_out = {}, {}, {}, {}
     out = IterTasks(F, B, R, grads_out)
@@ -282,15 +291,14 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         frees = tuple(extra) + e.F_frees if extra else e.F_frees
         extra = fw.get(i)
         fp = base_f + 2 * i                                   # fwd_prio(it, i, m, nb)
-        f = row((e.F, comp, FWD, e.fwd_ops, prev + dep_names(extra) if extra else prev, fp, allocs, frees, it, i),
-                sized)
+        f = row((e.F, comp, FWD, e.fwd_ops, prev + dep_names(extra) if extra else prev, fp, allocs, frees, it, i,
+                 FORWARD, e.at), sized)
         F[i] = f
         prev = (f,)
         if mode == "swap":
-            bn = e.name
-            row((f"{head}D2H.act.{bn}{tail}", copy_stream(gpu, "d2h", pinned), TaskCat.D2H,
+            row((e.swap_out, copy_stream(gpu, "d2h", pinned), Action.ACT_D2H.cat,
                  shared_ops(OpKind.D2H, e.act_bytes, pinned), prev, fp + 1,
-                 (new_alloc(f"{head}cact.{bn}{tail}", "cpu", e.act_bytes, ACT),), (e.act,), it, i),
+                 (new_alloc(e.cact, "cpu", e.act_bytes, ACT),), (e.act,), it, i, Action.ACT_D2H, e.at),
                 (e.pos, d2h_code, ("act",)))
     out.first_F = F[blocks[0].index]
 
@@ -305,18 +313,18 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         extra = bw.get(i)
         deps = prev + dep_names(extra) if extra else prev
         if mode == "recompute":
-            r = row((e.R, comp, RECOMPUTE, e.fwd_ops, deps, bp, e.R_allocs, (), it, i), (pos, "fwd", ("ract",)))
+            r = row((e.R, comp, RCAT, e.fwd_ops, deps, bp, e.R_allocs, (), it, i, RECOMPUTE, e.at),
+                    (pos, "fwd", ("ract",)))
             R[i] = r
             deps = (r,)
             frees = e.ckpt_frees
         elif mode == "swap":
             # bring activations back while the previous backward block computes (one block ahead)
             ahead = B[plan[pos + 2].index] if pos + 2 < nb else last_F
-            bn = e.name
-            sact = f"{head}sact.{bn}{tail}"
-            h = row((f"{head}H2D.act.{bn}{tail}", copy_stream(gpu, "h2d", pinned), TaskCat.H2D,
-                     shared_ops(OpKind.H2D, e.act_bytes, pinned), (f"{head}D2H.act.{bn}{tail}", ahead), bp,
-                     (new_alloc(sact, pool, e.act_bytes, ACT),), (f"{head}cact.{bn}{tail}",), it, i),
+            sact = e.sact
+            h = row((e.swap_in, copy_stream(gpu, "h2d", pinned), Action.ACT_H2D.cat,
+                     shared_ops(OpKind.H2D, e.act_bytes, pinned), (e.swap_out, ahead), bp,
+                     (new_alloc(sact, pool, e.act_bytes, ACT),), (e.cact,), it, i, Action.ACT_H2D, e.at),
                     (pos, h2d_code, ("act",)))
             deps = deps + (h,)
             frees = (sact, e.ws_B) if e.ws_B else (sact,)
@@ -328,7 +336,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         if extra:       # the caller's frees go before the workspace's
             extra = tuple(extra)
             frees = frees[:-1] + extra + frees[-1:] if e.ws_B else frees + extra
-        bt = row((e.B, comp, BWD, e.bwd_ops, deps, bp + 1, allocs, frees, it, i), sized)
+        bt = row((e.B, comp, BWD, e.bwd_ops, deps, bp + 1, allocs, frees, it, i, BACKWARD, e.at), sized)
         B[i] = bt
         if grads:
             grads_out[i] = e.grad

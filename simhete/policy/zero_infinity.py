@@ -41,13 +41,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind, at, owned_buffer, state_buffer
 from simhete.policy.base import Builder, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import group, owners, uses
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
-from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
+from simhete.policy.training import (PHASE, PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
                                      forward_backward, fwd_prio, grad_prio, hook_reduce_waits, tname)
 from simhete.schedule import Alloc, Op, Schedule
 from simhete.workload.tensors import param_tensors
@@ -198,7 +198,8 @@ class ZeroInfinity(Policy):
                 initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g, blocks=set(by) - homed)
                 continue
             for i, pt in parts.items():
-                initial.append(Alloc(f"weights.g{g}.{by[i].name}", f"gpu{g}", esz[i] * pt.shard, MemClass.WEIGHTS))
+                initial.append(Alloc(state_buffer(MemClass.WEIGHTS, by[i].name, g), f"gpu{g}", esz[i] * pt.shard,
+                                     MemClass.WEIGHTS))
                 if pt.persist:
                     initial.append(Alloc(f"weights.g{g}.{by[i].name}.persist", f"gpu{g}", esz[i] * pt.persist,
                                          MemClass.WEIGHTS))
@@ -246,7 +247,7 @@ class ZeroInfinity(Policy):
 
                 def compute(u: int, g: int) -> str:
                     phase, blk = trace[u]
-                    return tname(it, phase, blk.name, g, n, m)
+                    return PHASE[phase].task_name(at(it, blk.name, g, n, m))
 
                 fwd_deps: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
                 bwd_deps: dict[int, dict[int, list[str]]] = {g: {} for g in dp.gpus}
@@ -256,21 +257,23 @@ class ZeroInfinity(Policy):
                 bufs: list[dict[int, dict[int, str]]] = []
                 for f, (hook, target, miss) in enumerate(plan.fetches):
                     phase, blk = trace[target]
-                    what = ("AG" if sharded else "H2D") + (".wf" if phase == "F" else ".wb")
-                    if sum(1 for x in plan.fetches[:f] if x[1] == target):
-                        what += str(sum(1 for x in plan.fetches[:f] if x[1] == target) + 1)
-                    names = {g: dp.name(it, what, blk.name, g) for g in dp.gpus}
-                    bufs.append({g: {o: f"{names[g]}.{by[o].name}" for o in miss} for g in dp.gpus})
+                    fetch = ((Action.WEIGHTS_AG_FWD if phase == "F" else Action.WEIGHTS_AG_BWD) if sharded else
+                             (Action.WEIGHTS_H2D_FWD if phase == "F" else Action.WEIGHTS_H2D_BWD))
+                    # a target's second, third, ... fetch is numbered 2, 3, ...
+                    nth = sum(1 for x in plan.fetches[:f] if x[1] == target)
+                    variant = str(nth + 1) if nth else ""
+                    names = {g: dp.task(fetch, it, blk.name, g, variant) for g in dp.gpus}
+                    bufs.append({g: {o: owned_buffer(names[g], by[o].name) for o in miss} for g in dp.gpus})
                     trigger = {g: [compute(hook - 1, g)] if hook else start[g] for g in dp.gpus}
                     prio = fwd_prio(it, blk.index, m, nb) if phase == "F" else bwd_prio(it, blk.index, nb, m)
                     if sharded:   # all-gather of the shards into full-size buffers (NVLink / PCIe P2P)
                         ready.append(dp.collective(
-                            OpKind.ALLGATHER, it, what, blk.name, sum(esz[o] * parts[o].gathered for o in miss),
+                            OpKind.ALLGATHER, fetch, it, blk.name, sum(esz[o] * parts[o].gathered for o in miss),
                             trigger, prio, blk.index,
                             allocs={g: [Alloc(bufs[f][g][o], f"gpu{g}", esz[o] * parts[o].gathered, MemClass.WEIGHTS)
-                                        for o in miss] for g in dp.gpus}, sync=sync))
+                                        for o in miss] for g in dp.gpus}, sync=sync, variant=variant))
                         continue
-                    ready.append(dp.to_gpu(it, what, blk.name, sum(by[o].weight_bytes for o in miss), trigger, prio,
+                    ready.append(dp.to_gpu(it, fetch, blk.name, sum(by[o].weight_bytes for o in miss), trigger, prio,
                                            blk.index, allocs={g: [Alloc(bufs[f][g][o], f"gpu{g}", by[o].weight_bytes,
                                                                         MemClass.WEIGHTS) for o in miss]
                                                               for g in dp.gpus}, sync=sync))
@@ -285,8 +288,9 @@ class ZeroInfinity(Policy):
                 for j, i in after_first.items():   # the backward hook waits for bucket j's reduction
                     for g in dp.gpus:
                         bwd_deps[g].setdefault(i, []).extend(
-                            ([dp.name(it, "D2H.g", f"k{j}", g)] if any(x in cpu_opt for x in buckets[j]) else [])
-                            + ([dp.name(it, "RS.g", f"k{j}", g)] if n > 1 and any(x not in cpu_opt for x in buckets[j])
+                            ([dp.task(Action.GRADS_D2H, it, f"k{j}", g)] if any(x in cpu_opt for x in buckets[j]) else [])
+                            + ([dp.task(Action.GRADS_REDUCE_SCATTER, it, f"k{j}", g)]
+                               if n > 1 and any(x not in cpu_opt for x in buckets[j])
                                else []))
                 t = {g: forward_backward(b, ctx, it, modes, gpu=g,
                                          start_deps=start[g], m=m,
@@ -328,14 +332,14 @@ class ZeroInfinity(Policy):
             if off:
                 nbytes = sum(by[i].grad_bytes for i in off)
                 frees = {g: [t[g].grads[i] for i in off] for g in dp.gpus}
-                prev[j] = dp.from_gpu(it, "D2H.g", f"k{j}", nbytes, deps, prio, off[0], frees=frees, sync=sync) \
-                    if m == 1 else dp.accumulate(it, "D2H.g", f"k{j}", nbytes, deps, prev[j], prio, off[0],
+                prev[j] = dp.from_gpu(it, f"k{j}", nbytes, deps, prio, off[0], frees=frees, sync=sync) \
+                    if m == 1 else dp.accumulate(it, f"k{j}", nbytes, deps, prev[j], prio, off[0],
                                                  frees=frees, sync=sync)
                 d2h += prev[j].values()
             if kept:
                 # stage3.py ``__reduce_and_partition_ipg_grads`` → ``partition_grads``: the bucket is
                 # reduce-scattered into each rank's gradient partition and the full gradients freed
-                rs = dp.collective(OpKind.REDUCE_SCATTER, it, "RS.g", f"k{j}",
+                rs = dp.collective(OpKind.REDUCE_SCATTER, Action.GRADS_REDUCE_SCATTER, it, f"k{j}",
                                    sum(by[i].grad_bytes for i in kept), deps, prio, kept[0],
                                    frees={g: [t[g].grads[i] for i in kept if i in t[g].grads] for g in dp.gpus},
                                    sync=sync)
@@ -354,7 +358,7 @@ class ZeroInfinity(Policy):
         n = ctx.n_gpus
         done: list[str] = []
         if any(grp[0] in cpu_opt for grp in groups):   # every CPU sub-group waits for all gradients
-            d2h = b.join(tname(it, "STEP", "grads"), "cpu.optim", sorted(d2h), fwd_prio(it + 1, 0) - 2, it)
+            d2h = b.join(Action.STEP_JOIN, At(it, "grads"), "cpu.optim", sorted(d2h), fwd_prio(it + 1, 0) - 2, it)
         for s, grp in enumerate(groups):
             first = grp[0]
             prio = fwd_prio(it + 1, first) - 1
@@ -365,19 +369,19 @@ class ZeroInfinity(Policy):
                 ops = [Op(OpKind.ADAM_CPU, n=params, dtype="fp32")]
                 if home:   # fp32 → 16-bit into the host home of the weights
                     ops.append(Op(OpKind.MEMCPY_CPU, n=sum(by[i].weight_bytes for i in home)))
-                a = b.add(tname(it, "ADAM.cpu", f"s{s}"), "cpu.optim", TaskCat.OPTIM_CPU, tuple(ops),
+                a = b.add(Action.ADAM_CPU, At(it, f"s{s}"), "cpu.optim", tuple(ops),
                           deps=d2h, prio=prio, it=it, block=first)
                 done.append(a)
                 if resident and parts:
                     # stage3.py ``_reassign_or_swap_out_partitioned_parameters``: the updated fp32
                     # partition is copied into the rank's 16-bit shard on its GPU (no gather: the
                     # next use gathers it); persistent tensors are re-gathered (``_post_step``)
-                    h2d = dp.shard_h2d(it, "H2D.w", f"s{s}", n * sum(self._esz(by[i]) * parts[i].shard for i in resident),
+                    h2d = dp.shard_h2d(it, f"s{s}", n * sum(self._esz(by[i]) * parts[i].shard for i in resident),
                                        {g: [a] for g in dp.gpus}, prio, first)
                     done += h2d.values()
                     done += self._persistent_ag(dp, it, s, [by[i] for i in resident], parts, h2d, prio, first)
                 elif resident:
-                    done += dp.to_gpu(it, "H2D.w", f"s{s}", sum(by[i].weight_bytes for i in resident), [a], prio,
+                    done += dp.to_gpu(it, Action.WEIGHTS_H2D, f"s{s}", sum(by[i].weight_bytes for i in resident), [a], prio,
                                       first).values()
                 continue
             adam = {}
@@ -391,18 +395,19 @@ class ZeroInfinity(Policy):
                     # partition converted to fp32 for the step, dropped after it
                     buf = tname(it, "grads32", f"s{s}", g, n)
                     allocs, frees = [Alloc(buf, f"gpu{g}", shard(g32, n, g), MemClass.GRADS32)], [buf]
-                adam[g] = b.add(tname(it, "ADAM.gpu", f"s{s}", g, n), f"gpu{g}.compute", TaskCat.OPTIM_GPU,
+                adam[g] = b.add(Action.ADAM_GPU, at(it, f"s{s}", g, n), f"gpu{g}.compute",
                                 (Op(OpKind.ADAM_GPU, n=shard(params, n, g), dtype="fp32"),), deps=deps,
                                 prio=it * PRIO_IT + PRIO_IT // 2 + first, allocs=allocs,
                                 frees=frees, it=it, block=first)
             done += adam.values()
             if home:
-                done += dp.shard_d2h(it, "D2H.w", f"s{s}", sum(by[i].weight_bytes for i in home),
+                done += dp.shard_d2h(it, f"s{s}", sum(by[i].weight_bytes for i in home),
                                      {g: [adam[g]] for g in dp.gpus}, prio, first).values()
             if resident and parts:   # the step updated the 16-bit shards in place on the GPU
                 done += self._persistent_ag(dp, it, s, [by[i] for i in resident], parts, adam, prio, first)
             elif resident and n > 1:
-                done += dp.collective(OpKind.ALLGATHER, it, "AG.w", f"s{s}", sum(by[i].weight_bytes for i in resident),
+                done += dp.collective(OpKind.ALLGATHER, Action.WEIGHTS_ALLGATHER, it, f"s{s}",
+                                      sum(by[i].weight_bytes for i in resident),
                                       {g: [adam[g]] for g in dp.gpus}, prio, first).values()
         return sorted(done)
 
@@ -421,5 +426,6 @@ class ZeroInfinity(Policy):
         nbytes = sum(self._esz(blk) * parts[blk.index].persist for blk in blocks)
         if not nbytes:
             return []
-        return list(dp.collective(OpKind.ALLGATHER, it, "AG.w", f"s{s}", nbytes, {g: [after[g]] for g in dp.gpus},
+        return list(dp.collective(OpKind.ALLGATHER, Action.WEIGHTS_ALLGATHER, it, f"s{s}", nbytes,
+                                  {g: [after[g]] for g in dp.gpus},
                                   prio, first).values())

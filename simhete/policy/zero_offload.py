@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import (Builder, Context, Policy, context_key, host_fp32_bytes, knob_key, model_states,
                                  dep_names, per_workload_cache, shared_ops)
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
-                                     grad_prio, hook_reduce_waits, size_decisions, tname)
+                                     grad_prio, hook_reduce_waits, size_decisions)
 from simhete.schedule import Alloc, Op, Schedule
 from simhete.workload.tensors import param_tensors
 
@@ -178,7 +178,7 @@ class ZeroOffload(Policy):
                 if blk.params:
                     i = blk.index
                     deps = {g: [adam[it][i], cast_of[it], last_use[g][i]] for g in gpus}
-                    h2d[it][i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, deps,
+                    h2d[it][i] = dp.to_gpu(it, Action.WEIGHTS_H2D, blk.name, blk.weight_bytes, deps,
                                            fwd_prio(it + 2, i), i, label=label)
 
         for it in range(1, ctx.iterations + 1):
@@ -190,7 +190,7 @@ class ZeroOffload(Policy):
             reuse = adam.get(it - lag, {})
             for m in range(1, ga + 1):
                 dp.m = m
-                bucket_name = {g: [dp.name(it, "D2H.g", tag, g) for tag in bucket_tag] for g in gpus}
+                bucket_name = {g: [dp.task(Action.GRADS_D2H, it, tag, g) for tag in bucket_tag] for g in gpus}
                 # Two bucket buffers (DeepSpeed's double-buffered ipg bucket with overlap_comm): the
                 # backward that starts bucket j+2 waits until bucket j has left the GPU.
                 t = {g: forward_backward(
@@ -218,11 +218,11 @@ class ZeroOffload(Policy):
                     # (allreduce_and_scatter → allreduce_bucket → dist.all_reduce) and each rank
                     # keeps its own partition's slices: an ALLREDUCE, not a reduce-scatter
                     if m == 1:
-                        out = dp.from_gpu(it, "D2H.g", bucket_tag[j], bucket_bytes[j], deps, prio, bucket[0],
+                        out = dp.from_gpu(it, bucket_tag[j], bucket_bytes[j], deps, prio, bucket[0],
                                           frees=frees, sync=sync, reduce=OpKind.ALLREDUCE,
                                           ops=last_ops[j] if last else first_ops[j])
                     else:
-                        out = dp.accumulate(it, "D2H.g", bucket_tag[j], bucket_bytes[j], deps, prev_out[j], prio,
+                        out = dp.accumulate(it, bucket_tag[j], bucket_bytes[j], deps, prev_out[j], prio,
                                             bucket[0], frees=frees, sync=sync, reduce=OpKind.ALLREDUCE,
                                             post=last_ops[j] if last else passes[j], parts=own16[j])
                     prev_out[j] = out
@@ -247,10 +247,11 @@ class ZeroOffload(Policy):
             # without fp16/bf16/ZeRO), and ``zero_grad(set_to_none=True)`` frees rather than zeroes
             # (the fp32 gradient buffer is overwritten by the next copy): no further pass. One task
             # for all ranks' partitions, like the Adam tasks below.
-            all_d2h = (b.add(tname(it, "STEP", "grads"), "cpu.optim", TaskCat.OPTIM_CPU, clip_ops,
+            all_d2h = (b.add(Action.HOST_PASS, At(it, "grads"), "cpu.optim", clip_ops,
                              dep_names(sorted(d2h_of)), fwd_prio(it, 0), it=it),)
             refreshed = h2d.get(it - 1, {}) if k.delayed_update else None
-            for blk, i, name, ops, prio in _adam_plan(ctx.blocks, it):
+            ADAM_CPU = Action.ADAM_CPU
+            for blk, i, name, where, ops, prio in _adam_plan(ctx.blocks, it):
                 # DPU: the previous step's refresh must have read the host's 16-bit weights before
                 # this step overwrites them (one host copy)
                 deps = all_d2h
@@ -260,7 +261,7 @@ class ZeroOffload(Policy):
                         deps = all_d2h + dep_names(sent)
                 # one task for all ranks' partitions: N processes step their 1/N concurrently on the
                 # host's cores and DRAM, whose aggregate rate is the profile's Adam rate
-                step[i] = b.add_row((name, "cpu.optim", TaskCat.OPTIM_CPU, ops, deps, prio, (), (), it, i))
+                step[i] = b.add_row((name, "cpu.optim", ADAM_CPU.cat, ops, deps, prio, (), (), it, i, ADAM_CPU, where))
             # After DeepSpeedCPUAdam (cpu_adam.py ``step``: adam_update over the flat fp32
             # partition, no device copy), the step casts the whole fp32 partition into the pinned
             # 16-bit host buffer on the CPU (``bit16_partition_buffer.data.copy_(fp32_partition.data)``:
@@ -268,12 +269,12 @@ class ZeroOffload(Policy):
             # copies that buffer into the rank's 16-bit partition on the GPU (non_blocking H2D of
             # 2 B/param) and all-gathers the partitions (``all_gather_dp_groups``). The H2D of a
             # block therefore waits for the cast of the whole partition, not for its own Adam only.
-            cast = b.add(tname(it, "STEP", "cast"), "cpu.optim", TaskCat.OPTIM_CPU, cast_ops,
+            cast = b.add(Action.HOST_PASS, At(it, "cast"), "cpu.optim", cast_ops,
                          tuple(step[i] for i in sorted(step)), fwd_prio(it, 0), it=it)
             cast_of[it] = cast
             if not k.delayed_update:
-                for blk, i, name, ops, prio in _adam_plan(ctx.blocks, it):
-                    sent_h2d[i] = dp.to_gpu(it, "H2D.w", blk.name, blk.weight_bytes, (step[i], cast),
+                for blk, i, name, where, ops, prio in _adam_plan(ctx.blocks, it):
+                    sent_h2d[i] = dp.to_gpu(it, Action.WEIGHTS_H2D, blk.name, blk.weight_bytes, (step[i], cast),
                                             fwd_prio(it + 1, i), i)
         # DPU: the last step's weights would go back after iteration N+1's backward, outside the
         # simulated window, so the schedule ends with that step (its refresh is not part of it)
@@ -309,16 +310,17 @@ def _host_buffers(blocks: tuple, prefix: str) -> tuple[Alloc, ...]:
 
 
 def _adam_plan(blocks: tuple, it: int) -> tuple[tuple, ...]:
-    """Per block with parameters, in forward order: ``(block, index, ADAM task name, its ops, its
-    priority)`` of iteration ``it``'s CPU step."""
+    """Per block with parameters, in forward order: ``(block, index, ADAM task name, its At, its
+    ops, its priority)`` of iteration ``it``'s CPU step."""
     key = (id(blocks), it)
     got = _ADAM.get(key)
     if got is None or got[0] is not blocks:
         if len(_ADAM) >= KEPT:
             _ADAM.clear()
         got = _ADAM[key] = (blocks, tuple(
-            (blk, blk.index, tname(it, "ADAM.cpu", blk.name), shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"),
-             fwd_prio(it, blk.index)) for blk in blocks if blk.params))
+            (blk, blk.index, Action.ADAM_CPU.task_name(At(it, blk.name)), At(it, blk.name),
+             shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"), fwd_prio(it, blk.index))
+            for blk in blocks if blk.params))
     return got[1]
 
 

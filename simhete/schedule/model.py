@@ -6,8 +6,12 @@ are served in ascending ``prio`` (smaller runs first), ties broken by position i
 their pools); at its end it frees the buffers named in ``frees``. Buffers in
 ``Schedule.initial`` are resident from time 0 (model states that live across iterations).
 
+A policy's task carries its :class:`~simhete.opkinds.Action` (what it does: forward, H2D of
+weights, CPU Adam, ...) and its :class:`~simhete.opkinds.At` (iteration, target, micro-step,
+rank); its name is derived from the two (``Action.task_name``), its ``cat`` is the action's category.
 Task names are stable and are the join key between simulated and measured timelines, e.g.
-``it1.F.b12``, ``it1.H2D.w.b13``, ``it2.ADAM.cpu.b3``.
+``it1.F.b12``, ``it1.H2D.w.b13``, ``it2.ADAM.cpu.b3``. A task read from the text form (or built
+by hand) has a name and a category but no action.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, At, MemClass, OpKind, TaskCat
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-\[\]@#]+$")
 STREAM_RE = re.compile(r"^(gpu\d+\.(compute|h2d|d2h|comm)|cpu\.optim|nvlink|nvme)$")
@@ -91,6 +95,8 @@ class Task:
     frees: tuple[str, ...] = ()
     it: int = 0
     block: int = -1
+    action: Action | None = None      # what it does (policies' tasks); its name is action.task_name(at)
+    at: At | None = None
 
 
 # Positional constructors for builders of large schedules: the same objects as ``Task(...)`` /
@@ -99,15 +105,16 @@ class Task:
 _new = object.__new__
 _T = tuple(getattr(Task, f).__set__ for f in Task.__dataclass_fields__)
 _A = tuple(getattr(Alloc, f).__set__ for f in Alloc.__dataclass_fields__)
-assert len(_T) == 10 and len(_A) == 5, "new_task/new_alloc must list every field"
+assert len(_T) == 12 and len(_A) == 5, "new_task/new_alloc must list every field"
 
 
 def new_task(name: str, stream: str, cat: TaskCat, ops: tuple[Op, ...], deps: tuple[str, ...], prio: int,
              allocs: tuple[Alloc, ...], frees: tuple[str, ...], it: int, block: int,
-             _s=_T, _new=_new, _cls=Task) -> Task:
+             action: Action | None = None, at: At | None = None, _s=_T, _new=_new, _cls=Task) -> Task:
     o = _new(_cls)
     _s[0](o, name); _s[1](o, stream); _s[2](o, cat); _s[3](o, ops); _s[4](o, deps)
     _s[5](o, prio); _s[6](o, allocs); _s[7](o, frees); _s[8](o, it); _s[9](o, block)
+    _s[10](o, action); _s[11](o, at)
     return o
 
 
@@ -123,7 +130,7 @@ class TableShape:
     :mod:`simhete.policy.template`): the template's allocations in task order (``flat``; their
     buffers, pools, classes and ``persist`` flags, not their bytes) and ``a_ptr`` (``a_ptr[i]:a_ptr[i +
     1]`` are task i's). Tables of one shape also share their name, stream, cat, deps, prio, frees,
-    it and block lists (the same objects), so the engine recognises a known structure by the
+    it, block, action and at lists (the same objects), so the engine recognises a known structure by the
     shape's identity instead of comparing columns."""
 
     __slots__ = ("flat", "a_ptr")
@@ -137,7 +144,7 @@ class TaskTable:
     """The tasks of a Schedule column-wise: one list per :class:`Task` field, in task order.
 
     ``name[i]``, ``stream[i]``, ``cat[i]``, ``ops[i]``, ``deps[i]``, ``prio[i]``, ``allocs[i]``,
-    ``frees[i]``, ``it[i]`` and ``block[i]`` are the fields of ``schedule.tasks[i]`` (the same
+    ``frees[i]``, ``it[i]``, ``block[i]``, ``action[i]`` and ``at[i]`` are the fields of ``schedule.tasks[i]`` (the same
     objects: tuples of ops, dependency names, Allocs and freed buffer names). The engine, the cost
     model and the report read a schedule through its table, so they never walk 700 Task objects
     attribute by attribute; :class:`~simhete.policy.base.Builder` fills one as tasks are added and
@@ -152,8 +159,8 @@ class TaskTable:
     on sizes (the template's input; ``None`` otherwise).
     """
 
-    FIELDS = ("name", "stream", "cat", "ops", "deps", "prio", "allocs", "frees", "it", "block")
-    __slots__ = ("name", "stream", "cat", "ops", "deps", "prio", "_allocs", "frees", "it", "block",
+    FIELDS = ("name", "stream", "cat", "ops", "deps", "prio", "allocs", "frees", "it", "block", "action", "at")
+    __slots__ = ("name", "stream", "cat", "ops", "deps", "prio", "_allocs", "frees", "it", "block", "action", "at",
                  "shape", "sized", "_bytes", "_bytes_array", "_distinct")
 
     def __init__(self) -> None:
@@ -233,7 +240,7 @@ class TaskTable:
         t = object.__new__(TaskTable)
         t._distinct = distinct
         t.name, t.stream, t.cat, t.ops, t.deps, t.prio = self.name, self.stream, self.cat, ops, self.deps, self.prio
-        t.frees, t.it, t.block = self.frees, self.it, self.block
+        t.frees, t.it, t.block, t.action, t.at = self.frees, self.it, self.block, self.action, self.at
         t._allocs, t._bytes, t._bytes_array, t.shape, t.sized = None, None, alloc_bytes, self.shape, None
         return t
 
@@ -243,7 +250,7 @@ class TaskTable:
     def tasks(self) -> tuple[Task, ...]:
         """The Task objects (equal to ``Task(...)`` of each row)."""
         return tuple(map(new_task, self.name, self.stream, self.cat, self.ops, self.deps, self.prio,
-                         self.allocs, self.frees, self.it, self.block))
+                         self.allocs, self.frees, self.it, self.block, self.action, self.at))
 
 
 @dataclass(frozen=True, slots=True)
