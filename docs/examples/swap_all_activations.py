@@ -4,11 +4,11 @@ Walked through in docs/adding-a-policy.md; tests/test_docs_examples.py runs this
 
 from pydantic import model_validator
 
-from simhete.opkinds import MemClass, OpKind, TaskCat
+from simhete.opkinds import Action, MemClass, OpKind, at
 from simhete.policy import Builder, Context, Policy, register
 from simhete.policy.base import model_states
 from simhete.policy.process_memory import process_memory
-from simhete.policy.training import PRIO_IT, ActivationKnobs, accum_steps, forward_backward, tname
+from simhete.policy.training import PRIO_IT, ActivationKnobs, accum_steps, forward_backward
 from simhete.schedule import Op, Schedule
 
 
@@ -41,8 +41,8 @@ class SwapAllActivations(Policy):
                 last = [t.last_B]
             for blk in (blk for blk in ctx.blocks if blk.params):     # Adam after the backward
                 adam = Op(OpKind.ADAM_GPU, n=blk.params, dtype=ctx.workload.optim_dtype)
-                updated[blk.index] = [b.add(tname(it, "ADAM.gpu", blk.name), "gpu0.compute",
-                                            TaskCat.OPTIM_GPU, (adam,), deps=last, it=it, block=blk.index,
+                updated[blk.index] = [b.add(Action.ADAM_GPU, at(it, blk.name), "gpu0.compute",
+                                            (adam,), deps=last, it=it, block=blk.index,
                                             prio=it * PRIO_IT + PRIO_IT // 2 + blk.index,
                                             frees=[grads[blk.index]])]
         initial += process_memory(ctx, self.k, self.name, initial)     # CUDA context, process memory
