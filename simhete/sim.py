@@ -170,6 +170,21 @@ def check_seq_len(spec: Any, seq_len: int, file: str | None, key: str) -> None:
                           allowed=f"at most {spec.max_seq}: {spec.name} has {spec.max_seq} learned positions")
 
 
+_KERNEL_VARIANTS: dict[tuple[int, str], tuple[Any, Any]] = {}   # (id(profile), kernel) -> (profile, variant)
+
+
+def _with_kernel(prof: Any, name: str, file: str | None) -> Any:
+    """``prof.with_attention_kernel(name)``, one copy per profile object (kept with it, so the
+    id stays valid): the memoised prices and timelines key on the profile object."""
+    got = _KERNEL_VARIANTS.get((id(prof), name))
+    if got is None or got[0] is not prof:
+        got = (prof, prof.with_attention_kernel(name, file))
+        if len(_KERNEL_VARIANTS) > 64:
+            _KERNEL_VARIANTS.clear()
+        _KERNEL_VARIANTS[(id(prof), name)] = got
+    return got[1]
+
+
 def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     """Build the policy's Context (and the policy instance) for a scenario."""
     spec = resolve_model(s)
@@ -181,6 +196,12 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
                           allowed=f"mixed with policy {cls.name} ({cls.pure_precision})")
     check_seq_len(spec, tr.seq_len, s.file, "train.seq_len")
     flash, lse_align = attention_kernel(s, prof, spec)
+    if tr.attention_kernel is not None:
+        if not flash:
+            raise ConfigError(s.file, "train.attention_kernel", tr.attention_kernel, allowed=(
+                "no attention_kernel: this scenario's attention is unfused (framework hf-eager, "
+                "attention math, or a CPU device with attention dropout)"))
+        prof = _with_kernel(prof, tr.attention_kernel, s.file)
     wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype, flash_attention=flash,
                         framework=s.data.framework, lse_align=lse_align, precision=tr.precision,
                         half_to_float=prof.device_type == "cuda")

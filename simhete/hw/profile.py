@@ -213,12 +213,31 @@ class AttnTable(Provenance):
         return v
 
 
-class AttentionModel(Strict):
-    """Fused attention: FLOPs (Op.flops) / (peak · efficiency), or a measured exact-shape rate."""
+class AttentionKernel(Strict):
+    """The rates of one named fused attention kernel (see :class:`AttentionKernels`)."""
 
     fwd_efficiency: FractionQ
     bwd_efficiency: FractionQ
     table: AttnTable | None = None
+
+
+class AttentionKernels(Strict):
+    """Fused attention kernels other than the one the profile's ``attention`` describes, that a
+    scenario may name (``train.attention_kernel``): ``flash1``, FlashAttention v1 (Dao et al. 2022;
+    the flash-attn 1.x CUDA kernels, the FlashAttention-1 code in torch SDPA before PyTorch 2.2,
+    and Tri Dao's Triton port that llm-foundry's ``attn_impl: triton`` runs)."""
+
+    flash1: AttentionKernel | None = None
+
+
+class AttentionModel(Strict):
+    """Fused attention: FLOPs (Op.flops) / (peak · efficiency), or a measured exact-shape rate.
+    ``kernels``: other kernels' rates, used instead when a scenario names one."""
+
+    fwd_efficiency: FractionQ
+    bwd_efficiency: FractionQ
+    table: AttnTable | None = None
+    kernels: AttentionKernels | None = None
 
 
 class BlockTable(Provenance):
@@ -651,6 +670,26 @@ class HardwareProfile(Strict):
         return sorted(flags)
 
     # -- what-if ------------------------------------------------------------------------------
+
+    def with_attention_kernel(self, name: str, file: str | None = None,
+                              key: str = "train.attention_kernel") -> "HardwareProfile":
+        """A copy whose ``gpu.attention`` rates are those of ``gpu.attention.kernels.<name>``
+        (a scenario that names the attention kernel its framework runs); a one-line ConfigError
+        naming ``file``/``key`` when this profile lists no such kernel."""
+        att = self.gpu.attention
+        kern = getattr(att.kernels, name, None) if att is not None and att.kernels is not None else None
+        if kern is None:
+            have = [k for k in AttentionKernels.model_fields
+                    if att is not None and att.kernels is not None and getattr(att.kernels, k) is not None]
+            raise ConfigError(file, key, name, allowed=(
+                f"a kernel listed in {self.name}'s gpu.attention.kernels: {', '.join(have)}" if have
+                else f"none: profile {self.name} lists no gpu.attention.kernels"))
+        data = self.model_dump(exclude_none=True)
+        data["gpu"]["attention"] = {**kern.model_dump(exclude_none=True),
+                                    "kernels": att.kernels.model_dump(exclude_none=True)}
+        out = validate(HardwareProfile, data, self._file)
+        out._file = self._file
+        return out
 
     def with_overrides(self, *, gpus: int | None = None, gpu_memory: int | None = None,
                        host_memory: int | None = None, pcie_gbps: float | None = None) -> "HardwareProfile":
