@@ -72,6 +72,14 @@ class TrainShape(Strict):
     softmax and dropout materialised), ``auto``: flash, except on a CPU device when the model has
     attention dropout — PyTorch's CPU fused SDPA kernel rejects dropout (``check_for_dropout`` in
     ATen's sdp_utils_cpp.cpp) and falls back to the math path."""
+    attention_kernel: Literal["flash1"] | None = None
+    """Which fused attention kernel the framework runs, when it is not the one the profile's
+    ``gpu.attention`` describes (FlashAttention-2 on sm80 and newer): ``flash1``, FlashAttention
+    v1 — flash-attn 1.x, torch SDPA's flash kernel before PyTorch 2.2 (its 2.2 release added
+    FlashAttention-2), llm-foundry's ``attn_impl: triton`` (Tri Dao's Triton port of
+    FlashAttention, "slightly slower than CUDA forward + backward" by its header). Priced with the
+    profile's ``gpu.attention.kernels.flash1``; what the kernel saves is the same (O and the
+    log-sum-exp). Absent: the profile's ``gpu.attention``."""
     grad_accum: int = Field(1, ge=1, le=4096)
     """Micro-steps of forward and backward per optimizer step (DeepSpeed
     ``gradient_accumulation_steps``); tokens and samples per iteration scale with it."""

@@ -181,6 +181,12 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
                           allowed=f"mixed with policy {cls.name} ({cls.pure_precision})")
     check_seq_len(spec, tr.seq_len, s.file, "train.seq_len")
     flash, lse_align = attention_kernel(s, prof, spec)
+    if tr.attention_kernel is not None:
+        if not flash:
+            raise ConfigError(s.file, "train.attention_kernel", tr.attention_kernel, allowed=(
+                "no attention_kernel: this scenario's attention is unfused (framework hf-eager, "
+                "attention math, or a CPU device with attention dropout)"))
+        prof = prof.with_attention_kernel(tr.attention_kernel, s.file)
     wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype, flash_attention=flash,
                         framework=s.data.framework, lse_align=lse_align, precision=tr.precision,
                         half_to_float=prof.device_type == "cuda")

@@ -186,3 +186,43 @@ def test_compute_capability_picks_the_kernel(tmp_path):
 def test_cpu_replay_scenarios_are_fused():
     for p in sorted(SCENARIOS.glob("small-*_cpu_*.yaml")):
         assert load_scenario(p).data.framework == "fused", p.name
+
+
+def _attn_seconds(ctx):
+    """Seconds of the first block's ATTN_FWD and ATTN_BWD ops as the scenario's cost model prices them."""
+    blk = next(b for b in ctx.workload.blocks if any(op.kind == OpKind.ATTN_FWD for op in b.fwd_ops))
+    fwd = next(op for op in blk.fwd_ops if op.kind == OpKind.ATTN_FWD)
+    bwd = next(op for op in blk.bwd_ops if op.kind == OpKind.ATTN_BWD)
+    return fwd, bwd, ctx.cost.op_seconds(fwd), ctx.cost.op_seconds(bwd)
+
+
+def test_attention_kernel_flash1_prices_at_its_rate(tmp_path):
+    """train.attention_kernel: flash1 prices fused attention at gpu.attention.kernels.flash1 of the
+    profile (a100-80gb-sxm: FlashAttention v1's 69 of 312 TFLOP/s, 0.221; FlashAttention-2 0.497),
+    and nothing else changes: same ops, same GEMM prices, same saved bytes."""
+    s = _scenario(tmp_path, **{"train.micro_batch": 4, "train.seq_len": 2048})
+    ctx2, _ = resolve(s)
+    ctx1, _ = resolve(s.with_changes(**{"train.attention_kernel": "flash1"}))
+    f, b, t2f, t2b = _attn_seconds(ctx2)
+    _, _, t1f, t1b = _attn_seconds(ctx1)
+    peak = 312e12   # A100 dense bf16; no sustained_clock_factor in the A100 profiles
+    assert t2f == pytest.approx(f.flops / (peak * 0.497), rel=1e-12)
+    assert t1f == pytest.approx(f.flops / (peak * 0.221), rel=1e-12)
+    assert t1b == pytest.approx(b.flops / (peak * 0.221), rel=1e-12)
+    assert ctx1.workload.blocks == ctx2.workload.blocks
+    gemm = next(op for b in ctx2.workload.blocks for op in b.fwd_ops if op.kind == OpKind.GEMM)
+    assert ctx1.cost.op_seconds(gemm) == ctx2.cost.op_seconds(gemm)
+    assert ctx1.profile.gpu.attention.fwd_efficiency.source == "paper"
+
+
+def test_attention_kernel_needs_the_profile_entry_and_a_fused_kernel(tmp_path):
+    s = _scenario(tmp_path, **{"train.attention_kernel": "flash1"})
+    with pytest.raises(ConfigError, match=r"train\.attention_kernel: bad value 'flash1'.*v100-32gb-dgx2 lists no "
+                                          r"gpu\.attention\.kernels") as ei:
+        resolve(s.with_changes(**{"hardware.profile": "v100-32gb-dgx2", "hardware.gpus": 1}))
+    assert "\n" not in str(ei.value)
+    with pytest.raises(ConfigError, match=r"train\.attention_kernel: bad value 'flash1'.*unfused") as ei:
+        resolve(s.with_changes(framework="hf-eager"))
+    assert "\n" not in str(ei.value)
+    with pytest.raises(ConfigError, match=r"attention_kernel"):
+        resolve(s.with_changes(**{"train.attention_kernel": "flash3"}))

@@ -116,12 +116,31 @@ class AttnTable(Provenance):
         return v
 
 
-class AttentionModel(Strict):
-    """Fused attention: FLOPs (Op.flops) / (peak · efficiency), or a measured exact-shape rate."""
+class AttentionKernel(Strict):
+    """The rates of one named fused attention kernel (see :class:`AttentionKernels`)."""
 
     fwd_efficiency: FractionQ
     bwd_efficiency: FractionQ
     table: AttnTable | None = None
+
+
+class AttentionKernels(Strict):
+    """Fused attention kernels other than the one the profile's ``attention`` describes, that a
+    scenario may name (``train.attention_kernel``): ``flash1``, FlashAttention v1 (Dao et al. 2022;
+    the flash-attn 1.x CUDA kernels, the FlashAttention-1 code in torch SDPA before PyTorch 2.2,
+    and Tri Dao's Triton port that llm-foundry's ``attn_impl: triton`` runs)."""
+
+    flash1: AttentionKernel | None = None
+
+
+class AttentionModel(Strict):
+    """Fused attention: FLOPs (Op.flops) / (peak · efficiency), or a measured exact-shape rate.
+    ``kernels``: other kernels' rates, used instead when a scenario names one."""
+
+    fwd_efficiency: FractionQ
+    bwd_efficiency: FractionQ
+    table: AttnTable | None = None
+    kernels: AttentionKernels | None = None
 
 
 class BlockTable(Provenance):

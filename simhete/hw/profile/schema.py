@@ -13,11 +13,13 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from simhete.config import Strict, validate
 from simhete.errors import ConfigError
-from simhete.hw.profile.gpu import Gpu
+from simhete.hw.profile.gpu import AttentionKernels, Gpu
 from simhete.hw.profile.host import Host
 from simhete.hw.profile.links import Collectives, Interference, Links, Topology
 from simhete.hw.profile.quantity import Provenance
 from simhete.hw.profile.tables import PricingTables
+
+_DERIVED = ("pricing", "attention_variants")   # kept on a profile object, dropped by copies and pickles
 
 
 def _streams(gpus: int) -> list[str]:
@@ -70,19 +72,28 @@ class HardwareProfile(Strict):
         does not inherit them (see ``__copy__``): ``model_copy(update=...)`` has other numbers."""
         return PricingTables(self)
 
+    @cached_property
+    def attention_variants(self) -> dict[str, "HardwareProfile"]:
+        """The copies :meth:`with_attention_kernel` made of this profile, by kernel name: one per
+        kernel, kept on this profile object (like :attr:`pricing`), so every scenario naming a
+        kernel on this profile gets the same copy and its memoised prices."""
+        return {}
+
     def __copy__(self) -> "HardwareProfile":
         out = super().__copy__()
-        out.__dict__.pop("pricing", None)
+        for k in _DERIVED:
+            out.__dict__.pop(k, None)
         return out
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> "HardwareProfile":
         out = super().__deepcopy__(memo)
-        out.__dict__.pop("pricing", None)
+        for k in _DERIVED:
+            out.__dict__.pop(k, None)
         return out
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k != "pricing"}
+        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k not in _DERIVED}
         return state
 
     # -- provenance ---------------------------------------------------------------------------
@@ -103,6 +114,31 @@ class HardwareProfile(Strict):
         return sorted(flags)
 
     # -- what-if ------------------------------------------------------------------------------
+
+    def with_attention_kernel(self, name: str, file: str | None = None,
+                              key: str = "train.attention_kernel") -> "HardwareProfile":
+        """A copy whose ``gpu.attention`` rates are those of ``gpu.attention.kernels.<name>``
+        (a scenario that names the attention kernel its framework runs), made once per kernel
+        (:attr:`attention_variants`); a one-line ConfigError naming ``file``/``key`` when this
+        profile lists no such kernel."""
+        got = self.attention_variants.get(name)
+        if got is not None:
+            return got
+        att = self.gpu.attention
+        kern = getattr(att.kernels, name, None) if att is not None and att.kernels is not None else None
+        if kern is None:
+            have = [k for k in AttentionKernels.model_fields
+                    if att is not None and att.kernels is not None and getattr(att.kernels, k) is not None]
+            raise ConfigError(file, key, name, allowed=(
+                f"a kernel listed in {self.name}'s gpu.attention.kernels: {', '.join(have)}" if have
+                else f"none: profile {self.name} lists no gpu.attention.kernels"))
+        data = self.model_dump(exclude_none=True)
+        data["gpu"]["attention"] = {**kern.model_dump(exclude_none=True),
+                                    "kernels": att.kernels.model_dump(exclude_none=True)}
+        out = validate(HardwareProfile, data, self._file)
+        out._file = self._file
+        self.attention_variants[name] = out
+        return out
 
     def with_overrides(self, *, gpus: int | None = None, gpu_memory: int | None = None,
                        host_memory: int | None = None, pcie_gbps: float | None = None) -> "HardwareProfile":
