@@ -94,9 +94,11 @@ class ScenarioFile(Strict):
     iterations: int = Field(3, ge=1, le=100)
     policy: str = "gpu-only"
     knobs: dict[str, Any] = Field(default_factory=dict)
-    framework: Literal["fused", "hf-eager", "hf-sdpa", "hf-flash2"] = "hf-sdpa"
+    framework: Literal["fused", "hf-eager", "hf-sdpa", "hf-flash2", "fused-eager-attn"] = "hf-sdpa"
     """Which kernels run (and so what they save for backward): ``fused`` (Megatron-LM, torchtitan:
-    fused norms and activations, flash attention, fused Adam), ``hf-eager`` (Hugging Face
+    fused norms and activations, flash attention, fused Adam), ``fused-eager-attn`` (Megatron-LM
+    without flash or fused softmax: its attention as separate PyTorch ops, the s×s softmax
+    saved — the 2019–2020 code, or fp32), ``hf-eager`` (Hugging Face
     Transformers, ``attn_implementation="eager"``), ``hf-sdpa`` (Transformers' default, torch
     SDPA), ``hf-flash2`` (Transformers with FlashAttention-2)."""
     replay: dict[str, Any] | None = None   # validated by simhete.replay (scaled-down shape for validate)

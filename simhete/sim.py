@@ -111,14 +111,19 @@ def resolve_profile(s: Scenario) -> Any:
     return _profile_with(name, mtime, s.file, key, ref.gpus, ref.gpu_memory, ref.host_memory, ref.pcie_gbps)
 
 
+EAGER_ATTENTION = ("hf-eager", "fused-eager-attn")
+"""Frameworks whose attention is a chain of eager ops, never a fused kernel."""
+
+
 def flash_attention(choice: str, device_type: str, spec: Any, framework: str = "fused") -> bool:
     """Which attention kernel runs (see TrainShape.attention): a fused one (True) or the unfused
-    scores-and-softmax path (False: Transformers' eager attention under ``hf-eager``, torch SDPA's
-    math path otherwise). ``hf-eager`` never runs a fused kernel; ``attention: flash`` with it is
-    a contradiction, refused by :func:`attention_kernel`."""
+    scores-and-softmax path (False: Transformers' eager attention under ``hf-eager``, Megatron-LM's
+    unfused attention ops under ``fused-eager-attn``, torch SDPA's math path otherwise).
+    ``hf-eager`` and ``fused-eager-attn`` never run a fused kernel; ``attention: flash`` with
+    them is a contradiction, refused by :func:`attention_kernel`."""
     if choice != "auto":
         return choice == "flash"
-    if framework == "hf-eager":
+    if framework in EAGER_ATTENTION:
         return False
     return not (device_type == "cpu" and spec.attn_dropout)
 
@@ -139,6 +144,10 @@ def attention_kernel(s: Scenario, prof: Any, spec: Any) -> tuple[bool, int]:
         raise ConfigError(s.file, "train.attention", "flash", allowed=(
             "auto or math with framework hf-eager (Transformers' eager attention has no fused "
             "kernel); use framework hf-sdpa or hf-flash2 for a fused one"))
+    if fw == "fused-eager-attn" and tr.attention == "flash":
+        raise ConfigError(s.file, "train.attention", "flash", allowed=(
+            "auto or math with framework fused-eager-attn (Megatron-LM's unfused attention ops); "
+            "use framework fused for a flash kernel"))
     flash = flash_attention(tr.attention, prof.device_type, spec, fw)
     if prof.device_type != "cuda" or fw == "fused" or not flash:
         return flash, 1
@@ -149,13 +158,14 @@ def attention_kernel(s: Scenario, prof: Any, spec: Any) -> tuple[bool, int]:
         # flash-attn likewise): SDPA runs the memory-efficient kernel on fp32
         if fw == "hf-flash2":
             raise ConfigError(s.file, "framework", fw, allowed=(
-                "fused, hf-eager or hf-sdpa with train.dtype fp32: FlashAttention-2 takes fp16/bf16 only"))
+                "fused, fused-eager-attn, hf-eager or hf-sdpa with train.dtype fp32: FlashAttention-2 "
+                "takes fp16/bf16 only"))
         return flash, 32
     if not old_gpu:
         return flash, 1
     if fw == "hf-flash2":
         raise ConfigError(s.file, "framework", fw, allowed=(
-            f"fused, hf-eager or hf-sdpa on {prof.name} (compute capability {cc}): "
+            f"fused, fused-eager-attn, hf-eager or hf-sdpa on {prof.name} (compute capability {cc}): "
             f"FlashAttention-2 needs {FLASH_MIN_CC} or newer"))
     # hf-sdpa below sm80: SDPA runs the memory-efficient kernel (no s×s storage, log-sum-exp
     # padded to 32 queries: _efficient_attention_forward's kAlignLSE)

@@ -226,3 +226,80 @@ def test_attention_kernel_needs_the_profile_entry_and_a_fused_kernel(tmp_path):
     assert "\n" not in str(ei.value)
     with pytest.raises(ConfigError, match=r"attention_kernel"):
         resolve(s.with_changes(**{"train.attention_kernel": "flash3"}))
+
+
+# fused-eager-attn: Megatron-LM's block with its attention as separate PyTorch ops (no flash, no
+# fused softmax: NVIDIA/Megatron-LM abe36e2 mpu/transformer.py, v1.0 megatron/model/transformer.py)
+
+def test_fused_eager_attn_saves_the_fp16_softmax_and_dropout():
+    """A GPT-2 block (MHA, attention dropout) in fp16 saves the fused terms without flash: per
+    score the softmax output (e), the dropout's 1-byte mask and its output (e); Q, K, V, O, both
+    LayerNorms' inputs, outputs and fp32 statistics, GeLU input and output, two residual masks."""
+    b, s, e = 2, 512, 2
+    t, h, f, a = b * s, GPT2.hidden, GPT2.ffn_hidden, GPT2.n_heads
+    per_token = 2 * e * h + 3 * e * h + e * h + h + 2 * e * h + 2 * e * f + h + 2 * 8
+    want = t * per_token + b * a * s * s * (e + 1 + e)
+    got = build_workload(GPT2, b, s, "fp16", flash_attention=False, framework="fused-eager-attn").blocks[1]
+    assert got.act_bytes == want == 58_212_352
+    fused_math = build_workload(GPT2, b, s, "fp16", flash_attention=False, framework="fused").blocks[1]
+    assert got.act_bytes == fused_math.act_bytes and got.workspace_bytes == fused_math.workspace_bytes
+    # hf-eager keeps gelu_new's five tensors (3·e·f more per token), the same s×s terms
+    hf = build_workload(GPT2, b, s, "fp16", flash_attention=False, framework="hf-eager").blocks[1]
+    assert hf.act_bytes - got.act_bytes == 3 * e * f * t
+
+
+def test_fused_eager_attn_ops():
+    """Forward: the fused LayerNorm, GeLU and GEMMs of ``fused``; per head the scores and PV GEMMs
+    (count b·a), a scale, mask, fp16 softmax and dropout pass over the b·a·s² scores, O made
+    contiguous; the residual dropout then the add. Backward adds the mask's and the scale's passes
+    to dropout and softmax backward."""
+    b, s, e = 2, 512, 2
+    t, h, a, d = b * s, GPT2.hidden, GPT2.n_heads, GPT2.head_dim
+    ns = b * a * s * s
+    w = build_workload(GPT2, b, s, "fp16", flash_attention=False, framework="fused-eager-attn").blocks[1]
+    fused = build_workload(GPT2, b, s, "fp16", flash_attention=True, framework="fused").blocks[1]
+    kinds = [op.kind for op in w.fwd_ops]
+    assert OpKind.ATTN_FWD not in kinds and OpKind.ATTN_BWD not in [op.kind for op in w.bwd_ops]
+    assert [op for op in w.fwd_ops if op.kind in (OpKind.NORM, OpKind.GELU)] == \
+        [op for op in fused.fwd_ops if op.kind in (OpKind.NORM, OpKind.GELU)]
+    batched = [op for op in w.fwd_ops if op.kind == OpKind.GEMM and op.count > 1]
+    assert [(op.shape, op.count) for op in batched] == [((s, s, d), b * a), ((s, d, s), b * a)]
+    soft = [op for op in w.fwd_ops if op.kind == OpKind.SOFTMAX_CE]
+    assert len(soft) == 1 and soft[0].dtype == "fp16" and soft[0].n == 2 * e * ns
+    moved = lambda ops: sum(op.n for op in ops if op.kind != OpKind.GEMM)  # noqa: E731
+    # scale, mask (+ the s×s bool mask), softmax, dropout per score; O made contiguous; each of the
+    # two residual dropouts apart from its add: (2e + 1) + 3e instead of 3e + 1 per element
+    assert moved(w.fwd_ops) - moved(fused.fwd_ops) == \
+        (2 * e + 2 * e + 2 * e + 2 * e + 1) * ns + s * s + 2 * e * t * h + 2 * 2 * e * t * h
+    drops = [op.n for op in w.fwd_ops if op.kind == OpKind.DROPOUT]
+    assert drops == [(2 * e + 1) * ns, (2 * e + 1) * t * h, (2 * e + 1) * t * h]
+    assert len(w.fwd_ops) == len(fused.fwd_ops) - 1 + 7 + 2     # ATTN_FWD -> 7 ops; 2 residual adds
+    # dropout, softmax, mask (+ the bool mask), scale backward per score
+    assert moved(w.bwd_ops) - moved(fused.bwd_ops) == (2 * e + 1 + 3 * e + 2 * e + 2 * e) * ns + s * s
+    gemm_flops = lambda ops: sum(op.flops for op in ops if op.kind == OpKind.GEMM)  # noqa: E731
+    assert gemm_flops(w.fwd_ops) - gemm_flops(fused.fwd_ops) == 2 * 2 * ns * d
+    assert gemm_flops(w.bwd_ops) - gemm_flops(fused.bwd_ops) == 4 * 2 * ns * d
+
+
+def test_fused_eager_attn_scenario(tmp_path):
+    """Never a fused attention kernel: auto and math run Megatron's ops, flash is a one-line error."""
+    s = _scenario(tmp_path).with_changes(framework="fused-eager-attn")
+    ctx, _ = resolve(s)
+    assert ctx.workload.framework == "fused-eager-attn" and not ctx.workload.flash_attention
+    ctx, _ = resolve(s.with_changes(**{"train.attention": "math"}))
+    assert not ctx.workload.flash_attention
+    with pytest.raises(ConfigError, match=r"train\.attention: bad value 'flash'.*fused-eager-attn") as ei:
+        resolve(s.with_changes(**{"train.attention": "flash"}))
+    assert "\n" not in str(ei.value)
+
+
+def test_published_v100_megatron_cases_run_megatron_kernels():
+    """Every published V100 case that ran Megatron-LM code of 2019-2021 (the 2019 paper, the v1.0
+    blog, DeepSpeedExamples' Megatron-LM copies of the ZeRO-Offload / ZeRO-3 Offload runs, the
+    StrongHold SC'22 artifact in fp32) names the kernels that code ran."""
+    pub = SCENARIOS / "published"
+    names = [p for p in sorted(pub.glob("*.yaml")) if p.name.startswith(
+        ("megatron-2019_", "megatron-v1_", "ds-zero-offload-paper-", "ds-zero3-offload-blog-", "sc22ae_"))]
+    assert len(names) == 22
+    for p in names:
+        assert load_scenario(p).data.framework == "fused-eager-attn", p.name

@@ -52,6 +52,14 @@ Transformers runs a module as a chain of eager ops (transformers/models/*/modeli
   cast of an fp32 softmax, or the dropout output (with a 1-byte mask on CUDA:
   ``native_dropout``). ``dropout(p=0)`` returns its input (ATen Dropout.cpp ``_dropout_impl``).
 
+``fused-eager-attn`` is Megatron-LM's block with its attention as separate PyTorch ops (no flash
+kernel, no fused softmax: the code of 2019–2020 and any Megatron-LM run in fp32; docs/scenarios.md
+lists the commits). It saves what ``fused`` saves with ``flash=False``: Q and K (the scores GEMM),
+the softmax output in the working dtype (``torch.nn.Softmax``), the attention dropout's 1-byte
+mask and output (the PV GEMM's input), V, and O made contiguous (the output GEMM's input):
+e + 1 + e per score; fused LayerNorm (apex ``FusedLayerNorm``) and a single-kernel GeLU keep the
+fused terms.
+
 Checkpointed (fully recomputed) block: keeps only its input, e·t·h bytes.
 
 Workspace: the peak of transient tensors during the block's forward or backward that are not in
@@ -64,7 +72,11 @@ from dataclasses import dataclass
 
 from simhete.workload.spec import ModelSpec
 
-FRAMEWORKS = ("fused", "hf-eager", "hf-sdpa", "hf-flash2")
+FRAMEWORKS = ("fused", "hf-eager", "hf-sdpa", "hf-flash2", "fused-eager-attn")
+FUSED_KERNELS = frozenset({"fused", "fused-eager-attn"})
+"""Frameworks whose norms and activations are single fused kernels (Megatron-LM's): the accounting
+above. ``fused-eager-attn`` differs from ``fused`` only in its attention (never flash: the s×s
+softmax output, dropout mask and dropout output are saved, as the ``flash=False`` branch counts)."""
 GPT2_STYLE = frozenset({"gpt2", "gpt3", "gpt-like"})
 """Families Transformers runs as GPT-2 (``GPT2Model``): softmax in the working dtype and the
 ``gelu_new`` activation (Python NewGELUActivation); the other families take an fp32 softmax."""
@@ -105,7 +117,7 @@ class Activations:
 
     def block_act(self) -> int:
         """Bytes a transformer block saves for backward without recomputation."""
-        if self.framework != "fused":
+        if self.framework not in FUSED_KERNELS:
             return self._hf_block_act()
         sp, e, t = self.spec, self.e, self.t
         h, kv, f, a, q = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads, sp.q_dim
@@ -171,7 +183,7 @@ class Activations:
         if sp.norms_per_block != 2:
             return 0
         drop = sp.hidden if sp.dropout else 0
-        if self.framework == "fused":
+        if self.framework in FUSED_KERNELS:
             return 2 * e * sp.hidden + self._norm_stats() + self._mlp_elems() * e * sp.ffn_hidden + drop
         norm = 4 * sp.hidden + 4 + 2 * e * sp.hidden if sp.norm == "rmsnorm" else 2 * e * sp.hidden + 8
         return norm + (5 if hf_gelu_new(sp) else self._mlp_elems()) * e * sp.ffn_hidden + drop
@@ -239,7 +251,7 @@ class Activations:
                                                               if sp.final_norm else 0) + 4 * sp.vocab)
         if not sp.final_norm:
             return t * (e * sp.hidden + 4 * sp.vocab)
-        if self.framework != "fused" and sp.norm == "rmsnorm":   # Transformers' LlamaRMSNorm
+        if self.framework not in FUSED_KERNELS and sp.norm == "rmsnorm":   # Transformers' LlamaRMSNorm
             return t * (4 * sp.hidden + 4 + 2 * e * sp.hidden + 4 * sp.vocab)
         return t * (2 * e * sp.hidden + self._norm_stats() + 4 * sp.vocab)
 

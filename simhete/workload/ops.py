@@ -31,7 +31,9 @@ run some modules as chains of eager kernels (transformers/models/*/modeling_*.py
 ELEMENTWISE op here (:func:`_hf_rmsnorm`, :func:`_hf_gelu_new`, :func:`_hf_rope`,
 :func:`_eager_attention`): RMSNorm, GPT-2's gelu_new and rotary positions always; attention under
 ``hf-eager`` (and under ``attention: math``); residual dropout as its own kernel before the add.
-``hf-sdpa`` / ``hf-flash2`` attention is the fused ATTN_FWD / ATTN_BWD.
+``hf-sdpa`` / ``hf-flash2`` attention is the fused ATTN_FWD / ATTN_BWD. ``fused-eager-attn`` is
+``fused`` with Megatron-LM's unfused attention ops (:func:`_megatron_attention`) and its residual
+dropout as a kernel of its own (:func:`_megatron_block_ops`).
 
 Memory accounting and the FLOP totals are in :mod:`simhete.workload.memory` and the docstring of
 :class:`Workload`; the derivations are in docs/workload.md.
@@ -157,6 +159,8 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: 
     blocks = [_embed(spec, b, s, e, dtype, acts)]
     if framework == "fused":
         fwd, bwd = _block_ops(spec, b, s, e, dtype, flash)
+    elif framework == "fused-eager-attn":
+        fwd, bwd = _megatron_block_ops(spec, b, s, e, dtype, flash)
     else:
         fwd, bwd = _hf_block_ops(spec, b, s, e, dtype, flash, framework, h2f)  # identical (==) for every transformer block
     for i in range(spec.n_layers):
@@ -468,6 +472,70 @@ def _hf_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bo
     return tuple(out_f), tuple(out_b)
 
 
+def _megatron_attention(spec: ModelSpec, b: int, s: int, e: int,
+                        dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    """Megatron-LM's self-attention as separate PyTorch ops, what it runs without a fused softmax
+    kernel: the 2019 code (NVIDIA/Megatron-LM abe36e2, mpu/transformer.py
+    ``GPT2ParallelSelfAttention.forward``; copied into DeepSpeedExamples' Megatron-LM, which the
+    ZeRO-Offload runs used), v1.0 (03d2880, megatron/model/transformer.py), and every later
+    version when FusedScaleMaskSoftmax is off (its ``--scaled-*-masked-softmax-fusion`` flags are
+    opt-in in v1.1.5, DeepSpeedExamples 2cd968f Megatron-LM-v1.1.5-ZeRO3) or cannot run (it takes
+    fp16/bf16 inputs only: megatron/model/fused_softmax.py ``is_kernel_available``, so an fp32 run
+    takes ``forward_torch_softmax``). Per head (count b·a): S = Q·Kᵀ (s, s, d); a scale pass over
+    the scores (read e, write e: abe36e2 divides by √d, the fp32 path multiplies by the
+    query-key layer-scaling coefficient); the causal mask (``masked_fill_`` with the [1, 1, s, s]
+    bool mask: read e and the mask, write e); ``torch.nn.Softmax`` in the working dtype
+    (SOFTMAX_CE, 2e: ``--attention-softmax-in-fp32`` is off by default in 2019–2020, and an fp32
+    run is fp32 anyway); attention dropout on the probabilities (DROPOUT, 2e + 1: CUDA's fused
+    dropout writes a 1-byte mask); O = P·V (s, d, s); O permuted and made contiguous (2e per
+    element of t·h). Backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dropout's masked scale (2e + 1), softmax
+    backward (3e), the mask's backward (the gradient masked: read e and the mask, write e), the
+    scale's (2e), dQ = dS·K, dK = dSᵀ·Q. Versions differ by one pass over the scores: abe36e2
+    masks with a multiply and a subtraction (one more forward pass); v1.0 scales Q and K (2e per
+    element of t·h each) and v1.1.5 the GEMM (``baddbmm`` alpha) instead of the scores (one pass
+    fewer each way). Under GQA, K and V are first expanded to all heads (Megatron-LM of that time
+    had no GQA). n_s = b·a·s² scores."""
+    a, d, h, kv = spec.n_heads, spec.head_dim, spec.q_dim, spec.kv_dim
+    t, ns, ba = b * s, b * a * s * s, b * a
+    qk = _gemm(s, s, d, dtype, ba)
+    pv = _gemm(s, d, s, dtype, ba)
+    gqa = kv < h
+    expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()
+    reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()
+    scale = _ew(2 * e * ns, dtype)
+    mask = _ew(2 * e * ns + s * s, dtype)
+    soft_f = Op(OpKind.SOFTMAX_CE, (ba * s, s), 2 * e * ns, dtype=dtype)
+    soft_b = Op(OpKind.SOFTMAX_CE, (ba * s, s), 3 * e * ns, dtype=dtype)
+    drop = spec.attn_dropout
+    drop_f = (Op(OpKind.DROPOUT, (), 2 * e * ns + ns, dtype=dtype),) if drop else ()
+    drop_b = (_ew(2 * e * ns + ns, dtype),) if drop else ()
+    contig = _ew(2 * e * t * h, dtype)
+    fwd = (*expand, qk, scale, mask, soft_f, *drop_f, pv, contig)
+    bwd = (qk, pv, *drop_b, soft_b, mask, scale, pv, pv, *reduce)
+    return fwd, bwd
+
+
+def _megatron_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
+                        flash: bool) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+    """``fused-eager-attn``: :func:`_block_ops` (fused LayerNorm — apex ``FusedLayerNorm`` in
+    abe36e2 / 03d2880, Megatron's ``MixedFusedLayerNorm`` later —, a single-kernel GeLU, the GEMMs)
+    with :func:`_megatron_attention` unless ``flash``, and the residual dropout as its own kernel
+    before the add (abe36e2 / 03d2880: ``self.output_dropout(output)`` / ``self.dropout(output)``
+    in the attention and MLP, then ``hidden_states + attention_output`` in the layer)."""
+    attn = None if flash else _megatron_attention(spec, b, s, e, dtype)
+    fwd, bwd = _block_ops(spec, b, s, e, dtype, flash, attn)
+    t, h = b * s, spec.hidden
+    in_attn = {id(op) for op in attn[0]} if attn is not None else set()
+    out: list[Op] = []
+    for op in fwd:
+        if op.kind == OpKind.DROPOUT and id(op) not in in_attn and op.n == 3 * e * t * h + t * h:
+            # dropout (read e, write e and the 1-byte mask), then the residual add
+            out.extend((Op(OpKind.DROPOUT, (), (2 * e + 1) * t * h, dtype=dtype), _ew(3 * e * t * h, dtype)))
+        else:
+            out.append(op)
+    return tuple(out), bwd
+
+
 def _embed(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Activations) -> BlockWork:
     t, h, p = b * s, spec.hidden, spec.embed_width
     drop = 1 if spec.dropout else 0
@@ -526,7 +594,7 @@ def _head(spec: ModelSpec, b: int, s: int, e: int, dtype: str, acts: memory.Acti
     # the final norm, unless the family has none (OPT post-norm)
     norm_f = (Op(_norm(spec), (), 2 * e * t * h, dtype=dtype),) if spec.final_norm else ()
     norm_b = (Op(BWD_KIND[_norm(spec)], (), 3 * e * t * h, dtype=dtype),) if spec.final_norm else ()
-    if spec.final_norm and acts.framework != "fused" and spec.norm == "rmsnorm":
+    if spec.final_norm and acts.framework not in memory.FUSED_KERNELS and spec.norm == "rmsnorm":
         norm_f, norm_b = _hf_rmsnorm(t, h, e, dtype)    # Transformers' final LlamaRMSNorm
     fwd = (*norm_f, *proj, lm, *ce_fwd)
     bwd = (*ce_bwd, *lm_b, *proj_b, *norm_b)
