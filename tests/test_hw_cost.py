@@ -102,6 +102,30 @@ def test_a_gemm_off_the_16_byte_boundary_runs_the_slow_kernel():
     assert not any("misaligned" in f for f in plain.flags)
 
 
+def test_a_batched_gemm_is_one_launch_whose_tiles_share_the_waves():
+    # The per-head products of unfused attention (GPT-2 1.2B: b·a = 8·16 = 128 heads, s = 1024,
+    # d = 96) as torch.matmul runs them: one strided-batched launch. V100: 80 SMs, 128x128 tiles,
+    # k_half 64. One head is 8 x 8 = 64 tiles: alone, one wave with 16 SMs idle; the batch is
+    # 128 x 64 = 8192 tiles = 102.4 -> 103 waves, against 128 separate one-wave launches.
+    cm = CostModel(load_profile("v100-32gb-dgx2"))
+    g = cm.profile.gpu
+    assert (g.sms, g.gemm.tile_m, g.gemm.tile_n, g.gemm.k_half.value) == (80, 128, 128, 64)
+    sep = Op(OpKind.GEMM, (1024, 1024, 96), dtype="fp16", count=128)
+    bat = Op(OpKind.GEMM, (1024, 1024, 96), dtype="fp16", count=128, batched=True)
+    rate = g.peak_tflops.fp16.value * 1e12 * cm.tables.max_eff * cm.tables.sustain
+    one_wave = 2.0 * 80 * 128 * 128 * (96 + 64)
+    # each GEMM reads Q and K and writes the fp16 scores; the batch is memory-bound on V100
+    mem = (1024 * 96 + 96 * 1024 + 1024 * 1024) * 2 / (cm.tables.mem_bps * cm.tables.mb_eff)
+    assert cm.op_seconds(sep) == pytest.approx(128 * max(one_wave / rate, mem, cm.tables.launch), rel=1e-12)
+    assert 103 * one_wave / rate < 128 * mem
+    assert cm.op_seconds(bat) == pytest.approx(max(128 * mem, cm.tables.launch), rel=1e-12)
+    assert cm.op_seconds(bat) < 0.81 * cm.op_seconds(sep)
+    # the same computation: one key for a measured block, one FLOP count; a batch of one is a GEMM
+    assert ops_key((sep,)) == ops_key((bat,)) and sep.flops == bat.flops
+    one = Op(OpKind.GEMM, (1024, 1024, 96), dtype="fp16", count=1, batched=True)
+    assert cm.op_seconds(one) == cm.op_seconds(Op(OpKind.GEMM, (1024, 1024, 96), dtype="fp16"))
+
+
 def test_gemm_of_other_dtype_uses_its_peak_and_flags_it():
     cm = CostModel(load_profile("h100-sxm"))
     p = cm.profile.gpu

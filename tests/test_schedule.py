@@ -124,3 +124,14 @@ def test_checker_accepts_reallocation_after_an_ordered_free():
 def test_meta_values_with_inner_spaces_round_trip(value):
     s = Schedule((), {"gpu0": 1}, meta={"note": value})
     assert parse_schedule(format_schedule(s)).meta == {"note": value}
+
+
+def test_a_batched_op_round_trips_and_other_ops_keep_six_fields():
+    bat = Op(OpKind.GEMM, (1024, 1024, 96), dtype="fp16", count=128, batched=True)
+    sep = Op(OpKind.GEMM, (1024, 1024, 96), dtype="fp16", count=128)
+    s = sched(Task("it1.F.b0", "gpu0.compute", TaskCat.FWD, (bat, sep), it=1, block=0))
+    text = format_schedule(s)
+    assert "GEMM:1024x1024x96:0:fp16:p:128:b GEMM:1024x1024x96:0:fp16:p:128\n" in text
+    assert parse_schedule(text) == s
+    with pytest.raises(SimheteError, match="7th field"):
+        parse_schedule(text.replace(":128:b", ":128:x"))

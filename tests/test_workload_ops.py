@@ -389,12 +389,12 @@ def test_math_attention_ops_without_flash():
     t, h = b * s, 8
     assert attn_f == (Op(OpKind.ELEMENTWISE, (), 2 * e * t * h),               # q · sqrt(scale)
                       Op(OpKind.ELEMENTWISE, (), 2 * e * t * h),               # k · sqrt(scale)
-                      Op(OpKind.GEMM, (4, 4, 4), count=4),                     # S = Q·Kᵀ per head
+                      Op(OpKind.GEMM, (4, 4, 4), count=4, batched=True),       # S = Q·Kᵀ per head, one launch
                       Op(OpKind.ELEMENTWISE, (), 2 * e * ns + e * s * s),      # + causal mask
                       Op(OpKind.SOFTMAX_CE, (16, 4), 2 * e * ns),
                       Op(OpKind.ELEMENTWISE, (), (3 * e + 2) * ns),            # safe softmax's where
                       Op(OpKind.DROPOUT, (), 2 * e * ns + ns),                 # on the probabilities
-                      Op(OpKind.GEMM, (4, 4, 4), count=4))                     # O = P·V
+                      Op(OpKind.GEMM, (4, 4, 4), count=4, batched=True))       # O = P·V
     kinds = {op.kind for blk in math_.blocks for op in blk.fwd_ops + blk.bwd_ops}
     assert OpKind.ATTN_FWD not in kinds and OpKind.ATTN_BWD not in kinds
     # the math path computes every score: 4·s²·d per head forward (twice the causal flash count),

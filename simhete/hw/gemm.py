@@ -18,11 +18,13 @@ if TYPE_CHECKING:   # scipy.interpolate costs ~0.6 s to import: only a profile w
     from scipy.interpolate import LinearNDInterpolator
 
 
-def quantised_flops(m: float, n: float, k: float, tile_m: int, tile_n: int, sms: int, k_half: float) -> float:
-    """FLOPs a device spends on an (m, n, k) GEMM: every SM computes a full tile in every wave
-    (tile and wave quantisation, NVIDIA "Matrix Multiplication Background" user guide) and each
-    tile pays ``k_half`` extra steps of K (small-K inefficiency). Non-decreasing in m, n and k."""
-    tiles = math.ceil(m / tile_m) * math.ceil(n / tile_n)
+def quantised_flops(m: float, n: float, k: float, tile_m: int, tile_n: int, sms: int, k_half: float,
+                    batch: int = 1) -> float:
+    """FLOPs a device spends on an (m, n, k) GEMM — or on one batched launch of ``batch`` of them:
+    every SM computes a full tile in every wave (tile and wave quantisation, NVIDIA "Matrix
+    Multiplication Background" user guide) and each tile pays ``k_half`` extra steps of K
+    (small-K inefficiency). Non-decreasing in m, n, k and batch."""
+    tiles = batch * math.ceil(m / tile_m) * math.ceil(n / tile_n)
     waves = math.ceil(tiles / sms)
     return 2.0 * waves * sms * tile_m * tile_n * (k + k_half)
 

@@ -31,7 +31,13 @@ STREAM_RE = re.compile(r"^(gpu\d+\.(compute|h2d|d2h|comm)|cpu\.optim|nvlink|nvme
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One priced unit of work; see :mod:`simhete.opkinds` for shape conventions."""
+    """One priced unit of work; see :mod:`simhete.opkinds` for shape conventions.
+
+    ``count``: how many times the op runs. ``batched``: the ``count`` runs are one kernel launch
+    over a batch (a GEMM's per-head products as ``torch.matmul`` of 4-D tensors runs them: one
+    cuBLAS strided-batched GEMM, ``cublasGemmStridedBatchedEx``, whose tiles of every batch entry
+    share the waves), not ``count`` separate launches (e.g. the two equal input projections of a
+    SwiGLU MLP)."""
 
     kind: OpKind
     shape: tuple[int, ...] = ()
@@ -39,18 +45,20 @@ class Op:
     dtype: str = "bf16"
     pinned: bool = True
     count: int = 1
+    batched: bool = False
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         # ops are dictionary keys on the hot path (cost-model caches); hash once, not per lookup
-        object.__setattr__(self, "_hash", hash((self.kind, self.shape, self.n, self.dtype, self.pinned, self.count)))
+        object.__setattr__(self, "_hash", hash((self.kind, self.shape, self.n, self.dtype, self.pinned,
+                                                 self.count, self.batched)))
 
     def __hash__(self) -> int:
         return self._hash
 
     def __reduce__(self) -> tuple:
         # string hashes differ between processes: rebuild (and re-hash) on unpickling
-        return (Op, (self.kind, self.shape, self.n, self.dtype, self.pinned, self.count))
+        return (Op, (self.kind, self.shape, self.n, self.dtype, self.pinned, self.count, self.batched))
 
     @property
     def flops(self) -> float:

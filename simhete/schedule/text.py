@@ -24,13 +24,17 @@ HEADER = "# simhete schedule v1"
 
 def _fmt_op(op: Op) -> str:
     shape = "x".join(str(s) for s in op.shape) if op.shape else "-"
-    return f"{op.kind.value}:{shape}:{op.n}:{op.dtype}:{'p' if op.pinned else 'u'}:{op.count}"
+    # a batched op (one launch for its count) is marked by a 7th field; others keep 6 fields
+    return (f"{op.kind.value}:{shape}:{op.n}:{op.dtype}:{'p' if op.pinned else 'u'}:{op.count}"
+            + (":b" if op.batched else ""))
 
 
 def _parse_op(s: str) -> Op:
-    kind, shape, n, dtype, pin, count = s.split(":")
+    kind, shape, n, dtype, pin, count, *batched = s.split(":")
+    if batched not in ([], ["b"]):
+        raise ValueError(f"op {s!r}: a 7th field must be 'b' (batched)")
     return Op(OpKind(kind), () if shape == "-" else tuple(int(x) for x in shape.split("x")),
-              int(n), dtype, pin == "p", int(count))
+              int(n), dtype, pin == "p", int(count), bool(batched))
 
 
 def _fmt_alloc(a: Alloc) -> str:

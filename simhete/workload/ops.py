@@ -228,8 +228,15 @@ def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: s
     return replace(wl, blocks=blocks, optim_dtype=wl.dtype)
 
 
-def _gemm(m: int, n: int, k: int, dtype: str, count: int = 1) -> Op:
-    return Op(OpKind.GEMM, (m, n, k), dtype=dtype, count=count)
+def _gemm(m: int, n: int, k: int, dtype: str, count: int = 1, batched: bool = False) -> Op:
+    return Op(OpKind.GEMM, (m, n, k), dtype=dtype, count=count, batched=batched)
+
+
+def _head_gemm(m: int, n: int, k: int, dtype: str, ba: int) -> Op:
+    """The (m, n, k) product of every head of every sequence: ``torch.matmul`` of (b, a, m, k) and
+    (b, a, k, n) tensors is one strided-batched cuBLAS GEMM of b·a entries (ATen's bmm path,
+    ``cublasGemmStridedBatchedEx``), one launch whose tiles share the waves."""
+    return _gemm(m, n, k, dtype, ba, batched=True)
 
 
 def _ew(n: int, dtype: str) -> Op:
@@ -272,8 +279,8 @@ def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
         return (Op(OpKind.ATTN_FWD, shape, dtype=dtype),), (Op(OpKind.ATTN_BWD, shape, dtype=dtype),)
     t, ns, ba = b * s, b * a * s * s, b * a
     drop = spec.attn_dropout
-    qk = _gemm(s, s, d, dtype, ba)     # S = Q·Kᵀ per head; dP = dO·Vᵀ has the same shape
-    pv = _gemm(s, d, s, dtype, ba)     # O = P·V; dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q likewise
+    qk = _head_gemm(s, s, d, dtype, ba)     # S = Q·Kᵀ per head; dP = dO·Vᵀ has the same shape
+    pv = _head_gemm(s, d, s, dtype, ba)     # O = P·V; dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q likewise
     gqa = kv < h
     expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()      # read K, V; write expanded
     reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()      # read dK, dV; write per group
@@ -408,8 +415,8 @@ def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     upcast kernel, a softmax reading e and writing 4 bytes per score, a backward writing e."""
     a, d, h, kv = spec.n_heads, spec.head_dim, spec.hidden, spec.kv_dim
     t, ns, ba = b * s, b * a * s * s, b * a
-    qk = _gemm(s, s, d, dtype, ba)
-    pv = _gemm(s, d, s, dtype, ba)
+    qk = _head_gemm(s, s, d, dtype, ba)
+    pv = _head_gemm(s, d, s, dtype, ba)
     gqa = kv < h
     expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()
     reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()
@@ -497,8 +504,8 @@ def _megatron_attention(spec: ModelSpec, b: int, s: int, e: int,
     had no GQA). n_s = b·a·s² scores."""
     a, d, h, kv = spec.n_heads, spec.head_dim, spec.q_dim, spec.kv_dim
     t, ns, ba = b * s, b * a * s * s, b * a
-    qk = _gemm(s, s, d, dtype, ba)
-    pv = _gemm(s, d, s, dtype, ba)
+    qk = _head_gemm(s, s, d, dtype, ba)
+    pv = _head_gemm(s, d, s, dtype, ba)
     gqa = kv < h
     expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()
     reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()

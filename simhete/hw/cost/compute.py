@@ -57,6 +57,12 @@ def gemm(cm: CostModel, op: Op) -> float:
     if slow is not None and (m % align or n % align or k % align):
         cm.use("gpu.gemm.misaligned_slowdown", slow)
         rate /= slow.value
+    if op.batched and op.count > 1:
+        # one launch for the whole batch: every entry's tiles share the waves (NVIDIA "Matrix
+        # Multiplication Background": a batched GEMM's tiles are scheduled together), one launch
+        # and one memory pass; priced per entry, as the caller multiplies by the count
+        c = op.count
+        return cm.roofline(g.quantised_flops_batched(m, n, k, c), rate, nbytes * c) / c
     return cm.roofline(g.quantised_flops(m, n, k), rate, nbytes)
 
 

@@ -20,7 +20,8 @@ from simhete.schedule.model import Op, Schedule, Task
 def ops_key(ops: tuple[Op, ...]) -> str:
     """A stable name (16 hex digits) for an op sequence: what ``gpu.blocks`` entries are keyed by.
     Equal tuples (every op's kind, shape, n, dtype, pinning and count) give equal keys, in every
-    process (unlike ``hash``)."""
+    process (unlike ``hash``). ``batched`` is not part of the key: it says how the same
+    computation is launched (priced), and a measured block's key names the computation."""
     text = ";".join(f"{op.kind.value},{'x'.join(map(str, op.shape))},{op.n},{op.dtype},"
                     f"{int(op.pinned)},{op.count}" for op in ops)
     return hashlib.sha1(text.encode()).hexdigest()[:16]

@@ -272,6 +272,12 @@ class Gpu(Strict):
         g = self.gemm
         return quantised_flops(m, n, k, g.tile_m, g.tile_n, self.sms, g.k_half.value)
 
+    def quantised_flops_batched(self, m: int, n: int, k: int, batch: int) -> float:
+        """:meth:`quantised_flops` of one batched launch of ``batch`` (m, n, k) GEMMs: the tiles of
+        every entry fill the waves together (never more than ``batch`` separate launches)."""
+        g = self.gemm
+        return quantised_flops(m, n, k, g.tile_m, g.tile_n, self.sms, g.k_half.value, batch)
+
     def shape_factor(self, m: int, n: int, k: int) -> float:
         """Tile/wave quantisation × small-K factor in (0, 1]: useful / quantised FLOPs."""
         return 2.0 * m * n * k / self.quantised_flops(m, n, k)
