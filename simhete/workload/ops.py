@@ -238,6 +238,18 @@ def _head_gemm(m: int, n: int, k: int, dtype: str, ba: int) -> Op:
     ``cublasGemmStridedBatchedEx``), one launch whose tiles share the waves."""
     return _gemm(m, n, k, dtype, ba, batched=True)
 
+def _head_products(s: int, d: int, e: int, t: int, h: int, kv: int, dtype: str, ba: int
+                   ) -> tuple[Op, Op, tuple[Op, ...], tuple[Op, ...]]:
+    """What every unfused attention shares: S = Q·Kᵀ (s, s, d) and O = P·V (s, d, s) for each of
+    the b·a heads as one batched launch (dP = dO·Vᵀ has the first's shape; dV = Pᵀ·dO, dQ = dS·K,
+    dK = dSᵀ·Q the second's), and under grouped-query attention (kv < h) K and V expanded to all
+    heads (read kv, write h per token) and their gradients summed back per group."""
+    gqa = kv < h
+    expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()
+    reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()
+    return _head_gemm(s, s, d, dtype, ba), _head_gemm(s, d, s, dtype, ba), expand, reduce
+
+
 
 def _ew(n: int, dtype: str) -> Op:
     return Op(OpKind.ELEMENTWISE, (), n, dtype=dtype)
@@ -279,11 +291,7 @@ def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
         return (Op(OpKind.ATTN_FWD, shape, dtype=dtype),), (Op(OpKind.ATTN_BWD, shape, dtype=dtype),)
     t, ns, ba = b * s, b * a * s * s, b * a
     drop = spec.attn_dropout
-    qk = _head_gemm(s, s, d, dtype, ba)     # S = Q·Kᵀ per head; dP = dO·Vᵀ has the same shape
-    pv = _head_gemm(s, d, s, dtype, ba)     # O = P·V; dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q likewise
-    gqa = kv < h
-    expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()      # read K, V; write expanded
-    reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()      # read dK, dV; write per group
+    qk, pv, expand, reduce = _head_products(s, d, e, t, h, kv, dtype, ba)
     mask = _ew(2 * e * ns + e * s * s, dtype)
     soft_f = Op(OpKind.SOFTMAX_CE, (ba * s, s), 2 * e * ns, dtype=dtype)
     soft_b = Op(OpKind.SOFTMAX_CE, (ba * s, s), 3 * e * ns, dtype=dtype)
@@ -415,11 +423,7 @@ def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     upcast kernel, a softmax reading e and writing 4 bytes per score, a backward writing e."""
     a, d, h, kv = spec.n_heads, spec.head_dim, spec.hidden, spec.kv_dim
     t, ns, ba = b * s, b * a * s * s, b * a
-    qk = _head_gemm(s, s, d, dtype, ba)
-    pv = _head_gemm(s, d, s, dtype, ba)
-    gqa = kv < h
-    expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()
-    reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()
+    qk, pv, expand, reduce = _head_products(s, d, e, t, h, kv, dtype, ba)
     scale = _ew(2 * e * ns, dtype)
     mask = _ew(2 * e * ns + e * b * s * s, dtype)
     fp32 = spec.family not in memory.GPT2_STYLE
@@ -504,11 +508,7 @@ def _megatron_attention(spec: ModelSpec, b: int, s: int, e: int,
     had no GQA). n_s = b·a·s² scores."""
     a, d, h, kv = spec.n_heads, spec.head_dim, spec.q_dim, spec.kv_dim
     t, ns, ba = b * s, b * a * s * s, b * a
-    qk = _head_gemm(s, s, d, dtype, ba)
-    pv = _head_gemm(s, d, s, dtype, ba)
-    gqa = kv < h
-    expand = (_ew(2 * e * t * (kv + h), dtype),) if gqa else ()
-    reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()
+    qk, pv, expand, reduce = _head_products(s, d, e, t, h, kv, dtype, ba)
     scale = _ew(2 * e * ns, dtype)
     mask = _ew(2 * e * ns + s * s, dtype)
     soft_f = Op(OpKind.SOFTMAX_CE, (ba * s, s), 2 * e * ns, dtype=dtype)
