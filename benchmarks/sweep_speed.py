@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from simhete.engine import indexed
+from simhete import cache
 from simhete import sim
 from simhete.policy import base as policy_base, template, zero_offload
 from simhete.workload import ops as workload_ops
@@ -95,13 +95,13 @@ STAGES = [
 
 
 def fresh_caches() -> None:
-    """Forget what earlier sweeps in this process left: structural templates, the engine's indexed
-    schedules and structures (with what summaries derive from them), kept cost models, remembered
-    prices and timelines, bucket partitions, model-state buffers and built workloads (each timed
-    sweep starts as a new sweep process would, imports aside)."""
+    """Forget what earlier sweeps in this process left: structural templates, the engine's
+    structures (with what summaries derive from them), bucket partitions, model-state buffers and
+    built workloads with what builds keep on them (each timed sweep starts as a new sweep process
+    would, imports aside). Kept cost models, prices, indexed forms and timelines live on profiles
+    and schedules, which a new sweep makes afresh."""
     template.clear()
-    indexed.clear()
-    sim.clear_memo()
+    cache.clear()
     zero_offload._BUCKETS.clear()
     policy_base._MODEL_STATES.clear()
     workload_ops._build.cache_clear()

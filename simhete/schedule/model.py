@@ -138,14 +138,16 @@ class TableShape:
     :mod:`simhete.policy.template`): the template's allocations in task order (``flat``; their
     buffers, pools, classes and ``persist`` flags, not their bytes) and ``a_ptr`` (``a_ptr[i]:a_ptr[i +
     1]`` are task i's). Tables of one shape also share their name, stream, cat, deps, prio, frees,
-    it, block, action and at lists (the same objects), so the engine recognises a known structure by the
-    shape's identity instead of comparing columns."""
+    it, block, action and at lists (the same objects), so the engine indexes the structure they share
+    once and keeps it here (``structure``: the engine's, ``None`` until a table of this shape is
+    indexed); it dies with the shape (its template)."""
 
-    __slots__ = ("flat", "a_ptr")
+    __slots__ = ("flat", "a_ptr", "structure")
 
     def __init__(self, flat: tuple[Alloc, ...], a_ptr: list[int]) -> None:
         self.flat = flat
         self.a_ptr = a_ptr
+        self.structure = None
 
 
 class TaskTable:
@@ -278,6 +280,7 @@ class Schedule:
     iterations: int = 1
     meta: Mapping[str, str] = field(default_factory=dict)
     _table: TaskTable | None = field(default=None, init=False, repr=False, compare=False)
+    _derived: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
@@ -294,7 +297,25 @@ class Schedule:
         _set(s, "iterations", iterations)
         _set(s, "meta", MappingProxyType(dict(meta or {})))
         _set(s, "_table", table)
+        _set(s, "_derived", None)
         return s
+
+    @property
+    def derived(self) -> dict:
+        """Data derived from this schedule alone, kept on it by the layers that derive it (keys
+        name their owner, e.g. ``"engine.indexed"``); made empty on first read."""
+        d = self._derived
+        if d is None:
+            d = {}
+            object.__setattr__(self, "_derived", d)
+        return d
+
+    def __getstate__(self) -> list:
+        return [self.tasks, self.pools, self.initial, self.iterations, self.meta, self._table, None]
+
+    def __setstate__(self, state: list) -> None:
+        for name, value in zip(("tasks", "pools", "initial", "iterations", "meta", "_table", "_derived"), state):
+            object.__setattr__(self, name, value)
 
     @property
     def table(self) -> TaskTable:
