@@ -38,7 +38,7 @@ from pathlib import Path
 
 from simhete import cache
 from simhete import sim
-from simhete.policy import base as policy_base, template, zero_offload
+from simhete.policy import template
 from simhete.workload import ops as workload_ops
 from simhete.search.backends import LocalBackend
 from simhete.search.runner import Runner
@@ -95,15 +95,13 @@ STAGES = [
 
 
 def fresh_caches() -> None:
-    """Forget what earlier sweeps in this process left: structural templates, the engine's
-    structures (with what summaries derive from them), bucket partitions, model-state buffers and
-    built workloads with what builds keep on them (each timed sweep starts as a new sweep process
-    would, imports aside). Kept cost models, prices, indexed forms and timelines live on profiles
-    and schedules, which a new sweep makes afresh."""
+    """Forget what earlier sweeps in this process left: structural templates, what
+    ``simhete.cache`` holds (the engine's structures, shared ops, kept cost models on the loader's
+    profiles) and built workloads with what builds keep on them (bucket partitions, model-state
+    buffers, block plans; each timed sweep starts as a new sweep process would, imports aside).
+    Prices, indexed forms and timelines live on schedules, which a new sweep makes afresh."""
     template.clear()
     cache.clear()
-    zero_offload._BUCKETS.clear()
-    policy_base._MODEL_STATES.clear()
     workload_ops._build.cache_clear()
 
 

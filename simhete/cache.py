@@ -62,6 +62,11 @@ STRUCTURES = Lru(64)
 MATRICES = Bounded(256)
 
 
+# -- the policies (simhete.policy.base) --------------------------------------------------------
+# (kind name, n, pinned, dtype) -> the one Op / one-Op tuple of those fields, shared by every build
+SHARED_OPS = Bounded(1 << 16)
+SHARED_ONE = Bounded(1 << 16)
+
 # how many times clear() ran: data kept on a long-lived object (a profile, which the loader
 # caches) records the generation it was made in and is made afresh after a clear()
 generation = 0

@@ -1,5 +1,5 @@
-"""What builds keep per workload (policy/training.py's block plans, ZeRO-Offload's step rows and
-host buffers): a build that reuses them equals a build from empty caches, for other workloads too,
+"""What builds keep on the workload (policy/training.py's block plans, ZeRO-Offload's step rows and
+host buffers, Workload.derived): a build that reuses them equals a build from empty caches, for other workloads too,
 and Builder.add_row stores exactly what Builder.add stores."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from simhete.opkinds import Action, At, MemClass, TaskCat
-from simhete.policy import Builder, template
+from simhete.policy import Builder
 from simhete.policy.template import same_schedule
 from simhete.scenario import load_scenario
 from simhete.schedule.model import new_alloc
@@ -34,17 +34,19 @@ def columns(s) -> tuple:
 def test_kept_plans_build_what_empty_caches_build(changes: dict) -> None:
     sc = load_scenario(BASE).with_changes(**changes) if changes else load_scenario(BASE)
     other = sc.with_changes(**{"train.micro_batch": sc.data.train.micro_batch + 1})
-    template.clear()
     ctx, pol = resolve(sc)
-    cold = pol.build(ctx)
     ctx_o, pol_o = resolve(other)
+    ctx.workload.derived.clear()            # what builds keep lives on the workload
+    ctx_o.workload.derived.clear()
+    cold = pol.build(ctx)
+    assert ctx.workload.derived and not ctx_o.workload.derived
     cold_other = pol_o.build(ctx_o)
     # warm: the kept plans of both workloads are reused, each for its own blocks only
     warm, warm_other = pol.build(ctx), pol_o.build(ctx_o)
     assert same_schedule(warm, cold) and columns(warm) == columns(cold)
     assert same_schedule(warm_other, cold_other) and columns(warm_other) == columns(cold_other)
     assert not same_schedule(warm, warm_other)     # the micro-batch changes activation bytes
-    template.clear()
+    ctx_o.workload.derived.clear()
     again = pol_o.build(ctx_o)
     assert same_schedule(again, cold_other) and columns(again) == columns(cold_other)
 

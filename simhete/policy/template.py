@@ -30,7 +30,7 @@ import numpy as np
 
 from simhete.errors import SimheteError
 from simhete.opkinds import PROCESS_CLASSES, OpKind
-from simhete.policy.base import Context, Policy, clear_per_workload, shared_ops
+from simhete.policy.base import Context, Policy, shared_ops
 from simhete.policy.process_memory import process_memory
 from simhete.schedule import Schedule
 from simhete.schedule.model import TableShape
@@ -56,23 +56,14 @@ REUSE_KEPT = 8           # resized schedules kept per template for points of equ
 VERIFY = False           # resize and also build afresh, raising if they differ (tests)
 
 
-_PER_BLOCK: dict[tuple, tuple] = {}     # (id(blocks), kind, code) -> (blocks, values)
-
-
-def _per_block(blocks: tuple, kind: str, code: str) -> Any:
-    """A size code's value for each block: a list of ops tuples (``kind`` "ops") or an int64 array
-    of bytes ("bytes"). Kept per blocks tuple (a cached workload's, shared by every template that a
-    point of its micro-batch and sequence length resizes); the entry holds the tuple, so its id
-    stays its own."""
-    key = (id(blocks), kind, code)
-    got = _PER_BLOCK.get(key)
-    if got is None or got[0] is not blocks:
-        if len(_PER_BLOCK) >= 4096:
-            _PER_BLOCK.clear()
-        vals = (list(map(OPS_CODES[code], blocks)) if kind == "ops"
-                else np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks)))
-        got = _PER_BLOCK[key] = (blocks, vals)
-    return got[1]
+def _per_block(wl: Any, kind: str, code: str) -> Any:
+    """A size code's value for each block of workload ``wl``: a list of ops tuples (``kind``
+    "ops") or an int64 array of bytes ("bytes"). Kept on the workload (shared by every template
+    that a point of its micro-batch and sequence length resizes)."""
+    blocks = wl.blocks
+    return wl.keep(("template.per_block", kind, code), lambda: (
+        list(map(OPS_CODES[code], blocks)) if kind == "ops"
+        else np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks))))
 
 
 def _gatherer(idx: list[int]) -> Callable[[list], list]:
@@ -163,16 +154,17 @@ class Template:
     def _cells(self, ctx: Context) -> tuple[list, np.ndarray, list]:
         """The ops column, the flat allocation bytes (int64) and the used palette for ``ctx``'s
         blocks."""
-        blocks = ctx.blocks
+        wl = ctx.workload
+        blocks = wl.blocks
         if len(blocks) != self.n_blocks:
             raise SimheteError(f"structure key matched a model of {len(blocks)} blocks, template has "
                                f"{self.n_blocks}")
         palette = list(self.fixed)
         for code in self.ops_codes:
-            palette.extend(_per_block(blocks, "ops", code))
+            palette.extend(_per_block(wl, "ops", code))
         by = self.base_bytes.copy()
         for code, (pos, blk) in self.byte_cells.items():
-            by[pos] = _per_block(blocks, "bytes", code)[blk]
+            by[pos] = _per_block(wl, "bytes", code)[blk]
         return self._gather_ops(palette), by, self._gather_used(palette)
 
     def resize(self, ctx: Context) -> Schedule:
@@ -180,14 +172,16 @@ class Template:
         pools = ctx.pools()
         initial = self.initial if self.policy is None else \
             self.ideal + tuple(process_memory(ctx, self.policy.k, self.policy.name, self.ideal))
-        key = (id(ctx.workload), tuple(pools.items()), initial)
+        # the workload's build arguments stand for its sizes (a workload made otherwise has no key)
+        key = (ctx.workload.key, tuple(pools.items()), initial) if ctx.workload.key else None
         got = self.reused.get(key)
-        if got is not None and got[0] is ctx.workload:
+        if got is not None:
             self.reused.move_to_end(key)
-            return got[1]
+            return got
         ops, by, used = self._cells(ctx)
         sched = Schedule.from_table(self.table.resized(ops, by, (used, self.used_at)), pools, initial, self.iterations, self.meta)
-        self.reused[key] = (ctx.workload, sched)       # holds the workload: its id is not reused
+        if key is not None:
+            self.reused[key] = sched
         if len(self.reused) > REUSE_KEPT:
             self.reused.popitem(last=False)
         return sched
@@ -209,7 +203,8 @@ def build_schedule(policy: Policy, ctx: Context) -> Schedule:
         _TEMPLATES[key] = t
         if len(_TEMPLATES) > TEMPLATES_KEPT:
             _TEMPLATES.popitem(last=False)
-        t.reused[(id(ctx.workload), tuple(sched.pools.items()), sched.initial)] = (ctx.workload, sched)
+        if ctx.workload.key:
+            t.reused[(ctx.workload.key, tuple(sched.pools.items()), sched.initial)] = sched
         return sched
     _TEMPLATES.move_to_end(key)
     sched = t.resize(ctx)
@@ -228,7 +223,5 @@ def same_schedule(a: Schedule, b: Schedule) -> bool:
 
 
 def clear() -> None:
-    """Forget every template, and what builds keep per workload (tests, benchmarks)."""
+    """Forget every template (tests, benchmarks)."""
     _TEMPLATES.clear()
-    _PER_BLOCK.clear()
-    clear_per_workload()
