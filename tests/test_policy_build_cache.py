@@ -59,3 +59,24 @@ def test_add_row_stores_what_add_stores() -> None:
     b.add_row(("it1.F.b1", "gpu0.compute", TaskCat.FWD, (), ("t0",), 3, (alloc,), ("y",), 1, 2, Action.FORWARD,
                At(1, "b1")), (0, "fwd", (None,)))
     assert a._rows == b._rows and a._sized == b._sized
+
+
+def test_what_builds_keep_lives_on_the_workload_alone() -> None:
+    """Kept data is on the workload it derives from: a pickled or replaced workload (another
+    object, maybe other sizes) starts without it, and the entries are bounded per workload."""
+    import dataclasses
+    import pickle
+
+    ctx, pol = resolve(load_scenario(BASE))
+    wl = ctx.workload
+    wl.derived.clear()
+    pol.build(ctx)
+    kinds = {k[0] for k in wl.derived}
+    assert {"policy.model_states", "training.plan", "zero_offload.adam"} <= kinds
+    assert pickle.loads(pickle.dumps(wl)).derived == {} and pickle.loads(pickle.dumps(wl)) == wl
+    assert dataclasses.replace(wl).derived == {}
+    wl.derived.clear()
+    for k in range(wl.KEPT + 1):
+        wl.keep(("test", k), lambda: k)
+    assert len(wl.derived) == 1                 # full at KEPT: started empty again
+    wl.derived.clear()

@@ -269,7 +269,7 @@ def _initial_state(st: Structure, schedule: Schedule) -> tuple:
     live_bytes = np.zeros(len(st.buffers), dtype=i64)
     live_bytes[st.init_buf] = init_bytes
     state = (class0, class0.sum(axis=1), live_bytes)
-    st.init_state = (initial, state)       # holds the tuple: its identity stays its own
+    st.init_state = (initial, state)       # holds the tuple it compares by ``is``
     return state
 
 

@@ -8,15 +8,16 @@ share a structure (``Policy.structure_key``; ``None`` opts out) gets its schedul
 :class:`Template`; every later point of that key is the template *resized*: the ops column and the
 allocation bytes are recomputed from the point's blocks through what the build marked as
 size-dependent (``Builder.add(..., sized=...)``, codes below), everything else is the template's own
-column objects (so the engine recognises the structure by identity), the pool capacities are the
+column objects (so the engine indexes the structure once per shape), the pool capacities are the
 point's. A template checks when it is made that its recipe reproduces its own build exactly;
 ``tests/test_template.py`` checks that a resized template equals a fresh build for every policy
 that opts in, on the shipped scenarios and over drawn sizes. Setting :data:`VERIFY` makes every
 resize also build afresh and compare (slow; for tests).
 
 Points whose key *and* sizes are equal (knob values that alias, e.g. bucket sizes giving one
-partition) get the very Schedule object of the earlier point, so the engine re-prices it on its
-warm path.
+partition: the same workload build arguments, capacities and initial buffers) get the very
+Schedule object of the earlier point, so the engine re-prices it on its warm path (what it derived
+is kept on the schedule).
 """
 
 from __future__ import annotations
