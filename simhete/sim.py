@@ -232,6 +232,7 @@ def durations(cost: CostModel, sched: Schedule) -> np.ndarray:
 
 
 MODEL_OPS_KEPT = 1 << 16    # ops tuples a kept CostModel may price before it is replaced by a fresh one
+PROFILES_PER_PALETTE = 4    # profiles whose prices a palette keeps (a hardware sweep alternates them)
 
 
 def kept_model(profile: Any) -> CostModel:
@@ -264,11 +265,12 @@ def memo_durations(cost: CostModel, sched: Schedule) -> tuple[np.ndarray, tuple]
 def _memo_palette(prof: Any, sched: Schedule) -> tuple[np.ndarray, tuple, tuple[np.ndarray, np.ndarray]]:
     """(durations, merged provenance, (H2D, D2H) bytes per palette entry) of ``sched``'s distinct
     ops tuples. Each tuple is priced (and its PCIe bytes summed) once per kept model; the prices
-    of the whole palette are kept on the schedule (``sched.derived``) for ``prof``."""
+    of the whole palette are kept on the palette (``Palette.derived``, for the last few profiles),
+    which a template's schedules of one workload share."""
     palette, at = sched.table.distinct_ops()
-    derived = sched.derived
-    got = derived.get("sim.prices")
-    if got is None or got[0] is not prof:
+    kept_prices = palette.derived.setdefault("sim.prices", [])
+    got = next((e for e in kept_prices if e[0] is prof), None)
+    if got is None:
         kept, entries = _kept(prof)
         # a resized template's palette lists a tuple once per block using it: look each tuple
         # object up once (the palette holds them while this runs)
@@ -281,9 +283,11 @@ def _memo_palette(prof: Any, sched: Schedule) -> tuple[np.ndarray, tuple, tuple[
             found[k] = e
         es = list(map(found.__getitem__, ids))
         prov = (frozenset().union(*(e[1][0] for e in es)), frozenset().union(*(e[1][1] for e in es)))
-        got = derived["sim.prices"] = (
-            prof, np.array([e[0] for e in es], dtype=np.float64), prov,
-            (np.array([e[2] for e in es], dtype=np.int64), np.array([e[3] for e in es], dtype=np.int64)))
+        got = (prof, np.array([e[0] for e in es], dtype=np.float64), prov,
+               (np.array([e[2] for e in es], dtype=np.int64), np.array([e[3] for e in es], dtype=np.int64)))
+        if len(kept_prices) >= PROFILES_PER_PALETTE:
+            del kept_prices[0]
+        kept_prices.append(got)
     return got[1][at], got[2], got[3]
 
 

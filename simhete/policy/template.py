@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from itertools import accumulate, chain
-from operator import attrgetter, itemgetter
+from operator import attrgetter, is_, itemgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -34,7 +34,7 @@ from simhete.opkinds import PROCESS_CLASSES, OpKind
 from simhete.policy.base import Context, Policy, shared_ops
 from simhete.policy.process_memory import process_memory
 from simhete.schedule import Schedule
-from simhete.schedule.model import TableShape
+from simhete.schedule.model import Palette, TableShape
 
 # How a size-dependent cell is derived from its block (a workload BlockWork); see Builder.add.
 OPS_CODES: dict[str, Callable[[Any], tuple]] = {
@@ -54,6 +54,7 @@ BYTES_CODES: dict[str, Callable[[Any], int]] = {
 
 TEMPLATES_KEPT = 64      # templates per process (LRU); a sweep visits its structures in turn
 REUSE_KEPT = 8           # resized schedules kept per template for points of equal sizes
+PALETTES_KEPT = 16       # palettes kept per template (one per workload: micro-batch, sequence length)
 VERIFY = False           # resize and also build afresh, raising if they differ (tests)
 
 
@@ -146,7 +147,8 @@ class Template:
         self.used_at = (np.cumsum(used) - 1)[src]
         self.used = np.flatnonzero(used).tolist()
         self._gather_used = _gatherer(self.used)
-        self.reused: OrderedDict[tuple, tuple] = OrderedDict()
+        self.reused: OrderedDict[tuple, Schedule] = OrderedDict()
+        self.palettes: dict[tuple, Palette] = {}      # workload key -> the palette of its points
         ops, by, _ = self._cells(ctx)
         if ops != tb.ops or not np.array_equal(by, self.base_bytes):
             raise SimheteError(f"policy {sched.meta.get('policy', '?')}: the size codes it marked do not "
@@ -168,6 +170,21 @@ class Template:
             by[pos] = _per_block(wl, "bytes", code)[blk]
         return self._gather_ops(palette), by, self._gather_used(palette)
 
+    def _palette(self, wl: Any, used: list) -> Palette:
+        """``used`` (a point's distinct ops) as a :class:`Palette`: the one made before for this
+        workload when it lists the very same tuple objects, so what is derived from it (prices per
+        profile) serves every schedule of this template and workload."""
+        key = wl.key
+        got = self.palettes.get(key) if key else None
+        if got is not None and len(got) == len(used) and all(map(is_, got, used)):
+            return got
+        got = Palette(used)
+        if key:
+            if len(self.palettes) >= PALETTES_KEPT:
+                self.palettes.clear()
+            self.palettes[key] = got
+        return got
+
     def resize(self, ctx: Context) -> Schedule:
         """The schedule of this structure for ``ctx``: new ops, allocation bytes and capacities."""
         pools = ctx.pools()
@@ -180,7 +197,9 @@ class Template:
             self.reused.move_to_end(key)
             return got
         ops, by, used = self._cells(ctx)
-        sched = Schedule.from_table(self.table.resized(ops, by, (used, self.used_at)), pools, initial, self.iterations, self.meta)
+        palette = self._palette(ctx.workload, used)
+        sched = Schedule.from_table(self.table.resized(ops, by, (palette, self.used_at)), pools, initial,
+                                    self.iterations, self.meta)
         if key is not None:
             self.reused[key] = sched
         if len(self.reused) > REUSE_KEPT:

@@ -133,6 +133,19 @@ def new_alloc(buf: str, pool: str, bytes: int, cls: MemClass, persist: bool = Fa
     return o
 
 
+class Palette(list):
+    """The distinct ops tuples of a table (:meth:`TaskTable.distinct_ops`), and in ``derived``
+    what other layers derive from these tuples alone (their prices on a profile: ``simhete.sim``),
+    kept with the palette: tables that share a palette object (a template's schedules of one
+    workload) share it. Not to be modified."""
+
+    __slots__ = ("derived",)
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.derived: dict = {}
+
+
 class TableShape:
     """What every table resized from one structural template shares (see
     :mod:`simhete.policy.template`): the template's allocations in task order (``flat``; their
@@ -178,18 +191,18 @@ class TaskTable:
             setattr(self, f, [])
         self.shape = self.sized = self._bytes = self._bytes_array = self._distinct = None
 
-    def distinct_ops(self) -> tuple[list, Any]:
+    def distinct_ops(self) -> tuple[Palette, Any]:
         """The ops column as ``(palette, at)``: ``ops[i] is palette[at[i]]``. Tasks share ops tuples,
         so a per-task figure that depends only on the ops (a price, bytes moved) is computed once
         per palette entry and gathered (``at``: a numpy integer array). Made on first call (one
         entry per distinct tuple object, in first-use order) unless the table was resized from a
-        template, which knows it; not to be modified."""
+        template, which knows it (and may list a tuple more than once); not to be modified."""
         d = self._distinct
         if d is None:
             ops = self.ops
             ids = list(map(id, ops))
             pos = dict(zip(dict.fromkeys(ids), range(len(ids))))     # first-use order
-            palette = list(dict(zip(ids, ops)).values())            # same order: keys keep first insertion
+            palette = Palette(dict(zip(ids, ops)).values())         # same order: keys keep first insertion
             d = self._distinct = (palette, np.fromiter(map(pos.__getitem__, ids), np.intp, len(ids)))
         return d
 
