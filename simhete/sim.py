@@ -265,15 +265,34 @@ def memo_durations(cost: CostModel, sched: Schedule) -> tuple[np.ndarray, tuple]
 def _memo_palette(prof: Any, sched: Schedule) -> tuple[np.ndarray, tuple, tuple[np.ndarray, np.ndarray]]:
     """(durations, merged provenance, (H2D, D2H) bytes per palette entry) of ``sched``'s distinct
     ops tuples. Each tuple is priced (and its PCIe bytes summed) once per kept model; the prices
-    of the whole palette are kept on the palette (``Palette.derived``, for the last few profiles),
-    which a template's schedules of one workload share."""
+    of a palette are kept on it (``Palette.derived``, for the last few profiles), which a
+    template's schedules of one workload share, and a palette made of parts (a template's fixed
+    tuples, a workload's per-block ones) is priced per part, each part's prices kept on it."""
     palette, at = sched.table.distinct_ops()
+    got = _priced(prof, palette)
+    if got[5] is None:
+        provs = got[2]
+        got[5] = (frozenset().union(*(p[0] for p in provs)), frozenset().union(*(p[1] for p in provs)))
+    return got[1][at], got[5], (got[3], got[4])
+
+
+def _priced(prof: Any, palette: Any) -> list:
+    """[profile, prices, provenance per entry, H2D bytes, D2H bytes, merged provenance or None]
+    of ``palette``'s entries on ``prof``'s kept model, kept on the palette."""
     kept_prices = palette.derived.setdefault("sim.prices", [])
-    got = next((e for e in kept_prices if e[0] is prof), None)
-    if got is None:
+    for e in kept_prices:
+        if e[0] is prof:
+            return e
+    if palette.parts is not None:
+        parts, pick = palette.parts
+        ps = [_priced(prof, p) for p in parts]
+        provs = [x for p in ps for x in p[2]]
+        got = [prof, np.concatenate([p[1] for p in ps])[pick], list(map(provs.__getitem__, pick.tolist())),
+               np.concatenate([p[3] for p in ps])[pick], np.concatenate([p[4] for p in ps])[pick], None]
+    else:
         kept, entries = _kept(prof)
-        # a resized template's palette lists a tuple once per block using it: look each tuple
-        # object up once (the palette holds them while this runs)
+        # a palette may list a tuple more than once (a workload's per-block tuples): look each
+        # tuple object up once (the palette holds them while this runs)
         ids = list(map(id, palette))
         found = dict(zip(ids, palette))
         for k, ops in found.items():
@@ -282,13 +301,12 @@ def _memo_palette(prof: Any, sched: Schedule) -> tuple[np.ndarray, tuple, tuple[
                 e = entries[ops] = (kept.ops_seconds(ops), kept.provenance(ops), *ops_pcie_bytes(ops))
             found[k] = e
         es = list(map(found.__getitem__, ids))
-        prov = (frozenset().union(*(e[1][0] for e in es)), frozenset().union(*(e[1][1] for e in es)))
-        got = (prof, np.array([e[0] for e in es], dtype=np.float64), prov,
-               (np.array([e[2] for e in es], dtype=np.int64), np.array([e[3] for e in es], dtype=np.int64)))
-        if len(kept_prices) >= PROFILES_PER_PALETTE:
-            del kept_prices[0]
-        kept_prices.append(got)
-    return got[1][at], got[2], got[3]
+        got = [prof, np.array([e[0] for e in es], dtype=np.float64), [e[1] for e in es],
+               np.array([e[2] for e in es], dtype=np.int64), np.array([e[3] for e in es], dtype=np.int64), None]
+    if len(kept_prices) >= PROFILES_PER_PALETTE:
+        del kept_prices[0]
+    kept_prices.append(got)
+    return got
 
 
 def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast", memo: bool = False) -> Result:

@@ -59,12 +59,12 @@ VERIFY = False           # resize and also build afresh, raising if they differ 
 
 
 def _per_block(wl: Any, kind: str, code: str) -> Any:
-    """A size code's value for each block of workload ``wl``: a list of ops tuples (``kind``
+    """A size code's value for each block of workload ``wl``: a Palette of ops tuples (``kind``
     "ops") or an int64 array of bytes ("bytes"). Kept on the workload (shared by every template
     that a point of its micro-batch and sequence length resizes)."""
     blocks = wl.blocks
     return wl.keep(("template.per_block", kind, code), lambda: (
-        list(map(OPS_CODES[code], blocks)) if kind == "ops"
+        Palette(map(OPS_CODES[code], blocks)) if kind == "ops"
         else np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks))))
 
 
@@ -136,7 +136,7 @@ class Template:
         ids = list(map(id, map(ops_col.__getitem__, fixed_rows)))
         k_of = dict(zip(dict.fromkeys(ids), range(len(ids))))              # id -> palette entry
         palette = list(dict(zip(ids, map(ops_col.__getitem__, fixed_rows))).values())   # same order
-        self.fixed = palette
+        self.fixed = Palette(palette)
         src = sized_at + len(palette)
         src[fixed_rows] = np.fromiter(map(k_of.__getitem__, ids), i64, len(ids))
         self.ops_src = src.tolist()
@@ -145,32 +145,37 @@ class Template:
         used = np.zeros(len(palette) + len(self.ops_codes) * self.n_blocks, dtype=bool)
         used[src] = True
         self.used_at = (np.cumsum(used) - 1)[src]
-        self.used = np.flatnonzero(used).tolist()
+        self.used_pick = np.flatnonzero(used)
+        self.used = self.used_pick.tolist()
         self._gather_used = _gatherer(self.used)
         self.reused: OrderedDict[tuple, Schedule] = OrderedDict()
         self.palettes: dict[tuple, Palette] = {}      # workload key -> the palette of its points
-        ops, by, _ = self._cells(ctx)
+        ops, by, _, _ = self._cells(ctx)
         if ops != tb.ops or not np.array_equal(by, self.base_bytes):
             raise SimheteError(f"policy {sched.meta.get('policy', '?')}: the size codes it marked do not "
                                "reproduce its own schedule (a Builder.add(sized=...) names the wrong code)")
 
-    def _cells(self, ctx: Context) -> tuple[list, np.ndarray, list]:
-        """The ops column, the flat allocation bytes (int64) and the used palette for ``ctx``'s
-        blocks."""
+    def _cells(self, ctx: Context) -> tuple[list, np.ndarray, list, tuple]:
+        """The ops column, the flat allocation bytes (int64), the used palette for ``ctx``'s
+        blocks and the palettes it is gathered from (the template's fixed tuples, then the
+        workload's per ops code)."""
         wl = ctx.workload
         blocks = wl.blocks
         if len(blocks) != self.n_blocks:
             raise SimheteError(f"structure key matched a model of {len(blocks)} blocks, template has "
                                f"{self.n_blocks}")
         palette = list(self.fixed)
+        parts = [self.fixed]
         for code in self.ops_codes:
-            palette.extend(_per_block(wl, "ops", code))
+            part = _per_block(wl, "ops", code)
+            palette.extend(part)
+            parts.append(part)
         by = self.base_bytes.copy()
         for code, (pos, blk) in self.byte_cells.items():
             by[pos] = _per_block(wl, "bytes", code)[blk]
-        return self._gather_ops(palette), by, self._gather_used(palette)
+        return self._gather_ops(palette), by, self._gather_used(palette), tuple(parts)
 
-    def _palette(self, wl: Any, used: list) -> Palette:
+    def _palette(self, wl: Any, used: list, parts: tuple) -> Palette:
         """``used`` (a point's distinct ops) as a :class:`Palette`: the one made before for this
         workload when it lists the very same tuple objects, so what is derived from it (prices per
         profile) serves every schedule of this template and workload."""
@@ -178,7 +183,7 @@ class Template:
         got = self.palettes.get(key) if key else None
         if got is not None and len(got) == len(used) and all(map(is_, got, used)):
             return got
-        got = Palette(used)
+        got = Palette(used, (parts, self.used_pick))
         if key:
             if len(self.palettes) >= PALETTES_KEPT:
                 self.palettes.clear()
@@ -196,8 +201,8 @@ class Template:
         if got is not None:
             self.reused.move_to_end(key)
             return got
-        ops, by, used = self._cells(ctx)
-        palette = self._palette(ctx.workload, used)
+        ops, by, used, parts = self._cells(ctx)
+        palette = self._palette(ctx.workload, used, parts)
         sched = Schedule.from_table(self.table.resized(ops, by, (palette, self.used_at)), pools, initial,
                                     self.iterations, self.meta)
         if key is not None:

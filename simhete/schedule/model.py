@@ -137,13 +137,17 @@ class Palette(list):
     """The distinct ops tuples of a table (:meth:`TaskTable.distinct_ops`), and in ``derived``
     what other layers derive from these tuples alone (their prices on a profile: ``simhete.sim``),
     kept with the palette: tables that share a palette object (a template's schedules of one
-    workload) share it. Not to be modified."""
+    workload) share it. ``parts``: ``None``, or ``(palettes, pick)`` when this palette is
+    entries ``pick`` of those palettes concatenated (a template's: its own fixed tuples and the
+    workload's per-block ones), so what is derived per entry can be derived per part and
+    gathered. Not to be modified."""
 
-    __slots__ = ("derived",)
+    __slots__ = ("derived", "parts")
 
-    def __init__(self, items: Any = ()) -> None:
+    def __init__(self, items: Any = (), parts: tuple | None = None) -> None:
         super().__init__(items)
         self.derived: dict = {}
+        self.parts = parts
 
 
 class TableShape:
