@@ -49,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 
+from simhete import cache
 from simhete.policy import template
 from simhete.engine import indexed, simulate_fast, simulate_simpy
 from simhete.engine.fast import compiled_available
@@ -159,13 +160,13 @@ def main() -> int:
     r = args.repeats + 1
     scaled = [[d * (1.0 + 1e-3 * k) for d in durs] for k in range(r)]
 
-    # The engine's two caches (indexed.py) are set per variant, untimed: cold schedules are new
-    # objects, so only the structures need forgetting; warm runs re-price the one Indexed form of
-    # ``sched``, put back in the cache before each run.
+    # What the engine keeps is set per variant, untimed: cold schedules are new objects, so only
+    # the structures (simhete.cache.STRUCTURES) need forgetting; warm runs re-price the one Indexed
+    # form of ``sched``, put back on it before each run.
     warm_ix = indexed.indexed(sched, rules)
 
     def forget(k: int) -> None:           # no structure known: the whole indexing is timed
-        indexed._STRUCTURES.clear()
+        cache.STRUCTURES.clear()
 
     def nothing(k: int) -> None:
         pass
@@ -177,8 +178,7 @@ def main() -> int:
         indexed._build(tmpl.resize(ctx), rules)
 
     def warm(k: int) -> None:             # ``sched`` itself is indexed
-        indexed._CACHE[id(sched)] = warm_ix
-        indexed._CACHE.move_to_end(id(sched))
+        sched.derived["engine.indexed"] = warm_ix
 
     variants = {"simpy": (nothing, lambda k: simulate_simpy(sched, durs, rules))}
     built = [policy.build(ctx) for _ in range(4 * r)]             # fresh policy builds

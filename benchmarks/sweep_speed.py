@@ -36,9 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from simhete.engine import indexed
+from simhete import cache
 from simhete import sim
-from simhete.policy import base as policy_base, template, zero_offload
+from simhete.policy import template
 from simhete.workload import ops as workload_ops
 from simhete.search.backends import LocalBackend
 from simhete.search.runner import Runner
@@ -95,15 +95,13 @@ STAGES = [
 
 
 def fresh_caches() -> None:
-    """Forget what earlier sweeps in this process left: structural templates, the engine's indexed
-    schedules and structures (with what summaries derive from them), kept cost models, remembered
-    prices and timelines, bucket partitions, model-state buffers and built workloads (each timed
-    sweep starts as a new sweep process would, imports aside)."""
+    """Forget what earlier sweeps in this process left: structural templates, what
+    ``simhete.cache`` holds (the engine's structures, shared ops, kept cost models on the loader's
+    profiles) and built workloads with what builds keep on them (bucket partitions, model-state
+    buffers, block plans; each timed sweep starts as a new sweep process would, imports aside).
+    Prices, indexed forms and timelines live on schedules, which a new sweep makes afresh."""
     template.clear()
-    indexed.clear()
-    sim.clear_memo()
-    zero_offload._BUCKETS.clear()
-    policy_base._MODEL_STATES.clear()
+    cache.clear()
     workload_ops._build.cache_clear()
 
 

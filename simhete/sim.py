@@ -6,7 +6,6 @@ through :func:`resolve` and :func:`run`.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from simhete import cache
 from simhete.engine import simulate
 from simhete.engine.timeline import Timeline
 from simhete.errors import ConfigError, SimheteError
@@ -231,81 +231,90 @@ def durations(cost: CostModel, sched: Schedule) -> np.ndarray:
     return np.array(list(map(cost.ops_seconds, palette)), dtype=np.float64)[at]
 
 
-MEMO_KEPT = 256
 MODEL_OPS_KEPT = 1 << 16    # ops tuples a kept CostModel may price before it is replaced by a fresh one
-_MODELS: dict[int, tuple] = {}           # id(profile) -> (profile, kept model, entries by tuple id)
-_PRICES: OrderedDict[tuple, tuple] = OrderedDict()     # (profile, distinct ops) -> prices, provenance
-_TIMELINES: OrderedDict[tuple, tuple] = OrderedDict()  # (schedule, profile, engine) -> timeline
-
-
-def _remember(cache: OrderedDict, key: tuple, value: tuple) -> None:
-    cache[key] = value
-    if len(cache) > MEMO_KEPT:
-        cache.popitem(last=False)
+PROFILES_PER_PALETTE = 4    # profiles whose prices a palette keeps (a hardware sweep alternates them)
 
 
 def kept_model(profile: Any) -> CostModel:
-    """A CostModel of ``profile`` kept for this process (sweep workers): it prices each ops tuple
-    once over all the points it serves. Bounded: replaced by a fresh one past
+    """A CostModel of ``profile`` kept on it (``profile.memo``) for sweeps: it prices each ops
+    tuple once over all the points it serves. Bounded: replaced by a fresh one past
     :data:`MODEL_OPS_KEPT` priced tuples (prices do not depend on what a model priced before)."""
     return _kept(profile)[0]
 
 
 def _kept(profile: Any) -> tuple[CostModel, dict]:
-    """The kept model of ``profile`` and its entries per ops tuple object (by id: each holds the
-    tuple, so the id stays its own): (tuple, price, provenance, H2D bytes, D2H bytes)."""
-    got = _MODELS.get(id(profile))
-    if got is None or got[0] is not profile or len(got[1]._task_cache) > MODEL_OPS_KEPT \
-            or len(got[2]) > MODEL_OPS_KEPT:
-        if len(_MODELS) >= 64:
-            _MODELS.clear()
-        got = _MODELS[id(profile)] = (profile, CostModel(profile), {})   # holds the profile: its id stays its own
-    return got[1], got[2]
+    """The kept model of ``profile`` and its entries per ops tuple (by content: equal tuples price
+    equally): (price, provenance, H2D bytes, D2H bytes)."""
+    memo = profile.memo
+    got = memo.get("sim.kept")
+    if got is None or got[2] != cache.generation or len(got[0]._task_cache) > MODEL_OPS_KEPT \
+            or len(got[1]) > MODEL_OPS_KEPT:
+        got = memo["sim.kept"] = (CostModel(profile), {}, cache.generation)
+    return got[0], got[1]
 
 
 def memo_durations(cost: CostModel, sched: Schedule) -> tuple[np.ndarray, tuple]:
-    """:func:`durations` priced on the process's kept model of ``cost``'s profile
-    (:func:`kept_model`), and the provenance of the distinct ops tuples priced, merged:
-    ``cost.flags_with`` it is ``cost.flags`` as if ``cost`` itself had priced the schedule. Prices
-    depend only on the profile and the ops, so they are the floats ``cost`` would give."""
+    """:func:`durations` priced on the kept model of ``cost``'s profile (:func:`kept_model`), and
+    the provenance of the distinct ops tuples priced, merged: ``cost.flags_with`` it is
+    ``cost.flags`` as if ``cost`` itself had priced the schedule. Prices depend only on the
+    profile and the ops, so they are the floats ``cost`` would give."""
     durs, prov, _ = _memo_palette(cost.profile, sched)
     return durs, prov
 
 
 def _memo_palette(prof: Any, sched: Schedule) -> tuple[np.ndarray, tuple, tuple[np.ndarray, np.ndarray]]:
     """(durations, merged provenance, (H2D, D2H) bytes per palette entry) of ``sched``'s distinct
-    ops tuples. Each tuple object is priced (and its PCIe bytes summed) once per kept model, found
-    again by its identity (a workload's tuples are shared by every point of its micro-batch and
-    sequence length); the result for a whole list of tuples (one template and workload) is
-    remembered too, by the tuples' identities."""
+    ops tuples. Each tuple is priced (and its PCIe bytes summed) once per kept model; the prices
+    of a palette are kept on it (``Palette.derived``, for the last few profiles), which a
+    template's schedules of one workload share, and a palette made of parts (a template's fixed
+    tuples, a workload's per-block ones) is priced per part, each part's prices kept on it."""
     palette, at = sched.table.distinct_ops()
-    ids = list(map(id, palette))
-    key = (id(prof), *ids)
-    got = _PRICES.get(key)
-    if got is None or got[0] is not prof:
-        kept, by_id = _kept(prof)
-        entries = list(map(by_id.get, ids))
-        if None in entries:
-            for k, e in enumerate(entries):
-                if e is None:
-                    ops = palette[k]
-                    entries[k] = by_id[ids[k]] = (ops, kept.ops_seconds(ops), kept.provenance(ops),
-                                                  *ops_pcie_bytes(ops))
-        prov = (frozenset().union(*(e[2][0] for e in entries)), frozenset().union(*(e[2][1] for e in entries)))
-        # the entry holds the profile and the tuples, so the ids in its key stay theirs
-        got = (prof, tuple(palette), np.array([e[1] for e in entries], dtype=np.float64), prov,
-               (np.array([e[3] for e in entries], dtype=np.int64), np.array([e[4] for e in entries], dtype=np.int64)))
-        _remember(_PRICES, key, got)
+    got = _priced(prof, palette)
+    if got[5] is None:
+        provs = got[2]
+        got[5] = (frozenset().union(*(p[0] for p in provs)), frozenset().union(*(p[1] for p in provs)))
+    return got[1][at], got[5], (got[3], got[4])
+
+
+def _priced(prof: Any, palette: Any) -> list:
+    """[profile, prices, provenance per entry, H2D bytes, D2H bytes, merged provenance or None]
+    of ``palette``'s entries on ``prof``'s kept model, kept on the palette."""
+    kept_prices = palette.derived.setdefault("sim.prices", [])
+    for e in kept_prices:
+        if e[0] is prof:
+            return e
+    if palette.parts is not None:
+        parts, pick = palette.parts
+        ps = [_priced(prof, p) for p in parts]
+        provs = [x for p in ps for x in p[2]]
+        got = [prof, np.concatenate([p[1] for p in ps])[pick], list(map(provs.__getitem__, pick.tolist())),
+               np.concatenate([p[3] for p in ps])[pick], np.concatenate([p[4] for p in ps])[pick], None]
     else:
-        _PRICES.move_to_end(key)
-    return got[2][at], got[3], got[4]
+        kept, entries = _kept(prof)
+        # a palette may list a tuple more than once (a workload's per-block tuples): look each
+        # tuple object up once (the palette holds them while this runs)
+        ids = list(map(id, palette))
+        found = dict(zip(ids, palette))
+        for k, ops in found.items():
+            e = entries.get(ops)
+            if e is None:
+                e = entries[ops] = (kept.ops_seconds(ops), kept.provenance(ops), *ops_pcie_bytes(ops))
+            found[k] = e
+        es = list(map(found.__getitem__, ids))
+        got = [prof, np.array([e[0] for e in es], dtype=np.float64), [e[1] for e in es],
+               np.array([e[2] for e in es], dtype=np.int64), np.array([e[3] for e in es], dtype=np.int64), None]
+    if len(kept_prices) >= PROFILES_PER_PALETTE:
+        del kept_prices[0]
+    kept_prices.append(got)
+    return got
 
 
 def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast", memo: bool = False) -> Result:
     """Simulate ``sched`` and summarise it. ``memo``: prices from :func:`memo_durations`, and the
-    timeline of an earlier run of this very Schedule object with this profile and engine (points
-    whose knob values alias get the same schedule from their template): same durations, same
-    rules, so the same timeline, which is immutable."""
+    timeline of an earlier run of this very Schedule object with this engine, kept on it
+    (``sched.derived``; points whose knob values alias get the same schedule from their
+    template) when its durations and interference rules are equal: the same timeline, which is
+    immutable."""
     cost = ctx.cost
     provs: tuple = ()
     palette_bytes = None
@@ -313,15 +322,13 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
         durs, prov, palette_bytes = _memo_palette(cost.profile, sched)
         provs = (prov,)
         rules = cost.interference()
-        key = (id(sched), id(ctx.profile), engine)
-        got = _TIMELINES.get(key)
-        if got is not None and got[0] is sched and got[1] is ctx.profile and got[2] == rules \
-                and np.array_equal(got[3], durs):
-            _TIMELINES.move_to_end(key)
-            tl = got[4]
+        derived = sched.derived
+        got = derived.get(("sim.timeline", engine))
+        if got is not None and got[0] == rules and np.array_equal(got[1], durs):
+            tl = got[2]
         else:
             tl = simulate(sched, durs, rules, engine=engine)
-            _remember(_TIMELINES, key, (sched, ctx.profile, rules, durs, tl))
+            derived[("sim.timeline", engine)] = (rules, durs, tl)
     else:
         tl = simulate(sched, durations(cost, sched), cost.interference(), engine=engine)
     wl = ctx.workload
@@ -335,10 +342,3 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
         flags=sorted(cost.flags_with(*provs)), meta={"scenario": s.name, "policy": s.data.policy,
                                                  "model": ctx.spec.name, "hardware": ctx.profile.name})
     return Result(s, ctx, sched, tl, summary)
-
-
-def clear_memo() -> None:
-    """Forget kept cost models, remembered prices and timelines (benchmarks, tests)."""
-    _MODELS.clear()
-    _PRICES.clear()
-    _TIMELINES.clear()

@@ -3,8 +3,11 @@ fast paths, and timeline equality with the SimPy reference on every shipped scen
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gc
 import pickle
+import weakref
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from hypothesis import given, settings
 from simhete.engine import simulate_fast, simulate_simpy
 from simhete.engine import fast
 from simhete.engine.fast import compiled_available
-from simhete.engine.indexed import CACHE_SIZE, indexed
+from simhete.engine.indexed import indexed
 from simhete.engine.timeline import Timeline
 from simhete.errors import SimheteError
 from simhete.opkinds import MemClass, TaskCat
@@ -100,11 +103,17 @@ def test_a_schedule_is_indexed_once_and_repriced_with_new_durations():
     assert indexed(twin) is not first
 
 
-def test_the_cache_is_bounded_and_keeps_its_schedules_alive():
-    kept = [_chain() for _ in range(CACHE_SIZE + 3)]
-    entries = [indexed(s) for s in kept]
-    assert all(e.schedule is s for e, s in zip(entries, kept))
-    assert indexed(kept[-1]) is entries[-1] and indexed(kept[0]) is not entries[0]   # evicted, rebuilt
+def test_the_indexed_form_lives_on_its_schedule_and_dies_with_it():
+    s = _chain()
+    first = indexed(s)
+    assert s.derived["engine.indexed"] is first
+    assert copy.copy(s).derived == {} and copy.copy(s) == s          # a copy starts without it
+    twin = Schedule(s.tasks, s.pools)
+    assert indexed(twin).order is first.order        # same structure, found by content: shared arrays
+    gone = weakref.ref(first)
+    del s, first
+    gc.collect()
+    assert gone() is None
 
 
 def test_a_bad_schedule_raises_every_time():

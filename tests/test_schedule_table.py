@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simhete import cache
 from simhete.engine import simulate_fast, simulate_simpy
 from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import Builder
@@ -147,9 +148,9 @@ def test_same_structure_other_sizes_reuses_the_index_exactly(run, k):
     ref = simulate_simpy(other, durs, rules)
     if first.oom is None or first.oom.task != "(initial)":   # (initial buffers overflowing: nothing kept)
         flat = [a for t in other.tasks for a in t.allocs]
-        assert any(x.matches(other, flat) for x in ix._STRUCTURES.values())
+        assert any(x.matches(other, flat) for same in cache.STRUCTURES.values() for x in same)
     same_timeline(simulate_fast(other, durs, rules), ref)
-    ix._STRUCTURES.clear()
+    cache.STRUCTURES.clear()
     same_timeline(simulate_fast(resized(s, k), durs, rules), ref)
 
 

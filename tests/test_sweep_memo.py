@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simhete import sim
+from simhete import cache, sim
 from simhete.engine import Record, Timeline
 from simhete.hw.cost import CostModel
 from simhete.opkinds import OpKind, TaskCat
@@ -72,7 +72,7 @@ def test_memo_gives_the_plain_results_in_any_order():
     order = list(range(len(pts))) * 2
     random.Random(7).shuffle(order)
     template.clear()
-    sim.clear_memo()
+    cache.clear()
     prof = {}
     for i in order:
         s = pts[i]
@@ -80,7 +80,11 @@ def test_memo_gives_the_plain_results_in_any_order():
                             sim.resolve_profile(s))
         got = sim.run(s, check=False, profile=p, memo=True)
         assert got.summary == plain[i], (i, s.name)
-    assert sim._TIMELINES and sim._MODELS and sim._PRICES
+    for p in prof.values():                      # kept on the profiles and the schedules
+        kept, entries, _ = p.memo["sim.kept"]
+        assert kept._task_cache and entries
+    assert ("sim.timeline", "fast") in got.schedule.derived
+    assert got.schedule.table.distinct_ops()[0].derived["sim.prices"][-1][0] is got.context.profile
 
 
 def test_memo_prices_on_a_kept_model_and_gives_the_flags_of_the_point_alone():
@@ -89,7 +93,7 @@ def test_memo_prices_on_a_kept_model_and_gives_the_flags_of_the_point_alone():
     s = load_scenario(ROOT / "scenarios" / "small-llama_cpu_swap.yaml")
     ctx, pol = sim.resolve(s)
     sched = pol.build(ctx)
-    sim.clear_memo()
+    cache.clear()
     other = sim.run(s.with_changes(**{"train.micro_batch": 3}), check=False, profile=ctx.profile, memo=True)
     assert other.schedule is not sched
     durs, prov = sim.memo_durations(ctx.cost, sched)
@@ -97,7 +101,7 @@ def test_memo_prices_on_a_kept_model_and_gives_the_flags_of_the_point_alone():
     assert durs.tolist() == ref.durations(sched) and ctx.cost.flags_with(prov) == ref.flags
     assert ctx.cost.flags == set()                       # the point's model priced nothing
     ctx.cost._flags.add("something (assumed)")          # a model that priced something flagged before
-    again, prov = sim.memo_durations(ctx.cost, sched)          # remembered by the tuples
+    again, prov = sim.memo_durations(ctx.cost, sched)          # remembered on its palette
     assert again.tolist() == durs.tolist() and ctx.cost.flags_with(prov) == ref.flags | {"something (assumed)"}
 
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simhete.engine import indexed, simulate_fast, simulate_simpy
+from simhete import cache
+from simhete.engine import simulate_fast, simulate_simpy
 from simhete.errors import SimheteError
 from simhete.opkinds import Action, At, MemClass
 from simhete.policy import Builder, Context, Policy, template
@@ -52,7 +53,7 @@ def assert_resizes(s0, s1, simulate: bool = True) -> None:
         durs, rules = ctx1.cost.durations(fresh), ctx1.cost.interference()
         assert ctx1.cost.durations(got) == durs
         ref = simulate_simpy(fresh, durs, rules)
-        indexed.clear()
+        cache.clear()
         simulate_fast(t.resize(ctx0), ctx0.cost.durations(t.resize(ctx0)), ctx0.cost.interference())  # index the template's structure
         assert timeline_key(simulate_fast(got, durs, rules)) == timeline_key(ref)
 
@@ -175,7 +176,7 @@ def test_resized_through_the_known_shape_keeps_the_memory_checks(gpu_memory):
     s = load_scenario(ROOT / "scenarios" / "llama2-13b_h100-pcie_zero-offload.yaml")
     ctx0, pol = resolve(s)
     t = Template(pol.build(ctx0), ctx0)
-    indexed.clear()
+    cache.clear()
     simulate_fast(t.resize(ctx0), ctx0.cost.durations(t.resize(ctx0)), ctx0.cost.interference())
     s1 = s.with_changes(**{"train.micro_batch": 3, "hardware": {"profile": "h100-pcie", "gpu_memory": gpu_memory}})
     ctx1, pol1 = resolve(s1)

@@ -78,12 +78,12 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
     if ix.oom is not None:
         return memory.empty_timeline(schedule, ix.oom, "fast")
     matrix, _ = ix.interference(rules)
-    return _timeline(ix, *_ext.run_loop(ix, durs, matrix))
+    return _timeline(schedule, ix, *_ext.run_loop(ix, durs, matrix))
 
 
-def _timeline(ix: Indexed, status, t, info, start, end, finished, ev_pool, ev_t, ev_b, n_ev, peak,
+def _timeline(schedule: Schedule, ix: Indexed, status, t, info, start, end, finished, ev_pool, ev_t, ev_b, n_ev, peak,
               peak_cls, in_use, live_pool, live_bytes) -> Timeline:
-    table, pools = ix.schedule.table, ix.pools
+    table, pools = schedule.table, ix.pools
     names = table.name
     t = float(t)
     if status == DOUBLE_ALLOC:

@@ -1,16 +1,19 @@
-"""A Schedule as flat integer arrays, built once per Schedule object and cached.
+"""A Schedule as flat integer arrays, built once per Schedule object and kept on it.
 
 Schedules are immutable, so a sweep that re-prices one schedule under many hardware profiles (new
-durations, same tasks) pays for this indexing once. Every static check the engines make on a
-schedule happens here, in the order the SimPy reference makes them (docs/engine.md, Errors); a
-schedule that fails a check is not cached, so the same error is raised on every call.
+durations, same tasks) pays for this indexing once: the Indexed form is kept in the schedule's
+``derived`` and dies with it. Every static check the engines make on a schedule happens here, in
+the order the SimPy reference makes them (docs/engine.md, Errors); a schedule that fails a check
+keeps nothing, so the same error is raised on every call.
 
-Two levels of reuse: the Indexed form per Schedule object (``CACHE_SIZE``), and per *structure*
-(:class:`Structure`, ``STRUCTURES_KEPT``): a new schedule whose names, streams, priorities,
+Reuse per *structure* (:class:`Structure`): a new schedule whose names, streams, priorities,
 iterations, dependencies, frees, allocated buffers/pools/classes and initial buffers equal (``==``)
 those of one indexed before — a sweep point that differs from an earlier one only in sizes — takes
-the structure's arrays and computes only the byte-dependent ones. The schedule is read through its
-column-wise table (``schedule.table``), never Task by Task.
+the structure's arrays and computes only the byte-dependent ones. Structures are found by content
+(:data:`simhete.cache.STRUCTURES`, compared column by column), or, for a table resized from a
+structural template, kept on the template's :class:`~simhete.schedule.model.TableShape` (every table
+of one shape shares its structural columns). The schedule is read through its column-wise table
+(``schedule.table``), never Task by Task.
 
 Layout (``n`` tasks, ``S`` streams, ``P`` pools, ``C`` memory classes), all numpy arrays:
 
@@ -28,7 +31,6 @@ Layout (``n`` tasks, ``S`` streams, ``P`` pools, ``C`` memory classes), all nump
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from itertools import chain
 from operator import attrgetter
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from simhete import cache
 from simhete.engine import memory
 from simhete.engine.inputs import bad_dep, check_alloc
 from simhete.engine.rates import interference_matrix
@@ -48,12 +51,8 @@ try:
 except ImportError:
     _ext = None
 
-CACHE_SIZE = 8          # schedules kept indexed (LRU); a sweep point re-priced many times hits one
-
-
 @dataclass(eq=False)
 class Indexed:
-    schedule: Schedule
     oom: OOMReport | None                # initial buffers already overflow a pool: nothing to run
     pools: tuple[str, ...] = ()
     streams: tuple[str, ...] = ()
@@ -92,12 +91,9 @@ class Indexed:
         return got
 
 
-_MATRICES: dict[tuple, tuple] = {}     # (streams, rules) -> (matrix, fluid): structures share them
-
-
 def _matrix(streams: tuple, rules: tuple) -> tuple[np.ndarray, bool]:
     try:
-        got = _MATRICES.get((streams, rules))
+        got = cache.MATRICES.get((streams, rules))
     except TypeError:                  # a rule that is not hashable: not kept
         got, key = None, None
     else:
@@ -106,26 +102,17 @@ def _matrix(streams: tuple, rules: tuple) -> tuple[np.ndarray, bool]:
         m = np.array(interference_matrix(streams, rules), dtype=np.float64).reshape(len(streams), len(streams))
         got = (m, bool((m != 1.0).any()))
         if key is not None:
-            if len(_MATRICES) >= 256:
-                _MATRICES.clear()
-            _MATRICES[key] = got
+            cache.MATRICES.keep(key, got)
     return got
 
 
-_CACHE: OrderedDict[int, Indexed] = OrderedDict()
-
-
 def indexed(schedule: Schedule, rules: tuple = ()) -> Indexed:
-    """The cached indexed form of ``schedule`` (the entry keeps the schedule alive, so its id is
-    not reused while cached). ``rules`` are validated first, as the reference engine does."""
-    got = _CACHE.get(id(schedule))
-    if got is not None and got.schedule is schedule:
-        _CACHE.move_to_end(id(schedule))
-        return got
-    got = _build(schedule, rules)
-    _CACHE[id(schedule)] = got
-    if len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    """The indexed form of ``schedule``, made on first call and kept on it (``schedule.derived``).
+    ``rules`` are validated first, as the reference engine does."""
+    derived = schedule.derived
+    got = derived.get("engine.indexed")
+    if got is None:
+        got = derived["engine.indexed"] = _build(schedule, rules)
     return got
 
 
@@ -215,8 +202,7 @@ _BUF, _POOL, _CLS, _BYTES = (attrgetter(f) for f in ("buf", "pool", "cls", "byte
 _INITIAL = attrgetter("buf", "pool", "cls")
 
 
-STRUCTURES_KEPT = 64        # a sweep visits its structures in turn: keep all of a typical grid's
-_STRUCTURES: OrderedDict[int, Structure] = OrderedDict()     # by id, least recently used first
+SAME_KEY_KEPT = 8     # structures kept per quick key (distinct structures rarely share one)
 
 
 def _build(schedule: Schedule, rules: tuple) -> Indexed:
@@ -226,12 +212,11 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
     shape = tb.shape
     if shape is not None:
         # a table resized from a structural template: every table of this shape shares the
-        # template's structural columns (the same list objects), so the shape's identity stands
-        # for the column comparison; pools and initial buffers are the schedule's own, checked
-        hit = _BY_SHAPE.get(id(shape))
-        if hit is not None and hit[0] is shape and _STRUCTURES.get(id(hit[1])) is hit[1] \
-                and hit[1].same_memory_layout(schedule):
-            return _reuse(hit[1], schedule, tb.alloc_bytes_array(), rules)
+        # template's structural columns (the same list objects), so the structure found for one
+        # is kept on the shape for all; pools and initial buffers are the schedule's own, checked
+        st = shape.structure
+        if st is not None and st.same_memory_layout(schedule):
+            return _reuse(st, schedule, tb.alloc_bytes_array(), rules)
         # the template's allocations in task order: the table's buffers, pools and classes (their
         # bytes are the template's; the table's own are alloc_bytes_array), with no Alloc made
         flat, n_alloc_col = shape.flat, np.diff(np.array(shape.a_ptr, dtype=np.int64)).tolist()
@@ -239,32 +224,30 @@ def _build(schedule: Schedule, rules: tuple) -> Indexed:
         flat, n_alloc_col = list(chain.from_iterable(tb.allocs)), None
     names = tb.name
     key = (len(names), len(flat), names[0] if names else None, names[-1] if names else None)
-    st = next((x for x in reversed(_STRUCTURES.values()) if x.key == key and x.matches(schedule, flat)), None)
+    same_key = cache.STRUCTURES.recall(key) or ()
+    st = next((x for x in reversed(same_key) if x.matches(schedule, flat)), None)
     if st is not None:
         if shape is not None:
-            _remember_shape(shape, st)
+            shape.structure = st
         return _reuse(st, schedule, tb.alloc_bytes_array() if shape is not None
                       else np.fromiter(map(_BYTES, flat), np.int64, len(flat)), rules)
     a_bytes = tb.alloc_bytes_array() if shape is not None else np.fromiter(map(_BYTES, flat), np.int64, len(flat))
     st = _structure(schedule, flat, key, a_bytes, n_alloc_col)
     if not isinstance(st, Structure):
         return st                     # initial buffers overflow: nothing to run
-    _STRUCTURES[id(st)] = st
-    if len(_STRUCTURES) > STRUCTURES_KEPT:
-        _STRUCTURES.popitem(last=False)
+    cache.STRUCTURES.keep(key, (*same_key[-(SAME_KEY_KEPT - 1):], st))
     if shape is not None:
-        _remember_shape(shape, st)
+        shape.structure = st
     return _sized(st, schedule, a_bytes, rules)
 
 
 def _reuse(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple) -> Indexed:
     """A schedule of a structure that passed every check: only the size-dependent checks remain,
     in the reference's order (initial buffers overflowing a pool, then a negative allocation)."""
-    _STRUCTURES.move_to_end(id(st))
     init = _initial_state(st, schedule)
     cap = np.array([schedule.pools[p] for p in st.pools], dtype=np.int64)
     if (init[1] > cap).any():
-        return Indexed(schedule, memory.initial_overflow(schedule))
+        return Indexed(memory.initial_overflow(schedule))
     a_bytes = np.asarray(a_bytes, dtype=np.int64)
     if len(a_bytes) and a_bytes.min() < 0:
         _raise_first_error(schedule.tasks, schedule.index(), {p: k for k, p in enumerate(schedule.pools)})
@@ -286,28 +269,8 @@ def _initial_state(st: Structure, schedule: Schedule) -> tuple:
     live_bytes = np.zeros(len(st.buffers), dtype=i64)
     live_bytes[st.init_buf] = init_bytes
     state = (class0, class0.sum(axis=1), live_bytes)
-    st.init_state = (initial, state)       # holds the tuple: its identity stays its own
+    st.init_state = (initial, state)       # holds the tuple it compares by ``is``
     return state
-
-
-_BY_SHAPE: dict[int, tuple] = {}      # id(TableShape) -> (shape, Structure): tables of a known shape
-
-
-def _remember_shape(shape, st: Structure) -> None:
-    if len(_BY_SHAPE) >= 4 * STRUCTURES_KEPT:     # bounded; entries of evicted structures go first
-        for k in [k for k, (_, s) in _BY_SHAPE.items() if _STRUCTURES.get(id(s)) is not s]:
-            del _BY_SHAPE[k]
-        if len(_BY_SHAPE) >= 4 * STRUCTURES_KEPT:
-            _BY_SHAPE.clear()
-    _BY_SHAPE[id(shape)] = (shape, st)
-
-
-def clear() -> None:
-    """Forget every indexed schedule and structure (benchmarks, tests)."""
-    _CACHE.clear()
-    _STRUCTURES.clear()
-    _BY_SHAPE.clear()
-    _MATRICES.clear()
 
 
 def _initial_overflow(schedule: Schedule) -> OOMReport | None:
@@ -363,7 +326,7 @@ def _structure_py(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarr
             raise SimheteError(f"initial buffer {a.buf}: unknown pool {a.pool!r}")
     oom = _initial_overflow(schedule)
     if oom is not None:
-        return Indexed(schedule, oom)
+        return Indexed(oom)
     pools = tuple(schedule.pools)
     stream_names = tb.stream
     streams = tuple(dict.fromkeys(stream_names))
@@ -404,7 +367,7 @@ def _structure_py(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarr
     nd_starts = _ptr(np.bincount(pos_of_group[member], minlength=len(groups)))[:-1]
 
     # who holds what at t = 0 (the bytes are the schedule's: see _sized)
-    cls_of, cls_by_id = memory.CLASS_INDEX, _CLS_BY_ID
+    cls_of = memory.CLASS_INDEX
     nb = len(buf_id)
     live_pool, live_cls = [-1] * nb, [0] * nb
     init_buf, init_pool, init_cls = [], [], []
@@ -412,8 +375,7 @@ def _structure_py(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarr
         b = buf_id[a.buf]
         if live_pool[b] >= 0:
             raise memory.double_alloc("initial", a.buf)
-        c = cls_by_id.get(id(a.cls))
-        p, c = pool_id[a.pool], cls_of[a.cls] if c is None else c
+        p, c = pool_id[a.pool], cls_of[a.cls]
         live_pool[b], live_cls[b] = p, c
         init_buf.append(b)
         init_pool.append(p)
@@ -453,7 +415,7 @@ def _sized(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple, init: 
     """The Indexed form of ``schedule`` (of structure ``st``): the structure's arrays plus what
     depends on bytes (``init``, ``cap``: :func:`_initial_state` and the capacities, when known)."""
     i64 = np.int64
-    ix = Indexed(schedule, None, st.pools, st.streams, st.buffers)
+    ix = Indexed(None, st.pools, st.streams, st.buffers)
     ix.matrices, ix.memo = st.matrices, st.memo
     ix.interference(rules)
     ix.cap = cap if cap is not None else np.array([schedule.pools[p] for p in st.pools], dtype=i64)
@@ -466,9 +428,6 @@ def _sized(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple, init: 
     ix.nd_bytes = np.add.reduceat(a_bytes[st.nd_perm], st.nd_starts) if len(a_bytes) else np.zeros(0, i64)
     ix.class0, ix.in_use0, ix.live_bytes0 = init if init is not None else _initial_state(st, schedule)
     return ix
-
-
-_CLS_BY_ID = {id(c): k for k, c in enumerate(memory.CLASSES)}   # by identity: an Enum's hash runs Python code
 
 
 def _groups(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

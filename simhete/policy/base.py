@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Hashable, Iterable
 
+from simhete import cache
 from simhete.config import Strict, validate
 from simhete.opkinds import Action, At, MemClass, OpKind, state_buffer
 from simhete.schedule import Alloc, Op, Schedule, Task
@@ -253,29 +254,6 @@ def dep_names(deps: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(filter(None, deps)) if deps else ()
 
 
-_PER_WORKLOAD: list[dict] = []
-
-
-def per_workload_cache() -> dict:
-    """A new module-level cache of what builds make the same way for every structure of one
-    workload (names, ops, Allocs: immutable, shared between schedules), registered so that
-    :func:`clear_per_workload` (through ``template.clear``) forgets it with the templates. Its
-    keys must start with ``id(blocks)`` and its entries hold the blocks tuple (so the id stays
-    theirs); its owner bounds it."""
-    d: dict = {}
-    _PER_WORKLOAD.append(d)
-    return d
-
-
-def clear_per_workload() -> None:
-    """Empty every :func:`per_workload_cache` (benchmarks and tests start afresh)."""
-    for d in _PER_WORKLOAD:
-        d.clear()
-
-
-_SHARED_OPS: dict[tuple[str, int, bool, str], Op] = {}
-
-
 def shared_op(kind: OpKind, n: int, pinned: bool = True, dtype: str = "bf16") -> Op:
     """``Op(kind, n=n, pinned=pinned, dtype=dtype)``, shared: equal ops are one object (an Op
     hashes its fields when built, and a schedule of a 13B model builds hundreds of identical
@@ -284,29 +262,22 @@ def shared_op(kind: OpKind, n: int, pinned: bool = True, dtype: str = "bf16") ->
     if type(n) is not int or type(pinned) is not bool or type(dtype) is not str:
         return Op(kind, n=n, pinned=pinned, dtype=dtype)      # 5 == 5.0 == True: share exact types only
     key = (kind._name_, n, pinned, dtype)   # the name, not the member: an Enum's hash runs Python code
-    op = _SHARED_OPS.get(key)
+    op = cache.SHARED_OPS.get(key)
     if op is None:
-        if len(_SHARED_OPS) >= 1 << 16:    # bounded: a long-lived process sweeping many models
-            _SHARED_OPS.clear()
-        op = _SHARED_OPS[key] = Op(kind, n=n, pinned=pinned, dtype=dtype)
+        op = cache.SHARED_OPS.keep(key, Op(kind, n=n, pinned=pinned, dtype=dtype))
     return op
-
-
-_SHARED_ONE: dict[tuple[str, int, bool, str], tuple[Op]] = {}
 
 
 def shared_ops(kind: OpKind, n: int, pinned: bool = True, dtype: str = "bf16") -> tuple[Op]:
     """``(shared_op(kind, n, pinned, dtype),)``, itself shared: a task whose ops are this one op
-    (a copy, an optimizer step) gets the same tuple object as every equal task, so the cost model
-    and the PCIe byte count handle each distinct tuple once (they key on the tuple's identity)."""
+    (a copy, an optimizer step) gets the same tuple object as every equal task, so a table's
+    distinct ops (``TaskTable.distinct_ops``) list it once and it is priced once per schedule."""
     if type(n) is not int or type(pinned) is not bool or type(dtype) is not str:
         return (shared_op(kind, n, pinned, dtype),)
     key = (kind._name_, n, pinned, dtype)
-    ops = _SHARED_ONE.get(key)
+    ops = cache.SHARED_ONE.get(key)
     if ops is None:
-        if len(_SHARED_ONE) >= 1 << 16:
-            _SHARED_ONE.clear()
-        ops = _SHARED_ONE[key] = (shared_op(kind, n, pinned, dtype),)
+        ops = cache.SHARED_ONE.keep(key, (shared_op(kind, n, pinned, dtype),))
     return ops
 
 
@@ -330,22 +301,14 @@ def model_states(ctx: Context, pool_of: dict[MemClass, str], gpu: int = 0,
     Mixed-precision Adam keeps per parameter 2 B of 16-bit weights, 2 B of 16-bit grads, 4 B of
     fp32 master weights and 8 B of Adam m and v (Rajbhandari et al. 2020, ZeRO, §3.1). fp32 master
     weights and fp32 gradients placed in host memory are sized by :func:`host_fp32_bytes` (a
-    separate host copy also when the working precision is fp32).
+    separate host copy also when the working precision is fp32). The buffers depend only on the
+    workload's blocks and the arguments, so they are kept on the workload
+    (:meth:`~simhete.workload.Workload.keep`; Allocs are immutable: shared between builds).
     """
     exclude, blocks = frozenset(exclude), None if blocks is None else frozenset(blocks)
-    key = (id(ctx.blocks), tuple(pool_of.items()), gpu, exclude, blocks)
-    got = _MODEL_STATES.get(key)
-    if got is None or got[0] is not ctx.blocks:
-        if len(_MODEL_STATES) >= 1024:
-            _MODEL_STATES.clear()
-        got = _MODEL_STATES[key] = (ctx.blocks, _model_states(ctx.blocks, pool_of, gpu, exclude, blocks))
-    return list(got[1])
-
-
-# (id(blocks), placement, gpu, excluded classes, chosen blocks) -> (blocks, initial buffers): a
-# workload's blocks tuple is shared by every point of its micro-batch and sequence length, and the
-# buffers depend only on the blocks and the arguments (Allocs are immutable: shared between builds)
-_MODEL_STATES: dict[tuple, tuple] = {}
+    wl = ctx.workload
+    return list(wl.keep(("policy.model_states", tuple(pool_of.items()), gpu, exclude, blocks),
+                        lambda: _model_states(wl.blocks, pool_of, gpu, exclude, blocks)))
 
 
 def _model_states(ctx_blocks: tuple, pool_of: dict[MemClass, str], gpu: int, exclude: Iterable[MemClass],

@@ -8,32 +8,33 @@ share a structure (``Policy.structure_key``; ``None`` opts out) gets its schedul
 :class:`Template`; every later point of that key is the template *resized*: the ops column and the
 allocation bytes are recomputed from the point's blocks through what the build marked as
 size-dependent (``Builder.add(..., sized=...)``, codes below), everything else is the template's own
-column objects (so the engine recognises the structure by identity), the pool capacities are the
+column objects (so the engine indexes the structure once per shape), the pool capacities are the
 point's. A template checks when it is made that its recipe reproduces its own build exactly;
 ``tests/test_template.py`` checks that a resized template equals a fresh build for every policy
 that opts in, on the shipped scenarios and over drawn sizes. Setting :data:`VERIFY` makes every
 resize also build afresh and compare (slow; for tests).
 
 Points whose key *and* sizes are equal (knob values that alias, e.g. bucket sizes giving one
-partition) get the very Schedule object of the earlier point, so the engine re-prices it on its
-warm path.
+partition: the same workload build arguments, capacities and initial buffers) get the very
+Schedule object of the earlier point, so the engine re-prices it on its warm path (what it derived
+is kept on the schedule).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from itertools import accumulate, chain
-from operator import attrgetter, itemgetter
+from operator import attrgetter, is_, itemgetter
 from typing import Any, Callable
 
 import numpy as np
 
 from simhete.errors import SimheteError
 from simhete.opkinds import PROCESS_CLASSES, OpKind
-from simhete.policy.base import Context, Policy, clear_per_workload, shared_ops
+from simhete.policy.base import Context, Policy, shared_ops
 from simhete.policy.process_memory import process_memory
 from simhete.schedule import Schedule
-from simhete.schedule.model import TableShape
+from simhete.schedule.model import Palette, TableShape
 
 # How a size-dependent cell is derived from its block (a workload BlockWork); see Builder.add.
 OPS_CODES: dict[str, Callable[[Any], tuple]] = {
@@ -53,26 +54,18 @@ BYTES_CODES: dict[str, Callable[[Any], int]] = {
 
 TEMPLATES_KEPT = 64      # templates per process (LRU); a sweep visits its structures in turn
 REUSE_KEPT = 8           # resized schedules kept per template for points of equal sizes
+PALETTES_KEPT = 16       # palettes kept per template (one per workload: micro-batch, sequence length)
 VERIFY = False           # resize and also build afresh, raising if they differ (tests)
 
 
-_PER_BLOCK: dict[tuple, tuple] = {}     # (id(blocks), kind, code) -> (blocks, values)
-
-
-def _per_block(blocks: tuple, kind: str, code: str) -> Any:
-    """A size code's value for each block: a list of ops tuples (``kind`` "ops") or an int64 array
-    of bytes ("bytes"). Kept per blocks tuple (a cached workload's, shared by every template that a
-    point of its micro-batch and sequence length resizes); the entry holds the tuple, so its id
-    stays its own."""
-    key = (id(blocks), kind, code)
-    got = _PER_BLOCK.get(key)
-    if got is None or got[0] is not blocks:
-        if len(_PER_BLOCK) >= 4096:
-            _PER_BLOCK.clear()
-        vals = (list(map(OPS_CODES[code], blocks)) if kind == "ops"
-                else np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks)))
-        got = _PER_BLOCK[key] = (blocks, vals)
-    return got[1]
+def _per_block(wl: Any, kind: str, code: str) -> Any:
+    """A size code's value for each block of workload ``wl``: a Palette of ops tuples (``kind``
+    "ops") or an int64 array of bytes ("bytes"). Kept on the workload (shared by every template
+    that a point of its micro-batch and sequence length resizes)."""
+    blocks = wl.blocks
+    return wl.keep(("template.per_block", kind, code), lambda: (
+        Palette(map(OPS_CODES[code], blocks)) if kind == "ops"
+        else np.fromiter(map(BYTES_CODES[code], blocks), np.int64, len(blocks))))
 
 
 def _gatherer(idx: list[int]) -> Callable[[list], list]:
@@ -143,7 +136,7 @@ class Template:
         ids = list(map(id, map(ops_col.__getitem__, fixed_rows)))
         k_of = dict(zip(dict.fromkeys(ids), range(len(ids))))              # id -> palette entry
         palette = list(dict(zip(ids, map(ops_col.__getitem__, fixed_rows))).values())   # same order
-        self.fixed = palette
+        self.fixed = Palette(palette)
         src = sized_at + len(palette)
         src[fixed_rows] = np.fromiter(map(k_of.__getitem__, ids), i64, len(ids))
         self.ops_src = src.tolist()
@@ -152,42 +145,68 @@ class Template:
         used = np.zeros(len(palette) + len(self.ops_codes) * self.n_blocks, dtype=bool)
         used[src] = True
         self.used_at = (np.cumsum(used) - 1)[src]
-        self.used = np.flatnonzero(used).tolist()
+        self.used_pick = np.flatnonzero(used)
+        self.used = self.used_pick.tolist()
         self._gather_used = _gatherer(self.used)
-        self.reused: OrderedDict[tuple, tuple] = OrderedDict()
-        ops, by, _ = self._cells(ctx)
+        self.reused: OrderedDict[tuple, Schedule] = OrderedDict()
+        self.palettes: dict[tuple, Palette] = {}      # workload key -> the palette of its points
+        ops, by, _, _ = self._cells(ctx)
         if ops != tb.ops or not np.array_equal(by, self.base_bytes):
             raise SimheteError(f"policy {sched.meta.get('policy', '?')}: the size codes it marked do not "
                                "reproduce its own schedule (a Builder.add(sized=...) names the wrong code)")
 
-    def _cells(self, ctx: Context) -> tuple[list, np.ndarray, list]:
-        """The ops column, the flat allocation bytes (int64) and the used palette for ``ctx``'s
-        blocks."""
-        blocks = ctx.blocks
+    def _cells(self, ctx: Context) -> tuple[list, np.ndarray, list, tuple]:
+        """The ops column, the flat allocation bytes (int64), the used palette for ``ctx``'s
+        blocks and the palettes it is gathered from (the template's fixed tuples, then the
+        workload's per ops code)."""
+        wl = ctx.workload
+        blocks = wl.blocks
         if len(blocks) != self.n_blocks:
             raise SimheteError(f"structure key matched a model of {len(blocks)} blocks, template has "
                                f"{self.n_blocks}")
         palette = list(self.fixed)
+        parts = [self.fixed]
         for code in self.ops_codes:
-            palette.extend(_per_block(blocks, "ops", code))
+            part = _per_block(wl, "ops", code)
+            palette.extend(part)
+            parts.append(part)
         by = self.base_bytes.copy()
         for code, (pos, blk) in self.byte_cells.items():
-            by[pos] = _per_block(blocks, "bytes", code)[blk]
-        return self._gather_ops(palette), by, self._gather_used(palette)
+            by[pos] = _per_block(wl, "bytes", code)[blk]
+        return self._gather_ops(palette), by, self._gather_used(palette), tuple(parts)
+
+    def _palette(self, wl: Any, used: list, parts: tuple) -> Palette:
+        """``used`` (a point's distinct ops) as a :class:`Palette`: the one made before for this
+        workload when it lists the very same tuple objects, so what is derived from it (prices per
+        profile) serves every schedule of this template and workload."""
+        key = wl.key
+        got = self.palettes.get(key) if key else None
+        if got is not None and len(got) == len(used) and all(map(is_, got, used)):
+            return got
+        got = Palette(used, (parts, self.used_pick))
+        if key:
+            if len(self.palettes) >= PALETTES_KEPT:
+                self.palettes.clear()
+            self.palettes[key] = got
+        return got
 
     def resize(self, ctx: Context) -> Schedule:
         """The schedule of this structure for ``ctx``: new ops, allocation bytes and capacities."""
         pools = ctx.pools()
         initial = self.initial if self.policy is None else \
             self.ideal + tuple(process_memory(ctx, self.policy.k, self.policy.name, self.ideal))
-        key = (id(ctx.workload), tuple(pools.items()), initial)
+        # the workload's build arguments stand for its sizes (a workload made otherwise has no key)
+        key = (ctx.workload.key, tuple(pools.items()), initial) if ctx.workload.key else None
         got = self.reused.get(key)
-        if got is not None and got[0] is ctx.workload:
+        if got is not None:
             self.reused.move_to_end(key)
-            return got[1]
-        ops, by, used = self._cells(ctx)
-        sched = Schedule.from_table(self.table.resized(ops, by, (used, self.used_at)), pools, initial, self.iterations, self.meta)
-        self.reused[key] = (ctx.workload, sched)       # holds the workload: its id is not reused
+            return got
+        ops, by, used, parts = self._cells(ctx)
+        palette = self._palette(ctx.workload, used, parts)
+        sched = Schedule.from_table(self.table.resized(ops, by, (palette, self.used_at)), pools, initial,
+                                    self.iterations, self.meta)
+        if key is not None:
+            self.reused[key] = sched
         if len(self.reused) > REUSE_KEPT:
             self.reused.popitem(last=False)
         return sched
@@ -209,7 +228,8 @@ def build_schedule(policy: Policy, ctx: Context) -> Schedule:
         _TEMPLATES[key] = t
         if len(_TEMPLATES) > TEMPLATES_KEPT:
             _TEMPLATES.popitem(last=False)
-        t.reused[(id(ctx.workload), tuple(sched.pools.items()), sched.initial)] = (ctx.workload, sched)
+        if ctx.workload.key:
+            t.reused[(ctx.workload.key, tuple(sched.pools.items()), sched.initial)] = sched
         return sched
     _TEMPLATES.move_to_end(key)
     sched = t.resize(ctx)
@@ -228,7 +248,5 @@ def same_schedule(a: Schedule, b: Schedule) -> bool:
 
 
 def clear() -> None:
-    """Forget every template, and what builds keep per workload (tests, benchmarks)."""
+    """Forget every template (tests, benchmarks)."""
     _TEMPLATES.clear()
-    _PER_BLOCK.clear()
-    clear_per_workload()

@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 
 from simhete.config import Strict
 from simhete.opkinds import Action, At, MemClass, OpKind
-from simhete.policy.base import Builder, Context, dep_names, per_workload_cache, shared_ops
+from simhete.policy.base import Builder, Context, dep_names, shared_ops
 from simhete.policy.process_memory import PROCESS_RSS_DEFAULT
 from simhete.schedule.model import new_alloc
 
@@ -216,29 +216,19 @@ class _BlockPlan:
         self.keep_frees, self.ckpt_frees = (act, *ws_b), (act, ract, *ws_b)
 
 
-# (id(blocks), it, m, gpu, multi-GPU, grad pool) -> (blocks, one _BlockPlan per block): the entry
-# holds the workload's blocks tuple, so its id stays its own; bounded (a plan is ~20 objects a block)
-_PLANS: dict[tuple, tuple] = per_workload_cache()
-PLANS_KEPT = 256
-
-
-def _plan(blocks: tuple, it: int, m: int, gpu: int, multi: bool, grad_pool: str | None) -> tuple[_BlockPlan, ...]:
-    """The :class:`_BlockPlan` of every block, in ``blocks`` order, kept per workload."""
-    exact = type(it) is int and type(m) is int and type(gpu) is int     # True == 1 but names differ
-    key = (id(blocks), it, m, gpu, multi, grad_pool)
-    got = _PLANS.get(key) if exact else None
-    if got is None or got[0] is not blocks:
+def _plan(wl: Any, it: int, m: int, gpu: int, multi: bool, grad_pool: str | None) -> tuple[_BlockPlan, ...]:
+    """The :class:`_BlockPlan` of every block of workload ``wl``, in block order, kept on the
+    workload (:meth:`~simhete.workload.Workload.keep`) when the arguments have exact types."""
+    def make() -> tuple[_BlockPlan, ...]:
         head = f"it{it}." + (f"m{m}." if m > 1 else "")       # tname(it, what, blk, gpu, n, m), split
         tail = f"@g{gpu}" if multi else ""
         pool = f"gpu{gpu}"
         rank = gpu if multi else -1
-        got = (blocks, tuple(_BlockPlan(blk, p, head, tail, pool, grad_pool or pool, At(it, blk.name, m, rank))
-                             for p, blk in enumerate(blocks)))
-        if exact:
-            if len(_PLANS) >= PLANS_KEPT:
-                _PLANS.clear()
-            _PLANS[key] = got
-    return got[1]
+        return tuple(_BlockPlan(blk, p, head, tail, pool, grad_pool or pool, At(it, blk.name, m, rank))
+                     for p, blk in enumerate(wl.blocks))
+    if type(it) is int and type(m) is int and type(gpu) is int:     # True == 1 but names differ
+        return wl.keep(("training.plan", it, m, gpu, multi, grad_pool), make)
+    return make()
 
 
 def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode], *,
@@ -267,7 +257,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     pool = f"gpu{gpu}"
     blocks = ctx.blocks
     nb = len(blocks)
-    plan = _plan(blocks, it, m, gpu, ctx.n_gpus > 1, grad_pool)
+    plan = _plan(ctx.workload, it, m, gpu, ctx.n_gpus > 1, grad_pool)
     fw = fwd_weight_deps or {}
     bw = bwd_weight_deps or {}
     ff = fwd_frees or {}

@@ -24,11 +24,13 @@ N+1's backward, outside the simulated window, so it is not in the schedule.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import (Builder, Context, Policy, context_key, host_fp32_bytes, knob_key, model_states,
-                                 dep_names, per_workload_cache, shared_ops)
+                                 dep_names, shared_ops)
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
@@ -48,9 +50,6 @@ class ZeroOffloadKnobs(ActivationKnobs):
     """One-step delayed parameter update (DPU)."""
 
 
-_BUCKETS: dict[tuple, tuple] = {}     # (id(blocks), bucket size) -> (blocks, partition)
-
-
 @register("zero-offload")
 class ZeroOffload(Policy):
     Knobs = ZeroOffloadKnobs
@@ -64,20 +63,14 @@ class ZeroOffload(Policy):
 
     def buckets(self, ctx: Context) -> list[list[int]]:
         """Block indices per gradient bucket, in backward order (depends only on the blocks'
-        parameter counts and the bucket size: kept per blocks tuple, which a cached workload shares
+        parameter counts and the bucket size: kept on the workload, which the build cache shares
         among every point of its micro-batch and sequence length)."""
         return [list(b) for b in self._partition(ctx)]
 
     def _partition(self, ctx: Context) -> tuple[tuple[int, ...], ...]:
         """:meth:`buckets` as the kept tuple of tuples."""
-        blocks, size = ctx.blocks, self.k.reduce_bucket_size
-        key = (id(blocks), size)
-        got = _BUCKETS.get(key)
-        if got is None or got[0] is not blocks:
-            if len(_BUCKETS) >= 1024:
-                _BUCKETS.clear()
-            got = _BUCKETS[key] = (blocks, tuple(map(tuple, self._buckets(ctx))))   # holds the blocks
-        return got[1]
+        return ctx.workload.keep(("zero_offload.buckets", self.k.reduce_bucket_size),
+                                 lambda: tuple(map(tuple, self._buckets(ctx))))
 
     def _buckets(self, ctx: Context) -> list[list[int]]:
         out: list[list[int]] = []
@@ -114,9 +107,9 @@ class ZeroOffload(Policy):
             initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g)
         initial += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"})
         if k.delayed_update:   # second fp32 gradient buffer so step k reads while k+1 writes
-            initial += _host_buffers(ctx.blocks, "grads32b")
+            initial += _host_buffers(ctx.workload, "grads32b")
         if ga > 1:   # DeepSpeed's accumulated_grads_in_cpu: 16-bit, pinned, every rank's partition
-            initial += _host_buffers(ctx.blocks, "gacc")
+            initial += _host_buffers(ctx.workload, "gacc")
         by_idx = {blk.index: blk for blk in ctx.blocks}
         buckets = self._partition(ctx)
         # per bucket, once per build: its 16-bit gradient bytes and its name's block part
@@ -251,7 +244,7 @@ class ZeroOffload(Policy):
                              dep_names(sorted(d2h_of)), fwd_prio(it, 0), it=it),)
             refreshed = h2d.get(it - 1, {}) if k.delayed_update else None
             ADAM_CPU = Action.ADAM_CPU
-            for blk, i, name, where, ops, prio in _adam_plan(ctx.blocks, it):
+            for blk, i, name, where, ops, prio in _adam_plan(ctx.workload, it):
                 # DPU: the previous step's refresh must have read the host's 16-bit weights before
                 # this step overwrites them (one host copy)
                 deps = all_d2h
@@ -273,7 +266,7 @@ class ZeroOffload(Policy):
                          tuple(step[i] for i in sorted(step)), fwd_prio(it, 0), it=it)
             cast_of[it] = cast
             if not k.delayed_update:
-                for blk, i, name, where, ops, prio in _adam_plan(ctx.blocks, it):
+                for blk, i, name, where, ops, prio in _adam_plan(ctx.workload, it):
                     sent_h2d[i] = dp.to_gpu(it, Action.WEIGHTS_H2D, blk.name, blk.weight_bytes, (step[i], cast),
                                             fwd_prio(it + 1, i), i)
         # DPU: the last step's weights would go back after iteration N+1's backward, outside the
@@ -283,45 +276,29 @@ class ZeroOffload(Policy):
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
 
-# Per workload blocks tuple (the entries hold it, so its id stays its own; bounded): what the build
-# makes the same way for every structure of a workload (a sweep's bucket sizes, checkpointing and
-# delayed update share it), kept so each new structure reuses the strings, ops and Allocs.
-_HOST_BUFFERS: dict[tuple, tuple] = per_workload_cache()     # (id(blocks), prefix) -> (blocks, Allocs)
-_ADAM: dict[tuple, tuple] = per_workload_cache()             # (id(blocks), it) -> (blocks, fixed cells)
-KEPT = 256
+# What the build makes the same way for every structure of a workload (a sweep's bucket sizes,
+# checkpointing and delayed update share it), kept on the workload (Workload.keep) so each new
+# structure reuses the strings, ops and Allocs.
 
-
-def _host_buffers(blocks: tuple, prefix: str) -> tuple[Alloc, ...]:
+def _host_buffers(wl: Any, prefix: str) -> tuple[Alloc, ...]:
     """The host buffers ``{prefix}.{block}`` of every block with parameters: the DPU's second fp32
     gradient buffer (``grads32b``, fp32) or the accumulated 16-bit gradients (``gacc``)."""
-    key = (id(blocks), prefix)
-    got = _HOST_BUFFERS.get(key)
-    if got is None or got[0] is not blocks:
-        if len(_HOST_BUFFERS) >= KEPT:
-            _HOST_BUFFERS.clear()
+    def make() -> tuple[Alloc, ...]:
         if prefix == "grads32b":
-            made = tuple(Alloc(f"grads32b.{blk.name}", "cpu", host_fp32_bytes(blk), MemClass.GRADS32)
-                         for blk in blocks if blk.params)
-        else:
-            made = tuple(Alloc(f"gacc.{blk.name}", "cpu", blk.grad_bytes, MemClass.GRADS)
-                         for blk in blocks if blk.params)
-        got = _HOST_BUFFERS[key] = (blocks, made)
-    return got[1]
+            return tuple(Alloc(f"grads32b.{blk.name}", "cpu", host_fp32_bytes(blk), MemClass.GRADS32)
+                         for blk in wl.blocks if blk.params)
+        return tuple(Alloc(f"gacc.{blk.name}", "cpu", blk.grad_bytes, MemClass.GRADS)
+                     for blk in wl.blocks if blk.params)
+    return wl.keep(("zero_offload.host_buffers", prefix), make)
 
 
-def _adam_plan(blocks: tuple, it: int) -> tuple[tuple, ...]:
+def _adam_plan(wl: Any, it: int) -> tuple[tuple, ...]:
     """Per block with parameters, in forward order: ``(block, index, ADAM task name, its At, its
     ops, its priority)`` of iteration ``it``'s CPU step."""
-    key = (id(blocks), it)
-    got = _ADAM.get(key)
-    if got is None or got[0] is not blocks:
-        if len(_ADAM) >= KEPT:
-            _ADAM.clear()
-        got = _ADAM[key] = (blocks, tuple(
-            (blk, blk.index, Action.ADAM_CPU.task_name(At(it, blk.name)), At(it, blk.name),
-             shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"), fwd_prio(it, blk.index))
-            for blk in blocks if blk.params))
-    return got[1]
+    return wl.keep(("zero_offload.adam", it), lambda: tuple(
+        (blk, blk.index, Action.ADAM_CPU.task_name(At(it, blk.name)), At(it, blk.name),
+         shared_ops(OpKind.ADAM_CPU, blk.params, dtype="fp32"), fwd_prio(it, blk.index))
+        for blk in wl.blocks if blk.params))
 
 
 # GPU passes of DeepSpeed's ZeRO-1/2 gradient path with optimizer offload, per bucket and rank.

@@ -352,12 +352,11 @@ def pcie_task_bytes(schedule: Schedule) -> dict[str, tuple[int, int]]:
     """``task_bytes`` for :func:`summarize`: per task, (H2D, D2H) bytes of its copy ops, whatever
     stream it runs on (``op.n`` bytes × ``op.count``); tasks moving nothing omitted."""
     out: dict[str, tuple[int, int]] = {}
-    seen: dict[int, tuple[int, int]] = {}   # id(ops tuple) -> bytes; tuples stay alive in their tasks
     tb = schedule.table
-    for name, ops in zip(tb.name, tb.ops):
-        v = seen.get(id(ops))
-        if v is None:
-            v = seen[id(ops)] = ops_pcie_bytes(ops)
+    palette, at = tb.distinct_ops()             # tasks share ops tuples: each counted once
+    per = list(map(ops_pcie_bytes, palette))
+    for name, k in zip(tb.name, at.tolist()):
+        v = per[k]
         if v[0] or v[1]:
             out[name] = v
     return out
@@ -368,20 +367,22 @@ def copy_bytes(schedule: Schedule) -> dict[str, int]:
     (``op.n`` bytes × ``op.count``, as in :mod:`simhete.opkinds`); tasks moving nothing omitted."""
     h2d, d2h = OpKind.H2D, OpKind.D2H
     copies = (h2d, d2h)
+
+    def moved(ops: tuple) -> int:
+        n = 0
+        for op in ops:
+            kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
+            if kind is h2d or kind is d2h or (type(kind) is not OpKind and kind in copies):
+                n += op.n * op.count
+        return n
+
     out: dict[str, int] = {}
-    seen: dict[int, int] = {}   # id(ops tuple) -> bytes; tasks share tuples (a block's forward ops),
-    tb = schedule.table         # and every tuple stays alive (in its task) while this runs
-    for name, ops in zip(tb.name, tb.ops):
-        n = seen.get(id(ops))
-        if n is None:
-            n = 0
-            for op in ops:
-                kind = op.kind      # identity first: hashing or comparing an Enum runs Python code
-                if kind is h2d or kind is d2h or (type(kind) is not OpKind and kind in copies):
-                    n += op.n * op.count
-            seen[id(ops)] = n
-        if n:
-            out[name] = n
+    tb = schedule.table
+    palette, at = tb.distinct_ops()             # tasks share ops tuples: each counted once
+    per = list(map(moved, palette))
+    for name, k in zip(tb.name, at.tolist()):
+        if per[k]:
+            out[name] = per[k]
     return out
 
 

@@ -133,19 +133,38 @@ def new_alloc(buf: str, pool: str, bytes: int, cls: MemClass, persist: bool = Fa
     return o
 
 
+class Palette(list):
+    """The distinct ops tuples of a table (:meth:`TaskTable.distinct_ops`), and in ``derived``
+    what other layers derive from these tuples alone (their prices on a profile: ``simhete.sim``),
+    kept with the palette: tables that share a palette object (a template's schedules of one
+    workload) share it. ``parts``: ``None``, or ``(palettes, pick)`` when this palette is
+    entries ``pick`` of those palettes concatenated (a template's: its own fixed tuples and the
+    workload's per-block ones), so what is derived per entry can be derived per part and
+    gathered. Not to be modified."""
+
+    __slots__ = ("derived", "parts")
+
+    def __init__(self, items: Any = (), parts: tuple | None = None) -> None:
+        super().__init__(items)
+        self.derived: dict = {}
+        self.parts = parts
+
+
 class TableShape:
     """What every table resized from one structural template shares (see
     :mod:`simhete.policy.template`): the template's allocations in task order (``flat``; their
     buffers, pools, classes and ``persist`` flags, not their bytes) and ``a_ptr`` (``a_ptr[i]:a_ptr[i +
     1]`` are task i's). Tables of one shape also share their name, stream, cat, deps, prio, frees,
-    it, block, action and at lists (the same objects), so the engine recognises a known structure by the
-    shape's identity instead of comparing columns."""
+    it, block, action and at lists (the same objects), so the engine indexes the structure they share
+    once and keeps it here (``structure``: the engine's, ``None`` until a table of this shape is
+    indexed); it dies with the shape (its template)."""
 
-    __slots__ = ("flat", "a_ptr")
+    __slots__ = ("flat", "a_ptr", "structure")
 
     def __init__(self, flat: tuple[Alloc, ...], a_ptr: list[int]) -> None:
         self.flat = flat
         self.a_ptr = a_ptr
+        self.structure = None
 
 
 class TaskTable:
@@ -176,18 +195,18 @@ class TaskTable:
             setattr(self, f, [])
         self.shape = self.sized = self._bytes = self._bytes_array = self._distinct = None
 
-    def distinct_ops(self) -> tuple[list, Any]:
+    def distinct_ops(self) -> tuple[Palette, Any]:
         """The ops column as ``(palette, at)``: ``ops[i] is palette[at[i]]``. Tasks share ops tuples,
         so a per-task figure that depends only on the ops (a price, bytes moved) is computed once
         per palette entry and gathered (``at``: a numpy integer array). Made on first call (one
         entry per distinct tuple object, in first-use order) unless the table was resized from a
-        template, which knows it; not to be modified."""
+        template, which knows it (and may list a tuple more than once); not to be modified."""
         d = self._distinct
         if d is None:
             ops = self.ops
             ids = list(map(id, ops))
             pos = dict(zip(dict.fromkeys(ids), range(len(ids))))     # first-use order
-            palette = list(dict(zip(ids, ops)).values())            # same order: keys keep first insertion
+            palette = Palette(dict(zip(ids, ops)).values())         # same order: keys keep first insertion
             d = self._distinct = (palette, np.fromiter(map(pos.__getitem__, ids), np.intp, len(ids)))
         return d
 
@@ -278,6 +297,7 @@ class Schedule:
     iterations: int = 1
     meta: Mapping[str, str] = field(default_factory=dict)
     _table: TaskTable | None = field(default=None, init=False, repr=False, compare=False)
+    _derived: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
@@ -294,7 +314,25 @@ class Schedule:
         _set(s, "iterations", iterations)
         _set(s, "meta", MappingProxyType(dict(meta or {})))
         _set(s, "_table", table)
+        _set(s, "_derived", None)
         return s
+
+    @property
+    def derived(self) -> dict:
+        """Data derived from this schedule alone, kept on it by the layers that derive it (keys
+        name their owner, e.g. ``"engine.indexed"``); made empty on first read."""
+        d = self._derived
+        if d is None:
+            d = {}
+            object.__setattr__(self, "_derived", d)
+        return d
+
+    def __getstate__(self) -> list:
+        return [self.tasks, self.pools, self.initial, self.iterations, self.meta, self._table, None]
+
+    def __setstate__(self, state: list) -> None:
+        for name, value in zip(("tasks", "pools", "initial", "iterations", "meta", "_table", "_derived"), state):
+            object.__setattr__(self, name, value)
 
     @property
     def table(self) -> TaskTable:

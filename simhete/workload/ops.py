@@ -41,8 +41,9 @@ Memory accounting and the FLOP totals are in :mod:`simhete.workload.memory` and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
+from typing import Any, Callable
 
 from simhete.config import one_of
 from simhete.errors import ConfigError
@@ -98,6 +99,10 @@ class Workload:
     ``tokens_per_iter`` is micro_batch · seq_len (one micro-batch per iteration).
     ``optim_dtype`` is the dtype of the optimizer's state and of its update kernel: fp32 in mixed
     precision, the working dtype in pure low-precision training (``precision="pure"``).
+    ``key`` is what the workload is built from (:func:`build_workload`'s arguments): equal keys,
+    equal workloads (whoever makes a workload otherwise, ``replace`` included, gives its own key
+    or ``()``: none, which nothing reuses by). ``derived`` holds what policies derive from this workload alone and keep on
+    it (:meth:`keep`); neither is part of equality, the repr, ``replace`` or pickles.
     """
 
     spec: ModelSpec
@@ -113,6 +118,29 @@ class Workload:
     tokens_per_iter: int
     optim_dtype: str = "fp32"
     framework: str = "fused"
+    key: tuple = field(default=(), compare=False, repr=False)
+    derived: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    KEPT = 256      # entries of derived; past that it starts empty again
+
+    def keep(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, kept in :attr:`derived` under ``key`` (hashable, naming its owner first:
+        the data depends only on this workload and the values in ``key``); it dies with the
+        workload (the build cache keeps at most 4096)."""
+        d = self.derived
+        got = d.get(key)
+        if got is None:
+            if len(d) >= self.KEPT:
+                d.clear()
+            got = d[key] = make()
+        return got
+
+    def __getstate__(self) -> list:
+        return [{} if f.name == "derived" else getattr(self, f.name) for f in fields(self)]
+
+    def __setstate__(self, state: list) -> None:
+        for f, v in zip(fields(self), state):
+            object.__setattr__(self, f.name, v)
 
 
 def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype: str = "bf16",
@@ -175,21 +203,22 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: 
     # set apart), counted non-causal (Narayanan et al. 2021 §5.1 / Korthikanti et al. 2022 §6
     # convention for model FLOPs).
     model_fwd += 4 * b * s * s * spec.q_dim * spec.n_layers
-    # each block's BlockWork.fwd_flops / bwd_flops, summed once per ops tuple object: every
-    # transformer block shares the same two tuples (the blocks hold them, so ids stay theirs)
-    per_tuple: dict[int, float] = {}
+    # each block's BlockWork.fwd_flops / bwd_flops, summed once per distinct ops tuple: every
+    # transformer block has the same two
+    per_tuple: dict[tuple[Op, ...], float] = {}
 
     def flops(ops: tuple[Op, ...]) -> float:
-        f = per_tuple.get(id(ops))
+        f = per_tuple.get(ops)
         if f is None:
-            f = per_tuple[id(ops)] = sum(op.flops for op in ops)
+            f = per_tuple[ops] = sum(op.flops for op in ops)
         return f
 
     return Workload(
         spec=spec, micro_batch=b, seq_len=s, dtype=dtype, flash_attention=flash, framework=framework,
         blocks=tuple(blocks), params=sum(bw.params for bw in blocks),
         fwd_flops=sum(flops(bw.fwd_ops) for bw in blocks), bwd_flops=sum(flops(bw.bwd_ops) for bw in blocks),
-        model_flops_per_iter=3 * int(model_fwd), tokens_per_iter=b * s)
+        model_flops_per_iter=3 * int(model_fwd), tokens_per_iter=b * s,
+        key=(spec, b, s, dtype, flash, framework, lse_align, half_to_float, "mixed"))
 
 
 def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tuple[Op, ...], e: int,
@@ -225,7 +254,7 @@ def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: s
     e = DTYPE_BYTES[wl.dtype]
     blocks = tuple(replace(bw, master_bytes=0, optim_bytes=2 * e * bw.params, grad32_bytes=0)
                    for bw in wl.blocks)
-    return replace(wl, blocks=blocks, optim_dtype=wl.dtype)
+    return replace(wl, blocks=blocks, optim_dtype=wl.dtype, key=(*wl.key[:-1], "pure"))
 
 
 def _gemm(m: int, n: int, k: int, dtype: str, count: int = 1, batched: bool = False) -> Op:

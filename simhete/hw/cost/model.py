@@ -122,15 +122,13 @@ class CostModel:
     def durations(self, schedule: Schedule) -> list[float]:
         """Seconds for each task, in ``schedule.tasks`` order.
 
-        Read from the schedule's table (its ops column). Policies share one ops tuple among
-        identical tasks, so each distinct tuple *object* is priced once (hashing a tuple hashes
-        every op in it) and the prices are gathered per task by the tuple's identity; the schedule
-        holds every tuple for the whole call, so an id cannot be reused meanwhile.
+        Read from the schedule's table: policies share one ops tuple among identical tasks, so
+        each entry of the table's distinct ops (``TaskTable.distinct_ops``) is priced once and the
+        prices are gathered per task.
         """
-        ops = schedule.table.ops
-        ids = list(map(id, ops))
-        price = {k: self.ops_seconds(o) for k, o in dict(zip(ids, ops)).items()}
-        return list(map(price.__getitem__, ids))
+        palette, at = schedule.table.distinct_ops()
+        price = list(map(self.ops_seconds, palette))
+        return list(map(price.__getitem__, at.tolist()))
 
     def interference(self) -> tuple[tuple[str, str, float], ...]:
         """(victim glob, aggressor glob, slowdown factor) rules from the profile."""

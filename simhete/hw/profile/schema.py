@@ -19,7 +19,7 @@ from simhete.hw.profile.links import Collectives, Interference, Links, Topology
 from simhete.hw.profile.quantity import Provenance
 from simhete.hw.profile.tables import PricingTables
 
-_DERIVED = ("pricing", "attention_variants")   # kept on a profile object, dropped by copies and pickles
+_DERIVED = ("pricing", "attention_variants", "memo")   # kept on a profile object, dropped by copies and pickles
 
 
 def _streams(gpus: int) -> list[str]:
@@ -77,6 +77,13 @@ class HardwareProfile(Strict):
         """The copies :meth:`with_attention_kernel` made of this profile, by kernel name: one per
         kernel, kept on this profile object (like :attr:`pricing`), so every scenario naming a
         kernel on this profile gets the same copy and its memoised prices."""
+        return {}
+
+    @cached_property
+    def memo(self) -> dict[str, Any]:
+        """What other layers derive from this profile alone and keep on it (keys name their
+        owner, e.g. ``"sim.kept"``: :func:`simhete.sim.kept_model`'s cost model and its prices per
+        ops tuple): it dies with this profile object, and copies and pickles start without it."""
         return {}
 
     def __copy__(self) -> "HardwareProfile":
