@@ -96,6 +96,8 @@ class Executor:
         self.state_owner = plan.state_owners(workload)
         self.micro_steps = plan.micro_steps(schedule)
         self.bound: dict[str, Callable[[], None]] = {}
+        self.holders: dict[int, set[str]] = {}    # block -> the buffers holding its device weights
+        self.hold_lock = threading.Lock()
         tokens = data(self.spec, schedule.iterations, workload.micro_batch, workload.seq_len, seed,
                       self.micro_steps)
         self.tokens = tokens.to(device.dev)
@@ -111,7 +113,7 @@ class Executor:
         for a in schedule.initial:   # a schedule may free an initially resident weight buffer
             j = self.state_owner.get(a.buf)
             if a.cls is MemClass.WEIGHTS and a.pool == "gpu0" and j in self.state.blocks:
-                self.bound[a.buf] = self.state.blocks[j].release
+                self.hold_weights(j, a.buf)
         self.mem_events: dict[str, list[tuple[float, int]]] = {"gpu0": [], "cpu": []}
         self.peak: dict[str, int] = {"gpu0": 0, "cpu": 0}
         self.peak_by_class: dict[str, dict[str, int]] = {"gpu0": {}, "cpu": {}}
@@ -247,6 +249,23 @@ class Executor:
         self.handlers[i](self, t, it, m, blk)
         self.dev.host_task(t.name, t0, time.perf_counter())  # type: ignore[attr-defined]
         self._after(t)
+
+    def hold_weights(self, j: int, buf: str) -> None:
+        """Block ``j``'s device weights are (also) held by buffer ``buf``: they are released when the
+        last buffer holding them is freed. A block's weights can be held by two buffers at once — a
+        fetch for the backward (``it1.w.b.b0``) can run before the copy home that frees the
+        forward's (``weights.g0.b0``) on another stream — and freeing the older must not drop the
+        weights the newer brought."""
+        with self.hold_lock:
+            self.holders.setdefault(j, set()).add(buf)
+        self.bound[buf] = lambda: self._drop_weights(j, buf)
+
+    def _drop_weights(self, j: int, buf: str) -> None:
+        with self.hold_lock:
+            held = self.holders.get(j, set())
+            held.discard(buf)
+            if not held:
+                self.state.blocks[j].release()
 
     def _after(self, t: Task) -> None:
         if self.dev.kind == "cpu":

@@ -187,7 +187,7 @@ def weights_h2d(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
                     v.data = fresh
                 b.resident = True
         if buf is not None:
-            x.bound[buf] = b.release
+            x.hold_weights(j, buf)
 
 
 def _refresh(x: Executor, t: Task, it: int, pinned: bool) -> None:
