@@ -270,25 +270,36 @@ def _memo_palette(prof: Any, sched: Schedule) -> tuple[np.ndarray, tuple, tuple[
     tuples, a workload's per-block ones) is priced per part, each part's prices kept on it."""
     palette, at = sched.table.distinct_ops()
     got = _priced(prof, palette)
-    if got[5] is None:
-        provs = got[2]
-        got[5] = (frozenset().union(*(p[0] for p in provs)), frozenset().union(*(p[1] for p in provs)))
-    return got[1][at], got[5], (got[3], got[4])
+    if got.merged is None:
+        provs = got.provenance
+        got.merged = (frozenset().union(*(p[0] for p in provs)), frozenset().union(*(p[1] for p in provs)))
+    return got.seconds[at], got.merged, (got.h2d, got.d2h)
 
 
-def _priced(prof: Any, palette: Any) -> list:
-    """[profile, prices, provenance per entry, H2D bytes, D2H bytes, merged provenance or None]
-    of ``palette``'s entries on ``prof``'s kept model, kept on the palette."""
+@dataclass(slots=True)
+class _Prices:
+    """A palette's entries priced on one profile's kept model (kept on the palette)."""
+
+    profile: Any
+    seconds: np.ndarray           # per entry
+    provenance: list              # per entry
+    h2d: np.ndarray               # PCIe bytes per entry
+    d2h: np.ndarray
+    merged: tuple | None = None   # the entries' provenance merged, made on first use
+
+
+def _priced(prof: Any, palette: Any) -> _Prices:
+    """``palette``'s entries priced on ``prof``'s kept model, kept on the palette."""
     kept_prices = palette.derived.setdefault("sim.prices", [])
     for e in kept_prices:
-        if e[0] is prof:
+        if e.profile is prof:
             return e
     if palette.parts is not None:
         parts, pick = palette.parts
         ps = [_priced(prof, p) for p in parts]
-        provs = [x for p in ps for x in p[2]]
-        got = [prof, np.concatenate([p[1] for p in ps])[pick], list(map(provs.__getitem__, pick.tolist())),
-               np.concatenate([p[3] for p in ps])[pick], np.concatenate([p[4] for p in ps])[pick], None]
+        provs = [x for p in ps for x in p.provenance]
+        got = _Prices(prof, np.concatenate([p.seconds for p in ps])[pick], list(map(provs.__getitem__, pick.tolist())),
+                      np.concatenate([p.h2d for p in ps])[pick], np.concatenate([p.d2h for p in ps])[pick])
     else:
         kept, entries = _kept(prof)
         # a palette may list a tuple more than once (a workload's per-block tuples): look each
@@ -301,8 +312,8 @@ def _priced(prof: Any, palette: Any) -> list:
                 e = entries[ops] = (kept.ops_seconds(ops), kept.provenance(ops), *ops_pcie_bytes(ops))
             found[k] = e
         es = list(map(found.__getitem__, ids))
-        got = [prof, np.array([e[0] for e in es], dtype=np.float64), [e[1] for e in es],
-               np.array([e[2] for e in es], dtype=np.int64), np.array([e[3] for e in es], dtype=np.int64), None]
+        got = _Prices(prof, np.array([e[0] for e in es], dtype=np.float64), [e[1] for e in es],
+                      np.array([e[2] for e in es], dtype=np.int64), np.array([e[3] for e in es], dtype=np.int64))
     if len(kept_prices) >= PROFILES_PER_PALETTE:
         del kept_prices[0]
     kept_prices.append(got)

@@ -84,7 +84,7 @@ def test_memo_gives_the_plain_results_in_any_order():
         kept, entries, _ = p.memo["sim.kept"]
         assert kept._task_cache and entries
     assert ("sim.timeline", "fast") in got.schedule.derived
-    assert got.schedule.table.distinct_ops()[0].derived["sim.prices"][-1][0] is got.context.profile
+    assert got.schedule.table.distinct_ops()[0].derived["sim.prices"][-1].profile is got.context.profile
 
 
 def test_memo_prices_on_a_kept_model_and_gives_the_flags_of_the_point_alone():

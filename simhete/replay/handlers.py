@@ -113,12 +113,20 @@ def _adam_step(b, g: dict) -> None:
     adam_step(b.master, b.opt, g)
 
 
+def _master_on(x: Executor, t: Task, i: int, pool: str):
+    """Block ``i``'s state, whose master weights the schedule must place in ``pool`` (where the
+    task runs their Adam step)."""
+    b = x.state.blocks[i]
+    if b.master_pool != pool:
+        there, here = ("device", "CPU") if pool == "cpu" else ("host", "device")
+        raise ReplayError(f"{t.name}: the schedule places the master weights of {b.name} on the "
+                          f"{there} but runs their Adam on the {here}")
+    return b
+
+
 def adam_cpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     for i in x.task_blocks(t, it, blk):
-        b = x.state.blocks[i]
-        if b.master_pool != "cpu":
-            raise ReplayError(f"{t.name}: the schedule places the master weights of {b.name} on the "
-                              "device but runs their Adam on the CPU")
+        b = _master_on(x, t, i, "cpu")
         g = x.state.host_grads.pop((it, i), None)
         if g is None:
             raise ReplayError(f"{t.name}: no gradient of block {b.name} from iteration {it} on the "
@@ -139,10 +147,7 @@ def adam_cpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
 
 def adam_gpu(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
     for i in x.task_blocks(t, it, blk):
-        b = x.state.blocks[i]
-        if b.master_pool != "gpu0":
-            raise ReplayError(f"{t.name}: the schedule places the master weights of {b.name} on the "
-                              "host but runs their Adam on the device")
+        b = _master_on(x, t, i, "gpu0")
         g = x.state.dev_grads.pop(x.grad_buffer(t, it, i), None)
         if g is None:
             raise ReplayError(f"{t.name}: no gradient of block {b.name} on the device")
