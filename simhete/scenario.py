@@ -80,6 +80,13 @@ class TrainShape(Strict):
     FlashAttention, "slightly slower than CUDA forward + backward" by its header). Priced with the
     profile's ``gpu.attention.kernels.flash1``; what the kernel saves is the same (O and the
     log-sum-exp). Absent: the profile's ``gpu.attention``."""
+    recompute: Literal["full", "op"] = "full"
+    """What a checkpointed transformer block (the policy's ``checkpointing`` knob picks which)
+    keeps and re-runs: ``full`` — its input, and the whole forward again in backward; ``op`` —
+    torchtitan's per-op selective checkpointing (``activation_checkpoint.mode = "selective"``,
+    ``selective_ac_option = "op"``): the outputs of the fused attention kernel and of every second
+    matmul (wq, wv, the gate, the down projection) are kept, the rest re-run. Needs a fused
+    attention kernel."""
     grad_accum: int = Field(1, ge=1, le=4096)
     """Micro-steps of forward and backward per optimizer step (DeepSpeed
     ``gradient_accumulation_steps``); tokens and samples per iteration scale with it."""

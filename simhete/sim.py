@@ -197,9 +197,19 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
                 "no attention_kernel: this scenario's attention is unfused (framework hf-eager, "
                 "attention math, or a CPU device with attention dropout)"))
         prof = prof.with_attention_kernel(tr.attention_kernel, s.file)
-    wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype, flash_attention=flash,
-                        framework=s.data.framework, lse_align=lse_align, precision=tr.precision,
-                        half_to_float=prof.device_type == "cuda")
+    if tr.recompute == "op" and not flash:
+        raise ConfigError(s.file, "train.recompute", tr.recompute, allowed=(
+            "full: per-op selective checkpointing saves a fused attention kernel's output, and this "
+            "scenario's attention is unfused (framework hf-eager, attention math, or a CPU device "
+            "with attention dropout)"))
+    try:
+        wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype, flash_attention=flash,
+                            framework=s.data.framework, lse_align=lse_align, precision=tr.precision,
+                            half_to_float=prof.device_type == "cuda", recompute=tr.recompute)
+    except ConfigError as exc:
+        if exc.file is None and exc.key == "train.recompute":
+            raise ConfigError(s.file, exc.key, tr.recompute, allowed=exc.allowed) from None
+        raise
     policy = cls(cls.knobs(s.data.knobs, s.file))
     n_gpus = prof.gpu.count
     if n_gpus > 1 and not cls.multi_gpu:

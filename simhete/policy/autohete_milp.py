@@ -179,6 +179,9 @@ def memory_rows(ctx: Context, swap: frozenset[int] = frozenset()) -> tuple[list[
             r[("x", k)] = r.get(("x", k), 0.0) - (blk.act_bytes - blk.ckpt_bytes)
         bj = blocks[j]
         cj += bj.act_bytes + bj.workspace_bytes + bj.grad_bytes
+        over = bj.ckpt_bytes + bj.recompute_bytes - bj.act_bytes    # a per-op selective checkpoint's
+        if over:                                                     # kept outputs besides (train.recompute op)
+            r[("x", j)] = r.get(("x", j), 0.0) + over
         if j > 0 and blocks[j - 1].index in swap:   # the next backward's activations, fetched one ahead
             cj += blocks[j - 1].act_bytes
         # 16-bit gradients held for GPU Adam: of the blocks whose backward has run — and with

@@ -53,7 +53,7 @@ def activation_peak(blocks: Sequence[Any], modes: dict[int, str]) -> int:
     block's activations back on the GPU) and the largest workspace."""
     kept = sum(blk.ckpt_bytes if modes[blk.index] == "recompute" else 0 if modes[blk.index] == "swap"
                else blk.act_bytes for blk in blocks)
-    transient = max([blk.act_bytes - blk.ckpt_bytes for blk in blocks if modes[blk.index] == "recompute"]
+    transient = max([blk.recompute_bytes for blk in blocks if modes[blk.index] == "recompute"]
                     + [blk.act_bytes for blk in blocks if modes[blk.index] == "swap"] + [0])
     return kept + transient + max(blk.workspace_bytes for blk in blocks)
 
@@ -61,7 +61,8 @@ def activation_peak(blocks: Sequence[Any], modes: dict[int, str]) -> int:
 def nonmodel_by_step(blocks: Sequence[Any], modes: dict[int, str]) -> list[int]:
     """Activation and workspace bytes live while each step of :func:`uses` runs (what a warm-up
     iteration traces as non-model memory): what earlier blocks keep, plus the running block's
-    activations (all of them during its backward: recomputed or swapped back) and workspace."""
+    activations (all of them during its backward: recomputed or swapped back; a per-op selective
+    checkpoint's kept outputs besides) and workspace."""
     kept = {blk.index: blk.ckpt_bytes if modes[blk.index] == "recompute" else 0 if modes[blk.index] == "swap"
             else blk.act_bytes for blk in blocks}
     out, held = [], 0
@@ -71,5 +72,6 @@ def nonmodel_by_step(blocks: Sequence[Any], modes: dict[int, str]) -> list[int]:
         held += kept[blk.index]
     for blk in reversed(blocks):
         held -= kept[blk.index]
-        out.append(held + blk.act_bytes + blk.workspace_bytes)
+        live = blk.ckpt_bytes + blk.recompute_bytes if modes[blk.index] == "recompute" else blk.act_bytes
+        out.append(held + live + blk.workspace_bytes)
     return out

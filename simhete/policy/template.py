@@ -40,6 +40,7 @@ from simhete.schedule.model import Palette, TableShape
 OPS_CODES: dict[str, Callable[[Any], tuple]] = {
     "fwd": lambda b: b.fwd_ops,
     "bwd": lambda b: b.bwd_ops,
+    "rec": lambda b: b.recompute_ops,
     "act.d2h": lambda b: shared_ops(OpKind.D2H, b.act_bytes, True),
     "act.h2d": lambda b: shared_ops(OpKind.H2D, b.act_bytes, True),
     "act.d2h.pageable": lambda b: shared_ops(OpKind.D2H, b.act_bytes, False),
@@ -48,7 +49,7 @@ OPS_CODES: dict[str, Callable[[Any], tuple]] = {
 BYTES_CODES: dict[str, Callable[[Any], int]] = {
     "act": lambda b: b.act_bytes,
     "ckpt": lambda b: b.ckpt_bytes,
-    "ract": lambda b: b.act_bytes - b.ckpt_bytes,      # what a recompute allocates beyond the checkpoint
+    "ract": lambda b: b.recompute_bytes,      # what a recompute allocates beyond the checkpoint
     "ws": lambda b: b.workspace_bytes,
 }
 

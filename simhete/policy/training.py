@@ -174,7 +174,7 @@ class _BlockPlan:
     :func:`_plan`, so every structure built on one workload (a sweep's bucket sizes, checkpointing,
     delayed update) shares the strings and the immutable Allocs instead of making them again."""
 
-    __slots__ = ("index", "pos", "name", "fwd_ops", "bwd_ops", "act_bytes", "grad_bytes", "act", "F",
+    __slots__ = ("index", "pos", "name", "fwd_ops", "bwd_ops", "rec_ops", "act_bytes", "grad_bytes", "act", "F",
                  "F_keep", "F_ckpt", "F_frees", "R", "ract", "R_allocs", "B", "grad", "B_grad", "B_none",
                  "ws_B", "keep_frees", "ckpt_frees", "at", "swap_out", "swap_in", "cact", "sact")
 
@@ -182,7 +182,7 @@ class _BlockPlan:
         ACT, BUF = MemClass.ACTIVATIONS, MemClass.BUFFERS
         bn = blk.name
         self.index, self.pos, self.name = blk.index, p, bn
-        self.fwd_ops, self.bwd_ops = blk.fwd_ops, blk.bwd_ops
+        self.fwd_ops, self.bwd_ops, self.rec_ops = blk.fwd_ops, blk.bwd_ops, blk.recompute_ops
         self.act_bytes, self.grad_bytes = blk.act_bytes, blk.grad_bytes
         self.act = act = f"{head}act.{bn}{tail}"
         self.at = at
@@ -193,7 +193,7 @@ class _BlockPlan:
         self.swap_out, self.swap_in = Action.ACT_D2H.task_name(at), Action.ACT_H2D.task_name(at)
         self.cact, self.sact = f"{head}cact.{bn}{tail}", f"{head}sact.{bn}{tail}"
         self.grad = grad = f"{head}grad.{bn}{tail}"
-        self.R_allocs = (new_alloc(ract, pool, blk.act_bytes - blk.ckpt_bytes, ACT),)
+        self.R_allocs = (new_alloc(ract, pool, blk.recompute_bytes, ACT),)
         grad_alloc = new_alloc(grad, grad_pool, blk.grad_bytes, MemClass.GRADS)
         keep = new_alloc(act, pool, blk.act_bytes, ACT)
         ckpt = new_alloc(act, pool, blk.ckpt_bytes, ACT)
@@ -303,8 +303,8 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         extra = bw.get(i)
         deps = prev + dep_names(extra) if extra else prev
         if mode == "recompute":
-            r = row((e.R, comp, RCAT, e.fwd_ops, deps, bp, e.R_allocs, (), it, i, RECOMPUTE, e.at),
-                    (pos, "fwd", ("ract",)))
+            r = row((e.R, comp, RCAT, e.rec_ops, deps, bp, e.R_allocs, (), it, i, RECOMPUTE, e.at),
+                    (pos, "rec", ("ract",)))
             R[i] = r
             deps = (r,)
             frees = e.ckpt_frees

@@ -54,6 +54,10 @@ def scaled_scenario(s: Scenario, iterations: int | None = None) -> Scenario:
     from simhete.sim import resolve_model
 
     r = replay_shape(s)
+    if s.data.train.recompute != "full":   # the replay's recompute re-runs its torch block whole
+        raise ConfigError(s.file, "train.recompute", s.data.train.recompute, allowed=(
+            "full for a replay: it recomputes whole blocks; per-op selective checkpointing is "
+            "simulated only"))
     spec = resolve_model(s)
     hidden = r.hidden or spec.hidden
     if r.heads is not None:

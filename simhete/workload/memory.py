@@ -171,6 +171,39 @@ class Activations:
         """A checkpointed block keeps its input only."""
         return self.e * self.t * self.spec.hidden
 
+    def block_op_sac(self) -> tuple[int, int]:
+        """Per-op selective checkpointing (``train.recompute: op``): torchtitan's
+        ``selective_ac_option = "op"`` (torchtitan/models/llama/parallelize_llama.py,
+        ``_apply_ac_to_transformer_block``, 2024-12): in a checkpointed block the outputs of the
+        attention kernel (``_scaled_dot_product_{flash,efficient}_attention``: O and the fp32
+        log-sum-exp) and of every odd-numbered ``aten.mm`` are saved (``MUST_SAVE``), everything
+        else is recomputed in backward from the block input (``PREFER_RECOMPUTE``). The count
+        restarts in every block (the policy's ``meta`` is made per call of the checkpoint's
+        ``context_fn``); the block's matmuls in module order are wq, wk, wv, wo, then w1 (gate),
+        w3 (up), w2 (down) for a gated MLP or fc1, fc2 otherwise: wq, wv, the gate (fc1) and the
+        down projection (w2) are saved.
+
+        Returns (kept, recompute): ``kept`` = bytes held from forward to backward (the block
+        input, which the recompute starts from, and the saved outputs); ``recompute`` = what the
+        backward's recompute allocates on top: the block's saved-for-backward tensors
+        (:meth:`block_act`) less those that are the very tensors already kept — V (the attention
+        kernel's input), O and the log-sum-exp, the gate or fc1 output where the activation saves
+        its input (SwiGLU, GeLU; ReLU saves its output), and the block input where the first
+        norm saves it (a fused norm or ``nn.LayerNorm``; Transformers' RMSNorm saves its fp32
+        upcast instead). wq's output (autograd saves Q after the rotary) and w2's (nothing in
+        backward reads it) stay held besides. Needs a fused attention kernel (the save list names
+        SDPA's fused kernels; unfused attention's products are ``bmm``, recomputed)."""
+        sp, e, t, b, s = self.spec, self.e, self.t, self.b, self.s
+        h, kv, f, a, q = sp.hidden, sp.kv_dim, sp.ffn_hidden, sp.n_heads, sp.q_dim
+        # the fp32 log-sum-exp as block_act counts it (Transformers' path pads it: lse_align)
+        lse = 4 * a * (t if self.framework in FUSED_KERNELS else b * (-(-s // self.lse_align) * self.lse_align))
+        saved = t * e * (q + kv + q + f + h) + lse       # wq, wv, O, gate/fc1, w2 outputs + lse
+        kept = self.block_ckpt() + saved
+        input_in_act = self.framework in FUSED_KERNELS or sp.norm == "layernorm"
+        overlap = t * e * (kv + q + (f if sp.mlp in ("swiglu", "gelu") else 0)) + lse \
+            + (self.block_ckpt() if input_in_act else 0)
+        return kept, self.block_act() - overlap
+
     def _mlp_side(self) -> int:
         """Bytes per token the second half of a sequential pre-norm block saves: the norm before
         the MLP (input or fp32 upcast, statistics, output), the MLP's tensors and its residual

@@ -55,6 +55,7 @@ from simhete.workload.spec import ModelSpec
 
 TRAIN_DTYPES = ("bf16", "fp16", "fp32")   # working precisions a model trains in
 PRECISIONS = ("mixed", "pure")            # where the optimizer keeps its state (see _pure)
+RECOMPUTE = ("full", "op")                # what a checkpointed block keeps (see build_workload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,8 @@ class BlockWork:
     act_bytes: int         # saved for backward when the block is not recomputed
     ckpt_bytes: int        # kept when the block is checkpointed (recomputed in backward)
     workspace_bytes: int   # peak transient memory during its forward or backward, beyond act_bytes
+    recompute_ops: tuple[Op, ...]   # what a recompute of the block re-runs (fwd_ops, or less: train.recompute op)
+    recompute_bytes: int   # what that recompute allocates beyond ckpt_bytes (act_bytes - ckpt_bytes, or see op)
     tied_to: int | None = None
     """Index of the block owning weights this block's ops also use (the LM head tied to ``embed``)."""
 
@@ -145,17 +148,26 @@ class Workload:
 
 def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype: str = "bf16",
                    flash_attention: bool = True, framework: str = "fused",
-                   lse_align: int = 1, precision: str = "mixed", half_to_float: bool = False) -> Workload:
+                   lse_align: int = 1, precision: str = "mixed", half_to_float: bool = False,
+                   recompute: str = "full") -> Workload:
     """The Workload of ``spec`` (a ModelSpec or a preset name); cached, so cheap to call again.
     ``framework``: which kernels run (:data:`memory.FRAMEWORKS`); ``flash_attention=False`` is
     the eager attention under ``hf-eager``, torch SDPA's math path otherwise; ``lse_align`` = 32
     for PyTorch's memory-efficient SDPA kernel (its padded log-sum-exp). ``half_to_float``: fp16
     on a CUDA device, where ATen's ``softmax(x, dtype=float32)`` runs the fused half-to-float
     kernel (hf-eager's fp32 softmax; :func:`_eager_attention`).
-    ``precision``: ``mixed`` (fp32 master weights and Adam state) or ``pure`` (see :func:`_pure`)."""
+    ``precision``: ``mixed`` (fp32 master weights and Adam state) or ``pure`` (see :func:`_pure`).
+    ``recompute``: what a checkpointed transformer block keeps and re-runs (:data:`RECOMPUTE`):
+    ``full`` — its input, the whole forward; ``op`` — torchtitan's per-op selective checkpointing
+    (:func:`_op_sac_recompute`, :meth:`memory.Activations.block_op_sac`)."""
     if isinstance(spec, str):
         spec = get_model(spec)
     one_of(precision, PRECISIONS, None, "train.precision", "precisions")
+    one_of(recompute, RECOMPUTE, None, "train.recompute", "recompute granularities")
+    if recompute == "op" and not flash_attention:
+        raise ConfigError(None, "train.recompute", recompute, allowed=(
+            "full: per-op selective checkpointing saves the output of a fused attention kernel, "
+            "and this attention is unfused"))
     # checked before the cached builders: their lru_cache takes 1 for True (equal and same hash)
     for key, v in (("micro_batch", micro_batch), ("seq_len", seq_len)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -164,13 +176,15 @@ def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype:
         if not isinstance(v, bool):
             raise ConfigError(None, key, v, allowed="true or false")
     if precision == "pure":
-        return _pure(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float)
-    return _build(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float)
+        return _pure(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float,
+                     recompute)
+    return _build(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float,
+                  recompute)
 
 
 @lru_cache(maxsize=4096)
 def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: str = "fused",
-           lse_align: int = 1, half_to_float: bool = False) -> Workload:
+           lse_align: int = 1, half_to_float: bool = False, recompute: str = "full") -> Workload:
     for key, v in (("micro_batch", b), ("seq_len", s)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(None, key, v, allowed="a positive integer")
@@ -191,9 +205,13 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: 
         fwd, bwd = _megatron_block_ops(spec, b, s, e, dtype, flash)
     else:
         fwd, bwd = _hf_block_ops(spec, b, s, e, dtype, flash, framework, h2f)  # identical (==) for every transformer block
+    ckpt, rec = acts.block_ckpt(), None
+    if recompute == "op":
+        ckpt, rbytes = acts.block_op_sac()
+        rec = (_op_sac_recompute(fwd, spec, b * s, dtype), rbytes)
     for i in range(spec.n_layers):
         blocks.append(_blockwork(f"b{i}", i + 1, spec.block_params(), fwd, bwd, e,
-                                 acts.block_act(), acts.block_ckpt(), acts.block_workspace()))
+                                 acts.block_act(), ckpt, acts.block_workspace(), recompute=rec))
     blocks.append(_head(spec, b, s, e, dtype, acts))
     model_fwd = _linear_flops(spec, b * s) * spec.n_layers
     model_fwd += 2 * b * s * spec.vocab * spec.embed_width  # LM head GEMM
@@ -218,11 +236,12 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: 
         blocks=tuple(blocks), params=sum(bw.params for bw in blocks),
         fwd_flops=sum(flops(bw.fwd_ops) for bw in blocks), bwd_flops=sum(flops(bw.bwd_ops) for bw in blocks),
         model_flops_per_iter=3 * int(model_fwd), tokens_per_iter=b * s,
-        key=(spec, b, s, dtype, flash, framework, lse_align, half_to_float, "mixed"))
+        key=(spec, b, s, dtype, flash, framework, lse_align, half_to_float, recompute, "mixed"))
 
 
 def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tuple[Op, ...], e: int,
-               act: int, ckpt: int, workspace: int, tied_to: int | None = None) -> BlockWork:
+               act: int, ckpt: int, workspace: int, tied_to: int | None = None,
+               recompute: tuple[tuple[Op, ...], int] | None = None) -> BlockWork:
     # Model states per parameter for mixed-precision Adam (Rajbhandari et al. 2020, "ZeRO", §3.1):
     # 2 bytes 16-bit weights + 2 bytes 16-bit gradients + 12 bytes optimizer state (fp32 master
     # 4 + Adam m 4 + v 4); ZeRO-Offload keeps a further fp32 gradient (4) on the CPU side.
@@ -233,12 +252,14 @@ def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tup
                      weight_bytes=params * e, grad_bytes=params * e,
                      master_bytes=4 * params if mixed else 0, optim_bytes=8 * params,
                      grad32_bytes=4 * params if mixed else 0,
-                     act_bytes=act, ckpt_bytes=ckpt, workspace_bytes=workspace, tied_to=tied_to)
+                     act_bytes=act, ckpt_bytes=ckpt, workspace_bytes=workspace,
+                     recompute_ops=recompute[0] if recompute else fwd,
+                     recompute_bytes=recompute[1] if recompute else act - ckpt, tied_to=tied_to)
 
 
 @lru_cache(maxsize=1024)
 def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: str = "fused",
-          lse_align: int = 1, half_to_float: bool = False) -> Workload:
+          lse_align: int = 1, half_to_float: bool = False, recompute: str = "full") -> Workload:
     """The workload of :func:`_build` trained in pure low precision: the optimizer updates the working-dtype weights in
     place, with no fp32 master copy and no fp32 gradients, and keeps Adam m and v in that dtype.
     torch.optim.Adam/AdamW create their state with ``torch.zeros_like(p,
@@ -248,7 +269,7 @@ def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: s
     whose HalfPrecision plugin converts the module to bf16) holds per parameter 2 B weights +
     2 B gradients + 2 B m + 2 B v = 8 B, against 16 B in mixed precision (ZeRO §3.1). In fp32
     nothing changes: mixed fp32 already has no master copy and keeps fp32 state."""
-    wl = _build(spec, b, s, dtype, flash, framework, lse_align, half_to_float)
+    wl = _build(spec, b, s, dtype, flash, framework, lse_align, half_to_float, recompute)
     if wl.dtype == "fp32":
         return wl
     e = DTYPE_BYTES[wl.dtype]
@@ -278,6 +299,39 @@ def _head_products(s: int, d: int, e: int, t: int, h: int, kv: int, dtype: str, 
     reduce = (_ew(2 * e * t * (h + kv), dtype),) if gqa else ()
     return _head_gemm(s, s, d, dtype, ba), _head_gemm(s, d, s, dtype, ba), expand, reduce
 
+
+
+def _op_sac_recompute(fwd: tuple[Op, ...], spec: ModelSpec, t: int, dtype: str) -> tuple[Op, ...]:
+    """What the backward's recompute of a block re-runs under torchtitan's per-op selective
+    checkpointing (:meth:`memory.Activations.block_op_sac` says what is saved): the block's forward
+    without the attention kernel (saved), with the QKV projection reduced to wk (wq and wv saved),
+    the gated MLP's gate+up GEMM to the up projection w3 (fc1 saved outright otherwise), and
+    nothing from the down projection on: w2's output is saved and nothing after it is read by the
+    backward, where ``torch.utils.checkpoint``'s non-reentrant recompute stops ("by default,
+    non-reentrant checkpoint stops recomputation as soon as it has computed all needed Tensors":
+    ``set_checkpoint_early_stop``). The block's own GEMMs, in order, are QKV, output, fc1, fc2
+    (:func:`_block_ops`); the norms, rotary, residual add and activation are re-run."""
+    if spec.norms_per_block != 2:
+        raise ConfigError(None, "train.recompute", "op", allowed=(
+            f"full for {spec.name}: per-op selective checkpointing is modelled for sequential "
+            "pre-norm blocks (two norms per block)"))
+    out: list[Op] = []
+    g = 0                                    # ordinal of the block's own (not per-head) GEMMs
+    for op in fwd:
+        if op.kind is OpKind.ATTN_FWD:
+            continue
+        if op.kind is OpKind.GEMM and not op.batched:
+            g += 1
+            if g == 1:                       # QKV: only wk is recomputed
+                op = _gemm(t, spec.kv_dim, spec.hidden, dtype)
+            elif g == 3:                     # fc1: the gated MLP's up projection
+                if spec.n_mlp_in == 1:
+                    continue
+                op = _gemm(t, spec.ffn_hidden, spec.hidden, dtype)
+            elif g == 4:
+                break
+        out.append(op)
+    return tuple(out)
 
 
 def _ew(n: int, dtype: str) -> Op:
