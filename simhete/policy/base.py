@@ -144,20 +144,35 @@ class Policy:
         policy has one answer, :meth:`build`)."""
         return None
 
-    def structure_key(self, ctx: Context) -> Hashable | None:
-        """A key for the *structure* of ``build(ctx)``, or ``None`` (the default: always build).
+    size_knobs: ClassVar[tuple[str, ...]] = ()
+    """Knobs whose values reach the schedule only through :meth:`decisions` (a bucket size through
+    the partition it gives): left out of the structure key, so values that alias share it."""
 
-        A policy opts in to structural templates (:mod:`simhete.policy.template`) by returning a
-        key that determines everything ``build`` emits except the cells it marks as size-dependent
-        (``Builder.add(..., sized=...)``: ops and allocation bytes derived from a block's
-        activation sizes) and the pool capacities: two contexts with equal keys must give
-        schedules that differ only there. So the key holds every knob and context value the build
-        reads for anything else — the model (weights' sizes), dtype, GPUs, iterations,
-        accumulation, the decisions taken from sizes (which blocks have a workspace, a bucket
-        partition) — and a policy whose decisions depend on sizes in ways it cannot put in the key
-        (memory-capacity-driven choices, a solver) must return ``None``. ``tests/test_template.py``
-        checks, for every policy that opts in, that resizing equals a fresh build."""
+    def decisions(self, ctx: Context) -> Hashable | None:
+        """What ``build`` decides from sizes — the micro-batch, the sequence length, the
+        capacities — beyond the cells the training skeleton marks as size-dependent (ops and
+        allocation bytes of a block's activations, ``Builder.add(..., sized=...)``): a hashable
+        value (a window, a partition, a placement), ``()`` when it decides nothing from them.
+        ``None`` (the default) says ``build`` may read sizes anywhere: every point is built afresh.
+        A policy that returns a value opts in to structural reuse (:meth:`structure_key`)."""
         return None
+
+    def structure_key(self, ctx: Context) -> Hashable | None:
+        """A key for the *structure* of ``build(ctx)``, or ``None`` (always build).
+
+        Two contexts with equal keys must give schedules that differ only in the size-marked
+        cells and the pool capacities (:mod:`simhete.policy.template` builds the first and
+        re-sizes it for the others). The key is every knob (but :attr:`size_knobs`), the context's
+        structural values (:func:`context_key`: the model, hence every weight size, dtype, GPUs,
+        iterations, accumulation), the training skeleton's size decisions (which blocks have a
+        workspace) and the policy's own :meth:`decisions`; ``None`` when those are ``None``.
+        ``tests/test_template.py`` checks, for every policy that opts in, that re-sizing equals a
+        fresh build, on the shipped scenarios and over drawn sizes and knobs."""
+        own = self.decisions(ctx)
+        if own is None:
+            return None
+        from simhete.policy.training import size_decisions     # training builds on this module
+        return knob_key(self.k, self.size_knobs), context_key(ctx), size_decisions(ctx), own
 
 
 def knob_key(knobs: Strict, exclude: Iterable[str] = ()) -> tuple:

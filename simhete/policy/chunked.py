@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
@@ -120,6 +121,45 @@ class ChunkedKnobs(ActivationKnobs):
     continues only after the reduction."""
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """What :meth:`Chunked._geometry` derives from the model, the knobs and the sizes: the chunks
+    (elements per dtype byte ``e``, counts, each GPU's shard bytes ``sh``, a chunk's payload and the
+    other GPUs' shards while gathered), each step of the use trace's chunks, the non-model memory
+    per step, the GPU capacity, and the placement (kept-gathered, home-GPU and GPU-updated chunks)."""
+
+    e: int
+    nchunks: int
+    elems: list[int]
+    sh: list[list[int]]
+    sbytes: int
+    extra: int
+    trace: list
+    need: list[list[int]]
+    last_use: dict[int, int]
+    used_at: dict[int, list[int]]
+    first_blk: dict[int, int]
+    nonmodel: list[int]
+    cap: int
+    maxneed: int
+    n_os: int
+    home_gpu: set[int]
+    keep: set[int]
+    gpu_os: set[int]
+    fixed: set[int]
+    os_gpu_bytes: int
+
+    def budget(self, k: "ChunkedKnobs", it: int, u: int) -> float:
+        """``placement_policy: auto``: GPU bytes the cached chunk shards may use at step u of
+        iteration ``it`` (module docstring): the warm-up ratio of capacity in iteration 1, later
+        the steady ratio less the traced non-model peak of this step and the next; less the
+        GPU-updated OS chunks and room for a step's gathered groups."""
+        reserve = self.extra * self.maxneed
+        if it == 1:
+            return k.warmup_cuda_cap_ratio * self.cap - self.os_gpu_bytes - reserve
+        return k.steady_cuda_cap_ratio * self.cap - max(self.nonmodel[u:u + 2]) - self.os_gpu_bytes - reserve
+
+
 @register("chunked")
 class Chunked(Policy):
     Knobs = ChunkedKnobs
@@ -128,24 +168,14 @@ class Chunked(Policy):
                       "fp32 master chunks and fp32 Adam state")
     accumulates = False
 
-    def build(self, ctx: Context) -> Schedule:
+    def _geometry(self, ctx: Context) -> "_Geometry":
+        """The chunks and their placement, everything :meth:`build` takes from sizes before it
+        emits a task (shared with :meth:`decisions`)."""
         k = self.k
         file = ctx.scenario.file
-        if ctx.grad_accum > 1:
-            raise ConfigError(file, "train.grad_accum", ctx.grad_accum,
-                              allowed="1 with chunked: a gradient overwrites its parameter in the chunk, so "
-                                      "micro-steps cannot accumulate (Gemini's separate gradient chunks, "
-                                      "enable_gradient_accumulation, are not modelled)")
-        static = k.placement_policy == "static"
-        if static and k.offload_param_frac > 0 and (k.shard_param_frac != 1 or k.offload_optim_frac != 1):
-            # Gemini's StaticPlacementPolicy warns and ignores it in this case
-            raise ConfigError(file, "knobs.offload_param_frac", k.offload_param_frac,
-                              allowed="0 unless shard_param_frac and offload_optim_frac are 1 (Gemini ignores it "
-                                      "otherwise)")
-        b = Builder()
-        dp = DataParallel(b, ctx, k.pin_memory)
-        n, nb = ctx.n_gpus, len(ctx.blocks)
+        n = ctx.n_gpus
         modes = act_modes(ctx, k)
+        static = k.placement_policy == "static"
         by = {blk.index: blk for blk in ctx.blocks}
         e = next(blk.weight_bytes // blk.params for blk in ctx.blocks if blk.params)
         C = k.chunk_size                              # elements per chunk and GPU
@@ -196,6 +226,48 @@ class Chunked(Policy):
         gpu_os = set(range(n_os))
         fixed = home_gpu | gpu_os                     # once on the GPU, never moved out
         os_gpu_bytes = sum(shard(OS_BYTES * elems[c], n, 0) for c in gpu_os)
+        return _Geometry(e=e, nchunks=nchunks, elems=elems, sh=sh, sbytes=sbytes, extra=extra, trace=trace,
+                         need=need, last_use=last_use, used_at=used_at, first_blk=first_blk, nonmodel=nonmodel,
+                         cap=cap, maxneed=maxneed, n_os=n_os, home_gpu=home_gpu, keep=keep, gpu_os=gpu_os,
+                         fixed=fixed, os_gpu_bytes=os_gpu_bytes)
+
+    def decisions(self, ctx: Context) -> tuple:
+        """``static``: none (the fractions place the chunks). ``auto``: the OS chunks the GPU
+        margin takes, and how many chunk shards each step's budget holds: :meth:`build` moves a
+        shard out while one more would exceed its step's budget, so these counts are all it
+        decides from the sizes."""
+        if self.k.placement_policy == "static":
+            return ()
+        g = self._geometry(ctx)
+
+        def held(budget: float) -> int:     # (m + 1)·payload > budget ⟺ m + 1 > ⌊budget / payload⌋
+            return max(0, min(g.nchunks + 1, math.floor(budget / g.sbytes)))
+
+        return (g.n_os, held(g.budget(self.k, 1, 0)),
+                tuple(held(g.budget(self.k, 2, u)) for u in range(len(g.trace))))
+
+    def build(self, ctx: Context) -> Schedule:
+        k = self.k
+        file = ctx.scenario.file
+        if ctx.grad_accum > 1:
+            raise ConfigError(file, "train.grad_accum", ctx.grad_accum,
+                              allowed="1 with chunked: a gradient overwrites its parameter in the chunk, so "
+                                      "micro-steps cannot accumulate (Gemini's separate gradient chunks, "
+                                      "enable_gradient_accumulation, are not modelled)")
+        static = k.placement_policy == "static"
+        if static and k.offload_param_frac > 0 and (k.shard_param_frac != 1 or k.offload_optim_frac != 1):
+            # Gemini's StaticPlacementPolicy warns and ignores it in this case
+            raise ConfigError(file, "knobs.offload_param_frac", k.offload_param_frac,
+                              allowed="0 unless shard_param_frac and offload_optim_frac are 1 (Gemini ignores it "
+                                      "otherwise)")
+        b = Builder()
+        dp = DataParallel(b, ctx, k.pin_memory)
+        n, nb = ctx.n_gpus, len(ctx.blocks)
+        modes = act_modes(ctx, k)
+        g_ = self._geometry(ctx)
+        e, nchunks, elems, sh, sbytes, extra = g_.e, g_.nchunks, g_.elems, g_.sh, g_.sbytes, g_.extra
+        trace, need, last_use, used_at, first_blk = g_.trace, g_.need, g_.last_use, g_.used_at, g_.first_blk
+        n_os, home_gpu, keep, gpu_os, fixed = g_.n_os, g_.home_gpu, g_.keep, g_.gpu_os, g_.fixed
 
         initial: list[Alloc] = []
         for c in range(nchunks):
@@ -214,12 +286,7 @@ class Chunked(Policy):
                                 Alloc(f"optim.g{g}.c{c}", f"gpu{g}", shard(8 * elems[c], n, g), MemClass.OPTIM)]
 
         def budget(it: int, u: int) -> float:
-            if static:
-                return 0.0
-            reserve = extra * maxneed                 # the gathered groups of a step
-            if it == 1:
-                return k.warmup_cuda_cap_ratio * cap - os_gpu_bytes - reserve
-            return k.steady_cuda_cap_ratio * cap - max(nonmodel[u:u + 2]) - os_gpu_bytes - reserve
+            return 0.0 if static else g_.budget(k, it, u)
 
         def next_use(c: int, u: int) -> int:
             # the first step after u that needs c, else its first use in the next iteration

@@ -47,6 +47,10 @@ class GpuOnly(Policy):
     multi_gpu = True
     pure_precision = ""   # torch AdamW on the GPU keeps its state in the parameters' dtype
 
+    def decisions(self, ctx: Context) -> tuple:
+        """None: buckets and model states follow the model (in the context key)."""
+        return ()
+
     def build(self, ctx: Context) -> Schedule:
         b = Builder()
         dp = DataParallel(b, ctx, self.k.pin_memory)

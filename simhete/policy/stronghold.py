@@ -94,6 +94,10 @@ class StrongHold(Policy):
     Knobs = StrongHoldKnobs
     multi_gpu = True
 
+    def decisions(self, ctx: Context) -> tuple:
+        """The window, where it is taken from the memory estimate (``window_size`` unset)."""
+        return () if self.k.window_size is not None else (auto_window(ctx, self.k),)
+
     def build(self, ctx: Context) -> Schedule:
         k = self.k
         b = Builder()

@@ -171,6 +171,10 @@ class ZeroInfinity(Policy):
     pure_precision = ("DeepSpeed ZeRO keeps fp32 master partitions and DeepSpeedCPUAdam fp32 m and v, "
                       "also for a bf16 model")
 
+    def decisions(self, ctx: Context) -> tuple:
+        """None: buckets, sub-groups, partitions and persistence follow the model and the knobs."""
+        return ()
+
     def build(self, ctx: Context) -> Schedule:
         k = self.k
         b = Builder()

@@ -29,13 +29,12 @@ from typing import Any
 from pydantic import Field
 
 from simhete.opkinds import Action, At, MemClass, OpKind
-from simhete.policy.base import (Builder, Context, Policy, context_key, host_fp32_bytes, knob_key, model_states,
-                                 dep_names, shared_ops)
+from simhete.policy.base import Builder, Context, Policy, dep_names, host_fp32_bytes, model_states, shared_ops
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
-                                     grad_prio, hook_reduce_waits, size_decisions)
+                                     grad_prio, hook_reduce_waits)
 from simhete.schedule import Alloc, Op, Schedule
 from simhete.workload.tensors import param_tensors
 
@@ -88,12 +87,11 @@ class ZeroOffload(Policy):
             out.append(cur)
         return out
 
-    def structure_key(self, ctx: Context) -> tuple:
-        """Knobs (the bucket size through the partition it gives: sizes that alias share a key),
-        the context's structural values and forward_backward's size decisions; micro-batch,
-        sequence length and capacities only re-size the schedule (policy/template.py)."""
-        return (knob_key(self.k, ("reduce_bucket_size",)), self._partition(ctx),
-                context_key(ctx), size_decisions(ctx))
+    size_knobs = ("reduce_bucket_size",)
+
+    def decisions(self, ctx: Context) -> tuple:
+        """The bucket partition (what the bucket size decides; sizes that alias share it)."""
+        return self._partition(ctx)
 
     def build(self, ctx: Context) -> Schedule:
         k = self.k
