@@ -208,6 +208,9 @@ SAME_KEY_KEPT = 8     # structures kept per quick key (distinct structures rarel
 def _build(schedule: Schedule, rules: tuple) -> Indexed:
     # The schedule's table (one list per Task field; a policy's Builder fills it as it adds tasks)
     # is read column by column: no attribute reads of Task objects.
+    early = _early_overflow(schedule)
+    if early is not None:
+        return early
     tb = schedule.table
     shape = tb.shape
     if shape is not None:
@@ -271,6 +274,27 @@ def _initial_state(st: Structure, schedule: Schedule) -> tuple:
     state = (class0, class0.sum(axis=1), live_bytes)
     st.init_state = (initial, state)       # holds the tuple it compares by ``is``
     return state
+
+
+def _early_overflow(schedule: Schedule) -> Indexed | None:
+    """The reference engine's first checks need no indexing: unique task names, known pools of the
+    initial buffers, then the initial buffers against the pools. A schedule that passes the first
+    two and fails the third (a sweep point whose model states alone exceed a GPU) is answered
+    here, without indexing its structure; ``None`` for every other schedule, which
+    :func:`_structure` checks in full (a duplicate name or unknown pool is reported from there, in
+    the reference's order)."""
+    pools = schedule.pools
+    held = dict.fromkeys(pools, 0)
+    for a in schedule.initial:
+        if a.pool not in held:
+            return None
+        held[a.pool] += a.bytes
+    if all(held[p] <= c for p, c in pools.items()):
+        return None
+    names = schedule.table.name
+    if len(set(names)) != len(names):
+        return None
+    return Indexed(memory.initial_overflow(schedule))
 
 
 def _initial_overflow(schedule: Schedule) -> OOMReport | None:
