@@ -77,7 +77,7 @@ def _admits_bool(ann: Any) -> bool:
 
 def parse_bytes(value: Any) -> int:
     """``80GiB`` → 85899345920, ``512 GB`` → 512e9, ``1e9`` → 10**9, ints pass through."""
-    too_big = f"a size up to 2**60 bytes (1 EiB), like 80GiB, 512GB or 1e9"
+    too_big = "a size up to 2**60 bytes (1 EiB), like 80GiB, 512GB or 1e9"
     if isinstance(value, bool):
         raise ValueError("a size, not a boolean")
     if isinstance(value, int):

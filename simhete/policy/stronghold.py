@@ -110,7 +110,6 @@ class StrongHold(Policy):
         nb = len(ctx.blocks)
         pos = {blk.index: p for p, blk in enumerate(trans)}
         on_cpu = {blk.index for blk in trans[w:]}          # updated by the CPU
-        evict_fwd = {blk.index for blk in trans[:L - w]}   # leave the window during the forward
         gpu_upd = [blk for blk in ctx.blocks if blk.index not in on_cpu and blk.params]
 
         initial = []

@@ -299,8 +299,6 @@ class Planner:
     def largest_model(self) -> tuple[str | None, str]:
         """(name of the largest family member found to fit, family description). Within
         ``budget_s`` seconds; what that left unsearched is in ``self.unsearched`` (None if all)."""
-        import time
-
         from simhete.sim import resolve_model
         from simhete.workload import family_models, list_families
 
