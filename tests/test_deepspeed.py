@@ -68,6 +68,13 @@ def test_every_key_lands_in_exactly_one_list():
 def test_no_offload_is_gpu_only_and_offload_param_is_zero_infinity():
     imp = import_deepspeed(BASE, DATA / "no_offload.json")
     assert imp.policy == "gpu-only" and imp.scenario.data.knobs == {"checkpointing": "full"}
+    # stage 2 without offload: ZeRO-2's partitioned optimizer states and gradients, its bucket knobs
+    ds = {"zero_optimization": {"stage": 2, "reduce_bucket_size": 2e8, "overlap_comm": True}}
+    imp = map_deepspeed(BASE, ds)
+    assert imp.policy == "zero-2"
+    assert imp.scenario.data.knobs == {"checkpointing": "full", "reduce_bucket_size": 2e8, "overlap_comm": True}
+    assert map_deepspeed(BASE, {"zero_optimization": {"stage": 2}}).scenario.data.knobs == \
+        {"checkpointing": "full", "overlap_comm": False}        # DeepSpeed's stage-2 default
     ds = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu", "pin_memory": True},
                                 "offload_optimizer": {"device": "cpu", "pin_memory": True}}}
     assert map_deepspeed(BASE, ds).policy == "zero-infinity"

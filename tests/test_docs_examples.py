@@ -125,7 +125,7 @@ def test_the_tutorials_verdicts_hold(capsys):
     got = json.loads(capsys.readouterr().out)["summaries"]
     fits = {p: s["fits"] for p, s in got.items()}
     assert fits == {"zero-offload": False, "autohete": True, "chunked": True, "gpu-only": False,
-                    "stronghold": True, "zero-infinity": False}
+                    "stronghold": True, "zero-2": False, "zero-infinity": False}
     assert got["zero-offload"]["oom"].startswith("out of memory in cpu: the states placed there at start")
     assert "pinned_rounding" in got["zero-offload"]["oom"]
     best = max((s["tokens_per_s"], p) for p, s in got.items() if s["fits"])[1]

@@ -50,7 +50,8 @@ def test_llama2_7b_model_state_memory_by_hand():
     ctx, pol = resolve(s)
     sched = pol.build(ctx)
     g, c = initial_bytes(sched, "gpu0"), initial_bytes(sched, "cpu")
-    assert ideal(g) == g[MemClass.WEIGHTS] == 2 * LLAMA2_7B
+    # the 16-bit weights and DeepSpeed's two ipg buckets of 5e8 bf16 elements (overlap_comm)
+    assert g[MemClass.WEIGHTS] == 2 * LLAMA2_7B and ideal(g) == 2 * LLAMA2_7B + 2 * 2 * 500_000_000
     assert (c[MemClass.MASTER], c[MemClass.OPTIM], c[MemClass.GRADS32]) == (4 * LLAMA2_7B, 8 * LLAMA2_7B, 4 * LLAMA2_7B)
     assert ideal(c) == 16 * LLAMA2_7B
 
@@ -201,7 +202,7 @@ def test_lazy_policy_lookup_names_each_shipped_module():
 
     registry.load_shipped()
     ours = [p for p in registry.list_policies() if registry.get_policy(p).__module__.startswith("simhete.policy.")]
-    assert ours == sorted(registry.SHIPPED) and len(ours) == 6
+    assert ours == sorted(registry.SHIPPED) and len(ours) == 7
     for name, module in registry.SHIPPED.items():
         cls = registry.get_policy(name)
         assert cls.__module__ == f"simhete.policy.{module}"

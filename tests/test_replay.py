@@ -33,12 +33,17 @@ TINY = {"n_layers": 2, "hidden": 64, "heads": 4, "vocab": 256, "micro_batch": 2,
 
 def tiny(policy: str, knobs: dict | None = None, model: str = "gpt-like-h768-l12", dtype: str = "fp32",
          iterations: int = 3, grad_accum: int = 1):
-    """Simulate a tiny scenario on the CPU-device profile; returns the simulator's Result."""
+    """Simulate a tiny scenario on the CPU-device profile; returns the simulator's Result. ZeRO-1/2
+    policies get 1e6-element buckets unless told: DeepSpeed's default 5e8 sizes an ipg buffer of
+    2-4 GB, beyond the 2 GiB device."""
+    knobs = dict(knobs or {})
+    if policy in ("zero-offload", "zero-2"):
+        knobs.setdefault("reduce_bucket_size", 1e6)
     s = scenario_from_dict({
         "model": model, "hardware": {"profile": str(PROFILE), "gpu_memory": "2GiB"},
         "train": {"micro_batch": 2, "seq_len": 32, "grad_accum": grad_accum}, "iterations": iterations,
         "policy": policy,
-        "knobs": knobs or {}, "replay": {**TINY, "dtype": dtype}})
+        "knobs": knobs, "replay": {**TINY, "dtype": dtype}})
     return simulate(scaled_scenario(s))
 
 

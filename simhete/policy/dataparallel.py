@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from simhete.opkinds import Action, At, MemClass, OpKind
+from simhete.opkinds import DTYPE_BYTES, Action, At, MemClass, OpKind
 from simhete.policy.base import Builder, Context, dep_names, shared_op, shared_ops
 from simhete.policy.training import copy_stream, tname
 
@@ -46,6 +46,22 @@ def shard(total: int, n: int, g: int) -> int:
         return total
     q, r = divmod(total, n)
     return q + (1 if g < r else 0)
+
+
+def ipg_buffer(ctx: Context, reduce_bucket_size: float, overlap_comm: bool, g: int) -> Alloc:
+    """DeepSpeed ZeRO-1/2's gradient bucket buffer on GPU g. stage_1_and_2.py ``backward()``, with
+    ``contiguous_gradients`` (stage 2's default; forced on with ``cpu_offload``), allocates
+    ``ipg_buffer``: ``reduce_bucket_size`` elements of the model dtype, two with ``overlap_comm``
+    (double-buffered, "to avoid data access conflict"), whatever the model's size. Each gradient
+    is copied into it by its hook and the parameter's gradient then points into it
+    (``reduce_independent_p_g_buckets_and_remove_grads``: ``grad_reduc.data =
+    new_grad_tensor.data``), so a block's gradient owns no bytes of its own (``grad_views``; the
+    backward's autograd gradient is transient). ``_release_ipg_buffers`` drops the buffer at the step; the
+    CUDA caching allocator keeps the freed segment and hands it back at the next backward, so it
+    is held here from the start."""
+    e = DTYPE_BYTES[ctx.workload.dtype]
+    return Alloc(f"ipg_buffer.g{g}", f"gpu{g}", int(reduce_bucket_size) * e * (2 if overlap_comm else 1),
+                 MemClass.BUFFERS)
 
 
 class DataParallel:

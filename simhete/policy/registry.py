@@ -27,7 +27,8 @@ _REGISTRY: dict[str, type["Policy"]] = {}
 # anything fits (the most memory-frugal and cheapest to simulate first; AutoHete, which solves
 # MILPs, last; a policy registered at run time comes after these)
 SHIPPED: dict[str, str] = {"zero-infinity": "zero_infinity", "zero-offload": "zero_offload", "chunked": "chunked",
-                           "stronghold": "stronghold", "gpu-only": "gpu_only", "autohete": "autohete"}
+                           "stronghold": "stronghold", "zero-2": "zero2", "gpu-only": "gpu_only",
+                           "autohete": "autohete"}
 
 
 def register(name: str) -> Callable[[type["Policy"]], type["Policy"]]:

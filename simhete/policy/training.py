@@ -175,7 +175,7 @@ class _BlockPlan:
     delayed update) shares the strings and the immutable Allocs instead of making them again."""
 
     __slots__ = ("index", "pos", "name", "fwd_ops", "bwd_ops", "rec_ops", "act_bytes", "grad_bytes", "act", "F",
-                 "F_keep", "F_ckpt", "F_frees", "R", "ract", "R_allocs", "B", "grad", "B_grad", "B_none",
+                 "F_keep", "F_ckpt", "F_frees", "R", "ract", "R_allocs", "B", "grad", "B_grad", "B_view", "B_none",
                  "ws_B", "keep_frees", "ckpt_frees", "at", "swap_out", "swap_in", "cact", "sact")
 
     def __init__(self, blk: Any, p: int, head: str, tail: str, pool: str, grad_pool: str, at: At) -> None:
@@ -195,6 +195,7 @@ class _BlockPlan:
         self.grad = grad = f"{head}grad.{bn}{tail}"
         self.R_allocs = (new_alloc(ract, pool, blk.recompute_bytes, ACT),)
         grad_alloc = new_alloc(grad, grad_pool, blk.grad_bytes, MemClass.GRADS)
+        view = new_alloc(grad, grad_pool, 0, MemClass.GRADS)      # a view into a buffer held elsewhere
         keep = new_alloc(act, pool, blk.act_bytes, ACT)
         ckpt = new_alloc(act, pool, blk.ckpt_bytes, ACT)
         if blk.workspace_bytes:
@@ -205,12 +206,14 @@ class _BlockPlan:
             self.F_keep, self.F_ckpt = ((keep, ws_fa), (p, "fwd", ("act", "ws"))), ((ckpt, ws_fa), (p, "fwd", ("ckpt", "ws")))
             self.F_frees = (ws_f,)
             self.B_grad, self.B_none = ((grad_alloc, ws_ba), (p, "bwd", (None, "ws"))), ((ws_ba,), (p, "bwd", ("ws",)))
+            self.B_view = ((view, ws_ba), (p, "bwd", (None, "ws")))
             ws_b = (self.ws_B,)
         else:
             self.ws_B = None
             self.F_keep, self.F_ckpt = ((keep,), (p, "fwd", ("act",))), ((ckpt,), (p, "fwd", ("ckpt",)))
             self.F_frees = ()
             self.B_grad, self.B_none = ((grad_alloc,), (p, "bwd", (None,))), ((), (p, "bwd", ()))
+            self.B_view = ((view,), (p, "bwd", (None,)))
             ws_b = ()
         # B's frees when the caller adds none: the activations (and the recompute's), the workspace
         self.keep_frees, self.ckpt_frees = (act, *ws_b), (act, ract, *ws_b)
@@ -238,7 +241,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
                      pinned: bool = True, grad_pool: str | None = None,
                      fwd_frees: dict[int, list[str]] | None = None,
                      bwd_frees: dict[int, list[str]] | None = None,
-                     grad_buffers: bool | set[int] = True, m: int = 1) -> IterTasks:
+                     grad_buffers: bool | set[int] = True, m: int = 1, grad_views: bool = False) -> IterTasks:
     """Emit one iteration's forward and backward for ``gpu``; return the task names.
 
     ``fwd_weight_deps[i]`` / ``bwd_weight_deps[i]``: tasks that must finish before block i's
@@ -248,7 +251,9 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     releases when it ends. ``grad_buffers=False``: gradients overwrite their parameters in place
     (PatrickStar's chunk reuse), or they accumulate into the buffer an earlier micro-step
     allocated, so B allocates no gradient buffer; a set: only those blocks' B allocate one.
-    ``m``: the micro-step (names, priorities).
+    ``m``: the micro-step (names, priorities). ``grad_views``: the gradient buffers B allocates
+    are views into a buffer the policy holds (DeepSpeed ZeRO-1/2's contiguous ipg bucket,
+    :func:`simhete.policy.dataparallel.ipg_buffer`): they name the block's gradients, own no bytes.
 
     The names and fixed allocations come from the workload's kept :func:`_plan`; the rows go to
     ``b.add_row`` with exact types (tuples, no empty names), as ``b.add`` would store them.
@@ -321,7 +326,7 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
         else:
             frees = e.keep_frees
         grads = e.grad_bytes and (grad_buffers if gb_all else i in grad_buffers)
-        allocs, sized = e.B_grad if grads else e.B_none
+        allocs, sized = (e.B_view if grad_views else e.B_grad) if grads else e.B_none
         extra = bf.get(i)
         if extra:       # the caller's frees go before the workspace's
             extra = tuple(extra)

@@ -37,13 +37,13 @@ and gradient copies on the compute stream, each bucket reduced from the backward
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from simhete.opkinds import Action, At, MemClass, OpKind, at, owned_buffer, state_buffer
 from simhete.policy.base import Builder, Context, Policy, model_states
-from simhete.policy.dataparallel import DataParallel, shard
+from simhete.policy.dataparallel import DataParallel, ipg_buffer, shard
 from simhete.policy.layout import group, owners, uses
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
@@ -164,6 +164,15 @@ class Partition:
 class ZeroInfinity(Policy):
     Knobs = ZeroInfinityKnobs
     multi_gpu = True
+    stage: ClassVar[int] = 3
+    """DeepSpeed ZeRO stage: 3 partitions the 16-bit parameters on the GPUs (without parameter
+    offload); 2 (:mod:`simhete.policy.zero2`) keeps them whole on every GPU."""
+    reduce: ClassVar[tuple[OpKind, Action]] = (OpKind.REDUCE_SCATTER, Action.GRADS_REDUCE_SCATTER)
+    """The collective that reduces a gradient bucket kept on the GPUs (stage3.py
+    ``__reduce_and_partition_ipg_grads``: a reduce-scatter into each rank's partition)."""
+    ipg: ClassVar[bool] = False
+    """Gradients live in stage 1/2's contiguous ipg bucket buffer and the rank's gradient partition
+    (:func:`~simhete.policy.dataparallel.ipg_buffer`), also on one GPU."""
     # DeepSpeed ZeRO clones each partition to fp32 master weights (stage_1_and_2.py
     # single_partition_of_fp32_groups, stage3.py fp32_partitioned_groups_flat: .float() unless
     # master_weights_and_grads_dtype says otherwise) and DeepSpeedCPUAdam creates m and v in fp32
@@ -192,7 +201,7 @@ class ZeroInfinity(Policy):
         # 16-bit tensor and gathers a block's tensors over NVLink before use (Partition). With
         # one GPU the shard is the whole tensor, kept resident here (the gathered copy DeepSpeed
         # makes of it while a block runs is not modelled).
-        sharded = k.offload_param == "none" and n > 1
+        sharded = self.stage == 3 and k.offload_param == "none" and n > 1
         parts = {i: Partition.of(param_tensors(ctx.spec, blk), n, k.stage3_param_persistence_threshold)
                  for i, blk in by.items() if blk.params} if sharded else {}
         esz = {i: by[i].weight_bytes // by[i].params for i in parts}    # bytes per 16-bit element
@@ -219,9 +228,11 @@ class ZeroInfinity(Policy):
                 # in gradient_accumulation_dtype (engine.py get_data_types: the model dtype unless
                 # set), on the GPU when the optimizer is (the full gradients are freed after the
                 # reduce-scatter, ``partition_grads``)
-                if n > 1 and blk.grad_bytes:
+                if (n > 1 or self.ipg) and blk.grad_bytes:
                     initial.append(Alloc(f"{MemClass.GRADS.value}.g{g}.{blk.name}.part", f"gpu{g}",
                                          self._part_bytes(blk, parts, n, g), MemClass.GRADS))
+            if self.ipg:
+                initial.append(ipg_buffer(ctx, k.reduce_bucket_size, k.overlap_comm, g))
 
         trace = uses(ctx.blocks)
         if sharded:
@@ -293,14 +304,15 @@ class ZeroInfinity(Policy):
                     for g in dp.gpus:
                         bwd_deps[g].setdefault(i, []).extend(
                             ([dp.task(Action.GRADS_D2H, it, f"k{j}", g)] if any(x in cpu_opt for x in buckets[j]) else [])
-                            + ([dp.task(Action.GRADS_REDUCE_SCATTER, it, f"k{j}", g)]
+                            + ([dp.task(self.reduce[1], it, f"k{j}", g)]
                                if n > 1 and any(x not in cpu_opt for x in buckets[j])
                                else []))
                 t = {g: forward_backward(b, ctx, it, modes, gpu=g,
                                          start_deps=start[g], m=m,
                                          grad_buffers=True if m == 1 or n > 1 else cpu_opt,
                                          fwd_weight_deps=fwd_deps[g], bwd_weight_deps=bwd_deps[g],
-                                         fwd_frees=fwd_frees[g], bwd_frees=bwd_frees[g], pinned=k.pin_memory)
+                                         fwd_frees=fwd_frees[g], bwd_frees=bwd_frees[g], pinned=k.pin_memory,
+                                         grad_views=self.ipg)
                      for g in dp.gpus}
                 if m == 1:
                     grads = {g: t[g].grads for g in dp.gpus}
@@ -343,7 +355,7 @@ class ZeroInfinity(Policy):
             if kept:
                 # stage3.py ``__reduce_and_partition_ipg_grads`` → ``partition_grads``: the bucket is
                 # reduce-scattered into each rank's gradient partition and the full gradients freed
-                rs = dp.collective(OpKind.REDUCE_SCATTER, Action.GRADS_REDUCE_SCATTER, it, f"k{j}",
+                rs = dp.collective(*self.reduce, it, f"k{j}",
                                    sum(by[i].grad_bytes for i in kept), deps, prio, kept[0],
                                    frees={g: [t[g].grads[i] for i in kept if i in t[g].grads] for g in dp.gpus},
                                    sync=sync)

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import Builder, Context, Policy, dep_names, host_fp32_bytes, model_states, shared_ops
-from simhete.policy.dataparallel import DataParallel, shard
+from simhete.policy.dataparallel import DataParallel, ipg_buffer, shard
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
@@ -87,10 +87,9 @@ class ZeroOffload(Policy):
             out.append(cur)
         return out
 
-    size_knobs = ("reduce_bucket_size",)
-
     def decisions(self, ctx: Context) -> tuple:
-        """The bucket partition (what the bucket size decides; sizes that alias share it)."""
+        """The bucket partition (what the bucket size decides; the size itself is in the knobs: it
+        also sizes the ipg buffer)."""
         return self._partition(ctx)
 
     def build(self, ctx: Context) -> Schedule:
@@ -103,6 +102,7 @@ class ZeroOffload(Policy):
         initial = []
         for g in gpus:
             initial += model_states(ctx, {MemClass.WEIGHTS: "gpu"}, gpu=g)
+            initial.append(ipg_buffer(ctx, k.reduce_bucket_size, k.overlap_comm, g))
         initial += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"})
         if k.delayed_update:   # second fp32 gradient buffer so step k reads while k+1 writes
             initial += _host_buffers(ctx.workload, "grads32b")
@@ -189,7 +189,7 @@ class ZeroOffload(Policy):
                     start_deps=([last_B[g]] if g in last_B else []) + (step_done[g] if m == 1 else []),
                     bwd_weight_deps={bk[0]: [bucket_name[g][j - 2]] for j, bk in enumerate(buckets) if j >= 2}
                     if k.overlap_comm else {i: [bucket_name[g][j]] for j, i in after_first.items()},
-                    pinned=pinned) for g in gpus}
+                    pinned=pinned, grad_views=True) for g in gpus}     # gradients live in the ipg buffer
                 last = m == ga    # the fp32 gradient buffer this step writes must have been consumed
                 d2h_of: list[str] = []
                 for j, bucket in enumerate(buckets):

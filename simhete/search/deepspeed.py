@@ -9,8 +9,10 @@ ignored. The full table is in docs/deepspeed.md.
 Policy: ZeRO stage 1/2 with ``offload_optimizer.device: cpu`` is ``zero-offload``; stage 3 is
 ``zero-infinity`` with ``offload_param`` and ``offload_optimizer`` set to the two devices (ZeRO-3
 partitions the 16-bit parameters whatever is offloaded: stage3.py ``DeepSpeedZeroOptimizer_Stage3``
-with ``offload_param`` none keeps each rank's shard on its GPU); stage 0–2 without offload is
-``gpu-only``. NVMe offload is an error (not modelled yet).
+with ``offload_param`` none keeps each rank's shard on its GPU); stage 2 without offload is
+``zero-2``; stage 0–1 without offload is ``gpu-only`` (stage 1's optimizer-state partitioning is
+not modelled: gpu-only holds the whole optimizer on every GPU). NVMe offload is an error (not
+modelled yet).
 
 ``"auto"`` values: DeepSpeed itself rejects them; they come from the Hugging Face Trainer
 integration, which fills them from its own arguments and the model config
@@ -135,6 +137,8 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
         policy = "zero-infinity"
     elif opt_dev == "cpu":
         policy = "zero-offload"
+    elif stage == 2:
+        policy = "zero-2"
     else:
         policy = "gpu-only"
     decided = [k for k in ("zero_optimization.stage", "zero_optimization.offload_optimizer.device",
@@ -166,7 +170,7 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
     if len(set(pins.values())) > 1:
         m.unsupported.append((" and ".join(pins), "different pin_memory per section; simhete has one "
                                                   "pin_memory knob — the optimizer section's value is used"))
-    if policy != "gpu-only":
+    if policy not in ("gpu-only", "zero-2"):
         first = next(iter(pins), None)
         said = " and ".join(pins) if len(set(pins.values())) == 1 else first   # both sections agree: name both
         knob(said or "zero_optimization.offload_*.pin_memory (absent: DeepSpeed default)", "pin_memory",

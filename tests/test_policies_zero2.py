@@ -1,0 +1,86 @@
+"""``zero-2`` (DeepSpeed ZeRO stage 2 without offload): what each GPU holds, what crosses the
+interconnect per iteration, and how it compares with gpu-only and ZeRO-3 — exact counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from simhete.opkinds import Action, MemClass, OpKind
+from simhete.policy.dataparallel import shard
+from simhete.scenario import scenario_from_dict
+from simhete.schedule import check_schedule
+from simhete.sim import resolve, run
+
+
+def scenario(policy: str = "zero-2", knobs: dict | None = None, gpus: int = 4, model: str = "gpt-like-h512-l6",
+             **train):
+    return scenario_from_dict(dict(
+        model=model, hardware=dict(profile="a100-80gb-sxm", gpus=gpus),
+        train=dict(micro_batch=2, seq_len=256, dtype="bf16", **train), iterations=2, policy=policy,
+        knobs=knobs or {}))
+
+
+def build(s):
+    ctx, pol = resolve(s)
+    sched = pol.build(ctx)
+    assert check_schedule(sched, capacity=False) == []
+    return ctx, sched
+
+
+def held(sched, g: int, cls: MemClass) -> int:
+    return sum(a.bytes for a in sched.initial if a.pool == f"gpu{g}" and a.cls is cls)
+
+
+@pytest.mark.parametrize("gpus", [2, 3, 4])
+def test_every_gpu_holds_the_whole_model_and_its_share_of_the_rest(gpus):
+    ctx, s = build(scenario(gpus=gpus))
+    blocks = [b for b in ctx.blocks if b.params]
+    for g in range(gpus):
+        assert held(s, g, MemClass.WEIGHTS) == sum(b.weight_bytes for b in blocks)          # 2 B/param
+        assert held(s, g, MemClass.MASTER) == sum(shard(b.master_bytes, gpus, g) for b in blocks)   # 4/N
+        assert held(s, g, MemClass.OPTIM) == sum(shard(b.optim_bytes, gpus, g) for b in blocks)     # 8/N
+        assert held(s, g, MemClass.GRADS) == sum(shard(b.grad_bytes, gpus, g) for b in blocks)      # 2/N
+    assert not any(a.pool == "cpu" and a.cls in (MemClass.MASTER, MemClass.OPTIM) for a in s.initial)
+
+
+def test_per_iteration_traffic_is_the_bucket_all_reduces_and_one_all_gather():
+    gpus = 4
+    ctx, s = build(scenario(gpus=gpus, knobs={"reduce_bucket_size": 2e6}))
+    p16 = sum(b.weight_bytes for b in ctx.blocks if b.params)
+    it2 = [t for t in s.tasks if t.it == 2]
+    for g in range(gpus):
+        mine = [t for t in it2 if t.stream.startswith(f"gpu{g}.")]
+        ar = [t for t in mine if t.action is Action.GRADS_ALLREDUCE]
+        assert len(ar) > 1 and sum(op.n for t in ar for op in t.ops if op.kind is OpKind.ALLREDUCE) == p16
+        ag = [t for t in mine if t.action is Action.WEIGHTS_ALLGATHER]
+        assert [op.n for t in ag for op in t.ops] == [p16]          # the whole 16-bit model, once
+        assert not [t for t in mine if t.action in (Action.WEIGHTS_AG_FWD, Action.WEIGHTS_AG_BWD,
+                                                    Action.GRADS_REDUCE_SCATTER, Action.GRADS_D2H)]
+        adam = [t for t in mine if t.action is Action.ADAM_GPU]      # the rank's partition, one step
+        assert [op.n for t in adam for op in t.ops] == [shard(sum(b.params for b in ctx.blocks), gpus, g)]
+
+
+def test_overlap_comm_defaults_off_and_moves_the_reductions():
+    _, off = build(scenario())
+    _, on = build(scenario(knobs={"overlap_comm": True}))
+    streams = lambda s: {t.stream for t in s.tasks if t.action is Action.GRADS_ALLREDUCE}  # noqa: E731
+    assert streams(off) == {f"gpu{g}.compute" for g in range(4)}
+    assert streams(on) == {f"gpu{g}.comm" for g in range(4)}
+
+
+def test_between_gpu_only_and_zero3():
+    """Peak GPU memory: ZeRO-3 (parameters partitioned too) < ZeRO-2 < gpu-only (DDP: everything
+    on every GPU), by the weights' and the optimizer states' shares."""
+    peak = {}
+    for pol, knobs in (("gpu-only", {}), ("zero-2", {}),
+                       ("zero-infinity", {"offload_param": "none", "offload_optimizer": "none"})):
+        r = run(scenario(pol, knobs, model="gpt-like-h2048-l24"))    # model states dominate
+        assert r.summary.fits
+        peak[pol] = r.summary.memory["gpu0"].peak_bytes
+    assert peak["zero-infinity"] < peak["zero-2"] < peak["gpu-only"]
+
+
+def test_stage2_knobs_are_its_own():
+    from simhete.errors import ConfigError
+    with pytest.raises(ConfigError, match="knobs"):
+        resolve(scenario(knobs={"offload_param": "cpu"}))
