@@ -144,10 +144,6 @@ class Policy:
         policy has one answer, :meth:`build`)."""
         return None
 
-    size_knobs: ClassVar[tuple[str, ...]] = ()
-    """Knobs whose values reach the schedule only through :meth:`decisions` (a bucket size through
-    the partition it gives): left out of the structure key, so values that alias share it."""
-
     def decisions(self, ctx: Context) -> Hashable | None:
         """What ``build`` decides from sizes — the micro-batch, the sequence length, the
         capacities — beyond the cells the training skeleton marks as size-dependent (ops and
@@ -162,7 +158,7 @@ class Policy:
 
         Two contexts with equal keys must give schedules that differ only in the size-marked
         cells and the pool capacities (:mod:`simhete.policy.template` builds the first and
-        re-sizes it for the others). The key is every knob (but :attr:`size_knobs`), the context's
+        re-sizes it for the others). The key is every knob, the context's
         structural values (:func:`context_key`: the model, hence every weight size, dtype, GPUs,
         iterations, accumulation), the training skeleton's size decisions (which blocks have a
         workspace) and the policy's own :meth:`decisions`; ``None`` when those are ``None``.
@@ -172,7 +168,7 @@ class Policy:
         if own is None:
             return None
         from simhete.policy.training import size_decisions     # training builds on this module
-        return knob_key(self.k, self.size_knobs), context_key(ctx), size_decisions(ctx), own
+        return knob_key(self.k), context_key(ctx), size_decisions(ctx), own
 
 
 def knob_key(knobs: Strict, exclude: Iterable[str] = ()) -> tuple:

@@ -56,9 +56,9 @@ def ipg_buffer(ctx: Context, reduce_bucket_size: float, overlap_comm: bool, g: i
     is copied into it by its hook and the parameter's gradient then points into it
     (``reduce_independent_p_g_buckets_and_remove_grads``: ``grad_reduc.data =
     new_grad_tensor.data``), so a block's gradient owns no bytes of its own (``grad_views``; the
-    backward's autograd gradient is transient). ``_release_ipg_buffers`` drops the buffer at the step; the
-    CUDA caching allocator keeps the freed segment and hands it back at the next backward, so it
-    is held here from the start."""
+    backward's autograd gradient is transient). ``_release_ipg_buffers`` drops the buffer at the
+    step; the CUDA caching allocator keeps the freed segment and hands it back at the next
+    backward, so it is held here from the start."""
     e = DTYPE_BYTES[ctx.workload.dtype]
     return Alloc(f"ipg_buffer.g{g}", f"gpu{g}", int(reduce_bucket_size) * e * (2 if overlap_comm else 1),
                  MemClass.BUFFERS)

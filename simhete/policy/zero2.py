@@ -10,8 +10,7 @@ stage_1_and_2.py runs it without ``offload_optimizer``:
   bucket is reduced (``average_tensor`` with ``reduce_scatter`` and
   ``use_multi_rank_bucket_allreduce`` at their defaults all-reduces the bucket,
   ``allreduce_and_scatter``) and each rank keeps its partition's slices in its gradient partition
-  (``copy_grads_in_partition`` into ``grads_in_partition``, 2 B/param / N, kept), the full
-  gradients freed; ``overlap_comm`` (its stage 1/2 default is false) runs the reductions on a side
+  (``copy_grads_in_partition`` into ``grads_in_partition``, 2 B/param / N, kept); ``overlap_comm`` (its stage 1/2 default is false) runs the reductions on a side
   stream, else on the compute stream from the backward hook. With gradient accumulation every
   micro-step reduces and adds into the partition.
 - step: the partition's gradient is made fp32 (``single_partition_of_fp32_groups[i].grad``, 4 B/param
