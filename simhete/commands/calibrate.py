@@ -197,7 +197,11 @@ def _staging(parent: Path) -> Path:
     _remove_stale(parent)
     try:
         stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
-        (stage / OWNER).write_text(f"{os.getpid()} {socket.gethostname()} {_start_time(os.getpid()) or '-'}\n")
+        # written whole, then renamed: the owner file is complete or absent, never empty (a run
+        # killed between creating and writing it left an empty owner that no later run removed)
+        (stage / (OWNER + ".new")).write_text(
+            f"{os.getpid()} {socket.gethostname()} {_start_time(os.getpid()) or '-'}\n")
+        os.replace(stage / (OWNER + ".new"), stage / OWNER)
         return stage
     except OSError as e:
         raise SimheteError(f"--out: cannot write in {parent}: {e.strerror}") from None
