@@ -48,7 +48,7 @@ class GpuOnly(Policy):
     pure_precision = ""   # torch AdamW on the GPU keeps its state in the parameters' dtype
 
     def decisions(self, ctx: Context) -> tuple:
-        """None: buckets and model states follow the model (in the context key)."""
+        """Nothing from sizes: buckets and model states follow the model (in the context key)."""
         return ()
 
     def build(self, ctx: Context) -> Schedule:

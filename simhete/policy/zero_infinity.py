@@ -181,7 +181,8 @@ class ZeroInfinity(Policy):
                       "also for a bf16 model")
 
     def decisions(self, ctx: Context) -> tuple:
-        """None: buckets, sub-groups, partitions and persistence follow the model and the knobs."""
+        """Nothing from sizes: buckets, sub-groups, partitions and persistence follow the model and
+        the knobs."""
         return ()
 
     def build(self, ctx: Context) -> Schedule:
