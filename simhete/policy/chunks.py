@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from simhete.errors import ConfigError
-from simhete.policy.base import Context
+from simhete.policy.base import Context, knob_key
 from simhete.policy.dataparallel import shard
 from simhete.policy.layout import nonmodel_by_step, owners, uses
 from simhete.policy.training import ActivationKnobs, act_modes
@@ -96,7 +96,14 @@ class Geometry:
 
 def geometry(ctx: Context, k: ChunkedKnobs) -> Geometry:
     """The chunks and their placement: everything the chunked policy takes from sizes before it
-    emits a task (its ``build`` and ``decisions`` share it)."""
+    emits a task. Its ``decisions`` and ``build`` both ask, so it is kept on the workload under
+    what it is made from besides the blocks (the knobs, the GPUs, their capacity); the build only
+    reads it."""
+    return ctx.workload.keep(("chunks.geometry", knob_key(k), ctx.n_gpus, ctx.gpu_capacity),
+                             lambda: _geometry(ctx, k))
+
+
+def _geometry(ctx: Context, k: ChunkedKnobs) -> Geometry:
     file = ctx.scenario.file
     n = ctx.n_gpus
     modes = act_modes(ctx, k)
