@@ -6,23 +6,20 @@ interference), checks that every engine variant gives the identical timeline, th
 interleaved (warm-up first, median of repeats) and prints tasks/s for each and the ratio to SimPy.
 Target: >= 25x.
 
-- cold: a schedule just built by the policy (new objects) whose structure the engine has never
-  seen: the whole indexing is included (the engine's caches are emptied before each repeat);
-- cold, structure seen: a schedule just built by the policy, of a structure indexed before (what a
-  sweep point that differs from an earlier one only in sizes costs: the structure is verified
-  equal and only the byte-dependent arrays are made);
+- cold: a schedule just built by the policy (new objects, a new structure) that the engine has
+  never seen: the whole indexing is included;
 - cold, from Task objects: a new ``Schedule(tasks, ...)`` of the same Task objects, nothing cached
   (the column-wise table is first derived from the Task objects);
 - warm: the same Schedule re-simulated with new durations, as a hardware sweep re-prices it;
-- resized, shape known: the schedule as a sweep point gets it from ZeRO-Offload's structural
-  template (simhete/policy/template.py: a new Schedule object, equal to the build, whose table
-  shares the template's structural columns), its structure known to the engine by the table's
-  shape (identity, no column comparison): what a sweep point of a known structure costs in the
-  engine — the duration check, the byte-dependent arrays (allocation sizes, needs per pool,
-  capacities; memory at t = 0 is the structure's), the loop and the Timeline. Not in it: the
-  resize (policy side, printed apart like the build), the prices and the summary.
+- bound, structure indexed: the schedule as a sweep point of a known structure gets it — the
+  policy's structure (simhete/schedule/structure.py) bound to the point's size table, a new
+  Schedule object equal to the build whose table shares the structure's columns — with the
+  engine's index of that structure kept on it: what such a point costs in the engine — the
+  duration check, the byte-dependent arrays (allocation sizes, needs per pool, capacities; memory
+  at t = 0 is the structure's), the loop and the Timeline. Not in it: the binding (policy side,
+  printed apart like the build), the prices and the summary.
 
-The engine line a sweep point gets is the resized one for every point of a structure seen before
+The engine line a sweep point gets is the bound one for every point of a structure seen before
 and the cold one for the first point of each structure; points whose schedule is the very object
 of an earlier point (aliasing knob values) make no engine call. The last line weighs the two by
 how often ``benchmarks/sweep_speed.py``'s 120-point grid makes each kind of call (counted live,
@@ -49,8 +46,8 @@ import sys
 import time
 from pathlib import Path
 
-from simhete import cache
-from simhete.policy import template
+from simhete.policy.sizes import size_table
+from simhete.policy.structures import same_schedule
 from simhete.engine import indexed, simulate_fast, simulate_simpy
 from simhete.engine.fast import compiled_available
 from simhete.scenario import load_scenario
@@ -142,60 +139,44 @@ def main() -> int:
               "reference there, so there is nothing to compare")
         return 1
 
-    tmpl = template.Template(policy.build(ctx), ctx)
+    structure, sizes = policy.build(ctx).table.structure, size_table(ctx)
 
-    def resized():
-        tmpl.reused.clear()                   # a new Schedule object each time, not the remembered one
-        return tmpl.resize(ctx)
+    def bound() -> Schedule:              # a new Schedule object of the kept structure
+        return Schedule.from_table(structure.bind(sizes), sched.pools, sched.initial, sched.iterations, sched.meta)
 
     ref = simulate_simpy(sched, durs, rules)                       # also warms everything up
-    ok = all(same(simulate_fast(x, durs, rules), ref)                # from Task objects, a build, a resize
-             for x in (copy_of(sched), policy.build(ctx), resized()))
-    ok = ok and template.same_schedule(resized(), sched)
+    ok = all(same(simulate_fast(x, durs, rules), ref)                # from Task objects, a build, a binding
+             for x in (copy_of(sched), policy.build(ctx), bound()))
+    ok = ok and same_schedule(bound(), sched)
     print(f"identical timelines (fast vs simpy): {ok}; "
           f"makespan {ref.makespan:.6f} s, oom {ref.oom is not None}")
 
     # Variants: name -> (prep(k), fn(k)) for repeat k; only fn is timed. Cold runs get a schedule
-    # object per repeat; warm runs re-price the one indexed schedule with durations scaled per repeat.
+    # object per repeat (a new structure each); warm runs re-price the one indexed schedule with
+    # durations scaled per repeat, put back on it before each run.
     r = args.repeats + 1
     scaled = [[d * (1.0 + 1e-3 * k) for d in durs] for k in range(r)]
-
-    # What the engine keeps is set per variant, untimed: cold schedules are new objects, so only
-    # the structures (simhete.cache.STRUCTURES) need forgetting; warm runs re-price the one Indexed
-    # form of ``sched``, put back on it before each run.
     warm_ix = indexed.indexed(sched, rules)
-
-    def forget(k: int) -> None:           # no structure known: the whole indexing is timed
-        cache.STRUCTURES.clear()
 
     def nothing(k: int) -> None:
         pass
-
-    def seen(k: int) -> None:             # the structure of ``sched`` is known
-        indexed._build(sched, rules)
-
-    def shape_known(k: int) -> None:      # the template's shape maps to its structure
-        indexed._build(tmpl.resize(ctx), rules)
 
     def warm(k: int) -> None:             # ``sched`` itself is indexed
         sched.derived["engine.indexed"] = warm_ix
 
     variants = {"simpy": (nothing, lambda k: simulate_simpy(sched, durs, rules))}
-    built = [policy.build(ctx) for _ in range(4 * r)]             # fresh policy builds
+    built = [policy.build(ctx) for _ in range(2 * r)]             # fresh policy builds
     tasks = [copy_of(sched) for _ in range(r)]
-    variants["fast cold"] = (forget, lambda k, f=built[:r]: simulate_fast(f[k], durs, rules))
-    variants["fast cold, structure seen"] = \
-        (seen, lambda k, f=built[r:2 * r]: simulate_fast(f[k], durs, rules))
+    variants["fast cold"] = (nothing, lambda k, f=built[:r]: simulate_fast(f[k], durs, rules))
     variants["fast cold, from Task objects"] = \
-        (forget, lambda k, f=tasks: simulate_fast(f[k], durs, rules))
-    sized = [resized() for _ in range(r)]
-    variants["fast resized, shape known"] = \
-        (shape_known, lambda k, f=sized: simulate_fast(f[k], durs, rules))
+        (nothing, lambda k, f=tasks: simulate_fast(f[k], durs, rules))
+    indexed.indexed(bound(), rules)                                 # the structure's index, kept on it
+    sized = [bound() for _ in range(r)]
+    variants["fast bound, structure indexed"] = \
+        (nothing, lambda k, f=sized: simulate_fast(f[k], durs, rules))
     variants["fast warm"] = (warm, lambda k: simulate_fast(sched, scaled[k], rules))
     variants["fast cold + records"] = \
-        (forget, lambda k, f=built[2 * r:3 * r]: simulate_fast(f[k], durs, rules).records)
-    variants["fast seen + records"] = \
-        (seen, lambda k, f=built[3 * r:]: simulate_fast(f[k], durs, rules).records)
+        (nothing, lambda k, f=built[r:]: simulate_fast(f[k], durs, rules).records)
     for prep, fn in variants.values():                               # warm-up (k = last)
         prep(args.repeats)
         fn(args.repeats)
@@ -204,14 +185,14 @@ def main() -> int:
     # wall time is shown alongside. Interleaved, so load drifts hit every variant alike.
     cpu: dict[str, list[float]] = {k: [] for k in variants}
     wall: dict[str, list[float]] = {k: [] for k in variants}
-    build_cpu, resize_cpu = [], []
+    build_cpu, bind_cpu = [], []
     for k in range(args.repeats):
         c0 = time.process_time()
         policy.build(ctx)
         build_cpu.append(time.process_time() - c0)
         c0 = time.process_time()
-        resized()
-        resize_cpu.append(time.process_time() - c0)
+        bound()
+        bind_cpu.append(time.process_time() - c0)
         for name, (prep, fn) in variants.items():
             prep(k)
             c0, w0 = time.process_time(), time.perf_counter()
@@ -226,14 +207,14 @@ def main() -> int:
               f"{med['simpy'] / med[k]:6.1f}x simpy); wall {medw[k] * 1e3:8.3f} ms "
               f"({n / medw[k]:10.0f} tasks/s, {medw['simpy'] / medw[k]:6.1f}x)")
     print(f"  (policy build of this schedule, not in any line above: CPU {statistics.median(build_cpu) * 1e3:.3f} ms;"
-          f" its template resized instead: CPU {statistics.median(resize_cpu) * 1e3:.3f} ms)")
-    for mode in ("cold", "cold, structure seen", "resized, shape known", "warm"):
+          f" its structure bound instead: CPU {statistics.median(bind_cpu) * 1e3:.3f} ms)")
+    for mode in ("cold", "bound, structure indexed", "warm"):
         ratio = med["simpy"] / med[f"fast {mode}"]
         print(f"ratio {mode} (CPU time): {ratio:.1f}x the SimPy engine (target >= {TARGET:.0f}x)")
     calls, new = sweep_mix()
-    mix = (new * med["fast cold"] + (calls - new) * med["fast resized, shape known"]) / calls
+    mix = (new * med["fast cold"] + (calls - new) * med["fast bound, structure indexed"]) / calls
     print(f"ratio per engine call of the 120-point sweep ({calls} calls: {new} on a new structure, "
-          f"{calls - new} resized; CPU time): {med['simpy'] / mix:.1f}x the SimPy engine")
+          f"{calls - new} bound; CPU time): {med['simpy'] / mix:.1f}x the SimPy engine")
     if args.start_up:
         start_up()
     return 0 if ok else 1

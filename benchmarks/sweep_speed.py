@@ -38,7 +38,6 @@ from pathlib import Path
 
 from simhete import cache
 from simhete import sim
-from simhete.policy import template
 from simhete.workload import ops as workload_ops
 from simhete.search.backends import LocalBackend
 from simhete.search.runner import Runner
@@ -82,8 +81,8 @@ print(json.dumps({{"n": n, "sweep_cpu": time.process_time() - c0, "sweep_wall": 
 STAGES = [
     ("point resolution + id hash (search/points.py)", "points.py", "point"),
     ("policy build (policy/*)", "", "build"),
-    ("template set-up of a new structure (policy/template.py)", "template.py", "__init__"),
-    ("template resize (policy/template.py)", "template.py", "resize"),
+    ("structure of a new build (schedule/structure.py)", "structure.py", "of_rows"),
+    ("binding a size table (schedule/structure.py)", "structure.py", "bind"),
     ("schedule check (schedule/check.py)", "check.py", "check_schedule"),
     ("prices + PCIe bytes per ops tuple (sim.py)", "sim.py", "_memo_palette"),
     ("engine (engine/fast.py)", "fast.py", "simulate_fast"),
@@ -95,12 +94,11 @@ STAGES = [
 
 
 def fresh_caches() -> None:
-    """Forget what earlier sweeps in this process left: structural templates, what
-    ``simhete.cache`` holds (the engine's structures, shared ops, kept cost models on the loader's
+    """Forget what earlier sweeps in this process left: what ``simhete.cache`` holds (the
+    policies' structures with the engine's index of each, shared ops, kept cost models on the loader's
     profiles) and built workloads with what builds keep on them (bucket partitions, model-state
     buffers, block plans; each timed sweep starts as a new sweep process would, imports aside).
     Prices, indexed forms and timelines live on schedules, which a new sweep makes afresh."""
-    template.clear()
     cache.clear()
     workload_ops._build.cache_clear()
 

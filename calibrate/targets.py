@@ -64,7 +64,7 @@ def optimizer_groups(path) -> list[tuple[str, tuple[Op, ...], list[int], str]]: 
     from simhete.errors import SimheteError
     from simhete.opkinds import TaskCat
     from simhete.replay.subgroups import subgroup_blocks
-    from simhete.policy.template import build_schedule
+    from simhete.policy.structures import build_schedule
     from simhete.sim import resolve
 
     try:

@@ -1,11 +1,11 @@
 """The remembered derived data that is not kept on the object it derives from.
 
 Data derived from one immutable object lives on that object and dies with it (a profile's
-``pricing`` and ``memo``, a schedule's ``derived``, a template shape's ``structure``, a workload's
-``derived``). What is shared between objects — the same structure reached from schedules built
-independently, interference matrices per stream list — is kept here, keyed by content (hashable
-values that are equal exactly when the derived data is), each cache bounded, and :func:`clear`
-forgets all of it (benchmarks and tests start afresh).
+``pricing`` and ``memo``, a schedule's ``derived``, a schedule structure's ``derived``, a
+workload's ``derived``). What is shared between objects — a policy's structure for every point of
+its structure key, interference matrices per stream list — is kept here, keyed by content
+(hashable values that are equal exactly when the derived data is), each cache bounded, and
+:func:`clear` forgets all of it (benchmarks and tests start afresh).
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ class Bounded(dict):
 
 
 # -- the engine (simhete.engine.indexed) ------------------------------------------------------
-# quick key (tasks, allocations, first name, last name) -> the Structures of that key indexed so far,
-# matched by comparing columns (Structure.matches); a sweep visits its structures in turn
-STRUCTURES = Lru(64)
 # (stream names, interference rules) -> (slowdown matrix, whether any factor is not 1)
 MATRICES = Bounded(256)
 
 
-# -- the policies (simhete.policy.base) --------------------------------------------------------
+# -- the policies (simhete.policy.base, simhete.policy.structures) ------------------------------
+# (policy class, Policy.structure_key) -> that key's structure and the schedules bound from it; a
+# sweep visits its structures in turn
+POLICY_STRUCTURES = Lru(64)
 # (kind name, n, pinned, dtype) -> the one Op / one-Op tuple of those fields, shared by every build
 SHARED_OPS = Bounded(1 << 16)
 SHARED_ONE = Bounded(1 << 16)

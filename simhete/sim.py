@@ -235,8 +235,8 @@ def run(s: Scenario, engine: str = "fast", profile: Any = None, check: bool = Tr
 
 def durations(cost: CostModel, sched: Schedule) -> np.ndarray:
     """``cost.durations(sched)`` (the same floats, and the same ops priced: each distinct ops tuple
-    once), priced per entry of the table's distinct ops and gathered: a table resized from a
-    structural template knows its distinct ops without a pass over its tasks."""
+    once), priced per entry of the table's distinct ops and gathered: a table bound from a
+    structure knows its distinct ops without a pass over its tasks."""
     palette, at = sched.table.distinct_ops()
     return np.array(list(map(cost.ops_seconds, palette)), dtype=np.float64)[at]
 
@@ -275,9 +275,10 @@ def memo_durations(cost: CostModel, sched: Schedule) -> tuple[np.ndarray, tuple]
 def _memo_palette(prof: Any, sched: Schedule) -> tuple[np.ndarray, tuple, tuple[np.ndarray, np.ndarray]]:
     """(durations, merged provenance, (H2D, D2H) bytes per palette entry) of ``sched``'s distinct
     ops tuples. Each tuple is priced (and its PCIe bytes summed) once per kept model; the prices
-    of a palette are kept on it (``Palette.derived``, for the last few profiles), which a
-    template's schedules of one workload share, and a palette made of parts (a template's fixed
-    tuples, a workload's per-block ones) is priced per part, each part's prices kept on it."""
+    of a palette are kept on it (``Palette.derived``, for the last few profiles), which the
+    tables of one structure bound to one size table share, and a palette made of parts (the
+    structure's fixed tuples, the size table's per-block ones) is priced per part, each part's
+    prices kept on it."""
     palette, at = sched.table.distinct_ops()
     got = _priced(prof, palette)
     if got.merged is None:
@@ -334,7 +335,7 @@ def run_schedule(s: Scenario, ctx: Context, sched: Schedule, engine: str = "fast
     """Simulate ``sched`` and summarise it. ``memo``: prices from :func:`memo_durations`, and the
     timeline of an earlier run of this very Schedule object with this engine, kept on it
     (``sched.derived``; points whose knob values alias get the same schedule from their
-    template) when its durations and interference rules are equal: the same timeline, which is
+    policy's kept structure) when its durations and interference rules are equal: the same timeline, which is
     immutable."""
     cost = ctx.cost
     provs: tuple = ()

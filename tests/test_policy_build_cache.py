@@ -10,7 +10,7 @@ import pytest
 
 from simhete.opkinds import Action, At, MemClass, TaskCat
 from simhete.policy import Builder
-from simhete.policy.template import same_schedule
+from simhete.policy.structures import same_schedule
 from simhete.scenario import load_scenario
 from simhete.schedule.model import new_alloc
 from simhete.sim import resolve
@@ -20,8 +20,11 @@ BASE = ROOT / "scenarios" / "small-gpt_cpu_zero-offload.yaml"
 
 
 def columns(s) -> tuple:
+    """Every column, where the structure's size references are, and the initial buffers."""
     tb = s.table
-    return tuple(getattr(tb, f) for f in tb.FIELDS), tb.sized, s.initial
+    st = tb.structure
+    refs = (st.ops_codes, st.ops_src, {c: (p.tolist(), b.tolist()) for c, (p, b) in st.byte_cells.items()})
+    return tuple(getattr(tb, f) for f in tb.FIELDS), refs, s.initial
 
 
 @pytest.mark.parametrize("changes", [

@@ -12,7 +12,7 @@ from simhete.errors import ConfigError
 from simhete.hw.cost import CostModel
 from simhete.hw.profile import load_profile
 from simhete.opkinds import OpKind, TaskCat
-from simhete.policy.template import build_schedule
+from simhete.policy.structures import build_schedule
 from simhete.schedule import Op
 from simhete.scenario import load_scenario, scenario_from_dict
 from simhete.workload import build_workload

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simhete import cache
 from simhete.engine import simulate_fast, simulate_simpy
 from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import Builder
@@ -123,49 +123,74 @@ def test_errors_are_the_same_through_the_table():
         simulate_fast(s, [1.0, 1.0])
 
 
-def resized(s: Schedule, k: int, builder: bool = True) -> Schedule:
-    """The same structure as ``s`` with other sizes: allocation bytes scaled by ``k`` / 2 and offset,
-    initial buffers by ``k`` / 3."""
-    b = Builder()
-    for t in s.tasks:
-        allocs = tuple(dataclasses.replace(a, bytes=a.bytes * k // 2 + k % 3) for a in t.allocs)
-        b.add_row((t.name, t.stream, t.cat, t.ops, t.deps, t.prio, allocs, t.frees, t.it, t.block, t.action, t.at))
+class ByteTable:
+    """A size table for these tests: code ``a{j}`` gives the j-th allocation of each task (a
+    "block" per task) its bytes."""
+
+    def __init__(self, s: Schedule, scale=lambda n: n) -> None:
+        self.key, self.n_blocks = None, len(s.tasks)
+        width = max((len(t.allocs) for t in s.tasks), default=0)
+        self.cols = {f"a{j}": np.array([scale(t.allocs[j].bytes) if j < len(t.allocs) else 0 for t in s.tasks],
+                                       dtype=np.int64) for j in range(width)}
+
+    def ops(self, code: str):
+        raise KeyError(code)
+
+    def bytes(self, code: str) -> np.ndarray:
+        return self.cols[code]
+
+
+def referencing(s: Schedule) -> Schedule:
+    """``s`` built with every allocation's bytes a reference into :class:`ByteTable` of ``s``."""
+    b = Builder(ByteTable(s))
+    for i, t in enumerate(s.tasks):
+        b.add_row((t.name, t.stream, t.cat, t.ops, t.deps, t.prio, t.allocs, t.frees, t.it, t.block, t.action, t.at),
+                  (i, None, tuple(f"a{j}" for j in range(len(t.allocs)))))
+    return b.build(dict(s.pools), s.initial, s.iterations, dict(s.meta))
+
+
+def rebound(s: Schedule, k: int) -> Schedule:
+    """The structure of ``s`` (made by :func:`referencing`) bound to other sizes: allocation bytes
+    scaled by ``k`` / 2 and offset, initial buffers by ``k`` / 3."""
+    table = s.table.structure.bind(ByteTable(s, lambda n: n * k // 2 + k % 3))
     initial = tuple(dataclasses.replace(a, bytes=a.bytes * k // 3) for a in s.initial)
-    out = b.build(dict(s.pools), initial, s.iterations, dict(s.meta))
-    return out if builder else eager(out)
+    return Schedule.from_table(table, s.pools, initial, s.iterations, s.meta)
 
 
 @settings(max_examples=150, deadline=None)
 @given(runs(), st.integers(0, 7))
 def test_same_structure_other_sizes_reuses_the_index_exactly(run, k):
-    """A schedule of a structure indexed before (a sweep point with other sizes) reuses the
-    structure's arrays; its timeline equals the reference engine's and a fresh indexing's."""
-    from simhete.engine import indexed as ix
-
+    """A schedule bound from a structure indexed before (a sweep point with other sizes) reuses
+    the structure's index; its timeline equals the reference engine's and a fresh indexing's."""
     s, durs, rules = run
-    first = simulate_fast(s, durs, rules)  # index s: its structure is kept
-    other = resized(s, k, builder=k % 2 == 0)
+    s = referencing(s)
+    first = simulate_fast(s, durs, rules)  # index s: its structure's index is kept on the structure
+    other = rebound(s, k)
+    assert other.table.structure is s.table.structure
     ref = simulate_simpy(other, durs, rules)
-    if first.oom is None or first.oom.task != "(initial)":   # (initial buffers overflowing: nothing kept)
-        flat = [a for t in other.tasks for a in t.allocs]
-        assert any(x.matches(other, flat) for same in cache.STRUCTURES.values() for x in same)
+    kept = s.table.structure.derived.get("engine.index")
+    assert (kept is None) == (first.oom is not None and first.oom.task == "(initial)")   # (nothing to index)
     same_timeline(simulate_fast(other, durs, rules), ref)
-    cache.STRUCTURES.clear()
-    same_timeline(simulate_fast(resized(s, k), durs, rules), ref)
+    if kept is not None:                   # reused, not indexed again
+        assert s.table.structure.derived.get("engine.index") is kept
+    same_timeline(simulate_fast(eager(other), durs, rules), ref)     # indexed on its own
 
 
 def test_same_structure_size_errors_are_still_reported():
-    """Reusing a structure skips only checks of the structure; size checks keep the reference's
-    order: initial overflow (an OOM report), then a negative allocation."""
-    def sched(init_bytes: int, alloc_bytes: int) -> Schedule:
-        b = Builder()
-        f = b.add(Action.FORWARD, At(1, "b0"), "gpu0.compute",
-                  allocs=[Alloc("x", "gpu0", alloc_bytes, MemClass.ACTIVATIONS)], frees=["x"])
-        b.add(Action.BACKWARD, At(1, "b0"), "gpu0.compute", deps=[f])
-        return b.build({"gpu0": 100}, [Alloc("w", "gpu0", init_bytes, MemClass.WEIGHTS)], 1, {})
+    """Reusing a structure's index skips only checks of the structure; size checks keep the
+    reference's order: initial overflow (an OOM report), then a negative allocation."""
+    b = Builder()
+    f = b.add(Action.FORWARD, At(1, "b0"), "gpu0.compute", allocs=[Alloc("x", "gpu0", 10, MemClass.ACTIVATIONS)],
+              frees=["x"])
+    b.add(Action.BACKWARD, At(1, "b0"), "gpu0.compute", deps=[f])
+    ok = referencing(b.build({"gpu0": 100}, [Alloc("w", "gpu0", 10, MemClass.WEIGHTS)], 1, {}))
 
-    ok = sched(10, 10)
+    def sched(init_bytes: int, alloc_bytes: int) -> Schedule:
+        table = ok.table.structure.bind(ByteTable(ok, lambda n: alloc_bytes))
+        return Schedule.from_table(table, ok.pools, (Alloc("w", "gpu0", init_bytes, MemClass.WEIGHTS),), 1, {})
+
     assert simulate_fast(ok, [1.0, 1.0]).oom is None
+    assert ok.table.structure.derived.get("engine.index") is not None
     over = sched(200, -1)
     tl, ref = simulate_fast(over, [1.0, 1.0]), simulate_simpy(over, [1.0, 1.0])
     assert tl.oom is not None and tl.oom == ref.oom and tl.records == ref.records == ()

@@ -15,7 +15,7 @@ from simhete import cache, sim
 from simhete.engine import Record, Timeline
 from simhete.hw.cost import CostModel
 from simhete.opkinds import OpKind, TaskCat
-from simhete.policy import template
+from simhete.policy import structures
 from simhete.report.metrics import TaskBytes, pcie_bytes, pcie_task_arrays, pcie_task_bytes, summarize
 from simhete.scenario import load_scenario
 from simhete.schedule import Op, Schedule, Task
@@ -71,7 +71,6 @@ def test_memo_gives_the_plain_results_in_any_order():
     plain = [sim.run(s, check=False).summary for s in pts]
     order = list(range(len(pts))) * 2
     random.Random(7).shuffle(order)
-    template.clear()
     cache.clear()
     prof = {}
     for i in order:
@@ -112,13 +111,13 @@ def test_provenance_of_a_tuple_is_what_pricing_it_alone_adds(path):
     set of tuples the flags of a fresh model that priced that set (roofline shape counts merge)."""
     s = load_scenario(path)
     ctx, pol = sim.resolve(s)
-    palette = template.build_schedule(pol, ctx).table.distinct_ops()[0]
+    palette = structures.build_schedule(pol, ctx).table.distinct_ops()[0]
     kept = sim.kept_model(ctx.profile)
     for other in SCENARIOS:                     # the kept model has priced others' tuples before
         o = load_scenario(other)
         octx, opol = sim.resolve(o, profile=ctx.profile)
         try:
-            list(map(kept.ops_seconds, template.build_schedule(opol, octx).table.distinct_ops()[0]))
+            list(map(kept.ops_seconds, structures.build_schedule(opol, octx).table.distinct_ops()[0]))
         except Exception:                       # a policy or op this profile cannot build or price
             pass
     for ops in palette:

@@ -8,6 +8,7 @@ from simhete.opkinds import Action, MemClass, OpKind, at
 from simhete.policy import Builder, Context, Policy, register
 from simhete.policy.base import model_states
 from simhete.policy.process_memory import process_memory
+from simhete.policy.sizes import size_table
 from simhete.policy.training import PRIO_IT, ActivationKnobs, accum_steps, forward_backward
 from simhete.schedule import Op, Schedule
 
@@ -26,8 +27,11 @@ class SwapAllKnobs(ActivationKnobs):
 class SwapAllActivations(Policy):
     Knobs = SwapAllKnobs              # single GPU (multi_gpu = False), accumulates, mixed precision
 
+    def decisions(self, ctx: Context) -> tuple:
+        return ()      # decides nothing from sizes: sweep points re-bind one structure
+
     def build(self, ctx: Context) -> Schedule:
-        b = Builder()
+        b = Builder(size_table(ctx))      # marked cells become references into the size table
         modes = {blk.index: "swap" if blk.name.startswith("b") else "keep" for blk in ctx.blocks}
         on_gpu = {MemClass.WEIGHTS: "gpu", MemClass.MASTER: "gpu", MemClass.OPTIM: "gpu"}
         initial = model_states(ctx, on_gpu)

@@ -388,8 +388,8 @@ def structure(list names, list stream_names, list prio, list it_col, list deps, 
     dependency that is not a task, an unknown pool, an initial buffer listed twice, initial buffers
     that overflow a pool, an allocation whose class is not one of ``classes`` — and the Python
     indexing then finds and reports it as the reference does. Otherwise the tuple
-    ``(streams, buffers, a_names, a_pools, a_clss, initial_keys, arrays)``, ``arrays`` a dict of the
-    Structure's int64 arrays; numbering and ordering as the Python indexing's (tests compare them).
+    ``(streams, buffers, initial_keys, arrays)``, ``arrays`` a dict of the
+    StructureIndex's int64 arrays; numbering and ordering as the Python indexing's (tests compare them).
     """
     cdef Py_ssize_t n = len(names), n_flat = len(flat), n_init = len(initial)
     cdef Py_ssize_t n_pools = len(pools), n_cls = len(classes)
@@ -464,7 +464,7 @@ def structure(list names, list stream_names, list prio, list it_col, list deps, 
             e += 1
     # allocations: buffers numbered by first appearance among allocated, freed, initial names
     cdef dict buf_id = {}
-    cdef list buffers = [], a_names = [], a_pools = [], a_clss = []
+    cdef list buffers = []
     a_buf = np.empty(n_flat, i64)
     a_pool = np.empty(n_flat, i64)
     a_cls = np.empty(n_flat, i64)
@@ -487,9 +487,6 @@ def structure(list names, list stream_names, list prio, list it_col, list deps, 
             got = buf_id[name] = len(buffers)
             buffers.append(name)
         v_abuf[q] = got
-        a_names.append(name)
-        a_pools.append(pool)
-        a_clss.append(cls)
     n_free_total = v_fptr[n]
     f_buf = np.empty(n_free_total, i64)
     cdef int64_t[::1] v_fbuf = f_buf
@@ -578,24 +575,5 @@ def structure(list names, list stream_names, list prio, list it_col, list deps, 
                   nd_starts=nd_starts_full[:n_groups].copy(), f_ptr=f_ptr, f_buf=f_buf,
                   live_pool0=live_pool0, live_cls0=live_cls0, init_buf=init_buf, init_pool=init_pool,
                   init_cls=init_cls)
-    return tuple(streams), tuple(buffers), a_names, a_pools, a_clss, initial_keys, arrays
+    return tuple(streams), tuple(buffers), initial_keys, arrays
 
-
-def same_allocations(flat, list a_names, list a_pools, list a_clss, tuple initial, list initial_keys):
-    """Whether the allocations ``flat`` (in task order) have the buffers, pools and classes
-    ``a_names``, ``a_pools``, ``a_clss`` and the initial buffers ``initial`` the ``(buf, pool,
-    cls)`` of ``initial_keys`` — the part of :meth:`simhete.engine.indexed.Structure.matches` that
-    reads Alloc objects, in one pass and without building the lists to compare."""
-    cdef Py_ssize_t q, n_flat = len(flat), n_init = len(initial)
-    if n_flat != len(a_names) or n_init != len(initial_keys):
-        return False
-    for q in range(n_flat):
-        a = flat[q]
-        c, k = a.cls, a_clss[q]
-        if (c is not k and c != k) or a.buf != a_names[q] or a.pool != a_pools[q]:
-            return False
-    for q in range(n_init):
-        a = initial[q]
-        if (a.buf, a.pool, a.cls) != initial_keys[q]:
-            return False
-    return True

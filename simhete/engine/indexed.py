@@ -6,13 +6,13 @@ durations, same tasks) pays for this indexing once: the Indexed form is kept in 
 the order the SimPy reference makes them (docs/engine.md, Errors); a schedule that fails a check
 keeps nothing, so the same error is raised on every call.
 
-Reuse per *structure* (:class:`Structure`): a new schedule whose names, streams, priorities,
-iterations, dependencies, frees, allocated buffers/pools/classes and initial buffers equal (``==``)
-those of one indexed before — a sweep point that differs from an earlier one only in sizes — takes
-the structure's arrays and computes only the byte-dependent ones. Structures are found by content
-(:data:`simhete.cache.STRUCTURES`, compared column by column), or, for a table resized from a
-structural template, kept on the template's :class:`~simhete.schedule.model.TableShape` (every table
-of one shape shares its structural columns). The schedule is read through its column-wise table
+Reuse per *structure*: a schedule whose table was bound from a
+:class:`~simhete.schedule.structure.Structure` (every policy's) shares that structure with every
+other point bound from it (a sweep point that differs from an earlier one only in sizes), so what
+indexing derives from the structure alone (:class:`StructureIndex`: names, streams, priorities,
+dependencies, frees, allocated buffers/pools/classes) is kept on it (``structure.derived``) and a
+new schedule of it computes only the byte-dependent arrays. A schedule made from Task objects (the
+text form, tests) is indexed on its own. The schedule is read through its column-wise table
 (``schedule.table``), never Task by Task.
 
 Layout (``n`` tasks, ``S`` streams, ``P`` pools, ``C`` memory classes), all numpy arrays:
@@ -81,7 +81,7 @@ class Indexed:
     live_bytes0: np.ndarray | None = None
     live_cls0: np.ndarray | None = None
     matrices: dict = field(default_factory=dict)     # interference rules -> (matrix, fluid)
-    memo: dict | None = None                         # the structure's (Structure.memo)
+    memo: dict | None = None                         # the structure index's (StructureIndex.memo)
 
     def interference(self, rules: tuple) -> tuple[np.ndarray, bool]:
         """The stream-by-stream slowdown matrix for ``rules`` and whether any factor is not 1."""
@@ -117,31 +117,19 @@ def indexed(schedule: Schedule, rules: tuple = ()) -> Indexed:
 
 
 @dataclass(eq=False)
-class Structure:
+class StructureIndex:
     """What indexing derives from a schedule's *structure* alone — names, streams, priorities,
     iteration labels, dependencies, frees, which buffers each task allocates in which pool with
-    which class, the initial buffers' names, pools and classes, the pool names — and the columns
-    it was derived from, so that a new schedule can be checked to have exactly this structure.
+    which class, the initial buffers' names, pools and classes, the pool names.
 
-    Sweep points that differ only in sizes (micro-batch, sequence length, hardware) build schedules
-    of one structure with new bytes and new durations: their indexing reuses the arrays here and
-    computes only what depends on bytes (allocation sizes, needs per pool, memory at ``t = 0``).
-    Only structures that passed every static check are kept.
+    Sweep points that differ only in sizes (micro-batch, sequence length, hardware) are one
+    :class:`~simhete.schedule.structure.Structure` bound to new sizes: their indexing reuses the
+    arrays here (kept on that structure) and computes only what depends on bytes (allocation
+    sizes, needs per pool, memory at ``t = 0``). Only structures that passed every static check
+    are kept.
     """
 
-    key: tuple                        # (tasks, allocations, first name, last name): a quick filter
-    # the columns it was derived from (compared with ==: equal values, not identical objects)
     pools: tuple
-    names: list
-    stream: list
-    prio: list
-    it_col: list
-    deps: list
-    frees: list
-    n_alloc_col: list
-    a_names: list
-    a_pools: list
-    a_clss: list
     initial: list                     # (buf, pool, cls) per initial buffer
     initial_src: tuple                # the initial tuple it was derived from (identity: a quick yes)
     # derived arrays (shared by every Indexed of this structure; the loops never write to them)
@@ -176,24 +164,9 @@ class Structure:
     # (timeline.Columns.memo)
     memo: dict = field(default_factory=dict)
 
-    def matches(self, schedule: Schedule, flat: list) -> bool:
-        """Whether ``schedule`` (``flat``: its allocations in task order) has this structure."""
-        tb = schedule.table
-        if not (tuple(schedule.pools) == self.pools and tb.name == self.names
-                and tb.stream == self.stream and tb.prio == self.prio and tb.it == self.it_col
-                and tb.deps == self.deps and tb.frees == self.frees
-                and list(map(len, tb.allocs)) == self.n_alloc_col):
-            return False
-        if _ext is not None and type(schedule.initial) is tuple:
-            return _ext.same_allocations(flat, self.a_names, self.a_pools, self.a_clss, schedule.initial,
-                                         self.initial)
-        return (list(map(_BUF, flat)) == self.a_names and list(map(_POOL, flat)) == self.a_pools
-                and list(map(_CLS, flat)) == self.a_clss
-                and list(map(_INITIAL, schedule.initial)) == self.initial)
-
     def same_memory_layout(self, schedule: Schedule) -> bool:
         """Whether ``schedule``'s pool names and initial buffers' names, pools and classes are
-        this structure's (the part of :meth:`matches` a template's shape does not cover)."""
+        those this index was made with (a structure's tables may differ there)."""
         return tuple(schedule.pools) == self.pools and (
             schedule.initial is self.initial_src or list(map(_INITIAL, schedule.initial)) == self.initial)
 
@@ -202,49 +175,36 @@ _BUF, _POOL, _CLS, _BYTES = (attrgetter(f) for f in ("buf", "pool", "cls", "byte
 _INITIAL = attrgetter("buf", "pool", "cls")
 
 
-SAME_KEY_KEPT = 8     # structures kept per quick key (distinct structures rarely share one)
-
-
 def _build(schedule: Schedule, rules: tuple) -> Indexed:
-    # The schedule's table (one list per Task field; a policy's Builder fills it as it adds tasks)
-    # is read column by column: no attribute reads of Task objects.
+    # The schedule's table (one list per Task field) is read column by column: no attribute reads
+    # of Task objects.
     early = _early_overflow(schedule)
     if early is not None:
         return early
     tb = schedule.table
-    shape = tb.shape
-    if shape is not None:
-        # a table resized from a structural template: every table of this shape shares the
-        # template's structural columns (the same list objects), so the structure found for one
-        # is kept on the shape for all; pools and initial buffers are the schedule's own, checked
-        st = shape.structure
+    own = tb.structure
+    if own is not None:
+        # a table bound from a structure: the structure's index, when made, serves every table
+        # bound from it; pools and initial buffers are the schedule's own, checked
+        st = own.derived.get("engine.index")
         if st is not None and st.same_memory_layout(schedule):
             return _reuse(st, schedule, tb.alloc_bytes_array(), rules)
-        # the template's allocations in task order: the table's buffers, pools and classes (their
-        # bytes are the template's; the table's own are alloc_bytes_array), with no Alloc made
-        flat, n_alloc_col = shape.flat, np.diff(np.array(shape.a_ptr, dtype=np.int64)).tolist()
+        # the structure's allocations in task order: the table's buffers, pools and classes (their
+        # bytes are the build's; the table's own are alloc_bytes_array), with no Alloc made
+        flat, n_alloc_col = own.flat, np.diff(np.array(own.a_ptr, dtype=np.int64)).tolist()
+        a_bytes = tb.alloc_bytes_array()
     else:
         flat, n_alloc_col = list(chain.from_iterable(tb.allocs)), None
-    names = tb.name
-    key = (len(names), len(flat), names[0] if names else None, names[-1] if names else None)
-    same_key = cache.STRUCTURES.recall(key) or ()
-    st = next((x for x in reversed(same_key) if x.matches(schedule, flat)), None)
-    if st is not None:
-        if shape is not None:
-            shape.structure = st
-        return _reuse(st, schedule, tb.alloc_bytes_array() if shape is not None
-                      else np.fromiter(map(_BYTES, flat), np.int64, len(flat)), rules)
-    a_bytes = tb.alloc_bytes_array() if shape is not None else np.fromiter(map(_BYTES, flat), np.int64, len(flat))
-    st = _structure(schedule, flat, key, a_bytes, n_alloc_col)
-    if not isinstance(st, Structure):
+        a_bytes = np.fromiter(map(_BYTES, flat), np.int64, len(flat))
+    st = _structure(schedule, flat, a_bytes, n_alloc_col)
+    if not isinstance(st, StructureIndex):
         return st                     # initial buffers overflow: nothing to run
-    cache.STRUCTURES.keep(key, (*same_key[-(SAME_KEY_KEPT - 1):], st))
-    if shape is not None:
-        shape.structure = st
+    if own is not None:
+        own.derived["engine.index"] = st
     return _sized(st, schedule, a_bytes, rules)
 
 
-def _reuse(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple) -> Indexed:
+def _reuse(st: StructureIndex, schedule: Schedule, a_bytes: Any, rules: tuple) -> Indexed:
     """A schedule of a structure that passed every check: only the size-dependent checks remain,
     in the reference's order (initial buffers overflowing a pool, then a negative allocation)."""
     init = _initial_state(st, schedule)
@@ -257,10 +217,10 @@ def _reuse(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple) -> Ind
     return _sized(st, schedule, a_bytes, rules, init, cap)
 
 
-def _initial_state(st: Structure, schedule: Schedule) -> tuple:
+def _initial_state(st: StructureIndex, schedule: Schedule) -> tuple:
     """(class0, in_use0, live_bytes0): memory at ``t = 0`` of ``schedule``'s initial buffers (of
-    structure ``st``). Templates resize a schedule without touching its initial buffers (the same
-    tuple object), so the state is kept per structure for the tuple it was derived from."""
+    structure ``st``). Points of one structure often share their initial buffers (the same tuple
+    object), so the state is kept per structure for the tuple it was derived from."""
     initial = schedule.initial
     got = st.init_state
     if got is not None and got[0] is initial:
@@ -306,8 +266,8 @@ def _initial_overflow(schedule: Schedule) -> OOMReport | None:
     return None
 
 
-def _structure(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarray,
-               n_alloc_col: list | None = None) -> Structure | Indexed:
+def _structure(schedule: Schedule, flat: Any, a_bytes: np.ndarray,
+               n_alloc_col: list | None = None) -> StructureIndex | Indexed:
     """Index the structure, making every static check in the reference engine's order (an Indexed
     with an OOM report when the initial buffers already overflow a pool). ``flat``: the
     allocations in task order (their buffers, pools and classes are read), ``a_bytes`` their
@@ -326,17 +286,14 @@ def _structure(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarray,
         except (TypeError, ValueError, OverflowError):     # a column of an unexpected type
             got = None
         if got is not None:
-            streams, buffers, a_names, a_pools, a_clss, initial, arr = got
-            return Structure(
-                key=quick, pools=tuple(schedule.pools), names=tb.name, stream=tb.stream, prio=tb.prio,
-                it_col=tb.it, deps=tb.deps, frees=tb.frees, n_alloc_col=n_alloc_col, a_names=a_names,
-                a_pools=a_pools, a_clss=a_clss, initial=initial, initial_src=schedule.initial,
-                streams=streams, buffers=buffers, matrices={}, **arr)
-    return _structure_py(schedule, flat, quick, a_bytes, n_alloc_col)
+            streams, buffers, initial, arr = got
+            return StructureIndex(pools=tuple(schedule.pools), initial=initial, initial_src=schedule.initial,
+                                  streams=streams, buffers=buffers, matrices={}, **arr)
+    return _structure_py(schedule, flat, a_bytes, n_alloc_col)
 
 
-def _structure_py(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarray,
-                  n_alloc_col: list | None = None) -> Structure | Indexed:
+def _structure_py(schedule: Schedule, flat: Any, a_bytes: np.ndarray,
+                  n_alloc_col: list | None = None) -> StructureIndex | Indexed:
     """:func:`_structure` in Python: every check, in the reference engine's order."""
     tb = schedule.table
     names = tb.name
@@ -420,10 +377,8 @@ def _structure_py(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarr
     nd_ptr = _ptr(np.bincount(groups // n_pools, minlength=n))
     f_ptr = _ptr(np.fromiter(map(len, frees), i64, n))
     f_buf = np.fromiter(map(buf_id.__getitem__, f_names), i64, len(f_names))
-    return Structure(
-        key=quick, pools=pools, names=names, stream=stream_names, prio=tb.prio, it_col=tb.it, deps=deps,
-        frees=frees, n_alloc_col=n_alloc_col, a_names=a_names, a_pools=a_pools, a_clss=flat_cls,
-        initial=initial, initial_src=schedule.initial,
+    return StructureIndex(
+        pools=pools, initial=initial, initial_src=schedule.initial,
         streams=streams, buffers=tuple(buf_id), matrices={},
         stream_of=stream_of, it=it, order=order, rank=rank, succ_ptr=succ_ptr, succ=succ,
         ndeps=ndeps, a_ptr=_ptr(n_alloc), a_buf=a_buf, a_pool=a_pool, a_cls=a_cls,
@@ -434,7 +389,7 @@ def _structure_py(schedule: Schedule, flat: Any, quick: tuple, a_bytes: np.ndarr
         init_cls=np.array(init_cls, i64))
 
 
-def _sized(st: Structure, schedule: Schedule, a_bytes: Any, rules: tuple, init: tuple | None = None,
+def _sized(st: StructureIndex, schedule: Schedule, a_bytes: Any, rules: tuple, init: tuple | None = None,
            cap: np.ndarray | None = None) -> Indexed:
     """The Indexed form of ``schedule`` (of structure ``st``): the structure's arrays plus what
     depends on bytes (``init``, ``cap``: :func:`_initial_state` and the capacities, when known)."""

@@ -35,6 +35,7 @@ from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
+from simhete.policy.sizes import size_table
 from simhete.policy.training import (PHASE, PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
                                      forward_backward, fwd_prio, grad_prio)
 from simhete.schedule import Alloc, Op, Schedule
@@ -194,7 +195,7 @@ class AutoHete(Policy):
 
     def schedule(self, ctx: Context, plan: Plan, meta: dict[str, str], time_limited: str = "") -> Schedule:
         k = self.k
-        b = Builder()
+        b = Builder(size_table(ctx))
         dp = DataParallel(b, ctx, k.pin_memory)
         n, nb = ctx.n_gpus, len(ctx.blocks)
         by = {blk.index: blk for blk in ctx.blocks}

@@ -9,9 +9,11 @@ from typing import Any, Callable, ClassVar, Hashable, Iterable
 
 from simhete import cache
 from simhete.config import Strict, validate
+from simhete.errors import SimheteError
 from simhete.opkinds import Action, At, MemClass, OpKind, state_buffer
 from simhete.schedule import Alloc, Op, Schedule, Task
 from simhete.schedule.model import TaskTable, new_alloc
+from simhete.schedule.structure import Structure
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class Policy:
     ``build(ctx) -> Schedule``
         The whole answer, read from ``ctx`` (:class:`Context`) alone: the workload's blocks with
         their sizes and ops, the pools (``ctx.pools()``), GPUs, iterations, accumulation. Add tasks
-        with a :class:`Builder` (the training helpers emit the common parts:
+        with a ``Builder(size_table(ctx))`` (:class:`Builder`,
+        :func:`~simhete.policy.sizes.size_table`; the training helpers emit the common parts:
         :func:`~simhete.policy.training.forward_backward`, :func:`model_states`,
         :class:`~simhete.policy.dataparallel.DataParallel`), add what a real process holds
         (:func:`~simhete.policy.process_memory.process_memory`) to the initial buffers, and
@@ -111,8 +114,9 @@ class Policy:
         simhete.search simulates them and keeps the fastest that fits (:class:`Candidates`;
         AutoHete offers its MILP plan and special cases). ``None`` (default): ``build`` is the
         answer.
-    ``structure_key(ctx)``
-        Opt in to structural templates for sweep speed (below).
+    ``decisions(ctx)``
+        Opt in to structure reuse for sweep speed (below): a point whose structure was built
+        before is that structure bound to the point's size table, not a new build.
 
     A policy must not run or import the engine, ``simhete.sim`` or ``simhete.search``
     (tests/test_layering.py), and must not price anything itself: durations come from the cost
@@ -157,12 +161,13 @@ class Policy:
         """A key for the *structure* of ``build(ctx)``, or ``None`` (always build).
 
         Two contexts with equal keys must give schedules that differ only in the size-marked
-        cells and the pool capacities (:mod:`simhete.policy.template` builds the first and
-        re-sizes it for the others). The key is every knob, the context's
+        cells and the pool capacities: one structure, bound to each context's size table
+        (:mod:`simhete.policy.structures` builds the first and binds the others). The key is every
+        knob, the context's
         structural values (:func:`context_key`: the model, hence every weight size, dtype, GPUs,
         iterations, accumulation), the training skeleton's size decisions (which blocks have a
         workspace) and the policy's own :meth:`decisions`; ``None`` when those are ``None``.
-        ``tests/test_template.py`` checks, for every policy that opts in, that re-sizing equals a
+        ``tests/test_structure.py`` checks, for every policy that opts in, that binding equals a
         fresh build, on the shipped scenarios and over drawn sizes and knobs."""
         own = self.decisions(ctx)
         if own is None:
@@ -192,13 +197,16 @@ class Builder:
     A task is given by its :class:`~simhete.opkinds.Action` and :class:`~simhete.opkinds.At`: its
     name is ``action.task_name(at)`` and its category ``action.cat`` (policies never spell names).
 
-    ``add`` keeps each task as one tuple of its fields; :meth:`build` turns them column-wise
-    (:class:`~simhete.schedule.model.TaskTable`, one list per Task field) and the Schedule it
-    returns holds that table: the engine, the cost model and the report read it directly, so a
-    sweep point makes no Task objects unless something reads ``schedule.tasks`` (replay, the text
-    form, the checker, records)."""
+    ``add`` keeps each task as one tuple of its fields; :meth:`build` makes of them a
+    :class:`~simhete.schedule.structure.Structure` (the columns, with every cell marked ``sized``
+    a reference into the size table ``sizes``, :func:`simhete.policy.sizes.size_table`) and the
+    Schedule it returns holds the structure bound to ``sizes``: the engine, the cost model and the
+    report read that table directly, so a sweep point makes no Task objects unless something reads
+    ``schedule.tasks`` (replay, the text form, the checker, records). The same structure bound to
+    another workload's size table is that workload's schedule (simhete/policy/structures.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sizes: Any = None) -> None:
+        self.sizes = sizes                # the size table marked cells are bound to (policy/sizes.py)
         self._rows: list[tuple] = []      # one tuple of Task fields per task (TaskTable.FIELDS order)
         self._sized: list[tuple] = []     # (row, block position, ops code, alloc codes): see add
 
@@ -211,12 +219,13 @@ class Builder:
             deps: Iterable[str] = (), prio: int = 0, allocs: Iterable[Alloc] = (),
             frees: Iterable[str] = (), it: int = 0, block: int = -1, sized: tuple | None = None) -> str:
         """Add the task ``action`` at ``at``; returns its name. ``it``: the iteration it is
-        counted in (``Task.it``). ``sized``: which of this task's cells depend on sizes (micro-batch, sequence length),
-        for structural templates (:mod:`simhete.policy.template`): ``(p, ops_code, alloc_codes)``
-        where ``p`` is the block's position in ``ctx.blocks``, ``ops_code`` names how ``ops`` is
-        derived from that block (``template.OPS_CODES``; ``None``: fixed) and ``alloc_codes`` has
-        one entry per allocation naming how its bytes are derived (``template.BYTES_CODES``;
-        ``None``: fixed)."""
+        counted in (``Task.it``). ``sized``: which of this task's cells depend on sizes (micro-batch,
+        sequence length), ``(p, ops_code, alloc_codes)`` where ``p`` is the block's position in
+        ``ctx.blocks``, ``ops_code`` names how ``ops`` follows from that block
+        (:data:`simhete.policy.sizes.OPS_CODES`; ``None``: fixed) and ``alloc_codes`` has one entry
+        per allocation naming how its bytes follow (:data:`simhete.policy.sizes.BYTES_CODES`;
+        ``None``: fixed). Such a cell is a reference in the structure: the values given here must
+        be what the code gives (:meth:`build` checks)."""
         if sized is not None:
             self._sized.append((len(self._rows), *sized))
         if type(deps) is not tuple or not all(deps):     # a tuple of names is kept as it is
@@ -251,9 +260,23 @@ class Builder:
 
     def build(self, pools: dict[str, int], initial: Iterable[Alloc], iterations: int,
               meta: dict[str, str]) -> Schedule:
-        table = TaskTable.of_rows(self._rows)
-        table.sized = self._sized
+        """The Schedule of the tasks added: their structure bound to :attr:`sizes`. Raises when
+        a marked cell's value is not what its code gives (a ``sized`` naming the wrong code)."""
+        rows, refs = self._rows, self._sized
         self._rows, self._sized = [], []
+        sizes = self.sizes
+        if refs and sizes is None:
+            raise SimheteError(f"policy {meta.get('policy', '?')}: task {rows[refs[0][0]][0]} marks size-dependent "
+                               "cells, but its Builder has no size table: use Builder(size_table(ctx)) "
+                               "(simhete.policy.sizes)")
+        st = Structure.of_rows(rows, refs, sizes.n_blocks if sizes is not None else 0)
+        table = st.bind(sizes)
+        if refs and (table.ops != [r[3] for r in rows]
+                     or table.alloc_bytes_array().tolist() != [a.bytes for r in rows for a in r[6]]):
+            bad = next((r[0] for r, ops in zip(rows, table.ops) if ops != r[3]), None) or next(
+                r[0] for r, got in zip(rows, table.allocs) if got != r[6])
+            raise SimheteError(f"policy {meta.get('policy', '?')}: task {bad}: the size codes it marked do not "
+                               "give the values it built (a Builder.add(sized=...) names the wrong code)")
         return Schedule.from_table(table, pools, tuple(initial), iterations, meta)
 
 

@@ -74,6 +74,7 @@ from simhete.policy.chunks import ChunkedKnobs, geometry
 from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
+from simhete.policy.sizes import size_table
 from simhete.policy.training import PHASE, PRIO_IT, act_modes, bwd_prio, copy_stream, forward_backward, fwd_prio
 from simhete.schedule import Alloc, Op, Schedule
 
@@ -114,7 +115,7 @@ class Chunked(Policy):
             raise ConfigError(file, "knobs.offload_param_frac", k.offload_param_frac,
                               allowed="0 unless shard_param_frac and offload_optim_frac are 1 (Gemini ignores it "
                                       "otherwise)")
-        b = Builder()
+        b = Builder(size_table(ctx))
         dp = DataParallel(b, ctx, k.pin_memory)
         n, nb = ctx.n_gpus, len(ctx.blocks)
         modes = act_modes(ctx, k)

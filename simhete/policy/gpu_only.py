@@ -29,6 +29,7 @@ from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import group
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
+from simhete.policy.sizes import size_table
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, forward_backward,
                                      grad_prio)
 from simhete.schedule import Alloc, Op, Schedule
@@ -52,7 +53,7 @@ class GpuOnly(Policy):
         return ()
 
     def build(self, ctx: Context) -> Schedule:
-        b = Builder()
+        b = Builder(size_table(ctx))
         dp = DataParallel(b, ctx, self.k.pin_memory)
         n, nb, k = ctx.n_gpus, len(ctx.blocks), accum_steps(ctx)
         modes = act_modes(ctx, self.k)

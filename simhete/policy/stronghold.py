@@ -63,6 +63,7 @@ from simhete.policy.dataparallel import DataParallel, shard
 from simhete.policy.layout import activation_peak
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
+from simhete.policy.sizes import size_table
 from simhete.policy.training import (PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio, copy_stream,
                                      forward_backward, fwd_prio, grad_prio)
 from simhete.schedule import Alloc, Op, Schedule
@@ -100,7 +101,7 @@ class StrongHold(Policy):
 
     def build(self, ctx: Context) -> Schedule:
         k = self.k
-        b = Builder()
+        b = Builder(size_table(ctx))
         dp = DataParallel(b, ctx, k.pin_memory)
         n = ctx.n_gpus
         modes = act_modes(ctx, k)

@@ -275,8 +275,8 @@ def forward_backward(b: Builder, ctx: Context, it: int, modes: dict[int, ActMode
     out = IterTasks(F, B, R, grads_out)
     prev: tuple[str, ...] = dep_names(start_deps)
     base_f = fwd_prio(it, 0, m, nb)
-    # Cells that depend on sizes (micro-batch, sequence length) are marked for structural
-    # templates (policy/template.py): ops and allocation bytes derived from the block's activations
+    # Cells that depend on sizes (micro-batch, sequence length) are marked: references into the
+    # size table (policy/sizes.py), ops and allocation bytes that follow from the block's activations
     d2h_code, h2d_code = ("act.d2h", "act.h2d") if pinned else ("act.d2h.pageable", "act.h2d.pageable")
     for e in plan:
         i = e.index

@@ -47,6 +47,7 @@ from simhete.policy.dataparallel import DataParallel, ipg_buffer, shard
 from simhete.policy.layout import group, owners, uses
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
+from simhete.policy.sizes import size_table
 from simhete.policy.training import (PHASE, PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
                                      forward_backward, fwd_prio, grad_prio, hook_reduce_waits, tname)
 from simhete.schedule import Alloc, Op, Schedule
@@ -187,7 +188,7 @@ class ZeroInfinity(Policy):
 
     def build(self, ctx: Context) -> Schedule:
         k = self.k
-        b = Builder()
+        b = Builder(size_table(ctx))
         dp = DataParallel(b, ctx, k.pin_memory)
         n, nb = ctx.n_gpus, len(ctx.blocks)
         modes = act_modes(ctx, k)

@@ -33,6 +33,7 @@ from simhete.policy.base import Builder, Context, Policy, dep_names, host_fp32_b
 from simhete.policy.dataparallel import DataParallel, ipg_buffer, shard
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
+from simhete.policy.sizes import size_table
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
                                      grad_prio, hook_reduce_waits)
 from simhete.schedule import Alloc, Op, Schedule
@@ -94,7 +95,7 @@ class ZeroOffload(Policy):
 
     def build(self, ctx: Context) -> Schedule:
         k = self.k
-        b = Builder()
+        b = Builder(size_table(ctx))
         dp = DataParallel(b, ctx, k.pin_memory)
         gpus = dp.gpus
         nb, ga = len(ctx.blocks), accum_steps(ctx)

@@ -136,10 +136,10 @@ def new_alloc(buf: str, pool: str, bytes: int, cls: MemClass, persist: bool = Fa
 class Palette(list):
     """The distinct ops tuples of a table (:meth:`TaskTable.distinct_ops`), and in ``derived``
     what other layers derive from these tuples alone (their prices on a profile: ``simhete.sim``),
-    kept with the palette: tables that share a palette object (a template's schedules of one
-    workload) share it. ``parts``: ``None``, or ``(palettes, pick)`` when this palette is
-    entries ``pick`` of those palettes concatenated (a template's: its own fixed tuples and the
-    workload's per-block ones), so what is derived per entry can be derived per part and
+    kept with the palette: tables that share a palette object (the tables of one structure bound
+    to one size table) share it. ``parts``: ``None``, or ``(palettes, pick)`` when this palette is
+    entries ``pick`` of those palettes concatenated (a bound table's: its structure's fixed tuples
+    and the size table's per-block ones), so what is derived per entry can be derived per part and
     gathered. Not to be modified."""
 
     __slots__ = ("derived", "parts")
@@ -148,23 +148,6 @@ class Palette(list):
         super().__init__(items)
         self.derived: dict = {}
         self.parts = parts
-
-
-class TableShape:
-    """What every table resized from one structural template shares (see
-    :mod:`simhete.policy.template`): the template's allocations in task order (``flat``; their
-    buffers, pools, classes and ``persist`` flags, not their bytes) and ``a_ptr`` (``a_ptr[i]:a_ptr[i +
-    1]`` are task i's). Tables of one shape also share their name, stream, cat, deps, prio, frees,
-    it, block, action and at lists (the same objects), so the engine indexes the structure they share
-    once and keeps it here (``structure``: the engine's, ``None`` until a table of this shape is
-    indexed); it dies with the shape (its template)."""
-
-    __slots__ = ("flat", "a_ptr", "structure")
-
-    def __init__(self, flat: tuple[Alloc, ...], a_ptr: list[int]) -> None:
-        self.flat = flat
-        self.a_ptr = a_ptr
-        self.structure = None
 
 
 class TaskTable:
@@ -178,29 +161,28 @@ class TaskTable:
     the Task objects are then made only if someone reads ``schedule.tasks``. The lists are never
     modified once the table belongs to a Schedule.
 
-    A table made by :meth:`resized` (a structural template re-sized for a new point: same tasks,
-    new ops and allocation bytes) holds its allocation bytes as one flat list and makes its
-    ``allocs`` tuples only when that column is first read; :meth:`alloc_bytes` gives the flat bytes
-    of any table. ``shape`` is the :class:`TableShape` of the template it belongs to (``None`` for
-    a table that is not a template's), ``sized`` what the Builder recorded about which cells depend
-    on sizes (the template's input; ``None`` otherwise).
+    A table bound from a :class:`~simhete.schedule.structure.Structure` (every policy's, through
+    the Builder) shares the structure's column objects, holds its allocation bytes as one flat
+    array and makes its ``allocs`` tuples only when that column is first read; :meth:`alloc_bytes`
+    gives the flat bytes of any table. ``structure`` is that Structure (``None`` for a table made
+    from Task objects or rows).
     """
 
     FIELDS = ("name", "stream", "cat", "ops", "deps", "prio", "allocs", "frees", "it", "block", "action", "at")
     __slots__ = ("name", "stream", "cat", "ops", "deps", "prio", "_allocs", "frees", "it", "block", "action", "at",
-                 "shape", "sized", "_bytes", "_bytes_array", "_distinct")
+                 "structure", "_bytes", "_bytes_array", "_distinct")
 
     def __init__(self) -> None:
         for f in self.FIELDS:
             setattr(self, f, [])
-        self.shape = self.sized = self._bytes = self._bytes_array = self._distinct = None
+        self.structure = self._bytes = self._bytes_array = self._distinct = None
 
     def distinct_ops(self) -> tuple[Palette, Any]:
         """The ops column as ``(palette, at)``: ``ops[i] is palette[at[i]]``. Tasks share ops tuples,
         so a per-task figure that depends only on the ops (a price, bytes moved) is computed once
         per palette entry and gathered (``at``: a numpy integer array). Made on first call (one
-        entry per distinct tuple object, in first-use order) unless the table was resized from a
-        template, which knows it (and may list a tuple more than once); not to be modified."""
+        entry per distinct tuple object, in first-use order) unless the table was bound from a
+        structure, which knows it (and may list a tuple more than once); not to be modified."""
         d = self._distinct
         if d is None:
             ops = self.ops
@@ -213,10 +195,10 @@ class TaskTable:
     @property
     def allocs(self) -> list:
         a = self._allocs
-        if a is None:       # a resized table: the template's allocations with this table's bytes
-            sh, by = self.shape, self.alloc_bytes()
-            new = [new_alloc(x.buf, x.pool, n, x.cls, x.persist) for x, n in zip(sh.flat, by)]
-            p = sh.a_ptr
+        if a is None:       # a bound table: the structure's allocations with this table's bytes
+            st, by = self.structure, self.alloc_bytes()
+            new = [new_alloc(x.buf, x.pool, n, x.cls, x.persist) for x, n in zip(st.flat, by)]
+            p = st.a_ptr
             a = self._allocs = [tuple(new[p[i]:p[i + 1]]) for i in range(len(p) - 1)]
         return a
 
@@ -228,14 +210,14 @@ class TaskTable:
         """The bytes of every allocation, in task order (flattened ``allocs``)."""
         by = self._bytes
         if by is None:
-            if self._bytes_array is not None:    # a resized table: its bytes as Python ints
+            if self._bytes_array is not None:    # a bound table: its bytes as Python ints
                 by = self._bytes = self._bytes_array.tolist()
             else:
                 by = [a.bytes for row in self._allocs for a in row]
         return by
 
     def alloc_bytes_array(self) -> Any:
-        """:meth:`alloc_bytes` as an int64 numpy array (a resized table holds it already)."""
+        """:meth:`alloc_bytes` as an int64 numpy array (a bound table holds it already)."""
         arr = self._bytes_array
         if arr is None:
             arr = np.array(self.alloc_bytes(), dtype=np.int64)
@@ -260,15 +242,18 @@ class TaskTable:
                 setattr(t, f, list(col))
         return t
 
-    def resized(self, ops: list, alloc_bytes: Any, distinct: tuple | None = None) -> "TaskTable":
-        """A table of this one's shape (which must be set) with new ``ops`` and allocation bytes
-        (flat, task order; an int64 numpy array): every other column is this table's own list
-        object. ``distinct``: the new ops as :meth:`distinct_ops` gives them, when the caller knows."""
-        t = object.__new__(TaskTable)
+    @classmethod
+    def bound(cls, structure: Any, ops: list, alloc_bytes: Any, distinct: tuple | None = None) -> "TaskTable":
+        """The table of ``structure`` (:class:`~simhete.schedule.structure.Structure`) with ``ops``
+        and allocation bytes (flat, task order; an int64 numpy array): every other column is the
+        structure's own list object. ``distinct``: the ops as :meth:`distinct_ops` gives them."""
+        t = object.__new__(cls)
         t._distinct = distinct
-        t.name, t.stream, t.cat, t.ops, t.deps, t.prio = self.name, self.stream, self.cat, ops, self.deps, self.prio
-        t.frees, t.it, t.block, t.action, t.at = self.frees, self.it, self.block, self.action, self.at
-        t._allocs, t._bytes, t._bytes_array, t.shape, t.sized = None, None, alloc_bytes, self.shape, None
+        t.name, t.stream, t.cat, t.ops, t.deps, t.prio = (structure.name, structure.stream, structure.cat, ops,
+                                                          structure.deps, structure.prio)
+        t.frees, t.it, t.block, t.action, t.at = structure.frees, structure.it, structure.block, structure.action, \
+            structure.at
+        t._allocs, t._bytes, t._bytes_array, t.structure = None, None, alloc_bytes, structure
         return t
 
     def __len__(self) -> int:

@@ -8,7 +8,7 @@ engine (timelines identical to the SimPy reference's, so the choice does not dep
 the run reports with) and keeps the one with the least steady iteration time among those that do
 not run out of memory, the first of equals; when none fits, the policy's ``otherwise``. A policy
 with one answer (``candidates`` returns ``None``, the default) is built as usual, through its
-structural template if it has one.
+kept structure if it has a structure key (simhete/policy/structures.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from simhete.engine import simulate
 from simhete.policy.base import Context, Policy
-from simhete.policy.template import build_schedule
+from simhete.policy.structures import build_schedule
 from simhete.schedule import Schedule
 
 

@@ -6,7 +6,7 @@ combination cannot be built: a knob foreign to the policy, a multi-GPU profile f
 policy, ...) or ``error`` (anything else; the reason names the exception).
 
 Workers keep the hardware profiles they loaded (keyed by the scenario's hardware reference), so a
-sweep reads each profile file once per worker, and run with ``memo=True`` (structural templates,
+sweep reads each profile file once per worker, and run with ``memo=True`` (policy structures,
 prices and timelines remembered: docs/sweeps.md); each is exact, so a row
 never depends on which points a worker ran before it.
 """

@@ -133,7 +133,7 @@ class Runner:
         freeze = gc.get_freeze_count() == 0
         if freeze:
             gc.freeze()
-        # What the sweep allocates and keeps is not garbage either: rows, structural templates,
+        # What the sweep allocates and keeps is not garbage either: rows, policy structures,
         # remembered prices and timelines (no shipped policy leaves a reference cycle behind a
         # point). With the default threshold (700) the collector ran after every chunk and again
         # every ten, walking those survivors each time and finding nothing (~35 + 3 collections,

@@ -1,0 +1,96 @@
+"""A policy's schedule for a point: its structure built once per structure key, bound to the point.
+
+Sweep points that differ only in micro-batch, sequence length or hardware sizes have schedules of
+one *structure* (simhete/schedule/structure.py): the same tasks, streams, priorities,
+dependencies, frees and buffers, with other op shapes, allocation bytes and pool capacities. A
+policy that says which points share a structure (``Policy.structure_key``; ``None``: every point
+is built) gets its schedule from :func:`build_schedule`: the first point of a key is built, and
+its structure kept (:data:`simhete.cache.POLICY_STRUCTURES`, by content: the policy's class and
+key); every later point of the key is that structure bound to the point's size table
+(:func:`simhete.policy.sizes.size_table`), with the point's capacities and the initial buffers a
+real process holds on its hardware (policy/process_memory.py). No policy has code of its own here.
+
+Points whose key *and* sizes are equal (knob values that alias, e.g. bucket sizes giving one
+partition: the same workload build arguments, capacities and initial buffers) get the very
+Schedule object of the earlier point, so the engine re-prices it on its warm path (what it derived
+is kept on the schedule). :data:`VERIFY` makes every bound point also build afresh and compare
+(slow; for tests).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from simhete import cache
+from simhete.errors import SimheteError
+from simhete.opkinds import PROCESS_CLASSES
+from simhete.policy.base import Context, Policy
+from simhete.policy.process_memory import process_memory
+from simhete.policy.sizes import size_table
+from simhete.schedule import Schedule
+
+REUSE_KEPT = 8           # bound schedules kept per structure for points of equal sizes
+VERIFY = False           # bind and also build afresh, raising if they differ (tests)
+
+
+class KeptStructure:
+    """A structure key's structure and what its schedules share: the initial buffers of the
+    model states (the process-memory buffers follow the hardware, which the key leaves out), the
+    iterations and the metadata; and the schedules bound so far, by sizes, capacities and initial
+    buffers."""
+
+    __slots__ = ("structure", "ideal", "iterations", "meta", "bound")
+
+    def __init__(self, sched: Schedule) -> None:
+        self.structure = sched.table.structure
+        self.ideal = tuple(a for a in sched.initial if a.cls not in PROCESS_CLASSES)
+        self.iterations, self.meta = sched.iterations, dict(sched.meta)
+        self.bound: OrderedDict[tuple, Schedule] = OrderedDict()
+
+    def remember(self, key: tuple | None, sched: Schedule) -> Schedule:
+        if key is not None:
+            self.bound[key] = sched
+            if len(self.bound) > REUSE_KEPT:
+                self.bound.popitem(last=False)
+        return sched
+
+    def schedule(self, policy: Policy, ctx: Context) -> Schedule:
+        """The structure bound to ``ctx``: its size table, capacities and process buffers."""
+        pools = ctx.pools()
+        initial = self.ideal + tuple(process_memory(ctx, policy.k, policy.name, self.ideal))
+        sizes = size_table(ctx)
+        key = (sizes.key, tuple(pools.items()), initial) if sizes.key is not None else None
+        got = self.bound.get(key)
+        if got is not None:
+            self.bound.move_to_end(key)
+            return got
+        return self.remember(key, Schedule.from_table(self.structure.bind(sizes), pools, initial, self.iterations,
+                                                      self.meta))
+
+
+def build_schedule(policy: Policy, ctx: Context) -> Schedule:
+    """``policy.build(ctx)``, through its kept structure when the policy gives a structure key."""
+    key = policy.structure_key(ctx)
+    if key is None:
+        return policy.build(ctx)
+    key = (type(policy), key)
+    kept = cache.POLICY_STRUCTURES.recall(key)
+    if kept is None:
+        sched = policy.build(ctx)
+        kept = cache.POLICY_STRUCTURES.keep(key, KeptStructure(sched))
+        sizes = size_table(ctx)
+        return kept.remember((sizes.key, tuple(sched.pools.items()), sched.initial) if sizes.key is not None
+                             else None, sched)
+    sched = kept.schedule(policy, ctx)
+    if VERIFY:
+        fresh = policy.build(ctx)
+        if not same_schedule(sched, fresh):
+            raise SimheteError(f"policy {policy.name}: the structure bound to this point differs from a fresh build")
+    return sched
+
+
+def same_schedule(a: Schedule, b: Schedule) -> bool:
+    """Equal schedules and equal table columns (what tests and :data:`VERIFY` compare)."""
+    ta, tb = a.table, b.table
+    return a == b and all(getattr(ta, f) == getattr(tb, f) for f in ta.FIELDS) \
+        and ta.alloc_bytes() == tb.alloc_bytes()
