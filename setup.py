@@ -1,7 +1,7 @@
 """Only the compiled extension lives here; everything else is in pyproject.toml.
 
-The fast engine's compiled parts (``simhete/engine/_compiled.pyx``: the event loop and the
-structure indexing) are compiled when simhete is installed. They are optional: without a C
+The fast engine's event loop (``simhete/engine/_compiled.pyx``) is compiled when simhete is
+installed. They are optional: without a C
 compiler the install still succeeds and the fast engine runs the SimPy reference engine instead
 (identical results, slower; it says so on stderr; docs/engine.md). ``-ffp-contract=off``: no
 fused multiply-adds, so times stay bit-identical to the SimPy reference (GCC contracts ``a + b * c``

@@ -46,10 +46,6 @@ from simhete.engine.timeline import OOMReport
 from simhete.errors import SimheteError
 from simhete.schedule import Schedule
 
-try:
-    from simhete.engine import _compiled as _ext      # built at install (setup.py); optional
-except ImportError:
-    _ext = None
 
 @dataclass(eq=False)
 class Indexed:
@@ -271,30 +267,7 @@ def _structure(schedule: Schedule, flat: Any, a_bytes: np.ndarray,
     """Index the structure, making every static check in the reference engine's order (an Indexed
     with an OOM report when the initial buffers already overflow a pool). ``flat``: the
     allocations in task order (their buffers, pools and classes are read), ``a_bytes`` their
-    bytes (int64), ``n_alloc_col`` how many each task makes (``None``: counted from the table).
-
-    The compiled indexing (:func:`simhete.engine._compiled.structure`) handles a schedule that
-    passes every check; for anything else (or where the extension is not built) the Python
-    indexing below finds the problem and reports it as the reference does."""
-    tb = schedule.table
-    if _ext is not None and not (len(a_bytes) and a_bytes.min() < 0):
-        if n_alloc_col is None:
-            n_alloc_col = list(map(len, tb.allocs))
-        try:
-            got = _ext.structure(tb.name, tb.stream, tb.prio, tb.it, tb.deps, tb.frees, flat, n_alloc_col,
-                                 schedule.initial, schedule.pools, memory.CLASSES)
-        except (TypeError, ValueError, OverflowError):     # a column of an unexpected type
-            got = None
-        if got is not None:
-            streams, buffers, initial, arr = got
-            return StructureIndex(pools=tuple(schedule.pools), initial=initial, initial_src=schedule.initial,
-                                  streams=streams, buffers=buffers, matrices={}, **arr)
-    return _structure_py(schedule, flat, a_bytes, n_alloc_col)
-
-
-def _structure_py(schedule: Schedule, flat: Any, a_bytes: np.ndarray,
-                  n_alloc_col: list | None = None) -> StructureIndex | Indexed:
-    """:func:`_structure` in Python: every check, in the reference engine's order."""
+    bytes (int64), ``n_alloc_col`` how many each task makes (``None``: counted from the table)."""
     tb = schedule.table
     names = tb.name
     n = len(names)
