@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 
 from simhete.config import Strict, load_yaml, validate
 from simhete.errors import ConfigError
+from simhete.search.largest import LARGEST_MAX_DEPTH, LARGEST_MAX_TRIALS, largest_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = "scenarios/published"
@@ -70,11 +71,6 @@ HW_CLASSES: tuple[tuple[str, str], ...] = (
     (r"\bL4\b", "L4"), (r"\bA40\b", "A40"), (r"\bA10G?\b", "A10"), (r"\bT4\b", "T4"),
 )
 
-LARGEST_MAX_DEPTH = 4096
-LARGEST_MAX_TRIALS = 26      # simulations one largest_model search may run: a full search to depth
-                             # 4096 needs at most 2·12 + 1; a count, not a clock, so results are
-                             # the same on every machine
-SEARCH_ITERATIONS = 2        # whether a model fits is decided by the warm-up and one steady iteration
 
 
 def hardware_class(profile: Any) -> str:
@@ -195,7 +191,8 @@ def memory_peak(summary: Any, pool: str, measure: str) -> float | None:
 
 def predict(fig: Figure, summary: Any) -> float | str:
     """The predicted value of ``fig`` in its canonical unit (see :data:`KINDS`), or ``"OOM"``.
-    ``largest_model`` is not predicted from one summary (see :func:`largest_model`)."""
+    ``largest_model`` is not predicted from one summary (see
+    :func:`simhete.search.largest.largest_model`)."""
     k = fig.kind
     if k in ("peak_gpu_memory", "peak_host_memory"):
         got = memory_peak(summary, "gpu" if k == "peak_gpu_memory" else "cpu", fig.measure or DEFAULT_MEASURE[k])
@@ -212,56 +209,6 @@ def predict(fig: Figure, summary: Any) -> float | str:
     if k == "mfu":
         return float(summary.mfu)
     raise ValueError(f"no prediction from a summary for kind {k}")
-
-
-@dataclass(frozen=True)
-class Largest:
-    params: int | None       # parameters of the deepest model that fits; None: not even one layer
-    depth: int               # its depth (0: none)
-    trials: int
-    complete: bool           # False: the trial cap stopped the search (params is a lower bound)
-    capped: bool = False     # the depth cap itself fits (params is a lower bound)
-
-
-def largest_model(s: Any, engine: str = "fast", *, max_depth: int = LARGEST_MAX_DEPTH,
-                  max_trials: int = LARGEST_MAX_TRIALS) -> Largest:
-    """The deepest model at the scenario model's widths (hidden, heads, FFN, vocab) that fits under
-    the scenario's policy, knobs and hardware, found by doubling from the scenario's depth and then
-    bisection (fitting is monotone in depth for a fixed policy and knobs: every per-block buffer
-    and model state grows with it). At most ~2·log2(max_depth) simulations, fewer than
-    at most ``max_trials`` of them (past it the search stops: ``complete`` is False). A trial
-    count, not a time budget: the same inputs give the same answer on any machine."""
-    from simhete.sim import resolve_model, run
-
-    short = s.with_changes(iterations=SEARCH_ITERATIONS)
-    trials = [0]
-
-    def at(depth: int) -> Any:
-        return short.with_changes(**{"model.n_layers": depth})
-
-    def fits(depth: int) -> bool:
-        trials[0] += 1
-        return bool(run(at(depth), engine=engine, check=False).summary.fits)
-
-    def out_of_time() -> bool:
-        return trials[0] >= max_trials
-
-    d0 = min(max(1, resolve_model(s).n_layers), max_depth)
-    if fits(d0):
-        lo, hi = d0, d0 * 2
-        while hi <= max_depth and not out_of_time() and fits(hi):
-            lo, hi = hi, hi * 2
-        if hi > max_depth:
-            hi = max_depth + 1
-    else:
-        lo, hi = 0, d0
-    while hi - lo > 1 and not out_of_time():   # invariant: fits(lo) (or lo == 0), not fits(hi)
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    complete = hi - lo <= 1
-    if lo == 0:
-        return Largest(None, 0, trials[0], complete)
-    return Largest(resolve_model(at(lo)).n_params(), lo, trials[0], complete, capped=lo >= max_depth)
 
 
 # -- the suite -----------------------------------------------------------------------------------
@@ -492,87 +439,3 @@ def suite_error_for(profile: Any, path: Path | None = None) -> dict[str, Any]:
     return {"hardware": hw, "groups": {g: {k: (None if isinstance(v, float) and math.isinf(v) else v)
                                            for k, v in st.items()} for g, st in groups.items()},
             "line": line}
-
-
-# -- rendering -----------------------------------------------------------------------------------
-
-WIDTH = 100
-
-
-def _num(x: float) -> str:
-    if x >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.3g}" if x < 10 else f"{x:.1f}"
-
-
-def render_suite(suite: Suite, con: Any) -> None:
-    """The per-figure table, then the aggregates per group and per hardware class (≤ 100 columns)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Console(file=con.file, width=WIDTH, highlight=False, soft_wrap=False) if con.width > WIDTH else con
-    t = Table(title=f"Published measurements ({suite.directory}): error = (predicted − published) / "
-              "published", title_justify="left")
-    t.add_column("case", overflow="fold", max_width=34)
-    t.add_column("figure", overflow="fold", max_width=24)
-    t.add_column("hw", overflow="fold", max_width=8)
-    t.add_column("published", justify="right", max_width=16)
-    t.add_column("predicted", justify="right", max_width=12)
-    t.add_column("error", justify="right", max_width=9)
-    for r in suite.rows:
-        e = r.error_pct
-        err = "[red]miss[/]" if e is None else (f"[red]{e:+.1f} %[/]" if abs(e) > 35 else f"{e:+.1f} %")
-        t.add_row(r.case, r.label, r.hardware, f"{_num(r.published)} {r.unit}",
-                  "[red]OOM[/]" if r.predicted is None else _num(r.predicted), err)
-    out.print(t)
-    agg = suite.aggregates()
-    a = Table(title="|error| per figure group and hardware class (a miss counts as infinite)",
-              title_justify="left")
-    for c in ("hardware", "group", "figures", "misses", "median |error|", "max |error|"):
-        a.add_column(c, justify="left" if c in ("hardware", "group") else "right")
-    for g, st in agg["groups"].items():
-        a.add_row("[bold]all[/]", g, str(st["n"]), str(st["misses"]), _pct(st["median"]), _pct(st["max"]))
-    for hw, per in agg["hardware"].items():
-        for g, st in per.items():
-            a.add_row(hw, g, str(st["n"]), str(st["misses"]), _pct(st["median"]), _pct(st["max"]))
-    out.print(a)
-    out.print("time group: iteration_time, tokens_per_s, samples_per_s, tflops_per_gpu, mfu (a "
-              "positive error predicts a slower run for iteration_time, a faster one for the "
-              "throughputs); memory group: peak_gpu_memory, peak_host_memory, largest_model.")
-    if suite.not_expressible:
-        n = Table(title="Not expressible in simhete (listed, not approximated)", title_justify="left")
-        for c, w in (("source", 30), ("figure", 24), ("why", 40)):
-            n.add_column(c, overflow="fold", max_width=w)
-        for x in suite.not_expressible:
-            n.add_row(f"{x.source} ({x.url})", x.figure, x.why)
-        out.print(n)
-
-
-def _md(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def render_markdown(suite: Suite) -> str:
-    """The suite as Markdown (docs/validation.md): one row per figure with its source, then the
-    aggregates per group and hardware class, then the setups that are not expressible."""
-    out = ["| case | source | figure | hw | published | predicted | error |",
-           "|---|---|---|---|---:|---:|---:|"]
-    for r in suite.rows:
-        e = r.error_pct
-        src = f"[{_md(r.source)[:80]}]({r.url})" if r.url.startswith("http") else f"{_md(r.source)[:80]} ({_md(r.url)})"
-        out.append(f"| {r.case} | {src} | {_md(r.label)} | {r.hardware} | {_num(r.published)} {r.unit} | "
-                   f"{'OOM' if r.predicted is None else _num(r.predicted)} | "
-                   f"{'miss' if e is None else f'{e:+.1f} %'} |")
-    agg = suite.aggregates()
-    out += ["", "| hardware | group | figures | misses | median \\|error\\| | max \\|error\\| |",
-            "|---|---|---:|---:|---:|---:|"]
-    for g, st in agg["groups"].items():
-        out.append(f"| all | {g} | {st['n']} | {st['misses']} | {_pct(st['median'])} | {_pct(st['max'])} |")
-    for hw, per in agg["hardware"].items():
-        for g, st in per.items():
-            out.append(f"| {hw} | {g} | {st['n']} | {st['misses']} | {_pct(st['median'])} | {_pct(st['max'])} |")
-    if suite.not_expressible:
-        out += ["", "| not expressible: source | figure | why |", "|---|---|---|"]
-        for x in suite.not_expressible:
-            out.append(f"| {_md(x.source)} ({x.url}) | {_md(x.figure)} | {_md(x.why)} |")
-    return "\n".join(out) + "\n"

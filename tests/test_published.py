@@ -13,11 +13,12 @@ import yaml
 
 from simhete.cli import main
 from simhete.errors import ConfigError
-from simhete.published import (MEASURE_EXCLUDES, SUMMARY_FILE, Figure, Row, Suite, hardware_class,
-                               largest_model, memory_peak, parse_published, predict, read_summary,
-                               resolve_dir, run_suite, stats, suite_error_for)
+from simhete.published import (MEASURE_EXCLUDES, SUMMARY_FILE, Figure, Row, hardware_class,
+                               memory_peak, parse_published, predict, read_summary, resolve_dir, run_suite,
+                               stats, suite_error_for)
 from simhete.report.metrics import PoolPeak
 from simhete.scenario import scenario_from_dict
+from simhete.search.largest import largest_model
 from simhete.sim import run
 
 ROOT = Path(__file__).resolve().parents[1]

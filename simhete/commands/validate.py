@@ -140,14 +140,15 @@ def run(args: argparse.Namespace) -> int:
 
 def run_published(args: argparse.Namespace) -> int:
     """``--published [DIR]``: the published-measurement suite (simhete.published)."""
-    from simhete.published import SUMMARY_FILE, render_suite, resolve_dir, run_suite, write_summary
+    from simhete.published import SUMMARY_FILE, resolve_dir, run_suite, write_summary
+    from simhete.report.published import render_suite
 
     directory = resolve_dir(args.published)
     suite = run_suite(directory, engine=args.engine)
     if args.json:
         print(dump_json(suite.to_dict()), end="")
     elif args.markdown:
-        from simhete.published import render_markdown
+        from simhete.report.published import render_markdown
         print(render_markdown(suite), end="")
     else:
         render_suite(suite, console())
