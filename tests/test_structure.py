@@ -19,6 +19,7 @@ from simhete.opkinds import Action, At, MemClass
 from simhete.policy import Builder, Context, Policy, structures
 from simhete.policy.sizes import size_table
 from simhete.policy.structures import KeptStructure, build_schedule, same_schedule
+from simhete.policy.training import size_decisions
 from simhete.scenario import load_scenario
 from simhete.schedule import SizeRef, check_schedule
 from simhete.schedule.model import Schedule, new_alloc
@@ -248,3 +249,36 @@ def test_bound_through_the_indexed_structure_keeps_the_memory_checks(gpu_memory)
     t.bound.clear()
     assert timeline_key(simulate_fast(t.schedule(pol1, ctx1), durs, rules)) == timeline_key(ref)
     assert timeline_key(simulate_fast(got, durs, rules)) == timeline_key(ref)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(points=st.lists(st.tuples(st.integers(1, 6), st.sampled_from([32, 64, 128]),
+                                 st.sampled_from([2**31, 3 * 2**30, 2**34])), min_size=2, max_size=4),
+       verify=st.booleans())
+def test_autohete_plans_bind_exactly(points, verify, monkeypatch):
+    """AutoHete builds every point (its MILP reads every size) but each candidate's structure
+    follows from its plan alone: a point whose plan was seen before gets that plan's structure
+    bound to its sizes, which VERIFY checks against a fresh build; the result equals a run with
+    nothing kept."""
+    monkeypatch.setattr(structures, "VERIFY", True)
+    base = load_scenario(BASE).with_changes(policy="autohete", knobs={"verify": verify})
+    runs = []
+    cache.clear()
+    for mb, seq, mem in points:
+        s = base.with_changes(**{"train.micro_batch": mb, "train.seq_len": seq,
+                                 "hardware.gpu_memory": mem})
+        runs.append((s, run(s, check=True)))
+    for s, got in runs:
+        cache.clear()
+        fresh = run(s, check=False)
+        assert fresh.summary == got.summary
+        assert format_schedule(fresh.schedule) == format_schedule(got.schedule)
+    plans = [r.schedule.meta["checkpoint"] + r.schedule.meta["offload_param"] + r.schedule.meta["offload_optimizer"]
+             for _, r in runs]
+    structs = [r.schedule.table.structure for _, r in runs]
+    keys = [resolve(s)[0] for s, _ in runs]
+    for i in range(len(runs)):        # one structure per plan (and skeleton decisions), no other sharing
+        for j in range(i):
+            same = plans[i] == plans[j] and size_decisions(keys[i]) == size_decisions(keys[j])
+            assert (structs[i] is structs[j]) == same

@@ -36,6 +36,7 @@ from simhete.policy.layout import uses
 from simhete.policy.process_memory import process_memory
 from simhete.policy.registry import register
 from simhete.policy.sizes import size_table
+from simhete.policy.structures import keyed_schedule
 from simhete.policy.training import (PHASE, PRIO_IT, ActivationKnobs, accum_steps, act_modes, bwd_prio,
                                      forward_backward, fwd_prio, grad_prio)
 from simhete.schedule import Alloc, Op, Schedule
@@ -194,6 +195,19 @@ class AutoHete(Policy):
         return "; ".join(dict.fromkeys(self._log.cut)) if self._log and self._log.cut else ""
 
     def schedule(self, ctx: Context, plan: Plan, meta: dict[str, str], time_limited: str = "") -> Schedule:
+        """The schedule of ``plan``. Its structure follows from the plan's decisions (and the
+        knobs and model), not from the sizes that led to them: a point whose plan was seen before
+        gets that structure bound to its own sizes (simhete/policy/structures.py)."""
+        if time_limited:   # the plan then depends on the machine's speed: say so
+            meta = dict(meta, time_limited=time_limited)
+        meta = dict(meta, policy=self.name, predicted_iter_s=f"{plan.predicted_s:.6g}",
+                    checkpoint=_bits(plan.checkpoint), offload_param=_bits(plan.offload_param),
+                    offload_optimizer=_bits(plan.offload_optimizer))
+        decided = ("plan", meta["checkpoint"], meta["offload_param"], meta["offload_optimizer"],
+                   tuple(sorted(self.swapped(ctx))))
+        return keyed_schedule(self, ctx, self.key_with(ctx, decided), lambda: self._build(ctx, plan, meta), meta)
+
+    def _build(self, ctx: Context, plan: Plan, meta: dict[str, str]) -> Schedule:
         k = self.k
         b = Builder(size_table(ctx))
         dp = DataParallel(b, ctx, k.pin_memory)
@@ -260,11 +274,6 @@ class AutoHete(Policy):
                 update[i] = adam if not op[i] else dp.shard_d2h(it, blk.name, blk.weight_bytes,
                                                                 {g: [adam[g]] for g in dp.gpus},
                                                                 fwd_prio(it + 1, i), i)
-        if time_limited:   # the plan then depends on the machine's speed: say so
-            meta = dict(meta, time_limited=time_limited)
-        meta = dict(meta, policy=self.name, predicted_iter_s=f"{plan.predicted_s:.6g}",
-                    checkpoint=_bits(plan.checkpoint), offload_param=_bits(plan.offload_param),
-                    offload_optimizer=_bits(plan.offload_optimizer))
         initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 

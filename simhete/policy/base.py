@@ -169,11 +169,16 @@ class Policy:
         workspace) and the policy's own :meth:`decisions`; ``None`` when those are ``None``.
         ``tests/test_structure.py`` checks, for every policy that opts in, that binding equals a
         fresh build, on the shipped scenarios and over drawn sizes and knobs."""
-        own = self.decisions(ctx)
-        if own is None:
+        return self.key_with(ctx, self.decisions(ctx))
+
+    def key_with(self, ctx: Context, decisions: Hashable | None) -> Hashable | None:
+        """The structure key of a schedule of ``ctx`` given ``decisions`` (what the build decided
+        from sizes; ``None``: no key): every knob, the context's structural values and the
+        training skeleton's size decisions with them."""
+        if decisions is None:
             return None
         from simhete.policy.training import size_decisions     # training builds on this module
-        return knob_key(self.k), context_key(ctx), size_decisions(ctx), own
+        return knob_key(self.k), context_key(ctx), size_decisions(ctx), decisions
 
 
 def knob_key(knobs: Strict, exclude: Iterable[str] = ()) -> tuple:

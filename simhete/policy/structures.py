@@ -20,6 +20,7 @@ is kept on the schedule). :data:`VERIFY` makes every bound point also build afre
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable, Hashable, Mapping
 
 from simhete import cache
 from simhete.errors import SimheteError
@@ -36,8 +37,8 @@ VERIFY = False           # bind and also build afresh, raising if they differ (t
 class KeptStructure:
     """A structure key's structure and what its schedules share: the initial buffers of the
     model states (the process-memory buffers follow the hardware, which the key leaves out), the
-    iterations and the metadata; and the schedules bound so far, by sizes, capacities and initial
-    buffers."""
+    iterations and the metadata; and the schedules bound so far, by sizes, capacities, initial
+    buffers and metadata."""
 
     __slots__ = ("structure", "ideal", "iterations", "meta", "bound")
 
@@ -54,36 +55,48 @@ class KeptStructure:
                 self.bound.popitem(last=False)
         return sched
 
-    def schedule(self, policy: Policy, ctx: Context) -> Schedule:
-        """The structure bound to ``ctx``: its size table, capacities and process buffers."""
+    def schedule(self, policy: Policy, ctx: Context, meta: Mapping[str, str] | None = None) -> Schedule:
+        """The structure bound to ``ctx``: its size table, capacities and process buffers, with
+        ``meta`` (default: the first build's metadata)."""
         pools = ctx.pools()
         initial = self.ideal + tuple(process_memory(ctx, policy.k, policy.name, self.ideal))
+        meta = self.meta if meta is None else dict(meta)
         sizes = size_table(ctx)
-        key = (sizes.key, tuple(pools.items()), initial) if sizes.key is not None else None
+        key = _bound_key(sizes, pools, initial, meta)
         got = self.bound.get(key)
         if got is not None:
             self.bound.move_to_end(key)
             return got
         return self.remember(key, Schedule.from_table(self.structure.bind(sizes), pools, initial, self.iterations,
-                                                      self.meta))
+                                                      meta))
+
+
+def _bound_key(sizes, pools: Mapping[str, int], initial: tuple, meta: Mapping[str, str]) -> tuple | None:
+    return (sizes.key, tuple(pools.items()), initial, tuple(meta.items())) if sizes.key is not None else None
 
 
 def build_schedule(policy: Policy, ctx: Context) -> Schedule:
     """``policy.build(ctx)``, through its kept structure when the policy gives a structure key."""
-    key = policy.structure_key(ctx)
+    return keyed_schedule(policy, ctx, policy.structure_key(ctx), lambda: policy.build(ctx))
+
+
+def keyed_schedule(policy: Policy, ctx: Context, key: Hashable | None, build: Callable[[], Schedule],
+                   meta: Mapping[str, str] | None = None) -> Schedule:
+    """``build()`` (a schedule of ``policy`` for ``ctx``), or, when a structure was kept for
+    ``key`` (a structure key: equal keys give schedules of one structure), that structure bound to
+    ``ctx`` with metadata ``meta`` (default: the kept build's). ``None``: always build. A policy
+    with several schedules per point (AutoHete's candidates, one per plan) keys each."""
     if key is None:
-        return policy.build(ctx)
+        return build()
     key = (type(policy), key)
     kept = cache.POLICY_STRUCTURES.recall(key)
     if kept is None:
-        sched = policy.build(ctx)
+        sched = build()
         kept = cache.POLICY_STRUCTURES.keep(key, KeptStructure(sched))
-        sizes = size_table(ctx)
-        return kept.remember((sizes.key, tuple(sched.pools.items()), sched.initial) if sizes.key is not None
-                             else None, sched)
-    sched = kept.schedule(policy, ctx)
+        return kept.remember(_bound_key(size_table(ctx), sched.pools, sched.initial, sched.meta), sched)
+    sched = kept.schedule(policy, ctx, meta)
     if VERIFY:
-        fresh = policy.build(ctx)
+        fresh = build()
         if not same_schedule(sched, fresh):
             raise SimheteError(f"policy {policy.name}: the structure bound to this point differs from a fresh build")
     return sched
