@@ -167,7 +167,7 @@ class StructureIndex:
             schedule.initial is self.initial_src or list(map(_INITIAL, schedule.initial)) == self.initial)
 
 
-_BUF, _POOL, _CLS, _BYTES = (attrgetter(f) for f in ("buf", "pool", "cls", "bytes"))
+_BYTES = attrgetter("bytes")
 _INITIAL = attrgetter("buf", "pool", "cls")
 
 

@@ -87,7 +87,8 @@ class Structure:
         whose cells listed in ``refs`` depend on sizes: ``(row, block position, ops code,
         alloc codes)``, the ops of task ``row`` being code ``ops code`` of the block (``None``:
         fixed) and its j-th allocation's bytes code ``alloc codes[j]`` (``None``: fixed). The
-        rows' own values of referenced cells are not kept."""
+        rows' own values of referenced cells are what :meth:`bind` replaces (the ops are not
+        kept; the bytes stay in ``fixed_bytes`` and ``flat``, overwritten in every bound table)."""
         self = object.__new__(cls)
         cols = list(zip(*rows)) if rows else [()] * 12
         (self.name, self.stream, self.cat, ops_col, self.deps, self.prio, allocs, self.frees, self.it,
