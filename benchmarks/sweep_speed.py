@@ -145,7 +145,7 @@ def stages(grid: dict) -> None:
     saved = {n: getattr(sim, n) for n in ("resolve", "choose_schedule", "_memo_palette", "simulate",
                                           "pcie_task_arrays", "summarize")}
     saved_row = ev.summary_row
-    for name, label in (("resolve", "resolve (workload, knobs, cost model)"), ("choose_schedule", "policy build / resize / pick"),
+    for name, label in (("resolve", "resolve (workload, knobs, cost model)"), ("choose_schedule", "policy build / bind / pick"),
                         ("_memo_palette", "prices + PCIe bytes per ops tuple"), ("simulate", "engine"),
                         ("pcie_task_arrays", "PCIe bytes per task"), ("summarize", "summarize")):
         setattr(sim, name, timed(label, saved[name]))
