@@ -47,7 +47,8 @@ AXES = {
 
 
 def base_scenario(policy: str) -> dict:
-    return {"name": f"LLaMA-2-13B on one H200, {policy}", "model": "llama2-13b", "hardware": "h200-sxm",
+    return {"name": f"LLaMA-2-13B on one H200, {policy}", "model": "llama2-13b",
+            "hardware": {"profile": "h200-sxm", "gpus": 1},          # the profile is an 8-GPU HGX board
             "train": {"micro_batch": 1, "seq_len": 4096, "dtype": "bf16"}, "iterations": 3,
             "policy": policy}
 

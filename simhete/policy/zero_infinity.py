@@ -250,6 +250,14 @@ class ZeroInfinity(Policy):
         sync = not k.overlap_comm
         # bucket j -> the block whose recompute/backward waits for bucket j's reduction
         after_first = hook_reduce_waits(ctx.blocks, buckets) if sync else {}
+        # what every micro-step repeats: a target's second, third, ... fetch is numbered 2, 3, ...;
+        # the fetches whose buffers each use reads
+        seen: dict[int, int] = {}
+        variants = []
+        for _, target, _ in plan.fetches:
+            seen[target] = nth = seen.get(target, 0) + 1
+            variants.append(str(nth) if nth > 1 else "")
+        held_by = [sorted({plan.holder[(u, o)] for o in needs[u]}) for u in range(len(trace))]
         step_done: list[str] = []
         last_B: dict[int, str] = {}
         ga = accum_steps(ctx)
@@ -276,9 +284,7 @@ class ZeroInfinity(Policy):
                     phase, blk = trace[target]
                     fetch = ((Action.WEIGHTS_AG_FWD if phase == "F" else Action.WEIGHTS_AG_BWD) if sharded else
                              (Action.WEIGHTS_H2D_FWD if phase == "F" else Action.WEIGHTS_H2D_BWD))
-                    # a target's second, third, ... fetch is numbered 2, 3, ...
-                    nth = sum(1 for x in plan.fetches[:f] if x[1] == target)
-                    variant = str(nth + 1) if nth else ""
+                    variant = variants[f]
                     names = {g: dp.task(fetch, it, blk.name, g, variant) for g in dp.gpus}
                     bufs.append({g: {o: owned_buffer(names[g], by[o].name) for o in miss} for g in dp.gpus})
                     trigger = {g: [compute(hook - 1, g)] if hook else start[g] for g in dp.gpus}
@@ -296,8 +302,8 @@ class ZeroInfinity(Policy):
                                                               for g in dp.gpus}, sync=sync))
                 for u, (phase, blk) in enumerate(trace):
                     deps, frees = (fwd_deps, fwd_frees) if phase == "F" else (bwd_deps, bwd_frees)
+                    held = held_by[u]
                     for g in dp.gpus:
-                        held = sorted({plan.holder[(u, o)] for o in needs[u]})
                         deps[g].setdefault(blk.index, []).extend(ready[f][g] for f in held)
                         for o in plan.release.get(u, []):
                             frees[g].setdefault(blk.index, []).append(bufs[plan.holder[(u, o)]][g][o])
