@@ -22,7 +22,7 @@ from simhete.policy.structures import KeptStructure, build_schedule, same_schedu
 from simhete.policy.training import size_decisions
 from simhete.scenario import load_scenario
 from simhete.schedule import SizeRef, check_schedule
-from simhete.schedule.model import Schedule, new_alloc
+from simhete.schedule.model import new_alloc
 from simhete.schedule.text import format_schedule
 from simhete.sim import resolve, run
 
@@ -115,12 +115,11 @@ def test_check_schedule_accepts_bound():
 def test_every_build_is_its_structure_bound_to_its_size_table(path):
     """Every policy's schedule, AutoHete's too, is a structure whose size cells are references:
     a block's forward takes its ops from ``SizeRef("fwd", block)``, its kept activations their
-    bytes from ``SizeRef("act", block)`` (or the checkpoint's, ``"ckpt"``), and nothing else in the
-    structure names the micro-batch or sequence length."""
+    bytes from ``SizeRef("act", block)`` (or the checkpoint's, ``"ckpt"``). That nothing else
+    depends on sizes is what binding-equals-building checks (the tests above and below)."""
     ctx, pol = resolve(load_scenario(path))
     sched = pol.build(ctx)
     st = sched.table.structure
-    sizes = size_table(ctx)
     pos = {blk.index: p for p, blk in enumerate(ctx.blocks)}
     fwd = [i for i, (a, at) in enumerate(zip(st.action, st.at)) if a is Action.FORWARD]
     assert fwd
@@ -128,9 +127,7 @@ def test_every_build_is_its_structure_bound_to_its_size_table(path):
         assert st.ops_ref(i) == SizeRef("fwd", pos[st.block[i]])
         q = st.a_ptr[i]
         refs = {st.bytes_ref(j) for j in range(q, st.a_ptr[i + 1]) if st.flat[j].cls is MemClass.ACTIVATIONS}
-        assert refs <= {SizeRef("act", pos[st.block[i]]), SizeRef("ckpt", pos[st.block[i]])}
-    assert same_schedule(Schedule.from_table(st.bind(sizes), sched.pools, sched.initial, sched.iterations,
-                                             sched.meta), sched)
+        assert refs and refs <= {SizeRef("act", pos[st.block[i]]), SizeRef("ckpt", pos[st.block[i]])}
 
 
 BASE = ROOT / "scenarios" / "small-llama_cpu_swap.yaml"
