@@ -247,10 +247,20 @@ def _early_overflow(schedule: Schedule) -> Indexed | None:
         held[a.pool] += a.bytes
     if all(held[p] <= c for p, c in pools.items()):
         return None
-    names = schedule.table.name
-    if len(set(names)) != len(names):
+    if not _unique_names(schedule.table):
         return None
     return Indexed(memory.initial_overflow(schedule))
+
+
+def _unique_names(tb: Any) -> bool:
+    """Whether the table's task names are distinct: a property of its structure, kept on it."""
+    own = tb.structure
+    got = None if own is None else own.derived.get("engine.unique_names")
+    if got is None:
+        got = len(set(tb.name)) == len(tb.name)
+        if own is not None:
+            own.derived["engine.unique_names"] = got
+    return got
 
 
 def _initial_overflow(schedule: Schedule) -> OOMReport | None:

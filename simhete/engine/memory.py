@@ -52,15 +52,20 @@ def pool_needs(allocs: Iterable) -> tuple[tuple[str, int], ...]:
 
 def initial_overflow(schedule) -> OOMReport | None:
     """An OOMReport if the initial buffers alone do not fit their pools (first such pool), else None."""
+    held: dict[str, list] = {p: [] for p in schedule.pools}
+    for a in schedule.initial:
+        mine = held.get(a.pool)
+        if mine is not None:
+            mine.append(a)
     for pool, cap in schedule.pools.items():
-        held = [(a.buf, a.pool, a.bytes) for a in schedule.initial if a.pool == pool]
-        total = sum(n for _, _, n in held)
+        mine = held[pool]
+        total = sum(a.bytes for a in mine)
         if total > cap:
             by_class: dict[str, int] = {}
-            for a in schedule.initial:
-                if a.pool == pool:
-                    by_class[a.cls.value] = by_class.get(a.cls.value, 0) + a.bytes
-            rep = oom_report("(initial)", pool, total, 0, cap, held, 0.0)
+            for a in mine:
+                v = a.cls._value_               # an Enum's .value runs Python code
+                by_class[v] = by_class.get(v, 0) + a.bytes
+            rep = oom_report("(initial)", pool, total, 0, cap, [(a.buf, a.pool, a.bytes) for a in mine], 0.0)
             return replace(rep, by_class=tuple(sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0]))))
     return None
 

@@ -59,20 +59,22 @@ class KeptStructure:
         """The structure bound to ``ctx``: its size table, capacities and process buffers, with
         ``meta`` (default: the first build's metadata)."""
         pools = ctx.pools()
-        initial = self.ideal + tuple(process_memory(ctx, policy.k, policy.name, self.ideal))
+        process = tuple(process_memory(ctx, policy.k, policy.name, self.ideal))
         meta = self.meta if meta is None else dict(meta)
         sizes = size_table(ctx)
-        key = _bound_key(sizes, pools, initial, meta)
+        key = _bound_key(sizes, pools, process, meta)
         got = self.bound.get(key)
         if got is not None:
             self.bound.move_to_end(key)
             return got
-        return self.remember(key, Schedule.from_table(self.structure.bind(sizes), pools, initial, self.iterations,
-                                                      meta))
+        return self.remember(key, Schedule.from_table(self.structure.bind(sizes), pools, self.ideal + process,
+                                                      self.iterations, meta))
 
 
-def _bound_key(sizes, pools: Mapping[str, int], initial: tuple, meta: Mapping[str, str]) -> tuple | None:
-    return (sizes.key, tuple(pools.items()), initial, tuple(meta.items())) if sizes.key is not None else None
+def _bound_key(sizes, pools: Mapping[str, int], process: tuple, meta: Mapping[str, str]) -> tuple | None:
+    """The key of a bound schedule among its structure's: sizes, capacities, the process buffers
+    (the initial buffers beyond the structure's fixed :attr:`KeptStructure.ideal`) and metadata."""
+    return (sizes.key, tuple(pools.items()), process, tuple(meta.items())) if sizes.key is not None else None
 
 
 def build_schedule(policy: Policy, ctx: Context) -> Schedule:
@@ -93,7 +95,8 @@ def keyed_schedule(policy: Policy, ctx: Context, key: Hashable | None, build: Ca
     if kept is None:
         sched = build()
         kept = cache.POLICY_STRUCTURES.keep(key, KeptStructure(sched))
-        return kept.remember(_bound_key(size_table(ctx), sched.pools, sched.initial, sched.meta), sched)
+        process = tuple(a for a in sched.initial if a.cls in PROCESS_CLASSES)
+        return kept.remember(_bound_key(size_table(ctx), sched.pools, process, sched.meta), sched)
     sched = kept.schedule(policy, ctx, meta)
     if VERIFY:
         fresh = build()
