@@ -78,6 +78,15 @@ from simhete.policy.sizes import size_table
 from simhete.policy.training import PHASE, PRIO_IT, act_modes, bwd_prio, copy_stream, forward_backward, fwd_prio
 from simhete.schedule import Alloc, Op, Schedule
 
+
+def refuse_accumulation(ctx: Context) -> None:
+    if ctx.grad_accum > 1:
+        raise ConfigError(ctx.scenario.file, "train.grad_accum", ctx.grad_accum,
+                          allowed="1 with chunked: a gradient overwrites its parameter in the chunk, so "
+                                  "micro-steps cannot accumulate (Gemini's separate gradient chunks, "
+                                  "enable_gradient_accumulation, are not modelled)")
+
+
 @register("chunked")
 class Chunked(Policy):
     Knobs = ChunkedKnobs
@@ -91,6 +100,7 @@ class Chunked(Policy):
         margin takes, and how many chunk shards each step's budget holds: :meth:`build` moves a
         shard out while one more would exceed its step's budget, so these counts are all it
         decides from the sizes."""
+        refuse_accumulation(ctx)          # before the geometry: such a point has no schedule
         if self.k.placement_policy == "static":
             return ()
         g = geometry(ctx, self.k)
@@ -104,11 +114,7 @@ class Chunked(Policy):
     def build(self, ctx: Context) -> Schedule:
         k = self.k
         file = ctx.scenario.file
-        if ctx.grad_accum > 1:
-            raise ConfigError(file, "train.grad_accum", ctx.grad_accum,
-                              allowed="1 with chunked: a gradient overwrites its parameter in the chunk, so "
-                                      "micro-steps cannot accumulate (Gemini's separate gradient chunks, "
-                                      "enable_gradient_accumulation, are not modelled)")
+        refuse_accumulation(ctx)
         static = k.placement_policy == "static"
         if static and k.offload_param_frac > 0 and (k.shard_param_frac != 1 or k.offload_optim_frac != 1):
             # Gemini's StaticPlacementPolicy warns and ignores it in this case
