@@ -125,15 +125,15 @@ def test_host_overflow_of_model_states_is_decided_without_the_solver(monkeypatch
 def test_solver_time_limit_bounds_every_solve_of_a_build_together(monkeypatch):
     import types
 
-    import simhete.policy.autohete as ah
+    import simhete.policy.autohete_milp as am
     from simhete.sim import run as sim_run
     given = []
-    real = ah.solve
+    real = am.Milp.solve
 
-    def spy(ctx, **kw):
-        given.append(kw["time_limit"])
-        return real(ctx, **kw)
-    monkeypatch.setattr(ah, "solve", spy)
+    def spy(self, fixed, time_limit, log=None):
+        given.append(time_limit)
+        return real(self, fixed, time_limit, log)
+    monkeypatch.setattr(am.Milp, "solve", spy)
 
     def verified(limit):
         return scenario_from_dict(dict(model="gpt-like-h256-l4", hardware=dict(profile=PROFILE),
@@ -144,7 +144,6 @@ def test_solver_time_limit_bounds_every_solve_of_a_build_together(monkeypatch):
     # what is left of the same 5 s
     assert len(given) == 6 and given == sorted(given, reverse=True) and all(0 < t <= 5.0 for t in given)
     given.clear()
-    import simhete.policy.autohete_milp as am
     clock = iter([0.0])           # the first solve's HiGHS run starts at 0 and ends at 100 s ...
     monkeypatch.setattr(am, "time", types.SimpleNamespace(monotonic=lambda: next(clock, 100.0)))
     res = sim_run(verified(5.0))
@@ -160,18 +159,17 @@ def test_solver_time_limit_counts_only_the_time_inside_the_solver(monkeypatch):
     # that moves 100 s between solves but not inside them, every special case is still solved
     import types
 
-    import simhete.policy.autohete as ah
     import simhete.policy.autohete_milp as am
     from simhete.sim import run as sim_run
     given = []
-    real = ah.solve
+    real = am.Milp.solve
     now = [0.0]
 
-    def spy(ctx, **kw):
-        given.append(kw["time_limit"])
+    def spy(self, fixed, time_limit, log=None):
+        given.append(time_limit)
         now[0] += 100.0
-        return real(ctx, **kw)
-    monkeypatch.setattr(ah, "solve", spy)
+        return real(self, fixed, time_limit, log)
+    monkeypatch.setattr(am.Milp, "solve", spy)
     monkeypatch.setattr(am, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     s = scenario_from_dict(dict(model="gpt-like-h256-l4", hardware=dict(profile=PROFILE),
                                 train=dict(micro_batch=2, seq_len=128), iterations=2, policy="autohete",
@@ -192,3 +190,33 @@ def test_autohete_is_never_slower_than_itself_pinned_to_full_checkpointing():
     full = sim_run(s.with_changes(knobs={"checkpointing": "full"})).summary
     assert auto.fits and full.fits
     assert auto.iter_time_s <= full.iter_time_s
+
+
+def test_one_milp_solved_under_several_pins_answers_as_a_fresh_one_each_time(monkeypatch):
+    """A point's solves share one Milp (the plan's and each special case's pins change only the
+    variables' bounds): solved in turn under different pins, with a host limit that rules some
+    out, it gives what a MILP built afresh for each pin gives, and a verified run builds one."""
+    import simhete.policy.autohete_milp as am
+    from simhete.sim import run as sim_run
+    ctx, pol = resolve(scenario({"offload_param": None, "offload_optimizer": None}, ga=2,
+                                host_memory=run(scenario(PLANS["mixed"], ga=2))[5].peak["cpu"]))
+    trans = [blk.index for blk in ctx.blocks if blk.name.startswith("b")]
+    pins = [{}, {"checkpoint": dict.fromkeys(trans, True)},
+            {"offload_param": dict.fromkeys(trans, True), "offload_optimizer": {b.index: True for b in ctx.blocks
+                                                                                 if b.params}},
+            {"offload_param": dict.fromkeys(trans, False)}, {}]
+    shared = am.Milp(ctx, pinned=True, headroom=0.05, swap=pol.swapped(ctx))
+    got = [shared.solve(p, 30) for p in pins]
+    assert got == [solve(ctx, pinned=True, headroom=0.05, fixed=p, time_limit=30) for p in pins]
+    assert got[0] == got[-1] and any(g is None for g in got) and any(g is not None for g in got)
+    built = []
+    real = am.Milp.__init__
+
+    def count(self, *a, **k):
+        built.append(1)
+        real(self, *a, **k)
+    monkeypatch.setattr(am.Milp, "__init__", count)
+    assert sim_run(scenario_from_dict(dict(model="gpt-like-h256-l4", hardware=dict(profile=PROFILE),
+                                           train=dict(micro_batch=2, seq_len=128), iterations=2,
+                                           policy="autohete"))).summary.fits
+    assert built == [1]

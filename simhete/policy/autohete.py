@@ -28,8 +28,7 @@ from pydantic import Field, model_validator
 
 from simhete.errors import ConfigError
 from simhete.opkinds import Action, At, MemClass, OpKind, at
-from simhete.policy.autohete_milp import (Plan, SolveLog, block_costs, host_homes, memory_rows, predict,
-                                          solve)
+from simhete.policy.autohete_milp import Milp, Plan, SolveLog, host_homes, predict
 from simhete.policy.base import Builder, Candidates, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses
@@ -101,7 +100,7 @@ class AutoHete(Policy):
         one (everything offloaded and checkpointed), so the simulation reports what overflows."""
         fixed = pinned_decisions(ctx, self.k)
         swap = self.swapped(ctx)
-        plan = self._solve(ctx, fixed, swap)
+        plan = self._solve(ctx, fixed)
         if plan is not None:
             return plan, True
         trans = {blk.index for blk in ctx.blocks if blk.name.startswith("b")}
@@ -109,7 +108,7 @@ class AutoHete(Policy):
         op = {blk.index: fixed.get("offload_param", {}).get(blk.index, blk.index in trans) for blk in ctx.blocks}
         oo = {blk.index: fixed.get("offload_optimizer", {}).get(blk.index, bool(blk.params)) for blk in ctx.blocks}
         ck = {i: ck[i] and i not in swap for i in ck}
-        loads = predict(ctx, block_costs(ctx, self.k.pin_memory), ck, op, oo, swap)
+        loads = predict(ctx, self._milp(ctx).costs, ck, op, oo, swap)
         return Plan(ck, op, oo, max(loads.values()), loads), False
 
     def swapped(self, ctx: Context) -> frozenset[int]:
@@ -124,16 +123,17 @@ class AutoHete(Policy):
         between solves are not counted)."""
         return self.k.solver_time_limit - (self._log.seconds if self._log else 0.0)
 
-    def _solve(self, ctx: Context, fixed: dict[str, dict[int, bool]], swap: frozenset[int]) -> Plan | None:
-        return solve(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, fixed=fixed,
-                     time_limit=self._left(), swap=swap, mem=self._mem(ctx), log=self._log)
+    def _solve(self, ctx: Context, fixed: dict[str, dict[int, bool]]) -> Plan | None:
+        return self._milp(ctx).solve(fixed, self._left(), self._log)
 
-    def _mem(self, ctx: Context) -> tuple:
-        if self._rows is None or self._rows[0] is not ctx:
-            self._rows = (ctx, memory_rows(ctx, self.swapped(ctx)))
-        return self._rows[1]
+    def _milp(self, ctx: Context) -> Milp:
+        """The MILP of ``ctx``, built once per build: every solve of it (the plan, the special
+        cases) pins other decisions of the same problem."""
+        if self._read is None or self._read[0] is not ctx:
+            self._read = (ctx, Milp(ctx, pinned=self.k.pin_memory, headroom=self.k.headroom, swap=self.swapped(ctx)))
+        return self._read[1]
 
-    _rows: tuple | None = None
+    _read: tuple | None = None       # (ctx, its Milp) during one build
     _log: SolveLog | None = None      # this build's time in HiGHS and what its limit cut short
 
     def build(self, ctx: Context) -> Schedule:
@@ -143,7 +143,7 @@ class AutoHete(Policy):
             plan, feasible, meta = self._planned(ctx)
             return self.schedule(ctx, plan, dict(meta, chosen="milp"), self._limited())
         finally:
-            self._rows = None
+            self._read = None
             self._log = None
 
     def candidates(self, ctx: Context) -> Candidates | None:
@@ -173,12 +173,12 @@ class AutoHete(Policy):
                         self._log.cut.append("AutoHete's solver_time_limit ran out before every special "
                                              "case was solved")
                         continue
-                    p = self._solve(ctx, fixed, self.swapped(ctx))
+                    p = self._solve(ctx, fixed)
                     if p is not None and all(p != c for _, c in cands):
                         cands.append((name + ("-full-checkpointing" if full else ""), p))
             limited = self._limited()
         finally:
-            self._rows = None
+            self._read = None
             self._log = None
         return Candidates((self.schedule(ctx, p, dict(meta, chosen=name), limited) for name, p in cands),
                           lambda: self.schedule(ctx, plan, dict(meta, chosen="milp"), limited))

@@ -231,144 +231,170 @@ def predicted_memory(ctx: Context, plan: Plan, swap: frozenset[int] = frozenset(
 
 def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[int, bool]],
           time_limit: float, swap: frozenset[int] = frozenset(),
-          mem: tuple[list[Form], Form] | None = None, log: SolveLog | None = None) -> Plan | None:
-    """Solve the MILP; ``fixed[var][block]`` pins a decision (var in checkpoint, offload_param,
-    offload_optimizer). Blocks in ``swap`` have their activations swapped to the host (a user's
-    choice, not planned): not checkpointed, nothing held on the GPU between their forward and
-    backward, their D2H and H2D added to the copy streams. ``mem`` is ``memory_rows(ctx, swap)``
-    when the caller has it already (it is quadratic in the blocks). ``None`` if no plan fits
-    (decided without the solver when a memory form's least value is over its limit). ``log``, if
-    given, adds the seconds spent in HiGHS, and a line when ``time_limit`` stopped HiGHS before it
-    had proven its plan optimal (or found one): the plan then depends on the machine's speed."""
-    blocks = ctx.blocks
-    nb = len(blocks)
-    c = block_costs(ctx, pinned)
-    trans = {blk.index for blk in blocks if blk.name.startswith("b")}
-    idx = [blk.index for blk in blocks]
-    # variable layout: x[nb], y[nb], z[nb], v[nb] (z and not y), q[nb] (y and not z),
-    # p[nb] (y and z), u (any y), T
-    X, Y, Z, V, Q, P = (k * nb for k in range(6))
-    U, T = 6 * nb, 6 * nb + 1
-    nv = 6 * nb + 2
-    lb, ub = np.zeros(nv), np.ones(nv)
-    ub[T] = np.inf
-    integ = np.zeros(nv)
-    integ[:3 * nb] = 1
-    integ[U] = 1
-    for k, blk in enumerate(blocks):
-        if blk.index not in trans:
-            ub[X + k] = ub[Y + k] = 0
-        if blk.index in swap:
-            ub[X + k] = 0
-        if not blk.params:
-            ub[Z + k] = 0
-        for var, off in (("checkpoint", X), ("offload_param", Y), ("offload_optimizer", Z)):
-            if blk.index in fixed.get(var, {}):
-                lb[off + k] = ub[off + k] = float(fixed[var][blk.index])
-    # the constraint matrix is sparse (a memory row has ~2 nb nonzeros, most rows 2-3): built as
-    # coordinates, a dense one is rows x (6 nb + 2) floats (6 GB at 4,096 blocks)
-    ci: list[np.ndarray] = []
-    va: list[np.ndarray] = []
-    lo: list[float] = []
-    hi: list[float] = []
+          mem: tuple[list[Form], Form] | None = None, log: SolveLog | None = None,
+          costs: dict[int, BlockCosts] | None = None) -> Plan | None:
+    """Solve the MILP of ``ctx`` once: ``Milp(ctx, ...).solve(fixed, time_limit, log)``."""
+    return Milp(ctx, pinned=pinned, headroom=headroom, swap=swap, mem=mem, costs=costs).solve(fixed, time_limit, log)
 
-    def row(coef: dict[int, float], low: float = -np.inf, high: float = np.inf) -> None:
-        ci.append(np.fromiter(coef.keys(), dtype=np.int64, count=len(coef)))
-        va.append(np.fromiter(coef.values(), dtype=float, count=len(coef)))
-        lo.append(low)
-        hi.append(high)
 
-    for k in range(nb):
-        row({V + k: 1, Z + k: -1, Y + k: 1}, low=0)        # v ≥ z − y
-        row({Q + k: 1, Y + k: -1, Z + k: 1}, low=0)        # q ≥ y − z
-        row({U: 1, Y + k: -1}, low=0)                      # u ≥ y
-    comp_const = sum(c[i].F + c[i].B + c[i].adam_gpu for i in idx)
-    comp = {X + k: c[i].F for k, i in enumerate(idx)} | {Z + k: -c[i].adam_gpu for k, i in enumerate(idx)}
-    # T ≥ compute
-    row({T: 1} | {j: -a for j, a in comp.items()}, low=comp_const)
-    row({T: 1} | {Y + k: -2 * c[i].w_up for k, i in enumerate(idx)} | {V + k: -c[i].w_up for k, i in enumerate(idx)},
-        low=sum(c[i].act_up for i in swap))
-    row({T: 1} | {Z + k: -c[i].g_down for k, i in enumerate(idx)} | {Q + k: -c[i].w_down for k, i in enumerate(idx)},
-        low=sum(c[i].act_down for i in swap))
-    row({T: 1} | {Z + k: -c[i].adam_cpu for k, i in enumerate(idx)}, low=0)
-    if ctx.n_gpus > 1:
-        r = {T: 1.0}
+class Milp:
+    """The MILP of one context, built once: its constraint matrix, row bounds, cost vector, the
+    variables' own bounds and the memory forms. A point solves it several times (the plan, then
+    each special case with some decisions pinned): pinning a decision changes only its variable's
+    bounds, so every solve shares what is built here.
+
+    Blocks in ``swap`` have their activations swapped to the host (a user's choice, not planned):
+    not checkpointed, nothing held on the GPU between their forward and backward, their D2H and
+    H2D added to the copy streams. ``mem`` is ``memory_rows(ctx, swap)`` and ``costs``
+    ``block_costs(ctx, pinned)`` when the caller has them already (the rows are quadratic in the
+    blocks)."""
+
+    def __init__(self, ctx: Context, *, pinned: bool, headroom: float, swap: frozenset[int] = frozenset(),
+                 mem: tuple[list[Form], Form] | None = None, costs: dict[int, BlockCosts] | None = None) -> None:
+        blocks = ctx.blocks
+        nb = len(blocks)
+        c = costs if costs is not None else block_costs(ctx, pinned)
+        trans = {blk.index for blk in blocks if blk.name.startswith("b")}
+        idx = [blk.index for blk in blocks]
+        # variable layout: x[nb], y[nb], z[nb], v[nb] (z and not y), q[nb] (y and not z),
+        # p[nb] (y and z), u (any y), T
+        X, Y, Z, V, Q, P = (k * nb for k in range(6))
+        U, T = 6 * nb, 6 * nb + 1
+        nv = 6 * nb + 2
+        lb, ub = np.zeros(nv), np.ones(nv)
+        ub[T] = np.inf
+        integ = np.zeros(nv)
+        integ[:3 * nb] = 1
+        integ[U] = 1
+        for k, blk in enumerate(blocks):
+            if blk.index not in trans:
+                ub[X + k] = ub[Y + k] = 0
+            if blk.index in swap:
+                ub[X + k] = 0
+            if not blk.params:
+                ub[Z + k] = 0
+        # the constraint matrix is sparse (a memory row has ~2 nb nonzeros, most rows 2-3): built as
+        # coordinates, a dense one is rows x (6 nb + 2) floats (6 GB at 4,096 blocks)
+        ci: list[np.ndarray] = []
+        va: list[np.ndarray] = []
+        lo: list[float] = []
+        hi: list[float] = []
+
+        def row(coef: dict[int, float], low: float = -np.inf, high: float = np.inf) -> None:
+            ci.append(np.fromiter(coef.keys(), dtype=np.int64, count=len(coef)))
+            va.append(np.fromiter(coef.values(), dtype=float, count=len(coef)))
+            lo.append(low)
+            hi.append(high)
+
+        for k in range(nb):
+            row({V + k: 1, Z + k: -1, Y + k: 1}, low=0)        # v ≥ z − y
+            row({Q + k: 1, Y + k: -1, Z + k: 1}, low=0)        # q ≥ y − z
+            row({U: 1, Y + k: -1}, low=0)                      # u ≥ y
+        comp_const = sum(c[i].F + c[i].B + c[i].adam_gpu for i in idx)
+        comp = {X + k: c[i].F for k, i in enumerate(idx)} | {Z + k: -c[i].adam_gpu for k, i in enumerate(idx)}
+        # T ≥ compute
+        row({T: 1} | {j: -a for j, a in comp.items()}, low=comp_const)
+        row({T: 1} | {Y + k: -2 * c[i].w_up for k, i in enumerate(idx)} | {V + k: -c[i].w_up for k, i in enumerate(idx)},
+            low=sum(c[i].act_up for i in swap))
+        row({T: 1} | {Z + k: -c[i].g_down for k, i in enumerate(idx)} | {Q + k: -c[i].w_down for k, i in enumerate(idx)},
+            low=sum(c[i].act_down for i in swap))
+        row({T: 1} | {Z + k: -c[i].adam_cpu for k, i in enumerate(idx)}, low=0)
+        if ctx.n_gpus > 1:
+            r = {T: 1.0}
+            for k, i in enumerate(idx):
+                r[Z + k] = -(c[i].rs - c[i].ar)
+                r[Y + k] = -2 * c[i].ag
+                r[V + k] = -c[i].ag
+            row(r, low=sum(c[i].ar for i in idx))
+        ahead = 0.0
+        for k, i in enumerate(idx):    # the end-of-iteration chain of each CPU-updated block
+            chain = c[i].g_down + c[i].adam_cpu + c[i].w_up
+            r = {T: 1.0} | {j: -a for j, a in comp.items()}
+            r[Z + k] = r.get(Z + k, 0.0) - chain
+            row(r, low=comp_const - ahead)
+            ahead += c[i].B + c[i].F
+
+        for k in range(nb):                                    # p = y AND z exactly (y, z binary)
+            row({P + k: 1, Y + k: -1, Z + k: -1}, low=-1)      # p ≥ y + z − 1
+            row({P + k: 1, Y + k: -1}, high=0)                 # p ≤ y
+            row({P + k: 1, Z + k: -1}, high=0)                 # p ≤ z
+        # memory: the linear forms of memory_rows over the variables (name, k), each also as a
+        # dense vector over the variables (for the check in :meth:`solve`)
+        col = {"x": X, "y": Y, "z": Z, "p": P}
+        gpu_rows, host_row = mem if mem is not None else memory_rows(ctx, swap)
+        self.builds = process_figures(ctx)[1] <= ctx.pools()["cpu"]     # else the model does not even build
+        cap = ctx.gpu_capacity * (1.0 - headroom)
+        hcap = ctx.pools()["cpu"]
+        forms = []
+        for (const, coef), limit in [(r, cap) for r in gpu_rows] + [(host_row, hcap)]:
+            row({(U if v == "u" else col[v] + k): a for (v, k), a in coef.items()}, high=limit - const)
+            d = np.zeros(nv)
+            np.add.at(d, ci[-1], va[-1])
+            forms.append((const, d, limit))
+
+        cost = np.zeros(nv)
+        cost[T] = 1.0
+        cost[:3 * nb] = 1e-6 * comp_const / nb   # prefer fewer offloads and checkpoints among equal-time plans
+        ri = np.repeat(np.arange(len(ci)), [len(c) for c in ci])
+        self.ctx, self.costs, self.swap, self.nb, self.idx = ctx, c, swap, nb, idx
+        self.lb, self.ub, self.integ, self.cost, self.forms = lb, ub, integ, cost, forms
+        self.matrix = (np.concatenate(va), (ri, np.concatenate(ci))), (len(lo), nv)
+        self.lo, self.hi = lo, hi
+
+    def solve(self, fixed: dict[str, dict[int, bool]], time_limit: float, log: SolveLog | None = None) -> Plan | None:
+        """The best plan with ``fixed[var][block]`` pinned (var in checkpoint, offload_param,
+        offload_optimizer); ``None`` if no plan fits (decided without the solver when a memory
+        form's least value is over its limit). ``log``, if given, adds the seconds spent in HiGHS,
+        and a line when ``time_limit`` stopped HiGHS before it had proven its plan optimal (or
+        found one): the plan then depends on the machine's speed."""
+        if not self.builds:
+            return None
+        nb, idx = self.nb, self.idx
+        X, Y, Z = 0, nb, 2 * nb
+        lb, ub = self.lb.copy(), self.ub.copy()
         for k, i in enumerate(idx):
-            r[Z + k] = -(c[i].rs - c[i].ar)
-            r[Y + k] = -2 * c[i].ag
-            r[V + k] = -c[i].ag
-        row(r, low=sum(c[i].ar for i in idx))
-    ahead = 0.0
-    for k, i in enumerate(idx):    # the end-of-iteration chain of each CPU-updated block
-        chain = c[i].g_down + c[i].adam_cpu + c[i].w_up
-        r = {T: 1.0} | {j: -a for j, a in comp.items()}
-        r[Z + k] = r.get(Z + k, 0.0) - chain
-        row(r, low=comp_const - ahead)
-        ahead += c[i].B + c[i].F
+            for var, off in (("checkpoint", X), ("offload_param", Y), ("offload_optimizer", Z)):
+                if i in fixed.get(var, {}):
+                    lb[off + k] = ub[off + k] = float(fixed[var][i])
+        # No plan fits when a memory form — or the sum of the host form and a GPU form (every block's
+        # states live on one side or the other) — is, at its least within the variables' bounds, over
+        # its limit (e.g. the model states alone overflow GPU and host memory): decided here without
+        # the solver. Exact: the least value over the bounds is at most the value of any plan.
+        ubf = np.where(np.isinf(ub), 0.0, ub)     # T, the only unbounded variable, has no memory
 
-    for k in range(nb):                                    # p = y AND z exactly (y, z binary)
-        row({P + k: 1, Y + k: -1, Z + k: -1}, low=-1)      # p ≥ y + z − 1
-        row({P + k: 1, Y + k: -1}, high=0)                 # p ≤ y
-        row({P + k: 1, Z + k: -1}, high=0)                 # p ≤ z
-    # memory: the linear forms of memory_rows over the variables (name, k)
-    col = {"x": X, "y": Y, "z": Z, "p": P}
-    gpu_rows, host_row = mem if mem is not None else memory_rows(ctx, swap)
-    if process_figures(ctx)[1] > ctx.pools()["cpu"]:      # the model does not even build
-        return None
-    cap = ctx.gpu_capacity * (1.0 - headroom)
-    hcap = ctx.pools()["cpu"]
-    forms = []
-    for (const, coef), limit in [(r, cap) for r in gpu_rows] + [(host_row, hcap)]:
-        row({(U if v == "u" else col[v] + k): a for (v, k), a in coef.items()}, high=limit - const)
-        forms.append((const, ci[-1], va[-1], limit))
-    # No plan fits when a memory form — or the sum of the host form and a GPU form (every block's
-    # states live on one side or the other) — is, at its least within the variables' bounds, over
-    # its limit (e.g. the model states alone overflow GPU and host memory): decided here without
-    # the solver. Exact: the least value over the bounds is at most the value of any plan.
-    lbf, ubf = lb, np.where(np.isinf(ub), 0.0, ub)     # T, the only unbounded variable, has no memory
-    hconst, hcols, hvals, _ = forms[-1]
-    hdense = np.zeros(nv)
-    np.add.at(hdense, hcols, hvals)
-
-    def least(const: float, dense: np.ndarray) -> float:
-        return const + float(np.sum(np.where(dense > 0, dense * lbf, dense * ubf)))
-    if least(hconst, hdense) > hcap * (1 + 1e-12):
-        return None
-    for const, cols, vals, limit in forms[:-1]:
-        d = np.zeros(nv)
-        np.add.at(d, cols, vals)
-        if least(const, d) > limit * (1 + 1e-12):
+        def least(const: float, dense: np.ndarray) -> float:
+            return const + float(np.sum(np.where(dense > 0, dense * lb, dense * ubf)))
+        hconst, hdense, hcap = self.forms[-1]
+        if least(hconst, hdense) > hcap * (1 + 1e-12):
             return None
-        d += hdense
-        if least(const + hconst, d) > (limit + hcap) * (1 + 1e-12):
+        for const, d, limit in self.forms[:-1]:
+            if least(const, d) > limit * (1 + 1e-12):
+                return None
+            if least(const + hconst, d + hdense) > (limit + hcap) * (1 + 1e-12):
+                return None
+
+        # scipy.optimize costs a process ~0.3-0.6 s to import: only a point of this policy that solves pays it
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import csr_array
+
+        if type(self.matrix) is tuple:          # the coordinates, made a matrix on the first solve
+            self.matrix = LinearConstraint(csr_array(*self.matrix), self.lo, self.hi)
+        t0 = time.monotonic()
+        res = milp(self.cost, constraints=self.matrix, integrality=self.integ, bounds=Bounds(lb, ub),
+                   options={"time_limit": max(time_limit, 1e-3), "disp": False})
+        if log is not None:
+            log.seconds += time.monotonic() - t0
+            if res.status == 1:        # HiGHS: "Time limit reached" (the only limit set)
+                log.cut.append("AutoHete's MILP stopped at solver_time_limit "
+                               + ("with a plan not proven optimal" if res.x is not None else "before finding a plan"))
+        if res.x is None:
             return None
-
-    cost = np.zeros(nv)
-    cost[T] = 1.0
-    eps = 1e-6 * comp_const / nb   # prefer fewer offloads and checkpoints among equal-time plans
-    cost[:3 * nb] = eps
-    # scipy.optimize costs a process ~0.3-0.6 s to import: only a point of this policy that solves pays it
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import csr_array
-
-    ri = np.repeat(np.arange(len(ci)), [len(c) for c in ci])
-    a = csr_array((np.concatenate(va), (ri, np.concatenate(ci))), shape=(len(lo), nv))
-    t0 = time.monotonic()
-    res = milp(cost, constraints=LinearConstraint(a, lo, hi), integrality=integ,
-               bounds=Bounds(lb, ub), options={"time_limit": max(time_limit, 1e-3), "disp": False})
-    if log is not None:
-        log.seconds += time.monotonic() - t0
-        if res.status == 1:        # HiGHS: "Time limit reached" (the only limit set)
-            log.cut.append("AutoHete's MILP stopped at solver_time_limit "
-                           + ("with a plan not proven optimal" if res.x is not None else "before finding a plan"))
-    if res.x is None:
-        return None
-    x = np.round(res.x).astype(int)
-    ck = {i: bool(x[X + k]) for k, i in enumerate(idx)}
-    op = {i: bool(x[Y + k]) for k, i in enumerate(idx)}
-    oo = {i: bool(x[Z + k]) for k, i in enumerate(idx)}
-    loads = predict(ctx, c, ck, op, oo, swap)
-    return Plan(ck, op, oo, max(loads.values()), loads)
+        x = np.round(res.x).astype(int)
+        ck = {i: bool(x[X + k]) for k, i in enumerate(idx)}
+        op = {i: bool(x[Y + k]) for k, i in enumerate(idx)}
+        oo = {i: bool(x[Z + k]) for k, i in enumerate(idx)}
+        loads = predict(self.ctx, self.costs, ck, op, oo, self.swap)
+        return Plan(ck, op, oo, max(loads.values()), loads)
 
 
 def predict(ctx: Context, c: dict[int, BlockCosts], ck: dict[int, bool], op: dict[int, bool],
