@@ -63,6 +63,9 @@ MATRICES = Bounded(256)
 # (policy class, Policy.structure_key) -> that key's structure and the schedules bound from it; a
 # sweep visits its structures in turn
 POLICY_STRUCTURES = Lru(64)
+# digest of an AutoHete MILP (simhete.policy.autohete_milp.Milp.content) -> the rounded solution
+# HiGHS proved optimal, or NO_PLAN when it proved that no plan fits
+MILP_SOLUTIONS = Lru(1024)
 # (kind name, n, pinned, dtype) -> the one Op / one-Op tuple of those fields, shared by every build
 SHARED_OPS = Bounded(1 << 16)
 SHARED_ONE = Bounded(1 << 16)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from simhete.engine import simulate
-from simhete.policy.autohete_milp import predicted_memory, solve
+from simhete.policy.autohete_memory import predicted_memory
+from simhete.policy.autohete_milp import solve
 from simhete.scenario import scenario_from_dict
 from simhete.sim import resolve
 
@@ -144,6 +145,8 @@ def test_solver_time_limit_bounds_every_solve_of_a_build_together(monkeypatch):
     # what is left of the same 5 s
     assert len(given) == 6 and given == sorted(given, reverse=True) and all(0 < t <= 5.0 for t in given)
     given.clear()
+    from simhete import cache
+    cache.clear()                 # (a problem HiGHS solved before is answered without it)
     clock = iter([0.0])           # the first solve's HiGHS run starts at 0 and ends at 100 s ...
     monkeypatch.setattr(am, "time", types.SimpleNamespace(monotonic=lambda: next(clock, 100.0)))
     res = sim_run(verified(5.0))
@@ -176,6 +179,45 @@ def test_solver_time_limit_counts_only_the_time_inside_the_solver(monkeypatch):
                                 knobs={"solver_time_limit": 5.0}))
     res = sim_run(s)
     assert given == [5.0] * 6 and "time_limited" not in res.schedule.meta
+
+
+def test_a_problem_highs_proved_is_not_solved_again_and_one_cut_short_is(monkeypatch):
+    """Sweep points that pose the same MILP (accumulation 2 and 4 differ in nothing the MILP sees)
+    get HiGHS's proven answer from simhete.cache; an answer the time limit cut short is not kept."""
+    import time
+    import types
+
+    import simhete.policy.autohete_milp as am
+    from simhete import cache
+    from simhete.sim import run as sim_run
+    calls = []
+    real = am.Milp._highs
+
+    def spy(self, *a):
+        calls.append(1)
+        return real(self, *a)
+    monkeypatch.setattr(am.Milp, "_highs", spy)
+    cache.clear()
+
+    def point(ga: int, limit: float = 30.0):
+        return sim_run(scenario_from_dict(dict(
+            model="gpt-like-h256-l4", hardware=dict(profile=PROFILE), iterations=2, policy="autohete",
+            train=dict(micro_batch=2, seq_len=128, grad_accum=ga), knobs={"solver_time_limit": limit})))
+    first = point(2)
+    solved = len(calls)
+    assert solved >= 2
+    again = point(4)
+    assert len(calls) == solved            # every one of its problems was solved for accumulation 2
+    assert again.schedule.meta == first.schedule.meta
+    cache.clear()
+    calls.clear()
+    clock = iter([0.0])                    # the first HiGHS run starts at 0 and ends at 100 s: cut short
+    monkeypatch.setattr(am, "time", types.SimpleNamespace(monotonic=lambda: next(clock, 100.0)))
+    cut = point(2, limit=5.0)
+    assert "time_limited" in cut.schedule.meta and calls == [1]
+    monkeypatch.setattr(am, "time", time)
+    point(2, limit=5.0)
+    assert len(calls) > 1                  # the answer cut short was not kept: HiGHS runs again
 
 
 def test_autohete_is_never_slower_than_itself_pinned_to_full_checkpointing():

@@ -28,7 +28,8 @@ from pydantic import Field, model_validator
 
 from simhete.errors import ConfigError
 from simhete.opkinds import Action, At, MemClass, OpKind, at
-from simhete.policy.autohete_milp import Milp, Plan, SolveLog, host_homes, predict
+from simhete.policy.autohete_memory import host_homes
+from simhete.policy.autohete_milp import Milp, Plan, SolveLog, predict
 from simhete.policy.base import Builder, Candidates, Context, Policy, model_states
 from simhete.policy.dataparallel import DataParallel
 from simhete.policy.layout import uses

@@ -35,18 +35,19 @@ the MILP leaves out is the ordering detail (pipeline fill, queueing behind other
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from simhete.opkinds import MemClass, OpKind
-from simhete.policy.base import Context, model_states
+from simhete import cache
+from simhete.opkinds import OpKind
+from simhete.policy.autohete_memory import Form, memory_rows, process_figures
+from simhete.policy.base import Context
 from simhete.policy.dataparallel import shard
 from simhete.policy.layout import seconds
-from simhete.policy.process_memory import figures
-from simhete.policy.training import accum_steps
-from simhete.schedule import Alloc, Op
+from simhete.schedule import Op
 
 
 @dataclass(frozen=True)
@@ -106,135 +107,15 @@ def block_costs(ctx: Context, pinned: bool) -> dict[int, BlockCosts]:
     return out
 
 
-Form = tuple[float, dict[tuple[str, int], float]]
-"""A linear form over the plan's variables: constant + Σ coef·var, var = (name, position of the
-block in ``ctx.blocks``) with name x, y, z, p (= y AND z) or ("u", 0) (= any y)."""
-
-
-def host_homes(ctx: Context, op: dict[int, bool], oo: dict[int, bool]) -> list[Alloc]:
-    """What the schedule keeps in host memory for the whole run, per block index: the 16-bit
-    weight home of a block whose weights are offloaded (y) *or* whose optimizer is (z; the CPU
-    Adam writes the updated weights there) — one home, whatever the reason; fp32 master, Adam m, v
-    and fp32 gradients of a CPU-optimised block; with gradient accumulation (k > 1) its 16-bit host
-    accumulation buffer (``gacc.*``, DeepSpeed's). The schedule's initial host allocations *are*
-    this list, and the MILP's host row is derived from it (:func:`memory_rows`), so the two agree
-    by construction. Every buffer's name ends with ``.<block name>``."""
-    by = {blk.index: blk for blk in ctx.blocks}
-    host_w = {i for i in by if op[i] or oo[i]}
-    cpu_opt = {i for i in by if by[i].params and oo[i]}
-    out = model_states(ctx, {MemClass.WEIGHTS: "cpu"}, blocks=host_w)
-    out += model_states(ctx, {MemClass.MASTER: "cpu", MemClass.OPTIM: "cpu", MemClass.GRADS32: "cpu"},
-                        blocks=cpu_opt)
-    if accum_steps(ctx) > 1:
-        out += [Alloc(f"gacc.{by[i].name}", "cpu", by[i].grad_bytes, MemClass.GRADS)
-                for i in sorted(cpu_opt) if by[i].grad_bytes]
-    return out
-
-
-def swap_host_bytes(ctx: Context, swap: frozenset[int]) -> int:
-    """Host bytes of swapped activations (``cact.*``) at their peak: every GPU's copy of every
-    swapped block of one micro-step. A micro-step's forward cannot start before the previous
-    micro-step's (or iteration's) last backward, which needs every swapped block's H2D, which
-    frees its host copy — so at most one micro-step's copies are ever live. Within a micro-step
-    they are all live at once when every swapped block's D2H starts before the first of their
-    H2Ds ends (the D2Hs run in forward order at higher priority than anything the backward
-    queues): that is the schedule's ordinary case, and otherwise this is an upper bound."""
-    by = {blk.index: blk for blk in ctx.blocks}
-    return ctx.n_gpus * sum(by[i].act_bytes for i in swap)
-
-
-def process_figures(ctx: Context) -> tuple[int, int, int]:
-    """What the process holds beyond the placed states (policy/process_memory.py ``figures``):
-    host bytes held whatever the plan, the construction peak, the context on each GPU — from the
-    scenario's AutoHete knobs."""
-    from simhete.policy.registry import get_policy
-    cls = get_policy("autohete")
-    return figures(ctx, cls.knobs(ctx.scenario.data.knobs, ctx.scenario.file), cls.name)
-
-
-def memory_rows(ctx: Context, swap: frozenset[int] = frozenset()) -> tuple[list[Form], Form]:
-    """The MILP's memory model: one GPU form per backward step j (bytes on each GPU while block
-    j's backward runs, less the CUDA context: rows are held to ``gpu_capacity``) and the host form
-    (bytes in host memory at its peak, with the process's fixed host bytes; the construction peak,
-    a constant, is a separate check in :func:`solve`)."""
-    blocks = ctx.blocks
-    trans = {blk.index for blk in blocks if blk.name.startswith("b")}
-    ga = accum_steps(ctx)
-    # GPU memory at each backward step j
-    wmax = max((blk.weight_bytes for blk in blocks if blk.index in trans), default=0)
-    base: dict[tuple[str, int], float] = {("u", 0): 2.0 * wmax}
-    const = 0.0
-    for k, blk in enumerate(blocks):
-        const += blk.weight_bytes + blk.master_bytes + blk.optim_bytes
-        base[("y", k)] = -blk.weight_bytes
-        base[("z", k)] = -(blk.master_bytes + blk.optim_bytes)
-    gpu: list[Form] = []
-    for j in range(len(blocks)):
-        r = dict(base)
-        cj = const
-        for k, blk in enumerate(blocks[:j]):      # activations held by earlier blocks
-            if blk.index in swap:
-                continue
-            cj += blk.act_bytes
-            r[("x", k)] = r.get(("x", k), 0.0) - (blk.act_bytes - blk.ckpt_bytes)
-        bj = blocks[j]
-        cj += bj.act_bytes + bj.workspace_bytes + bj.grad_bytes
-        over = bj.ckpt_bytes + bj.recompute_bytes - bj.act_bytes    # a per-op selective checkpoint's
-        if over:                                                     # kept outputs besides (train.recompute op)
-            r[("x", j)] = r.get(("x", j), 0.0) + over
-        if j > 0 and blocks[j - 1].index in swap:   # the next backward's activations, fetched one ahead
-            cj += blocks[j - 1].act_bytes
-        # 16-bit gradients held for GPU Adam: of the blocks whose backward has run — and with
-        # accumulation (micro-step 2 on) of every block, kept from micro-step 1
-        for k, blk in enumerate(blocks):
-            if k == j or (k < j and ga == 1):
-                continue
-            cj += blk.grad_bytes
-            r[("z", k)] = r.get(("z", k), 0.0) - blk.grad_bytes
-        gpu.append((cj, r))
-    # host memory: host_homes per block for each (y, z), as h00 + (h10−h00)·y + (h01−h00)·z +
-    # (h11−h10−h01+h00)·(y AND z) — exact for binaries; plus the swapped activations' peak
-    pos = {blk.name: k for k, blk in enumerate(blocks)}
-    h = {}
-    for yz in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        per = [0] * len(blocks)
-        for a in host_homes(ctx, {blk.index: bool(yz[0]) for blk in blocks},
-                            {blk.index: bool(yz[1]) for blk in blocks}):
-            per[pos[a.buf.rsplit(".", 1)[1]]] += a.bytes
-        h[yz] = per
-    host: dict[tuple[str, int], float] = {}
-    for k in range(len(blocks)):
-        for v, a in (("y", h[1, 0][k] - h[0, 0][k]), ("z", h[0, 1][k] - h[0, 0][k]),
-                     ("p", h[1, 1][k] - h[1, 0][k] - h[0, 1][k] + h[0, 0][k])):
-            if a:
-                host[(v, k)] = float(a)
-    return gpu, (float(sum(h[0, 0]) + swap_host_bytes(ctx, swap) + process_figures(ctx)[0]), host)
-
-
-def predicted_memory(ctx: Context, plan: Plan, swap: frozenset[int] = frozenset()) -> tuple[float, float]:
-    """The MILP's memory model evaluated for a plan: (bytes on each GPU at its peak backward step,
-    with the CUDA context; bytes in host memory, the larger of the steady state and the
-    construction peak)."""
-    val = {}
-    for k, blk in enumerate(ctx.blocks):
-        i = blk.index
-        y, z = plan.offload_param[i], plan.offload_optimizer[i]
-        val |= {("x", k): plan.checkpoint[i], ("y", k): y, ("z", k): z, ("p", k): y and z}
-    val[("u", 0)] = any(plan.offload_param.values())
-    gpu, host = memory_rows(ctx, swap)
-
-    def ev(f: Form) -> float:
-        return f[0] + sum(a * val[v] for v, a in f[1].items())
-    _, build, context = process_figures(ctx)
-    return max(ev(f) for f in gpu) + context, max(ev(host), float(build))
-
-
 def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[int, bool]],
           time_limit: float, swap: frozenset[int] = frozenset(),
           mem: tuple[list[Form], Form] | None = None, log: SolveLog | None = None,
           costs: dict[int, BlockCosts] | None = None) -> Plan | None:
     """Solve the MILP of ``ctx`` once: ``Milp(ctx, ...).solve(fixed, time_limit, log)``."""
     return Milp(ctx, pinned=pinned, headroom=headroom, swap=swap, mem=mem, costs=costs).solve(fixed, time_limit, log)
+
+
+NO_PLAN: tuple = ()     # a solve's answer when no plan fits (a solution has 6 entries per block and 2 more)
 
 
 class Milp:
@@ -338,8 +219,24 @@ class Milp:
         ri = np.repeat(np.arange(len(ci)), [len(c) for c in ci])
         self.ctx, self.costs, self.swap, self.nb, self.idx = ctx, c, swap, nb, idx
         self.lb, self.ub, self.integ, self.cost, self.forms = lb, ub, integ, cost, forms
-        self.matrix = (np.concatenate(va), (ri, np.concatenate(ci))), (len(lo), nv)
+        self.coords = (np.concatenate(va), (ri, np.concatenate(ci))), (len(lo), nv)
         self.lo, self.hi = lo, hi
+        self.matrix = None                  # the constraint matrix, made on the first solve
+        self.digest = None                  # the problem's content, all but the variables' bounds
+
+    def content(self, lb: np.ndarray, ub: np.ndarray) -> bytes:
+        """A digest of the whole problem with these variable bounds: equal digests are equal
+        problems (objective, constraints, integrality, bounds), whose optimum HiGHS finds alike."""
+        h = self.digest
+        if h is None:
+            (data, (ri, cols)), shape = self.coords
+            h = self.digest = hashlib.blake2b(repr(shape).encode(), digest_size=16)
+            for a in (self.cost, self.integ, data, ri, cols, np.asarray(self.lo), np.asarray(self.hi)):
+                h.update(a.tobytes())
+        h = h.copy()
+        h.update(lb.tobytes())
+        h.update(ub.tobytes())
+        return h.digest()
 
     def solve(self, fixed: dict[str, dict[int, bool]], time_limit: float, log: SolveLog | None = None) -> Plan | None:
         """The best plan with ``fixed[var][block]`` pinned (var in checkpoint, offload_param,
@@ -373,12 +270,33 @@ class Milp:
             if least(const + hconst, d + hdense) > (limit + hcap) * (1 + 1e-12):
                 return None
 
+        # A sweep meets one problem many times (points that differ in what the MILP does not see,
+        # e.g. accumulation 2 vs 4, or special cases whose pins coincide): what HiGHS proved (an
+        # optimum, or that nothing fits) is kept by the problem's content (simhete.cache); an
+        # answer its time limit cut short is not kept
+        key = self.content(lb, ub)
+        x = cache.MILP_SOLUTIONS.recall(key)
+        if x is None:
+            x, proven = self._highs(lb, ub, time_limit, log)
+            if proven:
+                cache.MILP_SOLUTIONS.keep(key, x)
+        if x == NO_PLAN:
+            return None
+        ck = {i: bool(x[X + k]) for k, i in enumerate(idx)}
+        op = {i: bool(x[Y + k]) for k, i in enumerate(idx)}
+        oo = {i: bool(x[Z + k]) for k, i in enumerate(idx)}
+        loads = predict(self.ctx, self.costs, ck, op, oo, self.swap)
+        return Plan(ck, op, oo, max(loads.values()), loads)
+
+    def _highs(self, lb: np.ndarray, ub: np.ndarray, time_limit: float, log: SolveLog | None) -> tuple[tuple, bool]:
+        """HiGHS's answer — its solution rounded to integers, or :data:`NO_PLAN` when it gave
+        none — and whether HiGHS proved it (optimal, or no plan fits)."""
         # scipy.optimize costs a process ~0.3-0.6 s to import: only a point of this policy that solves pays it
         from scipy.optimize import Bounds, LinearConstraint, milp
         from scipy.sparse import csr_array
 
-        if type(self.matrix) is tuple:          # the coordinates, made a matrix on the first solve
-            self.matrix = LinearConstraint(csr_array(*self.matrix), self.lo, self.hi)
+        if self.matrix is None:
+            self.matrix = LinearConstraint(csr_array(*self.coords), self.lo, self.hi)
         t0 = time.monotonic()
         res = milp(self.cost, constraints=self.matrix, integrality=self.integ, bounds=Bounds(lb, ub),
                    options={"time_limit": max(time_limit, 1e-3), "disp": False})
@@ -387,14 +305,8 @@ class Milp:
             if res.status == 1:        # HiGHS: "Time limit reached" (the only limit set)
                 log.cut.append("AutoHete's MILP stopped at solver_time_limit "
                                + ("with a plan not proven optimal" if res.x is not None else "before finding a plan"))
-        if res.x is None:
-            return None
-        x = np.round(res.x).astype(int)
-        ck = {i: bool(x[X + k]) for k, i in enumerate(idx)}
-        op = {i: bool(x[Y + k]) for k, i in enumerate(idx)}
-        oo = {i: bool(x[Z + k]) for k, i in enumerate(idx)}
-        loads = predict(self.ctx, self.costs, ck, op, oo, self.swap)
-        return Plan(ck, op, oo, max(loads.values()), loads)
+        x = NO_PLAN if res.x is None else tuple(np.round(res.x).astype(int).tolist())
+        return x, res.status in (0, 2)        # HiGHS: optimal, or proven infeasible
 
 
 def predict(ctx: Context, c: dict[int, BlockCosts], ck: dict[int, bool], op: dict[int, bool],
