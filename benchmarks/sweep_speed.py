@@ -87,7 +87,7 @@ STAGES = [
     ("prices + PCIe bytes per ops tuple (sim.py)", "sim.py", "_memo_palette"),
     ("engine (engine/fast.py)", "fast.py", "simulate_fast"),
     ("summarize (report/metrics.py)", "metrics.py", "summarize"),
-    ("PCIe bytes per task (report/metrics.py)", "metrics.py", "pcie_task_arrays"),
+    ("PCIe bytes per task (report/pcie.py)", "pcie.py", "pcie_task_arrays"),
     ("row reduction (search/evaluate.py)", "evaluate.py", "summary_row"),
     ("results store (search/store.py)", "store.py", "put"),
 ]

@@ -75,7 +75,7 @@ def _stack(wl):  # type: ignore[no-untyped-def]
 
 def _saving(weights: list[torch.Tensor]):  # type: ignore[no-untyped-def]
     """(pack, unpack) saved-tensor hooks that do what the replay's do around a forward
-    (``Executor._saving``, simhete/replay/executor.py): a saved weight is kept as a reference to its
+    (``saving``, simhete/replay/compute.py): a saved weight is kept as a reference to its
     leaf (looked up by storage) and re-viewed from it in the backward, anything else is appended
     to the block's list of saved activations (which the replay swaps and counts). Autograd calls
     them once per saved tensor, from C++ into Python: on the development CPU a LLaMA block's

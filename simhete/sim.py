@@ -20,7 +20,8 @@ from simhete.errors import ConfigError, SimheteError
 from simhete.hw.cost import CostModel
 from simhete.hw.profile import PROFILES_DIR, load_profile
 from simhete.policy import Context, get_policy
-from simhete.report.metrics import Summary, ops_pcie_bytes, pcie_task_arrays, summarize
+from simhete.report.metrics import Summary, summarize
+from simhete.report.pcie import ops_pcie_bytes, pcie_task_arrays
 from simhete.scenario import HardwareRef, Scenario
 from simhete.search.candidates import choose_schedule
 from simhete.schedule import Schedule, check_schedule

@@ -134,7 +134,7 @@ def test_depth_search_out_of_budget_names_what_it_did_not_search():
 
 
 def test_plan_autohete_trials_get_the_planning_solver_limit():
-    from simhete.search.plan import PLAN_SOLVER_S
+    from simhete.search.trials import PLAN_SOLVER_S
     pl = Planner(base(), policies=("autohete",))
     assert [v["solver_time_limit"] for v in pl.variants("autohete")] == [PLAN_SOLVER_S, PLAN_SOLVER_S]
     own = Planner(base().with_changes(policy="autohete", knobs={"solver_time_limit": 7}), policies=("autohete",))

@@ -111,7 +111,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from simhete.engine import simulate  # noqa: E402
 from simhete.opkinds import OpKind, TaskCat  # noqa: E402
-from simhete.report.metrics import copy_bytes  # noqa: E402
+from simhete.report.pcie import copy_bytes  # noqa: E402
 from simhete.sim import run  # noqa: E402
 
 FAST = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])

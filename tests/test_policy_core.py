@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from simhete.engine import simulate
 from simhete.opkinds import PROCESS_CLASSES, MemClass, OpKind, TaskCat
-from simhete.report.metrics import copy_bytes
+from simhete.report.pcie import copy_bytes
 from simhete.scenario import scenario_from_dict
 from simhete.schedule import check_schedule
 from simhete.sim import resolve, run

@@ -13,9 +13,9 @@ import yaml
 
 from simhete.cli import main
 from simhete.errors import ConfigError
-from simhete.published import (MEASURE_EXCLUDES, SUMMARY_FILE, Figure, Row, hardware_class,
-                               memory_peak, parse_published, predict, read_summary, resolve_dir, run_suite,
-                               stats, suite_error_for)
+from simhete.published import (SUMMARY_FILE, Row, hardware_class, read_summary, resolve_dir, run_suite, stats,
+                               suite_error_for)
+from simhete.published_figures import MEASURE_EXCLUDES, Figure, memory_peak, parse_published, predict
 from simhete.report.metrics import PoolPeak
 from simhete.scenario import scenario_from_dict
 from simhete.search.largest import largest_model

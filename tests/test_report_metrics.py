@@ -6,7 +6,9 @@ from hypothesis import strategies as st
 
 from simhete.engine.timeline import Timeline
 from simhete.opkinds import MemClass, OpKind, TaskCat
-from simhete.report.metrics import Summary, copy_bytes, steady_window, stream_busy, summarize
+from simhete.report.metrics import Summary, summarize
+from simhete.report.pcie import copy_bytes
+from simhete.report.window import steady_window, stream_busy
 from simhete.schedule.model import Alloc, Op, Schedule, Task
 from test_report_data import GIB, POOLS, TASK_BYTES, oom_timeline, rec, two_iterations
 
@@ -157,7 +159,7 @@ def test_busy_matches_a_unit_grid_count(spans, t0, length):
 
 def test_pcie_bytes_follow_the_ops_not_the_stream():
     """A pageable copy runs on the compute stream; its bytes still count, by the op's direction."""
-    from simhete.report.metrics import pcie_task_bytes
+    from simhete.report.pcie import pcie_task_bytes
     sched = Schedule(
         tasks=(Task("it1.H2D.w.b0", "gpu0.compute", TaskCat.H2D, ops=(Op(OpKind.H2D, n=1000, pinned=False),)),
                Task("it1.D2H.g.b0", "gpu0.compute", TaskCat.D2H, ops=(Op(OpKind.D2H, n=300, count=2),)),

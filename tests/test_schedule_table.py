@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from simhete.engine import simulate_fast, simulate_simpy
 from simhete.opkinds import Action, At, MemClass, OpKind
 from simhete.policy.base import Builder
-from simhete.report.metrics import copy_bytes, pcie_task_bytes
+from simhete.report.pcie import copy_bytes, pcie_task_bytes
 from simhete.scenario import load_scenario
 from simhete.schedule import Alloc, Op, Schedule, format_schedule
 from simhete.schedule.model import TaskTable

@@ -16,7 +16,8 @@ from simhete.engine import Record, Timeline
 from simhete.hw.cost import CostModel
 from simhete.opkinds import OpKind, TaskCat
 from simhete.policy import structures
-from simhete.report.metrics import TaskBytes, pcie_bytes, pcie_task_arrays, pcie_task_bytes, summarize
+from simhete.report.metrics import summarize
+from simhete.report.pcie import TaskBytes, pcie_bytes, pcie_task_arrays, pcie_task_bytes
 from simhete.scenario import load_scenario
 from simhete.schedule import Op, Schedule, Task
 

@@ -24,7 +24,8 @@ from simhete.search.backends import LocalBackend
 from simhete.search.evaluate import Row
 from simhete.search.runner import Runner, SweepOutcome
 from simhete.search.space import load_sweep
-from simhete.search.store import FORMAT, ResultStore, StoreLock, StoreRefused, csv_text
+from simhete.search.store import ResultStore, StoreLock, csv_text
+from simhete.search.storefile import FORMAT, StoreRefused
 from simhete.search.strategies import decode
 
 REPO = Path(__file__).resolve().parents[1]

@@ -198,7 +198,7 @@ def weights_h2d(x: Executor, t: Task, it: int, m: int, blk: str) -> None:
 def _refresh(x: Executor, t: Task, it: int, pinned: bool) -> None:
     """The weights of iteration ``it``'s CPU step to the device: from the host copy, or from its
     snapshot when a later step already ran; into the live leaves, or kept aside when a compute
-    task needing the previous weights may still run (see :meth:`Executor._refresh_plan`)."""
+    task needing the previous weights may still run (see :func:`simhete.replay.plan.refresh_plan`)."""
     st = x.state
     # on CUDA a copy from a host copy that a later step may rewrite must finish under the lock
     blocking = x.dev.kind == "cuda" and t.name in x.host_hazard

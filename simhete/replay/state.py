@@ -87,7 +87,7 @@ class State:
     refresh of step k sends step k's weights whatever ran in between. A refresh that the schedule
     does not order after every compute task still needing the previous weights lands in
     ``w_staged[(k, block)]`` on the device, and the first compute task that depends on it swaps it
-    into the block's leaves (see ``Executor._refresh_plan``).
+    into the block's leaves (see ``simhete.replay.plan.refresh_plan``).
     """
 
     def __init__(self, blocks: dict[int, BlockState]) -> None:

@@ -14,7 +14,8 @@ from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from simhete.report.metrics import PCIE_DIRECTIONS, Summary
+from simhete.report.metrics import Summary
+from simhete.report.pcie import PCIE_DIRECTIONS
 
 GIB = 2**30     # memory is shown in GiB (binary), as in OOM messages
 GB = 1e9        # PCIe traffic is shown in GB (decimal), like link bandwidths in GB/s

@@ -19,7 +19,8 @@ from simhete.search.backends import Backend
 from simhete.search.evaluate import Row, failed_row, params_json
 from simhete.search.points import Point, Resolver
 from simhete.search.space import Limits, Sweep
-from simhete.search.store import RESULT_COLUMNS, ResultStore
+from simhete.search.store import ResultStore
+from simhete.search.storefile import RESULT_COLUMNS
 from simhete.search.strategies import coordinate_search, decode, grid, random_sample
 
 MAX_CHUNK = 32
