@@ -83,14 +83,20 @@ def largest_fitting(s: Any, policy: str, engine: str) -> str | None | NotApplica
     from simhete.errors import ConfigError
     from simhete.sim import run
 
+    from simhete.sim import resolve_profile
+
     fam = candidates(s)
     if fam is None:
         return NotApplicable("the scenario's model is not a named preset or gpt-like model")
     names = fam[1]
+    prof = resolve_profile(s)
 
     def fits(name: str) -> bool:
+        # a search trial, as plan's and a sweep's: no dry-run schedule check (every policy is
+        # property-tested to build valid schedules; the checker's reachability sets are quadratic
+        # in the tasks), prices and timelines reused across trials (the same results)
         t = s.with_changes(model=name, policy=policy, knobs=knobs_for(s, policy), iterations=SEARCH_ITERATIONS)
-        return run(t, engine=engine).summary.fits
+        return run(t, engine=engine, profile=prof, check=False, memo=True).summary.fits
     lo, hi, best = 0, len(names) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
