@@ -187,7 +187,7 @@ class DataParallel:
         Returns the D2H task per GPU, which frees ``frees[g]`` and the staging buffer. ``reduce``
         and ``post[g]`` (ops after the copy back, in the same task) as in :meth:`from_gpu`;
         ``parts[g]``: rank g's bytes of the accumulated partition when they are not the even shard
-        (DeepSpeed ZeRO-1/2's contiguous partition, zero_offload.rank_partition_elems)."""
+        (DeepSpeed ZeRO-1/2's contiguous partition, zero_offload_buckets.rank_partition_slices)."""
         src = {g: list(deps.get(g, [])) for g in self.gpus}
         if self.n > 1:
             red = Action.GRADS_D2H_RS if reduce is OpKind.REDUCE_SCATTER else Action.GRADS_D2H_AR

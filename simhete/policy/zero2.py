@@ -32,7 +32,8 @@ from pydantic import Field
 from simhete.opkinds import Action, OpKind
 from simhete.policy.registry import register
 from simhete.policy.training import ActivationKnobs
-from simhete.policy.zero_infinity import ZeroInfinity, ZeroInfinityKnobs
+from simhete.policy.zero3_params import ZeroInfinityKnobs
+from simhete.policy.zero_infinity import ZeroInfinity
 
 ONE_SUBGROUP = 1e18   # elements: beyond any model, so the whole partition is one step tile
 
