@@ -4,8 +4,9 @@ Issue 15's bound: every ``plan`` on a shipped model/hardware pair, and ``gpt-lik
 ``h200-sxm`` at seq 1024, answers in under 10 s and under 1 GB. Issue 16's targets: ``plan``
 within 2 s and ``compare`` within 3 s on every pair; the summary counts the pairs over each.
 ``--command compare`` runs ``simhete compare --json`` instead, on a scenario made for the pair
-(the model, the profile with that many GPUs, the sequence length, micro-batch 1, bf16, 3
-iterations; every applicable policy and each one's largest model, as a user's ``compare`` does).
+(the model, the profile with that many GPUs, the sequence length, micro-batch 1, bf16 or on a
+GPU without it fp16 as plan does, 3 iterations; every applicable policy and each one's largest
+model, as a user's ``compare`` does).
 Pairs:
 
 - every model preset (``simhete.workload`` families) on every shipped hardware profile
@@ -90,6 +91,14 @@ def pairs(subset: str, seq: int, root: Path) -> list[tuple[str, str, int, int]]:
     return sorted(out)
 
 
+def _dtype(root: Path, hw: str) -> str:
+    """bf16, or fp16 on a GPU without bf16 (V100, T4), as plan asks there."""
+    import yaml
+
+    peaks = yaml.safe_load((root / "hwprofiles" / f"{hw}.yaml").read_text())["gpu"]["peak_tflops"]
+    return "bf16" if "bf16" in peaks else "fp16"
+
+
 def measure(pair: tuple[str, str, int, int], root: Path, timeout: float, extra: list[str],
             command: str = "plan") -> dict:
     model, hw, gpus, seq = pair
@@ -103,7 +112,7 @@ def measure(pair: tuple[str, str, int, int], root: Path, timeout: float, extra: 
         else:
             sc.write(json.dumps({"name": f"{model} on {hw} x{gpus}", "model": model,
                                  "hardware": {"profile": hw, "gpus": gpus}, "iterations": 3,
-                                 "train": {"micro_batch": 1, "seq_len": seq, "dtype": "bf16"}}))
+                                 "train": {"micro_batch": 1, "seq_len": seq, "dtype": _dtype(root, hw)}}))
             sc.flush()
             cmd = [*main, "compare", sc.name, "--json", *extra]
         t0 = time.monotonic()
