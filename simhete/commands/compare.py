@@ -81,9 +81,7 @@ def largest_fitting(s: Any, policy: str, engine: str) -> str | None | NotApplica
     model of another size (a ConfigError, e.g. a per-block list) or the model is not a named one."""
     from simhete.search.compare import knobs_for
     from simhete.errors import ConfigError
-    from simhete.sim import run
-
-    from simhete.sim import resolve_profile
+    from simhete.sim import resolve_profile, run
 
     fam = candidates(s)
     if fam is None:
