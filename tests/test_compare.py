@@ -30,7 +30,7 @@ def write(tmp_path, text=SCENARIO):
 
 def test_compare_json_lists_every_policy_and_largest_models(tmp_path, capsys):
     path = write(tmp_path)
-    assert main(["compare", str(path), "--json"]) == 0
+    assert main(["compare", str(path), "--json", "--budget", "3600"]) == 0     # every search to its end
     out = json.loads(capsys.readouterr().out)
     assert list(out["summaries"]) == ["zero-offload", "autohete", "chunked", "gpu-only", "stronghold",
                                       "zero-2", "zero-infinity"]
@@ -107,3 +107,47 @@ def test_a_policy_that_refuses_the_setup_is_one_na_line_not_the_end_of_the_compa
     s.write_text(s.read_text().replace("policy: gpu-only", "policy: chunked"))
     assert main(["compare", str(s), "--policies", "chunked,gpu-only", "--no-largest"]) == 2
     assert "knobs.chunk_size" in capsys.readouterr().err
+
+
+def test_the_budget_stops_each_policys_search_and_the_answer_says_what_it_knows(tmp_path, capsys, monkeypatch):
+    """A clock that moves one second per reading and a budget of 6 s for two policies: each search
+    gets a 3 s share from when it starts, runs its first trial (the family's middle member; the
+    reading after it is one second later) and starts no second one (its share has run out). The
+    answer is what that trial decided: "at least" the middle member if it fits, else undecided;
+    the members above or below it are listed as not searched."""
+    import itertools
+    import time
+
+    path = write(tmp_path)
+    s = load_scenario(path)
+    family, names = candidates(s)
+    tick = itertools.count()
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(tick)))
+    assert main(["compare", str(path), "--policies", "gpu-only,zero-offload", "--budget", "6", "--json"]) == 0
+    monkeypatch.undo()
+    out = json.loads(capsys.readouterr().out)
+    from simhete.search.compare import knobs_for
+    mid = len(names) // 2
+    for policy, got in out["largest_fitting"].items():
+        fits = run(s.with_changes(model=names[mid], policy=policy, knobs=knobs_for(s, policy),
+                                  iterations=2)).summary.fits
+        want = {"at_least": names[mid], "not_searched": names[mid + 1:]} if fits else \
+            {"at_least": None, "not_searched": names[:mid]}
+        assert got == want, policy
+    assert out["time_limited"] == []
+
+
+def test_the_table_says_an_answer_was_cut_short(tmp_path, capsys):
+    from simhete.commands.compare import Unsearched
+    assert str(Unsearched(None, ("a", "b", "c"), 5.0)) == "undecided (not searched: a .. c; the 5 s search budget ran out)"
+    assert str(Unsearched("a", ("b",), 0.5)) == "at least a (not searched: b; the 0.5 s search budget ran out)"
+    assert main(["compare", str(write(tmp_path)), "--policies", "gpu-only", "--budget", "1e-9"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "undecided (not searched: gpt-like-h512-l2 .." in out and "search budget ran" in out
+    assert "depend on this machine's speed and load" in out
+
+
+def test_a_budget_that_is_not_a_positive_number_of_seconds_is_one_line_error(tmp_path, capsys):
+    assert main(["compare", str(write(tmp_path)), "--budget", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--budget 0.0: must be a number of seconds above 0" in err

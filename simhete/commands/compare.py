@@ -5,6 +5,14 @@ The largest-model answer per policy is a model name, "none fits" (JSON ``null``:
 smallest of the family fits), or "n/a: <why>" (JSON ``{"not_applicable": "<why>"}``) when the
 question cannot be asked — the scenario's knobs cannot be carried to another model of the family
 (a per-block ``knobs.activations`` list is for one depth only), or the model is not a named one.
+
+The searches of every policy together keep a wall-time budget (``--budget``, as ``plan``'s): each
+policy's search gets an equal share, what one leaves unused goes to the next, and one that overran
+its share does not shorten the next one's. A trial is not interrupted, and one that would, at the seconds per layer its policy's deepest trial took, end
+after the share's deadline is not started; AutoHete's solver gets at most what is left of the
+share. A search the budget stopped says what it knows and what it did not search ("at least X
+(not searched: ...)", JSON ``{"at_least": X or null, "not_searched": [...]}``): that answer
+depends on the machine's speed and load; every other answer is the same on every machine.
 """
 
 from __future__ import annotations
@@ -23,12 +31,16 @@ HELP = ("Run a scenario under every applicable policy and print them side by sid
         "that fits under each policy.")
 
 SEARCH_ITERATIONS = 2   # whether a model fits is decided by the warm-up and one steady iteration
+SEARCH_BUDGET_S = 5.0   # default wall time of every policy's largest-model search together
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", help="scenario YAML (see docs/scenarios.md)")
     p.add_argument("--policies", metavar="P1,P2", help="only these policies (comma separated)")
     p.add_argument("--no-largest", action="store_true", help="skip the largest-model search")
+    p.add_argument("--budget", type=float, default=SEARCH_BUDGET_S, metavar="S",
+                   help=f"wall-time budget of the largest-model searches, every policy's together "
+                        f"(default {SEARCH_BUDGET_S:g} s; a search it stops says what it did not search)")
     p.add_argument("--json", action="store_true", help="print summaries and largest models as JSON")
     add_set_arg(p)
     add_engine_arg(p)
@@ -64,6 +76,27 @@ class NotApplicable:
         return {"not_applicable": self.reason}
 
 
+@dataclass(frozen=True)
+class Unsearched:
+    """The budget stopped the largest-model search for this policy: the largest model found to fit
+    (``None``: none found yet) and the models it did not decide, smallest first."""
+
+    fits: str | None
+    unsearched: tuple[str, ...]
+    budget_s: float
+
+    def __str__(self) -> str:
+        span = self.unsearched[0] if len(self.unsearched) == 1 else f"{self.unsearched[0]} .. {self.unsearched[-1]}"
+        return (f"at least {self.fits}" if self.fits else "undecided") + \
+            f" (not searched: {span}; the {self.budget_s:g} s search budget ran out)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at_least": self.fits, "not_searched": list(self.unsearched)}
+
+
+Answer = str | None | NotApplicable | Unsearched
+
+
 def _why_not_applicable(err: Any) -> str:
     """A short reason from the ConfigError a candidate model raised, e.g. ``knobs.activations lists
     4 blocks`` for a per-block list that has one entry per block of the scenario's model."""
@@ -75,26 +108,52 @@ def _why_not_applicable(err: Any) -> str:
     return str(err)
 
 
-def largest_fitting(s: Any, policy: str, engine: str) -> str | None | NotApplicable:
+def largest_fitting(s: Any, policy: str, engine: str, deadline: float = float("inf"),
+                    budget_s: float = SEARCH_BUDGET_S, cut: list[str] | None = None) -> Answer:
     """Binary search over the family (fitting is taken as monotone in size): the largest model that
     fits; None if none fits; :class:`NotApplicable` if the scenario's knobs cannot be applied to a
-    model of another size (a ConfigError, e.g. a per-block list) or the model is not a named one."""
-    from simhete.search.compare import knobs_for
+    model of another size (a ConfigError, e.g. a per-block list) or the model is not a named one;
+    :class:`Unsearched` if ``deadline`` (``time.monotonic()``) came first (``budget_s`` is the
+    budget it is a share of, for the message). ``cut`` collects what a solver time limit cut
+    short in the trials (their answers then depend on the machine's speed)."""
+    import time
+
     from simhete.errors import ConfigError
+    from simhete.policy import get_policy
+    from simhete.search.compare import knobs_for
     from simhete.sim import resolve_profile, run
+    from simhete.workload import get_model
 
     fam = candidates(s)
     if fam is None:
         return NotApplicable("the scenario's model is not a named preset or gpt-like model")
     names = fam[1]
     prof = resolve_profile(s)
+    knobs = knobs_for(s, policy)
+    solver = "solver_time_limit" in get_policy(policy).Knobs.model_fields
+    # seconds per layer of the deepest trial so far: a trial's time grows about linearly with the
+    # depth, and the deepest has the least of a trial's fixed cost in it
+    rate = [0, 0.0]
 
-    def fits(name: str) -> bool:
+    def fits(name: str) -> bool | None:
+        layers = get_model(name).n_layers
+        now = time.monotonic()
+        if now + rate[1] * layers > deadline:
+            return None                           # it would end after the deadline: not started
+        k = knobs
+        if solver and deadline < float("inf"):
+            k = {**knobs, "solver_time_limit": min(float(knobs.get("solver_time_limit", deadline - now)),
+                                                   max(deadline - now, 1e-3))}
         # a search trial, as plan's and a sweep's: no dry-run schedule check (every policy is
         # property-tested to build valid schedules; the checker's reachability sets are quadratic
         # in the tasks), prices and timelines reused across trials (the same results)
-        t = s.with_changes(model=name, policy=policy, knobs=knobs_for(s, policy), iterations=SEARCH_ITERATIONS)
-        return run(t, engine=engine, profile=prof, check=False, memo=True).summary.fits
+        t = s.with_changes(model=name, policy=policy, knobs=k, iterations=SEARCH_ITERATIONS)
+        res = run(t, engine=engine, profile=prof, check=False, memo=True)
+        if res.schedule.meta.get("time_limited") and cut is not None:
+            cut.append(f"{policy} on {name}: {res.schedule.meta['time_limited']}")
+        if layers >= rate[0]:
+            rate[:] = [layers, (time.monotonic() - now) / layers]
+        return res.summary.fits
     lo, hi, best = 0, len(names) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
@@ -102,6 +161,8 @@ def largest_fitting(s: Any, policy: str, engine: str) -> str | None | NotApplica
             ok = fits(names[mid])
         except ConfigError as e:   # a knob that cannot apply to another depth (per-block lists)
             return NotApplicable(_why_not_applicable(e))
+        if ok is None:
+            return Unsearched(best, tuple(names[lo:hi + 1]), budget_s)
         if ok:
             best, lo = names[mid], mid + 1
         else:
@@ -109,7 +170,7 @@ def largest_fitting(s: Any, policy: str, engine: str) -> str | None | NotApplica
     return best
 
 
-def _cell(answer: str | None | NotApplicable) -> str:
+def _cell(answer: Answer) -> str:
     return answer if isinstance(answer, str) else "none fits" if answer is None else str(answer)
 
 
@@ -119,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
     from simhete.scenario import load_scenario
     from simhete.workload import get_model
 
+    if not (0 < args.budget < 86400):
+        from simhete.errors import SimheteError
+        raise SimheteError(f"--budget {args.budget}: must be a number of seconds above 0 (and below a day)")
     s = apply_sets(load_scenario(args.scenario), args.set)
     policies = [p.strip() for p in args.policies.split(",")] if args.policies else None
     if policies:
@@ -127,14 +191,24 @@ def run(args: argparse.Namespace) -> int:
             get_policy(p, args.scenario, "--policies")
     refused: dict[str, str] = {}
     results = compare_policies(s, engine=args.engine, policies=policies, refused=refused)
-    largest = {} if args.no_largest else {p: largest_fitting(s, p, args.engine) for p in results}
+    largest: dict[str, Answer] = {}
+    cut: list[str] = []
+    if not args.no_largest:
+        import time
+        start, n = time.monotonic(), len(results)
+        for i, p in enumerate(results):
+            # equal shares: what a search leaves goes to the next, and a search that overran its
+            # share (a trial is not interrupted) does not take the next one's
+            deadline = max(start + args.budget * (i + 1) / n, time.monotonic() + args.budget / n)
+            largest[p] = largest_fitting(s, p, args.engine, deadline, args.budget, cut)
     from simhete.published import suite_error_for
     from simhete.sim import resolve_profile
     suite = suite_error_for(next(iter(results.values())).context.profile if results else resolve_profile(s))
     if args.json:
         print(dump_json({"summaries": {p: r.summary.to_dict() for p, r in results.items()},
-                         "largest_fitting": {p: a.to_json() if isinstance(a, NotApplicable) else a
+                         "largest_fitting": {p: a.to_json() if isinstance(a, (NotApplicable, Unsearched)) else a
                                              for p, a in largest.items()},
+                         "time_limited": cut,
                          "refused": refused, "published_suite": suite}), end="")
         return 0
     con = console()
@@ -159,4 +233,8 @@ def run(args: argparse.Namespace) -> int:
             t.add_row(p, _cell(answer),
                       f"{get_model(answer).n_params() / 1e9:.2f} B" if isinstance(answer, str) else "—")
         con.print(t)
+        if cut or any(isinstance(a, Unsearched) for a in largest.values()):
+            con.print("Answers the search budget or AutoHete's solver_time_limit cut short depend on this "
+                      "machine's speed and load (a larger --budget searches further)"
+                      + ("; cut short: " + "; ".join(cut) if cut else ""), style="yellow", markup=False)
     return 0
