@@ -92,11 +92,11 @@ def pairs(subset: str, seq: int, root: Path) -> list[tuple[str, str, int, int]]:
 
 
 def _dtype(root: Path, hw: str) -> str:
-    """bf16, or fp16 on a GPU without bf16 (V100, T4), as plan asks there."""
-    import yaml
+    """bf16, or fp16 on a GPU without bf16 (V100, T4), as plan asks there (the profile as the
+    measured checkout loads it: ``_library`` put that checkout first on the path)."""
+    from simhete.hw import load_profile
 
-    peaks = yaml.safe_load((root / "hwprofiles" / f"{hw}.yaml").read_text())["gpu"]["peak_tflops"]
-    return "bf16" if "bf16" in peaks else "fp16"
+    return "bf16" if "bf16" in load_profile(hw).gpu.peak_tflops.available() else "fp16"
 
 
 def measure(pair: tuple[str, str, int, int], root: Path, timeout: float, extra: list[str],
