@@ -11,7 +11,7 @@ from simhete.cli import build_parser, main
 FLAGS = {
     "demo": {"--out", "--engine"},
     "simulate": {"--json", "--trace", "--plot", "--schedule", "--deepspeed", "--set", "--engine"},
-    "compare": {"--engine", "--no-largest", "--json", "--policies", "--set"},
+    "compare": {"--engine", "--no-largest", "--json", "--policies", "--set", "--budget"},
     "calibrate": {"--device", "--force", "--out", "--suites", "--threads", "--refit", "--quick",
                   "--shapes-from", "--passes"},
     "validate": {"--device", "--no-reference", "--json", "--iterations", "--profile", "--trace", "--engine",
