@@ -66,6 +66,14 @@ POLICY_STRUCTURES = Lru(64)
 # digest of an AutoHete MILP (simhete.policy.autohete_milp.Milp.content) -> the rounded solution
 # HiGHS proved optimal, or NO_PLAN when it proved that no plan fits
 MILP_SOLUTIONS = Lru(1024)
+# ZeRO-1/2 offload (simhete.policy.zero_offload_buckets): (bucket bytes, the rank's own bytes) ->
+# a rank's GPU passes over a bucket; (tensor pieces, bytes per element 16/32-bit, pinned) -> the
+# boundary's per-tensor ops
+BUCKET_PASSES = Bounded(4096)
+BUCKET_BOUNDARY = Bounded(4096)
+# (policy, its process-memory knobs, model, dtype, GPUs, accumulation, GPU reserve, ideal host
+# bytes) -> the buffers a real process holds beyond the ideal states (simhete.policy.process_memory)
+PROCESS_BUFFERS = Bounded(1024)
 # (kind name, n, pinned, dtype) -> the one Op / one-Op tuple of those fields, shared by every build
 SHARED_OPS = Bounded(1 << 16)
 SHARED_ONE = Bounded(1 << 16)

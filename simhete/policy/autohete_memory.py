@@ -68,7 +68,7 @@ def memory_rows(ctx: Context, swap: frozenset[int] = frozenset()) -> tuple[list[
     """The MILP's memory model: one GPU form per backward step j (bytes on each GPU while block
     j's backward runs, less the CUDA context: rows are held to ``gpu_capacity``) and the host form
     (bytes in host memory at its peak, with the process's fixed host bytes; the construction peak,
-    a constant, is a separate check in :func:`solve`)."""
+    a constant, is a separate check in :class:`~simhete.policy.autohete_milp.Milp`)."""
     blocks = ctx.blocks
     trans = {blk.index for blk in blocks if blk.name.startswith("b")}
     ga = accum_steps(ctx)

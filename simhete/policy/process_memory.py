@@ -78,6 +78,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from simhete import cache
 from simhete.opkinds import DTYPE_BYTES, MemClass
 from simhete.schedule import Alloc
 from simhete.workload.tensors import model_tensors
@@ -210,7 +211,6 @@ def figures(ctx: Any, k: Any, policy: str) -> tuple[int, int, int]:
 
 _KNOBS = ("pin_memory", "pin_backend", "process_rss", "model_load", "offload_param", "offload_optimizer",
           "ratio", "sub_group_size")
-_KEPT: dict[tuple, list[Alloc]] = {}
 
 
 def process_memory(ctx: Any, k: Any, policy: str, initial: Iterable[Alloc] = ()) -> list[Alloc]:
@@ -226,11 +226,9 @@ def process_memory(ctx: Any, k: Any, policy: str, initial: Iterable[Alloc] = ())
     knobs = (getattr(k, f, None) for f in _KNOBS)
     key = (policy, tuple(tuple(v) if isinstance(v, list) else v for v in knobs), ctx.spec, ctx.workload.dtype,
            ctx.n_gpus, ctx.grad_accum, int(prof.gpu.reserved_bytes.value), host)
-    got = _KEPT.get(key)
+    got = cache.PROCESS_BUFFERS.get(key)
     if got is None:
-        if len(_KEPT) >= 1024:
-            _KEPT.clear()
-        got = _KEPT[key] = _process_memory(ctx, k, policy, host)
+        got = cache.PROCESS_BUFFERS.keep(key, _process_memory(ctx, k, policy, host))
     return list(got)
 
 

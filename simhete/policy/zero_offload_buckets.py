@@ -7,6 +7,7 @@ checks and fp32 copy at the gradient-accumulation boundary (:func:`boundary_ops`
 
 from __future__ import annotations
 
+from simhete import cache
 from simhete.opkinds import OpKind
 from simhete.policy.dataparallel import shard
 from simhete.schedule import Op
@@ -16,8 +17,7 @@ from simhete.schedule import Op
 # ELEMENTWISE ops: n = bytes read + written (simhete/opkinds.py), priced at the GPU's memory-bound
 # rate. They run on DeepSpeed's reduction stream (overlap_comm) or the current stream (without),
 # so they are priced inside the rank's copy-out task of the bucket, on the stream that task runs on.
-_PASSES: dict[tuple, tuple[Op, ...]] = {}
-_BOUNDARY: dict[tuple, tuple[Op, ...]] = {}
+# Both are kept by content in simhete.cache (BUCKET_PASSES, BUCKET_BOUNDARY).
 
 
 def bucket_passes(gb: int, own: int) -> tuple[Op, ...]:
@@ -31,11 +31,9 @@ def bucket_passes(gb: int, own: int) -> tuple[Op, ...]:
     ``allreduce_and_copy_with_multiple_ranks`` copying back only the slices of the rank's own
     partition (``buf.copy_(synced)`` where the slice's rank is this one: 2·own)."""
     key = (gb, own)
-    got = _PASSES.get(key)
+    got = cache.BUCKET_PASSES.get(key)
     if got is None:
-        if len(_PASSES) >= 4096:
-            _PASSES.clear()
-        got = _PASSES[key] = (Op(OpKind.ELEMENTWISE, n=6 * gb + 2 * own),)
+        got = cache.BUCKET_PASSES.keep(key, (Op(OpKind.ELEMENTWISE, n=6 * gb + 2 * own),))
     return got
 
 
@@ -120,10 +118,8 @@ def boundary_ops(pieces: tuple[int, ...], e: int, e32: int, pinned: bool) -> tup
     if not pieces:          # the rank owns nothing of the bucket: no pass, no copy
         return ()
     key = (pieces, e, e32, pinned)
-    got = _BOUNDARY.get(key)
+    got = cache.BUCKET_BOUNDARY.get(key)
     if got is None:
-        if len(_BOUNDARY) >= 4096:
-            _BOUNDARY.clear()
         up = e != e32
         ops: list[Op] = []
         sizes: dict[int, int] = {}
@@ -139,5 +135,5 @@ def boundary_ops(pieces: tuple[int, ...], e: int, e32: int, pinned: bool) -> tup
             if up:
                 ops.append(Op(OpKind.ELEMENTWISE, n=(e + e32) * n, count=k))
             ops.append(Op(OpKind.D2H, n=e32 * n, pinned=pinned, count=k))
-        got = _BOUNDARY[key] = tuple(ops)
+        got = cache.BUCKET_BOUNDARY.keep(key, tuple(ops))
     return got
