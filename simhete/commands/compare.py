@@ -10,9 +10,10 @@ The searches of every policy together keep a wall-time budget (``--budget``, as 
 policy's search gets an equal share, what one leaves unused goes to the next, and one that overran
 its share does not shorten the next one's. A trial is not interrupted, and one that would, at the
 seconds per layer its policy's deepest trial took, end after the share's deadline is not started;
-AutoHete's solver gets at most what is left of the share. A search the budget stopped says what it knows and what it did not search ("at least X
-(not searched: ...)", JSON ``{"at_least": X or null, "not_searched": [...]}``): that answer
-depends on the machine's speed and load; every other answer is the same on every machine.
+AutoHete's solver gets at most what is left of the share. A search the budget stopped says what
+it knows and what it did not search ("at least X (not searched: ...)", JSON ``{"at_least": X or
+null, "not_searched": [...]}``): that answer depends on the machine's speed and load; every other
+answer is the same on every machine.
 """
 
 from __future__ import annotations

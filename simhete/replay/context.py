@@ -4,16 +4,16 @@ workload before anything runs (model states placed as ``Schedule.initial`` says,
 of it (a task's blocks, training step, device weights and gradient buffers). The tasks are run by
 :class:`simhete.replay.executor.Executor`.
 
-Delayed parameter update (ZeRO-Offload's DPU: iteration k+1 computes with the weights of step
-k−1, and the step of iteration k overlaps it): the schedule does not order iteration k+1's D2H of
-gradients after iteration k's step, nor iteration k's weight refresh after iteration k+1's
-compute or iteration k+1's step. So host gradients are kept per (iteration, block), each step
-reads its own; a refresh sends its own step's weights (a later step snapshots them first if the
-refresh has not read them yet); and a compute task uses the newest refresh that is among its
-dependencies (transitively): a refresh that could land while a compute task that does not depend
-on it still needs the previous weights is kept aside on the device and swapped in by the first
-compute task that depends on it (:func:`simhete.replay.plan.refresh_plan`). Without DPU every refresh is
-ordered before the next iteration, and all of this reduces to the plain in-place copies.
+Delayed parameter update (ZeRO-Offload's DPU: iteration k+1 computes with the weights of step k−1,
+and the step of iteration k overlaps it): the schedule does not order iteration k+1's D2H of
+gradients after iteration k's step, nor iteration k's weight refresh after iteration k+1's compute
+or iteration k+1's step. So host gradients are kept per (iteration, block), each step reads its
+own; a refresh sends its own step's weights (a later step snapshots them first if the refresh has
+not read them yet); and a compute task uses the newest refresh that is among its dependencies
+(transitively): a refresh that could land while a compute task that does not depend on it still
+needs the previous weights is kept aside on the device and swapped in by the first compute task
+that depends on it (:func:`simhete.replay.plan.refresh_plan`). Without DPU every refresh is ordered
+before the next iteration, and all of this reduces to the plain in-place copies.
 
 Gradient accumulation (k micro-steps): micro-step m trains on the m-th micro-batch of the
 iteration's data, its dropout masks are seeded with m, its backward starts from the loss divided
