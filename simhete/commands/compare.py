@@ -26,12 +26,12 @@ from typing import Any
 from rich.table import Table
 
 from simhete.commands._common import add_engine_arg, add_set_arg, apply_sets, console, dump_json
+from simhete.search.largest import SEARCH_ITERATIONS
 
 HELP = ("Run a scenario under every applicable policy and print them side by side (fits, iteration "
         "time, throughput, peak GPU/CPU memory, PCIe bytes), plus the largest model of the same family "
         "that fits under each policy.")
 
-SEARCH_ITERATIONS = 2   # whether a model fits is decided by the warm-up and one steady iteration
 SEARCH_BUDGET_S = 5.0   # default wall time of every policy's largest-model search together
 
 
@@ -120,8 +120,8 @@ def largest_fitting(s: Any, policy: str, engine: str, deadline: float = float("i
     import time
 
     from simhete.errors import ConfigError
-    from simhete.policy import get_policy
     from simhete.search.compare import knobs_for
+    from simhete.search.trials import DepthPace, solver_within
     from simhete.sim import resolve_profile, run
     from simhete.workload import get_model
 
@@ -131,20 +131,14 @@ def largest_fitting(s: Any, policy: str, engine: str, deadline: float = float("i
     names = fam[1]
     prof = resolve_profile(s)
     knobs = knobs_for(s, policy)
-    solver = "solver_time_limit" in get_policy(policy).Knobs.model_fields
-    # seconds per layer of the deepest trial so far: a trial's time grows about linearly with the
-    # depth, and the deepest has the least of a trial's fixed cost in it
-    rate = [0, 0.0]
+    pace = DepthPace(deadline)
 
     def fits(name: str) -> bool | None:
         layers = get_model(name).n_layers
+        if not pace.may_start(layers):
+            return None
         now = time.monotonic()
-        if now + rate[1] * layers > deadline:
-            return None                           # it would end after the deadline: not started
-        k = knobs
-        if solver and deadline < float("inf"):
-            k = {**knobs, "solver_time_limit": min(float(knobs.get("solver_time_limit", deadline - now)),
-                                                   max(deadline - now, 1e-3))}
+        k = solver_within(policy, knobs, deadline - now) if deadline < float("inf") else knobs
         # a search trial, as plan's and a sweep's: no dry-run schedule check (every policy is
         # property-tested to build valid schedules; the checker's reachability sets are quadratic
         # in the tasks), prices and timelines reused across trials (the same results)
@@ -152,8 +146,7 @@ def largest_fitting(s: Any, policy: str, engine: str, deadline: float = float("i
         res = run(t, engine=engine, profile=prof, check=False, memo=True)
         if res.schedule.meta.get("time_limited") and cut is not None:
             cut.append(f"{policy} on {name}: {res.schedule.meta['time_limited']}")
-        if layers >= rate[0]:
-            rate[:] = [layers, (time.monotonic() - now) / layers]
+        pace.took(layers, time.monotonic() - now)
         return res.summary.fits
     lo, hi, best = 0, len(names) - 1, None
     while lo <= hi:

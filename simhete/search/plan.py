@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from simhete.search.trials import Trial, TrialRunner
+from simhete.search.trials import DepthPace, Trial, TrialRunner
 
 MAX_MICRO_BATCH = 4096      # scenario.TrainShape's bound
 SEARCH_BUDGET_S = 5.0       # default wall time of the micro-batch and largest-model searches together
@@ -176,20 +176,14 @@ class Planner(TrialRunner):
         def model(layers: int) -> Any:
             return model_at(layers)[0] if model_at else name(layers)
 
-        # seconds per layer of the deepest answer so far: a depth's time grows about linearly
-        # with it, and the deepest has the least of a trial's fixed cost in it (the most per
-        # layer, a shallow depth's, would refuse a depth that takes a fraction of the budget)
-        rate = [0, 0.0]       # [layers, seconds per layer]
+        pace = DepthPace(deadline)
 
         def fits(layers: int) -> bool | None:
-            # a trial is not interrupted: one that would, at that rate, end after the deadline is
-            # not started
-            if time.monotonic() + rate[1] * layers > deadline:
+            if not pace.may_start(layers):
                 return None
             t = time.monotonic()
             ok = self.fits_anywhere(self.base.with_changes(model=model(layers)), deadline)
-            if layers >= rate[0]:
-                rate[:] = [layers, (time.monotonic() - t) / layers]
+            pace.took(layers, time.monotonic() - t)
             return ok
 
         def out_of_time(lo: int, hi: int) -> str | None:

@@ -40,6 +40,37 @@ def pins_host_buffers(policy: str) -> bool:
     return policy in HOST_BUFFERS
 
 
+class DepthPace:
+    """When a search under a wall-time ``deadline`` (``time.monotonic()``) may start a trial of a
+    model of a given depth: a trial is not interrupted, so one that would, at the seconds per layer
+    of the deepest trial so far, end after the deadline is not started. A trial's time grows about
+    linearly with the depth, and the deepest has the least of a trial's fixed cost in it (the most
+    per layer, a shallow depth's, would refuse a depth that takes a fraction of the budget)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.layers, self.per_layer = 0, 0.0
+
+    def may_start(self, layers: int) -> bool:
+        import time
+        return time.monotonic() + self.per_layer * layers <= self.deadline
+
+    def took(self, layers: int, seconds: float) -> None:
+        """A trial of ``layers`` layers took ``seconds``."""
+        if layers >= self.layers:
+            self.layers, self.per_layer = layers, seconds / layers
+
+
+def solver_within(policy: str, knobs: dict[str, Any], left: float) -> dict[str, Any]:
+    """``knobs`` with AutoHete's ``solver_time_limit`` (where ``policy`` has it) at most ``left``
+    seconds, what is left of a search's budget (at least 1 ms: the knob must be positive)."""
+    from simhete.policy import get_policy
+
+    if "solver_time_limit" not in get_policy(policy).Knobs.model_fields:
+        return knobs
+    return {**knobs, "solver_time_limit": min(float(knobs.get("solver_time_limit", left)), max(left, 1e-3))}
+
+
 @dataclass(frozen=True)
 class Trial:
     """One simulated configuration."""
@@ -165,7 +196,6 @@ class TrialRunner:
         (``time.monotonic()``) passed before that was known."""
         import time
 
-        from simhete.policy import get_policy
         from simhete.policy.registry import SHIPPED
 
         names = self.policy_names(s)
@@ -177,8 +207,7 @@ class TrialRunner:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return None
-                    if "solver_time_limit" in get_policy(p).Knobs.model_fields:
-                        k = {**k, "solver_time_limit": min(float(k.get("solver_time_limit", left)), left)}
+                    k = solver_within(p, k, left)
                 if self.trial(s.with_changes(policy=p, knobs=k)).fits:
                     return True
         return False
