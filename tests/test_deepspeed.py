@@ -80,6 +80,20 @@ def test_no_offload_is_gpu_only_and_offload_param_is_zero_infinity():
     assert map_deepspeed(BASE, ds).policy == "zero-infinity"
 
 
+def test_bf16_check_grad_overflow_is_a_zero2_knob():
+    ds = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True, "check_grad_overflow": False}}
+    imp = map_deepspeed(BASE, ds)
+    assert imp.policy == "zero-2" and imp.scenario.data.knobs["check_grad_overflow"] is False
+    assert ("bf16.check_grad_overflow", "knobs.check_grad_overflow = False") in imp.mapped
+    # a policy without the knob lists it as unsupported rather than dropping it
+    ds["zero_optimization"] = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+    imp = map_deepspeed(BASE, ds)
+    assert "check_grad_overflow" not in imp.scenario.data.knobs
+    assert [k for k, _ in imp.unsupported] == ["bf16.check_grad_overflow"]
+    with pytest.raises(ConfigError, match="bf16.check_grad_overflow"):
+        map_deepspeed(BASE, {"zero_optimization": {"stage": 2}, "bf16": {"check_grad_overflow": "yes"}}, "ds.json")
+
+
 def test_stage3_with_optimizer_offload_is_zero3_with_gpu_partitioned_parameters():
     """Stage 3 partitions the 16-bit parameters whatever is offloaded: optimizer offload alone is
     zero-infinity with offload_param none (not ZeRO-2 placement); the stage3_* keys, overlap_comm,

@@ -16,7 +16,7 @@ def scenario(policy: str = "zero-2", knobs: dict | None = None, gpus: int = 4, m
              **train):
     return scenario_from_dict(dict(
         model=model, hardware=dict(profile="a100-80gb-sxm", gpus=gpus),
-        train=dict(micro_batch=2, seq_len=256, dtype="bf16", **train), iterations=2, policy=policy,
+        train={"micro_batch": 2, "seq_len": 256, "dtype": "bf16", **train}, iterations=2, policy=policy,
         knobs=knobs or {}))
 
 
@@ -57,7 +57,63 @@ def test_per_iteration_traffic_is_the_bucket_all_reduces_and_one_all_gather():
         assert not [t for t in mine if t.action in (Action.WEIGHTS_AG_FWD, Action.WEIGHTS_AG_BWD,
                                                     Action.GRADS_REDUCE_SCATTER, Action.GRADS_D2H)]
         adam = [t for t in mine if t.action is Action.ADAM_GPU]      # the rank's partition, one step
-        assert [op.n for t in adam for op in t.ops] == [shard(sum(b.params for b in ctx.blocks), gpus, g)]
+        assert [op.n for t in adam for op in t.ops if op.kind is OpKind.ADAM_GPU] == [
+            shard(sum(b.params for b in ctx.blocks), gpus, g)]
+
+
+def _passes(t) -> int:
+    return sum(op.n * op.count for op in t.ops if op.kind is OpKind.ELEMENTWISE)
+
+
+@pytest.mark.parametrize("gpus,dtype,check", [(1, "bf16", False), (2, "bf16", False), (2, "bf16", True),
+                                              (4, "bf16", True), (3, "fp16", False)])
+def test_step_passes_are_those_of_deepspeeds_stage2_step(gpus, dtype, check):
+    """Bytes read + written per element N of the rank's gradient partition (16-bit, 2 B; fp32 4 B),
+    stage_1_and_2.py ``step`` without offload: overflow check (fp16 always; bf16 with
+    check_grad_overflow) 6 + 5 + 5 + 3 + 5 + 4 = 28; fp64 norm per tensor 10 + 8; flatten 4;
+    fp32 conversion 6; unscale 8 — before Adam; the copy into the 16-bit partition, 6, after."""
+    from simhete.workload.tensors import model_tensors
+    ctx, s = build(scenario(gpus=gpus, dtype=dtype, knobs={"check_grad_overflow": check}))
+    total = sum(b.params for b in ctx.blocks)
+    checked = check or dtype == "fp16"
+    pieces = 0
+    for g in range(gpus):
+        (adam,) = [t for t in s.tasks if t.it == 2 and t.action is Action.ADAM_GPU
+                   and (gpus == 1 or t.stream == f"gpu{g}.compute")]
+        n = shard(total, gpus, g)
+        kinds = [op.kind for op in adam.ops]
+        k = kinds.index(OpKind.ADAM_GPU)
+        before, after = adam.ops[:k], adam.ops[k + 1:]
+        assert sum(op.n * op.count for op in before) == (36 + 28 * checked) * n
+        assert [op.n for op in after] == [6 * n]
+        # per parameter tensor (piece) of the partition: 2 norm kernels, 6 of the check; then 3 passes
+        per = 2 + 6 * checked
+        assert (sum(op.count for op in before) - 3) % per == 0
+        pieces += (sum(op.count for op in before) - 3) // per
+    tensors = len(model_tensors(ctx.spec))
+    assert tensors <= pieces <= tensors + gpus - 1    # a tensor cut by a partition boundary is two pieces
+    if gpus == 1:
+        assert pieces == tensors
+
+
+def test_bucket_passes_of_one_bucket_split_over_every_rank():
+    """One bucket holding every gradient (reduce_bucket_size above the model): rank g copies it into
+    the bucket buffer, divides it, flattens its per-rank slices (2 B/elem each), copies its own
+    slice back and into its gradient partition (2 B/elem each): 6·P16 + 4·own16."""
+    gpus = 4
+    ctx, s = build(scenario(gpus=gpus, knobs={"reduce_bucket_size": 1e12}))
+    p16 = sum(b.grad_bytes for b in ctx.blocks if b.params)
+    total = sum(b.params for b in ctx.blocks)
+    for g in range(gpus):
+        (ar,) = [t for t in s.tasks if t.it == 2 and t.action is Action.GRADS_ALLREDUCE
+                 and t.stream == f"gpu{g}.compute"]
+        assert _passes(ar) == 6 * p16 + 4 * 2 * shard(total, gpus, g)
+
+
+def test_a_bucket_in_one_ranks_partition_is_neither_flattened_nor_copied_back():
+    from simhete.policy.zero_offload_buckets import bucket_passes
+    assert [op.n for op in bucket_passes(1000, 400, split=False)] == [4000]
+    assert [op.n for op in bucket_passes(1000, 400, split=True)] == [6000 + 800]
 
 
 def test_overlap_comm_defaults_off_and_moves_the_reductions():

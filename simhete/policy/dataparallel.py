@@ -232,15 +232,17 @@ class DataParallel:
                    deps: dict[int, list[str]], prio: int, block: int,
                    allocs: dict[int, list[Alloc]] | None = None,
                    frees: dict[int, list[str]] | None = None, sync: bool = False,
-                   variant: str = "") -> dict[int, str]:
+                   variant: str = "", passes: dict[int, tuple[Op, ...]] | None = None) -> dict[int, str]:
         """One collective ``kind`` over all GPUs, the task ``action`` on each (nothing with one
         GPU): per GPU the task name. ``allocs[g]``
         are allocated when it starts (an all-gather's output), ``frees[g]`` freed when it ends (a
-        reduce-scatter's full-size input)."""
+        reduce-scatter's full-size input); ``passes[g]``: GPU g's kernels around the collective
+        that run on the same stream (priced in its task, before the collective)."""
         if self.n == 1:
             return {}
         every = sorted({d for g in self.gpus for d in deps.get(g, [])})
+        pre = passes or {}
         return {g: self.b.add(action, self.at(it, blk, g, variant), self.comm(g, sync),
-                              (Op(kind, (self.n,), n=nbytes),), deps=every, prio=prio,
+                              pre.get(g, ()) + (Op(kind, (self.n,), n=nbytes),), deps=every, prio=prio,
                               allocs=(allocs or {}).get(g, ()), frees=(frees or {}).get(g, ()), it=it, block=block)
                 for g in self.gpus}

@@ -73,6 +73,16 @@ class ZeroInfinity(Policy):
     pure_precision = ("DeepSpeed ZeRO keeps fp32 master partitions and DeepSpeedCPUAdam fp32 m and v, "
                       "also for a bf16 model")
 
+    def bucket_passes(self, ctx: Context, buckets: list[list[int]]) -> list[dict[int, tuple[Op, ...]]]:
+        """Per bucket, per GPU: the kernels that rank runs with its reduction of a bucket kept on
+        the GPUs, on the reduction's stream (priced in its task). Stage 3's are not modelled."""
+        return [{} for _ in buckets]
+
+    def step_passes(self, ctx: Context, grp: list[int]) -> dict[int, tuple[tuple[Op, ...], tuple[Op, ...]]]:
+        """Per GPU: the kernels before and after its Adam over GPU sub-group ``grp`` (priced in the
+        Adam task). Stage 3's are not modelled."""
+        return {}
+
     def decisions(self, ctx: Context) -> tuple:
         """Nothing from sizes: buckets, sub-groups, partitions and persistence follow the model and
         the knobs."""
@@ -142,6 +152,7 @@ class ZeroInfinity(Policy):
         sync = not k.overlap_comm
         # bucket j -> the block whose recompute/backward waits for bucket j's reduction
         after_first = hook_reduce_waits(ctx.blocks, buckets) if sync else {}
+        passes = self.bucket_passes(ctx, buckets) if n > 1 else [{} for _ in buckets]
         # what every micro-step repeats: a target's second, third, ... fetch is numbered 2, 3, ...;
         # the fetches whose buffers each use reads
         seen: dict[int, int] = {}
@@ -216,7 +227,7 @@ class ZeroInfinity(Policy):
                      for g in dp.gpus}
                 if m == 1:
                     grads = {g: t[g].grads for g in dp.gpus}
-                d2h, reduced = self._grads(ctx, dp, it, m, t, buckets, cpu_opt, prev, sync)
+                d2h, reduced = self._grads(ctx, dp, it, m, t, buckets, cpu_opt, prev, sync, passes)
                 last_B = {g: t[g].last_B for g in dp.gpus}
             dp.m = 1
             step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed, parts)
@@ -226,13 +237,13 @@ class ZeroInfinity(Policy):
         return b.build(ctx.pools(), initial, ctx.iterations, meta)
 
     def _grads(self, ctx: Context, dp: DataParallel, it: int, m: int, t: dict, buckets: list[list[int]],
-               cpu_opt: set[int], prev: dict[int, dict[int, str]],
-               sync: bool = False) -> tuple[list[str], dict[int, dict[int, str]]]:
+               cpu_opt: set[int], prev: dict[int, dict[int, str]], sync: bool,
+               passes: list[dict[int, tuple[Op, ...]]]) -> tuple[list[str], dict[int, dict[int, str]]]:
         """Micro-step m's gradient buckets during its backward: offloaded blocks' (reduce-scatter +)
         D2H (after micro-step 1: accumulated through the GPU, :meth:`DataParallel.accumulate`),
         GPU-optimised blocks' reduce-scatter. Returns the D2H tasks and, per GPU-optimised block and
         GPU, the collective after which its gradients are reduced. ``prev`` (bucket -> gpu -> D2H)
-        is updated in place."""
+        is updated in place; ``passes``: :meth:`bucket_passes`."""
         by = {blk.index: blk for blk in ctx.blocks}
         nb = len(ctx.blocks)
         reduced: dict[int, dict[int, str]] = {}    # block -> gpu -> task after which its grads are reduced
@@ -258,7 +269,7 @@ class ZeroInfinity(Policy):
                 rs = dp.collective(*self.reduce, it, f"k{j}",
                                    sum(by[i].grad_bytes for i in kept), deps, prio, kept[0],
                                    frees={g: [t[g].grads[i] for i in kept if i in t[g].grads] for g in dp.gpus},
-                                   sync=sync)
+                                   sync=sync, passes=passes[j])
                 for i in kept:
                     reduced[i] = {g: rs[g] for g in rs}
         return d2h, reduced
@@ -301,6 +312,7 @@ class ZeroInfinity(Policy):
                                       first).values()
                 continue
             adam = {}
+            around = self.step_passes(ctx, grp)
             g32 = sum(by[i].grad32_bytes for i in grp)
             for g in dp.gpus:
                 deps = [t[g].last_B] + [reduced[i][g] for i in grp if i in reduced and g in reduced[i]]
@@ -311,8 +323,10 @@ class ZeroInfinity(Policy):
                     # partition converted to fp32 for the step, dropped after it
                     buf = tname(it, "grads32", f"s{s}", g, n)
                     allocs, frees = [Alloc(buf, f"gpu{g}", shard(g32, n, g), MemClass.GRADS32)], [buf]
+                before, after = around.get(g, ((), ()))
                 adam[g] = b.add(Action.ADAM_GPU, at(it, f"s{s}", g, n), f"gpu{g}.compute",
-                                (Op(OpKind.ADAM_GPU, n=shard(params, n, g), dtype="fp32"),), deps=deps,
+                                before + (Op(OpKind.ADAM_GPU, n=shard(params, n, g), dtype="fp32"),) + after,
+                                deps=deps,
                                 prio=it * PRIO_IT + PRIO_IT // 2 + first, allocs=allocs,
                                 frees=frees, it=it, block=first)
             done += adam.values()

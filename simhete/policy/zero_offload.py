@@ -127,7 +127,8 @@ class ZeroOffload(Policy):
         e32 = {i: (host_fp32_bytes(by_idx[i]) // by_idx[i].params if by_idx[i].params else 0) for bucket in buckets
                for i in bucket}
         own16 = [{g: sum(c * e16[i] for i, c in own[j][g].items()) for g in gpus} for j in range(len(buckets))]
-        passes = [{g: bucket_passes(gb, own16[j][g]) for g in gpus} for j, gb in enumerate(bucket_bytes)]
+        passes = [{g: bucket_passes(gb, own16[j][g], sum(1 for r in gpus if own[j][r]) > 1) for g in gpus}
+                  for j, gb in enumerate(bucket_bytes)]
         # per parameter tensor of the rank's slice of the bucket (copy_grads_in_partition runs per
         # parameter): the elements of each tensor piece, in the bucket's order
         pieces = [{g: tuple(c for i, (lo, hi) in slices[j][g].items()

@@ -20,20 +20,25 @@ from simhete.schedule import Op
 # Both are kept by content in simhete.cache (BUCKET_PASSES, BUCKET_BOUNDARY).
 
 
-def bucket_passes(gb: int, own: int) -> tuple[Op, ...]:
+def bucket_passes(gb: int, own: int, split: bool) -> tuple[Op, ...]:
     """A rank's passes over a bucket of ``gb`` 16-bit gradient bytes (all ranks' parameters), of
     which ``own`` bytes lie in its partition (stage_1_and_2.py, reduce_scatter and
     use_multi_rank_bucket_allreduce at their defaults, also with one GPU): the backward hook
     (``reduce_independent_p_g_buckets_and_remove_grads``) copies each gradient into the
     contiguous bucket buffer (``contiguous_gradients``, forced on with ``cpu_offload``: reads and
-    writes the bucket, 2·gb), ``average_tensor``'s ``tensor.div_`` by the world size (2·gb),
-    ``allreduce_bucket``'s ``flatten`` of the bucket's slices into a new tensor (2·gb), and
-    ``allreduce_and_copy_with_multiple_ranks`` copying back only the slices of the rank's own
-    partition (``buf.copy_(synced)`` where the slice's rank is this one: 2·own)."""
-    key = (gb, own)
+    writes the bucket, 2·gb) and ``average_tensor``'s ``tensor.div_`` by the world size (2·gb).
+    ``average_tensor`` hands ``allreduce_and_scatter`` the bucket as one slice per rank whose
+    partition it covers; when that is more than one (``split``), ``allreduce_bucket``'s
+    ``flatten`` concatenates them into a new tensor (2·gb) and
+    ``allreduce_and_copy_with_multiple_ranks`` copies back the slice of the rank's own partition
+    (``buf.copy_(synced)``, 2·own). A bucket in one rank's partition is one slice: torch's
+    ``flatten_dense_tensors`` of one tensor is a view of it (``at::flatten_dense_tensors``: no
+    ``cat``) and ``copy_`` of a view onto the same data returns at once (ATen ``copy_impl``'s
+    ``is_same_data`` exit), so neither copies."""
+    key = (gb, own, split)
     got = cache.BUCKET_PASSES.get(key)
     if got is None:
-        got = cache.BUCKET_PASSES.keep(key, (Op(OpKind.ELEMENTWISE, n=6 * gb + 2 * own),))
+        got = cache.BUCKET_PASSES.keep(key, (Op(OpKind.ELEMENTWISE, n=(6 * gb + 2 * own) if split else 4 * gb),))
     return got
 
 

@@ -264,6 +264,9 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
     dtype = m.dtype(scenario.data.train.dtype)
     if dtype is not None:
         changes["train.dtype"] = dtype
+    if m.has("bf16.check_grad_overflow"):
+        knob("bf16.check_grad_overflow", "check_grad_overflow",
+             m.take("bf16.check_grad_overflow", True, lambda v: isinstance(v, bool), "true or false"))
 
     if m.has("optimizer.type"):
         t = m.take("optimizer.type", "Adam", lambda v: isinstance(v, str), "an optimizer name")
