@@ -24,7 +24,11 @@ SOFTMAX_CE         (tokens, vocab)                                  bytes read +
 EMBED              (tokens, hidden)                                 bytes read + written
 H2D / D2H / D2D    ()                                               bytes moved
 MEMCPY_CPU         ()                                               bytes moved (host to host)
-ADAM_CPU/ADAM_GPU  ()                                               parameters updated (fp32)
+ADAM_CPU           ()                                               parameters updated (fp32)
+ADAM_GPU           () fused (7 accesses per parameter), or          parameters updated, in the
+                   (accesses,): tensor-element reads + writes       state's dtype (``dtype``)
+                   per parameter of an unfused implementation
+                   (:data:`ADAM_GPU_ACCESSES`)
 ALLREDUCE,
 REDUCE_SCATTER,
 ALLGATHER          (ranks,)                                         bytes per rank (full tensor)
@@ -35,6 +39,19 @@ from __future__ import annotations
 
 from enum import Enum, StrEnum
 from typing import NamedTuple
+
+
+# Tensor-element accesses per parameter of an Adam step on the GPU, by implementation (the shape
+# of an ADAM_GPU op; fused, the default, is the empty shape):
+# - fused (apex/DeepSpeed FusedAdam, torch ``fused=True``, ColossalAI's HybridAdam on the GPU):
+#   one kernel reads p, g, m, v and writes p, m, v: 7.
+# - foreach (torch AdamW's default on CUDA, ``_multi_tensor_adamw`` in torch 2.1 adamw.py, the
+#   ``decoupled_weight_decay`` branch of ``_multi_tensor_adam`` in later adam.py; non-capturable,
+#   no amsgrad), one multi-tensor kernel per call: ``_foreach_mul_(p)`` weight decay (2),
+#   ``_foreach_lerp_(m, g)`` (3), ``_foreach_mul_(v)`` (2), ``_foreach_addcmul_(v, g, g)`` (3: g
+#   read once from memory), ``_foreach_sqrt(v)`` into a temporary (2), ``_foreach_div_`` and
+#   ``_foreach_add_`` on it (2 + 2), ``_foreach_addcdiv_(p, m, tmp)`` (4): 20.
+ADAM_GPU_ACCESSES = {"fused": 7, "foreach": 20}
 
 
 class OpKind(StrEnum):

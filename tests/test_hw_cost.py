@@ -263,6 +263,8 @@ def test_adam_gpu_and_memory_bound_ops():
     cm = CostModel(load_profile("h100-sxm"))
     bw = 3000e9 * 0.9
     assert cm.op_seconds(Op(OpKind.ADAM_GPU, n=10**9, dtype="fp32")) == pytest.approx(28e9 / bw, rel=1e-12)
+    # torch's foreach AdamW: 20 accesses per parameter, here of bf16 state (pure training)
+    assert cm.op_seconds(Op(OpKind.ADAM_GPU, (20,), n=10**9, dtype="bf16")) == pytest.approx(40e9 / bw, rel=1e-12)
     for kind in (OpKind.ELEMENTWISE, OpKind.NORM, OpKind.SOFTMAX_CE, OpKind.EMBED):
         assert cm.op_seconds(Op(kind, n=10**9)) == pytest.approx(1e9 / bw, rel=1e-12)
         # 1 MB streams in 0.37 us: the op costs the 7 us dispatch

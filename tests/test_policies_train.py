@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from simhete.opkinds import MemClass
+from simhete.opkinds import DTYPE_BYTES, MemClass
 from simhete.policy import list_policies
 from simhete.policy.base import host_fp32_bytes
 from simhete.scenario import scenario_from_dict
@@ -248,6 +248,27 @@ def test_gpu_only_ddp_allreduces_every_gradient_once_per_iteration(gpus):
             assert sum(a.bytes for a in s.initial if a.pool == f"gpu{g}" and a.cls is MemClass.BUFFERS) == G
         _, s = build(scenario("gpu-only", {"gradient_as_bucket_view": True}, gpus=gpus, grad_accum=k))
         assert not any(a.cls is MemClass.BUFFERS for a in s.initial)
+
+
+@pytest.mark.parametrize("precision,e", [("mixed", 4), ("pure", 2)])
+def test_gpu_only_optimizer_knob_prices_torch_foreach_adamw(precision, e):
+    """knob optimizer: fused — one ADAM_GPU op per block, 7 accesses of the state dtype per
+    parameter; foreach (torch AdamW's CUDA default) — the same tasks, 20 accesses: the step's
+    priced time scales by 20/7 exactly and nothing else changes."""
+    from simhete.schedule import Op
+    ctx, fused = build(scenario("gpu-only", precision=precision))
+    _, foreach = build(scenario("gpu-only", {"optimizer": "foreach"}, precision=precision))
+    assert [t.name for t in fused.tasks] == [t.name for t in foreach.tasks]
+    adam = lambda s: [t for t in s.tasks if t.it == 2 and t.cat.value == "optim_gpu"]   # noqa: E731
+    assert [t.ops for t in adam(fused)] == [(Op(OpKind.ADAM_GPU, n=b.params, dtype=ctx.workload.optim_dtype),)
+                                            for b in ctx.blocks if b.params]
+    assert [t.ops for t in adam(foreach)] == [(Op(OpKind.ADAM_GPU, (20,), n=b.params,
+                                                  dtype=ctx.workload.optim_dtype),) for b in ctx.blocks if b.params]
+    assert DTYPE_BYTES[ctx.workload.optim_dtype] == e
+    big = max(zip(adam(fused), adam(foreach)), key=lambda pair: pair[0].ops[0].n)
+    t_f, t_e = (ctx.cost.op_seconds(t.ops[0]) for t in big)
+    assert t_f > ctx.cost.profile.gpu.launch_overhead_us.value * 1e-6      # priced by its bytes
+    assert t_e == pytest.approx(t_f * 20 / 7, rel=1e-12)
 
 
 def test_gpu_only_one_gpu_has_no_collective_and_no_bucket_copy():

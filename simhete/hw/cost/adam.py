@@ -13,8 +13,10 @@ from simhete.schedule.model import Op
 if TYPE_CHECKING:
     from simhete.hw.cost.model import CostModel
 
-# Fused/multi-tensor GPU Adam reads p, g, m, v and writes p, m, v (ADAM_ACCESSES_PER_PARAM), each
-# in the op's dtype: fp32 state moves the same 28 B/param as CPU Adam.
+# Fused GPU Adam reads p, g, m, v and writes p, m, v (ADAM_ACCESSES_PER_PARAM), each in the op's
+# dtype: fp32 state moves the same 28 B/param as CPU Adam. An op with a shape gives the accesses
+# per parameter of an unfused implementation (simhete.opkinds.ADAM_GPU_ACCESSES: torch's foreach
+# AdamW makes 20).
 
 
 def adam_cpu(cm: CostModel, op: Op) -> float:
@@ -45,5 +47,5 @@ def adam_cpu(cm: CostModel, op: Op) -> float:
 def adam_gpu(cm: CostModel, op: Op) -> float:
     if cm.profile.device_type == "cpu":   # the device is the host: a device Adam is CPU Adam
         return adam_cpu(cm, op)
-    return cm.dispatched(cm.mem_seconds(float(op.n) * ADAM_ACCESSES_PER_PARAM
-                                       * DTYPE_BYTES[op.dtype]))
+    accesses = op.shape[0] if op.shape else ADAM_ACCESSES_PER_PARAM   # an unfused implementation's
+    return cm.dispatched(cm.mem_seconds(float(op.n) * accesses * DTYPE_BYTES[op.dtype]))
