@@ -271,6 +271,30 @@ def test_gpu_only_optimizer_knob_prices_torch_foreach_adamw(precision, e):
     assert t_e == pytest.approx(t_f * 20 / 7, rel=1e-12)
 
 
+@pytest.mark.parametrize("gpus,view,clip,passes", [(1, False, 0.0, 0), (1, False, 1.0, 3), (2, False, 0.0, 4),
+                                                    (2, False, 1.0, 7), (2, True, 0.0, 0), (2, True, 0.5, 3)])
+def test_gpu_only_gradient_passes_before_each_update(gpus, view, clip, passes):
+    """Accesses per gradient element priced with each block's update on the compute stream: DDP's
+    copy into its bucket (dividing by the world size) and back out (2 + 2; several GPUs without
+    gradient_as_bucket_view), clip_grad_norm_'s foreach norm and scale (1 + 2). Clipping needs the
+    global norm: every update waits for every bucket's all-reduce of its GPU."""
+    knobs = {"gradient_as_bucket_view": view, "max_grad_norm": clip}
+    ctx, s = build(scenario("gpu-only", knobs, gpus=gpus))
+    by = {b.index: b for b in ctx.blocks}
+    for g in range(gpus):
+        mine = [t for t in s.tasks if t.it == 2 and t.stream == f"gpu{g}.compute"]
+        adam = [t for t in mine if t.action.name == "ADAM_GPU"]
+        assert len(adam) == sum(1 for b in ctx.blocks if b.params)
+        for t in adam:
+            grad = by[t.block].grad_bytes
+            assert [(op.kind, op.n) for op in t.ops[:-1]] == ([(OpKind.ELEMENTWISE, passes * grad)] if passes else [])
+            assert t.ops[-1].kind is OpKind.ADAM_GPU
+        ar = {t.name for t in s.tasks if t.it == 2 and t.stream == f"gpu{g}.comm"}
+        assert bool(ar) == (gpus > 1)
+        for t in adam:
+            assert ar <= set(t.deps) if clip else len(ar & set(t.deps)) <= 1
+
+
 def test_gpu_only_one_gpu_has_no_collective_and_no_bucket_copy():
     _, s = build(scenario("gpu-only"))
     assert not any(t.stream.endswith(".comm") for t in s.tasks)

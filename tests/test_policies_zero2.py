@@ -66,7 +66,7 @@ def _passes(t) -> int:
 
 
 @pytest.mark.parametrize("gpus,dtype,check", [(1, "bf16", False), (2, "bf16", False), (2, "bf16", True),
-                                              (4, "bf16", True), (3, "fp16", False)])
+                                              (4, "bf16", True), (3, "fp16", False), (2, "fp32", True)])
 def test_step_passes_are_those_of_deepspeeds_stage2_step(gpus, dtype, check):
     """Bytes read + written per element N of the rank's gradient partition (16-bit, 2 B; fp32 4 B),
     stage_1_and_2.py ``step`` without offload: overflow check (fp16 always; bf16 with
@@ -84,12 +84,17 @@ def test_step_passes_are_those_of_deepspeeds_stage2_step(gpus, dtype, check):
         kinds = [op.kind for op in adam.ops]
         k = kinds.index(OpKind.ADAM_GPU)
         before, after = adam.ops[:k], adam.ops[k + 1:]
-        assert sum(op.n * op.count for op in before) == (36 + 28 * checked) * n
-        assert [op.n for op in after] == [6 * n]
-        # per parameter tensor (piece) of the partition: 2 norm kernels, 6 of the check; then 3 passes
-        per = 2 + 6 * checked
-        assert (sum(op.count for op in before) - 3) % per == 0
-        pieces += (sum(op.count for op in before) - 3) // per
+        if dtype == "fp32":   # no fp32 casts: the check's x.float() and the partition's .to(float32)
+            assert sum(op.n * op.count for op in before) == (20 + 8 + 8 + 22 * checked) * n
+            assert [op.n for op in after] == [8 * n]
+        else:
+            assert sum(op.n * op.count for op in before) == (36 + 28 * checked) * n
+            assert [op.n for op in after] == [6 * n]
+        # per parameter tensor (piece) of the partition: 2 norm kernels, 6 of the check (5 in fp32);
+        # then the flatten, the cast (not in fp32) and the unscale
+        per, flat = 2 + (5 if dtype == "fp32" else 6) * checked, 2 if dtype == "fp32" else 3
+        assert (sum(op.count for op in before) - flat) % per == 0
+        pieces += (sum(op.count for op in before) - flat) // per
     tensors = len(model_tensors(ctx.spec))
     assert tensors <= pieces <= tensors + gpus - 1    # a tensor cut by a partition boundary is two pieces
     if gpus == 1:

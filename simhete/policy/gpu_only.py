@@ -43,6 +43,12 @@ class GpuOnlyKnobs(ActivationKnobs):
     """DDP ``bucket_cap_mb``: MiB of gradients per all-reduce bucket (multi-GPU only)."""
     gradient_as_bucket_view: bool = False
     """DDP ``gradient_as_bucket_view``: False keeps a separate bucket copy of the gradients."""
+    max_grad_norm: float = Field(0.0, ge=0)
+    """``torch.nn.utils.clip_grad_norm_`` before the step with this max norm (the Hugging Face
+    Trainer's default is 1.0); 0: no clipping. Its foreach implementation (torch >= 2.0 on CUDA)
+    reads every gradient for ``_foreach_norm`` and scales it in place with ``_foreach_mul_`` by the
+    clamped coefficient, whatever the norm: 3 accesses per gradient element, after every gradient
+    is reduced."""
     optimizer: Literal["fused", "foreach"] = "fused"
     """The Adam implementation: ``fused`` (one kernel: torch ``fused=True``, apex FusedAdam, as
     Megatron-LM, nanoGPT and torchtitan run it) or ``foreach`` (torch AdamW's default on CUDA, what
@@ -78,6 +84,10 @@ class GpuOnly(Policy):
         updates: dict[int, dict[int, str]] = {}
         last_B: dict[int, str] = {}
         adam_shape = () if self.k.optimizer == "fused" else (ADAM_GPU_ACCESSES[self.k.optimizer],)
+        clip = self.k.max_grad_norm > 0
+        # accesses per gradient element: DDP's copy in and out of its buckets (2 + 2, several GPUs
+        # without gradient_as_bucket_view), the clip's norm and scale (1 + 2)
+        grad_passes = (4 if n > 1 and not self.k.gradient_as_bucket_view else 0) + (3 if clip else 0)
         for it in range(1, ctx.iterations + 1):
             for m in range(1, k + 1):
                 t = {g: forward_backward(b, ctx, it, modes, gpu=g, m=m,
@@ -96,14 +106,20 @@ class GpuOnly(Policy):
                                    bucket[0])
                 for i in bucket:
                     reduced[i] = ar
+            every = {g: sorted({r[g] for r in reduced.values() if g in r}) for g in dp.gpus} if clip else {}
             for blk in ctx.blocks:
                 if not blk.params:
                     continue
                 i = blk.index
+                # the block's gradient passes on the compute stream before its update: DDP's
+                # copies (reducer.cpp copy_grad_to_bucket: at::mul_out into the bucket, dividing
+                # by the world size, in the backward hook; finalize_bucket_dense: grad.copy_ from
+                # the bucket when the backward ends) and the clip's norm and scale
+                passes = (Op(OpKind.ELEMENTWISE, n=grad_passes * blk.grad_bytes),) if grad_passes else ()
                 updates[i] = {g: b.add(
                     Action.ADAM_GPU, at(it, blk.name, g, n), f"gpu{g}.compute",
-                    (Op(OpKind.ADAM_GPU, adam_shape, n=blk.params, dtype=ctx.workload.optim_dtype),),
-                    deps=[t[g].last_B] + ([reduced[i][g]] if reduced.get(i) else []),
+                    passes + (Op(OpKind.ADAM_GPU, adam_shape, n=blk.params, dtype=ctx.workload.optim_dtype),),
+                    deps=[t[g].last_B] + ([reduced[i][g]] if reduced.get(i) else []) + every.get(g, []),
                     prio=t_prio_opt(it, i), frees=[grads[g][i]] if i in grads[g] else [],
                     it=it, block=i) for g in dp.gpus}
         initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds

@@ -110,7 +110,8 @@ class Zero2(ZeroInfinity):
           (1 + 1 + 1), ``.float()`` (1 + 4), ``.max()`` (4);
         - ``scaled_global_norm`` → ``get_grad_norm_direct`` per tensor: ``g.data.double()``
           (e + 8) and ``vector_norm`` (8);
-        - ``flatten`` of the partition (2e per element) and ``.to(float32)`` (e + 4);
+        - ``flatten`` of the partition (2e per element) and ``.to(float32)`` (e + 4; none when the
+          gradient is fp32 already);
         - ``unscale_and_clip_grads``: ``mul_`` of the fp32 partition (8), whatever the scale;
         - after Adam, ``bit16_partitions[partition_id].data.copy_(fp32_partition)`` (4 + e).
 
@@ -127,17 +128,18 @@ class Zero2(ZeroInfinity):
                 for c in tensor_pieces(param_tensors(ctx.spec, by[i]), lo, hi):
                     sizes[(c, e)] = sizes.get((c, e), 0) + 1
             before: list[Op] = []
-            total = 0
+            total = cast = 0      # bytes of the 16-bit partition; of its fp32 cast (none when fp32)
             for (c, e), k in sizes.items():
                 total += c * k * e
-                if check:
-                    before += [Op(OpKind.ELEMENTWISE, n=w * c, count=k) for w in ((e + 4) if e != 4 else 0, 5, 5, 3, 5, 4)
-                               if w]
+                cast += (e + 4) * c * k if e != 4 else 0
+                if check:         # x.float() is no kernel on an fp32 gradient
+                    widths = ((e + 4) if e != 4 else 0, 5, 5, 3, 5, 4)
+                    before += [Op(OpKind.ELEMENTWISE, n=w * c, count=k) for w in widths if w]
                 before += [Op(OpKind.ELEMENTWISE, n=(e + 8) * c, count=k), Op(OpKind.ELEMENTWISE, n=8 * c, count=k)]
             elems = sum(c * k for (c, _), k in sizes.items())
             if not elems:
                 continue
-            before += [Op(OpKind.ELEMENTWISE, n=2 * total), Op(OpKind.ELEMENTWISE, n=total + 4 * elems),
-                       Op(OpKind.ELEMENTWISE, n=8 * elems)]
+            before += [Op(OpKind.ELEMENTWISE, n=2 * total)] + ([Op(OpKind.ELEMENTWISE, n=cast)] if cast else []) \
+                + [Op(OpKind.ELEMENTWISE, n=8 * elems)]
             out[g] = (tuple(before), (Op(OpKind.ELEMENTWISE, n=4 * elems + total),))
         return out
