@@ -153,6 +153,7 @@ class ZeroInfinity(Policy):
         # bucket j -> the block whose recompute/backward waits for bucket j's reduction
         after_first = hook_reduce_waits(ctx.blocks, buckets) if sync else {}
         passes = self.bucket_passes(ctx, buckets) if n > 1 else [{} for _ in buckets]
+        around = [self.step_passes(ctx, grp) if grp[0] not in cpu_opt else {} for grp in groups]
         # what every micro-step repeats: a target's second, third, ... fetch is numbered 2, 3, ...;
         # the fetches whose buffers each use reads
         seen: dict[int, int] = {}
@@ -230,7 +231,7 @@ class ZeroInfinity(Policy):
                 d2h, reduced = self._grads(ctx, dp, it, m, t, buckets, cpu_opt, prev, sync, passes)
                 last_B = {g: t[g].last_B for g in dp.gpus}
             dp.m = 1
-            step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed, parts)
+            step_done = self._step(b, ctx, dp, it, t, grads, d2h, reduced, groups, cpu_opt, homed, parts, around)
         meta = {"policy": self.name, "gpu_subgroups": str(n_gpu_groups), "subgroups": str(len(groups)),
                 "param_partitioned": str(sharded).lower()}
         initial = list(initial) + process_memory(ctx, self.k, self.name, initial)   # what a real process holds
@@ -276,11 +277,13 @@ class ZeroInfinity(Policy):
 
     def _step(self, b: Builder, ctx: Context, dp: DataParallel, it: int, t: dict, grads: dict,
               d2h: list[str], reduced: dict[int, dict[int, str]], groups: list[list[int]], cpu_opt: set[int],
-              homed: set[int], parts: dict[int, Partition]) -> list[str]:
+              homed: set[int], parts: dict[int, Partition],
+              around: list[dict[int, tuple[tuple[Op, ...], tuple[Op, ...]]]]) -> list[str]:
         """The optimizer step after the last micro-step's backward, sub-group by sub-group; returns
         the tasks the next forward waits for. ``grads``: micro-step 1's gradient buffers (GPU Adam
         frees the GPU-optimised blocks' ones on one GPU; on several the reduce-scatter did).
-        ``parts``: the blocks' partitions when the 16-bit parameters are partitioned on the GPUs."""
+        ``parts``: the blocks' partitions when the 16-bit parameters are partitioned on the GPUs;
+        ``around``: per sub-group, :meth:`step_passes` (GPU sub-groups)."""
         by = {blk.index: blk for blk in ctx.blocks}
         n = ctx.n_gpus
         done: list[str] = []
@@ -312,7 +315,6 @@ class ZeroInfinity(Policy):
                                       first).values()
                 continue
             adam = {}
-            around = self.step_passes(ctx, grp)
             g32 = sum(by[i].grad32_bytes for i in grp)
             for g in dp.gpus:
                 deps = [t[g].last_B] + [reduced[i][g] for i in grp if i in reduced and g in reduced[i]]
@@ -323,7 +325,7 @@ class ZeroInfinity(Policy):
                     # partition converted to fp32 for the step, dropped after it
                     buf = tname(it, "grads32", f"s{s}", g, n)
                     allocs, frees = [Alloc(buf, f"gpu{g}", shard(g32, n, g), MemClass.GRADS32)], [buf]
-                before, after = around.get(g, ((), ()))
+                before, after = around[s].get(g, ((), ()))
                 adam[g] = b.add(Action.ADAM_GPU, at(it, f"s{s}", g, n), f"gpu{g}.compute",
                                 before + (Op(OpKind.ADAM_GPU, n=shard(params, n, g), dtype="fp32"),) + after,
                                 deps=deps,
