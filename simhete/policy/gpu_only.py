@@ -50,8 +50,8 @@ class GpuOnlyKnobs(ActivationKnobs):
     clamped coefficient, whatever the norm: 3 accesses per gradient element, after every gradient
     is reduced."""
     optimizer: Literal["fused", "foreach"] = "fused"
-    """The Adam implementation: ``fused`` (one kernel: torch ``fused=True``, apex FusedAdam, as
-    Megatron-LM, nanoGPT and torchtitan run it) or ``foreach`` (torch AdamW's default on CUDA, what
+    """The Adam implementation: ``fused`` (one kernel: torch ``fused=True``, apex FusedAdam as
+    Megatron-LM runs it) or ``foreach`` (torch AdamW's default on CUDA, what
     the Hugging Face Trainer's ``adamw_torch`` runs: eight multi-tensor passes, 20 accesses per
     parameter instead of 7; :data:`simhete.opkinds.ADAM_GPU_ACCESSES`)."""
 
