@@ -94,6 +94,24 @@ def test_bf16_check_grad_overflow_is_a_zero2_knob():
         map_deepspeed(BASE, {"zero_optimization": {"stage": 2}, "bf16": {"check_grad_overflow": "yes"}}, "ds.json")
 
 
+def test_optimizer_section_decides_gpu_only_adam_implementation():
+    """engine.py _configure_basic_optimizer: an Adam/AdamW section builds FusedAdam on the GPU, or
+    torch's Adam/AdamW (foreach by default) with params.torch_adam; without a section the client's
+    optimizer runs, which the config cannot tell: the scenario's knob stays and a note says so."""
+    base = {"zero_optimization": {"stage": 1}}
+    imp = map_deepspeed(BASE, {**base, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}})
+    assert imp.policy == "gpu-only" and imp.scenario.data.knobs["optimizer"] == "fused"
+    imp = map_deepspeed(BASE, {**base, "optimizer": {"type": "AdamW", "params": {"torch_adam": True}}})
+    assert imp.scenario.data.knobs["optimizer"] == "foreach"
+    assert ("optimizer.params.torch_adam", "knobs.optimizer = 'foreach'") in imp.mapped
+    imp = map_deepspeed(BASE.with_changes(knobs={"optimizer": "foreach"}), base)
+    assert imp.scenario.data.knobs["optimizer"] == "foreach"
+    assert any(k == "optimizer (absent)" for k, _ in imp.mapped)
+    # zero-2 prices DeepSpeed's FusedAdam itself: no knob to set, nothing unsupported
+    imp = map_deepspeed(BASE, {"zero_optimization": {"stage": 2}, "optimizer": {"type": "Adam"}})
+    assert imp.policy == "zero-2" and "optimizer" not in imp.scenario.data.knobs and not imp.unsupported
+
+
 def test_stage3_with_optimizer_offload_is_zero3_with_gpu_partitioned_parameters():
     """Stage 3 partitions the 16-bit parameters whatever is offloaded: optimizer offload alone is
     zero-infinity with offload_param none (not ZeRO-2 placement); the stage3_* keys, overlap_comm,

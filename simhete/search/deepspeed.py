@@ -272,8 +272,18 @@ def map_deepspeed(scenario: Scenario, ds: dict[str, Any], file: str | None = Non
         t = m.take("optimizer.type", "Adam", lambda v: isinstance(v, str), "an optimizer name")
         if str(t).lower().replace("_", "") in ADAM:
             m.mapped.append(("optimizer.type", f"{t} (simhete prices Adam/AdamW)"))
+            if "optimizer" in knob_fields:
+                # engine.py _configure_basic_optimizer: FusedAdam on the GPU, torch's Adam/AdamW
+                # (its foreach default) with params.torch_adam
+                key = "optimizer.params.torch_adam"
+                torch_adam = m.take(key, False, lambda v: isinstance(v, bool), "true or false") if m.has(key) else False
+                knob(key if m.has(key) else "optimizer.type (DeepSpeed builds FusedAdam)", "optimizer",
+                     "foreach" if torch_adam else "fused")
         else:
             m.unsupported.append(("optimizer.type", f"{t}: simhete prices Adam/AdamW only"))
+    elif "optimizer" in knob_fields:
+        m.mapped.append(("optimizer (absent)", "the client's optimizer runs (the Hugging Face Trainer's is torch "
+                                               "AdamW: knobs.optimizer foreach); knobs.optimizer kept"))
     for k in m.unseen(""):
         m.classify(k)
 
