@@ -206,7 +206,7 @@ def resolve(s: Scenario, profile: Any = None) -> tuple[Context, Any]:
     try:
         wl = build_workload(spec, tr.micro_batch, tr.seq_len, tr.dtype, flash_attention=flash,
                             framework=s.data.framework, lse_align=lse_align, precision=tr.precision,
-                            half_to_float=prof.device_type == "cuda", recompute=tr.recompute)
+                            cuda=prof.device_type == "cuda", recompute=tr.recompute)
     except ConfigError as exc:
         if exc.file is None and exc.key == "train.recompute":
             raise ConfigError(s.file, exc.key, tr.recompute, allowed=exc.allowed) from None

@@ -267,11 +267,15 @@ def test_tiny_llama_hf_eager_attention_workspace_by_hand() -> None:
     w = build_workload(TINY_LLAMA, 1, 16, flash_attention=False, framework="hf-eager")
     assert w.blocks[1].workspace_bytes == 4800
     # fp16 on CUDA (half_to_float): the softmax backward writes the fp16 score gradient, 2 bytes
-    # instead of 4: 4 + 2 − 2 = 4 per score, 1280 + 4096 − 2624 = 2752. bf16 takes no such path.
-    w16 = build_workload(TINY_LLAMA, 1, 16, "fp16", flash_attention=False, framework="hf-eager", half_to_float=True)
-    assert w16.blocks[1].workspace_bytes == 2752
+    # instead of 4, and first the fp32 grad·output (softmax_grad_mul, 4 bytes per score), alive
+    # with both: 4 + 2 − 2 + 4 = 8 per score, 1280 + 8192 − 2624 = 6848. bf16 takes no
+    # half_to_float path: 6 + 4 = 10 per score, 1280 + 10240 − 2624 = 8896.
+    w16 = build_workload(TINY_LLAMA, 1, 16, "fp16", flash_attention=False, framework="hf-eager", cuda=True)
+    assert w16.blocks[1].workspace_bytes == 6848
     assert build_workload(TINY_LLAMA, 1, 16, "bf16", flash_attention=False, framework="hf-eager",
-                          half_to_float=True).blocks[1].workspace_bytes == 4800
+                          cuda=True).blocks[1].workspace_bytes == 8896
+    assert build_workload(TINY_LLAMA, 1, 16, "fp16", flash_attention=False, framework="hf-eager",
+                          cuda=False).blocks[1].workspace_bytes == 4800
 
 
 def test_half_to_float_softmax_kernels() -> None:
@@ -281,14 +285,38 @@ def test_half_to_float_softmax_kernels() -> None:
 
     def soft(h2f):
         blk = build_workload(TINY_LLAMA, 1, 16, "fp16", flash_attention=False, framework="hf-eager",
-                             half_to_float=h2f).blocks[1]
+                             cuda=h2f).blocks[1]
         return ([op.n for op in blk.fwd_ops if op.kind is OpKind.SOFTMAX_CE],
                 [op.n for op in blk.bwd_ops if op.kind is OpKind.SOFTMAX_CE],
                 len(blk.fwd_ops), len(blk.bwd_ops))
 
     assert soft(False) == ([8 * ns], [12 * ns], *soft(False)[2:])
     f, b, nf, nb = soft(True)
-    assert (f, b) == ([6 * ns], [10 * ns]) and (nf, nb) == (soft(False)[2] - 1, soft(False)[3] - 1)
+    # backward: the downcast kernel goes, the CUDA softmax backward's multiply comes
+    assert (f, b) == ([6 * ns], [10 * ns]) and (nf, nb) == (soft(False)[2] - 1, soft(False)[3])
+
+
+@pytest.mark.parametrize("model, framework, dtype, g", [
+    (TINY_LLAMA, "hf-eager", "fp16", 4),     # fp32 softmax (half_to_float): fp32 grad and output
+    (TINY_LLAMA, "hf-eager", "bf16", 4),     # fp32 softmax after an upcast
+    (TINY_LLAMA, "hf-eager", "fp32", 4),
+    (TINY_LLAMA, "fused-eager-attn", "fp16", 2),   # Megatron's torch.nn.Softmax in the working dtype
+    (TINY_LLAMA, "fused", "bf16", 2),        # SDPA's math path
+])
+def test_cuda_softmax_backward_runs_its_multiply_first(model, framework, dtype, g) -> None:
+    """ATen's CUDA softmax backward (softmax_backward_cuda_out) writes tmp = grad * output with a
+    kernel of its own before the backward kernel: an ELEMENTWISE op of 3·g bytes per score just
+    before the SOFTMAX_CE op, on CUDA only; the rest of the block is unchanged."""
+    ns = 2 * 4 * 16 * 16
+
+    def bwd(cuda):
+        return build_workload(model, 2, 16, dtype, flash_attention=False, framework=framework,
+                              cuda=cuda).blocks[1].bwd_ops
+
+    cpu, gpu = bwd(False), bwd(True)
+    k = next(i for i, op in enumerate(gpu) if op.kind is OpKind.SOFTMAX_CE)
+    assert gpu[k - 1].kind is OpKind.ELEMENTWISE and gpu[k - 1].n == 3 * g * ns
+    assert gpu[:k - 1] + gpu[k:] == cpu or dtype == "fp16" and framework == "hf-eager"
 
 
 # Peak bytes of one Transformers 4.33.3 LlamaDecoderLayer (eager, bf16, CPU) forward + backward
@@ -426,7 +454,8 @@ def test_head_cross_entropy_fp32_has_no_upcast() -> None:
 
 
 def test_simulation_takes_the_half_to_float_softmax_only_for_fp16_on_cuda() -> None:
-    """resolve() builds the workload with half_to_float on a CUDA profile; a CPU device casts first."""
+    """resolve() builds the workload for CUDA (half_to_float in fp16, the softmax backward's
+    multiply) on a CUDA profile; a CPU device casts first and has no separate multiply."""
     from simhete.scenario import scenario_from_dict
     from simhete.sim import resolve
 
@@ -437,7 +466,7 @@ def test_simulation_takes_the_half_to_float_softmax_only_for_fp16_on_cuda() -> N
 
     spec = get_model("llama2-7b")
     want = {h2f: build_workload(spec, 1, 2048, "fp16", flash_attention=False, framework="hf-eager",
-                                half_to_float=h2f).blocks[1].workspace_bytes for h2f in (False, True)}
-    assert want[True] < want[False]
+                                cuda=h2f).blocks[1].workspace_bytes for h2f in (False, True)}
+    assert want[True] != want[False]
     assert ws("a100-80gb-sxm", "fp16") == want[True]
     assert ws("cpu-local", "fp16") == want[False]

@@ -78,6 +78,23 @@ def ew(n: int, dtype: str) -> Op:
     return Op(OpKind.ELEMENTWISE, (), n, dtype=dtype)
 
 
+def softmax_grad_mul(ns: int, g: int, dtype: str, cuda: bool) -> tuple[Op, ...]:
+    """What ATen's CUDA softmax backward runs before its kernel: ``softmax_backward_cuda_out``
+    computes ``tmp = grad * output`` as a kernel of its own (read both, write tmp: 3·g bytes per
+    score, g the bytes of the gradient's dtype) and hands tmp to ``host_softmax_backward``
+    (aten/src/ATen/native/cuda/SoftMax.cu, pytorch/pytorch at 000cace5; the epilogue's comment:
+    "gradOutput that we get here is really gradOutput * output"). The CPU kernel takes the sum of
+    grad·output inside its one pass: nothing off CUDA."""
+    return (Op(OpKind.ELEMENTWISE, (), 3 * g * ns, dtype="fp32" if g == 4 else dtype),) if cuda else ()
+
+
+def _with_mul(soft_b: tuple[Op, ...], mul: tuple[Op, ...]) -> tuple[Op, ...]:
+    """``soft_b`` with the softmax backward's multiply (:func:`softmax_grad_mul`) just before its
+    SOFTMAX_CE kernel."""
+    k = next(i for i, op in enumerate(soft_b) if op.kind is OpKind.SOFTMAX_CE)
+    return (*soft_b[:k], *mul, *soft_b[k:])
+
+
 def linear(t: int, n_out: int, n_in: int, dtype: str, count: int = 1) -> tuple[Op, tuple[Op, Op]]:
     """Forward GEMM of a linear layer on t tokens, and its (input-grad, weight-grad) GEMMs."""
     fwd = _gemm(t, n_out, n_in, dtype, count)          # Y = X·Wᵀ: (t×n_in)·(n_in×n_out)
@@ -91,7 +108,7 @@ def norm_kind(spec: ModelSpec) -> OpKind:
 
 
 def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
-               flash: bool) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+               flash: bool, cuda: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     """Attention core ops (forward, backward). Flash: one fused ATTN_FWD / ATTN_BWD (attention
     dropout, if any, is generated inside the kernel). Otherwise the math path of eager PyTorch
     (torch's ``_scaled_dot_product_attention_math``, what SDPA runs where no fused kernel applies,
@@ -99,8 +116,9 @@ def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     (read S and the s×s mask, write S), softmax over s scores, dropout on the probabilities
     (DROPOUT: a random mask per score) and a GEMM O = P·V (s, d, s); K and V first expanded to all
     heads under grouped-query attention. Backward: dP = dO·Vᵀ, dV = Pᵀ·dO, the dropout's masked
-    scale, softmax backward (read P and dP, write dS), dQ = dS·K, dK = dSᵀ·Q, and the expanded
-    K/V gradients summed back to their heads. n_s = b·a·s² scores; e bytes per element."""
+    scale, softmax backward (read P and dP, write dS; on CUDA after its separate multiply,
+    :func:`softmax_grad_mul`), dQ = dS·K, dK = dSᵀ·Q, and the expanded K/V gradients summed back
+    to their heads. n_s = b·a·s² scores; e bytes per element."""
     a, d, h, kv = spec.n_heads, spec.head_dim, spec.q_dim, spec.kv_dim  # h: a·d, the Q width
     shape = (b, a, s, s, d, 1)
     if flash:
@@ -119,13 +137,14 @@ def _attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     safe = ew((3 * e + 2) * ns, dtype)
     fwd = (*expand, scale, scale, qk, mask, soft_f, safe,
            *((Op(OpKind.DROPOUT, (), 2 * e * ns + ns, dtype=dtype),) if drop else ()), pv)
-    bwd = (qk, pv, *((ew(2 * e * ns + ns, dtype),) if drop else ()), soft_b, pv, pv,
-           scale, scale, scale, *reduce)
+    bwd = (qk, pv, *((ew(2 * e * ns + ns, dtype),) if drop else ()),
+           *softmax_grad_mul(ns, e, dtype, cuda), soft_b, pv, pv, scale, scale, scale, *reduce)
     return fwd, bwd
 
 
 def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bool = True,
-               attn: tuple[tuple[Op, ...], tuple[Op, ...]] | None = None) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+               attn: tuple[tuple[Op, ...], tuple[Op, ...]] | None = None,
+               cuda: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     t, h, f, kv = b * s, spec.hidden, spec.ffn_hidden, spec.kv_dim
     drop = 1 if spec.dropout else 0
     norm = norm_kind(spec)
@@ -138,7 +157,7 @@ def _block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bool 
     # backward: dropout backward (read grad and mask, write grad: a masked scale, no random
     # numbers) and the residual gradient sum
     resid_bwd = ew(3 * e * t * h + drop * (2 * e + 1) * t * h, dtype)
-    attn_f, attn_b = attn if attn is not None else _attention(spec, b, s, e, dtype, flash)
+    attn_f, attn_b = attn if attn is not None else _attention(spec, b, s, e, dtype, flash, cuda)
     q = spec.q_dim  # a·d: h unless the head dimension is set apart (Gemma, Qwen3)
     qkv, qkv_b = linear(t, q + 2 * kv, h, dtype)
     out, out_b = linear(t, h, q, dtype)
@@ -221,7 +240,7 @@ def _hf_rope(t: int, widths: tuple[int, ...], e: int, dtype: str) -> tuple[tuple
 
 
 def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
-                     half_to_float: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+                     half_to_float: bool = False, cuda: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     """Transformers' ``eager_attention_forward``: K and V expanded to all heads (``repeat_kv``:
     read kv, write h per token) under GQA; per head (count b·a) S = Q·Kᵀ (s, s, d); ·scaling
     (e, e per score); + the additive causal mask (read the scores and the b·s² mask, write);
@@ -236,7 +255,9 @@ def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     with ``dtype=float32`` calls ``_softmax(input, dim, half_to_float=true)`` for a CUDA Half
     input instead of casting first (aten/src/ATen/native/SoftMax.cpp), and its backward
     (``_softmax_backward_data`` with the Half input dtype) writes the fp16 score gradient: no
-    upcast kernel, a softmax reading e and writing 4 bytes per score, a backward writing e."""
+    upcast kernel, a softmax reading e and writing 4 bytes per score, a backward writing e.
+    ``cuda``: the softmax backward's separate multiply (:func:`softmax_grad_mul`; on the fp32
+    gradient where the softmax is taken in fp32)."""
     a, d, h, kv = spec.n_heads, spec.head_dim, spec.hidden, spec.kv_dim
     t, ns, ba = b * s, b * a * s * s, b * a
     qk, pv, expand, reduce = _head_products(s, d, e, t, h, kv, dtype, ba)
@@ -255,6 +276,7 @@ def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
     else:
         soft_f = (Op(OpKind.SOFTMAX_CE, (ba * s, s), 2 * e * ns, dtype=dtype),)
         soft_b = (Op(OpKind.SOFTMAX_CE, (ba * s, s), 3 * e * ns, dtype=dtype),)
+    soft_b = _with_mul(soft_b, softmax_grad_mul(ns, 4 if fp32 else e, dtype, cuda))
     drop = spec.attn_dropout
     drop_f = (Op(OpKind.DROPOUT, (), 2 * e * ns + ns, dtype=dtype),) if drop else ()
     drop_b = (ew(2 * e * ns + ns, dtype),) if drop else ()
@@ -265,13 +287,15 @@ def _eager_attention(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
 
 
 def _hf_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bool,
-                  framework: str, half_to_float: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+                  framework: str, half_to_float: bool = False,
+                  cuda: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     """A block as Transformers runs it (module docstring): :func:`_block_ops`' ops with the
     unfused RMSNorm, gelu_new and rotary chains, residual dropout as its own kernel (nn.Dropout,
     then the add), and under ``hf-eager`` without flash the eager attention."""
     eager = framework == "hf-eager" and not flash
     fwd, bwd = _block_ops(spec, b, s, e, dtype, flash,
-                          _eager_attention(spec, b, s, e, dtype, half_to_float) if eager else None)
+                          _eager_attention(spec, b, s, e, dtype, half_to_float, cuda) if eager else None,
+                          cuda)
     t, h, f, kv = b * s, spec.hidden, spec.ffn_hidden, spec.kv_dim
     out_f: list[Op] = []
     out_b: list[Op] = []
@@ -300,7 +324,7 @@ def _hf_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bo
 
 
 def _megatron_attention(spec: ModelSpec, b: int, s: int, e: int,
-                        dtype: str) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+                        dtype: str, cuda: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     """Megatron-LM's self-attention as separate PyTorch ops, what it runs without a fused softmax
     kernel: the 2019 code (NVIDIA/Megatron-LM abe36e2, mpu/transformer.py
     ``GPT2ParallelSelfAttention.forward``; copied into DeepSpeedExamples' Megatron-LM, which the
@@ -316,8 +340,9 @@ def _megatron_attention(spec: ModelSpec, b: int, s: int, e: int,
     run is fp32 anyway); attention dropout on the probabilities (DROPOUT, 2e + 1: CUDA's fused
     dropout writes a 1-byte mask); O = P·V (s, d, s); O permuted and made contiguous (2e per
     element of t·h). Backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dropout's masked scale (2e + 1), softmax
-    backward (3e), the mask's backward (the gradient masked: read e and the mask, write e), the
-    scale's (2e), dQ = dS·K, dK = dSᵀ·Q. Versions differ by one pass over the scores: abe36e2
+    backward (3e; on CUDA after its separate multiply, :func:`softmax_grad_mul`), the mask's
+    backward (the gradient masked: read e and the mask, write e), the scale's (2e), dQ = dS·K,
+    dK = dSᵀ·Q. Versions differ by one pass over the scores: abe36e2
     masks with a multiply and a subtraction (one more forward pass); v1.0 scales Q and K (2e per
     element of t·h each) and v1.1.5 the GEMM (``baddbmm`` alpha) instead of the scores (one pass
     fewer each way). Under GQA, K and V are first expanded to all heads (Megatron-LM of that time
@@ -334,19 +359,19 @@ def _megatron_attention(spec: ModelSpec, b: int, s: int, e: int,
     drop_b = (ew(2 * e * ns + ns, dtype),) if drop else ()
     contig = ew(2 * e * t * h, dtype)
     fwd = (*expand, qk, scale, mask, soft_f, *drop_f, pv, contig)
-    bwd = (qk, pv, *drop_b, soft_b, mask, scale, pv, pv, *reduce)
+    bwd = (qk, pv, *drop_b, *softmax_grad_mul(ns, e, dtype, cuda), soft_b, mask, scale, pv, pv, *reduce)
     return fwd, bwd
 
 
 def _megatron_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
-                        flash: bool) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+                        flash: bool, cuda: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     """``fused-eager-attn``: :func:`_block_ops` (fused LayerNorm — apex ``FusedLayerNorm`` in
     abe36e2 / 03d2880, Megatron's ``MixedFusedLayerNorm`` later —, a single-kernel GeLU, the GEMMs)
     with :func:`_megatron_attention` unless ``flash``, and the residual dropout as its own kernel
     before the add (abe36e2 / 03d2880: ``self.output_dropout(output)`` / ``self.dropout(output)``
     in the attention and MLP, then ``hidden_states + attention_output`` in the layer)."""
-    attn = None if flash else _megatron_attention(spec, b, s, e, dtype)
-    fwd, bwd = _block_ops(spec, b, s, e, dtype, flash, attn)
+    attn = None if flash else _megatron_attention(spec, b, s, e, dtype, cuda)
+    fwd, bwd = _block_ops(spec, b, s, e, dtype, flash, attn, cuda)
     t, h = b * s, spec.hidden
     in_attn = {id(op) for op in attn[0]} if attn is not None else set()
     out: list[Op] = []
@@ -360,11 +385,11 @@ def _megatron_block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str,
 
 
 def block_ops(spec: ModelSpec, b: int, s: int, e: int, dtype: str, flash: bool, framework: str,
-              half_to_float: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
+              half_to_float: bool = False, cuda: bool = False) -> tuple[tuple[Op, ...], tuple[Op, ...]]:
     """A transformer block's (forward, backward) ops under ``framework`` (identical, ==, for every
-    block of a model)."""
+    block of a model); ``cuda``: ATen's CUDA kernels run them (:func:`softmax_grad_mul`)."""
     if framework == "fused":
-        return _block_ops(spec, b, s, e, dtype, flash)
+        return _block_ops(spec, b, s, e, dtype, flash, cuda=cuda)
     if framework == "fused-eager-attn":
-        return _megatron_block_ops(spec, b, s, e, dtype, flash)
-    return _hf_block_ops(spec, b, s, e, dtype, flash, framework, half_to_float)
+        return _megatron_block_ops(spec, b, s, e, dtype, flash, cuda)
+    return _hf_block_ops(spec, b, s, e, dtype, flash, framework, half_to_float, cuda)

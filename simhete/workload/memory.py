@@ -102,6 +102,9 @@ class Activations:
     half_to_float: bool = False
     """fp16 on CUDA: ATen's fp32 softmax of a Half input is one fused kernel whose backward writes
     the fp16 score gradient (aten/src/ATen/native/SoftMax.cpp ``softmax``; see block_workspace)."""
+    cuda: bool = False
+    """ATen's CUDA kernels: the softmax backward first writes ``grad * output`` to a tensor of its
+    own (:func:`simhete.workload.kernels.softmax_grad_mul`), alive with the gradients it reads."""
 
     @property
     def t(self) -> int:
@@ -239,18 +242,23 @@ class Activations:
         softmax output and the softmax backward the fp32 gradient of the scores (ATen
         ``softmax``: the input is cast first; fp16 on CUDA takes the fused ``half_to_float``
         kernel, whose score gradient is fp16: e instead of 4) while its fp32 output is held:
-        4 + 4 beyond act_bytes, less the e bytes of the released probabilities. Measured on one
-        Transformers 4.33.3 LlamaDecoderLayer in bf16 on the CPU (profiler allocator events,
-        benchmarks/hf_block_peak.py): act_bytes + block_workspace + the block's output is the
-        block's forward + backward peak +4 % to +11 % at b·s = 256 to 1024, h = 256 / 512 (it was
-        +33 % to +47 % with the MLP's tensors and the probabilities counted as live).
+        4 + 4 beyond act_bytes, less the e bytes of the released probabilities. On CUDA the
+        softmax backward's ``grad * output`` tensor is alive with them (4 bytes per score in
+        fp32, else e). Measured on one Transformers 4.33.3 LlamaDecoderLayer in bf16 on the CPU
+        (profiler allocator events, benchmarks/hf_block_peak.py): act_bytes + block_workspace +
+        the block's output is the block's forward + backward peak +4 % to +11 % at b·s = 256 to
+        1024, h = 256 / 512 (it was +33 % to +47 % with the MLP's tensors and the probabilities
+        counted as live).
         """
         sp, e, t = self.spec, self.e, self.t
         h, f, q = sp.hidden, sp.ffn_hidden, sp.q_dim
         mlp = t * e * (2 * h + (3 if sp.mlp == "swiglu" else 2) * f)
         per_score = 2 * e
+        tmp = e
         if self.framework == "hf-eager" and sp.family not in GPT2_STYLE:
-            per_score = 4 + (e if self.half_to_float else 4) - (e if e < 4 else 0)
+            per_score, tmp = 4 + (e if self.half_to_float else 4) - (e if e < 4 else 0), 4
+        if self.cuda:
+            per_score += tmp
         if self.flash:  # dQ, dK, dV at full head count and the dQ accumulator are a·d = q wide
             attn = t * (e * (2 * h + 3 * q) + 4 * q)
         else:

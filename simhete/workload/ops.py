@@ -149,14 +149,15 @@ class Workload:
 
 def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype: str = "bf16",
                    flash_attention: bool = True, framework: str = "fused",
-                   lse_align: int = 1, precision: str = "mixed", half_to_float: bool = False,
+                   lse_align: int = 1, precision: str = "mixed", cuda: bool = False,
                    recompute: str = "full") -> Workload:
     """The Workload of ``spec`` (a ModelSpec or a preset name); cached, so cheap to call again.
     ``framework``: which kernels run (:data:`memory.FRAMEWORKS`); ``flash_attention=False`` is
     the eager attention under ``hf-eager``, torch SDPA's math path otherwise; ``lse_align`` = 32
-    for PyTorch's memory-efficient SDPA kernel (its padded log-sum-exp). ``half_to_float``: fp16
-    on a CUDA device, where ATen's ``softmax(x, dtype=float32)`` runs the fused half-to-float
-    kernel (hf-eager's fp32 softmax; :func:`_eager_attention`).
+    for PyTorch's memory-efficient SDPA kernel (its padded log-sum-exp). ``cuda``: ATen's CUDA
+    kernels run the block: in fp16, ``softmax(x, dtype=float32)`` is the fused half-to-float
+    kernel (hf-eager's fp32 softmax; :func:`kernels._eager_attention`), and every softmax backward
+    of an unfused attention runs its separate multiply (:func:`kernels.softmax_grad_mul`).
     ``precision``: ``mixed`` (fp32 master weights and Adam state) or ``pure`` (see :func:`_pure`).
     ``recompute``: what a checkpointed transformer block keeps and re-runs (:data:`RECOMPUTE`):
     ``full`` — its input, the whole forward; ``op`` — torchtitan's per-op selective checkpointing
@@ -173,19 +174,19 @@ def build_workload(spec: ModelSpec | str, micro_batch: int, seq_len: int, dtype:
     for key, v in (("micro_batch", micro_batch), ("seq_len", seq_len)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(None, key, v, allowed="a positive integer")
-    for key, v in (("flash_attention", flash_attention), ("half_to_float", half_to_float)):
+    for key, v in (("flash_attention", flash_attention), ("cuda", cuda)):
         if not isinstance(v, bool):
             raise ConfigError(None, key, v, allowed="true or false")
     if precision == "pure":
-        return _pure(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float,
+        return _pure(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, cuda,
                      recompute)
-    return _build(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, half_to_float,
+    return _build(spec, micro_batch, seq_len, dtype, flash_attention, framework, lse_align, cuda,
                   recompute)
 
 
 @lru_cache(maxsize=4096)
 def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: str = "fused",
-           lse_align: int = 1, half_to_float: bool = False, recompute: str = "full") -> Workload:
+           lse_align: int = 1, cuda: bool = False, recompute: str = "full") -> Workload:
     for key, v in (("micro_batch", b), ("seq_len", s)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(None, key, v, allowed="a positive integer")
@@ -197,10 +198,10 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: 
         raise ConfigError(None, "seq_len", s, problem=(
             f"seq_len={s} exceeds {spec.name}'s {spec.max_seq} learned positions"))
     e = DTYPE_BYTES[dtype]
-    h2f = half_to_float and dtype == "fp16"
-    acts = memory.Activations(spec, b, s, e, flash, framework, lse_align, h2f)
+    h2f = cuda and dtype == "fp16"   # ATen half_to_float softmax: a CUDA Half input only
+    acts = memory.Activations(spec, b, s, e, flash, framework, lse_align, h2f, cuda)
     blocks = [_embed(spec, b, s, e, dtype, acts)]
-    fwd, bwd = kernels.block_ops(spec, b, s, e, dtype, flash, framework, h2f)
+    fwd, bwd = kernels.block_ops(spec, b, s, e, dtype, flash, framework, h2f, cuda)
     ckpt, rec = acts.block_ckpt(), None
     if recompute == "op":
         ckpt, rbytes = acts.block_op_sac()
@@ -232,7 +233,7 @@ def _build(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: 
         blocks=tuple(blocks), params=sum(bw.params for bw in blocks),
         fwd_flops=sum(flops(bw.fwd_ops) for bw in blocks), bwd_flops=sum(flops(bw.bwd_ops) for bw in blocks),
         model_flops_per_iter=3 * int(model_fwd), tokens_per_iter=b * s,
-        key=(spec, b, s, dtype, flash, framework, lse_align, half_to_float, recompute, "mixed"))
+        key=(spec, b, s, dtype, flash, framework, lse_align, cuda, recompute, "mixed"))
 
 
 def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tuple[Op, ...], e: int,
@@ -255,7 +256,7 @@ def _blockwork(name: str, index: int, params: int, fwd: tuple[Op, ...], bwd: tup
 
 @lru_cache(maxsize=1024)
 def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: str = "fused",
-          lse_align: int = 1, half_to_float: bool = False, recompute: str = "full") -> Workload:
+          lse_align: int = 1, cuda: bool = False, recompute: str = "full") -> Workload:
     """The workload of :func:`_build` trained in pure low precision: the optimizer updates the working-dtype weights in
     place, with no fp32 master copy and no fp32 gradients, and keeps Adam m and v in that dtype.
     torch.optim.Adam/AdamW create their state with ``torch.zeros_like(p,
@@ -265,7 +266,7 @@ def _pure(spec: ModelSpec, b: int, s: int, dtype: str, flash: bool, framework: s
     whose HalfPrecision plugin converts the module to bf16) holds per parameter 2 B weights +
     2 B gradients + 2 B m + 2 B v = 8 B, against 16 B in mixed precision (ZeRO §3.1). In fp32
     nothing changes: mixed fp32 already has no master copy and keeps fp32 state."""
-    wl = _build(spec, b, s, dtype, flash, framework, lse_align, half_to_float, recompute)
+    wl = _build(spec, b, s, dtype, flash, framework, lse_align, cuda, recompute)
     if wl.dtype == "fp32":
         return wl
     e = DTYPE_BYTES[wl.dtype]
