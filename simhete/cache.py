@@ -67,8 +67,8 @@ POLICY_STRUCTURES = Lru(64)
 # HiGHS proved optimal, or NO_PLAN when it proved that no plan fits
 MILP_SOLUTIONS = Lru(1024)
 # ZeRO-1/2 (simhete.policy.zero_offload_buckets): (bucket bytes, the rank's own bytes, whether the
-# bucket spans several ranks' partitions) -> a rank's GPU passes over a bucket; (tensor pieces, bytes per element 16/32-bit, pinned) -> the
-# boundary's per-tensor ops
+# bucket spans several ranks' partitions) -> a rank's GPU passes over a bucket; (tensor pieces,
+# bytes per element 16/32-bit, pinned) -> the boundary's per-tensor ops
 BUCKET_PASSES = Bounded(4096)
 BUCKET_BOUNDARY = Bounded(4096)
 # (policy, its process-memory knobs, model, dtype, GPUs, accumulation, GPU reserve, ideal host

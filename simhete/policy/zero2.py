@@ -29,8 +29,8 @@ reduction the hook's copies into the bucket buffer, the division by the world si
 before the all-reduce and the copies of the rank's slices back and into its gradient partition;
 around the step the overflow check (``check_grad_overflow``), the fp64 gradient norm per tensor,
 the flatten and fp32 conversion of the partition, the unscale, and after Adam the copy into the
-16-bit partition. Not modelled: these passes with one GPU (no reduction task to carry them), the
-gradient-accumulation add of later micro-steps, and ``allgather_bucket_size`` (one all-gather here).
+16-bit partition. Not modelled: the bucket passes with one GPU (no reduction task to carry them),
+the gradient-accumulation add of later micro-steps, and ``allgather_bucket_size`` (one all-gather here).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from simhete.policy.training import ActivationKnobs
 from simhete.policy.zero3_params import ZeroInfinityKnobs
 from simhete.policy.zero_infinity import ZeroInfinity
 from simhete.policy.zero_offload_buckets import bucket_passes as zero_offload_bucket_passes
-from simhete.policy.zero_offload_buckets import rank_partition_slices, tensor_pieces
+from simhete.policy.zero_offload_buckets import rank_partition_slices, spans_ranks, tensor_pieces
 from simhete.schedule import Op
 from simhete.workload.tensors import param_tensors
 
@@ -94,7 +94,7 @@ class Zero2(ZeroInfinity):
             gb = sum(by[i].grad_bytes for i in bucket)
             own = {g: sum((hi - lo) * (by[i].grad_bytes // by[i].params) for i, (lo, hi) in per[g].items())
                    for g in range(n)}
-            split = sum(1 for g in range(n) if own[g]) > 1
+            split = spans_ranks(per)
             out.append({g: zero_offload_bucket_passes(gb, own[g], split) + ((Op(OpKind.ELEMENTWISE, n=2 * own[g]),)
                                                                              if own[g] else ())
                         for g in range(n)})

@@ -36,7 +36,8 @@ from simhete.policy.registry import register
 from simhete.policy.sizes import size_table
 from simhete.policy.training import (ActivationKnobs, accum_steps, act_modes, forward_backward, fwd_prio,
                                      grad_prio, hook_reduce_waits)
-from simhete.policy.zero_offload_buckets import boundary_ops, bucket_passes, rank_partition_slices, tensor_pieces
+from simhete.policy.zero_offload_buckets import (boundary_ops, bucket_passes, rank_partition_slices, spans_ranks,
+                                                 tensor_pieces)
 from simhete.schedule import Alloc, Op, Schedule
 from simhete.workload.tensors import param_tensors
 
@@ -127,7 +128,7 @@ class ZeroOffload(Policy):
         e32 = {i: (host_fp32_bytes(by_idx[i]) // by_idx[i].params if by_idx[i].params else 0) for bucket in buckets
                for i in bucket}
         own16 = [{g: sum(c * e16[i] for i, c in own[j][g].items()) for g in gpus} for j in range(len(buckets))]
-        passes = [{g: bucket_passes(gb, own16[j][g], sum(1 for r in gpus if own[j][r]) > 1) for g in gpus}
+        passes = [{g: bucket_passes(gb, own16[j][g], spans_ranks(slices[j])) for g in gpus}
                   for j, gb in enumerate(bucket_bytes)]
         # per parameter tensor of the rank's slice of the bucket (copy_grads_in_partition runs per
         # parameter): the elements of each tensor piece, in the bucket's order

@@ -84,6 +84,13 @@ def rank_partition_slices(blocks: tuple, buckets, n: int) -> list[dict[int, dict
     return out
 
 
+def spans_ranks(per_rank: dict[int, dict[int, tuple[int, int]]]) -> bool:
+    """Whether a bucket's slices (one bucket of :func:`rank_partition_slices`) lie in more than one
+    rank's partition: then ``allreduce_and_scatter`` gets several slices (:func:`bucket_passes`'
+    ``split``)."""
+    return sum(1 for got in per_rank.values() if got) > 1
+
+
 def tensor_pieces(tensors: tuple[int, ...], lo: int, hi: int) -> list[int]:
     """The element counts of the parts of ``tensors`` (laid out back to back) within [lo, hi)."""
     out, pos = [], 0
