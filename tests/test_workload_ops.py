@@ -278,6 +278,25 @@ def test_tiny_llama_hf_eager_attention_workspace_by_hand() -> None:
                           cuda=False).blocks[1].workspace_bytes == 4800
 
 
+def test_attention_dropout_tensors_are_released_before_the_softmax_backward_by_hand() -> None:
+    # TINY_GPT without flash, b = 1, s = 64 → t = 64, b·a·s² = 8192 scores, e = 2. MLP backward
+    # 64·2·(2·8 + 2·32) = 10240. Attention 64·2·(2·8 + 3·8) = 5120 plus per score, less the MLP
+    # half freed before it (ln2 in 16 + out 16 + stats 8 + GeLU 128 + mask 8 = 176 per token,
+    # 11264). With attention dropout the softmax backward finds the dropout's output and mask
+    # (2 + 1) released by PV's and the dropout's backward: grad of the probabilities 2 + of the
+    # scores 2 + CUDA's grad·output 2 − 3 = 3 per score, 5120 + 24576 − 11264 = 18432; on the
+    # CPU (no grad·output) 1 per score, but PV's backward held its gradient (2) beside every
+    # saved tensor: 5120 + 16384 − 11264 = 10240 (= the MLP's). Without attention dropout
+    # nothing is released: 6 per score on CUDA (43008), 4 on the CPU (26624).
+    tiny = dataclasses.replace(TINY_GPT, max_seq=64)
+    no_drop = dataclasses.replace(tiny, attn_dropout=False)
+
+    def ws(spec, cuda):
+        return build_workload(spec, 1, 64, flash_attention=False, cuda=cuda).blocks[1].workspace_bytes
+
+    assert (ws(tiny, True), ws(tiny, False), ws(no_drop, True), ws(no_drop, False)) == (18432, 10240, 43008, 26624)
+
+
 def test_half_to_float_softmax_kernels() -> None:
     """fp16 on CUDA: no upcast kernel before the softmax (it reads 2 and writes 4 bytes per score)
     and no downcast after its backward (which writes 2): one elementwise kernel fewer each way."""

@@ -249,16 +249,31 @@ class Activations:
         the block's output is the block's forward + backward peak +4 % to +11 % at b·s = 256 to
         1024, h = 256 / 512 (it was +33 % to +47 % with the MLP's tensors and the probabilities
         counted as live).
+
+        Attention dropout: PV's backward releases the dropout's output and the dropout's backward
+        its 1-byte mask before the softmax backward runs (autograd frees a node's saved tensors
+        once its backward has run, as above), so at the softmax backward 1 + e bytes per score of
+        act_bytes are gone: with e-byte probabilities 2e − 1 beyond act_bytes on CUDA (e on the
+        CPU, reached at PV's backward). Against the FlashAttention paper's PyTorch attention
+        with dropout and mask (arXiv 2205.14135, Table 21, A100, fp16, b·h = 128, d = 64):
+        17,024 MB at s = 4096 is 8.3 bytes per score (MiB), the 5 that the forward saves
+        (probabilities, mask, dropout output) and these 3.
         """
         sp, e, t = self.spec, self.e, self.t
         h, f, q = sp.hidden, sp.ffn_hidden, sp.q_dim
         mlp = t * e * (2 * h + (3 if sp.mlp == "swiglu" else 2) * f)
-        per_score = 2 * e
-        tmp = e
+        # per score at the softmax backward: the gradients of the softmax output and of the scores
+        # (+ CUDA's grad·output), less what PV's and the dropout's backward have released of
+        # act_bytes: the dropout's mask and output (1 + e), else an fp32 softmax's e-byte cast
         if self.framework == "hf-eager" and sp.family not in GPT2_STYLE:
-            per_score, tmp = 4 + (e if self.half_to_float else 4) - (e if e < 4 else 0), 4
-        if self.cuda:
-            per_score += tmp
+            grads, tmp, released = 4 + (e if self.half_to_float else 4), 4, e if e < 4 else 0
+        else:
+            grads, tmp, released = 2 * e, e, 0
+        if sp.attn_dropout:
+            released = 1 + e
+        per_score = grads + (tmp if self.cuda else 0) - released
+        if sp.attn_dropout:   # … or earlier, PV's backward: its gradient (e) beside all of act_bytes
+            per_score = max(per_score, e)
         if self.flash:  # dQ, dK, dV at full head count and the dQ accumulator are a·d = q wide
             attn = t * (e * (2 * h + 3 * q) + 4 * q)
         else:
