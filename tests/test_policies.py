@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from simhete.engine import simulate
@@ -572,3 +572,58 @@ def test_zero_infinity_ratio_splits_sub_groups_as_deepspeed(ratio, groups, on_gp
     n_groups = len(gpu_steps) + len(cpu_steps)
     assert len(gpu_steps) == int((1 - ratio) * n_groups)
     assert not gpu_steps or not cpu_steps or max(gpu_steps) < min(cpu_steps)   # the first ones stay
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_chunked_farthest_next_use_heap_picks_what_a_scan_of_the_resident_chunks_picks(data):
+    """The eviction choice, a lazy heap, against the scan it replaced — the resident chunk
+    outside this step's needs and the fixed ones with the farthest next use, ties to the higher
+    chunk — over drawn traces, budgets, fixed chunks and chunks sent home at their last use,
+    for three iterations (the heap restarts each)."""
+    from bisect import bisect_right
+
+    from simhete.policy.chunked import FarthestNextUse
+
+    nchunks = data.draw(st.integers(2, 9))
+    steps = data.draw(st.integers(2, 14))
+    need = [sorted(data.draw(st.sets(st.integers(0, nchunks - 1), min_size=1, max_size=3))) for _ in range(steps)]
+    used_at = {}
+    for u, cs in enumerate(need):
+        for c in cs:
+            used_at.setdefault(c, []).append(u)
+    chunks = sorted(used_at)
+    fixed = set(data.draw(st.sets(st.sampled_from(chunks), max_size=2)))
+    low = max(len(c) for c in need) + len(fixed)
+    cap = data.draw(st.integers(low, low + 2))
+    drop = set(data.draw(st.sets(st.sampled_from(chunks))))        # sent home at their last use
+    last_use = {c: at[-1] for c, at in used_at.items()}
+
+    def next_use(c, u):
+        at = used_at[c]
+        i = bisect_right(at, u)
+        return at[i] if i < len(at) else steps + at[0]
+
+    resident = {c: None for c in fixed}
+    heap = FarthestNextUse(next_use, fixed)
+    evictions = 0
+    for _ in range(3):
+        heap.reset(resident)
+        for u in range(steps):
+            need_u = set(need[u])
+            for c in need[u]:
+                if c not in resident:
+                    while len(resident) + 1 > cap:
+                        cand = [r for r in resident if r not in need_u and r not in fixed]
+                        want = max(cand, key=lambda r: (next_use(r, u), r)) if cand else None
+                        assert heap.victim(u, need_u, resident) == want
+                        if want is None:
+                            break
+                        del resident[want]
+                        evictions += 1
+                    resident[c] = None
+                heap.used(c, u)
+            for c in need[u]:
+                if last_use[c] == u and c in drop and c not in fixed:
+                    del resident[c]
+    event(f"evictions: {min(evictions, 5)}{'+' if evictions > 5 else ''}")

@@ -64,8 +64,10 @@ buffers of PatrickStar's optimizer are not counted.
 
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import bisect_left, bisect_right
+from typing import Callable
 
 from simhete.errors import ConfigError
 from simhete.opkinds import Action, At, MemClass, OpKind, at
@@ -167,6 +169,7 @@ class Chunked(Policy):
                              allocs=(allocs or {}).get(g, ()), frees=(frees or {}).get(g, ()), it=it, block=block)
                     for g in dp.gpus}
 
+        farthest = FarthestNextUse(next_use, fixed)
         # chunk -> gpu -> buffer of the GPU's shard; home-GPU shards are there from the start
         resident: dict[int, dict[int, str]] = {c: {g: f"chunk.g{g}.c{c}" for g in dp.gpus} for c in sorted(home_gpu)}
         ready: dict[int, dict[int, str]] = {}      # chunk -> gpu -> task after which its shard is usable
@@ -205,17 +208,18 @@ class Chunked(Policy):
                 tu = brings[max(0, len(brings) - 1 - k.max_prefetch)]
                 return {g: [compute(tu - 1, g)] if tu else list(start_deps[g]) for g in dp.gpus}
 
+            farthest.reset(resident)
             for u, (phase, blk) in enumerate(trace):
                 prio = fwd_prio(it, blk.index) if phase == "F" else bwd_prio(it, blk.index, nb)
+                need_u = set(need[u])
                 for c in need[u]:
                     fetched = c not in resident
                     if fetched:                     # fetch this GPU's shard
                         evicts: dict[int, list[str]] = {g: [] for g in dp.gpus}
                         while (len(resident) + 1) * sbytes > budget(it, u):
-                            cand = [r for r in resident if r not in need[u] and r not in fixed]
-                            if not cand:
+                            r = farthest.victim(u, need_u, resident)
+                            if r is None:
                                 break
-                            r = max(cand, key=lambda r: (next_use(r, u), r))
                             # a move: the GPU copy is freed when this GPU's shard is home
                             out = copy(it, Action.CHUNK_D2H, unique(Action.CHUNK_D2H, r), r, "d2h",
                                        {g: [ready[r][g]] + self._last(r, u, used_at, compute, g) for g in dp.gpus},
@@ -231,6 +235,7 @@ class Chunked(Policy):
                                         blk.index, allocs={g: [Alloc(buf[g], f"gpu{g}", sbytes, MemClass.WEIGHTS,
                                                                      persist=True)] for g in dp.gpus})
                         resident[c] = buf
+                    farthest.used(c, u)
                     if n > 1 and c not in gathered:     # all-gather the group on every GPU
                         # after a fetch it waits for every GPU's shard; else it is brought like a fetch
                         trig = {g: [] for g in dp.gpus} if fetched else trigger(u)
@@ -333,3 +338,45 @@ class Chunked(Policy):
         at = used_at.get(r, [])
         i = bisect_left(at, u)
         return [compute(at[i - 1], g)] if i else []
+
+
+class FarthestNextUse:
+    """Belady's eviction choice at trace step ``u``: among the resident chunks that step ``u``
+    does not need and that are not ``fixed``, the one whose next use is farthest, ties to the
+    higher chunk — ``max(candidates, key=lambda r: (next_use(r, u), r))`` — kept as a lazy
+    max-heap instead of a scan of every resident chunk per eviction (a quarter of a build on the
+    13B sweep grid, and quadratic in the chunks). An entry is a chunk's next use as of its latest
+    use (:meth:`used`) or of the iteration's start (:meth:`reset`); it is current while the chunk
+    stays resident and unused since, i.e. while it still equals ``next_use(r, u)``, which
+    :meth:`victim` checks as it pops (a newer entry supersedes the others)."""
+
+    def __init__(self, next_use: Callable[[int, int], int], fixed: set[int]) -> None:
+        self.next_use, self.fixed = next_use, fixed
+        self.heap: list[tuple[int, int]] = []     # (-next use, -chunk): the max on top
+
+    def reset(self, resident: dict) -> None:
+        """A new iteration (steps count from 0 again): every resident chunk's first use."""
+        self.heap = [(-self.next_use(r, -1), -r) for r in resident if r not in self.fixed]
+        heapq.heapify(self.heap)
+
+    def used(self, c: int, u: int) -> None:
+        """Chunk ``c`` (resident) is used at step ``u``."""
+        if c not in self.fixed:
+            heapq.heappush(self.heap, (-self.next_use(c, u), -c))
+
+    def victim(self, u: int, need: set[int], resident: dict) -> int | None:
+        """The chunk to evict at step ``u`` (``need``: the chunks step ``u`` uses), or None."""
+        heap, kept, got = self.heap, [], None
+        while heap:
+            key, r = heapq.heappop(heap)
+            r = -r
+            if r not in resident or -key != self.next_use(r, u):
+                continue                      # superseded (used since, or evicted)
+            if r in need:
+                kept.append((key, -r))        # current, but needed now: a candidate again later
+                continue
+            got = r
+            break
+        for e in kept:
+            heapq.heappush(heap, e)
+        return got
