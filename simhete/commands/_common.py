@@ -6,11 +6,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, Callable
 
 from simhete.errors import SimheteError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ENGINES = ("fast", "simpy")
 
@@ -18,6 +19,8 @@ ENGINES = ("fast", "simpy")
 def console() -> Console:
     """The terminal's width (80 where it cannot be told, e.g. a pipe; COLUMNS overrides): tables
     wrap their cells and split their columns to fit it."""
+    from rich.console import Console    # imported when a command prints for a terminal (--json does not)
+
     return Console(highlight=False, soft_wrap=False)
 
 

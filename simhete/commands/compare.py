@@ -23,8 +23,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rich.table import Table
-
 from simhete.commands._common import add_engine_arg, add_set_arg, apply_sets, console, dump_json
 from simhete.search.largest import SEARCH_ITERATIONS
 
@@ -169,9 +167,8 @@ def _cell(answer: Answer) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simhete.search.compare import compare_policies
-    from simhete.report.table import render_comparison
     from simhete.scenario import load_scenario
+    from simhete.search.compare import compare_policies
     from simhete.workload import get_model
 
     if not (0 < args.budget < 86400):
@@ -205,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
                          "time_limited": cut,
                          "refused": refused, "published_suite": suite}), end="")
         return 0
+    from rich.table import Table
+
+    from simhete.report.table import render_comparison
     con = console()
     title = s.name
     if results and {i.partition("=")[0].strip().split(".")[0] for i in args.set} & {"model", "hardware"}:

@@ -43,7 +43,7 @@ import numpy as np
 
 from simhete import cache
 from simhete.opkinds import OpKind
-from simhete.policy.autohete_memory import Form, memory_rows, process_figures
+from simhete.policy.autohete_memory import MemoryForms, memory_forms, process_figures
 from simhete.policy.base import Context
 from simhete.policy.dataparallel import shard
 from simhete.policy.layout import seconds
@@ -88,28 +88,35 @@ class BlockCosts:
 
 def block_costs(ctx: Context, pinned: bool) -> dict[int, BlockCosts]:
     n = ctx.n_gpus
+
+    def s(*ops: Op) -> float:
+        return seconds(ctx.cost, ops)
+    coll = (lambda kind, nb: s(Op(kind, (n,), n=nb))) if n > 1 else (lambda kind, nb: 0.0)
     out = {}
+    last, got = None, None
     for blk in ctx.blocks:
-        def s(*ops: Op) -> float:
-            return seconds(ctx.cost, ops)
-        coll = (lambda kind, nb: s(Op(kind, (n,), n=nb))) if n > 1 else (lambda kind, nb: 0.0)
-        out[blk.index] = BlockCosts(
-            F=s(*blk.fwd_ops), B=s(*blk.bwd_ops),
-            adam_gpu=s(Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32")) if blk.params else 0.0,
-            adam_cpu=s(Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32")) if blk.params else 0.0,
-            w_up=s(Op(OpKind.H2D, n=shard(blk.weight_bytes, n, 0), pinned=pinned)),
-            w_down=s(Op(OpKind.D2H, n=shard(blk.weight_bytes, n, 0), pinned=pinned)),
-            g_down=s(Op(OpKind.D2H, n=shard(blk.grad_bytes, n, 0), pinned=pinned)),
-            ar=coll(OpKind.ALLREDUCE, blk.grad_bytes), rs=coll(OpKind.REDUCE_SCATTER, blk.grad_bytes),
-            ag=coll(OpKind.ALLGATHER, blk.weight_bytes),
-            act_up=s(Op(OpKind.H2D, n=blk.act_bytes, pinned=pinned)),
-            act_down=s(Op(OpKind.D2H, n=blk.act_bytes, pinned=pinned)))
+        # a block like the one before (a transformer's, whose op tuples are shared) costs the same
+        # (compared, not hashed: a tuple of ops hashes op by op)
+        key = (blk.fwd_ops, blk.bwd_ops, blk.params, blk.weight_bytes, blk.grad_bytes, blk.act_bytes)
+        if key != last:
+            last, got = key, BlockCosts(
+                F=s(*blk.fwd_ops), B=s(*blk.bwd_ops),
+                adam_gpu=s(Op(OpKind.ADAM_GPU, n=blk.params, dtype="fp32")) if blk.params else 0.0,
+                adam_cpu=s(Op(OpKind.ADAM_CPU, n=blk.params, dtype="fp32")) if blk.params else 0.0,
+                w_up=s(Op(OpKind.H2D, n=shard(blk.weight_bytes, n, 0), pinned=pinned)),
+                w_down=s(Op(OpKind.D2H, n=shard(blk.weight_bytes, n, 0), pinned=pinned)),
+                g_down=s(Op(OpKind.D2H, n=shard(blk.grad_bytes, n, 0), pinned=pinned)),
+                ar=coll(OpKind.ALLREDUCE, blk.grad_bytes), rs=coll(OpKind.REDUCE_SCATTER, blk.grad_bytes),
+                ag=coll(OpKind.ALLGATHER, blk.weight_bytes),
+                act_up=s(Op(OpKind.H2D, n=blk.act_bytes, pinned=pinned)),
+                act_down=s(Op(OpKind.D2H, n=blk.act_bytes, pinned=pinned)))
+        out[blk.index] = got
     return out
 
 
 def solve(ctx: Context, *, pinned: bool, headroom: float, fixed: dict[str, dict[int, bool]],
           time_limit: float, swap: frozenset[int] = frozenset(),
-          mem: tuple[list[Form], Form] | None = None, log: SolveLog | None = None,
+          mem: MemoryForms | None = None, log: SolveLog | None = None,
           costs: dict[int, BlockCosts] | None = None) -> Plan | None:
     """Solve the MILP of ``ctx`` once: ``Milp(ctx, ...).solve(fixed, time_limit, log)``."""
     return Milp(ctx, pinned=pinned, headroom=headroom, swap=swap, mem=mem, costs=costs).solve(fixed, time_limit, log)
@@ -126,16 +133,18 @@ class Milp:
 
     Blocks in ``swap`` have their activations swapped to the host (a user's choice, not planned):
     not checkpointed, nothing held on the GPU between their forward and backward, their D2H and
-    H2D added to the copy streams. ``mem`` is ``memory_rows(ctx, swap)`` and ``costs``
-    ``block_costs(ctx, pinned)`` when the caller has them already (the rows are quadratic in the
-    blocks)."""
+    H2D added to the copy streams. ``mem`` is ``memory_forms(ctx, swap)`` and ``costs``
+    ``block_costs(ctx, pinned)`` when the caller has them already.
+
+    Built with array operations (the chain and memory rows hold ~2 nb coefficients each, so the
+    matrix has ~4 nb² nonzeros): row by row and coefficient by coefficient it is the problem the
+    module docstring states, in that order."""
 
     def __init__(self, ctx: Context, *, pinned: bool, headroom: float, swap: frozenset[int] = frozenset(),
-                 mem: tuple[list[Form], Form] | None = None, costs: dict[int, BlockCosts] | None = None) -> None:
+                 mem: MemoryForms | None = None, costs: dict[int, BlockCosts] | None = None) -> None:
         blocks = ctx.blocks
         nb = len(blocks)
         c = costs if costs is not None else block_costs(ctx, pinned)
-        trans = {blk.index for blk in blocks if blk.name.startswith("b")}
         idx = [blk.index for blk in blocks]
         # variable layout: x[nb], y[nb], z[nb], v[nb] (z and not y), q[nb] (y and not z),
         # p[nb] (y and z), u (any y), T
@@ -147,82 +156,117 @@ class Milp:
         integ = np.zeros(nv)
         integ[:3 * nb] = 1
         integ[U] = 1
-        for k, blk in enumerate(blocks):
-            if blk.index not in trans:
-                ub[X + k] = ub[Y + k] = 0
-            if blk.index in swap:
-                ub[X + k] = 0
-            if not blk.params:
-                ub[Z + k] = 0
-        # the constraint matrix is sparse (a memory row has ~2 nb nonzeros, most rows 2-3): built as
-        # coordinates, a dense one is rows x (6 nb + 2) floats (6 GB at 4,096 blocks)
+        trans = np.array([blk.name.startswith("b") for blk in blocks], dtype=bool)
+        swapped = np.array([blk.index in swap for blk in blocks], dtype=bool)
+        ub[X:Y][~trans | swapped] = 0
+        ub[Y:Z][~trans] = 0
+        ub[Z:V][np.array([not blk.params for blk in blocks], dtype=bool)] = 0
+
+        def per(f: str) -> np.ndarray:
+            return np.array([getattr(c[i], f) for i in idx], dtype=float)
+        F, B, adam_gpu, adam_cpu = per("F"), per("B"), per("adam_gpu"), per("adam_cpu")
+        w_up, w_down, g_down = per("w_up"), per("w_down"), per("g_down")
+        ks = np.arange(nb)
+        # the constraint matrix is sparse: built as coordinates (row, column, value), in blocks of
+        # rows; ``rows`` counts the rows so far
+        ri: list[np.ndarray] = []
         ci: list[np.ndarray] = []
         va: list[np.ndarray] = []
-        lo: list[float] = []
-        hi: list[float] = []
+        lo: list[np.ndarray] = []
+        hi: list[np.ndarray] = []
+        rows = 0
 
-        def row(coef: dict[int, float], low: float = -np.inf, high: float = np.inf) -> None:
-            ci.append(np.fromiter(coef.keys(), dtype=np.int64, count=len(coef)))
-            va.append(np.fromiter(coef.values(), dtype=float, count=len(coef)))
-            lo.append(low)
-            hi.append(high)
+        def block(cols: np.ndarray, vals: np.ndarray, low: np.ndarray | float = -np.inf,
+                  high: np.ndarray | float = np.inf) -> None:
+            """Rows of coefficients ``vals`` at columns ``cols`` (one row, or one per row of a 2-D
+            ``cols``), within ``low`` and ``high``."""
+            nonlocal rows
+            cols = np.atleast_2d(cols)
+            n = cols.shape[0]
+            ri.append(np.repeat(np.arange(rows, rows + n), cols.shape[1]))
+            ci.append(cols.ravel())
+            va.append(np.broadcast_to(np.asarray(vals, dtype=float), cols.shape).ravel())
+            lo.append(np.broadcast_to(np.asarray(low, dtype=float), (n,)))
+            hi.append(np.broadcast_to(np.asarray(high, dtype=float), (n,)))
+            rows += n
 
-        for k in range(nb):
-            row({V + k: 1, Z + k: -1, Y + k: 1}, low=0)        # v ≥ z − y
-            row({Q + k: 1, Y + k: -1, Z + k: 1}, low=0)        # q ≥ y − z
-            row({U: 1, Y + k: -1}, low=0)                      # u ≥ y
+        def per_block(spec: list[tuple[list[tuple], float, float]]) -> None:
+            """Block after block, one row per entry (terms, low, high) of ``spec``: coefficient a
+            at column c + k (or at c itself, if c is U) for each (c, a) of its terms."""
+            nonlocal rows
+            for r, (terms, low, high) in enumerate(spec):
+                for c0, a in terms:
+                    ri.append(rows + len(spec) * ks + r)
+                    ci.append(np.full(nb, c0) if c0 == U else c0 + ks)
+                    va.append(np.full(nb, float(a)))
+            lo.append(np.tile([low for _, low, _ in spec], nb))
+            hi.append(np.tile([high for _, _, high in spec], nb))
+            rows += len(spec) * nb
+
+        inf = np.inf
+        per_block([([(V, 1), (Z, -1), (Y, 1)], 0, inf),      # v ≥ z − y
+                   ([(Q, 1), (Y, -1), (Z, 1)], 0, inf),      # q ≥ y − z
+                   ([(U, 1), (Y, -1)], 0, inf)])             # u ≥ y
         comp_const = sum(c[i].F + c[i].B + c[i].adam_gpu for i in idx)
-        comp = {X + k: c[i].F for k, i in enumerate(idx)} | {Z + k: -c[i].adam_gpu for k, i in enumerate(idx)}
-        # T ≥ compute
-        row({T: 1} | {j: -a for j, a in comp.items()}, low=comp_const)
-        row({T: 1} | {Y + k: -2 * c[i].w_up for k, i in enumerate(idx)} | {V + k: -c[i].w_up for k, i in enumerate(idx)},
-            low=sum(c[i].act_up for i in swap))
-        row({T: 1} | {Z + k: -c[i].g_down for k, i in enumerate(idx)} | {Q + k: -c[i].w_down for k, i in enumerate(idx)},
-            low=sum(c[i].act_down for i in swap))
-        row({T: 1} | {Z + k: -c[i].adam_cpu for k, i in enumerate(idx)}, low=0)
+        # T ≥ compute: T − Σ x·F + Σ z·AdamGPU ≥ Σ (F + B + AdamGPU)
+        comp_cols = np.concatenate([[T], X + ks, Z + ks])
+        comp_vals = np.concatenate([[1.0], -F, adam_gpu])
+        block(comp_cols, comp_vals, low=comp_const)
+        block(np.concatenate([[T], Y + ks, V + ks]), np.concatenate([[1.0], -(2 * w_up), -w_up]),
+              low=sum(c[i].act_up for i in swap))
+        block(np.concatenate([[T], Z + ks, Q + ks]), np.concatenate([[1.0], -g_down, -w_down]),
+              low=sum(c[i].act_down for i in swap))
+        block(np.concatenate([[T], Z + ks]), np.concatenate([[1.0], -adam_cpu]), low=0)
         if ctx.n_gpus > 1:
-            r = {T: 1.0}
-            for k, i in enumerate(idx):
-                r[Z + k] = -(c[i].rs - c[i].ar)
-                r[Y + k] = -2 * c[i].ag
-                r[V + k] = -c[i].ag
-            row(r, low=sum(c[i].ar for i in idx))
-        ahead = 0.0
-        for k, i in enumerate(idx):    # the end-of-iteration chain of each CPU-updated block
-            chain = c[i].g_down + c[i].adam_cpu + c[i].w_up
-            r = {T: 1.0} | {j: -a for j, a in comp.items()}
-            r[Z + k] = r.get(Z + k, 0.0) - chain
-            row(r, low=comp_const - ahead)
+            ar, rs, ag = per("ar"), per("rs"), per("ag")
+            block(np.concatenate([[T], Z + ks, Y + ks, V + ks]),
+                  np.concatenate([[1.0], -(rs - ar), -(2 * ag), -ag]), low=sum(c[i].ar for i in idx))
+        # the end-of-iteration chain of each CPU-updated block j: the compute row with z_j's
+        # coefficient less the chain, bounded by the compute still ahead of F_j
+        ahead, lows = 0.0, []
+        for i in idx:
+            lows.append(comp_const - ahead)
             ahead += c[i].B + c[i].F
-
-        for k in range(nb):                                    # p = y AND z exactly (y, z binary)
-            row({P + k: 1, Y + k: -1, Z + k: -1}, low=-1)      # p ≥ y + z − 1
-            row({P + k: 1, Y + k: -1}, high=0)                 # p ≤ y
-            row({P + k: 1, Z + k: -1}, high=0)                 # p ≤ z
-        # memory: the linear forms of memory_rows over the variables (name, k), each also as a
-        # dense vector over the variables (for the check in :meth:`solve`)
-        col = {"x": X, "y": Y, "z": Z, "p": P}
-        gpu_rows, host_row = mem if mem is not None else memory_rows(ctx, swap)
+        chain_vals = np.tile(comp_vals, (nb, 1))
+        chain_vals[ks, 1 + nb + ks] -= g_down + adam_cpu + w_up
+        block(np.tile(comp_cols, (nb, 1)), chain_vals, low=np.array(lows))
+        per_block([([(P, 1), (Y, -1), (Z, -1)], -1, inf),  # p = y AND z exactly (y, z binary): p ≥ y + z − 1,
+                   ([(P, 1), (Y, -1)], -inf, 0),             # p ≤ y,
+                   ([(P, 1), (Z, -1)], -inf, 0)])            # p ≤ z
+        # memory: the forms of memory_forms, their columns x, y, z, p, u mapped to the variables
+        m = mem if mem is not None else memory_forms(ctx, swap)
         self.builds = process_figures(ctx)[1] <= ctx.pools()["cpu"]     # else the model does not even build
         cap = ctx.gpu_capacity * (1.0 - headroom)
         hcap = ctx.pools()["cpu"]
-        forms = []
-        for (const, coef), limit in [(r, cap) for r in gpu_rows] + [(host_row, hcap)]:
-            row({(U if v == "u" else col[v] + k): a for (v, k), a in coef.items()}, high=limit - const)
-            d = np.zeros(nv)
-            np.add.at(d, ci[-1], va[-1])
-            forms.append((const, d, limit))
+        var = np.concatenate([np.arange(3 * nb), P + ks, [U]])
+        fr, fc = np.nonzero(m.gpu_named)
+        ri.append(rows + fr)
+        ci.append(var[fc])
+        va.append(m.gpu[fr, fc])
+        lo.append(np.full(nb, -np.inf))
+        hi.append(cap - m.gpu_const)
+        rows += nb
+        hc = np.flatnonzero(m.host_named)
+        block(var[hc], m.host[hc], high=hcap - m.host_const)
+        # for the check in :meth:`solve`: the constant, coefficients over the variables and limit
+        # of the host form, each GPU form, and each GPU form plus the host form (every block's
+        # states live on one side or the other)
+        self.form_const = np.concatenate([[m.host_const], m.gpu_const, m.gpu_const + m.host_const])
+        self.form_coef = np.zeros((2 * nb + 1, nv))
+        self.form_coef[:, var] = np.vstack([m.host, m.gpu, m.gpu + m.host])
+        self.form_limit = np.concatenate([[hcap], np.full(nb, cap), np.full(nb, cap + hcap)])
 
         cost = np.zeros(nv)
         cost[T] = 1.0
         cost[:3 * nb] = 1e-6 * comp_const / nb   # prefer fewer offloads and checkpoints among equal-time plans
-        ri = np.repeat(np.arange(len(ci)), [len(c) for c in ci])
         self.ctx, self.costs, self.swap, self.nb, self.idx = ctx, c, swap, nb, idx
-        self.lb, self.ub, self.integ, self.cost, self.forms = lb, ub, integ, cost, forms
-        self.coords = (np.concatenate(va), (ri, np.concatenate(ci))), (len(lo), nv)
-        self.lo, self.hi = lo, hi
+        self.pos = {i: k for k, i in enumerate(idx)}
+        self.lb, self.ub, self.integ, self.cost = lb, ub, integ, cost
+        self.coords = (np.concatenate(va), (np.concatenate(ri), np.concatenate(ci))), (rows, nv)
+        self.lo, self.hi = np.concatenate(lo), np.concatenate(hi)
         self.matrix = None                  # the constraint matrix, made on the first solve
         self.digest = None                  # the problem's content, all but the variables' bounds
+        self.predicted: dict[tuple, Plan] = {}   # the plan of each solution met (solves often agree)
 
     def content(self, lb: np.ndarray, ub: np.ndarray) -> bytes:
         """A digest of the whole problem with these variable bounds: equal digests are equal
@@ -246,29 +290,23 @@ class Milp:
         found one): the plan then depends on the machine's speed."""
         if not self.builds:
             return None
-        nb, idx = self.nb, self.idx
-        X, Y, Z = 0, nb, 2 * nb
+        nb, pos = self.nb, self.pos
         lb, ub = self.lb.copy(), self.ub.copy()
-        for k, i in enumerate(idx):
-            for var, off in (("checkpoint", X), ("offload_param", Y), ("offload_optimizer", Z)):
-                if i in fixed.get(var, {}):
-                    lb[off + k] = ub[off + k] = float(fixed[var][i])
+        for var, off in (("checkpoint", 0), ("offload_param", nb), ("offload_optimizer", 2 * nb)):
+            pins = [(off + pos[i], float(v)) for i, v in fixed.get(var, {}).items() if i in pos]
+            if pins:
+                at, val = zip(*pins)
+                lb[list(at)] = ub[list(at)] = val
         # No plan fits when a memory form — or the sum of the host form and a GPU form (every block's
         # states live on one side or the other) — is, at its least within the variables' bounds, over
         # its limit (e.g. the model states alone overflow GPU and host memory): decided here without
-        # the solver. Exact: the least value over the bounds is at most the value of any plan.
+        # the solver. Exact: the least value over the bounds is at most the value of any plan (and
+        # every term is a whole number of bytes, so the sums are exact).
         ubf = np.where(np.isinf(ub), 0.0, ub)     # T, the only unbounded variable, has no memory
-
-        def least(const: float, dense: np.ndarray) -> float:
-            return const + float(np.sum(np.where(dense > 0, dense * lb, dense * ubf)))
-        hconst, hdense, hcap = self.forms[-1]
-        if least(hconst, hdense) > hcap * (1 + 1e-12):
+        d = self.form_coef
+        least = self.form_const + np.sum(np.where(d > 0, d * lb, d * ubf), axis=1)
+        if np.any(least > self.form_limit * (1 + 1e-12)):
             return None
-        for const, d, limit in self.forms[:-1]:
-            if least(const, d) > limit * (1 + 1e-12):
-                return None
-            if least(const + hconst, d + hdense) > (limit + hcap) * (1 + 1e-12):
-                return None
 
         # A sweep meets one problem many times (points that differ in what the MILP does not see,
         # e.g. accumulation 2 vs 4, or special cases whose pins coincide): what HiGHS proved (an
@@ -282,11 +320,15 @@ class Milp:
                 cache.MILP_SOLUTIONS.keep(key, x)
         if x == NO_PLAN:
             return None
-        ck = {i: bool(x[X + k]) for k, i in enumerate(idx)}
-        op = {i: bool(x[Y + k]) for k, i in enumerate(idx)}
-        oo = {i: bool(x[Z + k]) for k, i in enumerate(idx)}
-        loads = predict(self.ctx, self.costs, ck, op, oo, self.swap)
-        return Plan(ck, op, oo, max(loads.values()), loads)
+        plan = self.predicted.get(x[:3 * nb])
+        if plan is None:
+            idx = self.idx
+            ck = {i: bool(x[k]) for k, i in enumerate(idx)}
+            op = {i: bool(x[nb + k]) for k, i in enumerate(idx)}
+            oo = {i: bool(x[2 * nb + k]) for k, i in enumerate(idx)}
+            loads = predict(self.ctx, self.costs, ck, op, oo, self.swap)
+            plan = self.predicted[x[:3 * nb]] = Plan(ck, op, oo, max(loads.values()), loads)
+        return plan
 
     def _highs(self, lb: np.ndarray, ub: np.ndarray, time_limit: float, log: SolveLog | None) -> tuple[tuple, bool]:
         """HiGHS's answer — its solution rounded to integers, or :data:`NO_PLAN` when it gave
