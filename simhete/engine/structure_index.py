@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from simhete.engine import memory
-from simhete.engine.inputs import bad_dep, check_alloc
+from simhete.engine.inputs import check_task
 from simhete.engine.timeline import OOMReport
 from simhete.errors import SimheteError
 from simhete.schedule import Schedule
@@ -217,8 +217,5 @@ def _ptr(counts) -> np.ndarray:
 def raise_first_error(tasks, index: dict[str, int], pool_id: dict[str, int]) -> None:
     """Raise the error the reference engine reports first: tasks in order, dependencies first."""
     for t in tasks:
-        if any(d not in index for d in t.deps):
-            raise bad_dep(t, index)
-        for a in t.allocs:
-            check_alloc(t, a, pool_id)
+        check_task(t, index, pool_id)
     raise AssertionError("no bad dependency or allocation found")   # unreachable by construction
