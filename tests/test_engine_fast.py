@@ -110,8 +110,8 @@ def test_the_indexed_form_lives_on_its_schedule_and_dies_with_it():
     assert s.derived["engine.indexed"] is first
     assert copy.copy(s).derived == {} and copy.copy(s) == s          # a copy starts without it
     twin = Schedule(s.tasks, s.pools)
-    assert indexed(twin).order is not first.order    # made from Task objects: no structure to share
-    assert np.array_equal(indexed(twin).order, first.order)
+    assert indexed(twin).st is not first.st          # made from Task objects: no structure to share
+    assert np.array_equal(indexed(twin).st.succ, first.st.succ)
     gone = weakref.ref(first)
     del s, first
     gc.collect()
