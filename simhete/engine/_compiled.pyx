@@ -2,9 +2,9 @@
 """The fast engine's compiled event loop (Cython, built when simhete is installed): :func:`run_loop`.
 
 The loop runs the semantics of the SimPy reference (:mod:`simhete.engine.simpy_engine`) over the
-arrays of :mod:`simhete.engine.indexed`: a ready heap of ``(prio, task)`` per stream (one segment of
-one array each) and a completion heap of ``(finish, task)``, stale entries of rescheduled tasks
-skipped when popped. It derives what the indexing leaves to it: the bytes each task asks per pool
+arrays of :mod:`simhete.engine.indexed`: a ready heap of task ranks per stream (one segment of one
+array each); at most one task runs per stream, so the next instant is the earliest projected finish
+among the streams. It derives what the indexing leaves to it: the bytes each task asks per pool
 (pools in order of first appearance among its allocations) and the memory at ``t = 0``. The float
 arithmetic is that of :mod:`simhete.engine.rates` written out (``t + remaining * f``;
 ``remaining - dt / f`` clamped at 0), and the build turns off contraction into fused multiply-adds
@@ -30,48 +30,34 @@ cdef enum:          # how the loop ended (STATUS: its name for Python) and what 
     STUCK           # nothing runs, nothing is ready, tasks remain: a dependency cycle
 STATUS = ("ok", "oom", "double alloc", "free unknown", "stuck")
 
-ctypedef fused key_t:
-    int64_t
-    double
 
-
-cdef inline bint _before(key_t ka, int64_t ia, key_t kb, int64_t ib) noexcept nogil:
-    return ka < kb or (ka == kb and ia < ib)
-
-
-cdef inline void _push(key_t* key, int64_t* idx, int64_t size, key_t k, int64_t i) noexcept nogil:
-    """Add ``(k, i)`` to the min-heap of the pairs ``(key[j], idx[j])``, ``j < size``."""
+cdef inline void _push(int64_t* heap, int64_t size, int64_t key) noexcept nogil:
+    """Add ``key`` to the min-heap ``heap[0:size]``."""
     cdef int64_t at = size, up
     while at > 0:
         up = (at - 1) >> 1
-        if not _before(k, i, key[up], idx[up]):
+        if heap[up] <= key:
             break
-        key[at] = key[up]
-        idx[at] = idx[up]
+        heap[at] = heap[up]
         at = up
-    key[at] = k
-    idx[at] = i
+    heap[at] = key
 
 
-cdef inline void _pop(key_t* key, int64_t* idx, int64_t size) noexcept nogil:
-    """Remove the smallest pair of a heap of ``size >= 1`` pairs."""
-    cdef int64_t at = 0, c, i
-    cdef key_t k
+cdef inline void _pop(int64_t* heap, int64_t size) noexcept nogil:
+    """Remove the smallest key of the min-heap ``heap[0:size]`` (``size >= 1``)."""
+    cdef int64_t key = heap[size - 1], at = 0, c
     size -= 1
-    k, i = key[size], idx[size]
     while True:
         c = 2 * at + 1
         if c >= size:
             break
-        if c + 1 < size and _before(key[c + 1], idx[c + 1], key[c], idx[c]):
+        if c + 1 < size and heap[c + 1] < heap[c]:
             c += 1
-        if not _before(key[c], idx[c], k, i):
+        if key <= heap[c]:
             break
-        key[at] = key[c]
-        idx[at] = idx[c]
+        heap[at] = heap[c]
         at = c
-    key[at] = k
-    idx[at] = i
+    heap[at] = key
 
 
 def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
@@ -86,18 +72,15 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
     not live) and ``live_bytes``.
     """
     st = ix.st
-    cdef const int64_t[::1] stream_of = st.stream_of, prio = st.prio, succ_ptr = st.succ_ptr, succ = st.succ
+    cdef const int64_t[::1] stream_of = st.stream_of, order = st.order, rank = st.rank
+    cdef const int64_t[::1] succ_ptr = st.succ_ptr, succ = st.succ, f_ptr = st.f_ptr, f_buf = st.f_buf
     cdef const int64_t[::1] a_ptr = st.a_ptr, a_buf = st.a_buf, a_pool = st.a_pool, a_cls = st.a_cls
-    cdef const int64_t[::1] a_bytes = ix.a_bytes, f_ptr = st.f_ptr, f_buf = st.f_buf, cap = ix.cap
     cdef const int64_t[::1] init_buf = st.init_buf, init_pool = st.init_pool, init_cls = st.init_cls
-    cdef const int64_t[::1] init_bytes = ix.init_bytes
+    cdef const int64_t[::1] a_bytes = ix.a_bytes, init_bytes = ix.init_bytes, cap = ix.cap
     cdef int64_t n = stream_of.shape[0], n_streams = matrix.shape[0], n_pools = cap.shape[0]
     cdef int64_t n_cls = len(CLASSES), n_alloc = a_buf.shape[0], n_buf = len(st.buffers)
     # at most one event per pool at t = 0, per (task, pool) asked and per buffer freed
     cdef int64_t n_ev_max = n_pools + n_alloc + f_buf.shape[0]
-    # heap bound: one push per start with work, plus at most one per running stream per rate
-    # evaluation, and there is at most one evaluation per instant (<= n + 1 instants)
-    cdef int64_t n_heap_max = n + n_streams * (n + 1) + 1
     i64 = np.int64
     # outputs, returned by name (the loop writes them through the memoryviews below)
     out = {"start": np.zeros(n), "end": np.zeros(n), "finished": np.zeros(n, np.uint8),
@@ -108,61 +91,60 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
     cdef unsigned char[::1] finished = out["finished"]
     cdef int64_t[::1] peak = out["peak"], in_use = out["in_use"], ev_pool = out["ev_pool"], ev_b = out["ev_bytes"]
     cdef int64_t[::1] live_pool = out["live_pool"], live_bytes = out["live_bytes"]
-    cdef int64_t[:, ::1] peak_cls = out["peak_cls"], class_bytes = np.zeros((n_pools, n_cls), i64)
+    cdef int64_t[:, ::1] peak_cls = out["peak_cls"]
     cdef int64_t[3] info = [0, 0, 0]
     # work space: one block of int64 and one of doubles, carved below and set where read before
     # written (acquiring a memoryview costs about a microsecond, a run of 700 tasks about a hundred)
     cdef int64_t[::1] waiting = st.ndeps.copy()                   # unfinished dependencies per task
-    cdef int64_t[::1] iw = np.empty(5 * n + 2 + 2 * n_alloc + 4 * n_streams + n_pools + n_heap_max + n_buf, i64)
-    cdef double[::1] dw = np.empty(n_heap_max + n_streams + 4 * n)
+    cdef int64_t[::1] iw = np.empty(3 * n + 2 + 2 * n_alloc + 4 * n_streams + n_pools + n_buf + n_pools * n_cls, i64)
+    cdef double[::1] dw = np.empty(5 * n_streams)
     cdef int64_t* nd_ptr = &iw[0]                   # bytes asked per (task, pool) in CSR form
     cdef int64_t* nd_pool = nd_ptr + n + 1
     cdef int64_t* nd_bytes = nd_pool + n_alloc
-    cdef int64_t* lo = nd_bytes + n_alloc           # stream s's ready heap: [lo[s], lo[s] + rlen[s])
+    cdef int64_t* lo = nd_bytes + n_alloc           # stream s's ready heap of ranks: [lo[s], lo[s] + rlen[s])
     cdef int64_t* rlen = lo + n_streams + 1
-    cdef int64_t* rprio = rlen + n_streams
-    cdef int64_t* rtask = rprio + n
-    cdef int64_t* running = rtask + n               # the task on each stream, -1: idle
+    cdef int64_t* ready = rlen + n_streams
+    cdef int64_t* running = ready + n               # the task on each stream, -1: idle
     cdef int64_t* was_busy = running + n_streams    # running a task at the last rate evaluation
     cdef int64_t* pending = was_busy + n_streams    # completed at t, not yet processed
-    cdef int64_t* launched = pending + n            # started with work at t, rate not set yet
-    cdef int64_t* touched = launched + n            # pools a completing task frees in
-    cdef int64_t* htask = touched + n_pools
-    cdef int64_t* live_cls = htask + n_heap_max     # class of each live buffer
-    cdef double* hfin = &dw[0]
-    cdef double* row = hfin + n_heap_max            # slowdown per stream
-    cdef double* fin = row + n_streams              # projected finish while running, else -1
-    cdef double* factor = fin + n                   # 0: rate not set yet
-    cdef double* remaining = factor + n
-    cdef double* since = remaining + n
+    cdef int64_t* touched = pending + n             # pools a completing task frees in
+    cdef int64_t* live_cls = touched + n_pools      # class of each live buffer
+    cdef int64_t* class_bytes = live_cls + n_buf    # bytes in use per pool and class: [p * n_cls + c]
+    # the running task of each stream: its slowdown (0: not set yet), remaining full-speed work,
+    # when that was last brought up to date, projected finish; and the stream's current slowdown
+    cdef double* factor = &dw[0]
+    cdef double* remaining = factor + n_streams
+    cdef double* since = remaining + n_streams
+    cdef double* fin = since + n_streams
+    cdef double* row = fin + n_streams
+    cdef const double* slow = &matrix[0, 0]         # matrix[v, a] is slow[v * n_streams + a]
     cdef int64_t i, j, s, k, q, x, m, p, b, c, a, n_touched, status = OK
-    cdef int64_t n_pending = 0, n_launched = 0, done = 0, n_heap = 0, n_ev = 0
-    cdef double t = 0.0, f, r, ft
+    cdef int64_t n_pending = 0, done = 0, n_ev = 0
+    cdef double t = 0.0, t_next, f, r
     cdef bint blocked, changed, evaluated = False
     with nogil:
         for b in range(n_buf):
             live_pool[b] = -1
         for s in range(n_streams + 1):
             lo[s] = 0
+        for k in range(n_pools * n_cls):
+            class_bytes[k] = 0
         for s in range(n_streams):
             rlen[s] = 0
             running[s] = -1
             was_busy[s] = 0
             row[s] = 1.0
-        for i in range(n):
-            fin[i] = -1.0
-            factor[i] = 0.0
         nd_ptr[0] = 0
         # -- memory at t = 0 (one event per pool), the bytes asked per pool, the ready heaps --------
         for k in range(init_buf.shape[0]):
             b, p, c = init_buf[k], init_pool[k], init_cls[k]
             live_pool[b], live_bytes[b], live_cls[b] = p, init_bytes[k], c
             in_use[p] += init_bytes[k]
-            class_bytes[p, c] += init_bytes[k]
+            class_bytes[p * n_cls + c] += init_bytes[k]
         for p in range(n_pools):
             peak[p] = in_use[p]
             for c in range(n_cls):
-                peak_cls[p, c] = class_bytes[p, c]
+                peak_cls[p, c] = class_bytes[p * n_cls + c]
             ev_pool[n_ev], ev_t[n_ev], ev_b[n_ev] = p, 0.0, in_use[p]
             n_ev += 1
         for i in range(n):
@@ -183,7 +165,7 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
         for i in range(n):
             if waiting[i] == 0:
                 s = stream_of[i]
-                _push(rprio + lo[s], rtask + lo[s], rlen[s], prio[i], i)
+                _push(ready + lo[s], rlen[s], rank[i])
                 rlen[s] += 1
 
         while True:
@@ -212,7 +194,7 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
                                 break
                             live_pool[b] = -1
                             in_use[p] -= live_bytes[b]
-                            class_bytes[p, live_cls[b]] -= live_bytes[b]
+                            class_bytes[p * n_cls + live_cls[b]] -= live_bytes[b]
                             x = 0
                             while x < n_touched and touched[x] != p:
                                 x += 1
@@ -230,7 +212,7 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
                             waiting[j] -= 1
                             if waiting[j] == 0:
                                 s = stream_of[j]
-                                _push(rprio + lo[s], rtask + lo[s], rlen[s], prio[j], j)
+                                _push(ready + lo[s], rlen[s], rank[j])
                                 rlen[s] += 1
                     if status != OK:
                         break
@@ -239,7 +221,7 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
                 for s in range(n_streams):
                     if running[s] >= 0 or rlen[s] == 0:
                         continue
-                    i = rtask[lo[s]]
+                    i = order[ready[lo[s]]]
                     blocked = False
                     for q in range(nd_ptr[i], nd_ptr[i + 1]):
                         p = nd_pool[q]
@@ -255,7 +237,7 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
                             status = DOUBLE_ALLOC
                             break
                         live_pool[b], live_bytes[b], live_cls[b] = a_pool[q], a_bytes[q], a_cls[q]
-                        class_bytes[a_pool[q], a_cls[q]] += a_bytes[q]
+                        class_bytes[a_pool[q] * n_cls + a_cls[q]] += a_bytes[q]
                     if status != OK:
                         break
                     for q in range(nd_ptr[i], nd_ptr[i + 1]):
@@ -266,17 +248,15 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
                         if in_use[p] > peak[p]:
                             peak[p] = in_use[p]
                             for c in range(n_cls):
-                                peak_cls[p, c] = class_bytes[p, c]
-                    _pop(rprio + lo[s], rtask + lo[s], rlen[s])
+                                peak_cls[p, c] = class_bytes[p * n_cls + c]
+                    _pop(ready + lo[s], rlen[s])
                     rlen[s] -= 1
                     start[i] = t
                     running[s] = i
+                    factor[s] = 0.0
                     if durs[i] == 0.0:
                         pending[n_pending] = i
                         n_pending += 1
-                    else:
-                        launched[n_launched] = i
-                        n_launched += 1
                 if status != OK or n_pending == 0:
                     break
             if status != OK:
@@ -294,48 +274,37 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
                 for s in range(n_streams):
                     f = 1.0
                     for a in range(n_streams):
-                        if was_busy[a] and matrix[s, a] > f:
-                            f = matrix[s, a]
+                        if was_busy[a] and slow[s * n_streams + a] > f:
+                            f = slow[s * n_streams + a]
                     row[s] = f
-                for s in range(n_streams):          # the tasks that started before this instant
-                    i = running[s]
-                    if i < 0 or factor[i] == 0.0 or row[s] == factor[i]:
-                        continue
-                    r = remaining[i] - (t - since[i]) / factor[i]          # rates.advance
-                    remaining[i] = r if r > 0.0 else 0.0
-                    factor[i], since[i] = row[s], t
-                    ft = t + remaining[i] * row[s]                          # t + rates.delay
-                    if ft != fin[i]:
-                        fin[i] = ft
-                        _push(hfin, htask, n_heap, ft, i)
-                        n_heap += 1
-            for k in range(n_launched):             # the tasks started in this instant
-                i = launched[k]
-                factor[i], remaining[i], since[i] = row[stream_of[i]], durs[i], t
-                fin[i] = t + durs[i] * factor[i]                            # t + rates.delay
-                _push(hfin, htask, n_heap, fin[i], i)
-                n_heap += 1
-            n_launched = 0
-            while n_heap > 0 and fin[htask[0]] != hfin[0]:                 # stale: rescheduled since
-                _pop(hfin, htask, n_heap)
-                n_heap -= 1
-            if n_heap == 0:
+            t_next = -1.0                           # the earliest projected finish (-1: none runs)
+            for s in range(n_streams):
+                i = running[s]
+                if i < 0:
+                    continue
+                if factor[s] == 0.0:                # started in this instant: all its work remains
+                    factor[s], remaining[s], since[s] = row[s], durs[i], t
+                    fin[s] = t + durs[i] * row[s]                               # t + rates.delay
+                elif row[s] != factor[s]:           # the busy streams changed
+                    r = remaining[s] - (t - since[s]) / factor[s]              # rates.advance
+                    remaining[s] = r if r > 0.0 else 0.0
+                    factor[s], since[s] = row[s], t
+                    fin[s] = t + remaining[s] * row[s]                          # t + rates.delay
+                if t_next < 0.0 or fin[s] < t_next:
+                    t_next = fin[s]
+            if t_next < 0.0:
                 break
-            t = hfin[0]
-            while n_heap > 0 and hfin[0] == t:
-                i = htask[0]
-                _pop(hfin, htask, n_heap)
-                n_heap -= 1
-                if fin[i] == t:
-                    fin[i] = -1.0
-                    pending[n_pending] = i
+            t = t_next
+            for s in range(n_streams):
+                if running[s] >= 0 and fin[s] == t:
+                    pending[n_pending] = running[s]
                     n_pending += 1
 
         if status == OK and done < n:
             status = STUCK
             for s in range(n_streams):
                 if rlen[s] > 0:
-                    i = rtask[lo[s]]
+                    i = order[ready[lo[s]]]
                     for q in range(nd_ptr[i], nd_ptr[i + 1]):
                         p = nd_pool[q]
                         if in_use[p] + nd_bytes[q] > cap[p]:

@@ -22,8 +22,9 @@ The loop derives the rest itself (the bytes each task asks per pool, the memory 
 Tables are read column by column (``schedule.table``), never Task by Task, and a bound table's
 allocation bytes are its int64 array (``TaskTable.alloc_bytes_array``): no Alloc object is made.
 
-Layout (``n`` tasks), int64 numpy arrays: ``stream_of[i]``, ``it[i]`` (iteration label),
-``prio[i]``; successors in CSR form (``succ_ptr``, ``succ``: one entry per listed dependency, so a
+Layout (``n`` tasks), int64 numpy arrays: ``stream_of[i]``, ``it[i]`` (iteration label);
+``order`` lists the tasks by ``(prio, index)`` and ``rank[i]`` is task ``i``'s position in it, so a
+ready heap of ranks pops the best task; successors in CSR form (``succ_ptr``, ``succ``: one entry per listed dependency, so a
 dependency listed twice is counted and released twice, the same result as deduplicating) and
 ``ndeps[i]``; allocations (``a_ptr``; ``a_buf``, ``a_pool``, ``a_cls``, ``a_bytes``), buffers
 numbered by name; frees (``f_ptr``; ``f_buf``); initial buffers (``init_buf``, ``init_pool``,
@@ -62,7 +63,8 @@ class StructureIndex:
     buffers: tuple[str, ...]
     stream_of: np.ndarray
     it: np.ndarray
-    prio: np.ndarray
+    order: np.ndarray                 # the tasks by (prio, index); rank[i]: task i's position in it
+    rank: np.ndarray
     succ_ptr: np.ndarray
     succ: np.ndarray
     ndeps: np.ndarray
@@ -187,9 +189,12 @@ def _index_structure(schedule: Schedule, streams: tuple) -> StructureIndex:
     buf_id = dict(zip(buffers, range(len(buffers))))
     stream_id = dict(zip(streams, range(len(streams))))
     cls_id = {c._name_: k for k, c in enumerate(memory.CLASSES)}    # str keys: an Enum's hash is slow
+    order = np.argsort(np.fromiter(tb.prio, i64, n), kind="stable")
+    rank = np.empty(n, dtype=i64)
+    rank[order] = np.arange(n, dtype=i64)
     return StructureIndex(
         pools=pools, initial=initial, initial_src=schedule.initial, streams=streams, buffers=buffers,
-        stream_of=_ids(stream_id, tb.stream), it=np.fromiter(tb.it, i64, n), prio=np.fromiter(tb.prio, i64, n),
+        stream_of=_ids(stream_id, tb.stream), it=np.fromiter(tb.it, i64, n), order=order, rank=rank,
         succ_ptr=_ptr(np.bincount(parent, minlength=n)),
         succ=np.repeat(np.arange(n, dtype=i64), ndeps)[np.argsort(parent, kind="stable")], ndeps=ndeps,
         a_ptr=a_ptr, a_buf=_ids(buf_id, a_names), a_pool=np.array(a_pool, dtype=i64),
