@@ -117,7 +117,7 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
     cdef double* since = remaining + n_streams
     cdef double* fin = since + n_streams
     cdef double* row = fin + n_streams
-    cdef const double* slow = &matrix[0, 0]         # matrix[v, a] is slow[v * n_streams + a]
+    cdef const double* slow = &matrix[0, 0]         # matrix[v, a] is slow[v * n_streams + a] (flat is faster)
     cdef int64_t i, j, s, k, q, x, m, p, b, c, a, n_touched, status = OK
     cdef int64_t n_pending = 0, done = 0, n_ev = 0
     cdef double t = 0.0, t_next, f, r
