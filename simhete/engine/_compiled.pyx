@@ -72,7 +72,7 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
     not live) and ``live_bytes``.
     """
     st = ix.st
-    cdef const int64_t[::1] stream_of = st.stream_of, order = st.order, rank = st.rank
+    cdef const int64_t[::1] stream_of = st.stream_of, order = st.order, rank = st.rank, ndeps = st.ndeps
     cdef const int64_t[::1] succ_ptr = st.succ_ptr, succ = st.succ, f_ptr = st.f_ptr, f_buf = st.f_buf
     cdef const int64_t[::1] a_ptr = st.a_ptr, a_buf = st.a_buf, a_pool = st.a_pool, a_cls = st.a_cls
     cdef const int64_t[::1] init_buf = st.init_buf, init_pool = st.init_pool, init_cls = st.init_cls
@@ -95,10 +95,10 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
     cdef int64_t[3] info = [0, 0, 0]
     # work space: one block of int64 and one of doubles, carved below and set where read before
     # written (acquiring a memoryview costs about a microsecond, a run of 700 tasks about a hundred)
-    cdef int64_t[::1] waiting = st.ndeps.copy()                   # unfinished dependencies per task
-    cdef int64_t[::1] iw = np.empty(3 * n + 2 + 2 * n_alloc + 4 * n_streams + n_pools + n_buf + n_pools * n_cls, i64)
+    cdef int64_t[::1] iw = np.empty(4 * n + 2 + 2 * n_alloc + 4 * n_streams + n_pools + n_buf + n_pools * n_cls, i64)
     cdef double[::1] dw = np.empty(5 * n_streams)
-    cdef int64_t* nd_ptr = &iw[0]                   # bytes asked per (task, pool) in CSR form
+    cdef int64_t* waiting = &iw[0]                  # unfinished dependencies per task
+    cdef int64_t* nd_ptr = waiting + n              # bytes asked per (task, pool) in CSR form
     cdef int64_t* nd_pool = nd_ptr + n + 1
     cdef int64_t* nd_bytes = nd_pool + n_alloc
     cdef int64_t* lo = nd_bytes + n_alloc           # stream s's ready heap of ranks: [lo[s], lo[s] + rlen[s])
@@ -159,6 +159,7 @@ def run_loop(ix, const double[::1] durs, const double[:, ::1] matrix) -> dict:
                 nd_bytes[x] += a_bytes[q]
             nd_ptr[i + 1] = m
         for i in range(n):
+            waiting[i] = ndeps[i]
             lo[stream_of[i] + 1] += 1
         for s in range(n_streams):
             lo[s + 1] += lo[s]
