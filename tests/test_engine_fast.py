@@ -125,6 +125,14 @@ def test_a_bad_schedule_raises_every_time():
             simulate_fast(bad, [1.0])
 
 
+def test_a_bad_interference_rule_is_reported_before_a_bad_dependency():
+    """The reference checks the rules before the tasks; the fast engine's indexing keeps that order."""
+    bad = Schedule((Task("a", "gpu0.compute", TaskCat.FWD, deps=("zz",)),), {"gpu0": 10})
+    for run in (simulate_simpy, simulate_fast):
+        with pytest.raises(SimheteError, match=r"^interference\[0\]: factor 0.5 must be a finite number >= 1$"):
+            run(bad, [1.0], [("*", "*", 0.5)])
+
+
 def test_simhete_loop_accepts_auto_and_compiled_only(monkeypatch):
     monkeypatch.delenv("SIMHETE_LOOP", raising=False)
     assert fast.choose_loop() == ("compiled" if compiled_available() else "simpy")
