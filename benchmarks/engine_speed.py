@@ -104,7 +104,7 @@ def sweep_mix() -> tuple[int, int]:
     from simhete.engine import indexed as ix
 
     count = {"calls": 0, "new": 0}
-    run, structure = sim.simulate, ix._structure
+    run, structure = sim.simulate, ix._index_structure
 
     def counted(fn, key):
         def wrapped(*a, **k):
@@ -112,11 +112,11 @@ def sweep_mix() -> tuple[int, int]:
             return fn(*a, **k)
         return wrapped
 
-    sim.simulate, ix._structure = counted(run, "calls"), counted(structure, "new")
+    sim.simulate, ix._index_structure = counted(run, "calls"), counted(structure, "new")
     try:
         sweep_speed.run_once(None)
     finally:
-        sim.simulate, ix._structure = run, structure
+        sim.simulate, ix._index_structure = run, structure
     return count["calls"], count["new"]
 
 

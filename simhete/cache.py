@@ -55,7 +55,7 @@ class Bounded(dict):
 
 
 # -- the engine (simhete.engine.indexed) ------------------------------------------------------
-# (stream names, interference rules) -> (slowdown matrix, whether any factor is not 1)
+# (stream names, interference rules) -> the stream-by-stream slowdown matrix
 MATRICES = Bounded(256)
 
 

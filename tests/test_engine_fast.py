@@ -110,8 +110,8 @@ def test_the_indexed_form_lives_on_its_schedule_and_dies_with_it():
     assert s.derived["engine.indexed"] is first
     assert copy.copy(s).derived == {} and copy.copy(s) == s          # a copy starts without it
     twin = Schedule(s.tasks, s.pools)
-    assert indexed(twin).order is not first.order    # made from Task objects: no structure to share
-    assert np.array_equal(indexed(twin).order, first.order)
+    assert indexed(twin).st is not first.st          # made from Task objects: no structure to share
+    assert np.array_equal(indexed(twin).st.succ, first.st.succ)
     gone = weakref.ref(first)
     del s, first
     gc.collect()
@@ -123,6 +123,14 @@ def test_a_bad_schedule_raises_every_time():
     for _ in range(2):
         with pytest.raises(SimheteError, match="task a: dependency zz does not exist"):
             simulate_fast(bad, [1.0])
+
+
+def test_a_bad_interference_rule_is_reported_before_a_bad_dependency():
+    """The reference checks the rules before the tasks; the fast engine's indexing keeps that order."""
+    bad = Schedule((Task("a", "gpu0.compute", TaskCat.FWD, deps=("zz",)),), {"gpu0": 10})
+    for run in (simulate_simpy, simulate_fast):
+        with pytest.raises(SimheteError, match=r"^interference\[0\]: factor 0.5 must be a finite number >= 1$"):
+            run(bad, [1.0], [("*", "*", 0.5)])
 
 
 def test_simhete_loop_accepts_auto_and_compiled_only(monkeypatch):

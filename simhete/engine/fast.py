@@ -25,9 +25,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from simhete.engine import memory
-from simhete.engine.indexed import Indexed, indexed
+from simhete.engine.indexed import Indexed, indexed, slowdown_matrix
 from simhete.engine.inputs import check_durations
-from simhete.engine.status import DOUBLE_ALLOC, FREE_UNKNOWN, OOM, STUCK
 from simhete.engine.timeline import Columns, Timeline
 from simhete.errors import SimheteError
 from simhete.schedule import Schedule
@@ -77,51 +76,43 @@ def simulate_fast(schedule: Schedule, durations: Sequence[float],
     ix = indexed(schedule, rules)
     if ix.oom is not None:
         return memory.empty_timeline(schedule, ix.oom, "fast")
-    matrix, _ = ix.interference(rules)
-    return _timeline(schedule, ix, *_ext.run_loop(ix, durs, matrix))
+    return _timeline(schedule, ix, **_ext.run_loop(ix, durs, slowdown_matrix(ix.st.streams, rules)))
 
 
-def _timeline(schedule: Schedule, ix: Indexed, status, t, info, start, end, finished, ev_pool, ev_t, ev_b, n_ev, peak,
-              peak_cls, in_use, live_pool, live_bytes) -> Timeline:
-    table, pools = schedule.table, ix.pools
-    names = table.name
-    t = float(t)
-    if status == DOUBLE_ALLOC:
-        raise memory.double_alloc(names[info[0]], ix.buffers[info[1]])
-    if status == FREE_UNKNOWN:
-        raise memory.free_unknown(names[info[0]], ix.buffers[info[1]])
-    finished = np.asarray(finished, dtype=np.bool_)
-    if status == STUCK:
+def _timeline(schedule: Schedule, ix: Indexed, status, t, info, start, end, finished, peak, peak_cls, in_use,
+              live_pool, live_bytes, ev_pool, ev_t, ev_bytes, n_ev) -> Timeline:
+    """The Timeline of what :func:`~simhete.engine._compiled.run_loop` returned, or the error the
+    SimPy reference raises."""
+    st, table = ix.st, schedule.table
+    names, pools = table.name, st.pools
+    if status == "double alloc":
+        raise memory.double_alloc(names[info[0]], st.buffers[info[1]])
+    if status == "free unknown":
+        raise memory.free_unknown(names[info[0]], st.buffers[info[1]])
+    if status == "stuck":
         raise memory.stuck((x for x, f in zip(names, finished.tolist()) if not f), t)
     oom = None
-    if status == OOM:
-        i, p, b = (int(x) for x in info[:3])
-        in_use, cap = np.asarray(in_use).tolist(), ix.cap.tolist()
-        # the report lists the holders in the blocked pool: select that pool's live buffers first
-        ks = np.flatnonzero(np.asarray(live_pool) == p).tolist()
-        nbs = np.asarray(live_bytes)[ks].tolist()
-        held = ((ix.buffers[k], pools[p], nb) for k, nb in zip(ks, nbs))
-        oom = memory.oom_report(names[i], pools[p], b, in_use[p], cap[p], held, t)
+    if status == "oom":
+        i, p, b = info
+        ks = np.flatnonzero(live_pool == p).tolist()        # the holders: the blocked pool's live buffers
+        held = ((st.buffers[k], pools[p], nb) for k, nb in zip(ks, live_bytes[ks].tolist()))
+        oom = memory.oom_report(names[i], pools[p], b, int(in_use[p]), int(ix.cap[p]), held, t)
         rows = np.flatnonzero(finished)
-        start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
-        cols = Columns(table, rows, ix.streams, ix.stream_of[rows], ix.it[rows], start[rows], end[rows])
+        cols = Columns(table, rows, st.streams, st.stream_of[rows], st.it[rows], start[rows], end[rows])
     else:   # every task ran: the rows, streams and iterations are the structure's (its memo too)
-        memo = ix.memo if ix.memo is not None else {}
-        rows = memo.get("rows")
+        rows = st.memo.get("rows")
         if rows is None:
-            rows = memo["rows"] = np.arange(len(names))
-        cols = Columns(table, rows, ix.streams, ix.stream_of, ix.it, np.asarray(start, dtype=np.float64),
-                       np.asarray(end, dtype=np.float64), memo)
-    in_use0 = ix.in_use0.tolist()
-    ev = (np.asarray(ev_pool)[:n_ev], np.asarray(ev_t)[:n_ev], np.asarray(ev_b)[:n_ev])
+            rows = st.memo["rows"] = np.arange(len(names))
+        cols = Columns(table, rows, st.streams, st.stream_of, st.it, start, end, st.memo)
+
+    events = (ev_pool[:n_ev], ev_t[:n_ev], ev_bytes[:n_ev])
 
     def mem_events() -> dict[str, tuple[tuple[float, int], ...]]:
-        per_pool: list[list[tuple[float, int]]] = [[(0.0, u)] for u in in_use0]
-        for p, te, b in zip(*(x.tolist() for x in ev)):
+        per_pool: list[list[tuple[float, int]]] = [[] for _ in pools]
+        for p, te, b in zip(*(x.tolist() for x in events)):
             per_pool[p].append((te, b))
         return {p: tuple(e) for p, e in zip(pools, per_pool)}
 
-    peak_cls = np.asarray(peak_cls).tolist()
-    return Timeline(mem_events=mem_events, peak=dict(zip(pools, np.asarray(peak).tolist())),
-                    peak_by_class={p: memory.by_class(c) for p, c in zip(pools, peak_cls)},
+    return Timeline(mem_events=mem_events, peak=dict(zip(pools, peak.tolist())),
+                    peak_by_class={p: memory.by_class(c) for p, c in zip(pools, peak_cls.tolist())},
                     oom=oom, engine="fast", columns=cols)

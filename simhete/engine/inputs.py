@@ -1,19 +1,21 @@
 """Input checks shared by both engines: what a Schedule must satisfy before it can be simulated.
 
-:func:`check_durations` (every call) and :func:`check_inputs` (the SimPy engine; the fast engine
-makes the same schedule checks once per schedule in :mod:`simhete.engine.indexed`) check what is
-cheap to check up front; the engines find unknown dependencies and bad allocations while they index
-the schedule and report them with :func:`bad_dep` and :func:`check_alloc`, so both say the same thing.
+The reference engine makes them in this order (docs/engine.md, Errors) and the fast engine's
+indexing (:mod:`simhete.engine.indexed`) keeps it: :func:`check_durations`, :func:`check_names`,
+:func:`check_initial_pools`, the initial buffers against their pools (an OOM report:
+:func:`~simhete.engine.memory.initial_overflow`), the interference rules
+(:func:`~simhete.engine.rates.interference_matrix`), :func:`check_task` for every task in order,
+and last an initial buffer allocated twice.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from simhete.errors import SimheteError
-from simhete.schedule import Alloc, Schedule, Task
+from simhete.schedule import Schedule, Task
 
 
 def check_durations(names: Sequence[str], durations: Sequence[float]) -> np.ndarray:
@@ -31,27 +33,29 @@ def check_durations(names: Sequence[str], durations: Sequence[float]) -> np.ndar
     return out
 
 
-def check_inputs(schedule: Schedule, durations: Sequence[float]) -> tuple[list[float], dict[str, int]]:
-    """Return the durations as floats and the name -> index map; raise a one-line SimheteError."""
-    tasks = schedule.tasks
-    out = check_durations(schedule.table.name, durations).tolist()
-    index = schedule.index()
-    if len(index) != len(tasks):
-        dup = next(t.name for k, t in enumerate(tasks) if index[t.name] != k)
+def check_names(names: Sequence[str]) -> dict[str, int]:
+    """The name -> index map of the tasks; a one-line SimheteError for a duplicate name."""
+    index = dict(zip(names, range(len(names))))
+    if len(index) != len(names):
+        dup = next(name for k, name in enumerate(names) if index[name] != k)
         raise SimheteError(f"duplicate task name {dup}")
+    return index
+
+
+def check_initial_pools(schedule: Schedule) -> None:
     for a in schedule.initial:
         if a.pool not in schedule.pools:
             raise SimheteError(f"initial buffer {a.buf}: unknown pool {a.pool!r}")
-    return out, index
 
 
-def bad_dep(task: Task, index: dict[str, int]) -> SimheteError:
-    missing = next(d for d in task.deps if d not in index)
-    return SimheteError(f"task {task.name}: dependency {missing} does not exist")
-
-
-def check_alloc(task: Task, a: Alloc, pools) -> None:
-    if a.pool not in pools:
-        raise SimheteError(f"task {task.name}: buffer {a.buf} in unknown pool {a.pool!r}")
-    if a.bytes < 0:
-        raise SimheteError(f"task {task.name}: buffer {a.buf} has negative size {a.bytes}")
+def check_task(task: Task, index: Mapping[str, int], pools: Mapping[str, int]) -> None:
+    """A one-line SimheteError for the task's first unknown dependency, else for its first
+    allocation in an unknown pool or of negative size."""
+    missing = next((d for d in task.deps if d not in index), None)
+    if missing is not None:
+        raise SimheteError(f"task {task.name}: dependency {missing} does not exist")
+    for a in task.allocs:
+        if a.pool not in pools:
+            raise SimheteError(f"task {task.name}: buffer {a.buf} in unknown pool {a.pool!r}")
+        if a.bytes < 0:
+            raise SimheteError(f"task {task.name}: buffer {a.buf} has negative size {a.bytes}")

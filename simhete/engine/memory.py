@@ -51,21 +51,19 @@ def pool_needs(allocs: Iterable) -> tuple[tuple[str, int], ...]:
 
 
 def initial_overflow(schedule) -> OOMReport | None:
-    """An OOMReport if the initial buffers alone do not fit their pools (first such pool), else None."""
-    held: dict[str, list] = {p: [] for p in schedule.pools}
+    """An OOMReport if the initial buffers alone do not fit their pools (first such pool), else None
+    (their pools are known: :func:`~simhete.engine.inputs.check_initial_pools` comes first)."""
+    held = dict.fromkeys(schedule.pools, 0)
     for a in schedule.initial:
-        mine = held.get(a.pool)
-        if mine is not None:
-            mine.append(a)
+        held[a.pool] += a.bytes
     for pool, cap in schedule.pools.items():
-        mine = held[pool]
-        total = sum(a.bytes for a in mine)
-        if total > cap:
+        if held[pool] > cap:
+            mine = [a for a in schedule.initial if a.pool == pool]
             by_class: dict[str, int] = {}
             for a in mine:
                 v = a.cls._value_               # an Enum's .value runs Python code
                 by_class[v] = by_class.get(v, 0) + a.bytes
-            rep = oom_report("(initial)", pool, total, 0, cap, [(a.buf, a.pool, a.bytes) for a in mine], 0.0)
+            rep = oom_report("(initial)", pool, held[pool], 0, cap, [(a.buf, a.pool, a.bytes) for a in mine], 0.0)
             return replace(rep, by_class=tuple(sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0]))))
     return None
 

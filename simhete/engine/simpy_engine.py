@@ -15,14 +15,14 @@ from typing import Iterable, Sequence
 import simpy
 
 from simhete.engine import memory
-from simhete.engine.inputs import bad_dep, check_alloc, check_inputs
+from simhete.engine.inputs import check_durations, check_initial_pools, check_names, check_task
 from simhete.engine.rates import advance, delay, interference_matrix, slowdown
 from simhete.engine.timeline import OOMReport, Record, Timeline
 from simhete.schedule import Schedule
 
 
 class _Model:
-    def __init__(self, schedule: Schedule, durations: list[float], index: dict[str, int],
+    def __init__(self, schedule: Schedule, durations: list[float],
                  interference: Iterable[tuple[str, str, float]]) -> None:
         self.env = simpy.Environment(initial_time=0.0)
         self.tasks = schedule.tasks
@@ -33,15 +33,13 @@ class _Model:
         self.stream_of = [stream_id[t.stream] for t in self.tasks]
         self.successors: list[list[int]] = [[] for _ in self.tasks]
         self.waiting_on = [0] * len(self.tasks)          # unfinished dependencies
+        index = schedule.index()
         for i, t in enumerate(self.tasks):
+            check_task(t, index, schedule.pools)
             deps = dict.fromkeys(t.deps)
             self.waiting_on[i] = len(deps)
-            if any(d not in index for d in deps):
-                raise bad_dep(t, index)
             for d in deps:
                 self.successors[index[d]].append(i)
-            for a in t.allocs:
-                check_alloc(t, a, schedule.pools)
         self.needs = [memory.pool_needs(t.allocs) for t in self.tasks]
         self.ready: list[list[tuple[int, int]]] = [[] for _ in self.streams]   # heaps of (prio, index)
         self.running: list[int | None] = [None] * len(self.streams)
@@ -196,8 +194,10 @@ class _Model:
 def simulate_simpy(schedule: Schedule, durations: Sequence[float],
                    interference: Iterable[tuple[str, str, float]] = ()) -> Timeline:
     """Run ``schedule`` with ``durations[i]`` full-speed seconds for ``schedule.tasks[i]``."""
-    durs, index = check_inputs(schedule, durations)
+    durs = check_durations(schedule.table.name, durations).tolist()
+    check_names(schedule.table.name)
+    check_initial_pools(schedule)
     oom = memory.initial_overflow(schedule)
     if oom is not None:
         return memory.empty_timeline(schedule, oom, "simpy")
-    return _Model(schedule, durs, index, interference).run()
+    return _Model(schedule, durs, interference).run()
